@@ -1,0 +1,224 @@
+"""Data sets: the embedded default task and user image folders / CIFAR-10, never downloaded.
+
+The embedded default is derived from scikit-learn's bundled UCI digits (1,797 8x8 images).
+Plain digits saturate under quantization (KNOWLEDGE.md section 7), so every source image is
+rendered several times at 24x24 px with a random affine distortion and additive noise, which
+makes the task hard enough for bit-widths to matter. Splits are made by *source* image, so no
+digit leaks from training into calibration or test data.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from .errors import EmqError
+from .hashing import tensor_digest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIZE = 24
+DEFAULT_SEED = 2023
+# source images per split (1,797 in all) and renderings per source image
+DEFAULT_SPLIT_SOURCES = {"train": 1097, "calib": 200, "test": 500}
+DEFAULT_RENDERS = {"train": 24, "calib": 6, "test": 6}
+DEFAULT_CALIB_SIZE = 512
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass
+class DataSplits:
+    """Calibration images in memory (they are small and reused often) and a test set."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    input_size: int
+    calib_pool: tuple[torch.Tensor, torch.Tensor]
+    test: Dataset
+    train: Dataset | None = None
+    fingerprint: str = ""
+
+    def calibration(self, size: int = DEFAULT_CALIB_SIZE, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """A seeded draw of `size` calibration images: a different seed is an independent draw."""
+        x, y = self.calib_pool
+        n = x.shape[0]
+        if size >= n:
+            return x, y
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(n, generator=g)[:size].sort().values
+        return x[idx], y[idx]
+
+    def test_batches(self, batch_size: int = 1024) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Test batches in a fixed order (so cached full-precision outputs line up)."""
+        if isinstance(self.test, TensorDataset):
+            x, y = self.test.tensors
+            for i in range(0, x.shape[0], batch_size):
+                yield x[i : i + batch_size], y[i : i + batch_size]
+            return
+        yield from DataLoader(self.test, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+def _render(
+    src: torch.Tensor, renders: int, size: int, gen: torch.Generator
+) -> torch.Tensor:
+    """Render each 8x8 source `renders` times with a random affine warp and noise."""
+    x = src.repeat_interleave(renders, dim=0).unsqueeze(1)  # [n*r, 1, 8, 8]
+    m = x.shape[0]
+    angle = (torch.rand(m, generator=gen) * 2 - 1) * math.radians(25)
+    scale = 0.85 + torch.rand(m, generator=gen) * 0.45
+    shear = (torch.rand(m, generator=gen) * 2 - 1) * 0.3
+    tx = (torch.rand(m, generator=gen) * 2 - 1) * 0.25
+    ty = (torch.rand(m, generator=gen) * 2 - 1) * 0.25
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(m, 2, 3)
+    theta[:, 0, 0] = cos / scale
+    theta[:, 0, 1] = (-sin + shear) / scale
+    theta[:, 1, 0] = sin / scale
+    theta[:, 1, 1] = cos / scale
+    theta[:, 0, 2] = tx
+    theta[:, 1, 2] = ty
+    grid = torch.nn.functional.affine_grid(theta, [m, 1, size, size], align_corners=False)
+    out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = out + 0.35 * torch.randn(out.shape, generator=gen)
+    # occluding bar: half of the images get a 3 px stripe of noise across the digit
+    occlude = torch.rand(m, generator=gen) < 0.5
+    vertical = torch.rand(m, generator=gen) < 0.5
+    pos = torch.randint(0, size - 4, (m,), generator=gen)
+    rows = torch.arange(size).view(1, size, 1)
+    band = (rows >= pos.view(m, 1, 1)) & (rows < pos.view(m, 1, 1) + 3)
+    band = torch.where(vertical.view(m, 1, 1), band.transpose(1, 2), band).expand(m, size, size)
+    mask = (band & occlude.view(m, 1, 1)).unsqueeze(1)
+    out = torch.where(mask, 0.5 * torch.randn(out.shape, generator=gen), out)
+    return ((out - 0.2) / 0.5).contiguous()
+
+
+@functools.lru_cache(maxsize=4)
+def default_data(seed: int = DEFAULT_SEED, with_train: bool = False) -> DataSplits:
+    """The embedded default task: distorted 24 px digits, split by source image.
+
+    Each split is rendered with its own seeded generator, so calibration and test images are
+    identical whether or not the (larger) training split is rendered too.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32) / 16.0
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
+    parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    start = 0
+    for k, (split, count) in enumerate(DEFAULT_SPLIT_SOURCES.items()):
+        idx = order[start : start + count]
+        start += count
+        if split == "train" and not with_train:
+            continue
+        r = DEFAULT_RENDERS[split]
+        gen = torch.Generator().manual_seed(seed * 100 + k)
+        parts[split] = (_render(images[idx], r, DEFAULT_SIZE, gen), labels[idx].repeat_interleave(r))
+    fingerprint = tensor_digest([*parts["calib"], *parts["test"]], extra=f"default/{seed}")
+    return DataSplits(
+        name="default",
+        num_classes=10,
+        in_channels=1,
+        input_size=DEFAULT_SIZE,
+        calib_pool=parts["calib"],
+        test=TensorDataset(*parts["test"]),
+        train=TensorDataset(*parts["train"]) if with_train else None,
+        fingerprint=fingerprint,
+    )
+
+
+def _stack(ds: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*(ds[i] for i in indices))
+    return torch.stack(list(xs)), torch.tensor(ys, dtype=torch.long)
+
+
+def _pick(n: int, k: int, seed: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[: min(k, n)].tolist()
+
+
+def image_folder_data(root: Path, input_size: int = 224, calib_pool_size: int = 1024, seed: int = 0) -> DataSplits:
+    """ImageNet layout: `root/train/<class>/*` and `root/val/<class>/*`, or one class folder
+    tree split deterministically into calibration and test images."""
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose(
+        [
+            transforms.Resize(int(round(input_size * 256 / 224))),
+            transforms.CenterCrop(input_size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    try:
+        if (root / "train").is_dir() and (root / "val").is_dir():
+            train = datasets.ImageFolder(str(root / "train"), transform=tf)
+            test: Dataset = datasets.ImageFolder(str(root / "val"), transform=tf)
+            calib = _stack(train, _pick(len(train), calib_pool_size, seed))
+            num_classes = len(train.classes)
+        else:
+            full = datasets.ImageFolder(str(root), transform=tf)
+            order = _pick(len(full), len(full), seed)
+            k = min(calib_pool_size, len(full) // 2)
+            calib = _stack(full, order[:k])
+            test = Subset(full, order[k:])
+            num_classes = len(full.classes)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise EmqError(f"--data {root}: not a readable ImageFolder tree ({e})") from e
+    return DataSplits(
+        name=str(root),
+        num_classes=num_classes,
+        in_channels=3,
+        input_size=input_size,
+        calib_pool=calib,
+        test=test,
+        fingerprint=tensor_digest(calib, extra=f"{root}|{len(test)}|{input_size}"),
+    )
+
+
+def cifar10_data(root: Path, calib_pool_size: int = 1024, seed: int = 0) -> DataSplits:
+    """CIFAR-10 in torchvision's on-disk format (`cifar-10-batches-py`), never downloaded."""
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
+    try:
+        train = datasets.CIFAR10(str(root), train=True, download=False, transform=tf)
+        test = datasets.CIFAR10(str(root), train=False, download=False, transform=tf)
+    except RuntimeError as e:
+        raise EmqError(f"--data {root}: no CIFAR-10 data in torchvision's format there ({e})") from e
+    calib = _stack(train, _pick(len(train), calib_pool_size, seed))
+    return DataSplits(
+        name=str(root),
+        num_classes=10,
+        in_channels=3,
+        input_size=32,
+        calib_pool=calib,
+        test=test,
+        train=train,
+        fingerprint=tensor_digest(calib, extra=f"cifar10|{root}"),
+    )
+
+
+def load_data(spec: str, input_size: int = 224) -> DataSplits:
+    """Resolve `--data`: `default`, a CIFAR-10 directory, or an ImageFolder directory."""
+    if spec == "default":
+        return default_data()
+    root = Path(spec)
+    if not root.is_dir():
+        raise EmqError(f"--data {spec}: no such directory (use 'default', an ImageFolder tree or a CIFAR-10 directory)")
+    if (root / "cifar-10-batches-py").is_dir() or root.name == "cifar-10-batches-py":
+        return cifar10_data(root.parent if root.name == "cifar-10-batches-py" else root)
+    return image_folder_data(root, input_size=input_size)

@@ -1,0 +1,127 @@
+"""Models by name: the embedded default, any torchvision classifier, or a user nn.Module.
+
+Nothing is downloaded: torchvision models are built with random weights unless a local
+weights file is given, which is loaded with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import EmqError
+
+DEFAULT_WIDTH = 8
+DEFAULT_WEIGHTS = "default_model.pt"
+
+
+class BasicBlock(nn.Module):
+    """torchvision-style basic block (same module names, so the ResNet slot policy applies)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=False)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class CifarResNet(nn.Module):
+    """ResNet-20 layout for small images (3 stages x 3 blocks), configurable width."""
+
+    def __init__(self, width: int = DEFAULT_WIDTH, in_channels: int = 1, num_classes: int = 10, blocks: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=False)
+        stages = []
+        cin = width
+        for i, mult in enumerate((1, 2, 4)):
+            cout = width * mult
+            layer = []
+            for j in range(blocks):
+                layer.append(BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1))
+                cin = cout
+            stages.append(nn.Sequential(*layer))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def default_model(pretrained: bool = True) -> nn.Module:
+    """The embedded default: a width-8 ResNet-20 trained on the default digits task."""
+    model = CifarResNet()
+    if pretrained:
+        ref = resources.files("emq") / "assets" / DEFAULT_WEIGHTS
+        if not ref.is_file():
+            raise EmqError("the default model's weights are missing; regenerate them with `python scripts/train_default.py`")
+        with resources.as_file(ref) as path:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def torchvision_names() -> list[str]:
+    """Classification model names torchvision can build."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a local state dict (plain or under 'state_dict' / 'model'), without pickle code execution."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise EmqError(f"--weights {path}: no such file") from e
+    except Exception as e:  # torch raises several types for non-checkpoint files
+        raise EmqError(f"--weights {path}: not a readable torch checkpoint ({e})") from e
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:
+        raise EmqError(f"--weights {path}: does not fit the model ({str(e).splitlines()[0]})") from e
+
+
+def build_model(name: str, num_classes: int | None = None, weights: Path | None = None) -> nn.Module:
+    """Build a model by name in eval mode: `default` or any torchvision classifier."""
+    if name == "default":
+        if num_classes not in (None, 10):
+            raise EmqError("the default model has 10 classes; --num-classes does not apply to it")
+        model = default_model(pretrained=weights is None)
+    else:
+        import torchvision
+
+        names = torchvision_names()
+        if name not in names:
+            close = [n for n in names if name.lower()[:4] in n][:8]
+            hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+            raise EmqError(f"--model {name}: unknown model{hint}; use 'default' or a torchvision classifier name")
+        kwargs = {"num_classes": num_classes} if num_classes else {}
+        if name.startswith("inception") or name.startswith("googlenet"):
+            kwargs["aux_logits"] = False
+            kwargs["init_weights"] = True
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+    if weights is not None:
+        load_weights(model, weights)
+    return model.eval()

@@ -1,0 +1,93 @@
+"""One interface for every proxy, evolved or hand-made.
+
+A proxy scores bit configurations. Two kinds:
+
+- *separable*: a per-slot, per-bit table P[S, B] with score(config) = sum_s P[s, config_s].
+  Ranking all bench configurations is one gather-sum, and the table is exactly the cost
+  matrix of the allocation ILP.
+- *whole-configuration*: looks at the quantized network, so it scores configurations one by
+  one; usable for ranking and for search-based allocation.
+
+`orientation` is +1 when a higher score predicts higher accuracy, -1 when it predicts lower.
+`oriented_scores` always returns "higher = better" so fitness and allocation never need to
+care.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import EmqError
+
+
+@dataclass
+class ProxyContext:
+    """What proxies may look at: the target, the allowed bits and lazily computed statistics.
+
+    `stats` is filled by whoever builds the context (see emq.search_space.stats); whole-
+    configuration proxies use `target` and `settings` to quantize for real.
+    """
+
+    target: Any  # emq.target.Target
+    bits: tuple[int, ...]
+    settings: Any = None  # emq.quant.PTQSettings
+    stats: Any = None  # emq.search_space.stats.NetworkStats
+    cache: dict = field(default_factory=dict)
+
+    def bit_index(self, configs: np.ndarray) -> np.ndarray:
+        """Map bit values [N, S] to column indices into a table [S, B]."""
+        lut = np.full(max(max(self.bits), int(np.max(configs))) + 1, -1, dtype=np.int64)
+        lut[list(self.bits)] = np.arange(len(self.bits))
+        idx = lut[configs]
+        if (idx < 0).any():
+            bad = int(configs[idx < 0][0])
+            raise EmqError(f"bit-width {bad} is not among the allowed bits {list(self.bits)}")
+        return idx
+
+
+class Proxy(ABC):
+    name: str = ""
+    description: str = ""
+    orientation: int = 1
+    cost: str = ""  # e.g. "statistics only", "one PTQ forward per configuration"
+    separable: bool = True
+
+    @abstractmethod
+    def score_configs(self, ctx: ProxyContext, configs: np.ndarray) -> np.ndarray:
+        """Raw scores of configurations [N, S] -> [N] (orientation not applied)."""
+
+    def oriented_scores(self, ctx: ProxyContext, configs: np.ndarray) -> np.ndarray:
+        return self.orientation * self.score_configs(ctx, np.asarray(configs))
+
+
+class SeparableProxy(Proxy):
+    separable = True
+
+    @abstractmethod
+    def table(self, ctx: ProxyContext) -> np.ndarray:
+        """P[S, B]: the contribution of slot s at bit ctx.bits[b]."""
+
+    def score_configs(self, ctx: ProxyContext, configs: np.ndarray) -> np.ndarray:
+        return table_scores(self.table(ctx), ctx.bit_index(np.asarray(configs)))
+
+
+class WholeConfigProxy(Proxy):
+    separable = False
+
+    @abstractmethod
+    def score_one(self, ctx: ProxyContext, bits: Sequence[int]) -> float:
+        """Score a single configuration by looking at the quantized network."""
+
+    def score_configs(self, ctx: ProxyContext, configs: np.ndarray) -> np.ndarray:
+        return np.array([self.score_one(ctx, tuple(int(b) for b in c)) for c in np.asarray(configs)], dtype=np.float64)
+
+
+def table_scores(table: np.ndarray, bit_idx: np.ndarray) -> np.ndarray:
+    """score[n] = sum_s table[s, bit_idx[n, s]] for all configurations at once."""
+    s = np.arange(table.shape[0])
+    return table[s[None, :], bit_idx].sum(axis=1)

@@ -1,0 +1,306 @@
+"""Post-training quantization: fake-quantized weights and activations, evaluated for real.
+
+Weights are quantized per output channel with an MSE-optimal clipping range; activations
+(the input of every quantizable layer) per tensor with a range calibrated on calibration
+data. BatchNorm is handled by one of three documented modes (`PTQSettings.bn`):
+
+- ``reestimate`` (default): after the weights are quantized, BatchNorm statistics are
+  re-estimated on the calibration images. Low-bit weights shift every channel's mean and
+  variance; without this a few 2-bit layers collapse the network (KNOWLEDGE.md section 7).
+- ``fold``: BatchNorm is folded into the preceding conv before quantization (what an
+  integer deployment runs); statistics are not re-estimated.
+- ``none``: weights are quantized, BatchNorm is left as trained.
+
+The engine never touches the caller's model: it works on its own copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import DEFAULT_CALIB_SIZE, DataSplits
+from .errors import EmqError
+from .layermap import QUANTIZABLE, LayerMap
+
+log = logging.getLogger(__name__)
+
+BN_MODES = ("reestimate", "fold", "none")
+CLIP_GRID = 40  # candidate clipping ratios in the MSE search
+
+
+@dataclass(frozen=True)
+class PTQSettings:
+    act_bits: int = 8
+    weight_symmetric: bool = False
+    bn: str = "reestimate"
+    calib_size: int = DEFAULT_CALIB_SIZE
+    calib_seed: int = 0
+    batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.bn not in BN_MODES:
+            raise EmqError(f"BatchNorm mode {self.bn!r}: use one of {', '.join(BN_MODES)}")
+        if not 1 <= self.act_bits <= 32:
+            raise EmqError(f"--act-bits {self.act_bits}: use 1..8 (or 32 for unquantized activations)")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def fake_quant(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> torch.Tensor:
+    """Uniform affine quantize-dequantize of x onto 2^bits levels spanning [lo, hi]."""
+    qmax = 2**bits - 1
+    scale = ((hi - lo) / qmax).clamp_min(1e-12)
+    zero = torch.round(-lo / scale)
+    q = torch.clamp(torch.round(x / scale) + zero, 0, qmax)
+    return (q - zero) * scale
+
+
+def quantize_weight(w: torch.Tensor, bits: int, symmetric: bool = False, grid: int = CLIP_GRID) -> torch.Tensor:
+    """Per-output-channel quantization with the clipping ratio that minimises the MSE.
+
+    Symmetric: levels k*s for k in [-2^(b-1), 2^(b-1)-1], s from alpha*max|w|.
+    Asymmetric: 2^b levels over [alpha*min, alpha*max] with a zero point.
+    """
+    if not 1 <= bits <= 8:
+        raise EmqError(f"bit-width {bits} is outside 1..8")
+    flat = w.detach().reshape(w.shape[0], -1)
+    best = flat.clone()
+    best_err = torch.full((flat.shape[0],), float("inf"), dtype=flat.dtype, device=flat.device)
+    wmin = flat.min(dim=1, keepdim=True).values.clamp(max=0)
+    wmax = flat.max(dim=1, keepdim=True).values.clamp(min=0)
+    amax = torch.maximum(wmax, -wmin)
+    for i in range(grid):
+        alpha = 1.0 - i * (0.9 / grid)
+        if symmetric:
+            qlo, qhi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+            scale = (alpha * amax / 2 ** (bits - 1)).clamp_min(1e-12)
+            q = torch.clamp(torch.round(flat / scale), qlo, qhi) * scale
+        else:
+            q = fake_quant(flat, alpha * wmin, alpha * wmax, bits)
+        err = (q - flat).pow(2).sum(dim=1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best[better] = q[better]
+    return best.reshape(w.shape)
+
+
+def _bn_pairs(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
+    """Map conv name -> BatchNorm name for every BN that directly consumes a conv's output."""
+    names = {m: n for n, m in model.named_modules()}
+    produced: dict[int, str] = {}
+    pairs: dict[str, str] = {}
+    hooks = []
+
+    def conv_hook(mod, inp, out):
+        produced[id(out)] = names[mod]
+
+    def bn_hook(mod, inp):
+        src = produced.get(id(inp[0]))
+        if src is not None:
+            pairs[src] = names[mod]
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.BatchNorm2d):
+            hooks.append(m.register_forward_pre_hook(bn_hook))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return pairs
+
+
+def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """Return a copy with every conv->BN pair folded into the conv (BN replaced by Identity)."""
+    model = copy.deepcopy(model).eval()
+    pairs = _bn_pairs(model, example)
+    modules = dict(model.named_modules())
+    for conv_name, bn_name in pairs.items():
+        conv, bn = modules[conv_name], modules[bn_name]
+        std = torch.sqrt(bn.running_var + bn.eps)
+        gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
+        beta = bn.bias if bn.bias is not None else torch.zeros_like(std)
+        factor = (gamma / std).detach()
+        conv.weight.data.mul_(factor.reshape(-1, 1, 1, 1))
+        bias = conv.bias.data if conv.bias is not None else torch.zeros_like(std)
+        new_bias = (bias - bn.running_mean) * factor + beta.detach()
+        conv.bias = nn.Parameter(new_bias)
+        parent_name, _, attr = bn_name.rpartition(".")
+        parent = modules[parent_name] if parent_name else model
+        setattr(parent, attr, nn.Identity())
+    return model
+
+
+@dataclass
+class QuantResult:
+    top1: float
+    loss: float
+    kl: float
+    size_bytes: float
+    bitops: float
+    seconds: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class _ActQuant:
+    """Forward pre-hook that observes or fake-quantizes a layer's input, per tensor."""
+
+    def __init__(self) -> None:
+        self.mode = "off"
+        self.bits = 8
+        self.lo = torch.tensor(float("inf"))
+        self.hi = torch.tensor(float("-inf"))
+
+    def reset(self) -> None:
+        self.lo = torch.tensor(float("inf"))
+        self.hi = torch.tensor(float("-inf"))
+
+    def __call__(self, mod: nn.Module, inp: tuple) -> tuple | None:
+        x = inp[0]
+        if self.mode == "observe":
+            self.lo = torch.minimum(self.lo, x.detach().min().clamp(max=0))
+            self.hi = torch.maximum(self.hi, x.detach().max().clamp(min=0))
+            return None
+        if self.mode == "quant" and self.bits < 32:
+            return (fake_quant(x, self.lo, self.hi, self.bits),) + tuple(inp[1:])
+        return None
+
+
+class PTQEngine:
+    """Evaluates bit configurations of one model on one data set, reusing all it can."""
+
+    def __init__(self, model: nn.Module, layer_map: LayerMap, data: DataSplits, settings: PTQSettings | None = None) -> None:
+        self.settings = settings or PTQSettings()
+        self.layer_map = layer_map
+        self.data = data
+        example = data.calibration(2, 0)[0]
+        base = copy.deepcopy(model).eval()
+        self.work = fold_batchnorm(base, example) if self.settings.bn == "fold" else base
+        for p in self.work.parameters():
+            p.requires_grad_(False)
+        modules = dict(self.work.named_modules())
+        self.layers = [modules[layer.name] for layer in layer_map.layers]
+        if not all(isinstance(m, QUANTIZABLE) for m in self.layers):
+            raise EmqError("the layer map does not match the model (a mapped module is not Conv2d/Linear)")
+        self.fp_weights = [m.weight.detach().clone() for m in self.layers]
+        self.bns = [m for m in self.work.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.bn_state = [copy.deepcopy(bn.state_dict()) for bn in self.bns]
+        self.act = [_ActQuant() for _ in self.layers]
+        for m, a in zip(self.layers, self.act):
+            m.register_forward_pre_hook(a)
+        self.calib = data.calibration(self.settings.calib_size, self.settings.calib_seed)
+        self._qcache: dict[tuple[int, int], torch.Tensor] = {}
+        self._fp_logits: list[torch.Tensor] | None = None
+        self.cache_enabled = True
+
+    def layer_bits(self, bits: Sequence[int]) -> list[int]:
+        """Expand a per-slot configuration to per-layer bit-widths."""
+        return [bits[s] for s in self.layer_map.layer_slot]
+
+    def quantized_weight(self, layer: int, bits: int) -> torch.Tensor:
+        """Q_b(W) of one layer; computed once per (layer, bits) and reused."""
+        key = (layer, bits)
+        q = self._qcache.get(key) if self.cache_enabled else None
+        if q is None:
+            q = quantize_weight(self.fp_weights[layer], bits, self.settings.weight_symmetric)
+            if self.cache_enabled:
+                self._qcache[key] = q
+        return q
+
+    def _forward_batches(self, x: torch.Tensor) -> torch.Tensor:
+        bs = self.settings.batch_size
+        return torch.cat([self.work(x[i : i + bs]) for i in range(0, x.shape[0], bs)])
+
+    def _set_weights(self, layer_bits: Sequence[int] | None) -> None:
+        for i, m in enumerate(self.layers):
+            w = self.fp_weights[i] if layer_bits is None else self.quantized_weight(i, layer_bits[i])
+            m.weight.data.copy_(w)
+
+    def _prepare_bn_and_acts(self, quant_acts: bool) -> None:
+        """Re-estimate BatchNorm (if configured) and calibrate activation ranges in one pass."""
+        for bn, state in zip(self.bns, self.bn_state):
+            bn.load_state_dict(state)
+        reestimate = self.settings.bn == "reestimate" and self.bns
+        for a in self.act:
+            a.reset()
+            a.bits = self.settings.act_bits
+            a.mode = "observe" if quant_acts else "off"
+        if not (reestimate or quant_acts):
+            return
+        if reestimate:
+            for bn in self.bns:
+                bn.reset_running_stats()
+                bn.momentum = None  # cumulative average over calibration batches
+                bn.train()
+        with torch.no_grad():
+            self._forward_batches(self.calib[0])
+        for bn in self.bns:
+            bn.eval()
+        for a in self.act:
+            a.mode = "quant" if quant_acts else "off"
+
+    def _fp_reference(self) -> list[torch.Tensor]:
+        if self._fp_logits is None:
+            self._set_weights(None)
+            for bn, state in zip(self.bns, self.bn_state):
+                bn.load_state_dict(state)
+            for a in self.act:
+                a.mode = "off"
+            with torch.no_grad():
+                self._fp_logits = [self.work(x) for x, _ in self.data.test_batches(self.settings.batch_size)]
+        return self._fp_logits
+
+    def _score(self, ref: list[torch.Tensor] | None) -> tuple[float, float, float]:
+        correct = total = 0
+        loss = kl = 0.0
+        with torch.no_grad():
+            for i, (x, y) in enumerate(self.data.test_batches(self.settings.batch_size)):
+                logits = self.work(x)
+                logp = F.log_softmax(logits, dim=1)
+                correct += int((logits.argmax(1) == y).sum())
+                total += y.numel()
+                loss += float(F.nll_loss(logp, y, reduction="sum"))
+                if ref is not None:
+                    ref_logp = F.log_softmax(ref[i], dim=1)
+                    kl += float(F.kl_div(logp, ref_logp, log_target=True, reduction="sum"))
+        if total == 0:
+            raise EmqError("the test split is empty")
+        return 100.0 * correct / total, loss / total, kl / total
+
+    def evaluate_fp(self) -> QuantResult:
+        """The full-precision reference on the same test data."""
+        t0 = time.perf_counter()
+        self._fp_reference()
+        top1, loss, _ = self._score(None)
+        return QuantResult(top1, loss, 0.0, self.layer_map.fp_size_bytes, self.layer_map.bitops([32] * self.layer_map.num_slots, 32), time.perf_counter() - t0)
+
+    def evaluate(self, bits: Sequence[int]) -> QuantResult:
+        """PTQ-evaluate one per-slot configuration: top-1 (%), CE loss, KL to full precision."""
+        bits = self.layer_map.validate(bits)
+        t0 = time.perf_counter()
+        ref = self._fp_reference()
+        self._set_weights(self.layer_bits(bits))
+        self._prepare_bn_and_acts(quant_acts=self.settings.act_bits < 32)
+        top1, loss, kl = self._score(ref)
+        return QuantResult(
+            top1,
+            loss,
+            kl,
+            float(self.layer_map.size_bytes(bits)),
+            float(self.layer_map.bitops(bits, self.settings.act_bits)),
+            time.perf_counter() - t0,
+        )

@@ -1,0 +1,60 @@
+"""A quantization target: a model, its layer map and (optionally) its data, resolved once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from .data import DataSplits, load_data
+from .errors import EmqError
+from .layermap import LayerMap, build_layer_map
+from .models import build_model
+
+
+@dataclass
+class Target:
+    name: str
+    model: nn.Module
+    layer_map: LayerMap
+    data: DataSplits | None
+
+    def require_data(self) -> DataSplits:
+        if self.data is None:
+            raise EmqError(f"model {self.name} has no data: pass --data (an ImageFolder or CIFAR-10 directory); nothing is downloaded")
+        return self.data
+
+
+def resolve_target(
+    model: str | nn.Module = "default",
+    data: str | DataSplits | None = None,
+    weights: Path | None = None,
+    num_classes: int | None = None,
+    input_size: int | None = None,
+    need_data: bool = True,
+    name: str | None = None,
+) -> Target:
+    """Build or adopt the model, load its data, and trace its layer map.
+
+    `model` is a name (`default` or a torchvision classifier) or a user nn.Module; `data`
+    is `default`, a directory, a DataSplits, or None for the model's own (the default model
+    has the embedded data; torchvision models have none).
+    """
+    if data is None and model == "default":
+        data = "default"
+    splits: DataSplits | None = None
+    if isinstance(data, DataSplits):
+        splits = data
+    elif data is not None and need_data:
+        splits = load_data(data, input_size=input_size or 224)
+    if isinstance(model, nn.Module):
+        net, label = model.eval(), name or type(model).__name__
+    else:
+        classes = num_classes or (splits.num_classes if splits is not None and model != "default" else None)
+        net, label = build_model(model, num_classes=classes, weights=weights), model
+    size = input_size or (splits.input_size if splits is not None else (24 if label == "default" else 224))
+    in_ch = splits.in_channels if splits is not None else None
+    if need_data and splits is None:
+        raise EmqError(f"model {label} has no data: pass --data (an ImageFolder or CIFAR-10 directory); nothing is downloaded")
+    return Target(label, net, build_layer_map(net, size, label, in_channels=in_ch), splits)

@@ -1,0 +1,1 @@
+"""The proxy search space: statistics (terminals), primitives, the typed DEAP set, evaluation."""
