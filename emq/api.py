@@ -30,3 +30,6 @@ def quantize(
     target = resolve_target(model, data, weights=weights, input_size=input_size)
     bits = target.layer_map.validate(bits)
     return PTQEngine(target.model, target.layer_map, target.require_data(), settings).evaluate(bits)
+
+
+from .search_space.stats import StatsSettings, compute_stats, stats, summarize  # noqa: E402

@@ -76,8 +76,8 @@ def _render(
     """Render each 8x8 source `renders` times with a random affine warp and noise."""
     x = src.repeat_interleave(renders, dim=0).unsqueeze(1)  # [n*r, 1, 8, 8]
     m = x.shape[0]
-    angle = (torch.rand(m, generator=gen) * 2 - 1) * math.radians(25)
-    scale = 0.85 + torch.rand(m, generator=gen) * 0.45
+    angle = (torch.rand(m, generator=gen) * 2 - 1) * math.radians(35)
+    scale = 0.7 + torch.rand(m, generator=gen) * 0.6
     shear = (torch.rand(m, generator=gen) * 2 - 1) * 0.3
     tx = (torch.rand(m, generator=gen) * 2 - 1) * 0.25
     ty = (torch.rand(m, generator=gen) * 2 - 1) * 0.25
@@ -91,13 +91,13 @@ def _render(
     theta[:, 1, 2] = ty
     grid = torch.nn.functional.affine_grid(theta, [m, 1, size, size], align_corners=False)
     out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    out = out + 0.35 * torch.randn(out.shape, generator=gen)
-    # occluding bar: half of the images get a 3 px stripe of noise across the digit
-    occlude = torch.rand(m, generator=gen) < 0.5
+    out = out + 0.6 * torch.randn(out.shape, generator=gen)
+    # occluding bar: 60 % of the images get a 4 px stripe of noise across the digit
+    occlude = torch.rand(m, generator=gen) < 0.6
     vertical = torch.rand(m, generator=gen) < 0.5
     pos = torch.randint(0, size - 4, (m,), generator=gen)
     rows = torch.arange(size).view(1, size, 1)
-    band = (rows >= pos.view(m, 1, 1)) & (rows < pos.view(m, 1, 1) + 3)
+    band = (rows >= pos.view(m, 1, 1)) & (rows < pos.view(m, 1, 1) + 4)
     band = torch.where(vertical.view(m, 1, 1), band.transpose(1, 2), band).expand(m, size, size)
     mask = (band & occlude.view(m, 1, 1)).unsqueeze(1)
     out = torch.where(mask, 0.5 * torch.randn(out.shape, generator=gen), out)

@@ -157,7 +157,7 @@ def build_layer_map(
     if in_channels is None:
         first = next((m for m in model.modules() if isinstance(m, QUANTIZABLE)), None)
         in_channels = first.in_channels if isinstance(first, nn.Conv2d) else 3
-    param = next(model.parameters())
+    param = next(model.parameters(), torch.zeros(()))
     example = torch.zeros(1, in_channels, input_size, input_size, dtype=param.dtype, device=param.device)
     layers = _trace_layers(model, example)
     if policy not in ("auto", "per-layer"):

@@ -253,13 +253,29 @@ class PTQEngine:
         for a in self.act:
             a.mode = "quant" if quant_acts else "off"
 
-    def _fp_reference(self) -> list[torch.Tensor]:
-        if self._fp_logits is None:
+    def prepare(self, bits: Sequence[int] | None) -> nn.Module:
+        """Put the working copy into the PTQ state of a per-slot configuration and return it.
+
+        Quantized weights, BatchNorm handling and calibrated activation quantizers are set
+        exactly as `evaluate` uses them; `None` restores the full-precision network. Proxies
+        that inspect the quantized network (attributions, features) use this; the returned
+        module is the engine's own copy, never the caller's model.
+        """
+        if bits is None:
             self._set_weights(None)
             for bn, state in zip(self.bns, self.bn_state):
                 bn.load_state_dict(state)
             for a in self.act:
                 a.mode = "off"
+            return self.work
+        bits = self.layer_map.validate(bits)
+        self._set_weights(self.layer_bits(bits))
+        self._prepare_bn_and_acts(quant_acts=self.settings.act_bits < 32)
+        return self.work
+
+    def _fp_reference(self) -> list[torch.Tensor]:
+        if self._fp_logits is None:
+            self.prepare(None)
             with torch.no_grad():
                 self._fp_logits = [self.work(x) for x, _ in self.data.test_batches(self.settings.batch_size)]
         return self._fp_logits
@@ -293,8 +309,7 @@ class PTQEngine:
         bits = self.layer_map.validate(bits)
         t0 = time.perf_counter()
         ref = self._fp_reference()
-        self._set_weights(self.layer_bits(bits))
-        self._prepare_bn_and_acts(quant_acts=self.settings.act_bits < 32)
+        self.prepare(bits)
         top1, loss, kl = self._score(ref)
         return QuantResult(
             top1,

@@ -14,16 +14,29 @@ Layout (all tensors float32, CPU unless moved):
 
 Layers are in the layer map's forward order, each named by its module name; ``layer_slot``
 maps every layer to its bit slot.
+
+On disk (`save_stats` / `load_stats`) the statistics are one torch file of plain tensors,
+lists, strings and numbers, loadable with ``torch.load(weights_only=True)`` (no pickle code
+runs), plus a content digest over every tensor and field: a truncated or altered file is
+rejected, never trusted.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from emq.errors import EmqError
+from emq.hashing import tensor_digest
+
 TENSOR_FIELDS = ("W", "G", "VG", "H", "A", "Y", "GY", "AE", "Q", "E")
 SCALAR_FIELDS = ("trace", "eig", "params", "macs", "out_channels")
+FORMAT = "emq-stats/1"
 
 
 @dataclass
@@ -60,3 +73,66 @@ class NetworkStats:
     @property
     def num_slots(self) -> int:
         return max(self.layer_slot) + 1 if self.layer_slot else 0
+
+
+def _digest(tensors: dict[str, torch.Tensor], header: dict) -> str:
+    keys = sorted(tensors)
+    return tensor_digest((tensors[k] for k in keys), extra=json.dumps(header, sort_keys=True) + "|".join(keys))
+
+
+def save_stats(stats: NetworkStats, path: str | Path) -> Path:
+    """Write statistics atomically (temp file + rename): a reader sees the old file or the new one."""
+    path = Path(path)
+    tensors = {f"{i}/{f}": getattr(layer, f).detach().cpu().contiguous() for i, layer in enumerate(stats.layers) for f in TENSOR_FIELDS}
+    header = {
+        "format": FORMAT,
+        "bits": list(stats.bits),
+        "layer_slot": list(stats.layer_slot),
+        "names": stats.names,
+        "scalars": [[float(getattr(layer, f)) for f in SCALAR_FIELDS] for layer in stats.layers],
+        "meta": stats.meta,
+    }
+    payload = {"header": json.dumps(header), "tensors": tensors, "digest": _digest(tensors, header)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_stats(path: str | Path) -> NetworkStats:
+    """Read a statistics file written by `save_stats`; EmqError if it is missing, corrupt or foreign."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        header = json.loads(payload["header"])
+        tensors = payload["tensors"]
+        digest = payload["digest"]
+    except FileNotFoundError as e:
+        raise EmqError(f"{path}: no such statistics file") from e
+    except Exception as e:  # torch/zip/json raise many types on damaged files
+        raise EmqError(f"{path}: not a readable statistics file ({type(e).__name__}: {e}); delete it and recompute") from e
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise EmqError(f"{path}: format {header.get('format') if isinstance(header, dict) else None!r} is not {FORMAT}; recompute the statistics")
+    if _digest(tensors, header) != digest:
+        raise EmqError(f"{path}: content digest mismatch (the file is damaged); delete it and recompute")
+    layers = []
+    for i, name in enumerate(header["names"]):
+        scalars = dict(zip(SCALAR_FIELDS, header["scalars"][i], strict=True))
+        layers.append(
+            LayerStats(
+                name=name,
+                **{f: tensors[f"{i}/{f}"] for f in TENSOR_FIELDS},
+                trace=float(scalars["trace"]),
+                eig=float(scalars["eig"]),
+                params=int(scalars["params"]),
+                macs=int(scalars["macs"]),
+                out_channels=int(scalars["out_channels"]),
+            )
+        )
+    return NetworkStats(tuple(header["bits"]), layers, list(header["layer_slot"]), header["meta"])

@@ -1,0 +1,8 @@
+"""MQ-Bench: configuration spaces, the PTQ bench builder, storage, queries, import/export."""
+
+from .builder import bench_build
+from .importer import bench_import
+from .query import Bench, bench_export, bench_info
+from .space import ConfigSpace, config_text, is_heldout, parse_config
+
+__all__ = ["Bench", "ConfigSpace", "bench_build", "bench_export", "bench_import", "bench_info", "config_text", "is_heldout", "parse_config"]

@@ -1,0 +1,175 @@
+"""Build a bench: plan configurations, PTQ-evaluate them, store records, measure the noise.
+
+The plan is a pure function of the build arguments and is stored in the file before any
+evaluation, so a restarted build (`resume=True`) evaluates exactly the configurations that
+have no record yet. Records are written one transaction each as results arrive.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+import emq
+from emq.errors import EmqError
+from emq.hashing import state_dict_digest, tensor_digest
+from emq.quant import PTQSettings
+
+from . import store
+from .executor import EvalSpec, Executor, engine_for, evaluate_task, make_executor, target_for
+from .noise import ORIENTATION, ceilings, default_metric, sample_for_noise
+from .sampling import plan_configs
+from .space import DEFAULT_BITS, ConfigSpace, config_text
+
+log = logging.getLogger(__name__)
+
+# metadata keys that must match for a resume to continue the same build
+BUILD_KEYS = ("model", "weights_hash", "data_fingerprint", "ptq_settings", "space", "seed", "sampler", "configs_requested", "user_configs", "noise_samples")
+
+
+def _split_digests(engine: Any) -> dict[str, str]:
+    test = engine.data.test
+    tensors = getattr(test, "tensors", None)
+    return {
+        "calibration": tensor_digest(engine.calib),
+        "test": tensor_digest(tensors) if tensors is not None else f"{type(test).__name__}:{len(test)}",
+    }
+
+
+def _build_meta(spec: EvalSpec, space: ConfigSpace, seed: int, sampler: str, configs: int, user: list[str], noise_samples: int) -> dict[str, Any]:
+    engine = engine_for(spec)
+    lm = engine.layer_map
+    fp = engine.evaluate_fp()
+    return {
+        "schema_version": store.SCHEMA_VERSION,
+        "kind": "ptq-build",
+        "model": spec.model,
+        "weights_hash": state_dict_digest(target_for(spec).model),
+        "data": spec.data or "default",
+        "data_fingerprint": engine.data.fingerprint,
+        "split_hashes": _split_digests(engine),
+        "test_limit": spec.test_limit,
+        "ptq_settings": spec.settings.to_json(),
+        "space": space.to_json(),
+        "slots": [{"name": s.name, "modules": list(s.modules), "params": s.params, "macs": s.macs} for s in lm.slots],
+        "allowed_bits": list(space.bits),
+        "act_bits": space.act_bits,
+        "fp_size_bytes": lm.fp_size_bytes,
+        "fp_reference": {"top1": fp.top1, "loss": fp.loss},
+        "seed": seed,
+        "sampler": sampler,
+        "configs_requested": configs,
+        "user_configs": user,
+        "noise_samples": noise_samples,
+        "metric_orientation": ORIENTATION,
+        "noise_ceiling": None,
+        "default_metric": "top1",
+        "versions": {"emq": emq.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _check_resume(path: Path, stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
+    if stored.get("kind") != "ptq-build":
+        raise EmqError(f"{path}: not a PTQ-built bench (kind {stored.get('kind')!r}); it cannot be resumed")
+    diff = [k for k in BUILD_KEYS if stored.get(k) != wanted.get(k)]
+    if diff:
+        raise EmqError(f"{path}: was built with different {', '.join(diff)}; resume with the original arguments or choose another --out")
+
+
+def _run(
+    con: Any, executor: Executor, spec: EvalSpec, todo: list[tuple[int, str, str]], desc: str, progress: bool, write: Any
+) -> None:
+    tasks = ((spec, cfg) for _, cfg, _ in todo)
+    info = {cfg: (idx, src) for idx, cfg, src in todo}
+    with tqdm(total=len(todo), desc=desc, unit="cfg", disable=not progress or not todo) as bar:
+        for res in executor.imap(evaluate_task, tasks):
+            write(res, *info[res["config"]])
+            bar.update(1)
+
+
+def bench_build(
+    out: Path | str,
+    model: str = "default",
+    configs: int = 1000,
+    seed: int = 0,
+    workers: int = 1,
+    resume: bool = False,
+    bits: Sequence[int] = DEFAULT_BITS,
+    pinned: Mapping[int | str, int] | None = None,
+    sampler: str = "stratified",
+    user_configs: Sequence[Sequence[int] | str] = (),
+    data: str | None = None,
+    weights: Path | str | None = None,
+    input_size: int | None = None,
+    num_classes: int | None = None,
+    settings: PTQSettings | None = None,
+    noise_samples: int = 100,
+    test_limit: int | None = None,
+    progress: bool = True,
+    executor: Executor | None = None,
+) -> dict[str, Any]:
+    """Build (or resume) a bench file; returns `bench_info` of the finished file.
+
+    `configs` is the total number of configurations, the uniform ones and the user's
+    included. The noise ceiling re-evaluates `noise_samples` of them with the next
+    calibration seed. `test_limit` evaluates on the first N test images only (smoke tests).
+    """
+    out = Path(out)
+    if out.exists() and not resume:
+        raise EmqError(f"--out {out}: the file exists; pass --resume to continue that build, or choose another file")
+    if workers < 1:
+        raise EmqError(f"--workers {workers}: must be >= 1")
+    settings = settings or PTQSettings()
+    spec = EvalSpec(model, data, str(weights) if weights else None, input_size, num_classes, settings, test_limit)
+    lm = engine_for(spec).layer_map
+    space = ConfigSpace.for_layer_map(lm, bits, pinned, settings.act_bits)
+    user = [config_text(space.validate(c, f"user configuration #{i + 1}")) for i, c in enumerate(user_configs)]
+    plan = [(config_text(c), src) for c, src in plan_configs(space, configs, seed, lm.params, sampler, [tuple(map(int, u.split(","))) for u in user])]
+    wanted = _build_meta(spec, space, seed, sampler, configs, user, noise_samples)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from .query import bench_info
+
+    with closing(store.connect(out)) as con:
+        stored = store.init_bench(con, wanted, plan)
+        _check_resume(out, stored, json.loads(json.dumps(wanted)))
+        stored_plan = store.read_plan(con)
+        done = store.done_configs(con)
+        todo = [row for row in stored_plan if row[1] not in done]
+        log.info("%s: %d planned, %d done, %d to evaluate", out, len(stored_plan), len(done), len(todo))
+
+        def write_record(res: dict, idx: int, source: str) -> None:
+            store.insert_record(con, {**res, "idx": idx, "seed": settings.calib_seed, "source": source})
+
+        noise_spec = spec.with_calib_seed(settings.calib_seed + 1)
+        noise_cfgs = sample_for_noise([c for _, c, _ in stored_plan], noise_samples, seed)
+        done_rep = store.done_configs(con, "repeats")
+        todo_rep = [(-1, c, "") for c in noise_cfgs if c not in done_rep]
+
+        def write_repeat(res: dict, idx: int, source: str) -> None:
+            store.insert_repeat(con, res["config"], res, noise_spec.settings.calib_seed)
+
+        executor = executor or make_executor(workers)
+        try:
+            t0 = time.perf_counter()
+            _run(con, executor, spec, todo, "bench", progress, write_record)
+            _run(con, executor, noise_spec, todo_rep, "noise ceiling", progress, write_repeat)
+            elapsed = time.perf_counter() - t0
+        finally:
+            executor.close()
+        records = {r[1]: dict(zip(store.RECORD_COLUMNS, r)) for r in store.read_records(con)}
+        repeats = {r[0]: {"top1": r[1], "loss": r[2], "kl": r[3]} for r in con.execute("SELECT config, top1, loss, kl FROM repeats")}
+        ceiling = ceilings(records, repeats)
+        build_log = stored.get("build_log", []) + [{"evaluated": len(todo) + len(todo_rep), "seconds": round(elapsed, 2), "workers": workers}]
+        store.write_meta(con, {"noise_ceiling": ceiling, "noise_calib_seed": noise_spec.settings.calib_seed, "noise_configs": len(repeats), "default_metric": default_metric(ceiling), "build_log": build_log})
+    store.compact(out)
+    return bench_info(out)

@@ -1,0 +1,247 @@
+"""Query a bench: the EMQAPI interface of MQ-Bench-101 plus array access, filters and export.
+
+A bench file is small (thousands of rows), so `Bench.open` reads it whole into numpy
+arrays; every query afterwards is in memory. Positional indices 0..len-1 follow the
+records' build order, as EMQAPI's indices do.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import closing
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emq.errors import EmqError
+
+from . import store
+from .space import ConfigSpace, config_text, is_heldout, parse_config
+
+SPLITS = ("all", "search", "heldout")
+ARRAY_METRICS = ("top1", "loss", "kl", "size_bytes", "bitops", "seconds")
+DEFAULT_BENCH = "default.sqlite"
+
+
+def default_bench_path() -> Path:
+    """The shipped default bench (package data of emq.bench)."""
+    return Path(str(resources.files("emq.bench") / "data" / DEFAULT_BENCH))
+
+
+def resolve_bench_path(path: str | Path) -> Path:
+    if str(path) == "default":
+        p = default_bench_path()
+        if not p.is_file():
+            raise EmqError("the default bench is missing from this installation; rebuild it (see README: `emq bench build`)")
+        return p
+    return Path(path)
+
+
+class Bench:
+    """A bench in memory: configurations [N, S], metrics, metadata, EMQAPI queries."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], rows: list[tuple]) -> None:
+        self.path = path
+        self.meta = meta
+        if not rows:
+            raise EmqError(f"bench {path}: has no records (an empty or unfinished build; resume it with `emq bench build ... --resume`)")
+        cols = list(zip(*rows))
+        get = {c: cols[i] for i, c in enumerate(store.RECORD_COLUMNS)}
+        self.config_texts: list[str] = list(get["config"])
+        self.configs = np.array([[int(b) for b in c.split(",")] for c in self.config_texts], dtype=np.int64)
+        self.metrics = {m: np.array([np.nan if v is None else v for v in get[m]], dtype=np.float64) for m in ARRAY_METRICS}
+        self.sources: list[str] = list(get["source"])
+        self.heldout = np.array([is_heldout(c) for c in self.config_texts], dtype=bool)
+        self._index = {tuple(int(b) for b in c.split(",")): i for i, c in enumerate(self.config_texts)}
+
+    @classmethod
+    def open(cls, path: str | Path = "default") -> Bench:
+        """Open a bench file, or the shipped one with 'default'."""
+        p = resolve_bench_path(path)
+        with closing(store.connect(p, readonly=True)) as con:
+            meta = store.read_meta(con)
+            if "space" not in meta:
+                raise EmqError(f"bench {p}: has no metadata (not a bench file, or its build never started)")
+            rows = store.read_records(con)
+        return cls(p, meta, rows)
+
+    # -- description ---------------------------------------------------------------
+    @property
+    def bits(self) -> tuple[int, ...]:
+        return tuple(self.meta["space"]["bits"])
+
+    @property
+    def space(self) -> ConfigSpace:
+        return ConfigSpace.from_json(self.meta["space"])
+
+    @property
+    def slot_names(self) -> list[str]:
+        return list(self.meta["space"]["slot_names"])
+
+    @property
+    def noise_ceiling(self) -> dict[str, float | None] | None:
+        return self.meta.get("noise_ceiling")
+
+    @property
+    def default_metric(self) -> str:
+        return self.meta.get("default_metric", "top1")
+
+    # -- arrays ----------------------------------------------------------------------
+    def mask(
+        self,
+        split: str = "all",
+        max_size_bytes: float | None = None,
+        min_size_bytes: float | None = None,
+        max_bitops: float | None = None,
+        min_bitops: float | None = None,
+    ) -> np.ndarray:
+        """Boolean row mask for a split and budget filters."""
+        if split not in SPLITS:
+            raise EmqError(f"split {split!r}: use one of {', '.join(SPLITS)}")
+        keep = np.ones(len(self), dtype=bool)
+        if split == "search":
+            keep &= ~self.heldout
+        elif split == "heldout":
+            keep &= self.heldout
+        size, ops = self.metrics["size_bytes"], self.metrics["bitops"]
+        for arr, lo, hi in ((size, min_size_bytes, max_size_bytes), (ops, min_bitops, max_bitops)):
+            if lo is not None:
+                keep &= arr >= lo
+            if hi is not None:
+                keep &= arr <= hi
+        return keep
+
+    def arrays(self, split: str = "all", metrics: Sequence[str] | None = None, **budget: float | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(configs int [N, S], {metric: float [N]}) for a split, optionally within a budget."""
+        names = list(metrics) if metrics is not None else list(ARRAY_METRICS)
+        bad = [m for m in names if m not in ARRAY_METRICS]
+        if bad:
+            raise EmqError(f"metric {bad[0]!r}: use one of {', '.join(ARRAY_METRICS)}")
+        keep = self.mask(split, **budget)
+        return self.configs[keep], {m: self.metrics[m][keep] for m in names}
+
+    # -- EMQAPI ------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.config_texts)
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(index, {'bit_cfg': "[4, 3, ...]", 'acc': top-1}) like EMQAPI's dict items."""
+        for i in range(len(self)):
+            yield i, {"bit_cfg": self.fix_bit_cfg(i), "acc": float(self.metrics["top1"][i])}
+
+    def _check_idx(self, idx: int) -> int:
+        if not 0 <= int(idx) < len(self):
+            raise EmqError(f"index {idx}: out of range, the bench has {len(self)} records (0..{len(self) - 1})")
+        return int(idx)
+
+    def random_index(self) -> int:
+        return random.randrange(len(self))
+
+    def fix_bit_cfg(self, idx: int) -> str:
+        """The configuration of record `idx` as EMQAPI's string, e.g. "[4, 3, 2]"."""
+        return str(self.configs[self._check_idx(idx)].tolist())
+
+    def random_bit_cfg(self) -> str:
+        return self.fix_bit_cfg(self.random_index())
+
+    def query_by_idx(self, idx: int, metric: str = "top1") -> float:
+        if metric not in ARRAY_METRICS:
+            raise EmqError(f"metric {metric!r}: use one of {', '.join(ARRAY_METRICS)}")
+        return float(self.metrics[metric][self._check_idx(idx)])
+
+    def get_idx_by_cfg(self, bit_cfg: str | Sequence[int]) -> int:
+        cfg = parse_config(bit_cfg)
+        if cfg not in self._index:
+            raise EmqError(f"configuration {config_text(cfg)}: not in bench {self.path}")
+        return self._index[cfg]
+
+    def query_by_cfg(self, bit_cfg: str | Sequence[int], metric: str = "top1") -> float:
+        """Metric of a configuration given as tuple, list or string ("[4, 3, 2]" or "4,3,2")."""
+        return self.query_by_idx(self.get_idx_by_cfg(bit_cfg), metric)
+
+    # -- export ------------------------------------------------------------------------
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for i, c in enumerate(self.config_texts):
+            row: dict[str, Any] = {"index": i, "config": c, "split": "heldout" if self.heldout[i] else "search", "source": self.sources[i]}
+            row.update({m: (None if np.isnan(v) else float(v)) for m in ARRAY_METRICS for v in [self.metrics[m][i]]})
+            out.append(row)
+        return out
+
+    def to_csv_text(self) -> str:
+        buf = io.StringIO()
+        rows = self.rows()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+        return buf.getvalue()
+
+    def to_json_obj(self) -> dict[str, Any]:
+        return {"meta": self.meta, "records": self.rows()}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file via a temp file in the same folder and os.replace (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def bench_info(path: str | Path = "default") -> dict[str, Any]:
+    """Summary of a bench: records, slots, bits, noise ceiling, metric distributions."""
+    b = Bench.open(path)
+    metrics = {}
+    for m in ("top1", "loss", "kl", "size_bytes", "bitops"):
+        v = b.metrics[m][np.isfinite(b.metrics[m])]
+        if v.size:
+            q = np.percentile(v, [0, 5, 25, 50, 75, 95, 100])
+            metrics[m] = {"min": q[0], "p5": q[1], "p25": q[2], "median": q[3], "p75": q[4], "p95": q[5], "max": q[6], "mean": float(v.mean()), "std": float(v.std())}
+            metrics[m] = {k: float(x) for k, x in metrics[m].items()}
+    meta = b.meta
+    return {
+        "path": str(b.path),
+        "model": meta.get("model"),
+        "records": len(b),
+        "planned": meta.get("configs_requested"),
+        "search_records": int((~b.heldout).sum()),
+        "heldout_records": int(b.heldout.sum()),
+        "slots": b.slot_names,
+        "allowed_bits": list(b.bits),
+        "pinned": meta["space"].get("pinned", {}),
+        "act_bits": meta["space"].get("act_bits"),
+        "noise_ceiling": b.noise_ceiling,
+        "default_metric": b.default_metric,
+        "metric_orientation": meta.get("metric_orientation"),
+        "fp_reference": meta.get("fp_reference"),
+        "metrics": metrics,
+        "ptq_settings": meta.get("ptq_settings"),
+        "weights_hash": meta.get("weights_hash"),
+        "data_fingerprint": meta.get("data_fingerprint"),
+        "versions": meta.get("versions"),
+        "build_log": meta.get("build_log", []),
+    }
+
+
+def bench_export(path: str | Path, to: str = "csv", out: str | Path | None = None) -> Path:
+    """Export records (with split and metrics) to CSV or JSON; returns the written path."""
+    if to not in ("csv", "json"):
+        raise EmqError(f"--to {to!r}: use csv or json")
+    b = Bench.open(path)
+    dest = Path(out) if out else (Path.cwd() / f"default.{to}" if str(path) == "default" else Path(path).with_suffix(f".{to}"))
+    text = b.to_csv_text() if to == "csv" else json.dumps(b.to_json_obj(), indent=1) + "\n"
+    atomic_write_text(dest, text)
+    return dest

@@ -1,0 +1,262 @@
+"""Budgets, pins and allowed bits, turned into one integer-cost allocation problem.
+
+Every budget is linear in the per-slot bit-widths and increasing in each of them, so the
+configuration that puts every free slot at its smallest allowed bit minimises every
+budget at once. That makes feasibility exact and cheap: a set of budgets is feasible if
+and only if that configuration satisfies all of them, and the smallest feasible value of
+each budget is its cost there. Costs are kept as integers (weight bits, BitOps) so a
+solution either fits a budget or it does not, with no floating-point tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from ..errors import EmqError
+from ..layermap import LayerMap
+
+KINDS = ("size", "bitops", "avg-bits", "frac8")
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+_COUNT_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+def _parse_number(text: str, units: Mapping[str, float], what: str, example: str) -> float:
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
+    if not m or m.group(2) not in units:
+        raise EmqError(f"{what} {text!r}: give a number with an optional unit ({', '.join(u for u in units if u)}), e.g. {example}")
+    value = float(m.group(1)) * units[m.group(2)]
+    if not value > 0:
+        raise EmqError(f"{what} {text!r}: must be positive")
+    return value
+
+
+def parse_size(text: str | float, what: str = "--budget-size") -> float:
+    """Bytes from '123456', '200KB' (10^3), '1.5MiB' (2^20)."""
+    return _parse_number(str(text), _SIZE_UNITS, what, "1.5MiB, 200KB or 123456 (bytes)")
+
+
+def parse_bitops(text: str | float, what: str = "--budget-bitops") -> float:
+    """BitOps from '1.2G', '350M', '5e9'."""
+    return _parse_number(str(text), _COUNT_UNITS, what, "1.2G or 350M")
+
+
+def parse_plain(text: str | float, what: str) -> float:
+    return _parse_number(str(text), {"": 1}, what, "3.0")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One upper limit: kind in KINDS, value in that kind's unit (bytes, BitOps, bits, fraction)."""
+
+    kind: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise EmqError(f"budget kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        if not (math.isfinite(self.value) and self.value > 0):
+            raise EmqError(f"--budget-{self.kind} {self.value}: must be a positive number")
+
+    @staticmethod
+    def parse(kind: str, text: str | float) -> Budget:
+        """A budget from the text a user typed, in the unit the kind uses."""
+        what = f"--budget-{kind}"
+        parser = {"size": parse_size, "bitops": parse_bitops}.get(kind, parse_plain)
+        return Budget(kind, parser(text, what))
+
+    def label(self) -> str:
+        return f"{self.kind}<={self.value:.6g}"
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """sum_s cost[s, b_s] <= limit, costs in integer units (weight bits or BitOps)."""
+
+    budget: Budget
+    cost: np.ndarray  # [S, B] float64 holding integers
+    limit: float  # integer-valued
+
+    def value_of(self, units: float, layer_map: LayerMap, act_bits: int) -> float:
+        """Convert an integer cost back into the budget's unit (for messages and reports)."""
+        return _from_units(self.budget.kind, units, layer_map, act_bits)
+
+
+def _from_units(kind: str, units: float, lm: LayerMap, act_bits: int) -> float:
+    if kind == "size":
+        return units / 8.0 + lm.bias_bytes
+    if kind == "bitops":
+        return units
+    if kind == "avg-bits":
+        return units / float(lm.params.sum())
+    return (units / 8.0 + lm.bias_bytes) / float(lm.size_bytes([8] * lm.num_slots))
+
+
+def _to_limit(b: Budget, lm: LayerMap) -> float:
+    """The budget as an integer limit on its cost units (floor: never round a limit up)."""
+    if b.kind == "size":
+        units = (b.value - lm.bias_bytes) * 8.0
+    elif b.kind == "bitops":
+        units = b.value
+    elif b.kind == "avg-bits":
+        units = b.value * float(lm.params.sum())
+    else:
+        units = (b.value * float(lm.size_bytes([8] * lm.num_slots)) - lm.bias_bytes) * 8.0
+    return float(math.floor(units + 1e-9 * max(1.0, abs(units))))
+
+
+def _resolve_slot(lm: LayerMap, key: str | int, what: str) -> int:
+    """A slot from its name, one of its modules' names, or its index (names win: nn.Sequential
+    modules are called '0', '1', ...)."""
+    if isinstance(key, str):
+        for i, s in enumerate(lm.slots):
+            if key == s.name or key in s.modules:
+                return i
+    if isinstance(key, (int, np.integer)) or key.lstrip("-").isdigit():
+        i = int(key)
+        if not 0 <= i < lm.num_slots:
+            raise EmqError(f"{what}: slot {i} is out of range 0..{lm.num_slots - 1} (see `emq layers --model {lm.model}`)")
+        return i
+    raise EmqError(f"{what}: {key!r} is neither a slot index nor a module of {lm.model}; slots are {', '.join(lm.slot_names)}")
+
+
+@dataclass
+class Problem:
+    """Everything an allocator needs: allowed bits per slot, tie groups and integer constraints.
+
+    `bits` are the table columns (ctx.bits of the proxy): the union of the allowed bits and
+    the pinned bits. `allowed[s, j]` says whether slot s may take bits[j]. `groups` lists
+    slots that must share one bit-width (each slot in exactly one group).
+    """
+
+    layer_map: LayerMap
+    bits: tuple[int, ...]
+    allowed: np.ndarray  # [S, B] bool
+    groups: list[list[int]]
+    constraints: list[Constraint]
+    act_bits: int = 8
+    pins: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def num_slots(self) -> int:
+        return self.layer_map.num_slots
+
+    def min_config(self) -> np.ndarray:
+        """Column index per slot of the cheapest allowed configuration (respecting ties)."""
+        idx = np.zeros(self.num_slots, dtype=np.int64)
+        for g in self.groups:
+            ok = np.flatnonzero(self.allowed[g].all(axis=0))
+            idx[g] = ok[0]
+        return idx
+
+    def group_choices(self) -> list[np.ndarray]:
+        """Allowed column indices of every group."""
+        return [np.flatnonzero(self.allowed[g].all(axis=0)) for g in self.groups]
+
+    def costs(self, idx: np.ndarray) -> np.ndarray:
+        """Integer costs [K] (or [N, K]) of configurations given as column indices [S] or [N, S]."""
+        idx = np.atleast_2d(idx)
+        s = np.arange(self.num_slots)
+        out = np.stack([c.cost[s[None, :], idx].sum(axis=1) for c in self.constraints], axis=1) if self.constraints else np.zeros((idx.shape[0], 0))
+        return out
+
+    def feasible(self, idx: np.ndarray) -> np.ndarray:
+        """Whether configurations (column indices) respect pins, allowed bits, ties and budgets."""
+        idx = np.atleast_2d(idx)
+        s = np.arange(self.num_slots)
+        ok = self.allowed[s[None, :], idx].all(axis=1)
+        for g in self.groups:
+            ok &= (idx[:, g] == idx[:, g[:1]]).all(axis=1)
+        if self.constraints:
+            ok &= (self.costs(idx) <= np.array([c.limit for c in self.constraints])[None, :]).all(axis=1)
+        return ok
+
+    def to_bits(self, idx: np.ndarray) -> tuple[int, ...]:
+        return tuple(int(self.bits[j]) for j in idx)
+
+    def to_index(self, bits: Sequence[int]) -> np.ndarray:
+        lut = {b: j for j, b in enumerate(self.bits)}
+        return np.array([lut[int(b)] for b in bits], dtype=np.int64)
+
+    def check_feasible(self) -> None:
+        """Refuse an infeasible request before solving, naming the smallest feasible values."""
+        low = self.costs(self.min_config())[0]
+        bad = [(c, u) for c, u in zip(self.constraints, low) if u > c.limit]
+        if not bad:
+            return
+        pins = f" with pins {', '.join(f'{self.layer_map.slots[s].name}={b}' for s, b in sorted(self.pins.items()))}" if self.pins else ""
+        parts = []
+        for c, u in bad:
+            need = c.value_of(u, self.layer_map, self.act_bits)
+            parts.append(f"--budget-{c.budget.kind} {c.budget.value:.6g} is below the smallest feasible value {_fmt(c.budget.kind, need)}")
+        raise EmqError("infeasible budget: " + "; ".join(parts) + f" (every free slot at its lowest allowed bit of {list(self.bits)}{pins}); raise the budget, lower --bits-allowed or remove pins")
+
+
+def _fmt(kind: str, v: float) -> str:
+    """The smallest feasible value, rounded *up* so that the number shown is itself feasible."""
+    if kind == "size":
+        v = math.ceil(v)
+        return f"{v} bytes ({v / 2**20:.6f} MiB)"
+    digits = 6 - math.ceil(math.log10(v))
+    up = math.ceil(v * 10**digits) / 10**digits
+    return f"{up:.{max(digits, 0)}f}" + (" BitOps" if kind == "bitops" else "")
+
+
+def build_problem(
+    layer_map: LayerMap,
+    budgets: Sequence[Budget] = (),
+    bits_allowed: Sequence[int] = (2, 3, 4),
+    pins: Mapping[str | int, int] | None = None,
+    slot_bits: Mapping[str | int, Sequence[int]] | None = None,
+    ties: Sequence[Sequence[str | int]] = (),
+    act_bits: int = 8,
+) -> Problem:
+    """Turn user-level budgets, pins (slot -> bits), per-slot allowed bits and extra tie groups
+    into a Problem. Slots are the layer map's tie groups already (e.g. a ResNet downsample
+    conv shares its block's slot); `ties` adds further groups of slots forced equal."""
+    allowed_bits = sorted({int(b) for b in bits_allowed})
+    if not allowed_bits or any(not 1 <= b <= 8 for b in allowed_bits):
+        raise EmqError(f"--bits-allowed {list(bits_allowed)}: give bit-widths in 1..8")
+    if not 1 <= act_bits <= 32:
+        raise EmqError(f"--act-bits {act_bits}: use 1..8 (or 32 for unquantized activations)")
+    pin_idx = {_resolve_slot(layer_map, k, "--pin"): int(v) for k, v in (pins or {}).items()}
+    for s, b in pin_idx.items():
+        if not 1 <= b <= 8:
+            raise EmqError(f"--pin {layer_map.slots[s].name}={b}: bit-width must be in 1..8")
+    per_slot = {_resolve_slot(layer_map, k, "--slot-bits"): sorted({int(b) for b in v}) for k, v in (slot_bits or {}).items()}
+    extra = sorted({b for v in per_slot.values() for b in v} - set(allowed_bits))
+    if extra:
+        raise EmqError(f"--slot-bits: bit-widths {extra} are not in --bits-allowed {allowed_bits}")
+    cols = tuple(sorted(set(allowed_bits) | set(pin_idx.values())))
+    S, B = layer_map.num_slots, len(cols)
+    allowed = np.zeros((S, B), dtype=bool)
+    for s in range(S):
+        ok = [pin_idx[s]] if s in pin_idx else per_slot.get(s, allowed_bits)
+        allowed[s, [cols.index(b) for b in ok]] = True
+    groups = _merge_ties(layer_map, ties, S)
+    for g in groups:
+        if not allowed[g].all(axis=0).any():
+            names = ", ".join(layer_map.slots[s].name for s in g)
+            raise EmqError(f"tied slots {names} have no bit-width in common (check --pin / --slot-bits / --tie)")
+    col_bits = np.array(cols, dtype=np.float64)
+    constraints = []
+    for b in budgets:
+        per_bit = layer_map.macs * float(act_bits) if b.kind == "bitops" else layer_map.params
+        constraints.append(Constraint(b, np.outer(per_bit, col_bits), _to_limit(b, layer_map)))
+    return Problem(layer_map, cols, allowed, groups, constraints, act_bits, pin_idx)
+
+
+def _merge_ties(lm: LayerMap, ties: Sequence[Sequence[str | int]], n: int) -> list[list[int]]:
+    """Slots joined by any tie group form one decision (connected components)."""
+    graph = nx.Graph()
+    graph.add_nodes_from(range(n))
+    for t in ties:
+        idx = [_resolve_slot(lm, k, "--tie") for k in t]
+        graph.add_edges_from((idx[0], i) for i in idx[1:])
+    return sorted((sorted(c) for c in nx.connected_components(graph)), key=lambda g: g[0])

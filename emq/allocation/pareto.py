@@ -1,0 +1,169 @@
+"""Pareto sweeps: allocate over a range of budgets and chart score and accuracy against size.
+
+One sweep allocates with the main proxy at every budget value and, for comparison, with
+any baseline proxies at the same budgets and with the uniform configurations. With
+evaluate=True every point is PTQ-quantized, so the chart shows what the bits really buy.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+from tqdm import tqdm
+
+from ..data import DataSplits
+from ..errors import EmqError
+from ..proxy import Proxy
+from ..quant import PTQSettings
+from ..target import resolve_target
+from .allocator import Allocation, Allocator, as_budgets, resolve_proxy
+from .bitmap import atomic_write_text
+from .budgets import Budget
+
+log = logging.getLogger(__name__)
+
+CSV_FIELDS = ["series", "method", "budget_kind", "budget", "size_bytes", "bitops", "avg_bits", "predicted", "solve_seconds", "top1", "loss", "kl", "bits"]
+
+
+def parse_sweep(text: str, kind: str) -> np.ndarray:
+    """'A:B:N' -> N budget values from A to B (ends in the kind's unit, e.g. '1MiB:2MiB:10')."""
+    parts = str(text).split(":")
+    if len(parts) != 3:
+        raise EmqError(f"--sweep {text!r}: give START:STOP:COUNT, e.g. 2.5:4:8")
+    try:
+        n = int(parts[2])
+    except ValueError as e:
+        raise EmqError(f"--sweep {text!r}: COUNT must be an integer") from e
+    if not 1 <= n <= 10000:
+        raise EmqError(f"--sweep {text!r}: COUNT must be in 1..10000")
+    a, b = (Budget.parse(kind, p).value for p in parts[:2])
+    return np.linspace(a, b, n)
+
+
+@dataclass
+class SweepResult:
+    kind: str
+    values: list[float]
+    points: list[Allocation] = field(default_factory=list)
+    skipped: list[tuple[str, float, str]] = field(default_factory=list)  # (series, budget, why)
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for a in self.points:
+            budget = next((b["value"] for b in a.budgets if b["kind"] == self.kind), "")
+            out.append({"series": a.proxy, "method": a.method, "budget_kind": self.kind, "budget": budget, "size_bytes": a.size_bytes,
+                        "bitops": a.bitops, "avg_bits": a.avg_bits, "predicted": a.predicted, "solve_seconds": a.solve_seconds,
+                        "top1": a.top1, "loss": a.loss, "kl": a.kl, "bits": " ".join(map(str, a.bits))})
+        return out
+
+
+def sweep(
+    model: Allocator | str | nn.Module,
+    proxy: Proxy | str | Path,
+    kind: str,
+    values: Sequence[float],
+    fixed: Sequence[Budget] | Mapping[str, Any] | None = None,
+    baselines: Sequence[Proxy | str | Path] = (),
+    uniform: bool = True,
+    evaluate: bool = False,
+    bits_allowed: Sequence[int] = (2, 3, 4),
+    pins: Mapping[str | int, int] | None = None,
+    search_evaluations: int = 200,
+    seed: int = 0,
+    settings: PTQSettings | None = None,
+    data: str | DataSplits | None = None,
+    weights: Path | None = None,
+    input_size: int | None = None,
+    num_classes: int | None = None,
+) -> SweepResult:
+    """Allocate with `proxy` (and each baseline) at every budget value of `kind`, plus the
+    uniform configurations. `model` is a model name / nn.Module (resolved with the data and
+    settings given) or an Allocator to reuse its tables and PTQ engine. Budget values below the smallest feasible one are skipped and
+    recorded, not fatal."""
+    allocator = model if isinstance(model, Allocator) else Allocator(
+        resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size, need_data=evaluate or data is not None or model == "default"), settings)
+    proxies = [resolve_proxy(p) for p in [proxy, *baselines]]
+    fixed = as_budgets(fixed)
+    result = SweepResult(kind, [float(v) for v in values])
+    jobs = [(p, float(v)) for p in proxies for v in values]
+    for p, v in tqdm(jobs, desc="sweep", disable=not log.isEnabledFor(logging.INFO)):
+        problem = allocator.problem([*fixed, Budget(kind, v)], bits_allowed, pins)
+        try:
+            result.points.append(allocator.allocate(p, problem, evaluate, search_evaluations=search_evaluations, seed=seed))
+        except EmqError as e:
+            result.skipped.append((p.name, v, str(e)))
+    if uniform:
+        base = allocator.problem(fixed, bits_allowed, pins)
+        main = proxies[0]
+        for b in sorted(set(bits_allowed)):
+            bits = tuple(base.pins.get(s, b) for s in range(base.num_slots))
+            idx = base.to_index(bits)
+            if not base.feasible(idx)[0]:
+                continue
+            predicted = float(allocator.predict(main, base.bits, np.array([bits]))[0])
+            result.points.append(allocator.finish(f"uniform-{b}", main.orientation, "uniform", bits, predicted, 0.0, base, evaluate))
+    return result
+
+
+def write_csv(path: str | Path, result: SweepResult) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    for r in result.rows():
+        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def plot_png(path: str | Path, result: SweepResult, title: str = "") -> None:
+    """Predicted score (and measured top-1 when present) against model size, one line per proxy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = any(a.top1 is not None for a in result.points)
+    fig, axes = plt.subplots(1, 2 if measured else 1, figsize=(11 if measured else 6, 4.2), squeeze=False)
+    series: dict[str, list[Allocation]] = {}
+    for a in result.points:
+        series.setdefault("uniform" if a.method == "uniform" else a.proxy, []).append(a)
+    main = result.points[0].proxy if result.points else ""
+    panels = [("predicted", "predicted score (main proxy's scale)")] + ([("top1", "measured PTQ top-1 (%)")] if measured else [])
+    for ax, (attr, label) in zip(axes[0], panels):
+        for name, pts in series.items():
+            if attr == "predicted" and name not in (main, "uniform"):
+                continue  # other proxies' scores are on other scales
+            pts = sorted(pts, key=lambda a: a.size_bytes)
+            x = [a.size_bytes / 1024 for a in pts]
+            y = [getattr(a, attr) for a in pts]
+            if name == "uniform":
+                ax.scatter(x, y, marker="s", color="black", label="uniform bits", zorder=3)
+                for a, xi, yi in zip(pts, x, y):
+                    ax.annotate(a.proxy.split("-")[-1], (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            else:
+                ax.plot(x, y, marker="o", ms=3, label=name)
+        ax.set_xlabel("model size (KiB)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or f"allocation sweep over {result.kind}")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,192 @@
+"""Hand-made separable proxies: a per-layer, per-bit term summed into slots.
+
+Every table is computed from the statistics in `ctx.stats` (emq.search_space.netstats
+layout), one row per layer, then summed into bit slots with `stats.layer_slot`, so the
+same table drives ranking and the allocation ILP. Two conventions cover the families:
+
+- *perturbation* proxies (HAWQ, Fisher) estimate the loss increase caused by the weight
+  quantization noise E_b = Q_b(W) - W; a larger value predicts *lower* accuracy
+  (orientation -1);
+- *importance* proxies (SNIP, Synflow, QE) give each layer a bit-independent importance and
+  inject bits as importance x b (EMQ's convention); a larger value predicts *higher*
+  accuracy (orientation +1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ..errors import EmqError
+from ..proxy import ProxyContext, SeparableProxy
+from ..search_space.netstats import LayerStats, NetworkStats
+
+
+def require_stats(ctx: ProxyContext) -> NetworkStats:
+    """The context's statistics, checked against its bits (a mismatch would misalign columns)."""
+    stats = ctx.stats
+    if stats is None:
+        raise EmqError("this proxy needs network statistics: build the context with emq.search_space.stats.compute_stats")
+    if tuple(stats.bits) != tuple(ctx.bits):
+        raise EmqError(f"the statistics were computed for bits {list(stats.bits)}, but the proxy is asked for {list(ctx.bits)}: recompute them")
+    return stats
+
+
+def slot_table(stats: NetworkStats, per_layer: np.ndarray) -> np.ndarray:
+    """Sum a per-layer table [L, B] into the slot table [S, B] (tied layers add up)."""
+    per_layer = np.asarray(per_layer, dtype=np.float64)
+    if not np.isfinite(per_layer).all():
+        raise EmqError("the proxy table contains NaN or infinite values: the statistics are degenerate (check the model and calibration data)")
+    out = np.zeros((stats.num_slots, per_layer.shape[1]), dtype=np.float64)
+    np.add.at(out, np.asarray(stats.layer_slot), per_layer)
+    return out
+
+
+def _bits_row(stats: NetworkStats) -> np.ndarray:
+    return np.asarray(stats.bits, dtype=np.float64)
+
+
+def _noise_energy(layer: LayerStats, weight: torch.Tensor | float = 1.0) -> np.ndarray:
+    """sum(weight * E_b^2) for every bit b: [B]."""
+    e2 = layer.E.double().pow(2)
+    w = weight.double() if isinstance(weight, torch.Tensor) else weight
+    return (e2 * w).reshape(e2.shape[0], -1).sum(dim=1).numpy()
+
+
+class _LayerwiseProxy(SeparableProxy):
+    """A proxy given by one function of a layer's statistics -> its row [B]."""
+
+    def row(self, layer: LayerStats, stats: NetworkStats, ctx: ProxyContext) -> np.ndarray:
+        raise NotImplementedError
+
+    def table(self, ctx: ProxyContext) -> np.ndarray:
+        stats = require_stats(ctx)
+        return slot_table(stats, np.stack([self.row(layer, stats, ctx) for layer in stats.layers]))
+
+
+class HawqV1(_LayerwiseProxy):
+    name = "hawq-v1"
+    description = "top Hessian eigenvalue x ||Q_b(W)-W||^2 per layer (HAWQ, Dong et al., ICCV 2019)"
+    orientation = -1
+    cost = "statistics only (Hessian eigenvalue per layer)"
+
+    def row(self, layer, stats, ctx):
+        return float(layer.eig) * _noise_energy(layer)
+
+
+class HawqV2(_LayerwiseProxy):
+    name = "hawq-v2"
+    description = "average Hessian trace Tr(H)/n x ||Q_b(W)-W||^2 per layer (HAWQ-V2, Dong et al., NeurIPS 2020)"
+    orientation = -1
+    cost = "statistics only (Hutchinson trace per layer)"
+
+    def row(self, layer, stats, ctx):
+        return float(layer.trace) / float(layer.params) * _noise_energy(layer)
+
+
+class Fisher(_LayerwiseProxy):
+    name = "fisher"
+    description = "empirical Fisher sum(G^2 * (Q_b(W)-W)^2) per layer (Fisher pruning, Theis et al., 2018; as used for MQ by Liu et al., 2021)"
+    orientation = -1
+    cost = "statistics only (gradients)"
+
+    def row(self, layer, stats, ctx):
+        return _noise_energy(layer, layer.G.pow(2))
+
+
+class Snip(_LayerwiseProxy):
+    name = "snip"
+    description = "bit-weighted SNIP: sum|G * W| x b per layer (Lee et al., ICLR 2019; EMQ's bit convention)"
+    orientation = 1
+    cost = "statistics only (gradients)"
+
+    def row(self, layer, stats, ctx):
+        return float((layer.G.double() * layer.W.double()).abs().sum()) * _bits_row(stats)
+
+
+class Synflow(_LayerwiseProxy):
+    name = "synflow"
+    description = "bit-weighted Synflow: sum|VG * W| x b per layer, data-free (Tanaka et al., NeurIPS 2020; EMQ's bit convention)"
+    orientation = 1
+    cost = "statistics only (virtual gradients)"
+
+    def row(self, layer, stats, ctx):
+        return float((layer.VG.double() * layer.W.double()).abs().sum()) * _bits_row(stats)
+
+
+def gaussian_entropy(x: torch.Tensor) -> float:
+    """Differential entropy 0.5*log(2*pi*e*var) of x under a Gaussian assumption (nats)."""
+    var = float(x.double().var())
+    if var <= 0:
+        raise EmqError("QE: a layer's input activations are constant (zero variance); entropy is undefined")
+    return 0.5 * float(np.log(2 * np.pi * np.e * var))
+
+
+class QE(_LayerwiseProxy):
+    name = "qe"
+    description = "QE-style entropy: Gaussian entropy 0.5*log(2*pi*e*Var(A)) of the layer input x b (Sun et al., NeurIPS 2022)"
+    orientation = 1
+    cost = "statistics only (activations)"
+
+    def row(self, layer, stats, ctx):
+        return gaussian_entropy(layer.A) * _bits_row(stats)
+
+
+class BitSum(SeparableProxy):
+    name = "bitsum"
+    description = "sum of the slot bit-widths (the trivial baseline)"
+    orientation = 1
+    cost = "free"
+
+    def table(self, ctx: ProxyContext) -> np.ndarray:
+        return np.tile(np.asarray(ctx.bits, dtype=np.float64), (require_stats(ctx).num_slots, 1))
+
+
+class ModelSize(_LayerwiseProxy):
+    name = "size"
+    description = "weight size in bytes, sum(params x b / 8) (the size constraint of HAWQ-V3 / OMPQ)"
+    orientation = 1
+    cost = "free"
+
+    def row(self, layer, stats, ctx):
+        return float(layer.params) * _bits_row(stats) / 8.0
+
+
+class BitOps(_LayerwiseProxy):
+    name = "bitops"
+    description = "BitOps, sum(MACs x b_w x b_a) with the context's activation bits (HAWQ-V3 / OMPQ convention)"
+    orientation = 1
+    cost = "free"
+
+    def row(self, layer, stats, ctx):
+        act_bits = getattr(ctx.settings, "act_bits", 8)
+        return float(layer.macs) * _bits_row(stats) * float(act_bits)
+
+
+class EmqPublished(_LayerwiseProxy):
+    """EMQ's released genotype, decoded as in KNOWLEDGE.md section 1.
+
+    Per layer: mean(softmax_dim0(log|VG|)) x mean(sqrt(relu(Q_b(W)))), averaged over layers.
+    Bits enter through the quantized weights Q_b(W). softmax over dim 0 averages to exactly
+    1/C_out, so the gradient half only carries the layer's shape: kept as decoded, on purpose.
+    """
+
+    name = "emq-published"
+    description = "EMQ's published best genotype, decoded: mean(softmax_dim0(log|VG|)) x mean(sqrt(relu(Q_b(W)))) (Dong et al., ICCV 2023)"
+    orientation = 1
+    cost = "statistics only (virtual gradients, quantized weights)"
+
+    def row(self, layer, stats, ctx):
+        logvg = torch.log(layer.VG.double().abs() + 1e-12)
+        grad_half = float(torch.softmax(logvg, dim=0).mean())
+        q = layer.Q.double()
+        weight_half = torch.sqrt(torch.relu(q)).reshape(q.shape[0], -1).mean(dim=1).numpy()
+        return grad_half * weight_half / len(stats.layers)
+
+
+SEPARABLE: dict[str, Callable[[], SeparableProxy]] = {
+    cls.name: cls
+    for cls in (HawqV1, HawqV2, Fisher, Snip, Synflow, QE, BitSum, ModelSize, BitOps, EmqPublished)
+}

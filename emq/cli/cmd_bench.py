@@ -1,0 +1,129 @@
+"""`emq bench`: build, inspect, import and export MQ-Bench files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..bench import bench_build, bench_export, bench_import, bench_info
+from ..bench.importer import FORMATS
+from ..bench.sampling import SAMPLERS
+from ..errors import EmqError
+from ..quant import PTQSettings
+from .common import add_model_args, add_ptq_args, emit_json, markdown_table, parse_bits
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="build, inspect, import and export MQ-Bench files")
+    bsub = p.add_subparsers(dest="bench_command", metavar="ACTION")
+    bsub.required = True
+
+    b = bsub.add_parser("build", help="PTQ-evaluate sampled bit configurations into a bench file (resumable)")
+    add_model_args(b)
+    add_ptq_args(b)
+    b.add_argument("--out", required=True, type=Path, help="bench file to write (SQLite)")
+    b.add_argument("--configs", type=int, default=1000, help="total configurations, uniform ones included (default 1000)")
+    b.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    b.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    b.add_argument("--resume", action="store_true", help="continue an interrupted build of --out")
+    b.add_argument("--bits-allowed", default="2,3,4", help="allowed bit-widths per slot (default 2,3,4)")
+    b.add_argument("--pin", action="append", default=[], metavar="SLOT=BITS", help="pin a slot (index or name) to a bit-width; repeatable")
+    b.add_argument("--sampler", choices=SAMPLERS, default="stratified", help="how to sample configurations (default stratified by model size)")
+    b.add_argument("--configs-file", type=Path, help="text file of extra configurations to include, one per line")
+    b.add_argument("--noise-samples", type=int, default=100, help="configurations re-evaluated for the noise ceiling (default 100)")
+    b.add_argument("--test-limit", type=int, help="evaluate on the first N test images only (quick, noisier benches)")
+    b.add_argument("--json", action="store_true", help="print the finished bench's info as one JSON object")
+    b.set_defaults(func=run_build)
+
+    i = bsub.add_parser("info", help="summarise a bench file (or 'default')")
+    i.add_argument("bench", help="bench file or 'default'")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.set_defaults(func=run_info)
+
+    m = bsub.add_parser("import", help="import MQ-Bench-101 data (pickle or bit_cfg:acc text)")
+    m.add_argument("source", type=Path, help="the MQ-Bench-101 file")
+    m.add_argument("--format", required=True, choices=FORMATS, help="source format")
+    m.add_argument("--model", default="resnet18", help="model whose layer map the configurations follow (default resnet18)")
+    m.add_argument("--bits-allowed", default="2,3,4", help="allowed bit-widths (default 2,3,4)")
+    m.add_argument("--act-bits", type=int, default=8, help="activation bits used for BitOps (default 8)")
+    m.add_argument("--out", required=True, type=Path, help="bench file to write")
+    m.add_argument("--json", action="store_true", help="print the new bench's info as one JSON object")
+    m.set_defaults(func=run_import)
+
+    e = bsub.add_parser("export", help="export a bench's records to CSV or JSON")
+    e.add_argument("bench", help="bench file or 'default'")
+    e.add_argument("--to", required=True, choices=["csv", "json"], help="output format")
+    e.add_argument("--out", type=Path, help="output file (default: the bench path with the new suffix)")
+    e.set_defaults(func=run_export)
+
+
+def _pins(items: list[str]) -> dict[int | str, int]:
+    out: dict[int | str, int] = {}
+    for item in items:
+        slot, sep, bits = item.partition("=")
+        if not sep or not bits.strip().isdigit():
+            raise EmqError(f"--pin {item!r}: use SLOT=BITS, e.g. --pin 0=8 or --pin fc=8")
+        out[int(slot) if slot.strip().isdigit() else slot.strip()] = int(bits)
+    return out
+
+
+def _configs_file(path: Path | None) -> list[str]:
+    if path is None:
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise EmqError(f"--configs-file {path}: cannot read ({e})") from e
+    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+
+
+def _print_info(info: dict) -> None:
+    print(f"bench {info['path']}: model {info['model']}, {info['records']} records ({info['search_records']} search / {info['heldout_records']} held out)")
+    print(f"slots {len(info['slots'])}, allowed bits {info['allowed_bits']}, activation bits {info['act_bits']}, pinned {info['pinned'] or 'none'}")
+    ceiling = info.get("noise_ceiling") or {}
+    print(f"noise ceiling (Spearman of repeats): {', '.join(f'{k} {v:.3f}' for k, v in ceiling.items() if v is not None) or 'not measured'}; default metric {info['default_metric']}")
+    rows = [[m, s["min"], s["p25"], s["median"], s["p75"], s["max"], s["mean"], s["std"]] for m, s in info["metrics"].items()]
+    print(markdown_table(["metric", "min", "p25", "median", "p75", "max", "mean", "std"], rows))
+
+
+def run_build(args: argparse.Namespace) -> int:
+    settings = PTQSettings(act_bits=args.act_bits, weight_symmetric=args.symmetric, bn=args.bn, calib_size=args.calib_size, calib_seed=args.calib_seed)
+    info = bench_build(
+        args.out,
+        model=args.model,
+        configs=args.configs,
+        seed=args.seed,
+        workers=args.workers,
+        resume=args.resume,
+        bits=parse_bits(args.bits_allowed, "--bits-allowed"),
+        pinned=_pins(args.pin),
+        sampler=args.sampler,
+        user_configs=_configs_file(args.configs_file),
+        data=args.data,
+        weights=args.weights,
+        input_size=args.input_size,
+        num_classes=args.num_classes,
+        settings=settings,
+        noise_samples=args.noise_samples,
+        test_limit=args.test_limit,
+    )
+    emit_json(info) if args.json else _print_info(info)
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    info = bench_info(args.bench)
+    emit_json(info) if args.json else _print_info(info)
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    info = bench_import(args.source, args.format, args.out, model=args.model, bits=tuple(parse_bits(args.bits_allowed, "--bits-allowed")), act_bits=args.act_bits)
+    emit_json(info) if args.json else _print_info(info)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    dest = bench_export(args.bench, args.to, args.out)
+    print(f"wrote {dest}")
+    return 0

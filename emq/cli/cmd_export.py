@@ -1,0 +1,28 @@
+"""`emq export`: render a proxy file as sympy, LaTeX, Python, DOT and PNG."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..export import FORMATS, export
+from .common import emit_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a proxy (JSON) as sympy, LaTeX, Python, DOT or PNG")
+    p.add_argument("proxy", type=Path, help="proxy file (emq-proxy/1 JSON), e.g. a run's best_proxy.json")
+    p.add_argument("--to", default="all", choices=[*FORMATS, "all"], help="what to write (default all)")
+    p.add_argument("--out", type=Path, default=Path("."), help="output directory (default: current)")
+    p.add_argument("--json", action="store_true", help="print the written files as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    written = export(args.proxy, args.to, args.out)
+    if args.json:
+        emit_json({k: str(v) for k, v in written.items()})
+    else:
+        for k, v in written.items():
+            print(f"{k}: {v}")
+    return 0

@@ -1,0 +1,319 @@
+"""The evolutionary campaign: DEAP variation, our own generation loop, DPS, checkpoints.
+
+Per generation: tournament selection, one-point crossover and one of several mutations
+(subtree, node replacement, shrink, insert, constant), bloat control by static height and
+size limits; offspring evaluated through the fitness cache and screening; with DPS, each
+offspring duels a fresh random candidate and survivors are chosen without phenotypic
+crowding; otherwise (mu + lambda) truncation. A generation ends with a JSONL log record and,
+every `checkpoint_every` generations, an atomic checkpoint from which `resume` continues to
+exactly the result of an uninterrupted run (same seed, same budget).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import operator
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from deap import algorithms, base, creator, gp, tools
+from tqdm import tqdm
+
+from emq.search_space.evaluate import Token
+from emq.search_space.netstats import NetworkStats
+from emq.search_space.pset import (
+    SearchSpace,
+    canonical,
+    from_tokens,
+    gen_half_and_half,
+    generate,
+    to_tokens,
+)
+
+from ..errors import EmqError
+from ..fitness import FitnessData
+from . import checkpoint
+from .dps import DPSConfig, diversity, pick_winners, select_survivors
+from .evaluator import REJECTED, Executor, Outcome
+from .screening import ScreeningCounts
+
+log = logging.getLogger(__name__)
+
+if not hasattr(creator, "EmqFitness"):
+    creator.create("EmqFitness", base.Fitness, weights=(1.0,))
+if not hasattr(creator, "EmqIndividual"):
+    creator.create("EmqIndividual", gp.PrimitiveTree, fitness=creator.EmqFitness)
+
+# fields that must match for a checkpoint to be resumed (generations and budget may grow)
+_RESUME_FIELDS = ("population", "seed", "cx_prob", "mut_prob", "tournament", "init_min", "init_max", "max_height", "max_size", "seed_handmade", "act_samples", "dps")
+
+
+@dataclass
+class SearchConfig:
+    generations: int = 30
+    population: int = 64
+    seed: int = 0
+    max_evaluations: int | None = None  # budget in evaluations (stops early when reached)
+    cx_prob: float = 0.6
+    mut_prob: float = 0.4
+    tournament: int = 3
+    init_min: int = 1
+    init_max: int = 4
+    max_height: int = 8
+    max_size: int = 30
+    hof_size: int = 20
+    seed_handmade: bool = True
+    act_samples: int = 8
+    checkpoint_every: int = 5
+    workers: int = 1
+    threads: int = 1  # torch threads per evaluating process: tables are small, and extra threads oversubscribe shared cores
+    dps: DPSConfig = field(default_factory=DPSConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dps, dict):
+            self.dps = DPSConfig(**self.dps)
+        if self.population < 4:
+            raise EmqError(f"--population {self.population}: use at least 4")
+        if self.generations < 0:
+            raise EmqError(f"--generations {self.generations}: use 0 or more")
+        if self.max_evaluations is not None and self.max_evaluations < 1:
+            raise EmqError(f"--max-evaluations {self.max_evaluations}: use a positive number")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _mutate(ind: gp.PrimitiveTree, space: SearchSpace) -> tuple[gp.PrimitiveTree]:
+    """One of several mutations, chosen at random."""
+    pset = space.pset
+    which = random.randrange(5)
+    if which == 0:
+        return gp.mutUniform(ind, lambda pset, type_: generate(space, 0, 2, False, type_), pset)
+    if which == 1:
+        return gp.mutNodeReplacement(ind, pset)
+    if which == 2:
+        return gp.mutShrink(ind)
+    if which == 3:
+        return gp.mutInsert(ind, pset)
+    return gp.mutEphemeral(ind, "one")
+
+
+@dataclass
+class Campaign:
+    """State of one search campaign (see module docstring)."""
+
+    stats: NetworkStats
+    data: FitnessData
+    space: SearchSpace
+    config: SearchConfig
+    out_dir: Path | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stats.num_slots != self.data.search.configs.shape[1]:
+            raise EmqError(f"the statistics have {self.stats.num_slots} bit slots but the bench configurations have {self.data.search.configs.shape[1]}: use statistics of the bench's model")
+        if tuple(self.stats.bits) != tuple(self.data.bits):
+            raise EmqError(f"the statistics cover bits {list(self.stats.bits)} but the fitness data uses {list(self.data.bits)}")
+        self.cache: dict[str, Outcome] = {}
+        self.tokens: dict[str, list[Token]] = {}
+        self.counts = ScreeningCounts()
+        self.evaluations = 0
+        self.generation = 0
+        self.population: list[gp.PrimitiveTree] = []
+        self.hof: list[str] = []
+        self.log: list[dict[str, Any]] = []
+        self.seconds = 0.0
+        tb = base.Toolbox()
+        tb.register("mate", gp.cxOnePoint)
+        tb.register("mutate", _mutate, space=self.space)
+        for op in ("mate", "mutate"):
+            tb.decorate(op, gp.staticLimit(key=operator.attrgetter("height"), max_value=self.config.max_height))
+            tb.decorate(op, gp.staticLimit(key=len, max_value=self.config.max_size))
+        self.toolbox = tb
+
+    # --- evaluation -------------------------------------------------------------------
+    def _individual(self, nodes: list) -> gp.PrimitiveTree:
+        return creator.EmqIndividual(nodes)
+
+    def _random(self) -> gp.PrimitiveTree:
+        return self._individual(gen_half_and_half(self.space, self.config.init_min, self.config.init_max))
+
+    def key_of(self, ind: gp.PrimitiveTree) -> str:
+        return canonical(to_tokens(ind), self.space.prims)
+
+    def evaluate(self, inds: list[gp.PrimitiveTree], executor: Executor) -> None:
+        """Fitness for every individual: cache first, then screening and full evaluation."""
+        keys = [self.key_of(i) for i in inds]
+        self.counts["seen"] += len(inds)
+        todo: dict[str, list[Token]] = {}
+        for ind, k in zip(inds, keys, strict=True):
+            if k in self.cache or k in todo:
+                self.counts["duplicate"] += 1
+            else:
+                todo[k] = to_tokens(ind)
+        for k, out in zip(todo, executor.map(list(todo.values())), strict=True):
+            self.cache[k] = out
+            self.tokens[k] = todo[k]
+            if out.reason != "no_bit_terminal":
+                self.evaluations += 1
+            if out.reason:
+                self.counts[out.reason] += 1
+            else:
+                self.counts["full_evaluations"] += 1
+                self._hof_add(k)
+        for ind, k in zip(inds, keys, strict=True):
+            ind.fitness.values = (self.cache[k].fitness,)
+
+    def _hof_add(self, key: str) -> None:
+        if key in self.hof:
+            return
+        self.hof.append(key)
+        self.hof.sort(key=lambda k: (-self.cache[k].fitness, len(self.tokens[k]), k))
+        del self.hof[self.config.hof_size :]
+
+    # --- the loop ---------------------------------------------------------------------
+    def _initial_population(self) -> list[gp.PrimitiveTree]:
+        pop: list[gp.PrimitiveTree] = []
+        if self.config.seed_handmade:
+            pop += [self._individual(from_tokens(self.space, t)) for _, t in self.space.handmade().values()]
+        while len(pop) < self.config.population:
+            pop.append(self._random())
+        return pop[: self.config.population]
+
+    def _budget_left(self) -> bool:
+        return self.config.max_evaluations is None or self.evaluations < self.config.max_evaluations
+
+    def _generation(self, executor: Executor) -> None:
+        cfg = self.config
+        parents = tools.selTournament(self.population, len(self.population), tournsize=cfg.tournament)
+        offspring = algorithms.varAnd(parents, self.toolbox, cfg.cx_prob, cfg.mut_prob)
+        if cfg.dps.enabled and cfg.dps.challengers:
+            challengers = [self._random() for _ in offspring]
+            self.evaluate(offspring + challengers, executor)
+            wins = pick_winners([o.fitness.values[0] for o in offspring], [c.fitness.values[0] for c in challengers])
+            offspring = [o if w else c for o, c, w in zip(offspring, challengers, wins, strict=True)]
+        else:
+            self.evaluate(offspring, executor)
+        pool = self.population + offspring
+        keys = [self.key_of(i) for i in pool]
+        idx = select_survivors([i.fitness.values[0] for i in pool], keys, [self.cache[k].signature for k in keys], cfg.population, cfg.dps.crowding_threshold if cfg.dps.enabled else None)
+        self.population = [pool[i] for i in idx]
+
+    def _record(self, seconds: float, evals_before: int) -> dict[str, Any]:
+        keys = [self.key_of(i) for i in self.population]
+        outs = [self.cache[k] for k in keys]
+        valid = [o for o in outs if o.valid]
+        best = max(valid, key=lambda o: o.fitness) if valid else None
+        rec = {
+            "generation": self.generation,
+            "evaluations": self.evaluations,
+            "best_search": best.fitness if best else None,
+            "best_heldout": best.rho_heldout if best else None,
+            "median_search": float(np.median([o.fitness for o in valid])) if valid else None,
+            "median_heldout": float(np.nanmedian([o.rho_heldout for o in valid])) if valid else None,
+            "hof_best_search": self.cache[self.hof[0]].fitness if self.hof else None,
+            "hof_best_heldout": self.cache[self.hof[0]].rho_heldout if self.hof else None,
+            "valid_share": len(valid) / len(outs),
+            **diversity(keys, [o.signature for o in outs]),
+            "screening": self.counts.summary(),
+            "seconds": round(seconds, 4),
+            "evals_per_s": (self.evaluations - evals_before) / seconds if seconds > 0 else None,
+        }
+        self.log.append(rec)
+        return rec
+
+    def run(self, resume: bool = False) -> None:
+        cfg = self.config
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        ckpt = self.out_dir / "checkpoint.npz" if self.out_dir else None
+        if resume:
+            if ckpt is None or not ckpt.exists():
+                raise EmqError(f"--resume: no checkpoint in {self.out_dir}; run without --resume first")
+            self._restore(ckpt)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, cfg.threads))
+        executor = Executor(self.stats, self.data, self.space, cfg.act_samples, cfg.workers, cfg.threads)
+        bar = tqdm(total=cfg.generations, initial=self.generation, desc="search", unit="gen", disable=not self.progress, leave=False)
+        try:
+            if not resume:
+                t0 = time.perf_counter()
+                self.population = self._initial_population()
+                self.evaluate(self.population, executor)
+                dt = time.perf_counter() - t0
+                self.seconds += dt
+                self._record(dt, 0)
+                self._after_generation(ckpt, force=cfg.generations == 0)
+            while self.generation < cfg.generations and self._budget_left():
+                t0, before = time.perf_counter(), self.evaluations
+                self.generation += 1
+                self._generation(executor)
+                dt = time.perf_counter() - t0
+                self.seconds += dt
+                rec = self._record(dt, before)
+                bar.update(1)
+                bar.set_postfix(best=f"{rec['hof_best_search'] or 0:.3f}", evals=self.evaluations)
+                self._after_generation(ckpt, force=self.generation == cfg.generations or not self._budget_left())
+        finally:
+            executor.close()
+            bar.close()
+            torch.set_num_threads(threads)
+
+    # --- files ------------------------------------------------------------------------
+    def _after_generation(self, ckpt: Path | None, force: bool) -> None:
+        if self.out_dir is None:
+            return
+        from emq.search_space.proxyfile import atomic_write_text
+
+        atomic_write_text(self.out_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.log))
+        if ckpt is not None and (force or self.generation % max(1, self.config.checkpoint_every) == 0):
+            self._save(ckpt)
+
+    def _save(self, path: Path) -> None:
+        keys = list(self.cache)
+        sig_keys = [k for k in keys if self.cache[k].signature is not None]
+        sigs = np.stack([self.cache[k].signature for k in sig_keys]) if sig_keys else np.zeros((0, 0), np.float32)
+        state = {
+            "config": self.config.to_json(),
+            "generation": self.generation,
+            "evaluations": self.evaluations,
+            "seconds": self.seconds,
+            "counts": dict(self.counts),
+            "population": [to_tokens(i) for i in self.population],
+            "hof": self.hof,
+            "cache": [[k, self.tokens[k], o.fitness, o.rho_search, o.rho_heldout, o.orientation, o.reason] for k, o in self.cache.items()],
+            "signature_keys": sig_keys,
+            "log": self.log,
+            "rng": checkpoint.rng_state(),
+        }
+        checkpoint.save(path, state, {"signatures": sigs})
+
+    def _restore(self, path: Path) -> None:
+        state, arrays = checkpoint.load(path)
+        saved, now = state["config"], self.config.to_json()
+        diff = [f for f in _RESUME_FIELDS if saved.get(f) != now.get(f)]
+        if diff:
+            raise EmqError(f"--resume: checkpoint {path} was made with different settings ({', '.join(diff)}); use the same settings or a new --out")
+        sig = dict(zip(state["signature_keys"], arrays["signatures"], strict=True))
+        for k, toks, fit, rs, rh, orient, reason in state["cache"]:
+            tokens = [(a, float(b) if a == "c" else b) for a, b in toks]
+            self.tokens[k] = tokens
+            self.cache[k] = Outcome(fit if fit is not None else REJECTED, rs if rs is not None else float("nan"), rh if rh is not None else float("nan"), orient, reason, sig.get(k))
+        self.population = []
+        for toks in state["population"]:
+            ind = self._individual(from_tokens(self.space, [(a, float(b) if a == "c" else b) for a, b in toks]))
+            ind.fitness.values = (self.cache[self.key_of(ind)].fitness,)
+            self.population.append(ind)
+        self.hof = list(state["hof"])
+        self.counts = ScreeningCounts(state["counts"])
+        self.generation, self.evaluations, self.seconds = state["generation"], state["evaluations"], state["seconds"]
+        self.log = state["log"]
+        checkpoint.set_rng_state(state["rng"])
+        log.info("resumed %s at generation %d (%d evaluations)", path, self.generation, self.evaluations)

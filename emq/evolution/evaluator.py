@@ -1,0 +1,113 @@
+"""Evaluate candidate trees: screening, table, fitness; serially or in a process pool.
+
+Evaluation is a pure function of the tree (no randomness), so a process pool returns exactly
+what the serial path returns, in the same order. Fitness is |Spearman| on the search split;
+the sign becomes the proxy's orientation (explicit: `Outcome.orientation`), and the held-out
+correlation is measured with that orientation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import stats as sps
+
+from emq.search_space.evaluate import TableEvaluator, Token, is_bit_dependent
+from emq.search_space.netstats import NetworkStats
+from emq.search_space.pset import SearchSpace
+
+from ..fitness import FitnessData
+from .screening import table_problem
+
+REJECTED = -1.0
+
+
+@dataclass
+class Outcome:
+    fitness: float  # |rho| on the search split, REJECTED when screened out
+    rho_search: float  # oriented (>= 0 unless rejected)
+    rho_heldout: float
+    orientation: int
+    reason: str | None
+    signature: np.ndarray | None  # z-scored ranks of oriented scores on a search subsample
+
+    @property
+    def valid(self) -> bool:
+        return self.reason is None
+
+
+def _rejected(reason: str) -> Outcome:
+    return Outcome(REJECTED, float("nan"), float("nan"), 1, reason, None)
+
+
+class CandidateEvaluator:
+    """Everything one process needs to turn a token list into an Outcome."""
+
+    def __init__(self, stats: NetworkStats, data: FitnessData, space: SearchSpace, act_samples: int, signature_size: int = 256, device: str = "cpu") -> None:
+        self.tables = TableEvaluator(stats, space.terminals, space.prims, act_samples, device)
+        self.data = data
+        n = len(data.search)
+        self.sig_idx = np.random.default_rng(0).permutation(n)[: min(n, signature_size)]
+
+    def evaluate(self, tokens: Sequence[Token]) -> Outcome:
+        if not is_bit_dependent(tokens):
+            return _rejected("no_bit_terminal")
+        with torch.no_grad():
+            problem = table_problem(self.tables.layer_table(tokens, self.tables.probe_packed), "probe_")
+            if problem:
+                return _rejected(problem)
+            table = self.tables.table(tokens)
+        problem = table_problem(table)
+        if problem:
+            return _rejected(problem)
+        scores = self.data.search.scores(table)
+        rho = self.data.search.spearman(scores)
+        if math.isnan(rho):
+            return _rejected("constant_scores")
+        sign = 1 if rho >= 0 else -1
+        held = self.data.heldout.spearman(self.data.heldout.scores(table))
+        ranks = sps.rankdata(sign * scores[self.sig_idx])
+        d = ranks - ranks.mean()
+        norm = float(np.sqrt((d * d).sum()))
+        sig = (d / norm if norm > 0 else d).astype(np.float32)
+        return Outcome(abs(rho), abs(rho), sign * held if not math.isnan(held) else float("nan"), sign, None, sig)
+
+
+_WORKER: CandidateEvaluator | None = None
+
+
+def _init_worker(args: tuple, threads: int) -> None:
+    global _WORKER
+    torch.set_num_threads(threads)
+    _WORKER = CandidateEvaluator(*args)
+
+
+def _work(tokens: list[Token]) -> Outcome:
+    assert _WORKER is not None
+    return _WORKER.evaluate(tokens)
+
+
+class Executor:
+    """Serial or process-pool evaluation of many candidates, order preserved."""
+
+    def __init__(self, stats: NetworkStats, data: FitnessData, space: SearchSpace, act_samples: int, workers: int = 1, threads: int = 1, device: str = "cpu") -> None:
+        self.workers = max(1, int(workers))
+        args = (stats, data, space, act_samples, 256, device)
+        self.local = CandidateEvaluator(*args)
+        self.pool = ProcessPoolExecutor(self.workers, initializer=_init_worker, initargs=(args, max(1, threads))) if self.workers > 1 else None
+
+    def map(self, token_lists: list[list[Token]]) -> list[Outcome]:
+        if self.pool is None or len(token_lists) < 2 * self.workers:
+            return [self.local.evaluate(t) for t in token_lists]
+        chunk = max(1, math.ceil(len(token_lists) / (self.workers * 2)))
+        return list(self.pool.map(_work, token_lists, chunksize=chunk))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None

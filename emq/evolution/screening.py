@@ -1,0 +1,44 @@
+"""Compatibility screening: reject degenerate candidates before they cost a full evaluation.
+
+Three stages, cheapest first (typing is enforced earlier by the typed primitive set):
+
+1. static: a tree without a bit-dependent terminal (b, 2^-b, Q, E) has a bit-insensitive
+   table and cannot rank configurations;
+2. probe: the table of a few layers (first, middle, last) is checked for NaN/inf and for
+   rows that do not vary with the bit-width;
+3. full: the same checks on the whole table, then the bench scores must not be constant.
+
+Duplicates (same canonical form) never reach any stage: the fitness cache answers them.
+Every rejection is counted by reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+REASONS = ("duplicate", "no_bit_terminal", "probe_nonfinite", "probe_bit_insensitive", "nonfinite", "bit_insensitive", "constant_scores")
+REL_TOL = 1e-9  # a table whose bit columns differ by less than this (relative) is bit-insensitive
+
+
+def table_problem(table: torch.Tensor, prefix: str = "") -> str | None:
+    """The reason a [L, B] table is unusable, or None."""
+    if not bool(torch.isfinite(table).all()):
+        return prefix + "nonfinite"
+    spread = (table - table[:, :1]).abs().max()
+    scale = table.abs().max()
+    if float(spread) <= REL_TOL * float(scale) or float(scale) == 0.0:
+        return prefix + "bit_insensitive"
+    return None
+
+
+class ScreeningCounts(Counter):
+    """Rejections by reason, plus candidates seen and fully evaluated."""
+
+    def summary(self) -> dict[str, float | int]:
+        seen = self["seen"]
+        saved = self["duplicate"] + self["no_bit_terminal"] + self["probe_nonfinite"] + self["probe_bit_insensitive"]
+        out: dict[str, float | int] = {k: int(self[k]) for k in ("seen", "full_evaluations", *REASONS)}
+        out["saved_share"] = saved / seen if seen else 0.0
+        return out

@@ -1,0 +1,137 @@
+"""Fitness of a proxy: rank correlation of its scores with bench accuracy.
+
+The bench's ranks are computed once per split (`SplitTarget`), so scoring a candidate is a
+gather-sum of its table and one rank of its scores. Targets are oriented "higher = better
+accuracy" (loss and KL are negated), so a positive correlation always means a useful proxy
+with orientation +1. Ties are average-ranked on both sides.
+
+Reported with every proxy: Spearman, Kendall tau, Pearson, and EMQ's rho_s@k (Spearman over
+the configurations the proxy ranks in its top k %), on the search and held-out splits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import stats as sps
+
+from .errors import EmqError
+
+METRICS = {"top1": 1.0, "loss": -1.0, "kl": -1.0}  # sign that makes "higher = better"
+TOP_K = (20, 50)
+
+
+def _zscore(x: np.ndarray) -> np.ndarray | None:
+    d = x - x.mean()
+    n = float(np.sqrt((d * d).sum()))
+    return None if n == 0.0 or not np.isfinite(n) else d / n
+
+
+@dataclass
+class SplitTarget:
+    """One bench split, prepared for fast scoring: flat table indices and target ranks."""
+
+    name: str
+    configs: np.ndarray  # [N, S] bit values
+    flat_idx: torch.Tensor  # [N, S] indices into a flattened table [S * B]
+    target: np.ndarray  # oriented metric, higher = better
+    target_rank_z: np.ndarray  # centred, unit-norm average ranks of `target`
+
+    @classmethod
+    def build(cls, name: str, configs: np.ndarray, metric_values: np.ndarray, metric: str, bits: Sequence[int], device: str | torch.device = "cpu") -> SplitTarget:
+        configs = np.asarray(configs, dtype=np.int64)
+        values = np.asarray(metric_values, dtype=np.float64)
+        if configs.ndim != 2 or configs.shape[0] != values.shape[0]:
+            raise EmqError(f"bench split {name!r}: {configs.shape[0]} configurations but {values.shape[0]} metric values")
+        if configs.shape[0] < 3:
+            raise EmqError(f"bench split {name!r} has {configs.shape[0]} configurations: at least 3 are needed for a rank correlation")
+        if not np.isfinite(values).all():
+            raise EmqError(f"bench split {name!r}: metric {metric!r} holds NaN or inf values")
+        lut = {b: i for i, b in enumerate(bits)}
+        bad = sorted(set(np.unique(configs).tolist()) - set(lut))
+        if bad:
+            raise EmqError(f"bench split {name!r}: bit-widths {bad} are not among the statistics' bits {list(bits)}")
+        bit_idx = np.vectorize(lut.__getitem__)(configs)
+        flat = np.arange(configs.shape[1])[None, :] * len(bits) + bit_idx
+        target = METRICS[metric] * values
+        z = _zscore(sps.rankdata(target))
+        if z is None:
+            raise EmqError(f"bench split {name!r}: metric {metric!r} is constant; no ranking to predict")
+        return cls(name, configs, torch.as_tensor(flat, device=device), target, z)
+
+    def __len__(self) -> int:
+        return self.configs.shape[0]
+
+    def scores(self, table: torch.Tensor) -> np.ndarray:
+        """score[n] = sum_s table[s, config_n[s]] for every configuration of the split."""
+        return table.reshape(-1)[self.flat_idx].sum(1).cpu().numpy()
+
+    def spearman(self, scores: np.ndarray) -> float:
+        """Spearman rho against the split's precomputed target ranks (NaN if scores constant)."""
+        z = _zscore(sps.rankdata(scores))
+        return float("nan") if z is None else float(z @ self.target_rank_z)
+
+
+def correlations(scores: np.ndarray, target: np.ndarray, top_k: Sequence[int] = TOP_K) -> dict[str, float]:
+    """Spearman, Kendall, Pearson and rho_s@k of oriented scores against an oriented target."""
+    out = {
+        "spearman": float(sps.spearmanr(scores, target).statistic),
+        "kendall": float(sps.kendalltau(scores, target).statistic),
+        "pearson": float(sps.pearsonr(scores, target).statistic) if np.ptp(scores) > 0 else float("nan"),
+    }
+    order = np.argsort(-scores, kind="stable")
+    for k in top_k:
+        sel = order[: max(3, int(round(len(scores) * k / 100)))]
+        out[f"spearman@{k}"] = float(sps.spearmanr(scores[sel], target[sel]).statistic) if np.ptp(scores[sel]) > 0 else float("nan")
+    return out
+
+
+@dataclass
+class FitnessData:
+    """The search and held-out splits of a bench for one target metric."""
+
+    metric: str
+    bits: tuple[int, ...]
+    search: SplitTarget
+    heldout: SplitTarget
+    noise_ceiling: float | None = None
+    source: str = ""
+
+    @classmethod
+    def from_arrays(cls, bits: Sequence[int], search: tuple[np.ndarray, np.ndarray], heldout: tuple[np.ndarray, np.ndarray], metric: str = "top1", noise_ceiling: float | None = None, source: str = "", device: str | torch.device = "cpu") -> FitnessData:
+        if metric not in METRICS:
+            raise EmqError(f"target metric {metric!r}: use one of {', '.join(METRICS)}")
+        bits = tuple(int(b) for b in bits)
+        return cls(
+            metric,
+            bits,
+            SplitTarget.build("search", *search, metric, bits, device),
+            SplitTarget.build("heldout", *heldout, metric, bits, device),
+            noise_ceiling,
+            source,
+        )
+
+    @classmethod
+    def from_bench(cls, bench: object, metric: str | None = None, bits: Sequence[int] | None = None, device: str | torch.device = "cpu") -> FitnessData:
+        """Both splits of an opened `emq.bench.Bench`; `bits` = the statistics' bit order."""
+        metric = metric or getattr(bench, "default_metric", "top1")
+        if metric not in METRICS:
+            raise EmqError(f"target metric {metric!r}: use one of {', '.join(METRICS)}")
+        splits = {}
+        for split in ("search", "heldout"):
+            configs, metrics = bench.arrays(split)  # type: ignore[attr-defined]
+            if metric not in metrics:
+                raise EmqError(f"bench {getattr(bench, 'path', '')}: no {metric!r} values; choose one of {', '.join(metrics)}")
+            keep = np.isfinite(metrics[metric])  # records without this metric are left out
+            splits[split] = (configs[keep], metrics[metric][keep])
+        ceiling = getattr(bench, "noise_ceiling", None)
+        if isinstance(ceiling, dict):
+            ceiling = ceiling.get(metric)
+        return cls.from_arrays(bits or bench.bits, splits["search"], splits["heldout"], metric, ceiling, str(getattr(bench, "path", "")), device)  # type: ignore[attr-defined]
+
+    def report(self, table: torch.Tensor, orientation: int) -> dict[str, dict[str, float]]:
+        """All correlations of a table on both splits (orientation applied)."""
+        return {s.name: correlations(orientation * s.scores(table), s.target) for s in (self.search, self.heldout)}

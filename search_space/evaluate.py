@@ -1,0 +1,173 @@
+"""Evaluate a proxy tree into its table P[L, B] (and P[S, B] per bit slot).
+
+A tree is a prefix token list: ("p", primitive name) | ("t", terminal name) | ("c", value).
+The fast path walks it once over the *packed* terminals (terminals.py), so all layers and
+all bits come out of one pass; reductions and per-layer standardisations become segment
+operations. `naive_config_score` is the slow reference (how EMQ scores: recompute the
+proxy layer by layer for every configuration) used by tests and benchmarks/search_speed.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .netstats import NetworkStats
+from .primitives import EPS, PRIMITIVES, TERMINALS, PrimSpec
+from .terminals import DEFAULT_ACT_SAMPLES, Packed, layer_terminal, pack
+
+Token = tuple[str, object]
+
+
+def _segsum(x: torch.Tensor, seg: torch.Tensor, n: int) -> torch.Tensor:
+    return x.new_zeros(x.shape[0], n).index_add_(1, seg, x)
+
+
+def _segext(x: torch.Tensor, seg: torch.Tensor, n: int, how: str) -> torch.Tensor:
+    init = float("-inf") if how == "amax" else float("inf")
+    return x.new_full((x.shape[0], n), init).scatter_reduce_(1, seg.expand(x.shape[0], -1), x, how, include_self=True)
+
+
+def _segvar(x: torch.Tensor, seg: torch.Tensor, cnt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n = cnt.shape[0]
+    d = x - (_segsum(x, seg, n) / cnt)[:, seg]
+    return d, _segsum(d * d, seg, n) / cnt
+
+
+def _packed_reduce(op: str, x: torch.Tensor, seg: torch.Tensor, cnt: torch.Tensor) -> torch.Tensor:
+    n = cnt.shape[0]
+    if op == "mean":
+        return _segsum(x, seg, n) / cnt
+    if op == "sum":
+        return _segsum(x, seg, n)
+    if op == "l1":
+        return _segsum(x.abs(), seg, n)
+    if op == "l2":
+        return _segsum(x * x, seg, n).sqrt()
+    if op == "maxabs":
+        return _segext(x.abs(), seg, n, "amax")
+    if op == "var":
+        return _segvar(x, seg, cnt)[1]
+    if op == "std":
+        return _segvar(x, seg, cnt)[1].sqrt()
+    raise KeyError(op)
+
+
+def _packed_layer(op: str, x: torch.Tensor, seg: torch.Tensor, cnt: torch.Tensor) -> torch.Tensor:
+    n = cnt.shape[0]
+    if op == "normalize":
+        d, var = _segvar(x, seg, cnt)
+        return d / (var.sqrt() + EPS)[:, seg]
+    if op == "minmax":
+        lo, hi = _segext(x, seg, n, "amin"), _segext(x, seg, n, "amax")
+        return (x - lo[:, seg]) / (hi - lo + EPS)[:, seg]
+    if op == "softmax":
+        e = torch.exp(x - _segext(x, seg, n, "amax")[:, seg])
+        return e / _segsum(e, seg, n)[:, seg]
+    raise KeyError(op)
+
+
+def _apply_packed(p: PrimSpec, args: list[torch.Tensor], packed: Packed) -> torch.Tensor:
+    kind = p.op.kind
+    if kind in ("unary", "binary"):
+        return p.op.fn(*args)
+    T = p.in_types[0]
+    seg, cnt = packed.seg[T], packed.count[T]
+    if kind == "reduce":
+        return _packed_reduce(p.op.op, args[0], seg, cnt)
+    if kind == "layer":
+        return _packed_layer(p.op.op, args[0], seg, cnt)
+    return args[0] * args[1][:, seg]  # scale
+
+
+def walk(tokens: Sequence[Token], leaf: Callable[[Token], torch.Tensor], apply: Callable[[PrimSpec, list[torch.Tensor]], torch.Tensor], prims: dict[str, PrimSpec]) -> torch.Tensor:
+    """Evaluate a prefix token list bottom-up with an explicit stack (no eval, no compile)."""
+    stack: list[torch.Tensor] = []
+    for tok in reversed(tokens):
+        if tok[0] == "p":
+            p = prims[tok[1]]
+            args = [stack.pop() for _ in range(p.op.arity)]
+            stack.append(apply(p, args))
+        else:
+            stack.append(leaf(tok))
+    return stack[-1]
+
+
+def tree_terminals(tokens: Sequence[Token]) -> set[str]:
+    return {str(t[1]) for t in tokens if t[0] == "t"}
+
+
+def is_bit_dependent(tokens: Sequence[Token]) -> bool:
+    """Static check: a tree without a bit-dependent terminal cannot rank configurations."""
+    return any(TERMINALS[n].bit_dependent for n in tree_terminals(tokens))
+
+
+class TableEvaluator:
+    """Evaluates trees over one NetworkStats: full tables, slot tables and cheap probes."""
+
+    def __init__(
+        self,
+        stats: NetworkStats,
+        terminals: Sequence[str] | None = None,
+        prims: dict[str, PrimSpec] | None = None,
+        act_samples: int = DEFAULT_ACT_SAMPLES,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float64,
+        probe_layers: int = 3,
+    ) -> None:
+        self.stats = stats
+        self.prims = prims or PRIMITIVES
+        self.terminals = tuple(terminals or TERMINALS)
+        self.act_samples = act_samples
+        self.device, self.dtype = torch.device(device), dtype
+        self.packed = pack(stats, self.terminals, None, act_samples, device, dtype)
+        L = len(stats.layers)
+        picks = sorted({round(i * (L - 1) / max(probe_layers - 1, 1)) for i in range(min(probe_layers, L))})
+        self.probe_packed = pack(stats, self.terminals, picks, act_samples, device, dtype)
+        self.layer_slot = torch.tensor(stats.layer_slot, device=self.device)
+        self.num_slots = stats.num_slots
+
+    def layer_table(self, tokens: Sequence[Token], packed: Packed | None = None) -> torch.Tensor:
+        """P[L, B] for the packed layers (all layers unless `packed` is the probe)."""
+        pk = packed or self.packed
+        L = pk.num_layers
+
+        def leaf(tok: Token) -> torch.Tensor:
+            if tok[0] == "c":
+                return torch.full((1, L), float(tok[1]), device=self.device, dtype=self.dtype)
+            return pk.values[str(tok[1])]
+
+        out = walk(tokens, leaf, lambda p, a: _apply_packed(p, a, pk), self.prims)
+        return out.expand(pk.num_bits, L).T
+
+    def probe(self, tokens: Sequence[Token]) -> torch.Tensor:
+        return self.layer_table(tokens, self.probe_packed)
+
+    def table(self, tokens: Sequence[Token]) -> torch.Tensor:
+        """P[S, B]: layer rows of tied layers summed into their bit slot."""
+        lt = self.layer_table(tokens)
+        return lt.new_zeros(self.num_slots, lt.shape[1]).index_add_(0, self.layer_slot, lt)
+
+
+def layer_value(tokens: Sequence[Token], stats: NetworkStats, layer: int, bit_index: int | None = None, prims: dict[str, PrimSpec] | None = None, act_samples: int = DEFAULT_ACT_SAMPLES, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Reference per-layer semantics: the tree on one layer's own tensors -> [Bk].
+
+    With `bit_index`, bit-dependent terminals are restricted to that one bit first.
+    """
+    prims = prims or PRIMITIVES
+
+    def leaf(tok: Token) -> torch.Tensor:
+        if tok[0] == "c":
+            return torch.tensor([float(tok[1])], dtype=dtype)
+        v = layer_terminal(stats, layer, str(tok[1]), act_samples, dtype)
+        if bit_index is not None and TERMINALS[str(tok[1])].bit_dependent:
+            v = v[bit_index : bit_index + 1]
+        return v
+
+    return walk(tokens, leaf, lambda p, a: p.op.fn(*a), prims)
+
+
+def naive_config_score(tokens: Sequence[Token], stats: NetworkStats, config_bit_idx: Sequence[int], prims: dict[str, PrimSpec] | None = None, act_samples: int = DEFAULT_ACT_SAMPLES) -> float:
+    """Score one configuration (bit index per slot) by recomputing the proxy on every layer."""
+    return float(sum(float(layer_value(tokens, stats, i, int(config_bit_idx[s]), prims, act_samples)[0]) for i, s in enumerate(stats.layer_slot)))

@@ -1,0 +1,263 @@
+"""The operations of the proxy search space, each defined once: semantics, sympy, LaTeX, Python.
+
+A proxy is a per-layer expression. Values carry a leading *bit dimension* of size B
+(bit-dependent) or 1 (bit-independent) that broadcasts, so one evaluation of a layer yields
+its whole row P[l, :]. The semantics in `OpSpec.fn` are the exact definition on one layer:
+
+- tensors have shape [Bk, *layer_shape]; elementwise ops act per element;
+- ``reduce`` ops reduce every dimension except the leading one: [Bk, ...] -> [Bk];
+- ``layer`` ops (normalize, min-max, softmax) standardise over one layer's elements,
+  separately for each leading index;
+- ``scale`` multiplies a tensor by a scalar of the same layer.
+
+Divisions, reciprocals, logs and exps are protected (smooth, exact formulas that sympy can
+render), so every formula is defined everywhere; NaN/inf can still arise from overflow and
+are caught by screening.
+
+Value types keep tensors of different shapes apart (DEAP's typed GP): weight-shaped,
+layer-input-shaped and layer-output-shaped tensors, and per-layer scalars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sympy
+import torch
+
+EPS = 1e-12  # protection constant of divisions and reciprocals
+LOG_EPS = 1e-8  # protection constant of log(|x| + eps)
+EXP_CLAMP = 30.0  # exp(min(x, EXP_CLAMP)) keeps float64 finite under a few more ops
+
+
+class WeightT:
+    """Weight-shaped tensor [Bk, *W.shape] (W, G, VG, H, Q_b(W), E_b)."""
+
+
+class InputT:
+    """Layer-input-shaped tensor [Bk, n, *A.shape[1:]] (A, activation noise AE)."""
+
+
+class OutputT:
+    """Layer-output-shaped tensor [Bk, n, *Y.shape[1:]] (Y, GY)."""
+
+
+class Scalar:
+    """A per-layer scalar [Bk]; the proxy's root value."""
+
+
+TENSOR_TYPES: dict[str, type] = {"w": WeightT, "a": InputT, "y": OutputT}
+TYPE_NAMES: dict[type, str] = {WeightT: "weight", InputT: "input", OutputT: "output", Scalar: "scalar"}
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1)
+
+
+def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], *([1] * (like.dim() - 1)))
+
+
+def _var(x: torch.Tensor) -> torch.Tensor:
+    f = _flat(x)
+    return (f - f.mean(1, keepdim=True)).pow(2).mean(1)
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    f = _flat(x)
+    d = f - f.mean(1, keepdim=True)
+    return (d / (d.pow(2).mean(1, keepdim=True).sqrt() + EPS)).reshape(x.shape)
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    f = _flat(x)
+    lo, hi = f.min(1, keepdim=True).values, f.max(1, keepdim=True).values
+    return ((f - lo) / (hi - lo + EPS)).reshape(x.shape)
+
+
+def _softmax(x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(_flat(x), dim=1).reshape(x.shape)
+
+
+def _pdiv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a * b / (b * b + EPS)
+
+
+def _scale(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return x * _bcast(s, x)
+
+
+# Sympy has no tensor reductions: they are rendered as named functions of the elementwise
+# expression inside them (e.g. mean(Abs(W))); NUMPY_HELPERS gives them numeric meaning.
+_F = {n: sympy.Function(n) for n in ("mean", "total", "l1", "l2", "maxabs", "std", "var", "znorm", "minmax", "softmax")}
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One operation: exact torch semantics and its renderings, in one place."""
+
+    op: str
+    kind: str  # unary | layer | reduce | binary | scale
+    fn: Callable[..., torch.Tensor]
+    sympy: Callable[..., sympy.Expr]
+    latex: str  # format string over the arguments' LaTeX
+    python: str  # format string over the arguments' Python (numpy) source
+    priority: float = 1.0  # relative sampling weight
+    commutative: bool = False
+    default: bool = True  # part of the default space (else opt-in with include_ops)
+
+    @property
+    def arity(self) -> int:
+        return 1 if self.kind in ("unary", "layer", "reduce") else 2
+
+
+def _ops() -> dict[str, OpSpec]:
+    S = sympy
+    specs = [
+        # elementwise unary (tensors and scalars)
+        OpSpec("abs", "unary", torch.abs, S.Abs, r"\left|{0}\right|", "np.abs({0})", 1.2),
+        OpSpec("square", "unary", torch.square, lambda x: x**2, r"\left({0}\right)^{{2}}", "np.square({0})", 1.2),
+        OpSpec("sqrt", "unary", lambda x: x.abs().sqrt(), lambda x: S.sqrt(S.Abs(x)), r"\sqrt{{\left|{0}\right|}}", "np.sqrt(np.abs({0}))", 1.0),
+        OpSpec("log", "unary", lambda x: torch.log(x.abs() + LOG_EPS), lambda x: S.log(S.Abs(x) + LOG_EPS), r"\log\left(\left|{0}\right|+\epsilon\right)", f"np.log(np.abs({{0}}) + {LOG_EPS!r})", 1.0),
+        OpSpec("exp", "unary", lambda x: torch.exp(x.clamp(max=EXP_CLAMP)), lambda x: S.exp(S.Min(x, EXP_CLAMP)), r"e^{{\min\left({0},\,30\right)}}", f"np.exp(np.minimum({{0}}, {EXP_CLAMP!r}))", 0.5),
+        OpSpec("relu", "unary", torch.relu, lambda x: S.Max(x, 0), r"\max\left({0},\,0\right)", "np.maximum({0}, 0.0)", 0.6),
+        OpSpec("sigmoid", "unary", torch.sigmoid, lambda x: 1 / (1 + S.exp(-x)), r"\sigma\left({0}\right)", "(1.0 / (1.0 + np.exp(-({0}))))", 0.5),
+        OpSpec("neg", "unary", torch.neg, lambda x: -x, r"-\left({0}\right)", "(-({0}))", 0.5),
+        OpSpec("recip", "unary", lambda x: x / (x * x + EPS), lambda x: x / (x**2 + EPS), r"\frac{{1}}{{{0}}}", f"(({{0}}) / (np.square({{0}}) + {EPS!r}))", 0.8),
+        OpSpec("sign", "unary", torch.sign, S.sign, r"\operatorname{{sign}}\left({0}\right)", "np.sign({0})", 0.3),
+        OpSpec("tanh", "unary", torch.tanh, S.tanh, r"\tanh\left({0}\right)", "np.tanh({0})", 0.5, default=False),
+        OpSpec("cube", "unary", lambda x: x * x * x, lambda x: x**3, r"\left({0}\right)^{{3}}", "(({0}) ** 3)", 0.5, default=False),
+        # per-layer standardisation (tensors only)
+        OpSpec("normalize", "layer", _normalize, _F["znorm"], r"\operatorname{{z}}\left({0}\right)", "znorm({0})", 0.5),
+        OpSpec("minmax", "layer", _minmax, _F["minmax"], r"\operatorname{{minmax}}\left({0}\right)", "minmax({0})", 0.5),
+        OpSpec("softmax", "layer", _softmax, _F["softmax"], r"\operatorname{{softmax}}\left({0}\right)", "softmax({0})", 0.3),
+        # reductions to a per-layer scalar
+        OpSpec("mean", "reduce", lambda x: _flat(x).mean(1), _F["mean"], r"\operatorname{{mean}}\left({0}\right)", "mean({0})", 1.5),
+        OpSpec("sum", "reduce", lambda x: _flat(x).sum(1), _F["total"], r"\sum\left({0}\right)", "total({0})", 1.5),
+        OpSpec("l1", "reduce", lambda x: _flat(x).abs().sum(1), _F["l1"], r"\left\|{0}\right\|_{{1}}", "l1({0})", 1.2),
+        OpSpec("l2", "reduce", lambda x: _flat(x).pow(2).sum(1).sqrt(), _F["l2"], r"\left\|{0}\right\|_{{2}}", "l2({0})", 1.5),
+        OpSpec("maxabs", "reduce", lambda x: _flat(x).abs().max(1).values, _F["maxabs"], r"\left\|{0}\right\|_{{\infty}}", "maxabs({0})", 0.8),
+        OpSpec("std", "reduce", lambda x: _var(x).sqrt(), _F["std"], r"\operatorname{{std}}\left({0}\right)", "std({0})", 0.8),
+        OpSpec("var", "reduce", _var, _F["var"], r"\operatorname{{var}}\left({0}\right)", "var({0})", 0.8),
+        # binary on same-typed values
+        OpSpec("add", "binary", torch.add, lambda a, b: a + b, r"\left({0}+{1}\right)", "(({0}) + ({1}))", 1.0, True),
+        OpSpec("sub", "binary", torch.sub, lambda a, b: a - b, r"\left({0}-{1}\right)", "(({0}) - ({1}))", 0.8),
+        OpSpec("mul", "binary", torch.mul, lambda a, b: a * b, r"{0}\cdot {1}", "(({0}) * ({1}))", 1.5, True),
+        OpSpec("div", "binary", _pdiv, lambda a, b: a * b / (b**2 + EPS), r"\frac{{{0}}}{{{1}}}", f"(({{0}}) * ({{1}}) / (np.square({{1}}) + {EPS!r}))", 1.2),
+        OpSpec("max", "binary", torch.maximum, S.Max, r"\max\left({0},\,{1}\right)", "np.maximum({0}, {1})", 0.4, True),
+        OpSpec("min", "binary", torch.minimum, S.Min, r"\min\left({0},\,{1}\right)", "np.minimum({0}, {1})", 0.4, True),
+        # a tensor times a per-layer scalar (how b, 2^-b, traces enter tensor formulas)
+        OpSpec("scale", "scale", _scale, lambda x, s: x * s, r"{1}\cdot {0}", "scale({0}, {1})", 0.8),
+    ]
+    return {s.op: s for s in specs}
+
+
+OPS: dict[str, OpSpec] = _ops()
+SCALAR_KINDS = ("unary", "binary")  # op kinds that also exist on scalars
+
+
+@dataclass(frozen=True)
+class TerminalSpec:
+    """A statistic the proxy reads; `field` names the LayerStats attribute (or a bit terminal)."""
+
+    name: str
+    type: type
+    bit_dependent: bool
+    description: str
+    latex: str
+    priority: float = 1.0
+    default: bool = True
+
+
+TERMINALS: dict[str, TerminalSpec] = {
+    t.name: t
+    for t in [
+        TerminalSpec("W", WeightT, False, "weights", r"W"),
+        TerminalSpec("G", WeightT, False, "task-loss gradient of the weights", r"G"),
+        TerminalSpec("VG", WeightT, False, "data-free virtual gradient (Synflow-style)", r"G_{v}"),
+        TerminalSpec("H", WeightT, False, "Hessian diagonal (Hutchinson)", r"H_{d}"),
+        TerminalSpec("Q", WeightT, True, "quantized weights Q_b(W)", r"Q_{b}(W)", 1.5),
+        TerminalSpec("E", WeightT, True, "weight quantization noise Q_b(W) - W", r"E_{b}", 2.0),
+        TerminalSpec("A", InputT, False, "layer input activations", r"A"),
+        TerminalSpec("AE", InputT, False, "activation quantization noise", r"E_{A}"),
+        TerminalSpec("Y", OutputT, False, "layer output", r"Y"),
+        TerminalSpec("GY", OutputT, False, "gradient w.r.t. the layer output", r"G_{Y}"),
+        TerminalSpec("b", Scalar, True, "the layer's bit-width", r"b", 2.0),
+        TerminalSpec("pow2b", Scalar, True, "2^-b (quantization step factor)", r"2^{-b}", 1.5),
+        TerminalSpec("trace", Scalar, False, "Hessian trace Tr(H)", r"\operatorname{Tr}H"),
+        TerminalSpec("eig", Scalar, False, "top Hessian eigenvalue", r"\lambda_{\max}"),
+        TerminalSpec("params", Scalar, False, "weight parameters of the layer", r"n"),
+        TerminalSpec("macs", Scalar, False, "multiply-accumulates of the layer", r"\mathrm{MACs}"),
+        TerminalSpec("out_channels", Scalar, False, "output channels", r"C_{out}"),
+    ]
+}
+
+HESSIAN_TERMINALS = ("H", "trace", "eig")
+PRESETS: dict[str, tuple[str, ...]] = {
+    "full": tuple(n for n, t in TERMINALS.items() if t.default),
+    "weights-only": ("W", "Q", "E", "b", "pow2b", "params", "out_channels"),
+    "no-hessian": tuple(n for n, t in TERMINALS.items() if t.default and n not in HESSIAN_TERMINALS),
+    "no-activations": tuple(n for n, t in TERMINALS.items() if t.default and t.type not in (InputT, OutputT)),
+}
+
+
+@dataclass(frozen=True)
+class PrimSpec:
+    """A typed primitive of the DEAP set: an op applied to one value type."""
+
+    name: str  # unique, e.g. "abs_w", "mul_s"
+    op: OpSpec
+    in_types: tuple[type, ...]
+    out_type: type
+
+
+def typed_primitives(ops: dict[str, OpSpec] | None = None) -> dict[str, PrimSpec]:
+    """Every op instantiated on every value type it applies to."""
+    out: dict[str, PrimSpec] = {}
+    for spec in (ops or OPS).values():
+        for code, T in TENSOR_TYPES.items():
+            ins = {"unary": (T,), "layer": (T,), "reduce": (T,), "binary": (T, T), "scale": (T, Scalar)}[spec.kind]
+            out[f"{spec.op}_{code}"] = PrimSpec(f"{spec.op}_{code}", spec, ins, Scalar if spec.kind == "reduce" else T)
+        if spec.kind in SCALAR_KINDS:
+            out[f"{spec.op}_s"] = PrimSpec(f"{spec.op}_s", spec, (Scalar,) * spec.arity, Scalar)
+    return out
+
+
+PRIMITIVES: dict[str, PrimSpec] = typed_primitives()
+
+# Numeric meaning of the named reductions of the sympy/Python renderings (numpy arrays with
+# the same leading-bit-dimension convention as the torch semantics).
+NUMPY_HELPERS = '''
+import numpy as np
+
+def _flat(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x.reshape(x.shape[0], -1)
+
+def _col(s, like):
+    return np.asarray(s).reshape(-1, *([1] * (np.ndim(like) - 1)))
+
+def mean(x): return _flat(x).mean(1)
+def total(x): return _flat(x).sum(1)
+def l1(x): return np.abs(_flat(x)).sum(1)
+def l2(x): return np.sqrt(np.square(_flat(x)).sum(1))
+def maxabs(x): return np.abs(_flat(x)).max(1)
+def var(x):
+    f = _flat(x)
+    return np.square(f - f.mean(1, keepdims=True)).mean(1)
+def std(x): return np.sqrt(var(x))
+def znorm(x):
+    f = _flat(x)
+    d = f - f.mean(1, keepdims=True)
+    return (d / (np.sqrt(np.square(d).mean(1, keepdims=True)) + EPS)).reshape(np.shape(x))
+def minmax(x):
+    f = _flat(x)
+    lo, hi = f.min(1, keepdims=True), f.max(1, keepdims=True)
+    return ((f - lo) / (hi - lo + EPS)).reshape(np.shape(x))
+def softmax(x):
+    f = _flat(x)
+    e = np.exp(f - f.max(1, keepdims=True))
+    return (e / e.sum(1, keepdims=True)).reshape(np.shape(x))
+def scale(x, s): return np.asarray(x) * _col(s, x)
+'''.replace("EPS", repr(EPS))

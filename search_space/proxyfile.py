@@ -1,0 +1,191 @@
+"""The proxy file format ("emq-proxy/1") and the evolved proxy as an emq.proxy.SeparableProxy.
+
+A proxy file is JSON: the tree in nested form ({"op": name, "args": [...]}, {"term": name},
+{"const": number}), the orientation, the aggregation (sum of per-layer terms over layers),
+the evaluation settings that change its value (act_samples), its fitness and provenance.
+Files are parsed structurally (never eval/pickle); unknown primitives, ill-typed trees and
+missing fields are rejected with an EmqError naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from emq.errors import EmqError
+from emq.proxy import ProxyContext, SeparableProxy
+
+from .evaluate import TableEvaluator, Token, tree_terminals
+from .primitives import OPS, TERMINALS
+from .pset import SearchSpace, canonical, flatten, make_space, nested, token_types, tree_string
+from .terminals import DEFAULT_ACT_SAMPLES
+
+FORMAT = "emq-proxy/1"
+AGGREGATION = "sum"
+MAX_NODES = 500
+
+
+def universe() -> SearchSpace:
+    """Every terminal and operation emq knows (what a proxy file may use)."""
+    return make_space(terminals=list(TERMINALS), include_ops=list(OPS))
+
+
+class EvolvedProxy(SeparableProxy):
+    """A proxy tree p(layer, b); its table is P[S, B] = sum over each slot's layers."""
+
+    def __init__(self, tokens: Sequence[Token], orientation: int = 1, name: str = "evolved", act_samples: int = DEFAULT_ACT_SAMPLES, meta: dict[str, Any] | None = None) -> None:
+        space = universe()
+        self.tokens = [(str(k), float(v) if k == "c" else str(v)) for k, v in tokens]
+        token_types(space, self.tokens)
+        if orientation not in (1, -1):
+            raise EmqError(f"proxy orientation {orientation!r}: use 1 or -1")
+        self.prims = space.prims
+        self.name = name
+        self.orientation = int(orientation)
+        self.act_samples = int(act_samples)
+        self.meta = dict(meta or {})
+        self.expression = tree_string(self.tokens, self.prims)
+        self.description = f"evolved proxy {self.expression}"
+        self.cost = "statistics only"
+
+    @property
+    def key(self) -> str:
+        return canonical(self.tokens, self.prims)
+
+    def stats_table(self, stats: Any) -> torch.Tensor:
+        """P[S, B] in the statistics' own bit order."""
+        ev = TableEvaluator(stats, sorted(tree_terminals(self.tokens)), self.prims, self.act_samples, probe_layers=1)
+        with torch.no_grad():
+            return ev.table(self.tokens)
+
+    def table(self, ctx: ProxyContext) -> np.ndarray:
+        if ctx.stats is None:
+            raise EmqError(f"proxy {self.name}: the context has no statistics; compute them first (emq.search_space.stats.compute_stats)")
+        key = ("evolved-table", self.key, self.act_samples)
+        if key not in ctx.cache:
+            full = self.stats_table(ctx.stats).cpu().numpy()
+            bits = list(ctx.stats.bits)
+            missing = [b for b in ctx.bits if b not in bits]
+            if missing:
+                raise EmqError(f"proxy {self.name}: bits {missing} have no statistics (statistics bits: {bits})")
+            ctx.cache[key] = full[:, [bits.index(b) for b in ctx.bits]]
+        return ctx.cache[key]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "expression": self.expression,
+            "tree": nested(self.tokens, self.prims),
+            "orientation": self.orientation,
+            "aggregation": AGGREGATION,
+            "act_samples": self.act_samples,
+            **self.meta,
+        }
+
+
+def _check_node(node: Any, where: str, budget: list[int]) -> None:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise EmqError(f"{where}: tree has more than {MAX_NODES} nodes")
+    if not isinstance(node, dict):
+        raise EmqError(f"{where}: every tree node must be an object, got {type(node).__name__}")
+    if "op" in node:
+        if not isinstance(node["op"], str) or not isinstance(node.get("args"), list):
+            raise EmqError(f"{where}: an operation node needs a string 'op' and a list 'args'")
+        for i, a in enumerate(node["args"]):
+            _check_node(a, f"{where}.args[{i}]", budget)
+    elif "term" in node:
+        if not isinstance(node["term"], str):
+            raise EmqError(f"{where}: 'term' must be a string")
+    elif "const" in node:
+        c = node["const"]
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
+            raise EmqError(f"{where}: 'const' must be a finite number")
+    else:
+        raise EmqError(f"{where}: a node needs one of 'op', 'term' or 'const'")
+
+
+def proxy_from_json(obj: Any, source: str = "proxy") -> EvolvedProxy:
+    """Validate and build a proxy from parsed JSON (no eval)."""
+    if not isinstance(obj, dict):
+        raise EmqError(f"{source}: the top level must be a JSON object")
+    if obj.get("format") != FORMAT:
+        raise EmqError(f"{source}: field 'format' is {obj.get('format')!r}; expected {FORMAT!r}")
+    for f in ("tree", "orientation"):
+        if f not in obj:
+            raise EmqError(f"{source}: field {f!r} is missing")
+    if obj.get("aggregation", AGGREGATION) != AGGREGATION:
+        raise EmqError(f"{source}: field 'aggregation' is {obj['aggregation']!r}; only {AGGREGATION!r} is supported")
+    _check_node(obj["tree"], f"{source}: tree", [MAX_NODES])
+    space = universe()
+    for node in _walk(obj["tree"]):
+        if "op" in node:
+            if node["op"] not in space.prims:
+                raise EmqError(f"{source}: tree uses unknown primitive {node['op']!r}")
+            if len(node["args"]) != space.prims[node["op"]].op.arity:
+                raise EmqError(f"{source}: primitive {node['op']!r} takes {space.prims[node['op']].op.arity} argument(s), got {len(node['args'])}")
+        elif "term" in node and node["term"] not in TERMINALS:
+            raise EmqError(f"{source}: tree uses unknown terminal {node['term']!r}")
+    tokens = flatten(obj["tree"])
+    try:
+        token_types(space, tokens)
+    except EmqError as e:
+        raise EmqError(f"{source}: {e}") from e
+    act = obj.get("act_samples", DEFAULT_ACT_SAMPLES)
+    if isinstance(act, bool) or not isinstance(act, int) or act < 1:
+        raise EmqError(f"{source}: field 'act_samples' must be a positive integer")
+    orientation = obj["orientation"]
+    if orientation not in (1, -1) or isinstance(orientation, bool):
+        raise EmqError(f"{source}: field 'orientation' must be 1 or -1")
+    known = {"format", "name", "expression", "tree", "orientation", "aggregation", "act_samples"}
+    meta = {k: v for k, v in obj.items() if k not in known}
+    return EvolvedProxy(tokens, orientation, str(obj.get("name", "evolved")), act, meta)
+
+
+def _walk(node: dict) -> list[dict]:
+    out = [node]
+    for a in node.get("args", []):
+        out.extend(_walk(a))
+    return out
+
+
+def load_proxy(path: str | Path) -> EvolvedProxy:
+    """Read a proxy file; malformed or unknown content raises EmqError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise EmqError(f"proxy file {path}: cannot be read ({e.strerror})") from e
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise EmqError(f"proxy file {path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    return proxy_from_json(obj, f"proxy file {path}")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_proxy(proxy: EvolvedProxy, path: str | Path) -> Path:
+    """Write a proxy file atomically."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps(proxy.to_json(), indent=2) + "\n")
+    return path

@@ -1,0 +1,81 @@
+"""Evolution: determinism, resume after a kill, serial == process pool, DPS switch, budget."""
+
+import json
+
+import pytest
+from emq.search_space.pset import make_space
+from test_search_fixtures import tiny_setting
+
+from emq.errors import EmqError
+from emq.evolution import Campaign, DPSConfig, SearchConfig, search
+
+TIMING = {"seconds", "evals_per_s"}
+
+
+def _fingerprint(result):
+    rows = [(r["canonical"], round(r["search_spearman"], 12), round(r["heldout_spearman"], 12)) for r in result.hall_of_fame]
+    log = [{k: v for k, v in rec.items() if k not in TIMING} for rec in result.log]
+    return rows, json.dumps(log, sort_keys=True, default=str)
+
+
+def _run(**kw):
+    stats, fd, _ = tiny_setting()
+    base = dict(generations=6, population=16, seed=3)
+    base.update(kw)
+    return search(fd, stats=stats, **base)
+
+
+def test_same_seed_same_result_and_different_seed_differs():
+    a, b, c = _run(), _run(), _run(seed=4)
+    assert _fingerprint(a) == _fingerprint(b)
+    assert _fingerprint(a) != _fingerprint(c)
+    assert a.summary["evaluations"] > 16 and a.summary["best_search_spearman"] > 0.3
+    assert len({r["canonical"] for r in a.hall_of_fame}) == len(a.hall_of_fame)  # no duplicates
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch):
+    full = _run(out=tmp_path / "full")
+    stats, fd, _ = tiny_setting()
+    cfg = SearchConfig(generations=6, population=16, seed=3, checkpoint_every=2)
+    original = Campaign._generation
+
+    def dying(self, executor):
+        if self.generation == 5:
+            raise KeyboardInterrupt  # killed during generation 5: the last checkpoint is generation 4
+        original(self, executor)
+
+    monkeypatch.setattr(Campaign, "_generation", dying)
+    with pytest.raises(KeyboardInterrupt):
+        search(fd, stats=stats, config=cfg, out=tmp_path / "killed")
+    monkeypatch.setattr(Campaign, "_generation", original)
+    with pytest.raises(EmqError, match="--resume"):
+        search(fd, stats=stats, config=cfg, out=tmp_path / "killed")
+    resumed = search(fd, stats=stats, config=cfg, out=tmp_path / "killed", resume=True)
+    assert _fingerprint(resumed) == _fingerprint(full)
+    lines = (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["generation"] for x in lines] == list(range(7))
+    with pytest.raises(EmqError, match="different settings"):
+        search(fd, stats=stats, config=SearchConfig(generations=8, population=20, seed=3), out=tmp_path / "killed", resume=True)
+
+
+def test_process_pool_gives_identical_results():
+    assert _fingerprint(_run(workers=2)) == _fingerprint(_run(workers=1))
+
+
+def test_dps_switch_budget_and_logged_diversity():
+    on = _run(max_evaluations=60, generations=50)
+    off = _run(max_evaluations=60, generations=50, dps=DPSConfig(enabled=False))
+    for r in (on, off):
+        assert 60 <= r.summary["evaluations"] < 60 + 2 * 16 * 2  # stops within one generation of the budget
+        rec = r.log[-1]
+        assert {"unique_forms", "mean_abs_corr", "screening", "best_heldout", "median_search"} <= set(rec)
+    assert on.log[1]["screening"]["seen"] == 16 + 2 * 16  # offspring + one random challenger each
+    assert off.log[1]["screening"]["seen"] == 16 + 16
+    assert on.summary["screening"]["saved_share"] > 0
+
+
+def test_restricted_space_is_respected():
+    r = _run(space=make_space("weights-only"), generations=3)
+    allowed = set(make_space("weights-only").terminals)
+    for row in r.hall_of_fame:
+        assert {t for k, t in row["proxy"].tokens if k == "t"} <= allowed

@@ -1,0 +1,75 @@
+"""Table evaluation equals naive per-configuration scoring; screening rejects degenerate trees."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from emq.search_space.evaluate import TableEvaluator, naive_config_score
+from emq.search_space.pset import HANDMADE, canonical, gen_half_and_half, make_space, to_tokens
+from test_search_fixtures import tiny_setting
+
+from emq.evolution.evaluator import CandidateEvaluator
+from emq.evolution.screening import table_problem
+
+
+@pytest.fixture(scope="module")
+def setting():
+    return tiny_setting()
+
+
+def test_table_scores_equal_naive_per_configuration(setting):
+    stats, fd, _ = setting
+    space = make_space()
+    ev = TableEvaluator(stats, space.terminals, space.prims)
+    random.seed(3)
+    trees = [t for _, t in HANDMADE.values()]
+    while len(trees) < 12:
+        t = to_tokens(gen_half_and_half(space, 1, 3))
+        if torch.isfinite(ev.table(t)).all():
+            trees.append(t)
+    bit_idx = np.vectorize({b: i for i, b in enumerate(stats.bits)}.get)(fd.search.configs[:8])
+    for t in trees:
+        fast = fd.search.scores(ev.table(t))[:8]
+        slow = np.array([naive_config_score(t, stats, c) for c in bit_idx])
+        np.testing.assert_allclose(fast, slow, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "tokens, reason",
+    [
+        ([("p", "l2_w"), ("t", "W")], "no_bit_terminal"),  # cannot see bits at all
+        ([("p", "mul_s"), ("t", "b"), ("c", 0.0)], "probe_bit_insensitive"),  # constant zero
+        ([("p", "sub_s"), ("t", "b"), ("t", "b")], "probe_bit_insensitive"),
+        ([("p", "mean_w"), ("p", "mul_w"), ("t", "Q"), ("p", "sub_w"), ("t", "W"), ("t", "W")], "probe_bit_insensitive"),  # Q * 0
+        ([*[("p", "square_s")] * 5, ("p", "exp_s"), ("p", "mul_s"), ("t", "b"), ("c", 8.0)], "probe_nonfinite"),  # (e^30)^32 overflows
+    ],
+)
+def test_screening_rejects_degenerate_trees(setting, tokens, reason):
+    stats, fd, _ = setting
+    space = make_space()
+    out = CandidateEvaluator(stats, fd, space, act_samples=8).evaluate(tokens)
+    assert out.reason == reason and out.fitness < 0 and not out.valid
+
+
+def test_screening_accepts_handmade_and_measures_them(setting):
+    stats, fd, _ = setting
+    ce = CandidateEvaluator(stats, fd, make_space(), act_samples=8)
+    out = ce.evaluate(HANDMADE["size"][1])
+    assert out.valid and 0 <= out.fitness <= 1 and out.signature is not None
+    assert abs(float(out.signature @ out.signature) - 1) < 1e-5
+
+
+def test_full_table_checks():
+    assert table_problem(torch.tensor([[1.0, float("nan")]])) == "nonfinite"
+    assert table_problem(torch.tensor([[1.0, 1.0], [2.0, 2.0]])) == "bit_insensitive"
+    assert table_problem(torch.zeros(3, 2)) == "bit_insensitive"
+    assert table_problem(torch.tensor([[1.0, 2.0]])) is None
+
+
+def test_canonical_form_identifies_commuted_trees():
+    space = make_space()
+    a = [("p", "mul_s"), ("t", "b"), ("t", "params")]
+    b = [("p", "mul_s"), ("t", "params"), ("t", "b")]
+    c = [("p", "div_s"), ("t", "b"), ("t", "params")]
+    assert canonical(a, space.prims) == canonical(b, space.prims) != canonical(c, space.prims)

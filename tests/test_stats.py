@@ -1,0 +1,245 @@
+"""Per-layer statistics: alignment, correctness against autograd, no side effects, caching, CLI."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from emq.search_space.netstats import TENSOR_FIELDS, load_stats, save_stats
+from emq.search_space.stats import StatsSettings, _apply_trace_policy, compute_stats
+from torch import nn
+
+from emq.cli.main import main
+from emq.errors import EmqError
+from emq.layermap import build_layer_map
+from emq.quant import PTQSettings, fake_quant, quantize_weight
+
+FAST = StatsSettings(batch_size=5, hessian_images=12, hessian_batch_size=12, hessian_min_probes=4, hessian_max_probes=8, eig_iters=3, act_cap=64, act_bits=4, negative_trace="keep")
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 3, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(3)
+        self.body = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.head = nn.Linear(64, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        return self.head(torch.tanh(self.body(x)).flatten(1))
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.3, 0.3)
+        model.bn.running_var.uniform_(0.5, 1.5)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(12, 1, 8, 8, generator=g)
+    y = torch.randint(0, 5, (12,), generator=g)
+    return model, build_layer_map(model, 8, "tiny"), x, y
+
+
+def reference_pass(model, names, x, y):
+    """Independent autograd: weight grads of the mean loss, layer inputs/outputs and output grads."""
+    mods = dict(model.named_modules())
+    ins, outs = {}, {}
+
+    def record(name):
+        def hook(mod, inp, out):
+            ins[name], outs[name] = inp[0], out
+
+        return hook
+
+    hooks = [mods[n].register_forward_hook(record(n)) for n in names]
+    try:
+        loss = F.cross_entropy(model(x), y)
+        grads = torch.autograd.grad(loss, [mods[n].weight for n in names] + [outs[n] for n in names])
+    finally:
+        for h in hooks:
+            h.remove()
+    k = len(names)
+    return {n: (grads[i], ins[n].detach(), outs[n].detach(), grads[k + i]) for i, n in enumerate(names)}
+
+
+def test_layers_aligned_and_gradients_match_autograd(tiny):
+    model, lm, x, y = tiny
+    ns = compute_stats(model, lm, (x, y), bits=(4, 2), settings=FAST, use_cache=False)
+    names = ["stem", "body", "head"]
+    assert ns.names == [layer.name for layer in lm.layers] == names
+    assert ns.bits == (2, 4) and ns.layer_slot == lm.layer_slot
+    ref = reference_pass(model, names, x, y)
+    mods = dict(model.named_modules())
+    for layer in ns.layers:
+        g, a, out, gy = ref[layer.name]
+        w = mods[layer.name].weight
+        torch.testing.assert_close(layer.W, w.detach())
+        torch.testing.assert_close(layer.G, g, rtol=1e-4, atol=1e-6)  # accumulated over batches of 5, 5, 2
+        torch.testing.assert_close(layer.A, a)
+        torch.testing.assert_close(layer.Y, out)
+        torch.testing.assert_close(layer.GY, gy, rtol=1e-4, atol=1e-7)
+        assert layer.H.shape == layer.VG.shape == w.shape
+        assert layer.Q.shape == layer.E.shape == (2, *w.shape)
+        assert (layer.params, layer.out_channels) == (w.numel(), w.shape[0])
+        for t in (getattr(layer, f) for f in TENSOR_FIELDS):
+            assert t.dtype == torch.float32 and t.device.type == "cpu"
+    # G is the outer product of the stored output gradients and inputs (same layer, same samples)
+    head = ns.layers[2]
+    torch.testing.assert_close(head.GY.T @ head.A, head.G, rtol=1e-4, atol=1e-6)
+    body = ns.layers[1]
+    conv_g = torch.nn.grad.conv2d_weight(body.A, body.W.shape, body.GY, stride=2, padding=1)
+    torch.testing.assert_close(conv_g, body.G, rtol=1e-4, atol=1e-6)
+
+
+def test_virtual_grad_noise_and_trace(tiny):
+    model, lm, x, y = tiny
+    ns = compute_stats(model, lm, (x, y), bits=(2, 3, 4), settings=FAST, use_cache=False)
+    mods = dict(model.named_modules())
+    weights = [mods[layer.name].weight for layer in ns.layers]
+    vg = torch.autograd.grad(model(torch.ones(1, 1, 8, 8)).sum(), weights)
+    for layer, v in zip(ns.layers, vg, strict=True):
+        torch.testing.assert_close(layer.VG, v)
+        for k, b in enumerate(ns.bits):
+            torch.testing.assert_close(layer.Q[k], quantize_weight(layer.W, b, False))
+            torch.testing.assert_close(layer.E[k], layer.Q[k] - layer.W)
+        assert layer.trace == pytest.approx(float(layer.H.sum()), rel=1e-4, abs=1e-6)
+    # activation noise: per-tensor range over all calibration images, at act_bits
+    ref = reference_pass(model, ns.names, x, y)
+    for layer in ns.layers:
+        a = ref[layer.name][1]
+        lo, hi = a.min().clamp(max=0), a.max().clamp(min=0)
+        torch.testing.assert_close(layer.AE, fake_quant(a, lo, hi, 4) - a)
+        assert float(layer.AE.abs().max()) > 0
+    e = [float(layer.E[0].norm()) for layer in ns.layers], [float(layer.E[2].norm()) for layer in ns.layers]
+    assert all(lo_bits > hi_bits for lo_bits, hi_bits in zip(*e, strict=True))  # 2-bit noise exceeds 4-bit noise
+
+
+def test_activation_cap_and_repeatability(tiny):
+    model, lm, x, y = tiny
+    capped = StatsSettings(**{**FAST.to_json(), "act_cap": 3})
+    a = compute_stats(model, lm, (x, y), settings=capped, use_cache=False)
+    b = compute_stats(model, lm, (x, y), settings=capped, use_cache=False)
+    assert a.meta["act_cap"] == 3
+    for la, lb in zip(a.layers, b.layers, strict=True):
+        assert la.A.shape[0] == la.Y.shape[0] == la.GY.shape[0] == la.AE.shape[0] == 3
+        for f in TENSOR_FIELDS:
+            assert torch.equal(getattr(la, f), getattr(lb, f)), f
+        assert (la.trace, la.eig) == (lb.trace, lb.eig)
+    other_seed = compute_stats(model, lm, (x, y), settings=StatsSettings(**{**capped.to_json(), "seed": 1}), use_cache=False)
+    assert [layer.trace for layer in other_seed.layers] != [layer.trace for layer in a.layers]
+
+
+def test_caller_model_untouched(tiny):
+    model, lm, x, y = tiny
+    model.train()
+    model.body.eval()
+    model.head.weight.grad = torch.full_like(model.head.weight, 7.0)
+    model.stem.weight.requires_grad_(False)
+    calls = []
+    model.head.register_forward_hook(lambda m, i, o: calls.append(1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = {n: m.training for n, m in model.named_modules()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    hook_keys = {n: (list(m._forward_hooks), list(m._forward_pre_hooks), list(m._backward_hooks)) for n, m in model.named_modules()}
+
+    compute_stats(model, lm, (x, y), settings=FAST, use_cache=False)
+
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN running stats
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert torch.equal(model.head.weight.grad, torch.full_like(model.head.weight, 7.0))
+    assert model.stem.weight.grad is None and model.body.weight.grad is None
+    assert {n: (list(m._forward_hooks), list(m._forward_pre_hooks), list(m._backward_hooks)) for n, m in model.named_modules()} == hook_keys
+    assert calls == []  # the caller's hooks never fire for our passes
+
+
+def test_cache_hit_and_corruption(tiny, tmp_path, caplog):
+    model, lm, x, y = tiny
+    first = compute_stats(model, lm, (x, y), settings=FAST, cache_dir=tmp_path)
+    files = list(tmp_path.glob("*.pt"))
+    assert len(files) == 1 and first.meta["cache"]["hit"] is False
+    second = compute_stats(model, lm, (x, y), settings=FAST, cache_dir=tmp_path)
+    assert second.meta["cache"]["hit"] is True
+    for la, lb in zip(first.layers, second.layers, strict=True):
+        assert all(torch.equal(getattr(la, f), getattr(lb, f)) for f in TENSOR_FIELDS)
+        assert (la.trace, la.eig, la.params, la.macs) == (lb.trace, lb.eig, lb.params, lb.macs)
+    # different weights -> a different key, not a stale hit
+    changed = Tiny().eval()
+    assert compute_stats(changed, lm, (x, y), settings=FAST, cache_dir=tmp_path).meta["cache"]["hit"] is False
+
+    raw = bytearray(files[0].read_bytes())
+    for damage in (raw[: len(raw) // 2], raw[:100] + bytes(b ^ 0xFF for b in raw[100:400]) + raw[400:]):
+        files[0].write_bytes(bytes(damage))
+        with pytest.raises(EmqError):
+            load_stats(files[0])
+        with caplog.at_level(logging.WARNING):
+            again = compute_stats(model, lm, (x, y), settings=FAST, cache_dir=tmp_path)
+        assert again.meta["cache"]["hit"] is False and "ignoring the statistics cache entry" in caplog.text
+        assert all(torch.equal(la.G, lb.G) for la, lb in zip(first.layers, again.layers, strict=True))
+        assert load_stats(files[0]).names == first.names  # rewritten, valid again
+
+
+def test_digest_catches_altered_tensor(tiny, tmp_path):
+    model, lm, x, y = tiny
+    ns = compute_stats(model, lm, (x, y), settings=FAST, use_cache=False)
+    path = save_stats(ns, tmp_path / "s.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["tensors"]["0/W"][0, 0, 0, 0] += 1.0  # well-formed file, wrong content
+    torch.save(payload, path)
+    with pytest.raises(EmqError, match="digest"):
+        load_stats(path)
+
+
+def test_bad_input(tiny):
+    model, lm, x, y = tiny
+    from_ptq = compute_stats(model, lm, (x, y), settings=PTQSettings(act_bits=4, weight_symmetric=True), use_cache=False)
+    assert from_ptq.meta["settings"]["act_bits"] == 4 and from_ptq.meta["settings"]["weight_symmetric"] is True
+    with pytest.raises(EmqError, match="bits"):
+        compute_stats(model, lm, (x, y), bits=(2, 9), settings=FAST, use_cache=False)
+    other = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.Linear(108, 5))
+    with pytest.raises(EmqError, match="layer map"):
+        compute_stats(other, lm, (x, y), settings=FAST, use_cache=False)
+    with pytest.raises(EmqError, match="labels"):
+        compute_stats(model, lm, (x, y.float()), settings=FAST, use_cache=False)
+    with pytest.raises(EmqError, match="hessian_min_probes"):
+        StatsSettings(hessian_min_probes=9, hessian_max_probes=8)
+    with pytest.raises(EmqError, match="negative_trace"):
+        StatsSettings(negative_trace="ignore")
+
+
+def test_negative_trace_policies():
+    raw = np.array([2.0, -0.5])
+    np.testing.assert_array_equal(_apply_trace_policy(raw, ["a", "b"], "clamp"), [2.0, 0.0])
+    np.testing.assert_array_equal(_apply_trace_policy(raw, ["a", "b"], "abs"), [2.0, 0.5])
+    np.testing.assert_array_equal(_apply_trace_policy(raw, ["a", "b"], "keep"), raw)
+    with pytest.raises(EmqError, match="b"):
+        _apply_trace_policy(raw, ["a", "b"], "error")
+
+
+def test_cli_default_model(tmp_path, capsys):
+    """Real default model through the CLI: layer order, JSON fields, --out file, cache."""
+    args = ["stats", "--calib-size", "32", "--hessian-images", "16", "--hessian-batch-size", "16", "--hessian-samples", "2", "--eig-iters", "1", "--cache-dir", str(tmp_path / "c")]
+    out = tmp_path / "stats.pt"
+    assert main(args + ["--json", "--out", str(out)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    from emq.target import resolve_target
+
+    lm = resolve_target("default").layer_map
+    assert [layer["name"] for layer in doc["layers"]] == [layer.name for layer in lm.layers]
+    assert len(doc["layers"]) == 22 and doc["bits"] == [2, 3, 4]
+    first = doc["layers"][0]
+    assert set(first["noise_norm"]) == {"2", "3", "4"} and first["hessian_trace"] >= 0
+    assert first["noise_norm"]["2"] > first["noise_norm"]["4"] > 0
+    assert set(doc["seconds"]) >= {"gradients_activations", "hessian_trace_diag", "hessian_eig", "weight_noise"}
+    saved = load_stats(out)
+    assert saved.names == [layer.name for layer in lm.layers] and saved.layer_slot == lm.layer_slot
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "layer3.0.downsample.0" in text and "loaded from cache" in text
+    assert main(["stats", "--bits-allowed", "2,12", "--no-cache"]) == 2
