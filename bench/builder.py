@@ -11,7 +11,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from emq.quant import PTQSettings
 from . import store
 from .executor import EvalSpec, Executor, engine_for, evaluate_task, make_executor, target_for
 from .noise import ORIENTATION, ceilings, default_metric, sample_for_noise
+from .query import bench_info
 from .sampling import plan_configs
 from .space import DEFAULT_BITS, ConfigSpace, config_text
 
@@ -86,9 +87,8 @@ def _check_resume(path: Path, stored: Mapping[str, Any], wanted: Mapping[str, An
         raise EmqError(f"{path}: was built with different {', '.join(diff)}; resume with the original arguments or choose another --out")
 
 
-def _run(
-    con: Any, executor: Executor, spec: EvalSpec, todo: list[tuple[int, str, str]], desc: str, progress: bool, write: Any
-) -> None:
+def _run(executor: Executor, spec: EvalSpec, todo: list[tuple[int, str, str]], desc: str, progress: bool, write: Callable[[dict, int, str], None]) -> None:
+    """Evaluate `todo` (idx, config, source) and hand each result to `write` as it arrives."""
     tasks = ((spec, cfg) for _, cfg, _ in todo)
     info = {cfg: (idx, src) for idx, cfg, src in todo}
     with tqdm(total=len(todo), desc=desc, unit="cfg", disable=not progress or not todo) as bar:
@@ -137,8 +137,6 @@ def bench_build(
     plan = [(config_text(c), src) for c, src in plan_configs(space, configs, seed, lm.params, sampler, [tuple(map(int, u.split(","))) for u in user])]
     wanted = _build_meta(spec, space, seed, sampler, configs, user, noise_samples)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from .query import bench_info
-
     with closing(store.connect(out)) as con:
         stored = store.init_bench(con, wanted, plan)
         _check_resume(out, stored, json.loads(json.dumps(wanted)))
@@ -161,12 +159,12 @@ def bench_build(
         executor = executor or make_executor(workers)
         try:
             t0 = time.perf_counter()
-            _run(con, executor, spec, todo, "bench", progress, write_record)
-            _run(con, executor, noise_spec, todo_rep, "noise ceiling", progress, write_repeat)
+            _run(executor, spec, todo, "bench", progress, write_record)
+            _run(executor, noise_spec, todo_rep, "noise ceiling", progress, write_repeat)
             elapsed = time.perf_counter() - t0
         finally:
             executor.close()
-        records = {r[1]: dict(zip(store.RECORD_COLUMNS, r)) for r in store.read_records(con)}
+        records = {r[1]: dict(zip(store.RECORD_COLUMNS, r, strict=True)) for r in store.read_records(con)}
         repeats = {r[0]: {"top1": r[1], "loss": r[2], "kl": r[3]} for r in con.execute("SELECT config, top1, loss, kl FROM repeats")}
         ceiling = ceilings(records, repeats)
         build_log = stored.get("build_log", []) + [{"evaluated": len(todo) + len(todo_rep), "seconds": round(elapsed, 2), "workers": workers}]

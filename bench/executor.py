@@ -22,6 +22,7 @@ from emq.errors import EmqError
 from emq.quant import PTQEngine, PTQSettings
 from emq.target import Target, resolve_target
 
+
 @dataclass(frozen=True)
 class EvalSpec:
     """Everything a worker needs to rebuild the same engine (picklable, hashable)."""

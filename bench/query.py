@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from emq.errors import EmqError
 
@@ -53,7 +54,7 @@ class Bench:
         self.meta = meta
         if not rows:
             raise EmqError(f"bench {path}: has no records (an empty or unfinished build; resume it with `emq bench build ... --resume`)")
-        cols = list(zip(*rows))
+        cols = list(zip(*rows, strict=True))
         get = {c: cols[i] for i, c in enumerate(store.RECORD_COLUMNS)}
         self.config_texts: list[str] = list(get["config"])
         self.configs = np.array([[int(b) for b in c.split(",")] for c in self.config_texts], dtype=np.int64)
@@ -201,6 +202,25 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def trivial_baselines(b: Bench) -> dict[str, dict[str, float | None]]:
+    """Oriented Spearman of two proxies no discovered proxy should lose to: sum of bits, model size.
+
+    Oriented: +1 means the proxy ranks configurations exactly as the metric does (for loss
+    and KL, where lower is better, the sign is flipped).
+    """
+    orient = b.meta.get("metric_orientation", {"top1": 1, "loss": -1, "kl": -1})
+    proxies = {"sum_bits": b.configs.sum(axis=1).astype(float), "size_bytes": b.metrics["size_bytes"]}
+    out: dict[str, dict[str, float | None]] = {}
+    for name, score in proxies.items():
+        out[name] = {}
+        for m, sign in orient.items():
+            y = b.metrics[m]
+            ok = np.isfinite(y)
+            rho = spearmanr(score[ok], y[ok]).statistic if ok.sum() > 2 and np.ptp(y[ok]) > 0 else float("nan")
+            out[name][m] = None if np.isnan(rho) else float(sign * rho)
+    return out
+
+
 def bench_info(path: str | Path = "default") -> dict[str, Any]:
     """Summary of a bench: records, slots, bits, noise ceiling, metric distributions."""
     b = Bench.open(path)
@@ -228,6 +248,7 @@ def bench_info(path: str | Path = "default") -> dict[str, Any]:
         "metric_orientation": meta.get("metric_orientation"),
         "fp_reference": meta.get("fp_reference"),
         "metrics": metrics,
+        "trivial_baselines": trivial_baselines(b),
         "ptq_settings": meta.get("ptq_settings"),
         "weights_hash": meta.get("weights_hash"),
         "data_fingerprint": meta.get("data_fingerprint"),

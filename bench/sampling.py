@@ -68,7 +68,7 @@ def stratified(
     for _ in range(50):
         pool = _biased_pool(space, pool_size, rng)
         which = np.minimum(((pool @ w - lo) / span * bins).astype(int), bins - 1)
-        for cfg_arr, b in zip(pool, which):
+        for cfg_arr, b in zip(pool, which, strict=True):
             cfg = tuple(int(v) for v in cfg_arr)
             if cfg not in seen:
                 seen.add(cfg)

@@ -11,8 +11,6 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from emq.errors import EmqError
 from emq.layermap import LayerMap
 

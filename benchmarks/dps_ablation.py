@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bench", default="default")
     ap.add_argument("--model", default="default")
+    ap.add_argument("--weights", type=Path, help="weights of the bench's model, when not the shipped ones")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--budget", type=int, default=3000, help="candidate evaluations per campaign")
     ap.add_argument("--population", type=int, default=64)
@@ -33,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     data, _ = load_fitness_data(args.bench, None)
-    stats = compute_stats(resolve_target(args.model), bits=data.bits)
+    stats = compute_stats(resolve_target(args.model, weights=args.weights), bits=data.bits)
     rows = []
     for seed in range(args.seeds):
         for dps in (True, False):

@@ -18,12 +18,14 @@ import argparse
 import json
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from emq.search_space.evaluate import TableEvaluator, naive_config_score
 from emq.search_space.pset import gen_half_and_half, make_space, to_tokens
 from emq.search_space.stats import compute_stats
+from emq.search_space.terminals import DEFAULT_ACT_SAMPLES
 
 from emq.evolution import SearchConfig, search
 from emq.evolution.evaluator import CandidateEvaluator
@@ -35,6 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bench", default="default")
     ap.add_argument("--model", default="default")
+    ap.add_argument("--weights", type=Path, help="weights of the bench's model, when not the shipped ones")
     ap.add_argument("--candidates", type=int, default=500)
     ap.add_argument("--generations", type=int, default=100)
     ap.add_argument("--population", type=int, default=64)
@@ -45,12 +48,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     data, _ = load_fitness_data(args.bench, None)
-    stats = compute_stats(resolve_target(args.model), bits=data.bits)
+    stats = compute_stats(resolve_target(args.model, weights=args.weights), bits=data.bits)
     space = make_space()
     random.seed(args.seed)
     trees = [to_tokens(gen_half_and_half(space, 1, 4)) for _ in range(args.candidates)]
     ev = TableEvaluator(stats, space.terminals, space.prims)
-    ce = CandidateEvaluator(stats, data, space, act_samples=8)
+    ce = CandidateEvaluator(stats, data, space, act_samples=DEFAULT_ACT_SAMPLES)
     res: dict = {"bench": data.source, "search_configs": len(data.search), "layers": len(stats.layers), "slots": stats.num_slots, "bits": list(data.bits)}
 
     t0 = time.perf_counter()

@@ -1,3 +1,17 @@
-"""emq: discover training-free proxies for mixed-precision quantization."""
+"""emq: discover training-free proxies for mixed-precision quantization.
+
+The public API lives in `emq.api` and is reachable as `emq.<name>` (imported on first use,
+so `import emq` stays cheap): e.g. `emq.quantize`, `emq.Bench`, `emq.search`, `emq.allocate`.
+"""
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    from . import api
+
+    if name in api.__all__:
+        return getattr(api, name)
+    raise AttributeError(f"module 'emq' has no attribute {name!r}")

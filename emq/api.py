@@ -1,4 +1,10 @@
-"""The public Python API: the same capabilities, with the same names, as the CLI."""
+"""The public Python API: the same capabilities, with the same names, as the CLI.
+
+`emq layers` -> `layers`, `emq quantize` -> `quantize`, `emq bench build|info|import|export`
+-> `bench_build` / `bench_info` / `bench_import` / `bench_export` (and `Bench` for queries),
+`emq stats` -> `stats`, `emq search` -> `search`, `emq export` -> `export`, `emq score` ->
+`score`, `emq allocate` -> `allocate` / `sweep`, `emq demo` -> `demo`.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,25 @@ from pathlib import Path
 
 from torch import nn
 
+from .allocation import Allocation, Allocator, allocate, load_bitmap, save_bitmap, sweep
+from .baselines import PROXIES, get_proxy
+from .bench import Bench, bench_build, bench_export, bench_import, bench_info
 from .data import DataSplits
+from .evolution import SearchConfig, SearchResult, search
+from .export import export
 from .layermap import LayerMap
 from .quant import PTQEngine, PTQSettings, QuantResult
+from .score import score
+from .search_space.proxyfile import load_proxy, save_proxy
+from .search_space.stats import StatsSettings, compute_stats, stats
 from .target import resolve_target
+
+__all__ = [
+    "PROXIES", "Allocation", "Allocator", "Bench", "PTQEngine", "PTQSettings", "QuantResult", "SearchConfig",
+    "SearchResult", "StatsSettings", "allocate", "bench_build", "bench_export", "bench_import", "bench_info",
+    "compute_stats", "export", "get_proxy", "layers", "load_bitmap", "load_proxy", "quantize", "resolve_target",
+    "save_bitmap", "save_proxy", "score", "search", "stats", "sweep",
+]
 
 
 def layers(model: str | nn.Module = "default", input_size: int | None = None, num_classes: int | None = None) -> LayerMap:
@@ -30,6 +51,3 @@ def quantize(
     target = resolve_target(model, data, weights=weights, input_size=input_size)
     bits = target.layer_map.validate(bits)
     return PTQEngine(target.model, target.layer_map, target.require_data(), settings).evaluate(bits)
-
-
-from .search_space.stats import StatsSettings, compute_stats, stats, summarize  # noqa: E402

@@ -67,7 +67,7 @@ class SplitTarget:
 
     def scores(self, table: torch.Tensor) -> np.ndarray:
         """score[n] = sum_s table[s, config_n[s]] for every configuration of the split."""
-        return table.reshape(-1)[self.flat_idx].sum(1).cpu().numpy()
+        return table.reshape(-1)[self.flat_idx.to(table.device)].sum(1).cpu().numpy()
 
     def spearman(self, scores: np.ndarray) -> float:
         """Spearman rho against the split's precomputed target ranks (NaN if scores constant)."""

@@ -15,8 +15,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +26,7 @@ from tqdm import tqdm
 
 from .baselines import get_proxy, parse_proxy_names
 from .errors import EmqError
+from .fileio import atomic_write
 from .fitness import METRICS, correlations
 from .hashing import state_dict_digest
 from .proxy import Proxy, ProxyContext
@@ -257,18 +256,6 @@ def _csv_text(report: ScoreReport) -> str:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temp file in the same folder and os.replace: never a half file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _scatter(p: ProxyScore, metric: str, path: str) -> None:
     import matplotlib
 
@@ -300,11 +287,11 @@ def write_report(report: ScoreReport, out: str | Path) -> list[Path]:
     def text(s: str):
         return lambda tmp: Path(tmp).write_text(s, encoding="utf-8")
 
-    _atomic_write(csv_path, text(_csv_text(report)))
-    _atomic_write(json_path, text(json.dumps(report.to_json(), indent=2) + "\n"))
+    atomic_write(csv_path, text(_csv_text(report)))
+    atomic_write(json_path, text(json.dumps(report.to_json(), indent=2) + "\n"))
     written += [csv_path, json_path]
     for p in report.proxies:
         png = out / f"scatter_{_safe_name(p.name)}.png"
-        _atomic_write(png, lambda tmp, p=p: _scatter(p, report.metric, tmp))
+        atomic_write(png, lambda tmp, p=p: _scatter(p, report.metric, tmp))
         written.append(png)
     return written

@@ -55,7 +55,7 @@ def test_ilp_matches_brute_force_with_real_noise_proxy():
         assert sol.seconds > 0
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
 @given(
     table=st.lists(st.floats(-10, 10, allow_nan=False), min_size=20, max_size=20),
     frac=st.floats(0.2, 1.1),
@@ -66,11 +66,14 @@ def test_ilp_matches_brute_force_with_real_noise_proxy():
 def test_ilp_property_never_violates_and_is_optimal(table, frac, kind, pin, tie):
     pins = {pin[0]: pin[1]} if pin else {}
     ties = [tie] if tie else []
-    lo = build_problem(LM, [], pins=pins, ties=ties)
     hi_bits = [8] * 5
     top = {"size": LM.size_bytes(hi_bits), "bitops": LM.bitops(hi_bits, 8), "avg-bits": 8.0, "frac8": 1.0}[kind]
     budget = Budget(kind, top * frac * 0.5)
-    p = build_problem(LM, [budget], pins=pins, ties=ties)
+    try:
+        p = build_problem(LM, [budget], pins=pins, ties=ties)
+    except EmqError as e:  # a slot pinned to 8 tied to one that may only take 2..4
+        assert "no bit-width in common" in str(e) and pin[1] == 8 and pin[0] in tie and tie[0] != tie[1]
+        return
     oriented = np.array(table[: 5 * len(p.bits)] + [0.0] * 20)[: 5 * len(p.bits)].reshape(5, len(p.bits))
     try:
         p.check_feasible()
@@ -88,7 +91,6 @@ def test_ilp_property_never_violates_and_is_optimal(table, frac, kind, pin, tie)
     assert set(bits) <= set(p.bits)
     best, _ = brute_force(p, oriented)
     assert sol.objective == pytest.approx(best, rel=1e-9, abs=1e-9)
-    del lo
 
 
 @pytest.mark.parametrize("kind", ["size", "bitops", "avg-bits", "frac8"])

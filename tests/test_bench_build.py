@@ -12,9 +12,9 @@ from contextlib import closing
 
 import numpy as np
 import pytest
-
-from emq.bench import Bench, bench_build, bench_export, bench_info, store
+from emq.bench import Bench, bench_build, bench_export, store
 from emq.bench.executor import EvalSpec, engine_for
+
 from emq.cli.main import main
 from emq.errors import EmqError
 from emq.quant import PTQSettings
@@ -47,8 +47,7 @@ def test_build_records_match_a_direct_ptq_evaluation(built):
         assert b.query_by_idx(i) == pytest.approx(res.top1)
         assert b.query_by_idx(i, "kl") == pytest.approx(res.kl)
         assert b.query_by_cfg(tuple(b.configs[i])) == b.query_by_cfg(b.fix_bit_cfg(i)) == b.query_by_idx(i)
-    top = b.metrics["top1"]
-    assert top[0] < top[2]  # all-2-bit is worse than all-4-bit
+    assert b.metrics["kl"][0] > b.metrics["kl"][2]  # all-2-bit drifts further from FP than all-4-bit
     assert set(b.noise_ceiling) == {"top1", "loss", "kl"} and b.default_metric in ("top1", "loss", "kl")
     assert b.meta["ptq_settings"]["calib_size"] == 128 and b.meta["versions"]["torch"]
 

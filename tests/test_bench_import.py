@@ -6,8 +6,8 @@ import pickle
 
 import numpy as np
 import pytest
-
 from emq.bench import Bench, bench_import
+
 from emq.cli.main import main
 from emq.errors import EmqError
 
@@ -31,7 +31,7 @@ def test_pickle_round_trip(tmp_path):
     assert info["records"] == 12 and len(info["slots"]) == 18 and info["allowed_bits"] == [2, 3, 4]
     b = Bench.open(tmp_path / "mq.sqlite")
     assert len(b) == 12
-    for i, entry in data.items():
+    for entry in data.values():
         assert b.query_by_cfg(entry["bit_cfg"]) == pytest.approx(entry["acc"])
         assert b.fix_bit_cfg(b.get_idx_by_cfg(entry["bit_cfg"])) == entry["bit_cfg"]
     assert dict(iter(b)) == {i: e for i, e in enumerate(data.values())}

@@ -48,13 +48,13 @@ def test_table_scores_equal_naive_per_configuration(setting):
 def test_screening_rejects_degenerate_trees(setting, tokens, reason):
     stats, fd, _ = setting
     space = make_space()
-    out = CandidateEvaluator(stats, fd, space, act_samples=8).evaluate(tokens)
+    out = CandidateEvaluator(stats, fd, space, act_samples=4).evaluate(tokens)
     assert out.reason == reason and out.fitness < 0 and not out.valid
 
 
 def test_screening_accepts_handmade_and_measures_them(setting):
     stats, fd, _ = setting
-    ce = CandidateEvaluator(stats, fd, make_space(), act_samples=8)
+    ce = CandidateEvaluator(stats, fd, make_space(), act_samples=4)
     out = ce.evaluate(HANDMADE["size"][1])
     assert out.valid and 0 <= out.fitness <= 1 and out.signature is not None
     assert abs(float(out.signature @ out.signature) - 1) < 1e-5

@@ -9,30 +9,15 @@ given different bits.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import EmqError
+from ..fileio import atomic_write_text
 from ..layermap import LayerMap
 
 FORMAT = "emq-bitmap/1"
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a file so readers see either the old content or the new, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def bitmap_json(layer_map: LayerMap, bits: Sequence[int], act_bits: int = 8, provenance: Mapping[str, Any] | None = None) -> dict:

@@ -23,11 +23,11 @@ from tqdm import tqdm
 
 from ..data import DataSplits
 from ..errors import EmqError
+from ..fileio import atomic_write_text
 from ..proxy import Proxy
 from ..quant import PTQSettings
 from ..target import resolve_target
 from .allocator import Allocation, Allocator, as_budgets, resolve_proxy
-from .bitmap import atomic_write_text
 from .budgets import Budget
 
 log = logging.getLogger(__name__)

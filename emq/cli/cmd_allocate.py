@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 from ..allocation import Allocator, Budget, parse_sweep, save_bitmap, sweep
-from ..allocation.bitmap import atomic_write_text
 from ..allocation.budgets import KINDS
 from ..allocation.pareto import plot_png, write_csv
 from ..errors import EmqError
+from ..fileio import atomic_write_text
 from ..quant import PTQSettings
 from ..target import resolve_target
 from .common import add_model_args, add_ptq_args, emit_json, markdown_table, parse_bits

@@ -82,6 +82,9 @@ def _print_info(info: dict) -> None:
     print(f"slots {len(info['slots'])}, allowed bits {info['allowed_bits']}, activation bits {info['act_bits']}, pinned {info['pinned'] or 'none'}")
     ceiling = info.get("noise_ceiling") or {}
     print(f"noise ceiling (Spearman of repeats): {', '.join(f'{k} {v:.3f}' for k, v in ceiling.items() if v is not None) or 'not measured'}; default metric {info['default_metric']}")
+    base = info.get("trivial_baselines") or {}
+    if base:
+        print("trivial baselines (oriented Spearman): " + "; ".join(f"{p}: " + ", ".join(f"{m} {v:.3f}" for m, v in r.items() if v is not None) for p, r in base.items()))
     rows = [[m, s["min"], s["p25"], s["median"], s["p75"], s["max"], s["mean"], s["std"]] for m, s in info["metrics"].items()]
     print(markdown_table(["metric", "min", "p25", "median", "p75", "max", "mean", "std"], rows))
 

@@ -47,10 +47,13 @@ def run(args: argparse.Namespace) -> int:
     space = make_space(args.space, terms or None, _names(args.exclude_terminals), _names(args.include_ops), _names(args.exclude_ops))
     if args.top < 1:
         raise EmqError(f"--top {args.top}: use 1 or more")
+    from ..bench import Bench
+
+    bench = Bench.open(args.bench)  # fail fast on a bad bench, before any model work
     target = resolve_target(args.model, args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size)
     out = args.out or Path("emq_runs") / f"search-s{args.seed}"
     result = search(
-        args.bench, target, generations=args.generations, population=args.population, seed=args.seed, workers=args.workers,
+        bench, target, generations=args.generations, population=args.population, seed=args.seed, workers=args.workers,
         out=out, resume=args.resume, metric=args.metric, space=space, max_evaluations=args.max_evaluations,
         dps=DPSConfig(enabled=not args.no_dps, crowding_threshold=args.crowding), progress=not args.json,
     )

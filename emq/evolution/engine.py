@@ -35,6 +35,7 @@ from emq.search_space.pset import (
     generate,
     to_tokens,
 )
+from emq.search_space.terminals import DEFAULT_ACT_SAMPLES
 
 from ..errors import EmqError
 from ..fitness import FitnessData
@@ -69,9 +70,10 @@ class SearchConfig:
     max_size: int = 30
     hof_size: int = 20
     seed_handmade: bool = True
-    act_samples: int = 8
+    act_samples: int = DEFAULT_ACT_SAMPLES
     checkpoint_every: int = 5
     workers: int = 1
+    device: str = "cpu"  # where tables are computed ("cuda" on a GPU machine)
     threads: int = 1  # torch threads per evaluating process: tables are small, and extra threads oversubscribe shared cores
     dps: DPSConfig = field(default_factory=DPSConfig)
 
@@ -240,7 +242,7 @@ class Campaign:
             self._restore(ckpt)
         threads = torch.get_num_threads()
         torch.set_num_threads(max(1, cfg.threads))
-        executor = Executor(self.stats, self.data, self.space, cfg.act_samples, cfg.workers, cfg.threads)
+        executor = Executor(self.stats, self.data, self.space, cfg.act_samples, cfg.workers, cfg.threads, cfg.device)
         bar = tqdm(total=cfg.generations, initial=self.generation, desc="search", unit="gen", disable=not self.progress, leave=False)
         try:
             if not resume:
