@@ -10,8 +10,9 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    from . import api
+    import importlib
 
+    api = importlib.import_module("emq.api")
     if name in api.__all__:
         return getattr(api, name)
     raise AttributeError(f"module 'emq' has no attribute {name!r}")
