@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import pickle
-import tempfile
 import time
 from collections.abc import Mapping
 from contextlib import closing
@@ -23,6 +21,7 @@ import torch
 
 import emq
 from emq.errors import EmqError
+from emq.fileio import atomic_write
 from emq.target import resolve_target
 
 from . import store
@@ -162,18 +161,11 @@ def bench_import(
         "versions": {"emq": emq.__version__, "torch": torch.__version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        Path(tmp).unlink()
+
+    def write(tmp: str) -> None:
         with closing(store.connect(tmp)) as con:
             store.init_bench(con, meta, [])
             store.insert_records(con, rows)
-        if out.exists():
-            raise EmqError(f"--out {out}: the file appeared while importing; nothing was written")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(out, write)
     return bench_info(out)

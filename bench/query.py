@@ -10,9 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import random
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from importlib import resources
@@ -23,6 +21,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from emq.errors import EmqError
+from emq.fileio import atomic_write_text
 
 from . import store
 from .space import ConfigSpace, config_text, is_heldout, parse_config
@@ -187,19 +186,6 @@ class Bench:
 
     def to_json_obj(self) -> dict[str, Any]:
         return {"meta": self.meta, "records": self.rows()}
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file via a temp file in the same folder and os.replace (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def trivial_baselines(b: Bench) -> dict[str, dict[str, float | None]]:

@@ -17,6 +17,7 @@ from .allocation import Allocation, Allocator, allocate, load_bitmap, save_bitma
 from .baselines import PROXIES, get_proxy
 from .bench import Bench, bench_build, bench_export, bench_import, bench_info
 from .data import DataSplits
+from .demo import demo
 from .evolution import SearchConfig, SearchResult, search
 from .export import export
 from .layermap import LayerMap
@@ -29,7 +30,7 @@ from .target import resolve_target
 __all__ = [
     "PROXIES", "Allocation", "Allocator", "Bench", "PTQEngine", "PTQSettings", "QuantResult", "SearchConfig",
     "SearchResult", "StatsSettings", "allocate", "bench_build", "bench_export", "bench_import", "bench_info",
-    "compute_stats", "export", "get_proxy", "layers", "load_bitmap", "load_proxy", "quantize", "resolve_target",
+    "compute_stats", "demo", "export", "get_proxy", "layers", "load_bitmap", "load_proxy", "quantize", "resolve_target",
     "save_bitmap", "save_proxy", "score", "search", "stats", "sweep",
 ]
 

@@ -52,6 +52,8 @@ if not hasattr(creator, "EmqIndividual"):
     creator.create("EmqIndividual", gp.PrimitiveTree, fitness=creator.EmqFitness)
 
 # fields that must match for a checkpoint to be resumed (generations and budget may grow)
+HOF_TWIN = 0.9999  # hall-of-fame members must rank configurations differently
+
 _RESUME_FIELDS = ("population", "seed", "cx_prob", "mut_prob", "tournament", "init_min", "init_max", "max_height", "max_size", "seed_handmade", "act_samples", "dps")
 
 
@@ -173,8 +175,21 @@ class Campaign:
             ind.fitness.values = (self.cache[k].fitness,)
 
     def _hof_add(self, key: str) -> None:
+        """Keep the best distinct proxies: distinct canonical forms *and* distinct rankings.
+
+        Of phenotypic twins (rank correlation of their scores above HOF_TWIN), only the
+        fitter one stays, the shorter one on a tie.
+        """
         if key in self.hof:
             return
+        rank = lambda k: (-self.cache[k].fitness, len(self.tokens[k]), k)  # noqa: E731
+        sig = self.cache[key].signature
+        for other in self.hof:
+            if float(np.abs(self.cache[other].signature @ sig)) > HOF_TWIN:
+                if rank(key) >= rank(other):
+                    return
+                self.hof.remove(other)
+                break
         self.hof.append(key)
         self.hof.sort(key=lambda k: (-self.cache[k].fitness, len(self.tokens[k]), k))
         del self.hof[self.config.hof_size :]
