@@ -24,13 +24,14 @@ from .layermap import LayerMap
 from .quant import PTQEngine, PTQSettings, QuantResult
 from .score import score
 from .search_space.proxyfile import load_proxy, save_proxy
+from .search_space.pset import make_space
 from .search_space.stats import StatsSettings, compute_stats, stats
 from .target import resolve_target
 
 __all__ = [
     "PROXIES", "Allocation", "Allocator", "Bench", "PTQEngine", "PTQSettings", "QuantResult", "SearchConfig",
     "SearchResult", "StatsSettings", "allocate", "bench_build", "bench_export", "bench_import", "bench_info",
-    "compute_stats", "demo", "export", "get_proxy", "layers", "load_bitmap", "load_proxy", "quantize", "resolve_target",
+    "compute_stats", "demo", "export", "get_proxy", "layers", "load_bitmap", "load_proxy", "make_space", "quantize", "resolve_target",
     "save_bitmap", "save_proxy", "score", "search", "stats", "sweep",
 ]
 

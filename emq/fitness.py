@@ -11,6 +11,7 @@ the configurations the proxy ranks in its top k %), on the search and held-out s
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -131,6 +132,15 @@ class FitnessData:
         if isinstance(ceiling, dict):
             ceiling = ceiling.get(metric)
         return cls.from_arrays(bits or bench.bits, splits["search"], splits["heldout"], metric, ceiling, str(getattr(bench, "path", "")), device)  # type: ignore[attr-defined]
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of both splits' configurations and targets (detects a changed bench)."""
+        h = hashlib.sha256(self.metric.encode())
+        for split in (self.search, self.heldout):
+            h.update(np.ascontiguousarray(split.configs).tobytes())
+            h.update(np.ascontiguousarray(split.target).tobytes())
+        return h.hexdigest()[:16]
 
     def report(self, table: torch.Tensor, orientation: int) -> dict[str, dict[str, float]]:
         """All correlations of a table on both splits (orientation applied)."""

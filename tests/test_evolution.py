@@ -8,6 +8,7 @@ from test_search_fixtures import tiny_setting
 
 from emq.errors import EmqError
 from emq.evolution import Campaign, DPSConfig, SearchConfig, search
+from emq.fitness import FitnessData
 
 TIMING = {"seconds", "evals_per_s"}
 
@@ -54,6 +55,9 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch):
     assert _fingerprint(resumed) == _fingerprint(full)
     lines = (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["generation"] for x in lines] == list(range(7))
+    swapped = FitnessData.from_arrays(fd.bits, (fd.heldout.configs, -fd.heldout.target), (fd.search.configs, -fd.search.target), metric="kl")
+    with pytest.raises(EmqError, match="different bench"):
+        search(swapped, stats=stats, config=cfg, out=tmp_path / "killed", resume=True)
     with pytest.raises(EmqError, match="different settings"):
         search(fd, stats=stats, config=SearchConfig(generations=8, population=20, seed=3), out=tmp_path / "killed", resume=True)
 
@@ -79,3 +83,20 @@ def test_restricted_space_is_respected():
     allowed = set(make_space("weights-only").terminals)
     for row in r.hall_of_fame:
         assert {t for k, t in row["proxy"].tokens if k == "t"} <= allowed
+
+
+def test_survivor_selection_keeps_phenotypes_apart():
+    import numpy as np
+
+    from emq.evolution.dps import diversity, select_survivors
+
+    a = np.array([0.6, 0.0, -0.8])
+    b = np.array([0.0, 1.0, 0.0])
+    sigs = [a, a * 1.0, b, None]
+    fit = [0.9, 0.85, 0.5, -1.0]
+    keys = ["x", "y", "z", "w"]
+    assert select_survivors(fit, keys, sigs, 2, threshold=0.98) == [0, 2]  # the twin 'y' waits
+    assert select_survivors(fit, keys, sigs, 4, threshold=0.98) == [0, 2, 1, 3]  # ... and fills up
+    assert select_survivors(fit, keys, sigs, 2, threshold=None) == [0, 1]  # DPS off: truncation
+    d = diversity(keys[:3], sigs[:3])
+    assert d["unique_forms"] == 3 and d["mean_abs_corr"] == pytest.approx(1 / 3)

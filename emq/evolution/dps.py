@@ -34,7 +34,8 @@ def select_survivors(fitness: Sequence[float], keys: Sequence[str], signatures: 
     """Indices of k survivors, fittest first (ties broken by key, so it is deterministic).
 
     With a threshold: a candidate is skipped while it duplicates a survivor's canonical form
-    or correlates with one above the threshold; skipped ones fill any remaining places.
+    or correlates with one above the threshold; skipped ones, then screened-out ones (no
+    signature), fill any remaining places.
     Without: plain truncation (mu + lambda).
     """
     order = sorted(range(len(fitness)), key=lambda i: (-fitness[i], keys[i]))
@@ -42,20 +43,22 @@ def select_survivors(fitness: Sequence[float], keys: Sequence[str], signatures: 
         return order[:k]
     chosen: list[int] = []
     skipped: list[int] = []
+    invalid: list[int] = []
     seen: set[str] = set()
     sigs: list[np.ndarray] = []
     for i in order:
         if len(chosen) == k:
             break
         s = signatures[i]
-        if keys[i] in seen or (s is not None and sigs and float(np.max(np.abs(np.stack(sigs) @ s))) > threshold):
+        if s is None:
+            invalid.append(i)
+        elif keys[i] in seen or (sigs and float(np.max(np.abs(np.stack(sigs) @ s))) > threshold):
             skipped.append(i)
-            continue
-        chosen.append(i)
-        seen.add(keys[i])
-        if s is not None:
+        else:
+            chosen.append(i)
+            seen.add(keys[i])
             sigs.append(s)
-    return chosen + skipped[: k - len(chosen)]
+    return (chosen + skipped + invalid)[:k]
 
 
 def diversity(keys: Sequence[str], signatures: Sequence[np.ndarray | None]) -> dict[str, float]:

@@ -39,6 +39,7 @@ from emq.search_space.terminals import DEFAULT_ACT_SAMPLES
 
 from ..errors import EmqError
 from ..fitness import FitnessData
+from ..hashing import tensor_digest
 from . import checkpoint
 from .dps import DPSConfig, diversity, pick_winners, select_survivors
 from .evaluator import REJECTED, Executor, Outcome
@@ -293,12 +294,20 @@ class Campaign:
         if ckpt is not None and (force or self.generation % max(1, self.config.checkpoint_every) == 0):
             self._save(ckpt)
 
+    def _inputs_fingerprint(self) -> dict[str, str]:
+        return {
+            "bench": self.data.fingerprint,
+            "stats": tensor_digest([t for layer in self.stats.layers for t in (layer.W, layer.G, layer.H)], str(self.stats.bits)),
+            "space": json.dumps(self.space.to_json(), sort_keys=True),
+        }
+
     def _save(self, path: Path) -> None:
         keys = list(self.cache)
         sig_keys = [k for k in keys if self.cache[k].signature is not None]
         sigs = np.stack([self.cache[k].signature for k in sig_keys]) if sig_keys else np.zeros((0, 0), np.float32)
         state = {
             "config": self.config.to_json(),
+            "inputs": self._inputs_fingerprint(),
             "generation": self.generation,
             "evaluations": self.evaluations,
             "seconds": self.seconds,
@@ -318,6 +327,8 @@ class Campaign:
         diff = [f for f in _RESUME_FIELDS if saved.get(f) != now.get(f)]
         if diff:
             raise EmqError(f"--resume: checkpoint {path} was made with different settings ({', '.join(diff)}); use the same settings or a new --out")
+        if state.get("inputs") != self._inputs_fingerprint():
+            raise EmqError(f"--resume: checkpoint {path} was made with a different bench, statistics or search space; resume with the same inputs or use a new --out")
         sig = dict(zip(state["signature_keys"], arrays["signatures"], strict=True))
         for k, toks, fit, rs, rh, orient, reason in state["cache"]:
             tokens = [(a, float(b) if a == "c" else b) for a, b in toks]
