@@ -1,8 +1,13 @@
+import os
 import random
+import tempfile
 
 import numpy as np
 import pytest
 import torch
+
+# statistics caches of the test session live in a fresh folder, not the user's ~/.cache
+os.environ["EMQ_CACHE_DIR"] = tempfile.mkdtemp(prefix="emq-test-cache-")
 
 
 @pytest.fixture(autouse=True)
