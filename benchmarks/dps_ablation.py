@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from emq.search_space.stats import compute_stats
 
 from emq.evolution import DPSConfig, SearchConfig, search
 from emq.evolution.run import load_fitness_data
+from emq.search_space.stats import compute_stats
 from emq.target import resolve_target
 
 

@@ -20,11 +20,11 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from emq.search_space.hessian import HessianProblem, hutchinson, power_iteration
 from pyhessian import hessian as PyHessian
 
 from emq.cli.common import markdown_table
 from emq.layermap import build_layer_map
+from emq.search_space.hessian import HessianProblem, hutchinson, power_iteration
 from emq.target import resolve_target
 
 

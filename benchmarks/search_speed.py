@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from emq.search_space.evaluate import TableEvaluator, naive_config_score
-from emq.search_space.pset import gen_half_and_half, make_space, to_tokens
-from emq.search_space.stats import compute_stats
-from emq.search_space.terminals import DEFAULT_ACT_SAMPLES
 
 from emq.evolution import SearchConfig, search
 from emq.evolution.evaluator import CandidateEvaluator
 from emq.evolution.run import load_fitness_data
+from emq.search_space.evaluate import TableEvaluator, naive_config_score
+from emq.search_space.pset import gen_half_and_half, make_space, to_tokens
+from emq.search_space.stats import compute_stats
+from emq.search_space.terminals import DEFAULT_ACT_SAMPLES
 from emq.target import resolve_target
 
 

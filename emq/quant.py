@@ -301,6 +301,7 @@ class PTQEngine:
         """The full-precision reference on the same test data."""
         t0 = time.perf_counter()
         self._fp_reference()
+        self.prepare(None)
         top1, loss, _ = self._score(None)
         return QuantResult(top1, loss, 0.0, self.layer_map.fp_size_bytes, self.layer_map.bitops([32] * self.layer_map.num_slots, 32), time.perf_counter() - t0)
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from emq.search_space.netstats import LayerStats, NetworkStats
 from scipy.stats import spearmanr
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -21,6 +20,7 @@ from emq.hashing import state_dict_digest
 from emq.layermap import build_layer_map
 from emq.proxy import ProxyContext
 from emq.quant import PTQEngine, PTQSettings, quantize_weight
+from emq.search_space.netstats import LayerStats, NetworkStats
 from emq.target import Target
 
 BITS = (2, 3, 4)

@@ -3,9 +3,9 @@
 import json
 
 import numpy as np
-from emq.bench import Bench
 from scipy.stats import spearmanr
 
+from emq.bench import Bench
 from emq.cli.main import main
 from emq.hashing import state_dict_digest
 from emq.models import build_model

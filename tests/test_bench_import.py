@@ -6,8 +6,8 @@ import pickle
 
 import numpy as np
 import pytest
-from emq.bench import Bench, bench_import
 
+from emq.bench import Bench, bench_import
 from emq.cli.main import main
 from emq.errors import EmqError
 

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+
 from emq.bench.sampling import plan_configs, stratified, uniform_random
 from emq.bench.space import ConfigSpace, config_text, is_heldout, parse_config
-
 from emq.errors import EmqError
 
 NAMES = tuple(f"s{i}" for i in range(8))

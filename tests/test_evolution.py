@@ -3,12 +3,12 @@
 import json
 
 import pytest
-from emq.search_space.pset import make_space
 from test_search_fixtures import tiny_setting
 
 from emq.errors import EmqError
 from emq.evolution import Campaign, DPSConfig, SearchConfig, search
 from emq.fitness import FitnessData
+from emq.search_space.pset import make_space
 
 TIMING = {"seconds", "evals_per_s"}
 

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from emq.search_space.hessian import HessianProblem, hutchinson, power_iteration
 from torch import nn
 from torch.func import functional_call, hessian
+
+from emq.search_space.hessian import HessianProblem, hutchinson, power_iteration
 
 
 def tiny_model() -> nn.Module:

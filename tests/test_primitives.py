@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import sympy
 import torch
+
 from emq.search_space.evaluate import TableEvaluator, layer_value
 from emq.search_space.primitives import NUMPY_HELPERS, OPS, PRIMITIVES, TERMINALS, Scalar, WeightT
 from emq.search_space.pset import make_space

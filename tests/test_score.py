@@ -8,16 +8,16 @@ from contextlib import closing
 import numpy as np
 import pytest
 import torch
-from emq.bench import store
-from emq.bench.space import ConfigSpace, config_text, is_heldout
-from emq.search_space.netstats import LayerStats, NetworkStats
 from scipy.stats import kendalltau, spearmanr
 
+from emq.bench import store
+from emq.bench.space import ConfigSpace, config_text, is_heldout
 from emq.cli.main import main
 from emq.errors import EmqError
 from emq.hashing import state_dict_digest
 from emq.quant import PTQSettings, quantize_weight
 from emq.score import score, table_rows, write_report
+from emq.search_space.netstats import LayerStats, NetworkStats
 from emq.target import resolve_target
 
 BITS = (2, 3, 4)

@@ -4,8 +4,8 @@ import json
 import shutil
 
 import pytest
-from emq.bench.query import default_bench_path
 
+from emq.bench.query import default_bench_path
 from emq.cli.main import main
 
 

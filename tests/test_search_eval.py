@@ -5,12 +5,12 @@ import random
 import numpy as np
 import pytest
 import torch
-from emq.search_space.evaluate import TableEvaluator, naive_config_score
-from emq.search_space.pset import HANDMADE, canonical, gen_half_and_half, make_space, to_tokens
 from test_search_fixtures import tiny_setting
 
 from emq.evolution.evaluator import CandidateEvaluator
 from emq.evolution.screening import table_problem
+from emq.search_space.evaluate import TableEvaluator, naive_config_score
+from emq.search_space.pset import HANDMADE, canonical, gen_half_and_half, make_space, to_tokens
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import functools
 import numpy as np
 import torch
 import torch.nn.functional as F
-from emq.search_space.netstats import LayerStats, NetworkStats
 from torch.utils.data import TensorDataset
 
 from emq.data import DataSplits
@@ -22,6 +21,7 @@ from emq.fitness import FitnessData
 from emq.layermap import build_layer_map
 from emq.models import CifarResNet
 from emq.quant import PTQEngine, PTQSettings, fake_quant, quantize_weight
+from emq.search_space.netstats import LayerStats, NetworkStats
 
 BITS = (2, 3, 4)
 

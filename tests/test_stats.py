@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from emq.search_space.netstats import TENSOR_FIELDS, load_stats, save_stats
-from emq.search_space.stats import StatsSettings, _apply_trace_policy, compute_stats
 from torch import nn
 
 from emq.cli.main import main
 from emq.errors import EmqError
 from emq.layermap import build_layer_map
 from emq.quant import PTQSettings, fake_quant, quantize_weight
+from emq.search_space.netstats import TENSOR_FIELDS, load_stats, save_stats
+from emq.search_space.stats import StatsSettings, _apply_trace_policy, compute_stats
 
 FAST = StatsSettings(batch_size=5, hessian_images=12, hessian_batch_size=12, hessian_min_probes=4, hessian_max_probes=8, eig_iters=3, act_cap=64, act_bits=4, negative_trace="keep")
 
