@@ -28,19 +28,23 @@ from .space import ConfigSpace, config_text, is_heldout, parse_config
 
 SPLITS = ("all", "search", "heldout")
 ARRAY_METRICS = ("top1", "loss", "kl", "size_bytes", "bitops", "seconds")
-DEFAULT_BENCH = "default.sqlite"
+SHIPPED_BENCHES = {
+    "default": "default.sqlite",  # 1,000 uniform random configurations (MQ-Bench-101 style)
+    "stratified": "stratified.sqlite",  # 1,000 configurations spread evenly over model size
+}
 
 
-def default_bench_path() -> Path:
-    """The shipped default bench (package data of emq.bench)."""
-    return Path(str(resources.files("emq.bench") / "data" / DEFAULT_BENCH))
+def shipped_bench_path(name: str = "default") -> Path:
+    """A bench shipped as package data of emq.bench: 'default' or 'stratified'."""
+    return Path(str(resources.files("emq.bench") / "data" / SHIPPED_BENCHES[name]))
 
 
 def resolve_bench_path(path: str | Path) -> Path:
-    if str(path) == "default":
-        p = default_bench_path()
+    """A file path, or the name of a shipped bench."""
+    if str(path) in SHIPPED_BENCHES:
+        p = shipped_bench_path(str(path))
         if not p.is_file():
-            raise EmqError("the default bench is missing from this installation; rebuild it (see README: `emq bench build`)")
+            raise EmqError(f"the shipped bench {path!r} is missing from this installation; rebuild it (see README: `emq bench build`)")
         return p
     return Path(path)
 

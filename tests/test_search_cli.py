@@ -3,17 +3,14 @@
 import json
 import shutil
 
-import pytest
-
-from emq.bench.query import default_bench_path
+from emq.bench.query import shipped_bench_path
 from emq.cli.main import main
 
 
-@pytest.mark.skipif(not default_bench_path().is_file(), reason="the shipped default bench is not built yet")
 def test_search_cli_json_and_run_directory(tmp_path, capsys):
     out = tmp_path / "run"
     bench = tmp_path / "default.sqlite"  # a snapshot: the campaign and its resume see the same bench
-    shutil.copyfile(default_bench_path(), bench)
+    shutil.copyfile(shipped_bench_path(), bench)
     args = ["search", "--bench", str(bench), "--generations", "2", "--population", "8", "--seed", "1", "--out", str(out), "--json"]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
