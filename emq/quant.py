@@ -60,8 +60,8 @@ def fake_quant(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -
     qmax = 2**bits - 1
     scale = ((hi - lo) / qmax).clamp_min(1e-12)
     zero = torch.round(-lo / scale)
-    q = torch.clamp(torch.round(x / scale) + zero, 0, qmax)
-    return (q - zero) * scale
+    q = torch.div(x, scale).round_().add_(zero).clamp_(0, qmax)  # in place: one buffer, same arithmetic
+    return q.sub_(zero).mul_(scale)
 
 
 def quantize_weight(w: torch.Tensor, bits: int, symmetric: bool = False, grid: int = CLIP_GRID) -> torch.Tensor:
