@@ -20,9 +20,10 @@ import networkx as nx
 import sympy
 
 from .errors import EmqError
+from .fileio import atomic_write, atomic_write_text
 from .search_space.evaluate import Token
 from .search_space.primitives import NUMPY_HELPERS, TERMINALS, PrimSpec
-from .search_space.proxyfile import EvolvedProxy, atomic_write_text, load_proxy
+from .search_space.proxyfile import EvolvedProxy, load_proxy
 
 log = logging.getLogger(__name__)
 
@@ -204,12 +205,10 @@ def draw_png(g: nx.DiGraph, path: Path, title: str = "") -> None:
 def _save_fig(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def hall_of_fame_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:

@@ -24,14 +24,13 @@ rejected, never trusted.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from emq.errors import EmqError
+from emq.fileio import atomic_write
 from emq.hashing import tensor_digest
 
 TENSOR_FIELDS = ("W", "G", "VG", "H", "A", "Y", "GY", "AE", "Q", "E")
@@ -93,15 +92,7 @@ def save_stats(stats: NetworkStats, path: str | Path) -> Path:
         "meta": stats.meta,
     }
     payload = {"header": json.dumps(header), "tensors": tensors, "digest": _digest(tensors, header)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 
 from emq.errors import EmqError
+from emq.fileio import atomic_write_text
 from emq.proxy import ProxyContext, SeparableProxy
 
 from .evaluate import TableEvaluator, Token, tree_terminals
@@ -170,18 +169,6 @@ def load_proxy(path: str | Path) -> EvolvedProxy:
     except json.JSONDecodeError as e:
         raise EmqError(f"proxy file {path}: not valid JSON ({e.msg} at line {e.lineno})") from e
     return proxy_from_json(obj, f"proxy file {path}")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_proxy(proxy: EvolvedProxy, path: str | Path) -> Path:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,7 @@ from tqdm import tqdm
 
 from ..data import DataSplits
 from ..errors import EmqError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write, atomic_write_text
 from ..proxy import Proxy
 from ..quant import PTQSettings
 from ..target import resolve_target
@@ -157,13 +155,7 @@ def plot_png(path: str | Path, result: SweepResult, title: str = "") -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title or f"allocation sweep over {result.kind}")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)

@@ -8,9 +8,7 @@ the states of Python's, numpy's and torch's random generators.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import EmqError
+from ..fileio import atomic_write
 
 FORMAT = "emq-checkpoint/1"
 
@@ -42,15 +41,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save(path: Path, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     """Write atomically: a killed process leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez must not append ".npz" to the temp name
             np.savez(f, state=np.array(json.dumps({"format": FORMAT, **state})), **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def load(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

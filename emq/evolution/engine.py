@@ -288,7 +288,7 @@ class Campaign:
     def _after_generation(self, ckpt: Path | None, force: bool) -> None:
         if self.out_dir is None:
             return
-        from emq.search_space.proxyfile import atomic_write_text
+        from emq.fileio import atomic_write_text
 
         atomic_write_text(self.out_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.log))
         if ckpt is not None and (force or self.generation % max(1, self.config.checkpoint_every) == 0):

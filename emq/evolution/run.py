@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from emq.fileio import atomic_write_text
 from emq.search_space.netstats import NetworkStats
-from emq.search_space.proxyfile import EvolvedProxy, atomic_write_text, save_proxy
+from emq.search_space.proxyfile import EvolvedProxy, save_proxy
 from emq.search_space.pset import SearchSpace, make_space
 
 from ..errors import EmqError
