@@ -23,13 +23,14 @@ import emq
 from emq.errors import EmqError
 from emq.hashing import state_dict_digest, tensor_digest
 from emq.quant import PTQSettings
+from emq.specs import DEFAULT_BITS, METRIC_ORIENTATION, config_text
 
 from . import store
 from .executor import EvalSpec, Executor, engine_for, evaluate_task, make_executor, target_for
-from .noise import ORIENTATION, ceilings, default_metric, sample_for_noise
+from .noise import ceilings, default_metric, sample_for_noise
 from .query import bench_info
 from .sampling import plan_configs
-from .space import DEFAULT_BITS, ConfigSpace, config_text
+from .space import ConfigSpace
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def _build_meta(spec: EvalSpec, space: ConfigSpace, seed: int, sampler: str, con
         "configs_requested": configs,
         "user_configs": user,
         "noise_samples": noise_samples,
-        "metric_orientation": ORIENTATION,
+        "metric_orientation": METRIC_ORIENTATION,
         "noise_ceiling": None,
         "default_metric": "top1",
         "versions": {"emq": emq.__version__, "torch": torch.__version__, "python": platform.python_version()},

@@ -22,11 +22,11 @@ import torch
 import emq
 from emq.errors import EmqError
 from emq.fileio import atomic_write
+from emq.specs import DEFAULT_BITS, METRIC_ORIENTATION, config_text
 from emq.target import resolve_target
 
 from . import store
-from .noise import ORIENTATION
-from .space import DEFAULT_BITS, ConfigSpace, config_text
+from .space import ConfigSpace
 
 FORMATS = ("mqbench101-pickle", "mqbench101-text")
 _PLAIN = (dict, list, tuple, str, int, float)
@@ -155,7 +155,7 @@ def bench_import(
         "allowed_bits": list(space.bits),
         "act_bits": act_bits,
         "fp_size_bytes": lm.fp_size_bytes,
-        "metric_orientation": ORIENTATION,
+        "metric_orientation": METRIC_ORIENTATION,
         "noise_ceiling": None,
         "default_metric": "top1",
         "versions": {"emq": emq.__version__, "torch": torch.__version__},

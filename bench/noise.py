@@ -13,11 +13,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy.stats import spearmanr
 
-from .store import METRICS
+from emq.specs import METRICS
 
 CEILING_TARGET = 0.9
-# +1: higher is better (accuracy); -1: lower is better
-ORIENTATION = {"top1": 1, "loss": -1, "kl": -1}
 
 
 def sample_for_noise(plan_configs: Sequence[str], k: int, seed: int) -> list[str]:

@@ -8,39 +8,25 @@ so the split of a configuration never changes when records are added.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from emq.errors import EmqError
 from emq.layermap import LayerMap
+from emq.specs import (
+    DEFAULT_ACT_BITS,
+    DEFAULT_BITS,
+    check_act_bits,
+    check_bit_set,
+    check_weight_bits,
+    config_text,
+    parse_config,
+    resolve_slot,
+)
 
-DEFAULT_BITS = (2, 3, 4)
+__all__ = ["DEFAULT_BITS", "ConfigSpace", "config_text", "is_heldout", "parse_config"]
+
 HELDOUT_MODULUS = 5  # one configuration in five (by hash) is held out
-
-
-def config_text(bits: Iterable[int]) -> str:
-    """Canonical text of a configuration: comma-separated integers, no spaces."""
-    return ",".join(str(int(b)) for b in bits)
-
-
-def parse_config(value: str | Sequence[int], what: str = "configuration") -> tuple[int, ...]:
-    """Accept a tuple, list, array or text like "[4, 3, 2]" / "4,3,2" (EMQAPI inputs)."""
-    if isinstance(value, str):
-        parts = [p for p in value.replace(" ", "").strip("[]()").split(",") if p != ""]
-        try:
-            return tuple(int(p) for p in parts)
-        except ValueError as e:
-            raise EmqError(f"{what} {value!r}: give comma-separated integers, e.g. 4,3,2") from e
-    out = []
-    for b in value:
-        try:
-            f = float(b)
-        except (TypeError, ValueError) as e:
-            raise EmqError(f"{what} {value!r}: bit-width {b!r} is not a number") from e
-        if not f.is_integer():
-            raise EmqError(f"{what} {value!r}: bit-width {b!r} is not an integer")
-        out.append(int(f))
-    return tuple(out)
 
 
 def is_heldout(text: str) -> bool:
@@ -55,42 +41,25 @@ class ConfigSpace:
     slot_names: tuple[str, ...]
     bits: tuple[int, ...] = DEFAULT_BITS
     pinned: Mapping[int, int] = field(default_factory=dict)
-    act_bits: int = 8
+    act_bits: int = DEFAULT_ACT_BITS
 
     def __post_init__(self) -> None:
-        if not self.bits:
-            raise EmqError("allowed bits: give at least one bit-width, e.g. 2,3,4")
-        bad = [b for b in self.bits if not 1 <= int(b) <= 8]
-        if bad:
-            raise EmqError(f"allowed bits: {bad[0]} is outside 1..8")
-        if len(set(self.bits)) != len(self.bits):
-            raise EmqError(f"allowed bits {list(self.bits)}: contains duplicates")
-        object.__setattr__(self, "bits", tuple(sorted(int(b) for b in self.bits)))
-        if not 1 <= self.act_bits <= 32:
-            raise EmqError(f"activation bits {self.act_bits}: use 1..8 (or 32 for unquantized activations)")
+        object.__setattr__(self, "bits", check_bit_set(self.bits, "bits_allowed"))
+        check_act_bits(self.act_bits)
         n = len(self.slot_names)
         for slot, b in self.pinned.items():
             if not 0 <= slot < n:
                 raise EmqError(f"pinned slot {slot}: the model has slots 0..{n - 1}")
-            if not 1 <= b <= 8:
-                raise EmqError(f"pinned slot {slot}: bit-width {b} is outside 1..8")
+            check_weight_bits(b, "pins")
         object.__setattr__(self, "pinned", dict(sorted((int(k), int(v)) for k, v in self.pinned.items())))
 
     @classmethod
     def for_layer_map(
-        cls, layer_map: LayerMap, bits: Sequence[int] = DEFAULT_BITS, pinned: Mapping[int | str, int] | None = None, act_bits: int = 8
+        cls, layer_map: LayerMap, bits: Sequence[int] = DEFAULT_BITS, pinned: Mapping[int | str, int] | None = None, act_bits: int = DEFAULT_ACT_BITS
     ) -> ConfigSpace:
         """Pinned slots may be given by index or by slot name."""
-        names = layer_map.slot_names
-        resolved: dict[int, int] = {}
-        for key, b in (pinned or {}).items():
-            if isinstance(key, str) and not key.isdigit():
-                if key not in names:
-                    raise EmqError(f"pinned slot {key!r}: no such slot (see `emq layers`)")
-                resolved[names.index(key)] = int(b)
-            else:
-                resolved[int(key)] = int(b)
-        return cls(tuple(names), tuple(bits), resolved, act_bits)
+        resolved = {resolve_slot(layer_map.slots, k, "pins", layer_map.model): int(b) for k, b in (pinned or {}).items()}
+        return cls(tuple(layer_map.slot_names), tuple(bits), resolved, act_bits)
 
     @property
     def num_slots(self) -> int:

@@ -18,7 +18,6 @@ from typing import Any
 from emq.errors import EmqError
 
 SCHEMA_VERSION = 1
-METRICS = ("top1", "loss", "kl")
 RECORD_COLUMNS = ("idx", "config", "top1", "loss", "kl", "size_bytes", "bitops", "seconds", "seed", "source")
 
 _SCHEMA = """

@@ -20,8 +20,8 @@ import torch
 from scipy import stats as sps
 
 from .errors import EmqError
+from .specs import check_metric, oriented
 
-METRICS = {"top1": 1.0, "loss": -1.0, "kl": -1.0}  # sign that makes "higher = better"
 TOP_K = (20, 50)
 
 
@@ -57,7 +57,7 @@ class SplitTarget:
             raise EmqError(f"bench split {name!r}: bit-widths {bad} are not among the statistics' bits {list(bits)}")
         bit_idx = np.vectorize(lut.__getitem__)(configs)
         flat = np.arange(configs.shape[1])[None, :] * len(bits) + bit_idx
-        target = METRICS[metric] * values
+        target = oriented(metric, values)
         z = _zscore(sps.rankdata(target))
         if z is None:
             raise EmqError(f"bench split {name!r}: metric {metric!r} is constant; no ranking to predict")
@@ -103,8 +103,7 @@ class FitnessData:
 
     @classmethod
     def from_arrays(cls, bits: Sequence[int], search: tuple[np.ndarray, np.ndarray], heldout: tuple[np.ndarray, np.ndarray], metric: str = "top1", noise_ceiling: float | None = None, source: str = "", device: str | torch.device = "cpu") -> FitnessData:
-        if metric not in METRICS:
-            raise EmqError(f"target metric {metric!r}: use one of {', '.join(METRICS)}")
+        check_metric(metric)
         bits = tuple(int(b) for b in bits)
         return cls(
             metric,
@@ -118,9 +117,7 @@ class FitnessData:
     @classmethod
     def from_bench(cls, bench: object, metric: str | None = None, bits: Sequence[int] | None = None, device: str | torch.device = "cpu") -> FitnessData:
         """Both splits of an opened `emq.bench.Bench`; `bits` = the statistics' bit order."""
-        metric = metric or getattr(bench, "default_metric", "top1")
-        if metric not in METRICS:
-            raise EmqError(f"target metric {metric!r}: use one of {', '.join(METRICS)}")
+        metric = check_metric(metric or getattr(bench, "default_metric", "top1"))
         splits = {}
         for split in ("search", "heldout"):
             configs, metrics = bench.arrays(split)  # type: ignore[attr-defined]

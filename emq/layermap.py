@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import EmqError
+from .specs import check_weight_bits
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 
@@ -80,10 +81,7 @@ class LayerMap:
         bits = tuple(int(b) for b in bits)
         if len(bits) != self.num_slots:
             raise EmqError(f"{what}: {len(bits)} bit-widths given, but {self.model} has {self.num_slots} slots (see `emq layers --model {self.model}`)")
-        bad = [b for b in bits if not 1 <= b <= 8]
-        if bad:
-            raise EmqError(f"{what}: bit-width {bad[0]} is outside 1..8")
-        return bits
+        return tuple(check_weight_bits(b, "bits") for b in bits)
 
     def size_bytes(self, bits: Sequence[int] | np.ndarray) -> np.ndarray | float:
         """Model size: weights at their bits plus 32-bit biases. Accepts [S] or [N, S]."""

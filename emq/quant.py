@@ -29,6 +29,7 @@ from torch import nn
 from .data import DEFAULT_CALIB_SIZE, DataSplits
 from .errors import EmqError
 from .layermap import QUANTIZABLE, LayerMap
+from .specs import DEFAULT_ACT_BITS, UNQUANTIZED_ACT_BITS, check_act_bits, check_weight_bits
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ CLIP_GRID = 40  # candidate clipping ratios in the MSE search
 
 @dataclass(frozen=True)
 class PTQSettings:
-    act_bits: int = 8
+    act_bits: int = DEFAULT_ACT_BITS
     weight_symmetric: bool = False
     bn: str = "reestimate"
     calib_size: int = DEFAULT_CALIB_SIZE
@@ -48,8 +49,7 @@ class PTQSettings:
     def __post_init__(self) -> None:
         if self.bn not in BN_MODES:
             raise EmqError(f"BatchNorm mode {self.bn!r}: use one of {', '.join(BN_MODES)}")
-        if not 1 <= self.act_bits <= 32:
-            raise EmqError(f"--act-bits {self.act_bits}: use 1..8 (or 32 for unquantized activations)")
+        check_act_bits(self.act_bits)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -70,8 +70,7 @@ def quantize_weight(w: torch.Tensor, bits: int, symmetric: bool = False, grid: i
     Symmetric: levels k*s for k in [-2^(b-1), 2^(b-1)-1], s from alpha*max|w|.
     Asymmetric: 2^b levels over [alpha*min, alpha*max] with a zero point.
     """
-    if not 1 <= bits <= 8:
-        raise EmqError(f"bit-width {bits} is outside 1..8")
+    check_weight_bits(bits)
     flat = w.detach().reshape(w.shape[0], -1)
     best = flat.clone()
     best_err = torch.full((flat.shape[0],), float("inf"), dtype=flat.dtype, device=flat.device)
@@ -270,7 +269,7 @@ class PTQEngine:
             return self.work
         bits = self.layer_map.validate(bits)
         self._set_weights(self.layer_bits(bits))
-        self._prepare_bn_and_acts(quant_acts=self.settings.act_bits < 32)
+        self._prepare_bn_and_acts(quant_acts=self.settings.act_bits < UNQUANTIZED_ACT_BITS)
         return self.work
 
     def _fp_reference(self) -> list[torch.Tensor]:

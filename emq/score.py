@@ -25,13 +25,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .baselines import get_proxy, parse_proxy_names
+from .bench_setup import BenchSetup
 from .errors import EmqError
 from .fileio import atomic_write
-from .fitness import METRICS, correlations
-from .hashing import state_dict_digest
+from .fitness import correlations
 from .proxy import Proxy, ProxyContext
-from .quant import PTQSettings
-from .target import Target, resolve_target
+from .specs import check_metric, oriented
 
 log = logging.getLogger(__name__)
 
@@ -96,33 +95,6 @@ def _sample(mask: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(idx, size=limit, replace=False))
 
 
-def _bench_target(bench: Any, model: str | None, data: str | None, weights: Path | None) -> Target:
-    """The model and data the bench was built on, checked against its weights hash."""
-    meta = bench.meta
-    target = resolve_target(model or meta.get("model", "default"), data or meta.get("data"), weights=weights)
-    want = meta.get("weights_hash")
-    if want and state_dict_digest(target.model) != want:
-        raise EmqError(f"bench {bench.path}: was built with other weights of {target.name} (weights hash {want}); pass the same --weights")
-    if target.layer_map.num_slots != bench.configs.shape[1]:
-        raise EmqError(f"bench {bench.path}: configurations have {bench.configs.shape[1]} slots but {target.name} has {target.layer_map.num_slots}")
-    return target
-
-
-def bench_settings(bench: Any) -> PTQSettings:
-    """The PTQ settings the bench was built with (so proxies quantize the same way)."""
-    stored = bench.meta.get("ptq_settings") or {}
-    try:
-        return PTQSettings(**stored)
-    except TypeError as e:
-        raise EmqError(f"bench {bench.path}: unreadable ptq_settings {stored} ({e})") from e
-
-
-def _compute_stats(target: Target, bits: tuple[int, ...], settings: PTQSettings) -> Any:
-    from .search_space.stats import compute_stats
-
-    return compute_stats(target, bits=bits, settings=settings)
-
-
 def _load_evolved(paths: Sequence[Path]) -> list[Proxy]:
     if not paths:
         return []
@@ -177,9 +149,7 @@ def score(
     from .bench import Bench
 
     b = Bench.open(bench)
-    metric = metric or b.default_metric
-    if metric not in METRICS:
-        raise EmqError(f"--metric {metric!r}: use one of {', '.join(METRICS)}")
+    metric = check_metric(metric or b.default_metric)
     names = parse_proxy_names(proxies if isinstance(proxies, str) else ",".join(proxies)) if proxies else []
     instances = [get_proxy(n, **({"beta": ompq_beta} if n == "ompq" and ompq_beta is not None else {})) for n in names]
     kinds = ["separable" if p.separable else "whole-config" for p in instances]
@@ -188,16 +158,18 @@ def score(
     kinds += ["evolved"] * len(evolved)
     if not instances:
         raise EmqError("no proxy to score: give --proxies and/or --proxy FILE")
-    target = _bench_target(b, model, data, weights)
-    settings = bench_settings(b)
-    values_all = METRICS[metric] * b.metrics[metric]
+    setup = BenchSetup.of(b, model, data, weights)
+    target, settings = setup.target, setup.ptq
+    values_all = oriented(metric, b.metrics[metric])
     ok = np.isfinite(values_all)
     if ok.sum() < 3:
         raise EmqError(f"bench {b.path}: fewer than 3 configurations have a {metric!r} value")
     stats_seconds = 0.0
     if stats is None and any(p.separable for p in instances):
         t0 = time.perf_counter()
-        stats = _compute_stats(target, tuple(b.bits), settings)
+        from .search_space.stats import compute_stats
+
+        stats = compute_stats(target, bits=setup.bits, settings=setup.stats)
         stats_seconds = time.perf_counter() - t0
     ctx = ProxyContext(target, tuple(b.bits), settings, stats)
     search, heldout = ok & ~b.heldout, ok & b.heldout
@@ -264,7 +236,7 @@ def _scatter(p: ProxyScore, metric: str, path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(4.5, 3.6), dpi=110)
     rho = p.correlations.get("spearman_all")
-    ax.scatter(p.orientation * p.scores, METRICS[metric] * p.metric_values, s=6, alpha=0.6)
+    ax.scatter(p.orientation * p.scores, oriented(metric, p.metric_values), s=6, alpha=0.6)
     ax.set_xlabel(f"{p.name} score" + (" (lower predicts better)" if p.orientation < 0 else ""))
     ax.set_ylabel(metric)
     ax.set_title(f"{p.name}: ρ = {'n/a' if rho is None else f'{rho:.3f}'} (n = {p.n['all']})")

@@ -48,6 +48,14 @@ from emq.errors import EmqError
 from emq.hashing import state_dict_digest, tensor_digest
 from emq.layermap import QUANTIZABLE, LayerMap
 from emq.quant import PTQSettings, fake_quant, quantize_weight
+from emq.specs import (
+    DEFAULT_ACT_BITS,
+    DEFAULT_BITS,
+    UNQUANTIZED_ACT_BITS,
+    check_act_bits,
+    check_bit_set,
+    check_weight_bits,
+)
 from emq.target import Target, resolve_target
 
 from .hessian import HessianProblem, hutchinson, power_iteration
@@ -56,7 +64,6 @@ from .netstats import FORMAT, TENSOR_FIELDS, LayerStats, NetworkStats, load_stat
 log = logging.getLogger(__name__)
 
 NEGATIVE_TRACE_POLICIES = ("clamp", "keep", "abs", "error")
-DEFAULT_BITS = (2, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,7 @@ class StatsSettings:
     eig_iters: int = 10  # power-iteration steps per layer (0: skip, eig = 0)
     eig_tol: float = 1e-2
     seed: int = 0  # Hutchinson probes and power-iteration starts
-    act_bits: int = 8
+    act_bits: int = DEFAULT_ACT_BITS
     weight_symmetric: bool = False
     act_cap: int = 64  # samples of A, Y, GY, AE stored per layer
     negative_trace: str = "clamp"
@@ -88,8 +95,7 @@ class StatsSettings:
             raise EmqError(f"stats setting hessian_min_probes={self.hessian_min_probes} exceeds hessian_max_probes={self.hessian_max_probes}")
         if self.eig_iters < 0 or self.hessian_tol < 0 or self.eig_tol < 0:
             raise EmqError("stats settings eig_iters, hessian_tol and eig_tol must not be negative")
-        if not (1 <= self.act_bits <= 8 or self.act_bits == 32):
-            raise EmqError(f"stats setting act_bits={self.act_bits}: use 1..8, or 32 for unquantized activations")
+        check_act_bits(self.act_bits)
         if self.negative_trace not in NEGATIVE_TRACE_POLICIES:
             raise EmqError(f"stats setting negative_trace={self.negative_trace!r}: use one of {', '.join(NEGATIVE_TRACE_POLICIES)}")
 
@@ -109,13 +115,7 @@ def default_cache_dir() -> Path:
 
 
 def _check_bits(bits: Sequence[int]) -> tuple[int, ...]:
-    try:
-        out = tuple(sorted({int(b) for b in bits}))
-    except (TypeError, ValueError) as e:
-        raise EmqError(f"bits {bits!r}: give integers in 1..8") from e
-    if not out or any(not 1 <= b <= 8 for b in out):
-        raise EmqError(f"bits {list(bits)}: give one or more bit-widths in 1..8")
-    return out
+    return check_bit_set({check_weight_bits(b, "bits") for b in bits}, "bits")
 
 
 def _private_copy(model: nn.Module, layer_map: LayerMap) -> tuple[nn.Module, list[nn.Module]]:
@@ -253,7 +253,7 @@ def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Te
     act_noise = []
     for i, a in enumerate(act["A"]):
         a = _f32(a)
-        act_noise.append(torch.zeros_like(a) if s.act_bits >= 32 else fake_quant(a, act["lo"][i], act["hi"][i], s.act_bits) - a)
+        act_noise.append(torch.zeros_like(a) if s.act_bits >= UNQUANTIZED_ACT_BITS else fake_quant(a, act["lo"][i], act["hi"][i], s.act_bits) - a)
     lap("activation_noise")
 
     out = []

@@ -12,6 +12,7 @@ from emq.allocation.budgets import parse_bitops, parse_size
 from emq.allocation.ilp import solve_ilp
 from emq.errors import EmqError
 from emq.proxy import ProxyContext
+from emq.specs import ParameterError
 
 LM = tiny_layer_map()
 
@@ -112,11 +113,11 @@ def test_pins_extend_columns_and_bad_slots_are_refused():
     sol = solve_ilp(p, np.tile([1.0, 2.0, 3.0, 4.0], (5, 1)))
     bits = p.to_bits(sol.index)
     assert bits[0] == 8 and bits[-1] == 8 and set(bits[1:-1]) <= {2, 3, 4}
-    with pytest.raises(EmqError, match="--pin: 'nope'"):
+    with pytest.raises(ParameterError, match="pins='nope'"):
         build_problem(LM, [], pins={"nope": 4})
     with pytest.raises(EmqError, match="out of range"):
         build_problem(LM, [], pins={"7": 4})
-    with pytest.raises(EmqError, match="--slot-bits"):
+    with pytest.raises(EmqError, match="slot_bits"):
         build_problem(LM, [], slot_bits={0: [6]})
 
 

@@ -21,6 +21,7 @@ from ..data import DataSplits
 from ..errors import EmqError
 from ..proxy import Proxy, ProxyContext, SeparableProxy, table_scores
 from ..quant import PTQEngine, PTQSettings, QuantResult
+from ..specs import DEFAULT_BITS
 from ..target import Target, resolve_target
 from .budgets import Budget, Problem, build_problem
 from .ilp import solve_ilp
@@ -128,7 +129,7 @@ class Allocator:
             self._contexts[bits] = _LazyStatsContext(self.target, bits, self.settings, given)
         return self._contexts[bits]
 
-    def problem(self, budgets: BudgetSpec | None = None, bits_allowed: Sequence[int] = (2, 3, 4), pins: Mapping[str | int, int] | None = None,
+    def problem(self, budgets: BudgetSpec | None = None, bits_allowed: Sequence[int] = DEFAULT_BITS, pins: Mapping[str | int, int] | None = None,
                 slot_bits: Mapping[str | int, Sequence[int]] | None = None, ties: Sequence[Sequence[str | int]] = ()) -> Problem:
         return build_problem(self.layer_map, as_budgets(budgets), bits_allowed, pins, slot_bits, ties, self.settings.act_bits)
 
@@ -204,7 +205,7 @@ def allocate(
     model: str | nn.Module = "default",
     proxy: Proxy | str | Path | None = None,
     budgets: BudgetSpec | None = None,
-    bits_allowed: Sequence[int] = (2, 3, 4),
+    bits_allowed: Sequence[int] = DEFAULT_BITS,
     pins: Mapping[str | int, int] | None = None,
     slot_bits: Mapping[str | int, Sequence[int]] | None = None,
     ties: Sequence[Sequence[str | int]] = (),

@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import EmqError
 from ..fileio import atomic_write_text
 from ..layermap import LayerMap
+from ..specs import WEIGHT_BITS_MAX, WEIGHT_BITS_MIN
 
 FORMAT = "emq-bitmap/1"
 
@@ -69,8 +70,8 @@ def load_bitmap(path: str | Path, layer_map: LayerMap) -> tuple[int, ...]:
     bits: list[int | None] = [None] * layer_map.num_slots
     for name, s in zip(names, layer_map.layer_slot):
         b = modules[name]
-        if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 8:
-            raise EmqError(f"bit map {path}: modules.{name} = {b!r}; use an integer bit-width in 1..8")
+        if not isinstance(b, int) or isinstance(b, bool) or not WEIGHT_BITS_MIN <= b <= WEIGHT_BITS_MAX:
+            raise EmqError(f"bit map {path}: modules.{name} = {b!r}; use an integer bit-width in {WEIGHT_BITS_MIN}..{WEIGHT_BITS_MAX}")
         if bits[s] is not None and bits[s] != b:
             raise EmqError(f"bit map {path}: modules {', '.join(layer_map.slots[s].modules)} share one bit slot but have bits {bits[s]} and {b}")
         bits[s] = b

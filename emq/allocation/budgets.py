@@ -20,6 +20,15 @@ import numpy as np
 
 from ..errors import EmqError
 from ..layermap import LayerMap
+from ..specs import (
+    DEFAULT_ACT_BITS,
+    DEFAULT_BITS,
+    ParameterError,
+    check_act_bits,
+    check_bit_set,
+    check_weight_bits,
+    resolve_slot,
+)
 
 KINDS = ("size", "bitops", "avg-bits", "frac8")
 
@@ -111,21 +120,6 @@ def _to_limit(b: Budget, lm: LayerMap) -> float:
     return float(math.floor(units + 1e-9 * max(1.0, abs(units))))
 
 
-def _resolve_slot(lm: LayerMap, key: str | int, what: str) -> int:
-    """A slot from its name, one of its modules' names, or its index (names win: nn.Sequential
-    modules are called '0', '1', ...)."""
-    if isinstance(key, str):
-        for i, s in enumerate(lm.slots):
-            if key == s.name or key in s.modules:
-                return i
-    if isinstance(key, (int, np.integer)) or key.lstrip("-").isdigit():
-        i = int(key)
-        if not 0 <= i < lm.num_slots:
-            raise EmqError(f"{what}: slot {i} is out of range 0..{lm.num_slots - 1} (see `emq layers --model {lm.model}`)")
-        return i
-    raise EmqError(f"{what}: {key!r} is neither a slot index nor a module of {lm.model}; slots are {', '.join(lm.slot_names)}")
-
-
 @dataclass
 class Problem:
     """Everything an allocator needs: allowed bits per slot, tie groups and integer constraints.
@@ -211,28 +205,22 @@ def _fmt(kind: str, v: float) -> str:
 def build_problem(
     layer_map: LayerMap,
     budgets: Sequence[Budget] = (),
-    bits_allowed: Sequence[int] = (2, 3, 4),
+    bits_allowed: Sequence[int] = DEFAULT_BITS,
     pins: Mapping[str | int, int] | None = None,
     slot_bits: Mapping[str | int, Sequence[int]] | None = None,
     ties: Sequence[Sequence[str | int]] = (),
-    act_bits: int = 8,
+    act_bits: int = DEFAULT_ACT_BITS,
 ) -> Problem:
     """Turn user-level budgets, pins (slot -> bits), per-slot allowed bits and extra tie groups
     into a Problem. Slots are the layer map's tie groups already (e.g. a ResNet downsample
     conv shares its block's slot); `ties` adds further groups of slots forced equal."""
-    allowed_bits = sorted({int(b) for b in bits_allowed})
-    if not allowed_bits or any(not 1 <= b <= 8 for b in allowed_bits):
-        raise EmqError(f"--bits-allowed {list(bits_allowed)}: give bit-widths in 1..8")
-    if not 1 <= act_bits <= 32:
-        raise EmqError(f"--act-bits {act_bits}: use 1..8 (or 32 for unquantized activations)")
-    pin_idx = {_resolve_slot(layer_map, k, "--pin"): int(v) for k, v in (pins or {}).items()}
-    for s, b in pin_idx.items():
-        if not 1 <= b <= 8:
-            raise EmqError(f"--pin {layer_map.slots[s].name}={b}: bit-width must be in 1..8")
-    per_slot = {_resolve_slot(layer_map, k, "--slot-bits"): sorted({int(b) for b in v}) for k, v in (slot_bits or {}).items()}
+    allowed_bits = list(check_bit_set({check_weight_bits(b, "bits_allowed") for b in bits_allowed}, "bits_allowed"))
+    check_act_bits(act_bits)
+    pin_idx = {_slot(layer_map, k, "pins"): check_weight_bits(v, "pins") for k, v in (pins or {}).items()}
+    per_slot = {_slot(layer_map, k, "slot_bits"): sorted({check_weight_bits(b, "slot_bits") for b in v}) for k, v in (slot_bits or {}).items()}
     extra = sorted({b for v in per_slot.values() for b in v} - set(allowed_bits))
     if extra:
-        raise EmqError(f"--slot-bits: bit-widths {extra} are not in --bits-allowed {allowed_bits}")
+        raise ParameterError("slot_bits", slot_bits, f"bit-widths {extra} are not among bits_allowed {allowed_bits}")
     cols = tuple(sorted(set(allowed_bits) | set(pin_idx.values())))
     S, B = layer_map.num_slots, len(cols)
     allowed = np.zeros((S, B), dtype=bool)
@@ -252,11 +240,15 @@ def build_problem(
     return Problem(layer_map, cols, allowed, groups, constraints, act_bits, pin_idx)
 
 
+def _slot(lm: LayerMap, key: str | int, param: str) -> int:
+    return resolve_slot(lm.slots, key, param, lm.model)
+
+
 def _merge_ties(lm: LayerMap, ties: Sequence[Sequence[str | int]], n: int) -> list[list[int]]:
     """Slots joined by any tie group form one decision (connected components)."""
     graph = nx.Graph()
     graph.add_nodes_from(range(n))
     for t in ties:
-        idx = [_resolve_slot(lm, k, "--tie") for k in t]
+        idx = [_slot(lm, k, "ties") for k in t]
         graph.add_edges_from((idx[0], i) for i in idx[1:])
     return sorted((sorted(c) for c in nx.connected_components(graph)), key=lambda g: g[0])

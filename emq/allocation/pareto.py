@@ -24,6 +24,7 @@ from ..errors import EmqError
 from ..fileio import atomic_write, atomic_write_text
 from ..proxy import Proxy
 from ..quant import PTQSettings
+from ..specs import DEFAULT_BITS
 from ..target import resolve_target
 from .allocator import Allocation, Allocator, as_budgets, resolve_proxy
 from .budgets import Budget
@@ -74,7 +75,7 @@ def sweep(
     baselines: Sequence[Proxy | str | Path] = (),
     uniform: bool = True,
     evaluate: bool = False,
-    bits_allowed: Sequence[int] = (2, 3, 4),
+    bits_allowed: Sequence[int] = DEFAULT_BITS,
     pins: Mapping[str | int, int] | None = None,
     search_evaluations: int = 200,
     seed: int = 0,

@@ -58,9 +58,9 @@ def _budgets(args: argparse.Namespace) -> list[Budget]:
 def run(args: argparse.Namespace) -> int:
     settings = PTQSettings(act_bits=args.act_bits, weight_symmetric=args.symmetric, bn=args.bn, calib_size=args.calib_size, calib_seed=args.calib_seed)
     budgets = _budgets(args)
-    bits_allowed = parse_bits(args.bits_allowed, "--bits-allowed")
+    bits_allowed = parse_bits(args.bits_allowed, "bits_allowed")
     pins = {k: _as_int(v, f"--pin {k}={v}") for k, v in _pairs(args.pin, "--pin").items()}
-    slot_bits = {k: parse_bits(v, f"--slot-bits {k}") for k, v in _pairs(args.slot_bits, "--slot-bits").items()}
+    slot_bits = {k: parse_bits(v, "slot_bits") for k, v in _pairs(args.slot_bits, "--slot-bits").items()}
     ties = [[t for t in tie.split(",") if t] for tie in args.tie]
     if args.sweep and args.out is None:
         raise EmqError("--sweep writes sweep.csv and sweep.png: give --out DIR")

@@ -98,7 +98,7 @@ def run_build(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         resume=args.resume,
-        bits=parse_bits(args.bits_allowed, "--bits-allowed"),
+        bits=parse_bits(args.bits_allowed, "bits_allowed"),
         pinned=_pins(args.pin),
         sampler=args.sampler,
         user_configs=_configs_file(args.configs_file),
@@ -121,7 +121,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    info = bench_import(args.source, args.format, args.out, model=args.model, bits=tuple(parse_bits(args.bits_allowed, "--bits-allowed")), act_bits=args.act_bits)
+    info = bench_import(args.source, args.format, args.out, model=args.model, bits=tuple(parse_bits(args.bits_allowed, "bits_allowed")), act_bits=args.act_bits)
     emit_json(info) if args.json else _print_info(info)
     return 0
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from ..errors import EmqError
 from ..evolution import DPSConfig, search
-from ..fitness import METRICS
 from ..search_space.primitives import PRESETS
 from ..search_space.pset import make_space
+from ..specs import METRICS
 from ..target import resolve_target
 from .common import add_model_args, emit_json, markdown_table
 

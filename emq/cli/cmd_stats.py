@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     ns = stats(
         args.model,
         data=args.data,
-        bits=parse_bits(args.bits_allowed, "--bits-allowed"),
+        bits=parse_bits(args.bits_allowed, "bits_allowed"),
         settings=settings,
         weights=args.weights,
         input_size=args.input_size,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import EmqError
+from ..specs import parse_config
 
 
 def add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -28,11 +28,9 @@ def add_ptq_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-seed", type=int, default=0, help="seed of the calibration draw (default 0)")
 
 
-def parse_bits(text: str, what: str = "--bits") -> list[int]:
-    try:
-        return [int(t) for t in text.replace(" ", "").strip("[]()").split(",") if t != ""]
-    except ValueError as e:
-        raise EmqError(f"{what} {text!r}: give comma-separated integers, e.g. 4,4,3,2") from e
+def parse_bits(text: str, param: str = "bits") -> list[int]:
+    """Comma-separated bit-widths from a flag's text (`param` names the flag in errors)."""
+    return list(parse_config(text, param))
 
 
 def emit_json(obj: Any) -> None:

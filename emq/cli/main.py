@@ -16,6 +16,15 @@ import sys
 
 from .. import __version__
 from ..errors import EmqError
+from ..specs import ParameterError
+
+# Python parameter names whose flag is not simply --name-with-dashes
+FLAGS = {"pins": "--pin", "ties": "--tie", "config": "--bits"}
+
+
+def flag_for(param: str) -> str:
+    """The CLI flag of a library parameter, for error messages."""
+    return FLAGS.get(param, "--" + param.replace("_", "-"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except ParameterError as e:
+        print(f"emq {args.command}: error: {e.with_flag(flag_for(e.param))}", file=sys.stderr)
+        return 2
     except EmqError as e:
         print(f"emq {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,83 @@
+"""What a bench fixes for every command that uses it: the model (checked by weights hash and
+slot count), its data, the PTQ settings and the statistics settings.
+
+Search, score and allocate all come through `BenchSetup.of`, so a bench built with, say,
+4-bit activations is searched, scored and allocated on 4-bit statistics; before, each
+command chose its own settings and they disagreed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .errors import EmqError
+from .hashing import state_dict_digest
+from .quant import PTQSettings
+from .search_space.stats import StatsSettings
+from .target import Target, resolve_target
+
+
+@dataclass(frozen=True)
+class BenchSetup:
+    target: Target
+    ptq: PTQSettings
+    stats: StatsSettings
+    bits: tuple[int, ...]
+
+    @classmethod
+    def of(
+        cls,
+        bench: Any,
+        model: str | nn.Module | Target | None = None,
+        data: Any = None,
+        weights: Path | None = None,
+        num_classes: int | None = None,
+        input_size: int | None = None,
+        need_data: bool = True,
+    ) -> BenchSetup:
+        """The setup of an opened `emq.bench.Bench`; `model`/`data` default to the bench's own."""
+        meta = bench.meta
+        if isinstance(model, Target):
+            target = model
+        else:
+            target = resolve_target(
+                model if model is not None else meta.get("model", "default"), data if data is not None else meta.get("data"),
+                weights=weights, num_classes=num_classes, input_size=input_size, need_data=need_data,
+            )
+        check_target(bench, target)
+        ptq = ptq_settings(bench)
+        return cls(target, ptq, stats_settings(bench, ptq), tuple(int(b) for b in bench.bits))
+
+
+def check_target(bench: Any, target: Target) -> None:
+    """Refuse a model whose weights or slot count differ from the bench's."""
+    want = bench.meta.get("weights_hash")
+    if want and state_dict_digest(target.model) != want:
+        raise EmqError(f"bench {bench.path}: was built with other weights of {target.name} (weights hash {want}); pass the same model weights")
+    slots = bench.configs.shape[1]
+    if target.layer_map.num_slots != slots:
+        raise EmqError(f"bench {bench.path}: configurations have {slots} slots but {target.name} has {target.layer_map.num_slots}; use the bench's model")
+
+
+def ptq_settings(bench: Any) -> PTQSettings:
+    """The PTQ settings the bench was built with (so proxies quantize the same way)."""
+    stored = bench.meta.get("ptq_settings") or {"act_bits": int(bench.meta.get("act_bits", PTQSettings().act_bits))}
+    try:
+        return PTQSettings(**stored)
+    except TypeError as e:
+        raise EmqError(f"bench {bench.path}: unreadable ptq_settings {stored} ({e})") from e
+
+
+def stats_settings(bench: Any, ptq: PTQSettings) -> StatsSettings:
+    """The statistics settings recorded in the bench, else the defaults matched to its PTQ."""
+    stored = bench.meta.get("stats_settings")
+    if not stored:
+        return StatsSettings.from_ptq(ptq)
+    try:
+        return StatsSettings(**stored)
+    except TypeError as e:
+        raise EmqError(f"bench {bench.path}: unreadable stats_settings {stored} ({e})") from e
