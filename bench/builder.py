@@ -21,12 +21,13 @@ from tqdm import tqdm
 
 import emq
 from emq.errors import EmqError
+from emq.executors import Executor, make_executor
 from emq.hashing import state_dict_digest, tensor_digest
 from emq.quant import PTQSettings
 from emq.specs import DEFAULT_BITS, METRIC_ORIENTATION, config_text
 
 from . import store
-from .executor import EvalSpec, Executor, engine_for, evaluate_task, make_executor, target_for
+from .evaluation import EvalSpec, engine_for, evaluate_config, target_for
 from .noise import ceilings, default_metric, sample_for_noise
 from .query import bench_info
 from .sampling import plan_configs
@@ -90,10 +91,9 @@ def _check_resume(path: Path, stored: Mapping[str, Any], wanted: Mapping[str, An
 
 def _run(executor: Executor, spec: EvalSpec, todo: list[tuple[int, str, str]], desc: str, progress: bool, write: Callable[[dict, int, str], None]) -> None:
     """Evaluate `todo` (idx, config, source) and hand each result to `write` as it arrives."""
-    tasks = ((spec, cfg) for _, cfg, _ in todo)
     info = {cfg: (idx, src) for idx, cfg, src in todo}
     with tqdm(total=len(todo), desc=desc, unit="cfg", disable=not progress or not todo) as bar:
-        for res in executor.imap(evaluate_task, tasks):
+        for res in executor.map(evaluate_config, [cfg for _, cfg, _ in todo], context=spec, ordered=False):
             write(res, *info[res["config"]])
             bar.update(1)
 
@@ -117,7 +117,7 @@ def bench_build(
     noise_samples: int = 100,
     test_limit: int | None = None,
     progress: bool = True,
-    executor: Executor | None = None,
+    executor: Executor | str | None = None,
 ) -> dict[str, Any]:
     """Build (or resume) a bench file; returns `bench_info` of the finished file.
 
@@ -128,8 +128,8 @@ def bench_build(
     out = Path(out)
     if out.exists() and not resume:
         raise EmqError(f"--out {out}: the file exists; pass --resume to continue that build, or choose another file")
-    if workers < 1:
-        raise EmqError(f"--workers {workers}: must be >= 1")
+    own_executor = not isinstance(executor, Executor)  # close only what we start
+    executor = make_executor(executor, workers)  # validates before any model work
     settings = settings or PTQSettings()
     spec = EvalSpec(model, data, str(weights) if weights else None, input_size, num_classes, settings, test_limit)
     lm = engine_for(spec).layer_map
@@ -157,18 +157,18 @@ def bench_build(
         def write_repeat(res: dict, idx: int, source: str) -> None:
             store.insert_repeat(con, res["config"], res, noise_spec.settings.calib_seed)
 
-        executor = executor or make_executor(workers)
         try:
             t0 = time.perf_counter()
             _run(executor, spec, todo, "bench", progress, write_record)
             _run(executor, noise_spec, todo_rep, "noise ceiling", progress, write_repeat)
             elapsed = time.perf_counter() - t0
         finally:
-            executor.close()
+            if own_executor:
+                executor.close()
         records = {r[1]: dict(zip(store.RECORD_COLUMNS, r, strict=True)) for r in store.read_records(con)}
         repeats = {r[0]: {"top1": r[1], "loss": r[2], "kl": r[3]} for r in con.execute("SELECT config, top1, loss, kl FROM repeats")}
         ceiling = ceilings(records, repeats)
-        build_log = stored.get("build_log", []) + [{"evaluated": len(todo) + len(todo_rep), "seconds": round(elapsed, 2), "workers": workers}]
+        build_log = stored.get("build_log", []) + [{"evaluated": len(todo) + len(todo_rep), "seconds": round(elapsed, 2), "workers": executor.workers}]
         store.write_meta(con, {"noise_ceiling": ceiling, "noise_calib_seed": noise_spec.settings.calib_seed, "noise_configs": len(repeats), "default_metric": default_metric(ceiling), "build_log": build_log})
     store.compact(out)
     return bench_info(out)

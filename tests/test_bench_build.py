@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from emq.bench import Bench, bench_build, bench_export, store
-from emq.bench.executor import EvalSpec, engine_for
+from emq.bench.evaluation import EvalSpec, engine_for
 from emq.cli.main import main
 from emq.errors import EmqError
 from emq.quant import PTQSettings

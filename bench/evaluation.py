@@ -1,20 +1,16 @@
-"""Executors: run evaluation tasks serially or in a local process pool.
+"""Evaluating bench configurations: the picklable spec a worker needs and the task function.
 
-The builder only calls `executor.imap(fn, tasks)` and consumes results as they finish,
-so a distributed engine (Ray, Dask) plugs in by implementing the same one method.
-Each worker process builds its PTQ engine once (`engine_for`) and reuses it, with its
-per-(layer, bits) cache of quantized weights, for every task it receives.
+Any `emq.executors` executor runs `evaluate_config(spec, config)`; each worker process
+builds its PTQ engine once per spec (`engine_for`) and reuses it, with its per-(layer, bits)
+cache of quantized weights, for every task it receives.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import torch
 from torch.utils.data import Subset, TensorDataset
 
 from emq.data import DataSplits
@@ -76,51 +72,8 @@ def engine_for(spec: EvalSpec) -> PTQEngine:
     return engine
 
 
-def evaluate_task(task: tuple[EvalSpec, str]) -> dict[str, Any]:
-    """PTQ-evaluate one configuration (canonical text); returns its metrics."""
-    spec, config = task
+def evaluate_config(spec: EvalSpec, config: str) -> dict[str, Any]:
+    """PTQ-evaluate one configuration (canonical text); returns its metrics. An executor task:
+    the spec is the shared context, so each worker builds its engine once."""
     res = engine_for(spec).evaluate([int(b) for b in config.split(",")])
     return {"config": config, **res.to_json()}
-
-
-class Executor(Protocol):
-    def imap(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
-        """Yield fn(task) for every task, in any order, as each finishes."""
-        ...  # pragma: no cover
-
-    def close(self) -> None: ...  # pragma: no cover
-
-
-class SerialExecutor:
-    """Runs tasks one after another in this process."""
-
-    def imap(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
-        for task in tasks:
-            yield fn(task)
-
-    def close(self) -> None:
-        return None
-
-
-def _worker_init() -> None:
-    # one intra-op thread per worker: W workers share the cores instead of oversubscribing them
-    torch.set_num_threads(1)
-
-
-class ProcessExecutor:
-    """A local pool of `workers` spawned processes (spawn: safe with torch's thread pools)."""
-
-    def __init__(self, workers: int) -> None:
-        self.pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init)
-
-    def imap(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
-        yield from self.pool.imap_unordered(fn, tasks, chunksize=1)
-
-    def close(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
-
-
-def make_executor(workers: int) -> Executor:
-    """Serial for one worker, a process pool for more."""
-    return SerialExecutor() if workers <= 1 else ProcessExecutor(workers)

@@ -1,0 +1,90 @@
+"""One executor interface for every expensive job: bench builds, reliability re-evaluation,
+whole-configuration scoring and campaign fitness.
+
+An executor maps `fn(context, task)` over tasks. The `context` is the large, shared part of
+the job (an evaluation spec, a campaign's statistics and bench splits, a proxy with its
+target); an executor ships it to each worker once, not once per task, and the worker keeps
+whatever it builds from it (a PTQ engine, a table evaluator) for every task it receives.
+`fn` and `context` must be picklable for executors that leave the process.
+
+Executors register themselves by name (`@register("name")`) in a module of this package;
+every module here is imported when a name is looked up, so a new executor (the distributed
+one of a later issue) is one new file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from ..errors import EmqError
+from ..specs import ParameterError
+
+Task = Any
+Context = Any
+_REGISTRY: dict[str, type[Executor]] = {}
+
+
+class Executor(ABC):
+    """Runs `fn(context, task)` for many tasks; `close()` releases its workers."""
+
+    workers: int = 1
+
+    @abstractmethod
+    def map(self, fn: Callable[[Context, Task], Any], tasks: Iterable[Task], context: Context = None, ordered: bool = True, chunksize: int = 1) -> Iterator[Any]:
+        """Yield fn(context, task) per task: in task order when `ordered`, else as each finishes."""
+
+    def close(self) -> None:
+        """Release workers; the executor may not be used afterwards."""
+        return None
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def register(name: str) -> Callable[[type[Executor]], type[Executor]]:
+    """Class decorator: make an executor available under `name` (e.g. `--executor name`)."""
+
+    def deco(cls: type[Executor]) -> type[Executor]:
+        _REGISTRY[name] = cls
+        cls.name = name  # type: ignore[attr-defined]
+        return cls
+
+    return deco
+
+
+def _load_all() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+def executor_names() -> list[str]:
+    """Registered executor names, in alphabetical order."""
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def make_executor(executor: str | Executor | None = None, workers: int = 1, **options: Any) -> Executor:
+    """An executor by name, or the given one; None picks serial for one worker, else a process pool."""
+    if isinstance(executor, Executor):
+        return executor
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ParameterError("workers", workers, "must be an integer >= 1")
+    name = executor or ("serial" if workers == 1 else "process")
+    _load_all()
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ParameterError("executor", name, f"use one of {', '.join(sorted(_REGISTRY))}")
+    try:
+        return cls(workers=workers, **options)
+    except TypeError as e:
+        raise EmqError(f"executor {name!r} does not take the options {sorted(options)}") from e
+
+
+__all__ = ["Executor", "executor_names", "make_executor", "register"]
