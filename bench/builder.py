@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 import emq
 from emq.errors import EmqError
-from emq.executors import Executor, make_executor
+from emq.executors import Executor, check_workers, executor_for
 from emq.hashing import state_dict_digest, tensor_digest
 from emq.quant import PTQSettings
 from emq.specs import DEFAULT_BITS, METRIC_ORIENTATION, config_text
@@ -128,8 +128,7 @@ def bench_build(
     out = Path(out)
     if out.exists() and not resume:
         raise EmqError(f"--out {out}: the file exists; pass --resume to continue that build, or choose another file")
-    own_executor = not isinstance(executor, Executor)  # close only what we start
-    executor = make_executor(executor, workers)  # validates before any model work
+    check_workers(workers)  # before any model work
     settings = settings or PTQSettings()
     spec = EvalSpec(model, data, str(weights) if weights else None, input_size, num_classes, settings, test_limit)
     lm = engine_for(spec).layer_map
@@ -157,18 +156,16 @@ def bench_build(
         def write_repeat(res: dict, idx: int, source: str) -> None:
             store.insert_repeat(con, res["config"], res, noise_spec.settings.calib_seed)
 
-        try:
+        with executor_for(executor, workers) as pool:
             t0 = time.perf_counter()
-            _run(executor, spec, todo, "bench", progress, write_record)
-            _run(executor, noise_spec, todo_rep, "noise ceiling", progress, write_repeat)
+            _run(pool, spec, todo, "bench", progress, write_record)
+            _run(pool, noise_spec, todo_rep, "noise ceiling", progress, write_repeat)
             elapsed = time.perf_counter() - t0
-        finally:
-            if own_executor:
-                executor.close()
+            used_workers = pool.workers
         records = {r[1]: dict(zip(store.RECORD_COLUMNS, r, strict=True)) for r in store.read_records(con)}
         repeats = {r[0]: {"top1": r[1], "loss": r[2], "kl": r[3]} for r in con.execute("SELECT config, top1, loss, kl FROM repeats")}
         ceiling = ceilings(records, repeats)
-        build_log = stored.get("build_log", []) + [{"evaluated": len(todo) + len(todo_rep), "seconds": round(elapsed, 2), "workers": executor.workers}]
+        build_log = stored.get("build_log", []) + [{"evaluated": len(todo) + len(todo_rep), "seconds": round(elapsed, 2), "workers": used_workers}]
         store.write_meta(con, {"noise_ceiling": ceiling, "noise_calib_seed": noise_spec.settings.calib_seed, "noise_configs": len(repeats), "default_metric": default_metric(ceiling), "build_log": build_log})
     store.compact(out)
     return bench_info(out)

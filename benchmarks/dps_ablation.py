@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emq.evolution import DPSConfig, SearchConfig, search
+from emq.evolution import DPSConfig, ProxySearch
 from emq.evolution.run import load_fitness_data
 from emq.search_space.stats import compute_stats
 from emq.target import resolve_target
@@ -39,8 +39,8 @@ def main() -> None:
     rows = []
     for seed in range(args.seeds):
         for dps in (True, False):
-            cfg = SearchConfig(generations=100000, population=args.population, seed=seed, max_evaluations=args.budget, dps=DPSConfig(enabled=dps))
-            s = search(data, stats=stats, config=cfg).summary
+            est = ProxySearch(generations=100000, population=args.population, random_state=seed, max_evaluations=args.budget, dps=DPSConfig(enabled=dps))
+            s = est.fit(data, stats=stats).summary_
             rows.append({"seed": seed, "dps": dps, "heldout": s["best_heldout_spearman"], "search": s["best_search_spearman"], "evaluations": s["evaluations"], "generations": s["generations"], **s["final_diversity"]})
     summary = {}
     for dps in (True, False):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emq.evolution import SearchConfig, search
+from emq.evolution import ProxySearch
 from emq.evolution.evaluator import CandidateEvaluator
 from emq.evolution.run import load_fitness_data
 from emq.search_space.evaluate import TableEvaluator, naive_config_score
@@ -80,8 +80,7 @@ def main() -> None:
     res["naive_candidates_per_s"] = 1.0 / res["naive_seconds_per_candidate"]
     res["speedup_table_vs_naive"] = res["table_candidates_per_s"] / res["naive_candidates_per_s"]
 
-    cfg = SearchConfig(generations=args.generations, population=args.population, seed=args.seed)
-    r = search(data, stats=stats, config=cfg)
+    r = ProxySearch(args.generations, args.population, random_state=args.seed).fit(data, stats=stats).result_
     s = r.summary
     res["campaign"] = {
         "generations": s["generations"], "population": args.population, "seconds": s["seconds"], "candidates": s["candidates"],

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from .baselines import get_proxy, parse_proxy_names
 from .bench_setup import BenchSetup
 from .errors import EmqError
+from .executors import Executor, executor_for, make_executor
 from .fileio import atomic_write
 from .fitness import correlations
 from .proxy import Proxy, ProxyContext
@@ -82,6 +83,21 @@ class ScoreReport:
             "proxies": [p.to_json() for p in self.proxies],
         }
 
+    def to_markdown(self) -> str:
+        """The proxy table, the bench's noise ceiling and the one-off statistics time."""
+        from .report import markdown_table
+
+        headers, rows = table_rows(self)
+        ceiling = "n/a" if self.noise_ceiling is None else f"{self.noise_ceiling:.3f}"
+        lines = [markdown_table(headers, rows), "", f"bench {self.bench} ({self.model}), metric {self.metric}; noise ceiling (Spearman of the bench with its own repeat): {ceiling}"]
+        if self.stats_seconds:
+            lines.append(f"statistics for separable proxies: {self.stats_seconds:.1f} s once")
+        return "\n".join(lines)
+
+    def save(self, out: str | Path) -> list[Path]:
+        """score.csv, score.json and one scatter PNG per proxy into `out`; returns the paths."""
+        return write_report(self, out)
+
 
 def _finite(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
@@ -103,18 +119,27 @@ def _load_evolved(paths: Sequence[Path]) -> list[Proxy]:
     return [load_proxy(Path(p)) for p in paths]
 
 
+def _score_one(job: tuple[Proxy, ProxyContext], config: np.ndarray) -> float:
+    """An executor task: one whole-configuration score (the proxy and context are shared)."""
+    proxy, ctx = job
+    return float(proxy.oriented_scores(ctx, config[None])[0])
+
+
 def score_proxy(
-    proxy: Proxy, ctx: ProxyContext, configs: np.ndarray, values: np.ndarray, splits: dict[str, np.ndarray], kind: str, progress: bool = False
+    proxy: Proxy, ctx: ProxyContext, configs: np.ndarray, values: np.ndarray, splits: dict[str, np.ndarray], kind: str, progress: bool = False,
+    executor: Executor | None = None,
 ) -> ProxyScore:
     """Correlations of one proxy on each split; `splits` holds row indices into `configs`.
 
     `values` is the oriented bench metric (higher = better), `configs` the rows to score.
+    Whole-configuration proxies quantize per configuration, so they go through `executor`.
     """
     t0 = time.perf_counter()
     if proxy.separable:
         scores = proxy.oriented_scores(ctx, configs)
     else:
-        scores = np.array([proxy.oriented_scores(ctx, c[None])[0] for c in tqdm(configs, desc=proxy.name, unit="cfg", disable=not progress)])
+        jobs = (executor or make_executor("serial")).map(_score_one, list(configs), context=(proxy, ProxyContext(ctx.target, ctx.bits, ctx.settings)))
+        scores = np.array(list(tqdm(jobs, total=len(configs), desc=proxy.name, unit="cfg", disable=not progress)), dtype=np.float64)
     seconds = (time.perf_counter() - t0) / max(len(configs), 1)
     if not np.isfinite(scores).all():
         raise EmqError(f"proxy {proxy.name}: produced NaN or infinite scores")
@@ -140,11 +165,14 @@ def score(
     weights: Path | None = None,
     stats: Any = None,
     progress: bool = False,
+    executor: Executor | str | None = None,
+    workers: int = 1,
 ) -> ScoreReport:
     """Score hand-made (`proxies`: 'all' or names) and evolved (`proxy_files`) proxies on a bench.
 
     `limit` caps the configurations per split that whole-configuration proxies quantize
-    (seeded sample; None or 0 = all). `stats` reuses precomputed NetworkStats.
+    (seeded sample; None or 0 = all), through `executor` (a name or an Executor; default
+    serial, or a process pool for `workers` > 1). `stats` reuses precomputed NetworkStats.
     """
     from .bench import Bench
 
@@ -174,15 +202,16 @@ def score(
     ctx = ProxyContext(target, tuple(b.bits), settings, stats)
     search, heldout = ok & ~b.heldout, ok & b.heldout
     results = []
-    for proxy, kind in zip(instances, kinds, strict=True):
-        if proxy.separable:
-            rows = np.flatnonzero(ok)
-        else:
-            rows = np.union1d(_sample(search, limit, SAMPLE_SEED), _sample(heldout, limit, SAMPLE_SEED + 1))
-        is_heldout = b.heldout[rows]
-        splits = {"search": np.flatnonzero(~is_heldout), "heldout": np.flatnonzero(is_heldout), "all": np.arange(len(rows))}
-        log.info("scoring %s on %d configurations", proxy.name, len(rows))
-        results.append(score_proxy(proxy, ctx, b.configs[rows], values_all[rows], splits, kind, progress))
+    with executor_for(executor, workers) as pool:
+        for proxy, kind in zip(instances, kinds, strict=True):
+            if proxy.separable:
+                rows = np.flatnonzero(ok)
+            else:
+                rows = np.union1d(_sample(search, limit, SAMPLE_SEED), _sample(heldout, limit, SAMPLE_SEED + 1))
+            is_heldout = b.heldout[rows]
+            splits = {"search": np.flatnonzero(~is_heldout), "heldout": np.flatnonzero(is_heldout), "all": np.arange(len(rows))}
+            log.info("scoring %s on %d configurations", proxy.name, len(rows))
+            results.append(score_proxy(proxy, ctx, b.configs[rows], values_all[rows], splits, kind, progress, pool))
     ceilings = b.noise_ceiling
     return ScoreReport(str(b.path), target.name, metric, (ceilings or {}).get(metric), ceilings, stats_seconds, results)
 
@@ -229,12 +258,10 @@ def _csv_text(report: ScoreReport) -> str:
 
 
 def _scatter(p: ProxyScore, metric: str, path: str) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 3.6), dpi=110)
+    fig = Figure(figsize=(4.5, 3.6), dpi=110)
+    ax = fig.add_subplot()
     rho = p.correlations.get("spearman_all")
     ax.scatter(p.orientation * p.scores, oriented(metric, p.metric_values), s=6, alpha=0.6)
     ax.set_xlabel(f"{p.name} score" + (" (lower predicts better)" if p.orientation < 0 else ""))
@@ -242,7 +269,6 @@ def _scatter(p: ProxyScore, metric: str, path: str) -> None:
     ax.set_title(f"{p.name}: ρ = {'n/a' if rho is None else f'{rho:.3f}'} (n = {p.n['all']})")
     fig.tight_layout()
     fig.savefig(path, format="png")
-    plt.close(fig)
 
 
 def _safe_name(name: str) -> str:

@@ -20,7 +20,7 @@ from deap import gp
 from emq.errors import EmqError
 
 from .evaluate import Token
-from .primitives import OPS, PRESETS, TERMINALS, TYPE_NAMES, PrimSpec, Scalar, typed_primitives
+from .primitives import OPS, PRESETS, PRIMITIVES, TERMINALS, TYPE_NAMES, PrimSpec, Scalar, typed_primitives
 
 CONSTANTS = (0.5, 1.0, 2.0, 3.0, 4.0, 8.0)
 CONST_PRIORITY = 0.6
@@ -57,6 +57,10 @@ class SearchSpace:
     def to_json(self) -> dict:
         return {"terminals": list(self.terminals), "primitives": sorted(self.prims), "constants": self.constants}
 
+    def __reduce__(self) -> tuple:
+        """Pickled by names (primitives hold lambdas): executors ship spaces to spawned workers."""
+        return (_space_from_names, (self.terminals, tuple(self.prims), self.constants, self.terminal_ratio))
+
     @property
     def pset(self) -> gp.PrimitiveSetTyped:
         if self._pset is None:
@@ -80,6 +84,10 @@ class SearchSpace:
         if tok[0] == "t":
             return tok[1] in self.terminals
         return True
+
+
+def _space_from_names(terminals: tuple[str, ...], prims: tuple[str, ...], constants: bool, terminal_ratio: float) -> SearchSpace:
+    return SearchSpace(terminals, {name: PRIMITIVES[name] for name in prims}, constants, terminal_ratio)
 
 
 def make_space(

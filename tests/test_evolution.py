@@ -6,7 +6,7 @@ import pytest
 from test_search_fixtures import tiny_setting
 
 from emq.errors import EmqError
-from emq.evolution import Campaign, DPSConfig, SearchConfig, search
+from emq.evolution import Campaign, DPSConfig, search
 from emq.fitness import FitnessData
 from emq.search_space.pset import make_space
 
@@ -37,7 +37,7 @@ def test_same_seed_same_result_and_different_seed_differs():
 def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch):
     full = _run(out=tmp_path / "full")
     stats, fd, _ = tiny_setting()
-    cfg = SearchConfig(generations=6, population=16, seed=3, checkpoint_every=2)
+    cfg = dict(generations=6, population=16, seed=3, checkpoint_every=2)
     original = Campaign._generation
 
     def dying(self, executor):
@@ -47,19 +47,19 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Campaign, "_generation", dying)
     with pytest.raises(KeyboardInterrupt):
-        search(fd, stats=stats, config=cfg, out=tmp_path / "killed")
+        search(fd, stats=stats, **cfg, out=tmp_path / "killed")
     monkeypatch.setattr(Campaign, "_generation", original)
-    with pytest.raises(EmqError, match="--resume"):
-        search(fd, stats=stats, config=cfg, out=tmp_path / "killed")
-    resumed = search(fd, stats=stats, config=cfg, out=tmp_path / "killed", resume=True)
+    with pytest.raises(EmqError, match="warm_start=True"):
+        search(fd, stats=stats, **cfg, out=tmp_path / "killed")
+    resumed = search(fd, stats=stats, **cfg, out=tmp_path / "killed", resume=True)
     assert _fingerprint(resumed) == _fingerprint(full)
     lines = (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["generation"] for x in lines] == list(range(7))
     swapped = FitnessData.from_arrays(fd.bits, (fd.heldout.configs, -fd.heldout.target), (fd.search.configs, -fd.search.target), metric="kl")
     with pytest.raises(EmqError, match="different bench"):
-        search(swapped, stats=stats, config=cfg, out=tmp_path / "killed", resume=True)
+        search(swapped, stats=stats, **cfg, out=tmp_path / "killed", resume=True)
     with pytest.raises(EmqError, match="different settings"):
-        search(fd, stats=stats, config=SearchConfig(generations=8, population=20, seed=3), out=tmp_path / "killed", resume=True)
+        search(fd, stats=stats, generations=8, population=20, seed=3, out=tmp_path / "killed", resume=True)
 
 
 def test_process_pool_gives_identical_results():

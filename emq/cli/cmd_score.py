@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from ..baselines import PROXIES
-from ..score import DEFAULT_LIMIT, score, table_rows, write_report
-from .common import emit_json, markdown_table
+from ..score import DEFAULT_LIMIT, score
+from ..specs import METRICS
+from .common import emit_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,11 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bench", default="default", help="bench file, or 'default' for the shipped bench (default: default)")
     p.add_argument("--proxies", default="all", help=f"'all', 'none' or comma-separated names: {', '.join(PROXIES)} (default: all)")
     p.add_argument("--proxy", action="append", default=[], metavar="PROXY.json", help="an evolved proxy file to score too (repeatable)")
-    p.add_argument("--metric", choices=["top1", "loss", "kl"], help="bench metric to predict (default: the bench's default metric)")
+    p.add_argument("--metric", choices=METRICS, help="bench metric to predict (default: the bench's default metric)")
     p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"whole-configuration proxies (gmpq, seam, kl) score a seeded sample of at most this many configurations per split; 0 = all (default {DEFAULT_LIMIT})")
     p.add_argument("--ompq-beta", type=float, help="OMPQ's beta in theta = exp(-beta * gamma) (default 1.0)")
     p.add_argument("--data", help="override the bench's data ('default' or a directory)")
     p.add_argument("--weights", type=Path, help="local weights file of the bench's model (checked against the bench's weights hash)")
+    p.add_argument("--workers", type=int, default=1, help="processes for whole-configuration proxies (default 1 = serial; results are identical)")
     p.add_argument("--out", type=Path, help="write score.csv, score.json and scatter_<proxy>.png here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -36,17 +38,13 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         weights=args.weights,
         progress=not args.json,
+        workers=args.workers,
     )
-    written = write_report(report, args.out) if args.out else []
+    written = report.save(args.out) if args.out else []
     if args.json:
         emit_json(report.to_json())
         return 0
-    headers, rows = table_rows(report)
-    print(markdown_table(headers, rows))
-    ceiling = "n/a" if report.noise_ceiling is None else f"{report.noise_ceiling:.3f}"
-    print(f"\nbench {report.bench} ({report.model}), metric {report.metric}; noise ceiling (Spearman of the bench with its own repeat): {ceiling}")
-    if report.stats_seconds:
-        print(f"statistics for separable proxies: {report.stats_seconds:.1f} s once")
+    print(report.to_markdown())
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 
 from ..errors import EmqError
-from ..evolution import DPSConfig, search
+from ..evolution import DPSConfig, ProxySearch
 from ..search_space.primitives import PRESETS
 from ..search_space.pset import make_space
 from ..specs import METRICS
 from ..target import resolve_target
-from .common import add_model_args, emit_json, markdown_table
+from .common import add_model_args, emit_json
 
 
 def _names(text: str | None) -> list[str]:
@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="evaluation processes (default 1 = serial; results are identical)")
     p.add_argument("--out", type=Path, help="run directory (default: emq_runs/search-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the campaign in --out from its checkpoint")
+    p.add_argument("--checkpoint-every", type=int, default=5, help="generations between checkpoints (default 5); a kill loses at most this many")
     p.add_argument("--no-dps", action="store_true", help="switch diversity-prompting selection off (ablation)")
     p.add_argument("--crowding", type=float, default=0.98, help="DPS: |corr| above which two candidates count as one phenotype (default 0.98)")
     p.add_argument("--space", choices=sorted(PRESETS), default="full", help="search-space preset (default full)")
@@ -52,19 +53,18 @@ def run(args: argparse.Namespace) -> int:
     bench = Bench.open(args.bench)  # fail fast on a bad bench, before any model work
     target = resolve_target(args.model, args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size)
     out = args.out or Path("emq_runs") / f"search-s{args.seed}"
-    result = search(
-        bench, target, generations=args.generations, population=args.population, seed=args.seed, workers=args.workers,
-        out=out, resume=args.resume, metric=args.metric, space=space, max_evaluations=args.max_evaluations,
-        dps=DPSConfig(enabled=not args.no_dps, crowding_threshold=args.crowding), progress=not args.json,
+    has_campaign = (out / "checkpoint.npz").exists()
+    if has_campaign != args.resume:
+        raise EmqError(f"--out {out} already holds a campaign: pass --resume to continue it or choose another directory" if has_campaign
+                       else f"--resume: no checkpoint in {out}; run without --resume first")
+    est = ProxySearch(
+        generations=args.generations, population=args.population, metric=args.metric, space=space, max_evaluations=args.max_evaluations,
+        dps=DPSConfig(enabled=not args.no_dps, crowding_threshold=args.crowding), random_state=args.seed, workers=args.workers,
+        out_dir=out, warm_start=args.resume, checkpoint_every=args.checkpoint_every, progress=not args.json,
     )
+    result = est.fit(bench, model=target).result_
     if args.json:
-        emit_json(result.summary)
+        emit_json(result.to_json())
         return 0
-    rows = [[r["rank"], r["expression"], r["size"], r["search_spearman"], r["heldout_spearman"], r["heldout_kendall"], f"{r['orientation']:+d}"] for r in result.hall_of_fame[: args.top]]
-    rows += [[f"hand-made: {r['name']}", r["expression"], r["size"], r["search_spearman"], r["heldout_spearman"], r["heldout_kendall"], f"{r['orientation']:+d}"] for r in result.baselines]
-    print(markdown_table(["rank", "proxy", "size", "search rho", "held-out rho", "held-out tau", "orient."], rows))
-    s = result.summary
-    ceiling = f"; bench noise ceiling {s['noise_ceiling']:.3f}" if s.get("noise_ceiling") is not None else ""
-    print(f"\n{s['evaluations']} evaluations of {s['candidates']} candidates in {s['seconds']:.1f} s ({s['screening']['saved_share']:.0%} saved by screening and the cache){ceiling}")
-    print(f"run directory: {out} (best_proxy.json, hall_of_fame.csv, log.jsonl, fitness.png, diversity.png)")
+    print(result.to_markdown(args.top))
     return 0

@@ -1,7 +1,9 @@
-"""Proxy evolution: the campaign engine, diversity-prompting selection, screening, checkpoints."""
+"""Proxy evolution: the campaign estimator, its engine, diversity-prompting selection,
+screening, variation and checkpoints."""
 
 from .dps import DPSConfig
 from .engine import Campaign, SearchConfig
-from .run import SearchResult, search
+from .estimator import ProxySearch, SearchResult, search
+from .halloffame import HallOfFame
 
-__all__ = ["Campaign", "DPSConfig", "SearchConfig", "SearchResult", "search"]
+__all__ = ["Campaign", "DPSConfig", "HallOfFame", "ProxySearch", "SearchConfig", "SearchResult", "search"]

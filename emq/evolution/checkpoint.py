@@ -2,18 +2,16 @@
 
 Holds everything a resumed campaign needs to continue to exactly the result of an
 uninterrupted run: population, hall of fame, fitness cache (with signatures), counters and
-the states of Python's, numpy's and torch's random generators.
+the campaign's random generator state.
 """
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import EmqError
 from ..fileio import atomic_write
@@ -21,22 +19,15 @@ from ..fileio import atomic_write
 FORMAT = "emq-checkpoint/1"
 
 
-def rng_state() -> dict[str, Any]:
-    version, internal, gauss = random.getstate()
-    np_state = np.random.get_state()
-    return {
-        "python": [version, list(internal), gauss],
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state().tolist(),
-    }
+def rng_to_json(state: tuple) -> list:
+    """A `random.Random` state as JSON (the campaign's own generator; no global state)."""
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+def rng_from_json(obj: list) -> tuple:
+    version, internal, gauss = obj
+    return (version, tuple(internal), gauss)
 
 
 def save(path: Path, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -55,7 +46,7 @@ def load(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             state = json.loads(str(z["state"]))
             arrays = {k: z[k] for k in z.files if k != "state"}
     except (OSError, ValueError, KeyError) as e:
-        raise EmqError(f"checkpoint {path}: unreadable ({e}); delete it or start without --resume") from e
+        raise EmqError(f"checkpoint {path}: unreadable ({e}); delete it or start a new campaign") from e
     if state.get("format") != FORMAT:
         raise EmqError(f"checkpoint {path}: format {state.get('format')!r}, expected {FORMAT!r}")
     return state, arrays

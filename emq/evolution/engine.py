@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import operator
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,23 +30,19 @@ from tqdm import tqdm
 
 from emq.search_space.evaluate import Token
 from emq.search_space.netstats import NetworkStats
-from emq.search_space.pset import (
-    SearchSpace,
-    canonical,
-    from_tokens,
-    gen_half_and_half,
-    generate,
-    to_tokens,
-)
+from emq.search_space.pset import SearchSpace, canonical, from_tokens, gen_half_and_half, to_tokens
 from emq.search_space.terminals import DEFAULT_ACT_SAMPLES
 
 from ..errors import EmqError
+from ..executors import Executor, make_executor
 from ..fitness import FitnessData
 from ..hashing import tensor_digest
+from ..specs import ParameterError
 from . import checkpoint
 from .dps import DPSConfig, diversity, pick_winners, select_survivors
-from .evaluator import REJECTED, Executor, Outcome
+from .evaluator import REJECTED, FitnessContext, Outcome, evaluate_candidate
 from .screening import ScreeningCounts
+from .variation import cx_one_point, mutate
 
 log = logging.getLogger(__name__)
 
@@ -84,29 +83,16 @@ class SearchConfig:
         if isinstance(self.dps, dict):
             self.dps = DPSConfig(**self.dps)
         if self.population < 4:
-            raise EmqError(f"--population {self.population}: use at least 4")
+            raise ParameterError("population", self.population, "use at least 4")
         if self.generations < 0:
-            raise EmqError(f"--generations {self.generations}: use 0 or more")
+            raise ParameterError("generations", self.generations, "use 0 or more")
         if self.max_evaluations is not None and self.max_evaluations < 1:
-            raise EmqError(f"--max-evaluations {self.max_evaluations}: use a positive number")
+            raise ParameterError("max_evaluations", self.max_evaluations, "use a positive number")
+        if self.checkpoint_every < 1:
+            raise ParameterError("checkpoint_every", self.checkpoint_every, "use 1 or more generations")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _mutate(ind: gp.PrimitiveTree, space: SearchSpace) -> tuple[gp.PrimitiveTree]:
-    """One of several mutations, chosen at random."""
-    pset = space.pset
-    which = random.randrange(5)
-    if which == 0:
-        return gp.mutUniform(ind, lambda pset, type_: generate(space, 0, 2, False, type_), pset)
-    if which == 1:
-        return gp.mutNodeReplacement(ind, pset)
-    if which == 2:
-        return gp.mutShrink(ind)
-    if which == 3:
-        return gp.mutInsert(ind, pset)
-    return gp.mutEphemeral(ind, "one")
 
 
 @dataclass
@@ -134,9 +120,11 @@ class Campaign:
         self.hof: list[str] = []
         self.log: list[dict[str, Any]] = []
         self.seconds = 0.0
+        self.rng_state = random.Random(self.config.seed).getstate()  # DEAP draws from `random`: swapped in only while running
+        self.context = FitnessContext(self.stats, self.data, self.space, self.config.act_samples, self.config.device)
         tb = base.Toolbox()
-        tb.register("mate", gp.cxOnePoint)
-        tb.register("mutate", _mutate, space=self.space)
+        tb.register("mate", cx_one_point)
+        tb.register("mutate", mutate, space=self.space)
         for op in ("mate", "mutate"):
             tb.decorate(op, gp.staticLimit(key=operator.attrgetter("height"), max_value=self.config.max_height))
             tb.decorate(op, gp.staticLimit(key=len, max_value=self.config.max_size))
@@ -162,7 +150,12 @@ class Campaign:
                 self.counts["duplicate"] += 1
             else:
                 todo[k] = to_tokens(ind)
-        for k, out in zip(todo, executor.map(list(todo.values())), strict=True):
+        batch = list(todo.values())
+        if executor.workers > 1 and len(batch) >= 2 * executor.workers:
+            outs = list(executor.map(evaluate_candidate, batch, context=self.context, chunksize=math.ceil(len(batch) / (2 * executor.workers))))
+        else:  # too few to be worth shipping: the same function, here
+            outs = [evaluate_candidate(self.context, t) for t in batch]
+        for k, out in zip(todo, outs, strict=True):
             self.cache[k] = out
             self.tokens[k] = todo[k]
             if out.reason != "no_bit_terminal":
@@ -246,41 +239,52 @@ class Campaign:
         self.log.append(rec)
         return rec
 
-    def run(self, resume: bool = False) -> None:
+    def continue_with(self, config: SearchConfig) -> None:
+        """Go on under a new config (more generations, a larger budget), the rest unchanged."""
+        _check_same_campaign(self.config.to_json(), config, "the earlier fit")
+        self.config = config
+
+    @contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """Run with the campaign's generator as `random` (DEAP's source) and put the caller's back."""
+        outer = random.getstate()
+        random.setstate(self.rng_state)
+        try:
+            yield
+        finally:
+            self.rng_state = random.getstate()
+            random.setstate(outer)
+
+    def run(self, executor: Executor | None = None) -> None:
+        """Evolve until `config.generations` (or the evaluation budget); continues where a
+        restored or earlier run stopped. The caller owns `executor` (default: serial)."""
         cfg = self.config
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
         ckpt = self.out_dir / "checkpoint.npz" if self.out_dir else None
-        if resume:
-            if ckpt is None or not ckpt.exists():
-                raise EmqError(f"--resume: no checkpoint in {self.out_dir}; run without --resume first")
-            self._restore(ckpt)
+        executor = executor or make_executor("serial")
         threads = torch.get_num_threads()
         torch.set_num_threads(max(1, cfg.threads))
-        executor = Executor(self.stats, self.data, self.space, cfg.act_samples, cfg.workers, cfg.threads, cfg.device)
         bar = tqdm(total=cfg.generations, initial=self.generation, desc="search", unit="gen", disable=not self.progress, leave=False)
         try:
-            if not resume:
-                t0 = time.perf_counter()
-                self.population = self._initial_population()
-                self.evaluate(self.population, executor)
-                dt = time.perf_counter() - t0
-                self.seconds += dt
-                self._record(dt, 0)
-                self._after_generation(ckpt, force=cfg.generations == 0)
-            while self.generation < cfg.generations and self._budget_left():
-                t0, before = time.perf_counter(), self.evaluations
-                self.generation += 1
-                self._generation(executor)
-                dt = time.perf_counter() - t0
-                self.seconds += dt
-                rec = self._record(dt, before)
-                bar.update(1)
-                bar.set_postfix(best=f"{rec['hof_best_search'] or 0:.3f}", evals=self.evaluations)
-                self._after_generation(ckpt, force=self.generation == cfg.generations or not self._budget_left())
+            with self._own_rng():
+                if not self.population:
+                    t0 = time.perf_counter()
+                    self.population = self._initial_population()
+                    self.evaluate(self.population, executor)
+                    dt = time.perf_counter() - t0
+                    self.seconds += dt
+                    self._record(dt, 0)
+                    self._after_generation(ckpt, force=cfg.generations == 0)
+                while self.generation < cfg.generations and self._budget_left():
+                    t0, before = time.perf_counter(), self.evaluations
+                    self.generation += 1
+                    self._generation(executor)
+                    dt = time.perf_counter() - t0
+                    self.seconds += dt
+                    rec = self._record(dt, before)
+                    bar.update(1)
+                    bar.set_postfix(best=f"{rec['hof_best_search'] or 0:.3f}", evals=self.evaluations)
+                    self._after_generation(ckpt, force=self.generation == cfg.generations or not self._budget_left())
         finally:
-            executor.close()
             bar.close()
             torch.set_num_threads(threads)
 
@@ -291,7 +295,7 @@ class Campaign:
         from emq.fileio import atomic_write_text
 
         atomic_write_text(self.out_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.log))
-        if ckpt is not None and (force or self.generation % max(1, self.config.checkpoint_every) == 0):
+        if ckpt is not None and (force or self.generation % self.config.checkpoint_every == 0):
             self._save(ckpt)
 
     def _inputs_fingerprint(self) -> dict[str, str]:
@@ -317,18 +321,16 @@ class Campaign:
             "cache": [[k, self.tokens[k], o.fitness, o.rho_search, o.rho_heldout, o.orientation, o.reason] for k, o in self.cache.items()],
             "signature_keys": sig_keys,
             "log": self.log,
-            "rng": checkpoint.rng_state(),
+            "rng": checkpoint.rng_to_json(random.getstate()),  # saved only while running, when `random` is the campaign's generator
         }
         checkpoint.save(path, state, {"signatures": sigs})
 
-    def _restore(self, path: Path) -> None:
+    def restore(self, path: Path) -> None:
+        """Continue from a checkpoint: refused when it was made with other settings or inputs."""
         state, arrays = checkpoint.load(path)
-        saved, now = state["config"], self.config.to_json()
-        diff = [f for f in _RESUME_FIELDS if saved.get(f) != now.get(f)]
-        if diff:
-            raise EmqError(f"--resume: checkpoint {path} was made with different settings ({', '.join(diff)}); use the same settings or a new --out")
+        _check_same_campaign(state["config"], self.config, f"checkpoint {path}")
         if state.get("inputs") != self._inputs_fingerprint():
-            raise EmqError(f"--resume: checkpoint {path} was made with a different bench, statistics or search space; resume with the same inputs or use a new --out")
+            raise EmqError(f"checkpoint {path} was made with a different bench, statistics or search space; resume with the same inputs or use a new run directory")
         sig = dict(zip(state["signature_keys"], arrays["signatures"], strict=True))
         for k, toks, fit, rs, rh, orient, reason in state["cache"]:
             tokens = [(a, float(b) if a == "c" else b) for a, b in toks]
@@ -343,5 +345,13 @@ class Campaign:
         self.counts = ScreeningCounts(state["counts"])
         self.generation, self.evaluations, self.seconds = state["generation"], state["evaluations"], state["seconds"]
         self.log = state["log"]
-        checkpoint.set_rng_state(state["rng"])
+        self.rng_state = checkpoint.rng_from_json(state["rng"])
         log.info("resumed %s at generation %d (%d evaluations)", path, self.generation, self.evaluations)
+
+
+def _check_same_campaign(saved: dict[str, Any], config: SearchConfig, what: str) -> None:
+    """Only generations and the budget may change when a campaign is continued."""
+    now = config.to_json()
+    diff = [f for f in _RESUME_FIELDS if saved.get(f) != now.get(f)]
+    if diff:
+        raise EmqError(f"{what} was made with different settings ({', '.join(diff)}); continue with the same settings or use a new run directory")

@@ -1,4 +1,4 @@
-"""Evaluate candidate trees: screening, table, fitness; serially or in a process pool.
+"""Evaluate candidate trees: screening, table, fitness; through any `emq.executors` executor.
 
 Evaluation is a pure function of the tree (no randomness), so a process pool returns exactly
 what the serial path returns, in the same order. Fitness is |Spearman| on the search split;
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,36 +77,24 @@ class CandidateEvaluator:
         return Outcome(abs(rho), abs(rho), sign * held if not math.isnan(held) else float("nan"), sign, None, sig)
 
 
-_WORKER: CandidateEvaluator | None = None
+@dataclass(frozen=True, eq=False)
+class FitnessContext:
+    """The shared part of fitness evaluation, shipped once to each executor worker."""
+
+    stats: NetworkStats
+    data: FitnessData
+    space: SearchSpace
+    act_samples: int
+    device: str = "cpu"
 
 
-def _init_worker(args: tuple, threads: int) -> None:
-    global _WORKER
-    torch.set_num_threads(threads)
-    _WORKER = CandidateEvaluator(*args)
+_LAST: tuple[FitnessContext, CandidateEvaluator] | None = None
 
 
-def _work(tokens: list[Token]) -> Outcome:
-    assert _WORKER is not None
-    return _WORKER.evaluate(tokens)
-
-
-class Executor:
-    """Serial or process-pool evaluation of many candidates, order preserved."""
-
-    def __init__(self, stats: NetworkStats, data: FitnessData, space: SearchSpace, act_samples: int, workers: int = 1, threads: int = 1, device: str = "cpu") -> None:
-        self.workers = max(1, int(workers))
-        args = (stats, data, space, act_samples, 256, device)
-        self.local = CandidateEvaluator(*args)
-        self.pool = ProcessPoolExecutor(self.workers, initializer=_init_worker, initargs=(args, max(1, threads))) if self.workers > 1 else None
-
-    def map(self, token_lists: list[list[Token]]) -> list[Outcome]:
-        if self.pool is None or len(token_lists) < 2 * self.workers:
-            return [self.local.evaluate(t) for t in token_lists]
-        chunk = max(1, math.ceil(len(token_lists) / (self.workers * 2)))
-        return list(self.pool.map(_work, token_lists, chunksize=chunk))
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
-            self.pool = None
+def evaluate_candidate(ctx: FitnessContext, tokens: Sequence[Token]) -> Outcome:
+    """An executor task: the Outcome of one tree. Each process builds its evaluator once per
+    context and keeps only the latest, so finished campaigns do not pin memory."""
+    global _LAST
+    if _LAST is None or _LAST[0] is not ctx:
+        _LAST = (ctx, CandidateEvaluator(ctx.stats, ctx.data, ctx.space, ctx.act_samples, device=ctx.device))
+    return _LAST[1].evaluate(tokens)

@@ -18,6 +18,7 @@ import importlib
 import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import EmqError
@@ -70,12 +71,18 @@ def executor_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def check_workers(workers: Any) -> int:
+    """A worker count: an integer >= 1 (checked before any expensive set-up)."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ParameterError("workers", workers, "must be an integer >= 1")
+    return workers
+
+
 def make_executor(executor: str | Executor | None = None, workers: int = 1, **options: Any) -> Executor:
     """An executor by name, or the given one; None picks serial for one worker, else a process pool."""
     if isinstance(executor, Executor):
         return executor
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ParameterError("workers", workers, "must be an integer >= 1")
+    check_workers(workers)
     name = executor or ("serial" if workers == 1 else "process")
     _load_all()
     cls = _REGISTRY.get(name)
@@ -87,4 +94,18 @@ def make_executor(executor: str | Executor | None = None, workers: int = 1, **op
         raise EmqError(f"executor {name!r} does not take the options {sorted(options)}") from e
 
 
-__all__ = ["Executor", "executor_names", "make_executor", "register"]
+@contextmanager
+def executor_for(executor: str | Executor | None = None, workers: int = 1, **options: Any) -> Iterator[Executor]:
+    """An executor for one job: a given Executor is lent (its owner closes it); one made here
+    from a name or a worker count is closed when the job ends."""
+    if isinstance(executor, Executor):
+        yield executor
+        return
+    made = make_executor(executor, workers, **options)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+__all__ = ["Executor", "check_workers", "executor_for", "executor_names", "make_executor", "register"]

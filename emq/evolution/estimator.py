@@ -1,0 +1,259 @@
+"""`ProxySearch`: a proxy-search campaign as an estimator, in the style of gplearn and PySR.
+
+Parameters go to the constructor, `fit(bench)` runs the campaign, and the results are
+fitted attributes with a trailing underscore (`best_proxy_`, `hall_of_fame_`, `log_`, ...).
+The campaign draws from its own seeded generator (`random_state`) and never reseeds the
+caller's global generators; the executor that evaluates fitness is passed in (or named), so
+a process pool or a cluster serves the same campaign unchanged. `warm_start=True` continues
+the previous `fit` (or the checkpoint in `out_dir`) instead of starting again.
+
+`search()` is the one-call convenience over it, with the CLI's names.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from emq.search_space.netstats import NetworkStats
+from emq.search_space.proxyfile import EvolvedProxy
+from emq.search_space.pset import SearchSpace, make_space
+from emq.search_space.terminals import DEFAULT_ACT_SAMPLES
+
+from ..errors import EmqError
+from ..executors import Executor, executor_for
+from ..fitness import FitnessData
+from ..specs import ParameterError
+from .dps import DPSConfig
+from .engine import Campaign, SearchConfig
+from .halloffame import HallOfFame, json_safe, tokens_row
+
+log = logging.getLogger(__name__)
+
+# constructor parameters that are SearchConfig fields under the same name
+_CONFIG_PARAMS = ("generations", "population", "max_evaluations", "cx_prob", "mut_prob", "tournament", "init_min", "init_max", "max_height",
+                  "max_size", "hof_size", "seed_handmade", "act_samples", "checkpoint_every", "workers", "device", "threads")
+
+
+@dataclass
+class SearchResult:
+    """What a campaign produced: the best proxy, the hall of fame, the hand-made proxies of
+    the space scored the same way, a summary and the per-generation log."""
+
+    best: EvolvedProxy
+    hall_of_fame: HallOfFame
+    baselines: HallOfFame
+    summary: dict[str, Any]
+    log: list[dict[str, Any]]
+    out_dir: Path | None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.summary
+
+    def to_markdown(self, top: int = 5) -> str:
+        table = HallOfFame(list(self.hall_of_fame)[:top] + [r | {"rank": f"hand-made: {r['name']}"} for r in self.baselines])
+        s = self.summary
+        ceiling = f"; bench noise ceiling {s['noise_ceiling']:.3f}" if s.get("noise_ceiling") is not None else ""
+        lines = [table.to_markdown(), "", f"{s['evaluations']} evaluations of {s['candidates']} candidates in {s['seconds']:.1f} s "
+                 f"({s['screening']['saved_share']:.0%} saved by screening and the cache){ceiling}"]
+        if self.out_dir is not None:
+            lines.append(f"run directory: {self.out_dir} (best_proxy.json, hall_of_fame.csv, log.jsonl, fitness.png, diversity.png)")
+        return "\n".join(lines)
+
+
+class ProxySearch:
+    """Evolve separable proxy formulas whose scores rank a bench's configurations."""
+
+    def __init__(
+        self,
+        generations: int = 30,
+        population: int = 64,
+        *,
+        metric: str | None = None,
+        space: SearchSpace | None = None,
+        dps: bool | DPSConfig = True,
+        max_evaluations: int | None = None,
+        random_state: int = 0,
+        executor: str | Executor | None = None,
+        workers: int = 1,
+        out_dir: str | Path | None = None,
+        warm_start: bool = False,
+        checkpoint_every: int = 5,
+        progress: bool = False,
+        cx_prob: float = 0.6,
+        mut_prob: float = 0.4,
+        tournament: int = 3,
+        init_min: int = 1,
+        init_max: int = 4,
+        max_height: int = 8,
+        max_size: int = 30,
+        hof_size: int = 20,
+        seed_handmade: bool = True,
+        act_samples: int = DEFAULT_ACT_SAMPLES,
+        device: str = "cpu",
+        threads: int = 1,
+    ) -> None:
+        params = dict(locals())
+        params.pop("self")
+        for name, value in params.items():
+            setattr(self, name, value)
+
+    # scikit-learn's parameter protocol -------------------------------------------------
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        import inspect
+
+        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters if name != "self"}
+
+    def set_params(self, **params: Any) -> ProxySearch:
+        valid = self.get_params()
+        for name, value in params.items():
+            if name not in valid:
+                raise ParameterError(name, value, f"not a ProxySearch parameter; use one of {', '.join(valid)}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        default = ProxySearch().get_params()
+        changed = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if v is not default[k] and v != default[k])
+        return f"ProxySearch({changed})"
+
+    def config(self) -> SearchConfig:
+        """The validated campaign settings these parameters describe."""
+        dps = self.dps if isinstance(self.dps, DPSConfig) else DPSConfig(enabled=bool(self.dps))
+        fields = {k: getattr(self, k) for k in _CONFIG_PARAMS}
+        return SearchConfig(seed=self.random_state, dps=dps, **fields)
+
+    # fitting --------------------------------------------------------------------------
+    def fit(self, bench: Any = "default", model: Any = None, stats: NetworkStats | None = None) -> ProxySearch:
+        """Run (or, with warm_start, continue) the campaign on `bench`.
+
+        `bench` is a path, 'default', an opened Bench or a FitnessData. The statistics are
+        those of the bench's model with the bench's settings (`emq.bench_setup`), unless
+        `stats` is given; `model` (a name, nn.Module or Target) overrides the bench's model
+        and must match its weights.
+        """
+        cfg = self.config()
+        data, bench_obj = load_fitness_data(bench, self.metric)
+        out_dir = Path(self.out_dir) if self.out_dir is not None else None
+        ckpt = out_dir / "checkpoint.npz" if out_dir is not None else None
+        space = self.space or make_space()
+        camp = getattr(self, "_campaign", None) if self.warm_start else None
+        if camp is not None and camp.data.fingerprint == data.fingerprint:
+            camp.continue_with(cfg)
+        else:
+            if ckpt is not None and ckpt.exists() and not self.warm_start:
+                raise ParameterError("out_dir", str(out_dir), "already holds a campaign: continue it with warm_start=True or choose another directory")
+            stats = stats if stats is not None else _statistics(bench_obj, model, data)
+            camp = Campaign(stats, data, space, cfg, out_dir, self.progress)
+            if self.warm_start:
+                if ckpt is None or not ckpt.exists():
+                    raise ParameterError("warm_start", True, f"nothing to continue: no earlier fit and no checkpoint in {out_dir}; start with warm_start=False")
+                camp.restore(ckpt)
+        with executor_for(self.executor, self.workers) as executor:
+            camp.run(executor)
+        self._campaign = camp
+        self._collect(camp, out_dir)
+        return self
+
+    def _collect(self, camp: Campaign, out_dir: Path | None) -> None:
+        if not camp.hof:
+            raise EmqError("no valid proxy was found (every candidate was screened out): enlarge the search space or the budget")
+        data, stats, cfg = camp.data, camp.stats, camp.config
+        provenance = {"bench": data.source, "metric": data.metric, "seed": cfg.seed, "stats_key": (stats.meta.get("cache") or {}).get("key"), "bits": list(data.bits)}
+        hof = []
+        for rank, key in enumerate(camp.hof, 1):
+            o = camp.cache[key]
+            meta = {"fitness": {"search_spearman": o.rho_search, "heldout_spearman": o.rho_heldout}, "provenance": provenance}
+            hof.append(tokens_row(rank, f"evolved_{rank}", camp.tokens[key], stats, data, cfg.act_samples, o.orientation, meta))
+        baselines = [tokens_row("-", name, toks, stats, data, cfg.act_samples) for name, (_, toks) in camp.space.handmade().items()]
+        self.hall_of_fame_ = HallOfFame(hof)
+        self.handmade_ = HallOfFame(baselines)
+        self.best_proxy_ = hof[0]["proxy"]
+        self.log_ = camp.log
+        self.n_generations_ = camp.generation
+        self.n_evaluations_ = camp.evaluations
+        self.summary_ = _summary(camp, hof[0], baselines, out_dir)
+        self.result_ = SearchResult(self.best_proxy_, self.hall_of_fame_, self.handmade_, self.summary_, self.log_, out_dir)
+        if out_dir is not None:
+            from .runfiles import write_run_files
+
+            write_run_files(out_dir, self.result_, camp)
+
+
+def load_fitness_data(bench: Any, metric: str | None, bits: tuple[int, ...] | None = None) -> tuple[FitnessData, Any]:
+    """The fitness splits of a bench given as a path, 'default', an opened Bench or a FitnessData."""
+    if isinstance(bench, FitnessData):
+        return bench, None
+    if isinstance(bench, (str, Path)):
+        from emq.bench import Bench
+
+        bench = Bench.open(bench)
+    return FitnessData.from_bench(bench, metric, bits), bench
+
+
+def _statistics(bench: Any, model: Any, data: FitnessData) -> NetworkStats:
+    """The bench model's statistics with the bench's settings (or defaults for bare arrays)."""
+    from emq.search_space.stats import compute_stats
+
+    if bench is None:
+        if model is None:
+            raise ParameterError("stats", None, "a bench given as FitnessData needs `stats` or a `model` to compute them on")
+        from emq.target import Target, resolve_target
+
+        return compute_stats(model if isinstance(model, Target) else resolve_target(model), bits=data.bits)
+    from ..bench_setup import BenchSetup
+
+    setup = BenchSetup.of(bench, model)
+    return compute_stats(setup.target, bits=data.bits, settings=setup.stats)
+
+
+def _summary(camp: Campaign, best: dict[str, Any], baselines: list[dict[str, Any]], out_dir: Path | None) -> dict[str, Any]:
+    data, cfg = camp.data, camp.config
+    best_base = max((b for b in baselines if not math.isnan(b["heldout_spearman"])), key=lambda b: b["heldout_spearman"], default=None)
+    return json_safe({
+        "best_expression": best["expression"],
+        "best_orientation": best["orientation"],
+        "best_search_spearman": best["search_spearman"],
+        "best_heldout_spearman": best["heldout_spearman"],
+        "best_correlations": best["correlations"],
+        "best_handmade": best_base["name"] if best_base else None,
+        "best_handmade_heldout_spearman": best_base["heldout_spearman"] if best_base else None,
+        "handmade": {b["name"]: {"expression": b["expression"], "heldout_spearman": b["heldout_spearman"], "search_spearman": b["search_spearman"]} for b in baselines},
+        "noise_ceiling": data.noise_ceiling,
+        "metric": data.metric,
+        "search_configs": len(data.search),
+        "heldout_configs": len(data.heldout),
+        "generations": camp.generation,
+        "evaluations": camp.evaluations,
+        "candidates": camp.counts["seen"],
+        "seconds": camp.seconds,
+        "candidates_per_s": camp.counts["seen"] / camp.seconds if camp.seconds > 0 else None,
+        "screening": camp.counts.summary(),
+        "final_diversity": {k: camp.log[-1][k] for k in ("unique_forms", "mean_abs_corr")},
+        "seed": cfg.seed,
+        "dps": cfg.dps.enabled,
+        "out_dir": str(out_dir) if out_dir else None,
+    })
+
+
+def search(
+    bench: Any = "default",
+    model: Any = None,
+    stats: NetworkStats | None = None,
+    seed: int = 0,
+    out: str | Path | None = None,
+    resume: bool = False,
+    **params: Any,
+) -> SearchResult:
+    """Evolve proxies on a bench; `emq search`. `params` are `ProxySearch` parameters
+    (generations, population, workers, metric, space, dps, max_evaluations, ...);
+    `seed`, `out` and `resume` are its `random_state`, `out_dir` and `warm_start`."""
+    est = ProxySearch(random_state=seed, out_dir=out, warm_start=resume)
+    est.set_params(**params)
+    return est.fit(bench, model=model, stats=stats).result_
+
+
+__all__ = ["ProxySearch", "SearchResult", "search"]

@@ -1,0 +1,70 @@
+"""A campaign's run directory: best_proxy.json, hall_of_fame.csv, config.json, summary.json,
+fitness.png and diversity.png (log.jsonl and checkpoint.npz are written while it runs).
+
+Plots use `matplotlib.figure.Figure` directly, so the caller's matplotlib backend (a
+notebook's, say) is never switched.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from emq.fileio import atomic_write, atomic_write_text
+from emq.search_space.proxyfile import EvolvedProxy, save_proxy
+
+from .halloffame import json_safe
+
+if TYPE_CHECKING:
+    from .engine import Campaign
+    from .estimator import SearchResult
+
+
+def write_run_files(out_dir: Path, result: SearchResult, camp: Campaign) -> None:
+    best = result.best
+    save_proxy(EvolvedProxy(best.tokens, best.orientation, "best_proxy", best.act_samples, best.meta), out_dir / "best_proxy.json")
+    (result.hall_of_fame + result.baselines).to_csv(out_dir / "hall_of_fame.csv")
+    atomic_write_text(out_dir / "config.json", json.dumps(json_safe({"search": camp.config.to_json(), "space": camp.space.to_json()}), indent=2) + "\n")
+    atomic_write_text(out_dir / "summary.json", json.dumps(result.summary, indent=2) + "\n")
+    plot_log(camp.log, out_dir)
+
+
+def _figure(title: str, ylabel: str) -> tuple[Any, Any]:
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(6, 3.5), dpi=110)
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    ax.set_xlabel("generation")
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig, ax
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def plot_log(records: list[dict[str, Any]], out_dir: Path) -> None:
+    """fitness.png (hall-of-fame best and population median) and diversity.png per generation."""
+    gen = [r["generation"] for r in records]
+
+    def series(key: str) -> list[float]:
+        return [np.nan if r.get(key) is None else r[key] for r in records]
+
+    fig, ax = _figure("Fitness per generation", "Spearman ρ")
+    for key, style, label in (("hof_best_search", "-", "best, search split"), ("hof_best_heldout", "--", "best, held-out split"), ("median_search", ":", "population median, search split")):
+        ax.plot(gen, series(key), style, label=label)
+    ax.legend(fontsize=8)
+    _save(fig, out_dir / "fitness.png")
+    fig, ax = _figure("Population diversity per generation", "share")
+    ax.plot(gen, series("unique_share"), label="distinct canonical forms (share of population)")
+    ax.plot(gen, series("mean_abs_corr"), label="mean pairwise |corr| of scores")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    _save(fig, out_dir / "diversity.png")
