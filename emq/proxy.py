@@ -56,6 +56,8 @@ class Proxy(ABC):
     orientation: int = 1
     cost: str = ""  # e.g. "statistics only", "one PTQ forward per configuration"
     separable: bool = True
+    order: int | None = None  # place in the hand-made registry (emq.baselines), unique there
+    formula: str = ""  # the proxy's form inside the search space: a key of emq.search_space.pset.HANDMADE
 
     @abstractmethod
     def score_configs(self, ctx: ProxyContext, configs: np.ndarray) -> np.ndarray:
