@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import EmqError
-from ..proxy import ProxyContext, SeparableProxy
+from ..proxy import ProxyContext, SeparableProxy, linear_cost_table
 from ..search_space.netstats import LayerStats, NetworkStats
 from .registry import register_proxy
 
@@ -149,6 +149,12 @@ class QE(_LayerwiseProxy):
         return gaussian_entropy(layer.A) * _bits_row(stats)
 
 
+def _slot_sum(stats: NetworkStats, per_layer: list[float]) -> np.ndarray:
+    out = np.zeros(stats.num_slots, dtype=np.float64)
+    np.add.at(out, np.asarray(stats.layer_slot), np.asarray(per_layer, dtype=np.float64))
+    return out
+
+
 @register_proxy
 class BitSum(SeparableProxy):
     name = "bitsum"
@@ -159,11 +165,11 @@ class BitSum(SeparableProxy):
     cost = "free"
 
     def table(self, ctx: ProxyContext) -> np.ndarray:
-        return np.tile(np.asarray(ctx.bits, dtype=np.float64), (require_stats(ctx).num_slots, 1))
+        return linear_cost_table(np.ones(require_stats(ctx).num_slots), ctx.bits)
 
 
 @register_proxy
-class ModelSize(_LayerwiseProxy):
+class ModelSize(SeparableProxy):
     name = "size"
     order = 90
     formula = "size"
@@ -171,21 +177,23 @@ class ModelSize(_LayerwiseProxy):
     orientation = 1
     cost = "free"
 
-    def row(self, layer, stats, ctx):
-        return float(layer.params) * _bits_row(stats) / 8.0
+    def table(self, ctx: ProxyContext) -> np.ndarray:
+        stats = require_stats(ctx)
+        return linear_cost_table(_slot_sum(stats, [layer.params / 8.0 for layer in stats.layers]), stats.bits)
 
 
 @register_proxy
-class BitOps(_LayerwiseProxy):
+class BitOps(SeparableProxy):
     name = "bitops"
     order = 100
     description = "BitOps, sum(MACs x b_w x b_a) with the context's activation bits (HAWQ-V3 / OMPQ convention)"
     orientation = 1
     cost = "free"
 
-    def row(self, layer, stats, ctx):
+    def table(self, ctx: ProxyContext) -> np.ndarray:
+        stats = require_stats(ctx)
         act_bits = getattr(ctx.settings, "act_bits", 8)
-        return float(layer.macs) * _bits_row(stats) * float(act_bits)
+        return linear_cost_table(_slot_sum(stats, [float(layer.macs) * float(act_bits) for layer in stats.layers]), stats.bits)
 
 
 @register_proxy
