@@ -22,6 +22,7 @@ from scipy.stats import spearmanr
 
 from emq.errors import EmqError
 from emq.fileio import atomic_write_text
+from emq.proxy import linear_cost
 
 from . import store
 from .space import ConfigSpace, config_text, is_heldout, parse_config
@@ -195,11 +196,14 @@ class Bench:
 def trivial_baselines(b: Bench) -> dict[str, dict[str, float | None]]:
     """Oriented Spearman of two proxies no discovered proxy should lose to: sum of bits, model size.
 
-    Oriented: +1 means the proxy ranks configurations exactly as the metric does (for loss
-    and KL, where lower is better, the sign is flipped).
+    They are the hand-made proxies bitsum and size, which are costs of the configuration
+    (`emq.proxy.linear_cost`): sum_bits is that cost with unit slot weights, size_bytes the
+    bench's stored size (LayerMap.size_bytes: the size proxy plus constant biases, the same
+    ranking). Oriented: +1 means the proxy ranks configurations exactly as the metric does
+    (for loss and KL, where lower is better, the sign is flipped).
     """
     orient = b.meta.get("metric_orientation", {"top1": 1, "loss": -1, "kl": -1})
-    proxies = {"sum_bits": b.configs.sum(axis=1).astype(float), "size_bytes": b.metrics["size_bytes"]}
+    proxies = {"sum_bits": linear_cost(b.configs, np.ones(b.configs.shape[1])), "size_bytes": b.metrics["size_bytes"]}
     out: dict[str, dict[str, float | None]] = {}
     for name, score in proxies.items():
         out[name] = {}

@@ -48,9 +48,7 @@ def _fold(tokens: Sequence[Token], prims: dict[str, PrimSpec], leaf, node) -> An
 def _sym_leaf(kind: str, v: object) -> sympy.Expr:
     if kind == "c":
         return sympy.Float(float(v)) if float(v) != int(float(v)) else sympy.Integer(int(float(v)))
-    if v == "pow2b":
-        return sympy.Integer(2) ** (-sympy.Symbol("b"))
-    return sympy.Symbol(str(v))
+    return TERMINALS[str(v)].symbol()
 
 
 def to_sympy(tokens: Sequence[Token], prims: dict[str, PrimSpec]) -> sympy.Expr:
@@ -99,6 +97,11 @@ def _py_expr(tokens: Sequence[Token], prims: dict[str, PrimSpec]) -> str:
     return _fold(tokens, prims, leaf, lambda p, a: p.op.python.format(*a))
 
 
+def _derived_python() -> str:
+    """Lines of the generated `terminals()` that compute the derived terminals (registry order)."""
+    return "".join(f"    t[{k!r}] = {t.python}\n" for k, t in TERMINALS.items() if t.derive is not None)
+
+
 def to_python(proxy: EvolvedProxy) -> str:
     """A standalone module: `layer_score(t)` per layer and `table(stats)` -> P[S, B]."""
     return f'''"""Proxy {proxy.name}: {proxy.expression}
@@ -110,7 +113,8 @@ Terminal arrays carry a leading bit dimension (len(bits) for Q, E, b, 2^-b; 1 ot
 ORIENTATION = {proxy.orientation}
 ACT_SAMPLES = {proxy.act_samples}
 BIT_DEPENDENT = {sorted(k for k, t in TERMINALS.items() if t.bit_dependent)!r}
-TENSORS = {sorted(k for k, t in TERMINALS.items() if t.type.__name__ != "Scalar")!r}
+SCALARS = {[k for k, t in TERMINALS.items() if t.derive is None and t.raw is None and t.type.__name__ == "Scalar"]!r}
+TENSORS = {sorted(k for k, t in TERMINALS.items() if t.derive is None and t.type.__name__ != "Scalar")!r}
 WEIGHT_SHAPED = {sorted(k for k, t in TERMINALS.items() if t.type.__name__ == "WeightT")!r}
 
 
@@ -122,8 +126,8 @@ def layer_score(t):
 def terminals(layer, bits, act_samples=ACT_SAMPLES):
     """Terminal arrays of one layer (an object with the NetworkStats LayerStats fields)."""
     bits = np.asarray(bits, dtype=np.float64)
-    t = {{"b": bits, "pow2b": 2.0 ** -bits}}
-    for name in ("trace", "eig", "params", "macs", "out_channels"):
+    t = {{"b": bits}}
+    for name in SCALARS:
         t[name] = np.array([float(getattr(layer, name))])
     for name in TENSORS:
         x = np.asarray(getattr(layer, name), dtype=np.float64)
@@ -133,7 +137,7 @@ def terminals(layer, bits, act_samples=ACT_SAMPLES):
             t[name] = x[None]
         else:
             t[name] = x[:act_samples][None]
-    return t
+{_derived_python()}    return t
 
 
 def table(stats):

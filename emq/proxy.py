@@ -56,6 +56,8 @@ class Proxy(ABC):
     orientation: int = 1
     cost: str = ""  # e.g. "statistics only", "one PTQ forward per configuration"
     separable: bool = True
+    order: int | None = None  # place in the hand-made registry (emq.baselines), unique there
+    formula: str = ""  # the proxy's form inside the search space: a key of emq.search_space.pset.HANDMADE
 
     @abstractmethod
     def score_configs(self, ctx: ProxyContext, configs: np.ndarray) -> np.ndarray:
@@ -91,3 +93,20 @@ def table_scores(table: np.ndarray, bit_idx: np.ndarray) -> np.ndarray:
     """score[n] = sum_s table[s, bit_idx[n, s]] for all configurations at once."""
     s = np.arange(table.shape[0])
     return table[s[None, :], bit_idx].sum(axis=1)
+
+
+def linear_cost(configs: np.ndarray, slot_weights: np.ndarray) -> np.ndarray:
+    """sum_s w_s * b_s for configurations [N, S] -> [N]: a configuration's cost.
+
+    Some hand-made proxies *are* such costs, and rank configurations exactly as the cost
+    does: bitsum (w = 1), size (w = weight params / 8, i.e. LayerMap.size_bytes without its
+    constant biases), bitops (w = MACs x activation bits). Their tables come from
+    `linear_cost_table`, and the bench's trivial baselines (emq.bench.query) from this.
+    """
+    return np.asarray(configs, dtype=np.float64) @ np.asarray(slot_weights, dtype=np.float64)
+
+
+def linear_cost_table(slot_weights: np.ndarray, bits: Sequence[int]) -> np.ndarray:
+    """P[s, b] = w_s * bits[b]: the separable table whose score is `linear_cost`."""
+    return np.asarray(slot_weights, dtype=np.float64)[:, None] * np.asarray(bits, dtype=np.float64)[None, :]
+

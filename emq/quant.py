@@ -1,6 +1,7 @@
 """Post-training quantization: fake-quantized weights and activations, evaluated for real.
 
-Weights are quantized per output channel with an MSE-optimal clipping range; activations
+Weights are rounded by the method named in `PTQSettings.weight_quantizer` (emq.quantizers;
+default "mse": per output channel with an MSE-optimal clipping range); activations
 (the input of every quantizable layer) per tensor with a range calibrated on calibration
 data. BatchNorm is handled by one of three documented modes (`PTQSettings.bn`):
 
@@ -29,12 +30,14 @@ from torch import nn
 from .data import DEFAULT_CALIB_SIZE, DataSplits
 from .errors import EmqError
 from .layermap import QUANTIZABLE, LayerMap
-from .specs import DEFAULT_ACT_BITS, UNQUANTIZED_ACT_BITS, check_act_bits, check_weight_bits
+from .quantizers import CLIP_GRID as CLIP_GRID  # re-exported, as quantize_weight
+from .quantizers import check_quantizer_name, fake_quant, get_weight_quantizer
+from .quantizers import quantize_weight as quantize_weight
+from .specs import DEFAULT_ACT_BITS, UNQUANTIZED_ACT_BITS, check_act_bits
 
 log = logging.getLogger(__name__)
 
 BN_MODES = ("reestimate", "fold", "none")
-CLIP_GRID = 40  # candidate clipping ratios in the MSE search
 
 
 @dataclass(frozen=True)
@@ -45,51 +48,16 @@ class PTQSettings:
     calib_size: int = DEFAULT_CALIB_SIZE
     calib_seed: int = 0
     batch_size: int = 1024
+    weight_quantizer: str = "mse"  # a name of emq.quantizers.QUANTIZERS (benches built before it existed: "mse")
 
     def __post_init__(self) -> None:
         if self.bn not in BN_MODES:
             raise EmqError(f"BatchNorm mode {self.bn!r}: use one of {', '.join(BN_MODES)}")
         check_act_bits(self.act_bits)
+        check_quantizer_name(self.weight_quantizer)
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def fake_quant(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> torch.Tensor:
-    """Uniform affine quantize-dequantize of x onto 2^bits levels spanning [lo, hi]."""
-    qmax = 2**bits - 1
-    scale = ((hi - lo) / qmax).clamp_min(1e-12)
-    zero = torch.round(-lo / scale)
-    q = torch.div(x, scale).round_().add_(zero).clamp_(0, qmax)  # in place: one buffer, same arithmetic
-    return q.sub_(zero).mul_(scale)
-
-
-def quantize_weight(w: torch.Tensor, bits: int, symmetric: bool = False, grid: int = CLIP_GRID) -> torch.Tensor:
-    """Per-output-channel quantization with the clipping ratio that minimises the MSE.
-
-    Symmetric: levels k*s for k in [-2^(b-1), 2^(b-1)-1], s from alpha*max|w|.
-    Asymmetric: 2^b levels over [alpha*min, alpha*max] with a zero point.
-    """
-    check_weight_bits(bits)
-    flat = w.detach().reshape(w.shape[0], -1)
-    best = flat.clone()
-    best_err = torch.full((flat.shape[0],), float("inf"), dtype=flat.dtype, device=flat.device)
-    wmin = flat.min(dim=1, keepdim=True).values.clamp(max=0)
-    wmax = flat.max(dim=1, keepdim=True).values.clamp(min=0)
-    amax = torch.maximum(wmax, -wmin)
-    for i in range(grid):
-        alpha = 1.0 - i * (0.9 / grid)
-        if symmetric:
-            qlo, qhi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-            scale = (alpha * amax / 2 ** (bits - 1)).clamp_min(1e-12)
-            q = torch.clamp(torch.round(flat / scale), qlo, qhi) * scale
-        else:
-            q = fake_quant(flat, alpha * wmin, alpha * wmax, bits)
-        err = (q - flat).pow(2).sum(dim=1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best[better] = q[better]
-    return best.reshape(w.shape)
 
 
 def _bn_pairs(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
@@ -202,6 +170,7 @@ class PTQEngine:
         for m, a in zip(self.layers, self.act):
             m.register_forward_pre_hook(a)
         self.calib = data.calibration(self.settings.calib_size, self.settings.calib_seed)
+        self.weight_quantizer = get_weight_quantizer(self.settings.weight_quantizer)
         self._qcache: dict[tuple[int, int], torch.Tensor] = {}
         self._fp_logits: list[torch.Tensor] | None = None
         self.cache_enabled = True
@@ -215,7 +184,7 @@ class PTQEngine:
         key = (layer, bits)
         q = self._qcache.get(key) if self.cache_enabled else None
         if q is None:
-            q = quantize_weight(self.fp_weights[layer], bits, self.settings.weight_symmetric)
+            q = self.weight_quantizer.quantize(self.fp_weights[layer], bits, self.settings.weight_symmetric)
             if self.cache_enabled:
                 self._qcache[key] = q
         return q

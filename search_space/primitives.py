@@ -16,12 +16,27 @@ are caught by screening.
 
 Value types keep tensors of different shapes apart (DEAP's typed GP): weight-shaped,
 layer-input-shaped and layer-output-shaped tensors, and per-layer scalars.
+
+Terminals are registered in `_TERMINAL_LIST` (one `TerminalSpec` each: type, renderings,
+per-layer value). What a new one costs:
+
+- a *derived* terminal (computed from existing ones, e.g. G*W or Tr(H)/n): one TerminalSpec
+  appended to `_TERMINAL_LIST` with `derive`, `needs` and `python` (and `render_sympy` when
+  the symbol is not just its name), plus its test. Packing, the evaluator, presets (via
+  `raw_sources`), screening, sympy/LaTeX/Python export pick it up; keep `default=False`
+  unless the default search space (and so every search result) is meant to change.
+- a *raw* statistic (something the statistics pass must measure): its TerminalSpec, a
+  LayerStats field and its entry in TENSOR_FIELDS or SCALAR_FIELDS (netstats.py, which
+  changes the file format: bump FORMAT), its computation in stats.py `_compute`, the
+  `terminals()` loop of exported Python when it is a scalar with a `raw` reader, and a
+  test; old statistics caches are then recomputed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import sympy
 import torch
@@ -159,7 +174,14 @@ SCALAR_KINDS = ("unary", "binary")  # op kinds that also exist on scalars
 
 @dataclass(frozen=True)
 class TerminalSpec:
-    """A statistic the proxy reads; `field` names the LayerStats attribute (or a bit terminal)."""
+    """A statistic the proxy reads: its type, renderings and per-layer value, in one place.
+
+    A *raw* terminal reads `raw(stats, layer)` (default: the LayerStats attribute `name`) in
+    the statistics' layout; `terminals.layer_terminal` adds the leading bit dimension. A
+    *derived* terminal sets `derive`: its per-layer value from the per-layer values of the
+    terminals in `needs` (dict name -> tensor, same semantics as OpSpec.fn), and `python`:
+    the same in numpy over the dict `t` of terminal arrays (for exported proxies).
+    """
 
     name: str
     type: type
@@ -167,38 +189,78 @@ class TerminalSpec:
     description: str
     latex: str
     priority: float = 1.0
-    default: bool = True
+    default: bool = True  # part of the "full" preset (a new terminal changes the default space: keep it False)
+    raw: Callable[[Any, int], Any] | None = None  # (NetworkStats, layer index) -> value
+    derive: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
+    needs: tuple[str, ...] = ()
+    python: str = ""
+    render_sympy: Callable[[], sympy.Expr] | None = None  # default: the symbol `name`
+
+    def symbol(self) -> sympy.Expr:
+        return self.render_sympy() if self.render_sympy else sympy.Symbol(self.name)
 
 
-TERMINALS: dict[str, TerminalSpec] = {
-    t.name: t
-    for t in [
-        TerminalSpec("W", WeightT, False, "weights", r"W"),
-        TerminalSpec("G", WeightT, False, "task-loss gradient of the weights", r"G"),
-        TerminalSpec("VG", WeightT, False, "data-free virtual gradient (Synflow-style)", r"G_{v}"),
-        TerminalSpec("H", WeightT, False, "Hessian diagonal (Hutchinson)", r"H_{d}"),
-        TerminalSpec("Q", WeightT, True, "quantized weights Q_b(W)", r"Q_{b}(W)", 1.5),
-        TerminalSpec("E", WeightT, True, "weight quantization noise Q_b(W) - W", r"E_{b}", 2.0),
-        TerminalSpec("A", InputT, False, "layer input activations", r"A"),
-        TerminalSpec("AE", InputT, False, "activation quantization noise", r"E_{A}"),
-        TerminalSpec("Y", OutputT, False, "layer output", r"Y"),
-        TerminalSpec("GY", OutputT, False, "gradient w.r.t. the layer output", r"G_{Y}"),
-        TerminalSpec("b", Scalar, True, "the layer's bit-width", r"b", 2.0),
-        TerminalSpec("pow2b", Scalar, True, "2^-b (quantization step factor)", r"2^{-b}", 1.5),
-        TerminalSpec("trace", Scalar, False, "Hessian trace Tr(H)", r"\operatorname{Tr}H"),
-        TerminalSpec("eig", Scalar, False, "top Hessian eigenvalue", r"\lambda_{\max}"),
-        TerminalSpec("params", Scalar, False, "weight parameters of the layer", r"n"),
-        TerminalSpec("macs", Scalar, False, "multiply-accumulates of the layer", r"\mathrm{MACs}"),
-        TerminalSpec("out_channels", Scalar, False, "output channels", r"C_{out}"),
-    ]
-}
+def _bits(stats: Any, layer: int) -> tuple[int, ...]:
+    return tuple(stats.bits)
+
+
+# Raw statistics (LayerStats fields and the bits), then derived terminals. The order is the
+# order of every preset and of the DEAP terminal set, so new terminals go at the end.
+_TERMINAL_LIST = [
+    TerminalSpec("W", WeightT, False, "weights", r"W"),
+    TerminalSpec("G", WeightT, False, "task-loss gradient of the weights", r"G"),
+    TerminalSpec("VG", WeightT, False, "data-free virtual gradient (Synflow-style)", r"G_{v}"),
+    TerminalSpec("H", WeightT, False, "Hessian diagonal (Hutchinson)", r"H_{d}"),
+    TerminalSpec("Q", WeightT, True, "quantized weights Q_b(W)", r"Q_{b}(W)", 1.5),
+    TerminalSpec("E", WeightT, True, "weight quantization noise Q_b(W) - W", r"E_{b}", 2.0),
+    TerminalSpec("A", InputT, False, "layer input activations", r"A"),
+    TerminalSpec("AE", InputT, False, "activation quantization noise", r"E_{A}"),
+    TerminalSpec("Y", OutputT, False, "layer output", r"Y"),
+    TerminalSpec("GY", OutputT, False, "gradient w.r.t. the layer output", r"G_{Y}"),
+    TerminalSpec("b", Scalar, True, "the layer's bit-width", r"b", 2.0, raw=_bits),
+    TerminalSpec(
+        "pow2b", Scalar, True, "2^-b (quantization step factor)", r"2^{-b}", 1.5,
+        derive=lambda t: torch.pow(2.0, -t["b"]), needs=("b",), python="2.0 ** -t['b']",
+        render_sympy=lambda: sympy.Integer(2) ** (-sympy.Symbol("b")),
+    ),
+    TerminalSpec("trace", Scalar, False, "Hessian trace Tr(H)", r"\operatorname{Tr}H"),
+    TerminalSpec("eig", Scalar, False, "top Hessian eigenvalue", r"\lambda_{\max}"),
+    TerminalSpec("params", Scalar, False, "weight parameters of the layer", r"n"),
+    TerminalSpec("macs", Scalar, False, "multiply-accumulates of the layer", r"\mathrm{MACs}"),
+    TerminalSpec("out_channels", Scalar, False, "output channels", r"C_{out}"),
+]
+
+
+def _registry(specs: list[TerminalSpec]) -> dict[str, TerminalSpec]:
+    """Name -> spec, refusing duplicates and derived terminals whose inputs are unknown or later."""
+    out: dict[str, TerminalSpec] = {}
+    for t in specs:
+        if t.name in out:
+            raise ValueError(f"terminal {t.name!r} is defined twice")
+        if (t.derive is None) != (not t.needs) or (t.derive is not None and not t.python):
+            raise ValueError(f"terminal {t.name!r}: a derived terminal sets derive, needs and python together")
+        unknown = [n for n in t.needs if n not in out]
+        if unknown:
+            raise ValueError(f"terminal {t.name!r} needs {unknown}, which are not defined before it")
+        out[t.name] = t
+    return out
+
+
+TERMINALS: dict[str, TerminalSpec] = _registry(_TERMINAL_LIST)
+
+
+def raw_sources(name: str) -> set[str]:
+    """The raw terminals a terminal is computed from (itself when it is raw)."""
+    spec = TERMINALS[name]
+    return {name} if spec.derive is None else set().union(*(raw_sources(n) for n in spec.needs))
+
 
 HESSIAN_TERMINALS = ("H", "trace", "eig")
 PRESETS: dict[str, tuple[str, ...]] = {
     "full": tuple(n for n, t in TERMINALS.items() if t.default),
     "weights-only": ("W", "Q", "E", "b", "pow2b", "params", "out_channels"),
-    "no-hessian": tuple(n for n, t in TERMINALS.items() if t.default and n not in HESSIAN_TERMINALS),
-    "no-activations": tuple(n for n, t in TERMINALS.items() if t.default and t.type not in (InputT, OutputT)),
+    "no-hessian": tuple(n for n, t in TERMINALS.items() if t.default and not raw_sources(n) & set(HESSIAN_TERMINALS)),
+    "no-activations": tuple(n for n, t in TERMINALS.items() if t.default and all(TERMINALS[r].type not in (InputT, OutputT) for r in raw_sources(n))),
 }
 
 

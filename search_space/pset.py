@@ -32,12 +32,16 @@ def draw_constant() -> float:
     return random.choice(CONSTANTS)
 
 
-# Hand-made proxies that live inside the space; they seed the population and are the
-# baselines every search is compared with.
+# The forms, inside the space, of the hand-made proxies that have one: the one home of these
+# token lists. Keys are the proxies' registry names (emq.baselines names each key in its
+# proxy's `formula`, and refuses to import if a key here belongs to no proxy); the order is
+# the order they seed an initial population in. The space is per layer, so a slot shared
+# by k tied layers counts k times in these forms (the registry's bitsum counts slots), and
+# constant factors that do not change a ranking are left out (size: b * params, not / 8).
 HANDMADE: dict[str, tuple[str, list[Token]]] = {
-    "bits": ("sum of bit-widths", [("t", "b")]),
+    "bitsum": ("sum of bit-widths, per layer", [("t", "b")]),
     "size": ("model size: b * params", [("p", "mul_s"), ("t", "b"), ("t", "params")]),
-    "hawq_v2": (
+    "hawq-v2": (
         "HAWQ-V2: Tr(H)/n * ||Q_b(W) - W||^2",
         [("p", "mul_s"), ("p", "div_s"), ("t", "trace"), ("t", "params"), ("p", "square_s"), ("p", "l2_w"), ("t", "E")],
     ),

@@ -14,8 +14,9 @@ Choices that make the numbers trustworthy (KNOWLEDGE.md sections 1 and 4):
   GY is the gradient of that same loss w.r.t. the layer output (so G = Σ GY ⊗ A);
 - VG, the data-free "virtual" gradient: gradient of the summed outputs for one all-ones
   input (Synflow's probe), with the weights as they are (no sign linearisation);
-- Q_b(W) uses `emq.quant.quantize_weight`, the PTQ engine's own quantizer; AE uses
-  `emq.quant.fake_quant` with a per-tensor [min(x,0), max(x,0)] range over all calibration
+- Q_b(W) uses the weight quantizer named by `weight_quantizer` (emq.quantizers), the same
+  registry and name the PTQ engine deploys (`StatsSettings.from_ptq` copies it); AE uses
+  `emq.quantizers.fake_quant` with a per-tensor [min(x,0), max(x,0)] range over all calibration
   images at the activation bits, like the engine's activation quantizer (zero at 32 bits);
 - A, Y, GY, AE keep only the first `act_cap` samples (memory), recorded in meta;
 - Hessian statistics come from `hessian` on the first `hessian_images` calibration images;
@@ -47,7 +48,8 @@ from emq.data import DataSplits
 from emq.errors import EmqError
 from emq.hashing import state_dict_digest, tensor_digest
 from emq.layermap import QUANTIZABLE, LayerMap
-from emq.quant import PTQSettings, fake_quant, quantize_weight
+from emq.quant import PTQSettings
+from emq.quantizers import check_quantizer_name, fake_quant, get_weight_quantizer
 from emq.specs import (
     DEFAULT_ACT_BITS,
     DEFAULT_BITS,
@@ -85,6 +87,7 @@ class StatsSettings:
     weight_symmetric: bool = False
     act_cap: int = 64  # samples of A, Y, GY, AE stored per layer
     negative_trace: str = "clamp"
+    weight_quantizer: str = "mse"  # must be the PTQ engine's (see from_ptq): Q_b(W) is what it deploys
 
     def __post_init__(self) -> None:
         positive = ("calib_size", "batch_size", "hessian_images", "hessian_batch_size", "hessian_min_probes", "hessian_max_probes", "act_cap")
@@ -98,11 +101,12 @@ class StatsSettings:
         check_act_bits(self.act_bits)
         if self.negative_trace not in NEGATIVE_TRACE_POLICIES:
             raise EmqError(f"stats setting negative_trace={self.negative_trace!r}: use one of {', '.join(NEGATIVE_TRACE_POLICIES)}")
+        check_quantizer_name(self.weight_quantizer)
 
     @classmethod
     def from_ptq(cls, ptq: PTQSettings, **overrides) -> StatsSettings:
-        """Settings whose quantizers match a PTQ configuration (activation bits, symmetry)."""
-        return cls(act_bits=ptq.act_bits, weight_symmetric=ptq.weight_symmetric, **overrides)
+        """Settings whose quantizers match a PTQ configuration (activation bits, weight rounding, symmetry)."""
+        return cls(act_bits=ptq.act_bits, weight_symmetric=ptq.weight_symmetric, weight_quantizer=ptq.weight_quantizer, **overrides)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -248,7 +252,8 @@ def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Te
     trace = _apply_trace_policy(hutch.trace, names, s.negative_trace)
 
     weights = [_f32(m.weight) for m in layers]
-    quant = [torch.stack([quantize_weight(w, b, s.weight_symmetric) for b in bits]) for w in weights]
+    rounding = get_weight_quantizer(s.weight_quantizer)
+    quant = [torch.stack([rounding.quantize(w, b, s.weight_symmetric) for b in bits]) for w in weights]
     lap("weight_noise")
     act_noise = []
     for i, a in enumerate(act["A"]):

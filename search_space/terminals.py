@@ -21,10 +21,9 @@ import torch
 from emq.errors import EmqError
 
 from .netstats import NetworkStats
-from .primitives import TERMINALS, InputT, OutputT, Scalar, WeightT
+from .primitives import TERMINALS, InputT, OutputT, Scalar, WeightT, raw_sources
 
 DEFAULT_ACT_SAMPLES = 4  # enough to characterise activations; cost grows linearly with it
-_SCALAR_FIELDS = ("trace", "eig", "params", "macs", "out_channels")
 
 
 def _check_stats(stats: NetworkStats, names: Sequence[str]) -> None:
@@ -32,8 +31,9 @@ def _check_stats(stats: NetworkStats, names: Sequence[str]) -> None:
         raise EmqError("statistics hold no layers: recompute them for a model with quantizable layers")
     if len(stats.layer_slot) != len(stats.layers):
         raise EmqError(f"statistics: {len(stats.layers)} layers but {len(stats.layer_slot)} layer_slot entries")
+    raw = [r for r in TERMINALS if any(r in raw_sources(n) for n in names)]
     for layer in stats.layers:
-        for n in names:
+        for n in raw:
             spec = TERMINALS[n]
             if spec.type is Scalar:
                 continue
@@ -45,15 +45,12 @@ def _check_stats(stats: NetworkStats, names: Sequence[str]) -> None:
 def layer_terminal(stats: NetworkStats, layer: int, name: str, act_samples: int = DEFAULT_ACT_SAMPLES, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The value of terminal `name` for one layer, in the per-layer semantics."""
     spec = TERMINALS[name]
-    ls = stats.layers[layer]
-    bits = torch.tensor(stats.bits, dtype=dtype)
-    if name == "b":
-        return bits
-    if name == "pow2b":
-        return torch.pow(2.0, -bits)
+    if spec.derive is not None:
+        return spec.derive({n: layer_terminal(stats, layer, n, act_samples, dtype) for n in spec.needs})
+    v = spec.raw(stats, layer) if spec.raw is not None else getattr(stats.layers[layer], name)
     if spec.type is Scalar:
-        return torch.tensor([float(getattr(ls, name))], dtype=dtype)
-    t = getattr(ls, name).to(dtype)
+        return torch.tensor(v, dtype=dtype) if spec.bit_dependent else torch.tensor([float(v)], dtype=dtype)
+    t = v.to(dtype)
     if spec.type is WeightT:
         return t if spec.bit_dependent else t.unsqueeze(0)
     return t[:act_samples].unsqueeze(0)

@@ -18,7 +18,7 @@ from emq.data import DataSplits
 from emq.errors import EmqError
 from emq.hashing import state_dict_digest
 from emq.layermap import build_layer_map
-from emq.proxy import ProxyContext
+from emq.proxy import ProxyContext, linear_cost
 from emq.quant import PTQEngine, PTQSettings, quantize_weight
 from emq.search_space.netstats import LayerStats, NetworkStats
 from emq.target import Target
@@ -134,6 +134,9 @@ def test_bitsum_and_size_score_configs(ctx, target):
     configs = np.array([[2, 3, 4], [4, 4, 4]])
     np.testing.assert_allclose(get_proxy("bitsum").score_configs(ctx, configs), [9, 12])
     np.testing.assert_allclose(get_proxy("size").score_configs(ctx, configs), target.layer_map.size_bytes(configs) - target.layer_map.bias_bytes)
+    # the cost definition the bench's trivial baselines use is the same sum
+    np.testing.assert_array_equal(linear_cost(configs, np.ones(3)), get_proxy("bitsum").score_configs(ctx, configs))
+    np.testing.assert_array_equal(linear_cost(configs, target.layer_map.params / 8), get_proxy("size").score_configs(ctx, configs))
 
 
 def test_emq_published_decoding(ctx):

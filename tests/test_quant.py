@@ -162,3 +162,48 @@ def test_default_model_uniform_bits_ordered():
     assert r[2].kl > r[3].kl > r[4].kl
     for k, v in t.model.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+# ---------------------------------------------------------------- weight-quantizer registry
+
+
+@pytest.fixture()
+def toy_quantizer():
+    """A rounding method registered by this test only: unclipped per-tensor min/max rounding."""
+    from emq.quantizers import QUANTIZERS, WeightQuantizer, fake_quant
+
+    class MinMax(WeightQuantizer):
+        name = "toy-minmax"
+        description = "per-tensor min/max grid (a test method)"
+        calls = 0
+
+        def quantize(self, weight, bits, symmetric=False):
+            MinMax.calls += 1
+            return fake_quant(weight.detach().clone(), weight.min().clamp(max=0), weight.max().clamp(min=0), bits)
+
+    yield MinMax
+    del QUANTIZERS["toy-minmax"]
+
+
+def test_registered_quantizer_is_what_the_engine_deploys(toy_quantizer):
+    net = _trained_net()
+    lm = build_layer_map(net, 6, "net", in_channels=1)
+    toy = PTQEngine(net, lm, _data(), PTQSettings(calib_size=48, weight_quantizer="toy-minmax"))
+    mse = PTQEngine(net, lm, _data(), PTQSettings(calib_size=48))
+    r_toy, r_mse = toy.evaluate([2, 2, 2]), mse.evaluate([2, 2, 2])
+    assert toy_quantizer.calls == 3
+    w = net.conv2.weight.detach()
+    expect = toy_quantizer().quantize(w, 2)
+    assert torch.equal(toy.quantized_weight(1, 2), expect)
+    assert torch.equal(dict(toy.work.named_modules())["conv2"].weight, expect)  # deployed, not only computed
+    assert torch.equal(mse.quantized_weight(1, 2), quantize_weight(w, 2))
+    assert (r_toy.top1, r_toy.loss) != (r_mse.top1, r_mse.loss)
+
+
+def test_weight_quantizer_setting_is_validated_and_old_settings_load():
+    from emq.specs import ParameterError
+
+    with pytest.raises(ParameterError, match=r"weight_quantizer='adaround'.*use one of mse"):
+        PTQSettings(weight_quantizer="adaround")
+    stored = {"act_bits": 8, "weight_symmetric": False, "bn": "reestimate", "calib_size": 512, "calib_seed": 0, "batch_size": 1024}
+    assert PTQSettings(**stored).weight_quantizer == "mse"  # a bench built before the field existed

@@ -243,3 +243,28 @@ def test_cli_default_model(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "layer3.0.downsample.0" in text and "loaded from cache" in text
     assert main(["stats", "--bits-allowed", "2,12", "--no-cache"]) == 2
+
+
+def test_statistics_use_the_ptq_weight_quantizer(tiny):
+    """Q_b(W) and E_b come from the registry under the PTQ settings' name (a toy method here)."""
+    from emq.quantizers import QUANTIZERS, WeightQuantizer
+
+    class Halves(WeightQuantizer):
+        name = "toy-halves"
+
+        def quantize(self, weight, bits, symmetric=False):
+            return torch.round(weight * 2**bits) / 2**bits
+
+    try:
+        model, lm, x, y = tiny
+        s = StatsSettings.from_ptq(PTQSettings(act_bits=4, weight_quantizer="toy-halves"), **{k: v for k, v in FAST.to_json().items() if k not in ("act_bits", "weight_symmetric", "weight_quantizer")})
+        assert s.weight_quantizer == "toy-halves"
+        stats = compute_stats(model, lm, (x, y), bits=(2, 3), settings=s, use_cache=False)
+        for layer in stats.layers:
+            for k, b in enumerate((2, 3)):
+                torch.testing.assert_close(layer.Q[k], torch.round(layer.W * 2**b) / 2**b)
+                torch.testing.assert_close(layer.E[k], layer.Q[k] - layer.W)
+        with pytest.raises(EmqError, match="weight_quantizer"):
+            StatsSettings(weight_quantizer="nope")
+    finally:
+        del QUANTIZERS["toy-halves"]

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import EmqError
 from ..proxy import ProxyContext, SeparableProxy
+from .registry import register_proxy
 from .separable import require_stats, slot_table
 
 DEFAULT_BETA = 1.0
@@ -51,8 +52,10 @@ def ompq_importance(cka: np.ndarray, beta: float = DEFAULT_BETA) -> np.ndarray:
     return suffix / np.arange(len(theta), 0, -1)
 
 
+@register_proxy
 class OMPQ(SeparableProxy):
     name = "ompq"
+    order = 70
     description = "OMPQ orthogonality: (b/8) x mean_{j>=i} exp(-beta * sum_j CKA(i,j)) of layer outputs (Ma et al., AAAI 2023)"
     orientation = 1
     cost = "statistics only (layer outputs on one calibration batch)"

@@ -1,18 +1,53 @@
-"""The registry of hand-made proxies, by their CLI names (`emq score --proxies`)."""
+"""The registry of hand-made proxies, by their CLI names (`emq score --proxies`).
+
+A proxy class in any module of this package registers itself with `@register_proxy`; its
+`order` (a class attribute, unique) fixes its place in `PROXIES`, in `all` and in every
+report, whatever order the modules are imported in. The package imports all its modules
+(see `__init__`), so a new proxy is one new file, and it refuses to import when a concrete
+proxy class of the package is not registered, so none is silently left out.
+
+A proxy whose form also exists inside the search space names it in `formula`: a key of
+`emq.search_space.pset.HANDMADE`, the one home of those token lists (search_space may not
+import this engine-level package, so the table lives there and proxies point at it).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from ..errors import EmqError
 from ..proxy import Proxy
-from .ompq import OMPQ
-from .separable import SEPARABLE
-from .whole_config import WHOLE_CONFIG
+from ..search_space.pset import HANDMADE
 
-ORDER = ("hawq-v1", "hawq-v2", "fisher", "snip", "synflow", "qe", "ompq", "bitsum", "size", "bitops", "emq-published", "gmpq", "seam", "kl")
+PROXIES: dict[str, type[Proxy]] = {}
 
-PROXIES: dict[str, Callable[..., Proxy]] = {name: {**SEPARABLE, OMPQ.name: OMPQ, **WHOLE_CONFIG}[name] for name in ORDER}
+
+def register_proxy(cls: type[Proxy]) -> type[Proxy]:
+    """Class decorator: add a hand-made proxy under `cls.name`, in `cls.order`."""
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    if not cls.name or cls.order is None or not cls.description or not cls.cost or cls.orientation not in (1, -1):
+        raise EmqError(f"proxy class {where}: set name, order, description, cost and orientation (+1 or -1) to register it")
+    if cls.name in PROXIES:
+        raise EmqError(f"proxy class {where}: the name {cls.name!r} is taken by {PROXIES[cls.name].__qualname__}")
+    clash = [n for n, other in PROXIES.items() if other.order == cls.order]
+    if clash:
+        raise EmqError(f"proxy class {where}: order {cls.order} is taken by {clash[0]!r}")
+    if cls.formula and cls.formula not in HANDMADE:
+        raise EmqError(f"proxy class {where}: formula {cls.formula!r} is not in emq.search_space.pset.HANDMADE")
+    ordered = sorted([*PROXIES.items(), (cls.name, cls)], key=lambda kv: kv[1].order)
+    PROXIES.clear()
+    PROXIES.update(ordered)
+    return cls
+
+
+def check_complete(classes: list[type[Proxy]]) -> None:
+    """Every concrete proxy class defined in this package is registered; every space formula is claimed."""
+    registered = set(PROXIES.values())
+    missing = [f"{c.__module__}.{c.__qualname__}" for c in classes if c.__module__.startswith(__package__ + ".") and not getattr(c, "__abstractmethods__", None) and c not in registered]
+    if missing:
+        raise EmqError(f"proxy classes {', '.join(missing)} are not registered: decorate them with @register_proxy (and give an order)")
+    claimed = {p.formula for p in PROXIES.values() if p.formula}
+    unclaimed = [k for k in HANDMADE if k not in claimed]
+    if unclaimed:
+        raise EmqError(f"search-space formulas {', '.join(unclaimed)} belong to no registered proxy: set `formula` on the proxy of that name")
 
 
 def get_proxy(name: str, **options) -> Proxy:

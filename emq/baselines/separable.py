@@ -14,14 +14,15 @@ same table drives ranking and the allocation ILP. Two conventions cover the fami
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from abc import abstractmethod
 
 import numpy as np
 import torch
 
 from ..errors import EmqError
-from ..proxy import ProxyContext, SeparableProxy
+from ..proxy import ProxyContext, SeparableProxy, linear_cost_table
 from ..search_space.netstats import LayerStats, NetworkStats
+from .registry import register_proxy
 
 
 def require_stats(ctx: ProxyContext) -> NetworkStats:
@@ -58,16 +59,19 @@ def _noise_energy(layer: LayerStats, weight: torch.Tensor | float = 1.0) -> np.n
 class _LayerwiseProxy(SeparableProxy):
     """A proxy given by one function of a layer's statistics -> its row [B]."""
 
+    @abstractmethod
     def row(self, layer: LayerStats, stats: NetworkStats, ctx: ProxyContext) -> np.ndarray:
-        raise NotImplementedError
+        """The layer's row of the table: one value per bit of `stats.bits`."""
 
     def table(self, ctx: ProxyContext) -> np.ndarray:
         stats = require_stats(ctx)
         return slot_table(stats, np.stack([self.row(layer, stats, ctx) for layer in stats.layers]))
 
 
+@register_proxy
 class HawqV1(_LayerwiseProxy):
     name = "hawq-v1"
+    order = 10
     description = "top Hessian eigenvalue x ||Q_b(W)-W||^2 per layer (HAWQ, Dong et al., ICCV 2019)"
     orientation = -1
     cost = "statistics only (Hessian eigenvalue per layer)"
@@ -76,8 +80,11 @@ class HawqV1(_LayerwiseProxy):
         return float(layer.eig) * _noise_energy(layer)
 
 
+@register_proxy
 class HawqV2(_LayerwiseProxy):
     name = "hawq-v2"
+    order = 20
+    formula = "hawq-v2"
     description = "average Hessian trace Tr(H)/n x ||Q_b(W)-W||^2 per layer (HAWQ-V2, Dong et al., NeurIPS 2020)"
     orientation = -1
     cost = "statistics only (Hutchinson trace per layer)"
@@ -86,8 +93,10 @@ class HawqV2(_LayerwiseProxy):
         return float(layer.trace) / float(layer.params) * _noise_energy(layer)
 
 
+@register_proxy
 class Fisher(_LayerwiseProxy):
     name = "fisher"
+    order = 30
     description = "empirical Fisher sum(G^2 * (Q_b(W)-W)^2) per layer (Fisher pruning, Theis et al., 2018; as used for MQ by Liu et al., 2021)"
     orientation = -1
     cost = "statistics only (gradients)"
@@ -96,8 +105,10 @@ class Fisher(_LayerwiseProxy):
         return _noise_energy(layer, layer.G.pow(2))
 
 
+@register_proxy
 class Snip(_LayerwiseProxy):
     name = "snip"
+    order = 40
     description = "bit-weighted SNIP: sum|G * W| x b per layer (Lee et al., ICLR 2019; EMQ's bit convention)"
     orientation = 1
     cost = "statistics only (gradients)"
@@ -106,8 +117,10 @@ class Snip(_LayerwiseProxy):
         return float((layer.G.double() * layer.W.double()).abs().sum()) * _bits_row(stats)
 
 
+@register_proxy
 class Synflow(_LayerwiseProxy):
     name = "synflow"
+    order = 50
     description = "bit-weighted Synflow: sum|VG * W| x b per layer, data-free (Tanaka et al., NeurIPS 2020; EMQ's bit convention)"
     orientation = 1
     cost = "statistics only (virtual gradients)"
@@ -124,8 +137,10 @@ def gaussian_entropy(x: torch.Tensor) -> float:
     return 0.5 * float(np.log(2 * np.pi * np.e * var))
 
 
+@register_proxy
 class QE(_LayerwiseProxy):
     name = "qe"
+    order = 60
     description = "QE-style entropy: Gaussian entropy 0.5*log(2*pi*e*Var(A)) of the layer input x b (Sun et al., NeurIPS 2022)"
     orientation = 1
     cost = "statistics only (activations)"
@@ -134,37 +149,54 @@ class QE(_LayerwiseProxy):
         return gaussian_entropy(layer.A) * _bits_row(stats)
 
 
+def _slot_sum(stats: NetworkStats, per_layer: list[float]) -> np.ndarray:
+    out = np.zeros(stats.num_slots, dtype=np.float64)
+    np.add.at(out, np.asarray(stats.layer_slot), np.asarray(per_layer, dtype=np.float64))
+    return out
+
+
+@register_proxy
 class BitSum(SeparableProxy):
     name = "bitsum"
+    order = 80
+    formula = "bitsum"
     description = "sum of the slot bit-widths (the trivial baseline)"
     orientation = 1
     cost = "free"
 
     def table(self, ctx: ProxyContext) -> np.ndarray:
-        return np.tile(np.asarray(ctx.bits, dtype=np.float64), (require_stats(ctx).num_slots, 1))
+        return linear_cost_table(np.ones(require_stats(ctx).num_slots), ctx.bits)
 
 
-class ModelSize(_LayerwiseProxy):
+@register_proxy
+class ModelSize(SeparableProxy):
     name = "size"
+    order = 90
+    formula = "size"
     description = "weight size in bytes, sum(params x b / 8) (the size constraint of HAWQ-V3 / OMPQ)"
     orientation = 1
     cost = "free"
 
-    def row(self, layer, stats, ctx):
-        return float(layer.params) * _bits_row(stats) / 8.0
+    def table(self, ctx: ProxyContext) -> np.ndarray:
+        stats = require_stats(ctx)
+        return linear_cost_table(_slot_sum(stats, [layer.params / 8.0 for layer in stats.layers]), stats.bits)
 
 
-class BitOps(_LayerwiseProxy):
+@register_proxy
+class BitOps(SeparableProxy):
     name = "bitops"
+    order = 100
     description = "BitOps, sum(MACs x b_w x b_a) with the context's activation bits (HAWQ-V3 / OMPQ convention)"
     orientation = 1
     cost = "free"
 
-    def row(self, layer, stats, ctx):
+    def table(self, ctx: ProxyContext) -> np.ndarray:
+        stats = require_stats(ctx)
         act_bits = getattr(ctx.settings, "act_bits", 8)
-        return float(layer.macs) * _bits_row(stats) * float(act_bits)
+        return linear_cost_table(_slot_sum(stats, [float(layer.macs) * float(act_bits) for layer in stats.layers]), stats.bits)
 
 
+@register_proxy
 class EmqPublished(_LayerwiseProxy):
     """EMQ's released genotype, decoded as in KNOWLEDGE.md section 1.
 
@@ -174,6 +206,7 @@ class EmqPublished(_LayerwiseProxy):
     """
 
     name = "emq-published"
+    order = 110
     description = "EMQ's published best genotype, decoded: mean(softmax_dim0(log|VG|)) x mean(sqrt(relu(Q_b(W)))) (Dong et al., ICCV 2023)"
     orientation = 1
     cost = "statistics only (virtual gradients, quantized weights)"
@@ -185,8 +218,3 @@ class EmqPublished(_LayerwiseProxy):
         weight_half = torch.sqrt(torch.relu(q)).reshape(q.shape[0], -1).mean(dim=1).numpy()
         return grad_half * weight_half / len(stats.layers)
 
-
-SEPARABLE: dict[str, Callable[[], SeparableProxy]] = {
-    cls.name: cls
-    for cls in (HawqV1, HawqV2, Fisher, Snip, Synflow, QE, BitSum, ModelSize, BitOps, EmqPublished)
-}

@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import EmqError
 from ..proxy import ProxyContext, WholeConfigProxy
 from ..quant import PTQEngine, PTQSettings
+from .registry import register_proxy
 
 PROXY_IMAGES = 128
 PROXY_SEED = 1
@@ -51,8 +52,10 @@ def _fp_cached(ctx: ProxyContext, key: str, compute) -> object:
     return ctx.cache[key]
 
 
+@register_proxy
 class OutputKL(WholeConfigProxy):
     name = "kl"
+    order = 140
     description = "KL(FP || quantized) of the output distributions on calibration images (data-driven reference, e.g. Cai et al., ZeroQ, CVPR 2020)"
     orientation = -1
     cost = f"one PTQ preparation + forward of {PROXY_IMAGES} calibration images per configuration"
@@ -99,8 +102,10 @@ def discriminability(features: torch.Tensor, labels: torch.Tensor) -> float:
     return between / within
 
 
+@register_proxy
 class SEAM(WholeConfigProxy):
     name = "seam"
+    order = 130
     description = "SEAM discriminability: inter-class separation / intra-class compactness of quantized penultimate features (Tang et al., ACM MM 2023)"
     orientation = 1
     cost = f"one PTQ preparation + forward of {PROXY_IMAGES} labelled calibration images per configuration"
@@ -178,6 +183,7 @@ def rank_consistency(ref: torch.Tensor, maps: torch.Tensor) -> float:
     return float(rho.mean())
 
 
+@register_proxy
 class GMPQ(WholeConfigProxy):
     """GMPQ's attribution-rank consistency as a training-free proxy.
 
@@ -187,6 +193,7 @@ class GMPQ(WholeConfigProxy):
     """
 
     name = "gmpq"
+    order = 120
     description = "GMPQ attribution-rank consistency: Spearman of FP vs quantized Grad-CAM maps at the last stage (Wang et al., ICCV 2021)"
     orientation = 1
     cost = f"one PTQ preparation + forward and backward of {PROXY_IMAGES} calibration images per configuration"
@@ -197,5 +204,3 @@ class GMPQ(WholeConfigProxy):
         ref = _fp_cached(ctx, "gmpq-fp", lambda net: gradcam_maps(net, engine.layers, x, y))
         return rank_consistency(ref, gradcam_maps(engine.prepare(bits), engine.layers, x, y))
 
-
-WHOLE_CONFIG = {cls.name: cls for cls in (GMPQ, SEAM, OutputKL)}

@@ -1,0 +1,46 @@
+"""The default rounding: per-output-channel uniform grid with the MSE-optimal clipping ratio."""
+
+from __future__ import annotations
+
+import torch
+
+from ..specs import check_weight_bits
+from .base import WeightQuantizer, fake_quant
+
+CLIP_GRID = 40  # candidate clipping ratios in the MSE search
+
+
+def quantize_weight(w: torch.Tensor, bits: int, symmetric: bool = False, grid: int = CLIP_GRID) -> torch.Tensor:
+    """Per-output-channel quantization with the clipping ratio that minimises the MSE.
+
+    Symmetric: levels k*s for k in [-2^(b-1), 2^(b-1)-1], s from alpha*max|w|.
+    Asymmetric: 2^b levels over [alpha*min, alpha*max] with a zero point.
+    """
+    check_weight_bits(bits)
+    flat = w.detach().reshape(w.shape[0], -1)
+    best = flat.clone()
+    best_err = torch.full((flat.shape[0],), float("inf"), dtype=flat.dtype, device=flat.device)
+    wmin = flat.min(dim=1, keepdim=True).values.clamp(max=0)
+    wmax = flat.max(dim=1, keepdim=True).values.clamp(min=0)
+    amax = torch.maximum(wmax, -wmin)
+    for i in range(grid):
+        alpha = 1.0 - i * (0.9 / grid)
+        if symmetric:
+            qlo, qhi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+            scale = (alpha * amax / 2 ** (bits - 1)).clamp_min(1e-12)
+            q = torch.clamp(torch.round(flat / scale), qlo, qhi) * scale
+        else:
+            q = fake_quant(flat, alpha * wmin, alpha * wmax, bits)
+        err = (q - flat).pow(2).sum(dim=1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best[better] = q[better]
+    return best.reshape(w.shape)
+
+
+class MSEClipped(WeightQuantizer):
+    name = "mse"
+    description = f"per-output-channel uniform rounding, clipping ratio searched over {CLIP_GRID} values for the least squared error"
+
+    def quantize(self, weight: torch.Tensor, bits: int, symmetric: bool = False) -> torch.Tensor:
+        return quantize_weight(weight, bits, symmetric)

@@ -1,0 +1,120 @@
+"""Common checks every registered proxy must pass (in the spirit of scikit-learn's check_estimator).
+
+A new proxy file in emq/baselines is picked up by the registry and therefore by these
+checks without editing this file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_baselines import BITS, tiny_target
+
+from emq.baselines import PROXIES, get_proxy, register_proxy
+from emq.baselines.registry import check_complete
+from emq.errors import EmqError
+from emq.proxy import ProxyContext, SeparableProxy, WholeConfigProxy
+from emq.quant import PTQSettings
+from emq.search_space.evaluate import TableEvaluator
+from emq.search_space.pset import HANDMADE
+from emq.search_space.stats import StatsSettings, compute_stats
+
+FAST = StatsSettings(calib_size=32, batch_size=16, hessian_images=16, hessian_batch_size=16, hessian_min_probes=2, hessian_max_probes=4, eig_iters=2, act_cap=16, act_bits=6)
+CONFIGS = np.array([[2, 3, 4], [4, 4, 4], [2, 2, 2], [3, 4, 2]])
+
+
+@pytest.fixture(scope="module")
+def setting():
+    target = tiny_target()
+    stats = compute_stats(target, bits=BITS, settings=FAST, use_cache=False)
+    target.model.train()  # a proxy must not switch the caller's model to eval (or anything else)
+    return target, stats
+
+
+def _fingerprint(model: torch.nn.Module) -> dict:
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grad": [p.grad is None for p in model.parameters()],
+        "hooks": [len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()],
+    }
+
+
+@pytest.mark.parametrize("name", list(PROXIES))
+def test_common_checks(name, setting):
+    target, stats = setting
+    cls = PROXIES[name]
+    proxy = get_proxy(name)
+    assert proxy.name == name and proxy.orientation in (1, -1) and proxy.description and proxy.cost
+    assert isinstance(proxy, SeparableProxy if proxy.separable else WholeConfigProxy)
+    before = _fingerprint(target.model)
+
+    def fresh() -> ProxyContext:  # nothing cached from an earlier call
+        return ProxyContext(target, BITS, PTQSettings(act_bits=6, calib_size=32), stats)
+
+    def scores(configs: np.ndarray) -> np.ndarray:
+        return get_proxy(name).score_configs(fresh(), configs)
+
+    s = scores(CONFIGS)
+    assert s.shape == (len(CONFIGS),) and s.dtype == np.float64 and np.isfinite(s).all()
+    perm = np.array([2, 0, 3, 1])
+    np.testing.assert_allclose(scores(CONFIGS[perm]), s[perm], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(get_proxy(name).oriented_scores(fresh(), CONFIGS), cls.orientation * s, rtol=1e-9, atol=1e-12)
+    if proxy.separable:
+        table = proxy.table(fresh())
+        assert table.shape == (stats.num_slots, len(BITS)) and np.isfinite(table).all()
+        idx = np.searchsorted(BITS, CONFIGS)
+        np.testing.assert_allclose(table[np.arange(stats.num_slots)[None, :], idx].sum(1), s, rtol=1e-12)
+    after = _fingerprint(target.model)
+    assert after.keys() == before.keys()
+    for k in ("training", "requires_grad", "grad", "hooks"):
+        assert after[k] == before[k], f"{name} changed the model's {k}"
+    for k, v in before["state"].items():
+        assert torch.equal(after["state"][k], v), f"{name} changed the model's {k}"
+
+
+def test_space_formulas_agree_with_their_proxies(setting):
+    """Each HANDMADE form ranks like its registered proxy: a positive multiple of its table (no tied layers here)."""
+    target, stats = setting
+    assert len(set(stats.layer_slot)) == len(stats.layer_slot)
+    owners = {p.formula: n for n, p in PROXIES.items() if p.formula}
+    assert sorted(owners) == sorted(HANDMADE) and all(owners[k] == k for k in owners)  # one name per concept
+    ev = TableEvaluator(stats)
+    for key, (_, tokens) in HANDMADE.items():
+        formula = ev.table(tokens).numpy()
+        table = get_proxy(key).table(ProxyContext(target, BITS, None, stats))
+        ratio = formula / table
+        assert ratio.min() > 0 and ratio.max() == pytest.approx(ratio.min(), rel=1e-6), key
+
+
+def test_registry_refuses_incomplete_or_clashing_proxies():
+    class Base(SeparableProxy):
+        description, cost = "a test proxy", "free"
+
+        def table(self, ctx):
+            return np.zeros((1, len(ctx.bits)))
+
+    def make(**attrs) -> type:
+        return type("Probe", (Base,), attrs)
+
+    with pytest.raises(EmqError, match="set name, order"):
+        register_proxy(make(name="probe"))  # no order: refused, never silently left out
+    with pytest.raises(EmqError, match="name 'kl' is taken"):
+        register_proxy(make(name="kl", order=999))
+    with pytest.raises(EmqError, match="order 10 is taken by 'hawq-v1'"):
+        register_proxy(make(name="probe", order=10))
+    with pytest.raises(EmqError, match="formula 'nope'"):
+        register_proxy(make(name="probe", order=999, formula="nope"))
+    stray = make(name="stray", order=998, __module__="emq.baselines.stray")
+    with pytest.raises(EmqError, match="emq.baselines.stray.Probe are not registered"):
+        check_complete([stray])
+    assert "probe" not in PROXIES and "stray" not in PROXIES
+    check_complete(list(PROXIES.values()))
+
+
+def test_registry_order_is_the_order_attribute():
+    orders = [p.order for p in PROXIES.values()]
+    assert orders == sorted(orders) and len(set(orders)) == len(orders)
+
