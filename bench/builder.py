@@ -81,10 +81,22 @@ def _build_meta(spec: EvalSpec, space: ConfigSpace, seed: int, sampler: str, con
     }
 
 
+def _comparable(meta: Mapping[str, Any], key: str) -> Any:
+    """meta[key], with stored PTQ settings completed by the defaults of fields added since
+    (e.g. weight_quantizer), so a bench built before such a field can still be resumed."""
+    value = meta.get(key)
+    if key == "ptq_settings" and isinstance(value, dict):
+        try:
+            return PTQSettings(**value).to_json()
+        except TypeError:
+            return value
+    return value
+
+
 def _check_resume(path: Path, stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
     if stored.get("kind") != "ptq-build":
         raise EmqError(f"{path}: not a PTQ-built bench (kind {stored.get('kind')!r}); it cannot be resumed")
-    diff = [k for k in BUILD_KEYS if stored.get(k) != wanted.get(k)]
+    diff = [k for k in BUILD_KEYS if _comparable(stored, k) != _comparable(wanted, k)]
     if diff:
         raise EmqError(f"{path}: was built with different {', '.join(diff)}; resume with the original arguments or choose another --out")
 

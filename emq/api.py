@@ -2,7 +2,7 @@
 
 `emq layers` -> `layers`, `emq quantize` -> `quantize`, `emq bench build|info|import|export`
 -> `bench_build` / `bench_info` / `bench_import` / `bench_export` (and `Bench` for queries),
-`emq stats` -> `stats`, `emq search` -> `search`, `emq export` -> `export`, `emq score` ->
+`emq stats` -> `stats`, `emq search` -> `search` (and the estimator `ProxySearch`), `emq export` -> `export`, `emq score` ->
 `score`, `emq allocate` -> `allocate` / `sweep`, `emq demo` -> `demo`.
 """
 
@@ -18,7 +18,8 @@ from .baselines import PROXIES, get_proxy
 from .bench import Bench, bench_build, bench_export, bench_import, bench_info
 from .data import DataSplits
 from .demo import demo
-from .evolution import SearchConfig, SearchResult, search
+from .evolution import HallOfFame, ProxySearch, SearchResult, search
+from .executors import Executor, make_executor
 from .export import export
 from .layermap import LayerMap
 from .quant import PTQEngine, PTQSettings, QuantResult
@@ -29,8 +30,8 @@ from .search_space.stats import StatsSettings, compute_stats, stats
 from .target import resolve_target
 
 __all__ = [
-    "PROXIES", "Allocation", "Allocator", "Bench", "PTQEngine", "PTQSettings", "QuantResult", "SearchConfig",
-    "SearchResult", "StatsSettings", "allocate", "bench_build", "bench_export", "bench_import", "bench_info",
+    "PROXIES", "Allocation", "Allocator", "Bench", "Executor", "HallOfFame", "PTQEngine", "PTQSettings", "ProxySearch", "QuantResult",
+    "SearchResult", "make_executor", "StatsSettings", "allocate", "bench_build", "bench_export", "bench_import", "bench_info",
     "compute_stats", "demo", "export", "get_proxy", "layers", "load_bitmap", "load_proxy", "make_space", "quantize", "resolve_target",
     "save_bitmap", "save_proxy", "score", "search", "stats", "sweep",
 ]

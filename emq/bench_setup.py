@@ -78,6 +78,10 @@ def stats_settings(bench: Any, ptq: PTQSettings) -> StatsSettings:
     if not stored:
         return StatsSettings.from_ptq(ptq)
     try:
-        return StatsSettings(**stored)
+        settings = StatsSettings(**stored)
     except TypeError as e:
         raise EmqError(f"bench {bench.path}: unreadable stats_settings {stored} ({e})") from e
+    if (settings.act_bits, settings.weight_quantizer) != (ptq.act_bits, ptq.weight_quantizer):
+        raise EmqError(f"bench {bench.path}: its stats_settings (act_bits {settings.act_bits}, {settings.weight_quantizer}) disagree with its ptq_settings "
+                       f"(act_bits {ptq.act_bits}, {ptq.weight_quantizer}); the statistics must describe the deployed quantization")
+    return settings
