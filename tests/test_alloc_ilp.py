@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from emq.allocation import Budget, build_problem
 from emq.allocation.allocator import Allocator
 from emq.allocation.budgets import InfeasibleBudget
-from emq.allocation.kinds import get_kind
 from emq.allocation.ilp import solve_ilp
+from emq.allocation.kinds import get_kind
 from emq.errors import EmqError
 from emq.proxy import ProxyContext
 from emq.specs import ParameterError

@@ -280,13 +280,13 @@ def allocator_for(
         target = resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size, need_data=needs_data(model, data, evaluate))
         return Allocator(target, settings, stats)
     from ..bench import Bench
-    from ..bench_setup import BenchSetup
+    from ..bench_setup import BenchSetup, ptq_settings
 
     b = bench if isinstance(bench, Bench) else Bench.open(bench)
+    check_bench_settings(settings, ptq_settings(b), b.path)  # before any model work
     model = b.meta.get("model", "default") if model is None else model
     need = needs_data(model, data if data is not None else b.meta.get("data"), evaluate)
     setup = BenchSetup.of(b, model, data, weights=weights, num_classes=num_classes, input_size=input_size, need_data=need)
-    check_bench_settings(settings, setup.ptq, b.path)
     return Allocator(setup.target, setup.ptq, stats, setup.stats)
 
 
