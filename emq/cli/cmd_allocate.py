@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from ..allocation import Allocator, Budget, allocator_for, parse_sweep, sweep
 from ..allocation.kinds import budget_kinds, get_kind
 from ..errors import EmqError
@@ -77,10 +79,11 @@ def run(args: argparse.Namespace) -> int:
         raise EmqError("give at least one budget: " + ", ".join(f"--budget-{k}" for k in budget_kinds()))
     if args.baseline and not args.sweep:
         raise EmqError("--baseline compares proxies along a sweep: add --sweep A:B:N")
+    values = parse_sweep(args.sweep, args.sweep_kind) if args.sweep else None  # refuse a bad range before any model work
     settings = ptq_overrides(args) if args.bench else ptq_settings(args)
     allocator = allocator_for(args.model, args.data, args.weights, args.input_size, args.num_classes, settings, args.evaluate, args.bench)
-    if args.sweep:
-        return _run_sweep(args, allocator, budgets, bits_allowed, pins)
+    if values is not None:
+        return _run_sweep(args, allocator, values, budgets, bits_allowed, pins)
     problem = allocator.problem(budgets, bits_allowed, pins, slot_bits, ties)
     alloc = allocator.allocate(args.proxy, problem, args.evaluate, search_evaluations=args.search_evals, seed=args.seed)
     paths = alloc.save(args.out) if args.out is not None else {}
@@ -99,8 +102,7 @@ def _as_int(text: str, what: str) -> int:
     return int(text)
 
 
-def _run_sweep(args: argparse.Namespace, allocator: Allocator, budgets: list[Budget], bits_allowed: list[int], pins: dict) -> int:
-    values = parse_sweep(args.sweep, args.sweep_kind)
+def _run_sweep(args: argparse.Namespace, allocator: Allocator, values: np.ndarray, budgets: list[Budget], bits_allowed: list[int], pins: dict) -> int:
     fixed = [b for b in budgets if b.kind != args.sweep_kind]
     res = sweep(allocator, args.proxy, args.sweep_kind, values, fixed, args.baseline, True, args.evaluate, bits_allowed, pins, args.search_evals, args.seed)
     if not res.allocated:
