@@ -27,6 +27,7 @@ from .score import score
 from .search_space.proxyfile import load_proxy, save_proxy
 from .search_space.pset import make_space
 from .search_space.stats import StatsSettings, compute_stats, stats
+from .specs import ParameterError
 from .target import resolve_target
 
 __all__ = [
@@ -44,13 +45,19 @@ def layers(model: str | nn.Module = "default", input_size: int | None = None, nu
 
 def quantize(
     model: str | nn.Module = "default",
-    bits: Sequence[int] = (),
+    bits: Sequence[int] | None = None,
     data: str | DataSplits | None = None,
     settings: PTQSettings | None = None,
     weights: Path | None = None,
     input_size: int | None = None,
+    num_classes: int | None = None,
+    bitmap: str | Path | None = None,
 ) -> QuantResult:
-    """PTQ-quantize a model with a per-slot configuration and evaluate it; `emq quantize`."""
-    target = resolve_target(model, data, weights=weights, input_size=input_size)
-    bits = target.layer_map.validate(bits)
-    return PTQEngine(target.model, target.layer_map, target.require_data(), settings).evaluate(bits)
+    """PTQ-quantize a model with a per-slot configuration (`bits`) or a bit map file from
+    `emq allocate --out` / `Allocation.save` (`bitmap`, checked against the model) and
+    evaluate it; `emq quantize`. The model is built and traced once."""
+    if (bits is None or len(bits) == 0) == (bitmap is None):
+        raise ParameterError("bits", bits, "give the configuration as bits (one bit-width per slot; see `layers`) or as bitmap=PATH, not both")
+    target = resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size)
+    config = load_bitmap(bitmap, target.layer_map) if bitmap is not None else target.layer_map.validate(bits)
+    return PTQEngine(target.model, target.layer_map, target.require_data(), settings).evaluate(config)

@@ -85,7 +85,7 @@ class ScoreReport:
 
     def to_markdown(self) -> str:
         """The proxy table, the bench's noise ceiling and the one-off statistics time."""
-        from .report import markdown_table
+        from .tables import markdown_table
 
         headers, rows = table_rows(self)
         ceiling = "n/a" if self.noise_ceiling is None else f"{self.noise_ceiling:.3f}"

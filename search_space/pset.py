@@ -20,7 +20,16 @@ from deap import gp
 from emq.errors import EmqError
 
 from .evaluate import Token
-from .primitives import OPS, PRESETS, PRIMITIVES, TERMINALS, TYPE_NAMES, PrimSpec, Scalar, typed_primitives
+from .primitives import (
+    OPS,
+    PRESETS,
+    PRIMITIVES,
+    TERMINALS,
+    TYPE_NAMES,
+    PrimSpec,
+    Scalar,
+    typed_primitives,
+)
 
 CONSTANTS = (0.5, 1.0, 2.0, 3.0, 4.0, 8.0)
 CONST_PRIORITY = 0.6

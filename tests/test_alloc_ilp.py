@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 
 from emq.allocation import Budget, build_problem
 from emq.allocation.allocator import Allocator
-from emq.allocation.budgets import parse_bitops, parse_size
+from emq.allocation.budgets import InfeasibleBudget
 from emq.allocation.ilp import solve_ilp
+from emq.allocation.kinds import get_kind
 from emq.errors import EmqError
 from emq.proxy import ProxyContext
 from emq.specs import ParameterError
@@ -18,15 +19,19 @@ LM = tiny_layer_map()
 
 
 def test_budget_units():
-    assert parse_size("1.5MiB") == 1.5 * 2**20
-    assert parse_size("200KB") == 200_000
-    assert parse_size("123456") == 123456
-    assert parse_bitops("1.2G") == pytest.approx(1.2e9)
+    size, bitops = get_kind("size"), get_kind("bitops")
+    assert size.parse("1.5MiB") == 1.5 * 2**20
+    assert size.parse("200KB") == 200_000
+    assert size.parse("123456") == 123456
+    assert bitops.parse("1.2G") == pytest.approx(1.2e9)
     for bad in ("", "12XB", "-3", "0", "MiB"):
-        with pytest.raises(EmqError, match="--budget-size"):
-            parse_size(bad)
-    with pytest.raises(EmqError, match="budget kind"):
+        with pytest.raises(ParameterError, match=r"budgets\['size'\]") as e:
+            size.parse(bad)
+        assert e.value.param == "budgets['size']"
+    with pytest.raises(ParameterError, match="unknown budget kind"):
         Budget("latency", 1.0)
+    with pytest.raises(ParameterError, match="positive"):
+        Budget("avg-bits", -1.0)
 
 
 def test_budget_values_match_layer_map_costs():
@@ -97,13 +102,13 @@ def test_ilp_property_never_violates_and_is_optimal(table, frac, kind, pin, tie)
 @pytest.mark.parametrize("kind", ["size", "bitops", "avg-bits", "frac8"])
 def test_infeasible_budget_names_smallest_feasible_value(kind):
     p = build_problem(LM, [Budget(kind, 1e-3)], pins={0: 8})
-    with pytest.raises(EmqError, match="smallest feasible value") as e:
+    with pytest.raises(InfeasibleBudget, match="smallest feasible value") as e:
         solve_ilp(p, np.zeros((5, 4)))
-    assert "pins" in str(e.value) and f"--budget-{kind} 0.001" in str(e.value)
+    assert "pins" in str(e.value) and f"the {kind} budget 0.001" in str(e.value) and "--" not in str(e.value)
     need = float(str(e.value).split("smallest feasible value ")[1].split(" ")[0])
     ok = build_problem(LM, [Budget(kind, need)], pins={0: 8})
     assert p.to_bits(solve_ilp(ok, np.zeros((5, 4))).index) == (8, 2, 2, 2, 2)
-    with pytest.raises(EmqError):
+    with pytest.raises(InfeasibleBudget):
         build_problem(LM, [Budget(kind, need * 0.999)], pins={0: 8}).check_feasible()
 
 

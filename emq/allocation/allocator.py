@@ -7,10 +7,12 @@ engine across calls so sweeps and comparisons pay for them once.
 
 from __future__ import annotations
 
+import copy
 import importlib
+import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,14 @@ from torch import nn
 
 from ..data import DataSplits
 from ..errors import EmqError
+from ..fileio import atomic_write_text
+from ..layermap import LayerMap
 from ..proxy import Proxy, ProxyContext, SeparableProxy, table_scores
 from ..quant import PTQEngine, PTQSettings, QuantResult
-from ..specs import DEFAULT_BITS
+from ..specs import DEFAULT_BITS, ParameterError
+from ..tables import markdown_table
 from ..target import Target, resolve_target
+from .bitmap import save_bitmap
 from .budgets import Budget, Problem, build_problem
 from .ilp import solve_ilp
 from .search import constrained_search
@@ -53,9 +59,38 @@ class Allocation:
     top1: float | None = None
     loss: float | None = None
     kl: float | None = None
+    # what `save` needs to write the bit map; not part of the JSON document
+    layer_map: LayerMap | None = field(default=None, repr=False, compare=False, metadata={"json": False})
+    ptq: PTQSettings | None = field(default=None, repr=False, compare=False, metadata={"json": False})
+    source: str = field(default="", repr=False, compare=False, metadata={"json": False})  # the proxy as the caller named it
 
     def to_json(self) -> dict:
-        return asdict(self) | {"bits": list(self.bits)}
+        doc = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.metadata.get("json", True)}
+        return doc | {"bits": list(self.bits)}
+
+    def summary(self) -> str:
+        """One line: method, proxy, costs, predicted score, solve time and PTQ results if measured."""
+        measured = f"; PTQ top-1 {self.top1:.2f} %, loss {self.loss:.4f}, KL {self.kl:.4f}" if self.top1 is not None else ""
+        return (f"{self.method} with {self.proxy}: size {self.size_bytes:,.0f} bytes, {self.bitops:.4g} BitOps (act {self.act_bits} bits), "
+                f"avg {self.avg_bits:.3f} bits, predicted {self.predicted:.6g}, solved in {self.solve_seconds * 1000:.1f} ms{measured}")
+
+    def to_markdown(self) -> str:
+        """The per-slot table and the summary line."""
+        rows = [[i, name, b] for i, (name, b) in enumerate(zip(self.slot_names, self.bits))]
+        return markdown_table(["slot", "name", "bits"], rows) + "\n\n" + self.summary()
+
+    def save(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write bitmap.json (keyed by module, for deployment) and allocation.json (this
+        document) into `out_dir`; returns their paths."""
+        if self.layer_map is None:
+            raise EmqError("this allocation has no layer map (it was not made by an Allocator); save it with save_bitmap")
+        out = Path(out_dir)
+        paths = {"bitmap": out / "bitmap.json", "allocation": out / "allocation.json"}
+        ptq = (self.ptq or PTQSettings(act_bits=self.act_bits)).to_json()
+        provenance = {"proxy": self.source or self.proxy, "method": self.method, "predicted": self.predicted, "budgets": self.budgets, "ptq": ptq}
+        save_bitmap(paths["bitmap"], self.layer_map, self.bits, self.act_bits, provenance)
+        atomic_write_text(paths["allocation"], json.dumps(self.to_json(), indent=2) + "\n")
+        return paths
 
 
 def as_budgets(spec: BudgetSpec | None) -> list[Budget]:
@@ -90,6 +125,7 @@ class _LazyStatsContext(ProxyContext):
     compute_stats): cost-only proxies never pay for Hessian work."""
 
     _stats: Any = None
+    stats_settings: Any = None  # emq.search_space.stats.StatsSettings; None: matched to the PTQ settings
 
     @property  # type: ignore[override]
     def stats(self) -> Any:
@@ -97,7 +133,8 @@ class _LazyStatsContext(ProxyContext):
             from ..search_space.stats import StatsSettings, compute_stats
 
             log.info("computing network statistics for bits %s", list(self.bits))
-            self._stats = compute_stats(self.target, bits=self.bits, settings=StatsSettings.from_ptq(self.settings))
+            settings = self.stats_settings or StatsSettings.from_ptq(self.settings)
+            self._stats = compute_stats(self.target, bits=self.bits, settings=settings)
         return self._stats
 
     @stats.setter
@@ -108,12 +145,14 @@ class _LazyStatsContext(ProxyContext):
 class Allocator:
     """One target and PTQ setting; allocate with any number of proxies and budgets."""
 
-    def __init__(self, target: Target, settings: PTQSettings | None = None, stats: Any = None) -> None:
+    def __init__(self, target: Target, settings: PTQSettings | None = None, stats: Any = None, stats_settings: Any = None) -> None:
         """`stats`: precomputed NetworkStats to reuse when their bits match a problem's columns;
-        otherwise statistics are computed when a proxy first needs them."""
+        otherwise statistics are computed when a proxy first needs them, with `stats_settings`
+        (a bench's, see `allocator_for`) or settings matched to the PTQ ones."""
         self.target = target
         self.settings = settings or PTQSettings()
         self.stats = stats
+        self.stats_settings = stats_settings
         self._contexts: dict[tuple[int, ...], ProxyContext] = {}
         self._tables: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         self._engine: PTQEngine | None = None
@@ -126,7 +165,9 @@ class Allocator:
         """One context per column set, so proxies' own caches are shared across budgets."""
         if bits not in self._contexts:
             given = self.stats if self.stats is not None and tuple(self.stats.bits) == bits else None
-            self._contexts[bits] = _LazyStatsContext(self.target, bits, self.settings, given)
+            ctx = _LazyStatsContext(self.target, bits, self.settings, given)
+            ctx.stats_settings = self.stats_settings
+            self._contexts[bits] = ctx
         return self._contexts[bits]
 
     def problem(self, budgets: BudgetSpec | None = None, bits_allowed: Sequence[int] = DEFAULT_BITS, pins: Mapping[str | int, int] | None = None,
@@ -156,7 +197,10 @@ class Allocator:
 
     def allocate(self, proxy: Proxy | str | Path, problem: Problem, evaluate: bool = False, seed_proxy: SeparableProxy | None = None,
                  search_evaluations: int = 200, seed: int = 0) -> Allocation:
-        """Best configuration for `proxy` inside `problem`'s budgets; PTQ-evaluated if asked."""
+        """Best configuration for `proxy` inside `problem`'s budgets; PTQ-evaluated if asked.
+
+        Raises InfeasibleBudget (before any proxy work) when the budgets cannot be met."""
+        source = proxy.name if isinstance(proxy, Proxy) else str(proxy)
         proxy = resolve_proxy(proxy)
         problem.check_feasible()
         ctx = self.context(problem.bits)
@@ -172,15 +216,16 @@ class Allocator:
             res = constrained_search(problem, lambda idx: proxy.oriented_scores(ctx, cols[idx]), seeds, search_evaluations, seed=seed)
             index, seconds, evals, method = res.index, res.seconds, res.evaluations, "search"
             predicted = proxy.orientation * res.score
-        return self.finish(proxy.name, proxy.orientation, method, problem.to_bits(index), predicted, seconds, problem, evaluate, evals)
+        return self.finish(proxy.name, proxy.orientation, method, problem.to_bits(index), predicted, seconds, problem, evaluate, evals, source)
 
     def finish(self, name: str, orientation: int, method: str, bits: tuple[int, ...], predicted: float, seconds: float,
-               problem: Problem | None, evaluate: bool, evaluations: int = 0) -> Allocation:
+               problem: Problem | None, evaluate: bool, evaluations: int = 0, source: str = "") -> Allocation:
         lm = self.layer_map
         alloc = Allocation(
             lm.model, name, method, bits, lm.slot_names, float(lm.size_bytes(bits)), float(lm.bitops(bits, self.settings.act_bits)),
             self.settings.act_bits, float(np.dot(bits, lm.params) / lm.params.sum()), float(predicted), orientation, seconds,
             [asdict(c.budget) for c in problem.constraints] if problem else [], evaluations,
+            layer_map=lm, ptq=self.settings, source=source or name,
         )
         if evaluate:
             self.measure(alloc)
@@ -201,8 +246,65 @@ def proxy_table_or_size(allocator: Allocator, seed_proxy: SeparableProxy | None,
     return np.outer(allocator.layer_map.params, np.asarray(problem.bits, dtype=np.float64))
 
 
+def needs_data(model: Any, data: Any, evaluate: bool) -> bool:
+    """The one rule for whether an allocation loads data: to PTQ-evaluate, when data is given,
+    and for the default model (its data is embedded and cheap, and statistics-based proxies
+    need it). A torchvision model without data can still be allocated with cost-only proxies."""
+    return bool(evaluate) or data is not None or (isinstance(model, str) and model == "default")
+
+
+def allocator_for(
+    model: str | nn.Module | None = None,
+    data: str | DataSplits | None = None,
+    weights: Path | None = None,
+    input_size: int | None = None,
+    num_classes: int | None = None,
+    settings: PTQSettings | Mapping[str, Any] | None = None,
+    evaluate: bool = False,
+    bench: Any = None,
+    stats: Any = None,
+) -> Allocator:
+    """An Allocator for a model, or for a bench's model with the bench's settings.
+
+    Without `bench`, `model` (default 'default') and `data` are resolved and `settings` is
+    the PTQ setting. With `bench` (a path, 'default' or an opened emq.bench.Bench) the model
+    and data default to the bench's, the model is checked against it (weights hash, slots),
+    and PTQ and statistics settings are the bench's; `settings` (a PTQSettings or a mapping
+    of some of its fields) may only repeat them, and any field that contradicts the bench
+    is refused.
+    """
+    if bench is None:
+        model = "default" if model is None else model
+        if settings is not None and not isinstance(settings, PTQSettings):
+            settings = PTQSettings(**settings)
+        target = resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size, need_data=needs_data(model, data, evaluate))
+        return Allocator(target, settings, stats)
+    from ..bench import Bench
+    from ..bench_setup import BenchSetup, ptq_settings
+
+    b = bench if isinstance(bench, Bench) else Bench.open(bench)
+    check_bench_settings(settings, ptq_settings(b), b.path)  # before any model work
+    model = b.meta.get("model", "default") if model is None else model
+    need = needs_data(model, data if data is not None else b.meta.get("data"), evaluate)
+    setup = BenchSetup.of(b, model, data, weights=weights, num_classes=num_classes, input_size=input_size, need_data=need)
+    return Allocator(setup.target, setup.ptq, stats, setup.stats)
+
+
+def check_bench_settings(given: PTQSettings | Mapping[str, Any] | None, bench_ptq: PTQSettings, path: Any) -> None:
+    """Refuse PTQ settings that contradict the bench's, naming the first field that differs."""
+    if given is None:
+        return
+    wanted = asdict(given) if isinstance(given, PTQSettings) else dict(given)
+    known = bench_ptq.to_json()
+    for key, value in wanted.items():
+        if key not in known:
+            raise ParameterError("settings", dict(wanted), f"{key!r} is not a PTQ setting; use {', '.join(known)}")
+        if value != known[key]:
+            raise ParameterError(key, value, f"bench {path} was built with {known[key]!r}; leave it out to use the bench's PTQ settings")
+
+
 def allocate(
-    model: str | nn.Module = "default",
+    model: str | nn.Module | None = None,
     proxy: Proxy | str | Path | None = None,
     budgets: BudgetSpec | None = None,
     bits_allowed: Sequence[int] = DEFAULT_BITS,
@@ -210,7 +312,7 @@ def allocate(
     slot_bits: Mapping[str | int, Sequence[int]] | None = None,
     ties: Sequence[Sequence[str | int]] = (),
     evaluate: bool = False,
-    settings: PTQSettings | None = None,
+    settings: PTQSettings | Mapping[str, Any] | None = None,
     data: str | DataSplits | None = None,
     weights: Path | None = None,
     input_size: int | None = None,
@@ -219,12 +321,13 @@ def allocate(
     seed_proxy: SeparableProxy | None = None,
     search_evaluations: int = 200,
     seed: int = 0,
+    bench: Any = None,
 ) -> Allocation:
     """Allocate per-slot bits with `proxy` under `budgets` (e.g. {"avg-bits": 3.0}); with
-    evaluate=True the result is PTQ-quantized and its top-1 / loss / KL filled in. `emq allocate`."""
+    evaluate=True the result is PTQ-quantized and its top-1 / loss / KL filled in. `model`
+    defaults to 'default', or to the bench's model when `bench` is given (then the bench's
+    PTQ and statistics settings are used, see `allocator_for`). `emq allocate`."""
     if proxy is None:
-        raise EmqError("give a proxy: a Proxy, a proxy JSON file or a proxy name")
-    need_data = evaluate or data is not None or model == "default"
-    target = resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size, need_data=need_data)
-    alloc = Allocator(target, settings, stats)
+        raise ParameterError("proxy", None, "give a Proxy, a proxy JSON file or a proxy name")
+    alloc = allocator_for(model, data, weights, input_size, num_classes, settings, evaluate, bench, stats)
     return alloc.allocate(proxy, alloc.problem(budgets, bits_allowed, pins, slot_bits, ties), evaluate, seed_proxy, search_evaluations, seed)

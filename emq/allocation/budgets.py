@@ -11,7 +11,6 @@ solution either fits a budget or it does not, with no floating-point tolerance.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -29,56 +28,35 @@ from ..specs import (
     check_weight_bits,
     resolve_slot,
 )
-
-KINDS = ("size", "bitops", "avg-bits", "frac8")
-
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-_COUNT_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+from .kinds import BudgetKind, budget_param, get_kind
 
 
-def _parse_number(text: str, units: Mapping[str, float], what: str, example: str) -> float:
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
-    if not m or m.group(2) not in units:
-        raise EmqError(f"{what} {text!r}: give a number with an optional unit ({', '.join(u for u in units if u)}), e.g. {example}")
-    value = float(m.group(1)) * units[m.group(2)]
-    if not value > 0:
-        raise EmqError(f"{what} {text!r}: must be positive")
-    return value
+class InfeasibleBudget(EmqError):
+    """The budgets cannot be met even with every free slot at its lowest allowed bit.
 
-
-def parse_size(text: str | float, what: str = "--budget-size") -> float:
-    """Bytes from '123456', '200KB' (10^3), '1.5MiB' (2^20)."""
-    return _parse_number(str(text), _SIZE_UNITS, what, "1.5MiB, 200KB or 123456 (bytes)")
-
-
-def parse_bitops(text: str | float, what: str = "--budget-bitops") -> float:
-    """BitOps from '1.2G', '350M', '5e9'."""
-    return _parse_number(str(text), _COUNT_UNITS, what, "1.2G or 350M")
-
-
-def parse_plain(text: str | float, what: str) -> float:
-    return _parse_number(str(text), {"": 1}, what, "3.0")
+    A sweep skips exactly these budget values; every other error is a real failure."""
 
 
 @dataclass(frozen=True)
 class Budget:
-    """One upper limit: kind in KINDS, value in that kind's unit (bytes, BitOps, bits, fraction)."""
+    """One upper limit: a registered kind (emq.allocation.kinds) and a value in its unit."""
 
     kind: str
     value: float
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise EmqError(f"budget kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        get_kind(self.kind)
         if not (math.isfinite(self.value) and self.value > 0):
-            raise EmqError(f"--budget-{self.kind} {self.value}: must be a positive number")
+            raise ParameterError(budget_param(self.kind), self.value, "must be a positive number")
+
+    @property
+    def spec(self) -> BudgetKind:
+        return get_kind(self.kind)
 
     @staticmethod
     def parse(kind: str, text: str | float) -> Budget:
         """A budget from the text a user typed, in the unit the kind uses."""
-        what = f"--budget-{kind}"
-        parser = {"size": parse_size, "bitops": parse_bitops}.get(kind, parse_plain)
-        return Budget(kind, parser(text, what))
+        return Budget(kind, get_kind(kind).parse(text))
 
     def label(self) -> str:
         return f"{self.kind}<={self.value:.6g}"
@@ -94,30 +72,7 @@ class Constraint:
 
     def value_of(self, units: float, layer_map: LayerMap, act_bits: int) -> float:
         """Convert an integer cost back into the budget's unit (for messages and reports)."""
-        return _from_units(self.budget.kind, units, layer_map, act_bits)
-
-
-def _from_units(kind: str, units: float, lm: LayerMap, act_bits: int) -> float:
-    if kind == "size":
-        return units / 8.0 + lm.bias_bytes
-    if kind == "bitops":
-        return units
-    if kind == "avg-bits":
-        return units / float(lm.params.sum())
-    return (units / 8.0 + lm.bias_bytes) / float(lm.size_bytes([8] * lm.num_slots))
-
-
-def _to_limit(b: Budget, lm: LayerMap) -> float:
-    """The budget as an integer limit on its cost units (floor: never round a limit up)."""
-    if b.kind == "size":
-        units = (b.value - lm.bias_bytes) * 8.0
-    elif b.kind == "bitops":
-        units = b.value
-    elif b.kind == "avg-bits":
-        units = b.value * float(lm.params.sum())
-    else:
-        units = (b.value * float(lm.size_bytes([8] * lm.num_slots)) - lm.bias_bytes) * 8.0
-    return float(math.floor(units + 1e-9 * max(1.0, abs(units))))
+        return self.budget.spec.from_units(units, layer_map, act_bits)
 
 
 @dataclass
@@ -187,19 +142,11 @@ class Problem:
         pins = f" with pins {', '.join(f'{self.layer_map.slots[s].name}={b}' for s, b in sorted(self.pins.items()))}" if self.pins else ""
         parts = []
         for c, u in bad:
-            need = c.value_of(u, self.layer_map, self.act_bits)
-            parts.append(f"--budget-{c.budget.kind} {c.budget.value:.6g} is below the smallest feasible value {_fmt(c.budget.kind, need)}")
-        raise EmqError("infeasible budget: " + "; ".join(parts) + f" (every free slot at its lowest allowed bit of {list(self.bits)}{pins}); raise the budget, lower --bits-allowed or remove pins")
-
-
-def _fmt(kind: str, v: float) -> str:
-    """The smallest feasible value, rounded *up* so that the number shown is itself feasible."""
-    if kind == "size":
-        v = math.ceil(v)
-        return f"{v} bytes ({v / 2**20:.6f} MiB)"
-    digits = 6 - math.ceil(math.log10(v))
-    up = math.ceil(v * 10**digits) / 10**digits
-    return f"{up:.{max(digits, 0)}f}" + (" BitOps" if kind == "bitops" else "")
+            kind = c.budget.spec
+            need = kind.from_units(u, self.layer_map, self.act_bits)
+            parts.append(f"the {kind.name} budget {c.budget.value:.6g} is below the smallest feasible value {kind.format(need)}")
+        raise InfeasibleBudget("infeasible budget: " + "; ".join(parts) + f" (every free slot at its lowest allowed bit of {list(self.bits)}{pins}); "
+                               "raise the budget, allow lower bits in bits_allowed or remove pins")
 
 
 def build_problem(
@@ -231,12 +178,12 @@ def build_problem(
     for g in groups:
         if not allowed[g].all(axis=0).any():
             names = ", ".join(layer_map.slots[s].name for s in g)
-            raise EmqError(f"tied slots {names} have no bit-width in common (check --pin / --slot-bits / --tie)")
+            raise EmqError(f"tied slots {names} have no bit-width in common (check pins, slot_bits and ties)")
     col_bits = np.array(cols, dtype=np.float64)
     constraints = []
     for b in budgets:
-        per_bit = layer_map.macs * float(act_bits) if b.kind == "bitops" else layer_map.params
-        constraints.append(Constraint(b, np.outer(per_bit, col_bits), _to_limit(b, layer_map)))
+        kind = b.spec
+        constraints.append(Constraint(b, np.outer(kind.per_bit(layer_map, act_bits), col_bits), kind.limit(b.value, layer_map, act_bits)))
     return Problem(layer_map, cols, allowed, groups, constraints, act_bits, pin_idx)
 
 

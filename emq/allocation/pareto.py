@@ -20,14 +20,13 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import DataSplits
-from ..errors import EmqError
 from ..fileio import atomic_write, atomic_write_text
 from ..proxy import Proxy
 from ..quant import PTQSettings
-from ..specs import DEFAULT_BITS
-from ..target import resolve_target
-from .allocator import Allocation, Allocator, as_budgets, resolve_proxy
-from .budgets import Budget
+from ..specs import DEFAULT_BITS, ParameterError
+from ..tables import markdown_table
+from .allocator import Allocation, Allocator, allocator_for, as_budgets, resolve_proxy
+from .budgets import Budget, InfeasibleBudget
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +37,17 @@ def parse_sweep(text: str, kind: str) -> np.ndarray:
     """'A:B:N' -> N budget values from A to B (ends in the kind's unit, e.g. '1MiB:2MiB:10')."""
     parts = str(text).split(":")
     if len(parts) != 3:
-        raise EmqError(f"--sweep {text!r}: give START:STOP:COUNT, e.g. 2.5:4:8")
+        raise ParameterError("sweep", text, "give START:STOP:COUNT, e.g. 2.5:4:8")
     try:
         n = int(parts[2])
     except ValueError as e:
-        raise EmqError(f"--sweep {text!r}: COUNT must be an integer") from e
+        raise ParameterError("sweep", text, "COUNT must be an integer") from e
     if not 1 <= n <= 10000:
-        raise EmqError(f"--sweep {text!r}: COUNT must be in 1..10000")
-    a, b = (Budget.parse(kind, p).value for p in parts[:2])
+        raise ParameterError("sweep", text, "COUNT must be in 1..10000")
+    try:
+        a, b = (Budget.parse(kind, p).value for p in parts[:2])
+    except ParameterError as e:
+        raise ParameterError("sweep", text, f"{e.value!r}: {e.problem}") from e
     return np.linspace(a, b, n)
 
 
@@ -55,6 +57,7 @@ class SweepResult:
     values: list[float]
     points: list[Allocation] = field(default_factory=list)
     skipped: list[tuple[str, float, str]] = field(default_factory=list)  # (series, budget, why)
+    model: str = ""
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
@@ -65,9 +68,37 @@ class SweepResult:
                         "top1": a.top1, "loss": a.loss, "kl": a.kl, "bits": " ".join(map(str, a.bits))})
         return out
 
+    @property
+    def allocated(self) -> bool:
+        """Whether any budget value was feasible for any proxy (uniform points aside)."""
+        return any(a.method != "uniform" for a in self.points)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "points": [a.to_json() for a in self.points],
+                "skipped": [{"series": s, "budget": v, "reason": r} for s, v, r in self.skipped]}
+
+    def to_markdown(self) -> str:
+        """One row per point, and a note on the skipped (infeasible) budget values."""
+        rows = [[r["series"], r["budget"], r["size_bytes"], r["avg_bits"], r["predicted"], "" if r["top1"] is None else r["top1"]] for r in self.rows()]
+        text = markdown_table(["series", f"budget ({self.kind})", "size (bytes)", "avg bits", "predicted", "top-1 %"], rows)
+        if self.skipped:
+            text += f"\n\n{len(self.skipped)} infeasible budget value(s) skipped, e.g. {self.skipped[0][2]}"
+        return text
+
+    def title(self) -> str:
+        return f"{self.model}: {self.points[0].proxy if self.points else ''} over {self.kind}"
+
+    def save(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write sweep.csv and sweep.png into `out_dir`; returns their paths."""
+        out = Path(out_dir)
+        paths = {"csv": out / "sweep.csv", "png": out / "sweep.png"}
+        write_csv(paths["csv"], self)
+        plot_png(paths["png"], self, self.title())
+        return paths
+
 
 def sweep(
-    model: Allocator | str | nn.Module,
+    model: Allocator | str | nn.Module | None,
     proxy: Proxy | str | Path,
     kind: str,
     values: Sequence[float],
@@ -79,27 +110,28 @@ def sweep(
     pins: Mapping[str | int, int] | None = None,
     search_evaluations: int = 200,
     seed: int = 0,
-    settings: PTQSettings | None = None,
+    settings: PTQSettings | Mapping[str, Any] | None = None,
     data: str | DataSplits | None = None,
     weights: Path | None = None,
     input_size: int | None = None,
     num_classes: int | None = None,
+    bench: Any = None,
 ) -> SweepResult:
     """Allocate with `proxy` (and each baseline) at every budget value of `kind`, plus the
     uniform configurations. `model` is a model name / nn.Module (resolved with the data and
-    settings given) or an Allocator to reuse its tables and PTQ engine. Budget values below the smallest feasible one are skipped and
-    recorded, not fatal."""
-    allocator = model if isinstance(model, Allocator) else Allocator(
-        resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size, need_data=evaluate or data is not None or model == "default"), settings)
+    settings given; with `bench`, the bench's model and settings as in `allocate`) or an
+    Allocator to reuse its tables and PTQ engine. Budget values below the smallest feasible
+    one are skipped and recorded, not fatal; any other error propagates."""
+    allocator = model if isinstance(model, Allocator) else allocator_for(model, data, weights, input_size, num_classes, settings, evaluate, bench)
     proxies = [resolve_proxy(p) for p in [proxy, *baselines]]
     fixed = as_budgets(fixed)
-    result = SweepResult(kind, [float(v) for v in values])
+    result = SweepResult(kind, [float(v) for v in values], model=allocator.layer_map.model)
     jobs = [(p, float(v)) for p in proxies for v in values]
     for p, v in tqdm(jobs, desc="sweep", disable=not log.isEnabledFor(logging.INFO)):
         problem = allocator.problem([*fixed, Budget(kind, v)], bits_allowed, pins)
         try:
             result.points.append(allocator.allocate(p, problem, evaluate, search_evaluations=search_evaluations, seed=seed))
-        except EmqError as e:
+        except InfeasibleBudget as e:
             result.skipped.append((p.name, v, str(e)))
     if uniform:
         base = allocator.problem(fixed, bits_allowed, pins)
@@ -125,13 +157,11 @@ def write_csv(path: str | Path, result: SweepResult) -> None:
 
 def plot_png(path: str | Path, result: SweepResult, title: str = "") -> None:
     """Predicted score (and measured top-1 when present) against model size, one line per proxy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     measured = any(a.top1 is not None for a in result.points)
-    fig, axes = plt.subplots(1, 2 if measured else 1, figsize=(11 if measured else 6, 4.2), squeeze=False)
+    fig = Figure(figsize=(11 if measured else 6, 4.2))
+    axes = fig.subplots(1, 2 if measured else 1, squeeze=False)
     series: dict[str, list[Allocation]] = {}
     for a in result.points:
         series.setdefault("uniform" if a.method == "uniform" else a.proxy, []).append(a)
@@ -156,7 +186,4 @@ def plot_png(path: str | Path, result: SweepResult, title: str = "") -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title or f"allocation sweep over {result.kind}")
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    finally:
-        plt.close(fig)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))

@@ -29,7 +29,7 @@ if not hasattr(creator, "EmqAllocFitness"):
 
 
 @dataclass
-class SearchResult:
+class ConfigSearchResult:
     index: np.ndarray  # column index per slot of the best configuration
     score: float  # its oriented score (higher = better)
     evaluations: int
@@ -83,7 +83,7 @@ def constrained_search(
     population: int = 16,
     cx_prob: float = 0.6,
     seed: int = 0,
-) -> SearchResult:
+) -> ConfigSearchResult:
     """Maximise `score` (oriented: configurations [N, S] as column indices -> [N]) within budget.
 
     `seeds` are per-slot column-index configurations placed in the first population along
@@ -139,4 +139,4 @@ def constrained_search(
     finally:
         random.setstate(saved)
     best = space.expand(hof[0])
-    return SearchResult(best, float(hof[0].fitness.values[0]), len(cache), time.perf_counter() - t0, history)
+    return ConfigSearchResult(best, float(hof[0].fitness.values[0]), len(cache), time.perf_counter() - t0, history)

@@ -9,8 +9,14 @@ from ..bench import bench_build, bench_export, bench_import, bench_info
 from ..bench.importer import FORMATS
 from ..bench.sampling import SAMPLERS
 from ..errors import EmqError
-from ..quant import PTQSettings
-from .common import add_model_args, add_ptq_args, emit_json, markdown_table, parse_bits
+from .common import (
+    add_model_args,
+    add_ptq_args,
+    emit_json,
+    markdown_table,
+    parse_bits,
+    ptq_settings,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -90,7 +96,7 @@ def _print_info(info: dict) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    settings = PTQSettings(act_bits=args.act_bits, weight_symmetric=args.symmetric, bn=args.bn, calib_size=args.calib_size, calib_seed=args.calib_seed)
+    settings = ptq_settings(args)
     info = bench_build(
         args.out,
         model=args.model,

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..allocation.bitmap import load_bitmap
-from ..api import layers, quantize
+from ..api import quantize
 from ..errors import EmqError
-from ..quant import PTQSettings
-from .common import add_model_args, add_ptq_args, emit_json, markdown_table, parse_bits
+from .common import (
+    add_model_args,
+    add_ptq_args,
+    emit_json,
+    markdown_table,
+    parse_bits,
+    ptq_settings,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,21 +27,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def settings_from_args(args: argparse.Namespace) -> PTQSettings:
-    return PTQSettings(act_bits=args.act_bits, weight_symmetric=args.symmetric, bn=args.bn, calib_size=args.calib_size, calib_seed=args.calib_seed)
-
-
 def run(args: argparse.Namespace) -> int:
     if bool(args.bits) == bool(args.bitmap):
         raise EmqError("give the configuration with --bits b0,b1,... (one per slot; see `emq layers`) or --bitmap FILE, not both")
-    if args.bitmap:
-        lm = layers(args.model, input_size=args.input_size, num_classes=args.num_classes)
-        bits = list(load_bitmap(args.bitmap, lm))
-    else:
-        bits = parse_bits(args.bits)
-    res = quantize(args.model, bits, data=args.data, settings=settings_from_args(args), weights=args.weights, input_size=args.input_size)
+    bits = parse_bits(args.bits) if args.bits else None
+    res = quantize(args.model, bits, data=args.data, settings=ptq_settings(args), weights=args.weights, input_size=args.input_size,
+                   num_classes=args.num_classes, bitmap=args.bitmap)
     if args.json:
-        emit_json({k: v for k, v in res.to_json().items()})
+        emit_json(res.to_json())
         return 0
     print(markdown_table(["top-1 %", "loss", "KL to FP", "size (bytes)", "BitOps", "seconds"], [[res.top1, res.loss, res.kl, res.size_bytes, res.bitops, res.seconds]]))
     return 0

@@ -8,7 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..quant import PTQSettings
 from ..specs import parse_config
+from ..tables import markdown_table
+
+__all__ = ["add_model_args", "add_ptq_args", "emit_json", "markdown_table", "parse_bits", "ptq_overrides", "ptq_settings"]
 
 
 def add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -20,12 +24,28 @@ def add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
         p.add_argument("--data", help="'default', an ImageFolder directory or a CIFAR-10 directory (default: the model's own: 'default' for the default model)")
 
 
+# PTQ flag -> PTQSettings field. The flags default to None so that `ptq_overrides` can tell
+# what the user typed (a bench's settings may only be repeated, not contradicted).
+PTQ_FLAGS = {"act_bits": "act_bits", "bn": "bn", "symmetric": "weight_symmetric", "calib_size": "calib_size", "calib_seed": "calib_seed"}
+
+
 def add_ptq_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--act-bits", type=int, default=8, help="activation bit-width (default 8; 32 = unquantized)")
-    p.add_argument("--bn", choices=["reestimate", "fold", "none"], default="reestimate", help="BatchNorm handling (default: reestimate on calibration data)")
-    p.add_argument("--symmetric", action="store_true", help="symmetric weight quantization (default: asymmetric)")
-    p.add_argument("--calib-size", type=int, default=512, help="calibration images (default 512)")
-    p.add_argument("--calib-seed", type=int, default=0, help="seed of the calibration draw (default 0)")
+    d = PTQSettings()
+    p.add_argument("--act-bits", type=int, help=f"activation bit-width (default {d.act_bits}; 32 = unquantized)")
+    p.add_argument("--bn", choices=["reestimate", "fold", "none"], help=f"BatchNorm handling (default: {d.bn} on calibration data)")
+    p.add_argument("--symmetric", action="store_true", default=None, help="symmetric weight quantization (default: asymmetric)")
+    p.add_argument("--calib-size", type=int, help=f"calibration images (default {d.calib_size})")
+    p.add_argument("--calib-seed", type=int, help=f"seed of the calibration draw (default {d.calib_seed})")
+
+
+def ptq_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The PTQSettings fields the user set with flags (nothing for flags left out)."""
+    return {field: getattr(args, dest) for dest, field in PTQ_FLAGS.items() if getattr(args, dest, None) is not None}
+
+
+def ptq_settings(args: argparse.Namespace) -> PTQSettings:
+    """The PTQ settings of the flags added by `add_ptq_args` (PTQSettings' defaults for the rest)."""
+    return PTQSettings(**ptq_overrides(args))
 
 
 def parse_bits(text: str, param: str = "bits") -> list[int]:
@@ -36,20 +56,3 @@ def parse_bits(text: str, param: str = "bits") -> list[int]:
 def emit_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
-
-
-def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.4e}"
-        return str(v)
-
-    cells = [[fmt(v) for v in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-
-    def line(vals: list[str]) -> str:
-        return "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
-
-    out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += [line(r) for r in cells]
-    return "\n".join(out)

@@ -104,7 +104,7 @@ class HallOfFame(Sequence):
         atomic_write_text(path, self.csv_text())
 
     def to_markdown(self, top: int | None = None) -> str:
-        from ..report import markdown_table
+        from ..tables import markdown_table
 
         rows = [[(f"{r[k]:+d}" if k == "orientation" else r[k]) for _, k in MARKDOWN_FIELDS] for r in self.rows[:top]]
         return markdown_table([h for h, _ in MARKDOWN_FIELDS], rows)

@@ -1,4 +1,4 @@
-"""Plain-text renderings shared by result objects (`to_markdown`) and the CLI."""
+"""Markdown tables: the one formatter behind every printed table (CLI and `to_markdown`)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ from typing import Any
 
 
 def fmt(v: Any) -> str:
-    """Numbers as people read them: 4 significant digits, thousands separators for big ones."""
+    """Numbers as people read them: 4 significant digits; large values in full with thousands separators."""
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
     return str(v)
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
-    """A GitHub-style markdown table with aligned columns."""
+    """A pipe table with aligned columns."""
     cells = [[fmt(v) for v in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
 
