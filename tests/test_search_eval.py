@@ -5,7 +5,6 @@ import random
 import numpy as np
 import pytest
 import torch
-from test_search_fixtures import tiny_setting
 
 from emq.evolution.evaluator import CandidateEvaluator
 from emq.evolution.screening import table_problem
@@ -13,9 +12,17 @@ from emq.search_space.evaluate import TableEvaluator, naive_config_score
 from emq.search_space.pset import HANDMADE, canonical, gen_half_and_half, make_space, to_tokens
 
 
-@pytest.fixture(scope="module")
-def setting():
-    return tiny_setting()
+@pytest.fixture()
+def setting(tiny_setting):
+    return tiny_setting
+
+
+def test_tiny_setting_layout(tiny_setting):
+    """The shared fixture is the layout the search tests assume (conftest.py)."""
+    stats, fd, lm = tiny_setting
+    assert len(stats.layers) == len(lm.layers) == 10 and stats.num_slots == lm.num_slots == 8
+    assert stats.layers[0].Q.shape == (3, *stats.layers[0].W.shape)
+    assert len(fd.search) == 30 and np.ptp(fd.search.target) > 0
 
 
 def test_table_scores_equal_naive_per_configuration(setting):
