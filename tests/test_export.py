@@ -87,3 +87,18 @@ def test_cli_export_and_errors(tmp_path, capsys):
     assert main(["export", str(path), "--out", str(tmp_path / "o2")]) == 2
     assert "unknown primitive" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists() or not any((tmp_path / "o2").iterdir())
+
+
+def test_png_export_leaves_the_users_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    figures = plt.get_fignums()
+    matplotlib.use("svg")
+    try:
+        png = export(EvolvedProxy(TOKENS, 1, "backend"), "png", tmp_path)["png"]
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == figures
+    finally:
+        matplotlib.use(before)
+    assert png.read_bytes()[:4] == b"\x89PNG"
