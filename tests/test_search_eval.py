@@ -5,6 +5,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from scipy.stats import spearmanr
 
 from emq.evolution.evaluator import CandidateEvaluator
 from emq.evolution.screening import table_problem
@@ -63,7 +64,13 @@ def test_screening_accepts_handmade_and_measures_them(setting):
     stats, fd, _ = setting
     ce = CandidateEvaluator(stats, fd, make_space(), act_samples=4)
     out = ce.evaluate(HANDMADE["size"][1])
-    assert out.valid and 0 <= out.fitness <= 1 and out.signature is not None
+    # the size proxy scores a configuration by sum_layers params x bits: its Spearman, by hand
+    params = np.zeros(stats.num_slots)
+    np.add.at(params, stats.layer_slot, [layer.params for layer in stats.layers])
+    rho = spearmanr(fd.search.configs @ params, fd.search.target).statistic
+    held = spearmanr(fd.heldout.configs @ params, fd.heldout.target).statistic
+    assert out.valid and out.orientation == np.sign(rho)
+    assert out.fitness == pytest.approx(abs(rho), abs=1e-9) and out.rho_heldout == pytest.approx(np.sign(rho) * held, abs=1e-9)
     assert abs(float(out.signature @ out.signature) - 1) < 1e-5
 
 
