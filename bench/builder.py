@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-import emq
+from emq._version import __version__ as emq_version
 from emq.errors import EmqError
 from emq.executors import Executor, check_workers, executor_for
 from emq.hashing import state_dict_digest, tensor_digest
@@ -76,7 +76,7 @@ def _build_meta(spec: EvalSpec, space: ConfigSpace, seed: int, sampler: str, con
         "metric_orientation": METRIC_ORIENTATION,
         "noise_ceiling": None,
         "default_metric": "top1",
-        "versions": {"emq": emq.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": {"emq": emq_version, "torch": torch.__version__, "python": platform.python_version()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-import emq
+from emq._version import __version__ as emq_version
 from emq.errors import EmqError
 from emq.fileio import atomic_write
 from emq.specs import DEFAULT_BITS, METRIC_ORIENTATION, config_text
@@ -158,7 +158,7 @@ def bench_import(
         "metric_orientation": METRIC_ORIENTATION,
         "noise_ceiling": None,
         "default_metric": "top1",
-        "versions": {"emq": emq.__version__, "torch": torch.__version__},
+        "versions": {"emq": emq_version, "torch": torch.__version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

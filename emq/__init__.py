@@ -6,7 +6,7 @@ so `import emq` stays cheap): e.g. `emq.quantize`, `emq.Bench`, `emq.search`, `e
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__  # re-exported
 
 
 def __getattr__(name: str):

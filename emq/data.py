@@ -1,8 +1,8 @@
 """Data sets: the embedded default task and user image folders / CIFAR-10, never downloaded.
 
 The embedded default is derived from scikit-learn's bundled UCI digits (1,797 8x8 images).
-Plain digits saturate under quantization (KNOWLEDGE.md section 7), so every source image is
-rendered several times at 24x24 px with a random affine distortion and additive noise, which
+Plain 8x8 digits saturate under quantization (every bit-width scores about the same), so every
+source image is rendered several times at 24x24 px with a random affine distortion and additive noise, which
 makes the task hard enough for bit-widths to matter. Splits are made by *source* image, so no
 digit leaks from training into calibration or test data.
 """
@@ -10,7 +10,7 @@ digit leaks from training into calibration or test data.
 from __future__ import annotations
 
 import functools
-import logging
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,11 +22,10 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from .errors import EmqError
 from .hashing import tensor_digest
 
-log = logging.getLogger(__name__)
-
 DEFAULT_SIZE = 24
 DEFAULT_SEED = 2023
 # source images per split (1,797 in all) and renderings per source image
+DIGITS_COUNT = 1797
 DEFAULT_SPLIT_SOURCES = {"train": 1097, "calib": 200, "test": 500}
 DEFAULT_RENDERS = {"train": 24, "calib": 6, "test": 6}
 DEFAULT_CALIB_SIZE = 512
@@ -104,6 +103,13 @@ def _render(
     return ((out - 0.2) / 0.5).contiguous()
 
 
+def default_split_sources(seed: int = DEFAULT_SEED) -> dict[str, torch.Tensor]:
+    """Indices into the 1,797 UCI digits of each split's source images (disjoint, seeded)."""
+    order = torch.randperm(DIGITS_COUNT, generator=torch.Generator().manual_seed(seed))
+    ends = list(itertools.accumulate(DEFAULT_SPLIT_SOURCES.values()))
+    return {split: order[end - n : end] for (split, n), end in zip(DEFAULT_SPLIT_SOURCES.items(), ends, strict=True)}
+
+
 @functools.lru_cache(maxsize=4)
 def default_data(seed: int = DEFAULT_SEED, with_train: bool = False) -> DataSplits:
     """The embedded default task: distorted 24 px digits, split by source image.
@@ -116,12 +122,10 @@ def default_data(seed: int = DEFAULT_SEED, with_train: bool = False) -> DataSpli
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32) / 16.0
     labels = torch.tensor(digits.target, dtype=torch.long)
-    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
+    if images.shape[0] != DIGITS_COUNT:
+        raise EmqError(f"scikit-learn's digits have {images.shape[0]} images, expected {DIGITS_COUNT}")
     parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    start = 0
-    for k, (split, count) in enumerate(DEFAULT_SPLIT_SOURCES.items()):
-        idx = order[start : start + count]
-        start += count
+    for k, (split, idx) in enumerate(default_split_sources(seed).items()):
         if split == "train" and not with_train:
             continue
         r = DEFAULT_RENDERS[split]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import signal
 import threading
 from collections.abc import Sequence
@@ -24,8 +23,6 @@ from .fileio import atomic_write, atomic_write_text
 from .search_space.evaluate import Token
 from .search_space.primitives import NUMPY_HELPERS, TERMINALS, PrimSpec
 from .search_space.proxyfile import EvolvedProxy, load_proxy
-
-log = logging.getLogger(__name__)
 
 FORMATS = ("json", "sympy", "latex", "python", "dot", "png")
 SIMPLIFY_MAX_OPS = 60
@@ -192,21 +189,23 @@ def _tree_layout(g: nx.DiGraph) -> dict[int, tuple[float, float]]:
 
 
 def draw_png(g: nx.DiGraph, path: Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """A PNG of the tree, drawn on its own Figure: pyplot's backend and state are never touched."""
+    from matplotlib.figure import Figure
 
     depth = max(d["depth"] for _, d in g.nodes(data=True)) + 1
     leaves = sum(1 for n in g if g.out_degree(n) == 0)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * leaves), max(3.0, 1.1 * depth)))
+    fig = Figure(figsize=(max(4.0, 1.3 * leaves), max(3.0, 1.1 * depth)))
+    fig.set_facecolor("w")
+    ax = fig.subplots()
     colors = {"p": "#cfe2f3", "t": "#d9ead3", "c": "#fff2cc"}
-    nx.draw(g, _tree_layout(g), ax=ax, labels=nx.get_node_attributes(g, "label"), node_color=[colors[d["kind"]] for _, d in g.nodes(data=True)], node_size=1400, font_size=8, arrows=False)
+    nx.draw_networkx(g, _tree_layout(g), ax=ax, labels=nx.get_node_attributes(g, "label"), node_color=[colors[d["kind"]] for _, d in g.nodes(data=True)], node_size=1400, font_size=8, arrows=False)
+    ax.set_axis_off()
     ax.set_title(title, fontsize=9)
-    _save_fig(fig, path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
 
 
 def _save_fig(fig: Any, path: Path) -> None:
+    """Write a pyplot figure atomically and release it (used by emq.evolution.run's plots)."""
     import matplotlib.pyplot as plt
 
     try:

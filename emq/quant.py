@@ -7,7 +7,7 @@ data. BatchNorm is handled by one of three documented modes (`PTQSettings.bn`):
 
 - ``reestimate`` (default): after the weights are quantized, BatchNorm statistics are
   re-estimated on the calibration images. Low-bit weights shift every channel's mean and
-  variance; without this a few 2-bit layers collapse the network (KNOWLEDGE.md section 7).
+  variance; without this a few 2-bit layers collapse the network.
 - ``fold``: BatchNorm is folded into the preceding conv before quantization (what an
   integer deployment runs); statistics are not re-estimated.
 - ``none``: weights are quantized, BatchNorm is left as trained.

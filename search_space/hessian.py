@@ -1,6 +1,6 @@
 """Per-layer Hessian information of the task loss: Hutchinson diagonal and trace, top eigenvalue.
 
-Done the careful way (KNOWLEDGE.md section 4):
+Done the careful way:
 
 - the caller puts the model in eval mode (BatchNorm uses running statistics, so the loss is
   a fixed function of the weights and the Hessian is well defined);

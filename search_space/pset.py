@@ -183,7 +183,8 @@ def to_tokens(tree: Iterable) -> list[Token]:
 
 
 def from_tokens(space: SearchSpace, tokens: Sequence[Token]) -> list:
-    """DEAP nodes of a token list (validated by the caller: see proxyfile.parse_tree)."""
+    """DEAP nodes of a token list, type-checked by the caller (`token_types`; proxy files are
+    checked by `proxyfile.proxy_from_json`)."""
     pset = space.pset
     nodes = []
     for kind, v in tokens:
@@ -237,7 +238,7 @@ def nested(tokens: Sequence[Token], prims: dict[str, PrimSpec]) -> object:
 
 
 def flatten(node: object) -> list[Token]:
-    """Nested form -> prefix tokens (structure validated by proxyfile.parse_tree)."""
+    """Nested form -> prefix tokens (structure validated by `proxyfile.proxy_from_json`)."""
     assert isinstance(node, dict)
     if "op" in node:
         out: list[Token] = [("p", node["op"])]

@@ -4,7 +4,7 @@ For a model, its layer map and a calibration batch, every quantizable layer gets
 module name, in forward order; layout in `netstats`): W, G, VG, H, A, Y, GY, AE, Q_b(W),
 E_b = Q_b(W) - W, Tr(H), the top Hessian eigenvalue, params, MACs and output channels.
 
-Choices that make the numbers trustworthy (KNOWLEDGE.md sections 1 and 4):
+Choices that make the numbers trustworthy:
 
 - everything runs on a private deep copy in eval mode (BatchNorm with running statistics);
   the caller's weights, .grad, train/eval mode, hooks and requires_grad flags are untouched,

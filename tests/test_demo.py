@@ -1,8 +1,16 @@
+"""`emq demo` end to end: what it reports must agree with the bench, `emq score` and its files."""
+
+import csv
 import json
 
+import numpy as np
 import pytest
 
+from emq.bench import Bench
 from emq.cli.main import main
+from emq.target import resolve_target
+
+BUDGET = 3.0  # the demo's default average weight bits
 
 
 @pytest.mark.slow
@@ -11,14 +19,48 @@ def test_demo_end_to_end(tmp_path, capsys):
     code = main(["demo", "--out", str(out), "--generations", "4", "--population", "24", "--json"])
     assert code == 0
     s = json.loads(capsys.readouterr().out)
-    methods = [a["method"] for a in s["allocations"]]
-    assert methods[:3] == ["evolved", "hawq-v2", "ompq"]
-    assert "uniform 3-bit" in methods and "best bench config (oracle)" in methods
-    for a in s["allocations"]:
-        assert a["avg_bits"] <= 3.0 + 1e-9
-        assert 10 < a["top1"] <= 100 and a["kl"] >= 0
-    assert s["best_expression"] and -1 <= s["best_heldout_spearman"] <= 1
-    for name in ("summary.json", "allocations.png", "search/best_proxy.json", "search/hall_of_fame.csv", "search/log.jsonl"):
+    assert json.loads((out / "summary.json").read_text()) == s and s["budget_avg_bits"] == BUDGET
+
+    # the files the README promises: the search's outputs, the exported formula, the plot
+    for name in ("summary.json", "allocations.png", "search/best_proxy.json", "search/hall_of_fame.csv", "search/log.jsonl", "search/fitness.png"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "summary.json").read_text())["budget_avg_bits"] == 3.0
-    assert any(p.suffix == ".tex" for p in (out / "proxy").iterdir())
+    assert set(s["exported"]) == {"json", "sympy", "latex", "python", "dot", "png"}
+    assert all(p.startswith(str(out / "proxy")) and (out / "proxy").joinpath(p.rsplit("/", 1)[1]).is_file() for p in s["exported"].values())
+    assert (out / "allocations.png").read_bytes()[:4] == b"\x89PNG"
+
+    # every allocation respects the budget, by the layer map's own parameter counts
+    lm = resolve_target("default").layer_map
+    bench = Bench.open("default")
+    configs, metrics = bench.arrays("all")
+    methods = {a["method"]: a for a in s["allocations"]}
+    assert list(methods)[:3] == ["evolved", "hawq-v2", "ompq"] and len(methods) == 5
+    for a in s["allocations"]:
+        bits = np.array(a["bits"])
+        assert len(bits) == lm.num_slots and set(bits) <= set(bench.bits)
+        avg = float(bits @ lm.params / lm.params.sum())
+        assert avg <= BUDGET + 1e-9 and a["avg_bits"] == pytest.approx(avg, abs=1e-12)
+        assert a["size_bytes"] == pytest.approx(float(lm.size_bytes(bits[None])[0]))
+
+    # configurations the bench holds are re-measured exactly (PTQ is deterministic), the
+    # oracle is the best bench configuration in budget, and FP accuracy is the bench's
+    def recorded(bits):
+        (row,) = np.flatnonzero((configs == np.array(bits)).all(1))
+        return metrics["top1"][row]
+
+    assert methods["uniform 3-bit"]["bits"] == [3] * lm.num_slots
+    assert methods["uniform 3-bit"]["top1"] == recorded(methods["uniform 3-bit"]["bits"])
+    inside = configs @ lm.params / lm.params.sum() <= BUDGET + 1e-9
+    oracle = methods["best bench config (oracle)"]
+    assert oracle["top1"] == recorded(oracle["bits"]) == metrics["top1"][inside].max()
+    assert s["bench_configs_in_budget"] == int(inside.sum())
+    assert s["fp_top1"] == bench.meta["fp_reference"]["top1"]
+
+    # the evolved proxy's figures are the ones its files give and `emq score` computes
+    best = json.loads((out / "search" / "best_proxy.json").read_text())
+    top = next(csv.DictReader((out / "search" / "hall_of_fame.csv").open()))
+    assert best["expression"] == top["expression"] == s["best_expression"]
+    assert float(top["heldout_spearman"]) == pytest.approx(s["best_heldout_spearman"], abs=1e-12)
+    assert main(["score", "--bench", "default", "--proxies", "none", "--proxy", str(out / "search" / "best_proxy.json"), "--metric", s["metric"], "--json"]) == 0
+    (scored,) = json.loads(capsys.readouterr().out)["proxies"]
+    assert scored["spearman_heldout"] == pytest.approx(s["best_heldout_spearman"], abs=1e-12)
+    assert scored["spearman_search"] == pytest.approx(s["best_search_spearman"], abs=1e-12)

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from test_search_fixtures import tiny_setting
 
 from emq.errors import EmqError
 from emq.evolution import Campaign, DPSConfig, search
@@ -19,24 +18,28 @@ def _fingerprint(result):
     return rows, json.dumps(log, sort_keys=True, default=str)
 
 
-def _run(**kw):
-    stats, fd, _ = tiny_setting()
-    base = dict(generations=6, population=16, seed=3)
-    base.update(kw)
-    return search(fd, stats=stats, **base)
+@pytest.fixture()
+def run(tiny_setting):
+    """search() on the tiny setting with small defaults; keyword arguments override them."""
+    stats, fd, _ = tiny_setting
+
+    def _run(**kw):
+        return search(fd, stats=stats, **{"generations": 6, "population": 16, "seed": 3, **kw})
+
+    return _run
 
 
-def test_same_seed_same_result_and_different_seed_differs():
-    a, b, c = _run(), _run(), _run(seed=4)
+def test_same_seed_same_result_and_different_seed_differs(run):
+    a, b, c = run(), run(), run(seed=4)
     assert _fingerprint(a) == _fingerprint(b)
     assert _fingerprint(a) != _fingerprint(c)
     assert a.summary["evaluations"] > 16 and a.summary["best_search_spearman"] > 0.3
     assert len({r["canonical"] for r in a.hall_of_fame}) == len(a.hall_of_fame)  # no duplicates
 
 
-def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch):
-    full = _run(out=tmp_path / "full")
-    stats, fd, _ = tiny_setting()
+def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch, run, tiny_setting):
+    full = run(out=tmp_path / "full")
+    stats, fd, _ = tiny_setting
     cfg = dict(generations=6, population=16, seed=3, checkpoint_every=2)
     original = Campaign._generation
 
@@ -62,13 +65,13 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch):
         search(fd, stats=stats, generations=8, population=20, seed=3, out=tmp_path / "killed", resume=True)
 
 
-def test_process_pool_gives_identical_results():
-    assert _fingerprint(_run(workers=2)) == _fingerprint(_run(workers=1))
+def test_process_pool_gives_identical_results(run):
+    assert _fingerprint(run(workers=2)) == _fingerprint(run(workers=1))
 
 
-def test_dps_switch_budget_and_logged_diversity():
-    on = _run(max_evaluations=60, generations=50)
-    off = _run(max_evaluations=60, generations=50, dps=DPSConfig(enabled=False))
+def test_dps_switch_budget_and_logged_diversity(run):
+    on = run(max_evaluations=60, generations=50)
+    off = run(max_evaluations=60, generations=50, dps=DPSConfig(enabled=False))
     for r in (on, off):
         assert 60 <= r.summary["evaluations"] < 60 + 2 * 16 * 2  # stops within one generation of the budget
         rec = r.log[-1]
@@ -78,8 +81,8 @@ def test_dps_switch_budget_and_logged_diversity():
     assert on.summary["screening"]["saved_share"] > 0
 
 
-def test_restricted_space_is_respected():
-    r = _run(space=make_space("weights-only"), generations=3)
+def test_restricted_space_is_respected(run):
+    r = run(space=make_space("weights-only"), generations=3)
     allowed = set(make_space("weights-only").terminals)
     for row in r.hall_of_fame:
         assert {t for k, t in row["proxy"].tokens if k == "t"} <= allowed

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import sympy
-from test_search_fixtures import tiny_setting
 
 from emq.cli.main import main
 from emq.errors import EmqError
@@ -21,8 +20,8 @@ def _ctx(stats, bits=None):
     return ProxyContext(target=None, bits=tuple(bits or stats.bits), stats=stats)
 
 
-def test_loaded_proxy_scores_exactly_as_the_original(tmp_path):
-    stats, fd, _ = tiny_setting()
+def test_loaded_proxy_scores_exactly_as_the_original(tmp_path, tiny_setting):
+    stats, fd, _ = tiny_setting
     p = EvolvedProxy(TOKENS, -1, "x", meta={"fitness": {"search_spearman": 0.5}})
     path = save_proxy(p, tmp_path / "p.json")
     q = load_proxy(path)
@@ -57,8 +56,8 @@ def test_malformed_proxy_files_are_rejected(tmp_path, mutate, message):
         load_proxy(path)
 
 
-def test_python_export_computes_the_same_table(tmp_path):
-    stats = tiny_setting()[0]
+def test_python_export_computes_the_same_table(tmp_path, tiny_setting):
+    stats = tiny_setting[0]
     p = EvolvedProxy(TOKENS, 1, "hawqish")
     written = export(p, "all", tmp_path)
     assert set(written) == {"json", "sympy", "latex", "python", "dot", "png"}
@@ -88,3 +87,18 @@ def test_cli_export_and_errors(tmp_path, capsys):
     assert main(["export", str(path), "--out", str(tmp_path / "o2")]) == 2
     assert "unknown primitive" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists() or not any((tmp_path / "o2").iterdir())
+
+
+def test_png_export_leaves_the_users_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    figures = plt.get_fignums()
+    matplotlib.use("svg")
+    try:
+        png = export(EvolvedProxy(TOKENS, 1, "backend"), "png", tmp_path)["png"]
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == figures
+    finally:
+        matplotlib.use(before)
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -50,10 +50,8 @@ def test_python_rendering_matches_torch(name):
     np.testing.assert_allclose(np.broadcast_to(got, want.shape), want, rtol=1e-9, atol=1e-12)
 
 
-def test_every_typed_primitive_packed_equals_per_layer():
-    from test_search_fixtures import tiny_setting
-
-    stats = tiny_setting()[0]
+def test_every_typed_primitive_packed_equals_per_layer(tiny_setting):
+    stats = tiny_setting[0]
     space = make_space(terminals=list(TERMINALS), include_ops=list(OPS))
     ev = TableEvaluator(stats, space.terminals, space.prims)
     pick = {T: [n for n, t in TERMINALS.items() if t.type is T] for T in {t.type for t in TERMINALS.values()}}

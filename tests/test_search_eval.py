@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from test_search_fixtures import tiny_setting
+from scipy.stats import spearmanr
 
 from emq.evolution.evaluator import CandidateEvaluator
 from emq.evolution.screening import table_problem
@@ -13,9 +13,17 @@ from emq.search_space.evaluate import TableEvaluator, naive_config_score
 from emq.search_space.pset import HANDMADE, canonical, gen_half_and_half, make_space, to_tokens
 
 
-@pytest.fixture(scope="module")
-def setting():
-    return tiny_setting()
+@pytest.fixture()
+def setting(tiny_setting):
+    return tiny_setting
+
+
+def test_tiny_setting_layout(tiny_setting):
+    """The shared fixture is the layout the search tests assume (conftest.py)."""
+    stats, fd, lm = tiny_setting
+    assert len(stats.layers) == len(lm.layers) == 10 and stats.num_slots == lm.num_slots == 8
+    assert stats.layers[0].Q.shape == (3, *stats.layers[0].W.shape)
+    assert len(fd.search) == 30 and np.ptp(fd.search.target) > 0
 
 
 def test_table_scores_equal_naive_per_configuration(setting):
@@ -56,7 +64,13 @@ def test_screening_accepts_handmade_and_measures_them(setting):
     stats, fd, _ = setting
     ce = CandidateEvaluator(stats, fd, make_space(), act_samples=4)
     out = ce.evaluate(HANDMADE["size"][1])
-    assert out.valid and 0 <= out.fitness <= 1 and out.signature is not None
+    # the size proxy scores a configuration by sum_layers params x bits: its Spearman, by hand
+    params = np.zeros(stats.num_slots)
+    np.add.at(params, stats.layer_slot, [layer.params for layer in stats.layers])
+    rho = spearmanr(fd.search.configs @ params, fd.search.target).statistic
+    held = spearmanr(fd.heldout.configs @ params, fd.heldout.target).statistic
+    assert out.valid and out.orientation == np.sign(rho)
+    assert out.fitness == pytest.approx(abs(rho), abs=1e-9) and out.rho_heldout == pytest.approx(np.sign(rho) * held, abs=1e-9)
     assert abs(float(out.signature @ out.signature) - 1) < 1e-5
 
 

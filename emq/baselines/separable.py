@@ -198,7 +198,7 @@ class BitOps(SeparableProxy):
 
 @register_proxy
 class EmqPublished(_LayerwiseProxy):
-    """EMQ's released genotype, decoded as in KNOWLEDGE.md section 1.
+    """EMQ's released best genotype (Dong et al., ICCV 2023), decoded into emq's terminals.
 
     Per layer: mean(softmax_dim0(log|VG|)) x mean(sqrt(relu(Q_b(W)))), averaged over layers.
     Bits enter through the quantized weights Q_b(W). softmax over dim 0 averages to exactly
