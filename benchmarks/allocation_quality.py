@@ -17,8 +17,8 @@ import time
 from emq.allocation import Allocator
 from emq.baselines import get_proxy
 from emq.bench import Bench
-from emq.demo import REFERENCE_PROXIES, compare_allocations
 from emq.evolution import search
+from emq.pipeline_demo import REFERENCE_PROXIES, compare_allocations
 from emq.search_space.proxyfile import load_proxy
 from emq.search_space.stats import compute_stats
 from emq.target import resolve_target

@@ -17,13 +17,13 @@ from .allocation import Allocation, Allocator, allocate, load_bitmap, save_bitma
 from .baselines import PROXIES, get_proxy
 from .bench import Bench, bench_build, bench_export, bench_import, bench_info
 from .data import DataSplits
-from .demo import demo
 from .evolution import HallOfFame, ProxySearch, SearchResult, search
 from .executors import Executor, make_executor
-from .export import export
 from .layermap import LayerMap
+from .pipeline_demo import demo
 from .quant import PTQEngine, PTQSettings, QuantResult
-from .score import score
+from .ranking import score
+from .rendering import export
 from .search_space.proxyfile import load_proxy, save_proxy
 from .search_space.pset import make_space
 from .search_space.stats import StatsSettings, compute_stats, stats

@@ -18,7 +18,6 @@ The engine never touches the caller's model: it works on its own copy.
 from __future__ import annotations
 
 import copy
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -34,8 +33,6 @@ from .quantizers import CLIP_GRID as CLIP_GRID  # re-exported, as quantize_weigh
 from .quantizers import check_quantizer_name, fake_quant, get_weight_quantizer
 from .quantizers import quantize_weight as quantize_weight
 from .specs import DEFAULT_ACT_BITS, UNQUANTIZED_ACT_BITS, check_act_bits
-
-log = logging.getLogger(__name__)
 
 BN_MODES = ("reestimate", "fold", "none")
 

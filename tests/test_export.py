@@ -9,8 +9,8 @@ import sympy
 
 from emq.cli.main import main
 from emq.errors import EmqError
-from emq.export import export, simplify, to_sympy
 from emq.proxy import ProxyContext
+from emq.rendering import export, simplify, to_sympy
 from emq.search_space.proxyfile import EvolvedProxy, load_proxy, save_proxy
 
 TOKENS = [("p", "mul_s"), ("p", "div_s"), ("t", "trace"), ("t", "params"), ("p", "add_s"), ("c", 0.5), ("p", "square_s"), ("p", "l2_w"), ("p", "scale_w"), ("t", "E"), ("t", "pow2b")]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINES = ("emq.evolution", "emq.score", "emq.allocation", "emq.api", "emq.cli", "emq.baselines", "emq.demo", "emq.export", "emq.bench_setup")
+ENGINES = ("emq.evolution", "emq.ranking", "emq.allocation", "emq.api", "emq.cli", "emq.baselines", "emq.pipeline_demo", "emq.rendering", "emq.bench_setup")
 CORE = ("emq.models", "emq.data", "emq.layermap", "emq.quant", "emq.specs", "emq.errors", "emq.fileio", "emq.hashing", "emq.proxy", "emq.target", "emq.tables", "emq.executors", "emq.fitness")
 
 
@@ -67,7 +67,22 @@ def test_core_imports_neither_engines_nor_search_space_or_bench():
 def test_the_checker_sees_a_violation(tmp_path, monkeypatch):
     fake = tmp_path / "bench"
     fake.mkdir()
-    (fake / "x.py").write_text("from emq.score import score\nfrom ..evolution import search\nimport emq\n")
+    (fake / "x.py").write_text("from emq.ranking import score\nfrom ..evolution import search\nimport emq\n")
     monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
     found = {m: _hits(_imports(p, m), ENGINES) for p, m in _files("bench", "emq.bench")}
-    assert found == {"emq.bench.x": ["emq", "emq.evolution", "emq.evolution.search", "emq.score", "emq.score.score"]}
+    assert found == {"emq.bench.x": ["emq", "emq.evolution", "emq.evolution.search", "emq.ranking", "emq.ranking.score"]}
+
+
+def test_no_submodule_shadows_an_api_function():
+    """`emq.score`, `emq.export`, `emq.demo`, ... stay the API functions after every submodule
+    is imported (a submodule named like a function replaces it on the package)."""
+    import importlib
+    import pkgutil
+
+    import emq
+    import emq.api
+
+    for info in pkgutil.walk_packages(emq.__path__, "emq."):
+        importlib.import_module(info.name)
+    shadowed = [name for name in emq.api.__all__ if type(getattr(emq, name)).__name__ == "module"]
+    assert shadowed == []

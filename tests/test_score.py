@@ -16,7 +16,7 @@ from emq.cli.main import main
 from emq.errors import EmqError
 from emq.hashing import state_dict_digest
 from emq.quant import PTQSettings, quantize_weight
-from emq.score import score, table_rows, write_report
+from emq.ranking import score, table_rows, write_report
 from emq.search_space.netstats import LayerStats, NetworkStats
 from emq.target import resolve_target
 

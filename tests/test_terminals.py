@@ -10,8 +10,8 @@ import sympy
 import torch
 from test_search_fixtures import tiny_setting
 
-from emq.export import to_python, to_sympy
 from emq.proxy import ProxyContext
+from emq.rendering import to_python, to_sympy
 from emq.search_space import primitives
 from emq.search_space.evaluate import TableEvaluator
 from emq.search_space.primitives import PRESETS, TERMINALS, Scalar, TerminalSpec, WeightT

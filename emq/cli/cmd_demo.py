@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..demo import demo
+from ..pipeline_demo import demo
 from .common import emit_json, markdown_table
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..export import FORMATS, export
+from ..rendering import FORMATS, export
 from .common import emit_json
 
 

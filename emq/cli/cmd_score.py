@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..baselines import PROXIES
-from ..score import DEFAULT_LIMIT, score
+from ..ranking import DEFAULT_LIMIT, score
 from ..specs import METRICS
 from .common import emit_json
 

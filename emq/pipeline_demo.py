@@ -9,7 +9,6 @@ the same budget (the oracle). Everything lands in one run directory.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +20,10 @@ from .allocation import Allocation, Allocator
 from .baselines import get_proxy
 from .bench import Bench
 from .evolution import search
-from .export import export
 from .fileio import atomic_write, atomic_write_text
+from .rendering import export
 from .search_space.stats import compute_stats
 from .target import resolve_target
-
-log = logging.getLogger(__name__)
 
 REFERENCE_PROXIES = ("hawq-v2", "ompq")
 RANDOM_BAND = 0.25  # "random within budget" = bench configurations with avg bits in (budget - band, budget]
@@ -131,12 +128,10 @@ def demo(
 
 
 def _plot(rows: list[MethodResult], extra: dict[str, Any], budget: float, path: str) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
+    fig = Figure(figsize=(6, 3.2), dpi=110)
+    ax = fig.add_subplot()
     ax.barh([r.method for r in rows], [r.top1 for r in rows], color="tab:blue")
     if "median_random_top1" in extra:
         ax.axvline(extra["median_random_top1"], color="tab:red", ls="--", label="median random config in budget")
@@ -147,4 +142,3 @@ def _plot(rows: list[MethodResult], extra: dict[str, Any], budget: float, path: 
     ax.set_title(f"allocations at {budget:g} average weight bits")
     fig.tight_layout()
     fig.savefig(path, format="png")
-    plt.close(fig)

@@ -7,8 +7,6 @@ only) and computes the same table as the engine (tested).
 
 from __future__ import annotations
 
-import csv
-import io
 import signal
 import threading
 from collections.abc import Sequence
@@ -202,26 +200,6 @@ def draw_png(g: nx.DiGraph, path: Path, title: str = "") -> None:
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-
-
-def _save_fig(fig: Any, path: Path) -> None:
-    """Write a pyplot figure atomically and release it (used by emq.evolution.run's plots)."""
-    import matplotlib.pyplot as plt
-
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    finally:
-        plt.close(fig)
-
-
-def hall_of_fame_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """rank, expression, size, search and held-out Spearman and Kendall tau, orientation."""
-    fields = ["rank", "expression", "size", "search_spearman", "heldout_spearman", "search_kendall", "heldout_kendall", "orientation", "canonical"]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
 
 
 def export(proxy: str | Path | EvolvedProxy, to: str | Sequence[str] = "all", out: str | Path = ".") -> dict[str, Path]:
