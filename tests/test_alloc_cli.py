@@ -4,7 +4,7 @@ import csv
 import json
 
 import pytest
-from alloc_helpers import NoiseProxy, OutputErrorProxy
+from helpers import NoiseProxy, OutputErrorProxy
 
 from emq.allocation import load_bitmap
 from emq.api import layers

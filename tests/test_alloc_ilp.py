@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from alloc_helpers import NoiseProxy, Target, brute_force, tiny_layer_map
+from helpers import NoiseProxy, Target, brute_force, tiny_layer_map
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from alloc_helpers import NoiseProxy, Target, brute_force, tiny_layer_map
+from helpers import NoiseProxy, Target, brute_force, tiny_layer_map
 
 from emq.allocation import Allocator, Budget, InfeasibleBudget, build_problem
 from emq.allocation.kinds import (

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from alloc_helpers import NoiseProxy, OutputErrorProxy, Target, brute_force
+from helpers import NoiseProxy, OutputErrorProxy, Target, brute_force
 
 from emq.allocation import Allocator, build_problem
 from emq.allocation.budgets import Budget

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from alloc_helpers import NoiseProxy, Target
+from helpers import NoiseProxy, Target
 
 import emq
 from emq.allocation import Allocator, allocator_for, needs_data

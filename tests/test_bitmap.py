@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from alloc_helpers import tiny_layer_map
+from helpers import tiny_layer_map
 
 from emq.allocation import load_bitmap, save_bitmap
 from emq.api import layers

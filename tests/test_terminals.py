@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import sympy
 import torch
-from test_search_fixtures import tiny_setting
 
 from emq.proxy import ProxyContext
 from emq.rendering import to_python, to_sympy
@@ -20,8 +19,8 @@ from emq.search_space.terminals import layer_terminal
 
 
 @pytest.fixture(scope="module")
-def stats():
-    return tiny_setting()[0]
+def stats(tiny_setting):
+    return tiny_setting[0]
 
 
 def _numpy_terminals(stats, layer: int, names) -> dict[str, np.ndarray]:
