@@ -24,7 +24,7 @@ from emq.errors import EmqError
 from emq.executors import Executor, check_workers, executor_for
 from emq.hashing import state_dict_digest, tensor_digest
 from emq.quant import PTQSettings
-from emq.specs import DEFAULT_BITS, METRIC_ORIENTATION, config_text
+from emq.specs import DEFAULT_BITS, METRIC_ORIENTATION, ParameterError, config_text
 
 from . import store
 from .evaluation import EvalSpec, engine_for, evaluate_config, target_for
@@ -139,7 +139,7 @@ def bench_build(
     """
     out = Path(out)
     if out.exists() and not resume:
-        raise EmqError(f"--out {out}: the file exists; pass --resume to continue that build, or choose another file")
+        raise ParameterError("out", out, "the file exists; pass --resume to continue that build, or choose another file")
     check_workers(workers)  # before any model work
     settings = settings or PTQSettings()
     spec = EvalSpec(model, data, str(weights) if weights else None, input_size, num_classes, settings, test_limit)

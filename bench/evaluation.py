@@ -14,8 +14,8 @@ from typing import Any
 from torch.utils.data import Subset, TensorDataset
 
 from emq.data import DataSplits
-from emq.errors import EmqError
 from emq.quant import PTQEngine, PTQSettings
+from emq.specs import ParameterError
 from emq.target import Target, resolve_target
 
 
@@ -42,7 +42,7 @@ _TARGETS: dict[tuple, Target] = {}
 def limit_test(data: DataSplits, n: int) -> DataSplits:
     """The same data with only the first n test images (its fingerprint says so)."""
     if n < 1:
-        raise EmqError(f"--test-limit {n}: must be >= 1")
+        raise ParameterError("test_limit", n, "must be >= 1")
     tensors = getattr(data.test, "tensors", None)
     test = TensorDataset(*(t[:n] for t in tensors)) if tensors is not None else Subset(data.test, range(min(n, len(data.test))))
     return replace(data, test=test, fingerprint=f"{data.fingerprint}|test[:{n}]")

@@ -22,7 +22,7 @@ import torch
 from emq._version import __version__ as emq_version
 from emq.errors import EmqError
 from emq.fileio import atomic_write
-from emq.specs import DEFAULT_BITS, METRIC_ORIENTATION, config_text
+from emq.specs import DEFAULT_BITS, METRIC_ORIENTATION, ParameterError, config_text
 from emq.target import resolve_target
 
 from . import store
@@ -129,9 +129,9 @@ def bench_import(
 
     source, out = Path(source), Path(out)
     if fmt not in FORMATS:
-        raise EmqError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+        raise ParameterError("fmt", fmt, f"use one of {', '.join(FORMATS)}")
     if out.exists():
-        raise EmqError(f"--out {out}: the file exists; choose another file or delete it first")
+        raise ParameterError("out", out, "the file exists; choose another file or delete it first")
     if not source.is_file():
         raise EmqError(f"{source}: no such file")
     entries = load_pickle(source) if fmt == "mqbench101-pickle" else load_text(source)

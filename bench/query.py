@@ -23,6 +23,7 @@ from scipy.stats import spearmanr
 from emq.errors import EmqError
 from emq.fileio import atomic_write_text
 from emq.proxy import linear_cost
+from emq.specs import ParameterError
 
 from . import store
 from .space import ConfigSpace, config_text, is_heldout, parse_config
@@ -254,7 +255,7 @@ def bench_info(path: str | Path = "default") -> dict[str, Any]:
 def bench_export(path: str | Path, to: str = "csv", out: str | Path | None = None) -> Path:
     """Export records (with split and metrics) to CSV or JSON; returns the written path."""
     if to not in ("csv", "json"):
-        raise EmqError(f"--to {to!r}: use csv or json")
+        raise ParameterError("to", to, "use csv or json")
     b = Bench.open(path)
     dest = Path(out) if out else (Path.cwd() / f"default.{to}" if str(path) == "default" else Path(path).with_suffix(f".{to}"))
     text = b.to_csv_text() if to == "csv" else json.dumps(b.to_json_obj(), indent=1) + "\n"

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from emq.errors import EmqError
+from emq.specs import ParameterError
 
 from .space import ConfigSpace
 
@@ -28,7 +28,7 @@ def uniform_random(space: ConfigSpace, n: int, rng: np.random.Generator, exclude
     out: list[tuple[int, ...]] = []
     choices = [np.array(space.slot_choices(i)) for i in range(space.num_slots)]
     if n > _capacity(space) - len(seen):
-        raise EmqError(f"--configs {n}: the space has only {_capacity(space):.0f} configurations")
+        raise ParameterError("configs", n, f"the space has only {_capacity(space):.0f} configurations")
     while len(out) < n:
         cfg = tuple(int(c[rng.integers(len(c))]) for c in choices)
         if cfg not in seen:
@@ -58,7 +58,7 @@ def stratified(
     """
     seen = set(exclude)
     if n > _capacity(space) - len(seen):
-        raise EmqError(f"--configs {n}: the space has only {_capacity(space):.0f} configurations")
+        raise ParameterError("configs", n, f"the space has only {_capacity(space):.0f} configurations")
     w = np.asarray(params, dtype=np.float64)
     lo = sum(w[i] * min(space.slot_choices(i)) for i in range(space.num_slots))
     hi = sum(w[i] * max(space.slot_choices(i)) for i in range(space.num_slots))
@@ -101,9 +101,9 @@ def plan_configs(
     same plan, which is what makes a build resumable.
     """
     if sampler not in SAMPLERS:
-        raise EmqError(f"--sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+        raise ParameterError("sampler", sampler, f"use one of {', '.join(SAMPLERS)}")
     if n < 0:
-        raise EmqError(f"--configs {n}: must be >= 0")
+        raise ParameterError("configs", n, "must be >= 0")
     plan: list[tuple[tuple[int, ...], str]] = []
     seen: set[tuple[int, ...]] = set()
     for cfg in space.uniform_configs():

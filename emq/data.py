@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .errors import EmqError
 from .hashing import tensor_digest
+from .specs import ParameterError
 
 DEFAULT_SIZE = 24
 DEFAULT_SEED = 2023
@@ -181,7 +182,7 @@ def image_folder_data(root: Path, input_size: int = 224, calib_pool_size: int = 
             test = Subset(full, order[k:])
             num_classes = len(full.classes)
     except (FileNotFoundError, RuntimeError) as e:
-        raise EmqError(f"--data {root}: not a readable ImageFolder tree ({e})") from e
+        raise ParameterError("data", root, f"not a readable ImageFolder tree ({e})") from e
     return DataSplits(
         name=str(root),
         num_classes=num_classes,
@@ -202,7 +203,7 @@ def cifar10_data(root: Path, calib_pool_size: int = 1024, seed: int = 0) -> Data
         train = datasets.CIFAR10(str(root), train=True, download=False, transform=tf)
         test = datasets.CIFAR10(str(root), train=False, download=False, transform=tf)
     except RuntimeError as e:
-        raise EmqError(f"--data {root}: no CIFAR-10 data in torchvision's format there ({e})") from e
+        raise ParameterError("data", root, f"no CIFAR-10 data in torchvision's format there ({e})") from e
     calib = _stack(train, _pick(len(train), calib_pool_size, seed))
     return DataSplits(
         name=str(root),
@@ -222,7 +223,7 @@ def load_data(spec: str, input_size: int = 224) -> DataSplits:
         return default_data()
     root = Path(spec)
     if not root.is_dir():
-        raise EmqError(f"--data {spec}: no such directory (use 'default', an ImageFolder tree or a CIFAR-10 directory)")
+        raise ParameterError("data", spec, "no such directory (use 'default', an ImageFolder tree or a CIFAR-10 directory)")
     if (root / "cifar-10-batches-py").is_dir() or root.name == "cifar-10-batches-py":
         return cifar10_data(root.parent if root.name == "cifar-10-batches-py" else root)
     return image_folder_data(root, input_size=input_size)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .errors import EmqError
+from .specs import ParameterError
 
 DEFAULT_WIDTH = 8
 DEFAULT_WEIGHTS = "default_model.pt"
@@ -90,9 +91,9 @@ def load_weights(model: nn.Module, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as e:
-        raise EmqError(f"--weights {path}: no such file") from e
+        raise ParameterError("weights", path, "no such file") from e
     except Exception as e:  # torch raises several types for non-checkpoint files
-        raise EmqError(f"--weights {path}: not a readable torch checkpoint ({e})") from e
+        raise ParameterError("weights", path, f"not a readable torch checkpoint ({e})") from e
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
@@ -100,7 +101,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as e:
-        raise EmqError(f"--weights {path}: does not fit the model ({str(e).splitlines()[0]})") from e
+        raise ParameterError("weights", path, f"does not fit the model ({str(e).splitlines()[0]})") from e
 
 
 def build_model(name: str, num_classes: int | None = None, weights: Path | None = None) -> nn.Module:
@@ -116,7 +117,7 @@ def build_model(name: str, num_classes: int | None = None, weights: Path | None 
         if name not in names:
             close = [n for n in names if name.lower()[:4] in n][:8]
             hint = f" (did you mean: {', '.join(close)}?)" if close else ""
-            raise EmqError(f"--model {name}: unknown model{hint}; use 'default' or a torchvision classifier name")
+            raise ParameterError("model", name, f"unknown model{hint}; use 'default' or a torchvision classifier name")
         kwargs = {"num_classes": num_classes} if num_classes else {}
         if name.startswith("inception") or name.startswith("googlenet"):
             kwargs["aux_logits"] = False

@@ -16,11 +16,11 @@ from typing import Any
 import networkx as nx
 import sympy
 
-from .errors import EmqError
 from .fileio import atomic_write, atomic_write_text
 from .search_space.evaluate import Token
 from .search_space.primitives import NUMPY_HELPERS, TERMINALS, PrimSpec
 from .search_space.proxyfile import EvolvedProxy, load_proxy
+from .specs import ParameterError
 
 FORMATS = ("json", "sympy", "latex", "python", "dot", "png")
 SIMPLIFY_MAX_OPS = 60
@@ -209,7 +209,7 @@ def export(proxy: str | Path | EvolvedProxy, to: str | Sequence[str] = "all", ou
     wanted = list(FORMATS) if to == "all" else ([to] if isinstance(to, str) else list(to))
     for w in wanted:
         if w not in FORMATS:
-            raise EmqError(f"--to {w!r}: choose from {', '.join(FORMATS)} or all")
+            raise ParameterError("to", w, f"choose from {', '.join(FORMATS)} or all")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stem = proxy.name or "proxy"

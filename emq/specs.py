@@ -9,6 +9,7 @@ Python keyword); the CLI turns that name into its flag.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -33,7 +34,8 @@ class ParameterError(EmqError, ValueError):
 
     def __init__(self, param: str, value: Any, problem: str) -> None:
         self.param, self.value, self.problem = param, value, problem
-        super().__init__(f"{param}={value!r}: {problem}")
+        shown = str(value) if isinstance(value, os.PathLike) else repr(value)
+        super().__init__(f"{param}={shown}: {problem}")
 
     def with_flag(self, flag: str) -> str:
         """The same message in the CLI's words: `--act-bits 40: ...`."""

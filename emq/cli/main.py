@@ -19,7 +19,7 @@ from ..errors import EmqError
 from ..specs import ParameterError
 
 # Python parameter names whose flag is not simply --name-with-dashes
-FLAGS = {"pins": "--pin", "ties": "--tie", "config": "--bits", "out_dir": "--out", "warm_start": "--resume", "random_state": "--seed", "weight_symmetric": "--symmetric"}
+FLAGS = {"pins": "--pin", "ties": "--tie", "config": "--bits", "out_dir": "--out", "warm_start": "--resume", "random_state": "--seed", "weight_symmetric": "--symmetric", "fmt": "--format"}
 
 
 def flag_for(param: str) -> str:
