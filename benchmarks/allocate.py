@@ -22,7 +22,7 @@ import pulp
 from emq.allocation import Budget, build_problem
 from emq.allocation.ilp import group_matrices, solve_ilp
 from emq.api import layers
-from emq.cli.common import markdown_table
+from emq.tables import markdown_table
 
 MODELS = ("default", "resnet18", "resnet50")
 BITS = (2, 3, 4)

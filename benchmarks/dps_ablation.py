@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from emq.evolution import DPSConfig, ProxySearch
-from emq.evolution.run import load_fitness_data
+from emq.evolution.estimator import load_fitness_data
 from emq.search_space.stats import compute_stats
 from emq.target import resolve_target
 
