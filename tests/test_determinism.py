@@ -14,8 +14,11 @@ import pytest
 TIMING = {"seconds", "evals_per_s"}
 
 
-def _campaign(out, workers: int) -> dict[str, str]:
-    cmd = [sys.executable, "-m", "emq.cli.main", "search", "--bench", "default", "--generations", "6", "--population", "16",
+def _campaign(out, workers: int, pad: int) -> dict[str, str]:
+    # `pad` objects allocated before emq is imported move every class to other addresses,
+    # as a different process history would
+    boot = f"import sys; _pad = [object() for _ in range({pad})]; from emq.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    cmd = [sys.executable, "-c", boot, "search", "--bench", "default", "--generations", "6", "--population", "16",
            "--seed", "5", "--workers", str(workers), "--out", str(out), "--json"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     log = [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in (out / "log.jsonl").read_text().splitlines()]
@@ -29,6 +32,38 @@ def test_same_seed_same_campaign_across_processes_and_workers(tmp_path):
     from emq.target import resolve_target
 
     compute_stats(resolve_target("default"), bits=Bench.open("default").bits)  # warm the shared test cache once
-    runs = [_campaign(tmp_path / f"run{i}", w) for i, w in enumerate((1, 1, 2))]
+    runs = [_campaign(tmp_path / f"run{i}", w, pad) for i, (w, pad) in enumerate(((1, 0), (1, 4099), (2, 77777)))]
     for key in ("best", "hof", "log"):
         assert all(r[key] == runs[0][key] for r in runs[1:]), key
+
+
+_CROSSOVERS = """
+import sys
+_pad = [object() for _ in range(int(sys.argv[2]))]  # moves the type classes to other addresses
+import hashlib, importlib, random
+from deap import gp
+from emq.search_space.pset import gen_half_and_half, make_space
+module, name = sys.argv[1].split(":")
+cross = getattr(importlib.import_module(module), name)
+space = make_space()
+random.seed(1)
+out = []
+for _ in range(300):
+    a, b = gp.PrimitiveTree(gen_half_and_half(space, 2, 4)), gp.PrimitiveTree(gen_half_and_half(space, 2, 4))
+    cross(a, b)
+    out.append(str(a) + "|" + str(b))
+print(hashlib.sha256("".join(out).encode()).hexdigest())
+"""
+
+
+def _crossover_digests(operator: str) -> set[str]:
+    runs = [subprocess.run([sys.executable, "-c", _CROSSOVERS, operator, str(pad)], check=True, capture_output=True, text=True, timeout=300) for pad in (0, 1, 17)]
+    return {r.stdout.strip() for r in runs}
+
+
+@pytest.mark.slow
+def test_crossover_does_not_depend_on_where_classes_live():
+    """DEAP's cxOnePoint draws from a set of type classes, whose order follows memory
+    addresses; emq's operator must give the same offspring in every process."""
+    assert len(_crossover_digests("emq.evolution.variation:cx_one_point")) == 1
+    assert len(_crossover_digests("deap.gp:cxOnePoint")) > 1  # the check can see the defect
