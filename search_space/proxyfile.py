@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from emq.errors import EmqError
 from emq.fileio import atomic_write_text
 from emq.proxy import ProxyContext, SeparableProxy
+from emq.specs import ParameterError
 
 from .evaluate import TableEvaluator, Token, tree_terminals
 from .primitives import OPS, TERMINALS
@@ -37,6 +39,17 @@ def universe() -> SearchSpace:
     return make_space(terminals=list(TERMINALS), include_ops=list(OPS))
 
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_name(name: Any) -> str:
+    """A proxy name becomes a file stem and text in generated code: only a plain slug is
+    accepted (letters, digits, '_', '-', '.'; no path separators, no leading dot)."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise ParameterError("name", name, "a proxy name must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+    return name
+
+
 class EvolvedProxy(SeparableProxy):
     """A proxy tree p(layer, b); its table is P[S, B] = sum over each slot's layers."""
 
@@ -47,7 +60,7 @@ class EvolvedProxy(SeparableProxy):
         if orientation not in (1, -1):
             raise EmqError(f"proxy orientation {orientation!r}: use 1 or -1")
         self.prims = space.prims
-        self.name = name
+        self.name = check_name(name)
         self.orientation = int(orientation)
         self.act_samples = int(act_samples)
         self.meta = dict(meta or {})
@@ -147,7 +160,11 @@ def proxy_from_json(obj: Any, source: str = "proxy") -> EvolvedProxy:
         raise EmqError(f"{source}: field 'orientation' must be 1 or -1")
     known = {"format", "name", "expression", "tree", "orientation", "aggregation", "act_samples"}
     meta = {k: v for k, v in obj.items() if k not in known}
-    return EvolvedProxy(tokens, orientation, str(obj.get("name", "evolved")), act, meta)
+    try:
+        name = check_name(obj.get("name", "evolved"))
+    except ParameterError as e:
+        raise EmqError(f"{source}: field 'name' {e.problem} (got {obj.get('name')!r})") from e
+    return EvolvedProxy(tokens, orientation, name, act, meta)
 
 
 def _walk(node: dict) -> list[dict]:

@@ -102,3 +102,28 @@ def test_png_export_leaves_the_users_matplotlib_backend_alone(tmp_path):
     finally:
         matplotlib.use(before)
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("name", ['x"""\nimport os; os.system("touch PWNED")\n"""', "../../../escaped", "/abs/path", ".hidden", "a/b", "", "x" * 65])
+def test_a_proxy_name_never_becomes_code_or_a_path(tmp_path, name):
+    good = tmp_path / "good.json"
+    save_proxy(EvolvedProxy(TOKENS, 1, "fine"), good)
+    doc = json.loads(good.read_text())
+    doc["name"] = name
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(EmqError, match="field 'name'"):
+        load_proxy(bad)
+    with pytest.raises(EmqError, match="name="):
+        EvolvedProxy(TOKENS, 1, name)
+    assert main(["export", str(bad), "--to", "all", "--out", str(tmp_path / "out")]) == 2
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bad.json", "good.json"]  # nothing written anywhere
+
+
+def test_python_export_docstring_is_an_escaped_literal(tmp_path):
+    proxy = EvolvedProxy(TOKENS, -1, "safe-name.v1")
+    out = export(proxy, "python", tmp_path)["python"]
+    spec = importlib.util.spec_from_file_location("exported", out)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.__doc__.startswith("Proxy safe-name.v1: ") and module.ORIENTATION == -1
