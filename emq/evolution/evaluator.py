@@ -65,6 +65,8 @@ class CandidateEvaluator:
         if problem:
             return _rejected(problem)
         scores = self.data.search.scores(table)
+        if not np.isfinite(scores).all():  # a finite table can still overflow when summed over slots
+            return _rejected("nonfinite_scores")
         rho = self.data.search.spearman(scores)
         if math.isnan(rho):
             return _rejected("constant_scores")

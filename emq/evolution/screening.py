@@ -6,7 +6,8 @@ Three stages, cheapest first (typing is enforced earlier by the typed primitive 
    table and cannot rank configurations;
 2. probe: the table of a few layers (first, middle, last) is checked for NaN/inf and for
    rows that do not vary with the bit-width;
-3. full: the same checks on the whole table, then the bench scores must not be constant.
+3. full: the same checks on the whole table, then the bench scores must be finite (a finite
+   table can overflow when summed over slots) and not constant.
 
 Duplicates (same canonical form) never reach any stage: the fitness cache answers them.
 Every rejection is counted by reason.
@@ -18,7 +19,7 @@ from collections import Counter
 
 import torch
 
-REASONS = ("duplicate", "no_bit_terminal", "probe_nonfinite", "probe_bit_insensitive", "nonfinite", "bit_insensitive", "constant_scores")
+REASONS = ("duplicate", "no_bit_terminal", "probe_nonfinite", "probe_bit_insensitive", "nonfinite", "bit_insensitive", "nonfinite_scores", "constant_scores")
 REL_TOL = 1e-9  # a table whose bit columns differ by less than this (relative) is bit-insensitive
 
 
