@@ -54,7 +54,13 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch, run, tiny
     monkeypatch.setattr(Campaign, "_generation", original)
     with pytest.raises(EmqError, match="warm_start=True"):
         search(fd, stats=stats, **cfg, out=tmp_path / "killed")
-    resumed = search(fd, stats=stats, **cfg, out=tmp_path / "killed", resume=True)
+    killed = tmp_path / "killed"
+    orphans = [killed / ".checkpoint.npz.k3x9.tmp", killed / ".diversity.png.q1w2.tmp"]  # what a kill -9 mid-write leaves
+    for f in orphans:
+        f.write_bytes(b"partial")
+    (killed / "notes.tmp").write_text("the user's")  # not ours: stays
+    resumed = search(fd, stats=stats, **cfg, out=killed, resume=True)
+    assert not any(f.exists() for f in orphans) and (killed / "notes.tmp").exists()
     assert _fingerprint(resumed) == _fingerprint(full)
     lines = (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["generation"] for x in lines] == list(range(7))

@@ -25,6 +25,7 @@ from emq.search_space.terminals import DEFAULT_ACT_SAMPLES
 
 from ..errors import EmqError
 from ..executors import Executor, executor_for
+from ..fileio import remove_stale_temps
 from ..fitness import FitnessData
 from ..specs import ParameterError
 from .dps import DPSConfig
@@ -152,6 +153,9 @@ class ProxySearch:
                 if ckpt is None or not ckpt.exists():
                     raise ParameterError("warm_start", True, f"nothing to continue: no earlier fit and no checkpoint in {out_dir}; start with warm_start=False")
                 camp.restore(ckpt)
+                removed = remove_stale_temps(out_dir)  # left by a writer killed mid-write
+                if removed:
+                    log.info("removed %d stale temp files from %s", len(removed), out_dir)
         with executor_for(self.executor, self.workers) as executor:
             camp.run(executor)
         self._campaign = camp
