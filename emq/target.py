@@ -49,7 +49,7 @@ def resolve_target(
     elif data is not None and need_data:
         splits = load_data(data, input_size=input_size or 224)
     if isinstance(model, nn.Module):
-        net, label = model.eval(), name or type(model).__name__
+        net, label = model, name or type(model).__name__  # the caller's module, mode untouched: engines work on copies
     else:
         classes = num_classes or (splits.num_classes if splits is not None and model != "default" else None)
         net, label = build_model(model, num_classes=classes, weights=weights), model

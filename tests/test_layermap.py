@@ -83,3 +83,13 @@ def test_validate_errors():
 def test_model_without_quantizable_layers():
     with pytest.raises(EmqError, match="no Conv2d or Linear"):
         build_layer_map(nn.Sequential(nn.ReLU()), 4, "empty", in_channels=1)
+
+
+def test_the_api_leaves_a_users_model_as_it_was():
+    import emq
+
+    model = Tiny().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    emq.layers(model, input_size=6)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
