@@ -32,7 +32,13 @@ from .layermap import QUANTIZABLE, LayerMap
 from .quantizers import CLIP_GRID as CLIP_GRID  # re-exported, as quantize_weight
 from .quantizers import check_quantizer_name, fake_quant, get_weight_quantizer
 from .quantizers import quantize_weight as quantize_weight
-from .specs import DEFAULT_ACT_BITS, UNQUANTIZED_ACT_BITS, check_act_bits
+from .specs import (
+    DEFAULT_ACT_BITS,
+    UNQUANTIZED_ACT_BITS,
+    ParameterError,
+    check_act_bits,
+    check_positive_int,
+)
 
 BN_MODES = ("reestimate", "fold", "none")
 
@@ -49,8 +55,10 @@ class PTQSettings:
 
     def __post_init__(self) -> None:
         if self.bn not in BN_MODES:
-            raise EmqError(f"BatchNorm mode {self.bn!r}: use one of {', '.join(BN_MODES)}")
+            raise ParameterError("bn", self.bn, f"use one of {', '.join(BN_MODES)}")
         check_act_bits(self.act_bits)
+        check_positive_int(self.calib_size, "calib_size")
+        check_positive_int(self.batch_size, "batch_size")
         check_quantizer_name(self.weight_quantizer)
 
     def to_json(self) -> dict:

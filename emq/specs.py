@@ -54,6 +54,13 @@ def _as_int(value: Any, param: str) -> int:
     return int(f)
 
 
+def check_positive_int(value: Any, param: str) -> int:
+    """A count that must be at least 1 (images, batch size, pixels)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ParameterError(param, value, "must be an integer >= 1")
+    return int(value)
+
+
 def check_weight_bits(value: Any, param: str = "bits") -> int:
     """One weight bit-width, as an int in WEIGHT_BITS_MIN..WEIGHT_BITS_MAX."""
     b = _as_int(value, param)

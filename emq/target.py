@@ -11,6 +11,7 @@ from .data import DataSplits, load_data
 from .errors import EmqError
 from .layermap import LayerMap, build_layer_map
 from .models import build_model
+from .specs import check_positive_int
 
 
 @dataclass
@@ -41,6 +42,8 @@ def resolve_target(
     is `default`, a directory, a DataSplits, or None for the model's own (the default model
     has the embedded data; torchvision models have none).
     """
+    if input_size is not None:
+        check_positive_int(input_size, "input_size")
     if data is None and model == "default":
         data = "default"
     splits: DataSplits | None = None

@@ -39,6 +39,9 @@ def test_layers_table(capsys):
         (["layers", "--model", "resnet1800"], "unknown model"),
         (["quantize", "--model", "resnet18", "--bits", ",".join(["4"] * 18)], "--data"),
         (["quantize", "--data", "/nonexistent/dir", "--bits", ",".join(["4"] * 20)], "no such directory"),
+        (["quantize", "--bits", ",".join(["4"] * 20), "--calib-size", "0"], "--calib-size 0: must be an integer >= 1"),
+        (["layers", "--input-size=-3"], "--input-size -3: must be an integer >= 1"),
+        (["layers", "--input-size", "0"], "--input-size 0: must be an integer >= 1"),  # used to fall back to 24 px silently
     ],
 )
 def test_bad_input_exit_2(capsys, argv, message):
