@@ -119,9 +119,10 @@ def _load_evolved(paths: Sequence[Path]) -> list[Proxy]:
     return [load_proxy(Path(p)) for p in paths]
 
 
-def _score_one(job: tuple[Proxy, ProxyContext], config: np.ndarray) -> float:
-    """An executor task: one whole-configuration score (the proxy and context are shared)."""
-    proxy, ctx = job
+def _score_one(ctx: ProxyContext, task: tuple[Proxy, np.ndarray]) -> float:
+    """An executor task: one whole-configuration score. The context (target, settings and the
+    proxies' shared cache: PTQ engine, FP references) is shipped once and kept by each worker."""
+    proxy, config = task
     return float(proxy.oriented_scores(ctx, config[None])[0])
 
 
@@ -132,13 +133,14 @@ def score_proxy(
     """Correlations of one proxy on each split; `splits` holds row indices into `configs`.
 
     `values` is the oriented bench metric (higher = better), `configs` the rows to score.
-    Whole-configuration proxies quantize per configuration, so they go through `executor`.
+    Whole-configuration proxies quantize per configuration, so they go through `executor`
+    with `ctx` as the shared context (give one without statistics: it is shipped to workers).
     """
     t0 = time.perf_counter()
     if proxy.separable:
         scores = proxy.oriented_scores(ctx, configs)
     else:
-        jobs = (executor or make_executor("serial")).map(_score_one, list(configs), context=(proxy, ProxyContext(ctx.target, ctx.bits, ctx.settings)))
+        jobs = (executor or make_executor("serial")).map(_score_one, [(proxy, c) for c in configs], context=ctx)
         scores = np.array(list(tqdm(jobs, total=len(configs), desc=proxy.name, unit="cfg", disable=not progress)), dtype=np.float64)
     seconds = (time.perf_counter() - t0) / max(len(configs), 1)
     if not np.isfinite(scores).all():
@@ -200,6 +202,7 @@ def score(
         stats = compute_stats(target, bits=setup.bits, settings=setup.stats)
         stats_seconds = time.perf_counter() - t0
     ctx = ProxyContext(target, tuple(b.bits), settings, stats)
+    whole_ctx = ProxyContext(target, tuple(b.bits), settings)  # without statistics: what executors ship to workers
     search, heldout = ok & ~b.heldout, ok & b.heldout
     results = []
     with executor_for(executor, workers) as pool:
@@ -211,7 +214,7 @@ def score(
             is_heldout = b.heldout[rows]
             splits = {"search": np.flatnonzero(~is_heldout), "heldout": np.flatnonzero(is_heldout), "all": np.arange(len(rows))}
             log.info("scoring %s on %d configurations", proxy.name, len(rows))
-            results.append(score_proxy(proxy, ctx, b.configs[rows], values_all[rows], splits, kind, progress, pool))
+            results.append(score_proxy(proxy, ctx if proxy.separable else whole_ctx, b.configs[rows], values_all[rows], splits, kind, progress, pool))
     ceilings = b.noise_ceiling
     return ScoreReport(str(b.path), target.name, metric, (ceilings or {}).get(metric), ceilings, stats_seconds, results)
 
