@@ -1,8 +1,11 @@
-"""Build a bench: plan configurations, PTQ-evaluate them, store records, measure the noise.
+"""Build a bench: plan configurations, PTQ-evaluate them, store records, measure reliability.
 
 The plan is a pure function of the build arguments and is stored in the file before any
 evaluation, so a restarted build (`resume=True`) evaluates exactly the configurations that
-have no record yet. Records are written one transaction each as results arrive.
+have no record yet. Records, each with its per-image outcomes, are written one transaction
+each as results arrive. Every configuration is calibrated on one half of the calibration
+sources; a sample is re-evaluated on the other half (an independent repeat) to measure the
+calibration noise, and the test images are split by source into a fit and a report pool.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -28,8 +33,9 @@ from emq.specs import DEFAULT_BITS, METRIC_ORIENTATION, ParameterError, config_t
 
 from . import store
 from .evaluation import EvalSpec, engine_for, evaluate_config, target_for
-from .noise import ceilings, default_metric, sample_for_noise
-from .query import bench_info
+from .pools import TestPools
+from .query import Bench, bench_info
+from .reliability import default_metric, reliability, sample_for_retest
 from .sampling import plan_configs
 from .space import ConfigSpace
 
@@ -46,6 +52,13 @@ def _split_digests(engine: Any) -> dict[str, str]:
         "calibration": tensor_digest(engine.calib),
         "test": tensor_digest(tensors) if tensors is not None else f"{type(test).__name__}:{len(test)}",
     }
+
+
+def _test_pools(engine: Any) -> TestPools:
+    """The fit / report split of this engine's test images (sources from the data, else one per image)."""
+    labels = torch.cat([y for _, y in engine.data.test_batches(engine.settings.batch_size)]).numpy()
+    sources = engine.data.test_sources
+    return TestPools.split(sources.numpy() if sources is not None else np.arange(labels.shape[0]), labels)
 
 
 def _build_meta(spec: EvalSpec, space: ConfigSpace, seed: int, sampler: str, configs: int, user: list[str], noise_samples: int) -> dict[str, Any]:
@@ -74,7 +87,8 @@ def _build_meta(spec: EvalSpec, space: ConfigSpace, seed: int, sampler: str, con
         "user_configs": user,
         "noise_samples": noise_samples,
         "metric_orientation": METRIC_ORIENTATION,
-        "noise_ceiling": None,
+        "test_pools": _test_pools(engine).to_json(),
+        "reliability": None,
         "default_metric": "top1",
         "versions": {"emq": emq_version, "torch": torch.__version__, "python": platform.python_version()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -94,6 +108,8 @@ def _comparable(meta: Mapping[str, Any], key: str) -> Any:
 
 
 def _check_resume(path: Path, stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
+    if int(stored.get("schema_version", 1)) != store.SCHEMA_VERSION:
+        raise EmqError(f"{path}: bench format {stored.get('schema_version', 1)} cannot be resumed by this emq (format {store.SCHEMA_VERSION}); build into a new file")
     if stored.get("kind") != "ptq-build":
         raise EmqError(f"{path}: not a PTQ-built bench (kind {stored.get('kind')!r}); it cannot be resumed")
     diff = [k for k in BUILD_KEYS if _comparable(stored, k) != _comparable(wanted, k)]
@@ -134,14 +150,17 @@ def bench_build(
     """Build (or resume) a bench file; returns `bench_info` of the finished file.
 
     `configs` is the total number of configurations, the uniform ones and the user's
-    included. The noise ceiling re-evaluates `noise_samples` of them with the next
-    calibration seed. `test_limit` evaluates on the first N test images only (smoke tests).
+    included. Each is calibrated on half `settings.calib_half` (default 0) of the calibration
+    sources; the calibration test-retest re-evaluates `noise_samples` of them on the other
+    half. `test_limit` evaluates on the first N test images only (smoke tests).
     """
     out = Path(out)
     if out.exists() and not resume:
         raise ParameterError("out", out, "the file exists; pass --resume to continue that build, or choose another file")
     check_workers(workers)  # before any model work
     settings = settings or PTQSettings()
+    if settings.calib_half is None:
+        settings = replace(settings, calib_half=0)
     spec = EvalSpec(model, data, str(weights) if weights else None, input_size, num_classes, settings, test_limit)
     lm = engine_for(spec).layer_map
     space = ConfigSpace.for_layer_map(lm, bits, pinned, settings.act_bits)
@@ -160,8 +179,8 @@ def bench_build(
         def write_record(res: dict, idx: int, source: str) -> None:
             store.insert_record(con, {**res, "idx": idx, "seed": settings.calib_seed, "source": source})
 
-        noise_spec = spec.with_calib_seed(settings.calib_seed + 1)
-        noise_cfgs = sample_for_noise([c for _, c, _ in stored_plan], noise_samples, seed)
+        noise_spec = replace(spec, settings=replace(settings, calib_seed=settings.calib_seed + 1, calib_half=1 - settings.calib_half))
+        noise_cfgs = sample_for_retest([c for _, c, _ in stored_plan], noise_samples, seed)
         done_rep = store.done_configs(con, "repeats")
         todo_rep = [(-1, c, "") for c in noise_cfgs if c not in done_rep]
 
@@ -171,13 +190,15 @@ def bench_build(
         with executor_for(executor, workers) as pool:
             t0 = time.perf_counter()
             _run(pool, spec, todo, "bench", progress, write_record)
-            _run(pool, noise_spec, todo_rep, "noise ceiling", progress, write_repeat)
+            _run(pool, noise_spec, todo_rep, "calibration retest", progress, write_repeat)
             elapsed = time.perf_counter() - t0
             used_workers = pool.workers
-        records = {r[1]: dict(zip(store.RECORD_COLUMNS, r, strict=True)) for r in store.read_records(con)}
-        repeats = {r[0]: {"top1": r[1], "loss": r[2], "kl": r[3]} for r in con.execute("SELECT config, top1, loss, kl FROM repeats")}
-        ceiling = ceilings(records, repeats)
+        bench = Bench(out, store.read_meta(con), store.read_records(con), store.read_outcomes(con), store.read_repeats(con), store.read_outcomes(con, "repeats"))
+        rel = reliability(bench)
         build_log = stored.get("build_log", []) + [{"evaluated": len(todo) + len(todo_rep), "seconds": round(elapsed, 2), "workers": used_workers}]
-        store.write_meta(con, {"noise_ceiling": ceiling, "noise_calib_seed": noise_spec.settings.calib_seed, "noise_configs": len(repeats), "default_metric": default_metric(ceiling), "build_log": build_log})
+        store.write_meta(con, {
+            "reliability": rel, "retest_settings": noise_spec.settings.to_json(), "retest_configs": len(bench.repeats),
+            "default_metric": default_metric(rel), "build_log": build_log,
+        })
     store.compact(out)
     return bench_info(out)

@@ -18,6 +18,8 @@ from emq.quant import PTQEngine, PTQSettings
 from emq.specs import ParameterError
 from emq.target import Target, resolve_target
 
+from .outcomes import encode
+
 
 @dataclass(frozen=True)
 class EvalSpec:
@@ -45,7 +47,8 @@ def limit_test(data: DataSplits, n: int) -> DataSplits:
         raise ParameterError("test_limit", n, "must be >= 1")
     tensors = getattr(data.test, "tensors", None)
     test = TensorDataset(*(t[:n] for t in tensors)) if tensors is not None else Subset(data.test, range(min(n, len(data.test))))
-    return replace(data, test=test, fingerprint=f"{data.fingerprint}|test[:{n}]")
+    sources = data.test_sources[:n] if data.test_sources is not None else None
+    return replace(data, test=test, test_sources=sources, fingerprint=f"{data.fingerprint}|test[:{n}]")
 
 
 def target_for(spec: EvalSpec) -> Target:
@@ -76,4 +79,4 @@ def evaluate_config(spec: EvalSpec, config: str) -> dict[str, Any]:
     """PTQ-evaluate one configuration (canonical text); returns its metrics. An executor task:
     the spec is the shared context, so each worker builds its engine once."""
     res = engine_for(spec).evaluate([int(b) for b in config.split(",")])
-    return {"config": config, **res.to_json()}
+    return {"config": config, **res.to_json(), "outcomes": encode(res.per_image)}

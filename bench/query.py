@@ -26,6 +26,8 @@ from emq.proxy import linear_cost
 from emq.specs import ParameterError
 
 from . import store
+from .outcomes import Outcomes, decode
+from .pools import TestPools
 from .space import ConfigSpace, config_text, is_heldout, parse_config
 
 SPLITS = ("all", "search", "heldout")
@@ -54,9 +56,16 @@ def resolve_bench_path(path: str | Path) -> Path:
 class Bench:
     """A bench in memory: configurations [N, S], metrics, metadata, EMQAPI queries."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], rows: list[tuple]) -> None:
+    def __init__(
+        self, path: Path, meta: dict[str, Any], rows: list[tuple], outcomes: dict[str, bytes | None] | None = None,
+        repeats: dict[str, dict[str, float | None]] | None = None, repeat_outcomes: dict[str, bytes | None] | None = None,
+    ) -> None:
         self.path = path
         self.meta = meta
+        self._blobs = outcomes or {}
+        self.repeats = repeats or {}
+        self._repeat_blobs = repeat_outcomes or {}
+        self._decoded: dict[tuple, np.ndarray] = {}
         if not rows:
             raise EmqError(f"bench {path}: has no records (an empty or unfinished build; resume it with `emq bench build ... --resume`)")
         cols = list(zip(*rows, strict=True))
@@ -67,6 +76,7 @@ class Bench:
         self.sources: list[str] = list(get["source"])
         self.heldout = np.array([is_heldout(c) for c in self.config_texts], dtype=bool)
         self._index = {tuple(int(b) for b in c.split(",")): i for i, c in enumerate(self.config_texts)}
+        self._index_by_text = {c: i for i, c in enumerate(self.config_texts)}
 
     @classmethod
     def open(cls, path: str | Path = "default") -> Bench:
@@ -76,8 +86,17 @@ class Bench:
             meta = store.read_meta(con)
             if "space" not in meta:
                 raise EmqError(f"bench {p}: has no metadata (not a bench file, or its build never started)")
+            version = int(meta.get("schema_version", 1))
+            if version != store.SCHEMA_VERSION:
+                raise EmqError(
+                    f"bench {p}: bench format {version}, this emq reads format {store.SCHEMA_VERSION} (per-image outcomes and test pools);"
+                    " rebuild it with `emq bench build` and the arguments in its build_log, or use an emq version of its format"
+                )
             rows = store.read_records(con)
-        return cls(p, meta, rows)
+            outcomes = store.read_outcomes(con)
+            repeats = store.read_repeats(con)
+            repeat_outcomes = store.read_outcomes(con, "repeats")
+        return cls(p, meta, rows, outcomes, repeats, repeat_outcomes)
 
     # -- description ---------------------------------------------------------------
     @property
@@ -93,12 +112,79 @@ class Bench:
         return list(self.meta["space"]["slot_names"])
 
     @property
-    def noise_ceiling(self) -> dict[str, float | None] | None:
-        return self.meta.get("noise_ceiling")
+    def reliability(self) -> dict[str, dict[str, Any]]:
+        """Per metric on the report pool: split-half, calibration test-retest, combined, ceiling
+        (stored at build time; computed from the records for a bench built without it)."""
+        stored = self.meta.get("reliability")
+        if stored is None:
+            from .reliability import reliability
+
+            stored = self.meta["reliability"] = reliability(self)
+        return stored
+
+    @property
+    def ceiling(self) -> dict[str, float | None]:
+        """{metric: sqrt(combined reliability)}: about the best rho a perfect predictor reaches."""
+        return {m: (r or {}).get("ceiling") for m, r in self.reliability.items()}
 
     @property
     def default_metric(self) -> str:
         return self.meta.get("default_metric", "top1")
+
+    @property
+    def pools(self) -> TestPools | None:
+        """The fit / report split of the test images; None for benches without per-image outcomes."""
+        obj = self.meta.get("test_pools")
+        return TestPools.from_json(obj) if obj and self.has_outcomes else None
+
+    @property
+    def has_outcomes(self) -> bool:
+        return bool(self._blobs) and all(self._blobs.get(c) is not None for c in self.config_texts)
+
+    def has_repeat_outcomes(self, configs: Sequence[str]) -> bool:
+        return all(self._repeat_blobs.get(c) is not None for c in configs)
+
+    def outcomes(self, config: str, repeat: bool = False) -> Outcomes:
+        """Per-image outcomes of one configuration (of its calibration repeat with `repeat`)."""
+        blob = (self._repeat_blobs if repeat else self._blobs).get(config)
+        if blob is None:
+            raise EmqError(f"bench {self.path}: no per-image outcomes for {'the repeat of ' if repeat else ''}configuration {config}")
+        return decode(blob, f"bench {self.path}, configuration {config}")
+
+    def per_image(self, metric: str, configs: Sequence[str] | None = None, repeat: bool = False) -> np.ndarray:
+        """[N, images] per-image values of a metric (top1 as 0/100) for records (or repeats)."""
+        texts = tuple(self.config_texts if configs is None else configs)
+        key = (metric, texts, repeat)
+        cached = self._decoded.get(key)
+        if cached is None:
+            if self.pools is None:
+                raise EmqError(f"bench {self.path}: has no per-image outcomes, so test pools cannot be formed (rebuild it with `emq bench build`)")
+            n = self.pools.n_images
+            cached = np.empty((len(texts), n), dtype=np.float32)
+            for i, c in enumerate(texts):
+                values = self.outcomes(c, repeat).metric(metric)
+                if values.shape[0] != n:
+                    raise EmqError(f"bench {self.path}, configuration {c}: {values.shape[0]} per-image outcomes for {n} test images")
+                cached[i] = values
+            self._decoded[key] = cached
+        return cached
+
+    def source_table(self, metric: str, pool: str = "all", configs: Sequence[str] | None = None, repeat: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Per-configuration per-source sums S [N, K] of a metric over a test pool, and the
+        per-source image counts c [K]: the pool's metric is S.sum(1) / c.sum()."""
+        values = self.per_image(metric, configs, repeat)
+        idx, pos = self.pools.source_index(pool)  # type: ignore[union-attr]  # per_image checked pools
+        k = int(pos.max()) + 1
+        onehot = np.zeros((idx.size, k))
+        onehot[np.arange(idx.size), pos] = 1.0
+        return values[:, idx].astype(np.float64) @ onehot, onehot.sum(0)
+
+    def pool_metric(self, metric: str, pool: str = "all") -> np.ndarray:
+        """A metric of every record measured on one test pool ('all' = the stored value)."""
+        if pool == "all" or metric not in ("top1", "loss", "kl"):
+            return self.metrics[metric]
+        sums, counts = self.source_table(metric, pool)
+        return sums.sum(1) / counts.sum()
 
     # -- arrays ----------------------------------------------------------------------
     def mask(
@@ -125,14 +211,15 @@ class Bench:
                 keep &= arr <= hi
         return keep
 
-    def arrays(self, split: str = "all", metrics: Sequence[str] | None = None, **budget: float | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(configs int [N, S], {metric: float [N]}) for a split, optionally within a budget."""
+    def arrays(self, split: str = "all", metrics: Sequence[str] | None = None, pool: str = "all", **budget: float | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(configs int [N, S], {metric: float [N]}) for a split, optionally within a budget;
+        accuracy metrics measured on test `pool` ('fit', 'report' or 'all' images)."""
         names = list(metrics) if metrics is not None else list(ARRAY_METRICS)
         bad = [m for m in names if m not in ARRAY_METRICS]
         if bad:
             raise EmqError(f"metric {bad[0]!r}: use one of {', '.join(ARRAY_METRICS)}")
         keep = self.mask(split, **budget)
-        return self.configs[keep], {m: self.metrics[m][keep] for m in names}
+        return self.configs[keep], {m: self.pool_metric(m, pool)[keep] for m in names}
 
     # -- EMQAPI ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -217,7 +304,7 @@ def trivial_baselines(b: Bench) -> dict[str, dict[str, float | None]]:
 
 
 def bench_info(path: str | Path = "default") -> dict[str, Any]:
-    """Summary of a bench: records, slots, bits, noise ceiling, metric distributions."""
+    """Summary of a bench: records, slots, bits, test pools, reliability, metric distributions."""
     b = Bench.open(path)
     metrics = {}
     for m in ("top1", "loss", "kl", "size_bytes", "bitops"):
@@ -238,7 +325,9 @@ def bench_info(path: str | Path = "default") -> dict[str, Any]:
         "allowed_bits": list(b.bits),
         "pinned": meta["space"].get("pinned", {}),
         "act_bits": meta["space"].get("act_bits"),
-        "noise_ceiling": b.noise_ceiling,
+        "test_pools": b.pools.summary() if b.pools is not None else None,
+        "reliability": b.reliability,
+        "ceiling": b.ceiling,
         "default_metric": b.default_metric,
         "metric_orientation": meta.get("metric_orientation"),
         "fp_reference": meta.get("fp_reference"),

@@ -17,8 +17,9 @@ from typing import Any
 
 from emq.errors import EmqError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-image outcomes in records and repeats, test pools in meta
 RECORD_COLUMNS = ("idx", "config", "top1", "loss", "kl", "size_bytes", "bitops", "seconds", "seed", "source")
+_INSERT_COLUMNS = (*RECORD_COLUMNS, "outcomes")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -26,10 +27,10 @@ CREATE TABLE IF NOT EXISTS plan (idx INTEGER PRIMARY KEY, config TEXT NOT NULL U
 CREATE TABLE IF NOT EXISTS records (
     idx INTEGER PRIMARY KEY, config TEXT NOT NULL UNIQUE,
     top1 REAL NOT NULL, loss REAL, kl REAL, size_bytes REAL NOT NULL, bitops REAL NOT NULL,
-    seconds REAL, seed INTEGER, source TEXT NOT NULL
+    seconds REAL, seed INTEGER, source TEXT NOT NULL, outcomes BLOB
 );
 CREATE TABLE IF NOT EXISTS repeats (
-    config TEXT PRIMARY KEY, top1 REAL NOT NULL, loss REAL, kl REAL, seconds REAL, calib_seed INTEGER NOT NULL
+    config TEXT PRIMARY KEY, top1 REAL NOT NULL, loss REAL, kl REAL, seconds REAL, calib_seed INTEGER NOT NULL, outcomes BLOB
 );
 """
 
@@ -110,8 +111,8 @@ def insert_record(con: sqlite3.Connection, row: Mapping[str, Any]) -> bool:
     """Insert one record in its own transaction; False when the config was already there."""
     with transaction(con):
         cur = con.execute(
-            f"INSERT OR IGNORE INTO records ({', '.join(RECORD_COLUMNS)}) VALUES ({', '.join('?' * len(RECORD_COLUMNS))})",
-            [row.get(c) for c in RECORD_COLUMNS],
+            f"INSERT OR IGNORE INTO records ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})",
+            [row.get(c) for c in _INSERT_COLUMNS],
         )
     return cur.rowcount == 1
 
@@ -120,18 +121,31 @@ def insert_records(con: sqlite3.Connection, rows: Iterable[Mapping[str, Any]]) -
     """Insert many records in ONE transaction (imports: all or nothing)."""
     with transaction(con):
         cur = con.executemany(
-            f"INSERT INTO records ({', '.join(RECORD_COLUMNS)}) VALUES ({', '.join('?' * len(RECORD_COLUMNS))})",
-            [[row.get(c) for c in RECORD_COLUMNS] for row in rows],
+            f"INSERT INTO records ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})",
+            [[row.get(c) for c in _INSERT_COLUMNS] for row in rows],
         )
     return cur.rowcount
 
 
-def insert_repeat(con: sqlite3.Connection, config: str, result: Mapping[str, float], calib_seed: int) -> None:
+def insert_repeat(con: sqlite3.Connection, config: str, result: Mapping[str, Any], calib_seed: int) -> None:
     with transaction(con):
         con.execute(
-            "INSERT OR IGNORE INTO repeats (config, top1, loss, kl, seconds, calib_seed) VALUES (?, ?, ?, ?, ?, ?)",
-            (config, result["top1"], result["loss"], result["kl"], result["seconds"], calib_seed),
+            "INSERT OR IGNORE INTO repeats (config, top1, loss, kl, seconds, calib_seed, outcomes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (config, result["top1"], result["loss"], result["kl"], result["seconds"], calib_seed, result.get("outcomes")),
         )
+
+
+def read_outcomes(con: sqlite3.Connection, table: str = "records") -> dict[str, bytes | None]:
+    """{config: per-image outcome blob or None} of the records or the repeats."""
+    try:
+        return dict(con.execute(f"SELECT config, outcomes FROM {table}").fetchall())  # noqa: S608 - table is internal
+    except sqlite3.OperationalError as e:
+        raise EmqError(f"not a bench file of format {SCHEMA_VERSION}: {e}") from e
+
+
+def read_repeats(con: sqlite3.Connection) -> dict[str, dict[str, float | None]]:
+    """{config: {top1, loss, kl}} of the calibration repeats."""
+    return {r[0]: {"top1": r[1], "loss": r[2], "kl": r[3]} for r in con.execute("SELECT config, top1, loss, kl FROM repeats")}
 
 
 def read_records(con: sqlite3.Connection) -> list[tuple]:

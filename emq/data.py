@@ -49,10 +49,22 @@ class DataSplits:
     test: Dataset
     train: Dataset | None = None
     fingerprint: str = ""
+    # source id of every calibration / test image (renders of one digit share a source);
+    # None: every image is its own source
+    calib_sources: torch.Tensor | None = None
+    test_sources: torch.Tensor | None = None
 
-    def calibration(self, size: int = DEFAULT_CALIB_SIZE, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """A seeded draw of `size` calibration images: a different seed is an independent draw."""
+    def calibration(self, size: int = DEFAULT_CALIB_SIZE, seed: int = 0, half: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A seeded draw of `size` calibration images: a different seed is another draw.
+
+        `half` 0 or 1 draws only from that half of the calibration *sources* (a fixed split),
+        so two draws from different halves share no image and no source: what a calibration
+        test-retest needs to be an independent repeat.
+        """
         x, y = self.calib_pool
+        if half is not None:
+            keep = calibration_half_mask(self.calib_sources, x.shape[0], half)
+            x, y = x[keep], y[keep]
         n = x.shape[0]
         if size >= n:
             return x, y
@@ -68,6 +80,17 @@ class DataSplits:
                 yield x[i : i + batch_size], y[i : i + batch_size]
             return
         yield from DataLoader(self.test, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+def calibration_half_mask(sources: torch.Tensor | None, n: int, half: int) -> torch.Tensor:
+    """Images of one half (0 or 1) of the calibration sources, split by a fixed seeded permutation."""
+    if half not in (0, 1):
+        raise ParameterError("calib_half", half, "use 0 or 1 (or None for the whole calibration pool)")
+    src = sources if sources is not None else torch.arange(n)
+    uniq = torch.unique(src)
+    order = uniq[torch.randperm(len(uniq), generator=torch.Generator().manual_seed(DEFAULT_SEED))]
+    chosen = order[: (len(uniq) + 1) // 2] if half == 0 else order[(len(uniq) + 1) // 2 :]
+    return torch.isin(src, chosen)
 
 
 def _render(
@@ -126,7 +149,8 @@ def default_data(seed: int = DEFAULT_SEED, with_train: bool = False) -> DataSpli
     if images.shape[0] != DIGITS_COUNT:
         raise EmqError(f"scikit-learn's digits have {images.shape[0]} images, expected {DIGITS_COUNT}")
     parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for k, (split, idx) in enumerate(default_split_sources(seed).items()):
+    sources = default_split_sources(seed)
+    for k, (split, idx) in enumerate(sources.items()):
         if split == "train" and not with_train:
             continue
         r = DEFAULT_RENDERS[split]
@@ -142,6 +166,8 @@ def default_data(seed: int = DEFAULT_SEED, with_train: bool = False) -> DataSpli
         test=TensorDataset(*parts["test"]),
         train=TensorDataset(*parts["train"]) if with_train else None,
         fingerprint=fingerprint,
+        calib_sources=sources["calib"].repeat_interleave(DEFAULT_RENDERS["calib"]),
+        test_sources=sources["test"].repeat_interleave(DEFAULT_RENDERS["test"]),
     )
 
 

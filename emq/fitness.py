@@ -92,53 +92,73 @@ def correlations(scores: np.ndarray, target: np.ndarray, top_k: Sequence[int] = 
 
 @dataclass
 class FitnessData:
-    """The search and held-out splits of a bench for one target metric."""
+    """What a campaign fits on and what it is reported on, for one target metric.
+
+    `search` is the search configurations measured on the *fit* test pool: all that fitness
+    and every choice made during a campaign may see. `heldout` is the held-out
+    configurations measured on the *report* pool, used only to report; a campaign is given
+    `for_campaign()`, which has no `heldout` at all.
+    """
 
     metric: str
     bits: tuple[int, ...]
     search: SplitTarget
-    heldout: SplitTarget
-    noise_ceiling: float | None = None
+    heldout: SplitTarget | None  # None: no held-out split (a campaign's data, or none measured)
+    ceiling: float | None = None  # of the held-out numbers: sqrt of the report pool's reliability
     source: str = ""
+    pools: str = "fit/report"  # or "shared" for a bench without per-image outcomes
 
     @classmethod
-    def from_arrays(cls, bits: Sequence[int], search: tuple[np.ndarray, np.ndarray], heldout: tuple[np.ndarray, np.ndarray], metric: str = "top1", noise_ceiling: float | None = None, source: str = "", device: str | torch.device = "cpu") -> FitnessData:
+    def from_arrays(
+        cls, bits: Sequence[int], search: tuple[np.ndarray, np.ndarray], heldout: tuple[np.ndarray, np.ndarray] | None, metric: str = "top1",
+        ceiling: float | None = None, source: str = "", device: str | torch.device = "cpu", pools: str = "fit/report",
+    ) -> FitnessData:
         check_metric(metric)
         bits = tuple(int(b) for b in bits)
         return cls(
             metric,
             bits,
             SplitTarget.build("search", *search, metric, bits, device),
-            SplitTarget.build("heldout", *heldout, metric, bits, device),
-            noise_ceiling,
+            SplitTarget.build("heldout", *heldout, metric, bits, device) if heldout is not None else None,
+            ceiling,
             source,
+            pools,
         )
 
     @classmethod
     def from_bench(cls, bench: object, metric: str | None = None, bits: Sequence[int] | None = None, device: str | torch.device = "cpu") -> FitnessData:
-        """Both splits of an opened `emq.bench.Bench`; `bits` = the statistics' bit order."""
+        """Search x fit pool and held-out x report pool of an opened `emq.bench.Bench`;
+        `bits` = the statistics' bit order. A bench without per-image outcomes has one
+        test pool for both (`pools` says "shared")."""
         metric = check_metric(metric or getattr(bench, "default_metric", "top1"))
+        has_pools = getattr(bench, "pools", None) is not None
         splits = {}
-        for split in ("search", "heldout"):
-            configs, metrics = bench.arrays(split)  # type: ignore[attr-defined]
+        for split, pool in (("search", "fit"), ("heldout", "report")):
+            configs, metrics = bench.arrays(split, pool=pool if has_pools else "all")  # type: ignore[attr-defined]
             if metric not in metrics:
                 raise EmqError(f"bench {getattr(bench, 'path', '')}: no {metric!r} values; choose one of {', '.join(metrics)}")
             keep = np.isfinite(metrics[metric])  # records without this metric are left out
             splits[split] = (configs[keep], metrics[metric][keep])
-        ceiling = getattr(bench, "noise_ceiling", None)
-        if isinstance(ceiling, dict):
-            ceiling = ceiling.get(metric)
-        return cls.from_arrays(bits or bench.bits, splits["search"], splits["heldout"], metric, ceiling, str(getattr(bench, "path", "")), device)  # type: ignore[attr-defined]
+        if len(splits["heldout"][0]) < 3:
+            splits["heldout"] = None  # nothing to report on; a campaign never needs it
+        ceiling = (getattr(bench, "ceiling", None) or {}).get(metric)
+        source = str(getattr(bench, "path", ""))
+        return cls.from_arrays(bits or bench.bits, splits["search"], splits["heldout"], metric, ceiling, source, device, "fit/report" if has_pools else "shared")  # type: ignore[attr-defined]
+
+    def for_campaign(self) -> FitnessData:
+        """The same data without the held-out split: what a campaign is allowed to see."""
+        return FitnessData(self.metric, self.bits, self.search, None, None, self.source, self.pools)
 
     @property
     def fingerprint(self) -> str:
-        """Hash of both splits' configurations and targets (detects a changed bench)."""
+        """Hash of the splits' configurations and targets (detects a changed bench)."""
         h = hashlib.sha256(self.metric.encode())
         for split in (self.search, self.heldout):
-            h.update(np.ascontiguousarray(split.configs).tobytes())
-            h.update(np.ascontiguousarray(split.target).tobytes())
+            if split is not None:
+                h.update(np.ascontiguousarray(split.configs).tobytes())
+                h.update(np.ascontiguousarray(split.target).tobytes())
         return h.hexdigest()[:16]
 
     def report(self, table: torch.Tensor, orientation: int) -> dict[str, dict[str, float]]:
-        """All correlations of a table on both splits (orientation applied)."""
-        return {s.name: correlations(orientation * s.scores(table), s.target) for s in (self.search, self.heldout)}
+        """All correlations of a table on each split there is (orientation applied)."""
+        return {s.name: correlations(orientation * s.scores(table), s.target) for s in (self.search, self.heldout) if s is not None}

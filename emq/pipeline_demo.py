@@ -113,7 +113,7 @@ def demo(
         "best_heldout_spearman": result.summary["best_heldout_spearman"],
         "best_handmade": result.summary["best_handmade"],
         "best_handmade_heldout_spearman": result.summary["best_handmade_heldout_spearman"],
-        "noise_ceiling": result.summary["noise_ceiling"],
+        "ceiling": result.summary["ceiling"],
         "metric": result.summary["metric"],
         "budget_avg_bits": budget_avg_bits,
         "fp_top1": allocator.engine().evaluate_fp().top1,

@@ -20,7 +20,9 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +54,7 @@ class PTQSettings:
     calib_seed: int = 0
     batch_size: int = 1024
     weight_quantizer: str = "mse"  # a name of emq.quantizers.QUANTIZERS (benches built before it existed: "mse")
+    calib_half: int | None = None  # draw calibration images from one half of the sources (benches: 0; their retest: 1)
 
     def __post_init__(self) -> None:
         if self.bn not in BN_MODES:
@@ -60,6 +63,8 @@ class PTQSettings:
         check_positive_int(self.calib_size, "calib_size")
         check_positive_int(self.batch_size, "batch_size")
         check_quantizer_name(self.weight_quantizer)
+        if self.calib_half not in (None, 0, 1):
+            raise ParameterError("calib_half", self.calib_half, "use 0 or 1 (one half of the calibration sources) or None (all of them)")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -123,9 +128,11 @@ class QuantResult:
     size_bytes: float
     bitops: float
     seconds: float
+    # per test image, in test order: correct (bool), CE loss, KL to full precision
+    per_image: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "per_image"}
 
 
 class _ActQuant:
@@ -174,7 +181,7 @@ class PTQEngine:
         self.act = [_ActQuant() for _ in self.layers]
         for m, a in zip(self.layers, self.act):
             m.register_forward_pre_hook(a)
-        self.calib = data.calibration(self.settings.calib_size, self.settings.calib_seed)
+        self.calib = data.calibration(self.settings.calib_size, self.settings.calib_seed, self.settings.calib_half)
         self.weight_quantizer = get_weight_quantizer(self.settings.weight_quantizer)
         self._qcache: dict[tuple[int, int], torch.Tensor] = {}
         self._fp_logits: list[torch.Tensor] | None = None
@@ -253,29 +260,34 @@ class PTQEngine:
                 self._fp_logits = [self.work(x) for x, _ in self.data.test_batches(self.settings.batch_size)]
         return self._fp_logits
 
-    def _score(self, ref: list[torch.Tensor] | None) -> tuple[float, float, float]:
-        correct = total = 0
-        loss = kl = 0.0
+    def _score(self, ref: list[torch.Tensor] | None) -> dict[str, np.ndarray]:
+        """Per test image: correct, CE loss and KL(FP || quantized) (KL 0 without a reference)."""
+        correct, loss, kl = [], [], []
         with torch.no_grad():
             for i, (x, y) in enumerate(self.data.test_batches(self.settings.batch_size)):
                 logits = self.work(x)
                 logp = F.log_softmax(logits, dim=1)
-                correct += int((logits.argmax(1) == y).sum())
-                total += y.numel()
-                loss += float(F.nll_loss(logp, y, reduction="sum"))
+                correct.append((logits.argmax(1) == y).numpy())
+                loss.append(F.nll_loss(logp, y, reduction="none").double().numpy())
                 if ref is not None:
                     ref_logp = F.log_softmax(ref[i], dim=1)
-                    kl += float(F.kl_div(logp, ref_logp, log_target=True, reduction="sum"))
-        if total == 0:
+                    kl.append(F.kl_div(logp, ref_logp, log_target=True, reduction="none").sum(1).double().numpy())
+                else:
+                    kl.append(np.zeros(y.numel()))
+        if not correct or sum(len(c) for c in correct) == 0:
             raise EmqError("the test split is empty")
-        return 100.0 * correct / total, loss / total, kl / total
+        return {"correct": np.concatenate(correct), "loss": np.concatenate(loss), "kl": np.concatenate(kl)}
+
+    @staticmethod
+    def _means(per: dict[str, np.ndarray]) -> tuple[float, float, float]:
+        return 100.0 * float(per["correct"].mean()), float(per["loss"].mean()), float(per["kl"].mean())
 
     def evaluate_fp(self) -> QuantResult:
         """The full-precision reference on the same test data."""
         t0 = time.perf_counter()
         self._fp_reference()
         self.prepare(None)
-        top1, loss, _ = self._score(None)
+        top1, loss, _ = self._means(self._score(None))
         return QuantResult(top1, loss, 0.0, self.layer_map.fp_size_bytes, self.layer_map.bitops([32] * self.layer_map.num_slots, 32), time.perf_counter() - t0)
 
     def evaluate(self, bits: Sequence[int]) -> QuantResult:
@@ -284,7 +296,8 @@ class PTQEngine:
         t0 = time.perf_counter()
         ref = self._fp_reference()
         self.prepare(bits)
-        top1, loss, kl = self._score(ref)
+        per = self._score(ref)
+        top1, loss, kl = self._means(per)
         return QuantResult(
             top1,
             loss,
@@ -292,4 +305,5 @@ class PTQEngine:
             float(self.layer_map.size_bytes(bits)),
             float(self.layer_map.bitops(bits, self.settings.act_bits)),
             time.perf_counter() - t0,
+            per,
         )

@@ -1,9 +1,12 @@
-"""The proxy ranking report (`emq score`): every proxy's correlation with one bench.
+"""The proxy ranking report (`emq score`): every proxy's correlation with one bench, honestly.
 
-Users trust an evolved proxy only when it beats every known proxy on the same bench, so
-this scores hand-made and evolved proxies alike through the one proxy interface and puts
-them next to the bench's noise ceiling (the best correlation the bench's own repeat
-reaches). Separable proxies score every configuration (one gather-sum); whole-configuration
+Every proxy is measured in four cells: search or held-out configurations, on the fit or the
+report test pool. Only held-out x report is data no choice has seen; it is shown with a
+seeded 95 % bootstrap interval (resampling configurations and test sources), next to the
+report pool's ceiling (sqrt of its reliability), the within-bench supervised reference
+(ridge on one-hot features) and each proxy's *paired* difference to the best hand-made
+proxy, which is chosen on search x fit. "A beats B" only where that paired interval
+excludes 0. Separable proxies score every configuration (one gather-sum); whole-configuration
 proxies quantize the network per configuration, so they score a seeded sample of at most
 `limit` configurations per split.
 """
@@ -31,33 +34,43 @@ from .executors import Executor, executor_for, make_executor
 from .fileio import atomic_write
 from .fitness import correlations
 from .proxy import Proxy, ProxyContext
-from .specs import check_metric, oriented
+from .specs import METRIC_ORIENTATION, check_metric, oriented
+from .supervised import DESCRIPTION as RIDGE_DESCRIPTION
+from .supervised import NAME as RIDGE_NAME
+from .supervised import OneHotRidge
+from .uncertainty import DEFAULT_RESAMPLES, Bootstrap
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("search", "heldout", "all")
-MEASURES = ("spearman", "kendall", "pearson", "spearman@20", "spearman@50")
+CELLS = (("search", "fit"), ("heldout", "fit"), ("search", "report"), ("heldout", "report"))
+REPORT_CELL = "heldout_report"
+MEASURES = ("kendall", "pearson", "spearman@20", "spearman@50")  # besides Spearman, on held-out x report
 DEFAULT_LIMIT = 200
 SAMPLE_SEED = 0
+BOOTSTRAP_SEED = 0
 
 
 @dataclass
 class ProxyScore:
-    """One proxy's row of the report; correlations are keyed '<measure>_<split>'."""
+    """One proxy's row: Spearman per cell ('spearman_<split>_<pool>'), the other measures on
+    held-out x report, its interval there and its paired difference to the best hand-made."""
 
     name: str
     description: str
-    kind: str  # "separable" | "whole-config" | "evolved"
+    kind: str  # "separable" | "whole-config" | "evolved" | "supervised"
     orientation: int
     cost: str
     n: dict[str, int]
     correlations: dict[str, float | None]
     seconds_per_config: float
-    scores: np.ndarray = field(repr=False)
-    metric_values: np.ndarray = field(repr=False)
+    interval: dict[str, float | None] | None = None
+    paired: dict[str, Any] | None = None
+    scores: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    metric_values: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    rows: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k not in ("scores", "metric_values", "correlations")}
+        out = {k: v for k, v in asdict(self).items() if k not in ("scores", "metric_values", "rows", "correlations")}
         out.update({k.replace("@", "_top"): v for k, v in self.correlations.items()})
         return out
 
@@ -67,8 +80,11 @@ class ScoreReport:
     bench: str
     model: str
     metric: str
-    noise_ceiling: float | None
-    noise_ceilings: dict[str, float | None] | None
+    ceiling: float | None  # of held-out x report: sqrt of the report pool's combined reliability
+    reliability: dict[str, Any] | None  # the metric's reliability entry (report pool)
+    pools: dict[str, Any] | None  # sizes of the fit and report pools; None: one shared pool
+    best_handmade: str | None
+    resamples: int
     stats_seconds: float
     proxies: list[ProxyScore]
 
@@ -77,19 +93,34 @@ class ScoreReport:
             "bench": self.bench,
             "model": self.model,
             "metric": self.metric,
-            "noise_ceiling": self.noise_ceiling,
-            "noise_ceilings": self.noise_ceilings,
+            "ceiling": self.ceiling,
+            "reliability": self.reliability,
+            "pools": self.pools,
+            "best_handmade": self.best_handmade,
+            "resamples": self.resamples,
             "stats_seconds": self.stats_seconds,
             "proxies": [p.to_json() for p in self.proxies],
         }
 
     def to_markdown(self) -> str:
-        """The proxy table, the bench's noise ceiling and the one-off statistics time."""
+        """The proxy table with the protocol that makes its numbers readable."""
         from .tables import markdown_table
 
         headers, rows = table_rows(self)
-        ceiling = "n/a" if self.noise_ceiling is None else f"{self.noise_ceiling:.3f}"
-        lines = [markdown_table(headers, rows), "", f"bench {self.bench} ({self.model}), metric {self.metric}; noise ceiling (Spearman of the bench with its own repeat): {ceiling}"]
+        ceiling = "not measured" if self.ceiling is None else f"{self.ceiling:.3f}"
+        held = next((p.n.get(REPORT_CELL) for p in self.proxies if p.kind != "whole-config"), None)
+        if self.pools:
+            pools = f"fit pool {self.pools['fit']['images']} images / {self.pools['fit']['sources']} sources, report pool {self.pools['report']['images']} / {self.pools['report']['sources']}"
+        else:
+            pools = "no per-image outcomes: fit and report are the same test images (held-out numbers are optimistic)"
+        lines = [
+            markdown_table(headers, rows),
+            "",
+            f"bench {self.bench} ({self.model}), metric {self.metric}; {pools}.",
+            f"held-out x report ({held} configurations): the only cell no choice has seen; [95 % bootstrap interval, {self.resamples} resamples of configurations and test sources].",
+            f"ceiling {ceiling}: sqrt of the report pool's reliability (test split-half and calibration retest combined), about the best a perfect predictor reaches.",
+            f"Δ: paired difference to the best hand-made proxy chosen on search x fit ({self.best_handmade or 'none'}); a proxy beats it only where the interval excludes 0.",
+        ]
         if self.stats_seconds:
             lines.append(f"statistics for separable proxies: {self.stats_seconds:.1f} s once")
         return "\n".join(lines)
@@ -126,33 +157,75 @@ def _score_one(ctx: ProxyContext, task: tuple[Proxy, np.ndarray]) -> float:
     return float(proxy.oriented_scores(ctx, config[None])[0])
 
 
-def score_proxy(
-    proxy: Proxy, ctx: ProxyContext, configs: np.ndarray, values: np.ndarray, splits: dict[str, np.ndarray], kind: str, progress: bool = False,
-    executor: Executor | None = None,
-) -> ProxyScore:
-    """Correlations of one proxy on each split; `splits` holds row indices into `configs`.
-
-    `values` is the oriented bench metric (higher = better), `configs` the rows to score.
-    Whole-configuration proxies quantize per configuration, so they go through `executor`
-    with `ctx` as the shared context (give one without statistics: it is shipped to workers).
-    """
+def _proxy_scores(proxy: Proxy, ctx: ProxyContext, configs: np.ndarray, progress: bool, executor: Executor | None) -> tuple[np.ndarray, float]:
+    """Oriented scores of `configs` and seconds per configuration. Whole-configuration proxies
+    go through `executor` with `ctx` as the shared context (give one without statistics)."""
     t0 = time.perf_counter()
     if proxy.separable:
         scores = proxy.oriented_scores(ctx, configs)
     else:
         jobs = (executor or make_executor("serial")).map(_score_one, [(proxy, c) for c in configs], context=ctx)
         scores = np.array(list(tqdm(jobs, total=len(configs), desc=proxy.name, unit="cfg", disable=not progress)), dtype=np.float64)
-    seconds = (time.perf_counter() - t0) / max(len(configs), 1)
     if not np.isfinite(scores).all():
         raise EmqError(f"proxy {proxy.name}: produced NaN or infinite scores")
-    corr: dict[str, float | None] = {}
-    n = {}
-    for split, rows in splits.items():
-        n[split] = int(len(rows))
-        res = correlations(scores[rows], values[rows]) if len(rows) >= 3 else {}
-        for m in MEASURES:
-            corr[f"{m}_{split}"] = _finite(res.get(m, float("nan")))
-    return ProxyScore(proxy.name, proxy.description, kind, proxy.orientation, proxy.cost, n, corr, seconds, scores, values)
+    return np.asarray(scores, dtype=np.float64), (time.perf_counter() - t0) / max(len(configs), 1)
+
+
+class _Cells:
+    """The bench's oriented metric on each pool and the masks of the four cells."""
+
+    def __init__(self, bench: Any, metric: str, resamples: int) -> None:
+        self.bench, self.metric, self.resamples = bench, metric, resamples
+        self.has_pools = bench.pools is not None
+        self.values = {pool: oriented(metric, bench.pool_metric(metric, pool if self.has_pools else "all")) for pool in ("fit", "report")}
+        self.ok = np.isfinite(self.values["fit"]) & np.isfinite(self.values["report"])
+        if self.ok.sum() < 3:
+            raise EmqError(f"bench {bench.path}: fewer than 3 configurations have a {metric!r} value")
+        self.split = {"search": ~bench.heldout, "heldout": bench.heldout}
+        self._boot: dict[bytes, Bootstrap] = {}
+
+    def bootstrap(self, rows: np.ndarray) -> Bootstrap:
+        """Replicates over held-out x report for these bench rows (one per row set, seeded)."""
+        key = np.asarray(rows).tobytes()
+        if key not in self._boot:
+            if self.has_pools:
+                sums, counts = self.bench.source_table(self.metric, "report")
+                sums = sums[rows]
+            else:
+                sums, counts = self.bench.metrics[self.metric][rows][:, None], np.ones(1)
+            self._boot[key] = Bootstrap(sums, counts, METRIC_ORIENTATION[self.metric], self.resamples, BOOTSTRAP_SEED)
+        return self._boot[key]
+
+    def score(self, name: str, description: str, kind: str, orientation: int, cost: str, rows: np.ndarray, scores: np.ndarray, seconds: float) -> ProxyScore:
+        corr: dict[str, float | None] = {}
+        n: dict[str, int] = {}
+        for split, pool in CELLS:
+            sel = self.split[split][rows]
+            key = f"{split}_{pool}"
+            n[key] = int(sel.sum())
+            res = correlations(scores[sel], self.values[pool][rows][sel]) if sel.sum() >= 3 else {}
+            corr[f"spearman_{key}"] = _finite(res.get("spearman", float("nan")))
+            if key == REPORT_CELL:
+                for m in MEASURES:
+                    corr[f"{m}_{key}"] = _finite(res.get(m, float("nan")))
+        held = rows[self.split["heldout"][rows]]
+        interval = None
+        if len(held) >= 3:
+            iv = self.bootstrap(held).interval(scores[self.split["heldout"][rows]])
+            interval = {"low": _finite(iv.low), "high": _finite(iv.high)}
+        return ProxyScore(name, description, kind, orientation, cost, n, corr, seconds, interval, None, scores, self.values["report"][rows], rows)
+
+    def paired(self, p: ProxyScore, base: ProxyScore) -> dict[str, Any] | None:
+        """p minus base on the held-out rows both scored, with the paired bootstrap interval."""
+        held = np.intersect1d(p.rows[self.split["heldout"][p.rows]], base.rows[self.split["heldout"][base.rows]])
+        if len(held) < 3:
+            return None
+        pos_p = {r: i for i, r in enumerate(p.rows)}
+        pos_b = {r: i for i, r in enumerate(base.rows)}
+        a = p.scores[[pos_p[r] for r in held]]
+        b = base.scores[[pos_b[r] for r in held]]
+        iv = self.bootstrap(held).paired(a, b)
+        return {"baseline": base.name, "estimate": _finite(iv.estimate), "low": _finite(iv.low), "high": _finite(iv.high), "configs": int(len(held))}
 
 
 def score(
@@ -169,15 +242,20 @@ def score(
     progress: bool = False,
     executor: Executor | str | None = None,
     workers: int = 1,
+    resamples: int = DEFAULT_RESAMPLES,
+    reference: bool = True,
 ) -> ScoreReport:
     """Score hand-made (`proxies`: 'all' or names) and evolved (`proxy_files`) proxies on a bench.
 
     `limit` caps the configurations per split that whole-configuration proxies quantize
     (seeded sample; None or 0 = all), through `executor` (a name or an Executor; default
     serial, or a process pool for `workers` > 1). `stats` reuses precomputed NetworkStats.
+    `resamples` bootstrap replicates give the intervals; `reference` adds the ridge row.
     """
     from .bench import Bench
+    from .specs import check_positive_int
 
+    check_positive_int(resamples, "resamples")
     b = Bench.open(bench)
     metric = check_metric(metric or b.default_metric)
     names = parse_proxy_names(proxies if isinstance(proxies, str) else ",".join(proxies)) if proxies else []
@@ -190,10 +268,7 @@ def score(
         raise EmqError("no proxy to score: give --proxies and/or --proxy FILE")
     setup = BenchSetup.of(b, model, data, weights)
     target, settings = setup.target, setup.ptq
-    values_all = oriented(metric, b.metrics[metric])
-    ok = np.isfinite(values_all)
-    if ok.sum() < 3:
-        raise EmqError(f"bench {b.path}: fewer than 3 configurations have a {metric!r} value")
+    cells = _Cells(b, metric, resamples)
     stats_seconds = 0.0
     if stats is None and any(p.separable for p in instances):
         t0 = time.perf_counter()
@@ -203,20 +278,33 @@ def score(
         stats_seconds = time.perf_counter() - t0
     ctx = ProxyContext(target, tuple(b.bits), settings, stats)
     whole_ctx = ProxyContext(target, tuple(b.bits), settings)  # without statistics: what executors ship to workers
-    search, heldout = ok & ~b.heldout, ok & b.heldout
+    search, heldout = cells.ok & ~b.heldout, cells.ok & b.heldout
     results = []
     with executor_for(executor, workers) as pool:
         for proxy, kind in zip(instances, kinds, strict=True):
             if proxy.separable:
-                rows = np.flatnonzero(ok)
+                rows = np.flatnonzero(cells.ok)
             else:
                 rows = np.union1d(_sample(search, limit, SAMPLE_SEED), _sample(heldout, limit, SAMPLE_SEED + 1))
-            is_heldout = b.heldout[rows]
-            splits = {"search": np.flatnonzero(~is_heldout), "heldout": np.flatnonzero(is_heldout), "all": np.arange(len(rows))}
             log.info("scoring %s on %d configurations", proxy.name, len(rows))
-            results.append(score_proxy(proxy, ctx if proxy.separable else whole_ctx, b.configs[rows], values_all[rows], splits, kind, progress, pool))
-    ceilings = b.noise_ceiling
-    return ScoreReport(str(b.path), target.name, metric, (ceilings or {}).get(metric), ceilings, stats_seconds, results)
+            scores, seconds = _proxy_scores(proxy, ctx if proxy.separable else whole_ctx, b.configs[rows], progress, pool)
+            results.append(cells.score(proxy.name, proxy.description, kind, proxy.orientation, proxy.cost, rows, scores, seconds))
+    if reference:
+        rows = np.flatnonzero(cells.ok)
+        fit_rows = np.flatnonzero(search)
+        t0 = time.perf_counter()
+        ridge = OneHotRidge(b.bits).fit(b.configs[fit_rows], cells.values["fit"][fit_rows])
+        pred = ridge.predict(b.configs[rows])
+        results.append(cells.score(RIDGE_NAME, f"{RIDGE_DESCRIPTION}; alpha {ridge.alpha_:g}", "supervised", 1, "fit on the bench", rows, pred, (time.perf_counter() - t0) / len(rows)))
+    handmade = [p for p in results if p.kind in ("separable", "whole-config") and getattr(get_proxy(p.name), "faithful", True) and p.correlations["spearman_search_fit"] is not None]
+    best = max(handmade, key=lambda p: p.correlations["spearman_search_fit"], default=None)
+    if best is not None:
+        for p in results:
+            if p is not best:
+                p.paired = cells.paired(p, best)
+    rel = b.reliability.get(metric) if b.pools is not None else None
+    return ScoreReport(str(b.path), target.name, metric, b.ceiling.get(metric), rel, b.pools.summary() if b.pools is not None else None,
+                       best.name if best else None, resamples, stats_seconds, results)
 
 
 # ------------------------------------------------------------------------------ output
@@ -224,38 +312,58 @@ def score(
 TABLE_COLUMNS = [
     ("proxy", "name"),
     ("kind", "kind"),
-    ("ρ search", "spearman_search"),
-    ("ρ held-out", "spearman_heldout"),
-    ("ρ all", "spearman_all"),
-    ("τ held-out", "kendall_heldout"),
-    ("r held-out", "pearson_heldout"),
-    ("ρ@20% held-out", "spearman@20_heldout"),
-    ("ρ@50% held-out", "spearman@50_heldout"),
+    ("ρ search×fit", "spearman_search_fit"),
+    ("ρ held-out×fit", "spearman_heldout_fit"),
+    ("ρ search×report", "spearman_search_report"),
+    ("ρ held-out×report [95 % CI]", "interval"),
+    ("Δρ vs best hand-made [95 % CI]", "paired"),
+    ("τ held-out×report", "kendall_heldout_report"),
     ("s / config", "seconds_per_config"),
 ]
+
+
+def _with_interval(v: float | None, low: float | None, high: float | None, signed: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    text = f"{v:+.3f}" if signed else f"{v:.3f}"
+    return text if low is None or high is None else f"{text} [{low:+.3f}, {high:+.3f}]" if signed else f"{text} [{low:.3f}, {high:.3f}]"
 
 
 def table_rows(report: ScoreReport) -> tuple[list[str], list[list[Any]]]:
     """Headers and rows of the terminal / README table (None shown as 'n/a')."""
     rows = []
     for p in report.proxies:
-        row = []
+        row: list[Any] = []
         for _, key in TABLE_COLUMNS:
-            v = getattr(p, key) if hasattr(p, key) else p.correlations.get(key)
-            row.append("n/a" if v is None else (round(v, 3) if isinstance(v, float) and key != "seconds_per_config" else v))
+            if key == "interval":
+                iv = p.interval or {}
+                row.append(_with_interval(p.correlations.get("spearman_heldout_report"), iv.get("low"), iv.get("high")))
+            elif key == "paired":
+                row.append("(best hand-made)" if p.name == report.best_handmade and p.paired is None else
+                           _with_interval(p.paired["estimate"], p.paired["low"], p.paired["high"], signed=True) if p.paired else "n/a")
+            elif key == "seconds_per_config":
+                row.append(f"{p.seconds_per_config:.2g}")
+            else:
+                v = getattr(p, key) if hasattr(p, key) else p.correlations.get(key)
+                row.append("n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else v))
         rows.append(row)
     return [h for h, _ in TABLE_COLUMNS], rows
 
 
 def _csv_text(report: ScoreReport) -> str:
     buf = io.StringIO()
-    keys = ["name", "kind", "orientation", "n_search", "n_heldout", "n_all", *[f"{m}_{s}" for s in SPLITS for m in MEASURES], "seconds_per_config", "description"]
+    cells = [f"{s}_{p}" for s, p in CELLS]
+    keys = ["name", "kind", "orientation", *[f"n_{c}" for c in cells], *[f"spearman_{c}" for c in cells], "ci_low", "ci_high",
+            *[f"{m}_{REPORT_CELL}" for m in MEASURES], "paired_baseline", "paired_estimate", "paired_low", "paired_high", "seconds_per_config", "description"]
     w = csv.writer(buf, lineterminator="\n")
     w.writerow([k.replace("@", "_top") for k in keys])
     for p in report.proxies:
-        flat = {"name": p.name, "kind": p.kind, "orientation": p.orientation, "seconds_per_config": p.seconds_per_config, "description": p.description}
-        flat.update({f"n_{s}": c for s, c in p.n.items()})
+        flat: dict[str, Any] = {"name": p.name, "kind": p.kind, "orientation": p.orientation, "seconds_per_config": p.seconds_per_config, "description": p.description}
+        flat.update({f"n_{c}": v for c, v in p.n.items()})
         flat.update(p.correlations)
+        flat.update({"ci_low": (p.interval or {}).get("low"), "ci_high": (p.interval or {}).get("high")})
+        if p.paired:
+            flat.update({"paired_baseline": p.paired["baseline"], "paired_estimate": p.paired["estimate"], "paired_low": p.paired["low"], "paired_high": p.paired["high"]})
         w.writerow(["" if flat.get(k) is None else flat[k] for k in keys])
     return buf.getvalue()
 
@@ -265,11 +373,11 @@ def _scatter(p: ProxyScore, metric: str, path: str) -> None:
 
     fig = Figure(figsize=(4.5, 3.6), dpi=110)
     ax = fig.add_subplot()
-    rho = p.correlations.get("spearman_all")
+    rho = p.correlations.get(f"spearman_{REPORT_CELL}")
     ax.scatter(p.orientation * p.scores, oriented(metric, p.metric_values), s=6, alpha=0.6)
     ax.set_xlabel(f"{p.name} score" + (" (lower predicts better)" if p.orientation < 0 else ""))
-    ax.set_ylabel(metric)
-    ax.set_title(f"{p.name}: ρ = {'n/a' if rho is None else f'{rho:.3f}'} (n = {p.n['all']})")
+    ax.set_ylabel(f"{metric} on the report pool")
+    ax.set_title(f"{p.name}: held-out×report ρ = {'n/a' if rho is None else f'{rho:.3f}'} (all {len(p.scores)} scored configurations shown)")
     fig.tight_layout()
     fig.savefig(path, format="png")
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from contextlib import closing
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -41,14 +42,18 @@ def test_build_records_match_a_direct_ptq_evaluation(built):
     b = Bench.open(built)
     assert len(b) == 8 and b.bits == (2, 3, 4) and len(b.slot_names) == 20
     assert b.sources[:3] == ["uniform-bits"] * 3
-    engine = engine_for(EvalSpec("default", None, None, None, None, SETTINGS, 300))
+    built_with = PTQSettings(**b.meta["ptq_settings"])
+    assert built_with.calib_half == 0 and replace(built_with, calib_half=None) == SETTINGS  # one half of the calibration sources
+    engine = engine_for(EvalSpec("default", None, None, None, None, built_with, 300))
     for i in (0, 4):
         res = engine.evaluate(b.configs[i])
         assert b.query_by_idx(i) == pytest.approx(res.top1)
         assert b.query_by_idx(i, "kl") == pytest.approx(res.kl)
         assert b.query_by_cfg(tuple(b.configs[i])) == b.query_by_cfg(b.fix_bit_cfg(i)) == b.query_by_idx(i)
     assert b.metrics["kl"][0] > b.metrics["kl"][2]  # all-2-bit drifts further from FP than all-4-bit
-    assert set(b.noise_ceiling) == {"top1", "loss", "kl"} and b.default_metric in ("top1", "loss", "kl")
+    assert set(b.ceiling) == {"top1", "loss", "kl"} and b.default_metric in ("top1", "loss", "kl")
+    assert b.pools is not None and b.pools.n_images == 300 and b.has_outcomes
+    assert b.outcomes(b.config_texts[4]).metric("top1").mean() == pytest.approx(b.metrics["top1"][4])
     assert b.meta["ptq_settings"]["calib_size"] == 128 and b.meta["versions"]["torch"]
 
 
@@ -79,7 +84,8 @@ def test_export_and_cli_info(built, tmp_path, capsys):
     assert main(["bench", "info", str(built), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["records"] == 8 and len(info["slots"]) == 20 and info["allowed_bits"] == [2, 3, 4]
-    assert "noise_ceiling" in info and "top1" in info["metrics"]
+    assert set(info["reliability"]) == {"top1", "loss", "kl"} and "top1" in info["metrics"]
+    assert info["test_pools"]["fit"]["images"] + info["test_pools"]["report"]["images"] == 300
     assert main(["bench", "info", str(tmp_path / "missing.sqlite")]) == 2
 
 

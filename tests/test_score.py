@@ -30,7 +30,8 @@ def target():
 
 @pytest.fixture(scope="module")
 def bench_path(tmp_path_factory, target):
-    """A bench file of the default model with 80 configurations and a known metric."""
+    """A bench file of the default model with 80 configurations and a known metric (no
+    per-image outcomes, like an imported bench: one shared test pool)."""
     lm = target.layer_map
     rng = np.random.default_rng(3)
     configs = rng.choice(BITS, size=(80, lm.num_slots))
@@ -43,7 +44,7 @@ def bench_path(tmp_path_factory, target):
         "weights_hash": state_dict_digest(target.model),
         "ptq_settings": settings.to_json(),
         "space": ConfigSpace.for_layer_map(lm, BITS).to_json(),
-        "noise_ceiling": {"top1": 0.93, "loss": 0.97, "kl": 0.99},
+        "schema_version": store.SCHEMA_VERSION,
         "default_metric": "top1",
     }
     path = tmp_path_factory.mktemp("bench") / "b.sqlite"
@@ -78,28 +79,36 @@ def test_correlations_match_hand_computation(bench_path, stats, target):
     sizes = b.configs @ target.layer_map.params / 8
     held = b.heldout
     size = next(p for p in report.proxies if p.name == "size")
-    assert size.correlations["spearman_heldout"] == pytest.approx(spearmanr(sizes[held], b.metrics["top1"][held]).statistic)
-    assert size.correlations["kendall_search"] == pytest.approx(kendalltau(sizes[~held], b.metrics["top1"][~held]).statistic)
-    assert size.n == {"search": int((~held).sum()), "heldout": int(held.sum()), "all": 80}
-    assert size.correlations["spearman_all"] > 0.6  # the metric was built from the size, plus noise
+    assert size.correlations["spearman_heldout_report"] == pytest.approx(spearmanr(sizes[held], b.metrics["top1"][held]).statistic)
+    assert size.correlations["spearman_search_fit"] == pytest.approx(spearmanr(sizes[~held], b.metrics["top1"][~held]).statistic)
+    assert size.correlations["kendall_heldout_report"] == pytest.approx(kendalltau(sizes[held], b.metrics["top1"][held]).statistic)
+    assert size.n == {"search_fit": int((~held).sum()), "heldout_fit": int(held.sum()), "search_report": int((~held).sum()), "heldout_report": int(held.sum())}
+    assert size.correlations["spearman_search_fit"] > 0.6  # the metric was built from the size, plus noise
+    assert size.interval["low"] <= size.correlations["spearman_heldout_report"] <= size.interval["high"]
     hawq = next(p for p in report.proxies if p.name == "hawq-v2")
     assert hawq.orientation == -1 and hawq.kind == "separable"
-    assert report.noise_ceiling == 0.93 and report.metric == "top1"
+    assert report.ceiling is None and report.pools is None and report.metric == "top1"  # no per-image outcomes: nothing measured
+    assert "same test images" in report.to_markdown()
+    ridge = next(p for p in report.proxies if p.kind == "supervised")
+    assert ridge.name == "ridge" and ridge.correlations["spearman_search_fit"] > 0.6
+    best = next(p for p in report.proxies if p.name == report.best_handmade)
+    assert best.correlations["spearman_search_fit"] == max(p.correlations["spearman_search_fit"] for p in report.proxies if p.kind == "separable")
+    assert best.paired is None and all(p.paired["baseline"] == best.name for p in report.proxies if p is not best)
     headers, rows = table_rows(report)
-    assert len(rows) == 3 and headers[3] == "ρ held-out"
+    assert len(rows) == 4 and headers[5].startswith("ρ held-out×report")
 
 
 def test_whole_config_sample_outputs_and_model_untouched(bench_path, target, tmp_path):
     before = state_dict_digest(target.model)
     report = score(bench_path, proxies="kl", limit=3)
     kl = report.proxies[0]
-    assert kl.kind == "whole-config" and kl.n["search"] == 3 and 1 <= kl.n["heldout"] <= 3
+    assert kl.kind == "whole-config" and kl.n["search_fit"] == 3 and 1 <= kl.n["heldout_report"] <= 3
     assert kl.seconds_per_config > 0 and np.isfinite(kl.scores).all()
     written = write_report(report, tmp_path / "out")
     names = sorted(p.name for p in written)
-    assert names == ["scatter_kl.png", "score.csv", "score.json"]
+    assert names == ["scatter_kl.png", "scatter_ridge.png", "score.csv", "score.json"]
     obj = json.loads((tmp_path / "out" / "score.json").read_text())
-    assert obj["proxies"][0]["name"] == "kl" and "spearman_heldout" in obj["proxies"][0] and obj["noise_ceiling"] == 0.93
+    assert obj["proxies"][0]["name"] == "kl" and "spearman_heldout_report" in obj["proxies"][0] and obj["ceiling"] is None
     assert (tmp_path / "out" / "scatter_kl.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
     assert state_dict_digest(target.model) == before
@@ -108,7 +117,7 @@ def test_whole_config_sample_outputs_and_model_untouched(bench_path, target, tmp
 def test_cli_json_and_errors(bench_path, capsys, tmp_path):
     assert main(["score", "--bench", str(bench_path), "--proxies", "seam", "--limit", "3", "--json"]) == 0
     obj = json.loads(capsys.readouterr().out)
-    assert [p["name"] for p in obj["proxies"]] == ["seam"] and "kendall_heldout" in obj["proxies"][0]
+    assert [p["name"] for p in obj["proxies"]] == ["seam", "ridge"] and "kendall_heldout_report" in obj["proxies"][0]
     assert main(["score", "--bench", str(bench_path), "--proxies", "hawq-v9"]) == 2
     assert "unknown proxy" in capsys.readouterr().err
     assert main(["score", "--bench", str(tmp_path / "missing.sqlite"), "--proxies", "kl"]) == 2

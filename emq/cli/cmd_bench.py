@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--pin", action="append", default=[], metavar="SLOT=BITS", help="pin a slot (index or name) to a bit-width; repeatable")
     b.add_argument("--sampler", choices=SAMPLERS, default="stratified", help="how to sample configurations (default stratified by model size)")
     b.add_argument("--configs-file", type=Path, help="text file of extra configurations to include, one per line")
-    b.add_argument("--noise-samples", type=int, default=100, help="configurations re-evaluated for the noise ceiling (default 100)")
+    b.add_argument("--noise-samples", type=int, default=200, help="configurations re-evaluated on the other half of the calibration sources, for the calibration test-retest reliability (default 200)")
     b.add_argument("--test-limit", type=int, help="evaluate on the first N test images only (quick, noisier benches)")
     b.add_argument("--json", action="store_true", help="print the finished bench's info as one JSON object")
     b.set_defaults(func=run_build)
@@ -83,11 +83,26 @@ def _configs_file(path: Path | None) -> list[str]:
     return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
 
 
+def _f(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def _print_info(info: dict) -> None:
     print(f"bench {info['path']}: model {info['model']}, {info['records']} records ({info['search_records']} search / {info['heldout_records']} held out)")
     print(f"slots {len(info['slots'])}, allowed bits {info['allowed_bits']}, activation bits {info['act_bits']}, pinned {info['pinned'] or 'none'}")
-    ceiling = info.get("noise_ceiling") or {}
-    print(f"noise ceiling (Spearman of repeats): {', '.join(f'{k} {v:.3f}' for k, v in ceiling.items() if v is not None) or 'not measured'}; default metric {info['default_metric']}")
+    pools = info.get("test_pools")
+    if pools:
+        print(f"test pools ({pools['method']}): fit {pools['fit']['images']} images / {pools['fit']['sources']} sources, report {pools['report']['images']} / {pools['report']['sources']}")
+    else:
+        print("test pools: none (no per-image outcomes); fit and report numbers share test images")
+    rel_rows = []
+    for m, r in (info.get("reliability") or {}).items():
+        half, rt = r.get("split_half") or {}, r.get("test_retest") or {}
+        rel_rows.append([m, _f(half.get("raw")), _f(half.get("corrected")), _f(rt.get("rho")), _f(r.get("combined")), _f(r.get("ceiling"))])
+    if rel_rows:
+        print("reliability on the report pool (split-half by source, Spearman-Brown corrected; calibration retest on disjoint calibration sources):")
+        print(markdown_table(["metric", "split-half", "corrected", "calib. retest", "combined", "ceiling = sqrt(combined)"], rel_rows))
+    print(f"default metric {info['default_metric']}")
     base = info.get("trivial_baselines") or {}
     if base:
         print("trivial baselines (oriented Spearman): " + "; ".join(f"{p}: " + ", ".join(f"{m} {v:.3f}" for m, v in r.items() if v is not None) for p, r in base.items()))

@@ -26,10 +26,10 @@ def run(args: argparse.Namespace) -> int:
         emit_json(s)
         return 0
     print(f"evolved proxy: p_l(b) = {s['best_expression']}")
-    ceiling = "not measured" if s["noise_ceiling"] is None else f"{s['noise_ceiling']:.3f}"
+    ceiling = "not measured" if s["ceiling"] is None else f"{s['ceiling']:.3f}"
     print(f"  Spearman ({s['metric']}): search {s['best_search_spearman']:.3f}, held-out {s['best_heldout_spearman']:.3f}; "
           f"best hand-made in the space ({s['best_handmade']}) held-out {s['best_handmade_heldout_spearman']:.3f}; "
-          f"bench noise ceiling {ceiling}")
+          f"held-out ceiling {ceiling}")
     print(f"\nallocations at {s['budget_avg_bits']:g} average weight bits (full precision top-1 {s['fp_top1']:.2f} %):\n")
     rows = [[a["method"], f"{a['avg_bits']:.3f}", int(a["size_bytes"]), f"{a['top1']:.2f}", f"{a['loss']:.4f}", f"{a['kl']:.4f}", ",".join(map(str, a["bits"]))] for a in s["allocations"]]
     if "median_random_top1" in s:

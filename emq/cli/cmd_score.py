@@ -1,4 +1,4 @@
-"""`emq score`: rank every proxy by its correlation with a bench, against the noise ceiling."""
+"""`emq score`: every proxy's correlation with a bench, with intervals, the ceiling and the ridge reference."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from ..baselines import PROXIES
 from ..ranking import DEFAULT_LIMIT, score
 from ..specs import METRICS
+from ..uncertainty import DEFAULT_RESAMPLES
 from .common import emit_json
 
 
@@ -22,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="override the bench's data ('default' or a directory)")
     p.add_argument("--weights", type=Path, help="local weights file of the bench's model (checked against the bench's weights hash)")
     p.add_argument("--workers", type=int, default=1, help="processes for whole-configuration proxies (default 1 = serial; results are identical)")
+    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help=f"bootstrap resamples (configurations x test sources, seeded) for the 95 %% intervals (default {DEFAULT_RESAMPLES})")
+    p.add_argument("--no-reference", action="store_true", help="leave out the supervised ridge reference row")
     p.add_argument("--out", type=Path, help="write score.csv, score.json and scatter_<proxy>.png here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -39,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
         weights=args.weights,
         progress=not args.json,
         workers=args.workers,
+        resamples=args.resamples,
+        reference=not args.no_reference,
     )
     written = report.save(args.out) if args.out else []
     if args.json:

@@ -107,6 +107,7 @@ class Campaign:
     progress: bool = False
 
     def __post_init__(self) -> None:
+        self.data = self.data.for_campaign()  # held-out configurations and the report pool never reach a campaign
         if self.stats.num_slots != self.data.search.configs.shape[1]:
             raise EmqError(f"the statistics have {self.stats.num_slots} bit slots but the bench configurations have {self.data.search.configs.shape[1]}: use statistics of the bench's model")
         if tuple(self.stats.bits) != tuple(self.data.bits):
@@ -225,11 +226,8 @@ class Campaign:
             "generation": self.generation,
             "evaluations": self.evaluations,
             "best_search": best.fitness if best else None,
-            "best_heldout": best.rho_heldout if best else None,
             "median_search": float(np.median([o.fitness for o in valid])) if valid else None,
-            "median_heldout": float(np.nanmedian([o.rho_heldout for o in valid])) if valid else None,
             "hof_best_search": self.cache[self.hof[0]].fitness if self.hof else None,
-            "hof_best_heldout": self.cache[self.hof[0]].rho_heldout if self.hof else None,
             "valid_share": len(valid) / len(outs),
             **diversity(keys, [o.signature for o in outs]),
             "screening": self.counts.summary(),
@@ -318,7 +316,7 @@ class Campaign:
             "counts": dict(self.counts),
             "population": [to_tokens(i) for i in self.population],
             "hof": self.hof,
-            "cache": [[k, self.tokens[k], o.fitness, o.rho_search, o.rho_heldout, o.orientation, o.reason] for k, o in self.cache.items()],
+            "cache": [[k, self.tokens[k], o.fitness, o.rho_search, o.orientation, o.reason] for k, o in self.cache.items()],
             "signature_keys": sig_keys,
             "log": self.log,
             "rng": checkpoint.rng_to_json(random.getstate()),  # saved only while running, when `random` is the campaign's generator
@@ -332,10 +330,10 @@ class Campaign:
         if state.get("inputs") != self._inputs_fingerprint():
             raise EmqError(f"checkpoint {path} was made with a different bench, statistics or search space; resume with the same inputs or use a new run directory")
         sig = dict(zip(state["signature_keys"], arrays["signatures"], strict=True))
-        for k, toks, fit, rs, rh, orient, reason in state["cache"]:
+        for k, toks, fit, rs, orient, reason in state["cache"]:
             tokens = [(a, float(b) if a == "c" else b) for a, b in toks]
             self.tokens[k] = tokens
-            self.cache[k] = Outcome(fit if fit is not None else REJECTED, rs if rs is not None else float("nan"), rh if rh is not None else float("nan"), orient, reason, sig.get(k))
+            self.cache[k] = Outcome(fit if fit is not None else REJECTED, rs if rs is not None else float("nan"), orient, reason, sig.get(k))
         self.population = []
         for toks in state["population"]:
             ind = self._individual(from_tokens(self.space, [(a, float(b) if a == "c" else b) for a, b in toks]))

@@ -57,7 +57,7 @@ class SearchResult:
     def to_markdown(self, top: int = 5) -> str:
         table = HallOfFame(list(self.hall_of_fame)[:top] + [r | {"rank": f"hand-made: {r['name']}"} for r in self.baselines])
         s = self.summary
-        ceiling = f"; bench noise ceiling {s['noise_ceiling']:.3f}" if s.get("noise_ceiling") is not None else ""
+        ceiling = f"; held-out ceiling {s['ceiling']:.3f} (sqrt of the report pool's reliability)" if s.get("ceiling") is not None else ""
         lines = [table.to_markdown(), "", f"{s['evaluations']} evaluations of {s['candidates']} candidates in {s['seconds']:.1f} s "
                  f"({s['screening']['saved_share']:.0%} saved by screening and the cache){ceiling}"]
         if self.out_dir is not None:
@@ -142,7 +142,7 @@ class ProxySearch:
         ckpt = out_dir / "checkpoint.npz" if out_dir is not None else None
         space = self.space or make_space()
         camp = getattr(self, "_campaign", None) if self.warm_start else None
-        if camp is not None and camp.data.fingerprint == data.fingerprint:
+        if camp is not None and camp.data.fingerprint == data.for_campaign().fingerprint:
             camp.continue_with(cfg)
         else:
             if ckpt is not None and ckpt.exists() and not self.warm_start:
@@ -159,19 +159,22 @@ class ProxySearch:
         with executor_for(self.executor, self.workers) as executor:
             camp.run(executor)
         self._campaign = camp
-        self._collect(camp, out_dir)
+        self._collect(camp, data, out_dir)
         return self
 
-    def _collect(self, camp: Campaign, out_dir: Path | None) -> None:
+    def _collect(self, camp: Campaign, data: FitnessData, out_dir: Path | None) -> None:
+        """Report the finished campaign: its choices (made on search x fit only) measured on
+        held-out configurations x report pool as well."""
         if not camp.hof:
             raise EmqError("no valid proxy was found (every candidate was screened out): enlarge the search space or the budget")
-        data, stats, cfg = camp.data, camp.stats, camp.config
+        stats, cfg = camp.stats, camp.config
         provenance = {"bench": data.source, "metric": data.metric, "seed": cfg.seed, "stats_key": (stats.meta.get("cache") or {}).get("key"), "bits": list(data.bits)}
         hof = []
         for rank, key in enumerate(camp.hof, 1):
             o = camp.cache[key]
-            meta = {"fitness": {"search_spearman": o.rho_search, "heldout_spearman": o.rho_heldout}, "provenance": provenance}
-            hof.append(tokens_row(rank, f"evolved_{rank}", camp.tokens[key], stats, data, cfg.act_samples, o.orientation, meta))
+            row = tokens_row(rank, f"evolved_{rank}", camp.tokens[key], stats, data, cfg.act_samples, o.orientation)
+            row["proxy"].meta = {"fitness": {"search_spearman": o.rho_search, "heldout_spearman": row["heldout_spearman"], "pools": data.pools}, "provenance": provenance}
+            hof.append(row)
         baselines = [tokens_row("-", name, toks, stats, data, cfg.act_samples) for name, (_, toks) in camp.space.handmade().items()]
         self.hall_of_fame_ = HallOfFame(hof)
         self.handmade_ = HallOfFame(baselines)
@@ -179,7 +182,7 @@ class ProxySearch:
         self.log_ = camp.log
         self.n_generations_ = camp.generation
         self.n_evaluations_ = camp.evaluations
-        self.summary_ = _summary(camp, hof[0], baselines, out_dir)
+        self.summary_ = _summary(camp, data, hof[0], baselines, out_dir)
         self.result_ = SearchResult(self.best_proxy_, self.hall_of_fame_, self.handmade_, self.summary_, self.log_, out_dir)
         if out_dir is not None:
             from .runfiles import write_run_files
@@ -214,9 +217,10 @@ def _statistics(bench: Any, model: Any, data: FitnessData) -> NetworkStats:
     return compute_stats(setup.target, bits=data.bits, settings=setup.stats)
 
 
-def _summary(camp: Campaign, best: dict[str, Any], baselines: list[dict[str, Any]], out_dir: Path | None) -> dict[str, Any]:
-    data, cfg = camp.data, camp.config
-    best_base = max((b for b in baselines if not math.isnan(b["heldout_spearman"])), key=lambda b: b["heldout_spearman"], default=None)
+def _summary(camp: Campaign, data: FitnessData, best: dict[str, Any], baselines: list[dict[str, Any]], out_dir: Path | None) -> dict[str, Any]:
+    cfg = camp.config
+    # the best hand-made proxy is chosen on search x fit, like everything else in a campaign
+    best_base = max((b for b in baselines if not math.isnan(b["search_spearman"])), key=lambda b: b["search_spearman"], default=None)
     return json_safe({
         "best_expression": best["expression"],
         "best_orientation": best["orientation"],
@@ -226,10 +230,11 @@ def _summary(camp: Campaign, best: dict[str, Any], baselines: list[dict[str, Any
         "best_handmade": best_base["name"] if best_base else None,
         "best_handmade_heldout_spearman": best_base["heldout_spearman"] if best_base else None,
         "handmade": {b["name"]: {"expression": b["expression"], "heldout_spearman": b["heldout_spearman"], "search_spearman": b["search_spearman"]} for b in baselines},
-        "noise_ceiling": data.noise_ceiling,
+        "ceiling": data.ceiling,
+        "pools": data.pools,
         "metric": data.metric,
         "search_configs": len(data.search),
-        "heldout_configs": len(data.heldout),
+        "heldout_configs": len(data.heldout) if data.heldout is not None else 0,
         "generations": camp.generation,
         "evaluations": camp.evaluations,
         "candidates": camp.counts["seen"],

@@ -1,9 +1,10 @@
 """Evaluate candidate trees: screening, table, fitness; through any `emq.executors` executor.
 
 Evaluation is a pure function of the tree (no randomness), so a process pool returns exactly
-what the serial path returns, in the same order. Fitness is |Spearman| on the search split;
-the sign becomes the proxy's orientation (explicit: `Outcome.orientation`), and the held-out
-correlation is measured with that orientation.
+what the serial path returns, in the same order. Fitness is |Spearman| on the search split
+(search configurations x fit test pool); the sign becomes the proxy's orientation (explicit:
+`Outcome.orientation`). A campaign's data has no held-out split (`FitnessData.for_campaign`):
+held-out numbers are measured after the campaign, never during it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ REJECTED = -1.0
 class Outcome:
     fitness: float  # |rho| on the search split, REJECTED when screened out
     rho_search: float  # oriented (>= 0 unless rejected)
-    rho_heldout: float
     orientation: int
     reason: str | None
     signature: np.ndarray | None  # z-scored ranks of oriented scores on a search subsample
@@ -41,7 +41,7 @@ class Outcome:
 
 
 def _rejected(reason: str) -> Outcome:
-    return Outcome(REJECTED, float("nan"), float("nan"), 1, reason, None)
+    return Outcome(REJECTED, float("nan"), 1, reason, None)
 
 
 class CandidateEvaluator:
@@ -71,12 +71,11 @@ class CandidateEvaluator:
         if math.isnan(rho):
             return _rejected("constant_scores")
         sign = 1 if rho >= 0 else -1
-        held = self.data.heldout.spearman(self.data.heldout.scores(table))
         ranks = sps.rankdata(sign * scores[self.sig_idx])
         d = ranks - ranks.mean()
         norm = float(np.sqrt((d * d).sum()))
         sig = (d / norm if norm > 0 else d).astype(np.float32)
-        return Outcome(abs(rho), abs(rho), sign * held if not math.isnan(held) else float("nan"), sign, None, sig)
+        return Outcome(abs(rho), abs(rho), sign, None, sig)
 
 
 @dataclass(frozen=True, eq=False)

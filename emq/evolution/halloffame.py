@@ -51,9 +51,9 @@ def proxy_row(rank: int | str, proxy: EvolvedProxy, table: torch.Tensor, data: F
         "orientation": proxy.orientation,
         "canonical": proxy.key,
         "search_spearman": rep["search"]["spearman"],
-        "heldout_spearman": rep["heldout"]["spearman"],
+        "heldout_spearman": rep.get("heldout", {}).get("spearman", float("nan")),
         "search_kendall": rep["search"]["kendall"],
-        "heldout_kendall": rep["heldout"]["kendall"],
+        "heldout_kendall": rep.get("heldout", {}).get("kendall", float("nan")),
         "correlations": rep,
         "proxy": proxy,
     }

@@ -58,7 +58,7 @@ def plot_log(records: list[dict[str, Any]], out_dir: Path) -> None:
         return [np.nan if r.get(key) is None else r[key] for r in records]
 
     fig, ax = _figure("Fitness per generation", "Spearman ρ")
-    for key, style, label in (("hof_best_search", "-", "best, search split"), ("hof_best_heldout", "--", "best, held-out split"), ("median_search", ":", "population median, search split")):
+    for key, style, label in (("hof_best_search", "-", "best, search split"), ("median_search", ":", "population median, search split")):
         ax.plot(gen, series(key), style, label=label)
     ax.legend(fontsize=8)
     _save(fig, out_dir / "fitness.png")

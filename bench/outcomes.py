@@ -1,0 +1,71 @@
+"""Per-image outcomes of one evaluated configuration, stored compactly in the bench file.
+
+With every record's per-test-image outcome (correct or not, CE loss, KL to full precision)
+in the file, any resampling of test images (fit / report pools, split halves, bootstrap over
+test sources) is a query instead of a re-run. One record's blob: a version byte, the image
+count, then zlib of the packed correct bits and float16 loss and KL (about 4 bytes an image).
+float16 keeps three significant digits per image; means over pools of hundreds of images are
+accurate to far better than the differences between configurations.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from emq.errors import EmqError
+
+FORMAT = 1
+_HEADER = struct.Struct("<BI")
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """One configuration's per-image outcomes, in test order."""
+
+    correct: np.ndarray  # bool [n]
+    loss: np.ndarray  # float64 [n]
+    kl: np.ndarray  # float64 [n]
+
+    def __len__(self) -> int:
+        return int(self.correct.shape[0])
+
+    def metric(self, name: str) -> np.ndarray:
+        """Per-image values of a bench metric: top1 as 0/100, loss and KL as they are."""
+        if name == "top1":
+            return 100.0 * self.correct
+        return getattr(self, name)
+
+
+def encode(per_image: Mapping[str, np.ndarray]) -> bytes:
+    """The blob of per-image arrays {'correct', 'loss', 'kl'} (as `PTQEngine.evaluate` gives)."""
+    correct = np.asarray(per_image["correct"], dtype=bool)
+    n = correct.shape[0]
+    parts = [np.packbits(correct).tobytes()]
+    for key in ("loss", "kl"):
+        v = np.asarray(per_image[key], dtype=np.float64)
+        if v.shape != (n,):
+            raise EmqError(f"per-image {key}: {v.shape[0] if v.ndim else 0} values for {n} images")
+        parts.append(np.where(np.isnan(v), v, np.clip(v, 0.0, _F16_MAX)).astype("<f2").tobytes())  # NaN stays NaN: never a silent number
+    return _HEADER.pack(FORMAT, n) + zlib.compress(b"".join(parts), 6)
+
+
+def decode(blob: bytes, where: str = "record") -> Outcomes:
+    """Outcomes of one blob; a damaged blob is an error naming `where`, never silent zeros."""
+    try:
+        version, n = _HEADER.unpack_from(blob)
+        raw = zlib.decompress(blob[_HEADER.size :])
+    except (struct.error, zlib.error, TypeError) as e:
+        raise EmqError(f"{where}: per-image outcomes are damaged ({e}); rebuild the bench") from e
+    nbits = (n + 7) // 8
+    if version != FORMAT or len(raw) != nbits + 4 * n:
+        raise EmqError(f"{where}: per-image outcomes have format {version} and {len(raw)} bytes for {n} images; rebuild the bench")
+    correct = np.unpackbits(np.frombuffer(raw, np.uint8, nbits), count=n).astype(bool)
+    loss = np.frombuffer(raw, "<f2", n, nbits).astype(np.float64)
+    kl = np.frombuffer(raw, "<f2", n, nbits + 2 * n).astype(np.float64)
+    return Outcomes(correct, loss, kl)
