@@ -156,7 +156,7 @@ def bench_import(
         "act_bits": act_bits,
         "fp_size_bytes": lm.fp_size_bytes,
         "metric_orientation": METRIC_ORIENTATION,
-        "noise_ceiling": None,
+        "reliability": None,  # no per-image outcomes or repeats: not measurable
         "default_metric": "top1",
         "versions": {"emq": emq_version, "torch": torch.__version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -87,7 +87,7 @@ def main() -> None:
         "evaluations": s["evaluations"], "candidates_per_s": s["candidates_per_s"], "saved_share": s["screening"]["saved_share"],
         "best_search_spearman": s["best_search_spearman"], "best_heldout_spearman": s["best_heldout_spearman"],
         "best_handmade": s["best_handmade"], "best_handmade_heldout_spearman": s["best_handmade_heldout_spearman"],
-        "noise_ceiling": s["noise_ceiling"], "best_expression": s["best_expression"],
+        "ceiling": s["ceiling"], "best_expression": s["best_expression"], "metric": s["metric"],
     }
     if args.json:
         print(json.dumps(res, indent=2))
@@ -99,8 +99,9 @@ def main() -> None:
     print(f"speed-up table vs naive:            {res['speedup_table_vs_naive']:.0f}x")
     c = res["campaign"]
     print(f"campaign {c['generations']} generations x {c['population']}: {c['seconds']:.1f} s, {c['candidates_per_s']:.0f} candidates/s, {c['saved_share']:.0%} saved by screening + cache")
-    print(f"best evolved: search rho {c['best_search_spearman']:.3f}, held-out rho {c['best_heldout_spearman']:.3f}  ({c['best_expression']})")
-    print(f"best hand-made ({c['best_handmade']}): held-out rho {c['best_handmade_heldout_spearman']:.3f}; noise ceiling {c['noise_ceiling']}")
+    print(f"best evolved ({c['metric']}): search x fit rho {c['best_search_spearman']:.3f}, held-out x report rho {c['best_heldout_spearman']:.3f}  ({c['best_expression']})")
+    print(f"best hand-made chosen on search x fit ({c['best_handmade']}): held-out x report rho {c['best_handmade_heldout_spearman']:.3f}; ceiling {c['ceiling']}")
+    print("(point estimates; intervals and paired differences: emq score --proxy best_proxy.json)")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ class Proxy(ABC):
     orientation: int = 1
     cost: str = ""  # e.g. "statistics only", "one PTQ forward per configuration"
     separable: bool = True
+    faithful: bool = True  # False for a variant of a published method (kept under its own name, never "the best hand-made")
     order: int | None = None  # place in the hand-made registry (emq.baselines), unique there
     formula: str = ""  # the proxy's form inside the search space: a key of emq.search_space.pset.HANDMADE
 

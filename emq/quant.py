@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from torch import nn

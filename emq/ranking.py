@@ -296,7 +296,8 @@ def score(
         ridge = OneHotRidge(b.bits).fit(b.configs[fit_rows], cells.values["fit"][fit_rows])
         pred = ridge.predict(b.configs[rows])
         results.append(cells.score(RIDGE_NAME, f"{RIDGE_DESCRIPTION}; alpha {ridge.alpha_:g}", "supervised", 1, "fit on the bench", rows, pred, (time.perf_counter() - t0) / len(rows)))
-    handmade = [p for p in results if p.kind in ("separable", "whole-config") and getattr(get_proxy(p.name), "faithful", True) and p.correlations["spearman_search_fit"] is not None]
+    faithful = {p.name for p in instances if p.faithful}
+    handmade = [p for p in results if p.kind in ("separable", "whole-config") and p.name in faithful and p.correlations["spearman_search_fit"] is not None]
     best = max(handmade, key=lambda p: p.correlations["spearman_search_fit"], default=None)
     if best is not None:
         for p in results:

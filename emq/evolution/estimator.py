@@ -60,6 +60,10 @@ class SearchResult:
         ceiling = f"; held-out ceiling {s['ceiling']:.3f} (sqrt of the report pool's reliability)" if s.get("ceiling") is not None else ""
         lines = [table.to_markdown(), "", f"{s['evaluations']} evaluations of {s['candidates']} candidates in {s['seconds']:.1f} s "
                  f"({s['screening']['saved_share']:.0%} saved by screening and the cache){ceiling}"]
+        ref = s.get("supervised_reference") or {}
+        if ref.get("heldout_spearman") is not None:
+            lines.append(f"within-bench supervised reference (ridge on one-hot slot/bit, fitted on search x fit): held-out x report rho {ref['heldout_spearman']:.3f}")
+        lines.append("search = search configurations x fit pool (all a campaign sees); held-out = held-out configurations x report pool; intervals: emq score")
         if self.out_dir is not None:
             lines.append(f"run directory: {self.out_dir} (best_proxy.json, hall_of_fame.csv, log.jsonl, fitness.png, diversity.png)")
         return "\n".join(lines)
@@ -217,6 +221,17 @@ def _statistics(bench: Any, model: Any, data: FitnessData) -> NetworkStats:
     return compute_stats(setup.target, bits=data.bits, settings=setup.stats)
 
 
+def _ridge_reference(data: FitnessData) -> dict[str, Any] | None:
+    """The within-bench ridge reference on the same cells as the campaign's numbers."""
+    from ..supervised import OneHotRidge
+
+    model = OneHotRidge(data.bits).fit(data.search.configs, data.search.target)
+    out: dict[str, Any] = {"model": "ridge on one-hot (slot, bit), fitted on search x fit", "alpha": model.alpha_}
+    if data.heldout is not None:
+        out["heldout_spearman"] = float(data.heldout.spearman(model.predict(data.heldout.configs)))
+    return out
+
+
 def _summary(camp: Campaign, data: FitnessData, best: dict[str, Any], baselines: list[dict[str, Any]], out_dir: Path | None) -> dict[str, Any]:
     cfg = camp.config
     # the best hand-made proxy is chosen on search x fit, like everything else in a campaign
@@ -232,6 +247,7 @@ def _summary(camp: Campaign, data: FitnessData, best: dict[str, Any], baselines:
         "handmade": {b["name"]: {"expression": b["expression"], "heldout_spearman": b["heldout_spearman"], "search_spearman": b["search_spearman"]} for b in baselines},
         "ceiling": data.ceiling,
         "pools": data.pools,
+        "supervised_reference": _ridge_reference(data),
         "metric": data.metric,
         "search_configs": len(data.search),
         "heldout_configs": len(data.heldout) if data.heldout is not None else 0,
