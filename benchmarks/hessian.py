@@ -68,7 +68,7 @@ def bench_model(label: str, model: torch.nn.Module, names: list[str], x: torch.T
     if eig_iters > 0:
         eig_model, eig_weights = only_layer_weights(model, names)
         t0 = time.perf_counter()
-        eig, _ = power_iteration(HessianProblem(eig_model, eig_weights, [(x, y)]), iters=eig_iters, tol=1e-3, seed=0)
+        eig = power_iteration(HessianProblem(eig_model, eig_weights, [(x, y)]), iters=eig_iters, tol=1e-3, seed=0).eig
         eig_s = time.perf_counter() - t0
 
     # standard error of PyHessian's mean, from its own per-probe values

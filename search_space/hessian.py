@@ -12,9 +12,13 @@ Done the careful way:
   every probe gives each layer's trace vᵀ_l (Hv)_l and the diagonal estimate v ⊙ Hv at once;
 - the probe loop stops when the per-layer traces stop moving: the L1 change of the running
   means divided by the L1 norm of the previous means (absolute values, so a negative
-  estimate never ends it early), with explicit minimum and maximum probe counts;
+  estimate never ends it early), with explicit minimum and maximum probe counts; the result
+  reports, per layer, the final relative change of its running mean (the evidence of
+  convergence a caller can show);
 - the top eigenvalue of each layer's own Hessian block H_ll (HAWQ-V1) comes from power
-  iteration with per-layer stopping; it is the eigenvalue of largest magnitude, with sign.
+  iteration with per-layer stopping on the relative change of the Rayleigh quotient, as in
+  HAWQ's code (defaults: at most 100 iterations, tolerance 1e-3); it is the eigenvalue of
+  largest magnitude, with sign, and each layer's iterations and final change are reported.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +96,17 @@ class HutchinsonResult:
     history: np.ndarray  # [probes, L] running-mean traces after each probe
     probes: int
     converged: bool
+    change: float  # the stopping statistic after the last probe (inf after a single probe)
+    layer_change: np.ndarray  # [L] final |change| of each layer's running mean / |previous mean|
+    layer_rel_stderr: np.ndarray  # [L] standard error of each layer's trace over the probes / |trace| (inf with one probe)
+
+
+@dataclass
+class PowerIterationResult:
+    eig: np.ndarray  # [L] dominant eigenvalue of each layer's Hessian block (float64)
+    iterations: np.ndarray  # [L] iterations each layer used
+    change: np.ndarray  # [L] final |change| of the Rayleigh quotient / |previous value| (inf after one)
+    converged: np.ndarray  # [L] bool: stopped below the tolerance (or on an exactly zero H_ll v)
 
 
 def rademacher(shape: torch.Size, gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -98,7 +114,13 @@ def rademacher(shape: torch.Size, gen: torch.Generator, device: torch.device) ->
     return (torch.randint(0, 2, tuple(shape), generator=gen, dtype=torch.int8) * 2 - 1).to(device=device, dtype=torch.float32)
 
 
-def hutchinson(problem: HessianProblem, min_probes: int = 8, max_probes: int = 32, tol: float = 1e-2, seed: int = 0) -> HutchinsonResult:
+def _relative_change(cur: np.ndarray, prev: np.ndarray) -> np.ndarray:
+    return np.abs(cur - prev) / np.maximum(np.abs(prev), _TINY)
+
+
+def hutchinson(
+    problem: HessianProblem, min_probes: int = 8, max_probes: int = 128, tol: float = 1e-2, seed: int = 0, progress: bool = False,
+) -> HutchinsonResult:
     """Per-layer traces and the diagonal of H from the same seeded Rademacher probes."""
     if not 1 <= min_probes <= max_probes:
         raise ValueError(f"need 1 <= min_probes ({min_probes}) <= max_probes ({max_probes})")
@@ -107,7 +129,10 @@ def hutchinson(problem: HessianProblem, min_probes: int = 8, max_probes: int = 3
     trace_sum = np.zeros(len(problem.params))
     history: list[np.ndarray] = []
     converged = False
+    change = float("inf")
+    bar = tqdm(total=max_probes, desc="Hessian trace", unit="probe", leave=False, disable=not progress)
     for k in range(1, max_probes + 1):
+        bar.update()
         v = [rademacher(p.shape, gen, p.device) for p in problem.params]
         hv = problem.hvp(v)
         for i, (vi, hi) in enumerate(zip(v, hv, strict=True)):
@@ -115,22 +140,33 @@ def hutchinson(problem: HessianProblem, min_probes: int = 8, max_probes: int = 3
             diag_sum[i].add_(vhv)
             trace_sum[i] += float(vhv.sum(dtype=torch.float64))
         history.append(trace_sum / k)
-        if k >= min_probes and k > 1:
+        if k > 1:
             prev, cur = history[-2], history[-1]
-            change = np.abs(cur - prev).sum() / max(np.abs(prev).sum(), _TINY)
-            if change < tol:
+            change = float(np.abs(cur - prev).sum() / max(np.abs(prev).sum(), _TINY))
+            bar.set_postfix(change=f"{change:.2g}")
+            if k >= min_probes and change < tol:
                 converged = True
                 break
+    bar.close()
     probes = len(history)
-    log.info("Hutchinson: %d probes, converged=%s", probes, converged)
-    return HutchinsonResult([d / probes for d in diag_sum], history[-1].copy(), np.array(history), probes, converged)
+    hist = np.array(history)
+    if probes > 1:
+        layer_change = _relative_change(hist[-1], hist[-2])
+        counts = np.arange(1, probes + 1)[:, None]
+        per_probe = np.diff(hist * counts, axis=0, prepend=0.0)  # each probe's own v^T H v per layer
+        rel_stderr = per_probe.std(axis=0, ddof=1) / np.sqrt(probes) / np.maximum(np.abs(hist[-1]), _TINY)
+    else:
+        layer_change = rel_stderr = np.full(len(problem.params), np.inf)
+    log.info("Hutchinson: %d probes, converged=%s, change %.3g", probes, converged, change)
+    return HutchinsonResult([d / probes for d in diag_sum], hist[-1].copy(), hist, probes, converged, change, layer_change, rel_stderr)
 
 
-def power_iteration(problem: HessianProblem, iters: int = 10, tol: float = 1e-2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Dominant eigenvalue of every layer's Hessian block H_ll; returns (eigenvalues, iterations used).
+def power_iteration(problem: HessianProblem, iters: int = 100, tol: float = 1e-3, seed: int = 0, progress: bool = False) -> PowerIterationResult:
+    """Dominant eigenvalue of every layer's Hessian block H_ll, with per-layer convergence.
 
     A layer stops when its Rayleigh quotient changes by less than `tol` relative to its
-    magnitude; the still-moving layers share each pass over the batches.
+    previous magnitude (HAWQ's criterion and defaults); the still-moving layers share each
+    pass over the batches.
     """
     if iters < 1:
         raise ValueError(f"power iteration needs iters >= 1, got {iters}")
@@ -139,22 +175,31 @@ def power_iteration(problem: HessianProblem, iters: int = 10, tol: float = 1e-2,
     for i, p in enumerate(problem.params):
         v = torch.randn(tuple(p.shape), generator=gen).to(device=p.device, dtype=torch.float32)
         vs[i] = v / v.norm().clamp_min(_TINY)
-    eig = np.zeros(len(problem.params))
-    used = np.zeros(len(problem.params), dtype=np.int64)
+    n = len(problem.params)
+    eig = np.zeros(n)
+    used = np.zeros(n, dtype=np.int64)
+    change = np.full(n, np.inf)
+    converged = np.zeros(n, dtype=bool)
     active = dict(vs)
+    bar = tqdm(total=iters, desc="Hessian eigenvalues", unit="iter", leave=False, disable=not progress)
     for it in range(1, iters + 1):
+        bar.update()
         hv = problem.block_hvps(active)
         nxt: dict[int, torch.Tensor] = {}
         for i, h in hv.items():
             lam = float((active[i] * h).sum(dtype=torch.float64))
             used[i] = it
-            done = it > 1 and abs(lam - eig[i]) < tol * max(abs(eig[i]), _TINY)
+            if it > 1:
+                change[i] = abs(lam - eig[i]) / max(abs(eig[i]), _TINY)
             eig[i] = lam
             norm = h.norm()
-            if done or float(norm) == 0.0:
+            if change[i] < tol or float(norm) == 0.0:
+                converged[i] = True
                 continue
             nxt[i] = h / norm
         active = nxt
+        bar.set_postfix(moving=len(active))
         if not active:
             break
-    return eig, used
+    bar.close()
+    return PowerIterationResult(eig, used, change, converged)

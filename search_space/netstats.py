@@ -2,8 +2,10 @@
 
 Layout (all tensors float32, CPU unless moved):
 
-- weight-shaped, per layer: ``W`` (weights), ``G`` (task-loss gradient), ``VG`` (data-free
-  virtual gradient, Synflow-style), ``H`` (Hutchinson Hessian diagonal);
+- weight-shaped, per layer: ``W`` (weights), ``G`` (task-loss gradient of the mean loss),
+  ``VG`` (data-free virtual gradient with the signed weights), ``H`` (Hutchinson Hessian
+  diagonal), ``SG`` (Synflow's gradient dR/d|W| of the network linearised with absolute
+  parameters), ``FD`` (diagonal empirical Fisher E_x[g_x^2] of per-sample gradients);
 - activation-shaped, per layer: ``A`` (layer input), ``Y`` (layer output), ``GY`` (gradient
   w.r.t. the output), ``AE`` (activation quantization noise Q(A)-A at the activation bits);
   the leading dimension is the (possibly capped) sample count;
@@ -33,9 +35,9 @@ from emq.errors import EmqError
 from emq.fileio import atomic_write
 from emq.hashing import tensor_digest
 
-TENSOR_FIELDS = ("W", "G", "VG", "H", "A", "Y", "GY", "AE", "Q", "E")
+TENSOR_FIELDS = ("W", "G", "VG", "H", "A", "Y", "GY", "AE", "Q", "E", "SG", "FD")
 SCALAR_FIELDS = ("trace", "eig", "params", "macs", "out_channels")
-FORMAT = "emq-stats/1"
+FORMAT = "emq-stats/2"
 
 
 @dataclass
@@ -56,6 +58,8 @@ class LayerStats:
     params: int
     macs: int
     out_channels: int
+    SG: torch.Tensor  # after the scalars, so positional constructions of format 1 fail loudly
+    FD: torch.Tensor
 
 
 @dataclass
@@ -72,6 +76,11 @@ class NetworkStats:
     @property
     def num_slots(self) -> int:
         return max(self.layer_slot) + 1 if self.layer_slot else 0
+
+    @property
+    def convergence(self) -> dict:
+        """How the Hessian estimates converged (settings, probes, per-layer iterations and changes); {} if not recorded."""
+        return dict(self.meta.get("hessian", {}).get("convergence", {}))
 
 
 def _digest(tensors: dict[str, torch.Tensor], header: dict) -> str:

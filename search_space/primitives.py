@@ -47,7 +47,7 @@ EXP_CLAMP = 30.0  # exp(min(x, EXP_CLAMP)) keeps float64 finite under a few more
 
 
 class WeightT:
-    """Weight-shaped tensor [Bk, *W.shape] (W, G, VG, H, Q_b(W), E_b)."""
+    """Weight-shaped tensor [Bk, *W.shape] (W, G, VG, H, SG, FD, Q_b(W), E_b)."""
 
 
 class InputT:
@@ -228,6 +228,8 @@ _TERMINAL_LIST = [
     TerminalSpec("params", Scalar, False, "weight parameters of the layer", r"n"),
     TerminalSpec("macs", Scalar, False, "multiply-accumulates of the layer", r"\mathrm{MACs}"),
     TerminalSpec("out_channels", Scalar, False, "output channels", r"C_{out}"),
+    TerminalSpec("SG", WeightT, False, "Synflow gradient dR/d|W| of the |parameter|-linearised network", r"G_{s}", default=False),
+    TerminalSpec("FD", WeightT, False, "diagonal empirical Fisher E_x[g_x^2] (per-sample gradients)", r"F_{d}", default=False),
 ]
 
 

@@ -1,8 +1,8 @@
 """Per-layer network statistics: the inputs (terminals) of every proxy, computed once and cached.
 
 For a model, its layer map and a calibration batch, every quantizable layer gets (aligned by
-module name, in forward order; layout in `netstats`): W, G, VG, H, A, Y, GY, AE, Q_b(W),
-E_b = Q_b(W) - W, Tr(H), the top Hessian eigenvalue, params, MACs and output channels.
+module name, in forward order; layout in `netstats`): W, G, VG, H, SG, FD, A, Y, GY, AE,
+Q_b(W), E_b = Q_b(W) - W, Tr(H), the top Hessian eigenvalue, params, MACs and output channels.
 
 Choices that make the numbers trustworthy:
 
@@ -13,18 +13,34 @@ Choices that make the numbers trustworthy:
   cross-entropy over the calibration images, accumulated over batches weighted by size;
   GY is the gradient of that same loss w.r.t. the layer output (so G = Σ GY ⊗ A);
 - VG, the data-free "virtual" gradient: gradient of the summed outputs for one all-ones
-  input (Synflow's probe), with the weights as they are (no sign linearisation);
+  input, with the weights as they are (signed; not Synflow's statistic);
+- SG, Synflow's statistic as published (Tanaka et al., NeurIPS 2020, and their code): on a
+  copy in eval mode whose every floating parameter and buffer is replaced by its absolute
+  value (the network linearised), the gradient dR/d|W| of R = sum of the output for one
+  all-ones input of the data's shape; computed in float64 (no overflow in deep networks);
+- FD, the diagonal empirical Fisher E_x[g_x ⊙ g_x] over all calibration images, g_x the
+  gradient of image x's own cross-entropy (per-sample gradients by torch.func vmap(grad)
+  over `functional_call`; plain per-sample grad when a model cannot be vmapped) — not the
+  square of the batch-mean gradient G;
 - Q_b(W) uses the weight quantizer named by `weight_quantizer` (emq.quantizers), the same
   registry and name the PTQ engine deploys (`StatsSettings.from_ptq` copies it); AE uses
   `emq.quantizers.fake_quant` with a per-tensor [min(x,0), max(x,0)] range over all calibration
   images at the activation bits, like the engine's activation quantizer (zero at 32 bits);
 - A, Y, GY, AE keep only the first `act_cap` samples (memory), recorded in meta;
-- Hessian statistics come from `hessian` on the first `hessian_images` calibration images;
+- Hessian statistics come from `hessian` on the first `hessian_images` calibration images:
+  Hutchinson probes until the traces' relative change is below `hessian_tol` (at least
+  `hessian_min_probes`, at most `hessian_max_probes`), power iteration per layer as in HAWQ's
+  code (at most `eig_iters` = 100 iterations, relative tolerance `eig_tol` = 1e-3); how each
+  converged is recorded per layer in meta["hessian"]["convergence"] (`NetworkStats.convergence`);
   negative traces follow `negative_trace`: "clamp" (to 0, the default: Tr H of a trained
   network is a curvature magnitude and a negative estimate is probe noise), "keep", "abs"
   or "error"; the raw estimates are kept in meta either way.
 
-Statistics are cached on disk keyed by (weights hash, data hash, settings, bits, layers).
+Statistics are cached on disk keyed by (weights hash, data hash, settings, bits, layers), under
+`<cache root>/stats`; the cache root is the `cache_dir` argument, else `$EMQ_CACHE_DIR`, else
+~/.cache/emq (the argument and the variable name the same directory). Steps that take more
+than a moment (per-sample gradients, Hessian probes and power iteration) show tqdm progress
+bars on stderr unless `progress=False`.
 """
 
 from __future__ import annotations
@@ -43,6 +59,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, grad, vmap
+from tqdm import tqdm
 
 from emq.data import DataSplits
 from emq.errors import EmqError
@@ -60,12 +78,19 @@ from emq.specs import (
 )
 from emq.target import Target, resolve_target
 
-from .hessian import HessianProblem, hutchinson, power_iteration
+from .hessian import (
+    HessianProblem,
+    HutchinsonResult,
+    PowerIterationResult,
+    hutchinson,
+    power_iteration,
+)
 from .netstats import FORMAT, TENSOR_FIELDS, LayerStats, NetworkStats, load_stats, save_stats
 
 log = logging.getLogger(__name__)
 
 NEGATIVE_TRACE_POLICIES = ("clamp", "keep", "abs", "error")
+_PER_SAMPLE_FLOATS = 1 << 24  # per-sample gradient values held at once (64 MB in float32)
 
 
 @dataclass(frozen=True)
@@ -78,10 +103,10 @@ class StatsSettings:
     hessian_images: int = 64  # first images of the calibration batch used for Hessian work
     hessian_batch_size: int = 64  # smaller = less memory; >1 batch recomputes graphs per probe
     hessian_min_probes: int = 8
-    hessian_max_probes: int = 32
-    hessian_tol: float = 1e-2
-    eig_iters: int = 10  # power-iteration steps per layer (0: skip, eig = 0)
-    eig_tol: float = 1e-2
+    hessian_max_probes: int = 128  # the default model converges (hessian_tol) after 54 probes
+    hessian_tol: float = 1e-2  # relative L1 change of the per-layer running-mean traces that stops the probes
+    eig_iters: int = 100  # power-iteration steps per layer, HAWQ's maximum (0: skip, eig = 0)
+    eig_tol: float = 1e-3  # relative change of a layer's eigenvalue that stops it (HAWQ's)
     seed: int = 0  # Hutchinson probes and power-iteration starts
     act_bits: int = DEFAULT_ACT_BITS
     weight_symmetric: bool = False
@@ -112,9 +137,13 @@ class StatsSettings:
         return asdict(self)
 
 
-def default_cache_dir() -> Path:
-    """`$EMQ_CACHE_DIR/stats` when the variable is set (the root of all emq caches), else ~/.cache/emq/stats."""
-    root = os.environ.get("EMQ_CACHE_DIR")
+def default_cache_dir(cache_dir: str | Path | None = None) -> Path:
+    """Where statistics are cached: `<root>/stats`, root = `cache_dir`, else $EMQ_CACHE_DIR, else ~/.cache/emq.
+
+    The argument and the variable name the same level (the root of all emq caches), so
+    `cache_dir=X` and `EMQ_CACHE_DIR=X` write to the same X/stats.
+    """
+    root = cache_dir if cache_dir is not None else os.environ.get("EMQ_CACHE_DIR")
     return (Path(root) if root else Path.home() / ".cache" / "emq") / "stats"
 
 
@@ -195,10 +224,57 @@ def _activation_pass(work: nn.Module, layers: list[nn.Module], x: torch.Tensor, 
 
 
 def _virtual_grad(work: nn.Module, layers: list[nn.Module], sample_shape: torch.Size) -> list[torch.Tensor]:
-    """Gradient of sum(outputs) for one all-ones input: a data-free probe of signal flow."""
+    """Gradient of sum(outputs) for one all-ones input, signed weights: a data-free probe of signal flow."""
     w = layers[0].weight
     ones = torch.ones((1, *sample_shape), dtype=w.dtype, device=w.device)
     return list(torch.autograd.grad(work(ones).sum(), [m.weight for m in layers], allow_unused=False))
+
+
+def _synflow_grad(work: nn.Module, names: list[str], sample_shape: torch.Size) -> list[torch.Tensor]:
+    """Synflow's dR/d|W|: every parameter and buffer made absolute (eval mode), R = sum(f(1)), in float64."""
+    lin = copy.deepcopy(work).double()
+    with torch.no_grad():
+        for t in lin.state_dict().values():  # the state dict shares storage with parameters and buffers
+            if t.is_floating_point():
+                t.abs_()
+    modules = dict(lin.named_modules())
+    weights = [modules[n].weight for n in names]
+    ones = torch.ones((1, *sample_shape), dtype=torch.float64, device=weights[0].device)
+    return list(torch.autograd.grad(lin(ones).sum(), weights, allow_unused=False))
+
+
+def _per_sample_fisher(work: nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor, batch_size: int, progress: bool) -> list[torch.Tensor]:
+    """Diagonal empirical Fisher E_x[g_x ⊙ g_x] of the mapped weights, g_x = grad of image x's own cross-entropy."""
+    modules = dict(work.named_modules())
+    params = {f"{n}.weight": modules[n].weight.detach() for n in names}
+
+    def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(work, p, (xi.unsqueeze(0),)), yi.unsqueeze(0))
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
+    single = grad(loss)
+
+    def one_by_one(xb: torch.Tensor, yb: torch.Tensor) -> dict[str, torch.Tensor]:
+        gs = [single(params, xi, yi) for xi, yi in zip(xb, yb, strict=True)]
+        return {k: torch.stack([g[k] for g in gs]) for k in params}
+
+    n = x.shape[0]
+    chunk = max(1, min(batch_size, _PER_SAMPLE_FLOATS // sum(p.numel() for p in params.values())))
+    acc = {k: torch.zeros_like(p) for k, p in params.items()}
+    vectorised = True
+    for start in tqdm(range(0, n, chunk), desc="per-sample gradients", unit="batch", leave=False, disable=not progress):
+        xb, yb = x[start : start + chunk], y[start : start + chunk]
+        if vectorised:
+            try:
+                g = per_sample(params, xb, yb)
+            except RuntimeError as e:  # an operation vmap cannot batch: same gradients, one image at a time
+                log.info("per-sample gradients without vmap (%s)", e)
+                vectorised = False
+        if not vectorised:
+            g = one_by_one(xb, yb)
+        for k, gk in g.items():
+            acc[k].add_(gk.pow(2).sum(dim=0))
+    return [acc[k] / n for k in params]
 
 
 def _apply_trace_policy(raw: np.ndarray, names: list[str], policy: str) -> np.ndarray:
@@ -217,7 +293,37 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(device="cpu", dtype=torch.float32).contiguous()
 
 
-def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Tensor, bits: tuple[int, ...], s: StatsSettings) -> NetworkStats:
+def _finite(values: np.ndarray) -> list[float | None]:
+    """Plain floats for JSON, None where a value is undefined (a change after a single step)."""
+    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)]
+
+
+def _convergence(hutch: HutchinsonResult, eig: PowerIterationResult | None, s: StatsSettings) -> dict:
+    """Per-layer evidence that the Hessian estimates converged (JSON-ready)."""
+    trace = {
+        "tol": s.hessian_tol,
+        "min_probes": s.hessian_min_probes,
+        "max_probes": s.hessian_max_probes,
+        "probes": hutch.probes,
+        "converged": hutch.converged,
+        "change": _finite([hutch.change])[0],
+        "layer_change": _finite(hutch.layer_change),
+        "layer_rel_stderr": _finite(hutch.layer_rel_stderr),
+    }
+    if eig is None:
+        return {"trace": trace, "eig": {"tol": s.eig_tol, "max_iters": 0, "skipped": True}}
+    eigs = {
+        "tol": s.eig_tol,
+        "max_iters": s.eig_iters,
+        "skipped": False,
+        "iterations": [int(k) for k in eig.iterations],
+        "change": _finite(eig.change),
+        "converged": [bool(c) for c in eig.converged],
+    }
+    return {"trace": trace, "eig": eigs}
+
+
+def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Tensor, bits: tuple[int, ...], s: StatsSettings, progress: bool = True) -> NetworkStats:
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -237,18 +343,22 @@ def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Te
     lap("gradients_activations")
     vg = _virtual_grad(work, layers, x.shape[1:])
     lap("virtual_grad")
+    sg = _synflow_grad(work, names, x.shape[1:])
+    lap("synflow_grad")
+    fd = _per_sample_fisher(work, names, x, y, s.batch_size, progress)
+    lap("per_sample_fisher")
 
     xh, yh = x[: s.hessian_images], y[: s.hessian_images]
     hb = s.hessian_batch_size
     problem = HessianProblem(work, [m.weight for m in layers], [(xh[i : i + hb], yh[i : i + hb]) for i in range(0, xh.shape[0], hb)])
-    hutch = hutchinson(problem, s.hessian_min_probes, s.hessian_max_probes, s.hessian_tol, s.seed)
+    hutch = hutchinson(problem, s.hessian_min_probes, s.hessian_max_probes, s.hessian_tol, s.seed, progress)
     lap("hessian_trace_diag")
-    if s.eig_iters > 0:
-        eig, eig_used = power_iteration(problem, s.eig_iters, s.eig_tol, s.seed)
-    else:
-        eig, eig_used = np.zeros(len(layers)), np.zeros(len(layers), dtype=np.int64)
+    power = power_iteration(problem, s.eig_iters, s.eig_tol, s.seed, progress) if s.eig_iters > 0 else None
+    eig = power.eig if power is not None else np.zeros(len(layers))
     del problem
     lap("hessian_eig")
+    convergence = _convergence(hutch, power, s)
+    _warn_unconverged(convergence, names)
     trace = _apply_trace_policy(hutch.trace, names, s.negative_trace)
 
     weights = [_f32(m.weight) for m in layers]
@@ -274,6 +384,8 @@ def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Te
             "AE": act_noise[i],
             "Q": quant[i],
             "E": quant[i] - weights[i].unsqueeze(0),
+            "SG": _f32(sg[i]),
+            "FD": _f32(fd[i]),
         }
         for f, t in fields.items():
             if not torch.isfinite(t).all():
@@ -293,11 +405,43 @@ def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Te
             "raw_trace": [float(t) for t in hutch.trace],
             "negative_layers": [names[i] for i in np.flatnonzero(hutch.trace < 0)],
             "negative_policy": s.negative_trace,
-            "eig_iterations": [int(k) for k in eig_used],
+            "convergence": convergence,
         },
         "seconds": seconds,
     }
     return NetworkStats(bits, out, list(layer_map.layer_slot), meta)
+
+
+def _warn_unconverged(convergence: dict, names: list[str]) -> None:
+    trace, eig = convergence["trace"], convergence["eig"]
+    if not trace["converged"]:
+        log.warning("Hessian trace: not converged after %d probes (relative change %s, tolerance %g); raise hessian_max_probes", trace["probes"], trace["change"], trace["tol"])
+    if not eig["skipped"] and not all(eig["converged"]):
+        moving = [n for n, c in zip(names, eig["converged"], strict=True) if not c]
+        log.warning("Hessian eigenvalue: %d layers not converged within %d iterations (%s); raise eig_iters", len(moving), eig["max_iters"], ", ".join(moving))
+
+
+def convergence_summary(ns: NetworkStats) -> str:
+    """One line on how the Hessian estimates converged (the CLI prints it; per-layer numbers are in `summarize`)."""
+    conv = ns.convergence
+    if not conv:
+        return "Hessian convergence: not recorded"
+    trace, eig = conv["trace"], conv["eig"]
+    changes = [(c, n) for c, n in zip(trace["layer_change"], ns.names, strict=True) if c is not None]
+    errors = [(c, n) for c, n in zip(trace.get("layer_rel_stderr", []), ns.names, strict=False) if c is not None]
+    worst = f"; largest layer change {max(changes)[0]:.2g} ({max(changes)[1]})" if changes else ""
+    worst += f", largest relative standard error {max(errors)[0]:.2g} ({max(errors)[1]})" if errors else ""
+    change = "n/a" if trace["change"] is None else f"{trace['change']:.2g}"
+    text = (f"Hessian trace {'converged' if trace['converged'] else 'NOT converged'}: {trace['probes']} probes "
+            f"(max {trace['max_probes']}), relative change {change} (tol {trace['tol']:g}){worst}")
+    if eig["skipped"]:
+        return text + "; top eigenvalue skipped"
+    done = sum(eig["converged"])
+    iters = eig["iterations"]
+    ec = [(c, n) for c, n in zip(eig["change"], ns.names, strict=True) if c is not None]
+    eworst = f", largest final change {max(ec)[0]:.2g} ({max(ec)[1]})" if ec else ""
+    return (text + f"; top eigenvalue converged in {done}/{len(iters)} layers: {min(iters)}-{max(iters)} iterations "
+            f"(max {eig['max_iters']}, tol {eig['tol']:g}){eworst}")
 
 
 def _calibration(data: DataSplits | tuple[torch.Tensor, torch.Tensor], s: StatsSettings) -> tuple[torch.Tensor, torch.Tensor]:
@@ -336,8 +480,13 @@ def compute_stats(
     settings: StatsSettings | PTQSettings | None = None,
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
+    progress: bool = True,
 ) -> NetworkStats:
     """Per-layer statistics of a model on calibration data, loaded from the cache when present.
+
+    The cache lives in `<cache_dir>/stats`, `cache_dir` being the root of emq's caches (the
+    same level as $EMQ_CACHE_DIR, which is used when `cache_dir` is None); `progress` shows
+    tqdm bars on stderr for the long steps.
 
     `settings` may be PTQSettings: the defaults are then used with its activation bits and
     weight symmetry, so the noise statistics match that PTQ configuration.
@@ -360,8 +509,7 @@ def compute_stats(
     path = None
     if use_cache:
         key = cache_key(model, layer_map, x, y, bits, s)
-        path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        path = path / f"{key}.pt"
+        path = default_cache_dir(cache_dir) / f"{key}.pt"
         if path.exists():
             try:
                 t0 = time.perf_counter()
@@ -371,7 +519,7 @@ def compute_stats(
                 return cached
             except EmqError as e:
                 log.warning("ignoring the statistics cache entry: %s", e)
-    result = _compute(model, layer_map, x, y, bits, s)
+    result = _compute(model, layer_map, x, y, bits, s, progress)
     if path is not None:
         save_stats(result, path)
         result.meta["cache"] = {"key": path.stem, "path": str(path), "hit": False}
@@ -388,16 +536,22 @@ def stats(
     num_classes: int | None = None,
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
+    progress: bool = True,
 ) -> NetworkStats:
-    """Per-layer statistics of a model by name (or nn.Module) and its data; `emq stats`."""
+    """Per-layer statistics of a model by name (or nn.Module) and its data; `emq stats`.
+
+    `cache_dir` is the cache root (statistics go to `<cache_dir>/stats`, as with $EMQ_CACHE_DIR).
+    """
     target = resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size)
-    return compute_stats(target, bits=bits, settings=settings, cache_dir=cache_dir, use_cache=use_cache)
+    return compute_stats(target, bits=bits, settings=settings, cache_dir=cache_dir, use_cache=use_cache, progress=progress)
 
 
 def summarize(ns: NetworkStats) -> dict:
     """Plain-number summary per layer (norms, traces, noise per bit) plus timings: the CLI's JSON."""
     layers = []
-    for layer, slot in zip(ns.layers, ns.layer_slot, strict=True):
+    conv = ns.convergence
+    trace_conv, eig_conv = conv.get("trace", {}), conv.get("eig", {})
+    for i, (layer, slot) in enumerate(zip(ns.layers, ns.layer_slot, strict=True)):
         layers.append(
             {
                 "name": layer.name,
@@ -408,10 +562,18 @@ def summarize(ns: NetworkStats) -> dict:
                 "weight_norm": float(layer.W.norm()),
                 "grad_norm": float(layer.G.norm()),
                 "virtual_grad_norm": float(layer.VG.norm()),
+                "synflow": float((layer.W.double().abs() * layer.SG.double()).abs().sum()),
+                "fisher_trace": float(layer.FD.double().sum()),
                 "hessian_trace": layer.trace,
                 "hessian_trace_per_param": layer.trace / layer.params,
                 "hessian_diag_sum": float(layer.H.sum()),
                 "hessian_eig": layer.eig,
+                "hessian_trace_probes": trace_conv.get("probes"),
+                "hessian_trace_change": trace_conv["layer_change"][i] if "layer_change" in trace_conv else None,
+                "hessian_trace_rel_stderr": trace_conv["layer_rel_stderr"][i] if "layer_rel_stderr" in trace_conv else None,
+                "hessian_eig_iterations": eig_conv["iterations"][i] if "iterations" in eig_conv else None,
+                "hessian_eig_change": eig_conv["change"][i] if "change" in eig_conv else None,
+                "hessian_eig_converged": eig_conv["converged"][i] if "converged" in eig_conv else None,
                 "noise_norm": {str(b): float(layer.E[k].norm()) for k, b in enumerate(ns.bits)},
                 "act_noise_norm": float(layer.AE.norm()),
             }
@@ -430,4 +592,4 @@ def summarize(ns: NetworkStats) -> dict:
     }
 
 
-__all__ = ["StatsSettings", "compute_stats", "stats", "summarize", "cache_key", "default_cache_dir", "load_stats", "save_stats", "TENSOR_FIELDS"]
+__all__ = ["StatsSettings", "compute_stats", "stats", "summarize", "convergence_summary", "cache_key", "default_cache_dir", "load_stats", "save_stats", "TENSOR_FIELDS"]

@@ -61,6 +61,8 @@ def real_stats(model: torch.nn.Module, layer_map: LayerMap, x: torch.Tensor, y: 
         v = [torch.randint(0, 2, p.shape, generator=gen).float() * 2 - 1 for p in params]
         hv = torch.autograd.grad(G, params, v, retain_graph=True)
         H = [h + vi * hvi / probes for h, vi, hvi in zip(H, v, hv, strict=True)]
+    per_sample = [torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), params) for i in range(x.shape[0])]
+    FD = [torch.stack([g[k] for g in per_sample]).pow(2).mean(0) for k in range(len(layers))]
     syn = copy.deepcopy(model)
     for p in syn.parameters():
         p.data.abs_()
@@ -75,6 +77,7 @@ def real_stats(model: torch.nn.Module, layer_map: LayerMap, x: torch.Tensor, y: 
             LayerStats(
                 info.name, w, G[k].detach(), syn_layers[k].weight.grad.detach(), H[k].detach(), a, outs[k].detach(), GY[k].detach(),
                 fake_quant(a, a.min(), a.max(), 8) - a, q, q - w, float(H[k].sum()), float(H[k].abs().max()), info.params, info.macs, info.out_channels,
+                SG=syn_layers[k].weight.grad.detach(), FD=FD[k],
             )
         )
     return NetworkStats(tuple(bits), out, list(layer_map.layer_slot), {"source": "tests"})

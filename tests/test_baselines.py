@@ -74,6 +74,7 @@ def fake_stats(target: Target, layer_slot: list[int] | None = None) -> NetworkSt
                 layer.name, w, torch.randn(w.shape, generator=g), torch.randn(w.shape, generator=g), torch.rand(w.shape, generator=g),
                 a, y, torch.randn(y.shape, generator=g), torch.randn(a.shape, generator=g) * 0.01, q, q - w[None],
                 trace=float(i + 2.5), eig=float(3 - i) * 0.7, params=layer.params, macs=layer.macs, out_channels=layer.out_channels,
+                SG=torch.randn(w.shape, generator=g), FD=torch.rand(w.shape, generator=g),
             )
         )
     return NetworkStats(BITS, layers, layer_slot or list(target.layer_map.layer_slot), meta={})
@@ -105,9 +106,11 @@ def sq(t: torch.Tensor) -> float:
 HAND = {
     "hawq-v1": lambda L, bi, b: L.eig * sq(L.Q[bi] - L.W),
     "hawq-v2": lambda L, bi, b: L.trace / L.W.numel() * sq(L.Q[bi] - L.W),
-    "fisher": lambda L, bi, b: float(sum(g * g * e * e for g, e in zip(L.G.reshape(-1).tolist(), L.E[bi].reshape(-1).tolist(), strict=True))),
+    "fisher": lambda L, bi, b: float(sum(f * e * e for f, e in zip(L.FD.reshape(-1).tolist(), L.E[bi].reshape(-1).tolist(), strict=True))),
+    "fisher-batch": lambda L, bi, b: float(sum(g * g * e * e for g, e in zip(L.G.reshape(-1).tolist(), L.E[bi].reshape(-1).tolist(), strict=True))),
     "snip": lambda L, bi, b: b * float(sum(abs(g * w) for g, w in zip(L.G.reshape(-1).tolist(), L.W.reshape(-1).tolist(), strict=True))),
-    "synflow": lambda L, bi, b: b * float(sum(abs(g * w) for g, w in zip(L.VG.reshape(-1).tolist(), L.W.reshape(-1).tolist(), strict=True))),
+    "synflow": lambda L, bi, b: b * float(sum(abs(w) * abs(g) for g, w in zip(L.SG.reshape(-1).tolist(), L.W.reshape(-1).tolist(), strict=True))),
+    "synflow-signed": lambda L, bi, b: b * float(sum(abs(g * w) for g, w in zip(L.VG.reshape(-1).tolist(), L.W.reshape(-1).tolist(), strict=True))),
     "qe": lambda L, bi, b: b * 0.5 * math.log(2 * math.pi * math.e * float(np.var(L.A.double().numpy(), ddof=1))),
     "size": lambda L, bi, b: L.params * b / 8,
     "bitops": lambda L, bi, b: L.macs * b * 6,
@@ -186,6 +189,38 @@ def test_orientations_and_descriptions():
         p = factory()
         assert p.name == name and p.orientation in (1, -1) and p.description and p.cost
     assert [n for n, f in PROXIES.items() if not f().separable] == ["gmpq", "seam", "kl"]
+    # the unfaithful variants live only under their own names, and say so
+    assert "not the published Synflow" in PROXIES["synflow-signed"].description and "signed" in PROXIES["synflow-signed"].description
+    assert "not the per-sample empirical Fisher" in PROXIES["fisher-batch"].description
+    assert "|W|" in PROXIES["synflow"].description and "per-sample" in PROXIES["fisher"].description
+
+
+def test_synflow_and_fisher_on_real_statistics(target):
+    """End to end on the tiny model: Synflow from an independent |state|-linearised copy, Fisher from a per-image loop."""
+    from emq.search_space.stats import StatsSettings, compute_stats
+
+    settings = StatsSettings(calib_size=24, batch_size=8, hessian_images=4, hessian_batch_size=4, hessian_min_probes=1, hessian_max_probes=1, eig_iters=0, act_cap=4)
+    stats = compute_stats(target, bits=BITS, settings=settings, use_cache=False, progress=False)
+    x, y = target.data.calibration(24, 0)
+    model = target.model
+    mods = dict(model.named_modules())
+    weights = [mods[layer.name].weight for layer in stats.layers]
+    lin = copy.deepcopy(model).double()
+    with torch.no_grad():
+        for t in [*lin.parameters(), *lin.buffers()]:
+            if t.is_floating_point():
+                t.abs_()
+    lmods = dict(lin.named_modules())
+    lw = [lmods[layer.name].weight for layer in stats.layers]
+    dr = torch.autograd.grad(lin(torch.ones(1, 1, 8, 8, dtype=torch.float64)).sum(), lw)
+    syn = [float((w * d).detach().sum()) for w, d in zip(lw, dr, strict=True)]
+    per = [torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), weights) for i in range(24)]
+    fd = [torch.stack([g[k] for g in per]).pow(2).mean(0).double() for k in range(len(weights))]
+    fisher = [[float((f * L.E[bi].double().pow(2)).sum()) for bi in range(len(BITS))] for f, L in zip(fd, stats.layers, strict=True)]
+    assert stats.layer_slot == [0, 1, 2]
+    ctx = ProxyContext(target, BITS, None, stats)
+    np.testing.assert_allclose(get_proxy("synflow").table(ctx), np.outer(syn, BITS), rtol=1e-5)
+    np.testing.assert_allclose(get_proxy("fisher").table(ctx), np.array(fisher), rtol=1e-4)
 
 
 def test_bad_inputs_raise_emq_error(ctx, target):

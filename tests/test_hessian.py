@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, hessian
 
-from emq.search_space.hessian import HessianProblem, hutchinson, power_iteration
+from emq.search_space.hessian import HessianProblem, hutchinson, power_iteration, rademacher
 
 
 def tiny_model() -> nn.Module:
@@ -138,11 +138,54 @@ def test_convergence_uses_absolute_denominator():
 def test_power_iteration_matches_exact_block_eigenvalues(setup, exact):
     model, x, y, names, weights = setup
     h = exact
-    eig, used = power_iteration(HessianProblem(model, weights, [(x, y)]), iters=300, tol=1e-7, seed=0)
-    for lam, block in zip(eig, blocks(h, weights), strict=True):
+    res = power_iteration(HessianProblem(model, weights, [(x, y)]), iters=300, tol=1e-7, seed=0)
+    for lam, block in zip(res.eig, blocks(h, weights), strict=True):
         ev = torch.linalg.eigvalsh(block)
         dominant = float(ev[ev.abs().argmax()])
         assert lam == pytest.approx(dominant, rel=2e-2)
-    assert (used >= 2).all() and (used <= 300).all()
-    again, _ = power_iteration(HessianProblem(model, weights, [(x, y)]), iters=300, tol=1e-7, seed=0)
-    np.testing.assert_array_equal(eig, again)
+    assert (res.iterations >= 2).all() and (res.iterations <= 300).all()
+    again = power_iteration(HessianProblem(model, weights, [(x, y)]), iters=300, tol=1e-7, seed=0)
+    np.testing.assert_array_equal(res.eig, again.eig)
+
+
+def test_hutchinson_reports_per_layer_convergence(setup, exact):
+    model, x, y, names, weights = setup
+    problem = HessianProblem(model, weights, [(x, y)])
+    res = hutchinson(problem, 5, 5, 0.0, seed=2)
+    prev, cur = res.history[-2], res.history[-1]
+    np.testing.assert_allclose(res.layer_change, np.abs(cur - prev) / np.abs(prev))
+    assert res.change == pytest.approx(np.abs(cur - prev).sum() / np.abs(prev).sum())
+    # each probe's own v^T H v, recomputed from the same seeded probes, gives the standard error
+    gen = torch.Generator().manual_seed(2)
+    h = exact.float()
+    values = []
+    for _ in range(5):
+        v = torch.cat([rademacher(w.shape, gen, w.device).reshape(-1) for w in weights])
+        hv = h @ v
+        edges = np.cumsum([0] + [w.numel() for w in weights])
+        values.append([float(v[edges[i] : edges[i + 1]] @ hv[edges[i] : edges[i + 1]]) for i in range(len(weights))])
+    values = np.array(values)
+    np.testing.assert_allclose(res.trace, values.mean(0), rtol=1e-3)
+    np.testing.assert_allclose(res.layer_rel_stderr, values.std(0, ddof=1) / np.sqrt(5) / np.abs(values.mean(0)), rtol=1e-3)
+    one = hutchinson(problem, 1, 1, 0.0)
+    assert np.isinf(one.layer_change).all() and np.isinf(one.change)
+
+
+def test_power_iteration_defaults_and_convergence_report(setup, exact):
+    """HAWQ's defaults (100 iterations, relative tolerance 1e-3) converge on the tiny model; the report is exact."""
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(power_iteration).parameters.items() if p.default is not inspect.Parameter.empty}
+    assert defaults["iters"] == 100 and defaults["tol"] == 1e-3
+    model, x, y, names, weights = setup
+    problem = HessianProblem(model, weights, [(x, y)])
+    res = power_iteration(problem)
+    assert res.converged.all() and (res.change < 1e-3).all() and (res.iterations <= 100).all()
+    for lam, block in zip(res.eig, blocks(exact, weights), strict=True):
+        ev = torch.linalg.eigvalsh(block)
+        assert lam == pytest.approx(float(ev[ev.abs().argmax()]), rel=2e-2)
+    # the reported change is the last relative step of the Rayleigh quotient
+    one, two = power_iteration(problem, iters=1), power_iteration(problem, iters=2, tol=0.0)
+    assert np.isinf(one.change).all() and not one.converged.any() and (one.iterations == 1).all()
+    np.testing.assert_allclose(two.change, np.abs(two.eig - one.eig) / np.abs(one.eig))
+    assert not two.converged.any() and (two.iterations == 2).all()

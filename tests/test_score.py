@@ -67,7 +67,7 @@ def stats(target):
         w = modules[layer.name].weight.detach()
         q = torch.stack([quantize_weight(w, b) for b in BITS])
         small = torch.randn(4, 3, generator=g)
-        layers.append(LayerStats(layer.name, w, torch.randn(w.shape, generator=g), w, w, small, small, small, small, q, q - w[None], float(i + 1), 1.0, layer.params, layer.macs, layer.out_channels))
+        layers.append(LayerStats(layer.name, w, torch.randn(w.shape, generator=g), w, w, small, small, small, small, q, q - w[None], float(i + 1), 1.0, layer.params, layer.macs, layer.out_channels, SG=w.abs(), FD=w * w))
     return NetworkStats(BITS, layers, list(target.layer_map.layer_slot))
 
 

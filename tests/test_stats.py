@@ -162,7 +162,7 @@ def test_caller_model_untouched(tiny):
 def test_cache_hit_and_corruption(tiny, tmp_path, caplog):
     model, lm, x, y = tiny
     first = compute_stats(model, lm, (x, y), settings=FAST, cache_dir=tmp_path)
-    files = list(tmp_path.glob("*.pt"))
+    files = list((tmp_path / "stats").glob("*.pt"))
     assert len(files) == 1 and first.meta["cache"]["hit"] is False
     second = compute_stats(model, lm, (x, y), settings=FAST, cache_dir=tmp_path)
     assert second.meta["cache"]["hit"] is True

@@ -97,7 +97,20 @@ class HawqV2(_LayerwiseProxy):
 class Fisher(_LayerwiseProxy):
     name = "fisher"
     order = 30
-    description = "empirical Fisher sum(G^2 * (Q_b(W)-W)^2) per layer (Fisher pruning, Theis et al., 2018; as used for MQ by Liu et al., 2021)"
+    description = ("empirical Fisher sum(E_x[g_x^2] * (Q_b(W)-W)^2) per layer, g_x per-sample gradients "
+                   "(Fisher pruning, Theis et al., 2018; as used for MQ by Liu et al., 2021)")
+    orientation = -1
+    cost = "statistics only (per-sample gradients)"
+
+    def row(self, layer, stats, ctx):
+        return _noise_energy(layer, layer.FD)
+
+
+@register_proxy
+class FisherBatch(_LayerwiseProxy):
+    name = "fisher-batch"
+    order = 35
+    description = "sum(G^2 * (Q_b(W)-W)^2) per layer with G the batch-mean gradient squared: not the per-sample empirical Fisher"
     orientation = -1
     cost = "statistics only (gradients)"
 
@@ -119,9 +132,24 @@ class Snip(_LayerwiseProxy):
 
 @register_proxy
 class Synflow(_LayerwiseProxy):
+    """Synflow as published: sum |W| * dR/d|W| over the layer, in the network linearised with |parameters|."""
+
     name = "synflow"
     order = 50
-    description = "bit-weighted Synflow: sum|VG * W| x b per layer, data-free (Tanaka et al., NeurIPS 2020; EMQ's bit convention)"
+    description = ("bit-weighted Synflow: sum| |W| * dR/d|W| | x b per layer, R = sum of the |parameter|-linearised "
+                   "network's output on an all-ones input, data-free (Tanaka et al., NeurIPS 2020; EMQ's bit convention)")
+    orientation = 1
+    cost = "statistics only (linearised virtual gradients)"
+
+    def row(self, layer, stats, ctx):
+        return float((layer.SG.double() * layer.W.double().abs()).abs().sum()) * _bits_row(stats)
+
+
+@register_proxy
+class SynflowSigned(_LayerwiseProxy):
+    name = "synflow-signed"
+    order = 55
+    description = "sum|VG * W| x b per layer with signed weights (no |W| linearisation): a Synflow-like variant, not the published Synflow"
     orientation = 1
     cost = "statistics only (virtual gradients)"
 

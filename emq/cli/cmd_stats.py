@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 
 from ..search_space.netstats import save_stats
-from ..search_space.stats import NEGATIVE_TRACE_POLICIES, StatsSettings, stats, summarize
+from ..search_space.stats import (
+    NEGATIVE_TRACE_POLICIES,
+    StatsSettings,
+    convergence_summary,
+    stats,
+    summarize,
+)
 from .common import add_model_args, emit_json, markdown_table, parse_bits
 
 
@@ -27,10 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hessian-min-samples", type=int, help=f"minimum Hutchinson probes (default {d.hessian_min_probes}, capped at --hessian-samples)")
     p.add_argument("--hessian-tol", type=float, default=d.hessian_tol, help=f"relative change of the per-layer traces that stops the probes (default {d.hessian_tol})")
     p.add_argument("--eig-iters", type=int, default=d.eig_iters, help=f"power-iteration steps for the top eigenvalue per layer (default {d.eig_iters}; 0 skips)")
+    p.add_argument("--eig-tol", type=float, default=d.eig_tol, help=f"relative change of a layer's top eigenvalue that stops its power iteration (default {d.eig_tol})")
     p.add_argument("--negative-trace", choices=NEGATIVE_TRACE_POLICIES, default=d.negative_trace, help=f"what to do with negative trace estimates (default {d.negative_trace})")
     p.add_argument("--act-cap", type=int, default=d.act_cap, help=f"samples of activations stored per layer (default {d.act_cap})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the Hessian probes (default {d.seed})")
-    p.add_argument("--cache-dir", type=Path, help="statistics cache (default $EMQ_CACHE_DIR/stats or ~/.cache/emq/stats)")
+    p.add_argument("--cache-dir", type=Path, help="cache root; statistics go to <dir>/stats (default $EMQ_CACHE_DIR, else ~/.cache/emq)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--out", type=Path, help="also write the full statistics here (torch file, loadable with weights_only=True)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -51,6 +58,7 @@ def settings_from_args(args: argparse.Namespace) -> StatsSettings:
         hessian_max_probes=max_probes,
         hessian_tol=args.hessian_tol,
         eig_iters=args.eig_iters,
+        eig_tol=args.eig_tol,
         seed=args.seed,
         act_bits=args.act_bits,
         weight_symmetric=args.symmetric,
@@ -80,12 +88,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(summary)
         return 0
-    headers = ["layer", "slot", "params", "|W|", "|G|", "|VG|", "Tr(H)", "Tr(H)/n", "eig max"]
+    headers = ["layer", "slot", "params", "|W|", "|G|", "|VG|", "Tr(H)", "Tr(H)/n", "Tr change", "eig max", "eig iters"]
     headers += [f"|E_{b}|" for b in ns.bits] + ["|AE|"]
     rows = []
     for layer in summary["layers"]:
         rows.append(
-            [layer["name"], layer["slot"], layer["params"], layer["weight_norm"], layer["grad_norm"], layer["virtual_grad_norm"], layer["hessian_trace"], layer["hessian_trace_per_param"], layer["hessian_eig"]]
+            [layer["name"], layer["slot"], layer["params"], layer["weight_norm"], layer["grad_norm"], layer["virtual_grad_norm"], layer["hessian_trace"], layer["hessian_trace_per_param"], layer["hessian_trace_change"], layer["hessian_eig"], layer["hessian_eig_iterations"]]
             + [layer["noise_norm"][str(b)] for b in ns.bits]
             + [layer["act_noise_norm"]]
         )
@@ -93,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     h = summary["hessian"]
     cache = summary["cache"] or {}
     print(f"\nHessian: {h.get('probes')} probes on {h.get('images')} images (converged: {h.get('converged')}); negative traces ({h.get('negative_policy')}): {', '.join(h.get('negative_layers') or []) or 'none'}")
+    print(convergence_summary(ns))
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["seconds"].items()) + (" (loaded from cache)" if cache.get("hit") else ""))
     if args.out:
         print(f"statistics written to {args.out}")
