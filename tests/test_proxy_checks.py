@@ -118,3 +118,13 @@ def test_registry_order_is_the_order_attribute():
     orders = [p.order for p in PROXIES.values()]
     assert orders == sorted(orders) and len(set(orders)) == len(orders)
 
+
+
+def test_variants_are_labelled_and_never_faithful():
+    """A variant of a published method keeps its own name, says so, and is never picked as
+    the best hand-made proxy (emq.ranking compares against faithful proxies only)."""
+    variants = {name for name in PROXIES if not get_proxy(name).faithful}
+    assert variants == {"fisher-batch", "synflow-signed"}
+    for name in variants:
+        assert "not" in get_proxy(name).description
+    assert {"fisher", "synflow"} <= set(PROXIES) - variants

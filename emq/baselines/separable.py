@@ -109,6 +109,7 @@ class Fisher(_LayerwiseProxy):
 @register_proxy
 class FisherBatch(_LayerwiseProxy):
     name = "fisher-batch"
+    faithful = False  # a variant: never chosen as "the best hand-made proxy"
     order = 35
     description = "sum(G^2 * (Q_b(W)-W)^2) per layer with G the batch-mean gradient squared: not the per-sample empirical Fisher"
     orientation = -1
@@ -148,6 +149,7 @@ class Synflow(_LayerwiseProxy):
 @register_proxy
 class SynflowSigned(_LayerwiseProxy):
     name = "synflow-signed"
+    faithful = False  # a variant: never chosen as "the best hand-made proxy"
     order = 55
     description = "sum|VG * W| x b per layer with signed weights (no |W| linearisation): a Synflow-like variant, not the published Synflow"
     orientation = 1
