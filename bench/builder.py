@@ -28,6 +28,7 @@ from emq.specs import DEFAULT_BITS, METRIC_ORIENTATION, ParameterError, config_t
 
 from . import store
 from .evaluation import EvalSpec, engine_for, evaluate_config, target_for
+from .lock import claimed
 from .noise import ceilings, default_metric, sample_for_noise
 from .query import bench_info
 from .sampling import plan_configs
@@ -110,6 +111,7 @@ def _run(executor: Executor, spec: EvalSpec, todo: list[tuple[int, str, str]], d
             bar.update(1)
 
 
+@claimed  # creates `out` atomically and locks it before any model work
 def bench_build(
     out: Path | str,
     model: str = "default",
@@ -138,8 +140,8 @@ def bench_build(
     calibration seed. `test_limit` evaluates on the first N test images only (smoke tests).
     """
     out = Path(out)
-    if out.exists() and not resume:
-        raise ParameterError("out", out, "the file exists; pass --resume to continue that build, or choose another file")
+    if not isinstance(model, str):
+        raise ParameterError("model", type(model).__name__, "bench_build takes a model name ('default', 'resnet18', ...); benches of user modules are not supported yet")
     check_workers(workers)  # before any model work
     settings = settings or PTQSettings()
     spec = EvalSpec(model, data, str(weights) if weights else None, input_size, num_classes, settings, test_limit)
@@ -148,7 +150,6 @@ def bench_build(
     user = [config_text(space.validate(c, f"user configuration #{i + 1}")) for i, c in enumerate(user_configs)]
     plan = [(config_text(c), src) for c, src in plan_configs(space, configs, seed, lm.params, sampler, [tuple(map(int, u.split(","))) for u in user])]
     wanted = _build_meta(spec, space, seed, sampler, configs, user, noise_samples)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with closing(store.connect(out)) as con:
         stored = store.init_bench(con, wanted, plan)
         _check_resume(out, stored, json.loads(json.dumps(wanted)))
@@ -177,7 +178,7 @@ def bench_build(
         records = {r[1]: dict(zip(store.RECORD_COLUMNS, r, strict=True)) for r in store.read_records(con)}
         repeats = {r[0]: {"top1": r[1], "loss": r[2], "kl": r[3]} for r in con.execute("SELECT config, top1, loss, kl FROM repeats")}
         ceiling = ceilings(records, repeats)
-        build_log = stored.get("build_log", []) + [{"evaluated": len(todo) + len(todo_rep), "seconds": round(elapsed, 2), "workers": used_workers}]
-        store.write_meta(con, {"noise_ceiling": ceiling, "noise_calib_seed": noise_spec.settings.calib_seed, "noise_configs": len(repeats), "default_metric": default_metric(ceiling), "build_log": build_log})
+        entry = {"evaluated": len(todo) + len(todo_rep), "seconds": round(elapsed, 2), "workers": used_workers} if todo or todo_rep else None
+        store.write_meta(con, {"noise_ceiling": ceiling, "noise_calib_seed": noise_spec.settings.calib_seed, "noise_configs": len(repeats), "default_metric": default_metric(ceiling)}, log_entry=entry)
     store.compact(out)
     return bench_info(out)
