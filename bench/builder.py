@@ -33,6 +33,7 @@ from emq.specs import DEFAULT_BITS, METRIC_ORIENTATION, ParameterError, config_t
 
 from . import store
 from .evaluation import EvalSpec, engine_for, evaluate_config, target_for
+from .lock import claimed
 from .pools import TestPools
 from .query import Bench, bench_info
 from .reliability import default_metric, reliability, sample_for_retest
@@ -126,6 +127,7 @@ def _run(executor: Executor, spec: EvalSpec, todo: list[tuple[int, str, str]], d
             bar.update(1)
 
 
+@claimed  # creates `out` atomically and locks it before any model work
 def bench_build(
     out: Path | str,
     model: str = "default",
@@ -155,8 +157,8 @@ def bench_build(
     half. `test_limit` evaluates on the first N test images only (smoke tests).
     """
     out = Path(out)
-    if out.exists() and not resume:
-        raise ParameterError("out", out, "the file exists; pass --resume to continue that build, or choose another file")
+    if not isinstance(model, str):
+        raise ParameterError("model", type(model).__name__, "bench_build takes a model name ('default', 'resnet18', ...); benches of user modules are not supported yet")
     check_workers(workers)  # before any model work
     settings = settings or PTQSettings()
     if settings.calib_half is None:
@@ -167,7 +169,6 @@ def bench_build(
     user = [config_text(space.validate(c, f"user configuration #{i + 1}")) for i, c in enumerate(user_configs)]
     plan = [(config_text(c), src) for c, src in plan_configs(space, configs, seed, lm.params, sampler, [tuple(map(int, u.split(","))) for u in user])]
     wanted = _build_meta(spec, space, seed, sampler, configs, user, noise_samples)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with closing(store.connect(out)) as con:
         stored = store.init_bench(con, wanted, plan)
         _check_resume(out, stored, json.loads(json.dumps(wanted)))
@@ -195,10 +196,10 @@ def bench_build(
             used_workers = pool.workers
         bench = Bench(out, store.read_meta(con), store.read_records(con), store.read_outcomes(con), store.read_repeats(con), store.read_outcomes(con, "repeats"))
         rel = reliability(bench)
-        build_log = stored.get("build_log", []) + [{"evaluated": len(todo) + len(todo_rep), "seconds": round(elapsed, 2), "workers": used_workers}]
+        entry = {"evaluated": len(todo) + len(todo_rep), "seconds": round(elapsed, 2), "workers": used_workers} if todo or todo_rep else None
         store.write_meta(con, {
             "reliability": rel, "retest_settings": noise_spec.settings.to_json(), "retest_configs": len(bench.repeats),
-            "default_metric": default_metric(rel), "build_log": build_log,
-        })
+            "default_metric": default_metric(rel),
+        }, log_entry=entry)
     store.compact(out)
     return bench_info(out)

@@ -4,18 +4,23 @@ Every write is its own short transaction, so a build killed at any moment (kill 
 included) keeps every finished record and nothing half-written. `config` is UNIQUE in
 records, so two builders writing to one file can never duplicate a configuration; a busy
 timeout makes them wait for each other's short transactions instead of failing.
+A write SQLite cannot make (full disk, read-only file) is an `EmqError` naming the file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from emq.errors import EmqError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: per-image outcomes in records and repeats, test pools in meta
 RECORD_COLUMNS = ("idx", "config", "top1", "loss", "kl", "size_bytes", "bitops", "seconds", "seed", "source")
@@ -36,22 +41,30 @@ CREATE TABLE IF NOT EXISTS repeats (
 
 
 def connect(path: Path | str, readonly: bool = False) -> sqlite3.Connection:
-    """Open a bench file; read-only opens never create a file."""
+    """Open a bench file; read-only opens never create a file, and a failed creation leaves none."""
     path = Path(path)
     if readonly:
         if not path.is_file():
             raise EmqError(f"bench {path}: no such file (build one with `emq bench build` or use 'default')")
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
     else:
-        con = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
-        con.execute("PRAGMA busy_timeout = 30000")
+        new = not path.exists()
         try:
+            con = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+        except sqlite3.OperationalError as e:
+            raise EmqError(f"bench {path}: cannot open ({e})") from e
+        try:
+            con.execute("PRAGMA busy_timeout = 30000")
             with transaction(con):
                 for stmt in filter(str.strip, _SCHEMA.split(";")):
                     con.execute(stmt)
-        except sqlite3.DatabaseError as e:
+        except BaseException as e:
             con.close()
-            raise EmqError(f"bench {path}: not a bench file ({e})") from e
+            if new:  # never leave behind a file this call created (a full disk at creation)
+                path.unlink(missing_ok=True)
+            if isinstance(e, sqlite3.DatabaseError):
+                raise EmqError(f"bench {path}: not a bench file ({e})") from e
+            raise
     try:
         con.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as e:
@@ -60,16 +73,41 @@ def connect(path: Path | str, readonly: bool = False) -> sqlite3.Connection:
     return con
 
 
+def _db_path(con: sqlite3.Connection) -> str:
+    try:
+        return con.execute("PRAGMA database_list").fetchone()[2] or "(in memory)"
+    except sqlite3.Error:
+        return "(unknown file)"
+
+
+def _write_error(con: sqlite3.Connection, e: sqlite3.OperationalError) -> EmqError:
+    """`e` as a one-line error naming the file; a full disk says so."""
+    if getattr(e, "sqlite_errorname", "") == "SQLITE_FULL" or "disk is full" in str(e):
+        return EmqError(f"bench {_db_path(con)}: the disk is full ({e}); free some space and try again")
+    return EmqError(f"bench {_db_path(con)}: {e}")
+
+
 @contextmanager
 def transaction(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """An explicit write transaction (the connection is in autocommit mode otherwise)."""
-    con.execute("BEGIN IMMEDIATE")
+    """An explicit write transaction (the connection is in autocommit mode otherwise).
+
+    SQLite may have rolled back by itself (SQLITE_FULL does), so roll back only what is
+    still open: a second ROLLBACK would raise and hide the real error.
+    """
+    try:
+        con.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as e:
+        raise _write_error(con, e) from e
     try:
         yield con
-    except BaseException:
-        con.execute("ROLLBACK")
+        con.execute("COMMIT")
+    except BaseException as e:
+        if con.in_transaction:
+            with suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
+        if isinstance(e, sqlite3.OperationalError):
+            raise _write_error(con, e) from e
         raise
-    con.execute("COMMIT")
 
 
 def read_meta(con: sqlite3.Connection) -> dict[str, Any]:
@@ -80,9 +118,23 @@ def read_meta(con: sqlite3.Connection) -> dict[str, Any]:
     return {k: json.loads(v) for k, v in rows}
 
 
-def write_meta(con: sqlite3.Connection, items: Mapping[str, Any]) -> None:
+def write_meta(con: sqlite3.Connection, items: Mapping[str, Any], log_entry: Mapping[str, Any] | None = None) -> None:
+    """Store `items` and append `log_entry` to `build_log`, read and written in ONE transaction
+    so concurrent writers keep every entry. Writes nothing when nothing changes, so resuming a
+    finished bench works on a read-only disk."""
+    new = {k: json.dumps(v) for k, v in items.items()}
+
+    def changes() -> dict[str, str]:
+        stored = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        out = {k: v for k, v in new.items() if stored.get(k) != v}
+        if log_entry is not None:
+            out["build_log"] = json.dumps(json.loads(stored.get("build_log", "[]")) + [dict(log_entry)])
+        return out
+
+    if not changes():
+        return
     with transaction(con):
-        con.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in items.items()])
+        con.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(changes().items()))
 
 
 def init_bench(con: sqlite3.Connection, meta: Mapping[str, Any], plan: list[tuple[str, str]]) -> dict[str, Any]:
@@ -156,6 +208,18 @@ def read_records(con: sqlite3.Connection) -> list[tuple]:
 
 
 def compact(path: Path | str) -> None:
-    """VACUUM so the shipped file is small and has no journal left behind."""
-    with closing(sqlite3.connect(str(path), timeout=30.0, isolation_level=None)) as con:
-        con.execute("VACUUM")
+    """VACUUM so the shipped file is small and has no journal left behind.
+
+    Best effort: the file is complete and valid without it, and VACUUM needs free space of
+    about the file's size, so a failure (a nearly full disk) only logs a warning. A file this
+    process cannot write (a finished bench resumed on a read-only disk) is left as it is.
+    """
+    path = Path(path)
+    if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        log.info("bench %s: not writable here, not compacted", path)
+        return
+    try:
+        with closing(sqlite3.connect(str(path), timeout=30.0, isolation_level=None)) as con:
+            con.execute("VACUUM")
+    except sqlite3.Error as e:
+        log.warning("bench %s: not compacted (%s); the file is complete and valid", path, e)

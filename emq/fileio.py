@@ -1,12 +1,16 @@
 """Atomic file writes: readers (and a job killed mid-write) see the old file or the new one,
-never a partial one."""
+never a partial one. Failures (a read-only or full disk) are one-line `EmqError`s naming the
+file, and leave no temp file behind."""
 
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
+
+from .errors import EmqError
 
 TEMP_SUFFIX = ".tmp"
 
@@ -20,17 +24,49 @@ def remove_stale_temps(directory: str | Path) -> list[Path]:
     return stale
 
 
+def os_reason(e: OSError) -> str:
+    """`e` in a few words, for a one-line message (ENOSPC also says the disk is full)."""
+    reason = e.strerror or str(e)
+    return f"{reason} (the disk is full)" if e.errno == errno.ENOSPC else reason
+
+
+def ensure_dir(directory: str | Path) -> Path:
+    """Create `directory` and its parents: an output path may name a new folder."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EmqError(f"cannot create directory {directory}: {os_reason(e)}") from e
+    return directory
+
+
+def _new_temp(path: Path) -> Path:
+    """An empty, new `.<name>.<random>.tmp` beside `path`. Created with mode 0o666 so the
+    kernel applies the user's umask (tempfile.mkstemp would make every output 0600)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise EmqError(f"cannot write {path}: {os_reason(e)}") from e
+        return tmp
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call `write(tmp_path)` on a temp file beside `path`, then rename it over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    os.close(fd)
+    ensure_dir(path.parent)
+    tmp = _new_temp(path)
     try:
-        write(tmp)
+        write(str(tmp))
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise EmqError(f"cannot write {path}: {os_reason(e)}") from e
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
