@@ -71,6 +71,7 @@ def compare_allocations(
     if band.any():
         extra["median_random_top1"] = float(np.median(metrics["top1"][band]))
         extra["random_configs"] = int(band.sum())
+        extra["random_band_avg_bits"] = [budget_avg_bits - RANDOM_BAND, budget_avg_bits]  # (low, high]: near the budget, as an allocation uses it
     return rows, extra
 
 
@@ -132,12 +133,13 @@ def _plot(rows: list[MethodResult], extra: dict[str, Any], budget: float, path: 
 
     fig = Figure(figsize=(6, 3.2), dpi=110)
     ax = fig.add_subplot()
-    ax.barh([r.method for r in rows], [r.top1 for r in rows], color="tab:blue")
+    bars = ax.barh([r.method for r in rows], [r.top1 for r in rows], color="tab:blue")
+    ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
     if "median_random_top1" in extra:
-        ax.axvline(extra["median_random_top1"], color="tab:red", ls="--", label="median random config in budget")
+        lo, hi = extra["random_band_avg_bits"]
+        ax.axvline(extra["median_random_top1"], color="tab:red", ls="--", label=f"median bench config with avg bits in ({lo:g}, {hi:g}]")
         ax.legend(loc="lower right", fontsize=7)
-    lo = min(r.top1 for r in rows)
-    ax.set_xlim(lo - 2, max(r.top1 for r in rows) + 0.5)
+    ax.set_xlim(0, 1.1 * max(100.0, max(r.top1 for r in rows)))  # from 0: a cut axis would exaggerate the differences
     ax.set_xlabel("PTQ top-1 (%)")
     ax.set_title(f"allocations at {budget:g} average weight bits")
     fig.tight_layout()

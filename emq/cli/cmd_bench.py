@@ -14,6 +14,7 @@ from .common import (
     add_ptq_args,
     emit_json,
     markdown_table,
+    open_bench,
     parse_bits,
     ptq_settings,
 )
@@ -36,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--pin", action="append", default=[], metavar="SLOT=BITS", help="pin a slot (index or name) to a bit-width; repeatable")
     b.add_argument("--sampler", choices=SAMPLERS, default="stratified", help="how to sample configurations (default stratified by model size)")
     b.add_argument("--configs-file", type=Path, help="text file of extra configurations to include, one per line")
-    b.add_argument("--noise-samples", type=int, default=100, help="configurations re-evaluated for the noise ceiling (default 100)")
+    b.add_argument("--noise-samples", type=int, default=100, help="configurations re-evaluated for the noise ceiling (default 100; 0 = none, else at least 4)")
     b.add_argument("--test-limit", type=int, help="evaluate on the first N test images only (quick, noisier benches)")
     b.add_argument("--json", action="store_true", help="print the finished bench's info as one JSON object")
     b.set_defaults(func=run_build)
@@ -95,8 +96,32 @@ def _print_info(info: dict) -> None:
     print(markdown_table(["metric", "min", "p25", "median", "p75", "max", "mean", "std"], rows))
 
 
+# below this many pairs a Spearman correlation takes only a handful of values (with 2 it is
+# always +1 or -1), so a noise ceiling of fewer repeats would look measured but mean nothing
+MIN_NOISE_SAMPLES = 4
+# sampled configurations a bench needs beyond the uniform ones: a rank correlation needs 3
+MIN_SAMPLED_CONFIGS = 3
+
+
+def _check_build_sizes(args: argparse.Namespace, bits: list[int]) -> None:
+    """Refuse, before any model work, benches too small to measure anything."""
+    least = len(bits) + MIN_SAMPLED_CONFIGS
+    if args.configs < least:
+        raise EmqError(f"--configs {args.configs}: a bench needs at least {least} configurations: the {len(bits)} uniform ones "
+                       f"(one per bit-width in --bits-allowed) and {MIN_SAMPLED_CONFIGS} or more to rank; one in five is held out, "
+                       "so a bench for `emq search` or `emq score` needs a few dozen")
+    if args.noise_samples != 0 and not MIN_NOISE_SAMPLES <= args.noise_samples:
+        raise EmqError(f"--noise-samples {args.noise_samples}: use 0 (no noise ceiling) or at least {MIN_NOISE_SAMPLES}; the ceiling is the "
+                       f"Spearman correlation of repeated evaluations, which means nothing over fewer than {MIN_NOISE_SAMPLES} pairs")
+    for flag, value in (("--workers", args.workers), ("--test-limit", args.test_limit)):
+        if value is not None and value < 1:
+            raise EmqError(f"{flag} {value}: use 1 or more")
+
+
 def run_build(args: argparse.Namespace) -> int:
     settings = ptq_settings(args)
+    bits = parse_bits(args.bits_allowed, "bits_allowed")
+    _check_build_sizes(args, bits)
     info = bench_build(
         args.out,
         model=args.model,
@@ -104,7 +129,7 @@ def run_build(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         resume=args.resume,
-        bits=parse_bits(args.bits_allowed, "bits_allowed"),
+        bits=bits,
         pinned=_pins(args.pin),
         sampler=args.sampler,
         user_configs=_configs_file(args.configs_file),
@@ -121,6 +146,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    open_bench(args.bench, "bench")
     info = bench_info(args.bench)
     emit_json(info) if args.json else _print_info(info)
     return 0
@@ -133,6 +159,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    open_bench(args.bench, "bench")
     dest = bench_export(args.bench, args.to, args.out)
     print(f"wrote {dest}")
     return 0

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..rendering import FORMATS, export
-from .common import emit_json
+from .common import check_out_dir, emit_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out_dir(args.out)
     written = export(args.proxy, args.to, args.out)
     if args.json:
         emit_json({k: str(v) for k, v in written.items()})

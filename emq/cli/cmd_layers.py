@@ -17,6 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.weights is not None:
+        from ..models import build_model
+
+        build_model(args.model, num_classes=args.num_classes, weights=args.weights)  # the layer map does not depend on them, but a bad file is an error
     lm = layers(args.model, input_size=args.input_size, num_classes=args.num_classes)
     if args.json:
         emit_json(lm.to_json())

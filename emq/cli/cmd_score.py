@@ -8,7 +8,7 @@ from pathlib import Path
 from ..baselines import PROXIES
 from ..ranking import DEFAULT_LIMIT, score
 from ..specs import METRICS
-from .common import emit_json
+from .common import check_out_dir, emit_json, open_bench
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out_dir(args.out)
+    open_bench(args.bench)  # a bad bench is refused before any model work
     report = score(
         args.bench,
         proxies="" if args.proxies == "none" else args.proxies,
