@@ -160,6 +160,8 @@ def load_weights(model: nn.Module, path: Path) -> None:
 
 def build_model(name: str, num_classes: int | None = None, weights: Path | None = None) -> nn.Module:
     """Build a model by name in eval mode: `default` or any torchvision classifier."""
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
+        raise ParameterError("num_classes", num_classes, "a classifier needs an integer of at least 2 classes")
     if name == "default":
         if num_classes not in (None, 10):
             raise EmqError("the default model has 10 classes; --num-classes does not apply to it")

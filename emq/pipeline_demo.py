@@ -82,29 +82,42 @@ def demo(
     population: int = 64,
     seed: int = 0,
     budget_avg_bits: float = 3.0,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Run the end-to-end pipeline on the embedded default; returns the summary (`emq demo`)."""
+    """Run the end-to-end pipeline on the embedded default; returns the summary (`emq demo`).
+    `progress` shows the steps (and the search's generations) on stderr: a first run
+    computes the statistics for minutes, and silence would look like a hang."""
+    from tqdm import tqdm
+
     t0 = time.perf_counter()
     out_dir = Path(out) if out is not None else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     target = resolve_target("default")
     b = Bench.open(bench)
     seconds: dict[str, float] = {}
+    steps = tqdm(total=3, desc="demo", unit="step", disable=not progress, bar_format="{desc}: step {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
 
     t = time.perf_counter()
+    steps.set_postfix_str("network statistics (cached after the first run)")
     stats = compute_stats(target, bits=b.bits)
     seconds["statistics"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    result = search(bench=b, model=target, stats=stats, generations=generations, population=population, seed=seed, out=out_dir / "search")
+    steps.update()
+    steps.set_postfix_str(f"proxy search, {generations} generations")
+    result = search(bench=b, model=target, stats=stats, generations=generations, population=population, seed=seed, out=out_dir / "search", progress=progress)
     seconds["search"] = time.perf_counter() - t
     files = export(result.best, to="all", out=out_dir / "proxy")
 
     t = time.perf_counter()
+    steps.update()
+    steps.set_postfix_str(f"allocation and PTQ of {len(REFERENCE_PROXIES) + 3} configurations")
     allocator = Allocator(target, stats=stats)
     proxies = {"evolved": result.best, **{name: get_proxy(name) for name in REFERENCE_PROXIES}}
     rows, extra = compare_allocations(allocator, b, proxies, budget_avg_bits)
     seconds["allocation+PTQ"] = time.perf_counter() - t
+    steps.update()
+    steps.close()
     seconds["total"] = time.perf_counter() - t0
 
     summary = {

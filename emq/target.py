@@ -54,7 +54,7 @@ def resolve_target(
     if isinstance(model, nn.Module):
         net, label = model, name or type(model).__name__  # the caller's module, mode untouched: engines work on copies
     else:
-        classes = num_classes or (splits.num_classes if splits is not None and model != "default" else None)
+        classes = num_classes if num_classes is not None else (splits.num_classes if splits is not None and model != "default" else None)
         net, label = build_model(model, num_classes=classes, weights=weights), model
     size = input_size or (splits.input_size if splits is not None else (24 if label == "default" else 224))
     in_ch = splits.in_channels if splits is not None else None

@@ -11,6 +11,7 @@ from ..allocation import Allocator, Budget, allocator_for, parse_sweep, sweep
 from ..allocation.kinds import budget_kinds, get_kind
 from ..errors import EmqError
 from ..specs import ParameterError
+from .commands import COMMANDS
 from .common import (
     add_model_args,
     add_ptq_args,
@@ -29,7 +30,7 @@ def _dest(kind: str) -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("allocate", help="choose per-slot bit-widths with a proxy under budgets (ILP or constrained search)")
+    p = sub.add_parser("allocate", help=COMMANDS["allocate"])
     add_model_args(p)
     p.set_defaults(model=None)  # 'default', or the bench's model with --bench
     p.add_argument("--bench", help="bench file or 'default': use its model (checked by weights hash), data, PTQ and statistics settings; "
@@ -82,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     pins = {k: _as_int(v, f"--pin {k}={v}") for k, v in _pairs(args.pin, "--pin").items()}
     slot_bits = {k: parse_bits(v, "slot_bits") for k, v in _pairs(args.slot_bits, "--slot-bits").items()}
     ties = [[t for t in tie.split(",") if t] for tie in args.tie]
+    if args.search_evals < 1:
+        raise EmqError(f"--search-evals {args.search_evals}: use 1 or more")
     if args.sweep and args.out is None:
         raise EmqError("--sweep writes sweep.csv and sweep.png: give --out DIR")
     if not args.sweep and not budgets:

@@ -9,6 +9,7 @@ from ..bench import bench_build, bench_export, bench_import, bench_info
 from ..bench.importer import FORMATS
 from ..bench.sampling import SAMPLERS
 from ..errors import EmqError
+from .commands import COMMANDS
 from .common import (
     add_model_args,
     add_ptq_args,
@@ -21,7 +22,7 @@ from .common import (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="build, inspect, import and export MQ-Bench files")
+    p = sub.add_parser("bench", help=COMMANDS["bench"])
     bsub = p.add_subparsers(dest="bench_command", metavar="ACTION")
     bsub.required = True
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import EmqError
+from ..evolution.engine import SearchConfig
 from ..pipeline_demo import demo
+from .commands import COMMANDS
 from .common import check_bench_for_search, check_out_dir, emit_json, markdown_table, open_bench
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="end to end on the embedded default: statistics, search, export, allocation, PTQ")
+    p = sub.add_parser("demo", help=COMMANDS["demo"])
     p.add_argument("--out", type=Path, help="run directory (default: runs/demo-<time>)")
     p.add_argument("--bench", default="default", help="bench file (default: the shipped default bench)")
     p.add_argument("--generations", type=int, default=20, help="generations of the short campaign (default 20)")
@@ -23,8 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
-    check_bench_for_search(open_bench(args.bench), args.bench, "default", model_is_fixed=True)  # a bad bench is refused before the statistics
-    s = demo(args.out, args.bench, args.generations, args.population, args.seed, args.budget_avg_bits)
+    bench = open_bench(args.bench)
+    check_bench_for_search(bench, args.bench, "default", model_is_fixed=True)  # a bad bench is refused before the statistics
+    SearchConfig(generations=args.generations, population=args.population)  # and so are bad search sizes
+    if not min(bench.bits) <= args.budget_avg_bits <= max(bench.bits):
+        raise EmqError(f"--budget-avg-bits {args.budget_avg_bits:g}: use a value from {min(bench.bits)} to {max(bench.bits)}, the bench's bit-widths")
+    s = demo(args.out, args.bench, args.generations, args.population, args.seed, args.budget_avg_bits, progress=not (args.json or args.quiet))
     if args.json:
         emit_json(s)
         return 0
