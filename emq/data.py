@@ -209,6 +209,9 @@ def image_folder_data(root: Path, input_size: int = 224, calib_pool_size: int = 
             num_classes = len(full.classes)
     except (FileNotFoundError, RuntimeError) as e:
         raise ParameterError("data", root, f"not a readable ImageFolder tree ({e})") from e
+    if num_classes < 2:
+        raise ParameterError("data", root, f"has {num_classes} class folder; every prediction would be right (100 % top-1), "
+                                           "so give an ImageFolder tree with at least 2 class folders")
     return DataSplits(
         name=str(root),
         num_classes=num_classes,

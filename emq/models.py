@@ -86,6 +86,50 @@ def torchvision_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+def input_channels(model: nn.Module) -> int | None:
+    """Image channels the model takes: its first convolution's (None if it has none)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+    return None
+
+
+def check_channels(model: nn.Module, label: str, data_channels: int, data_name: str) -> None:
+    """Refuse data whose images have another number of channels than the model takes
+    (the default model reads 1-channel digits; torchvision models read RGB)."""
+    want = input_channels(model)
+    if want is not None and want != data_channels:
+        raise ParameterError("data", data_name, f"holds {data_channels}-channel images, but model {label} takes {want}-channel input; "
+                                                "use data the model was made for")
+
+
+def _classifier_mismatch(model: nn.Module, state: dict) -> tuple[str, int, int] | None:
+    """(key, classes in the file, classes of the model) when only the last layer's output
+    size differs: the weights were trained for another number of classes."""
+    own = model.state_dict()
+    keys = [k for k, v in own.items() if k.endswith("weight") and v.dim() == 2]
+    if not keys:
+        return None
+    key = keys[-1]
+    theirs = state.get(key)
+    if isinstance(theirs, torch.Tensor) and theirs.dim() == 2 and theirs.shape[1] == own[key].shape[1] and theirs.shape[0] != own[key].shape[0]:
+        return key, int(theirs.shape[0]), int(own[key].shape[0])
+    return None
+
+
+def _key_mismatch(own: dict, state: dict) -> str:
+    """A short account of missing, unexpected and reshaped keys ('' when they all match);
+    torch's own message lists every key, hundreds for a large model."""
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in own if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape]
+    parts = [f"{len(ks)} {what} ({some(ks)})" for ks, what in ((missing, "keys missing"), (unexpected, "unexpected keys"), (reshaped, "keys of another shape")) if ks]
+    return "; ".join(parts) + (f" of the model's {len(own)}" if parts else "")
+
+
 def load_weights(model: nn.Module, path: Path) -> None:
     """Load a local state dict (plain or under 'state_dict' / 'model'), without pickle code execution."""
     try:
@@ -98,14 +142,26 @@ def load_weights(model: nn.Module, path: Path) -> None:
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
                 state = state[key]
+    if not isinstance(state, dict):
+        raise ParameterError("weights", path, f"holds a {type(state).__name__}, not a state dict")
+    mismatch = _classifier_mismatch(model, state)
+    if mismatch is not None:
+        key, theirs, ours = mismatch
+        raise ParameterError("num_classes", ours, f"weights file {path} was trained for {theirs} classes ({key} has {theirs} rows); "
+                                                  f"build the model with {theirs} classes to load it")
+    misfit = _key_mismatch(model.state_dict(), state)
+    if misfit:
+        raise ParameterError("weights", path, f"does not fit the model: {misfit}")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as e:
-        raise ParameterError("weights", path, f"does not fit the model ({str(e).splitlines()[0]})") from e
+        raise ParameterError("weights", path, f"does not fit the model ({str(e).splitlines()[0][:200]})") from e
 
 
 def build_model(name: str, num_classes: int | None = None, weights: Path | None = None) -> nn.Module:
     """Build a model by name in eval mode: `default` or any torchvision classifier."""
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
+        raise ParameterError("num_classes", num_classes, "a classifier needs an integer of at least 2 classes")
     if name == "default":
         if num_classes not in (None, 10):
             raise EmqError("the default model has 10 classes; --num-classes does not apply to it")

@@ -71,6 +71,7 @@ def compare_allocations(
     if band.any():
         extra["median_random_top1"] = float(np.median(metrics["top1"][band]))
         extra["random_configs"] = int(band.sum())
+        extra["random_band_avg_bits"] = [budget_avg_bits - RANDOM_BAND, budget_avg_bits]  # (low, high]: near the budget, as an allocation uses it
     return rows, extra
 
 
@@ -81,29 +82,42 @@ def demo(
     population: int = 64,
     seed: int = 0,
     budget_avg_bits: float = 3.0,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Run the end-to-end pipeline on the embedded default; returns the summary (`emq demo`)."""
+    """Run the end-to-end pipeline on the embedded default; returns the summary (`emq demo`).
+    `progress` shows the steps (and the search's generations) on stderr: a first run
+    computes the statistics for minutes, and silence would look like a hang."""
+    from tqdm import tqdm
+
     t0 = time.perf_counter()
     out_dir = Path(out) if out is not None else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     target = resolve_target("default")
     b = Bench.open(bench)
     seconds: dict[str, float] = {}
+    steps = tqdm(total=3, desc="demo", unit="step", disable=not progress, bar_format="{desc}: step {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
 
     t = time.perf_counter()
+    steps.set_postfix_str("network statistics (cached after the first run)")
     stats = compute_stats(target, bits=b.bits)
     seconds["statistics"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    result = search(bench=b, model=target, stats=stats, generations=generations, population=population, seed=seed, out=out_dir / "search")
+    steps.update()
+    steps.set_postfix_str(f"proxy search, {generations} generations")
+    result = search(bench=b, model=target, stats=stats, generations=generations, population=population, seed=seed, out=out_dir / "search", progress=progress)
     seconds["search"] = time.perf_counter() - t
     files = export(result.best, to="all", out=out_dir / "proxy")
 
     t = time.perf_counter()
+    steps.update()
+    steps.set_postfix_str(f"allocation and PTQ of {len(REFERENCE_PROXIES) + 3} configurations")
     allocator = Allocator(target, stats=stats)
     proxies = {"evolved": result.best, **{name: get_proxy(name) for name in REFERENCE_PROXIES}}
     rows, extra = compare_allocations(allocator, b, proxies, budget_avg_bits)
     seconds["allocation+PTQ"] = time.perf_counter() - t
+    steps.update()
+    steps.close()
     seconds["total"] = time.perf_counter() - t0
 
     summary = {
@@ -132,12 +146,13 @@ def _plot(rows: list[MethodResult], extra: dict[str, Any], budget: float, path: 
 
     fig = Figure(figsize=(6, 3.2), dpi=110)
     ax = fig.add_subplot()
-    ax.barh([r.method for r in rows], [r.top1 for r in rows], color="tab:blue")
+    bars = ax.barh([r.method for r in rows], [r.top1 for r in rows], color="tab:blue")
+    ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
     if "median_random_top1" in extra:
-        ax.axvline(extra["median_random_top1"], color="tab:red", ls="--", label="median random config in budget")
+        lo, hi = extra["random_band_avg_bits"]
+        ax.axvline(extra["median_random_top1"], color="tab:red", ls="--", label=f"median bench config with avg bits in ({lo:g}, {hi:g}]")
         ax.legend(loc="lower right", fontsize=7)
-    lo = min(r.top1 for r in rows)
-    ax.set_xlim(lo - 2, max(r.top1 for r in rows) + 0.5)
+    ax.set_xlim(0, 1.1 * max(100.0, max(r.top1 for r in rows)))  # from 0: a cut axis would exaggerate the differences
     ax.set_xlabel("PTQ top-1 (%)")
     ax.set_title(f"allocations at {budget:g} average weight bits")
     fig.tight_layout()

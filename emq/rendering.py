@@ -188,6 +188,7 @@ def _tree_layout(g: nx.DiGraph) -> dict[int, tuple[float, float]]:
 def draw_png(g: nx.DiGraph, path: Path, title: str = "") -> None:
     """A PNG of the tree, drawn on its own Figure: pyplot's backend and state are never touched."""
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     depth = max(d["depth"] for _, d in g.nodes(data=True)) + 1
     leaves = sum(1 for n in g if g.out_degree(n) == 0)
@@ -198,6 +199,10 @@ def draw_png(g: nx.DiGraph, path: Path, title: str = "") -> None:
     nx.draw_networkx(g, _tree_layout(g), ax=ax, labels=nx.get_node_attributes(g, "label"), node_color=[colors[d["kind"]] for _, d in g.nodes(data=True)], node_size=1400, font_size=8, arrows=False)
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
+    legend = [("p", "operation (on its children)"), ("t", "terminal: a per-layer statistic"), ("c", "constant")]
+    ax.legend(handles=[Patch(color=colors[k], label=text) for k, text in legend if any(d["kind"] == k for _, d in g.nodes(data=True))],
+              loc="upper left", bbox_to_anchor=(0, -0.02), ncol=3, fontsize=7, frameon=False,
+              title="read bottom-up; the proxy sums the root's value over the layers of a slot", title_fontsize=7)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
 
 

@@ -32,6 +32,13 @@ from .terminals import DEFAULT_ACT_SAMPLES
 FORMAT = "emq-proxy/1"
 AGGREGATION = "sum"
 MAX_NODES = 500
+# Bounds checked at load, so a hostile or broken file fails with one line instead of a
+# RecursionError, an OverflowError or an infinite proxy table. JSON nesting: two levels per
+# tree level (node object, args list) plus the top object; evolved trees are far shallower.
+MAX_JSON_DEPTH = 200
+MAX_NUMBER_DIGITS = 20  # integers longer than this (10^20) are refused before Python converts them
+MAX_CONST = 1e6  # search constants are small (pset.CONSTANTS); 1e308 would only overflow tables
+MAX_ACT_SAMPLES = 1_000_000
 
 
 def universe() -> SearchSpace:
@@ -120,8 +127,8 @@ def _check_node(node: Any, where: str, budget: list[int]) -> None:
             raise EmqError(f"{where}: 'term' must be a string")
     elif "const" in node:
         c = node["const"]
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
-            raise EmqError(f"{where}: 'const' must be a finite number")
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or abs(c) > MAX_CONST:
+            raise EmqError(f"{where}: 'const' must be a finite number of magnitude at most {MAX_CONST:g}")
     else:
         raise EmqError(f"{where}: a node needs one of 'op', 'term' or 'const'")
 
@@ -153,8 +160,8 @@ def proxy_from_json(obj: Any, source: str = "proxy") -> EvolvedProxy:
     except EmqError as e:
         raise EmqError(f"{source}: {e}") from e
     act = obj.get("act_samples", DEFAULT_ACT_SAMPLES)
-    if isinstance(act, bool) or not isinstance(act, int) or act < 1:
-        raise EmqError(f"{source}: field 'act_samples' must be a positive integer")
+    if isinstance(act, bool) or not isinstance(act, int) or not 1 <= act <= MAX_ACT_SAMPLES:
+        raise EmqError(f"{source}: field 'act_samples' must be an integer from 1 to {MAX_ACT_SAMPLES:,}")
     orientation = obj["orientation"]
     if orientation not in (1, -1) or isinstance(orientation, bool):
         raise EmqError(f"{source}: field 'orientation' must be 1 or -1")
@@ -181,11 +188,49 @@ def load_proxy(path: str | Path) -> EvolvedProxy:
         text = path.read_text()
     except OSError as e:
         raise EmqError(f"proxy file {path}: cannot be read ({e.strerror})") from e
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise EmqError(f"proxy file {path}: nested {depth} levels deep; a proxy file has at most {MAX_JSON_DEPTH}")
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise EmqError(f"proxy file {path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    except ValueError as e:
+        raise EmqError(f"proxy file {path}: {e}") from e
     return proxy_from_json(obj, f"proxy file {path}")
+
+
+def json_depth(text: str) -> int:
+    """Deepest nesting of objects and arrays in JSON text, brackets inside strings ignored
+    (measured before parsing: json.loads would raise RecursionError first)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise ValueError(f"integer {text[:12]}... has {len(text.lstrip('-'))} digits; numbers in a proxy file have at most {MAX_NUMBER_DIGITS}")
+    return int(text)
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a proxy file may hold")
 
 
 def save_proxy(proxy: EvolvedProxy, path: str | Path) -> Path:

@@ -34,18 +34,21 @@ class IlpSolution:
 
 @contextlib.contextmanager
 def quiet_stdout() -> Iterator[None]:
-    """Send anything written to file descriptor 1 (HiGHS prints from C) to stderr, so a
-    --json caller's stdout stays one JSON object."""
+    """Discard anything written to file descriptor 1 while HiGHS runs: it prints solver
+    logs from C even with disp=False in some builds, which would break a --json caller's
+    stdout or, sent to stderr, clutter every sweep. Its status is in milp's result."""
     sys.stdout.flush()
     saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(2, 1)
+        os.dup2(devnull, 1)
         yield
     finally:
         sys.stdout.flush()
         _LIBC.fflush(None)  # HiGHS writes through C stdio: flush its buffer while fd 1 is stderr
         os.dup2(saved, 1)
         os.close(saved)
+        os.close(devnull)
 
 
 def group_matrices(problem: Problem, oriented: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:

@@ -11,7 +11,17 @@ from ..allocation import Allocator, Budget, allocator_for, parse_sweep, sweep
 from ..allocation.kinds import budget_kinds, get_kind
 from ..errors import EmqError
 from ..specs import ParameterError
-from .common import add_model_args, add_ptq_args, emit_json, parse_bits, ptq_overrides, ptq_settings
+from .commands import COMMANDS
+from .common import (
+    add_model_args,
+    add_ptq_args,
+    check_out_dir,
+    emit_json,
+    open_bench,
+    parse_bits,
+    ptq_overrides,
+    ptq_settings,
+)
 
 
 def _dest(kind: str) -> str:
@@ -20,7 +30,7 @@ def _dest(kind: str) -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("allocate", help="choose per-slot bit-widths with a proxy under budgets (ILP or constrained search)")
+    p = sub.add_parser("allocate", help=COMMANDS["allocate"])
     add_model_args(p)
     p.set_defaults(model=None)  # 'default', or the bench's model with --bench
     p.add_argument("--bench", help="bench file or 'default': use its model (checked by weights hash), data, PTQ and statistics settings; "
@@ -73,13 +83,22 @@ def run(args: argparse.Namespace) -> int:
     pins = {k: _as_int(v, f"--pin {k}={v}") for k, v in _pairs(args.pin, "--pin").items()}
     slot_bits = {k: parse_bits(v, "slot_bits") for k, v in _pairs(args.slot_bits, "--slot-bits").items()}
     ties = [[t for t in tie.split(",") if t] for tie in args.tie]
+    if args.search_evals < 1:
+        raise EmqError(f"--search-evals {args.search_evals}: use 1 or more")
     if args.sweep and args.out is None:
         raise EmqError("--sweep writes sweep.csv and sweep.png: give --out DIR")
     if not args.sweep and not budgets:
         raise EmqError("give at least one budget: " + ", ".join(f"--budget-{k}" for k in budget_kinds()))
     if args.baseline and not args.sweep:
         raise EmqError("--baseline compares proxies along a sweep: add --sweep A:B:N")
+    check_out_dir(args.out)
+    if args.bench:
+        open_bench(args.bench)
     values = parse_sweep(args.sweep, args.sweep_kind) if args.sweep else None  # refuse a bad range before any model work
+    if args.model not in (None, "default") and args.data is None and not args.bench:
+        raise EmqError(f"--model {args.model} has no data: pass --data (an ImageFolder or CIFAR-10 directory); "
+                       "every proxy needs the model's statistics or PTQ runs, and nothing is downloaded")
+    _check_pins_need_no_new_statistics(pins, bits_allowed, [args.proxy, *args.baseline])
     settings = ptq_overrides(args) if args.bench else ptq_settings(args)
     allocator = allocator_for(args.model, args.data, args.weights, args.input_size, args.num_classes, settings, args.evaluate, args.bench)
     if values is not None:
@@ -94,6 +113,24 @@ def run(args: argparse.Namespace) -> int:
     if paths:
         print(f"bit map: {paths['bitmap']}")
     return 0
+
+
+def _check_pins_need_no_new_statistics(pins: dict[str, int], bits_allowed: list[int], proxies: list[str]) -> None:
+    """A pin outside --bits-allowed adds a bit-width column to the problem, and a proxy built
+    on statistics then needs statistics at that bit-width too: not in any bench's cache, so
+    they would be computed silently for minutes. Refuse it at once and say how to ask for it."""
+    extra = {k: b for k, b in pins.items() if b not in bits_allowed}
+    if not extra:
+        return
+    from ..allocation.allocator import resolve_proxy
+
+    needy = [p for p in proxies if resolve_proxy(p).cost.startswith("statistics")]
+    if needy:
+        slot, b = next(iter(extra.items()))
+        allowed = ",".join(map(str, bits_allowed))
+        raise EmqError(f"--pin {slot}={b}: {b} bits is outside --bits-allowed {allowed}, and proxy {needy[0]} would need network statistics "
+                       f"at {b} bits too (computed now, minutes on a large model); pin within {allowed}, or add {b} to --bits-allowed "
+                       f"and restrict the other slots with --slot-bits to accept that cost")
 
 
 def _as_int(text: str, what: str) -> int:

@@ -9,18 +9,20 @@ from ..bench import bench_build, bench_export, bench_import, bench_info
 from ..bench.importer import FORMATS
 from ..bench.sampling import SAMPLERS
 from ..errors import EmqError
+from .commands import COMMANDS
 from .common import (
     add_model_args,
     add_ptq_args,
     emit_json,
     markdown_table,
+    open_bench,
     parse_bits,
     ptq_settings,
 )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="build, inspect, import and export MQ-Bench files")
+    p = sub.add_parser("bench", help=COMMANDS["bench"])
     bsub = p.add_subparsers(dest="bench_command", metavar="ACTION")
     bsub.required = True
 
@@ -36,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--pin", action="append", default=[], metavar="SLOT=BITS", help="pin a slot (index or name) to a bit-width; repeatable")
     b.add_argument("--sampler", choices=SAMPLERS, default="stratified", help="how to sample configurations (default stratified by model size)")
     b.add_argument("--configs-file", type=Path, help="text file of extra configurations to include, one per line")
-    b.add_argument("--noise-samples", type=int, default=200, help="configurations re-evaluated on the other half of the calibration sources, for the calibration test-retest reliability (default 200)")
+    b.add_argument("--noise-samples", type=int, default=200, help="configurations re-evaluated on the other half of the calibration sources, for the calibration test-retest reliability (default 200; 0 = none, else at least 4)")
     b.add_argument("--test-limit", type=int, help="evaluate on the first N test images only (quick, noisier benches)")
     b.add_argument("--json", action="store_true", help="print the finished bench's info as one JSON object")
     b.set_defaults(func=run_build)
@@ -110,8 +112,32 @@ def _print_info(info: dict) -> None:
     print(markdown_table(["metric", "min", "p25", "median", "p75", "max", "mean", "std"], rows))
 
 
+# below this many pairs a Spearman correlation takes only a handful of values (with 2 it is
+# always +1 or -1), so a calibration retest of fewer repeats would look measured but mean nothing
+MIN_NOISE_SAMPLES = 4
+# sampled configurations a bench needs beyond the uniform ones: a rank correlation needs 3
+MIN_SAMPLED_CONFIGS = 3
+
+
+def _check_build_sizes(args: argparse.Namespace, bits: list[int]) -> None:
+    """Refuse, before any model work, benches too small to measure anything."""
+    least = len(bits) + MIN_SAMPLED_CONFIGS
+    if args.configs < least:
+        raise EmqError(f"--configs {args.configs}: a bench needs at least {least} configurations: the {len(bits)} uniform ones "
+                       f"(one per bit-width in --bits-allowed) and {MIN_SAMPLED_CONFIGS} or more to rank; one in five is held out, "
+                       "so a bench for `emq search` or `emq score` needs a few dozen")
+    if args.noise_samples != 0 and not MIN_NOISE_SAMPLES <= args.noise_samples:
+        raise EmqError(f"--noise-samples {args.noise_samples}: use 0 (no calibration retest) or at least {MIN_NOISE_SAMPLES}; the retest reliability is "
+                       f"the Spearman correlation of repeated evaluations, which means nothing over fewer than {MIN_NOISE_SAMPLES} pairs")
+    for flag, value in (("--workers", args.workers), ("--test-limit", args.test_limit)):
+        if value is not None and value < 1:
+            raise EmqError(f"{flag} {value}: use 1 or more")
+
+
 def run_build(args: argparse.Namespace) -> int:
     settings = ptq_settings(args)
+    bits = parse_bits(args.bits_allowed, "bits_allowed")
+    _check_build_sizes(args, bits)
     info = bench_build(
         args.out,
         model=args.model,
@@ -119,7 +145,7 @@ def run_build(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         resume=args.resume,
-        bits=parse_bits(args.bits_allowed, "bits_allowed"),
+        bits=bits,
         pinned=_pins(args.pin),
         sampler=args.sampler,
         user_configs=_configs_file(args.configs_file),
@@ -136,6 +162,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    open_bench(args.bench, "bench")
     info = bench_info(args.bench)
     emit_json(info) if args.json else _print_info(info)
     return 0
@@ -148,6 +175,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    open_bench(args.bench, "bench")
     dest = bench_export(args.bench, args.to, args.out)
     print(f"wrote {dest}")
     return 0

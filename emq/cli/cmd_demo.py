@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from ..errors import EmqError
+from ..evolution.engine import SearchConfig
 from ..pipeline_demo import demo
-from .common import emit_json, markdown_table
+from .commands import COMMANDS
+from .common import check_bench_for_search, check_out_dir, emit_json, markdown_table, open_bench
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="end to end on the embedded default: statistics, search, export, allocation, PTQ")
-    p.add_argument("--out", help="run directory (default: runs/demo-<time>)")
+    p = sub.add_parser("demo", help=COMMANDS["demo"])
+    p.add_argument("--out", type=Path, help="run directory (default: runs/demo-<time>)")
     p.add_argument("--bench", default="default", help="bench file (default: the shipped default bench)")
     p.add_argument("--generations", type=int, default=20, help="generations of the short campaign (default 20)")
     p.add_argument("--population", type=int, default=64, help="population size (default 64)")
@@ -21,7 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    s = demo(args.out, args.bench, args.generations, args.population, args.seed, args.budget_avg_bits)
+    check_out_dir(args.out)
+    bench = open_bench(args.bench)
+    check_bench_for_search(bench, args.bench, "default", model_is_fixed=True)  # a bad bench is refused before the statistics
+    SearchConfig(generations=args.generations, population=args.population)  # and so are bad search sizes
+    if not min(bench.bits) <= args.budget_avg_bits <= max(bench.bits):
+        raise EmqError(f"--budget-avg-bits {args.budget_avg_bits:g}: use a value from {min(bench.bits)} to {max(bench.bits)}, the bench's bit-widths")
+    s = demo(args.out, args.bench, args.generations, args.population, args.seed, args.budget_avg_bits, progress=not (args.json or args.quiet))
     if args.json:
         emit_json(s)
         return 0
@@ -33,8 +43,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nallocations at {s['budget_avg_bits']:g} average weight bits (full precision top-1 {s['fp_top1']:.2f} %):\n")
     rows = [[a["method"], f"{a['avg_bits']:.3f}", int(a["size_bytes"]), f"{a['top1']:.2f}", f"{a['loss']:.4f}", f"{a['kl']:.4f}", ",".join(map(str, a["bits"]))] for a in s["allocations"]]
     if "median_random_top1" in s:
-        rows.append([f"median random config in budget (n={s['random_configs']})", "", "", f"{s['median_random_top1']:.2f}", "", "", ""])
+        lo, hi = s["random_band_avg_bits"]
+        rows.append([f"median bench config, avg bits in ({lo:g}, {hi:g}] (n={s['random_configs']})", "", "", f"{s['median_random_top1']:.2f}", "", "", ""])
     print(markdown_table(["method", "avg bits", "size (bytes)", "top-1 %", "loss", "KL", "bits"], rows))
+    if "median_random_top1" in s:
+        print(f"\n(random baseline: the bench's configurations near the budget, {s['random_configs']} of the {s['bench_configs_in_budget']} "
+              "within it; the oracle is the best of all those within it)")
     sec = s["seconds"]
     print(f"\nrun directory: {s['run_dir']}  ({sec['total']:.0f} s: statistics {sec['statistics']:.0f} s, search {sec['search']:.0f} s, allocation+PTQ {sec['allocation+PTQ']:.0f} s)")
     return 0

@@ -6,11 +6,12 @@ import argparse
 from pathlib import Path
 
 from ..rendering import FORMATS, export
-from .common import emit_json
+from .commands import COMMANDS
+from .common import check_out_dir, emit_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a proxy (JSON) as sympy, LaTeX, Python, DOT or PNG")
+    p = sub.add_parser("export", help=COMMANDS["export"])
     p.add_argument("proxy", type=Path, help="proxy file (emq-proxy/1 JSON), e.g. a run's best_proxy.json")
     p.add_argument("--to", default="all", choices=[*FORMATS, "all"], help="what to write (default all)")
     p.add_argument("--out", type=Path, default=Path("."), help="output directory (default: current)")
@@ -19,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out_dir(args.out)
     written = export(args.proxy, args.to, args.out)
     if args.json:
         emit_json({k: str(v) for k, v in written.items()})

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..api import quantize
 from ..errors import EmqError
+from .commands import COMMANDS
 from .common import (
     add_model_args,
     add_ptq_args,
@@ -18,7 +20,7 @@ from .common import (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quantize", help="PTQ-quantize a model with a bit configuration and evaluate it")
+    p = sub.add_parser("quantize", help=COMMANDS["quantize"])
     add_model_args(p)
     p.add_argument("--bits", help="per-slot weight bit-widths, comma-separated (see `emq layers`)")
     p.add_argument("--bitmap", type=Path, help="bit map JSON keyed by module name (from `emq allocate --out`), instead of --bits")
@@ -31,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.bits) == bool(args.bitmap):
         raise EmqError("give the configuration with --bits b0,b1,... (one per slot; see `emq layers`) or --bitmap FILE, not both")
     bits = parse_bits(args.bits) if args.bits else None
+    if not args.quiet and sys.stderr.isatty():  # PTQ of a large model takes a minute: say what is running (details with -v)
+        print(f"emq quantize: PTQ of {args.model} (calibration, then the test set)...", file=sys.stderr, flush=True)
     res = quantize(args.model, bits, data=args.data, settings=ptq_settings(args), weights=args.weights, input_size=args.input_size,
                    num_classes=args.num_classes, bitmap=args.bitmap)
     if args.json:

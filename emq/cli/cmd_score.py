@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ..baselines import PROXIES
+from ..errors import EmqError
 from ..ranking import DEFAULT_LIMIT, score
 from ..specs import METRICS
 from ..uncertainty import DEFAULT_RESAMPLES
-from .common import emit_json
+from .commands import COMMANDS
+from .common import check_out_dir, emit_json, open_bench
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score", help="correlate hand-made and evolved proxies with a bench (Spearman, Kendall, Pearson, top-k)")
+    p = sub.add_parser("score", help=COMMANDS["score"])
     p.add_argument("--bench", default="default", help="bench file, or 'default' for the shipped bench (default: default)")
     p.add_argument("--proxies", default="all", help=f"'all', 'none' or comma-separated names: {', '.join(PROXIES)} (default: all)")
     p.add_argument("--proxy", action="append", default=[], metavar="PROXY.json", help="an evolved proxy file to score too (repeatable)")
@@ -31,6 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out_dir(args.out)
+    if args.limit < 0:
+        raise EmqError(f"--limit {args.limit}: use 0 (all configurations) or a positive number")
+    if args.workers < 1:
+        raise EmqError(f"--workers {args.workers}: use 1 or more")
+    if args.ompq_beta is not None and not math.isfinite(args.ompq_beta):
+        raise EmqError(f"--ompq-beta {args.ompq_beta}: use a finite number")
+    open_bench(args.bench)  # a bad bench is refused before any model work
     report = score(
         args.bench,
         proxies="" if args.proxies == "none" else args.proxies,
@@ -40,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         ompq_beta=args.ompq_beta,
         data=args.data,
         weights=args.weights,
-        progress=not args.json,
+        progress=not (args.json or args.quiet),
         workers=args.workers,
         resamples=args.resamples,
         reference=not args.no_reference,

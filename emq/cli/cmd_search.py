@@ -11,7 +11,8 @@ from ..search_space.primitives import PRESETS
 from ..search_space.pset import make_space
 from ..specs import METRICS
 from ..target import resolve_target
-from .common import add_model_args, emit_json
+from .commands import COMMANDS
+from .common import add_model_args, check_bench_for_search, check_out_dir, emit_json, open_bench
 
 
 def _names(text: str | None) -> list[str]:
@@ -19,9 +20,10 @@ def _names(text: str | None) -> list[str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("search", help="evolve proxy formulas whose scores rank a bench's bit configurations")
+    p = sub.add_parser("search", help=COMMANDS["search"])
     p.add_argument("--bench", default="default", help="bench file or 'default' (the shipped bench)")
     add_model_args(p)
+    p.set_defaults(model=None)  # the bench's model
     p.add_argument("--metric", choices=sorted(METRICS), help="target metric (default: the bench's)")
     p.add_argument("--generations", type=int, default=30, help="generations (default 30)")
     p.add_argument("--population", type=int, default=64, help="population size (default 64)")
@@ -46,21 +48,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     terms = _names(args.terminals)
     space = make_space(args.space, terms or None, _names(args.exclude_terminals), _names(args.include_ops), _names(args.exclude_ops))
-    if args.top < 1:
-        raise EmqError(f"--top {args.top}: use 1 or more")
-    from ..bench import Bench
-
-    bench = Bench.open(args.bench)  # fail fast on a bad bench, before any model work
-    target = resolve_target(args.model, args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size)
+    for flag, value in (("--top", args.top), ("--workers", args.workers)):
+        if value < 1:
+            raise EmqError(f"{flag} {value}: use 1 or more")
     out = args.out or Path("emq_runs") / f"search-s{args.seed}"
+    check_out_dir(out)
+    bench = open_bench(args.bench)  # fail fast on a bad bench, before any model work
+    model = check_bench_for_search(bench, args.bench, args.model)
+    target = resolve_target(model, args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size)
     has_campaign = (out / "checkpoint.npz").exists()
     if has_campaign != args.resume:
         raise EmqError(f"--out {out} already holds a campaign: pass --resume to continue it or choose another directory" if has_campaign
                        else f"--resume: no checkpoint in {out}; run without --resume first")
+    if args.resume:
+        from ..evolution import checkpoint
+
+        checkpoint.load(out / "checkpoint.npz")  # a truncated checkpoint is refused before the statistics
     est = ProxySearch(
         generations=args.generations, population=args.population, metric=args.metric, space=space, max_evaluations=args.max_evaluations,
         dps=DPSConfig(enabled=not args.no_dps, crowding_threshold=args.crowding), random_state=args.seed, workers=args.workers,
-        out_dir=out, warm_start=args.resume, checkpoint_every=args.checkpoint_every, progress=not args.json,
+        out_dir=out, warm_start=args.resume, checkpoint_every=args.checkpoint_every, progress=not (args.json or args.quiet),
     )
     result = est.fit(bench, model=target).result_
     if args.json:

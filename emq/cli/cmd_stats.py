@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import EmqError
 from ..search_space.netstats import save_stats
 from ..search_space.stats import (
     NEGATIVE_TRACE_POLICIES,
@@ -13,12 +14,13 @@ from ..search_space.stats import (
     stats,
     summarize,
 )
-from .common import add_model_args, emit_json, markdown_table, parse_bits
+from .commands import COMMANDS
+from .common import add_model_args, check_out_dir, emit_json, markdown_table, parse_bits
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     d = StatsSettings()
-    p = sub.add_parser("stats", help="compute (or load from the cache) per-layer statistics: norms, Hessian traces, quantization noise")
+    p = sub.add_parser("stats", help=COMMANDS["stats"])
     add_model_args(p)
     p.add_argument("--bits-allowed", default="2,3,4", help="weight bit-widths to compute Q_b(W) and its noise for (default 2,3,4)")
     # PTQ's --bn and its calibration size do not apply here, so add_ptq_args is not used
@@ -69,6 +71,10 @@ def settings_from_args(args: argparse.Namespace) -> StatsSettings:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    if args.out is not None and args.out.is_dir():
+        raise EmqError(f"--out {args.out}: is a directory; give the file to write the statistics to")
+    check_out_dir(args.out.parent if args.out is not None else None)
+    check_out_dir(args.cache_dir, "--cache-dir")
     ns = stats(
         args.model,
         data=args.data,

@@ -8,11 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import EmqError
 from ..quant import PTQSettings
 from ..specs import parse_config
 from ..tables import markdown_table
 
-__all__ = ["add_model_args", "add_ptq_args", "emit_json", "markdown_table", "parse_bits", "ptq_overrides", "ptq_settings"]
+__all__ = ["add_model_args", "add_ptq_args", "check_bench_for_search", "check_out_dir", "emit_json", "markdown_table", "open_bench", "parse_bits", "ptq_overrides",
+           "ptq_settings"]
+
+MIN_SPLIT = 3  # configurations a bench split needs for a rank correlation
 
 
 def add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -56,3 +60,47 @@ def parse_bits(text: str, param: str = "bits") -> list[int]:
 def emit_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def check_out_dir(path: Path | None, flag: str = "--out") -> None:
+    """Refuse, before any work, a directory to write into that cannot be one: an existing
+    file, or a path below an existing file."""
+    if path is None:
+        return
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "is a file" if p == path else f"is below {p}, which is a file"
+                raise EmqError(f"{flag} {path}: {where}; give a directory")
+            return
+
+
+def open_bench(spec: str, flag: str = "--bench") -> Any:
+    """Open a bench for a command, naming the file when it is not a bench (an empty or
+    foreign SQLite file), before any model work."""
+    from ..bench import Bench
+
+    try:
+        return Bench.open(spec)
+    except EmqError as e:
+        if str(spec) in str(e):
+            raise
+        raise EmqError(f"{flag} {spec}: {e}") from e
+
+
+def check_bench_for_search(bench: Any, spec: str, model: str | None, model_is_fixed: bool = False) -> str:
+    """The model to evolve or score proxies for on `bench` (the bench's own unless `model`
+    is given, which must then be the bench's), refused at once when the bench's splits are
+    too small to rank: both would otherwise fail only after the statistics were computed."""
+    built_for = str(bench.meta.get("model", "default"))
+    if model is not None and model != built_for and model_is_fixed:
+        raise EmqError(f"--bench {spec}: was built for model {built_for}, and this command runs on model {model}; give a bench of {model}")
+    if model is not None and model != built_for:
+        raise EmqError(f"--model {model}: bench {spec} was built for model {built_for}; leave --model out to use the bench's model, "
+                       f"or give a bench built for {model}")
+    for split in ("search", "heldout"):
+        n = int(bench.mask(split).sum())
+        if n < MIN_SPLIT:
+            raise EmqError(f"--bench {spec}: its {split} split has {n} configuration(s) of {len(bench)}; a rank correlation needs at least "
+                           f"{MIN_SPLIT} (one configuration in five is held out): build a larger bench")
+    return built_for

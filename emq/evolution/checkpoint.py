@@ -8,6 +8,7 @@ the campaign's random generator state.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def load(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         with np.load(path, allow_pickle=False) as z:
             state = json.loads(str(z["state"]))
             arrays = {k: z[k] for k in z.files if k != "state"}
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # a truncated file is not a zip archive
         raise EmqError(f"checkpoint {path}: unreadable ({e}); delete it or start a new campaign") from e
     if state.get("format") != FORMAT:
         raise EmqError(f"checkpoint {path}: format {state.get('format')!r}, expected {FORMAT!r}")
