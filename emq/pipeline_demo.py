@@ -19,6 +19,7 @@ import numpy as np
 from .allocation import Allocation, Allocator
 from .baselines import get_proxy
 from .bench import Bench
+from .bench_setup import BenchSetup
 from .evolution import search
 from .fileio import atomic_write, atomic_write_text
 from .rendering import export
@@ -99,7 +100,8 @@ def demo(
 
     t = time.perf_counter()
     steps.set_postfix_str("network statistics (cached after the first run)")
-    stats = compute_stats(target, bits=b.bits)
+    setup = BenchSetup.of(b, target)  # the bench's PTQ and statistics settings, so the oracle row is comparable
+    stats = compute_stats(target, bits=setup.bits, settings=setup.stats)
     seconds["statistics"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -112,7 +114,7 @@ def demo(
     t = time.perf_counter()
     steps.update()
     steps.set_postfix_str(f"allocation and PTQ of {len(REFERENCE_PROXIES) + 3} configurations")
-    allocator = Allocator(target, stats=stats)
+    allocator = Allocator(target, setup.ptq, stats=stats, stats_settings=setup.stats)
     proxies = {"evolved": result.best, **{name: get_proxy(name) for name in REFERENCE_PROXIES}}
     rows, extra = compare_allocations(allocator, b, proxies, budget_avg_bits)
     seconds["allocation+PTQ"] = time.perf_counter() - t

@@ -30,11 +30,11 @@ from emq.fileio import atomic_write_text
 from emq.models import CifarResNet
 from emq.quant import PTQSettings
 
-# the smallest real bench: the three uniform configurations, one more, two noise repeats
+# the smallest real bench the CLI accepts: the three uniform configurations, three more, four calibration repeats
 SETTINGS = PTQSettings(calib_size=64)
-ARGS = {"configs": 4, "seed": 1, "noise_samples": 2, "test_limit": 100}
-CLI = ["--configs", "4", "--seed", "1", "--noise-samples", "2", "--calib-size", "64", "--test-limit", "100"]
-EVALUATED = 6  # configurations + noise repeats
+ARGS = {"configs": 6, "seed": 1, "noise_samples": 4, "test_limit": 100}
+CLI = ["--configs", "6", "--seed", "1", "--noise-samples", "4", "--calib-size", "64", "--test-limit", "100"]
+EVALUATED = 10  # configurations + calibration repeats
 IS_ROOT = os.geteuid() == 0
 
 
@@ -242,8 +242,8 @@ def test_build_log_entries_of_two_writers_both_survive(tmp_path):
     path = tmp_path / "b.sqlite"
     with closing(store.connect(path)) as a, closing(store.connect(path)) as b:
         store.init_bench(a, {"kind": "test"}, [])
-        store.write_meta(a, {"noise_ceiling": None}, log_entry={"evaluated": 3})
-        store.write_meta(b, {"noise_ceiling": None}, log_entry={"evaluated": 5})
+        store.write_meta(a, {"reliability": None}, log_entry={"evaluated": 3})
+        store.write_meta(b, {"reliability": None}, log_entry={"evaluated": 5})
         assert store.read_meta(a)["build_log"] == [{"evaluated": 3}, {"evaluated": 5}]
 
 
