@@ -61,6 +61,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert best["expression"] == top["expression"] == s["best_expression"]
     assert float(top["heldout_spearman"]) == pytest.approx(s["best_heldout_spearman"], abs=1e-12)
     assert main(["score", "--bench", "default", "--proxies", "none", "--proxy", str(out / "search" / "best_proxy.json"), "--metric", s["metric"], "--json"]) == 0
-    (scored,) = json.loads(capsys.readouterr().out)["proxies"]
+    scored, ridge = json.loads(capsys.readouterr().out)["proxies"]
+    assert scored["kind"] == "evolved" and ridge["kind"] == "supervised"
     assert scored["spearman_heldout_report"] == pytest.approx(s["best_heldout_spearman"], abs=1e-12)
     assert scored["spearman_search_fit"] == pytest.approx(s["best_search_spearman"], abs=1e-12)
