@@ -52,6 +52,7 @@ def quantize(
     input_size: int | None = None,
     num_classes: int | None = None,
     bitmap: str | Path | None = None,
+    progress: bool = False,
 ) -> QuantResult:
     """PTQ-quantize a model with a per-slot configuration (`bits`) or a bit map file from
     `emq allocate --out` / `Allocation.save` (`bitmap`, checked against the model) and
@@ -60,4 +61,4 @@ def quantize(
         raise ParameterError("bits", bits, "give the configuration as bits (one bit-width per slot; see `layers`) or as bitmap=PATH, not both")
     target = resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size)
     config = load_bitmap(bitmap, target.layer_map) if bitmap is not None else target.layer_map.validate(bits)
-    return PTQEngine(target.model, target.layer_map, target.require_data(), settings).evaluate(config)
+    return PTQEngine(target.model, target.layer_map, target.require_data(), settings, progress=progress).evaluate(config)

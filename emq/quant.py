@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from .data import DEFAULT_CALIB_SIZE, DataSplits
 from .errors import EmqError
@@ -161,8 +162,11 @@ class _ActQuant:
 class PTQEngine:
     """Evaluates bit configurations of one model on one data set, reusing all it can."""
 
-    def __init__(self, model: nn.Module, layer_map: LayerMap, data: DataSplits, settings: PTQSettings | None = None) -> None:
+    def __init__(self, model: nn.Module, layer_map: LayerMap, data: DataSplits, settings: PTQSettings | None = None, progress: bool = False) -> None:
+        """`progress` shows tqdm bars (stderr) over calibration and test batches: one
+        evaluation of a large model on a large test set takes minutes."""
         self.settings = settings or PTQSettings()
+        self.progress = progress
         self.layer_map = layer_map
         self.data = data
         example = data.calibration(2, 0)[0]
@@ -202,7 +206,8 @@ class PTQEngine:
 
     def _forward_batches(self, x: torch.Tensor) -> torch.Tensor:
         bs = self.settings.batch_size
-        return torch.cat([self.work(x[i : i + bs]) for i in range(0, x.shape[0], bs)])
+        starts = tqdm(range(0, x.shape[0], bs), desc="PTQ calibration", unit="batch", disable=not self.progress, leave=False)
+        return torch.cat([self.work(x[i : i + bs]) for i in starts])
 
     def _set_weights(self, layer_bits: Sequence[int] | None) -> None:
         for i, m in enumerate(self.layers):
@@ -262,8 +267,9 @@ class PTQEngine:
     def _score(self, ref: list[torch.Tensor] | None) -> dict[str, np.ndarray]:
         """Per test image: correct, CE loss and KL(FP || quantized) (KL 0 without a reference)."""
         correct, loss, kl = [], [], []
+        batches = tqdm(self.data.test_batches(self.settings.batch_size), desc="PTQ test set", unit="batch", disable=not self.progress, leave=False)
         with torch.no_grad():
-            for i, (x, y) in enumerate(self.data.test_batches(self.settings.batch_size)):
+            for i, (x, y) in enumerate(batches):
                 logits = self.work(x)
                 logp = F.log_softmax(logits, dim=1)
                 correct.append((logits.argmax(1) == y).numpy())

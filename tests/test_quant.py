@@ -207,3 +207,14 @@ def test_weight_quantizer_setting_is_validated_and_old_settings_load():
         PTQSettings(weight_quantizer="adaround")
     stored = {"act_bits": 8, "weight_symmetric": False, "bn": "reestimate", "calib_size": 512, "calib_seed": 0, "batch_size": 1024}
     assert PTQSettings(**stored).weight_quantizer == "mse"  # a bench built before the field existed
+
+
+def test_quantize_shows_progress_on_stderr_only_when_asked(capsys):
+    import emq
+
+    quiet = emq.quantize("default", bits=[4] * 20)
+    assert capsys.readouterr().err == ""
+    loud = emq.quantize("default", bits=[4] * 20, progress=True)
+    err = capsys.readouterr().err
+    assert "PTQ calibration" in err and "PTQ test set" in err
+    assert loud.top1 == quiet.top1 and loud.kl == quiet.kl  # the bars change nothing else

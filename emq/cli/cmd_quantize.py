@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..api import quantize
@@ -33,10 +32,8 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.bits) == bool(args.bitmap):
         raise EmqError("give the configuration with --bits b0,b1,... (one per slot; see `emq layers`) or --bitmap FILE, not both")
     bits = parse_bits(args.bits) if args.bits else None
-    if not args.quiet and sys.stderr.isatty():  # PTQ of a large model takes a minute: say what is running (details with -v)
-        print(f"emq quantize: PTQ of {args.model} (calibration, then the test set)...", file=sys.stderr, flush=True)
     res = quantize(args.model, bits, data=args.data, settings=ptq_settings(args), weights=args.weights, input_size=args.input_size,
-                   num_classes=args.num_classes, bitmap=args.bitmap)
+                   num_classes=args.num_classes, bitmap=args.bitmap, progress=not args.quiet)
     if args.json:
         emit_json(res.to_json())
         return 0
