@@ -17,6 +17,7 @@ import time
 from emq.allocation import Allocator
 from emq.baselines import get_proxy
 from emq.bench import Bench
+from emq.bench_setup import BenchSetup
 from emq.evolution import search
 from emq.pipeline_demo import REFERENCE_PROXIES, compare_allocations
 from emq.search_space.proxyfile import load_proxy
@@ -36,14 +37,15 @@ def main() -> None:
     t0 = time.perf_counter()
     target = resolve_target("default")
     bench = Bench.open(args.bench)
-    stats = compute_stats(target, bits=bench.bits)
+    setup = BenchSetup.of(bench, target)  # the bench's PTQ and statistics settings: allocations comparable with its records
+    stats = compute_stats(target, bits=setup.bits, settings=setup.stats)
     if args.proxy:
         evolved = load_proxy(args.proxy)
     else:
         res = search(bench=bench, model=target, stats=stats, generations=args.generations, population=args.population, seed=args.seed)
         evolved = res.best
         print(f"evolved (seed {args.seed}): {res.summary['best_expression']}  held-out rho {res.summary['best_heldout_spearman']:.3f}")
-    allocator = Allocator(target, stats=stats)
+    allocator = Allocator(target, setup.ptq, stats=stats, stats_settings=setup.stats)
     proxies = {"evolved": evolved, **{n: get_proxy(n) for n in REFERENCE_PROXIES}}
     print(f"full precision top-1 {allocator.engine().evaluate_fp().top1:.2f} %")
     print("| budget (avg bits) | method | avg bits | top-1 % | KL |")
