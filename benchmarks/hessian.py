@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from pyhessian import hessian as PyHessian
 
-from emq.tables import markdown_table
 from emq.layermap import build_layer_map
 from emq.search_space.hessian import HessianProblem, hutchinson, power_iteration
+from emq.tables import markdown_table
 from emq.target import resolve_target
 
 

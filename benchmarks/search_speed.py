@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from emq.evolution import ProxySearch
-from emq.evolution.evaluator import CandidateEvaluator
 from emq.evolution.estimator import load_fitness_data
+from emq.evolution.evaluator import CandidateEvaluator
 from emq.search_space.evaluate import TableEvaluator, naive_config_score
 from emq.search_space.pset import gen_half_and_half, make_space, to_tokens
 from emq.search_space.stats import compute_stats
