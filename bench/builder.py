@@ -194,7 +194,7 @@ def bench_build(
             _run(pool, noise_spec, todo_rep, "calibration retest", progress, write_repeat)
             elapsed = time.perf_counter() - t0
             used_workers = pool.workers
-        bench = Bench(out, store.read_meta(con), store.read_records(con), store.read_outcomes(con), store.read_repeats(con), store.read_outcomes(con, "repeats"))
+        bench = Bench.from_connection(out, con)
         rel = reliability(bench)
         entry = {"evaluated": len(todo) + len(todo_rep), "seconds": round(elapsed, 2), "workers": used_workers} if todo or todo_rep else None
         store.write_meta(con, {

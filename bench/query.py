@@ -13,6 +13,7 @@ import json
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import closing
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from scipy.stats import spearmanr
 from emq.errors import EmqError
 from emq.fileio import atomic_write_text
 from emq.proxy import linear_cost
-from emq.specs import ParameterError
+from emq.specs import METRICS, ParameterError
 
 from . import store
 from .outcomes import Outcomes, decode
@@ -65,7 +66,8 @@ class Bench:
         self._blobs = outcomes or {}
         self.repeats = repeats or {}
         self._repeat_blobs = repeat_outcomes or {}
-        self._decoded: dict[tuple, np.ndarray] = {}
+        self._decoded: dict[tuple, dict[str, np.ndarray]] = {}
+        self._pool_metrics: dict[tuple[str, str], np.ndarray] = {}
         if not rows:
             raise EmqError(f"bench {path}: has no records (an empty or unfinished build; resume it with `emq bench build ... --resume`)")
         cols = list(zip(*rows, strict=True))
@@ -83,20 +85,21 @@ class Bench:
         """Open a bench file, or the shipped one with 'default'."""
         p = resolve_bench_path(path)
         with closing(store.connect(p, readonly=True)) as con:
-            meta = store.read_meta(con)
-            if "space" not in meta:
-                raise EmqError(f"bench {p}: has no metadata (not a bench file, or its build never started)")
-            version = int(meta.get("schema_version", 1))
-            if version != store.SCHEMA_VERSION:
-                raise EmqError(
-                    f"bench {p}: bench format {version}, this emq reads format {store.SCHEMA_VERSION} (per-image outcomes and test pools);"
-                    " rebuild it with `emq bench build` and the arguments in its build_log, or use an emq version of its format"
-                )
-            rows = store.read_records(con)
-            outcomes = store.read_outcomes(con)
-            repeats = store.read_repeats(con)
-            repeat_outcomes = store.read_outcomes(con, "repeats")
-        return cls(p, meta, rows, outcomes, repeats, repeat_outcomes)
+            return cls.from_connection(p, con)
+
+    @classmethod
+    def from_connection(cls, path: Path, con: Any) -> Bench:
+        """The bench behind an open connection (the builder reads its own file this way)."""
+        meta = store.read_meta(con)
+        if "space" not in meta:
+            raise EmqError(f"bench {path}: has no metadata (not a bench file, or its build never started)")
+        version = int(meta.get("schema_version", 1))
+        if version != store.SCHEMA_VERSION:
+            raise EmqError(
+                f"bench {path}: bench format {version}, this emq reads format {store.SCHEMA_VERSION} (per-image outcomes and test pools);"
+                " rebuild it with `emq bench build` and the arguments in its build_log, or use an emq version of its format"
+            )
+        return cls(path, meta, store.read_records(con), store.read_outcomes(con), store.read_repeats(con), store.read_outcomes(con, "repeats"))
 
     # -- description ---------------------------------------------------------------
     @property
@@ -131,13 +134,13 @@ class Bench:
     def default_metric(self) -> str:
         return self.meta.get("default_metric", "top1")
 
-    @property
+    @cached_property
     def pools(self) -> TestPools | None:
         """The fit / report split of the test images; None for benches without per-image outcomes."""
         obj = self.meta.get("test_pools")
         return TestPools.from_json(obj) if obj and self.has_outcomes else None
 
-    @property
+    @cached_property
     def has_outcomes(self) -> bool:
         return bool(self._blobs) and all(self._blobs.get(c) is not None for c in self.config_texts)
 
@@ -152,22 +155,24 @@ class Bench:
         return decode(blob, f"bench {self.path}, configuration {config}")
 
     def per_image(self, metric: str, configs: Sequence[str] | None = None, repeat: bool = False) -> np.ndarray:
-        """[N, images] per-image values of a metric (top1 as 0/100) for records (or repeats)."""
+        """[N, images] per-image values of a metric (top1 as 0/100) for records (or repeats).
+        Each blob is decoded once, for all three metrics."""
         texts = tuple(self.config_texts if configs is None else configs)
-        key = (metric, texts, repeat)
+        key = (texts, repeat)
         cached = self._decoded.get(key)
         if cached is None:
             if self.pools is None:
                 raise EmqError(f"bench {self.path}: has no per-image outcomes, so test pools cannot be formed (rebuild it with `emq bench build`)")
             n = self.pools.n_images
-            cached = np.empty((len(texts), n), dtype=np.float32)
+            cached = {m: np.empty((len(texts), n), dtype=np.float32) for m in METRICS}
             for i, c in enumerate(texts):
-                values = self.outcomes(c, repeat).metric(metric)
-                if values.shape[0] != n:
-                    raise EmqError(f"bench {self.path}, configuration {c}: {values.shape[0]} per-image outcomes for {n} test images")
-                cached[i] = values
+                out = self.outcomes(c, repeat)
+                if len(out) != n:
+                    raise EmqError(f"bench {self.path}, configuration {c}: {len(out)} per-image outcomes for {n} test images")
+                for m in METRICS:
+                    cached[m][i] = out.metric(m)
             self._decoded[key] = cached
-        return cached
+        return cached[metric]
 
     def source_table(self, metric: str, pool: str = "all", configs: Sequence[str] | None = None, repeat: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Per-configuration per-source sums S [N, K] of a metric over a test pool, and the
@@ -181,10 +186,12 @@ class Bench:
 
     def pool_metric(self, metric: str, pool: str = "all") -> np.ndarray:
         """A metric of every record measured on one test pool ('all' = the stored value)."""
-        if pool == "all" or metric not in ("top1", "loss", "kl"):
+        if pool == "all" or metric not in METRICS:
             return self.metrics[metric]
-        sums, counts = self.source_table(metric, pool)
-        return sums.sum(1) / counts.sum()
+        if (metric, pool) not in self._pool_metrics:
+            sums, counts = self.source_table(metric, pool)
+            self._pool_metrics[metric, pool] = sums.sum(1) / counts.sum()
+        return self._pool_metrics[metric, pool]
 
     # -- arrays ----------------------------------------------------------------------
     def mask(

@@ -34,7 +34,7 @@ from .executors import Executor, executor_for, make_executor
 from .fileio import atomic_write
 from .fitness import correlations
 from .proxy import Proxy, ProxyContext
-from .specs import METRIC_ORIENTATION, check_metric, oriented
+from .specs import METRIC_ORIENTATION, check_metric, check_positive_int, oriented
 from .supervised import DESCRIPTION as RIDGE_DESCRIPTION
 from .supervised import NAME as RIDGE_NAME
 from .supervised import OneHotRidge
@@ -183,13 +183,16 @@ class _Cells:
             raise EmqError(f"bench {bench.path}: fewer than 3 configurations have a {metric!r} value")
         self.split = {"search": ~bench.heldout, "heldout": bench.heldout}
         self._boot: dict[bytes, Bootstrap] = {}
+        self._report_table: tuple[np.ndarray, np.ndarray] | None = None
 
     def bootstrap(self, rows: np.ndarray) -> Bootstrap:
         """Replicates over held-out x report for these bench rows (one per row set, seeded)."""
         key = np.asarray(rows).tobytes()
         if key not in self._boot:
             if self.has_pools:
-                sums, counts = self.bench.source_table(self.metric, "report")
+                if self._report_table is None:  # one table for every row set of the report
+                    self._report_table = self.bench.source_table(self.metric, "report")
+                sums, counts = self._report_table
                 sums = sums[rows]
             else:
                 sums, counts = self.bench.metrics[self.metric][rows][:, None], np.ones(1)
@@ -253,7 +256,6 @@ def score(
     `resamples` bootstrap replicates give the intervals; `reference` adds the ridge row.
     """
     from .bench import Bench
-    from .specs import check_positive_int
 
     check_positive_int(resamples, "resamples")
     b = Bench.open(bench)

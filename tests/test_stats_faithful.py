@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from test_stats import Tiny  # the statistics tests' network: conv, BN, conv, linear
 from torch import nn
 
 import emq.search_space.stats as stats_mod
@@ -21,19 +22,6 @@ from emq.search_space.stats import (
 )
 
 FAST = StatsSettings(batch_size=5, hessian_images=12, hessian_batch_size=12, hessian_min_probes=4, hessian_max_probes=8, eig_iters=3, act_cap=8, act_bits=4)
-
-
-class Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(1, 3, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(3)
-        self.body = nn.Conv2d(3, 4, 3, stride=2, padding=1)
-        self.head = nn.Linear(64, 5)
-
-    def forward(self, x):
-        x = torch.relu(self.bn(self.stem(x)))
-        return self.head(torch.tanh(self.body(x)).flatten(1))
 
 
 @pytest.fixture
