@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from emq._version import __version__ as emq_version
+from emq.data import DataSplits
 from emq.errors import EmqError
 from emq.executors import Executor, check_workers, executor_for
 from emq.hashing import state_dict_digest, tensor_digest
@@ -69,9 +71,10 @@ def _build_meta(spec: EvalSpec, space: ConfigSpace, seed: int, sampler: str, con
     return {
         "schema_version": store.SCHEMA_VERSION,
         "kind": "ptq-build",
-        "model": spec.model,
+        "model": spec.model_name,
+        "user_module": not isinstance(spec.model, str),
         "weights_hash": state_dict_digest(target_for(spec).model),
-        "data": spec.data or "default",
+        "data": spec.data_name,
         "data_fingerprint": engine.data.fingerprint,
         "split_hashes": _split_digests(engine),
         "test_limit": spec.test_limit,
@@ -118,6 +121,14 @@ def _check_resume(path: Path, stored: Mapping[str, Any], wanted: Mapping[str, An
         raise EmqError(f"{path}: was built with different {', '.join(diff)}; resume with the original arguments or choose another --out")
 
 
+def _prepare_rounding(spec: EvalSpec, bits: Sequence[int], progress: bool) -> dict[str, Any]:
+    """Round every layer at every allowed bit-width once, in this process, before the workers
+    start (they then load it from the cache instead of each computing it)."""
+    engine = engine_for(spec)
+    seconds = engine.prepare_rounding(bits, progress)
+    return {**engine.rounding.describe(), "seconds": round(seconds, 2), "computed": engine.rounding.misses, "from_cache": engine.rounding.hits}
+
+
 def _run(executor: Executor, spec: EvalSpec, todo: list[tuple[int, str, str]], desc: str, progress: bool, write: Callable[[dict, int, str], None]) -> None:
     """Evaluate `todo` (idx, config, source) and hand each result to `write` as it arrives."""
     info = {cfg: (idx, src) for idx, cfg, src in todo}
@@ -130,7 +141,7 @@ def _run(executor: Executor, spec: EvalSpec, todo: list[tuple[int, str, str]], d
 @claimed  # creates `out` atomically and locks it before any model work
 def bench_build(
     out: Path | str,
-    model: str = "default",
+    model: str | nn.Module = "default",
     configs: int = 1000,
     seed: int = 0,
     workers: int = 1,
@@ -139,7 +150,7 @@ def bench_build(
     pinned: Mapping[int | str, int] | None = None,
     sampler: str = "stratified",
     user_configs: Sequence[Sequence[int] | str] = (),
-    data: str | None = None,
+    data: str | DataSplits | None = None,
     weights: Path | str | None = None,
     input_size: int | None = None,
     num_classes: int | None = None,
@@ -148,6 +159,7 @@ def bench_build(
     test_limit: int | None = None,
     progress: bool = True,
     executor: Executor | str | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Build (or resume) a bench file; returns `bench_info` of the finished file.
 
@@ -155,15 +167,23 @@ def bench_build(
     included. Each is calibrated on half `settings.calib_half` (default 0) of the calibration
     sources; the calibration test-retest re-evaluates `noise_samples` of them on the other
     half. `test_limit` evaluates on the first N test images only (smoke tests).
+
+    `model` is a name or your own nn.Module (labelled `name`, default its class name) and
+    `data` a `--data` string or a DataSplits; a user module needs its data. Reconstruction
+    rounding (GPTQ, AdaRound) is prepared once here, before any configuration, and cached.
     """
     out = Path(out)
-    if not isinstance(model, str):
-        raise ParameterError("model", type(model).__name__, "bench_build takes a model name ('default', 'resnet18', ...); benches of user modules are not supported yet")
+    if not isinstance(model, (str, nn.Module)):
+        raise ParameterError("model", type(model).__name__, "give a model name ('default', 'resnet18', ...) or an nn.Module")
+    if isinstance(model, nn.Module) and data is None:
+        raise ParameterError("data", None, "a user module needs its data: pass data= a DataSplits (or a --data string)")
+    if data is not None and not isinstance(data, (str, DataSplits)):
+        raise ParameterError("data", type(data).__name__, "give a DataSplits or a --data string ('default', 'fashion-mnist', a directory)")
     check_workers(workers)  # before any model work
     settings = settings or PTQSettings()
     if settings.calib_half is None:
         settings = replace(settings, calib_half=0)
-    spec = EvalSpec(model, data, str(weights) if weights else None, input_size, num_classes, settings, test_limit)
+    spec = EvalSpec(model, data, str(weights) if weights else None, input_size, num_classes, settings, test_limit, name)
     lm = engine_for(spec).layer_map
     space = ConfigSpace.for_layer_map(lm, bits, pinned, settings.act_bits)
     user = [config_text(space.validate(c, f"user configuration #{i + 1}")) for i, c in enumerate(user_configs)]
@@ -188,6 +208,7 @@ def bench_build(
         def write_repeat(res: dict, idx: int, source: str) -> None:
             store.insert_repeat(con, res["config"], res, noise_spec.settings.calib_seed)
 
+        rounding = {"build": _prepare_rounding(spec, space.bits, progress and bool(todo)), "retest": _prepare_rounding(noise_spec, space.bits, progress and bool(todo_rep))}
         with executor_for(executor, workers) as pool:
             t0 = time.perf_counter()
             _run(pool, spec, todo, "bench", progress, write_record)
@@ -199,7 +220,7 @@ def bench_build(
         entry = {"evaluated": len(todo) + len(todo_rep), "seconds": round(elapsed, 2), "workers": used_workers} if todo or todo_rep else None
         store.write_meta(con, {
             "reliability": rel, "retest_settings": noise_spec.settings.to_json(), "retest_configs": len(bench.repeats),
-            "default_metric": default_metric(rel),
+            "default_metric": default_metric(rel), "rounding": rounding,
         }, log_entry=entry)
     store.compact(out)
     return bench_info(out)

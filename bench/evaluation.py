@@ -11,9 +11,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from emq.data import DataSplits
+from emq.hashing import state_dict_digest
 from emq.quant import PTQEngine, PTQSettings
 from emq.specs import ParameterError
 from emq.target import Target, resolve_target
@@ -21,17 +23,42 @@ from emq.target import Target, resolve_target
 from .outcomes import encode
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EvalSpec:
-    """Everything a worker needs to rebuild the same engine (picklable, hashable)."""
+    """Everything a worker needs to rebuild the same engine (picklable, hashable).
 
-    model: str
-    data: str | None
+    `model` is a name or a user nn.Module and `data` a `--data` string or a DataSplits: a
+    process executor pickles them into each worker once. Specs compare by content (a module
+    by its class and weights digest, data by its fingerprint), so equal specs share engines.
+    """
+
+    model: str | nn.Module
+    data: str | DataSplits | None
     weights: str | None
     input_size: int | None
     num_classes: int | None
     settings: PTQSettings
     test_limit: int | None = None  # evaluate on the first N test images only (quick benches)
+    name: str | None = None  # label of a user module (default: its class name)
+
+    def __post_init__(self) -> None:
+        model = self.model if isinstance(self.model, str) else f"module:{type(self.model).__qualname__}:{state_dict_digest(self.model)}"
+        data = self.data if not isinstance(self.data, DataSplits) else f"splits:{self.data.name}:{self.data.fingerprint}:{len(self.data.test)}"
+        object.__setattr__(self, "target_key", (model, data, self.weights, self.input_size, self.num_classes, self.test_limit))
+
+    @property
+    def model_name(self) -> str:
+        return self.model if isinstance(self.model, str) else self.name or type(self.model).__name__
+
+    @property
+    def data_name(self) -> str:
+        return self.data.name if isinstance(self.data, DataSplits) else self.data or "default"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EvalSpec) and (self.target_key, self.settings) == (other.target_key, other.settings)
+
+    def __hash__(self) -> int:
+        return hash((self.target_key, self.settings))
 
     def with_calib_seed(self, seed: int) -> EvalSpec:
         return replace(self, settings=replace(self.settings, calib_seed=seed))
@@ -53,11 +80,12 @@ def limit_test(data: DataSplits, n: int) -> DataSplits:
 
 def target_for(spec: EvalSpec) -> Target:
     """This process's model, layer map and data for `spec` (shared by all its settings)."""
-    key = (spec.model, spec.data, spec.weights, spec.input_size, spec.num_classes, spec.test_limit)
+    key = spec.target_key
     target = _TARGETS.get(key)
     if target is None:
         target = resolve_target(
-            spec.model, spec.data, weights=Path(spec.weights) if spec.weights else None, num_classes=spec.num_classes, input_size=spec.input_size
+            spec.model, spec.data, weights=Path(spec.weights) if spec.weights else None, num_classes=spec.num_classes, input_size=spec.input_size,
+            name=spec.model_name,
         )
         if spec.test_limit is not None:
             target = replace(target, data=limit_test(target.require_data(), spec.test_limit))

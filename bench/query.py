@@ -14,7 +14,6 @@ import random
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -27,33 +26,13 @@ from emq.proxy import linear_cost
 from emq.specs import METRICS, ParameterError
 
 from . import store
+from .bundles import BUNDLES, resolve_bench_path
 from .outcomes import Outcomes, decode
 from .pools import TestPools
 from .space import ConfigSpace, config_text, is_heldout, parse_config
 
 SPLITS = ("all", "search", "heldout")
 ARRAY_METRICS = ("top1", "loss", "kl", "size_bytes", "bitops", "seconds")
-SHIPPED_BENCHES = {
-    "default": "default.sqlite",  # 1,000 uniform random configurations (MQ-Bench-101 style)
-    "stratified": "stratified.sqlite",  # 1,000 configurations spread evenly over model size
-}
-
-
-def shipped_bench_path(name: str = "default") -> Path:
-    """A bench shipped as package data of emq.bench: 'default' or 'stratified'."""
-    return Path(str(resources.files("emq.bench") / "data" / SHIPPED_BENCHES[name]))
-
-
-def resolve_bench_path(path: str | Path) -> Path:
-    """A file path, or the name of a shipped bench."""
-    if str(path) in SHIPPED_BENCHES:
-        p = shipped_bench_path(str(path))
-        if not p.is_file():
-            raise EmqError(f"the shipped bench {path!r} is missing from this installation; rebuild it (see README: `emq bench build`)")
-        return p
-    return Path(path)
-
-
 class Bench:
     """A bench in memory: configurations [N, S], metrics, metadata, EMQAPI queries."""
 
@@ -341,11 +320,38 @@ def bench_info(path: str | Path = "default") -> dict[str, Any]:
         "metrics": metrics,
         "trivial_baselines": trivial_baselines(b),
         "ptq_settings": meta.get("ptq_settings"),
+        "rounding": meta.get("rounding"),
+        "provenance": meta.get("provenance"),
+        "data": meta.get("data"),
         "weights_hash": meta.get("weights_hash"),
         "data_fingerprint": meta.get("data_fingerprint"),
         "versions": meta.get("versions"),
         "build_log": meta.get("build_log", []),
     }
+
+
+def bench_list() -> list[dict[str, Any]]:
+    """The shipped bundles: records, model, data, PTQ method, default metric and its reliability, size."""
+    from emq.models import EMBEDDED_MODELS
+    from emq.resources import asset_path
+
+    out = []
+    for bundle in BUNDLES.values():
+        row: dict[str, Any] = {"name": bundle.name, "summary": bundle.summary, "model": bundle.model, "installed": bundle.path.is_file()}
+        if row["installed"]:
+            b = Bench.open(bundle.path)
+            metric = b.default_metric
+            rel = b.reliability.get(metric) or {}
+            files = [bundle.path, bundle.stats_path, asset_path(EMBEDDED_MODELS[bundle.model].weights)]
+            row.update({
+                "records": len(b), "data": b.meta.get("data"), "ptq_method": (b.meta.get("ptq_settings") or {}).get("weight_quantizer", "mse"),
+                "default_metric": metric, "split_half_corrected": (rel.get("split_half") or {}).get("corrected"),
+                "combined_reliability": rel.get("combined"), "ceiling": rel.get("ceiling"),
+                "bundled_stats": bundle.stats_path is not None and bundle.stats_path.is_file(),
+                "megabytes": round(sum(f.stat().st_size for f in files if f is not None and f.is_file()) / 1e6, 2),
+            })
+        out.append(row)
+    return out
 
 
 def bench_export(path: str | Path, to: str = "csv", out: str | Path | None = None) -> Path:

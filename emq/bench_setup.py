@@ -8,17 +8,23 @@ command chose its own settings and they disagreed.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from .bench.bundles import bundle_of
 from .errors import EmqError
 from .hashing import state_dict_digest
 from .quant import PTQSettings
+from .search_space.netstats import NetworkStats, load_stats
 from .search_space.stats import StatsSettings
+from .specs import ParameterError
 from .target import Target, resolve_target
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,22 @@ class BenchSetup:
     ptq: PTQSettings
     stats: StatsSettings
     bits: tuple[int, ...]
+    stats_file: Path | None = None  # a shipped bundle's statistics, used when its data is not installed
+
+    def network_stats(self, progress: bool = True) -> NetworkStats:
+        """The bench model's statistics: computed (and cached) from the data, else the bundle's."""
+        from .search_space.stats import compute_stats
+
+        if self.target.data is not None:
+            return compute_stats(self.target, bits=self.bits, settings=self.stats, progress=progress)
+        if self.stats_file is None:
+            raise EmqError(f"model {self.target.name} has no data to compute its statistics on: pass --data")
+        ns = load_stats(self.stats_file)
+        if ns.meta.get("settings") != self.stats.to_json() or tuple(ns.bits) != self.bits:
+            raise EmqError(f"{self.stats_file}: the bundled statistics were computed with other settings or bits than the bench asks for; "
+                           "pass --data to compute them")
+        log.info("statistics of %s from the bundle (%s): its data is not installed", self.target.name, self.stats_file)
+        return ns
 
     @classmethod
     def of(
@@ -41,16 +63,23 @@ class BenchSetup:
     ) -> BenchSetup:
         """The setup of an opened `emq.bench.Bench`; `model`/`data` default to the bench's own."""
         meta = bench.meta
+        bundle = bundle_of(bench.path) if model is None and data is None else None
+        stats_file = bundle.stats_path if bundle is not None and bundle.stats_path is not None and bundle.stats_path.is_file() else None
         if isinstance(model, Target):
             target = model
         else:
-            target = resolve_target(
-                model if model is not None else meta.get("model", "default"), data if data is not None else meta.get("data"),
-                weights=weights, num_classes=num_classes, input_size=input_size, need_data=need_data,
-            )
+            name = model if model is not None else meta.get("model", "default")
+            where = data if data is not None else meta.get("data")
+            try:
+                target = resolve_target(name, where, weights=weights, num_classes=num_classes, input_size=input_size, need_data=need_data)
+            except ParameterError as e:
+                if stats_file is None or e.param != "data":
+                    raise
+                log.info("%s; using the bundle's statistics (whole-configuration proxies, allocation and verification need the data)", e)
+                target = resolve_target(name, None, weights=weights, num_classes=num_classes, input_size=input_size, need_data=False)
         check_target(bench, target)
         ptq = ptq_settings(bench)
-        return cls(target, ptq, stats_settings(bench, ptq), tuple(int(b) for b in bench.bits))
+        return cls(target, ptq, stats_settings(bench, ptq), tuple(int(b) for b in bench.bits), stats_file)
 
 
 def check_target(bench: Any, target: Target) -> None:

@@ -247,12 +247,17 @@ def cifar10_data(root: Path, calib_pool_size: int = 1024, seed: int = 0) -> Data
 
 
 def load_data(spec: str, input_size: int = 224) -> DataSplits:
-    """Resolve `--data`: `default`, a CIFAR-10 directory, or an ImageFolder directory."""
+    """Resolve `--data`: `default`, `fashion-mnist` / `mnist` (emq.mnist_data), a CIFAR-10
+    directory, or an ImageFolder directory."""
+    from .mnist_data import is_mnist_spec, load_mnist
+
     if spec == "default":
         return default_data()
+    if is_mnist_spec(spec):
+        return load_mnist(spec)
     root = Path(spec)
     if not root.is_dir():
-        raise ParameterError("data", spec, "no such directory (use 'default', an ImageFolder tree or a CIFAR-10 directory)")
+        raise ParameterError("data", spec, "no such directory (use 'default', 'fashion-mnist', 'mnist', an ImageFolder tree, a CIFAR-10 directory or a directory of MNIST-format idx files)")
     if (root / "cifar-10-batches-py").is_dir() or root.name == "cifar-10-batches-py":
         return cifar10_data(root.parent if root.name == "cifar-10-batches-py" else root)
     return image_folder_data(root, input_size=input_size)

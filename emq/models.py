@@ -6,13 +6,15 @@ weights file is given, which is loaded with `weights_only=True`.
 
 from __future__ import annotations
 
-from importlib import resources
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import EmqError
+from .resources import asset_path
 from .specs import ParameterError
 
 DEFAULT_WIDTH = 8
@@ -67,16 +69,115 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expansion, 3x3 depthwise, 1x1 linear projection (torchvision's names)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
+        layers += [
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.use_res = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        return x + out if self.use_res else out
+
+
+class TinyMobileNetV2(nn.Module):
+    """A MobileNetV2-style network for small images: inverted residuals and depthwise convolutions.
+
+    (expansion, channels, blocks, stride) per stage, as in the MobileNetV2 paper's table,
+    scaled to 24 px digits.
+    """
+
+    STAGES = ((1, 8, 1, 1), (4, 12, 2, 2), (4, 16, 2, 2), (4, 24, 1, 1))
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, stem: int = 8, last: int = 64) -> None:
+        super().__init__()
+        feats: list[nn.Module] = [nn.Sequential(nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6())]
+        cin = stem
+        for expand, cout, blocks, stride in self.STAGES:
+            for j in range(blocks):
+                feats.append(InvertedResidual(cin, cout, stride if j == 0 else 1, expand))
+                cin = cout
+        feats.append(nn.Sequential(nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6()))
+        self.features = nn.Sequential(*feats)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(last, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class TinyVGG(nn.Module):
+    """A plain VGG-style CNN: stacks of 3x3 conv + BN + ReLU with max pooling, two FC layers."""
+
+    CHANNELS = ((16, 16), (32, 32), (64, 64))
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, hidden: int = 64) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for stage in self.CHANNELS:
+            for cout in stage:
+                layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+                cin = cout
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(cin, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A small trained network shipped with emq: its architecture, weights file and data."""
+
+    build: Callable[[], nn.Module]
+    weights: str  # file in emq/assets
+    data: str  # the --data it was trained for
+    input_size: int
+    description: str
+    train: str  # the command that regenerates the weights
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "default": EmbeddedModel(lambda: CifarResNet(), DEFAULT_WEIGHTS, "default", 24, "ResNet-20, width 8, on the default digits task",
+                             "python scripts/train_model.py --model default"),
+    "mobilenetv2-digits": EmbeddedModel(lambda: TinyMobileNetV2(), "mobilenetv2_digits.pt", "default", 24,
+                                        "MobileNetV2-style (inverted residuals, depthwise convs) on the default digits task",
+                                        "python scripts/train_model.py --model mobilenetv2-digits"),
+    "vgg-digits": EmbeddedModel(lambda: TinyVGG(), "vgg_digits.pt", "default", 24, "plain VGG-style CNN (6 conv + 2 FC) on the default digits task",
+                                "python scripts/train_model.py --model vgg-digits"),
+    "resnet20-fashion": EmbeddedModel(lambda: CifarResNet(), "resnet20_fashion.pt", "fashion-mnist", 28, "ResNet-20, width 8, on Fashion-MNIST",
+                                      "python scripts/train_model.py --model resnet20-fashion"),
+}
+
+
+def embedded_model(name: str = "default", pretrained: bool = True) -> nn.Module:
+    """An embedded network by name (EMBEDDED_MODELS), with its shipped weights."""
+    spec = EMBEDDED_MODELS[name]
+    model = spec.build()
+    if pretrained:
+        path = asset_path(spec.weights)
+        if not path.is_file():
+            raise EmqError(f"the weights of embedded model {name!r} are missing; regenerate them with `{spec.train}`")
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
 def default_model(pretrained: bool = True) -> nn.Module:
     """The embedded default: a width-8 ResNet-20 trained on the default digits task."""
-    model = CifarResNet()
-    if pretrained:
-        ref = resources.files("emq") / "assets" / DEFAULT_WEIGHTS
-        if not ref.is_file():
-            raise EmqError("the default model's weights are missing; regenerate them with `python scripts/train_default.py`")
-        with resources.as_file(ref) as path:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model.eval()
+    return embedded_model("default", pretrained)
 
 
 def torchvision_names() -> list[str]:
@@ -159,13 +260,13 @@ def load_weights(model: nn.Module, path: Path) -> None:
 
 
 def build_model(name: str, num_classes: int | None = None, weights: Path | None = None) -> nn.Module:
-    """Build a model by name in eval mode: `default` or any torchvision classifier."""
+    """Build a model by name in eval mode: an embedded model (EMBEDDED_MODELS) or any torchvision classifier."""
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
         raise ParameterError("num_classes", num_classes, "a classifier needs an integer of at least 2 classes")
-    if name == "default":
+    if name in EMBEDDED_MODELS:
         if num_classes not in (None, 10):
-            raise EmqError("the default model has 10 classes; --num-classes does not apply to it")
-        model = default_model(pretrained=weights is None)
+            raise EmqError(f"the embedded model {name} has 10 classes; --num-classes does not apply to it")
+        model = embedded_model(name, pretrained=weights is None)
     else:
         import torchvision
 
@@ -173,7 +274,7 @@ def build_model(name: str, num_classes: int | None = None, weights: Path | None 
         if name not in names:
             close = [n for n in names if name.lower()[:4] in n][:8]
             hint = f" (did you mean: {', '.join(close)}?)" if close else ""
-            raise ParameterError("model", name, f"unknown model{hint}; use 'default' or a torchvision classifier name")
+            raise ParameterError("model", name, f"unknown model{hint}; use an embedded model ({', '.join(EMBEDDED_MODELS)}) or a torchvision classifier name")
         kwargs = {"num_classes": num_classes} if num_classes else {}
         if name.startswith("inception") or name.startswith("googlenet"):
             kwargs["aux_logits"] = False

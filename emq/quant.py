@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +34,9 @@ from .data import DEFAULT_CALIB_SIZE, DataSplits
 from .errors import EmqError
 from .layermap import QUANTIZABLE, LayerMap
 from .quantizers import CLIP_GRID as CLIP_GRID  # re-exported, as quantize_weight
-from .quantizers import check_quantizer_name, fake_quant, get_weight_quantizer
+from .quantizers import check_quantizer_name, fake_quant
 from .quantizers import quantize_weight as quantize_weight
+from .rounding import RoundedWeights
 from .specs import (
     DEFAULT_ACT_BITS,
     UNQUANTIZED_ACT_BITS,
@@ -55,6 +58,7 @@ class PTQSettings:
     batch_size: int = 1024
     weight_quantizer: str = "mse"  # a name of emq.quantizers.QUANTIZERS (benches built before it existed: "mse")
     calib_half: int | None = None  # draw calibration images from one half of the sources (benches: 0; their retest: 1)
+    quantizer_options: tuple[tuple[str, Any], ...] = ()  # the weight quantizer's options that differ from its defaults
 
     def __post_init__(self) -> None:
         if self.bn not in BN_MODES:
@@ -63,11 +67,25 @@ class PTQSettings:
         check_positive_int(self.calib_size, "calib_size")
         check_positive_int(self.batch_size, "batch_size")
         check_quantizer_name(self.weight_quantizer)
+        object.__setattr__(self, "quantizer_options", normalize_options(self.weight_quantizer, self.quantizer_options))
         if self.calib_half not in (None, 0, 1):
             raise ParameterError("calib_half", self.calib_half, "use 0 or 1 (one half of the calibration sources) or None (all of them)")
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "quantizer_options": dict(self.quantizer_options)}
+
+
+def normalize_options(method: str, options: Any) -> tuple[tuple[str, Any], ...]:
+    """Options as a sorted tuple of (name, value) that differ from the method's defaults (a dict,
+    pairs or a tuple are accepted), validated against the method: hashable, and equal settings
+    compare equal however they were written."""
+    from .quantizers import QUANTIZERS
+    from .quantizers.base import resolve_options
+
+    given = dict(options.items() if isinstance(options, Mapping) else (tuple(p) for p in options or ()))
+    defaults = QUANTIZERS[method].options
+    full = resolve_options(method, defaults, given)
+    return tuple(sorted((k, v) for k, v in full.items() if v != defaults[k]))
 
 
 def _bn_pairs(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
@@ -162,9 +180,11 @@ class _ActQuant:
 class PTQEngine:
     """Evaluates bit configurations of one model on one data set, reusing all it can."""
 
-    def __init__(self, model: nn.Module, layer_map: LayerMap, data: DataSplits, settings: PTQSettings | None = None, progress: bool = False) -> None:
+    def __init__(self, model: nn.Module, layer_map: LayerMap, data: DataSplits, settings: PTQSettings | None = None, progress: bool = False,
+                 cache_dir: str | Path | None = None) -> None:
         """`progress` shows tqdm bars (stderr) over calibration and test batches: one
-        evaluation of a large model on a large test set takes minutes."""
+        evaluation of a large model on a large test set takes minutes. `cache_dir` is the
+        cache root of reconstruction-rounded weights (emq.rounding)."""
         self.settings = settings or PTQSettings()
         self.progress = progress
         self.layer_map = layer_map
@@ -179,16 +199,33 @@ class PTQEngine:
         if not all(isinstance(m, QUANTIZABLE) for m in self.layers):
             raise EmqError("the layer map does not match the model (a mapped module is not Conv2d/Linear)")
         self.fp_weights = [m.weight.detach().clone() for m in self.layers]
+        self.calib = data.calibration(self.settings.calib_size, self.settings.calib_seed, self.settings.calib_half)
+        self.rounding = self._rounding(layer_map, cache_dir)
         self.bns = [m for m in self.work.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.bn_state = [copy.deepcopy(bn.state_dict()) for bn in self.bns]
         self.act = [_ActQuant() for _ in self.layers]
         for m, a in zip(self.layers, self.act):
             m.register_forward_pre_hook(a)
-        self.calib = data.calibration(self.settings.calib_size, self.settings.calib_seed, self.settings.calib_half)
-        self.weight_quantizer = get_weight_quantizer(self.settings.weight_quantizer)
-        self._qcache: dict[tuple[int, int], torch.Tensor] = {}
         self._fp_logits: list[torch.Tensor] | None = None
         self.cache_enabled = True
+
+    def _rounding(self, layer_map: LayerMap, cache_dir: str | Path | None) -> RoundedWeights:
+        """The rounded-weight source; reconstruction methods get a private full-precision copy
+        (this engine's layers change weights and quantize their inputs)."""
+        s = self.settings
+        names = [layer.name for layer in layer_map.layers]
+        options = dict(s.quantizer_options)
+        probe = RoundedWeights(self.work, self.layers, names, s.weight_quantizer, options, s.weight_symmetric, self.calib[0], s.batch_size, cache_dir, use_cache=False)
+        if not probe.quantizer.needs_inputs:
+            return probe
+        fp = copy.deepcopy(self.work)
+        mods = dict(fp.named_modules())
+        return RoundedWeights(fp, [mods[n] for n in names], names, s.weight_quantizer, options, s.weight_symmetric, self.calib[0], s.batch_size, cache_dir)
+
+    def prepare_rounding(self, bits: Sequence[int], progress: bool = False) -> float:
+        """Round every layer at every bit-width in `bits` now (reconstruction methods: the
+        bench's one-off preparation, written to the disk cache); seconds spent."""
+        return self.rounding.prepare(bits, progress)
 
     def layer_bits(self, bits: Sequence[int]) -> list[int]:
         """Expand a per-slot configuration to per-layer bit-widths."""
@@ -196,13 +233,9 @@ class PTQEngine:
 
     def quantized_weight(self, layer: int, bits: int) -> torch.Tensor:
         """Q_b(W) of one layer; computed once per (layer, bits) and reused."""
-        key = (layer, bits)
-        q = self._qcache.get(key) if self.cache_enabled else None
-        if q is None:
-            q = self.weight_quantizer.quantize(self.fp_weights[layer], bits, self.settings.weight_symmetric)
-            if self.cache_enabled:
-                self._qcache[key] = q
-        return q
+        if not self.cache_enabled:
+            return self.rounding.compute(layer, bits)
+        return self.rounding.get(layer, bits)
 
     def _forward_batches(self, x: torch.Tensor) -> torch.Tensor:
         bs = self.settings.batch_size

@@ -87,6 +87,7 @@ class ScoreReport:
     resamples: int
     stats_seconds: float
     proxies: list[ProxyScore]
+    skipped: dict[str, str] = field(default_factory=dict)  # proxy -> why it was not scored
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +101,7 @@ class ScoreReport:
             "resamples": self.resamples,
             "stats_seconds": self.stats_seconds,
             "proxies": [p.to_json() for p in self.proxies],
+            "skipped": self.skipped,
         }
 
     def to_markdown(self) -> str:
@@ -121,6 +123,8 @@ class ScoreReport:
             f"ceiling {ceiling}: sqrt of the report pool's reliability (test split-half and calibration retest combined), about the best a perfect predictor reaches.",
             f"Δ: paired difference to the best hand-made proxy chosen on search x fit ({self.best_handmade or 'none'}); a proxy beats it only where the interval excludes 0.",
         ]
+        if self.skipped:
+            lines.append("not scored: " + "; ".join(f"{n} ({why})" for n, why in self.skipped.items()) + ".")
         if self.stats_seconds:
             lines.append(f"statistics for separable proxies: {self.stats_seconds:.1f} s once")
         return "\n".join(lines)
@@ -274,10 +278,17 @@ def score(
     stats_seconds = 0.0
     if stats is None and any(p.separable for p in instances):
         t0 = time.perf_counter()
-        from .search_space.stats import compute_stats
-
-        stats = compute_stats(target, bits=setup.bits, settings=setup.stats)
+        stats = setup.network_stats(progress)
         stats_seconds = time.perf_counter() - t0
+    skipped = {}
+    if target.data is None:  # a bundle without its data: whole-configuration proxies quantize the model on it
+        skipped = {p.name: "needs the bench's data (it quantizes the model on it); install the data or pass --data" for p in instances if not p.separable}
+        for name, reason in skipped.items():
+            log.warning("not scoring %s: %s", name, reason)
+        keep = [i for i, p in enumerate(instances) if p.separable]
+        instances, kinds = [instances[i] for i in keep], [kinds[i] for i in keep]
+        if not instances:
+            raise EmqError(f"bench {b.path}: its data is not installed, and every proxy asked for ({', '.join(skipped)}) needs it; install the data or pass --data")
     ctx = ProxyContext(target, tuple(b.bits), settings, stats)
     whole_ctx = ProxyContext(target, tuple(b.bits), settings)  # without statistics: what executors ship to workers
     search, heldout = cells.ok & ~b.heldout, cells.ok & b.heldout
@@ -307,7 +318,7 @@ def score(
                 p.paired = cells.paired(p, best)
     rel = b.reliability.get(metric) if b.pools is not None else None
     return ScoreReport(str(b.path), target.name, metric, b.ceiling.get(metric), rel, b.pools.summary() if b.pools is not None else None,
-                       best.name if best else None, resamples, stats_seconds, results)
+                       best.name if best else None, resamples, stats_seconds, results, skipped)
 
 
 # ------------------------------------------------------------------------------ output

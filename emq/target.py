@@ -10,7 +10,7 @@ from torch import nn
 from .data import DataSplits, load_data
 from .errors import EmqError
 from .layermap import LayerMap, build_layer_map
-from .models import build_model, check_channels
+from .models import EMBEDDED_MODELS, build_model, check_channels
 from .specs import check_positive_int
 
 
@@ -44,8 +44,9 @@ def resolve_target(
     """
     if input_size is not None:
         check_positive_int(input_size, "input_size")
-    if data is None and model == "default":
-        data = "default"
+    embedded = EMBEDDED_MODELS.get(model) if isinstance(model, str) else None
+    if data is None and embedded is not None:
+        data = embedded.data
     splits: DataSplits | None = None
     if isinstance(data, DataSplits):
         splits = data
@@ -54,9 +55,9 @@ def resolve_target(
     if isinstance(model, nn.Module):
         net, label = model, name or type(model).__name__  # the caller's module, mode untouched: engines work on copies
     else:
-        classes = num_classes if num_classes is not None else (splits.num_classes if splits is not None and model != "default" else None)
+        classes = num_classes if num_classes is not None else (splits.num_classes if splits is not None and embedded is None else None)
         net, label = build_model(model, num_classes=classes, weights=weights), model
-    size = input_size or (splits.input_size if splits is not None else (24 if label == "default" else 224))
+    size = input_size or (splits.input_size if splits is not None else (embedded.input_size if embedded is not None else 224))
     in_ch = splits.in_channels if splits is not None else None
     if splits is not None:
         check_channels(net, label, splits.in_channels, splits.name)  # before tracing, which would fail on the shapes

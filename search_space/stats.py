@@ -54,6 +54,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,12 +63,13 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from tqdm import tqdm
 
-from emq.data import DataSplits
+from emq.data import DEFAULT_CALIB_SIZE, DataSplits
 from emq.errors import EmqError
 from emq.hashing import state_dict_digest, tensor_digest
 from emq.layermap import QUANTIZABLE, LayerMap
-from emq.quant import PTQSettings
-from emq.quantizers import check_quantizer_name, fake_quant, get_weight_quantizer
+from emq.quant import PTQSettings, normalize_options
+from emq.quantizers import check_quantizer_name, fake_quant
+from emq.rounding import RoundedWeights
 from emq.specs import (
     DEFAULT_ACT_BITS,
     DEFAULT_BITS,
@@ -113,6 +115,12 @@ class StatsSettings:
     act_cap: int = 64  # samples of A, Y, GY, AE stored per layer
     negative_trace: str = "clamp"
     weight_quantizer: str = "mse"  # must be the PTQ engine's (see from_ptq): Q_b(W) is what it deploys
+    quantizer_options: tuple[tuple[str, Any], ...] = ()
+    # reconstruction rounding (GPTQ, AdaRound) uses the PTQ engine's calibration draw, so the
+    # statistics' Q_b(W) are the very weights the engine deploys (and share its rounding cache)
+    rounding_calib_size: int = DEFAULT_CALIB_SIZE
+    rounding_calib_seed: int = 0
+    rounding_calib_half: int | None = None
 
     def __post_init__(self) -> None:
         positive = ("calib_size", "batch_size", "hessian_images", "hessian_batch_size", "hessian_min_probes", "hessian_max_probes", "act_cap")
@@ -127,14 +135,18 @@ class StatsSettings:
         if self.negative_trace not in NEGATIVE_TRACE_POLICIES:
             raise EmqError(f"stats setting negative_trace={self.negative_trace!r}: use one of {', '.join(NEGATIVE_TRACE_POLICIES)}")
         check_quantizer_name(self.weight_quantizer)
+        object.__setattr__(self, "quantizer_options", normalize_options(self.weight_quantizer, self.quantizer_options))
 
     @classmethod
     def from_ptq(cls, ptq: PTQSettings, **overrides) -> StatsSettings:
-        """Settings whose quantizers match a PTQ configuration (activation bits, weight rounding, symmetry)."""
-        return cls(act_bits=ptq.act_bits, weight_symmetric=ptq.weight_symmetric, weight_quantizer=ptq.weight_quantizer, **overrides)
+        """Settings whose quantizers match a PTQ configuration (activation bits, weight rounding
+        and its options and calibration draw, symmetry)."""
+        return cls(act_bits=ptq.act_bits, weight_symmetric=ptq.weight_symmetric, weight_quantizer=ptq.weight_quantizer,
+                   quantizer_options=ptq.quantizer_options, rounding_calib_size=ptq.calib_size, rounding_calib_seed=ptq.calib_seed,
+                   rounding_calib_half=ptq.calib_half, **overrides)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "quantizer_options": dict(self.quantizer_options)}
 
 
 def default_cache_dir(cache_dir: str | Path | None = None) -> Path:
@@ -323,7 +335,8 @@ def _convergence(hutch: HutchinsonResult, eig: PowerIterationResult | None, s: S
     return {"trace": trace, "eig": eigs}
 
 
-def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Tensor, bits: tuple[int, ...], s: StatsSettings, progress: bool = True) -> NetworkStats:
+def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Tensor, bits: tuple[int, ...], s: StatsSettings, progress: bool = True,
+             rounding_x: torch.Tensor | None = None, cache_dir: str | Path | None = None) -> NetworkStats:
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -362,8 +375,9 @@ def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Te
     trace = _apply_trace_policy(hutch.trace, names, s.negative_trace)
 
     weights = [_f32(m.weight) for m in layers]
-    rounding = get_weight_quantizer(s.weight_quantizer)
-    quant = [torch.stack([rounding.quantize(w, b, s.weight_symmetric) for b in bits]) for w in weights]
+    rounding = RoundedWeights(work, layers, names, s.weight_quantizer, dict(s.quantizer_options), s.weight_symmetric,
+                              rounding_x if rounding_x is not None else x, s.batch_size, cache_dir)
+    quant = [torch.stack([_f32(rounding.get(i, b)) for b in bits]) for i in range(len(layers))]
     lap("weight_noise")
     act_noise = []
     for i, a in enumerate(act["A"]):
@@ -519,7 +533,8 @@ def compute_stats(
                 return cached
             except EmqError as e:
                 log.warning("ignoring the statistics cache entry: %s", e)
-    result = _compute(model, layer_map, x, y, bits, s, progress)
+    rounding_x = data.calibration(s.rounding_calib_size, s.rounding_calib_seed, s.rounding_calib_half)[0] if isinstance(data, DataSplits) else x
+    result = _compute(model, layer_map, x, y, bits, s, progress, rounding_x, cache_dir)
     if path is not None:
         save_stats(result, path)
         result.meta["cache"] = {"key": path.stem, "path": str(path), "hit": False}

@@ -99,7 +99,7 @@ CASES = [
     (["layers", "--input-size=-3"], "--input-size -3: must be an integer >= 1"),
     (["layers", "--input-size", "0"], "--input-size 0: must be an integer >= 1"),
     (["layers", "--input-size", "abc"], "invalid int value"),
-    (["layers", "--num-classes", "5"], "the default model has 10 classes"),
+    (["layers", "--num-classes", "5"], "the embedded model default has 10 classes"),
     (["layers", "--model", "resnet18", "--num-classes", "0"], "--num-classes 0: a classifier needs"),
     (["layers", "--model", "resnet18", "--num-classes", "-1"], "--num-classes -1: a classifier needs"),
     (["layers", "--weights", "{F}/missing.pt"], "--weights {F}/missing.pt: no such file"),

@@ -109,3 +109,16 @@ def test_existing_output_is_not_overwritten(tmp_path):
     with pytest.raises(EmqError, match="the file exists"):
         bench_import(src, "mqbench101-pickle", out)
     assert out.read_text() == "keep me"
+
+
+def test_import_records_mqbench101_provenance_and_completeness(tmp_path, caplog):
+    src = tmp_path / "mq.pkl"
+    src.write_bytes(pickle.dumps(_entries(425, seed=1)))
+    full = bench_import(src, "mqbench101-pickle", tmp_path / "full.sqlite")
+    prov = full["provenance"]
+    assert full["records"] == 425 and prov["complete"] and prov["configurations"] == 425
+    assert prov["ptq"]["method"].startswith("AdaRound") and prov["ptq"]["iterations"] == 20000 and prov["ptq"]["calibration_images"] == 1024
+    assert "ResNet-18" in prov["network"] and "ImageNet" in prov["data"]
+    src.write_bytes(pickle.dumps(_entries(12)))
+    part = bench_import(src, "mqbench101-pickle", tmp_path / "part.sqlite")
+    assert not part["provenance"]["complete"] and "425" in caplog.text

@@ -41,17 +41,21 @@ def test_demo_end_to_end(tmp_path, capsys):
         assert avg <= BUDGET + 1e-9 and a["avg_bits"] == pytest.approx(avg, abs=1e-12)
         assert a["size_bytes"] == pytest.approx(float(lm.size_bytes(bits[None])[0]))
 
-    # configurations the bench holds are re-measured exactly (PTQ is deterministic), the
+    # configurations the bench holds are re-measured to within two test images (PTQ is
+    # deterministic on one machine; another CPU's float reductions can flip an image), the
     # oracle is the best bench configuration in budget, and FP accuracy is the bench's
+    two_images = 2 * 100.0 / bench.per_image("top1").shape[1]
+
     def recorded(bits):
         (row,) = np.flatnonzero((configs == np.array(bits)).all(1))
         return metrics["top1"][row]
 
     assert methods["uniform 3-bit"]["bits"] == [3] * lm.num_slots
-    assert methods["uniform 3-bit"]["top1"] == recorded(methods["uniform 3-bit"]["bits"])
+    assert methods["uniform 3-bit"]["top1"] == pytest.approx(recorded(methods["uniform 3-bit"]["bits"]), abs=two_images)
     inside = configs @ lm.params / lm.params.sum() <= BUDGET + 1e-9
     oracle = methods["best bench config (oracle)"]
-    assert oracle["top1"] == recorded(oracle["bits"]) == metrics["top1"][inside].max()
+    assert recorded(oracle["bits"]) == metrics["top1"][inside].max()
+    assert oracle["top1"] == pytest.approx(recorded(oracle["bits"]), abs=two_images)
     assert s["bench_configs_in_budget"] == int(inside.sum())
     assert s["fp_top1"] == bench.meta["fp_reference"]["top1"]
 

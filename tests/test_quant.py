@@ -147,7 +147,7 @@ def test_weight_cache_reused():
     first = engine.quantized_weight(0, 2)
     engine.evaluate([2, 4, 4])
     assert engine.quantized_weight(0, 2) is first
-    assert len(engine._qcache) == 4
+    assert len(engine.rounding._mem) == 4
 
 
 def test_default_model_uniform_bits_ordered():
@@ -203,8 +203,8 @@ def test_registered_quantizer_is_what_the_engine_deploys(toy_quantizer):
 def test_weight_quantizer_setting_is_validated_and_old_settings_load():
     from emq.specs import ParameterError
 
-    with pytest.raises(ParameterError, match=r"weight_quantizer='adaround'.*use one of mse"):
-        PTQSettings(weight_quantizer="adaround")
+    with pytest.raises(ParameterError, match=r"weight_quantizer='nonesuch'.*use one of"):
+        PTQSettings(weight_quantizer="nonesuch")
     stored = {"act_bits": 8, "weight_symmetric": False, "bn": "reestimate", "calib_size": 512, "calib_seed": 0, "batch_size": 1024}
     assert PTQSettings(**stored).weight_quantizer == "mse"  # a bench built before the field existed
 

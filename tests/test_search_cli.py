@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from emq.bench.query import shipped_bench_path
+from emq.bench.bundles import shipped_bench_path
 from emq.cli.main import main
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..bench import bench_build, bench_export, bench_import, bench_info
+from ..bench import bench_build, bench_export, bench_import, bench_info, bench_list
 from ..bench.importer import FORMATS
 from ..bench.sampling import SAMPLERS
 from ..errors import EmqError
@@ -43,7 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--json", action="store_true", help="print the finished bench's info as one JSON object")
     b.set_defaults(func=run_build)
 
-    i = bsub.add_parser("info", help="summarise a bench file (or 'default')")
+    ls = bsub.add_parser("list", help="the benches shipped with emq (bundles): records, model, data, PTQ method, reliability")
+    ls.add_argument("--json", action="store_true", help="print one JSON list")
+    ls.set_defaults(func=run_list)
+
+    i = bsub.add_parser("info", help="summarise a bench file (or a shipped bench's name)")
     i.add_argument("bench", help="bench file or 'default'")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.set_defaults(func=run_info)
@@ -85,6 +89,19 @@ def _configs_file(path: Path | None) -> list[str]:
     return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
 
 
+def run_list(args: argparse.Namespace) -> int:
+    rows = bench_list()
+    if args.json:
+        emit_json(rows)
+        return 0
+    table = [[r["name"], r.get("records", "missing"), r["model"], r.get("data", ""), r.get("ptq_method", ""), r.get("default_metric", ""),
+              _f(r.get("split_half_corrected")), _f(r.get("combined_reliability")), ("bundled" if r.get("bundled_stats") else "from data") if r["installed"] else "", r.get("megabytes", "")]
+             for r in rows]
+    print(markdown_table(["bench", "records", "model", "data", "PTQ", "default metric", "split-half (corr.)", "combined reliability", "statistics", "MB"], table))
+    print("use a name wherever a bench file goes, e.g. `emq score --bench vgg-digits`; `emq bench info NAME` for details")
+    return 0
+
+
 def _f(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
@@ -105,6 +122,16 @@ def _print_info(info: dict) -> None:
         print("reliability on the report pool (split-half by source, Spearman-Brown corrected; calibration retest on disjoint calibration sources):")
         print(markdown_table(["metric", "split-half", "corrected", "calib. retest", "combined", "ceiling = sqrt(combined)"], rel_rows))
     print(f"default metric {info['default_metric']}")
+    rounding = (info.get("rounding") or {}).get("build")
+    if rounding:
+        opts = ", ".join(f"{k} {v}" for k, v in rounding["options"].items()) or "no options"
+        print(f"weight rounding {rounding['method']} ({opts}): prepared in {rounding['seconds']} s, {rounding['computed']} (layer, bits) computed, {rounding['from_cache']} from the cache")
+    prov = info.get("provenance")
+    if prov:
+        ptq = prov["ptq"]
+        print(f"provenance: {prov['bench']}, {prov['network']}; {prov['data']}; {ptq['method']}, {ptq['iterations']} iterations, "
+              f"{ptq['calibration_images']} calibration images, {ptq['act_bits']}-bit activations; "
+              f"{'complete' if prov['complete'] else 'INCOMPLETE'} ({info['records']} of {prov['configurations']} configurations)")
     base = info.get("trivial_baselines") or {}
     if base:
         print("trivial baselines (oriented Spearman): " + "; ".join(f"{p}: " + ", ".join(f"{m} {v:.3f}" for m, v in r.items() if v is not None) for p, r in base.items()))

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import EmqError
 from ..quant import PTQSettings
+from ..quantizers import QUANTIZERS
 from ..specs import parse_config
 from ..tables import markdown_table
 
@@ -30,7 +31,8 @@ def add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
 
 # PTQ flag -> PTQSettings field. The flags default to None so that `ptq_overrides` can tell
 # what the user typed (a bench's settings may only be repeated, not contradicted).
-PTQ_FLAGS = {"act_bits": "act_bits", "bn": "bn", "symmetric": "weight_symmetric", "calib_size": "calib_size", "calib_seed": "calib_seed"}
+PTQ_FLAGS = {"act_bits": "act_bits", "bn": "bn", "symmetric": "weight_symmetric", "calib_size": "calib_size", "calib_seed": "calib_seed",
+             "weight_quantizer": "weight_quantizer", "quantizer_option": "quantizer_options"}
 
 
 def add_ptq_args(p: argparse.ArgumentParser) -> None:
@@ -40,11 +42,20 @@ def add_ptq_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symmetric", action="store_true", default=None, help="symmetric weight quantization (default: asymmetric)")
     p.add_argument("--calib-size", type=int, help=f"calibration images (default {d.calib_size})")
     p.add_argument("--calib-seed", type=int, help=f"seed of the calibration draw (default {d.calib_seed})")
+    p.add_argument("--weight-quantizer", help=f"weight rounding method: {', '.join(QUANTIZERS)} (default {d.weight_quantizer}); gptq/adaround reconstruct each layer and are cached per (layer, bits)")
+    p.add_argument("--quantizer-option", action="append", type=_option, metavar="KEY=VALUE", help="an option of the weight quantizer, e.g. iters=20000 for adaround; repeatable")
+
+
+def _option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: use KEY=VALUE, e.g. iters=20000")
+    return key.strip(), value.strip()
 
 
 def ptq_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The PTQSettings fields the user set with flags (nothing for flags left out)."""
-    return {field: getattr(args, dest) for dest, field in PTQ_FLAGS.items() if getattr(args, dest, None) is not None}
+    return {field: (dict(v) if field == "quantizer_options" else v) for dest, field in PTQ_FLAGS.items() if (v := getattr(args, dest, None)) is not None}
 
 
 def ptq_settings(args: argparse.Namespace) -> PTQSettings:

@@ -217,8 +217,7 @@ def _statistics(bench: Any, model: Any, data: FitnessData) -> NetworkStats:
         return compute_stats(model if isinstance(model, Target) else resolve_target(model), bits=data.bits)
     from ..bench_setup import BenchSetup
 
-    setup = BenchSetup.of(bench, model)
-    return compute_stats(setup.target, bits=data.bits, settings=setup.stats)
+    return BenchSetup.of(bench, model).network_stats()
 
 
 def _ridge_reference(data: FitnessData) -> dict[str, Any] | None:

@@ -1,0 +1,70 @@
+"""The benches shipped with emq, as bundles: the bench SQLite, the model's weights (an
+embedded model, emq/assets) and, for benches whose data does not ship with a package, the
+model's statistics, so `emq search` and `emq score --bench NAME` run with no data set
+installed. Building, allocating and verifying need the data.
+
+Adding a bundle is one entry here plus its files (see the README's build commands).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from emq.errors import EmqError
+
+
+@dataclass(frozen=True)
+class Bundle:
+    name: str
+    file: str  # the bench, in emq/bench/data
+    model: str  # an embedded model (emq.models.EMBEDDED_MODELS): its weights ship in emq/assets
+    stats: str | None  # statistics file in emq/bench/data (None: the data ships, statistics are computed)
+    summary: str
+
+    @property
+    def path(self) -> Path:
+        return _data_file(self.file)
+
+    @property
+    def stats_path(self) -> Path | None:
+        return _data_file(self.stats) if self.stats else None
+
+
+def _data_file(name: str) -> Path:
+    return Path(str(resources.files("emq.bench") / "data" / name))
+
+
+BUNDLES: dict[str, Bundle] = {b.name: b for b in (
+    Bundle("default", "default.sqlite", "default", None, "1,000 uniform random configurations (MQ-Bench-101 style), MSE-clipped rounding"),
+    Bundle("stratified", "stratified.sqlite", "default", None, "1,000 configurations spread evenly over model size, MSE-clipped rounding"),
+    Bundle("vgg-digits", "vgg-digits.sqlite", "vgg-digits", "vgg-digits.stats.pt", "plain VGG-style CNN on the default task, GPTQ rounding"),
+    Bundle("mobilenetv2-digits", "mobilenetv2-digits.sqlite", "mobilenetv2-digits", "mobilenetv2-digits.stats.pt",
+           "MobileNetV2-style network (inverted residuals, depthwise convs) on the default task, GPTQ rounding"),
+    Bundle("resnet20-fashion", "resnet20-fashion.sqlite", "resnet20-fashion", "resnet20-fashion.stats.pt", "ResNet-20 on Fashion-MNIST (real images), GPTQ rounding"),
+)}
+
+
+def shipped_bench_path(name: str = "default") -> Path:
+    """The bench file of a shipped bundle."""
+    return BUNDLES[name].path
+
+
+def resolve_bench_path(path: str | Path) -> Path:
+    """A file path, or the name of a shipped bundle."""
+    if str(path) in BUNDLES:
+        p = shipped_bench_path(str(path))
+        if not p.is_file():
+            raise EmqError(f"the shipped bench {path!r} is missing from this installation; rebuild it (see README: `emq bench build`)")
+        return p
+    return Path(path)
+
+
+def bundle_of(path: str | Path) -> Bundle | None:
+    """The bundle whose bench file `path` is, else None."""
+    try:
+        resolved = Path(path).resolve()
+    except OSError:
+        return None
+    return next((b for b in BUNDLES.values() if b.path.resolve() == resolved), None)
