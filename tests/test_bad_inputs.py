@@ -89,6 +89,14 @@ def _listing(root) -> set[str]:
 
 
 CASES = [
+    # weight rounding methods and MNIST-format data (bench suite)
+    (["quantize", "--bits", B20, "--weight-quantizer", "nonesuch"], "unknown weight quantizer; use one of mse"),
+    (["quantize", "--bits", B20, "--weight-quantizer", "adaround", "--quantizer-option", "itres=5"], "has no option 'itres'"),
+    (["quantize", "--bits", B20, "--weight-quantizer", "adaround", "--quantizer-option", "iters"], "use KEY=VALUE"),
+    (["quantize", "--bits", B20, "--weight-quantizer", "gptq", "--quantizer-option", "damp=lots"], "must be a float"),
+    (["quantize", "--bits", B20, "--weight-quantizer", "gptq", "--quantizer-option", "damp=-1"], "must not be negative"),
+    (["quantize", "--model", "resnet20-fashion", "--bits", B20, "--data", "fashion-mnist:{F}"], "no MNIST-format idx files"),
+    (["bench", "list", "--frobnicate"], "unrecognized arguments"),
     # top level
     ([], "required: COMMAND"),
     (["nosuch"], "invalid choice"),

@@ -21,12 +21,13 @@ MIN_SPLIT = 3  # configurations a bench split needs for a rank correlation
 
 
 def add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
-    p.add_argument("--model", default="default", help="'default' (embedded) or a torchvision classifier name (default: default)")
+    p.add_argument("--model", default="default", help="an embedded model (default, mobilenetv2-digits, vgg-digits, resnet20-fashion) or a torchvision classifier name (default: default)")
     p.add_argument("--weights", type=Path, help="local weights file (state dict), loaded with weights_only=True")
     p.add_argument("--num-classes", type=int, help="number of classes of a torchvision model (default: the data's)")
-    p.add_argument("--input-size", type=int, help="input resolution (default: 24 for default, 224 for torchvision, 32 for CIFAR-10)")
+    p.add_argument("--input-size", type=int, help="input resolution (default: the data's; 224 for torchvision models without data)")
     if data:
-        p.add_argument("--data", help="'default', an ImageFolder directory or a CIFAR-10 directory (default: the model's own: 'default' for the default model)")
+        p.add_argument("--data", help="'default', 'fashion-mnist' / 'mnist' (idx files found on disk, e.g. Debian's dataset-fashion-mnist), NAME:DIR, "
+                                      "a directory of idx files, an ImageFolder or a CIFAR-10 directory (default: an embedded model's own)")
 
 
 # PTQ flag -> PTQSettings field. The flags default to None so that `ptq_overrides` can tell

@@ -1,0 +1,50 @@
+"""Write the statistics of shipped benches into their bundles (emq/bench/data/NAME.stats.pt),
+so `emq search` / `emq score --bench NAME` run where the bench's data is not installed.
+
+    python scripts/bundle_stats.py [NAME ...]   (default: every bundle that ships statistics)
+
+Needs the bench's data (e.g. `apt-get install dataset-fashion-mnist` for resnet20-fashion).
+The statistics are computed with the bench's own settings, exactly as `emq score` would;
+`--act-cap` (stored activation samples per layer, default 8: proxies use 4) is first written
+into the bench's `stats_settings`, so a run that has the data computes the same statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from contextlib import closing
+
+from emq.bench import Bench, store
+from emq.bench.bundles import BUNDLES
+from emq.bench_setup import BenchSetup, ptq_settings
+from emq.search_space.netstats import save_stats
+from emq.search_space.stats import StatsSettings, compute_stats
+
+log = logging.getLogger("bundle_stats")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("names", nargs="*", default=[n for n, b in BUNDLES.items() if b.stats])
+    ap.add_argument("--act-cap", type=int, default=8, help="activation samples stored per layer (keeps a bundle small; default 8)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in args.names:
+        bundle = BUNDLES[name]
+        if bundle.stats_path is None:
+            raise SystemExit(f"bundle {name} ships no statistics (its data ships with emq)")
+        bench = Bench.open(bundle.path)
+        settings = StatsSettings.from_ptq(ptq_settings(bench), act_cap=args.act_cap)
+        with closing(store.connect(bundle.path)) as con:
+            store.write_meta(con, {"stats_settings": settings.to_json()})
+        bench = Bench.open(bundle.path)
+        setup = BenchSetup.of(bench, bench.meta["model"], bench.meta["data"])  # with the data: never the bundle's own file
+        ns = compute_stats(setup.target, bits=setup.bits, settings=setup.stats)
+        ns.meta.pop("cache", None)  # this machine's cache path means nothing in a bundle
+        save_stats(ns, bundle.stats_path)
+        log.info("%s: wrote %s (%.1f MB)", name, bundle.stats_path, bundle.stats_path.stat().st_size / 1e6)
+
+
+if __name__ == "__main__":
+    main()
