@@ -141,9 +141,10 @@ class StatsSettings:
     def from_ptq(cls, ptq: PTQSettings, **overrides) -> StatsSettings:
         """Settings whose quantizers match a PTQ configuration (activation bits, weight rounding
         and its options and calibration draw, symmetry)."""
-        return cls(act_bits=ptq.act_bits, weight_symmetric=ptq.weight_symmetric, weight_quantizer=ptq.weight_quantizer,
-                   quantizer_options=ptq.quantizer_options, rounding_calib_size=ptq.calib_size, rounding_calib_seed=ptq.calib_seed,
-                   rounding_calib_half=ptq.calib_half, **overrides)
+        matched = {"act_bits": ptq.act_bits, "weight_symmetric": ptq.weight_symmetric, "weight_quantizer": ptq.weight_quantizer,
+                   "quantizer_options": ptq.quantizer_options, "rounding_calib_size": ptq.calib_size, "rounding_calib_seed": ptq.calib_seed,
+                   "rounding_calib_half": ptq.calib_half}
+        return cls(**{**matched, **overrides})
 
     def to_json(self) -> dict:
         return {**asdict(self), "quantizer_options": dict(self.quantizer_options)}
