@@ -59,6 +59,7 @@ class PTQSettings:
     weight_quantizer: str = "mse"  # a name of emq.quantizers.QUANTIZERS (benches built before it existed: "mse")
     calib_half: int | None = None  # draw calibration images from one half of the sources (benches: 0; their retest: 1)
     quantizer_options: tuple[tuple[str, Any], ...] = ()  # the weight quantizer's options that differ from its defaults
+    bias_correction: bool = False  # subtract each layer's mean output shift E[(Q_b(W) - W) x] on calibration data from its bias
 
     def __post_init__(self) -> None:
         if self.bn not in BN_MODES:
@@ -201,6 +202,7 @@ class PTQEngine:
         self.fp_weights = [m.weight.detach().clone() for m in self.layers]
         self.calib = data.calibration(self.settings.calib_size, self.settings.calib_seed, self.settings.calib_half)
         self.rounding = self._rounding(layer_map, cache_dir)
+        self.fp_biases = self._bias_setup()
         self.bns = [m for m in self.work.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.bn_state = [copy.deepcopy(bn.state_dict()) for bn in self.bns]
         self.act = [_ActQuant() for _ in self.layers]
@@ -216,7 +218,7 @@ class PTQEngine:
         names = [layer.name for layer in layer_map.layers]
         options = dict(s.quantizer_options)
         probe = RoundedWeights(self.work, self.layers, names, s.weight_quantizer, options, s.weight_symmetric, self.calib[0], s.batch_size, cache_dir, use_cache=False)
-        if not probe.quantizer.needs_inputs:
+        if not (probe.quantizer.needs_inputs or s.bias_correction):
             return probe
         fp = copy.deepcopy(self.work)
         mods = dict(fp.named_modules())
@@ -246,6 +248,21 @@ class PTQEngine:
         for i, m in enumerate(self.layers):
             w = self.fp_weights[i] if layer_bits is None else self.quantized_weight(i, layer_bits[i])
             m.weight.data.copy_(w)
+            if self.fp_biases is not None:
+                shift = 0.0 if layer_bits is None else self.rounding.output_shift(i, layer_bits[i], self.quantized_weight(i, layer_bits[i]))
+                m.bias.data.copy_(self.fp_biases[i] - shift)
+
+    def _bias_setup(self) -> list[torch.Tensor] | None:
+        """Full-precision biases for bias correction (zero biases added where a layer has none;
+        before BatchNorm re-estimation they cancel, so correction matters for the other layers)."""
+        if not self.settings.bias_correction:
+            return None
+        out = []
+        for m in self.layers:
+            if m.bias is None:
+                m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], dtype=m.weight.dtype, device=m.weight.device), requires_grad=False)
+            out.append(m.bias.detach().clone())
+        return out
 
     def _prepare_bn_and_acts(self, quant_acts: bool) -> None:
         """Re-estimate BatchNorm (if configured) and calibrate activation ranges in one pass."""

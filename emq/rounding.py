@@ -89,6 +89,8 @@ class RoundedWeights:
         self.use_cache = use_cache and self.quantizer.needs_inputs
         self._mem: dict[tuple[int, int], torch.Tensor] = {}
         self._inputs: list[torch.Tensor] | None = None
+        self._means: list[torch.Tensor] | None = None
+        self._shifts: dict[tuple[int, int], torch.Tensor] = {}
         self._base_key: str | None = None
         self.seconds = 0.0  # spent computing (not loading) rounded weights
         self.hits = self.misses = 0
@@ -141,6 +143,20 @@ class RoundedWeights:
         except (OSError, EmqError) as e:
             tmp.unlink(missing_ok=True)
             log.warning("could not write the rounding cache %s (%s); continuing without it", path, e)
+
+    def output_shift(self, layer: int, bits: int, rounded: torch.Tensor) -> torch.Tensor:
+        """E[(Q_b(W) - W) x] per output channel over the full-precision calibration inputs:
+        what bias correction subtracts (Nagel et al., 2019, empirical form)."""
+        key = (layer, bits)
+        shift = self._shifts.get(key)
+        if shift is None:
+            if self._means is None:
+                inputs = self._inputs if self._inputs is not None else collect_inputs(self.model, self.layers, self.calib, self.batch_size)
+                self._means = [x.mean(0, keepdim=True) for x in inputs]
+            out = LayerInputs(self.layers[layer], self._means[layer]).output(rounded - self.fp[layer])  # linear: the mean input's output
+            shift = out.mean(dim=tuple(d for d in range(out.dim()) if d != 1))
+            self._shifts[key] = shift
+        return shift
 
     def _layer_inputs(self, layer: int) -> LayerInputs:
         if self._inputs is None:

@@ -149,3 +149,25 @@ def test_engine_deploys_cached_reconstruction_rounding_and_stats_see_the_same(tm
 
     ns = compute_stats(net, lm, data, bits=[2, 3], settings=settings, cache_dir=tmp_path)
     assert torch.allclose(ns.layers[1].Q[1], deployed)  # the statistics' Q_b(W) is the engine's
+
+
+def test_bias_correction_removes_the_mean_output_shift_of_rounding():
+    net, lm, data = _net_and_data()
+    plain = PTQEngine(net, lm, data, PTQSettings(calib_size=40, act_bits=32))
+    fixed = PTQEngine(net, lm, data, PTQSettings(calib_size=40, act_bits=32, bias_correction=True))
+    x = fixed.calib[0]
+    feats = nn.Sequential(*list(net.children())[:-1])  # the classifier's full-precision inputs
+    with torch.no_grad():
+        inputs = feats(x)
+        fp_out = net[-1](inputs)
+        config = [2, 2, 2]
+
+        def shift(engine):
+            engine.prepare(config)
+            return (dict(engine.work.named_modules())["7"](inputs) - fp_out).mean(0).abs().max().item()
+
+        before, after = shift(plain), shift(fixed)
+    assert after < 1e-5 < before
+    assert fixed.evaluate(config).kl != plain.evaluate(config).kl
+    fixed.prepare(None)
+    assert torch.equal(dict(fixed.work.named_modules())["7"].bias, net[-1].bias)  # full precision restores the bias

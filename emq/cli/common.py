@@ -33,7 +33,7 @@ def add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
 # PTQ flag -> PTQSettings field. The flags default to None so that `ptq_overrides` can tell
 # what the user typed (a bench's settings may only be repeated, not contradicted).
 PTQ_FLAGS = {"act_bits": "act_bits", "bn": "bn", "symmetric": "weight_symmetric", "calib_size": "calib_size", "calib_seed": "calib_seed",
-             "weight_quantizer": "weight_quantizer", "quantizer_option": "quantizer_options"}
+             "weight_quantizer": "weight_quantizer", "quantizer_option": "quantizer_options", "bias_correction": "bias_correction"}
 
 
 def add_ptq_args(p: argparse.ArgumentParser) -> None:
@@ -44,6 +44,7 @@ def add_ptq_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-size", type=int, help=f"calibration images (default {d.calib_size})")
     p.add_argument("--calib-seed", type=int, help=f"seed of the calibration draw (default {d.calib_seed})")
     p.add_argument("--weight-quantizer", help=f"weight rounding method: {', '.join(QUANTIZERS)} (default {d.weight_quantizer}); gptq/adaround reconstruct each layer and are cached per (layer, bits)")
+    p.add_argument("--bias-correction", action="store_true", default=None, help="correct each layer's bias for the mean output shift of its rounded weights (matters for layers without a following BatchNorm)")
     p.add_argument("--quantizer-option", action="append", type=_option, metavar="KEY=VALUE", help="an option of the weight quantizer, e.g. iters=20000 for adaround; repeatable")
 
 
