@@ -97,6 +97,16 @@ CASES = [
     (["quantize", "--bits", B20, "--weight-quantizer", "gptq", "--quantizer-option", "damp=-1"], "must not be negative"),
     (["quantize", "--model", "resnet20-fashion", "--bits", B20, "--data", "fashion-mnist:{F}"], "no MNIST-format idx files"),
     (["bench", "list", "--frobnicate"], "unrecognized arguments"),
+    # transfer
+    (["transfer", "--benches", "default", "--out", "t"], "needs at least two benches"),
+    (["transfer", "--benches", "default,default", "--out", "t"], "a bench is named twice"),
+    (["transfer", "--benches", "default,{F}/missing.sqlite", "--out", "t"], "missing.sqlite"),
+    (["transfer", "--benches", "default,stratified", "--out", "t", "--protocols", "leave-one-out"], "at least two networks"),
+    (["transfer", "--benches", "default,vgg-digits", "--out", "t", "--protocols", "sideways"], "unknown sideways"),
+    (["transfer", "--benches", "default,vgg-digits", "--out", "t", "--seeds", "a,b"], "comma-separated integers"),
+    (["transfer", "--benches", "default,vgg-digits", "--out", "t", "--whole-config", "hawq-v2"], "not a whole-configuration proxy"),
+    (["transfer", "--benches", "default,vgg-digits", "--out", "t", "--generations", "0"], "--generations 0"),
+    (["transfer", "--benches", "default,vgg-digits"], "required: --out"),
     # top level
     ([], "required: COMMAND"),
     (["nosuch"], "invalid choice"),

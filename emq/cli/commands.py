@@ -11,5 +11,6 @@ COMMANDS = {
     "quantize": "PTQ-quantize a model with a bit configuration and evaluate it",
     "score": "correlate hand-made and evolved proxies with a bench (Spearman, Kendall, Pearson, top-k)",
     "search": "evolve proxy formulas whose scores rank a bench's bit configurations",
+    "transfer": "leave-one-network-out and single-bench campaigns: evolved proxies measured on benches they never saw",
     "stats": "compute (or load from the cache) per-layer statistics: norms, Hessian traces, quantization noise",
 }

@@ -1,0 +1,72 @@
+"""`emq transfer`: leave-one-network-out and single-bench campaigns, each proxy reported on
+benches it was never searched on (held-out configurations x report pool, with intervals)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import EmqError
+from ..transfer import WHOLE_CONFIG, TransferStudy
+from ..uncertainty import DEFAULT_RESAMPLES
+from .commands import COMMANDS
+from .common import check_out_dir, emit_json
+
+PROTOCOLS = ("leave-one-out", "single")
+
+
+def _names(text: str, flag: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise EmqError(f"{flag} {text!r}: give comma-separated values")
+    return items
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("transfer", help=COMMANDS["transfer"])
+    p.add_argument("--benches", required=True, help="comma-separated bench files or shipped names (at least two networks for leave-one-out)")
+    p.add_argument("--seeds", default="0,1,2", help="campaign seeds per cell (default 0,1,2)")
+    p.add_argument("--generations", type=int, default=30, help="generations per campaign (default 30)")
+    p.add_argument("--population", type=int, default=48, help="population per campaign (default 48)")
+    p.add_argument("--protocols", default=",".join(PROTOCOLS), help="leave-one-out, single or both (default both)")
+    p.add_argument("--aggregate", default="mean", help="how a multi-bench campaign aggregates its benches' fitness: mean, min, mean-std (default mean)")
+    p.add_argument("--whole-config", default=",".join(WHOLE_CONFIG), help="whole-configuration references scored on each bench ('none' to skip; default kl,gmpq,seam)")
+    p.add_argument("--whole-limit", type=int, default=20, help="configurations per split the whole-configuration references quantize (default 20)")
+    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help=f"bootstrap resamples for the intervals (default {DEFAULT_RESAMPLES})")
+    p.add_argument("--out", type=Path, required=True, help="directory for transfer.json, transfer.csv, transfer.png and the campaigns")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_out_dir(args.out)
+    protocols = _names(args.protocols, "--protocols")
+    bad = [x for x in protocols if x not in PROTOCOLS]
+    if bad:
+        raise EmqError(f"--protocols {args.protocols}: unknown {', '.join(bad)}; use leave-one-out and/or single")
+    try:
+        seeds = [int(s) for s in _names(args.seeds, "--seeds")]
+    except ValueError as e:
+        raise EmqError(f"--seeds {args.seeds}: give comma-separated integers") from e
+    for flag, value in (("--generations", args.generations), ("--population", args.population), ("--whole-limit", args.whole_limit), ("--resamples", args.resamples)):
+        if value < 1:
+            raise EmqError(f"{flag} {value}: use a positive number")
+    whole = () if args.whole_config.strip() == "none" else tuple(_names(args.whole_config, "--whole-config"))
+    from ..baselines.registry import PROXIES
+
+    wrong = [w for w in whole if w not in PROXIES or PROXIES[w].separable]
+    if wrong:
+        raise EmqError(f"--whole-config: {', '.join(wrong)} is not a whole-configuration proxy; use some of kl, gmpq, seam or 'none'")
+    from ..bench import Bench
+
+    benches = _names(args.benches, "--benches")
+    for b in benches:
+        Bench.open(b)  # a missing or unreadable bench fails here, before any campaign
+    study = TransferStudy(benches, seeds, args.generations, args.population, protocols, args.aggregate, whole, args.whole_limit, args.resamples, args.out, progress=not args.json)
+    result = study.run()
+    if args.json:
+        emit_json(result.to_json())
+    else:
+        print(result.to_markdown())
+        print(f"wrote {args.out / 'transfer.json'}, transfer.csv, transfer.png")
+    return 0

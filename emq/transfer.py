@@ -1,0 +1,279 @@
+"""Transfer: does an evolved proxy rank the configurations of a network it was never searched on?
+
+Benches are grouped by network (two benches of one model are one group: holding out one
+while searching on the other would not be transfer). Two protocols:
+
+- leave one network out: evolve on every other group's benches (multi-bench fitness), report
+  on each bench of the held-out group;
+- single bench: evolve on bench X, report on every bench Y (the diagonal is within-bench).
+
+Every reported number is held-out configurations x report pool of the bench it is reported
+on, with its seeded bootstrap interval, next to the bench's hand-made proxies (the best one
+chosen on that bench's search x fit cell, as `emq score` does), the whole-configuration
+references with their cost per configuration, and the within-bench ridge reference. A
+campaign is only ever given its training benches (`campaigns()` runs without touching the
+others; tests poison a held-out bench and get the identical campaign).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import EmqError
+from .fileio import atomic_write_text, ensure_dir
+from .specs import ParameterError
+
+log = logging.getLogger(__name__)
+
+WHOLE_CONFIG = ("kl", "gmpq", "seam")
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """One planned campaign: which benches it searches on, which it is reported on."""
+
+    protocol: str  # "leave-one-out" or "single"
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    seed: int
+
+    @property
+    def tag(self) -> str:
+        return f"{self.protocol}__{'+'.join(_short(t) for t in self.train)}__s{self.seed}"
+
+
+def _short(name: str) -> str:
+    return Path(name).stem if ("/" in name or name.endswith(".sqlite")) else name
+
+
+def bench_groups(benches: Sequence[str]) -> dict[str, list[str]]:
+    """Benches grouped by network (meta model and weights hash), in the given order."""
+    from .bench import Bench
+
+    groups: dict[str, list[str]] = {}
+    for name in benches:
+        meta = Bench.open(name).meta
+        groups.setdefault(f"{meta.get('model')}:{meta.get('weights_hash')}", []).append(name)
+    return groups
+
+
+def plan(benches: Sequence[str], seeds: Sequence[int], protocols: Sequence[str] = ("leave-one-out", "single")) -> list[Campaign]:
+    """The campaigns of a transfer study, in a fixed order."""
+    if len(set(benches)) != len(benches):
+        raise ParameterError("benches", ",".join(benches), "a bench is named twice")
+    groups = list(bench_groups(benches).values())
+    out = []
+    for seed in seeds:
+        if "leave-one-out" in protocols:
+            if len(groups) < 2:
+                raise ParameterError("benches", ",".join(benches), "leave-one-out needs benches of at least two networks")
+            for held in groups:
+                train = tuple(b for g in groups if g is not held for b in g)
+                out.append(Campaign("leave-one-out", train, tuple(held), seed))
+        if "single" in protocols:
+            out += [Campaign("single", (b,), tuple(benches), seed) for b in benches]
+    return out
+
+
+@dataclass
+class TransferResult:
+    """Every campaign's proxy on every bench it is reported on, and the references."""
+
+    cells: list[dict[str, Any]] = field(default_factory=list)  # one per (campaign, test bench)
+    references: dict[str, dict[str, Any]] = field(default_factory=dict)  # bench -> hand-made, whole-config, ridge rows
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"settings": self.settings, "cells": self.cells, "references": self.references, "summary": self.summary()}
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per (protocol, train, test): mean and spread over seeds of the evolved rho, the
+        paired difference to the best hand-made proxy, and how many seeds beat it."""
+        rows: dict[tuple, list[dict]] = {}
+        for c in self.cells:
+            rows.setdefault((c["protocol"], "+".join(c["train"]), c["test"]), []).append(c)
+        out = []
+        for (protocol, train, test), cs in rows.items():
+            rho = np.array([c["rho"] for c in cs], dtype=float)
+            diff = np.array([c["paired"]["estimate"] if c.get("paired") else np.nan for c in cs], dtype=float)
+            out.append({
+                "protocol": protocol, "train": train, "test": test, "seeds": len(cs),
+                "rho_mean": float(np.nanmean(rho)), "rho_sd": float(np.nanstd(rho)),
+                "intervals": [[c["low"], c["high"]] for c in cs],
+                "best_handmade": cs[0].get("best_handmade"), "best_handmade_rho": cs[0].get("best_handmade_rho"),
+                "best_handmade_interval": cs[0].get("best_handmade_interval"),
+                "paired_mean": float(np.nanmean(diff)) if np.isfinite(diff).any() else None,
+                "paired_intervals": [[c["paired"]["low"], c["paired"]["high"]] if c.get("paired") else None for c in cs],
+                "seeds_better": int(sum(1 for c in cs if c.get("paired") and c["paired"]["low"] > 0)),
+                "seeds_worse": int(sum(1 for c in cs if c.get("paired") and c["paired"]["high"] < 0)),
+                "formulas": [c["formula"] for c in cs],
+            })
+        return out
+
+    def to_csv(self) -> str:
+        head = ["protocol", "train", "test", "seeds", "rho_mean", "rho_sd", "best_handmade", "best_handmade_rho", "paired_mean", "seeds_better", "seeds_worse"]
+        lines = [",".join(head)]
+        for r in self.summary():
+            lines.append(",".join("" if r[h] is None else (f"{r[h]:.4f}" if isinstance(r[h], float) else str(r[h])) for h in head))
+        return "\n".join(lines) + "\n"
+
+    def to_markdown(self) -> str:
+        from .tables import markdown_table
+
+        def iv(pair: Sequence[float] | None) -> str:
+            return "n/a" if not pair else f"[{pair[0]:.3f}, {pair[1]:.3f}]"
+
+        rows = []
+        for r in self.summary():
+            seeds = "; ".join(f"{c[0]:.3f}–{c[1]:.3f}" for c in r["intervals"])
+            paired = "; ".join(iv(p) for p in r["paired_intervals"])
+            hm = r["best_handmade_rho"]
+            rows.append([r["protocol"], r["train"], r["test"], f"{r['rho_mean']:.3f} ± {r['rho_sd']:.3f}", seeds,
+                         f"{r['best_handmade']} {hm:.3f} {iv(r['best_handmade_interval'])}" if hm is not None else "n/a",
+                         paired, f"{r['seeds_better']} / {r['seeds_worse']} of {r['seeds']}"])
+        lines = [markdown_table(["protocol", "searched on", "reported on", "evolved ρ (mean ± sd over seeds)", "95 % intervals per seed",
+                                 "best hand-made (chosen on search×fit) [95 %]", "Δρ vs it per seed [95 %]", "seeds better / worse"], rows)]
+        lines += ["", "references on each bench (held-out configurations x report pool):"]
+        ref_rows = []
+        for bench, ref in self.references.items():
+            for row in ref["rows"]:
+                ref_rows.append([bench, row["name"], row["kind"], f"{row['rho']:.3f} {iv([row['low'], row['high']])}", row["n"],
+                                 f"{row['seconds_per_config']:.2g}" if row["seconds_per_config"] is not None else "n/a"])
+            ref_rows.append([bench, "ceiling", "", f"{ref['ceiling']:.3f}" if ref.get("ceiling") is not None else "n/a", "", ""])
+        lines.append(markdown_table(["bench", "proxy", "kind", "ρ [95 %]", "configurations", "s / config"], ref_rows))
+        return "\n".join(lines)
+
+    def save(self, out: str | Path) -> list[Path]:
+        """transfer.json, transfer.csv and transfer.png (heat map of the mean evolved rho)."""
+        out = ensure_dir(out)
+        paths = [out / "transfer.json", out / "transfer.csv", out / "transfer.png"]
+        atomic_write_text(paths[0], json.dumps(self.to_json(), indent=1) + "\n")
+        atomic_write_text(paths[1], self.to_csv())
+        self._heatmap(paths[2])
+        return paths
+
+    def _heatmap(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        summary = self.summary()
+        trains = list(dict.fromkeys(f"{r['protocol'][:6]}: {r['train']}" for r in summary))
+        tests = list(dict.fromkeys(r["test"] for r in summary))
+        grid = np.full((len(trains), len(tests)), np.nan)
+        for r in summary:
+            grid[trains.index(f"{r['protocol'][:6]}: {r['train']}"), tests.index(r["test"])] = r["rho_mean"]
+        fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(tests), 1.0 + 0.5 * len(trains)))
+        im = ax.imshow(grid, cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0, vmax=1)
+        ax.set_xticks(range(len(tests)), [_short(t) for t in tests], rotation=30, ha="right")
+        ax.set_yticks(range(len(trains)), [t.replace(".sqlite", "") for t in trains], fontsize=7)
+        for i in range(len(trains)):
+            for j in range(len(tests)):
+                if np.isfinite(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="w", fontsize=7)
+        ax.set_title("held-out x report Spearman of the evolved proxy (mean over seeds)", fontsize=8)
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        tmp = path.with_name(path.name + ".tmp.png")
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        tmp.replace(path)
+
+
+class TransferStudy:
+    """A transfer study: plan, run its campaigns, then report every proxy where it is reported."""
+
+    def __init__(self, benches: Sequence[str], seeds: Sequence[int] = (0, 1, 2), generations: int = 30, population: int = 48,
+                 protocols: Sequence[str] = ("leave-one-out", "single"), aggregate: str = "mean", whole_config: Sequence[str] = WHOLE_CONFIG,
+                 whole_limit: int = 20, resamples: int = 1000, out_dir: str | Path | None = None, progress: bool = False) -> None:
+        if len(benches) < 2:
+            raise ParameterError("benches", ",".join(benches), "a transfer study needs at least two benches")
+        self.benches = list(benches)
+        self.seeds = list(seeds)
+        self.generations, self.population = generations, population
+        self.protocols = tuple(protocols)
+        self.aggregate = aggregate
+        self.whole_config = tuple(whole_config)
+        self.whole_limit = whole_limit
+        self.resamples = resamples
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress
+        self.plan = plan(self.benches, self.seeds, self.protocols)
+
+    def run_campaign(self, c: Campaign) -> dict[str, Any]:
+        """Evolve on `c.train` only; returns the best proxy and the campaign's own summary."""
+        from .evolution.estimator import ProxySearch
+
+        out = self.out_dir / "campaigns" / c.tag if self.out_dir is not None else None
+        kwargs: dict[str, Any] = {"aggregate": self.aggregate} if len(c.train) > 1 else {}
+        est = ProxySearch(self.generations, self.population, random_state=c.seed, out_dir=out, **kwargs)
+        est.fit(list(c.train) if len(c.train) > 1 else c.train[0])
+        return {"campaign": c, "proxy": est.best_proxy_, "summary": est.summary_, "log": est.log_}
+
+    def campaigns(self) -> list[dict[str, Any]]:
+        return [self.run_campaign(c) for c in self.plan]
+
+    def _references(self, bench: str) -> dict[str, Any]:
+        from .baselines.registry import PROXIES
+        from .ranking import score
+
+        separable = [n for n, cls in PROXIES.items() if cls.separable and cls.faithful]
+        rep = score(bench, proxies=separable, resamples=self.resamples)  # the best separable proxy: chosen on search x fit
+        rows = [_row(p) for p in rep.proxies]
+        skipped = dict(rep.skipped)
+        if self.whole_config:
+            whole = score(bench, proxies=list(self.whole_config), limit=self.whole_limit, resamples=self.resamples, reference=False)
+            rows += [_row(p) for p in whole.proxies]
+            skipped.update(whole.skipped)
+        return {"rows": rows, "best_handmade": rep.best_handmade, "ceiling": rep.ceiling, "skipped": skipped}
+
+    def evaluate(self, runs: list[dict[str, Any]]) -> TransferResult:
+        from .ranking import score
+        from .search_space.proxyfile import save_proxy
+
+        result = TransferResult(settings={"benches": self.benches, "seeds": self.seeds, "generations": self.generations, "population": self.population,
+                                          "aggregate": self.aggregate, "whole_limit": self.whole_limit, "resamples": self.resamples,
+                                          "groups": list(bench_groups(self.benches).values())})
+        tested = {b for r in runs for b in r["campaign"].test}
+        result.references = {b: self._references(b) for b in self.benches if b in tested}
+        for r in runs:
+            c: Campaign = r["campaign"]
+            work = ensure_dir((self.out_dir or Path.cwd() / "emq_transfer") / "proxies")
+            path = save_proxy(r["proxy"], work / f"{c.tag}.json")
+            for test in c.test:
+                best = result.references[test]["best_handmade"]
+                rep = score(test, proxies=best or "bitsum", proxy_files=[path], resamples=self.resamples, reference=False)
+                mine = next(p for p in rep.proxies if p.kind == "evolved")
+                hm = next((p for p in rep.proxies if p.name == best), None)
+                row = _row(mine)
+                result.cells.append({
+                    "protocol": c.protocol, "train": list(c.train), "test": test, "seed": c.seed, "formula": r["proxy"].expression,
+                    "rho": row["rho"], "low": row["low"], "high": row["high"], "within": test in c.train,
+                    "paired": mine.paired,
+                    "best_handmade": best, "best_handmade_rho": _row(hm)["rho"] if hm else None,
+                    "best_handmade_interval": [_row(hm)["low"], _row(hm)["high"]] if hm else None,
+                    "campaign_fitness": r["summary"].get("best_search_spearman"),
+                })
+        return result
+
+    def run(self) -> TransferResult:
+        result = self.evaluate(self.campaigns())
+        if self.out_dir is not None:
+            result.save(self.out_dir)
+        return result
+
+
+def _row(p: Any) -> dict[str, Any]:
+    """A ProxyScore's held-out x report rho with its interval."""
+    if p.interval is None:
+        raise EmqError(f"proxy {p.name}: no held-out x report interval (fewer than 3 held-out configurations scored)")
+    return {"name": p.name, "kind": p.kind, "rho": p.correlations.get("spearman_heldout_report"), "low": p.interval["low"], "high": p.interval["high"],
+            "n": p.n.get("heldout_report"), "seconds_per_config": p.seconds_per_config}

@@ -1,0 +1,82 @@
+"""Transfer studies: the leave-one-network-out protocol and its report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from contextlib import closing
+
+import numpy as np
+import pytest
+
+from emq.bench.bundles import shipped_bench_path
+from emq.bench.outcomes import decode, encode
+from emq.transfer import TransferStudy, plan
+
+TINY = {"seeds": [0], "generations": 2, "population": 12, "whole_config": (), "resamples": 50}
+
+
+def _copy(name, dest):
+    shutil.copyfile(shipped_bench_path(name), dest)
+    return str(dest)
+
+
+def _poison(path):
+    """Every metric and every per-image outcome of the bench becomes NaN."""
+    with closing(sqlite3.connect(path)) as con, con:
+        rows = con.execute("SELECT config, outcomes FROM records").fetchall()
+        for config, blob in rows:
+            o = decode(blob)
+            nan = np.full(o.kl.shape, np.nan)
+            blob = encode({"correct": o.correct, "loss": nan, "kl": nan})
+            con.execute("UPDATE records SET top1 = NULL, loss = NULL, kl = NULL, outcomes = ? WHERE config = ?", (blob, config))
+
+
+def test_plan_groups_benches_by_network():
+    campaigns = plan(["default", "stratified", "vgg-digits"], [0, 1])
+    loo = [c for c in campaigns if c.protocol == "leave-one-out"]
+    assert [(c.train, c.test) for c in loo[:2]] == [(("vgg-digits",), ("default", "stratified")), (("default", "stratified"), ("vgg-digits",))]
+    assert len(loo) == 4 and {c.seed for c in loo} == {0, 1}
+    assert len([c for c in campaigns if c.protocol == "single"]) == 6
+
+
+def _fingerprint(run):
+    log = [{k: v for k, v in rec.items() if k not in ("seconds", "evals_per_s")} for rec in run["log"]]
+    return run["proxy"].expression, run["summary"]["best_search_spearman"], log
+
+
+def test_a_poisoned_heldout_bench_leaves_its_leave_one_out_campaign_identical(tmp_path):
+    clean = _copy("vgg-digits", tmp_path / "vgg.sqlite")
+    poisoned = _copy("vgg-digits", tmp_path / "vgg_poisoned.sqlite")
+    _poison(poisoned)
+    runs = {}
+    for label, vgg in (("clean", clean), ("poisoned", poisoned)):
+        study = TransferStudy(["default", "stratified", vgg], protocols=("leave-one-out",), **TINY)
+        held = next(c for c in study.plan if c.test == (vgg,))
+        assert held.train == ("default", "stratified")  # a multi-bench campaign that must not see the held-out bench
+        runs[label] = study.run_campaign(held)
+    assert _fingerprint(runs["clean"]) == _fingerprint(runs["poisoned"])
+    study = TransferStudy(["default", poisoned], protocols=("single",), **TINY)
+    with pytest.raises(Exception):  # the poison is potent: a campaign that does search on it fails
+        study.run_campaign(next(c for c in study.plan if c.train == (poisoned,)))
+
+
+def test_transfer_report_files_and_numbers(tmp_path, capsys):
+    from emq.cli.main import main
+
+    out = tmp_path / "t"
+    code = main(["transfer", "--benches", "default,vgg-digits", "--seeds", "0,1", "--generations", "1", "--population", "12",
+                 "--protocols", "leave-one-out", "--whole-config", "none", "--resamples", "50", "--out", str(out), "--json"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert json.loads((out / "transfer.json").read_text()) == doc
+    assert (out / "transfer.png").read_bytes()[:4] == b"\x89PNG" and (out / "transfer.csv").read_text().startswith("protocol,train,test")
+    rows = {r["test"]: r for r in doc["summary"]}
+    assert set(rows) == {"default", "vgg-digits"} and all(r["seeds"] == 2 for r in rows.values())
+    for cell in doc["cells"]:
+        assert cell["test"] not in cell["train"] and cell["low"] <= cell["rho"] <= cell["high"]
+        assert cell["paired"]["baseline"] == cell["best_handmade"] == doc["references"][cell["test"]]["best_handmade"]
+    for bench, ref in doc["references"].items():
+        names = {r["name"] for r in ref["rows"]}
+        assert "ridge" in names and ref["best_handmade"] in names and ref["ceiling"] is not None
