@@ -214,14 +214,36 @@ class TransferStudy:
 
         out = self.out_dir / "campaigns" / c.tag if self.out_dir is not None else None
         kwargs: dict[str, Any] = {"aggregate": self.aggregate} if len(c.train) > 1 else {}
-        est = ProxySearch(self.generations, self.population, random_state=c.seed, out_dir=out, **kwargs)
+        done = out is not None and (out / "checkpoint.npz").exists()  # a rerun continues (or just reloads) the campaign
+        est = ProxySearch(self.generations, self.population, random_state=c.seed, out_dir=out, warm_start=done, **kwargs)
         est.fit(list(c.train) if len(c.train) > 1 else c.train[0])
         return {"campaign": c, "proxy": est.best_proxy_, "summary": est.summary_, "log": est.log_}
 
     def campaigns(self) -> list[dict[str, Any]]:
         return [self.run_campaign(c) for c in self.plan]
 
+    def references(self) -> dict[str, dict[str, Any]]:
+        """Every bench's references (computed once, then read back from `out_dir`)."""
+        return {b: self._references(b) for b in self.benches}
+
     def _references(self, bench: str) -> dict[str, Any]:
+        """The bench's reference rows, kept in `out_dir/references/` so a rerun (or a resumed
+        study) reuses them: whole-configuration proxies quantize the network per configuration."""
+        from .bench import Bench
+
+        key = {"bench": str(Bench.open(bench).path), "whole_config": list(self.whole_config), "whole_limit": self.whole_limit, "resamples": self.resamples}
+        path = self.out_dir / "references" / f"{_short(bench)}.json" if self.out_dir is not None else None
+        if path is not None and path.is_file():
+            stored = json.loads(path.read_text())
+            if stored.get("key") == key:
+                return stored["references"]
+        refs = self._score_references(bench)
+        if path is not None:
+            ensure_dir(path.parent)
+            atomic_write_text(path, json.dumps({"key": key, "references": refs}, indent=1) + "\n")
+        return refs
+
+    def _score_references(self, bench: str) -> dict[str, Any]:
         from .baselines.registry import PROXIES
         from .ranking import score
 
