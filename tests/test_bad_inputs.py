@@ -185,6 +185,11 @@ CASES = [
     (["search", "--resume", "--out", "{F}/run"], "checkpoint {F}/run/checkpoint.npz: unreadable"),
     (["search", "--out", "{F}/run"], "already holds a campaign"),
     (["search", "--data", "{F}/rgb", "--out", "s"], "holds 3-channel images"),
+    (["search", "--aggregate", "nonsense", "--out", "s"], "argument --aggregate: invalid choice: 'nonsense'"),
+    (["search", "--aggregate-k", "-1", "--out", "s"], "--aggregate-k -1"),
+    (["search", "--parsimony", "-1", "--out", "s"], "--parsimony -1"),
+    (["search", "--bench", "default", "--bench", "vgg-digits", "--data", "default", "--out", "s"], "--data default: with several --bench"),
+    (["search", "--bench", "default", "--bench", "{F}/empty.sqlite", "--out", "s"], "--bench {F}/empty.sqlite: not a bench file"),
     # score
     (["score", "--bench", "{F}/missing.sqlite"], "{F}/missing.sqlite"),
     (["score", "--bench", "{F}/empty.sqlite"], "--bench {F}/empty.sqlite: not a bench file"),

@@ -1,4 +1,4 @@
-"""`emq search`: evolve proxies on a bench and compare them with the hand-made ones."""
+"""`emq search`: evolve proxies on one bench or several and compare them with the hand-made ones."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import EmqError
-from ..evolution import DPSConfig, ProxySearch
+from ..evolution import DPSConfig, ProxySearch, SearchResult
+from ..evolution.evaluator import AGGREGATES
 from ..search_space.primitives import PRESETS
 from ..search_space.pset import make_space
 from ..specs import METRICS
@@ -21,7 +22,8 @@ def _names(text: str | None) -> list[str]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help=COMMANDS["search"])
-    p.add_argument("--bench", default="default", help="bench file or 'default' (the shipped bench)")
+    p.add_argument("--bench", action="append", help="bench file or a shipped bench's name (default: 'default'); repeat it to fit several benches at once, "
+                                                    "each with its own model's statistics")
     add_model_args(p)
     p.set_defaults(model=None)  # the bench's model
     p.add_argument("--metric", choices=sorted(METRICS), help="target metric (default: the bench's)")
@@ -40,9 +42,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude-terminals", help="comma-separated terminals to leave out, e.g. H,trace,eig")
     p.add_argument("--include-ops", help="comma-separated opt-in operations to add, e.g. tanh,cube")
     p.add_argument("--exclude-ops", help="comma-separated operations to leave out")
+    p.add_argument("--aggregate", choices=AGGREGATES, default="mean",
+                   help="with several --bench: how the per-bench Spearmans make the fitness (default mean, the least noisy with few benches)")
+    p.add_argument("--aggregate-k", type=float, default=1.0, help="the k of --aggregate mean-std: fitness = mean - k x std (default 1)")
+    p.add_argument("--parsimony", type=float, default=0.0, help="size pressure: selection uses fitness - C x nodes (default 0 = none)")
     p.add_argument("--top", type=int, default=5, help="proxies to list (default 5)")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of tables")
     p.set_defaults(func=run)
+
+
+def _open_benches(args: argparse.Namespace) -> tuple[list, list]:
+    """The opened benches and the model of each (None: the bench's own), checked before any model work."""
+    specs = args.bench or ["default"]
+    if len(specs) == 1:
+        bench = open_bench(specs[0])  # fail fast on a bad bench, before any model work
+        model = check_bench_for_search(bench, specs[0], args.model)
+        return [bench], [resolve_target(model, args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size)]
+    for flag, value in (("--model", args.model), ("--data", args.data), ("--weights", args.weights), ("--num-classes", args.num_classes), ("--input-size", args.input_size)):
+        if value is not None:
+            raise EmqError(f"{flag} {value}: with several --bench each bench's own model and data are used; leave {flag} out")
+    benches = [open_bench(spec) for spec in specs]
+    for bench, spec in zip(benches, specs, strict=True):
+        check_bench_for_search(bench, spec, None)
+    return benches, [None] * len(benches)
+
+
+def _print_best(result: SearchResult) -> None:
+    """The best proxy as a simplified formula and as LaTeX."""
+    from ..rendering import simplify, to_sympy
+
+    best = result.best
+    formula, how = simplify(to_sympy(best.tokens, best.prims))
+    print(f"best proxy (orientation {best.orientation:+d}, {how}): p_l(b) = {formula}")
+    print(f"LaTeX: p_l(b) = {result.summary['best_latex']}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,9 +85,14 @@ def run(args: argparse.Namespace) -> int:
             raise EmqError(f"{flag} {value}: use 1 or more")
     out = args.out or Path("emq_runs") / f"search-s{args.seed}"
     check_out_dir(out)
-    bench = open_bench(args.bench)  # fail fast on a bad bench, before any model work
-    model = check_bench_for_search(bench, args.bench, args.model)
-    target = resolve_target(model, args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size)
+    est = ProxySearch(
+        generations=args.generations, population=args.population, metric=args.metric, space=space, max_evaluations=args.max_evaluations,
+        dps=DPSConfig(enabled=not args.no_dps, crowding_threshold=args.crowding), random_state=args.seed, workers=args.workers,
+        out_dir=out, warm_start=args.resume, checkpoint_every=args.checkpoint_every, progress=not (args.json or args.quiet),
+        aggregate=args.aggregate, aggregate_k=args.aggregate_k, parsimony=args.parsimony,
+    )
+    est.config()  # bad settings are refused before any bench or model work
+    benches, models = _open_benches(args)
     has_campaign = (out / "checkpoint.npz").exists()
     if has_campaign != args.resume:
         raise EmqError(f"--out {out} already holds a campaign: pass --resume to continue it or choose another directory" if has_campaign
@@ -64,14 +101,10 @@ def run(args: argparse.Namespace) -> int:
         from ..evolution import checkpoint
 
         checkpoint.load(out / "checkpoint.npz")  # a truncated checkpoint is refused before the statistics
-    est = ProxySearch(
-        generations=args.generations, population=args.population, metric=args.metric, space=space, max_evaluations=args.max_evaluations,
-        dps=DPSConfig(enabled=not args.no_dps, crowding_threshold=args.crowding), random_state=args.seed, workers=args.workers,
-        out_dir=out, warm_start=args.resume, checkpoint_every=args.checkpoint_every, progress=not (args.json or args.quiet),
-    )
-    result = est.fit(bench, model=target).result_
+    result = est.fit(benches, model=models).result_
     if args.json:
         emit_json(result.to_json())
         return 0
     print(result.to_markdown(args.top))
+    _print_best(result)
     return 0

@@ -7,6 +7,11 @@ offspring duels a fresh random candidate and survivors are chosen without phenot
 crowding; otherwise (mu + lambda) truncation. A generation ends with a JSONL log record and,
 every `checkpoint_every` generations, an atomic checkpoint from which `resume` continues to
 exactly the result of an uninterrupted run (same seed, same budget).
+
+A campaign may fit several benches at once (one statistics and one FitnessData each): every
+candidate is scored on all of them and the fitness aggregates them (`evaluator`). With
+`parsimony` C > 0, selection (tournaments, DPS duels, survivors, the hall of fame's order)
+uses fitness - C * size, size being the number of nodes; C = 0 is plain fitness.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import math
 import operator
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +45,14 @@ from ..hashing import tensor_digest
 from ..specs import ParameterError
 from . import checkpoint
 from .dps import DPSConfig, diversity, pick_winners, select_survivors
-from .evaluator import REJECTED, FitnessContext, Outcome, evaluate_candidate
+from .evaluator import (
+    REJECTED,
+    FitnessContext,
+    Outcome,
+    as_tuple,
+    check_aggregate,
+    evaluate_candidate,
+)
 from .screening import ScreeningCounts
 from .variation import cx_one_point, mutate
 
@@ -54,7 +66,7 @@ if not hasattr(creator, "EmqIndividual"):
 # fields that must match for a checkpoint to be resumed (generations and budget may grow)
 HOF_TWIN = 0.9999  # hall-of-fame members must rank configurations differently
 
-_RESUME_FIELDS = ("population", "seed", "cx_prob", "mut_prob", "tournament", "init_min", "init_max", "max_height", "max_size", "seed_handmade", "act_samples", "dps")
+_RESUME_FIELDS = ("population", "seed", "cx_prob", "mut_prob", "tournament", "init_min", "init_max", "max_height", "max_size", "seed_handmade", "act_samples", "dps", "aggregate", "aggregate_k", "parsimony")
 
 
 @dataclass
@@ -78,6 +90,9 @@ class SearchConfig:
     device: str = "cpu"  # where tables are computed ("cuda" on a GPU machine)
     threads: int = 1  # torch threads per evaluating process: tables are small, and extra threads oversubscribe shared cores
     dps: DPSConfig = field(default_factory=DPSConfig)
+    aggregate: str = "mean"  # per-bench fitness -> one number: mean, min or mean-std (evaluator.AGGREGATES)
+    aggregate_k: float = 1.0  # the k of mean - k * std
+    parsimony: float = 0.0  # selection uses fitness - parsimony * size
 
     def __post_init__(self) -> None:
         if isinstance(self.dps, dict):
@@ -90,28 +105,41 @@ class SearchConfig:
             raise ParameterError("max_evaluations", self.max_evaluations, "use a positive number")
         if self.checkpoint_every < 1:
             raise ParameterError("checkpoint_every", self.checkpoint_every, "use 1 or more generations")
+        check_aggregate(self.aggregate, self.aggregate_k)
+        if not (isinstance(self.parsimony, (int, float)) and math.isfinite(self.parsimony) and self.parsimony >= 0):
+            raise ParameterError("parsimony", self.parsimony, "use a finite number >= 0 (0 = no size penalty)")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def _check_pair(stats: NetworkStats, data: FitnessData, which: str) -> None:
+    """Refuse statistics that are not of the bench's model and bits."""
+    if stats.num_slots != data.search.configs.shape[1]:
+        raise EmqError(f"{which}the statistics have {stats.num_slots} bit slots but the bench configurations have {data.search.configs.shape[1]}: use statistics of the bench's model")
+    if tuple(stats.bits) != tuple(data.bits):
+        raise EmqError(f"{which}the statistics cover bits {list(stats.bits)} but the fitness data uses {list(data.bits)}")
+
+
 @dataclass
 class Campaign:
-    """State of one search campaign (see module docstring)."""
+    """State of one search campaign (see module docstring). `stats` and `data` are one
+    bench's, or sequences with one entry per bench; after construction both are tuples."""
 
-    stats: NetworkStats
-    data: FitnessData
+    stats: NetworkStats | Sequence[NetworkStats]
+    data: FitnessData | Sequence[FitnessData]
     space: SearchSpace
     config: SearchConfig
     out_dir: Path | None = None
     progress: bool = False
 
     def __post_init__(self) -> None:
-        self.data = self.data.for_campaign()  # held-out configurations and the report pool never reach a campaign
-        if self.stats.num_slots != self.data.search.configs.shape[1]:
-            raise EmqError(f"the statistics have {self.stats.num_slots} bit slots but the bench configurations have {self.data.search.configs.shape[1]}: use statistics of the bench's model")
-        if tuple(self.stats.bits) != tuple(self.data.bits):
-            raise EmqError(f"the statistics cover bits {list(self.stats.bits)} but the fitness data uses {list(self.data.bits)}")
+        self.stats = as_tuple(self.stats)
+        self.data = tuple(d.for_campaign() for d in as_tuple(self.data))  # held-out configurations and the report pool never reach a campaign
+        if len(self.stats) != len(self.data) or not self.data:
+            raise EmqError(f"a campaign needs one statistics per bench: {len(self.stats)} statistics for {len(self.data)} benches")
+        for i, (stats, data) in enumerate(zip(self.stats, self.data, strict=True)):
+            _check_pair(stats, data, f"bench {i + 1}: " if len(self.data) > 1 else "")
         self.cache: dict[str, Outcome] = {}
         self.tokens: dict[str, list[Token]] = {}
         self.counts = ScreeningCounts()
@@ -122,7 +150,7 @@ class Campaign:
         self.log: list[dict[str, Any]] = []
         self.seconds = 0.0
         self.rng_state = random.Random(self.config.seed).getstate()  # DEAP draws from `random`: swapped in only while running
-        self.context = FitnessContext(self.stats, self.data, self.space, self.config.act_samples, self.config.device)
+        self.context = FitnessContext(self.stats, self.data, self.space, self.config.act_samples, self.config.device, self.config.aggregate, self.config.aggregate_k)
         tb = base.Toolbox()
         tb.register("mate", cx_one_point)
         tb.register("mutate", mutate, space=self.space)
@@ -167,26 +195,33 @@ class Campaign:
                 self.counts["full_evaluations"] += 1
                 self._hof_add(k)
         for ind, k in zip(inds, keys, strict=True):
-            ind.fitness.values = (self.cache[k].fitness,)
+            ind.fitness.values = (self.selection_fitness(k, len(ind)),)
+
+    def selection_fitness(self, key: str, size: int) -> float:
+        """What selection compares: fitness - parsimony * size (plain fitness at parsimony 0)."""
+        return self.cache[key].fitness - self.config.parsimony * size
+
+    def _hof_rank(self, key: str) -> tuple[float, int, str]:
+        size = len(self.tokens[key])
+        return (-self.selection_fitness(key, size), size, key)
 
     def _hof_add(self, key: str) -> None:
         """Keep the best distinct proxies: distinct canonical forms *and* distinct rankings.
 
-        Of phenotypic twins (rank correlation of their scores above HOF_TWIN), only the
-        fitter one stays, the shorter one on a tie.
+        Of phenotypic twins (rank correlation of their scores above HOF_TWIN, on every bench
+        at once), only the fitter one stays (under parsimony pressure), the shorter one on a tie.
         """
         if key in self.hof:
             return
-        rank = lambda k: (-self.cache[k].fitness, len(self.tokens[k]), k)  # noqa: E731
         sig = self.cache[key].signature
         for other in self.hof:
             if float(np.abs(self.cache[other].signature @ sig)) > HOF_TWIN:
-                if rank(key) >= rank(other):
+                if self._hof_rank(key) >= self._hof_rank(other):
                     return
                 self.hof.remove(other)
                 break
         self.hof.append(key)
-        self.hof.sort(key=lambda k: (-self.cache[k].fitness, len(self.tokens[k]), k))
+        self.hof.sort(key=self._hof_rank)
         del self.hof[self.config.hof_size :]
 
     # --- the loop ---------------------------------------------------------------------
@@ -297,9 +332,10 @@ class Campaign:
             self._save(ckpt)
 
     def _inputs_fingerprint(self) -> dict[str, str]:
+        """Of every bench and its statistics, in order (one bench: its own fingerprints)."""
         return {
-            "bench": self.data.fingerprint,
-            "stats": tensor_digest([t for layer in self.stats.layers for t in (layer.W, layer.G, layer.H)], str(self.stats.bits)),
+            "bench": ",".join(d.fingerprint for d in self.data),
+            "stats": ",".join(tensor_digest([t for layer in s.layers for t in (layer.W, layer.G, layer.H)], str(s.bits)) for s in self.stats),
             "space": json.dumps(self.space.to_json(), sort_keys=True),
         }
 
@@ -316,7 +352,7 @@ class Campaign:
             "counts": dict(self.counts),
             "population": [to_tokens(i) for i in self.population],
             "hof": self.hof,
-            "cache": [[k, self.tokens[k], o.fitness, o.rho_search, o.orientation, o.reason] for k, o in self.cache.items()],
+            "cache": [[k, self.tokens[k], o.fitness, o.rho_search, o.orientation, o.reason, list(o.per_bench)] for k, o in self.cache.items()],
             "signature_keys": sig_keys,
             "log": self.log,
             "rng": checkpoint.rng_to_json(random.getstate()),  # saved only while running, when `random` is the campaign's generator
@@ -330,14 +366,14 @@ class Campaign:
         if state.get("inputs") != self._inputs_fingerprint():
             raise EmqError(f"checkpoint {path} was made with a different bench, statistics or search space; resume with the same inputs or use a new run directory")
         sig = dict(zip(state["signature_keys"], arrays["signatures"], strict=True))
-        for k, toks, fit, rs, orient, reason in state["cache"]:
+        for k, toks, fit, rs, orient, reason, *per_bench in state["cache"]:  # per-bench rhos: absent from checkpoints of one-bench-only versions
             tokens = [(a, float(b) if a == "c" else b) for a, b in toks]
             self.tokens[k] = tokens
-            self.cache[k] = Outcome(fit if fit is not None else REJECTED, rs if rs is not None else float("nan"), orient, reason, sig.get(k))
+            self.cache[k] = Outcome(fit if fit is not None else REJECTED, rs if rs is not None else float("nan"), orient, reason, sig.get(k), tuple(per_bench[0]) if per_bench else ())
         self.population = []
         for toks in state["population"]:
             ind = self._individual(from_tokens(self.space, [(a, float(b) if a == "c" else b) for a, b in toks]))
-            ind.fitness.values = (self.cache[self.key_of(ind)].fitness,)
+            ind.fitness.values = (self.selection_fitness(self.key_of(ind), len(ind)),)
             self.population.append(ind)
         self.hof = list(state["hof"])
         self.counts = ScreeningCounts(state["counts"])
@@ -349,7 +385,7 @@ class Campaign:
 
 def _check_same_campaign(saved: dict[str, Any], config: SearchConfig, what: str) -> None:
     """Only generations and the budget may change when a campaign is continued."""
-    now = config.to_json()
-    diff = [f for f in _RESUME_FIELDS if saved.get(f) != now.get(f)]
+    now, default = config.to_json(), SearchConfig().to_json()
+    diff = [f for f in _RESUME_FIELDS if saved.get(f, default[f]) != now.get(f)]  # a field added since the checkpoint was made has its default there
     if diff:
         raise EmqError(f"{what} was made with different settings ({', '.join(diff)}); continue with the same settings or use a new run directory")

@@ -7,6 +7,12 @@ caller's global generators; the executor that evaluates fitness is passed in (or
 a process pool or a cluster serves the same campaign unchanged. `warm_start=True` continues
 the previous `fit` (or the checkpoint in `out_dir`) instead of starting again.
 
+`fit` takes one bench or several: with several, every candidate is scored on each bench
+with that bench's own statistics and its fitness aggregates them (`aggregate`); everything
+chosen during the campaign sees only each bench's search configurations x fit pool, and the
+held-out x report numbers of every bench are measured afterwards. `parsimony` > 0 makes
+selection prefer smaller formulas (fitness - parsimony * size).
+
 `search()` is the one-call convenience over it, with the CLI's names.
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +37,14 @@ from ..fitness import FitnessData
 from ..specs import ParameterError
 from .dps import DPSConfig
 from .engine import Campaign, SearchConfig
-from .halloffame import HallOfFame, json_safe, tokens_row
+from .evaluator import Outcome, aggregate, as_tuple
+from .halloffame import HallOfFame, bench_labels, json_safe, pareto_mask, tokens_row
 
 log = logging.getLogger(__name__)
 
 # constructor parameters that are SearchConfig fields under the same name
 _CONFIG_PARAMS = ("generations", "population", "max_evaluations", "cx_prob", "mut_prob", "tournament", "init_min", "init_max", "max_height",
-                  "max_size", "hof_size", "seed_handmade", "act_samples", "checkpoint_every", "workers", "device", "threads")
+                  "max_size", "hof_size", "seed_handmade", "act_samples", "checkpoint_every", "workers", "device", "threads", "aggregate", "aggregate_k", "parsimony")
 
 
 @dataclass
@@ -57,20 +65,42 @@ class SearchResult:
     def to_markdown(self, top: int = 5) -> str:
         table = HallOfFame(list(self.hall_of_fame)[:top] + [r | {"rank": f"hand-made: {r['name']}"} for r in self.baselines])
         s = self.summary
-        ceiling = f"; held-out ceiling {s['ceiling']:.3f} (sqrt of the report pool's reliability)" if s.get("ceiling") is not None else ""
-        lines = [table.to_markdown(), "", f"{s['evaluations']} evaluations of {s['candidates']} candidates in {s['seconds']:.1f} s "
-                 f"({s['screening']['saved_share']:.0%} saved by screening and the cache){ceiling}"]
-        ref = s.get("supervised_reference") or {}
-        if ref.get("heldout_spearman") is not None:
-            lines.append(f"within-bench supervised reference (ridge on one-hot slot/bit, fitted on search x fit): held-out x report rho {ref['heldout_spearman']:.3f}")
+        lines = [table.to_markdown(), "", "Pareto front of the hall of fame (size in nodes against fitness on search x fit):", self.hall_of_fame.pareto().to_markdown(), "",
+                 f"{s['evaluations']} evaluations of {s['candidates']} candidates in {s['seconds']:.1f} s ({s['screening']['saved_share']:.0%} saved by screening and the cache)"]
+        if len(s["benches"]) > 1:
+            lines.append(f"fitness = {_aggregate_text(s)} of the per-bench Spearman on search x fit; one orientation for all benches")
+        for label, b in s["benches"].items():
+            lines.append(_bench_line(label if len(s["benches"]) > 1 else "", b))
         lines.append("search = search configurations x fit pool (all a campaign sees); held-out = held-out configurations x report pool; intervals: emq score")
         if self.out_dir is not None:
             lines.append(f"run directory: {self.out_dir} (best_proxy.json, hall_of_fame.csv, log.jsonl, fitness.png, diversity.png)")
         return "\n".join(lines)
 
 
+def _aggregate_text(s: dict[str, Any]) -> str:
+    return f"mean - {s['aggregate_k']:g} x std" if s["aggregate"] == "mean-std" else s["aggregate"]
+
+
+def _bench_line(label: str, b: dict[str, Any]) -> str:
+    """A bench's ceiling and ridge reference, in words."""
+    parts = []
+    if b.get("ceiling") is not None:
+        parts.append(f"held-out ceiling {b['ceiling']:.3f} (sqrt of the report pool's reliability)")
+    ref = b.get("supervised_reference") or {}
+    if ref.get("heldout_spearman") is not None:
+        parts.append(f"within-bench supervised reference (ridge on one-hot slot/bit, fitted on search x fit): held-out x report rho {ref['heldout_spearman']:.3f}")
+    return (f"bench {label}: " if label else "") + "; ".join(parts)
+
+
 class ProxySearch:
-    """Evolve separable proxy formulas whose scores rank a bench's configurations."""
+    """Evolve separable proxy formulas whose scores rank a bench's configurations.
+
+    With several benches, `aggregate` turns the per-bench oriented Spearmans into the
+    fitness: "mean" (default), "min", or "mean-std" (mean - aggregate_k x std). The mean is
+    the default because with two or three benches it is the least noisy of the three; a
+    study across the shipped benches will compare them, and the default may be revisited.
+    `parsimony` C >= 0 makes selection use fitness - C x size (nodes); 0 = no size pressure.
+    """
 
     def __init__(
         self,
@@ -100,6 +130,9 @@ class ProxySearch:
         act_samples: int = DEFAULT_ACT_SAMPLES,
         device: str = "cpu",
         threads: int = 1,
+        aggregate: str = "mean",
+        aggregate_k: float = 1.0,
+        parsimony: float = 0.0,
     ) -> None:
         params = dict(locals())
         params.pop("self")
@@ -132,27 +165,34 @@ class ProxySearch:
         return SearchConfig(seed=self.random_state, dps=dps, **fields)
 
     # fitting --------------------------------------------------------------------------
-    def fit(self, bench: Any = "default", model: Any = None, stats: NetworkStats | None = None) -> ProxySearch:
-        """Run (or, with warm_start, continue) the campaign on `bench`.
+    def fit(self, bench: Any | Sequence[Any] = "default", model: Any = None, stats: NetworkStats | Sequence[NetworkStats] | None = None) -> ProxySearch:
+        """Run (or, with warm_start, continue) the campaign on `bench`, or on several benches
+        given as a list or tuple (their order is part of the campaign).
 
-        `bench` is a path, 'default', an opened Bench or a FitnessData. The statistics are
-        those of the bench's model with the bench's settings (`emq.bench_setup`), unless
-        `stats` is given; `model` (a name, nn.Module or Target) overrides the bench's model
-        and must match its weights.
+        A bench is a path, a shipped bench's name ('default'), an opened Bench or a
+        FitnessData. The statistics are those of each bench's model with the bench's settings
+        (`emq.bench_setup`), unless `stats` is given (one per bench); `model` (a name,
+        nn.Module or Target; one per bench with several) overrides the bench's model and
+        must match its weights.
         """
         cfg = self.config()
-        data, bench_obj = load_fitness_data(bench, self.metric)
+        benches = as_tuple(bench)
+        if not benches:
+            raise ParameterError("bench", list(benches), "give at least one bench")
+        models, given = _per_bench(model, len(benches), "model"), _per_bench(stats, len(benches), "stats")
+        loaded = [load_fitness_data(b, self.metric) for b in benches]
+        data = [d for d, _ in loaded]
         out_dir = Path(self.out_dir) if self.out_dir is not None else None
         ckpt = out_dir / "checkpoint.npz" if out_dir is not None else None
         space = self.space or make_space()
         camp = getattr(self, "_campaign", None) if self.warm_start else None
-        if camp is not None and camp.data.fingerprint == data.for_campaign().fingerprint:
+        if camp is not None and [d.fingerprint for d in camp.data] == [d.for_campaign().fingerprint for d in data]:
             camp.continue_with(cfg)
         else:
             if ckpt is not None and ckpt.exists() and not self.warm_start:
                 raise ParameterError("out_dir", str(out_dir), "already holds a campaign: continue it with warm_start=True or choose another directory")
-            stats = stats if stats is not None else _statistics(bench_obj, model, data)
-            camp = Campaign(stats, data, space, cfg, out_dir, self.progress)
+            all_stats = [s if s is not None else _statistics(b, m, d) for s, m, (d, b) in zip(given, models, loaded, strict=True)]
+            camp = Campaign(all_stats, data, space, cfg, out_dir, self.progress)
             if self.warm_start:
                 if ckpt is None or not ckpt.exists():
                     raise ParameterError("warm_start", True, f"nothing to continue: no earlier fit and no checkpoint in {out_dir}; start with warm_start=False")
@@ -166,32 +206,72 @@ class ProxySearch:
         self._collect(camp, data, out_dir)
         return self
 
-    def _collect(self, camp: Campaign, data: FitnessData, out_dir: Path | None) -> None:
+    def _collect(self, camp: Campaign, data: list[FitnessData], out_dir: Path | None) -> None:
         """Report the finished campaign: its choices (made on search x fit only) measured on
-        held-out configurations x report pool as well."""
+        held-out configurations x report pool of every bench as well."""
         if not camp.hof:
             raise EmqError("no valid proxy was found (every candidate was screened out): enlarge the search space or the budget")
-        stats, cfg = camp.stats, camp.config
-        provenance = {"bench": data.source, "metric": data.metric, "seed": cfg.seed, "stats_key": (stats.meta.get("cache") or {}).get("key"), "bits": list(data.bits)}
+        cfg, labels = camp.config, bench_labels(data)
+        provenance = _provenance(camp, data)
         hof = []
         for rank, key in enumerate(camp.hof, 1):
             o = camp.cache[key]
-            row = tokens_row(rank, f"evolved_{rank}", camp.tokens[key], stats, data, cfg.act_samples, o.orientation)
-            row["proxy"].meta = {"fitness": {"search_spearman": o.rho_search, "heldout_spearman": row["heldout_spearman"], "pools": data.pools}, "provenance": provenance}
+            row = tokens_row(rank, f"evolved_{rank}", camp.tokens[key], camp.stats, data, cfg.act_samples, o.orientation, labels=labels)
+            row["fitness"] = o.fitness
+            row["proxy"].meta = {"fitness": _fitness_meta(o, row, data, labels, cfg), "provenance": provenance}
             hof.append(row)
-        baselines = [tokens_row("-", name, toks, stats, data, cfg.act_samples) for name, (_, toks) in camp.space.handmade().items()]
+        for row, on_front in zip(hof, pareto_mask([r["size"] for r in hof], [r["fitness"] for r in hof]), strict=True):
+            row["pareto"] = on_front
+        baselines = [tokens_row("-", name, toks, camp.stats, data, cfg.act_samples, labels=labels) for name, (_, toks) in camp.space.handmade().items()]
+        for row in baselines:
+            row["fitness"] = aggregate([b["search_spearman"] for b in row["benches"].values()], cfg.aggregate, cfg.aggregate_k)
+            row["pareto"] = False  # not a member of the hall of fame
         self.hall_of_fame_ = HallOfFame(hof)
         self.handmade_ = HallOfFame(baselines)
         self.best_proxy_ = hof[0]["proxy"]
         self.log_ = camp.log
         self.n_generations_ = camp.generation
         self.n_evaluations_ = camp.evaluations
-        self.summary_ = _summary(camp, data, hof[0], baselines, out_dir)
+        self.summary_ = _summary(camp, data, labels, hof, baselines, out_dir)
         self.result_ = SearchResult(self.best_proxy_, self.hall_of_fame_, self.handmade_, self.summary_, self.log_, out_dir)
         if out_dir is not None:
             from .runfiles import write_run_files
 
             write_run_files(out_dir, self.result_, camp)
+
+
+def _per_bench(value: Any, n: int, param: str) -> list[Any]:
+    """`model` or `stats` as one entry per bench: None for all, the value itself for one bench, else a list of n."""
+    if value is None:
+        return [None] * n
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ParameterError(param, f"{len(value)} entries", f"give one per bench ({n})")
+        return list(value)
+    if n != 1:
+        raise ParameterError(param, type(value).__name__, f"with {n} benches give a list with one per bench")
+    return [value]
+
+
+def _provenance(camp: Campaign, data: list[FitnessData]) -> dict[str, Any]:
+    """Where the proxy comes from: bench, metric, statistics and bits (per bench with several)."""
+
+    def one(stats: NetworkStats, d: FitnessData, **seed: int) -> dict[str, Any]:
+        return {"bench": d.source, "metric": d.metric, **seed, "stats_key": (stats.meta.get("cache") or {}).get("key"), "bits": list(d.bits)}
+
+    cfg = camp.config
+    if len(data) == 1:
+        return one(camp.stats[0], data[0], seed=cfg.seed)
+    return {"benches": [one(s, d) for s, d in zip(camp.stats, data, strict=True)], "aggregate": cfg.aggregate, "aggregate_k": cfg.aggregate_k, "seed": cfg.seed}
+
+
+def _fitness_meta(o: Outcome, row: dict[str, Any], data: list[FitnessData], labels: list[str], cfg: SearchConfig) -> dict[str, Any]:
+    """The proxy file's fitness record: search x fit as the campaign measured it, held-out x report after it."""
+    if len(data) == 1:
+        return {"search_spearman": o.rho_search, "heldout_spearman": row["heldout_spearman"], "pools": data[0].pools}
+    per = {label: {"search_spearman": rho, "heldout_spearman": row["benches"][label]["heldout_spearman"], "pools": d.pools}
+           for label, rho, d in zip(labels, o.per_bench, data, strict=True)}
+    return {"fitness": o.fitness, "aggregate": cfg.aggregate, "aggregate_k": cfg.aggregate_k, "benches": per}
 
 
 def load_fitness_data(bench: Any, metric: str | None, bits: tuple[int, ...] | None = None) -> tuple[FitnessData, Any]:
@@ -231,25 +311,51 @@ def _ridge_reference(data: FitnessData) -> dict[str, Any] | None:
     return out
 
 
-def _summary(camp: Campaign, data: FitnessData, best: dict[str, Any], baselines: list[dict[str, Any]], out_dir: Path | None) -> dict[str, Any]:
-    cfg = camp.config
-    # the best hand-made proxy is chosen on search x fit, like everything else in a campaign
-    best_base = max((b for b in baselines if not math.isnan(b["search_spearman"])), key=lambda b: b["search_spearman"], default=None)
+def _bench_summary(label: str, d: FitnessData, best: dict[str, Any], best_base: dict[str, Any] | None, baselines: list[dict[str, Any]]) -> dict[str, Any]:
+    """One bench's part of the summary: the best proxy's and the hand-made proxies' numbers there."""
+    cells = best["benches"][label]
+    return {
+        "bench": d.source,
+        "best_search_spearman": cells["search_spearman"],
+        "best_heldout_spearman": cells["heldout_spearman"],
+        "best_correlations": cells["correlations"],
+        "best_handmade_heldout_spearman": best_base["benches"][label]["heldout_spearman"] if best_base else None,
+        "handmade": {b["name"]: {"expression": b["expression"], "heldout_spearman": b["benches"][label]["heldout_spearman"],
+                                 "search_spearman": b["benches"][label]["search_spearman"]} for b in baselines},
+        "ceiling": d.ceiling,
+        "pools": d.pools,
+        "supervised_reference": _ridge_reference(d),
+        "metric": d.metric,
+        "search_configs": len(d.search),
+        "heldout_configs": len(d.heldout) if d.heldout is not None else 0,
+    }
+
+
+def _summary(camp: Campaign, data: list[FitnessData], labels: list[str], hof: list[dict[str, Any]], baselines: list[dict[str, Any]], out_dir: Path | None) -> dict[str, Any]:
+    """The campaign in numbers. With one bench its numbers are top-level keys (as ever); with
+    several they are under `benches` only (always present)."""
+    from ..rendering import to_latex
+
+    cfg, best = camp.config, hof[0]
+    # the best hand-made proxy is chosen on search x fit (aggregated over benches), like everything else in a campaign
+    best_base = max((b for b in baselines if not math.isnan(b["fitness"])), key=lambda b: b["fitness"], default=None)
+    benches = {label: _bench_summary(label, d, best, best_base, baselines) for label, d in zip(labels, data, strict=True)}
+    single = {k: v for k, v in next(iter(benches.values())).items() if k != "bench"} if len(benches) == 1 else {}
+    front = [{"rank": r["rank"], "size": r["size"], "fitness": r["fitness"], "expression": r["expression"],
+              "heldout_spearman": {label: c["heldout_spearman"] for label, c in r["benches"].items()}} for r in HallOfFame(hof).pareto()]
     return json_safe({
         "best_expression": best["expression"],
+        "best_latex": to_latex(best["proxy"].tokens, best["proxy"].prims),
         "best_orientation": best["orientation"],
-        "best_search_spearman": best["search_spearman"],
-        "best_heldout_spearman": best["heldout_spearman"],
-        "best_correlations": best["correlations"],
+        "best_size": best["size"],
+        "best_fitness": best["fitness"],
+        **single,
         "best_handmade": best_base["name"] if best_base else None,
-        "best_handmade_heldout_spearman": best_base["heldout_spearman"] if best_base else None,
-        "handmade": {b["name"]: {"expression": b["expression"], "heldout_spearman": b["heldout_spearman"], "search_spearman": b["search_spearman"]} for b in baselines},
-        "ceiling": data.ceiling,
-        "pools": data.pools,
-        "supervised_reference": _ridge_reference(data),
-        "metric": data.metric,
-        "search_configs": len(data.search),
-        "heldout_configs": len(data.heldout) if data.heldout is not None else 0,
+        "benches": benches,
+        "aggregate": cfg.aggregate,
+        "aggregate_k": cfg.aggregate_k,
+        "parsimony": cfg.parsimony,
+        "pareto": front,
         "generations": camp.generation,
         "evaluations": camp.evaluations,
         "candidates": camp.counts["seen"],
@@ -264,16 +370,17 @@ def _summary(camp: Campaign, data: FitnessData, best: dict[str, Any], baselines:
 
 
 def search(
-    bench: Any = "default",
+    bench: Any | Sequence[Any] = "default",
     model: Any = None,
-    stats: NetworkStats | None = None,
+    stats: NetworkStats | Sequence[NetworkStats] | None = None,
     seed: int = 0,
     out: str | Path | None = None,
     resume: bool = False,
     **params: Any,
 ) -> SearchResult:
-    """Evolve proxies on a bench; `emq search`. `params` are `ProxySearch` parameters
-    (generations, population, workers, metric, space, dps, max_evaluations, ...);
+    """Evolve proxies on a bench or a list of benches; `emq search`. `params` are `ProxySearch`
+    parameters (generations, population, workers, metric, space, dps, max_evaluations,
+    aggregate, aggregate_k, parsimony, ...);
     `seed`, `out` and `resume` are its `random_state`, `out_dir` and `warm_start`."""
     est = ProxySearch(random_state=seed, out_dir=out, warm_start=resume)
     est.set_params(**params)

@@ -1,10 +1,14 @@
 """Evaluate candidate trees: screening, table, fitness; through any `emq.executors` executor.
 
 Evaluation is a pure function of the tree (no randomness), so a process pool returns exactly
-what the serial path returns, in the same order. Fitness is |Spearman| on the search split
-(search configurations x fit test pool); the sign becomes the proxy's orientation (explicit:
-`Outcome.orientation`). A campaign's data has no held-out split (`FitnessData.for_campaign`):
-held-out numbers are measured after the campaign, never during it.
+what the serial path returns, in the same order. A candidate is scored on every bench of the
+campaign with that bench's own statistics and search split (search configurations x fit test
+pool): a tree is a per-layer formula over statistics, so it applies to any network. Its
+orientation is one sign for all benches, that of the mean signed Spearman; the oriented
+per-bench Spearmans are aggregated into the fitness (`aggregate`). With one bench, fitness
+is |Spearman| and the sign is the orientation (explicit: `Outcome.orientation`). A
+campaign's data has no held-out split (`FitnessData.for_campaign`): held-out numbers are
+measured after the campaign, never during it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -22,18 +27,53 @@ from emq.search_space.netstats import NetworkStats
 from emq.search_space.pset import SearchSpace
 
 from ..fitness import FitnessData
+from ..specs import ParameterError
 from .screening import table_problem
 
 REJECTED = -1.0
+# How per-bench oriented Spearmans become one fitness. "mean" is the default because with
+# few benches it is the least noisy choice: "min" follows the single worst bench and
+# "mean-std" adds the noise of a spread estimated from two or three values. The default may
+# be revisited once a study across the shipped benches has compared them.
+AGGREGATES = ("mean", "min", "mean-std")
+
+T = TypeVar("T")
+
+
+def as_tuple(x: T | Sequence[T]) -> tuple[T, ...]:
+    """One object or a list/tuple of them, as a tuple (benches, statistics, models)."""
+    return tuple(x) if isinstance(x, (list, tuple)) else (x,)  # type: ignore[arg-type]
+
+
+def check_aggregate(aggregate: str, k: float) -> None:
+    if aggregate not in AGGREGATES:
+        raise ParameterError("aggregate", aggregate, f"use one of {', '.join(AGGREGATES)}")
+    if not (isinstance(k, (int, float)) and math.isfinite(k) and k >= 0):
+        raise ParameterError("aggregate_k", k, "use a finite number >= 0")
+
+
+def aggregate(rhos: Sequence[float], how: str = "mean", k: float = 1.0) -> float:
+    """One fitness from per-bench oriented Spearmans: their mean, their minimum, or mean - k * std
+    (population std, so one bench gives its own rho under every rule). Never below REJECTED,
+    so a valid candidate never ranks under a screened-out one."""
+    values = np.asarray(rhos, dtype=np.float64)
+    if how == "min":
+        value = float(values.min())
+    else:
+        value = float(values.mean())
+        if how == "mean-std":
+            value -= k * float(values.std())
+    return max(value, REJECTED)
 
 
 @dataclass
 class Outcome:
-    fitness: float  # |rho| on the search split, REJECTED when screened out
-    rho_search: float  # oriented (>= 0 unless rejected)
+    fitness: float  # aggregate of the oriented per-bench rhos on the search splits (one bench: |rho|), REJECTED when screened out
+    rho_search: float  # mean oriented rho over the benches (>= 0 unless rejected)
     orientation: int
     reason: str | None
-    signature: np.ndarray | None  # z-scored ranks of oriented scores on a search subsample
+    signature: np.ndarray | None  # z-scored ranks of oriented scores on a search subsample, per bench, concatenated / sqrt(benches)
+    per_bench: tuple[float, ...] = ()  # oriented rho on each bench's search split, in bench order
 
     @property
     def valid(self) -> bool:
@@ -44,49 +84,83 @@ def _rejected(reason: str) -> Outcome:
     return Outcome(REJECTED, float("nan"), 1, reason, None)
 
 
-class CandidateEvaluator:
-    """Everything one process needs to turn a token list into an Outcome."""
+class _BenchScorer:
+    """One bench's part of evaluation: its statistics' tables and its search split."""
 
-    def __init__(self, stats: NetworkStats, data: FitnessData, space: SearchSpace, act_samples: int, signature_size: int = 256, device: str = "cpu") -> None:
+    def __init__(self, stats: NetworkStats, data: FitnessData, space: SearchSpace, act_samples: int, signature_size: int, device: str) -> None:
         self.tables = TableEvaluator(stats, space.terminals, space.prims, act_samples, device)
         self.data = data
         n = len(data.search)
         self.sig_idx = np.random.default_rng(0).permutation(n)[: min(n, signature_size)]
 
-    def evaluate(self, tokens: Sequence[Token]) -> Outcome:
-        if not is_bit_dependent(tokens):
-            return _rejected("no_bit_terminal")
+    def measure(self, tokens: Sequence[Token]) -> tuple[str | None, float, np.ndarray | None]:
+        """(rejection reason or None, signed Spearman on the search split, scores)."""
         with torch.no_grad():
             problem = table_problem(self.tables.layer_table(tokens, self.tables.probe_packed), "probe_")
             if problem:
-                return _rejected(problem)
+                return problem, math.nan, None
             table = self.tables.table(tokens)
         problem = table_problem(table)
         if problem:
-            return _rejected(problem)
+            return problem, math.nan, None
         scores = self.data.search.scores(table)
         if not np.isfinite(scores).all():  # a finite table can still overflow when summed over slots
-            return _rejected("nonfinite_scores")
+            return "nonfinite_scores", math.nan, None
         rho = self.data.search.spearman(scores)
         if math.isnan(rho):
-            return _rejected("constant_scores")
-        sign = 1 if rho >= 0 else -1
+            return "constant_scores", math.nan, None
+        return None, rho, scores
+
+    def signature(self, scores: np.ndarray, sign: int) -> np.ndarray:
         ranks = sps.rankdata(sign * scores[self.sig_idx])
         d = ranks - ranks.mean()
         norm = float(np.sqrt((d * d).sum()))
-        sig = (d / norm if norm > 0 else d).astype(np.float32)
-        return Outcome(abs(rho), abs(rho), sign, None, sig)
+        return d / norm if norm > 0 else d
+
+
+class CandidateEvaluator:
+    """Everything one process needs to turn a token list into an Outcome; `stats` and `data`
+    are one bench's or sequences of them, one per bench in the same order."""
+
+    def __init__(
+        self, stats: NetworkStats | Sequence[NetworkStats], data: FitnessData | Sequence[FitnessData], space: SearchSpace, act_samples: int,
+        signature_size: int = 256, device: str = "cpu", aggregate: str = "mean", aggregate_k: float = 1.0,
+    ) -> None:
+        all_stats, all_data = as_tuple(stats), as_tuple(data)
+        if len(all_stats) != len(all_data):
+            raise ParameterError("stats", len(all_stats), f"give one statistics per bench ({len(all_data)})")
+        check_aggregate(aggregate, aggregate_k)
+        self.benches = [_BenchScorer(s, d, space, act_samples, signature_size, device) for s, d in zip(all_stats, all_data, strict=True)]
+        self.aggregate, self.aggregate_k = aggregate, aggregate_k
+
+    def evaluate(self, tokens: Sequence[Token]) -> Outcome:
+        if not is_bit_dependent(tokens):
+            return _rejected("no_bit_terminal")
+        rhos, scores = [], []
+        for bench in self.benches:  # rejected on one bench: rejected
+            problem, rho, s = bench.measure(tokens)
+            if problem:
+                return _rejected(problem)
+            rhos.append(rho)
+            scores.append(s)
+        sign = 1 if float(np.mean(rhos)) >= 0 else -1
+        per_bench = tuple(sign * r for r in rhos)
+        sig = np.concatenate([b.signature(s, sign) for b, s in zip(self.benches, scores, strict=True)]) / math.sqrt(len(self.benches))
+        return Outcome(aggregate(per_bench, self.aggregate, self.aggregate_k), float(np.mean(per_bench)), sign, None, sig.astype(np.float32), per_bench)
 
 
 @dataclass(frozen=True, eq=False)
 class FitnessContext:
-    """The shared part of fitness evaluation, shipped once to each executor worker."""
+    """The shared part of fitness evaluation, shipped once to each executor worker; `stats`
+    and `data` hold one entry per bench."""
 
-    stats: NetworkStats
-    data: FitnessData
+    stats: tuple[NetworkStats, ...]
+    data: tuple[FitnessData, ...]
     space: SearchSpace
     act_samples: int
     device: str = "cpu"
+    aggregate: str = "mean"
+    aggregate_k: float = 1.0
 
 
 _LAST: tuple[FitnessContext, CandidateEvaluator] | None = None
@@ -97,5 +171,5 @@ def evaluate_candidate(ctx: FitnessContext, tokens: Sequence[Token]) -> Outcome:
     context and keeps only the latest, so finished campaigns do not pin memory."""
     global _LAST
     if _LAST is None or _LAST[0] is not ctx:
-        _LAST = (ctx, CandidateEvaluator(ctx.stats, ctx.data, ctx.space, ctx.act_samples, device=ctx.device))
+        _LAST = (ctx, CandidateEvaluator(ctx.stats, ctx.data, ctx.space, ctx.act_samples, device=ctx.device, aggregate=ctx.aggregate, aggregate_k=ctx.aggregate_k))
     return _LAST[1].evaluate(tokens)
