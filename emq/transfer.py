@@ -282,7 +282,7 @@ class TransferStudy:
                     "paired": mine.paired,
                     "best_handmade": best, "best_handmade_rho": _row(hm)["rho"] if hm else None,
                     "best_handmade_interval": [_row(hm)["low"], _row(hm)["high"]] if hm else None,
-                    "campaign_fitness": r["summary"].get("best_search_spearman"),
+                    "campaign_fitness": r["summary"].get("best_fitness"),
                 })
         return result
 
