@@ -218,9 +218,9 @@ def bench_build(
         bench = Bench.from_connection(out, con)
         rel = reliability(bench)
         entry = {"evaluated": len(todo) + len(todo_rep), "seconds": round(elapsed, 2), "workers": used_workers} if todo or todo_rep else None
-        store.write_meta(con, {
-            "reliability": rel, "retest_settings": noise_spec.settings.to_json(), "retest_configs": len(bench.repeats),
-            "default_metric": default_metric(rel), "rounding": rounding,
-        }, log_entry=entry)
+        items = {"reliability": rel, "retest_settings": noise_spec.settings.to_json(), "retest_configs": len(bench.repeats), "default_metric": default_metric(rel)}
+        if entry is not None:  # the rounding that served this run's evaluations (a no-op resume changes nothing)
+            items["rounding"] = rounding
+        store.write_meta(con, items, log_entry=entry)
     store.compact(out)
     return bench_info(out)

@@ -262,9 +262,9 @@ def test_two_builders_started_together_one_builds_one_is_refused(tmp_path):
 # --- user modules (item 10) and file modes (item 15) --------------------------------------
 
 
-def test_bench_build_of_a_user_module_is_refused_and_leaves_no_file(tmp_path):
+def test_bench_build_of_a_user_module_without_its_data_is_refused_and_leaves_no_file(tmp_path):
     out = tmp_path / "b.sqlite"
-    with pytest.raises(EmqError, match="model='CifarResNet': bench_build takes a model name"):
+    with pytest.raises(EmqError, match="a user module needs its data"):
         bench_build(out, model=CifarResNet(num_classes=10), settings=SETTINGS, progress=False, **ARGS)
     assert list(tmp_path.iterdir()) == []
 
