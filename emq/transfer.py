@@ -166,11 +166,12 @@ class TransferResult:
         import matplotlib.pyplot as plt
 
         summary = self.summary()
-        trains = list(dict.fromkeys(f"{r['protocol'][:6]}: {r['train']}" for r in summary))
+        label = {"leave-one-out": "leave-one-out", "single": "single"}
+        trains = list(dict.fromkeys(f"{label[r['protocol']]}: {r['train']}" for r in summary))
         tests = list(dict.fromkeys(r["test"] for r in summary))
         grid = np.full((len(trains), len(tests)), np.nan)
         for r in summary:
-            grid[trains.index(f"{r['protocol'][:6]}: {r['train']}"), tests.index(r["test"])] = r["rho_mean"]
+            grid[trains.index(f"{label[r['protocol']]}: {r['train']}"), tests.index(r["test"])] = r["rho_mean"]
         fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(tests), 1.0 + 0.5 * len(trains)))
         im = ax.imshow(grid, cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0, vmax=1)
         ax.set_xticks(range(len(tests)), [_short(t) for t in tests], rotation=30, ha="right")
