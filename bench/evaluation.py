@@ -52,7 +52,15 @@ class EvalSpec:
 
     @property
     def data_name(self) -> str:
-        return self.data.name if isinstance(self.data, DataSplits) else self.data or "default"
+        """What `--data` resolves to: given, else an embedded model's own data (a torchvision model has none)."""
+        from emq.models import EMBEDDED_MODELS
+
+        if isinstance(self.data, DataSplits):
+            return self.data.name
+        if self.data is not None:
+            return self.data
+        embedded = EMBEDDED_MODELS.get(self.model) if isinstance(self.model, str) else None
+        return embedded.data if embedded is not None else "default"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, EvalSpec) and (self.target_key, self.settings) == (other.target_key, other.settings)

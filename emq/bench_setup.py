@@ -83,7 +83,11 @@ class BenchSetup:
 
 
 def check_target(bench: Any, target: Target) -> None:
-    """Refuse a model whose weights or slot count differ from the bench's."""
+    """Refuse a model whose weights or slot count differ from the bench's, and data other
+    than the bench's (by fingerprint; a bench built on the first N test images still matches)."""
+    stored = str(bench.meta.get("data_fingerprint") or "").split("|test[:")[0]
+    if stored and target.data is not None and target.data.fingerprint != stored:
+        raise EmqError(f"bench {bench.path}: was built on other data than {target.data.name} (data fingerprint differs); pass the bench's data with --data")
     want = bench.meta.get("weights_hash")
     if want and state_dict_digest(target.model) != want:
         raise EmqError(f"bench {bench.path}: was built with other weights of {target.name} (weights hash {want}); pass the same model weights")

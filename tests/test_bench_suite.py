@@ -178,3 +178,28 @@ def test_bundled_benches_score_without_their_data(name, monkeypatch, capsys):
     assert [p["name"] for p in report["proxies"]][0] == "hawq-v2" and "gmpq" in report["skipped"]
     b = Bench.open(name)
     assert report["metric"] == b.default_metric
+
+
+def test_a_bench_records_its_embedded_models_own_data_and_refuses_other_data():
+    from emq.bench.evaluation import EvalSpec
+    from emq.bench_setup import BenchSetup
+    from emq.errors import EmqError
+
+    assert EvalSpec("resnet20-fashion", None, None, None, None, SMALL).data_name == "fashion-mnist"
+    assert EvalSpec("vgg-digits", None, None, None, None, SMALL).data_name == "default"
+    assert Bench.open("resnet20-fashion").meta["data"] == "fashion-mnist"
+    with pytest.raises(EmqError, match="other data"):  # same channels, so only the fingerprint tells them apart
+        BenchSetup.of(Bench.open("resnet20-fashion"), data="default")
+
+
+def test_search_on_a_bundle_runs_without_its_data(monkeypatch, tmp_path, capsys):
+    import emq.data
+
+    def no_data(spec, input_size=224):
+        raise ParameterError("data", spec, "not installed (test)")
+
+    monkeypatch.setattr(emq.data, "load_data", no_data)
+    monkeypatch.setattr("emq.target.load_data", no_data)
+    code = main(["search", "--bench", "resnet20-fashion", "--generations", "1", "--population", "12", "--out", str(tmp_path / "s"), "--json"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["best_expression"]

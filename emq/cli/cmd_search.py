@@ -57,6 +57,8 @@ def _open_benches(args: argparse.Namespace) -> tuple[list, list]:
     if len(specs) == 1:
         bench = open_bench(specs[0])  # fail fast on a bad bench, before any model work
         model = check_bench_for_search(bench, specs[0], args.model)
+        if all(v is None for v in (args.model, args.data, args.weights, args.num_classes, args.input_size)):
+            return [bench], [None]  # the bench's own model and data (a bundle's statistics when the data is not installed)
         return [bench], [resolve_target(model, args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size)]
     for flag, value in (("--model", args.model), ("--data", args.data), ("--weights", args.weights), ("--num-classes", args.num_classes), ("--input-size", args.input_size)):
         if value is not None:
