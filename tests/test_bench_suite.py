@@ -62,7 +62,6 @@ def test_bench_of_a_user_module_with_its_data_and_reconstruction_rounding(tmp_pa
     assert rounding["method"] == "gptq" and rounding["options"] == {"damp": 0.01} and rounding["computed"] == 2 * 3
     assert b.meta["ptq_settings"]["weight_quantizer"] == "gptq"
     from emq.bench.evaluation import EvalSpec, engine_for
-
     from emq.quant import PTQEngine
 
     layer_map = engine_for(EvalSpec(net, data, None, None, None, PTQSettings(**b.meta["ptq_settings"]))).layer_map

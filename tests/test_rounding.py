@@ -118,9 +118,10 @@ def test_cache_key_depends_on_calibration_and_options(tmp_path):
 
 
 def _net_and_data():
+    from torch.utils.data import TensorDataset
+
     from emq.data import DataSplits
     from emq.layermap import build_layer_map
-    from torch.utils.data import TensorDataset
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False),

@@ -12,6 +12,7 @@ import pytest
 
 from emq.bench.bundles import shipped_bench_path
 from emq.bench.outcomes import decode, encode
+from emq.errors import EmqError
 from emq.transfer import TransferStudy, plan
 
 TINY = {"seeds": [0], "generations": 2, "population": 12, "whole_config": (), "resamples": 50}
@@ -58,7 +59,7 @@ def test_a_poisoned_heldout_bench_leaves_its_leave_one_out_campaign_identical(tm
         runs[label] = study.run_campaign(held)
     assert _fingerprint(runs["clean"]) == _fingerprint(runs["poisoned"])
     study = TransferStudy(["default", poisoned], protocols=("single",), **TINY)
-    with pytest.raises(Exception):  # the poison is potent: a campaign that does search on it fails
+    with pytest.raises(EmqError):  # the poison is potent: a campaign that does search on it fails
         study.run_campaign(next(c for c in study.plan if c.train == (poisoned,)))
 
 
@@ -77,6 +78,6 @@ def test_transfer_report_files_and_numbers(tmp_path, capsys):
     for cell in doc["cells"]:
         assert cell["test"] not in cell["train"] and cell["low"] <= cell["rho"] <= cell["high"]
         assert cell["paired"]["baseline"] == cell["best_handmade"] == doc["references"][cell["test"]]["best_handmade"]
-    for bench, ref in doc["references"].items():
+    for ref in doc["references"].values():
         names = {r["name"] for r in ref["rows"]}
         assert "ridge" in names and ref["best_handmade"] in names and ref["ceiling"] is not None
