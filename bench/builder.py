@@ -208,7 +208,8 @@ def bench_build(
         def write_repeat(res: dict, idx: int, source: str) -> None:
             store.insert_repeat(con, res["config"], res, noise_spec.settings.calib_seed)
 
-        rounding = {"build": _prepare_rounding(spec, space.bits, progress and bool(todo)), "retest": _prepare_rounding(noise_spec, space.bits, progress and bool(todo_rep))}
+        # only a stage with evaluations to run prepares (or loads) its rounding; its record replaces that stage's earlier one
+        rounding = {stage: _prepare_rounding(sp, space.bits, progress) for stage, sp, work in (("build", spec, todo), ("retest", noise_spec, todo_rep)) if work}
         with executor_for(executor, workers) as pool:
             t0 = time.perf_counter()
             _run(pool, spec, todo, "bench", progress, write_record)
@@ -219,8 +220,8 @@ def bench_build(
         rel = reliability(bench)
         entry = {"evaluated": len(todo) + len(todo_rep), "seconds": round(elapsed, 2), "workers": used_workers} if todo or todo_rep else None
         items = {"reliability": rel, "retest_settings": noise_spec.settings.to_json(), "retest_configs": len(bench.repeats), "default_metric": default_metric(rel)}
-        if entry is not None:  # the rounding that served this run's evaluations (a no-op resume changes nothing)
-            items["rounding"] = rounding
+        if rounding:  # the rounding that served this run's evaluations (a no-op resume changes nothing)
+            items["rounding"] = {**(stored.get("rounding") or {}), **rounding}
         store.write_meta(con, items, log_entry=entry)
     store.compact(out)
     return bench_info(out)

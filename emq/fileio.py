@@ -15,6 +15,12 @@ from .errors import EmqError
 TEMP_SUFFIX = ".tmp"
 
 
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """The root of emq's caches: `cache_dir`, else $EMQ_CACHE_DIR, else ~/.cache/emq."""
+    root = cache_dir if cache_dir is not None else os.environ.get("EMQ_CACHE_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "emq"
+
+
 def remove_stale_temps(directory: str | Path) -> list[Path]:
     """Delete the temp files a killed writer left in `directory` (`.<name>.<random>.tmp`);
     call it only where no other writer can be busy, e.g. when resuming a run directory."""

@@ -147,19 +147,14 @@ class EmbeddedModel:
     data: str  # the --data it was trained for
     input_size: int
     description: str
-    train: str  # the command that regenerates the weights
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
-    "default": EmbeddedModel(lambda: CifarResNet(), DEFAULT_WEIGHTS, "default", 24, "ResNet-20, width 8, on the default digits task",
-                             "python scripts/train_model.py --model default"),
+    "default": EmbeddedModel(lambda: CifarResNet(), DEFAULT_WEIGHTS, "default", 24, "ResNet-20, width 8, on the default digits task"),
     "mobilenetv2-digits": EmbeddedModel(lambda: TinyMobileNetV2(), "mobilenetv2_digits.pt", "default", 24,
-                                        "MobileNetV2-style (inverted residuals, depthwise convs) on the default digits task",
-                                        "python scripts/train_model.py --model mobilenetv2-digits"),
-    "vgg-digits": EmbeddedModel(lambda: TinyVGG(), "vgg_digits.pt", "default", 24, "plain VGG-style CNN (6 conv + 2 FC) on the default digits task",
-                                "python scripts/train_model.py --model vgg-digits"),
-    "resnet20-fashion": EmbeddedModel(lambda: CifarResNet(), "resnet20_fashion.pt", "fashion-mnist", 28, "ResNet-20, width 8, on Fashion-MNIST",
-                                      "python scripts/train_model.py --model resnet20-fashion"),
+                                        "MobileNetV2-style (inverted residuals, depthwise convs) on the default digits task"),
+    "vgg-digits": EmbeddedModel(lambda: TinyVGG(), "vgg_digits.pt", "default", 24, "plain VGG-style CNN (6 conv + 2 FC) on the default digits task"),
+    "resnet20-fashion": EmbeddedModel(lambda: CifarResNet(), "resnet20_fashion.pt", "fashion-mnist", 28, "ResNet-20, width 8, on Fashion-MNIST"),
 }
 
 
@@ -170,7 +165,7 @@ def embedded_model(name: str = "default", pretrained: bool = True) -> nn.Module:
     if pretrained:
         path = asset_path(spec.weights)
         if not path.is_file():
-            raise EmqError(f"the weights of embedded model {name!r} are missing; regenerate them with `{spec.train}`")
+            raise EmqError(f"the weights of embedded model {name!r} are missing; regenerate them with `python scripts/train_model.py --model {name}`")
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
 

@@ -34,7 +34,7 @@ from .data import DEFAULT_CALIB_SIZE, DataSplits
 from .errors import EmqError
 from .layermap import QUANTIZABLE, LayerMap
 from .quantizers import CLIP_GRID as CLIP_GRID  # re-exported, as quantize_weight
-from .quantizers import check_quantizer_name, fake_quant
+from .quantizers import QUANTIZERS, check_quantizer_name, fake_quant
 from .quantizers import quantize_weight as quantize_weight
 from .rounding import RoundedWeights
 from .specs import (
@@ -217,9 +217,8 @@ class PTQEngine:
         s = self.settings
         names = [layer.name for layer in layer_map.layers]
         options = dict(s.quantizer_options)
-        probe = RoundedWeights(self.work, self.layers, names, s.weight_quantizer, options, s.weight_symmetric, self.calib[0], s.batch_size, cache_dir, use_cache=False)
-        if not (probe.quantizer.needs_inputs or s.bias_correction):
-            return probe
+        if not (QUANTIZERS[s.weight_quantizer].needs_inputs or s.bias_correction):
+            return RoundedWeights(self.work, self.layers, names, s.weight_quantizer, options, s.weight_symmetric, self.calib[0], s.batch_size, cache_dir)
         fp = copy.deepcopy(self.work)
         mods = dict(fp.named_modules())
         return RoundedWeights(fp, [mods[n] for n in names], names, s.weight_quantizer, options, s.weight_symmetric, self.calib[0], s.batch_size, cache_dir)
@@ -249,7 +248,7 @@ class PTQEngine:
             w = self.fp_weights[i] if layer_bits is None else self.quantized_weight(i, layer_bits[i])
             m.weight.data.copy_(w)
             if self.fp_biases is not None:
-                shift = 0.0 if layer_bits is None else self.rounding.output_shift(i, layer_bits[i], self.quantized_weight(i, layer_bits[i]))
+                shift = 0.0 if layer_bits is None else self.rounding.output_shift(i, layer_bits[i], w)
                 m.bias.data.copy_(self.fp_biases[i] - shift)
 
     def _bias_setup(self) -> list[torch.Tensor] | None:

@@ -6,7 +6,7 @@ Data-free methods (the default "mse") are cheap and kept in memory. Reconstructi
 their result depends only on (model, calibration images, method, options, layer, bits): it
 is cached on disk under `<cache root>/rounding/<key>.pt` (cache root as for the
 statistics: $EMQ_CACHE_DIR, else ~/.cache/emq) and reused by every configuration, every
-worker and every later run. A cache file carries the SHA-256 of its tensor; a file that
+worker and every later run. A cache file carries the digest of its tensor; a file that
 does not verify is reported and recomputed.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -26,23 +25,18 @@ from torch import nn
 from tqdm import tqdm
 
 from .errors import EmqError
-from .fileio import ensure_dir
+from .fileio import atomic_write, cache_root
 from .hashing import state_dict_digest, tensor_digest
 from .quantizers import get_weight_quantizer
 from .quantizers.base import LayerInputs
 
 log = logging.getLogger(__name__)
-FORMAT = 1
+FORMAT = 2  # 2: files carry emq.hashing.tensor_digest of their tensor
 
 
 def rounding_cache_dir(cache_dir: str | Path | None = None) -> Path:
-    """`<root>/rounding`, root = `cache_dir`, else $EMQ_CACHE_DIR, else ~/.cache/emq."""
-    root = cache_dir if cache_dir is not None else os.environ.get("EMQ_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "emq") / "rounding"
-
-
-def _tensor_sha(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+    """`<cache root>/rounding` (emq.fileio.cache_root)."""
+    return cache_root(cache_dir) / "rounding"
 
 
 def collect_inputs(model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
@@ -124,7 +118,7 @@ class RoundedWeights:
             blob = torch.load(path, map_location="cpu", weights_only=True)
             q = blob["weight"]
             ok = (blob.get("key") == path.stem and isinstance(q, torch.Tensor) and q.shape == self.fp[layer].shape
-                  and q.dtype == self.fp[layer].dtype and blob.get("sha256") == _tensor_sha(q))
+                  and q.dtype == self.fp[layer].dtype and blob.get("digest") == tensor_digest([q]))
         except Exception as e:  # torch raises several types for damaged files
             ok, q = False, None
             log.debug("rounding cache %s unreadable: %s", path, e)
@@ -135,14 +129,11 @@ class RoundedWeights:
 
     def _save(self, layer: int, bits: int, q: torch.Tensor) -> None:
         path = self._path(layer, bits)
-        ensure_dir(path.parent)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        blob = {"weight": q.detach().cpu(), "digest": tensor_digest([q]), "key": path.stem, "layer": self.names[layer], "bits": bits, "method": self.method}
         try:
-            torch.save({"weight": q.detach().cpu(), "sha256": _tensor_sha(q), "key": path.stem, "layer": self.names[layer], "bits": bits, "method": self.method}, tmp)
-            os.replace(tmp, path)
-        except (OSError, EmqError) as e:
-            tmp.unlink(missing_ok=True)
-            log.warning("could not write the rounding cache %s (%s); continuing without it", path, e)
+            atomic_write(path, lambda tmp: torch.save(blob, tmp))
+        except EmqError as e:
+            log.warning("could not write the rounding cache (%s); continuing without it", e)
 
     def output_shift(self, layer: int, bits: int, rounded: torch.Tensor) -> torch.Tensor:
         """E[(Q_b(W) - W) x] per output channel over the full-precision calibration inputs:

@@ -49,7 +49,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -65,6 +64,7 @@ from tqdm import tqdm
 
 from emq.data import DEFAULT_CALIB_SIZE, DataSplits
 from emq.errors import EmqError
+from emq.fileio import cache_root
 from emq.hashing import state_dict_digest, tensor_digest
 from emq.layermap import QUANTIZABLE, LayerMap
 from emq.quant import PTQSettings, normalize_options
@@ -156,8 +156,7 @@ def default_cache_dir(cache_dir: str | Path | None = None) -> Path:
     The argument and the variable name the same level (the root of all emq caches), so
     `cache_dir=X` and `EMQ_CACHE_DIR=X` write to the same X/stats.
     """
-    root = cache_dir if cache_dir is not None else os.environ.get("EMQ_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "emq") / "stats"
+    return cache_root(cache_dir) / "stats"
 
 
 def _check_bits(bits: Sequence[int]) -> tuple[int, ...]:
