@@ -321,6 +321,15 @@ def score(
                        best.name if best else None, resamples, stats_seconds, results, skipped)
 
 
+def paired_difference(report: ScoreReport, a: ProxyScore, b: ProxyScore) -> dict[str, Any] | None:
+    """rho(a) - rho(b) on held-out x report with the report's paired bootstrap (same replicates
+    as its intervals): how two proxies of one report are compared when neither is the best
+    hand-made one, e.g. two evolved proxies."""
+    from .bench import Bench
+
+    return _Cells(Bench.open(report.bench), report.metric, report.resamples).paired(a, b)
+
+
 # ------------------------------------------------------------------------------ output
 
 TABLE_COLUMNS = [
