@@ -28,7 +28,7 @@ from tqdm import tqdm
 from emq._version import __version__ as emq_version
 from emq.data import DataSplits
 from emq.errors import EmqError
-from emq.executors import Executor, check_workers, executor_for
+from emq.executors import Executor, TaskFailure, check_workers, executor_for
 from emq.hashing import state_dict_digest, tensor_digest
 from emq.quant import PTQSettings
 from emq.specs import DEFAULT_BITS, METRIC_ORIENTATION, ParameterError, config_text
@@ -129,13 +129,23 @@ def _prepare_rounding(spec: EvalSpec, bits: Sequence[int], progress: bool) -> di
     return {**engine.rounding.describe(), "seconds": round(seconds, 2), "computed": engine.rounding.misses, "from_cache": engine.rounding.hits}
 
 
-def _run(executor: Executor, spec: EvalSpec, todo: list[tuple[int, str, str]], desc: str, progress: bool, write: Callable[[dict, int, str], None]) -> None:
-    """Evaluate `todo` (idx, config, source) and hand each result to `write` as it arrives."""
+def _run(executor: Executor, spec: EvalSpec, todo: list[tuple[int, str, str]], desc: str, progress: bool, write: Callable[[dict, int, str], None],
+         fail: Callable[[TaskFailure], None]) -> int:
+    """Evaluate `todo` (idx, config, source) and hand each result to `write` as it arrives, each
+    configuration that kept failing to `fail`; returns how many failed."""
     info = {cfg: (idx, src) for idx, cfg, src in todo}
+    failed = 0
     with tqdm(total=len(todo), desc=desc, unit="cfg", disable=not progress or not todo) as bar:
-        for res in executor.map(evaluate_config, [cfg for _, cfg, _ in todo], context=spec, ordered=False):
-            write(res, *info[res["config"]])
+        for res in executor.map(evaluate_config, [cfg for _, cfg, _ in todo], context=spec, ordered=False, failures=True):
+            if isinstance(res, TaskFailure):
+                log.warning("%s: configuration %s failed after %d attempt(s): %s", desc, res.task, res.attempts, res.error)
+                fail(res)
+                failed += 1
+                bar.set_postfix(failed=failed)
+            else:
+                write(res, *info[res["config"]])
             bar.update(1)
+    return failed
 
 
 @claimed  # creates `out` atomically and locks it before any model work
@@ -210,18 +220,33 @@ def bench_build(
 
         # only a stage with evaluations to run prepares (or loads) its rounding; its record replaces that stage's earlier one
         rounding = {stage: _prepare_rounding(sp, space.bits, progress) for stage, sp, work in (("build", spec, todo), ("retest", noise_spec, todo_rep)) if work}
+        def fail(stage: str) -> Callable[[TaskFailure], None]:
+            return lambda f: store.insert_failure(con, f.task, stage, f.error, f.attempts)
+
         with executor_for(executor, workers) as pool:
             t0 = time.perf_counter()
-            _run(pool, spec, todo, "bench", progress, write_record)
-            _run(pool, noise_spec, todo_rep, "calibration retest", progress, write_repeat)
+            failed = _run(pool, spec, todo, "bench", progress, write_record, fail("build"))
+            failed += _run(pool, noise_spec, todo_rep, "calibration retest", progress, write_repeat, fail("retest"))
             elapsed = time.perf_counter() - t0
-            used_workers = pool.workers
+            used = {"workers": pool.workers, "executor": getattr(pool, "name", type(pool).__name__)}
+        failures = store.read_failures(con)
+        if failures and not store.done_configs(con):
+            raise _failed(out, failures)
         bench = Bench.from_connection(out, con)
         rel = reliability(bench)
-        entry = {"evaluated": len(todo) + len(todo_rep), "seconds": round(elapsed, 2), "workers": used_workers} if todo or todo_rep else None
+        entry = {"evaluated": len(todo) + len(todo_rep) - failed, "failed": failed, "seconds": round(elapsed, 2), **used} if todo or todo_rep else None
         items = {"reliability": rel, "retest_settings": noise_spec.settings.to_json(), "retest_configs": len(bench.repeats), "default_metric": default_metric(rel)}
         if rounding:  # the rounding that served this run's evaluations (a no-op resume changes nothing)
             items["rounding"] = {**(stored.get("rounding") or {}), **rounding}
         store.write_meta(con, items, log_entry=entry)
     store.compact(out)
+    if failures:
+        raise _failed(out, failures)
     return bench_info(out)
+
+
+def _failed(out: Path, failures: list[dict[str, Any]]) -> EmqError:
+    first = failures[0]
+    return EmqError(f"{out}: {len(failures)} configuration(s) failed and are recorded with their errors (`emq bench info {out}` lists them), "
+                    f"e.g. {first['config']} ({first['stage']}, {first['attempts']} attempt(s)): {first['error']}; the rest is stored: "
+                    "fix the cause and run the same command with --resume to evaluate them")

@@ -58,6 +58,7 @@ class Bench:
         self.heldout = np.array([is_heldout(c) for c in self.config_texts], dtype=bool)
         self._index = {tuple(int(b) for b in c.split(",")): i for i, c in enumerate(self.config_texts)}
         self._index_by_text = {c: i for i, c in enumerate(self.config_texts)}
+        self.failures: list[dict[str, Any]] = []  # configurations that kept failing in the build (store.read_failures)
 
     @classmethod
     def open(cls, path: str | Path = "default") -> Bench:
@@ -78,7 +79,9 @@ class Bench:
                 f"bench {path}: bench format {version}, this emq reads format {store.SCHEMA_VERSION} (per-image outcomes and test pools);"
                 " rebuild it with `emq bench build` and the arguments in its build_log, or use an emq version of its format"
             )
-        return cls(path, meta, store.read_records(con), store.read_outcomes(con), store.read_repeats(con), store.read_outcomes(con, "repeats"))
+        bench = cls(path, meta, store.read_records(con), store.read_outcomes(con), store.read_repeats(con), store.read_outcomes(con, "repeats"))
+        bench.failures = store.read_failures(con)
+        return bench
 
     # -- description ---------------------------------------------------------------
     @property
@@ -327,6 +330,7 @@ def bench_info(path: str | Path = "default") -> dict[str, Any]:
         "data_fingerprint": meta.get("data_fingerprint"),
         "versions": meta.get("versions"),
         "build_log": meta.get("build_log", []),
+        "failures": b.failures,
     }
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
@@ -37,7 +38,11 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE TABLE IF NOT EXISTS repeats (
     config TEXT PRIMARY KEY, top1 REAL NOT NULL, loss REAL, kl REAL, seconds REAL, calib_seed INTEGER NOT NULL, outcomes BLOB
 );
+CREATE TABLE IF NOT EXISTS failures (
+    config TEXT NOT NULL, stage TEXT NOT NULL, error TEXT NOT NULL, attempts INTEGER NOT NULL, at TEXT NOT NULL, PRIMARY KEY (config, stage)
+);
 """
+STAGE_TABLE = {"build": "records", "retest": "repeats"}  # a failure's stage -> the table its success goes to
 
 
 def connect(path: Path | str, readonly: bool = False) -> sqlite3.Connection:
@@ -160,12 +165,14 @@ def done_configs(con: sqlite3.Connection, table: str = "records") -> set[str]:
 
 
 def insert_record(con: sqlite3.Connection, row: Mapping[str, Any]) -> bool:
-    """Insert one record in its own transaction; False when the config was already there."""
+    """Insert one record in its own transaction (clearing an earlier failure of its config);
+    False when the config was already there."""
     with transaction(con):
         cur = con.execute(
             f"INSERT OR IGNORE INTO records ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})",
             [row.get(c) for c in _INSERT_COLUMNS],
         )
+        con.execute("DELETE FROM failures WHERE config = ? AND stage = 'build'", (row["config"],))
     return cur.rowcount == 1
 
 
@@ -185,6 +192,27 @@ def insert_repeat(con: sqlite3.Connection, config: str, result: Mapping[str, Any
             "INSERT OR IGNORE INTO repeats (config, top1, loss, kl, seconds, calib_seed, outcomes) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (config, result["top1"], result["loss"], result["kl"], result["seconds"], calib_seed, result.get("outcomes")),
         )
+        con.execute("DELETE FROM failures WHERE config = ? AND stage = 'retest'", (config,))
+
+
+def insert_failure(con: sqlite3.Connection, config: str, stage: str, error: str, attempts: int) -> None:
+    """Record that `config` kept failing in `stage` ('build' or 'retest'); a resume tries it
+    again, and its success removes this row."""
+    if stage not in STAGE_TABLE:
+        raise ValueError(f"unknown stage {stage!r}")
+    with transaction(con):
+        con.execute("INSERT OR REPLACE INTO failures (config, stage, error, attempts, at) VALUES (?, ?, ?, ?, ?)",
+                    (config, stage, error, attempts, time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+
+
+def read_failures(con: sqlite3.Connection) -> list[dict[str, Any]]:
+    """The configurations that failed for good, with their errors (none in files made before
+    failures were recorded)."""
+    try:
+        rows = con.execute("SELECT config, stage, error, attempts, at FROM failures ORDER BY stage, config").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    return [{"config": c, "stage": st, "error": e, "attempts": a, "at": at} for c, st, e, a, at in rows]
 
 
 def read_outcomes(con: sqlite3.Connection, table: str = "records") -> dict[str, bytes | None]:

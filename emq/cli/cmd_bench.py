@@ -9,11 +9,15 @@ from ..bench import bench_build, bench_export, bench_import, bench_info, bench_l
 from ..bench.importer import FORMATS
 from ..bench.sampling import SAMPLERS
 from ..errors import EmqError
+from ..executors import Executor
+from ..quant import PTQSettings
 from .commands import COMMANDS
 from .common import (
+    add_executor_args,
     add_model_args,
     add_ptq_args,
     emit_json,
+    executor_from_args,
     markdown_table,
     open_bench,
     parse_bits,
@@ -32,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", required=True, type=Path, help="bench file to write (SQLite)")
     b.add_argument("--configs", type=int, default=1000, help="total configurations, uniform ones included (default 1000)")
     b.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    b.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    add_executor_args(b, "workers evaluating configurations (default 1); records are identical with any executor and any number")
     b.add_argument("--resume", action="store_true", help="continue an interrupted build of --out")
     b.add_argument("--bits-allowed", default="2,3,4", help="allowed bit-widths per slot (default 2,3,4)")
     b.add_argument("--pin", action="append", default=[], metavar="SLOT=BITS", help="pin a slot (index or name) to a bit-width; repeatable")
@@ -137,6 +141,9 @@ def _print_info(info: dict) -> None:
         print("trivial baselines (oriented Spearman): " + "; ".join(f"{p}: " + ", ".join(f"{m} {v:.3f}" for m, v in r.items() if v is not None) for p, r in base.items()))
     rows = [[m, s["min"], s["p25"], s["median"], s["p75"], s["max"], s["mean"], s["std"]] for m, s in info["metrics"].items()]
     print(markdown_table(["metric", "min", "p25", "median", "p75", "max", "mean", "std"], rows))
+    if info.get("failures"):
+        print(f"{len(info['failures'])} configuration(s) failed (a resume tries them again):")
+        print(markdown_table(["configuration", "stage", "attempts", "error"], [[f["config"], f["stage"], f["attempts"], f["error"]] for f in info["failures"]]))
 
 
 # below this many pairs a Spearman correlation takes only a handful of values (with 2 it is
@@ -156,7 +163,7 @@ def _check_build_sizes(args: argparse.Namespace, bits: list[int]) -> None:
     if args.noise_samples != 0 and not MIN_NOISE_SAMPLES <= args.noise_samples:
         raise EmqError(f"--noise-samples {args.noise_samples}: use 0 (no calibration retest) or at least {MIN_NOISE_SAMPLES}; the retest reliability is "
                        f"the Spearman correlation of repeated evaluations, which means nothing over fewer than {MIN_NOISE_SAMPLES} pairs")
-    for flag, value in (("--workers", args.workers), ("--test-limit", args.test_limit)):
+    for flag, value in (("--workers", args.workers), ("--test-limit", args.test_limit)):  # checked before an executor starts
         if value is not None and value < 1:
             raise EmqError(f"{flag} {value}: use 1 or more")
 
@@ -165,12 +172,19 @@ def run_build(args: argparse.Namespace) -> int:
     settings = ptq_settings(args)
     bits = parse_bits(args.bits_allowed, "bits_allowed")
     _check_build_sizes(args, bits)
-    info = bench_build(
+    with executor_from_args(args) as executor:
+        info = _build(args, settings, bits, executor)
+    emit_json(info) if args.json else _print_info(info)
+    return 0
+
+
+def _build(args: argparse.Namespace, settings: PTQSettings, bits: list[int], executor: Executor) -> dict:
+    return bench_build(
         args.out,
         model=args.model,
         configs=args.configs,
         seed=args.seed,
-        workers=args.workers,
+        executor=executor,
         resume=args.resume,
         bits=bits,
         pinned=_pins(args.pin),
@@ -184,8 +198,6 @@ def run_build(args: argparse.Namespace) -> int:
         noise_samples=args.noise_samples,
         test_limit=args.test_limit,
     )
-    emit_json(info) if args.json else _print_info(info)
-    return 0
 
 
 def run_info(args: argparse.Namespace) -> int:

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from ..baselines import PROXIES
 from ..errors import EmqError
-from ..ranking import DEFAULT_LIMIT, score
+from ..executors import Executor
+from ..ranking import DEFAULT_LIMIT, ScoreReport, score
 from ..specs import METRICS
 from ..uncertainty import DEFAULT_RESAMPLES
 from .commands import COMMANDS
-from .common import check_out_dir, emit_json, open_bench
+from .common import add_executor_args, check_out_dir, emit_json, executor_from_args, open_bench
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ompq-beta", type=float, help="OMPQ's beta in theta = exp(-beta * gamma) (default 1.0)")
     p.add_argument("--data", help="override the bench's data ('default' or a directory)")
     p.add_argument("--weights", type=Path, help="local weights file of the bench's model (checked against the bench's weights hash)")
-    p.add_argument("--workers", type=int, default=1, help="processes for whole-configuration proxies (default 1 = serial; results are identical)")
+    add_executor_args(p, "workers for whole-configuration proxies (default 1 = serial; results are identical)")
     p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help=f"bootstrap resamples (configurations x test sources, seeded) for the 95 %% intervals (default {DEFAULT_RESAMPLES})")
     p.add_argument("--no-reference", action="store_true", help="leave out the supervised ridge reference row")
     p.add_argument("--out", type=Path, help="write score.csv, score.json and scatter_<proxy>.png here")
@@ -37,12 +38,23 @@ def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     if args.limit < 0:
         raise EmqError(f"--limit {args.limit}: use 0 (all configurations) or a positive number")
-    if args.workers < 1:
-        raise EmqError(f"--workers {args.workers}: use 1 or more")
     if args.ompq_beta is not None and not math.isfinite(args.ompq_beta):
         raise EmqError(f"--ompq-beta {args.ompq_beta}: use a finite number")
     open_bench(args.bench)  # a bad bench is refused before any model work
-    report = score(
+    with executor_from_args(args) as executor:
+        report = _score(args, executor)
+    written = report.save(args.out) if args.out else []
+    if args.json:
+        emit_json(report.to_json())
+        return 0
+    print(report.to_markdown())
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _score(args: argparse.Namespace, executor: Executor) -> ScoreReport:
+    return score(
         args.bench,
         proxies="" if args.proxies == "none" else args.proxies,
         proxy_files=args.proxy,
@@ -52,15 +64,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         weights=args.weights,
         progress=not (args.json or args.quiet),
-        workers=args.workers,
+        executor=executor,
         resamples=args.resamples,
         reference=not args.no_reference,
     )
-    written = report.save(args.out) if args.out else []
-    if args.json:
-        emit_json(report.to_json())
-        return 0
-    print(report.to_markdown())
-    for path in written:
-        print(f"wrote {path}")
-    return 0

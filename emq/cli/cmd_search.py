@@ -13,7 +13,15 @@ from ..search_space.pset import make_space
 from ..specs import METRICS
 from ..target import resolve_target
 from .commands import COMMANDS
-from .common import add_model_args, check_bench_for_search, check_out_dir, emit_json, open_bench
+from .common import (
+    add_executor_args,
+    add_model_args,
+    check_bench_for_search,
+    check_out_dir,
+    emit_json,
+    executor_from_args,
+    open_bench,
+)
 
 
 def _names(text: str | None) -> list[str]:
@@ -31,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--population", type=int, default=64, help="population size (default 64)")
     p.add_argument("--max-evaluations", type=int, help="stop after this many candidate evaluations")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--workers", type=int, default=1, help="evaluation processes (default 1 = serial; results are identical)")
+    add_executor_args(p, "workers evaluating candidates, and computing the benches' statistics (default 1 = serial; results are identical)")
     p.add_argument("--out", type=Path, help="run directory (default: emq_runs/search-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the campaign in --out from its checkpoint")
     p.add_argument("--checkpoint-every", type=int, default=5, help="generations between checkpoints (default 5); a kill loses at most this many")
@@ -82,9 +90,8 @@ def _print_best(result: SearchResult) -> None:
 def run(args: argparse.Namespace) -> int:
     terms = _names(args.terminals)
     space = make_space(args.space, terms or None, _names(args.exclude_terminals), _names(args.include_ops), _names(args.exclude_ops))
-    for flag, value in (("--top", args.top), ("--workers", args.workers)):
-        if value < 1:
-            raise EmqError(f"{flag} {value}: use 1 or more")
+    if args.top < 1:
+        raise EmqError(f"--top {args.top}: use 1 or more")
     out = args.out or Path("emq_runs") / f"search-s{args.seed}"
     check_out_dir(out)
     est = ProxySearch(
@@ -103,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
         from ..evolution import checkpoint
 
         checkpoint.load(out / "checkpoint.npz")  # a truncated checkpoint is refused before the statistics
-    result = est.fit(benches, model=models).result_
+    with executor_from_args(args) as executor:
+        est.set_params(executor=executor)
+        result = est.fit(benches, model=models).result_
     if args.json:
         emit_json(result.to_json())
         return 0

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import EmqError
+from ..executors import Executor, make_executor
 from ..quant import PTQSettings
 from ..quantizers import QUANTIZERS
 from ..specs import parse_config
 from ..tables import markdown_table
 
-__all__ = ["add_model_args", "add_ptq_args", "check_bench_for_search", "check_out_dir", "emit_json", "markdown_table", "open_bench", "parse_bits", "ptq_overrides",
+__all__ = ["add_executor_args", "add_model_args", "add_ptq_args", "check_bench_for_search", "check_out_dir", "emit_json", "executor_from_args", "markdown_table", "open_bench", "parse_bits", "ptq_overrides",
            "ptq_settings"]
 
 MIN_SPLIT = 3  # configurations a bench split needs for a rank correlation
@@ -46,6 +48,30 @@ def add_ptq_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-quantizer", help=f"weight rounding method: {', '.join(QUANTIZERS)} (default {d.weight_quantizer}); gptq/adaround reconstruct each layer and are cached per (layer, bits)")
     p.add_argument("--bias-correction", action="store_true", default=None, help="correct each layer's bias for the mean output shift of its rounded weights (matters for layers without a following BatchNorm)")
     p.add_argument("--quantizer-option", action="append", type=_option, metavar="KEY=VALUE", help="an option of the weight quantizer, e.g. iters=20000 for adaround; repeatable")
+
+
+def add_executor_args(p: argparse.ArgumentParser, workers_help: str) -> None:
+    """--workers, --executor, --ray-address and --gpus-per-worker: where the expensive part runs."""
+    p.add_argument("--workers", type=int, default=1, help=workers_help)
+    p.add_argument("--executor", choices=["serial", "process", "ray"], help="serial, process (a local pool) or ray (actors on a Ray cluster; "
+                                                                           "pip install \"emq[ray]\"); default serial for one worker, else process")
+    p.add_argument("--ray-address", help="with --executor ray: 'auto' (the cluster `ray start` runs on this machine) or HOST:PORT of its head "
+                                         "(default: a local cluster started for this command)")
+    p.add_argument("--gpus-per-worker", type=float, help="with --executor ray: GPUs each worker reserves (default 0)")
+
+
+def executor_from_args(args: argparse.Namespace) -> Executor:
+    """The executor the flags of `add_executor_args` ask for (the caller closes it)."""
+    if args.workers < 1:
+        raise EmqError(f"--workers {args.workers}: use 1 or more")
+    ray_flags = [f for f, v in (("--ray-address", args.ray_address), ("--gpus-per-worker", args.gpus_per_worker)) if v is not None]
+    if args.executor != "ray" and ray_flags:
+        raise EmqError(f"{', '.join(ray_flags)}: only with --executor ray")
+    if args.gpus_per_worker is not None and not (math.isfinite(args.gpus_per_worker) and args.gpus_per_worker >= 0):
+        raise EmqError(f"--gpus-per-worker {args.gpus_per_worker}: use a number >= 0")
+    if args.executor == "ray":
+        return make_executor("ray", args.workers, address=args.ray_address, gpus_per_worker=args.gpus_per_worker or 0)
+    return make_executor(args.executor, args.workers)
 
 
 def _option(text: str) -> tuple[str, str]:

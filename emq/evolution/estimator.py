@@ -186,21 +186,20 @@ class ProxySearch:
         ckpt = out_dir / "checkpoint.npz" if out_dir is not None else None
         space = self.space or make_space()
         camp = getattr(self, "_campaign", None) if self.warm_start else None
-        if camp is not None and [d.fingerprint for d in camp.data] == [d.for_campaign().fingerprint for d in data]:
-            camp.continue_with(cfg)
-        else:
-            if ckpt is not None and ckpt.exists() and not self.warm_start:
-                raise ParameterError("out_dir", str(out_dir), "already holds a campaign: continue it with warm_start=True or choose another directory")
-            all_stats = [s if s is not None else _statistics(b, m, d) for s, m, (d, b) in zip(given, models, loaded, strict=True)]
-            camp = Campaign(all_stats, data, space, cfg, out_dir, self.progress)
-            if self.warm_start:
-                if ckpt is None or not ckpt.exists():
-                    raise ParameterError("warm_start", True, f"nothing to continue: no earlier fit and no checkpoint in {out_dir}; start with warm_start=False")
-                camp.restore(ckpt)
-                removed = remove_stale_temps(out_dir)  # left by a writer killed mid-write
-                if removed:
-                    log.info("removed %d stale temp files from %s", len(removed), out_dir)
         with executor_for(self.executor, self.workers) as executor:
+            if camp is not None and [d.fingerprint for d in camp.data] == [d.for_campaign().fingerprint for d in data]:
+                camp.continue_with(cfg)
+            else:
+                if ckpt is not None and ckpt.exists() and not self.warm_start:
+                    raise ParameterError("out_dir", str(out_dir), "already holds a campaign: continue it with warm_start=True or choose another directory")
+                camp = Campaign(_all_statistics(executor, given, models, loaded), data, space, cfg, out_dir, self.progress)
+                if self.warm_start:
+                    if ckpt is None or not ckpt.exists():
+                        raise ParameterError("warm_start", True, f"nothing to continue: no earlier fit and no checkpoint in {out_dir}; start with warm_start=False")
+                    camp.restore(ckpt)
+                    removed = remove_stale_temps(out_dir)  # left by a writer killed mid-write
+                    if removed:
+                        log.info("removed %d stale temp files from %s", len(removed), out_dir)
             camp.run(executor)
         self._campaign = camp
         self._collect(camp, data, out_dir)
@@ -298,6 +297,21 @@ def _statistics(bench: Any, model: Any, data: FitnessData) -> NetworkStats:
     from ..bench_setup import BenchSetup
 
     return BenchSetup.of(bench, model).network_stats()
+
+
+def _statistics_task(_: Any, job: tuple[Any, Any, FitnessData]) -> NetworkStats:
+    return _statistics(*job)
+
+
+def _all_statistics(executor: Executor, given: list[Any], models: list[Any], loaded: list[tuple[FitnessData, Any]]) -> list[NetworkStats]:
+    """Every bench's statistics: the given ones, the rest computed, one model per worker when
+    the executor has several (a multi-bench campaign on a cluster)."""
+    jobs = [(b, m, d) for s, m, (d, b) in zip(given, models, loaded, strict=True) if s is None]
+    if executor.workers > 1 and len(jobs) > 1:
+        computed = iter(executor.map(_statistics_task, jobs))
+    else:
+        computed = (_statistics(*job) for job in jobs)
+    return [s if s is not None else next(computed) for s in given]
 
 
 def _ridge_reference(data: FitnessData) -> dict[str, Any] | None:

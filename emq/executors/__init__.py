@@ -7,6 +7,10 @@ target); an executor ships it to each worker once, not once per task, and the wo
 whatever it builds from it (a PTQ engine, a table evaluator) for every task it receives.
 `fn` and `context` must be picklable for executors that leave the process.
 
+With `failures=True` a task that raised (after whatever retries the executor makes) yields a
+`TaskFailure` in place of its result, so a long job records it and goes on instead of losing
+the work in flight; by default the error propagates.
+
 Executors register themselves by name (`@register("name")`) in a module of this package;
 every module here is imported when a name is looked up, so a new executor (the distributed
 one of a later issue) is one new file.
@@ -19,6 +23,7 @@ import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import EmqError
@@ -29,14 +34,39 @@ Context = Any
 _REGISTRY: dict[str, type[Executor]] = {}
 
 
+@dataclass(frozen=True)
+class TaskFailure:
+    """A task that kept failing: what `map(..., failures=True)` yields instead of its result."""
+
+    task: Any
+    error: str  # "ExceptionType: message" of the last attempt
+    attempts: int
+
+
+def run_task(fn: Callable[[Context, Task], Any], context: Context, task: Task, failures: bool) -> Any:
+    """fn(context, task), or its TaskFailure when `failures` is set (what local workers run)."""
+    if not failures:
+        return fn(context, task)
+    try:
+        return fn(context, task)
+    except Exception as e:  # noqa: BLE001 - any error of one task is recorded, the job goes on
+        return TaskFailure(task, describe_error(e), 1)
+
+
+def describe_error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
 class Executor(ABC):
     """Runs `fn(context, task)` for many tasks; `close()` releases its workers."""
 
     workers: int = 1
 
     @abstractmethod
-    def map(self, fn: Callable[[Context, Task], Any], tasks: Iterable[Task], context: Context = None, ordered: bool = True, chunksize: int = 1) -> Iterator[Any]:
-        """Yield fn(context, task) per task: in task order when `ordered`, else as each finishes."""
+    def map(self, fn: Callable[[Context, Task], Any], tasks: Iterable[Task], context: Context = None, ordered: bool = True, chunksize: int = 1,
+            failures: bool = False) -> Iterator[Any]:
+        """Yield fn(context, task) per task: in task order when `ordered`, else as each finishes;
+        a TaskFailure for a task that raised, when `failures`."""
 
     def close(self) -> None:
         """Release workers; the executor may not be used afterwards."""
@@ -108,4 +138,4 @@ def executor_for(executor: str | Executor | None = None, workers: int = 1, **opt
         made.close()
 
 
-__all__ = ["Executor", "check_workers", "executor_for", "executor_names", "make_executor", "register"]
+__all__ = ["Executor", "TaskFailure", "check_workers", "describe_error", "run_task", "executor_for", "executor_names", "make_executor", "register"]

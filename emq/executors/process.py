@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import Context, Executor, Task, register
+from . import Context, Executor, Task, register, run_task
 
 _CONTEXT: Any = None
 
@@ -26,8 +26,8 @@ def _init(context: Any) -> None:
     _CONTEXT = context
 
 
-def _call(fn: Callable[[Context, Task], Any], task: Task) -> Any:
-    return fn(_CONTEXT, task)
+def _call(fn: Callable[[Context, Task], Any], failures: bool, task: Task) -> Any:
+    return run_task(fn, _CONTEXT, task, failures)
 
 
 @register("process")
@@ -44,10 +44,11 @@ class ProcessExecutor(Executor):
             self._context = context
         return self._pool
 
-    def map(self, fn: Callable[[Context, Task], Any], tasks: Iterable[Task], context: Context = None, ordered: bool = True, chunksize: int = 1) -> Iterator[Any]:
+    def map(self, fn: Callable[[Context, Task], Any], tasks: Iterable[Task], context: Context = None, ordered: bool = True, chunksize: int = 1,
+            failures: bool = False) -> Iterator[Any]:
         pool = self._pool_for(context)
         run = pool.imap if ordered else pool.imap_unordered
-        yield from run(partial(_call, fn), tasks, chunksize=max(1, chunksize))
+        yield from run(partial(_call, fn, failures), tasks, chunksize=max(1, chunksize))
 
     def close(self) -> None:
         if self._pool is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from . import Context, Executor, Task, register
+from . import Context, Executor, Task, register, run_task
 
 
 @register("serial")
@@ -14,6 +14,7 @@ class SerialExecutor(Executor):
     def __init__(self, workers: int = 1) -> None:
         self.workers = 1
 
-    def map(self, fn: Callable[[Context, Task], Any], tasks: Iterable[Task], context: Context = None, ordered: bool = True, chunksize: int = 1) -> Iterator[Any]:
+    def map(self, fn: Callable[[Context, Task], Any], tasks: Iterable[Task], context: Context = None, ordered: bool = True, chunksize: int = 1,
+            failures: bool = False) -> Iterator[Any]:
         for task in tasks:
-            yield fn(context, task)
+            yield run_task(fn, context, task, failures)

@@ -1,0 +1,195 @@
+"""Ray: the same executor interface on a Ray cluster (local, or `ray start` nodes).
+
+Workers are actors. The job's context (an evaluation spec with its model and data, a
+campaign's statistics) is put in Ray's object store once per job and each actor fetches it
+once, keeping what it builds from it (PTQ engine, cached rounded weights) for every task.
+Tasks are sent in chunks, a few in flight per actor; results come back to the driver, which
+alone writes files. An actor whose process dies is restarted and its tasks in flight are
+retried (`max_retries`); a task that raised a transient error (`RETRY_EXCEPTIONS`) is retried
+as well. A task that still fails raises, or with `failures=True` comes back as a TaskFailure.
+
+Needs `pip install "emq[ray]"`; everything else in emq runs without Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from typing import Any
+
+from ..errors import EmqError
+from ..specs import ParameterError
+from . import Context, Executor, Task, TaskFailure, describe_error, register
+
+log = logging.getLogger(__name__)
+
+# errors worth another attempt on another try: I/O (a network file system, a full /tmp) and a
+# GPU out of memory next to another job; anything else (a bug, bad input) fails the same again
+RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = (OSError, MemoryError)
+IN_FLIGHT = 2  # chunks queued per actor, so an actor never waits for the driver
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as e:
+        raise EmqError('the Ray executor needs Ray: pip install "emq[ray]" (or choose --executor serial or process)') from e
+    return ray
+
+
+def _retryable() -> tuple[type[BaseException], ...]:
+    import torch
+
+    return (*RETRY_EXCEPTIONS, torch.cuda.OutOfMemoryError)
+
+
+class _Worker:
+    """One actor: runs chunks of tasks against the context it fetched once per job."""
+
+    def __init__(self) -> None:
+        import torch
+
+        torch.set_num_threads(1)  # one core per actor (its num_cpus), as in the process pool
+        self._key: str | None = None
+        self._context: Any = None
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, fn: Callable[[Context, Task], Any], context_ref: list, tasks: list, failures: bool) -> list:
+        """fn(context, task) per task. The context comes wrapped in a list so that Ray hands
+        the reference over unresolved and it is fetched only when it changes (once per job,
+        and again after a restart)."""
+        ray = _ray()
+        ref = context_ref[0]
+        if self._key != ref.hex():
+            self._context, self._key = ray.get(ref), ref.hex()
+        retry = _retryable()
+        out = []
+        for task in tasks:
+            try:
+                out.append(fn(self._context, task))
+            except retry:
+                raise  # Ray retries the chunk (retry_exceptions)
+            except Exception as e:  # noqa: BLE001 - recorded with its error when the job asks
+                if not failures:
+                    raise
+                out.append(TaskFailure(task, describe_error(e), 1))
+        return out
+
+
+@register("ray")
+class RayExecutor(Executor):
+    """`workers` actors of one CPU (and `gpus_per_worker` GPUs) each on the cluster at
+    `address` ("auto" = the one `ray start` runs here; None = a cluster already initialised
+    in this process, else a new local one). A cluster started here is shut down by close()."""
+
+    def __init__(self, workers: int = 2, address: str | None = None, gpus_per_worker: float = 0, max_retries: int = 3) -> None:
+        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+            raise ParameterError("max_retries", max_retries, "must be an integer >= 0")
+        if not isinstance(gpus_per_worker, (int, float)) or isinstance(gpus_per_worker, bool) or gpus_per_worker < 0:
+            raise ParameterError("gpus_per_worker", gpus_per_worker, "must be a number >= 0")
+        ray = _ray()
+        self.workers, self.address, self.gpus_per_worker, self.max_retries = workers, address, gpus_per_worker, max_retries
+        self._started = False
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+                         **({"num_cpus": max(workers, os.cpu_count() or 1)} if address is None else {}))
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise EmqError(f"cannot reach a Ray cluster at --ray-address {address}: {e}; start one with `ray start --head` "
+                               "(or leave --ray-address out to run a local one)") from e
+            self._started = True
+        self._check_resources(ray)
+        options = {"num_cpus": 1, "num_gpus": gpus_per_worker, "max_restarts": -1, "max_task_retries": max_retries}
+        self._actors = [ray.remote(_Worker).options(**options).remote() for _ in range(workers)]
+        self._refs: tuple[Any, Any] | None = None  # (context, its object ref) of the current job
+
+    def _check_resources(self, ray: Any) -> None:
+        have, free = ray.cluster_resources(), ray.available_resources()
+        need = {"CPU": self.workers, "GPU": self.workers * self.gpus_per_worker}
+        for kind, n in need.items():
+            if n and have.get(kind, 0) < n:
+                self.close()
+                raise ParameterError("workers", self.workers, f"the Ray cluster has {have.get(kind, 0):g} {kind}s and the workers ask for {n:g}; "
+                                                              "ask for fewer workers or add nodes (`ray start --address ...`)")
+            if n and free.get(kind, 0) < n:
+                log.warning("the Ray cluster has %g of its %g %ss free and the workers ask for %g: they wait until other jobs release them",
+                            free.get(kind, 0), have[kind], kind, n)
+
+    def worker_pids(self) -> list[int]:
+        """The actors' current process ids (they change when an actor is restarted)."""
+        ray = _ray()
+        return ray.get([a.pid.remote() for a in self._actors])
+
+    def _context_ref(self, context: Any) -> Any:
+        if self._refs is None or self._refs[0] is not context:
+            self._refs = (context, _ray().put(context))
+        return self._refs[1]
+
+    def map(self, fn: Callable[[Context, Task], Any], tasks: Iterable[Task], context: Context = None, ordered: bool = True, chunksize: int = 1,
+            failures: bool = False) -> Iterator[Any]:
+        ray = _ray()
+        ref = [self._context_ref(context)]
+        chunks = _chunks(enumerate(tasks), max(1, chunksize))
+        pending: dict[Any, tuple[Any, list]] = {}
+
+        def submit(actor: Any) -> None:
+            chunk = next(chunks, None)
+            if chunk is not None:
+                call = actor.run.options(retry_exceptions=list(_retryable()))
+                pending[call.remote(fn, ref, [t for _, t in chunk], failures)] = (actor, chunk)
+
+        for actor in self._actors:
+            for _ in range(IN_FLIGHT):
+                submit(actor)
+        buffer: dict[int, Any] = {}
+        following = 0
+        try:
+            while pending:
+                [done], _ = ray.wait(list(pending), num_returns=1)
+                actor, chunk = pending.pop(done)
+                submit(actor)
+                try:
+                    outs = ray.get(done)
+                except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+                    error, attempts = self._failure(e)
+                    if not failures:
+                        raise EmqError(f"a task failed on the Ray cluster ({attempts} attempt{'s' * (attempts > 1)}): {error}") from e
+                    outs = [TaskFailure(t, error, attempts) for _, t in chunk]
+                for (i, _), out in zip(chunk, outs, strict=True):
+                    if not ordered:
+                        yield out
+                    else:
+                        buffer[i] = out
+                while following in buffer:
+                    yield buffer.pop(following)
+                    following += 1
+        finally:
+            for left in pending:
+                ray.cancel(left)
+
+    def _failure(self, e: Exception) -> tuple[str, int]:
+        """The error of a chunk that failed for good, and how many times it was tried."""
+        ray = _ray()
+        if isinstance(e, ray.exceptions.RayTaskError):
+            cause = e.cause if e.cause is not None else e
+            return describe_error(cause), (self.max_retries + 1 if isinstance(cause, _retryable()) else 1)
+        return f"its worker died ({describe_error(e).splitlines()[0]})", self.max_retries + 1
+
+    def close(self) -> None:
+        ray = _ray()
+        for actor in getattr(self, "_actors", []):
+            ray.kill(actor)
+        self._actors, self._refs = [], None
+        if self._started and ray.is_initialized():
+            ray.shutdown()
+            self._started = False
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
