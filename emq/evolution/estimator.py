@@ -100,6 +100,8 @@ class ProxySearch:
     the default because with two or three benches it is the least noisy of the three; a
     study across the shipped benches will compare them, and the default may be revisited.
     `parsimony` C >= 0 makes selection use fitness - C x size (nodes); 0 = no size pressure.
+    `device` (cpu, cuda, cuda:N) is where fitness tables and any statistics that are not
+    cached yet are computed; it is not part of the campaign (a checkpoint resumes anywhere).
     """
 
     def __init__(
@@ -191,7 +193,7 @@ class ProxySearch:
         else:
             if ckpt is not None and ckpt.exists() and not self.warm_start:
                 raise ParameterError("out_dir", str(out_dir), "already holds a campaign: continue it with warm_start=True or choose another directory")
-            all_stats = [s if s is not None else _statistics(b, m, d) for s, m, (d, b) in zip(given, models, loaded, strict=True)]
+            all_stats = [s if s is not None else _statistics(b, m, d, cfg.device) for s, m, (d, b) in zip(given, models, loaded, strict=True)]
             camp = Campaign(all_stats, data, space, cfg, out_dir, self.progress)
             if self.warm_start:
                 if ckpt is None or not ckpt.exists():
@@ -285,8 +287,8 @@ def load_fitness_data(bench: Any, metric: str | None, bits: tuple[int, ...] | No
     return FitnessData.from_bench(bench, metric, bits), bench
 
 
-def _statistics(bench: Any, model: Any, data: FitnessData) -> NetworkStats:
-    """The bench model's statistics with the bench's settings (or defaults for bare arrays)."""
+def _statistics(bench: Any, model: Any, data: FitnessData, device: str = "cpu") -> NetworkStats:
+    """The bench model's statistics with the bench's settings (or defaults for bare arrays), computed on `device`."""
     from emq.search_space.stats import compute_stats
 
     if bench is None:
@@ -294,10 +296,10 @@ def _statistics(bench: Any, model: Any, data: FitnessData) -> NetworkStats:
             raise ParameterError("stats", None, "a bench given as FitnessData needs `stats` or a `model` to compute them on")
         from emq.target import Target, resolve_target
 
-        return compute_stats(model if isinstance(model, Target) else resolve_target(model), bits=data.bits)
+        return compute_stats(model if isinstance(model, Target) else resolve_target(model), bits=data.bits, device=device)
     from ..bench_setup import BenchSetup
 
-    return BenchSetup.of(bench, model).network_stats()
+    return BenchSetup.of(bench, model).network_stats(device=device)
 
 
 def _ridge_reference(data: FitnessData) -> dict[str, Any] | None:
