@@ -12,7 +12,7 @@ from ..ranking import DEFAULT_LIMIT, score
 from ..specs import METRICS
 from ..uncertainty import DEFAULT_RESAMPLES
 from .commands import COMMANDS
-from .common import check_out_dir, emit_json, open_bench
+from .common import add_device_arg, check_out_dir, emit_json, open_bench
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help=f"bootstrap resamples (configurations x test sources, seeded) for the 95 %% intervals (default {DEFAULT_RESAMPLES})")
     p.add_argument("--no-reference", action="store_true", help="leave out the supervised ridge reference row")
     p.add_argument("--out", type=Path, help="write score.csv, score.json and scatter_<proxy>.png here")
+    add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         resamples=args.resamples,
         reference=not args.no_reference,
+        device=args.device,
     )
     written = report.save(args.out) if args.out else []
     if args.json:
