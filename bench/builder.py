@@ -170,6 +170,7 @@ def bench_build(
     progress: bool = True,
     executor: Executor | str | None = None,
     name: str | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Build (or resume) a bench file; returns `bench_info` of the finished file.
 
@@ -181,6 +182,8 @@ def bench_build(
     `model` is a name or your own nn.Module (labelled `name`, default its class name) and
     `data` a `--data` string or a DataSplits; a user module needs its data. Reconstruction
     rounding (GPTQ, AdaRound) is prepared once here, before any configuration, and cached.
+    `device` is where every worker runs the network (emq.device): recorded in the build's log
+    entry, not part of the bench's identity, so a build may be resumed on another device.
     """
     out = Path(out)
     if not isinstance(model, (str, nn.Module)):
@@ -193,7 +196,7 @@ def bench_build(
     settings = settings or PTQSettings()
     if settings.calib_half is None:
         settings = replace(settings, calib_half=0)
-    spec = EvalSpec(model, data, str(weights) if weights else None, input_size, num_classes, settings, test_limit, name)
+    spec = EvalSpec(model, data, str(weights) if weights else None, input_size, num_classes, settings, test_limit, name, str(device))
     lm = engine_for(spec).layer_map
     space = ConfigSpace.for_layer_map(lm, bits, pinned, settings.act_bits)
     user = [config_text(space.validate(c, f"user configuration #{i + 1}")) for i, c in enumerate(user_configs)]
@@ -234,7 +237,7 @@ def bench_build(
             raise _failed(out, failures)
         bench = Bench.from_connection(out, con)
         rel = reliability(bench)
-        entry = {"evaluated": len(todo) + len(todo_rep) - failed, "failed": failed, "seconds": round(elapsed, 2), **used} if todo or todo_rep else None
+        entry = {"evaluated": len(todo) + len(todo_rep) - failed, "failed": failed, "seconds": round(elapsed, 2), **used, "device": spec.device} if todo or todo_rep else None
         items = {"reliability": rel, "retest_settings": noise_spec.settings.to_json(), "retest_configs": len(bench.repeats), "default_metric": default_metric(rel)}
         if rounding:  # the rounding that served this run's evaluations (a no-op resume changes nothing)
             items["rounding"] = {**(stored.get("rounding") or {}), **rounding}

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from emq.data import DataSplits
+from emq.device import resolve_device
 from emq.hashing import state_dict_digest
 from emq.quant import PTQEngine, PTQSettings
 from emq.specs import ParameterError
@@ -30,6 +31,8 @@ class EvalSpec:
     `model` is a name or a user nn.Module and `data` a `--data` string or a DataSplits: a
     process executor pickles them into each worker once. Specs compare by content (a module
     by its class and weights digest, data by its fingerprint), so equal specs share engines.
+    `device` (emq.device) is where the engine runs: part of the engine's identity here, never
+    of the bench's (a build's records do not depend on it, only their floating-point noise).
     """
 
     model: str | nn.Module
@@ -40,8 +43,10 @@ class EvalSpec:
     settings: PTQSettings
     test_limit: int | None = None  # evaluate on the first N test images only (quick benches)
     name: str | None = None  # label of a user module (default: its class name)
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "device", str(resolve_device(self.device)))
         model = self.model if isinstance(self.model, str) else f"module:{type(self.model).__qualname__}:{state_dict_digest(self.model)}"
         data = self.data if not isinstance(self.data, DataSplits) else f"splits:{self.data.name}:{self.data.fingerprint}:{len(self.data.test)}"
         object.__setattr__(self, "target_key", (model, data, self.weights, self.input_size, self.num_classes, self.test_limit))
@@ -63,10 +68,10 @@ class EvalSpec:
         return embedded.data if embedded is not None else "default"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, EvalSpec) and (self.target_key, self.settings) == (other.target_key, other.settings)
+        return isinstance(other, EvalSpec) and (self.target_key, self.settings, self.device) == (other.target_key, other.settings, other.device)
 
     def __hash__(self) -> int:
-        return hash((self.target_key, self.settings))
+        return hash((self.target_key, self.settings, self.device))
 
     def with_calib_seed(self, seed: int) -> EvalSpec:
         return replace(self, settings=replace(self.settings, calib_seed=seed))
@@ -106,7 +111,7 @@ def engine_for(spec: EvalSpec) -> PTQEngine:
     engine = _ENGINES.get(spec)
     if engine is None:
         target = target_for(spec)
-        engine = PTQEngine(target.model, target.layer_map, target.require_data(), spec.settings)
+        engine = PTQEngine(target.model, target.layer_map, target.require_data(), spec.settings, device=spec.device)
         _ENGINES[spec] = engine
     return engine
 

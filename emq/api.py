@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .allocation import Allocation, Allocator, allocate, load_bitmap, save_bitmap, sweep
 from .baselines import PROXIES, get_proxy
 from .bench import Bench, bench_build, bench_export, bench_import, bench_info
 from .data import DataSplits
+from .device import resolve_device
 from .evolution import HallOfFame, ProxySearch, SearchResult, search
 from .executors import Executor, make_executor
 from .layermap import LayerMap
@@ -53,12 +55,15 @@ def quantize(
     num_classes: int | None = None,
     bitmap: str | Path | None = None,
     progress: bool = False,
+    device: str | torch.device = "cpu",
 ) -> QuantResult:
     """PTQ-quantize a model with a per-slot configuration (`bits`) or a bit map file from
     `emq allocate --out` / `Allocation.save` (`bitmap`, checked against the model) and
-    evaluate it; `emq quantize`. The model is built and traced once."""
+    evaluate it; `emq quantize`. The model is built and traced once; it runs on `device`
+    (cpu, cuda or cuda:N), which changes no setting and no calibration draw."""
     if (bits is None or len(bits) == 0) == (bitmap is None):
         raise ParameterError("bits", bits, "give the configuration as bits (one bit-width per slot; see `layers`) or as bitmap=PATH, not both")
+    device = resolve_device(device)  # before any model work
     target = resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size)
     config = load_bitmap(bitmap, target.layer_map) if bitmap is not None else target.layer_map.validate(bits)
-    return PTQEngine(target.model, target.layer_map, target.require_data(), settings, progress=progress).evaluate(config)
+    return PTQEngine(target.model, target.layer_map, target.require_data(), settings, progress=progress, device=device).evaluate(config)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .bench.bundles import bundle_of
@@ -35,12 +36,12 @@ class BenchSetup:
     bits: tuple[int, ...]
     stats_file: Path | None = None  # a shipped bundle's statistics, used when its data is not installed
 
-    def network_stats(self, progress: bool = True) -> NetworkStats:
-        """The bench model's statistics: computed (and cached) from the data, else the bundle's."""
+    def network_stats(self, progress: bool = True, device: str | torch.device = "cpu") -> NetworkStats:
+        """The bench model's statistics: computed (and cached) from the data on `device`, else the bundle's."""
         from .search_space.stats import compute_stats
 
         if self.target.data is not None:
-            return compute_stats(self.target, bits=self.bits, settings=self.stats, progress=progress)
+            return compute_stats(self.target, bits=self.bits, settings=self.stats, progress=progress, device=device)
         if self.stats_file is None:
             raise EmqError(f"model {self.target.name} has no data to compute its statistics on: pass --data")
         ns = load_stats(self.stats_file)

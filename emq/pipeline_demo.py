@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .allocation import Allocation, Allocator
 from .baselines import get_proxy
 from .bench import Bench
 from .bench_setup import BenchSetup
+from .device import resolve_device
 from .evolution import search
 from .fileio import atomic_write, atomic_write_text
 from .rendering import export
@@ -84,12 +86,15 @@ def demo(
     seed: int = 0,
     budget_avg_bits: float = 3.0,
     progress: bool = False,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Run the end-to-end pipeline on the embedded default; returns the summary (`emq demo`).
     `progress` shows the steps (and the search's generations) on stderr: a first run
-    computes the statistics for minutes, and silence would look like a hang."""
+    computes the statistics for minutes, and silence would look like a hang. `device` is
+    where statistics, fitness tables and PTQ run (cpu, cuda or cuda:N)."""
     from tqdm import tqdm
 
+    device = resolve_device(device)  # before the run directory is made
     t0 = time.perf_counter()
     out_dir = Path(out) if out is not None else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,20 +106,21 @@ def demo(
     t = time.perf_counter()
     steps.set_postfix_str("network statistics (cached after the first run)")
     setup = BenchSetup.of(b, target)  # the bench's PTQ and statistics settings, so the oracle row is comparable
-    stats = compute_stats(target, bits=setup.bits, settings=setup.stats)
+    stats = compute_stats(target, bits=setup.bits, settings=setup.stats, device=device)
     seconds["statistics"] = time.perf_counter() - t
 
     t = time.perf_counter()
     steps.update()
     steps.set_postfix_str(f"proxy search, {generations} generations")
-    result = search(bench=b, model=target, stats=stats, generations=generations, population=population, seed=seed, out=out_dir / "search", progress=progress)
+    result = search(bench=b, model=target, stats=stats, generations=generations, population=population, seed=seed, out=out_dir / "search", progress=progress,
+                    device=str(device))
     seconds["search"] = time.perf_counter() - t
     files = export(result.best, to="all", out=out_dir / "proxy")
 
     t = time.perf_counter()
     steps.update()
     steps.set_postfix_str(f"allocation and PTQ of {len(REFERENCE_PROXIES) + 3} configurations")
-    allocator = Allocator(target, setup.ptq, stats=stats, stats_settings=setup.stats)
+    allocator = Allocator(target, setup.ptq, stats=stats, stats_settings=setup.stats, device=device)
     proxies = {"evolved": result.best, **{name: get_proxy(name) for name in REFERENCE_PROXIES}}
     rows, extra = compare_allocations(allocator, b, proxies, budget_avg_bits)
     seconds["allocation+PTQ"] = time.perf_counter() - t
@@ -137,6 +143,7 @@ def demo(
         **extra,
         "exported": {k: str(v) for k, v in files.items()},
         "seconds": seconds,
+        "device": str(device),
     }
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write(out_dir / "allocations.png", lambda tmp: _plot(rows, extra, budget_avg_bits, tmp))

@@ -30,7 +30,7 @@ class ProxyContext:
     """What proxies may look at: the target, the allowed bits and lazily computed statistics.
 
     `stats` is filled by whoever builds the context (see emq.search_space.stats); whole-
-    configuration proxies use `target` and `settings` to quantize for real.
+    configuration proxies use `target` and `settings` to quantize for real, on `device`.
     """
 
     target: Any  # emq.target.Target
@@ -38,6 +38,7 @@ class ProxyContext:
     settings: Any = None  # emq.quant.PTQSettings
     stats: Any = None  # emq.search_space.stats.NetworkStats
     cache: dict = field(default_factory=dict)
+    device: Any = "cpu"  # str or torch.device (emq.device): where whole-configuration proxies run the network
 
     def bit_index(self, configs: np.ndarray) -> np.ndarray:
         """Map bit values [N, S] to column indices into a table [S, B]."""

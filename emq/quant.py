@@ -12,7 +12,9 @@ data. BatchNorm is handled by one of three documented modes (`PTQSettings.bn`):
   integer deployment runs); statistics are not re-estimated.
 - ``none``: weights are quantized, BatchNorm is left as trained.
 
-The engine never touches the caller's model: it works on its own copy.
+The engine never touches the caller's model: it works on its own copy, on the engine's
+device (`device=`, emq.device); data stays on the CPU and is moved there batch by batch,
+and per-image outcomes come back as CPU arrays.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .data import DEFAULT_CALIB_SIZE, DataSplits
+from .device import resolve_device
 from .errors import EmqError
 from .layermap import QUANTIZABLE, LayerMap
 from .quantizers import CLIP_GRID as CLIP_GRID  # re-exported, as quantize_weight
@@ -157,15 +160,15 @@ class QuantResult:
 class _ActQuant:
     """Forward pre-hook that observes or fake-quantizes a layer's input, per tensor."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.mode = "off"
         self.bits = 8
-        self.lo = torch.tensor(float("inf"))
-        self.hi = torch.tensor(float("-inf"))
+        self.device = device
+        self.reset()
 
     def reset(self) -> None:
-        self.lo = torch.tensor(float("inf"))
-        self.hi = torch.tensor(float("-inf"))
+        self.lo = torch.tensor(float("inf"), device=self.device)
+        self.hi = torch.tensor(float("-inf"), device=self.device)
 
     def __call__(self, mod: nn.Module, inp: tuple) -> tuple | None:
         x = inp[0]
@@ -182,16 +185,18 @@ class PTQEngine:
     """Evaluates bit configurations of one model on one data set, reusing all it can."""
 
     def __init__(self, model: nn.Module, layer_map: LayerMap, data: DataSplits, settings: PTQSettings | None = None, progress: bool = False,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, device: str | torch.device = "cpu") -> None:
         """`progress` shows tqdm bars (stderr) over calibration and test batches: one
         evaluation of a large model on a large test set takes minutes. `cache_dir` is the
-        cache root of reconstruction-rounded weights (emq.rounding)."""
+        cache root of reconstruction-rounded weights (emq.rounding). `device` is where the
+        engine's copy of the model runs (emq.device); it changes no setting and no draw."""
         self.settings = settings or PTQSettings()
+        self.device = resolve_device(device)
         self.progress = progress
         self.layer_map = layer_map
         self.data = data
-        example = data.calibration(2, 0)[0]
-        base = copy.deepcopy(model).eval()
+        example = data.calibration(2, 0)[0].to(self.device)
+        base = copy.deepcopy(model).eval().to(self.device)
         self.work = fold_batchnorm(base, example) if self.settings.bn == "fold" else base
         for p in self.work.parameters():
             p.requires_grad_(False)
@@ -205,7 +210,7 @@ class PTQEngine:
         self.fp_biases = self._bias_setup()
         self.bns = [m for m in self.work.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.bn_state = [copy.deepcopy(bn.state_dict()) for bn in self.bns]
-        self.act = [_ActQuant() for _ in self.layers]
+        self.act = [_ActQuant(self.device) for _ in self.layers]
         for m, a in zip(self.layers, self.act):
             m.register_forward_pre_hook(a)
         self._fp_logits: list[torch.Tensor] | None = None
@@ -241,7 +246,7 @@ class PTQEngine:
     def _forward_batches(self, x: torch.Tensor) -> torch.Tensor:
         bs = self.settings.batch_size
         starts = tqdm(range(0, x.shape[0], bs), desc="PTQ calibration", unit="batch", disable=not self.progress, leave=False)
-        return torch.cat([self.work(x[i : i + bs]) for i in starts])
+        return torch.cat([self.work(x[i : i + bs].to(self.device)) for i in starts])
 
     def _set_weights(self, layer_bits: Sequence[int] | None) -> None:
         for i, m in enumerate(self.layers):
@@ -310,7 +315,7 @@ class PTQEngine:
         if self._fp_logits is None:
             self.prepare(None)
             with torch.no_grad():
-                self._fp_logits = [self.work(x) for x, _ in self.data.test_batches(self.settings.batch_size)]
+                self._fp_logits = [self.work(x.to(self.device)) for x, _ in self.data.test_batches(self.settings.batch_size)]
         return self._fp_logits
 
     def _score(self, ref: list[torch.Tensor] | None) -> dict[str, np.ndarray]:
@@ -319,13 +324,14 @@ class PTQEngine:
         batches = tqdm(self.data.test_batches(self.settings.batch_size), desc="PTQ test set", unit="batch", disable=not self.progress, leave=False)
         with torch.no_grad():
             for i, (x, y) in enumerate(batches):
+                x, y = x.to(self.device), y.to(self.device)
                 logits = self.work(x)
                 logp = F.log_softmax(logits, dim=1)
-                correct.append((logits.argmax(1) == y).numpy())
-                loss.append(F.nll_loss(logp, y, reduction="none").double().numpy())
+                correct.append((logits.argmax(1) == y).cpu().numpy())
+                loss.append(F.nll_loss(logp, y, reduction="none").double().cpu().numpy())
                 if ref is not None:
                     ref_logp = F.log_softmax(ref[i], dim=1)
-                    kl.append(F.kl_div(logp, ref_logp, log_target=True, reduction="none").sum(1).double().numpy())
+                    kl.append(F.kl_div(logp, ref_logp, log_target=True, reduction="none").sum(1).double().cpu().numpy())
                 else:
                     kl.append(np.zeros(y.numel()))
         if not correct or sum(len(c) for c in correct) == 0:

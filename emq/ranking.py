@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from .baselines import get_proxy, parse_proxy_names
 from .bench_setup import BenchSetup
+from .device import resolve_device
 from .errors import EmqError
 from .executors import Executor, executor_for, make_executor
 from .fileio import atomic_write
@@ -251,6 +253,7 @@ def score(
     workers: int = 1,
     resamples: int = DEFAULT_RESAMPLES,
     reference: bool = True,
+    device: str | torch.device = "cpu",
 ) -> ScoreReport:
     """Score hand-made (`proxies`: 'all' or names) and evolved (`proxy_files`) proxies on a bench.
 
@@ -258,10 +261,13 @@ def score(
     (seeded sample; None or 0 = all), through `executor` (a name or an Executor; default
     serial, or a process pool for `workers` > 1). `stats` reuses precomputed NetworkStats.
     `resamples` bootstrap replicates give the intervals; `reference` adds the ridge row.
+    `device` is where statistics and whole-configuration proxies run the network (emq.device;
+    every worker uses it); the configurations sampled and the images seen do not depend on it.
     """
     from .bench import Bench
 
     check_positive_int(resamples, "resamples")
+    device = resolve_device(device)
     b = Bench.open(bench)
     metric = check_metric(metric or b.default_metric)
     names = parse_proxy_names(proxies if isinstance(proxies, str) else ",".join(proxies)) if proxies else []
@@ -278,7 +284,7 @@ def score(
     stats_seconds = 0.0
     if stats is None and any(p.separable for p in instances):
         t0 = time.perf_counter()
-        stats = setup.network_stats(progress)
+        stats = setup.network_stats(progress, device)
         stats_seconds = time.perf_counter() - t0
     skipped = {}
     if target.data is None:  # a bundle without its data: whole-configuration proxies quantize the model on it
@@ -289,8 +295,8 @@ def score(
         instances, kinds = [instances[i] for i in keep], [kinds[i] for i in keep]
         if not instances:
             raise EmqError(f"bench {b.path}: its data is not installed, and every proxy asked for ({', '.join(skipped)}) needs it; install the data or pass --data")
-    ctx = ProxyContext(target, tuple(b.bits), settings, stats)
-    whole_ctx = ProxyContext(target, tuple(b.bits), settings)  # without statistics: what executors ship to workers
+    ctx = ProxyContext(target, tuple(b.bits), settings, stats, device=device)
+    whole_ctx = ProxyContext(target, tuple(b.bits), settings, device=device)  # without statistics: what executors ship to workers
     search, heldout = cells.ok & ~b.heldout, cells.ok & b.heldout
     results = []
     with executor_for(executor, workers) as pool:

@@ -7,7 +7,9 @@ their result depends only on (model, calibration images, method, options, layer,
 is cached on disk under `<cache root>/rounding/<key>.pt` (cache root as for the
 statistics: $EMQ_CACHE_DIR, else ~/.cache/emq) and reused by every configuration, every
 worker and every later run. A cache file carries the digest of its tensor; a file that
-does not verify is reported and recomputed.
+does not verify is reported and recomputed. Rounding runs on the device of the layers; the
+cache holds CPU tensors under a key without the device, and a loaded entry is moved to the
+layer's device.
 """
 
 from __future__ import annotations
@@ -40,13 +42,15 @@ def rounding_cache_dir(cache_dir: str | Path | None = None) -> Path:
 
 
 def collect_inputs(model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Each layer's full-precision inputs on `x`, in one pass of the model as it is."""
+    """Each layer's full-precision inputs on `x`, in one pass of the model as it is (on the
+    layers' device, where `x` is moved batch by batch)."""
+    device = layers[0].weight.device if layers else x.device
     store: list[list[torch.Tensor]] = [[] for _ in layers]
     hooks = [m.register_forward_pre_hook(lambda mod, inp, i=i: store[i].append(inp[0].detach().clone())) for i, m in enumerate(layers)]
     try:
         with torch.no_grad():
             for i in range(0, x.shape[0], batch_size):
-                model(x[i : i + batch_size])
+                model(x[i : i + batch_size].to(device))
     finally:
         for h in hooks:
             h.remove()

@@ -36,6 +36,10 @@ Choices that make the numbers trustworthy:
   network is a curvature magnitude and a negative estimate is probe noise), "keep", "abs"
   or "error"; the raw estimates are kept in meta either way.
 
+Statistics are computed on the device given (`device=`, emq.device; the probes and draws
+come from CPU generators either way) and stored as CPU float32 tensors; the device is recorded
+in meta["device"] but is not part of the cache key: a cached file serves every device.
+
 Statistics are cached on disk keyed by (weights hash, data hash, settings, bits, layers), under
 `<cache root>/stats`; the cache root is the `cache_dir` argument, else `$EMQ_CACHE_DIR`, else
 ~/.cache/emq (the argument and the variable name the same directory). Steps that take more
@@ -63,6 +67,7 @@ from torch.func import functional_call, grad, vmap
 from tqdm import tqdm
 
 from emq.data import DEFAULT_CALIB_SIZE, DataSplits
+from emq.device import resolve_device
 from emq.errors import EmqError
 from emq.fileio import cache_root
 from emq.hashing import state_dict_digest, tensor_digest
@@ -163,9 +168,9 @@ def _check_bits(bits: Sequence[int]) -> tuple[int, ...]:
     return check_bit_set({check_weight_bits(b, "bits") for b in bits}, "bits")
 
 
-def _private_copy(model: nn.Module, layer_map: LayerMap) -> tuple[nn.Module, list[nn.Module]]:
-    """Eval-mode copy without the caller's hooks and grads; only mapped weights require grad."""
-    work = copy.deepcopy(model).eval()
+def _private_copy(model: nn.Module, layer_map: LayerMap, device: str | torch.device = "cpu") -> tuple[nn.Module, list[nn.Module]]:
+    """Eval-mode copy on `device` without the caller's hooks and grads; only mapped weights require grad."""
+    work = copy.deepcopy(model).eval().to(device)
     for m in work.modules():
         for hooks in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks, m._state_dict_hooks):
             hooks.clear()
@@ -189,14 +194,15 @@ def _activation_pass(work: nn.Module, layers: list[nn.Module], x: torch.Tensor, 
     weights = [m.weight for m in layers]
     ins: dict[int, torch.Tensor] = {}
     outs: dict[int, torch.Tensor] = {}
-    lo = [torch.tensor(float("inf"))] * len(layers)
-    hi = [torch.tensor(float("-inf"))] * len(layers)
+    device = weights[0].device
+    lo = [torch.tensor(float("inf"), device=device)] * len(layers)
+    hi = [torch.tensor(float("-inf"), device=device)] * len(layers)
 
     def make_hook(i: int):
         def hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
             a = inp[0].detach()
-            lo[i] = torch.minimum(lo[i], a.min().clamp(max=0).cpu())
-            hi[i] = torch.maximum(hi[i], a.max().clamp(min=0).cpu())
+            lo[i] = torch.minimum(lo[i], a.min().clamp(max=0))
+            hi[i] = torch.maximum(hi[i], a.max().clamp(min=0))
             ins[i], outs[i] = inp[0], out
 
         return hook
@@ -336,7 +342,7 @@ def _convergence(hutch: HutchinsonResult, eig: PowerIterationResult | None, s: S
 
 
 def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Tensor, bits: tuple[int, ...], s: StatsSettings, progress: bool = True,
-             rounding_x: torch.Tensor | None = None, cache_dir: str | Path | None = None) -> NetworkStats:
+             rounding_x: torch.Tensor | None = None, cache_dir: str | Path | None = None, device: torch.device | None = None) -> NetworkStats:
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -346,8 +352,8 @@ def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Te
         seconds[name] = seconds.get(name, 0.0) + now - clock
         clock = now
 
-    work, layers = _private_copy(model, layer_map)
-    device = layers[0].weight.device
+    device = resolve_device(device)
+    work, layers = _private_copy(model, layer_map, device)
     x, y = x.to(device), y.to(device)
     names = [layer.name for layer in layer_map.layers]
     lap("setup")
@@ -380,9 +386,10 @@ def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Te
     quant = [torch.stack([_f32(rounding.get(i, b)) for b in bits]) for i in range(len(layers))]
     lap("weight_noise")
     act_noise = []
+    lo, hi = [t.cpu() for t in act["lo"]], [t.cpu() for t in act["hi"]]  # for the stored (CPU) activations
     for i, a in enumerate(act["A"]):
         a = _f32(a)
-        act_noise.append(torch.zeros_like(a) if s.act_bits >= UNQUANTIZED_ACT_BITS else fake_quant(a, act["lo"][i], act["hi"][i], s.act_bits) - a)
+        act_noise.append(torch.zeros_like(a) if s.act_bits >= UNQUANTIZED_ACT_BITS else fake_quant(a, lo[i], hi[i], s.act_bits) - a)
     lap("activation_noise")
 
     out = []
@@ -411,7 +418,7 @@ def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Te
         "settings": s.to_json(),
         "calib_images": int(x.shape[0]),
         "act_cap": int(min(s.act_cap, x.shape[0])),
-        "act_ranges": [[float(lo), float(hi)] for lo, hi in zip(act["lo"], act["hi"], strict=True)],
+        "act_ranges": [[float(a), float(b)] for a, b in zip(lo, hi, strict=True)],
         "hessian": {
             "images": int(xh.shape[0]),
             "probes": hutch.probes,
@@ -422,6 +429,7 @@ def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Te
             "convergence": convergence,
         },
         "seconds": seconds,
+        "device": str(device),
     }
     return NetworkStats(bits, out, list(layer_map.layer_slot), meta)
 
@@ -495,6 +503,7 @@ def compute_stats(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> NetworkStats:
     """Per-layer statistics of a model on calibration data, loaded from the cache when present.
 
@@ -508,7 +517,11 @@ def compute_stats(
     Give a `Target` (its model, layer map and data are used; `layer_map`/`data` override
     them), or a model with its layer map and data (a DataSplits, drawn with the settings'
     calib_size/calib_seed, or an (images, labels) batch used as is).
+
+    `device` is where the network runs (emq.device); it is not part of the cache key, so a
+    cached result is returned whatever the device.
     """
+    device = resolve_device(device)
     s = StatsSettings.from_ptq(settings) if isinstance(settings, PTQSettings) else settings or StatsSettings()
     bits = _check_bits(bits)
     if isinstance(target_or_model, Target):
@@ -534,7 +547,7 @@ def compute_stats(
             except EmqError as e:
                 log.warning("ignoring the statistics cache entry: %s", e)
     rounding_x = data.calibration(s.rounding_calib_size, s.rounding_calib_seed, s.rounding_calib_half)[0] if isinstance(data, DataSplits) else x
-    result = _compute(model, layer_map, x, y, bits, s, progress, rounding_x, cache_dir)
+    result = _compute(model, layer_map, x, y, bits, s, progress, rounding_x, cache_dir, device)
     if path is not None:
         save_stats(result, path)
         result.meta["cache"] = {"key": path.stem, "path": str(path), "hit": False}
@@ -552,13 +565,16 @@ def stats(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> NetworkStats:
     """Per-layer statistics of a model by name (or nn.Module) and its data; `emq stats`.
 
-    `cache_dir` is the cache root (statistics go to `<cache_dir>/stats`, as with $EMQ_CACHE_DIR).
+    `cache_dir` is the cache root (statistics go to `<cache_dir>/stats`, as with $EMQ_CACHE_DIR);
+    `device` is where the network runs (cpu, cuda or cuda:N), checked before any model work.
     """
+    device = resolve_device(device)
     target = resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size)
-    return compute_stats(target, bits=bits, settings=settings, cache_dir=cache_dir, use_cache=use_cache, progress=progress)
+    return compute_stats(target, bits=bits, settings=settings, cache_dir=cache_dir, use_cache=use_cache, progress=progress, device=device)
 
 
 def summarize(ns: NetworkStats) -> dict:
@@ -602,6 +618,7 @@ def summarize(ns: NetworkStats) -> dict:
         "act_cap": meta.get("act_cap"),
         "hessian": {k: v for k, v in meta.get("hessian", {}).items() if k != "raw_trace"},
         "seconds": meta.get("seconds", {}),
+        "device": meta.get("device"),
         "cache": meta.get("cache"),
         "layers": layers,
     }

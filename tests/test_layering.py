@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ("emq.evolution", "emq.ranking", "emq.allocation", "emq.api", "emq.cli", "emq.baselines", "emq.pipeline_demo", "emq.rendering", "emq.bench_setup")
-CORE = ("emq.models", "emq.data", "emq.layermap", "emq.quant", "emq.specs", "emq.errors", "emq.fileio", "emq.hashing", "emq.proxy", "emq.target", "emq.tables", "emq.executors", "emq.fitness")
+CORE = ("emq.models", "emq.data", "emq.layermap", "emq.quant", "emq.specs", "emq.device", "emq.errors", "emq.fileio", "emq.hashing", "emq.proxy", "emq.target", "emq.tables", "emq.executors", "emq.fitness")
 
 
 def _module(path: Path, folder: str, package: str) -> str:

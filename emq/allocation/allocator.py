@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..data import DataSplits
+from ..device import resolve_device
 from ..errors import EmqError
 from ..fileio import atomic_write_text
 from ..layermap import LayerMap
@@ -134,7 +136,7 @@ class _LazyStatsContext(ProxyContext):
 
             log.info("computing network statistics for bits %s", list(self.bits))
             settings = self.stats_settings or StatsSettings.from_ptq(self.settings)
-            self._stats = compute_stats(self.target, bits=self.bits, settings=settings)
+            self._stats = compute_stats(self.target, bits=self.bits, settings=settings, device=self.device)
         return self._stats
 
     @stats.setter
@@ -145,10 +147,13 @@ class _LazyStatsContext(ProxyContext):
 class Allocator:
     """One target and PTQ setting; allocate with any number of proxies and budgets."""
 
-    def __init__(self, target: Target, settings: PTQSettings | None = None, stats: Any = None, stats_settings: Any = None) -> None:
+    def __init__(self, target: Target, settings: PTQSettings | None = None, stats: Any = None, stats_settings: Any = None,
+                 device: str | torch.device = "cpu") -> None:
         """`stats`: precomputed NetworkStats to reuse when their bits match a problem's columns;
         otherwise statistics are computed when a proxy first needs them, with `stats_settings`
-        (a bench's, see `allocator_for`) or settings matched to the PTQ ones."""
+        (a bench's, see `allocator_for`) or settings matched to the PTQ ones. `device` is where
+        statistics, whole-configuration proxies and the verifying PTQ run (emq.device)."""
+        self.device = resolve_device(device)
         self.target = target
         self.settings = settings or PTQSettings()
         self.stats = stats
@@ -165,7 +170,7 @@ class Allocator:
         """One context per column set, so proxies' own caches are shared across budgets."""
         if bits not in self._contexts:
             given = self.stats if self.stats is not None and tuple(self.stats.bits) == bits else None
-            ctx = _LazyStatsContext(self.target, bits, self.settings, given)
+            ctx = _LazyStatsContext(self.target, bits, self.settings, given, device=self.device)
             ctx.stats_settings = self.stats_settings
             self._contexts[bits] = ctx
         return self._contexts[bits]
@@ -192,7 +197,7 @@ class Allocator:
 
     def engine(self) -> PTQEngine:
         if self._engine is None:
-            self._engine = PTQEngine(self.target.model, self.layer_map, self.target.require_data(), self.settings)
+            self._engine = PTQEngine(self.target.model, self.layer_map, self.target.require_data(), self.settings, device=self.device)
         return self._engine
 
     def allocate(self, proxy: Proxy | str | Path, problem: Problem, evaluate: bool = False, seed_proxy: SeparableProxy | None = None,
@@ -263,8 +268,9 @@ def allocator_for(
     evaluate: bool = False,
     bench: Any = None,
     stats: Any = None,
+    device: str | torch.device = "cpu",
 ) -> Allocator:
-    """An Allocator for a model, or for a bench's model with the bench's settings.
+    """An Allocator for a model, or for a bench's model with the bench's settings; networks run on `device`.
 
     Without `bench`, `model` (default 'default') and `data` are resolved and `settings` is
     the PTQ setting. With `bench` (a path, 'default' or an opened emq.bench.Bench) the model
@@ -273,12 +279,13 @@ def allocator_for(
     of some of its fields) may only repeat them, and any field that contradicts the bench
     is refused.
     """
+    device = resolve_device(device)  # before any model work
     if bench is None:
         model = "default" if model is None else model
         if settings is not None and not isinstance(settings, PTQSettings):
             settings = PTQSettings(**settings)
         target = resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size, need_data=needs_data(model, data, evaluate))
-        return Allocator(target, settings, stats)
+        return Allocator(target, settings, stats, device=device)
     from ..bench import Bench
     from ..bench_setup import BenchSetup, ptq_settings
 
@@ -287,7 +294,7 @@ def allocator_for(
     model = b.meta.get("model", "default") if model is None else model
     need = needs_data(model, data if data is not None else b.meta.get("data"), evaluate)
     setup = BenchSetup.of(b, model, data, weights=weights, num_classes=num_classes, input_size=input_size, need_data=need)
-    return Allocator(setup.target, setup.ptq, stats, setup.stats)
+    return Allocator(setup.target, setup.ptq, stats, setup.stats, device=device)
 
 
 def check_bench_settings(given: PTQSettings | Mapping[str, Any] | None, bench_ptq: PTQSettings, path: Any) -> None:
@@ -322,12 +329,14 @@ def allocate(
     search_evaluations: int = 200,
     seed: int = 0,
     bench: Any = None,
+    device: str | torch.device = "cpu",
 ) -> Allocation:
     """Allocate per-slot bits with `proxy` under `budgets` (e.g. {"avg-bits": 3.0}); with
     evaluate=True the result is PTQ-quantized and its top-1 / loss / KL filled in. `model`
     defaults to 'default', or to the bench's model when `bench` is given (then the bench's
-    PTQ and statistics settings are used, see `allocator_for`). `emq allocate`."""
+    PTQ and statistics settings are used, see `allocator_for`). `device` (cpu, cuda, cuda:N)
+    is where statistics and PTQ run; it does not change the allocation's draws. `emq allocate`."""
     if proxy is None:
         raise ParameterError("proxy", None, "give a Proxy, a proxy JSON file or a proxy name")
-    alloc = allocator_for(model, data, weights, input_size, num_classes, settings, evaluate, bench, stats)
+    alloc = allocator_for(model, data, weights, input_size, num_classes, settings, evaluate, bench, stats, device)
     return alloc.allocate(proxy, alloc.problem(budgets, bits_allowed, pins, slot_bits, ties), evaluate, seed_proxy, search_evaluations, seed)

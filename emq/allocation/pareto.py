@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 from tqdm import tqdm
 
@@ -116,13 +117,15 @@ def sweep(
     input_size: int | None = None,
     num_classes: int | None = None,
     bench: Any = None,
+    device: str | torch.device = "cpu",
 ) -> SweepResult:
     """Allocate with `proxy` (and each baseline) at every budget value of `kind`, plus the
     uniform configurations. `model` is a model name / nn.Module (resolved with the data and
     settings given; with `bench`, the bench's model and settings as in `allocate`) or an
-    Allocator to reuse its tables and PTQ engine. Budget values below the smallest feasible
-    one are skipped and recorded, not fatal; any other error propagates."""
-    allocator = model if isinstance(model, Allocator) else allocator_for(model, data, weights, input_size, num_classes, settings, evaluate, bench)
+    Allocator to reuse its tables and PTQ engine (and its device; `device` is for a new one).
+    Budget values below the smallest feasible one are skipped and recorded, not fatal; any
+    other error propagates."""
+    allocator = model if isinstance(model, Allocator) else allocator_for(model, data, weights, input_size, num_classes, settings, evaluate, bench, device=device)
     proxies = [resolve_proxy(p) for p in [proxy, *baselines]]
     fixed = as_budgets(fixed)
     result = SweepResult(kind, [float(v) for v in values], model=allocator.layer_map.model)

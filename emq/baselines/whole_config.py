@@ -1,10 +1,10 @@
 """Whole-configuration proxies: they quantize the network for each configuration and look.
 
-All three run the target through one shared `PTQEngine` (its own copy of the model; the
-caller's model is never touched): `engine.prepare(bits)` sets quantized weights, BatchNorm
-re-estimation and calibrated activation quantizers exactly as the bench's PTQ does, then
-the proxy runs a small seeded batch of calibration images (`PROXY_IMAGES`, drawn with
-`PROXY_SEED`) through it. The full-precision reference of each proxy is computed once per
+All three run the target through one shared `PTQEngine` on the context's device (its own
+copy of the model; the caller's model is never touched): `engine.prepare(bits)` sets
+quantized weights, BatchNorm re-estimation and calibrated activation quantizers exactly as
+the bench's PTQ does, then the proxy runs a small seeded batch of calibration images
+(`PROXY_IMAGES`, drawn with `PROXY_SEED` on the CPU) through it. The full-precision reference of each proxy is computed once per
 context and cached.
 """
 
@@ -34,15 +34,17 @@ def shared_engine(ctx: ProxyContext) -> PTQEngine:
     if engine is None:
         target = ctx.target
         settings = ctx.settings or PTQSettings()
-        engine = ctx.cache["ptq-engine"] = PTQEngine(target.model, target.layer_map, target.require_data(), settings)
+        engine = ctx.cache["ptq-engine"] = PTQEngine(target.model, target.layer_map, target.require_data(), settings, device=ctx.device)
     return engine
 
 
 def proxy_images(ctx: ProxyContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """The seeded labelled calibration batch every whole-configuration proxy looks at."""
+    """The seeded labelled calibration batch every whole-configuration proxy looks at, on the engine's device."""
     batch = ctx.cache.get("proxy-images")
     if batch is None:
-        batch = ctx.cache["proxy-images"] = ctx.target.require_data().calibration(PROXY_IMAGES, PROXY_SEED)
+        device = shared_engine(ctx).device
+        x, y = ctx.target.require_data().calibration(PROXY_IMAGES, PROXY_SEED)
+        batch = ctx.cache["proxy-images"] = (x.to(device), y.to(device))
     return batch
 
 
@@ -174,8 +176,8 @@ def gradcam_maps(net: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor, y
 
 def rank_consistency(ref: torch.Tensor, maps: torch.Tensor) -> float:
     """Mean per-image Spearman between two sets of maps [N, P]; an image with a constant map counts 0."""
-    r1 = rankdata(ref.double().numpy(), axis=1)
-    r2 = rankdata(maps.double().numpy(), axis=1)
+    r1 = rankdata(ref.double().cpu().numpy(), axis=1)
+    r2 = rankdata(maps.double().cpu().numpy(), axis=1)
     r1 -= r1.mean(axis=1, keepdims=True)
     r2 -= r2.mean(axis=1, keepdims=True)
     denom = np.sqrt((r1**2).sum(axis=1) * (r2**2).sum(axis=1))

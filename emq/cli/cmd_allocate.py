@@ -13,6 +13,7 @@ from ..errors import EmqError
 from ..specs import ParameterError
 from .commands import COMMANDS
 from .common import (
+    add_device_arg,
     add_model_args,
     add_ptq_args,
     check_out_dir,
@@ -50,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the constrained search (default 0)")
     p.add_argument("--out", type=Path, help="directory for bitmap.json / allocation.json (or sweep.csv / sweep.png)")
     add_ptq_args(p)
+    add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
                        "every proxy needs the model's statistics or PTQ runs, and nothing is downloaded")
     _check_pins_need_no_new_statistics(pins, bits_allowed, [args.proxy, *args.baseline])
     settings = ptq_overrides(args) if args.bench else ptq_settings(args)
-    allocator = allocator_for(args.model, args.data, args.weights, args.input_size, args.num_classes, settings, args.evaluate, args.bench)
+    allocator = allocator_for(args.model, args.data, args.weights, args.input_size, args.num_classes, settings, args.evaluate, args.bench, device=args.device)
     if values is not None:
         return _run_sweep(args, allocator, values, budgets, bits_allowed, pins)
     problem = allocator.problem(budgets, bits_allowed, pins, slot_bits, ties)

@@ -13,6 +13,7 @@ from ..executors import Executor
 from ..quant import PTQSettings
 from .commands import COMMANDS
 from .common import (
+    add_device_arg,
     add_executor_args,
     add_model_args,
     add_ptq_args,
@@ -44,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--configs-file", type=Path, help="text file of extra configurations to include, one per line")
     b.add_argument("--noise-samples", type=int, default=200, help="configurations re-evaluated on the other half of the calibration sources, for the calibration test-retest reliability (default 200; 0 = none, else at least 4)")
     b.add_argument("--test-limit", type=int, help="evaluate on the first N test images only (quick, noisier benches)")
+    add_device_arg(b)
     b.add_argument("--json", action="store_true", help="print the finished bench's info as one JSON object")
     b.set_defaults(func=run_build)
 
@@ -197,6 +199,7 @@ def _build(args: argparse.Namespace, settings: PTQSettings, bits: list[int], exe
         settings=settings,
         noise_samples=args.noise_samples,
         test_limit=args.test_limit,
+        device=args.device,
     )
 
 

@@ -9,7 +9,14 @@ from ..errors import EmqError
 from ..evolution.engine import SearchConfig
 from ..pipeline_demo import demo
 from .commands import COMMANDS
-from .common import check_bench_for_search, check_out_dir, emit_json, markdown_table, open_bench
+from .common import (
+    add_device_arg,
+    check_bench_for_search,
+    check_out_dir,
+    emit_json,
+    markdown_table,
+    open_bench,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--population", type=int, default=64, help="population size (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget-avg-bits", type=float, default=3.0, help="average weight bits of the allocation budget (default 3.0)")
+    add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run)
 
@@ -31,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     SearchConfig(generations=args.generations, population=args.population)  # and so are bad search sizes
     if not min(bench.bits) <= args.budget_avg_bits <= max(bench.bits):
         raise EmqError(f"--budget-avg-bits {args.budget_avg_bits:g}: use a value from {min(bench.bits)} to {max(bench.bits)}, the bench's bit-widths")
-    s = demo(args.out, args.bench, args.generations, args.population, args.seed, args.budget_avg_bits, progress=not (args.json or args.quiet))
+    s = demo(args.out, args.bench, args.generations, args.population, args.seed, args.budget_avg_bits, progress=not (args.json or args.quiet), device=args.device)
     if args.json:
         emit_json(s)
         return 0

@@ -13,7 +13,14 @@ from ..ranking import DEFAULT_LIMIT, ScoreReport, score
 from ..specs import METRICS
 from ..uncertainty import DEFAULT_RESAMPLES
 from .commands import COMMANDS
-from .common import add_executor_args, check_out_dir, emit_json, executor_from_args, open_bench
+from .common import (
+    add_device_arg,
+    add_executor_args,
+    check_out_dir,
+    emit_json,
+    executor_from_args,
+    open_bench,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help=f"bootstrap resamples (configurations x test sources, seeded) for the 95 %% intervals (default {DEFAULT_RESAMPLES})")
     p.add_argument("--no-reference", action="store_true", help="leave out the supervised ridge reference row")
     p.add_argument("--out", type=Path, help="write score.csv, score.json and scatter_<proxy>.png here")
+    add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -67,4 +75,5 @@ def _score(args: argparse.Namespace, executor: Executor) -> ScoreReport:
         executor=executor,
         resamples=args.resamples,
         reference=not args.no_reference,
+        device=args.device,
     )

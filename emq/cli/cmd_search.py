@@ -14,6 +14,7 @@ from ..specs import METRICS
 from ..target import resolve_target
 from .commands import COMMANDS
 from .common import (
+    add_device_arg,
     add_executor_args,
     add_model_args,
     check_bench_for_search,
@@ -55,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aggregate-k", type=float, default=1.0, help="the k of --aggregate mean-std: fitness = mean - k x std (default 1)")
     p.add_argument("--parsimony", type=float, default=0.0, help="size pressure: selection uses fitness - C x nodes (default 0 = none)")
     p.add_argument("--top", type=int, default=5, help="proxies to list (default 5)")
+    add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of tables")
     p.set_defaults(func=run)
 
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         generations=args.generations, population=args.population, metric=args.metric, space=space, max_evaluations=args.max_evaluations,
         dps=DPSConfig(enabled=not args.no_dps, crowding_threshold=args.crowding), random_state=args.seed, workers=args.workers,
         out_dir=out, warm_start=args.resume, checkpoint_every=args.checkpoint_every, progress=not (args.json or args.quiet),
-        aggregate=args.aggregate, aggregate_k=args.aggregate_k, parsimony=args.parsimony,
+        aggregate=args.aggregate, aggregate_k=args.aggregate_k, parsimony=args.parsimony, device=str(args.device),
     )
     est.config()  # bad settings are refused before any bench or model work
     benches, models = _open_benches(args)

@@ -15,7 +15,14 @@ from ..search_space.stats import (
     summarize,
 )
 from .commands import COMMANDS
-from .common import add_model_args, check_out_dir, emit_json, markdown_table, parse_bits
+from .common import (
+    add_device_arg,
+    add_model_args,
+    check_out_dir,
+    emit_json,
+    markdown_table,
+    parse_bits,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", type=Path, help="cache root; statistics go to <dir>/stats (default $EMQ_CACHE_DIR, else ~/.cache/emq)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--out", type=Path, help="also write the full statistics here (torch file, loadable with weights_only=True)")
+    add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -85,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
+        device=args.device,
     )
     if args.out:
         save_stats(ns, args.out)

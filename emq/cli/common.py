@@ -9,14 +9,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..device import ACCEPTED, resolve_device
 from ..errors import EmqError
 from ..executors import Executor, make_executor
 from ..quant import PTQSettings
 from ..quantizers import QUANTIZERS
-from ..specs import parse_config
+from ..specs import ParameterError, parse_config
 from ..tables import markdown_table
 
-__all__ = ["add_executor_args", "add_model_args", "add_ptq_args", "check_bench_for_search", "check_out_dir", "emit_json", "executor_from_args", "markdown_table", "open_bench", "parse_bits", "ptq_overrides",
+__all__ = ["add_device_arg", "add_executor_args", "add_model_args", "add_ptq_args", "check_bench_for_search", "check_out_dir", "emit_json", "executor_from_args", "markdown_table", "open_bench", "parse_bits", "ptq_overrides",
            "ptq_settings"]
 
 MIN_SPLIT = 3  # configurations a bench split needs for a rank correlation
@@ -89,6 +92,19 @@ def ptq_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def ptq_settings(args: argparse.Namespace) -> PTQSettings:
     """The PTQ settings of the flags added by `add_ptq_args` (PTQSettings' defaults for the rest)."""
     return PTQSettings(**ptq_overrides(args))
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    """`--device` (a torch.device in `args.device`), checked as the arguments are parsed, so a
+    device that does not exist here is refused before any file is written."""
+    p.add_argument("--device", type=_device, default="cpu", help=f"where the network runs: {ACCEPTED} (default cpu)")
+
+
+def _device(text: str) -> torch.device:
+    try:
+        return resolve_device(text)
+    except ParameterError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e.problem}") from e
 
 
 def parse_bits(text: str, param: str = "bits") -> list[int]:

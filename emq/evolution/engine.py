@@ -38,6 +38,7 @@ from emq.search_space.netstats import NetworkStats
 from emq.search_space.pset import SearchSpace, canonical, from_tokens, gen_half_and_half, to_tokens
 from emq.search_space.terminals import DEFAULT_ACT_SAMPLES
 
+from ..device import resolve_device
 from ..errors import EmqError
 from ..executors import Executor, make_executor
 from ..fitness import FitnessData
@@ -97,6 +98,7 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if isinstance(self.dps, dict):
             self.dps = DPSConfig(**self.dps)
+        self.device = str(resolve_device(self.device))  # a string: the config is stored as JSON
         if self.population < 4:
             raise ParameterError("population", self.population, "use at least 4")
         if self.generations < 0:

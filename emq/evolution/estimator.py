@@ -100,6 +100,8 @@ class ProxySearch:
     the default because with two or three benches it is the least noisy of the three; a
     study across the shipped benches will compare them, and the default may be revisited.
     `parsimony` C >= 0 makes selection use fitness - C x size (nodes); 0 = no size pressure.
+    `device` (cpu, cuda, cuda:N) is where fitness tables and any statistics that are not
+    cached yet are computed; it is not part of the campaign (a checkpoint resumes anywhere).
     """
 
     def __init__(
@@ -192,7 +194,7 @@ class ProxySearch:
             else:
                 if ckpt is not None and ckpt.exists() and not self.warm_start:
                     raise ParameterError("out_dir", str(out_dir), "already holds a campaign: continue it with warm_start=True or choose another directory")
-                camp = Campaign(_all_statistics(executor, given, models, loaded), data, space, cfg, out_dir, self.progress)
+                camp = Campaign(_all_statistics(executor, given, models, loaded, cfg.device), data, space, cfg, out_dir, self.progress)
                 if self.warm_start:
                     if ckpt is None or not ckpt.exists():
                         raise ParameterError("warm_start", True, f"nothing to continue: no earlier fit and no checkpoint in {out_dir}; start with warm_start=False")
@@ -284,8 +286,8 @@ def load_fitness_data(bench: Any, metric: str | None, bits: tuple[int, ...] | No
     return FitnessData.from_bench(bench, metric, bits), bench
 
 
-def _statistics(bench: Any, model: Any, data: FitnessData) -> NetworkStats:
-    """The bench model's statistics with the bench's settings (or defaults for bare arrays)."""
+def _statistics(bench: Any, model: Any, data: FitnessData, device: str = "cpu") -> NetworkStats:
+    """The bench model's statistics with the bench's settings (or defaults for bare arrays), computed on `device`."""
     from emq.search_space.stats import compute_stats
 
     if bench is None:
@@ -293,20 +295,20 @@ def _statistics(bench: Any, model: Any, data: FitnessData) -> NetworkStats:
             raise ParameterError("stats", None, "a bench given as FitnessData needs `stats` or a `model` to compute them on")
         from emq.target import Target, resolve_target
 
-        return compute_stats(model if isinstance(model, Target) else resolve_target(model), bits=data.bits)
+        return compute_stats(model if isinstance(model, Target) else resolve_target(model), bits=data.bits, device=device)
     from ..bench_setup import BenchSetup
 
-    return BenchSetup.of(bench, model).network_stats()
+    return BenchSetup.of(bench, model).network_stats(device=device)
 
 
-def _statistics_task(_: Any, job: tuple[Any, Any, FitnessData]) -> NetworkStats:
+def _statistics_task(_: Any, job: tuple[Any, Any, FitnessData, str]) -> NetworkStats:
     return _statistics(*job)
 
 
-def _all_statistics(executor: Executor, given: list[Any], models: list[Any], loaded: list[tuple[FitnessData, Any]]) -> list[NetworkStats]:
+def _all_statistics(executor: Executor, given: list[Any], models: list[Any], loaded: list[tuple[FitnessData, Any]], device: str) -> list[NetworkStats]:
     """Every bench's statistics: the given ones, the rest computed, one model per worker when
     the executor has several (a multi-bench campaign on a cluster)."""
-    jobs = [(b, m, d) for s, m, (d, b) in zip(given, models, loaded, strict=True) if s is None]
+    jobs = [(b, m, d, device) for s, m, (d, b) in zip(given, models, loaded, strict=True) if s is None]
     if executor.workers > 1 and len(jobs) > 1:
         computed = iter(executor.map(_statistics_task, jobs))
     else:

@@ -53,8 +53,8 @@ def adaround(weight: torch.Tensor, layer: LayerInputs, bits: int, symmetric: boo
 
     iters = int(p["iters"])
     for step in range(iters):
-        idx = torch.randint(0, n, (batch,), generator=gen)
-        x = layer.inputs[idx]
+        idx = torch.randint(0, n, (batch,), generator=gen)  # drawn on the CPU: the same batches on every device
+        x = layer.inputs[idx.to(layer.inputs.device)]
         with torch.no_grad():
             target = layer.output(weight, x)
         out = layer.output(soft_weight(), x)

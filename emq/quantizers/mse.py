@@ -36,7 +36,7 @@ def quantize_weight(w: torch.Tensor, bits: int, symmetric: bool = False, grid: i
         err = (q - flat).pow(2).sum(dim=1)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
-        best[better] = q[better]
+        best = torch.where(better.unsqueeze(1), q, best)  # not a masked assignment: no host sync per candidate on a GPU
     return best.reshape(w.shape)
 
 
