@@ -13,6 +13,7 @@ import logging
 import os
 import time
 
+from emq.evolution.evaluator import DEFAULT_AGGREGATE
 from emq.transfer import WHOLE_CONFIG, TransferStudy
 
 
@@ -23,7 +24,7 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=30)
     ap.add_argument("--population", type=int, default=48)
     ap.add_argument("--protocols", default="leave-one-out,single")
-    ap.add_argument("--aggregate", default="mean")
+    ap.add_argument("--aggregate", default=DEFAULT_AGGREGATE)
     ap.add_argument("--whole-limit", type=int, default=20)
     ap.add_argument("--out", default="runs/transfer")
     args = ap.parse_args()

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from .errors import EmqError
+from .evolution.evaluator import DEFAULT_AGGREGATE
+from .executors import Executor
 from .fileio import atomic_write_text, ensure_dir
 from .specs import ParameterError
 
@@ -193,8 +195,9 @@ class TransferStudy:
     """A transfer study: plan, run its campaigns, then report every proxy where it is reported."""
 
     def __init__(self, benches: Sequence[str], seeds: Sequence[int] = (0, 1, 2), generations: int = 30, population: int = 48,
-                 protocols: Sequence[str] = ("leave-one-out", "single"), aggregate: str = "mean", whole_config: Sequence[str] = WHOLE_CONFIG,
-                 whole_limit: int = 20, resamples: int = 1000, out_dir: str | Path | None = None, progress: bool = False) -> None:
+                 protocols: Sequence[str] = ("leave-one-out", "single"), aggregate: str = DEFAULT_AGGREGATE, whole_config: Sequence[str] = WHOLE_CONFIG,
+                 whole_limit: int = 20, resamples: int = 1000, out_dir: str | Path | None = None, progress: bool = False,
+                 executor: Executor | str | None = None, workers: int = 1) -> None:
         if len(benches) < 2:
             raise ParameterError("benches", ",".join(benches), "a transfer study needs at least two benches")
         self.benches = list(benches)
@@ -207,6 +210,7 @@ class TransferStudy:
         self.resamples = resamples
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress
+        self.executor, self.workers = executor, workers  # campaign fitness, their statistics and the whole-configuration references
         self.plan = plan(self.benches, self.seeds, self.protocols)
 
     def run_campaign(self, c: Campaign) -> dict[str, Any]:
@@ -216,7 +220,7 @@ class TransferStudy:
         out = self.out_dir / "campaigns" / c.tag if self.out_dir is not None else None
         kwargs: dict[str, Any] = {"aggregate": self.aggregate} if len(c.train) > 1 else {}
         done = out is not None and (out / "checkpoint.npz").exists()  # a rerun continues (or just reloads) the campaign
-        est = ProxySearch(self.generations, self.population, random_state=c.seed, out_dir=out, warm_start=done, **kwargs)
+        est = ProxySearch(self.generations, self.population, random_state=c.seed, out_dir=out, warm_start=done, executor=self.executor, workers=self.workers, **kwargs)
         est.fit(list(c.train) if len(c.train) > 1 else c.train[0])
         return {"campaign": c, "proxy": est.best_proxy_, "summary": est.summary_, "log": est.log_}
 
@@ -253,7 +257,8 @@ class TransferStudy:
         rows = [_row(p) for p in rep.proxies]
         skipped = dict(rep.skipped)
         if self.whole_config:
-            whole = score(bench, proxies=list(self.whole_config), limit=self.whole_limit, resamples=self.resamples, reference=False)
+            whole = score(bench, proxies=list(self.whole_config), limit=self.whole_limit, resamples=self.resamples, reference=False,
+                          executor=self.executor, workers=self.workers)
             rows += [_row(p) for p in whole.proxies]
             skipped.update(whole.skipped)
         return {"rows": rows, "best_handmade": rep.best_handmade, "ceiling": rep.ceiling, "skipped": skipped}

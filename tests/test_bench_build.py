@@ -152,3 +152,30 @@ def test_kill_minus_nine_then_resume_gives_the_uninterrupted_records(built, tmp_
     resumed = _records(out)
     assert set(partial) <= set(resumed)
     assert resumed == _records(built)
+
+
+def test_a_configuration_that_keeps_failing_is_recorded_and_a_resume_retries_it(built, tmp_path, monkeypatch, capsys):
+    import emq.bench.builder as builder
+
+    bad = _records(built)[5][1]
+    real = builder.evaluate_config
+
+    def flaky(spec, config):
+        if config == bad:
+            raise RuntimeError("the GPU fell off the bus")
+        return real(spec, config)
+
+    monkeypatch.setattr(builder, "evaluate_config", flaky)
+    out = tmp_path / "failing.sqlite"
+    stages = ["build", "retest"] if bad in Bench.open(built).repeats else ["build"]  # it may be in the retest sample too
+    with pytest.raises(EmqError, match=rf"{len(stages)} configuration\(s\) failed .*the GPU fell off the bus.*--resume"):
+        bench_build(out, settings=SETTINGS, progress=False, **ARGS)
+    with closing(store.connect(out, readonly=True)) as con:
+        failures = store.read_failures(con)
+    assert [(f["config"], f["stage"], f["attempts"]) for f in failures] == [(bad, st, 1) for st in stages]
+    assert [r[1] for r in _records(out)] == [r[1] for r in _records(built) if r[1] != bad]  # the rest is stored
+    assert main(["bench", "info", str(out)]) == 0
+    assert f"{len(stages)} configuration(s) failed" in capsys.readouterr().out
+    monkeypatch.setattr(builder, "evaluate_config", real)  # the cause is fixed
+    info = bench_build(out, resume=True, settings=SETTINGS, progress=False, **ARGS)
+    assert info["failures"] == [] and _records(out) == _records(built)

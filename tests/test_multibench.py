@@ -133,7 +133,7 @@ def test_cli_searches_two_shipped_benches(tmp_path, capsys):
     assert list(summary["benches"]) == ["default", "vgg-digits"]
     for b in summary["benches"].values():
         assert -1 <= b["best_heldout_spearman"] <= 1 and b["best_handmade_heldout_spearman"] is not None
-    assert summary["aggregate"] == "mean" and summary["best_latex"] and summary["pareto"]
+    assert summary["aggregate"] == "mean-std" and summary["best_latex"] and summary["pareto"]
     rows = list(csv.DictReader((out / "hall_of_fame.csv").open()))
     assert rows[0]["expression"] == summary["best_expression"]
     assert {"heldout_spearman:default", "heldout_spearman:vgg-digits", "fitness", "pareto"} <= set(rows[0])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import EmqError
 from ..evolution import DPSConfig, ProxySearch, SearchResult
-from ..evolution.evaluator import AGGREGATES
+from ..evolution.evaluator import AGGREGATES, DEFAULT_AGGREGATE
 from ..search_space.primitives import PRESETS
 from ..search_space.pset import make_space
 from ..specs import METRICS
@@ -51,8 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude-terminals", help="comma-separated terminals to leave out, e.g. H,trace,eig")
     p.add_argument("--include-ops", help="comma-separated opt-in operations to add, e.g. tanh,cube")
     p.add_argument("--exclude-ops", help="comma-separated operations to leave out")
-    p.add_argument("--aggregate", choices=AGGREGATES, default="mean",
-                   help="with several --bench: how the per-bench Spearmans make the fitness (default mean, the least noisy with few benches)")
+    p.add_argument("--aggregate", choices=AGGREGATES, default=DEFAULT_AGGREGATE,
+                   help=f"with several --bench: how the per-bench Spearmans make the fitness (default {DEFAULT_AGGREGATE}: best on held-out networks, README)")
     p.add_argument("--aggregate-k", type=float, default=1.0, help="the k of --aggregate mean-std: fitness = mean - k x std (default 1)")
     p.add_argument("--parsimony", type=float, default=0.0, help="size pressure: selection uses fitness - C x nodes (default 0 = none)")
     p.add_argument("--top", type=int, default=5, help="proxies to list (default 5)")

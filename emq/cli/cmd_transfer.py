@@ -7,10 +7,11 @@ import argparse
 from pathlib import Path
 
 from ..errors import EmqError
+from ..evolution.evaluator import AGGREGATES, DEFAULT_AGGREGATE
 from ..transfer import WHOLE_CONFIG, TransferStudy
 from ..uncertainty import DEFAULT_RESAMPLES
 from .commands import COMMANDS
-from .common import check_out_dir, emit_json
+from .common import add_executor_args, check_out_dir, emit_json, executor_from_args
 
 PROTOCOLS = ("leave-one-out", "single")
 
@@ -29,10 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--generations", type=int, default=30, help="generations per campaign (default 30)")
     p.add_argument("--population", type=int, default=48, help="population per campaign (default 48)")
     p.add_argument("--protocols", default=",".join(PROTOCOLS), help="leave-one-out, single or both (default both)")
-    p.add_argument("--aggregate", default="mean", help="how a multi-bench campaign aggregates its benches' fitness: mean, min, mean-std (default mean)")
+    p.add_argument("--aggregate", choices=AGGREGATES, default=DEFAULT_AGGREGATE, help=f"how a multi-bench campaign aggregates its benches' fitness (default {DEFAULT_AGGREGATE})")
     p.add_argument("--whole-config", default=",".join(WHOLE_CONFIG), help="whole-configuration references scored on each bench ('none' to skip; default kl,gmpq,seam)")
     p.add_argument("--whole-limit", type=int, default=20, help="configurations per split the whole-configuration references quantize (default 20)")
     p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help=f"bootstrap resamples for the intervals (default {DEFAULT_RESAMPLES})")
+    add_executor_args(p, "workers evaluating each campaign's candidates and the whole-configuration references (default 1 = serial; results are identical)")
     p.add_argument("--out", type=Path, required=True, help="directory for transfer.json, transfer.csv, transfer.png and the campaigns")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -62,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
     benches = _names(args.benches, "--benches")
     for b in benches:
         Bench.open(b)  # a missing or unreadable bench fails here, before any campaign
-    study = TransferStudy(benches, seeds, args.generations, args.population, protocols, args.aggregate, whole, args.whole_limit, args.resamples, args.out, progress=not args.json)
-    result = study.run()
+    with executor_from_args(args) as executor:
+        study = TransferStudy(benches, seeds, args.generations, args.population, protocols, args.aggregate, whole, args.whole_limit, args.resamples, args.out,
+                              progress=not args.json, executor=executor)
+        result = study.run()
     if args.json:
         emit_json(result.to_json())
     else:

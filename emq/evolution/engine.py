@@ -47,6 +47,7 @@ from ..specs import ParameterError
 from . import checkpoint
 from .dps import DPSConfig, diversity, pick_winners, select_survivors
 from .evaluator import (
+    DEFAULT_AGGREGATE,
     REJECTED,
     FitnessContext,
     Outcome,
@@ -91,7 +92,7 @@ class SearchConfig:
     device: str = "cpu"  # where tables are computed ("cuda" on a GPU machine)
     threads: int = 1  # torch threads per evaluating process: tables are small, and extra threads oversubscribe shared cores
     dps: DPSConfig = field(default_factory=DPSConfig)
-    aggregate: str = "mean"  # per-bench fitness -> one number: mean, min or mean-std (evaluator.AGGREGATES)
+    aggregate: str = DEFAULT_AGGREGATE  # per-bench fitness -> one number: mean, min or mean-std (evaluator.AGGREGATES)
     aggregate_k: float = 1.0  # the k of mean - k * std
     parsimony: float = 0.0  # selection uses fitness - parsimony * size
 

@@ -37,7 +37,7 @@ from ..fitness import FitnessData
 from ..specs import ParameterError
 from .dps import DPSConfig
 from .engine import Campaign, SearchConfig
-from .evaluator import Outcome, aggregate, as_tuple
+from .evaluator import DEFAULT_AGGREGATE, Outcome, aggregate, as_tuple
 from .halloffame import HallOfFame, bench_labels, json_safe, pareto_mask, tokens_row
 
 log = logging.getLogger(__name__)
@@ -96,9 +96,10 @@ class ProxySearch:
     """Evolve separable proxy formulas whose scores rank a bench's configurations.
 
     With several benches, `aggregate` turns the per-bench oriented Spearmans into the
-    fitness: "mean" (default), "min", or "mean-std" (mean - aggregate_k x std). The mean is
-    the default because with two or three benches it is the least noisy of the three; a
-    study across the shipped benches will compare them, and the default may be revisited.
+    fitness: "mean-std" (mean - aggregate_k x std, the default), "mean" or "min". mean-std is
+    the default because `benchmarks/aggregation.py` (leave one network out, 3 seeds) found it
+    best on held-out networks: the spread term keeps a campaign from buying a high mean with
+    one bench it fits badly, which is how proxies fail on a network they never saw.
     `parsimony` C >= 0 makes selection use fitness - C x size (nodes); 0 = no size pressure.
     `device` (cpu, cuda, cuda:N) is where fitness tables and any statistics that are not
     cached yet are computed; it is not part of the campaign (a checkpoint resumes anywhere).
@@ -132,7 +133,7 @@ class ProxySearch:
         act_samples: int = DEFAULT_ACT_SAMPLES,
         device: str = "cpu",
         threads: int = 1,
-        aggregate: str = "mean",
+        aggregate: str = DEFAULT_AGGREGATE,
         aggregate_k: float = 1.0,
         parsimony: float = 0.0,
     ) -> None:
