@@ -18,7 +18,6 @@ import pytest
 ray = pytest.importorskip("ray", reason='Ray is not installed: pip install "emq[ray]" to run the Ray executor tests')
 
 from emq.bench import Bench, bench_build  # noqa: E402
-from emq.cli.main import main  # noqa: E402
 from emq.errors import EmqError  # noqa: E402
 from emq.executors import TaskFailure, make_executor  # noqa: E402
 from emq.quant import PTQSettings  # noqa: E402
@@ -148,11 +147,6 @@ def test_bad_settings_are_refused(cluster):
         make_executor("ray", workers=1, max_retries=-1)
     with pytest.raises(EmqError, match="gpus_per_worker"):
         make_executor("ray", workers=1, gpus_per_worker=-1)
-
-
-def test_cli_refuses_ray_flags_without_the_ray_executor(tmp_path, capsys):
-    assert main(["bench", "build", "--out", str(tmp_path / "b.sqlite"), "--ray-address", "auto", *CLI]) == 2
-    assert "--ray-address" in capsys.readouterr().err and not (tmp_path / "b.sqlite").exists()
 
 
 def test_ray_build_equals_serial_build_even_when_a_worker_is_killed(pool, serial_bench, tmp_path):

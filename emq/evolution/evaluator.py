@@ -31,13 +31,11 @@ from ..specs import ParameterError
 from .screening import table_problem
 
 REJECTED = -1.0
-# How per-bench oriented Spearmans become one fitness. "mean" is the default because with
-# few benches it is the least noisy choice: "min" follows the single worst bench and
-# "mean-std" adds the noise of a spread estimated from two or three values. The default may
-# be revisited once a study across the shipped benches has compared them.
+# How per-bench oriented Spearmans become one fitness. The default, mean-std, was chosen by
+# benchmarks/aggregation.py (leave one network out, 3 seeds): it gave the highest held-out rho
+# on 4 of 5 benches and beat "mean" in 8 of 15 paired cells, losing 2; "min" was worst (one
+# bench's noisy rho). README, "Transfer across networks".
 AGGREGATES = ("mean", "min", "mean-std")
-# the default multi-bench aggregate, chosen by benchmarks/aggregation.py (leave one network out,
-# 3 seeds): mean-std gave the highest held-out rho on 4 of 5 benches (README, "Generalization")
 DEFAULT_AGGREGATE = "mean-std"
 
 T = TypeVar("T")
