@@ -19,8 +19,10 @@ ray = pytest.importorskip("ray", reason='Ray is not installed: pip install "emq[
 
 from emq.bench import Bench, bench_build  # noqa: E402
 from emq.errors import EmqError  # noqa: E402
+from emq.evolution import search  # noqa: E402
 from emq.executors import TaskFailure, make_executor  # noqa: E402
 from emq.quant import PTQSettings  # noqa: E402
+from emq.ranking import score  # noqa: E402
 
 SETTINGS = PTQSettings(calib_size=128)
 ARGS = {"configs": 8, "seed": 1, "noise_samples": 4, "test_limit": 300}
@@ -64,8 +66,9 @@ def _once(ctx, t):
 
 @pytest.fixture(scope="module")
 def cluster():
-    # the workers import this module's task functions by name, so they need its folder on their path
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
+    # the workers import this module's task functions by name, so they need its folder on their path;
+    # 4 logical CPUs: the module's pool (2 actors, idle between tests) and a driver test's own 2 actors
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -142,11 +145,27 @@ def _kills_always(ctx, t):
 
 def test_bad_settings_are_refused(cluster):
     with pytest.raises(EmqError, match="workers"):
-        make_executor("ray", workers=64)  # the 2-CPU cluster cannot hold them
+        make_executor("ray", workers=64)  # the 4-CPU cluster cannot hold them
     with pytest.raises(EmqError, match="max_retries"):
         make_executor("ray", workers=1, max_retries=-1)
     with pytest.raises(EmqError, match="gpus_per_worker"):
         make_executor("ray", workers=1, gpus_per_worker=-1)
+
+
+def test_campaign_fitness_on_ray_equals_serial(pool, tiny_setting):
+    stats, fd, _ = tiny_setting
+    kw = {"generations": 4, "population": 16, "seed": 3}
+
+    def fingerprint(result):
+        return [(r["canonical"], r["search_spearman"], r["heldout_spearman"]) for r in result.hall_of_fame], [r["best_search"] for r in result.log]
+
+    assert fingerprint(search(fd, stats=stats, executor=pool, **kw)) == fingerprint(search(fd, stats=stats, **kw))
+
+
+def test_whole_configuration_scores_on_ray_equal_serial(pool):
+    on_ray = score("default", proxies="kl", limit=3, executor=pool, reference=False).proxies[0]
+    serial = score("default", proxies="kl", limit=3, reference=False).proxies[0]
+    assert list(on_ray.rows) == list(serial.rows) and list(on_ray.scores) == list(serial.scores)
 
 
 def test_ray_build_equals_serial_build_even_when_a_worker_is_killed(pool, serial_bench, tmp_path):

@@ -181,8 +181,9 @@ class RayExecutor(Executor):
 
     def close(self) -> None:
         ray = _ray()
-        for actor in getattr(self, "_actors", []):
-            ray.kill(actor)
+        if ray.is_initialized():  # else the cluster is gone, and the actors with it
+            for actor in getattr(self, "_actors", []):
+                ray.kill(actor)
         self._actors, self._refs = [], None
         if self._started and ray.is_initialized():
             ray.shutdown()
