@@ -233,8 +233,10 @@ def bench_build(
             elapsed = time.perf_counter() - t0
             used = {"workers": pool.workers, "executor": getattr(pool, "name", type(pool).__name__)}
         failures = store.read_failures(con)
-        if failures and not store.done_configs(con):
-            raise _failed(out, failures)
+        if failures and not store.done_configs(con):  # nothing to keep: a new file is removed, so say so
+            first = failures[0]
+            raise EmqError(f"{out}: every configuration failed, nothing was stored; e.g. {first['config']} ({first['stage']}, "
+                           f"{first['attempts']} attempt(s)): {first['error']}")
         bench = Bench.from_connection(out, con)
         rel = reliability(bench)
         entry = {"evaluated": len(todo) + len(todo_rep) - failed, "failed": failed, "seconds": round(elapsed, 2), **used, "device": spec.device} if todo or todo_rep else None
@@ -250,6 +252,6 @@ def bench_build(
 
 def _failed(out: Path, failures: list[dict[str, Any]]) -> EmqError:
     first = failures[0]
-    return EmqError(f"{out}: {len(failures)} configuration(s) failed and are recorded with their errors (`emq bench info {out}` lists them), "
+    return EmqError(f"{out}: {len(failures)} evaluation(s) failed and are recorded with their errors (`emq bench info {out}` lists them), "
                     f"e.g. {first['config']} ({first['stage']}, {first['attempts']} attempt(s)): {first['error']}; the rest is stored: "
                     "fix the cause and run the same command with --resume to evaluate them")

@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS failures (
     config TEXT NOT NULL, stage TEXT NOT NULL, error TEXT NOT NULL, attempts INTEGER NOT NULL, at TEXT NOT NULL, PRIMARY KEY (config, stage)
 );
 """
-STAGE_TABLE = {"build": "records", "retest": "repeats"}  # a failure's stage -> the table its success goes to
+STAGES = ("build", "retest")  # a failure's stage: a record of the bench, or a calibration repeat
 
 
 def connect(path: Path | str, readonly: bool = False) -> sqlite3.Connection:
@@ -198,7 +198,7 @@ def insert_repeat(con: sqlite3.Connection, config: str, result: Mapping[str, Any
 def insert_failure(con: sqlite3.Connection, config: str, stage: str, error: str, attempts: int) -> None:
     """Record that `config` kept failing in `stage` ('build' or 'retest'); a resume tries it
     again, and its success removes this row."""
-    if stage not in STAGE_TABLE:
+    if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}")
     with transaction(con):
         con.execute("INSERT OR REPLACE INTO failures (config, stage, error, attempts, at) VALUES (?, ?, ?, ?, ?)",
@@ -210,8 +210,10 @@ def read_failures(con: sqlite3.Connection) -> list[dict[str, Any]]:
     failures were recorded)."""
     try:
         rows = con.execute("SELECT config, stage, error, attempts, at FROM failures ORDER BY stage, config").fetchall()
-    except sqlite3.OperationalError:
-        return []
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return []
+        raise EmqError(f"bench {_db_path(con)}: cannot read its failures ({e})") from e
     return [{"config": c, "stage": st, "error": e, "attempts": a, "at": at} for c, st, e, a, at in rows]
 
 

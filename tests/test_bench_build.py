@@ -168,14 +168,27 @@ def test_a_configuration_that_keeps_failing_is_recorded_and_a_resume_retries_it(
     monkeypatch.setattr(builder, "evaluate_config", flaky)
     out = tmp_path / "failing.sqlite"
     stages = ["build", "retest"] if bad in Bench.open(built).repeats else ["build"]  # it may be in the retest sample too
-    with pytest.raises(EmqError, match=rf"{len(stages)} configuration\(s\) failed .*the GPU fell off the bus.*--resume"):
+    with pytest.raises(EmqError, match=rf"{len(stages)} evaluation\(s\) failed .*the GPU fell off the bus.*--resume"):
         bench_build(out, settings=SETTINGS, progress=False, **ARGS)
     with closing(store.connect(out, readonly=True)) as con:
         failures = store.read_failures(con)
     assert [(f["config"], f["stage"], f["attempts"]) for f in failures] == [(bad, st, 1) for st in stages]
     assert [r[1] for r in _records(out)] == [r[1] for r in _records(built) if r[1] != bad]  # the rest is stored
     assert main(["bench", "info", str(out)]) == 0
-    assert f"{len(stages)} configuration(s) failed" in capsys.readouterr().out
+    assert f"{len(stages)} evaluation(s) failed" in capsys.readouterr().out
     monkeypatch.setattr(builder, "evaluate_config", real)  # the cause is fixed
     info = bench_build(out, resume=True, settings=SETTINGS, progress=False, **ARGS)
     assert info["failures"] == [] and _records(out) == _records(built)
+
+
+def test_a_new_build_where_everything_fails_says_nothing_was_stored(tmp_path, monkeypatch):
+    import emq.bench.builder as builder
+
+    def broken(spec, config):
+        raise RuntimeError("no kernel image for this device")
+
+    monkeypatch.setattr(builder, "evaluate_config", broken)
+    out = tmp_path / "broken.sqlite"
+    with pytest.raises(EmqError, match="every configuration failed, nothing was stored.*no kernel image"):
+        bench_build(out, settings=SETTINGS, progress=False, **ARGS)
+    assert not out.exists()

@@ -43,3 +43,24 @@ def test_the_ray_executor_without_ray_says_how_to_install_it(tmp_path, capsys, m
         assert main([*cmd, "--executor", "ray"]) == 2
         assert 'pip install "emq[ray]"' in capsys.readouterr().err
     assert not (tmp_path / "b.sqlite").exists()
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--device", "cuda"], "--gpus-per-worker"),  # a Ray worker sees only the GPUs it reserved
+    (["--device", "cuda:1", "--gpus-per-worker", "1"], "--device cuda"),  # and numbers them from 0
+])
+def test_cuda_with_ray_needs_reserved_gpus(tmp_path, capsys, monkeypatch, flags, named):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    out = tmp_path / "b.sqlite"
+    assert main(["bench", "build", "--out", str(out), *CLI, "--executor", "ray", *flags]) == 2
+    assert named in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("cmd", [["search", "--bench", "default"], ["transfer", "--benches", "default,vgg-digits"], ["score", "--bench", "default"]])
+def test_every_command_refuses_ray_flags_without_ray(tmp_path, capsys, cmd):
+    extra = ["--out", str(tmp_path / "o")] if cmd[0] != "score" else []
+    assert main([*cmd, *extra, "--ray-address", "auto"]) == 2
+    assert "--ray-address" in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -182,3 +182,13 @@ def test_pareto_mask_ties_and_missing_fitness():
     assert pareto_mask([], []) == []
     rows = [{"size": s, "fitness": f, "rank": i} for i, (s, f) in enumerate([(5, 0.9), (1, 0.2), (3, 0.95), (2, 0.2)])]
     assert [r["rank"] for r in HallOfFame(rows).pareto()] == [1, 2]
+
+
+def test_a_one_bench_campaign_saved_under_another_aggregate_still_resumes(tiny_setting, second_bench, tmp_path):
+    stats, fd, _ = tiny_setting
+    ProxySearch(**SMALL, aggregate="mean", out_dir=tmp_path / "one").fit(fd, stats=stats)
+    more = ProxySearch(**{**SMALL, "generations": 4}, out_dir=tmp_path / "one", warm_start=True).fit(fd, stats=stats)  # default aggregate now
+    assert more.n_generations_ == 4
+    ProxySearch(**SMALL, aggregate="mean", out_dir=tmp_path / "two").fit([fd, second_bench], stats=[stats, stats])
+    with pytest.raises(EmqError, match="aggregate"):  # with two benches the aggregate is the fitness: it must not change
+        ProxySearch(**{**SMALL, "generations": 4}, out_dir=tmp_path / "two", warm_start=True).fit([fd, second_bench], stats=[stats, stats])

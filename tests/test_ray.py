@@ -120,7 +120,7 @@ def test_a_failing_task_raises_or_is_returned_as_a_failure(pool):
     out = list(pool.map(_fails_on_seven, range(10), context=None, failures=True))
     assert out[:7] == list(range(7)) and out[8:] == [8, 9]
     assert out[7] == TaskFailure(7, "ValueError: seven is bad input", 1)  # bad input is not retried
-    with pytest.raises(EmqError, match="seven is bad input"):
+    with pytest.raises(ValueError, match="seven is bad input"):  # the task's own error, as the serial executor raises it
         list(pool.map(_fails_on_seven, range(10)))
 
 
@@ -131,14 +131,17 @@ def test_transient_errors_and_dead_workers_are_retried(pool, tmp_path, kind):
     assert len(list(tmp_path.iterdir())) == 3  # every task failed once and was run again
 
 
-def test_a_task_that_keeps_killing_its_worker_is_recorded(pool):
-    out = list(pool.map(_kills_always, [1, 2, 3], failures=True))
-    assert out[0] == 1 and out[2] == 3
-    assert isinstance(out[1], TaskFailure) and out[1].attempts == pool.max_retries + 1 and "worker died" in out[1].error
+def test_a_task_that_keeps_killing_its_worker_is_recorded(pool, tmp_path):
+    out = list(pool.map(_kills_always, [1, 2, 3], context=tmp_path, failures=True, chunksize=2))
+    assert out[0] == 1 and out[2] == 3  # its chunk-mate is tried again on its own and succeeds
+    assert isinstance(out[1], TaskFailure) and "worker died" in out[1].error
+    attempts = len(list(tmp_path.glob("attempt-*")))  # each attempt that really ran: in its chunk, then alone
+    assert out[1].attempts == attempts == 2 * (pool.max_retries + 1)
 
 
 def _kills_always(ctx, t):
     if t == 2:
+        (ctx / f"attempt-{os.getpid()}").touch()
         os.kill(os.getpid(), signal.SIGKILL)
     return t
 
@@ -171,6 +174,7 @@ def test_whole_configuration_scores_on_ray_equal_serial(pool):
 def test_ray_build_equals_serial_build_even_when_a_worker_is_killed(pool, serial_bench, tmp_path):
     out = tmp_path / "ray.sqlite"
     error: list[BaseException] = []
+    before = pool.worker_pids()
 
     def build():
         try:
@@ -184,9 +188,11 @@ def test_ray_build_equals_serial_build_even_when_a_worker_is_killed(pool, serial
     while time.time() < deadline and t.is_alive() and _count(out) < 2:
         time.sleep(0.05)
     assert t.is_alive() and _count(out) < 8, "the build finished before a worker could be killed"
-    os.kill(pool.worker_pids()[0], signal.SIGKILL)
+    victim = before[0]
+    os.kill(victim, signal.SIGKILL)
     t.join(300)
     assert not t.is_alive() and not error, error
+    assert pool.worker_pids()[0] != victim  # the killed worker was restarted
     assert _records(out) == _records(serial_bench)  # nothing lost, nothing duplicated, same numbers
     log = Bench.open(out).meta["build_log"][-1]
     assert log["executor"] == "ray" and log["workers"] == 2 and log["failed"] == 0

@@ -144,7 +144,7 @@ def _print_info(info: dict) -> None:
     rows = [[m, s["min"], s["p25"], s["median"], s["p75"], s["max"], s["mean"], s["std"]] for m, s in info["metrics"].items()]
     print(markdown_table(["metric", "min", "p25", "median", "p75", "max", "mean", "std"], rows))
     if info.get("failures"):
-        print(f"{len(info['failures'])} configuration(s) failed (a resume tries them again):")
+        print(f"{len(info['failures'])} evaluation(s) failed (a resume tries them again):")
         print(markdown_table(["configuration", "stage", "attempts", "error"], [[f["config"], f["stage"], f["attempts"], f["error"]] for f in info["failures"]]))
 
 

@@ -18,6 +18,7 @@ from .common import (
     add_executor_args,
     add_model_args,
     check_bench_for_search,
+    check_executor_args,
     check_out_dir,
     emit_json,
     executor_from_args,
@@ -94,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     space = make_space(args.space, terms or None, _names(args.exclude_terminals), _names(args.include_ops), _names(args.exclude_ops))
     if args.top < 1:
         raise EmqError(f"--top {args.top}: use 1 or more")
+    check_executor_args(args)
     out = args.out or Path("emq_runs") / f"search-s{args.seed}"
     check_out_dir(out)
     est = ProxySearch(

@@ -11,7 +11,13 @@ from ..evolution.evaluator import AGGREGATES, DEFAULT_AGGREGATE
 from ..transfer import WHOLE_CONFIG, TransferStudy
 from ..uncertainty import DEFAULT_RESAMPLES
 from .commands import COMMANDS
-from .common import add_executor_args, check_out_dir, emit_json, executor_from_args
+from .common import (
+    add_executor_args,
+    check_executor_args,
+    check_out_dir,
+    emit_json,
+    executor_from_args,
+)
 
 PROTOCOLS = ("leave-one-out", "single")
 
@@ -42,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
+    check_executor_args(args)
     protocols = _names(args.protocols, "--protocols")
     bad = [x for x in protocols if x not in PROTOCOLS]
     if bad:

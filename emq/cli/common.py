@@ -19,7 +19,7 @@ from ..quantizers import QUANTIZERS
 from ..specs import ParameterError, parse_config
 from ..tables import markdown_table
 
-__all__ = ["add_device_arg", "add_executor_args", "add_model_args", "add_ptq_args", "check_bench_for_search", "check_out_dir", "emit_json", "executor_from_args", "markdown_table", "open_bench", "parse_bits", "ptq_overrides",
+__all__ = ["add_device_arg", "add_executor_args", "add_model_args", "add_ptq_args", "check_bench_for_search", "check_out_dir", "check_executor_args", "emit_json", "executor_from_args", "markdown_table", "open_bench", "parse_bits", "ptq_overrides",
            "ptq_settings"]
 
 MIN_SPLIT = 3  # configurations a bench split needs for a rank correlation
@@ -65,6 +65,14 @@ def add_executor_args(p: argparse.ArgumentParser, workers_help: str) -> None:
 
 def executor_from_args(args: argparse.Namespace) -> Executor:
     """The executor the flags of `add_executor_args` ask for (the caller closes it)."""
+    check_executor_args(args)
+    if args.executor == "ray":
+        return make_executor("ray", args.workers, address=args.ray_address, gpus_per_worker=args.gpus_per_worker or 0)
+    return make_executor(args.executor, args.workers)
+
+
+def check_executor_args(args: argparse.Namespace) -> None:
+    """Refuse contradictory executor flags before any bench, model or cluster work."""
     if args.workers < 1:
         raise EmqError(f"--workers {args.workers}: use 1 or more")
     ray_flags = [f for f, v in (("--ray-address", args.ray_address), ("--gpus-per-worker", args.gpus_per_worker)) if v is not None]
@@ -73,8 +81,11 @@ def executor_from_args(args: argparse.Namespace) -> Executor:
     if args.gpus_per_worker is not None and not (math.isfinite(args.gpus_per_worker) and args.gpus_per_worker >= 0):
         raise EmqError(f"--gpus-per-worker {args.gpus_per_worker}: use a number >= 0")
     if args.executor == "ray":
-        return make_executor("ray", args.workers, address=args.ray_address, gpus_per_worker=args.gpus_per_worker or 0)
-    return make_executor(args.executor, args.workers)
+        device = getattr(args, "device", None)
+        if device is not None and device.type == "cuda" and not args.gpus_per_worker:
+            raise EmqError(f"--device {device} with --executor ray: give --gpus-per-worker (Ray shows a worker only the GPUs it reserved)")
+        if device is not None and device.type == "cuda" and device.index not in (None, 0):
+            raise EmqError(f"--device {device} with --executor ray: use --device cuda (each worker sees the GPUs Ray gave it, numbered from 0)")
 
 
 def _option(text: str) -> tuple[str, str]:

@@ -277,7 +277,7 @@ class Campaign:
 
     def continue_with(self, config: SearchConfig) -> None:
         """Go on under a new config (more generations, a larger budget), the rest unchanged."""
-        _check_same_campaign(self.config.to_json(), config, "the earlier fit")
+        _check_same_campaign(self.config.to_json(), config, "the earlier fit", len(self.data))
         self.config = config
 
     @contextmanager
@@ -365,7 +365,7 @@ class Campaign:
     def restore(self, path: Path) -> None:
         """Continue from a checkpoint: refused when it was made with other settings or inputs."""
         state, arrays = checkpoint.load(path)
-        _check_same_campaign(state["config"], self.config, f"checkpoint {path}")
+        _check_same_campaign(state["config"], self.config, f"checkpoint {path}", len(self.data))
         if state.get("inputs") != self._inputs_fingerprint():
             raise EmqError(f"checkpoint {path} was made with a different bench, statistics or search space; resume with the same inputs or use a new run directory")
         sig = dict(zip(state["signature_keys"], arrays["signatures"], strict=True))
@@ -386,9 +386,12 @@ class Campaign:
         log.info("resumed %s at generation %d (%d evaluations)", path, self.generation, self.evaluations)
 
 
-def _check_same_campaign(saved: dict[str, Any], config: SearchConfig, what: str) -> None:
-    """Only generations and the budget may change when a campaign is continued."""
+def _check_same_campaign(saved: dict[str, Any], config: SearchConfig, what: str, benches: int) -> None:
+    """Only generations and the budget may change when a campaign is continued. With one bench
+    the aggregate changes nothing (every rule gives that bench's rho), so a campaign saved
+    under another default aggregate still continues."""
     now, default = config.to_json(), SearchConfig().to_json()
-    diff = [f for f in _RESUME_FIELDS if saved.get(f, default[f]) != now.get(f)]  # a field added since the checkpoint was made has its default there
+    fields = [f for f in _RESUME_FIELDS if benches > 1 or f not in ("aggregate", "aggregate_k")]
+    diff = [f for f in fields if saved.get(f, default[f]) != now.get(f)]  # a field added since the checkpoint was made has its default there
     if diff:
         raise EmqError(f"{what} was made with different settings ({', '.join(diff)}); continue with the same settings or use a new run directory")

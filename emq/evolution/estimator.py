@@ -189,16 +189,18 @@ class ProxySearch:
         ckpt = out_dir / "checkpoint.npz" if out_dir is not None else None
         space = self.space or make_space()
         camp = getattr(self, "_campaign", None) if self.warm_start else None
+        same = camp is not None and [d.fingerprint for d in camp.data] == [d.for_campaign().fingerprint for d in data]
+        if not same:  # refused before an executor (perhaps a Ray cluster) starts
+            if ckpt is not None and ckpt.exists() and not self.warm_start:
+                raise ParameterError("out_dir", str(out_dir), "already holds a campaign: continue it with warm_start=True or choose another directory")
+            if self.warm_start and (ckpt is None or not ckpt.exists()):
+                raise ParameterError("warm_start", True, f"nothing to continue: no earlier fit and no checkpoint in {out_dir}; start with warm_start=False")
         with executor_for(self.executor, self.workers) as executor:
-            if camp is not None and [d.fingerprint for d in camp.data] == [d.for_campaign().fingerprint for d in data]:
+            if same:
                 camp.continue_with(cfg)
             else:
-                if ckpt is not None and ckpt.exists() and not self.warm_start:
-                    raise ParameterError("out_dir", str(out_dir), "already holds a campaign: continue it with warm_start=True or choose another directory")
                 camp = Campaign(_all_statistics(executor, given, models, loaded, cfg.device), data, space, cfg, out_dir, self.progress)
                 if self.warm_start:
-                    if ckpt is None or not ckpt.exists():
-                        raise ParameterError("warm_start", True, f"nothing to continue: no earlier fit and no checkpoint in {out_dir}; start with warm_start=False")
                     camp.restore(ckpt)
                     removed = remove_stale_temps(out_dir)  # left by a writer killed mid-write
                     if removed:

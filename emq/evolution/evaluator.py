@@ -53,7 +53,7 @@ def check_aggregate(aggregate: str, k: float) -> None:
         raise ParameterError("aggregate_k", k, "use a finite number >= 0")
 
 
-def aggregate(rhos: Sequence[float], how: str = "mean", k: float = 1.0) -> float:
+def aggregate(rhos: Sequence[float], how: str = DEFAULT_AGGREGATE, k: float = 1.0) -> float:
     """One fitness from per-bench oriented Spearmans: their mean, their minimum, or mean - k * std
     (population std, so one bench gives its own rho under every rule). Never below REJECTED,
     so a valid candidate never ranks under a screened-out one."""

@@ -12,8 +12,8 @@ With `failures=True` a task that raised (after whatever retries the executor mak
 the work in flight; by default the error propagates.
 
 Executors register themselves by name (`@register("name")`) in a module of this package;
-every module here is imported when a name is looked up, so a new executor (the distributed
-one of a later issue) is one new file.
+every module here is imported when a name is looked up, so a new executor is one new file
+(ray_cluster.py is one, importing Ray only when it is used).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def run_task(fn: Callable[[Context, Task], Any], context: Context, task: Task, f
 
 
 def describe_error(e: BaseException) -> str:
+    """An error as one recordable string, the same from every executor."""
     return f"{type(e).__name__}: {e}"
 
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
 from ..errors import EmqError
 from ..specs import ParameterError
-from . import Context, Executor, Task, TaskFailure, describe_error, register
+from . import Context, Executor, Task, TaskFailure, check_workers, describe_error, register
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class RayExecutor(Executor):
     in this process, else a new local one). A cluster started here is shut down by close()."""
 
     def __init__(self, workers: int = 2, address: str | None = None, gpus_per_worker: float = 0, max_retries: int = 3) -> None:
+        check_workers(workers)
         if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
             raise ParameterError("max_retries", max_retries, "must be an integer >= 0")
         if not isinstance(gpus_per_worker, (int, float)) or isinstance(gpus_per_worker, bool) or gpus_per_worker < 0:
@@ -96,7 +98,7 @@ class RayExecutor(Executor):
         self._started = False
         if not ray.is_initialized():
             try:
-                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+                ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,  # "local": never join another cluster
                          **({"num_cpus": max(workers, os.cpu_count() or 1)} if address is None else {}))
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise EmqError(f"cannot reach a Ray cluster at --ray-address {address}: {e}; start one with `ray start --head` "
@@ -131,34 +133,44 @@ class RayExecutor(Executor):
 
     def map(self, fn: Callable[[Context, Task], Any], tasks: Iterable[Task], context: Context = None, ordered: bool = True, chunksize: int = 1,
             failures: bool = False) -> Iterator[Any]:
+        if not self._actors:
+            raise EmqError("this Ray executor is closed; make a new one")
         ray = _ray()
         ref = [self._context_ref(context)]
         chunks = _chunks(enumerate(tasks), max(1, chunksize))
-        pending: dict[Any, tuple[Any, list]] = {}
+        # tasks of a chunk that failed as a whole, tried again one by one, with the attempts they already had
+        singles: deque[tuple[list, int]] = deque()
+        pending: dict[Any, tuple[Any, list, int]] = {}
 
         def submit(actor: Any) -> None:
-            chunk = next(chunks, None)
+            chunk, before = singles.popleft() if singles else (next(chunks, None), 0)
             if chunk is not None:
                 call = actor.run.options(retry_exceptions=list(_retryable()))
-                pending[call.remote(fn, ref, [t for _, t in chunk], failures)] = (actor, chunk)
+                pending[call.remote(fn, ref, [t for _, t in chunk], failures)] = (actor, chunk, before)
 
-        for actor in self._actors:
-            for _ in range(IN_FLIGHT):
-                submit(actor)
         buffer: dict[int, Any] = {}
         following = 0
         try:
+            for actor in self._actors:
+                for _ in range(IN_FLIGHT):
+                    submit(actor)
             while pending:
                 [done], _ = ray.wait(list(pending), num_returns=1)
-                actor, chunk = pending.pop(done)
-                submit(actor)
+                actor, chunk, before = pending.pop(done)
                 try:
                     outs = ray.get(done)
-                except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
-                    error, attempts = self._failure(e)
+                except ray.exceptions.RayError as e:
+                    if failures and len(chunk) > 1:  # one task's error must not be charged to the others
+                        singles.extend(([item], self._failure(e)[1]) for item in chunk)
+                        submit(actor)
+                        continue
                     if not failures:
-                        raise EmqError(f"a task failed on the Ray cluster ({attempts} attempt{'s' * (attempts > 1)}): {error}") from e
-                    outs = [TaskFailure(t, error, attempts) for _, t in chunk]
+                        cause = getattr(e, "cause", None)
+                        raise (cause if isinstance(e, ray.exceptions.RayTaskError) and cause is not None else EmqError(
+                            f"a task failed on the Ray cluster: {self._failure(e)[0]}")) from e
+                    error, attempts = self._failure(e)
+                    outs = [TaskFailure(chunk[0][1], error, before + attempts)]
+                submit(actor)
                 for (i, _), out in zip(chunk, outs, strict=True):
                     if not ordered:
                         yield out
@@ -172,12 +184,14 @@ class RayExecutor(Executor):
                 ray.cancel(left)
 
     def _failure(self, e: Exception) -> tuple[str, int]:
-        """The error of a chunk that failed for good, and how many times it was tried."""
+        """The error of a task that failed for good, and how many times it was tried."""
         ray = _ray()
         if isinstance(e, ray.exceptions.RayTaskError):
             cause = e.cause if e.cause is not None else e
             return describe_error(cause), (self.max_retries + 1 if isinstance(cause, _retryable()) else 1)
-        return f"its worker died ({describe_error(e).splitlines()[0]})", self.max_retries + 1
+        if isinstance(e, ray.exceptions.RayActorError):
+            return f"its worker died ({describe_error(e).splitlines()[0]})", self.max_retries + 1
+        return describe_error(e).splitlines()[0], 1
 
     def close(self) -> None:
         ray = _ray()
