@@ -234,9 +234,7 @@ def bench_build(
             used = {"workers": pool.workers, "executor": getattr(pool, "name", type(pool).__name__)}
         failures = store.read_failures(con)
         if failures and not store.done_configs(con):  # nothing to keep: a new file is removed, so say so
-            first = failures[0]
-            raise EmqError(f"{out}: every configuration failed, nothing was stored; e.g. {first['config']} ({first['stage']}, "
-                           f"{first['attempts']} attempt(s)): {first['error']}")
+            raise _failed(out, failures, stored=False)
         bench = Bench.from_connection(out, con)
         rel = reliability(bench)
         entry = {"evaluated": len(todo) + len(todo_rep) - failed, "failed": failed, "seconds": round(elapsed, 2), **used, "device": spec.device} if todo or todo_rep else None
@@ -246,12 +244,15 @@ def bench_build(
         store.write_meta(con, items, log_entry=entry)
     store.compact(out)
     if failures:
-        raise _failed(out, failures)
+        raise _failed(out, failures, stored=True)
     return bench_info(out)
 
 
-def _failed(out: Path, failures: list[dict[str, Any]]) -> EmqError:
+def _failed(out: Path, failures: list[dict[str, Any]], stored: bool) -> EmqError:
+    """The error a build ends with when evaluations kept failing, naming the first of them."""
     first = failures[0]
+    example = f"e.g. {first['config']} ({first['stage']}, {first['attempts']} attempt(s)): {first['error']}"
+    if not stored:
+        return EmqError(f"{out}: every configuration failed, nothing was stored; {example}")
     return EmqError(f"{out}: {len(failures)} evaluation(s) failed and are recorded with their errors (`emq bench info {out}` lists them), "
-                    f"e.g. {first['config']} ({first['stage']}, {first['attempts']} attempt(s)): {first['error']}; the rest is stored: "
-                    "fix the cause and run the same command with --resume to evaluate them")
+                    f"{example}; the rest is stored: fix the cause and run the same command with --resume to evaluate them")

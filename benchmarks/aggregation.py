@@ -52,10 +52,11 @@ def main() -> None:
     out = ensure_dir(Path(args.out))
     aggs = args.aggregates.split(",")
     t0 = time.perf_counter()
+    studies = {agg: _study(agg, args, out) for agg in aggs}
     results = {}
-    for agg in aggs:
+    for agg, study in studies.items():
         t = time.perf_counter()
-        results[agg] = _study(agg, args, out).run()
+        results[agg] = study.run()
         print(f"{agg}: {len(results[agg].cells)} held-out cells in {time.perf_counter() - t:.0f} s", flush=True)
 
     base = aggs[0]
@@ -100,7 +101,7 @@ def main() -> None:
               "versus": [{"test": t, "seed": s, "base": base, "paired": v} for (t, s), v in versus.items()]}
     atomic_write_text(out / "aggregation.json", json.dumps(record, indent=1, default=str) + "\n")
     load = os.getloadavg()
-    print(f"\n{sum(len(_study(a, args, out).plan) for a in aggs)} campaigns in {time.perf_counter() - t0:.0f} s "
+    print(f"\n{sum(len(s.plan) for s in studies.values())} campaigns in {time.perf_counter() - t0:.0f} s "
           f"(load average {load[0]:.1f}, {os.cpu_count()} cores); files in {out}")
 
 

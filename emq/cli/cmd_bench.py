@@ -165,9 +165,8 @@ def _check_build_sizes(args: argparse.Namespace, bits: list[int]) -> None:
     if args.noise_samples != 0 and not MIN_NOISE_SAMPLES <= args.noise_samples:
         raise EmqError(f"--noise-samples {args.noise_samples}: use 0 (no calibration retest) or at least {MIN_NOISE_SAMPLES}; the retest reliability is "
                        f"the Spearman correlation of repeated evaluations, which means nothing over fewer than {MIN_NOISE_SAMPLES} pairs")
-    for flag, value in (("--workers", args.workers), ("--test-limit", args.test_limit)):  # checked before an executor starts
-        if value is not None and value < 1:
-            raise EmqError(f"{flag} {value}: use 1 or more")
+    if args.test_limit is not None and args.test_limit < 1:  # --workers: executor_from_args, before any file too
+        raise EmqError(f"--test-limit {args.test_limit}: use 1 or more")
 
 
 def run_build(args: argparse.Namespace) -> int:

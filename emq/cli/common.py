@@ -13,7 +13,7 @@ import torch
 
 from ..device import ACCEPTED, resolve_device
 from ..errors import EmqError
-from ..executors import Executor, make_executor
+from ..executors import Executor, executor_names, make_executor
 from ..quant import PTQSettings
 from ..quantizers import QUANTIZERS
 from ..specs import ParameterError, parse_config
@@ -56,7 +56,7 @@ def add_ptq_args(p: argparse.ArgumentParser) -> None:
 def add_executor_args(p: argparse.ArgumentParser, workers_help: str) -> None:
     """--workers, --executor, --ray-address and --gpus-per-worker: where the expensive part runs."""
     p.add_argument("--workers", type=int, default=1, help=workers_help)
-    p.add_argument("--executor", choices=["serial", "process", "ray"], help="serial, process (a local pool) or ray (actors on a Ray cluster; "
+    p.add_argument("--executor", choices=executor_names(), help="serial, process (a local pool) or ray (actors on a Ray cluster; "
                                                                            "pip install \"emq[ray]\"); default serial for one worker, else process")
     p.add_argument("--ray-address", help="with --executor ray: 'auto' (the cluster `ray start` runs on this machine) or HOST:PORT of its head "
                                          "(default: a local cluster started for this command)")
