@@ -131,12 +131,13 @@ def test_transient_errors_and_dead_workers_are_retried(pool, tmp_path, kind):
     assert len(list(tmp_path.iterdir())) == 3  # every task failed once and was run again
 
 
-def test_a_task_that_keeps_killing_its_worker_is_recorded(pool, tmp_path):
-    out = list(pool.map(_kills_always, [1, 2, 3], context=tmp_path, failures=True, chunksize=2))
-    assert out[0] == 1 and out[2] == 3  # its chunk-mate is tried again on its own and succeeds
+def test_a_task_that_keeps_killing_its_worker_is_recorded(cluster, tmp_path):
+    with make_executor("ray", workers=1) as one:  # one worker: chunk [1, 2] and chunk [3] are queued on it together
+        out = list(one.map(_kills_always, [1, 2, 3], context=tmp_path, failures=True, chunksize=2))
+    assert out[0] == 1 and out[2] == 3  # its chunk-mate and the chunk queued behind it run again alone and succeed
     assert isinstance(out[1], TaskFailure) and "worker died" in out[1].error
     attempts = len(list(tmp_path.glob("attempt-*")))  # each attempt that really ran: in its chunk, then alone
-    assert out[1].attempts == attempts == 2 * (pool.max_retries + 1)
+    assert out[1].attempts == attempts == 2 * (one.max_retries + 1)
 
 
 def _kills_always(ctx, t):

@@ -138,15 +138,23 @@ class RayExecutor(Executor):
         ray = _ray()
         ref = [self._context_ref(context)]
         chunks = _chunks(enumerate(tasks), max(1, chunksize))
-        # tasks of a chunk that failed as a whole, tried again one by one, with the attempts they already had
-        singles: deque[tuple[list, int]] = deque()
-        pending: dict[Any, tuple[Any, list, int]] = {}
+        # Tasks of a chunk that failed for good without being surely to blame: its chunk had other tasks,
+        # or its worker died while other chunks were queued on it (any of them may have killed it). Each
+        # runs again alone on an idle actor that takes nothing else meanwhile, with the attempts it had.
+        suspects: deque[tuple[list, int]] = deque()
+        pending: dict[Any, tuple[Any, list, int, bool]] = {}  # ref -> (actor, chunk, attempts before, ran alone)
+
+        def queued(actor: Any) -> list[bool]:
+            return [alone for a, _, _, alone in pending.values() if a is actor]
 
         def submit(actor: Any) -> None:
-            chunk, before = singles.popleft() if singles else (next(chunks, None), 0)
+            mine = queued(actor)
+            if any(mine) or (suspects and mine):
+                return
+            chunk, before, alone = (*suspects.popleft(), True) if suspects else (next(chunks, None), 0, False)
             if chunk is not None:
                 call = actor.run.options(retry_exceptions=list(_retryable()))
-                pending[call.remote(fn, ref, [t for _, t in chunk], failures)] = (actor, chunk, before)
+                pending[call.remote(fn, ref, [t for _, t in chunk], failures)] = (actor, chunk, before, alone)
 
         buffer: dict[int, Any] = {}
         following = 0
@@ -156,19 +164,21 @@ class RayExecutor(Executor):
                     submit(actor)
             while pending:
                 [done], _ = ray.wait(list(pending), num_returns=1)
-                actor, chunk, before = pending.pop(done)
+                actor, chunk, before, alone = pending.pop(done)
                 try:
                     outs = ray.get(done)
                 except ray.exceptions.RayError as e:
-                    if failures and len(chunk) > 1:  # one task's error must not be charged to the others
-                        singles.extend(([item], self._failure(e)[1]) for item in chunk)
-                        submit(actor)
-                        continue
                     if not failures:
                         cause = getattr(e, "cause", None)
                         raise (cause if isinstance(e, ray.exceptions.RayTaskError) and cause is not None else EmqError(
                             f"a task failed on the Ray cluster: {self._failure(e)[0]}")) from e
                     error, attempts = self._failure(e)
+                    if not (len(chunk) == 1 and (alone or isinstance(e, ray.exceptions.RayTaskError))):  # not surely its own fault
+                        suspects.extend(([item], before + attempts) for item in chunk)
+                        for other in self._actors:  # an idle actor takes a suspect now
+                            if not queued(other):
+                                submit(other)
+                        continue
                     outs = [TaskFailure(chunk[0][1], error, before + attempts)]
                 submit(actor)
                 for (i, _), out in zip(chunk, outs, strict=True):
