@@ -45,7 +45,18 @@ from .space import ConfigSpace
 log = logging.getLogger(__name__)
 
 # metadata keys that must match for a resume to continue the same build
-BUILD_KEYS = ("model", "weights_hash", "data_fingerprint", "ptq_settings", "space", "seed", "sampler", "configs_requested", "user_configs", "noise_samples")
+BUILD_KEYS = (
+    "model",
+    "weights_hash",
+    "data_fingerprint",
+    "ptq_settings",
+    "space",
+    "seed",
+    "sampler",
+    "configs_requested",
+    "user_configs",
+    "noise_samples",
+)
 
 
 def _split_digests(engine: Any) -> dict[str, str]:
@@ -64,7 +75,9 @@ def _test_pools(engine: Any) -> TestPools:
     return TestPools.split(sources.numpy() if sources is not None else np.arange(labels.shape[0]), labels)
 
 
-def _build_meta(spec: EvalSpec, space: ConfigSpace, seed: int, sampler: str, configs: int, user: list[str], noise_samples: int) -> dict[str, Any]:
+def _build_meta(
+    spec: EvalSpec, space: ConfigSpace, seed: int, sampler: str, configs: int, user: list[str], noise_samples: int
+) -> dict[str, Any]:
     engine = engine_for(spec)
     lm = engine.layer_map
     fp = engine.evaluate_fp()
@@ -113,12 +126,16 @@ def _comparable(meta: Mapping[str, Any], key: str) -> Any:
 
 def _check_resume(path: Path, stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
     if int(stored.get("schema_version", 1)) != store.SCHEMA_VERSION:
-        raise EmqError(f"{path}: bench format {stored.get('schema_version', 1)} cannot be resumed by this emq (format {store.SCHEMA_VERSION}); build into a new file")
+        raise EmqError(
+            f"{path}: bench format {stored.get('schema_version', 1)} cannot be resumed by this emq (format {store.SCHEMA_VERSION}); build into a new file"
+        )
     if stored.get("kind") != "ptq-build":
         raise EmqError(f"{path}: not a PTQ-built bench (kind {stored.get('kind')!r}); it cannot be resumed")
     diff = [k for k in BUILD_KEYS if _comparable(stored, k) != _comparable(wanted, k)]
     if diff:
-        raise EmqError(f"{path}: was built with different {', '.join(diff)}; resume with the original arguments or choose another --out")
+        raise EmqError(
+            f"{path}: was built with different {', '.join(diff)}; resume with the original arguments or choose another --out"
+        )
 
 
 def _prepare_rounding(spec: EvalSpec, bits: Sequence[int], progress: bool) -> dict[str, Any]:
@@ -126,19 +143,35 @@ def _prepare_rounding(spec: EvalSpec, bits: Sequence[int], progress: bool) -> di
     start (they then load it from the cache instead of each computing it)."""
     engine = engine_for(spec)
     seconds = engine.prepare_rounding(bits, progress)
-    return {**engine.rounding.describe(), "seconds": round(seconds, 2), "computed": engine.rounding.misses, "from_cache": engine.rounding.hits}
+    return {
+        **engine.rounding.describe(),
+        "seconds": round(seconds, 2),
+        "computed": engine.rounding.misses,
+        "from_cache": engine.rounding.hits,
+    }
 
 
-def _run(executor: Executor, spec: EvalSpec, todo: list[tuple[int, str, str]], desc: str, progress: bool, write: Callable[[dict, int, str], None],
-         fail: Callable[[TaskFailure], None]) -> int:
+def _run(
+    executor: Executor,
+    spec: EvalSpec,
+    todo: list[tuple[int, str, str]],
+    desc: str,
+    progress: bool,
+    write: Callable[[dict, int, str], None],
+    fail: Callable[[TaskFailure], None],
+) -> int:
     """Evaluate `todo` (idx, config, source) and hand each result to `write` as it arrives, each
     configuration that kept failing to `fail`; returns how many failed."""
     info = {cfg: (idx, src) for idx, cfg, src in todo}
     failed = 0
     with tqdm(total=len(todo), desc=desc, unit="cfg", disable=not progress or not todo) as bar:
-        for res in executor.map(evaluate_config, [cfg for _, cfg, _ in todo], context=spec, ordered=False, failures=True):
+        for res in executor.map(
+            evaluate_config, [cfg for _, cfg, _ in todo], context=spec, ordered=False, failures=True
+        ):
             if isinstance(res, TaskFailure):
-                log.warning("%s: configuration %s failed after %d attempt(s): %s", desc, res.task, res.attempts, res.error)
+                log.warning(
+                    "%s: configuration %s failed after %d attempt(s): %s", desc, res.task, res.attempts, res.error
+                )
                 fail(res)
                 failed += 1
                 bar.set_postfix(failed=failed)
@@ -187,20 +220,33 @@ def bench_build(
     """
     out = Path(out)
     if not isinstance(model, (str, nn.Module)):
-        raise ParameterError("model", type(model).__name__, "give a model name ('default', 'resnet18', ...) or an nn.Module")
+        raise ParameterError(
+            "model", type(model).__name__, "give a model name ('default', 'resnet18', ...) or an nn.Module"
+        )
     if isinstance(model, nn.Module) and data is None:
         raise ParameterError("data", None, "a user module needs its data: pass data= a DataSplits (or a --data string)")
     if data is not None and not isinstance(data, (str, DataSplits)):
-        raise ParameterError("data", type(data).__name__, "give a DataSplits or a --data string ('default', 'fashion-mnist', a directory)")
+        raise ParameterError(
+            "data",
+            type(data).__name__,
+            "give a DataSplits or a --data string ('default', 'fashion-mnist', a directory)",
+        )
     check_workers(workers)  # before any model work
     settings = settings or PTQSettings()
     if settings.calib_half is None:
         settings = replace(settings, calib_half=0)
-    spec = EvalSpec(model, data, str(weights) if weights else None, input_size, num_classes, settings, test_limit, name, str(device))
+    spec = EvalSpec(
+        model, data, str(weights) if weights else None, input_size, num_classes, settings, test_limit, name, str(device)
+    )
     lm = engine_for(spec).layer_map
     space = ConfigSpace.for_layer_map(lm, bits, pinned, settings.act_bits)
     user = [config_text(space.validate(c, f"user configuration #{i + 1}")) for i, c in enumerate(user_configs)]
-    plan = [(config_text(c), src) for c, src in plan_configs(space, configs, seed, lm.params, sampler, [tuple(map(int, u.split(","))) for u in user])]
+    plan = [
+        (config_text(c), src)
+        for c, src in plan_configs(
+            space, configs, seed, lm.params, sampler, [tuple(map(int, u.split(","))) for u in user]
+        )
+    ]
     wanted = _build_meta(spec, space, seed, sampler, configs, user, noise_samples)
     with closing(store.connect(out)) as con:
         stored = store.init_bench(con, wanted, plan)
@@ -213,7 +259,9 @@ def bench_build(
         def write_record(res: dict, idx: int, source: str) -> None:
             store.insert_record(con, {**res, "idx": idx, "seed": settings.calib_seed, "source": source})
 
-        noise_spec = replace(spec, settings=replace(settings, calib_seed=settings.calib_seed + 1, calib_half=1 - settings.calib_half))
+        noise_spec = replace(
+            spec, settings=replace(settings, calib_seed=settings.calib_seed + 1, calib_half=1 - settings.calib_half)
+        )
         noise_cfgs = sample_for_retest([c for _, c, _ in stored_plan], noise_samples, seed)
         done_rep = store.done_configs(con, "repeats")
         todo_rep = [(-1, c, "") for c in noise_cfgs if c not in done_rep]
@@ -222,7 +270,12 @@ def bench_build(
             store.insert_repeat(con, res["config"], res, noise_spec.settings.calib_seed)
 
         # only a stage with evaluations to run prepares (or loads) its rounding; its record replaces that stage's earlier one
-        rounding = {stage: _prepare_rounding(sp, space.bits, progress) for stage, sp, work in (("build", spec, todo), ("retest", noise_spec, todo_rep)) if work}
+        rounding = {
+            stage: _prepare_rounding(sp, space.bits, progress)
+            for stage, sp, work in (("build", spec, todo), ("retest", noise_spec, todo_rep))
+            if work
+        }
+
         def fail(stage: str) -> Callable[[TaskFailure], None]:
             return lambda f: store.insert_failure(con, f.task, stage, f.error, f.attempts)
 
@@ -237,8 +290,23 @@ def bench_build(
             raise _failed(out, failures, stored=False)
         bench = Bench.from_connection(out, con)
         rel = reliability(bench)
-        entry = {"evaluated": len(todo) + len(todo_rep) - failed, "failed": failed, "seconds": round(elapsed, 2), **used, "device": spec.device} if todo or todo_rep else None
-        items = {"reliability": rel, "retest_settings": noise_spec.settings.to_json(), "retest_configs": len(bench.repeats), "default_metric": default_metric(rel)}
+        entry = (
+            {
+                "evaluated": len(todo) + len(todo_rep) - failed,
+                "failed": failed,
+                "seconds": round(elapsed, 2),
+                **used,
+                "device": spec.device,
+            }
+            if todo or todo_rep
+            else None
+        )
+        items = {
+            "reliability": rel,
+            "retest_settings": noise_spec.settings.to_json(),
+            "retest_configs": len(bench.repeats),
+            "default_metric": default_metric(rel),
+        }
         if rounding:  # the rounding that served this run's evaluations (a no-op resume changes nothing)
             items["rounding"] = {**(stored.get("rounding") or {}), **rounding}
         store.write_meta(con, items, log_entry=entry)
@@ -254,5 +322,7 @@ def _failed(out: Path, failures: list[dict[str, Any]], stored: bool) -> EmqError
     example = f"e.g. {first['config']} ({first['stage']}, {first['attempts']} attempt(s)): {first['error']}"
     if not stored:
         return EmqError(f"{out}: every configuration failed, nothing was stored; {example}")
-    return EmqError(f"{out}: {len(failures)} evaluation(s) failed and are recorded with their errors (`emq bench info {out}` lists them), "
-                    f"{example}; the rest is stored: fix the cause and run the same command with --resume to evaluate them")
+    return EmqError(
+        f"{out}: {len(failures)} evaluation(s) failed and are recorded with their errors (`emq bench info {out}` lists them), "
+        f"{example}; the rest is stored: fix the cause and run the same command with --resume to evaluate them"
+    )

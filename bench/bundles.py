@@ -36,14 +36,46 @@ def _data_file(name: str) -> Path:
     return Path(str(resources.files("emq.bench") / "data" / name))
 
 
-BUNDLES: dict[str, Bundle] = {b.name: b for b in (
-    Bundle("default", "default.sqlite", "default", None, "1,000 uniform random configurations (MQ-Bench-101 style), MSE-clipped rounding"),
-    Bundle("stratified", "stratified.sqlite", "default", None, "1,000 configurations spread evenly over model size, MSE-clipped rounding"),
-    Bundle("vgg-digits", "vgg-digits.sqlite", "vgg-digits", "vgg-digits.stats.pt", "plain VGG-style CNN on the default task, GPTQ rounding"),
-    Bundle("mobilenetv2-digits", "mobilenetv2-digits.sqlite", "mobilenetv2-digits", "mobilenetv2-digits.stats.pt",
-           "MobileNetV2-style network (inverted residuals, depthwise convs) on the default task, GPTQ rounding"),
-    Bundle("resnet20-fashion", "resnet20-fashion.sqlite", "resnet20-fashion", "resnet20-fashion.stats.pt", "ResNet-20 on Fashion-MNIST (real images), GPTQ rounding"),
-)}
+BUNDLES: dict[str, Bundle] = {
+    b.name: b
+    for b in (
+        Bundle(
+            "default",
+            "default.sqlite",
+            "default",
+            None,
+            "1,000 uniform random configurations (MQ-Bench-101 style), MSE-clipped rounding",
+        ),
+        Bundle(
+            "stratified",
+            "stratified.sqlite",
+            "default",
+            None,
+            "1,000 configurations spread evenly over model size, MSE-clipped rounding",
+        ),
+        Bundle(
+            "vgg-digits",
+            "vgg-digits.sqlite",
+            "vgg-digits",
+            "vgg-digits.stats.pt",
+            "plain VGG-style CNN on the default task, GPTQ rounding",
+        ),
+        Bundle(
+            "mobilenetv2-digits",
+            "mobilenetv2-digits.sqlite",
+            "mobilenetv2-digits",
+            "mobilenetv2-digits.stats.pt",
+            "MobileNetV2-style network (inverted residuals, depthwise convs) on the default task, GPTQ rounding",
+        ),
+        Bundle(
+            "resnet20-fashion",
+            "resnet20-fashion.sqlite",
+            "resnet20-fashion",
+            "resnet20-fashion.stats.pt",
+            "ResNet-20 on Fashion-MNIST (real images), GPTQ rounding",
+        ),
+    )
+}
 
 
 def shipped_bench_path(name: str = "default") -> Path:
@@ -56,7 +88,9 @@ def resolve_bench_path(path: str | Path) -> Path:
     if str(path) in BUNDLES:
         p = shipped_bench_path(str(path))
         if not p.is_file():
-            raise EmqError(f"the shipped bench {path!r} is missing from this installation; rebuild it (see README: `emq bench build`)")
+            raise EmqError(
+                f"the shipped bench {path!r} is missing from this installation; rebuild it (see README: `emq bench build`)"
+            )
         return p
     return Path(path)
 

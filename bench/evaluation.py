@@ -47,9 +47,19 @@ class EvalSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", str(resolve_device(self.device)))
-        model = self.model if isinstance(self.model, str) else f"module:{type(self.model).__qualname__}:{state_dict_digest(self.model)}"
-        data = self.data if not isinstance(self.data, DataSplits) else f"splits:{self.data.name}:{self.data.fingerprint}:{len(self.data.test)}"
-        object.__setattr__(self, "target_key", (model, data, self.weights, self.input_size, self.num_classes, self.test_limit))
+        model = (
+            self.model
+            if isinstance(self.model, str)
+            else f"module:{type(self.model).__qualname__}:{state_dict_digest(self.model)}"
+        )
+        data = (
+            self.data
+            if not isinstance(self.data, DataSplits)
+            else f"splits:{self.data.name}:{self.data.fingerprint}:{len(self.data.test)}"
+        )
+        object.__setattr__(
+            self, "target_key", (model, data, self.weights, self.input_size, self.num_classes, self.test_limit)
+        )
 
     @property
     def model_name(self) -> str:
@@ -68,7 +78,11 @@ class EvalSpec:
         return embedded.data if embedded is not None else "default"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, EvalSpec) and (self.target_key, self.settings, self.device) == (other.target_key, other.settings, other.device)
+        return isinstance(other, EvalSpec) and (self.target_key, self.settings, self.device) == (
+            other.target_key,
+            other.settings,
+            other.device,
+        )
 
     def __hash__(self) -> int:
         return hash((self.target_key, self.settings, self.device))
@@ -86,7 +100,11 @@ def limit_test(data: DataSplits, n: int) -> DataSplits:
     if n < 1:
         raise ParameterError("test_limit", n, "must be >= 1")
     tensors = getattr(data.test, "tensors", None)
-    test = TensorDataset(*(t[:n] for t in tensors)) if tensors is not None else Subset(data.test, range(min(n, len(data.test))))
+    test = (
+        TensorDataset(*(t[:n] for t in tensors))
+        if tensors is not None
+        else Subset(data.test, range(min(n, len(data.test))))
+    )
     sources = data.test_sources[:n] if data.test_sources is not None else None
     return replace(data, test=test, test_sources=sources, fingerprint=f"{data.fingerprint}|test[:{n}]")
 
@@ -97,7 +115,11 @@ def target_for(spec: EvalSpec) -> Target:
     target = _TARGETS.get(key)
     if target is None:
         target = resolve_target(
-            spec.model, spec.data, weights=Path(spec.weights) if spec.weights else None, num_classes=spec.num_classes, input_size=spec.input_size,
+            spec.model,
+            spec.data,
+            weights=Path(spec.weights) if spec.weights else None,
+            num_classes=spec.num_classes,
+            input_size=spec.input_size,
             name=spec.model_name,
         )
         if spec.test_limit is not None:

@@ -37,8 +37,16 @@ MQBENCH101_PROVENANCE = {
     "bench": "MQ-Bench-101",
     "network": "ResNet-18 (torchvision layout, 18 bit slots: each downsample conv tied to the block conv before it)",
     "data": "ImageNet (ILSVRC-2012): calibration from the training set, top-1 on the 50,000 validation images",
-    "ptq": {"method": "AdaRound (layer-wise reconstruction)", "iterations": 20000, "temperature": "20 -> 2", "weights": "asymmetric, MSE-searched scale",
-            "calibration_images": 1024, "weight_bits": [2, 3, 4], "act_bits": 8, "hardware": "one GPU per configuration"},
+    "ptq": {
+        "method": "AdaRound (layer-wise reconstruction)",
+        "iterations": 20000,
+        "temperature": "20 -> 2",
+        "weights": "asymmetric, MSE-searched scale",
+        "calibration_images": 1024,
+        "weight_bits": [2, 3, 4],
+        "act_bits": 8,
+        "hardware": "one GPU per configuration",
+    },
     "configurations": MQBENCH101_CONFIGS,
     "per_image_outcomes": False,
 }
@@ -49,7 +57,9 @@ class _PlainUnpickler(pickle.Unpickler):
     """Refuses every global lookup: no class, function or module can be loaded."""
 
     def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refused to load {module}.{name}: only plain dicts, lists, tuples, strings and numbers are allowed")
+        raise pickle.UnpicklingError(
+            f"refused to load {module}.{name}: only plain dicts, lists, tuples, strings and numbers are allowed"
+        )
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("refused a persistent reference: only plain data is allowed")
@@ -75,14 +85,25 @@ def load_pickle(path: Path) -> list[tuple[str, Any, Any]]:
         raise EmqError(f"{path}: cannot read ({e.strerror})") from e
     try:
         obj = _PlainUnpickler(io.BytesIO(raw)).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        AttributeError,
+        MemoryError,
+    ) as e:
         raise EmqError(f"{path}: not a readable MQ-Bench-101 pickle ({type(e).__name__}: {e or 'truncated'})") from e
     try:
         _check_plain(obj)
     except EmqError as e:
         raise EmqError(f"{path}: {e}") from e
     if not isinstance(obj, dict) or not obj:
-        raise EmqError(f"{path}: expected a non-empty dict {{index: {{'bit_cfg': ..., 'acc': ...}}}}, got {type(obj).__name__}")
+        raise EmqError(
+            f"{path}: expected a non-empty dict {{index: {{'bit_cfg': ..., 'acc': ...}}}}, got {type(obj).__name__}"
+        )
     out = []
     for key, entry in obj.items():
         if not isinstance(entry, dict) or "bit_cfg" not in entry or "acc" not in entry:
@@ -112,7 +133,9 @@ def load_text(path: Path) -> list[tuple[str, Any, Any]]:
 
 
 def _parse_entry(where: str, cfg: Any, acc: Any, space: ConfigSpace, path: Path) -> tuple[tuple[int, ...], float]:
-    if isinstance(cfg, str) and (cfg.count("[") != cfg.count("]") or cfg.strip().startswith("[") != cfg.strip().endswith("]")):
+    if isinstance(cfg, str) and (
+        cfg.count("[") != cfg.count("]") or cfg.strip().startswith("[") != cfg.strip().endswith("]")
+    ):
         raise EmqError(f"{path}, {where}: bit_cfg {cfg!r} is malformed (truncated?)")
     try:
         bits = space.validate(cfg, "bit_cfg")
@@ -149,7 +172,12 @@ def bench_import(
         raise EmqError(f"{source}: no such file")
     entries = load_pickle(source) if fmt == "mqbench101-pickle" else load_text(source)
     if len(entries) != MQBENCH101_CONFIGS:
-        log.warning("%s: %d configurations; the full MQ-Bench-101 has %d (recorded as incomplete)", source, len(entries), MQBENCH101_CONFIGS)
+        log.warning(
+            "%s: %d configurations; the full MQ-Bench-101 has %d (recorded as incomplete)",
+            source,
+            len(entries),
+            MQBENCH101_CONFIGS,
+        )
     lm = resolve_target(model, need_data=False, input_size=input_size, num_classes=num_classes).layer_map
     space = ConfigSpace.for_layer_map(lm, bits, None, act_bits)
     rows, seen = [], {}
@@ -159,15 +187,27 @@ def bench_import(
         if text in seen:
             raise EmqError(f"{source}, {where}: configuration {text} repeats {seen[text]}; remove the duplicate")
         seen[text] = where
-        rows.append({"idx": len(rows), "config": text, "top1": value, "size_bytes": float(lm.size_bytes(b)), "bitops": float(lm.bitops(b, act_bits)), "source": "mqbench101"})
+        rows.append(
+            {
+                "idx": len(rows),
+                "config": text,
+                "top1": value,
+                "size_bytes": float(lm.size_bytes(b)),
+                "bitops": float(lm.bitops(b, act_bits)),
+                "source": "mqbench101",
+            }
+        )
     meta: Mapping[str, Any] = {
         "schema_version": store.SCHEMA_VERSION,
         "kind": "import",
         "model": model,
         "imported_from": {"path": str(source), "format": fmt, "entries": len(rows)},
-        "provenance": {**MQBENCH101_PROVENANCE, "complete": len(rows) == MQBENCH101_CONFIGS,
-                       "note": "statistics for proxies are computed with emq's own PTQ settings (MSE-clipped rounding of Q_b(W)); "
-                               "the bench's accuracies came from AdaRound as above"},
+        "provenance": {
+            **MQBENCH101_PROVENANCE,
+            "complete": len(rows) == MQBENCH101_CONFIGS,
+            "note": "statistics for proxies are computed with emq's own PTQ settings (MSE-clipped rounding of Q_b(W)); "
+            "the bench's accuracies came from AdaRound as above",
+        },
         "space": space.to_json(),
         "slots": [{"name": s.name, "modules": list(s.modules), "params": s.params, "macs": s.macs} for s in lm.slots],
         "allowed_bits": list(space.bits),

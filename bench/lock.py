@@ -29,7 +29,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _busy(path: Path) -> EmqError:
-    return EmqError(f"bench {path}: another build is writing this file; wait for it to finish (or resume it once it has stopped)")
+    return EmqError(
+        f"bench {path}: another build is writing this file; wait for it to finish (or resume it once it has stopped)"
+    )
 
 
 def _is_locked(path: Path) -> bool:
@@ -73,7 +75,9 @@ def claim(path: Path | str, resume: bool) -> Iterator[None]:
             if not resume:
                 if _is_locked(path):
                     raise _busy(path) from None
-                raise ParameterError("out", path, "the file exists; pass --resume to continue that build, or choose another file") from None
+                raise ParameterError(
+                    "out", path, "the file exists; pass --resume to continue that build, or choose another file"
+                ) from None
             created, fd = False, os.open(path, os.O_RDONLY)  # another resume created it just now
     except OSError as e:
         raise EmqError(f"bench {path}: cannot {'create' if created else 'open'} it ({os_reason(e)})") from e

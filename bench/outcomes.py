@@ -51,7 +51,9 @@ def encode(per_image: Mapping[str, np.ndarray]) -> bytes:
         v = np.asarray(per_image[key], dtype=np.float64)
         if v.shape != (n,):
             raise EmqError(f"per-image {key}: {v.shape[0] if v.ndim else 0} values for {n} images")
-        parts.append(np.where(np.isnan(v), v, np.clip(v, 0.0, _F16_MAX)).astype("<f2").tobytes())  # NaN stays NaN: never a silent number
+        parts.append(
+            np.where(np.isnan(v), v, np.clip(v, 0.0, _F16_MAX)).astype("<f2").tobytes()
+        )  # NaN stays NaN: never a silent number
     return _HEADER.pack(FORMAT, n) + zlib.compress(b"".join(parts), 6)
 
 
@@ -64,7 +66,9 @@ def decode(blob: bytes, where: str = "record") -> Outcomes:
         raise EmqError(f"{where}: per-image outcomes are damaged ({e}); rebuild the bench") from e
     nbits = (n + 7) // 8
     if version != FORMAT or len(raw) != nbits + 4 * n:
-        raise EmqError(f"{where}: per-image outcomes have format {version} and {len(raw)} bytes for {n} images; rebuild the bench")
+        raise EmqError(
+            f"{where}: per-image outcomes have format {version} and {len(raw)} bytes for {n} images; rebuild the bench"
+        )
     correct = np.unpackbits(np.frombuffer(raw, np.uint8, nbits), count=n).astype(bool)
     loss = np.frombuffer(raw, "<f2", n, nbits).astype(np.float64)
     kl = np.frombuffer(raw, "<f2", n, nbits + 2 * n).astype(np.float64)

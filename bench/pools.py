@@ -42,7 +42,9 @@ class TestPools:
         uniq, first = np.unique(sources, return_index=True)
         source_label = labels[first]
         if len(uniq) < 4:
-            raise EmqError(f"test pools: the test set has {len(uniq)} independent sources; at least 4 are needed to split it")
+            raise EmqError(
+                f"test pools: the test set has {len(uniq)} independent sources; at least 4 are needed to split it"
+            )
         rng = np.random.default_rng(seed)
         report: list[int] = []
         for label in np.unique(source_label):
@@ -56,7 +58,12 @@ class TestPools:
         return cls(np.asarray(obj["sources"], dtype=np.int64), np.asarray(obj["report_sources"], dtype=np.int64))
 
     def to_json(self) -> dict:
-        return {"method": METHOD, "seed": POOL_SEED, "sources": self.sources.tolist(), "report_sources": self.report_sources.tolist()}
+        return {
+            "method": METHOD,
+            "seed": POOL_SEED,
+            "sources": self.sources.tolist(),
+            "report_sources": self.report_sources.tolist(),
+        }
 
     @property
     def n_images(self) -> int:

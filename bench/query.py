@@ -33,12 +33,19 @@ from .space import ConfigSpace, config_text, is_heldout, parse_config
 
 SPLITS = ("all", "search", "heldout")
 ARRAY_METRICS = ("top1", "loss", "kl", "size_bytes", "bitops", "seconds")
+
+
 class Bench:
     """A bench in memory: configurations [N, S], metrics, metadata, EMQAPI queries."""
 
     def __init__(
-        self, path: Path, meta: dict[str, Any], rows: list[tuple], outcomes: dict[str, bytes | None] | None = None,
-        repeats: dict[str, dict[str, float | None]] | None = None, repeat_outcomes: dict[str, bytes | None] | None = None,
+        self,
+        path: Path,
+        meta: dict[str, Any],
+        rows: list[tuple],
+        outcomes: dict[str, bytes | None] | None = None,
+        repeats: dict[str, dict[str, float | None]] | None = None,
+        repeat_outcomes: dict[str, bytes | None] | None = None,
     ) -> None:
         self.path = path
         self.meta = meta
@@ -48,12 +55,16 @@ class Bench:
         self._decoded: dict[tuple, dict[str, np.ndarray]] = {}
         self._pool_metrics: dict[tuple[str, str], np.ndarray] = {}
         if not rows:
-            raise EmqError(f"bench {path}: has no records (an empty or unfinished build; resume it with `emq bench build ... --resume`)")
+            raise EmqError(
+                f"bench {path}: has no records (an empty or unfinished build; resume it with `emq bench build ... --resume`)"
+            )
         cols = list(zip(*rows, strict=True))
         get = {c: cols[i] for i, c in enumerate(store.RECORD_COLUMNS)}
         self.config_texts: list[str] = list(get["config"])
         self.configs = np.array([[int(b) for b in c.split(",")] for c in self.config_texts], dtype=np.int64)
-        self.metrics = {m: np.array([np.nan if v is None else v for v in get[m]], dtype=np.float64) for m in ARRAY_METRICS}
+        self.metrics = {
+            m: np.array([np.nan if v is None else v for v in get[m]], dtype=np.float64) for m in ARRAY_METRICS
+        }
         self.sources: list[str] = list(get["source"])
         self.heldout = np.array([is_heldout(c) for c in self.config_texts], dtype=bool)
         self._index = {tuple(int(b) for b in c.split(",")): i for i, c in enumerate(self.config_texts)}
@@ -79,7 +90,14 @@ class Bench:
                 f"bench {path}: bench format {version}, this emq reads format {store.SCHEMA_VERSION} (per-image outcomes and test pools);"
                 " rebuild it with `emq bench build` and the arguments in its build_log, or use an emq version of its format"
             )
-        bench = cls(path, meta, store.read_records(con), store.read_outcomes(con), store.read_repeats(con), store.read_outcomes(con, "repeats"))
+        bench = cls(
+            path,
+            meta,
+            store.read_records(con),
+            store.read_outcomes(con),
+            store.read_repeats(con),
+            store.read_outcomes(con, "repeats"),
+        )
         bench.failures = store.read_failures(con)
         return bench
 
@@ -133,7 +151,9 @@ class Bench:
         """Per-image outcomes of one configuration (of its calibration repeat with `repeat`)."""
         blob = (self._repeat_blobs if repeat else self._blobs).get(config)
         if blob is None:
-            raise EmqError(f"bench {self.path}: no per-image outcomes for {'the repeat of ' if repeat else ''}configuration {config}")
+            raise EmqError(
+                f"bench {self.path}: no per-image outcomes for {'the repeat of ' if repeat else ''}configuration {config}"
+            )
         return decode(blob, f"bench {self.path}, configuration {config}")
 
     def per_image(self, metric: str, configs: Sequence[str] | None = None, repeat: bool = False) -> np.ndarray:
@@ -144,19 +164,25 @@ class Bench:
         cached = self._decoded.get(key)
         if cached is None:
             if self.pools is None:
-                raise EmqError(f"bench {self.path}: has no per-image outcomes, so test pools cannot be formed (rebuild it with `emq bench build`)")
+                raise EmqError(
+                    f"bench {self.path}: has no per-image outcomes, so test pools cannot be formed (rebuild it with `emq bench build`)"
+                )
             n = self.pools.n_images
             cached = {m: np.empty((len(texts), n), dtype=np.float32) for m in METRICS}
             for i, c in enumerate(texts):
                 out = self.outcomes(c, repeat)
                 if len(out) != n:
-                    raise EmqError(f"bench {self.path}, configuration {c}: {len(out)} per-image outcomes for {n} test images")
+                    raise EmqError(
+                        f"bench {self.path}, configuration {c}: {len(out)} per-image outcomes for {n} test images"
+                    )
                 for m in METRICS:
                     cached[m][i] = out.metric(m)
             self._decoded[key] = cached
         return cached[metric]
 
-    def source_table(self, metric: str, pool: str = "all", configs: Sequence[str] | None = None, repeat: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def source_table(
+        self, metric: str, pool: str = "all", configs: Sequence[str] | None = None, repeat: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Per-configuration per-source sums S [N, K] of a metric over a test pool, and the
         per-source image counts c [K]: the pool's metric is S.sum(1) / c.sum()."""
         values = self.per_image(metric, configs, repeat)
@@ -200,7 +226,9 @@ class Bench:
                 keep &= arr <= hi
         return keep
 
-    def arrays(self, split: str = "all", metrics: Sequence[str] | None = None, pool: str = "all", **budget: float | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def arrays(
+        self, split: str = "all", metrics: Sequence[str] | None = None, pool: str = "all", **budget: float | None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(configs int [N, S], {metric: float [N]}) for a split, optionally within a budget;
         accuracy metrics measured on test `pool` ('fit', 'report' or 'all' images)."""
         names = list(metrics) if metrics is not None else list(ARRAY_METRICS)
@@ -253,7 +281,12 @@ class Bench:
     def rows(self) -> list[dict[str, Any]]:
         out = []
         for i, c in enumerate(self.config_texts):
-            row: dict[str, Any] = {"index": i, "config": c, "split": "heldout" if self.heldout[i] else "search", "source": self.sources[i]}
+            row: dict[str, Any] = {
+                "index": i,
+                "config": c,
+                "split": "heldout" if self.heldout[i] else "search",
+                "source": self.sources[i],
+            }
             row.update({m: (None if np.isnan(v) else float(v)) for m in ARRAY_METRICS for v in [self.metrics[m][i]]})
             out.append(row)
         return out
@@ -300,7 +333,17 @@ def bench_info(path: str | Path = "default") -> dict[str, Any]:
         v = b.metrics[m][np.isfinite(b.metrics[m])]
         if v.size:
             q = np.percentile(v, [0, 5, 25, 50, 75, 95, 100])
-            metrics[m] = {"min": q[0], "p5": q[1], "p25": q[2], "median": q[3], "p75": q[4], "p95": q[5], "max": q[6], "mean": float(v.mean()), "std": float(v.std())}
+            metrics[m] = {
+                "min": q[0],
+                "p5": q[1],
+                "p25": q[2],
+                "median": q[3],
+                "p75": q[4],
+                "p95": q[5],
+                "max": q[6],
+                "mean": float(v.mean()),
+                "std": float(v.std()),
+            }
             metrics[m] = {k: float(x) for k, x in metrics[m].items()}
     meta = b.meta
     return {
@@ -341,19 +384,30 @@ def bench_list() -> list[dict[str, Any]]:
 
     out = []
     for bundle in BUNDLES.values():
-        row: dict[str, Any] = {"name": bundle.name, "summary": bundle.summary, "model": bundle.model, "installed": bundle.path.is_file()}
+        row: dict[str, Any] = {
+            "name": bundle.name,
+            "summary": bundle.summary,
+            "model": bundle.model,
+            "installed": bundle.path.is_file(),
+        }
         if row["installed"]:
             b = Bench.open(bundle.path)
             metric = b.default_metric
             rel = b.reliability.get(metric) or {}
             files = [bundle.path, bundle.stats_path, asset_path(EMBEDDED_MODELS[bundle.model].weights)]
-            row.update({
-                "records": len(b), "data": b.meta.get("data"), "ptq_method": (b.meta.get("ptq_settings") or {}).get("weight_quantizer", "mse"),
-                "default_metric": metric, "split_half_corrected": (rel.get("split_half") or {}).get("corrected"),
-                "combined_reliability": rel.get("combined"), "ceiling": rel.get("ceiling"),
-                "bundled_stats": bundle.stats_path is not None and bundle.stats_path.is_file(),
-                "megabytes": round(sum(f.stat().st_size for f in files if f is not None and f.is_file()) / 1e6, 2),
-            })
+            row.update(
+                {
+                    "records": len(b),
+                    "data": b.meta.get("data"),
+                    "ptq_method": (b.meta.get("ptq_settings") or {}).get("weight_quantizer", "mse"),
+                    "default_metric": metric,
+                    "split_half_corrected": (rel.get("split_half") or {}).get("corrected"),
+                    "combined_reliability": rel.get("combined"),
+                    "ceiling": rel.get("ceiling"),
+                    "bundled_stats": bundle.stats_path is not None and bundle.stats_path.is_file(),
+                    "megabytes": round(sum(f.stat().st_size for f in files if f is not None and f.is_file()) / 1e6, 2),
+                }
+            )
         out.append(row)
     return out
 
@@ -363,7 +417,11 @@ def bench_export(path: str | Path, to: str = "csv", out: str | Path | None = Non
     if to not in ("csv", "json"):
         raise ParameterError("to", to, "use csv or json")
     b = Bench.open(path)
-    dest = Path(out) if out else (Path.cwd() / f"default.{to}" if str(path) == "default" else Path(path).with_suffix(f".{to}"))
+    dest = (
+        Path(out)
+        if out
+        else (Path.cwd() / f"default.{to}" if str(path) == "default" else Path(path).with_suffix(f".{to}"))
+    )
     text = b.to_csv_text() if to == "csv" else json.dumps(b.to_json_obj(), indent=1) + "\n"
     atomic_write_text(dest, text)
     return dest

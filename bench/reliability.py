@@ -41,11 +41,22 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     return None if np.isnan(rho) else rho
 
 
-def reliability(bench: Any, pool: str = "report", splits: int = DEFAULT_SPLITS, seed: int = 0) -> dict[str, dict[str, Any]]:
+def reliability(
+    bench: Any, pool: str = "report", splits: int = DEFAULT_SPLITS, seed: int = 0
+) -> dict[str, dict[str, Any]]:
     """{metric: split_half, test_retest, combined, ceiling} of an opened bench on one test pool."""
     out: dict[str, dict[str, Any]] = {}
     if bench.pools is None:
-        return {m: {"split_half": None, "test_retest": None, "combined": None, "ceiling": None, "note": "no per-image outcomes"} for m in METRICS}
+        return {
+            m: {
+                "split_half": None,
+                "test_retest": None,
+                "combined": None,
+                "ceiling": None,
+                "note": "no per-image outcomes",
+            }
+            for m in METRICS
+        }
     retest = [c for c in bench.repeats if c in bench._index_by_text]
     for m in METRICS:
         sums, counts = bench.source_table(m, pool)
@@ -68,6 +79,7 @@ def reliability(bench: Any, pool: str = "report", splits: int = DEFAULT_SPLITS, 
 
 def default_metric(rel: Mapping[str, Mapping[str, Any]]) -> str:
     """top-1 if its corrected split-half reliability reaches the target, else the most reliable metric."""
+
     def corrected(m: str) -> float:
         half = (rel.get(m) or {}).get("split_half") or {}
         v = half.get("corrected")

@@ -22,7 +22,9 @@ def _capacity(space: ConfigSpace) -> float:
     return float(np.prod([len(space.slot_choices(i)) for i in range(space.num_slots)], dtype=float))
 
 
-def uniform_random(space: ConfigSpace, n: int, rng: np.random.Generator, exclude: Iterable[tuple[int, ...]] = ()) -> list[tuple[int, ...]]:
+def uniform_random(
+    space: ConfigSpace, n: int, rng: np.random.Generator, exclude: Iterable[tuple[int, ...]] = ()
+) -> list[tuple[int, ...]]:
     """n distinct configurations, every free slot uniform over the allowed bits."""
     seen = set(exclude)
     out: list[tuple[int, ...]] = []
@@ -49,7 +51,12 @@ def _biased_pool(space: ConfigSpace, m: int, rng: np.random.Generator) -> np.nda
 
 
 def stratified(
-    space: ConfigSpace, n: int, params: Sequence[float], rng: np.random.Generator, bins: int = 10, exclude: Iterable[tuple[int, ...]] = ()
+    space: ConfigSpace,
+    n: int,
+    params: Sequence[float],
+    rng: np.random.Generator,
+    bins: int = 10,
+    exclude: Iterable[tuple[int, ...]] = (),
 ) -> list[tuple[int, ...]]:
     """n distinct configurations, the same number in each of `bins` equal-width size bins.
 
@@ -117,6 +124,10 @@ def plan_configs(
             plan.append((cfg, "user"))
     rng = np.random.default_rng(seed)
     k = max(n - len(plan), 0)
-    sampled = stratified(space, k, params, rng, exclude=seen) if sampler == "stratified" else uniform_random(space, k, rng, exclude=seen)
+    sampled = (
+        stratified(space, k, params, rng, exclude=seen)
+        if sampler == "stratified"
+        else uniform_random(space, k, rng, exclude=seen)
+    )
     plan += [(cfg, sampler) for cfg in sampled]
     return plan

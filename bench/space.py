@@ -55,10 +55,16 @@ class ConfigSpace:
 
     @classmethod
     def for_layer_map(
-        cls, layer_map: LayerMap, bits: Sequence[int] = DEFAULT_BITS, pinned: Mapping[int | str, int] | None = None, act_bits: int = DEFAULT_ACT_BITS
+        cls,
+        layer_map: LayerMap,
+        bits: Sequence[int] = DEFAULT_BITS,
+        pinned: Mapping[int | str, int] | None = None,
+        act_bits: int = DEFAULT_ACT_BITS,
     ) -> ConfigSpace:
         """Pinned slots may be given by index or by slot name."""
-        resolved = {resolve_slot(layer_map.slots, k, "pins", layer_map.model): int(b) for k, b in (pinned or {}).items()}
+        resolved = {
+            resolve_slot(layer_map.slots, k, "pins", layer_map.model): int(b) for k, b in (pinned or {}).items()
+        }
         return cls(tuple(layer_map.slot_names), tuple(bits), resolved, act_bits)
 
     @property
@@ -76,11 +82,15 @@ class ConfigSpace:
         """Parse and check one configuration against this space."""
         bits = parse_config(config, what)
         if len(bits) != self.num_slots:
-            raise EmqError(f"{what} {config_text(bits)}: {len(bits)} bit-widths, but the model has {self.num_slots} slots")
+            raise EmqError(
+                f"{what} {config_text(bits)}: {len(bits)} bit-widths, but the model has {self.num_slots} slots"
+            )
         for i, b in enumerate(bits):
             allowed = self.slot_choices(i)
             if b not in allowed:
-                raise EmqError(f"{what} {config_text(bits)}: slot {i} ({self.slot_names[i]}) has {b} bits; allowed: {', '.join(map(str, allowed))}")
+                raise EmqError(
+                    f"{what} {config_text(bits)}: slot {i} ({self.slot_names[i]}) has {b} bits; allowed: {', '.join(map(str, allowed))}"
+                )
         return bits
 
     def uniform_configs(self) -> list[tuple[int, ...]]:
@@ -88,8 +98,18 @@ class ConfigSpace:
         return [tuple(self.pinned.get(i, b) for i in range(self.num_slots)) for b in self.bits]
 
     def to_json(self) -> dict:
-        return {"slot_names": list(self.slot_names), "bits": list(self.bits), "pinned": {str(k): v for k, v in self.pinned.items()}, "act_bits": self.act_bits}
+        return {
+            "slot_names": list(self.slot_names),
+            "bits": list(self.bits),
+            "pinned": {str(k): v for k, v in self.pinned.items()},
+            "act_bits": self.act_bits,
+        }
 
     @classmethod
     def from_json(cls, obj: dict) -> ConfigSpace:
-        return cls(tuple(obj["slot_names"]), tuple(obj["bits"]), {int(k): int(v) for k, v in obj.get("pinned", {}).items()}, int(obj.get("act_bits", 8)))
+        return cls(
+            tuple(obj["slot_names"]),
+            tuple(obj["bits"]),
+            {int(k): int(v) for k, v in obj.get("pinned", {}).items()},
+            int(obj.get("act_bits", 8)),
+        )

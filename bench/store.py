@@ -152,7 +152,9 @@ def init_bench(con: sqlite3.Connection, meta: Mapping[str, Any], plan: list[tupl
         if stored:
             return stored
         con.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
-        con.executemany("INSERT INTO plan (idx, config, source) VALUES (?, ?, ?)", [(i, c, s) for i, (c, s) in enumerate(plan)])
+        con.executemany(
+            "INSERT INTO plan (idx, config, source) VALUES (?, ?, ?)", [(i, c, s) for i, (c, s) in enumerate(plan)]
+        )
     return json.loads(json.dumps(dict(meta)))
 
 
@@ -190,7 +192,15 @@ def insert_repeat(con: sqlite3.Connection, config: str, result: Mapping[str, Any
     with transaction(con):
         con.execute(
             "INSERT OR IGNORE INTO repeats (config, top1, loss, kl, seconds, calib_seed, outcomes) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (config, result["top1"], result["loss"], result["kl"], result["seconds"], calib_seed, result.get("outcomes")),
+            (
+                config,
+                result["top1"],
+                result["loss"],
+                result["kl"],
+                result["seconds"],
+                calib_seed,
+                result.get("outcomes"),
+            ),
         )
         con.execute("DELETE FROM failures WHERE config = ? AND stage = 'retest'", (config,))
 
@@ -201,8 +211,10 @@ def insert_failure(con: sqlite3.Connection, config: str, stage: str, error: str,
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}")
     with transaction(con):
-        con.execute("INSERT OR REPLACE INTO failures (config, stage, error, attempts, at) VALUES (?, ?, ?, ?, ?)",
-                    (config, stage, error, attempts, time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+        con.execute(
+            "INSERT OR REPLACE INTO failures (config, stage, error, attempts, at) VALUES (?, ?, ?, ?, ?)",
+            (config, stage, error, attempts, time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+        )
 
 
 def read_failures(con: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -227,7 +239,10 @@ def read_outcomes(con: sqlite3.Connection, table: str = "records") -> dict[str, 
 
 def read_repeats(con: sqlite3.Connection) -> dict[str, dict[str, float | None]]:
     """{config: {top1, loss, kl}} of the calibration repeats."""
-    return {r[0]: {"top1": r[1], "loss": r[2], "kl": r[3]} for r in con.execute("SELECT config, top1, loss, kl FROM repeats")}
+    return {
+        r[0]: {"top1": r[1], "loss": r[2], "kl": r[3]}
+        for r in con.execute("SELECT config, top1, loss, kl FROM repeats")
+    }
 
 
 def read_records(con: sqlite3.Connection) -> list[tuple]:

@@ -35,8 +35,16 @@ BENCHES = "default,stratified,vgg-digits,mobilenetv2-digits,resnet20-fashion"
 
 
 def _study(agg: str, args: argparse.Namespace, out: Path) -> TransferStudy:
-    return TransferStudy(args.benches.split(","), [int(s) for s in args.seeds.split(",")], args.generations, args.population,
-                         ("leave-one-out",), agg, (), out_dir=out / agg)
+    return TransferStudy(
+        args.benches.split(","),
+        [int(s) for s in args.seeds.split(",")],
+        args.generations,
+        args.population,
+        ("leave-one-out",),
+        agg,
+        (),
+        out_dir=out / agg,
+    )
 
 
 def main() -> None:
@@ -66,13 +74,21 @@ def main() -> None:
             per_cell.setdefault((c["test"], c["seed"]), {})[agg] = c
     versus: dict[tuple[str, int], dict[str, dict | None]] = {}
     for (test, seed), by_agg in per_cell.items():
-        files = [out / agg / "proxies" / f"leave-one-out__{'+'.join(by_agg[agg]['train'])}__s{seed}.json" for agg in aggs]
+        files = [
+            out / agg / "proxies" / f"leave-one-out__{'+'.join(by_agg[agg]['train'])}__s{seed}.json" for agg in aggs
+        ]
         rep = score(test, proxies=[], proxy_files=files, reference=False)
         evolved = [p for p in rep.proxies if p.kind == "evolved"]
-        versus[(test, seed)] = {agg: paired_difference(rep, p, evolved[0]) for agg, p in zip(aggs[1:], evolved[1:], strict=True)}
+        versus[(test, seed)] = {
+            agg: paired_difference(rep, p, evolved[0]) for agg, p in zip(aggs[1:], evolved[1:], strict=True)
+        }
 
     tests = list(dict.fromkeys(t for t, _ in per_cell))
-    head = ["held out"] + [f"{a}: ρ mean ± sd (better/worse than best hand-made)" for a in aggs] + [f"{a} − {base}: mean Δρ (wins/losses)" for a in aggs[1:]]
+    head = (
+        ["held out"]
+        + [f"{a}: ρ mean ± sd (better/worse than best hand-made)" for a in aggs]
+        + [f"{a} − {base}: mean Δρ (wins/losses)" for a in aggs[1:]]
+    )
     rows, summary = [], {}
     for test in tests:
         cells = {a: [per_cell[(test, s)][a] for t, s in per_cell if t == test] for a in aggs}
@@ -95,14 +111,26 @@ def main() -> None:
         rows.append(row)
     print(markdown_table(head, rows))
     print()
-    print(markdown_table(["aggregate", "mean held-out ρ", "worst held-out ρ", "cells better / worse than best hand-made"],
-                         [[a, f"{np.mean(s['rho']):.3f}", f"{np.min(s['rho']):.3f}", f"{s['better']}/{s['worse']}"] for a, s in summary.items()]))
-    record = {"settings": vars(args), "cells": {a: r.cells for a, r in results.items()},
-              "versus": [{"test": t, "seed": s, "base": base, "paired": v} for (t, s), v in versus.items()]}
+    print(
+        markdown_table(
+            ["aggregate", "mean held-out ρ", "worst held-out ρ", "cells better / worse than best hand-made"],
+            [
+                [a, f"{np.mean(s['rho']):.3f}", f"{np.min(s['rho']):.3f}", f"{s['better']}/{s['worse']}"]
+                for a, s in summary.items()
+            ],
+        )
+    )
+    record = {
+        "settings": vars(args),
+        "cells": {a: r.cells for a, r in results.items()},
+        "versus": [{"test": t, "seed": s, "base": base, "paired": v} for (t, s), v in versus.items()],
+    }
     atomic_write_text(out / "aggregation.json", json.dumps(record, indent=1, default=str) + "\n")
     load = os.getloadavg()
-    print(f"\n{sum(len(s.plan) for s in studies.values())} campaigns in {time.perf_counter() - t0:.0f} s "
-          f"(load average {load[0]:.1f}, {os.cpu_count()} cores); files in {out}")
+    print(
+        f"\n{sum(len(s.plan) for s in studies.values())} campaigns in {time.perf_counter() - t0:.0f} s "
+        f"(load average {load[0]:.1f}, {os.cpu_count()} cores); files in {out}"
+    )
 
 
 if __name__ == "__main__":

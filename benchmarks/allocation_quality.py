@@ -37,14 +37,25 @@ def main() -> None:
     t0 = time.perf_counter()
     target = resolve_target("default")
     bench = Bench.open(args.bench)
-    setup = BenchSetup.of(bench, target)  # the bench's PTQ and statistics settings: allocations comparable with its records
+    setup = BenchSetup.of(
+        bench, target
+    )  # the bench's PTQ and statistics settings: allocations comparable with its records
     stats = compute_stats(target, bits=setup.bits, settings=setup.stats)
     if args.proxy:
         evolved = load_proxy(args.proxy)
     else:
-        res = search(bench=bench, model=target, stats=stats, generations=args.generations, population=args.population, seed=args.seed)
+        res = search(
+            bench=bench,
+            model=target,
+            stats=stats,
+            generations=args.generations,
+            population=args.population,
+            seed=args.seed,
+        )
         evolved = res.best
-        print(f"evolved (seed {args.seed}): {res.summary['best_expression']}  held-out rho {res.summary['best_heldout_spearman']:.3f}")
+        print(
+            f"evolved (seed {args.seed}): {res.summary['best_expression']}  held-out rho {res.summary['best_heldout_spearman']:.3f}"
+        )
     allocator = Allocator(target, setup.ptq, stats=stats, stats_settings=setup.stats)
     proxies = {"evolved": evolved, **{n: get_proxy(n) for n in REFERENCE_PROXIES}}
     print(f"full precision top-1 {allocator.engine().evaluate_fp().top1:.2f} %")
@@ -55,7 +66,9 @@ def main() -> None:
         for r in rows:
             print(f"| {budget:g} | {r.method} | {r.avg_bits:.3f} | {r.top1:.2f} | {r.kl:.4f} |")
         if "median_random_top1" in extra:
-            print(f"| {budget:g} | median random in budget (n={extra['random_configs']}) | | {extra['median_random_top1']:.2f} | |")
+            print(
+                f"| {budget:g} | median random in budget (n={extra['random_configs']}) | | {extra['median_random_top1']:.2f} | |"
+            )
     print(f"({time.perf_counter() - t0:.0f} s)")
 
 

@@ -25,10 +25,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for w in args.workers:
             t0 = time.perf_counter()
-            info = bench_build(Path(tmp) / f"w{w}.sqlite", configs=args.configs, seed=0, workers=w, noise_samples=0, test_limit=args.test_limit, progress=False)
+            info = bench_build(
+                Path(tmp) / f"w{w}.sqlite",
+                configs=args.configs,
+                seed=0,
+                workers=w,
+                noise_samples=0,
+                test_limit=args.test_limit,
+                progress=False,
+            )
             wall = time.perf_counter() - t0
             evals = info["build_log"][-1]["seconds"]
-            print(f"workers={w}: {info['records']} configs in {wall:.1f} s total ({info['records'] / wall:.2f} configs/s), evaluation phase {evals:.1f} s ({info['records'] / evals:.2f} configs/s)")
+            print(
+                f"workers={w}: {info['records']} configs in {wall:.1f} s total ({info['records'] / wall:.2f} configs/s), evaluation phase {evals:.1f} s ({info['records'] / evals:.2f} configs/s)"
+            )
 
 
 if __name__ == "__main__":

@@ -39,21 +39,44 @@ def main() -> None:
     rows = []
     for seed in range(args.seeds):
         for dps in (True, False):
-            est = ProxySearch(generations=100000, population=args.population, random_state=seed, max_evaluations=args.budget, dps=DPSConfig(enabled=dps))
+            est = ProxySearch(
+                generations=100000,
+                population=args.population,
+                random_state=seed,
+                max_evaluations=args.budget,
+                dps=DPSConfig(enabled=dps),
+            )
             s = est.fit(data, stats=stats).summary_
-            rows.append({"seed": seed, "dps": dps, "heldout": s["best_heldout_spearman"], "search": s["best_search_spearman"], "evaluations": s["evaluations"], "generations": s["generations"], **s["final_diversity"]})
+            rows.append(
+                {
+                    "seed": seed,
+                    "dps": dps,
+                    "heldout": s["best_heldout_spearman"],
+                    "search": s["best_search_spearman"],
+                    "evaluations": s["evaluations"],
+                    "generations": s["generations"],
+                    **s["final_diversity"],
+                }
+            )
     summary = {}
     for dps in (True, False):
         sel = [r for r in rows if r["dps"] is dps]
-        summary["dps_on" if dps else "dps_off"] = {k: [float(np.mean([r[k] for r in sel])), float(np.std([r[k] for r in sel]))] for k in ("heldout", "search", "unique_forms", "mean_abs_corr", "evaluations")}
+        summary["dps_on" if dps else "dps_off"] = {
+            k: [float(np.mean([r[k] for r in sel])), float(np.std([r[k] for r in sel]))]
+            for k in ("heldout", "search", "unique_forms", "mean_abs_corr", "evaluations")
+        }
     if args.json:
         print(json.dumps({"runs": rows, "summary": summary}, indent=2))
         return
     print(f"{'seed':>4} {'DPS':>4} {'held-out':>9} {'search':>7} {'evals':>6} {'gens':>5} {'unique':>6} {'|corr|':>7}")
     for r in rows:
-        print(f"{r['seed']:>4} {'on' if r['dps'] else 'off':>4} {r['heldout']:>9.3f} {r['search']:>7.3f} {r['evaluations']:>6} {r['generations']:>5} {r['unique_forms']:>6.0f} {r['mean_abs_corr']:>7.3f}")
+        print(
+            f"{r['seed']:>4} {'on' if r['dps'] else 'off':>4} {r['heldout']:>9.3f} {r['search']:>7.3f} {r['evaluations']:>6} {r['generations']:>5} {r['unique_forms']:>6.0f} {r['mean_abs_corr']:>7.3f}"
+        )
     for k, v in summary.items():
-        print(f"{k}: held-out {v['heldout'][0]:.3f} ± {v['heldout'][1]:.3f}, search {v['search'][0]:.3f}, unique forms {v['unique_forms'][0]:.1f}, mean |corr| {v['mean_abs_corr'][0]:.3f}")
+        print(
+            f"{k}: held-out {v['heldout'][0]:.3f} ± {v['heldout'][1]:.3f}, search {v['search'][0]:.3f}, unique forms {v['unique_forms'][0]:.1f}, mean |corr| {v['mean_abs_corr'][0]:.3f}"
+        )
 
 
 if __name__ == "__main__":

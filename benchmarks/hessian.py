@@ -48,11 +48,22 @@ def time_ours(model, names, x, y, probes):
 def time_pyhessian(model, names, x, y, probes):
     work, _ = only_layer_weights(model, names)
     t0 = time.perf_counter()
-    vhv = PyHessian(work, F.cross_entropy, data=(x, y), cuda=False).trace(maxIter=probes, tol=float("-inf"))  # -inf: never stop early
+    vhv = PyHessian(work, F.cross_entropy, data=(x, y), cuda=False).trace(
+        maxIter=probes, tol=float("-inf")
+    )  # -inf: never stop early
     return time.perf_counter() - t0, vhv
 
 
-def bench_model(label: str, model: torch.nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor, probes: int, eig_iters: int, repeats: int) -> dict:
+def bench_model(
+    label: str,
+    model: torch.nn.Module,
+    names: list[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    probes: int,
+    eig_iters: int,
+    repeats: int,
+) -> dict:
     time_ours(model, names, x, y, 1)  # warm-up (allocator, kernels), untimed
     time_pyhessian(model, names, x, y, 1)
     ours_s = ref_s = float("inf")
@@ -74,11 +85,15 @@ def bench_model(label: str, model: torch.nn.Module, names: list[str], x: torch.T
     # standard error of PyHessian's mean, from its own per-probe values
     ref_trace, ref_se = float(np.mean(vhv)), float(np.std(vhv, ddof=1) / np.sqrt(probes))
     print(f"\n## {label}: {len(names)} layers, batch {tuple(x.shape)}, {probes} probes\n")
-    rows = [[n, float(t), float(t) / w.numel(), float(e)] for n, t, w, e in zip(names, res.trace, weights, eig, strict=True)]
+    rows = [
+        [n, float(t), float(t) / w.numel(), float(e)] for n, t, w, e in zip(names, res.trace, weights, eig, strict=True)
+    ]
     print(markdown_table(["layer", "Tr(H)", "Tr(H)/n", "eig max"], rows))
     print(f"\nsum of per-layer traces (emq)  {res.trace.sum():.4f}")
     print(f"whole-model trace (PyHessian) {ref_trace:.4f} +- {ref_se:.4f} (1 s.e.)")
-    print(f"time: emq per-layer traces + diagonal {ours_s:.3f} s | PyHessian whole-model trace {ref_s:.3f} s | ratio {ours_s / ref_s:.2f}")
+    print(
+        f"time: emq per-layer traces + diagonal {ours_s:.3f} s | PyHessian whole-model trace {ref_s:.3f} s | ratio {ours_s / ref_s:.2f}"
+    )
     if eig_iters > 0:
         print(f"time: emq per-layer top eigenvalues ({eig_iters} power iterations max) {eig_s:.3f} s")
     return {"model": label, "ours_s": ours_s, "pyhessian_s": ref_s, "ratio": ours_s / ref_s}
@@ -88,15 +103,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--probes", type=int, default=20)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: stable timings on a shared machine)")
-    ap.add_argument("--repeats", type=int, default=2, help="timed runs per side, interleaved; the best counts (default 2)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1: stable timings on a shared machine)"
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=2, help="timed runs per side, interleaved; the best counts (default 2)"
+    )
     ap.add_argument("--eig-iters", type=int, default=0, help="also time per-layer power iteration (default: off)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     target = resolve_target("default")
     x, y = target.data.calibration(args.batch, 0)
-    results = [bench_model("default (ResNet-20 w8, 24 px digits)", target.model, [layer.name for layer in target.layer_map.layers], x, y, args.probes, args.eig_iters, args.repeats)]
+    results = [
+        bench_model(
+            "default (ResNet-20 w8, 24 px digits)",
+            target.model,
+            [layer.name for layer in target.layer_map.layers],
+            x,
+            y,
+            args.probes,
+            args.eig_iters,
+            args.repeats,
+        )
+    ]
 
     import torchvision
 
@@ -106,10 +136,26 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     xr = torch.randn(args.batch, 3, 32, 32, generator=g)
     yr = torch.randint(0, 10, (args.batch,), generator=g)
-    results.append(bench_model("resnet18 (random weights, 32 px random images)", r18, [layer.name for layer in lm.layers], xr, yr, args.probes, args.eig_iters, args.repeats))
+    results.append(
+        bench_model(
+            "resnet18 (random weights, 32 px random images)",
+            r18,
+            [layer.name for layer in lm.layers],
+            xr,
+            yr,
+            args.probes,
+            args.eig_iters,
+            args.repeats,
+        )
+    )
 
     print("\n## summary\n")
-    print(markdown_table(["model", "emq s", "PyHessian s", "ratio"], [[r["model"], r["ours_s"], r["pyhessian_s"], r["ratio"]] for r in results]))
+    print(
+        markdown_table(
+            ["model", "emq s", "PyHessian s", "ratio"],
+            [[r["model"], r["ours_s"], r["pyhessian_s"], r["ratio"]] for r in results],
+        )
+    )
 
 
 if __name__ == "__main__":

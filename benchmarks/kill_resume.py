@@ -28,22 +28,51 @@ TIMING = {"seconds", "evals_per_s"}
 
 
 def _cmd(out: Path, args: argparse.Namespace, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "emq.cli.main", "search", "--bench", args.bench, "--generations", str(args.generations),
-           "--population", str(args.population), "--seed", str(args.seed), "--workers", str(args.workers),
-           "--checkpoint-every", str(args.checkpoint_every), "--out", str(out), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "emq.cli.main",
+        "search",
+        "--bench",
+        args.bench,
+        "--generations",
+        str(args.generations),
+        "--population",
+        str(args.population),
+        "--seed",
+        str(args.seed),
+        "--workers",
+        str(args.workers),
+        "--checkpoint-every",
+        str(args.checkpoint_every),
+        "--out",
+        str(out),
+        "--json",
+    ]
     return cmd + (["--resume"] if resume else [])
 
 
 def _result(out: Path) -> dict[str, str]:
-    log = [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in (out / "log.jsonl").read_text().splitlines()]
-    return {"best": (out / "best_proxy.json").read_text(), "hof": (out / "hall_of_fame.csv").read_text(), "log": json.dumps(log, sort_keys=True)}
+    log = [
+        {k: v for k, v in json.loads(line).items() if k not in TIMING}
+        for line in (out / "log.jsonl").read_text().splitlines()
+    ]
+    return {
+        "best": (out / "best_proxy.json").read_text(),
+        "hof": (out / "hall_of_fame.csv").read_text(),
+        "log": json.dumps(log, sort_keys=True),
+    }
 
 
 def _run_with_kills(out: Path, args: argparse.Namespace, moments: list[float]) -> list[str]:
     """Start, kill at each moment (seconds after that start), resume; then run to the end."""
     events = []
     for i, moment in enumerate(moments):
-        proc = subprocess.Popen(_cmd(out, args, resume=i > 0 and (out / "checkpoint.npz").exists()), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _cmd(out, args, resume=i > 0 and (out / "checkpoint.npz").exists()),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             proc.wait(timeout=moment)
             events.append(f"finished before the kill at {moment:.1f} s")
@@ -85,7 +114,9 @@ def main() -> None:
             same += ok
             killed += any(e.startswith("killed") for e in events)
             print(f"trial {t + 1:2d}: {'identical' if ok else 'DIFFERENT'} ({'; '.join(events)})", flush=True)
-        print(f"{same} of {args.trials} campaigns identical to the uninterrupted one; {killed} of them were killed at least once")
+        print(
+            f"{same} of {args.trials} campaigns identical to the uninterrupted one; {killed} of them were killed at least once"
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -37,16 +37,27 @@ def measure(model: str, method: str, configs: np.ndarray, test_limit: int | None
     target = resolve_target(model)
     data = limit_test(target.require_data(), test_limit) if test_limit else target.require_data()
     with tempfile.TemporaryDirectory() as cache:
-        engine = PTQEngine(target.model, target.layer_map, data, PTQSettings(calib_half=0, weight_quantizer=method, quantizer_options=options), cache_dir=cache)
+        engine = PTQEngine(
+            target.model,
+            target.layer_map,
+            data,
+            PTQSettings(calib_half=0, weight_quantizer=method, quantizer_options=options),
+            cache_dir=cache,
+        )
         prep = engine.prepare_rounding(BITS)
         t0 = time.perf_counter()
         results = [engine.evaluate(c.tolist()) for c in configs]
         per_config = (time.perf_counter() - t0) / len(configs)
     fp = engine.evaluate_fp()
     return {
-        "model": model, "method": method, "options": engine.rounding.describe()["options"], "fp_top1": fp.top1,
-        "prep_seconds": prep, "seconds_per_config": per_config,
-        "top1": [r.top1 for r in results], "kl": [r.kl for r in results],
+        "model": model,
+        "method": method,
+        "options": engine.rounding.describe()["options"],
+        "fp_top1": fp.top1,
+        "prep_seconds": prep,
+        "seconds_per_config": per_config,
+        "top1": [r.top1 for r in results],
+        "kl": [r.kl for r in results],
     }
 
 
@@ -63,7 +74,9 @@ def main() -> None:
     ap.add_argument("--methods", default="mse,gptq,adaround")
     ap.add_argument("--configs", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--fashion-test-limit", type=int, default=5000, help="test images of resnet20-fashion (as its shipped bench)")
+    ap.add_argument(
+        "--fashion-test-limit", type=int, default=5000, help="test images of resnet20-fashion (as its shipped bench)"
+    )
     ap.add_argument("--adaround-iters", type=int, default=2000)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/ptq_methods.json"))
     args = ap.parse_args()
@@ -81,9 +94,36 @@ def main() -> None:
             runs.append(r)
             u = [r["top1"][i] for i in uniform]
             k = [r["kl"][i] for i in uniform]
-            rows.append([model, method, f"{r['fp_top1']:.2f}", *(f"{v:.2f}" for v in u), *(f"{v:.3f}" for v in k),
-                         f"{r['prep_seconds']:.1f}", f"{r['seconds_per_config']:.2f}"])
-            print(markdown_table(["model", "method", "FP top-1", "2-bit", "3-bit", "4-bit", "KL 2", "KL 3", "KL 4", "prep s", "s / config"], rows[-1:]), flush=True)
+            rows.append(
+                [
+                    model,
+                    method,
+                    f"{r['fp_top1']:.2f}",
+                    *(f"{v:.2f}" for v in u),
+                    *(f"{v:.3f}" for v in k),
+                    f"{r['prep_seconds']:.1f}",
+                    f"{r['seconds_per_config']:.2f}",
+                ]
+            )
+            print(
+                markdown_table(
+                    [
+                        "model",
+                        "method",
+                        "FP top-1",
+                        "2-bit",
+                        "3-bit",
+                        "4-bit",
+                        "KL 2",
+                        "KL 3",
+                        "KL 4",
+                        "prep s",
+                        "s / config",
+                    ],
+                    rows[-1:],
+                ),
+                flush=True,
+            )
         methods = list(by_method)
         for i, a in enumerate(methods):
             for b in methods[i + 1 :]:
@@ -91,12 +131,23 @@ def main() -> None:
                     g = agreement(np.array(by_method[a][metric]), np.array(by_method[b][metric]))
                     agree.append([model, f"{a} vs {b}", metric, f"{g['rho']:.3f} [{g['low']:.3f}, {g['high']:.3f}]"])
     load = os.getloadavg()
-    print(f"\nuniform-bit top-1 (%) and KL per method ({args.configs} configurations each; load average {load[0]:.1f}, {os.cpu_count()} cores):")
-    print(markdown_table(["model", "method", "FP top-1", "2-bit", "3-bit", "4-bit", "KL 2", "KL 3", "KL 4", "prep s", "s / config"], rows))
-    print(f"\nranking agreement between methods on the same {args.configs} configurations (Spearman [95 % bootstrap over configurations]):")
+    print(
+        f"\nuniform-bit top-1 (%) and KL per method ({args.configs} configurations each; load average {load[0]:.1f}, {os.cpu_count()} cores):"
+    )
+    print(
+        markdown_table(
+            ["model", "method", "FP top-1", "2-bit", "3-bit", "4-bit", "KL 2", "KL 3", "KL 4", "prep s", "s / config"],
+            rows,
+        )
+    )
+    print(
+        f"\nranking agreement between methods on the same {args.configs} configurations (Spearman [95 % bootstrap over configurations]):"
+    )
     print(markdown_table(["model", "methods", "metric", "Spearman"], agree))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"runs": runs, "agreement": agree, "load": load, "configs": args.configs}, indent=1) + "\n")
+    args.out.write_text(
+        json.dumps({"runs": runs, "agreement": agree, "load": load, "configs": args.configs}, indent=1) + "\n"
+    )
     print(f"wrote {args.out}")
 
 

@@ -28,7 +28,9 @@ from emq.executors import make_executor
 
 def _records(path: Path) -> list[tuple]:
     with closing(sqlite3.connect(path)) as con:
-        return con.execute("SELECT idx, config, top1, loss, kl, size_bytes, bitops, seed, source, outcomes FROM records ORDER BY idx").fetchall()
+        return con.execute(
+            "SELECT idx, config, top1, loss, kl, size_bytes, bitops, seed, source, outcomes FROM records ORDER BY idx"
+        ).fetchall()
 
 
 def _count(path: Path) -> int:
@@ -83,11 +85,15 @@ def main() -> None:
     ray.shutdown()
     same = _records(out) == _records(work / "serial.sqlite")
     n = len(_records(out))
-    print(f"{args.configs} configurations; serial build {serial_s:.0f} s, Ray build (2 workers) {ray_s:.0f} s; load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"{args.configs} configurations; serial build {serial_s:.0f} s, Ray build (2 workers) {ray_s:.0f} s; load average {os.getloadavg()[0]:.1f}"
+    )
     for k in kills:
         print(f"  {k}")
-    print(f"records: {n} of {args.configs}, {len({r[1] for r in _records(out)})} distinct; identical to the serial build: {same}; "
-          f"failures recorded: {len(Bench.open(out).failures)}")
+    print(
+        f"records: {n} of {args.configs}, {len({r[1] for r in _records(out)})} distinct; identical to the serial build: {same}; "
+        f"failures recorded: {len(Bench.open(out).failures)}"
+    )
 
 
 if __name__ == "__main__":

@@ -37,10 +37,23 @@ def _records(path: Path) -> list[tuple]:
 
 def _build(path: Path, executor, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
-    bench_build(path, configs=args.configs, seed=args.seed, noise_samples=0, test_limit=args.test_limit, progress=False, executor=executor)
+    bench_build(
+        path,
+        configs=args.configs,
+        seed=args.seed,
+        noise_samples=0,
+        test_limit=args.test_limit,
+        progress=False,
+        executor=executor,
+    )
     wall = time.perf_counter() - t0
     entry = Bench.open(path).meta["build_log"][-1]
-    return {"evaluated": entry["evaluated"], "seconds": entry["seconds"], "wall": round(wall, 2), "rate": entry["evaluated"] / entry["seconds"]}
+    return {
+        "evaluated": entry["evaluated"],
+        "seconds": entry["seconds"],
+        "wall": round(wall, 2),
+        "rate": entry["evaluated"] / entry["seconds"],
+    }
 
 
 SETUPS = (("serial", 1), ("process", 1), ("process", 2), ("ray", 1), ("ray", 2))
@@ -71,7 +84,9 @@ def main() -> None:
     runs: list[dict] = []
     reference = None
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # one cluster for every Ray run, as a user keeps one running
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False
+    )  # one cluster for every Ray run, as a user keeps one running
     cluster_start = time.perf_counter() - t0
     for repeat in range(args.repeats):
         for name, workers in SETUPS:
@@ -81,8 +96,20 @@ def main() -> None:
                 run = _build(path, executor, args)
             records = _records(path)
             reference = reference or records
-            runs.append({"repeat": repeat, "executor": name, "workers": workers, **run, "actors_start": startup, "same_records": records == reference})
-            print(f"round {repeat + 1}: {name} x{workers}: {run['evaluated']} configurations in {run['seconds']:.1f} s ({run['rate']:.2f}/s)", flush=True)
+            runs.append(
+                {
+                    "repeat": repeat,
+                    "executor": name,
+                    "workers": workers,
+                    **run,
+                    "actors_start": startup,
+                    "same_records": records == reference,
+                }
+            )
+            print(
+                f"round {repeat + 1}: {name} x{workers}: {run['evaluated']} configurations in {run['seconds']:.1f} s ({run['rate']:.2f}/s)",
+                flush=True,
+            )
     ray.shutdown()
     load1 = os.getloadavg()
 
@@ -93,14 +120,46 @@ def main() -> None:
     for name, workers in SETUPS:
         rates = [rate(name, workers, k) for k in range(args.repeats)]
         effs = [rate(name, 2, k) / (2 * rate(name, 1, k)) for k in range(args.repeats)] if workers == 2 else []
-        starts = [r["actors_start"] for r in runs if (r["executor"], r["workers"]) == (name, workers) and r["actors_start"] is not None]
+        starts = [
+            r["actors_start"]
+            for r in runs
+            if (r["executor"], r["workers"]) == (name, workers) and r["actors_start"] is not None
+        ]
         same = all(r["same_records"] for r in runs if (r["executor"], r["workers"]) == (name, workers))
-        rows.append([name, workers, f"{median(rates):.3f} ({min(rates):.3f}–{max(rates):.3f})",
-                     f"{median(effs):.2f} ({min(effs):.2f}–{max(effs):.2f})" if effs else "", f"{median(starts):.1f}" if starts else "", same])
-    print(markdown_table(["executor", "workers", "configs / s, median (range)", "efficiency 1→2, median (range)", "actors up, s", "same records"], rows))
-    print(f"Ray cluster start (ray.init, once): {cluster_start:.1f} s; load average {load0[0]:.1f} before, {load1[0]:.1f} after ({os.cpu_count()} cores); "
-          f"{args.repeats} rounds of {args.configs} configurations of the default model" + (f", first {args.test_limit} test images" if args.test_limit else ""))
-    payload = {"settings": vars(args) | {"out": str(args.out)}, "load_average": [load0[0], load1[0]], "ray_cluster_start": cluster_start, "runs": runs}
+        rows.append(
+            [
+                name,
+                workers,
+                f"{median(rates):.3f} ({min(rates):.3f}–{max(rates):.3f})",
+                f"{median(effs):.2f} ({min(effs):.2f}–{max(effs):.2f})" if effs else "",
+                f"{median(starts):.1f}" if starts else "",
+                same,
+            ]
+        )
+    print(
+        markdown_table(
+            [
+                "executor",
+                "workers",
+                "configs / s, median (range)",
+                "efficiency 1→2, median (range)",
+                "actors up, s",
+                "same records",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"Ray cluster start (ray.init, once): {cluster_start:.1f} s; load average {load0[0]:.1f} before, {load1[0]:.1f} after ({os.cpu_count()} cores); "
+        f"{args.repeats} rounds of {args.configs} configurations of the default model"
+        + (f", first {args.test_limit} test images" if args.test_limit else "")
+    )
+    payload = {
+        "settings": vars(args) | {"out": str(args.out)},
+        "load_average": [load0[0], load1[0]],
+        "ray_cluster_start": cluster_start,
+        "runs": runs,
+    }
     atomic_write_text(args.out, json.dumps(payload, indent=1) + "\n")
     print(f"wrote {args.out}")
 

@@ -54,7 +54,13 @@ def main() -> None:
     trees = [to_tokens(gen_half_and_half(space, 1, 4)) for _ in range(args.candidates)]
     ev = TableEvaluator(stats, space.terminals, space.prims)
     ce = CandidateEvaluator(stats, data, space, act_samples=DEFAULT_ACT_SAMPLES)
-    res: dict = {"bench": data.source, "search_configs": len(data.search), "layers": len(stats.layers), "slots": stats.num_slots, "bits": list(data.bits)}
+    res: dict = {
+        "bench": data.source,
+        "search_configs": len(data.search),
+        "layers": len(stats.layers),
+        "slots": stats.num_slots,
+        "bits": list(data.bits),
+    }
 
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -83,24 +89,45 @@ def main() -> None:
     r = ProxySearch(args.generations, args.population, random_state=args.seed).fit(data, stats=stats).result_
     s = r.summary
     res["campaign"] = {
-        "generations": s["generations"], "population": args.population, "seconds": s["seconds"], "candidates": s["candidates"],
-        "evaluations": s["evaluations"], "candidates_per_s": s["candidates_per_s"], "saved_share": s["screening"]["saved_share"],
-        "best_search_spearman": s["best_search_spearman"], "best_heldout_spearman": s["best_heldout_spearman"],
-        "best_handmade": s["best_handmade"], "best_handmade_heldout_spearman": s["best_handmade_heldout_spearman"],
-        "ceiling": s["ceiling"], "best_expression": s["best_expression"], "metric": s["metric"],
+        "generations": s["generations"],
+        "population": args.population,
+        "seconds": s["seconds"],
+        "candidates": s["candidates"],
+        "evaluations": s["evaluations"],
+        "candidates_per_s": s["candidates_per_s"],
+        "saved_share": s["screening"]["saved_share"],
+        "best_search_spearman": s["best_search_spearman"],
+        "best_heldout_spearman": s["best_heldout_spearman"],
+        "best_handmade": s["best_handmade"],
+        "best_handmade_heldout_spearman": s["best_handmade_heldout_spearman"],
+        "ceiling": s["ceiling"],
+        "best_expression": s["best_expression"],
+        "metric": s["metric"],
     }
     if args.json:
         print(json.dumps(res, indent=2))
         return
-    print(f"bench {res['bench']}: {res['search_configs']} search configurations, {res['layers']} layers / {res['slots']} slots, bits {res['bits']}")
+    print(
+        f"bench {res['bench']}: {res['search_configs']} search configurations, {res['layers']} layers / {res['slots']} slots, bits {res['bits']}"
+    )
     print(f"table path (no screening, no cache): {res['table_candidates_per_s']:.0f} candidates/s")
-    print(f"screened path:                      {res['screened_candidates_per_s']:.0f} candidates/s ({res['screened_valid_share']:.0%} valid)")
-    print(f"naive per-configuration scoring:    {res['naive_candidates_per_s']:.3f} candidates/s ({res['naive_seconds_per_candidate']:.1f} s per candidate)")
+    print(
+        f"screened path:                      {res['screened_candidates_per_s']:.0f} candidates/s ({res['screened_valid_share']:.0%} valid)"
+    )
+    print(
+        f"naive per-configuration scoring:    {res['naive_candidates_per_s']:.3f} candidates/s ({res['naive_seconds_per_candidate']:.1f} s per candidate)"
+    )
     print(f"speed-up table vs naive:            {res['speedup_table_vs_naive']:.0f}x")
     c = res["campaign"]
-    print(f"campaign {c['generations']} generations x {c['population']}: {c['seconds']:.1f} s, {c['candidates_per_s']:.0f} candidates/s, {c['saved_share']:.0%} saved by screening + cache")
-    print(f"best evolved ({c['metric']}): search x fit rho {c['best_search_spearman']:.3f}, held-out x report rho {c['best_heldout_spearman']:.3f}  ({c['best_expression']})")
-    print(f"best hand-made chosen on search x fit ({c['best_handmade']}): held-out x report rho {c['best_handmade_heldout_spearman']:.3f}; ceiling {c['ceiling']}")
+    print(
+        f"campaign {c['generations']} generations x {c['population']}: {c['seconds']:.1f} s, {c['candidates_per_s']:.0f} candidates/s, {c['saved_share']:.0%} saved by screening + cache"
+    )
+    print(
+        f"best evolved ({c['metric']}): search x fit rho {c['best_search_spearman']:.3f}, held-out x report rho {c['best_heldout_spearman']:.3f}  ({c['best_expression']})"
+    )
+    print(
+        f"best hand-made chosen on search x fit ({c['best_handmade']}): held-out x report rho {c['best_handmade_heldout_spearman']:.3f}; ceiling {c['ceiling']}"
+    )
     print("(point estimates; intervals and paired differences: emq score --proxy best_proxy.json)")
 
 

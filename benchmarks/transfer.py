@@ -30,12 +30,23 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     t0 = time.perf_counter()
-    study = TransferStudy(args.benches.split(","), [int(s) for s in args.seeds.split(",")], args.generations, args.population,
-                          tuple(args.protocols.split(",")), args.aggregate, WHOLE_CONFIG, args.whole_limit, out_dir=args.out)
+    study = TransferStudy(
+        args.benches.split(","),
+        [int(s) for s in args.seeds.split(",")],
+        args.generations,
+        args.population,
+        tuple(args.protocols.split(",")),
+        args.aggregate,
+        WHOLE_CONFIG,
+        args.whole_limit,
+        out_dir=args.out,
+    )
     result = study.run()
     print(result.to_markdown())
     load = os.getloadavg()
-    print(f"\n{len(study.plan)} campaigns in {time.perf_counter() - t0:.0f} s (load average {load[0]:.1f}, {os.cpu_count()} cores); files in {args.out}")
+    print(
+        f"\n{len(study.plan)} campaigns in {time.perf_counter() - t0:.0f} s (load average {load[0]:.1f}, {os.cpu_count()} cores); files in {args.out}"
+    )
 
 
 if __name__ == "__main__":

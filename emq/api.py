@@ -33,14 +33,46 @@ from .specs import ParameterError
 from .target import resolve_target
 
 __all__ = [
-    "PROXIES", "Allocation", "Allocator", "Bench", "Executor", "HallOfFame", "PTQEngine", "PTQSettings", "ProxySearch", "QuantResult",
-    "SearchResult", "make_executor", "StatsSettings", "allocate", "bench_build", "bench_export", "bench_import", "bench_info",
-    "compute_stats", "demo", "export", "get_proxy", "layers", "load_bitmap", "load_proxy", "make_space", "quantize", "resolve_target",
-    "save_bitmap", "save_proxy", "score", "search", "stats", "sweep",
+    "PROXIES",
+    "Allocation",
+    "Allocator",
+    "Bench",
+    "Executor",
+    "HallOfFame",
+    "PTQEngine",
+    "PTQSettings",
+    "ProxySearch",
+    "QuantResult",
+    "SearchResult",
+    "make_executor",
+    "StatsSettings",
+    "allocate",
+    "bench_build",
+    "bench_export",
+    "bench_import",
+    "bench_info",
+    "compute_stats",
+    "demo",
+    "export",
+    "get_proxy",
+    "layers",
+    "load_bitmap",
+    "load_proxy",
+    "make_space",
+    "quantize",
+    "resolve_target",
+    "save_bitmap",
+    "save_proxy",
+    "score",
+    "search",
+    "stats",
+    "sweep",
 ]
 
 
-def layers(model: str | nn.Module = "default", input_size: int | None = None, num_classes: int | None = None) -> LayerMap:
+def layers(
+    model: str | nn.Module = "default", input_size: int | None = None, num_classes: int | None = None
+) -> LayerMap:
     """The layer map (slots, params, MACs) of a model; `emq layers`."""
     return resolve_target(model, num_classes=num_classes, input_size=input_size, need_data=False).layer_map
 
@@ -62,8 +94,14 @@ def quantize(
     evaluate it; `emq quantize`. The model is built and traced once; it runs on `device`
     (cpu, cuda or cuda:N), which changes no setting and no calibration draw."""
     if (bits is None or len(bits) == 0) == (bitmap is None):
-        raise ParameterError("bits", bits, "give the configuration as bits (one bit-width per slot; see `layers`) or as bitmap=PATH, not both")
+        raise ParameterError(
+            "bits",
+            bits,
+            "give the configuration as bits (one bit-width per slot; see `layers`) or as bitmap=PATH, not both",
+        )
     device = resolve_device(device)  # before any model work
     target = resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size)
     config = load_bitmap(bitmap, target.layer_map) if bitmap is not None else target.layer_map.validate(bits)
-    return PTQEngine(target.model, target.layer_map, target.require_data(), settings, progress=progress, device=device).evaluate(config)
+    return PTQEngine(
+        target.model, target.layer_map, target.require_data(), settings, progress=progress, device=device
+    ).evaluate(config)

@@ -46,8 +46,10 @@ class BenchSetup:
             raise EmqError(f"model {self.target.name} has no data to compute its statistics on: pass --data")
         ns = load_stats(self.stats_file)
         if ns.meta.get("settings") != self.stats.to_json() or tuple(ns.bits) != self.bits:
-            raise EmqError(f"{self.stats_file}: the bundled statistics were computed with other settings or bits than the bench asks for; "
-                           "pass --data to compute them")
+            raise EmqError(
+                f"{self.stats_file}: the bundled statistics were computed with other settings or bits than the bench asks for; "
+                "pass --data to compute them"
+            )
         log.info("statistics of %s from the bundle (%s): its data is not installed", self.target.name, self.stats_file)
         return ns
 
@@ -65,19 +67,30 @@ class BenchSetup:
         """The setup of an opened `emq.bench.Bench`; `model`/`data` default to the bench's own."""
         meta = bench.meta
         bundle = bundle_of(bench.path) if model is None and data is None else None
-        stats_file = bundle.stats_path if bundle is not None and bundle.stats_path is not None and bundle.stats_path.is_file() else None
+        stats_file = (
+            bundle.stats_path
+            if bundle is not None and bundle.stats_path is not None and bundle.stats_path.is_file()
+            else None
+        )
         if isinstance(model, Target):
             target = model
         else:
             name = model if model is not None else meta.get("model", "default")
             where = data if data is not None else meta.get("data")
             try:
-                target = resolve_target(name, where, weights=weights, num_classes=num_classes, input_size=input_size, need_data=need_data)
+                target = resolve_target(
+                    name, where, weights=weights, num_classes=num_classes, input_size=input_size, need_data=need_data
+                )
             except ParameterError as e:
                 if stats_file is None or e.param != "data":
                     raise
-                log.info("%s; using the bundle's statistics (whole-configuration proxies, allocation and verification need the data)", e)
-                target = resolve_target(name, None, weights=weights, num_classes=num_classes, input_size=input_size, need_data=False)
+                log.info(
+                    "%s; using the bundle's statistics (whole-configuration proxies, allocation and verification need the data)",
+                    e,
+                )
+                target = resolve_target(
+                    name, None, weights=weights, num_classes=num_classes, input_size=input_size, need_data=False
+                )
         check_target(bench, target)
         ptq = ptq_settings(bench)
         return cls(target, ptq, stats_settings(bench, ptq), tuple(int(b) for b in bench.bits), stats_file)
@@ -88,13 +101,19 @@ def check_target(bench: Any, target: Target) -> None:
     than the bench's (by fingerprint; a bench built on the first N test images still matches)."""
     stored = str(bench.meta.get("data_fingerprint") or "").split("|test[:")[0]
     if stored and target.data is not None and target.data.fingerprint != stored:
-        raise EmqError(f"bench {bench.path}: was built on other data than {target.data.name} (data fingerprint differs); pass the bench's data with --data")
+        raise EmqError(
+            f"bench {bench.path}: was built on other data than {target.data.name} (data fingerprint differs); pass the bench's data with --data"
+        )
     want = bench.meta.get("weights_hash")
     if want and state_dict_digest(target.model) != want:
-        raise EmqError(f"bench {bench.path}: was built with other weights of {target.name} (weights hash {want}); pass the same model weights")
+        raise EmqError(
+            f"bench {bench.path}: was built with other weights of {target.name} (weights hash {want}); pass the same model weights"
+        )
     slots = bench.configs.shape[1]
     if target.layer_map.num_slots != slots:
-        raise EmqError(f"bench {bench.path}: configurations have {slots} slots but {target.name} has {target.layer_map.num_slots}; use the bench's model")
+        raise EmqError(
+            f"bench {bench.path}: configurations have {slots} slots but {target.name} has {target.layer_map.num_slots}; use the bench's model"
+        )
 
 
 def ptq_settings(bench: Any) -> PTQSettings:
@@ -116,6 +135,8 @@ def stats_settings(bench: Any, ptq: PTQSettings) -> StatsSettings:
     except TypeError as e:
         raise EmqError(f"bench {bench.path}: unreadable stats_settings {stored} ({e})") from e
     if (settings.act_bits, settings.weight_quantizer) != (ptq.act_bits, ptq.weight_quantizer):
-        raise EmqError(f"bench {bench.path}: its stats_settings (act_bits {settings.act_bits}, {settings.weight_quantizer}) disagree with its ptq_settings "
-                       f"(act_bits {ptq.act_bits}, {ptq.weight_quantizer}); the statistics must describe the deployed quantization")
+        raise EmqError(
+            f"bench {bench.path}: its stats_settings (act_bits {settings.act_bits}, {settings.weight_quantizer}) disagree with its ptq_settings "
+            f"(act_bits {ptq.act_bits}, {ptq.weight_quantizer}); the statistics must describe the deployed quantization"
+        )
     return settings

@@ -54,7 +54,9 @@ class DataSplits:
     calib_sources: torch.Tensor | None = None
     test_sources: torch.Tensor | None = None
 
-    def calibration(self, size: int = DEFAULT_CALIB_SIZE, seed: int = 0, half: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def calibration(
+        self, size: int = DEFAULT_CALIB_SIZE, seed: int = 0, half: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """A seeded draw of `size` calibration images: a different seed is another draw.
 
         `half` 0 or 1 draws only from that half of the calibration *sources* (a fixed split),
@@ -93,9 +95,7 @@ def calibration_half_mask(sources: torch.Tensor | None, n: int, half: int) -> to
     return torch.isin(src, chosen)
 
 
-def _render(
-    src: torch.Tensor, renders: int, size: int, gen: torch.Generator
-) -> torch.Tensor:
+def _render(src: torch.Tensor, renders: int, size: int, gen: torch.Generator) -> torch.Tensor:
     """Render each 8x8 source `renders` times with a random affine warp and noise."""
     x = src.repeat_interleave(renders, dim=0).unsqueeze(1)  # [n*r, 1, 8, 8]
     m = x.shape[0]
@@ -210,8 +210,12 @@ def image_folder_data(root: Path, input_size: int = 224, calib_pool_size: int = 
     except (FileNotFoundError, RuntimeError) as e:
         raise ParameterError("data", root, f"not a readable ImageFolder tree ({e})") from e
     if num_classes < 2:
-        raise ParameterError("data", root, f"has {num_classes} class folder; every prediction would be right (100 % top-1), "
-                                           "so give an ImageFolder tree with at least 2 class folders")
+        raise ParameterError(
+            "data",
+            root,
+            f"has {num_classes} class folder; every prediction would be right (100 % top-1), "
+            "so give an ImageFolder tree with at least 2 class folders",
+        )
     return DataSplits(
         name=str(root),
         num_classes=num_classes,
@@ -257,7 +261,11 @@ def load_data(spec: str, input_size: int = 224) -> DataSplits:
         return load_mnist(spec)
     root = Path(spec)
     if not root.is_dir():
-        raise ParameterError("data", spec, "no such directory (use 'default', 'fashion-mnist', 'mnist', an ImageFolder tree, a CIFAR-10 directory or a directory of MNIST-format idx files)")
+        raise ParameterError(
+            "data",
+            spec,
+            "no such directory (use 'default', 'fashion-mnist', 'mnist', an ImageFolder tree, a CIFAR-10 directory or a directory of MNIST-format idx files)",
+        )
     if (root / "cifar-10-batches-py").is_dir() or root.name == "cifar-10-batches-py":
         return cifar10_data(root.parent if root.name == "cifar-10-batches-py" else root)
     return image_folder_data(root, input_size=input_size)

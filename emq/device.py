@@ -33,8 +33,12 @@ def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
         raise ParameterError("device", device, f"not a device emq runs on; use {ACCEPTED}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ParameterError("device", device, "no CUDA device is visible here (torch.cuda.is_available() is False); use cpu")
+            raise ParameterError(
+                "device", device, "no CUDA device is visible here (torch.cuda.is_available() is False); use cpu"
+            )
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
-            raise ParameterError("device", device, f"only {count} CUDA device(s) are visible here (cuda:0..cuda:{count - 1})")
+            raise ParameterError(
+                "device", device, f"only {count} CUDA device(s) are visible here (cuda:0..cuda:{count - 1})"
+            )
     return torch.device(dev.type) if dev.type != "cuda" else dev

@@ -42,13 +42,25 @@ class SplitTarget:
     target_rank_z: np.ndarray  # centred, unit-norm average ranks of `target`
 
     @classmethod
-    def build(cls, name: str, configs: np.ndarray, metric_values: np.ndarray, metric: str, bits: Sequence[int], device: str | torch.device = "cpu") -> SplitTarget:
+    def build(
+        cls,
+        name: str,
+        configs: np.ndarray,
+        metric_values: np.ndarray,
+        metric: str,
+        bits: Sequence[int],
+        device: str | torch.device = "cpu",
+    ) -> SplitTarget:
         configs = np.asarray(configs, dtype=np.int64)
         values = np.asarray(metric_values, dtype=np.float64)
         if configs.ndim != 2 or configs.shape[0] != values.shape[0]:
-            raise EmqError(f"bench split {name!r}: {configs.shape[0]} configurations but {values.shape[0]} metric values")
+            raise EmqError(
+                f"bench split {name!r}: {configs.shape[0]} configurations but {values.shape[0]} metric values"
+            )
         if configs.shape[0] < 3:
-            raise EmqError(f"bench split {name!r} has {configs.shape[0]} configurations: at least 3 are needed for a rank correlation")
+            raise EmqError(
+                f"bench split {name!r} has {configs.shape[0]} configurations: at least 3 are needed for a rank correlation"
+            )
         if not np.isfinite(values).all():
             raise EmqError(f"bench split {name!r}: metric {metric!r} holds NaN or inf values")
         lut = {b: i for i, b in enumerate(bits)}
@@ -86,7 +98,9 @@ def correlations(scores: np.ndarray, target: np.ndarray, top_k: Sequence[int] = 
     order = np.argsort(-scores, kind="stable")
     for k in top_k:
         sel = order[: max(3, int(round(len(scores) * k / 100)))]
-        out[f"spearman@{k}"] = float(sps.spearmanr(scores[sel], target[sel]).statistic) if np.ptp(scores[sel]) > 0 else float("nan")
+        out[f"spearman@{k}"] = (
+            float(sps.spearmanr(scores[sel], target[sel]).statistic) if np.ptp(scores[sel]) > 0 else float("nan")
+        )
     return out
 
 
@@ -110,8 +124,15 @@ class FitnessData:
 
     @classmethod
     def from_arrays(
-        cls, bits: Sequence[int], search: tuple[np.ndarray, np.ndarray], heldout: tuple[np.ndarray, np.ndarray] | None, metric: str = "top1",
-        ceiling: float | None = None, source: str = "", device: str | torch.device = "cpu", pools: str = "fit/report",
+        cls,
+        bits: Sequence[int],
+        search: tuple[np.ndarray, np.ndarray],
+        heldout: tuple[np.ndarray, np.ndarray] | None,
+        metric: str = "top1",
+        ceiling: float | None = None,
+        source: str = "",
+        device: str | torch.device = "cpu",
+        pools: str = "fit/report",
     ) -> FitnessData:
         check_metric(metric)
         bits = tuple(int(b) for b in bits)
@@ -126,7 +147,13 @@ class FitnessData:
         )
 
     @classmethod
-    def from_bench(cls, bench: object, metric: str | None = None, bits: Sequence[int] | None = None, device: str | torch.device = "cpu") -> FitnessData:
+    def from_bench(
+        cls,
+        bench: object,
+        metric: str | None = None,
+        bits: Sequence[int] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> FitnessData:
         """Search x fit pool and held-out x report pool of an opened `emq.bench.Bench`;
         `bits` = the statistics' bit order. A bench without per-image outcomes has one
         test pool for both (`pools` says "shared")."""
@@ -136,14 +163,25 @@ class FitnessData:
         for split, pool in (("search", "fit"), ("heldout", "report")):
             configs, metrics = bench.arrays(split, pool=pool if has_pools else "all")  # type: ignore[attr-defined]
             if metric not in metrics:
-                raise EmqError(f"bench {getattr(bench, 'path', '')}: no {metric!r} values; choose one of {', '.join(metrics)}")
+                raise EmqError(
+                    f"bench {getattr(bench, 'path', '')}: no {metric!r} values; choose one of {', '.join(metrics)}"
+                )
             keep = np.isfinite(metrics[metric])  # records without this metric are left out
             splits[split] = (configs[keep], metrics[metric][keep])
         if len(splits["heldout"][0]) < 3:
             splits["heldout"] = None  # nothing to report on; a campaign never needs it
         ceiling = (getattr(bench, "ceiling", None) or {}).get(metric)
         source = str(getattr(bench, "path", ""))
-        return cls.from_arrays(bits or bench.bits, splits["search"], splits["heldout"], metric, ceiling, source, device, "fit/report" if has_pools else "shared")  # type: ignore[attr-defined]
+        return cls.from_arrays(
+            bits or bench.bits,
+            splits["search"],
+            splits["heldout"],
+            metric,
+            ceiling,
+            source,
+            device,
+            "fit/report" if has_pools else "shared",
+        )  # type: ignore[attr-defined]
 
     def for_campaign(self) -> FitnessData:
         """The same data without the held-out split: what a campaign is allowed to see."""
@@ -161,4 +199,8 @@ class FitnessData:
 
     def report(self, table: torch.Tensor, orientation: int) -> dict[str, dict[str, float]]:
         """All correlations of a table on each split there is (orientation applied)."""
-        return {s.name: correlations(orientation * s.scores(table), s.target) for s in (self.search, self.heldout) if s is not None}
+        return {
+            s.name: correlations(orientation * s.scores(table), s.target)
+            for s in (self.search, self.heldout)
+            if s is not None
+        }

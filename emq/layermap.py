@@ -80,7 +80,9 @@ class LayerMap:
         """Check a configuration's length and range; returns it as a tuple of ints."""
         bits = tuple(int(b) for b in bits)
         if len(bits) != self.num_slots:
-            raise EmqError(f"{what}: {len(bits)} bit-widths given, but {self.model} has {self.num_slots} slots (see `emq layers --model {self.model}`)")
+            raise EmqError(
+                f"{what}: {len(bits)} bit-widths given, but {self.model} has {self.num_slots} slots (see `emq layers --model {self.model}`)"
+            )
         return tuple(check_weight_bits(b, "bits") for b in bits)
 
     def size_bytes(self, bits: Sequence[int] | np.ndarray) -> np.ndarray | float:
@@ -120,9 +122,23 @@ def _trace_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
         per_sample = out[0].numel()
         if isinstance(mod, nn.Conv2d):
             k = mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
-            seen[name] = Layer(name, "conv", mod.weight.numel(), 0 if mod.bias is None else mod.bias.numel(), per_sample * k, mod.out_channels)
+            seen[name] = Layer(
+                name,
+                "conv",
+                mod.weight.numel(),
+                0 if mod.bias is None else mod.bias.numel(),
+                per_sample * k,
+                mod.out_channels,
+            )
         else:
-            seen[name] = Layer(name, "linear", mod.weight.numel(), 0 if mod.bias is None else mod.bias.numel(), per_sample * mod.in_features, mod.out_features)
+            seen[name] = Layer(
+                name,
+                "linear",
+                mod.weight.numel(),
+                0 if mod.bias is None else mod.bias.numel(),
+                per_sample * mod.in_features,
+                mod.out_features,
+            )
 
     for m in names:
         hooks.append(m.register_forward_hook(hook))
@@ -167,7 +183,13 @@ def build_layer_map(
         else:
             groups.append([layer])
     slots = [
-        Slot(g[0].name, tuple(x.name for x in g), sum(x.params for x in g), sum(x.bias for x in g), sum(x.macs for x in g))
+        Slot(
+            g[0].name,
+            tuple(x.name for x in g),
+            sum(x.params for x in g),
+            sum(x.bias for x in g),
+            sum(x.macs for x in g),
+        )
         for g in groups
     ]
     layer_slot = [i for i, g in enumerate(groups) for _ in g]

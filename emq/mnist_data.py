@@ -49,7 +49,9 @@ class MnistFormat:
 
 
 FORMATS = {
-    "fashion-mnist": MnistFormat("fashion-mnist", "FashionMNIST", "/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist", 0.2860, 0.3530),
+    "fashion-mnist": MnistFormat(
+        "fashion-mnist", "FashionMNIST", "/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist", 0.2860, 0.3530
+    ),
     "mnist": MnistFormat("mnist", "MNIST", None, None, 0.1307, 0.3081),
 }
 
@@ -61,7 +63,11 @@ def read_idx(path: Path) -> np.ndarray:
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise ParameterError("data", path, f"cannot read this idx file ({e})") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES or raw[3] == 0:
-        raise ParameterError("data", path, "not an idx file (bad magic number); expected MNIST-format files such as train-images-idx3-ubyte")
+        raise ParameterError(
+            "data",
+            path,
+            "not an idx file (bad magic number); expected MNIST-format files such as train-images-idx3-ubyte",
+        )
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -70,7 +76,11 @@ def read_idx(path: Path) -> np.ndarray:
     dtype = np.dtype(IDX_TYPES[raw[2]])
     want = int(np.prod(dims)) * dtype.itemsize
     if len(raw) - header != want:
-        raise ParameterError("data", path, f"holds {len(raw) - header} data bytes but its header {dims} needs {want}; the file is truncated or corrupt")
+        raise ParameterError(
+            "data",
+            path,
+            f"holds {len(raw) - header} data bytes but its header {dims} needs {want}; the file is truncated or corrupt",
+        )
     return np.frombuffer(raw, dtype, offset=header).reshape(dims)
 
 
@@ -112,10 +122,18 @@ def find(fmt_name: str) -> dict[str, Path]:
         found = idx_files(d, fmt)
         if found:
             return found
-    get = f"install Debian's package (`apt-get install {fmt.debian_package}`, files in {fmt.debian_dir}), or " if fmt.debian_package else ""
-    raise ParameterError("data", fmt_name, f"not found in {', '.join(map(str, dirs))}; {get}pass --data DIR where DIR holds "
-                                           f"{FILES['train_images']}[.gz] and the other three idx files (torchvision's {fmt.torchvision_dir}/raw layout works), "
-                                           "or set EMQ_DATA_DIR; nothing is downloaded")
+    get = (
+        f"install Debian's package (`apt-get install {fmt.debian_package}`, files in {fmt.debian_dir}), or "
+        if fmt.debian_package
+        else ""
+    )
+    raise ParameterError(
+        "data",
+        fmt_name,
+        f"not found in {', '.join(map(str, dirs))}; {get}pass --data DIR where DIR holds "
+        f"{FILES['train_images']}[.gz] and the other three idx files (torchvision's {fmt.torchvision_dir}/raw layout works), "
+        "or set EMQ_DATA_DIR; nothing is downloaded",
+    )
 
 
 def _images(arr: np.ndarray, path: Path, fmt: MnistFormat) -> torch.Tensor:
@@ -140,7 +158,11 @@ def mnist_data(files: dict[str, Path], fmt_name: str = "fashion-mnist", with_tra
     vx = _images(read_idx(files["test_images"]), files["test_images"], fmt)
     vy = _labels(read_idx(files["test_labels"]), files["test_labels"], vx.shape[0])
     if tx.shape[2:] != vx.shape[2:]:
-        raise ParameterError("data", files["test_images"], f"test images are {tuple(vx.shape[2:])} px but training images are {tuple(tx.shape[2:])}")
+        raise ParameterError(
+            "data",
+            files["test_images"],
+            f"test images are {tuple(vx.shape[2:])} px but training images are {tuple(tx.shape[2:])}",
+        )
     num_classes = int(max(ty.max(), vy.max())) + 1
     if num_classes < 2:
         raise ParameterError("data", files["train_labels"], "has a single class; a classifier needs at least 2")
@@ -163,7 +185,11 @@ def mnist_data(files: dict[str, Path], fmt_name: str = "fashion-mnist", with_tra
 def is_mnist_spec(spec: str) -> bool:
     """Whether `--data spec` names MNIST-format data: a known name, NAME:DIR, or a directory of idx files."""
     name, sep, _ = spec.partition(":")
-    return spec in FORMATS or (bool(sep) and name in FORMATS) or (Path(spec).is_dir() and idx_files(Path(spec)) is not None)
+    return (
+        spec in FORMATS
+        or (bool(sep) and name in FORMATS)
+        or (Path(spec).is_dir() and idx_files(Path(spec)) is not None)
+    )
 
 
 def load_mnist(spec: str, with_train: bool = False) -> DataSplits:
@@ -179,5 +205,9 @@ def load_mnist(spec: str, with_train: bool = False) -> DataSplits:
         fmt = "fashion-mnist" if "fashion" in str(root.resolve()).lower() else "mnist"
     files = idx_files(root, FORMATS[fmt]) or idx_files(root)
     if files is None:
-        raise ParameterError("data", spec, f"no MNIST-format idx files ({FILES['train_images']}[.gz] and three more) in {root} or its {FORMATS[fmt].torchvision_dir}/raw")
+        raise ParameterError(
+            "data",
+            spec,
+            f"no MNIST-format idx files ({FILES['train_images']}[.gz] and three more) in {root} or its {FORMATS[fmt].torchvision_dir}/raw",
+        )
     return mnist_data(files, fmt, with_train)

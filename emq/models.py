@@ -45,7 +45,9 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-20 layout for small images (3 stages x 3 blocks), configurable width."""
 
-    def __init__(self, width: int = DEFAULT_WIDTH, in_channels: int = 1, num_classes: int = 10, blocks: int = 3) -> None:
+    def __init__(
+        self, width: int = DEFAULT_WIDTH, in_channels: int = 1, num_classes: int = 10, blocks: int = 3
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -79,8 +81,11 @@ class InvertedResidual(nn.Module):
         if expand != 1:
             layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
         layers += [
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
-            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
         ]
         self.conv = nn.Sequential(*layers)
         self.use_res = stride == 1 and cin == cout
@@ -101,7 +106,9 @@ class TinyMobileNetV2(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, stem: int = 8, last: int = 64) -> None:
         super().__init__()
-        feats: list[nn.Module] = [nn.Sequential(nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6())]
+        feats: list[nn.Module] = [
+            nn.Sequential(nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6())
+        ]
         cin = stem
         for expand, cout, blocks, stride in self.STAGES:
             for j in range(blocks):
@@ -150,11 +157,26 @@ class EmbeddedModel:
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
-    "default": EmbeddedModel(lambda: CifarResNet(), DEFAULT_WEIGHTS, "default", 24, "ResNet-20, width 8, on the default digits task"),
-    "mobilenetv2-digits": EmbeddedModel(lambda: TinyMobileNetV2(), "mobilenetv2_digits.pt", "default", 24,
-                                        "MobileNetV2-style (inverted residuals, depthwise convs) on the default digits task"),
-    "vgg-digits": EmbeddedModel(lambda: TinyVGG(), "vgg_digits.pt", "default", 24, "plain VGG-style CNN (6 conv + 2 FC) on the default digits task"),
-    "resnet20-fashion": EmbeddedModel(lambda: CifarResNet(), "resnet20_fashion.pt", "fashion-mnist", 28, "ResNet-20, width 8, on Fashion-MNIST"),
+    "default": EmbeddedModel(
+        lambda: CifarResNet(), DEFAULT_WEIGHTS, "default", 24, "ResNet-20, width 8, on the default digits task"
+    ),
+    "mobilenetv2-digits": EmbeddedModel(
+        lambda: TinyMobileNetV2(),
+        "mobilenetv2_digits.pt",
+        "default",
+        24,
+        "MobileNetV2-style (inverted residuals, depthwise convs) on the default digits task",
+    ),
+    "vgg-digits": EmbeddedModel(
+        lambda: TinyVGG(),
+        "vgg_digits.pt",
+        "default",
+        24,
+        "plain VGG-style CNN (6 conv + 2 FC) on the default digits task",
+    ),
+    "resnet20-fashion": EmbeddedModel(
+        lambda: CifarResNet(), "resnet20_fashion.pt", "fashion-mnist", 28, "ResNet-20, width 8, on Fashion-MNIST"
+    ),
 }
 
 
@@ -165,7 +187,9 @@ def embedded_model(name: str = "default", pretrained: bool = True) -> nn.Module:
     if pretrained:
         path = asset_path(spec.weights)
         if not path.is_file():
-            raise EmqError(f"the weights of embedded model {name!r} are missing; regenerate them with `python scripts/train_model.py --model {name}`")
+            raise EmqError(
+                f"the weights of embedded model {name!r} are missing; regenerate them with `python scripts/train_model.py --model {name}`"
+            )
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
 
@@ -195,8 +219,12 @@ def check_channels(model: nn.Module, label: str, data_channels: int, data_name: 
     (the default model reads 1-channel digits; torchvision models read RGB)."""
     want = input_channels(model)
     if want is not None and want != data_channels:
-        raise ParameterError("data", data_name, f"holds {data_channels}-channel images, but model {label} takes {want}-channel input; "
-                                                "use data the model was made for")
+        raise ParameterError(
+            "data",
+            data_name,
+            f"holds {data_channels}-channel images, but model {label} takes {want}-channel input; "
+            "use data the model was made for",
+        )
 
 
 def _classifier_mismatch(model: nn.Module, state: dict) -> tuple[str, int, int] | None:
@@ -208,7 +236,12 @@ def _classifier_mismatch(model: nn.Module, state: dict) -> tuple[str, int, int] 
         return None
     key = keys[-1]
     theirs = state.get(key)
-    if isinstance(theirs, torch.Tensor) and theirs.dim() == 2 and theirs.shape[1] == own[key].shape[1] and theirs.shape[0] != own[key].shape[0]:
+    if (
+        isinstance(theirs, torch.Tensor)
+        and theirs.dim() == 2
+        and theirs.shape[1] == own[key].shape[1]
+        and theirs.shape[0] != own[key].shape[0]
+    ):
         return key, int(theirs.shape[0]), int(own[key].shape[0])
     return None
 
@@ -216,13 +249,22 @@ def _classifier_mismatch(model: nn.Module, state: dict) -> tuple[str, int, int] 
 def _key_mismatch(own: dict, state: dict) -> str:
     """A short account of missing, unexpected and reshaped keys ('' when they all match);
     torch's own message lists every key, hundreds for a large model."""
+
     def some(keys: list[str]) -> str:
         return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
 
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     reshaped = [k for k in own if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape]
-    parts = [f"{len(ks)} {what} ({some(ks)})" for ks, what in ((missing, "keys missing"), (unexpected, "unexpected keys"), (reshaped, "keys of another shape")) if ks]
+    parts = [
+        f"{len(ks)} {what} ({some(ks)})"
+        for ks, what in (
+            (missing, "keys missing"),
+            (unexpected, "unexpected keys"),
+            (reshaped, "keys of another shape"),
+        )
+        if ks
+    ]
     return "; ".join(parts) + (f" of the model's {len(own)}" if parts else "")
 
 
@@ -243,8 +285,12 @@ def load_weights(model: nn.Module, path: Path) -> None:
     mismatch = _classifier_mismatch(model, state)
     if mismatch is not None:
         key, theirs, ours = mismatch
-        raise ParameterError("num_classes", ours, f"weights file {path} was trained for {theirs} classes ({key} has {theirs} rows); "
-                                                  f"build the model with {theirs} classes to load it")
+        raise ParameterError(
+            "num_classes",
+            ours,
+            f"weights file {path} was trained for {theirs} classes ({key} has {theirs} rows); "
+            f"build the model with {theirs} classes to load it",
+        )
     misfit = _key_mismatch(model.state_dict(), state)
     if misfit:
         raise ParameterError("weights", path, f"does not fit the model: {misfit}")
@@ -256,7 +302,9 @@ def load_weights(model: nn.Module, path: Path) -> None:
 
 def build_model(name: str, num_classes: int | None = None, weights: Path | None = None) -> nn.Module:
     """Build a model by name in eval mode: an embedded model (EMBEDDED_MODELS) or any torchvision classifier."""
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
+    ):
         raise ParameterError("num_classes", num_classes, "a classifier needs an integer of at least 2 classes")
     if name in EMBEDDED_MODELS:
         if num_classes not in (None, 10):
@@ -269,7 +317,11 @@ def build_model(name: str, num_classes: int | None = None, weights: Path | None 
         if name not in names:
             close = [n for n in names if name.lower()[:4] in n][:8]
             hint = f" (did you mean: {', '.join(close)}?)" if close else ""
-            raise ParameterError("model", name, f"unknown model{hint}; use an embedded model ({', '.join(EMBEDDED_MODELS)}) or a torchvision classifier name")
+            raise ParameterError(
+                "model",
+                name,
+                f"unknown model{hint}; use an embedded model ({', '.join(EMBEDDED_MODELS)}) or a torchvision classifier name",
+            )
         kwargs = {"num_classes": num_classes} if num_classes else {}
         if name.startswith("inception") or name.startswith("googlenet"):
             kwargs["aux_logits"] = False

@@ -60,7 +60,9 @@ def compare_allocations(
     lm = allocator.layer_map
     uniform = max((b for b in bench.bits if b <= budget_avg_bits), default=None)
     if uniform is not None:
-        u = allocator.finish("uniform", 1, "uniform", (uniform,) * lm.num_slots, float("nan"), 0.0, problem, evaluate=True)
+        u = allocator.finish(
+            "uniform", 1, "uniform", (uniform,) * lm.num_slots, float("nan"), 0.0, problem, evaluate=True
+        )
         rows.append(_from_allocation(f"uniform {uniform}-bit", u))
     configs, metrics = bench.arrays("all")
     avg = configs @ lm.params / lm.params.sum()
@@ -68,13 +70,18 @@ def compare_allocations(
     extra: dict[str, Any] = {"bench_configs_in_budget": int(inside.sum())}
     if inside.any():
         best = int(np.flatnonzero(inside)[np.argmax(metrics["top1"][inside])])
-        o = allocator.finish("oracle", 1, "bench", tuple(int(b) for b in configs[best]), float("nan"), 0.0, problem, evaluate=True)
+        o = allocator.finish(
+            "oracle", 1, "bench", tuple(int(b) for b in configs[best]), float("nan"), 0.0, problem, evaluate=True
+        )
         rows.append(_from_allocation("best bench config (oracle)", o))
     band = inside & (avg > budget_avg_bits - RANDOM_BAND)
     if band.any():
         extra["median_random_top1"] = float(np.median(metrics["top1"][band]))
         extra["random_configs"] = int(band.sum())
-        extra["random_band_avg_bits"] = [budget_avg_bits - RANDOM_BAND, budget_avg_bits]  # (low, high]: near the budget, as an allocation uses it
+        extra["random_band_avg_bits"] = [
+            budget_avg_bits - RANDOM_BAND,
+            budget_avg_bits,
+        ]  # (low, high]: near the budget, as an allocation uses it
     return rows, extra
 
 
@@ -101,7 +108,13 @@ def demo(
     target = resolve_target("default")
     b = Bench.open(bench)
     seconds: dict[str, float] = {}
-    steps = tqdm(total=3, desc="demo", unit="step", disable=not progress, bar_format="{desc}: step {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
+    steps = tqdm(
+        total=3,
+        desc="demo",
+        unit="step",
+        disable=not progress,
+        bar_format="{desc}: step {n_fmt}/{total_fmt} [{elapsed}] {postfix}",
+    )
 
     t = time.perf_counter()
     steps.set_postfix_str("network statistics (cached after the first run)")
@@ -112,8 +125,17 @@ def demo(
     t = time.perf_counter()
     steps.update()
     steps.set_postfix_str(f"proxy search, {generations} generations")
-    result = search(bench=b, model=target, stats=stats, generations=generations, population=population, seed=seed, out=out_dir / "search", progress=progress,
-                    device=str(device))
+    result = search(
+        bench=b,
+        model=target,
+        stats=stats,
+        generations=generations,
+        population=population,
+        seed=seed,
+        out=out_dir / "search",
+        progress=progress,
+        device=str(device),
+    )
     seconds["search"] = time.perf_counter() - t
     files = export(result.best, to="all", out=out_dir / "proxy")
 
@@ -159,7 +181,12 @@ def _plot(rows: list[MethodResult], extra: dict[str, Any], budget: float, path: 
     ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
     if "median_random_top1" in extra:
         lo, hi = extra["random_band_avg_bits"]
-        ax.axvline(extra["median_random_top1"], color="tab:red", ls="--", label=f"median bench config with avg bits in ({lo:g}, {hi:g}]")
+        ax.axvline(
+            extra["median_random_top1"],
+            color="tab:red",
+            ls="--",
+            label=f"median bench config with avg bits in ({lo:g}, {hi:g}]",
+        )
         ax.legend(loc="lower right", fontsize=7)
     ax.set_xlim(0, 1.1 * max(100.0, max(r.top1 for r in rows)))  # from 0: a cut axis would exaggerate the differences
     ax.set_xlabel("PTQ top-1 (%)")

@@ -57,7 +57,9 @@ class Proxy(ABC):
     orientation: int = 1
     cost: str = ""  # e.g. "statistics only", "one PTQ forward per configuration"
     separable: bool = True
-    faithful: bool = True  # False for a variant of a published method (kept under its own name, never "the best hand-made")
+    faithful: bool = (
+        True  # False for a variant of a published method (kept under its own name, never "the best hand-made")
+    )
     order: int | None = None  # place in the hand-made registry (emq.baselines), unique there
     formula: str = ""  # the proxy's form inside the search space: a key of emq.search_space.pset.HANDMADE
 
@@ -111,4 +113,3 @@ def linear_cost(configs: np.ndarray, slot_weights: np.ndarray) -> np.ndarray:
 def linear_cost_table(slot_weights: np.ndarray, bits: Sequence[int]) -> np.ndarray:
     """P[s, b] = w_s * bits[b]: the separable table whose score is `linear_cost`."""
     return np.asarray(slot_weights, dtype=np.float64)[:, None] * np.asarray(bits, dtype=np.float64)[None, :]
-

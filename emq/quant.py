@@ -62,7 +62,9 @@ class PTQSettings:
     weight_quantizer: str = "mse"  # a name of emq.quantizers.QUANTIZERS (benches built before it existed: "mse")
     calib_half: int | None = None  # draw calibration images from one half of the sources (benches: 0; their retest: 1)
     quantizer_options: tuple[tuple[str, Any], ...] = ()  # the weight quantizer's options that differ from its defaults
-    bias_correction: bool = False  # subtract each layer's mean output shift E[(Q_b(W) - W) x] on calibration data from its bias
+    bias_correction: bool = (
+        False  # subtract each layer's mean output shift E[(Q_b(W) - W) x] on calibration data from its bias
+    )
 
     def __post_init__(self) -> None:
         if self.bn not in BN_MODES:
@@ -73,7 +75,9 @@ class PTQSettings:
         check_quantizer_name(self.weight_quantizer)
         object.__setattr__(self, "quantizer_options", normalize_options(self.weight_quantizer, self.quantizer_options))
         if self.calib_half not in (None, 0, 1):
-            raise ParameterError("calib_half", self.calib_half, "use 0 or 1 (one half of the calibration sources) or None (all of them)")
+            raise ParameterError(
+                "calib_half", self.calib_half, "use 0 or 1 (one half of the calibration sources) or None (all of them)"
+            )
 
     def to_json(self) -> dict:
         return {**asdict(self), "quantizer_options": dict(self.quantizer_options)}
@@ -184,8 +188,16 @@ class _ActQuant:
 class PTQEngine:
     """Evaluates bit configurations of one model on one data set, reusing all it can."""
 
-    def __init__(self, model: nn.Module, layer_map: LayerMap, data: DataSplits, settings: PTQSettings | None = None, progress: bool = False,
-                 cache_dir: str | Path | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layer_map: LayerMap,
+        data: DataSplits,
+        settings: PTQSettings | None = None,
+        progress: bool = False,
+        cache_dir: str | Path | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
         """`progress` shows tqdm bars (stderr) over calibration and test batches: one
         evaluation of a large model on a large test set takes minutes. `cache_dir` is the
         cache root of reconstruction-rounded weights (emq.rounding). `device` is where the
@@ -223,10 +235,30 @@ class PTQEngine:
         names = [layer.name for layer in layer_map.layers]
         options = dict(s.quantizer_options)
         if not (QUANTIZERS[s.weight_quantizer].needs_inputs or s.bias_correction):
-            return RoundedWeights(self.work, self.layers, names, s.weight_quantizer, options, s.weight_symmetric, self.calib[0], s.batch_size, cache_dir)
+            return RoundedWeights(
+                self.work,
+                self.layers,
+                names,
+                s.weight_quantizer,
+                options,
+                s.weight_symmetric,
+                self.calib[0],
+                s.batch_size,
+                cache_dir,
+            )
         fp = copy.deepcopy(self.work)
         mods = dict(fp.named_modules())
-        return RoundedWeights(fp, [mods[n] for n in names], names, s.weight_quantizer, options, s.weight_symmetric, self.calib[0], s.batch_size, cache_dir)
+        return RoundedWeights(
+            fp,
+            [mods[n] for n in names],
+            names,
+            s.weight_quantizer,
+            options,
+            s.weight_symmetric,
+            self.calib[0],
+            s.batch_size,
+            cache_dir,
+        )
 
     def prepare_rounding(self, bits: Sequence[int], progress: bool = False) -> float:
         """Round every layer at every bit-width in `bits` now (reconstruction methods: the
@@ -245,7 +277,9 @@ class PTQEngine:
 
     def _forward_batches(self, x: torch.Tensor) -> torch.Tensor:
         bs = self.settings.batch_size
-        starts = tqdm(range(0, x.shape[0], bs), desc="PTQ calibration", unit="batch", disable=not self.progress, leave=False)
+        starts = tqdm(
+            range(0, x.shape[0], bs), desc="PTQ calibration", unit="batch", disable=not self.progress, leave=False
+        )
         return torch.cat([self.work(x[i : i + bs].to(self.device)) for i in starts])
 
     def _set_weights(self, layer_bits: Sequence[int] | None) -> None:
@@ -264,7 +298,9 @@ class PTQEngine:
         out = []
         for m in self.layers:
             if m.bias is None:
-                m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], dtype=m.weight.dtype, device=m.weight.device), requires_grad=False)
+                m.bias = nn.Parameter(
+                    torch.zeros(m.weight.shape[0], dtype=m.weight.dtype, device=m.weight.device), requires_grad=False
+                )
             out.append(m.bias.detach().clone())
         return out
 
@@ -315,13 +351,21 @@ class PTQEngine:
         if self._fp_logits is None:
             self.prepare(None)
             with torch.no_grad():
-                self._fp_logits = [self.work(x.to(self.device)) for x, _ in self.data.test_batches(self.settings.batch_size)]
+                self._fp_logits = [
+                    self.work(x.to(self.device)) for x, _ in self.data.test_batches(self.settings.batch_size)
+                ]
         return self._fp_logits
 
     def _score(self, ref: list[torch.Tensor] | None) -> dict[str, np.ndarray]:
         """Per test image: correct, CE loss and KL(FP || quantized) (KL 0 without a reference)."""
         correct, loss, kl = [], [], []
-        batches = tqdm(self.data.test_batches(self.settings.batch_size), desc="PTQ test set", unit="batch", disable=not self.progress, leave=False)
+        batches = tqdm(
+            self.data.test_batches(self.settings.batch_size),
+            desc="PTQ test set",
+            unit="batch",
+            disable=not self.progress,
+            leave=False,
+        )
         with torch.no_grad():
             for i, (x, y) in enumerate(batches):
                 x, y = x.to(self.device), y.to(self.device)
@@ -348,7 +392,14 @@ class PTQEngine:
         self._fp_reference()
         self.prepare(None)
         top1, loss, _ = self._means(self._score(None))
-        return QuantResult(top1, loss, 0.0, self.layer_map.fp_size_bytes, self.layer_map.bitops([32] * self.layer_map.num_slots, 32), time.perf_counter() - t0)
+        return QuantResult(
+            top1,
+            loss,
+            0.0,
+            self.layer_map.fp_size_bytes,
+            self.layer_map.bitops([32] * self.layer_map.num_slots, 32),
+            time.perf_counter() - t0,
+        )
 
     def evaluate(self, bits: Sequence[int]) -> QuantResult:
         """PTQ-evaluate one per-slot configuration: top-1 (%), CE loss, KL to full precision."""

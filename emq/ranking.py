@@ -163,7 +163,9 @@ def _score_one(ctx: ProxyContext, task: tuple[Proxy, np.ndarray]) -> float:
     return float(proxy.oriented_scores(ctx, config[None])[0])
 
 
-def _proxy_scores(proxy: Proxy, ctx: ProxyContext, configs: np.ndarray, progress: bool, executor: Executor | None) -> tuple[np.ndarray, float]:
+def _proxy_scores(
+    proxy: Proxy, ctx: ProxyContext, configs: np.ndarray, progress: bool, executor: Executor | None
+) -> tuple[np.ndarray, float]:
     """Oriented scores of `configs` and seconds per configuration. Whole-configuration proxies
     go through `executor` with `ctx` as the shared context (give one without statistics)."""
     t0 = time.perf_counter()
@@ -171,7 +173,9 @@ def _proxy_scores(proxy: Proxy, ctx: ProxyContext, configs: np.ndarray, progress
         scores = proxy.oriented_scores(ctx, configs)
     else:
         jobs = (executor or make_executor("serial")).map(_score_one, [(proxy, c) for c in configs], context=ctx)
-        scores = np.array(list(tqdm(jobs, total=len(configs), desc=proxy.name, unit="cfg", disable=not progress)), dtype=np.float64)
+        scores = np.array(
+            list(tqdm(jobs, total=len(configs), desc=proxy.name, unit="cfg", disable=not progress)), dtype=np.float64
+        )
     if not np.isfinite(scores).all():
         raise EmqError(f"proxy {proxy.name}: produced NaN or infinite scores")
     return np.asarray(scores, dtype=np.float64), (time.perf_counter() - t0) / max(len(configs), 1)
@@ -183,7 +187,10 @@ class _Cells:
     def __init__(self, bench: Any, metric: str, resamples: int) -> None:
         self.bench, self.metric, self.resamples = bench, metric, resamples
         self.has_pools = bench.pools is not None
-        self.values = {pool: oriented(metric, bench.pool_metric(metric, pool if self.has_pools else "all")) for pool in ("fit", "report")}
+        self.values = {
+            pool: oriented(metric, bench.pool_metric(metric, pool if self.has_pools else "all"))
+            for pool in ("fit", "report")
+        }
         self.ok = np.isfinite(self.values["fit"]) & np.isfinite(self.values["report"])
         if self.ok.sum() < 3:
             raise EmqError(f"bench {bench.path}: fewer than 3 configurations have a {metric!r} value")
@@ -205,7 +212,17 @@ class _Cells:
             self._boot[key] = Bootstrap(sums, counts, METRIC_ORIENTATION[self.metric], self.resamples, BOOTSTRAP_SEED)
         return self._boot[key]
 
-    def score(self, name: str, description: str, kind: str, orientation: int, cost: str, rows: np.ndarray, scores: np.ndarray, seconds: float) -> ProxyScore:
+    def score(
+        self,
+        name: str,
+        description: str,
+        kind: str,
+        orientation: int,
+        cost: str,
+        rows: np.ndarray,
+        scores: np.ndarray,
+        seconds: float,
+    ) -> ProxyScore:
         corr: dict[str, float | None] = {}
         n: dict[str, int] = {}
         for split, pool in CELLS:
@@ -222,7 +239,21 @@ class _Cells:
         if len(held) >= 3:
             iv = self.bootstrap(held).interval(scores[self.split["heldout"][rows]])
             interval = {"low": _finite(iv.low), "high": _finite(iv.high)}
-        return ProxyScore(name, description, kind, orientation, cost, n, corr, seconds, interval, None, scores, self.values["report"][rows], rows)
+        return ProxyScore(
+            name,
+            description,
+            kind,
+            orientation,
+            cost,
+            n,
+            corr,
+            seconds,
+            interval,
+            None,
+            scores,
+            self.values["report"][rows],
+            rows,
+        )
 
     def paired(self, p: ProxyScore, base: ProxyScore) -> dict[str, Any] | None:
         """p minus base on the held-out rows both scored, with the paired bootstrap interval."""
@@ -234,7 +265,13 @@ class _Cells:
         a = p.scores[[pos_p[r] for r in held]]
         b = base.scores[[pos_b[r] for r in held]]
         iv = self.bootstrap(held).paired(a, b)
-        return {"baseline": base.name, "estimate": _finite(iv.estimate), "low": _finite(iv.low), "high": _finite(iv.high), "configs": int(len(held))}
+        return {
+            "baseline": base.name,
+            "estimate": _finite(iv.estimate),
+            "low": _finite(iv.low),
+            "high": _finite(iv.high),
+            "configs": int(len(held)),
+        }
 
 
 def score(
@@ -288,15 +325,23 @@ def score(
         stats_seconds = time.perf_counter() - t0
     skipped = {}
     if target.data is None:  # a bundle without its data: whole-configuration proxies quantize the model on it
-        skipped = {p.name: "needs the bench's data (it quantizes the model on it); install the data or pass --data" for p in instances if not p.separable}
+        skipped = {
+            p.name: "needs the bench's data (it quantizes the model on it); install the data or pass --data"
+            for p in instances
+            if not p.separable
+        }
         for name, reason in skipped.items():
             log.warning("not scoring %s: %s", name, reason)
         keep = [i for i, p in enumerate(instances) if p.separable]
         instances, kinds = [instances[i] for i in keep], [kinds[i] for i in keep]
         if not instances:
-            raise EmqError(f"bench {b.path}: its data is not installed, and every proxy asked for ({', '.join(skipped)}) needs it; install the data or pass --data")
+            raise EmqError(
+                f"bench {b.path}: its data is not installed, and every proxy asked for ({', '.join(skipped)}) needs it; install the data or pass --data"
+            )
     ctx = ProxyContext(target, tuple(b.bits), settings, stats, device=device)
-    whole_ctx = ProxyContext(target, tuple(b.bits), settings, device=device)  # without statistics: what executors ship to workers
+    whole_ctx = ProxyContext(
+        target, tuple(b.bits), settings, device=device
+    )  # without statistics: what executors ship to workers
     search, heldout = cells.ok & ~b.heldout, cells.ok & b.heldout
     results = []
     with executor_for(executor, workers) as pool:
@@ -306,25 +351,57 @@ def score(
             else:
                 rows = np.union1d(_sample(search, limit, SAMPLE_SEED), _sample(heldout, limit, SAMPLE_SEED + 1))
             log.info("scoring %s on %d configurations", proxy.name, len(rows))
-            scores, seconds = _proxy_scores(proxy, ctx if proxy.separable else whole_ctx, b.configs[rows], progress, pool)
-            results.append(cells.score(proxy.name, proxy.description, kind, proxy.orientation, proxy.cost, rows, scores, seconds))
+            scores, seconds = _proxy_scores(
+                proxy, ctx if proxy.separable else whole_ctx, b.configs[rows], progress, pool
+            )
+            results.append(
+                cells.score(proxy.name, proxy.description, kind, proxy.orientation, proxy.cost, rows, scores, seconds)
+            )
     if reference:
         rows = np.flatnonzero(cells.ok)
         fit_rows = np.flatnonzero(search)
         t0 = time.perf_counter()
         ridge = OneHotRidge(b.bits).fit(b.configs[fit_rows], cells.values["fit"][fit_rows])
         pred = ridge.predict(b.configs[rows])
-        results.append(cells.score(RIDGE_NAME, f"{RIDGE_DESCRIPTION}; alpha {ridge.alpha_:g}", "supervised", 1, "fit on the bench", rows, pred, (time.perf_counter() - t0) / len(rows)))
+        results.append(
+            cells.score(
+                RIDGE_NAME,
+                f"{RIDGE_DESCRIPTION}; alpha {ridge.alpha_:g}",
+                "supervised",
+                1,
+                "fit on the bench",
+                rows,
+                pred,
+                (time.perf_counter() - t0) / len(rows),
+            )
+        )
     faithful = {p.name for p in instances if p.faithful}
-    handmade = [p for p in results if p.kind in ("separable", "whole-config") and p.name in faithful and p.correlations["spearman_search_fit"] is not None]
+    handmade = [
+        p
+        for p in results
+        if p.kind in ("separable", "whole-config")
+        and p.name in faithful
+        and p.correlations["spearman_search_fit"] is not None
+    ]
     best = max(handmade, key=lambda p: p.correlations["spearman_search_fit"], default=None)
     if best is not None:
         for p in results:
             if p is not best:
                 p.paired = cells.paired(p, best)
     rel = b.reliability.get(metric) if b.pools is not None else None
-    return ScoreReport(str(b.path), target.name, metric, b.ceiling.get(metric), rel, b.pools.summary() if b.pools is not None else None,
-                       best.name if best else None, resamples, stats_seconds, results, skipped)
+    return ScoreReport(
+        str(b.path),
+        target.name,
+        metric,
+        b.ceiling.get(metric),
+        rel,
+        b.pools.summary() if b.pools is not None else None,
+        best.name if best else None,
+        resamples,
+        stats_seconds,
+        results,
+        skipped,
+    )
 
 
 def paired_difference(report: ScoreReport, a: ProxyScore, b: ProxyScore) -> dict[str, Any] | None:
@@ -355,7 +432,13 @@ def _with_interval(v: float | None, low: float | None, high: float | None, signe
     if v is None:
         return "n/a"
     text = f"{v:+.3f}" if signed else f"{v:.3f}"
-    return text if low is None or high is None else f"{text} [{low:+.3f}, {high:+.3f}]" if signed else f"{text} [{low:.3f}, {high:.3f}]"
+    return (
+        text
+        if low is None or high is None
+        else f"{text} [{low:+.3f}, {high:+.3f}]"
+        if signed
+        else f"{text} [{low:.3f}, {high:.3f}]"
+    )
 
 
 def table_rows(report: ScoreReport) -> tuple[list[str], list[list[Any]]]:
@@ -368,8 +451,13 @@ def table_rows(report: ScoreReport) -> tuple[list[str], list[list[Any]]]:
                 iv = p.interval or {}
                 row.append(_with_interval(p.correlations.get("spearman_heldout_report"), iv.get("low"), iv.get("high")))
             elif key == "paired":
-                row.append("(best hand-made)" if p.name == report.best_handmade and p.paired is None else
-                           _with_interval(p.paired["estimate"], p.paired["low"], p.paired["high"], signed=True) if p.paired else "n/a")
+                row.append(
+                    "(best hand-made)"
+                    if p.name == report.best_handmade and p.paired is None
+                    else _with_interval(p.paired["estimate"], p.paired["low"], p.paired["high"], signed=True)
+                    if p.paired
+                    else "n/a"
+                )
             elif key == "seconds_per_config":
                 row.append(f"{p.seconds_per_config:.2g}")
             else:
@@ -382,17 +470,44 @@ def table_rows(report: ScoreReport) -> tuple[list[str], list[list[Any]]]:
 def _csv_text(report: ScoreReport) -> str:
     buf = io.StringIO()
     cells = [f"{s}_{p}" for s, p in CELLS]
-    keys = ["name", "kind", "orientation", *[f"n_{c}" for c in cells], *[f"spearman_{c}" for c in cells], "ci_low", "ci_high",
-            *[f"{m}_{REPORT_CELL}" for m in MEASURES], "paired_baseline", "paired_estimate", "paired_low", "paired_high", "seconds_per_config", "description"]
+    keys = [
+        "name",
+        "kind",
+        "orientation",
+        *[f"n_{c}" for c in cells],
+        *[f"spearman_{c}" for c in cells],
+        "ci_low",
+        "ci_high",
+        *[f"{m}_{REPORT_CELL}" for m in MEASURES],
+        "paired_baseline",
+        "paired_estimate",
+        "paired_low",
+        "paired_high",
+        "seconds_per_config",
+        "description",
+    ]
     w = csv.writer(buf, lineterminator="\n")
     w.writerow([k.replace("@", "_top") for k in keys])
     for p in report.proxies:
-        flat: dict[str, Any] = {"name": p.name, "kind": p.kind, "orientation": p.orientation, "seconds_per_config": p.seconds_per_config, "description": p.description}
+        flat: dict[str, Any] = {
+            "name": p.name,
+            "kind": p.kind,
+            "orientation": p.orientation,
+            "seconds_per_config": p.seconds_per_config,
+            "description": p.description,
+        }
         flat.update({f"n_{c}": v for c, v in p.n.items()})
         flat.update(p.correlations)
         flat.update({"ci_low": (p.interval or {}).get("low"), "ci_high": (p.interval or {}).get("high")})
         if p.paired:
-            flat.update({"paired_baseline": p.paired["baseline"], "paired_estimate": p.paired["estimate"], "paired_low": p.paired["low"], "paired_high": p.paired["high"]})
+            flat.update(
+                {
+                    "paired_baseline": p.paired["baseline"],
+                    "paired_estimate": p.paired["estimate"],
+                    "paired_low": p.paired["low"],
+                    "paired_high": p.paired["high"],
+                }
+            )
         w.writerow(["" if flat.get(k) is None else flat[k] for k in keys])
     return buf.getvalue()
 
@@ -406,7 +521,9 @@ def _scatter(p: ProxyScore, metric: str, path: str) -> None:
     ax.scatter(p.orientation * p.scores, oriented(metric, p.metric_values), s=6, alpha=0.6)
     ax.set_xlabel(f"{p.name} score" + (" (lower predicts better)" if p.orientation < 0 else ""))
     ax.set_ylabel(f"{metric} on the report pool")
-    ax.set_title(f"{p.name}: held-out×report ρ = {'n/a' if rho is None else f'{rho:.3f}'} (all {len(p.scores)} scored configurations shown)")
+    ax.set_title(
+        f"{p.name}: held-out×report ρ = {'n/a' if rho is None else f'{rho:.3f}'} (all {len(p.scores)} scored configurations shown)"
+    )
     fig.tight_layout()
     fig.savefig(path, format="png")
 

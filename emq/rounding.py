@@ -41,12 +41,17 @@ def rounding_cache_dir(cache_dir: str | Path | None = None) -> Path:
     return cache_root(cache_dir) / "rounding"
 
 
-def collect_inputs(model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+def collect_inputs(
+    model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor, batch_size: int
+) -> list[torch.Tensor]:
     """Each layer's full-precision inputs on `x`, in one pass of the model as it is (on the
     layers' device, where `x` is moved batch by batch)."""
     device = layers[0].weight.device if layers else x.device
     store: list[list[torch.Tensor]] = [[] for _ in layers]
-    hooks = [m.register_forward_pre_hook(lambda mod, inp, i=i: store[i].append(inp[0].detach().clone())) for i, m in enumerate(layers)]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, inp, i=i: store[i].append(inp[0].detach().clone()))
+        for i, m in enumerate(layers)
+    ]
     try:
         with torch.no_grad():
             for i in range(0, x.shape[0], batch_size):
@@ -99,15 +104,27 @@ class RoundedWeights:
 
     def describe(self) -> dict[str, Any]:
         """The method, its full options and description: what a bench records."""
-        return {"method": self.method, "options": dict(self.quantizer.params), "description": self.quantizer.description,
-                "reconstruction": self.quantizer.needs_inputs, "calib_images": None if self.calib is None else int(self.calib.shape[0])}
+        return {
+            "method": self.method,
+            "options": dict(self.quantizer.params),
+            "description": self.quantizer.description,
+            "reconstruction": self.quantizer.needs_inputs,
+            "calib_images": None if self.calib is None else int(self.calib.shape[0]),
+        }
 
     def _key(self, layer: int, bits: int) -> str:
         if self._base_key is None:
-            self._base_key = json.dumps({
-                "format": FORMAT, "method": self.method, "options": self.quantizer.params, "symmetric": self.symmetric,
-                "model": state_dict_digest(self.model), "calib": tensor_digest([self.calib]),
-            }, sort_keys=True)
+            self._base_key = json.dumps(
+                {
+                    "format": FORMAT,
+                    "method": self.method,
+                    "options": self.quantizer.params,
+                    "symmetric": self.symmetric,
+                    "model": state_dict_digest(self.model),
+                    "calib": tensor_digest([self.calib]),
+                },
+                sort_keys=True,
+            )
         part = f"{self._base_key}|{self.names[layer]}|{bits}"
         return hashlib.sha256(part.encode()).hexdigest()[:32]
 
@@ -121,8 +138,13 @@ class RoundedWeights:
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
             q = blob["weight"]
-            ok = (blob.get("key") == path.stem and isinstance(q, torch.Tensor) and q.shape == self.fp[layer].shape
-                  and q.dtype == self.fp[layer].dtype and blob.get("digest") == tensor_digest([q]))
+            ok = (
+                blob.get("key") == path.stem
+                and isinstance(q, torch.Tensor)
+                and q.shape == self.fp[layer].shape
+                and q.dtype == self.fp[layer].dtype
+                and blob.get("digest") == tensor_digest([q])
+            )
         except Exception as e:  # torch raises several types for damaged files
             ok, q = False, None
             log.debug("rounding cache %s unreadable: %s", path, e)
@@ -133,7 +155,14 @@ class RoundedWeights:
 
     def _save(self, layer: int, bits: int, q: torch.Tensor) -> None:
         path = self._path(layer, bits)
-        blob = {"weight": q.detach().cpu(), "digest": tensor_digest([q]), "key": path.stem, "layer": self.names[layer], "bits": bits, "method": self.method}
+        blob = {
+            "weight": q.detach().cpu(),
+            "digest": tensor_digest([q]),
+            "key": path.stem,
+            "layer": self.names[layer],
+            "bits": bits,
+            "method": self.method,
+        }
         try:
             atomic_write(path, lambda tmp: torch.save(blob, tmp))
         except EmqError as e:
@@ -146,9 +175,15 @@ class RoundedWeights:
         shift = self._shifts.get(key)
         if shift is None:
             if self._means is None:
-                inputs = self._inputs if self._inputs is not None else collect_inputs(self.model, self.layers, self.calib, self.batch_size)
+                inputs = (
+                    self._inputs
+                    if self._inputs is not None
+                    else collect_inputs(self.model, self.layers, self.calib, self.batch_size)
+                )
                 self._means = [x.mean(0, keepdim=True) for x in inputs]
-            out = LayerInputs(self.layers[layer], self._means[layer]).output(rounded - self.fp[layer])  # linear: the mean input's output
+            out = LayerInputs(self.layers[layer], self._means[layer]).output(
+                rounded - self.fp[layer]
+            )  # linear: the mean input's output
             shift = out.mean(dim=tuple(d for d in range(out.dim()) if d != 1))
             self._shifts[key] = shift
         return shift
@@ -189,7 +224,13 @@ class RoundedWeights:
         """Compute every layer at every bit-width now (a bench's one-off preparation); seconds spent."""
         t0 = time.perf_counter()
         todo = [(i, b) for b in bits for i in range(len(self.layers))]
-        for i, b in tqdm(todo, desc=f"{self.method} rounding", unit="layer", disable=not progress or not self.quantizer.needs_inputs, leave=False):
+        for i, b in tqdm(
+            todo,
+            desc=f"{self.method} rounding",
+            unit="layer",
+            disable=not progress or not self.quantizer.needs_inputs,
+            leave=False,
+        ):
             self.get(i, b)
         self._inputs = None  # the calibration activations are no longer needed
         return time.perf_counter() - t0

@@ -73,7 +73,9 @@ def check_act_bits(value: Any, param: str = "act_bits") -> int:
     """Activation bits: ACT_BITS_MIN..ACT_BITS_MAX, where 32 leaves activations unquantized."""
     b = _as_int(value, param)
     if not ACT_BITS_MIN <= b <= ACT_BITS_MAX:
-        raise ParameterError(param, value, f"use {ACT_BITS_MIN}..{ACT_BITS_MAX} ({UNQUANTIZED_ACT_BITS} = unquantized activations)")
+        raise ParameterError(
+            param, value, f"use {ACT_BITS_MIN}..{ACT_BITS_MAX} ({UNQUANTIZED_ACT_BITS} = unquantized activations)"
+        )
     return b
 
 
@@ -137,6 +139,10 @@ def resolve_slot(slots: Sequence[Any], key: str | int, param: str, model: str = 
     if isinstance(key, (int, np.integer)) or (isinstance(key, str) and key.lstrip("-").isdigit()):
         i = int(key)
         if not 0 <= i < len(slots):
-            raise ParameterError(param, key, f"slot {i} is out of range 0..{len(slots) - 1} (see `emq layers --model {model}`)")
+            raise ParameterError(
+                param, key, f"slot {i} is out of range 0..{len(slots) - 1} (see `emq layers --model {model}`)"
+            )
         return i
-    raise ParameterError(param, key, f"neither a slot index nor a module of {model}; slots are {', '.join(s.name for s in slots)}")
+    raise ParameterError(
+        param, key, f"neither a slot index nor a module of {model}; slots are {', '.join(s.name for s in slots)}"
+    )

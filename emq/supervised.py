@@ -35,7 +35,9 @@ class OneHotRidge:
     def fit(self, configs: np.ndarray, target: np.ndarray) -> OneHotRidge:
         target = np.asarray(target, dtype=np.float64)
         if configs.shape[0] < 3 or not np.isfinite(target).all():
-            raise EmqError(f"ridge reference: needs at least 3 configurations with finite targets, got {configs.shape[0]}")
+            raise EmqError(
+                f"ridge reference: needs at least 3 configurations with finite targets, got {configs.shape[0]}"
+            )
         self.model_ = RidgeCV(alphas=self.alphas).fit(self.features(configs), target)
         self.alpha_ = float(self.model_.alpha_)
         return self

@@ -23,7 +23,9 @@ class Target:
 
     def require_data(self) -> DataSplits:
         if self.data is None:
-            raise EmqError(f"model {self.name} has no data: pass --data (an ImageFolder or CIFAR-10 directory); nothing is downloaded")
+            raise EmqError(
+                f"model {self.name} has no data: pass --data (an ImageFolder or CIFAR-10 directory); nothing is downloaded"
+            )
         return self.data
 
 
@@ -55,12 +57,20 @@ def resolve_target(
     if isinstance(model, nn.Module):
         net, label = model, name or type(model).__name__  # the caller's module, mode untouched: engines work on copies
     else:
-        classes = num_classes if num_classes is not None else (splits.num_classes if splits is not None and embedded is None else None)
+        classes = (
+            num_classes
+            if num_classes is not None
+            else (splits.num_classes if splits is not None and embedded is None else None)
+        )
         net, label = build_model(model, num_classes=classes, weights=weights), model
-    size = input_size or (splits.input_size if splits is not None else (embedded.input_size if embedded is not None else 224))
+    size = input_size or (
+        splits.input_size if splits is not None else (embedded.input_size if embedded is not None else 224)
+    )
     in_ch = splits.in_channels if splits is not None else None
     if splits is not None:
         check_channels(net, label, splits.in_channels, splits.name)  # before tracing, which would fail on the shapes
     if need_data and splits is None:
-        raise EmqError(f"model {label} has no data: pass --data (an ImageFolder or CIFAR-10 directory); nothing is downloaded")
+        raise EmqError(
+            f"model {label} has no data: pass --data (an ImageFolder or CIFAR-10 directory); nothing is downloaded"
+        )
     return Target(label, net, build_layer_map(net, size, label, in_channels=in_ch), splits)

@@ -66,7 +66,9 @@ def bench_groups(benches: Sequence[str]) -> dict[str, list[str]]:
     return groups
 
 
-def plan(benches: Sequence[str], seeds: Sequence[int], protocols: Sequence[str] = ("leave-one-out", "single")) -> list[Campaign]:
+def plan(
+    benches: Sequence[str], seeds: Sequence[int], protocols: Sequence[str] = ("leave-one-out", "single")
+) -> list[Campaign]:
     """The campaigns of a transfer study, in a fixed order."""
     if len(set(benches)) != len(benches):
         raise ParameterError("benches", ",".join(benches), "a bench is named twice")
@@ -75,7 +77,9 @@ def plan(benches: Sequence[str], seeds: Sequence[int], protocols: Sequence[str] 
     for seed in seeds:
         if "leave-one-out" in protocols:
             if len(groups) < 2:
-                raise ParameterError("benches", ",".join(benches), "leave-one-out needs benches of at least two networks")
+                raise ParameterError(
+                    "benches", ",".join(benches), "leave-one-out needs benches of at least two networks"
+                )
             for held in groups:
                 train = tuple(b for g in groups if g is not held for b in g)
                 out.append(Campaign("leave-one-out", train, tuple(held), seed))
@@ -93,7 +97,12 @@ class TransferResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"settings": self.settings, "cells": self.cells, "references": self.references, "summary": self.summary()}
+        return {
+            "settings": self.settings,
+            "cells": self.cells,
+            "references": self.references,
+            "summary": self.summary(),
+        }
 
     def summary(self) -> list[dict[str, Any]]:
         """Per (protocol, train, test): mean and spread over seeds of the evolved rho, the
@@ -105,25 +114,50 @@ class TransferResult:
         for (protocol, train, test), cs in rows.items():
             rho = np.array([c["rho"] for c in cs], dtype=float)
             diff = np.array([c["paired"]["estimate"] if c.get("paired") else np.nan for c in cs], dtype=float)
-            out.append({
-                "protocol": protocol, "train": train, "test": test, "seeds": len(cs),
-                "rho_mean": float(np.nanmean(rho)), "rho_sd": float(np.nanstd(rho)),
-                "intervals": [[c["low"], c["high"]] for c in cs],
-                "best_handmade": cs[0].get("best_handmade"), "best_handmade_rho": cs[0].get("best_handmade_rho"),
-                "best_handmade_interval": cs[0].get("best_handmade_interval"),
-                "paired_mean": float(np.nanmean(diff)) if np.isfinite(diff).any() else None,
-                "paired_intervals": [[c["paired"]["low"], c["paired"]["high"]] if c.get("paired") else None for c in cs],
-                "seeds_better": int(sum(1 for c in cs if c.get("paired") and c["paired"]["low"] > 0)),
-                "seeds_worse": int(sum(1 for c in cs if c.get("paired") and c["paired"]["high"] < 0)),
-                "formulas": [c["formula"] for c in cs],
-            })
+            out.append(
+                {
+                    "protocol": protocol,
+                    "train": train,
+                    "test": test,
+                    "seeds": len(cs),
+                    "rho_mean": float(np.nanmean(rho)),
+                    "rho_sd": float(np.nanstd(rho)),
+                    "intervals": [[c["low"], c["high"]] for c in cs],
+                    "best_handmade": cs[0].get("best_handmade"),
+                    "best_handmade_rho": cs[0].get("best_handmade_rho"),
+                    "best_handmade_interval": cs[0].get("best_handmade_interval"),
+                    "paired_mean": float(np.nanmean(diff)) if np.isfinite(diff).any() else None,
+                    "paired_intervals": [
+                        [c["paired"]["low"], c["paired"]["high"]] if c.get("paired") else None for c in cs
+                    ],
+                    "seeds_better": int(sum(1 for c in cs if c.get("paired") and c["paired"]["low"] > 0)),
+                    "seeds_worse": int(sum(1 for c in cs if c.get("paired") and c["paired"]["high"] < 0)),
+                    "formulas": [c["formula"] for c in cs],
+                }
+            )
         return out
 
     def to_csv(self) -> str:
-        head = ["protocol", "train", "test", "seeds", "rho_mean", "rho_sd", "best_handmade", "best_handmade_rho", "paired_mean", "seeds_better", "seeds_worse"]
+        head = [
+            "protocol",
+            "train",
+            "test",
+            "seeds",
+            "rho_mean",
+            "rho_sd",
+            "best_handmade",
+            "best_handmade_rho",
+            "paired_mean",
+            "seeds_better",
+            "seeds_worse",
+        ]
         lines = [",".join(head)]
         for r in self.summary():
-            lines.append(",".join("" if r[h] is None else (f"{r[h]:.4f}" if isinstance(r[h], float) else str(r[h])) for h in head))
+            lines.append(
+                ",".join(
+                    "" if r[h] is None else (f"{r[h]:.4f}" if isinstance(r[h], float) else str(r[h])) for h in head
+                )
+            )
         return "\n".join(lines) + "\n"
 
     def to_markdown(self) -> str:
@@ -137,18 +171,50 @@ class TransferResult:
             seeds = "; ".join(f"{c[0]:.3f}–{c[1]:.3f}" for c in r["intervals"])
             paired = "; ".join(iv(p) for p in r["paired_intervals"])
             hm = r["best_handmade_rho"]
-            rows.append([r["protocol"], r["train"], r["test"], f"{r['rho_mean']:.3f} ± {r['rho_sd']:.3f}", seeds,
-                         f"{r['best_handmade']} {hm:.3f} {iv(r['best_handmade_interval'])}" if hm is not None else "n/a",
-                         paired, f"{r['seeds_better']} / {r['seeds_worse']} of {r['seeds']}"])
-        lines = [markdown_table(["protocol", "searched on", "reported on", "evolved ρ (mean ± sd over seeds)", "95 % intervals per seed",
-                                 "best hand-made (chosen on search×fit) [95 %]", "Δρ vs it per seed [95 %]", "seeds better / worse"], rows)]
+            rows.append(
+                [
+                    r["protocol"],
+                    r["train"],
+                    r["test"],
+                    f"{r['rho_mean']:.3f} ± {r['rho_sd']:.3f}",
+                    seeds,
+                    f"{r['best_handmade']} {hm:.3f} {iv(r['best_handmade_interval'])}" if hm is not None else "n/a",
+                    paired,
+                    f"{r['seeds_better']} / {r['seeds_worse']} of {r['seeds']}",
+                ]
+            )
+        lines = [
+            markdown_table(
+                [
+                    "protocol",
+                    "searched on",
+                    "reported on",
+                    "evolved ρ (mean ± sd over seeds)",
+                    "95 % intervals per seed",
+                    "best hand-made (chosen on search×fit) [95 %]",
+                    "Δρ vs it per seed [95 %]",
+                    "seeds better / worse",
+                ],
+                rows,
+            )
+        ]
         lines += ["", "references on each bench (held-out configurations x report pool):"]
         ref_rows = []
         for bench, ref in self.references.items():
             for row in ref["rows"]:
-                ref_rows.append([bench, row["name"], row["kind"], f"{row['rho']:.3f} {iv([row['low'], row['high']])}", row["n"],
-                                 f"{row['seconds_per_config']:.2g}" if row["seconds_per_config"] is not None else "n/a"])
-            ref_rows.append([bench, "ceiling", "", f"{ref['ceiling']:.3f}" if ref.get("ceiling") is not None else "n/a", "", ""])
+                ref_rows.append(
+                    [
+                        bench,
+                        row["name"],
+                        row["kind"],
+                        f"{row['rho']:.3f} {iv([row['low'], row['high']])}",
+                        row["n"],
+                        f"{row['seconds_per_config']:.2g}" if row["seconds_per_config"] is not None else "n/a",
+                    ]
+                )
+            ref_rows.append(
+                [bench, "ceiling", "", f"{ref['ceiling']:.3f}" if ref.get("ceiling") is not None else "n/a", "", ""]
+            )
         lines.append(markdown_table(["bench", "proxy", "kind", "ρ [95 %]", "configurations", "s / config"], ref_rows))
         return "\n".join(lines)
 
@@ -194,10 +260,22 @@ class TransferResult:
 class TransferStudy:
     """A transfer study: plan, run its campaigns, then report every proxy where it is reported."""
 
-    def __init__(self, benches: Sequence[str], seeds: Sequence[int] = (0, 1, 2), generations: int = 30, population: int = 48,
-                 protocols: Sequence[str] = ("leave-one-out", "single"), aggregate: str = DEFAULT_AGGREGATE, whole_config: Sequence[str] = WHOLE_CONFIG,
-                 whole_limit: int = 20, resamples: int = 1000, out_dir: str | Path | None = None, progress: bool = False,
-                 executor: Executor | str | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        benches: Sequence[str],
+        seeds: Sequence[int] = (0, 1, 2),
+        generations: int = 30,
+        population: int = 48,
+        protocols: Sequence[str] = ("leave-one-out", "single"),
+        aggregate: str = DEFAULT_AGGREGATE,
+        whole_config: Sequence[str] = WHOLE_CONFIG,
+        whole_limit: int = 20,
+        resamples: int = 1000,
+        out_dir: str | Path | None = None,
+        progress: bool = False,
+        executor: Executor | str | None = None,
+        workers: int = 1,
+    ) -> None:
         if len(benches) < 2:
             raise ParameterError("benches", ",".join(benches), "a transfer study needs at least two benches")
         self.benches = list(benches)
@@ -210,7 +288,10 @@ class TransferStudy:
         self.resamples = resamples
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress
-        self.executor, self.workers = executor, workers  # campaign fitness, their statistics and the whole-configuration references
+        self.executor, self.workers = (
+            executor,
+            workers,
+        )  # campaign fitness, their statistics and the whole-configuration references
         self.plan = plan(self.benches, self.seeds, self.protocols)
 
     def run_campaign(self, c: Campaign) -> dict[str, Any]:
@@ -220,7 +301,16 @@ class TransferStudy:
         out = self.out_dir / "campaigns" / c.tag if self.out_dir is not None else None
         kwargs: dict[str, Any] = {"aggregate": self.aggregate} if len(c.train) > 1 else {}
         done = out is not None and (out / "checkpoint.npz").exists()  # a rerun continues (or just reloads) the campaign
-        est = ProxySearch(self.generations, self.population, random_state=c.seed, out_dir=out, warm_start=done, executor=self.executor, workers=self.workers, **kwargs)
+        est = ProxySearch(
+            self.generations,
+            self.population,
+            random_state=c.seed,
+            out_dir=out,
+            warm_start=done,
+            executor=self.executor,
+            workers=self.workers,
+            **kwargs,
+        )
         est.fit(list(c.train) if len(c.train) > 1 else c.train[0])
         return {"campaign": c, "proxy": est.best_proxy_, "summary": est.summary_, "log": est.log_}
 
@@ -236,7 +326,12 @@ class TransferStudy:
         study) reuses them: whole-configuration proxies quantize the network per configuration."""
         from .bench import Bench
 
-        key = {"bench": str(Bench.open(bench).path), "whole_config": list(self.whole_config), "whole_limit": self.whole_limit, "resamples": self.resamples}
+        key = {
+            "bench": str(Bench.open(bench).path),
+            "whole_config": list(self.whole_config),
+            "whole_limit": self.whole_limit,
+            "resamples": self.resamples,
+        }
         path = self.out_dir / "references" / f"{_short(bench)}.json" if self.out_dir is not None else None
         if path is not None and path.is_file():
             stored = json.loads(path.read_text())
@@ -253,12 +348,21 @@ class TransferStudy:
         from .ranking import score
 
         separable = [n for n, cls in PROXIES.items() if cls.separable and cls.faithful]
-        rep = score(bench, proxies=separable, resamples=self.resamples)  # the best separable proxy: chosen on search x fit
+        rep = score(
+            bench, proxies=separable, resamples=self.resamples
+        )  # the best separable proxy: chosen on search x fit
         rows = [_row(p) for p in rep.proxies]
         skipped = dict(rep.skipped)
         if self.whole_config:
-            whole = score(bench, proxies=list(self.whole_config), limit=self.whole_limit, resamples=self.resamples, reference=False,
-                          executor=self.executor, workers=self.workers)
+            whole = score(
+                bench,
+                proxies=list(self.whole_config),
+                limit=self.whole_limit,
+                resamples=self.resamples,
+                reference=False,
+                executor=self.executor,
+                workers=self.workers,
+            )
             rows += [_row(p) for p in whole.proxies]
             skipped.update(whole.skipped)
         return {"rows": rows, "best_handmade": rep.best_handmade, "ceiling": rep.ceiling, "skipped": skipped}
@@ -267,9 +371,18 @@ class TransferStudy:
         from .ranking import score
         from .search_space.proxyfile import save_proxy
 
-        result = TransferResult(settings={"benches": self.benches, "seeds": self.seeds, "generations": self.generations, "population": self.population,
-                                          "aggregate": self.aggregate, "whole_limit": self.whole_limit, "resamples": self.resamples,
-                                          "groups": list(bench_groups(self.benches).values())})
+        result = TransferResult(
+            settings={
+                "benches": self.benches,
+                "seeds": self.seeds,
+                "generations": self.generations,
+                "population": self.population,
+                "aggregate": self.aggregate,
+                "whole_limit": self.whole_limit,
+                "resamples": self.resamples,
+                "groups": list(bench_groups(self.benches).values()),
+            }
+        )
         tested = {b for r in runs for b in r["campaign"].test}
         result.references = {b: self._references(b) for b in self.benches if b in tested}
         for r in runs:
@@ -278,18 +391,30 @@ class TransferStudy:
             path = save_proxy(r["proxy"], work / f"{c.tag}.json")
             for test in c.test:
                 best = result.references[test]["best_handmade"]
-                rep = score(test, proxies=best or "bitsum", proxy_files=[path], resamples=self.resamples, reference=False)
+                rep = score(
+                    test, proxies=best or "bitsum", proxy_files=[path], resamples=self.resamples, reference=False
+                )
                 mine = next(p for p in rep.proxies if p.kind == "evolved")
                 hm = next((p for p in rep.proxies if p.name == best), None)
                 row = _row(mine)
-                result.cells.append({
-                    "protocol": c.protocol, "train": list(c.train), "test": test, "seed": c.seed, "formula": r["proxy"].expression,
-                    "rho": row["rho"], "low": row["low"], "high": row["high"], "within": test in c.train,
-                    "paired": mine.paired,
-                    "best_handmade": best, "best_handmade_rho": _row(hm)["rho"] if hm else None,
-                    "best_handmade_interval": [_row(hm)["low"], _row(hm)["high"]] if hm else None,
-                    "campaign_fitness": r["summary"].get("best_fitness"),
-                })
+                result.cells.append(
+                    {
+                        "protocol": c.protocol,
+                        "train": list(c.train),
+                        "test": test,
+                        "seed": c.seed,
+                        "formula": r["proxy"].expression,
+                        "rho": row["rho"],
+                        "low": row["low"],
+                        "high": row["high"],
+                        "within": test in c.train,
+                        "paired": mine.paired,
+                        "best_handmade": best,
+                        "best_handmade_rho": _row(hm)["rho"] if hm else None,
+                        "best_handmade_interval": [_row(hm)["low"], _row(hm)["high"]] if hm else None,
+                        "campaign_fitness": r["summary"].get("best_fitness"),
+                    }
+                )
         return result
 
     def run(self) -> TransferResult:
@@ -303,5 +428,12 @@ def _row(p: Any) -> dict[str, Any]:
     """A ProxyScore's held-out x report rho with its interval."""
     if p.interval is None:
         raise EmqError(f"proxy {p.name}: no held-out x report interval (fewer than 3 held-out configurations scored)")
-    return {"name": p.name, "kind": p.kind, "rho": p.correlations.get("spearman_heldout_report"), "low": p.interval["low"], "high": p.interval["high"],
-            "n": p.n.get("heldout_report"), "seconds_per_config": p.seconds_per_config}
+    return {
+        "name": p.name,
+        "kind": p.kind,
+        "rho": p.correlations.get("spearman_heldout_report"),
+        "low": p.interval["low"],
+        "high": p.interval["high"],
+        "n": p.n.get("heldout_report"),
+        "seconds_per_config": p.seconds_per_config,
+    }

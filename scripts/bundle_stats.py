@@ -27,7 +27,9 @@ log = logging.getLogger("bundle_stats")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", default=[n for n, b in BUNDLES.items() if b.stats])
-    ap.add_argument("--act-cap", type=int, default=8, help="activation samples stored per layer (keeps a bundle small; default 8)")
+    ap.add_argument(
+        "--act-cap", type=int, default=8, help="activation samples stored per layer (keeps a bundle small; default 8)"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in args.names:
@@ -39,7 +41,9 @@ def main() -> None:
         with closing(store.connect(bundle.path)) as con:
             store.write_meta(con, {"stats_settings": settings.to_json()})
         bench = Bench.open(bundle.path)
-        setup = BenchSetup.of(bench, bench.meta["model"], bench.meta["data"])  # with the data: never the bundle's own file
+        setup = BenchSetup.of(
+            bench, bench.meta["model"], bench.meta["data"]
+        )  # with the data: never the bundle's own file
         ns = compute_stats(setup.target, bits=setup.bits, settings=setup.stats)
         ns.meta.pop("cache", None)  # this machine's cache path means nothing in a bundle
         save_stats(ns, bundle.stats_path)

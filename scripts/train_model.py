@@ -28,14 +28,18 @@ def main() -> None:
     ap.add_argument("--model", choices=sorted(EMBEDDED_MODELS), default="default")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data", help="for MNIST-format models: the data (default: the model's own, found in the usual places)")
+    ap.add_argument(
+        "--data", help="for MNIST-format models: the data (default: the model's own, found in the usual places)"
+    )
     ap.add_argument("--out", type=Path, help="weights file (default: the model's file in emq/assets)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(args.seed)
     spec = EMBEDDED_MODELS[args.model]
     out = args.out or ASSETS / spec.weights
-    data = default_data(with_train=True) if spec.data == "default" else load_mnist(args.data or spec.data, with_train=True)
+    data = (
+        default_data(with_train=True) if spec.data == "default" else load_mnist(args.data or spec.data, with_train=True)
+    )
     x, y = data.train.tensors
     model = spec.build()
     steps_per_epoch = (x.shape[0] + 127) // 128
@@ -59,7 +63,13 @@ def main() -> None:
         with torch.no_grad():
             tx, ty = data.test.tensors
             acc = (model(tx).argmax(1) == ty).float().mean().item() * 100
-        log.info("epoch %d  train loss %.4f  test top-1 %.2f%%  (%.0f s)", epoch + 1, total / x.shape[0], acc, time.time() - t0)
+        log.info(
+            "epoch %d  train loss %.4f  test top-1 %.2f%%  (%.0f s)",
+            epoch + 1,
+            total / x.shape[0],
+            acc,
+            time.time() - t0,
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)

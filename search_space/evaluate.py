@@ -81,7 +81,12 @@ def _apply_packed(p: PrimSpec, args: list[torch.Tensor], packed: Packed) -> torc
     return args[0] * args[1][:, seg]  # scale
 
 
-def walk(tokens: Sequence[Token], leaf: Callable[[Token], torch.Tensor], apply: Callable[[PrimSpec, list[torch.Tensor]], torch.Tensor], prims: dict[str, PrimSpec]) -> torch.Tensor:
+def walk(
+    tokens: Sequence[Token],
+    leaf: Callable[[Token], torch.Tensor],
+    apply: Callable[[PrimSpec, list[torch.Tensor]], torch.Tensor],
+    prims: dict[str, PrimSpec],
+) -> torch.Tensor:
     """Evaluate a prefix token list bottom-up with an explicit stack (no eval, no compile)."""
     stack: list[torch.Tensor] = []
     for tok in reversed(tokens):
@@ -150,7 +155,15 @@ class TableEvaluator:
         return lt.new_zeros(self.num_slots, lt.shape[1]).index_add_(0, self.layer_slot, lt)
 
 
-def layer_value(tokens: Sequence[Token], stats: NetworkStats, layer: int, bit_index: int | None = None, prims: dict[str, PrimSpec] | None = None, act_samples: int = DEFAULT_ACT_SAMPLES, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def layer_value(
+    tokens: Sequence[Token],
+    stats: NetworkStats,
+    layer: int,
+    bit_index: int | None = None,
+    prims: dict[str, PrimSpec] | None = None,
+    act_samples: int = DEFAULT_ACT_SAMPLES,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
     """Reference per-layer semantics: the tree on one layer's own tensors -> [Bk].
 
     With `bit_index`, bit-dependent terminals are restricted to that one bit first.
@@ -168,6 +181,17 @@ def layer_value(tokens: Sequence[Token], stats: NetworkStats, layer: int, bit_in
     return walk(tokens, leaf, lambda p, a: p.op.fn(*a), prims)
 
 
-def naive_config_score(tokens: Sequence[Token], stats: NetworkStats, config_bit_idx: Sequence[int], prims: dict[str, PrimSpec] | None = None, act_samples: int = DEFAULT_ACT_SAMPLES) -> float:
+def naive_config_score(
+    tokens: Sequence[Token],
+    stats: NetworkStats,
+    config_bit_idx: Sequence[int],
+    prims: dict[str, PrimSpec] | None = None,
+    act_samples: int = DEFAULT_ACT_SAMPLES,
+) -> float:
     """Score one configuration (bit index per slot) by recomputing the proxy on every layer."""
-    return float(sum(float(layer_value(tokens, stats, i, int(config_bit_idx[s]), prims, act_samples)[0]) for i, s in enumerate(stats.layer_slot)))
+    return float(
+        sum(
+            float(layer_value(tokens, stats, i, int(config_bit_idx[s]), prims, act_samples)[0])
+            for i, s in enumerate(stats.layer_slot)
+        )
+    )

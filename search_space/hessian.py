@@ -98,7 +98,9 @@ class HutchinsonResult:
     converged: bool
     change: float  # the stopping statistic after the last probe (inf after a single probe)
     layer_change: np.ndarray  # [L] final |change| of each layer's running mean / |previous mean|
-    layer_rel_stderr: np.ndarray  # [L] standard error of each layer's trace over the probes / |trace| (inf with one probe)
+    layer_rel_stderr: (
+        np.ndarray
+    )  # [L] standard error of each layer's trace over the probes / |trace| (inf with one probe)
 
 
 @dataclass
@@ -111,7 +113,9 @@ class PowerIterationResult:
 
 def rademacher(shape: torch.Size, gen: torch.Generator, device: torch.device) -> torch.Tensor:
     """±1 entries with equal probability, drawn on CPU from `gen` so results do not depend on device."""
-    return (torch.randint(0, 2, tuple(shape), generator=gen, dtype=torch.int8) * 2 - 1).to(device=device, dtype=torch.float32)
+    return (torch.randint(0, 2, tuple(shape), generator=gen, dtype=torch.int8) * 2 - 1).to(
+        device=device, dtype=torch.float32
+    )
 
 
 def _relative_change(cur: np.ndarray, prev: np.ndarray) -> np.ndarray:
@@ -119,7 +123,12 @@ def _relative_change(cur: np.ndarray, prev: np.ndarray) -> np.ndarray:
 
 
 def hutchinson(
-    problem: HessianProblem, min_probes: int = 8, max_probes: int = 128, tol: float = 1e-2, seed: int = 0, progress: bool = False,
+    problem: HessianProblem,
+    min_probes: int = 8,
+    max_probes: int = 128,
+    tol: float = 1e-2,
+    seed: int = 0,
+    progress: bool = False,
 ) -> HutchinsonResult:
     """Per-layer traces and the diagonal of H from the same seeded Rademacher probes."""
     if not 1 <= min_probes <= max_probes:
@@ -158,10 +167,14 @@ def hutchinson(
     else:
         layer_change = rel_stderr = np.full(len(problem.params), np.inf)
     log.info("Hutchinson: %d probes, converged=%s, change %.3g", probes, converged, change)
-    return HutchinsonResult([d / probes for d in diag_sum], hist[-1].copy(), hist, probes, converged, change, layer_change, rel_stderr)
+    return HutchinsonResult(
+        [d / probes for d in diag_sum], hist[-1].copy(), hist, probes, converged, change, layer_change, rel_stderr
+    )
 
 
-def power_iteration(problem: HessianProblem, iters: int = 100, tol: float = 1e-3, seed: int = 0, progress: bool = False) -> PowerIterationResult:
+def power_iteration(
+    problem: HessianProblem, iters: int = 100, tol: float = 1e-3, seed: int = 0, progress: bool = False
+) -> PowerIterationResult:
     """Dominant eigenvalue of every layer's Hessian block H_ll, with per-layer convergence.
 
     A layer stops when its Rayleigh quotient changes by less than `tol` relative to its

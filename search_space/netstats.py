@@ -91,7 +91,11 @@ def _digest(tensors: dict[str, torch.Tensor], header: dict) -> str:
 def save_stats(stats: NetworkStats, path: str | Path) -> Path:
     """Write statistics atomically (temp file + rename): a reader sees the old file or the new one."""
     path = Path(path)
-    tensors = {f"{i}/{f}": getattr(layer, f).detach().cpu().contiguous() for i, layer in enumerate(stats.layers) for f in TENSOR_FIELDS}
+    tensors = {
+        f"{i}/{f}": getattr(layer, f).detach().cpu().contiguous()
+        for i, layer in enumerate(stats.layers)
+        for f in TENSOR_FIELDS
+    }
     header = {
         "format": FORMAT,
         "bits": list(stats.bits),
@@ -116,9 +120,13 @@ def load_stats(path: str | Path) -> NetworkStats:
     except FileNotFoundError as e:
         raise EmqError(f"{path}: no such statistics file") from e
     except Exception as e:  # torch/zip/json raise many types on damaged files
-        raise EmqError(f"{path}: not a readable statistics file ({type(e).__name__}: {e}); delete it and recompute") from e
+        raise EmqError(
+            f"{path}: not a readable statistics file ({type(e).__name__}: {e}); delete it and recompute"
+        ) from e
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise EmqError(f"{path}: format {header.get('format') if isinstance(header, dict) else None!r} is not {FORMAT}; recompute the statistics")
+        raise EmqError(
+            f"{path}: format {header.get('format') if isinstance(header, dict) else None!r} is not {FORMAT}; recompute the statistics"
+        )
     if _digest(tensors, header) != digest:
         raise EmqError(f"{path}: content digest mismatch (the file is damaged); delete it and recompute")
     layers = []

@@ -133,33 +133,134 @@ def _ops() -> dict[str, OpSpec]:
         # elementwise unary (tensors and scalars)
         OpSpec("abs", "unary", torch.abs, S.Abs, r"\left|{0}\right|", "np.abs({0})", 1.2),
         OpSpec("square", "unary", torch.square, lambda x: x**2, r"\left({0}\right)^{{2}}", "np.square({0})", 1.2),
-        OpSpec("sqrt", "unary", lambda x: x.abs().sqrt(), lambda x: S.sqrt(S.Abs(x)), r"\sqrt{{\left|{0}\right|}}", "np.sqrt(np.abs({0}))", 1.0),
-        OpSpec("log", "unary", lambda x: torch.log(x.abs() + LOG_EPS), lambda x: S.log(S.Abs(x) + LOG_EPS), r"\log\left(\left|{0}\right|+\epsilon\right)", f"np.log(np.abs({{0}}) + {LOG_EPS!r})", 1.0),
-        OpSpec("exp", "unary", lambda x: torch.exp(x.clamp(max=EXP_CLAMP)), lambda x: S.exp(S.Min(x, EXP_CLAMP)), r"e^{{\min\left({0},\,30\right)}}", f"np.exp(np.minimum({{0}}, {EXP_CLAMP!r}))", 0.5),
-        OpSpec("relu", "unary", torch.relu, lambda x: S.Max(x, 0), r"\max\left({0},\,0\right)", "np.maximum({0}, 0.0)", 0.6),
-        OpSpec("sigmoid", "unary", torch.sigmoid, lambda x: 1 / (1 + S.exp(-x)), r"\sigma\left({0}\right)", "(1.0 / (1.0 + np.exp(-({0}))))", 0.5),
+        OpSpec(
+            "sqrt",
+            "unary",
+            lambda x: x.abs().sqrt(),
+            lambda x: S.sqrt(S.Abs(x)),
+            r"\sqrt{{\left|{0}\right|}}",
+            "np.sqrt(np.abs({0}))",
+            1.0,
+        ),
+        OpSpec(
+            "log",
+            "unary",
+            lambda x: torch.log(x.abs() + LOG_EPS),
+            lambda x: S.log(S.Abs(x) + LOG_EPS),
+            r"\log\left(\left|{0}\right|+\epsilon\right)",
+            f"np.log(np.abs({{0}}) + {LOG_EPS!r})",
+            1.0,
+        ),
+        OpSpec(
+            "exp",
+            "unary",
+            lambda x: torch.exp(x.clamp(max=EXP_CLAMP)),
+            lambda x: S.exp(S.Min(x, EXP_CLAMP)),
+            r"e^{{\min\left({0},\,30\right)}}",
+            f"np.exp(np.minimum({{0}}, {EXP_CLAMP!r}))",
+            0.5,
+        ),
+        OpSpec(
+            "relu", "unary", torch.relu, lambda x: S.Max(x, 0), r"\max\left({0},\,0\right)", "np.maximum({0}, 0.0)", 0.6
+        ),
+        OpSpec(
+            "sigmoid",
+            "unary",
+            torch.sigmoid,
+            lambda x: 1 / (1 + S.exp(-x)),
+            r"\sigma\left({0}\right)",
+            "(1.0 / (1.0 + np.exp(-({0}))))",
+            0.5,
+        ),
         OpSpec("neg", "unary", torch.neg, lambda x: -x, r"-\left({0}\right)", "(-({0}))", 0.5),
-        OpSpec("recip", "unary", lambda x: x / (x * x + EPS), lambda x: x / (x**2 + EPS), r"\frac{{1}}{{{0}}}", f"(({{0}}) / (np.square({{0}}) + {EPS!r}))", 0.8),
+        OpSpec(
+            "recip",
+            "unary",
+            lambda x: x / (x * x + EPS),
+            lambda x: x / (x**2 + EPS),
+            r"\frac{{1}}{{{0}}}",
+            f"(({{0}}) / (np.square({{0}}) + {EPS!r}))",
+            0.8,
+        ),
         OpSpec("sign", "unary", torch.sign, S.sign, r"\operatorname{{sign}}\left({0}\right)", "np.sign({0})", 0.3),
         OpSpec("tanh", "unary", torch.tanh, S.tanh, r"\tanh\left({0}\right)", "np.tanh({0})", 0.5, default=False),
-        OpSpec("cube", "unary", lambda x: x * x * x, lambda x: x**3, r"\left({0}\right)^{{3}}", "(({0}) ** 3)", 0.5, default=False),
+        OpSpec(
+            "cube",
+            "unary",
+            lambda x: x * x * x,
+            lambda x: x**3,
+            r"\left({0}\right)^{{3}}",
+            "(({0}) ** 3)",
+            0.5,
+            default=False,
+        ),
         # per-layer standardisation (tensors only)
         OpSpec("normalize", "layer", _normalize, _F["znorm"], r"\operatorname{{z}}\left({0}\right)", "znorm({0})", 0.5),
-        OpSpec("minmax", "layer", _minmax, _F["minmax"], r"\operatorname{{minmax}}\left({0}\right)", "minmax({0})", 0.5),
-        OpSpec("softmax", "layer", _softmax, _F["softmax"], r"\operatorname{{softmax}}\left({0}\right)", "softmax({0})", 0.3),
+        OpSpec(
+            "minmax", "layer", _minmax, _F["minmax"], r"\operatorname{{minmax}}\left({0}\right)", "minmax({0})", 0.5
+        ),
+        OpSpec(
+            "softmax",
+            "layer",
+            _softmax,
+            _F["softmax"],
+            r"\operatorname{{softmax}}\left({0}\right)",
+            "softmax({0})",
+            0.3,
+        ),
         # reductions to a per-layer scalar
-        OpSpec("mean", "reduce", lambda x: _flat(x).mean(1), _F["mean"], r"\operatorname{{mean}}\left({0}\right)", "mean({0})", 1.5),
+        OpSpec(
+            "mean",
+            "reduce",
+            lambda x: _flat(x).mean(1),
+            _F["mean"],
+            r"\operatorname{{mean}}\left({0}\right)",
+            "mean({0})",
+            1.5,
+        ),
         OpSpec("sum", "reduce", lambda x: _flat(x).sum(1), _F["total"], r"\sum\left({0}\right)", "total({0})", 1.5),
         OpSpec("l1", "reduce", lambda x: _flat(x).abs().sum(1), _F["l1"], r"\left\|{0}\right\|_{{1}}", "l1({0})", 1.2),
-        OpSpec("l2", "reduce", lambda x: _flat(x).pow(2).sum(1).sqrt(), _F["l2"], r"\left\|{0}\right\|_{{2}}", "l2({0})", 1.5),
-        OpSpec("maxabs", "reduce", lambda x: _flat(x).abs().max(1).values, _F["maxabs"], r"\left\|{0}\right\|_{{\infty}}", "maxabs({0})", 0.8),
-        OpSpec("std", "reduce", lambda x: _var(x).sqrt(), _F["std"], r"\operatorname{{std}}\left({0}\right)", "std({0})", 0.8),
+        OpSpec(
+            "l2",
+            "reduce",
+            lambda x: _flat(x).pow(2).sum(1).sqrt(),
+            _F["l2"],
+            r"\left\|{0}\right\|_{{2}}",
+            "l2({0})",
+            1.5,
+        ),
+        OpSpec(
+            "maxabs",
+            "reduce",
+            lambda x: _flat(x).abs().max(1).values,
+            _F["maxabs"],
+            r"\left\|{0}\right\|_{{\infty}}",
+            "maxabs({0})",
+            0.8,
+        ),
+        OpSpec(
+            "std",
+            "reduce",
+            lambda x: _var(x).sqrt(),
+            _F["std"],
+            r"\operatorname{{std}}\left({0}\right)",
+            "std({0})",
+            0.8,
+        ),
         OpSpec("var", "reduce", _var, _F["var"], r"\operatorname{{var}}\left({0}\right)", "var({0})", 0.8),
         # binary on same-typed values
         OpSpec("add", "binary", torch.add, lambda a, b: a + b, r"\left({0}+{1}\right)", "(({0}) + ({1}))", 1.0, True),
         OpSpec("sub", "binary", torch.sub, lambda a, b: a - b, r"\left({0}-{1}\right)", "(({0}) - ({1}))", 0.8),
         OpSpec("mul", "binary", torch.mul, lambda a, b: a * b, r"{0}\cdot {1}", "(({0}) * ({1}))", 1.5, True),
-        OpSpec("div", "binary", _pdiv, lambda a, b: a * b / (b**2 + EPS), r"\frac{{{0}}}{{{1}}}", f"(({{0}}) * ({{1}}) / (np.square({{1}}) + {EPS!r}))", 1.2),
+        OpSpec(
+            "div",
+            "binary",
+            _pdiv,
+            lambda a, b: a * b / (b**2 + EPS),
+            r"\frac{{{0}}}{{{1}}}",
+            f"(({{0}}) * ({{1}}) / (np.square({{1}}) + {EPS!r}))",
+            1.2,
+        ),
         OpSpec("max", "binary", torch.maximum, S.Max, r"\max\left({0},\,{1}\right)", "np.maximum({0}, {1})", 0.4, True),
         OpSpec("min", "binary", torch.minimum, S.Min, r"\min\left({0},\,{1}\right)", "np.minimum({0}, {1})", 0.4, True),
         # a tensor times a per-layer scalar (how b, 2^-b, traces enter tensor formulas)
@@ -219,8 +320,15 @@ _TERMINAL_LIST = [
     TerminalSpec("GY", OutputT, False, "gradient w.r.t. the layer output", r"G_{Y}"),
     TerminalSpec("b", Scalar, True, "the layer's bit-width", r"b", 2.0, raw=_bits),
     TerminalSpec(
-        "pow2b", Scalar, True, "2^-b (quantization step factor)", r"2^{-b}", 1.5,
-        derive=lambda t: torch.pow(2.0, -t["b"]), needs=("b",), python="2.0 ** -t['b']",
+        "pow2b",
+        Scalar,
+        True,
+        "2^-b (quantization step factor)",
+        r"2^{-b}",
+        1.5,
+        derive=lambda t: torch.pow(2.0, -t["b"]),
+        needs=("b",),
+        python="2.0 ** -t['b']",
         render_sympy=lambda: sympy.Integer(2) ** (-sympy.Symbol("b")),
     ),
     TerminalSpec("trace", Scalar, False, "Hessian trace Tr(H)", r"\operatorname{Tr}H"),
@@ -228,8 +336,12 @@ _TERMINAL_LIST = [
     TerminalSpec("params", Scalar, False, "weight parameters of the layer", r"n"),
     TerminalSpec("macs", Scalar, False, "multiply-accumulates of the layer", r"\mathrm{MACs}"),
     TerminalSpec("out_channels", Scalar, False, "output channels", r"C_{out}"),
-    TerminalSpec("SG", WeightT, False, "Synflow gradient dR/d|W| of the |parameter|-linearised network", r"G_{s}", default=False),
-    TerminalSpec("FD", WeightT, False, "diagonal empirical Fisher E_x[g_x^2] (per-sample gradients)", r"F_{d}", default=False),
+    TerminalSpec(
+        "SG", WeightT, False, "Synflow gradient dR/d|W| of the |parameter|-linearised network", r"G_{s}", default=False
+    ),
+    TerminalSpec(
+        "FD", WeightT, False, "diagonal empirical Fisher E_x[g_x^2] (per-sample gradients)", r"F_{d}", default=False
+    ),
 ]
 
 
@@ -262,7 +374,11 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "full": tuple(n for n, t in TERMINALS.items() if t.default),
     "weights-only": ("W", "Q", "E", "b", "pow2b", "params", "out_channels"),
     "no-hessian": tuple(n for n, t in TERMINALS.items() if t.default and not raw_sources(n) & set(HESSIAN_TERMINALS)),
-    "no-activations": tuple(n for n, t in TERMINALS.items() if t.default and all(TERMINALS[r].type not in (InputT, OutputT) for r in raw_sources(n))),
+    "no-activations": tuple(
+        n
+        for n, t in TERMINALS.items()
+        if t.default and all(TERMINALS[r].type not in (InputT, OutputT) for r in raw_sources(n))
+    ),
 }
 
 
@@ -292,7 +408,7 @@ PRIMITIVES: dict[str, PrimSpec] = typed_primitives()
 
 # Numeric meaning of the named reductions of the sympy/Python renderings (numpy arrays with
 # the same leading-bit-dimension convention as the torch semantics).
-NUMPY_HELPERS = '''
+NUMPY_HELPERS = """
 import numpy as np
 
 def _flat(x):
@@ -324,4 +440,4 @@ def softmax(x):
     e = np.exp(f - f.max(1, keepdims=True))
     return (e / e.sum(1, keepdims=True)).reshape(np.shape(x))
 def scale(x, s): return np.asarray(x) * _col(s, x)
-'''.replace("EPS", repr(EPS))
+""".replace("EPS", repr(EPS))

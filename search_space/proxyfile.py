@@ -53,14 +53,23 @@ def check_name(name: Any) -> str:
     """A proxy name becomes a file stem and text in generated code: only a plain slug is
     accepted (letters, digits, '_', '-', '.'; no path separators, no leading dot)."""
     if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name:
-        raise ParameterError("name", name, "a proxy name must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+        raise ParameterError(
+            "name", name, "a proxy name must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
+        )
     return name
 
 
 class EvolvedProxy(SeparableProxy):
     """A proxy tree p(layer, b); its table is P[S, B] = sum over each slot's layers."""
 
-    def __init__(self, tokens: Sequence[Token], orientation: int = 1, name: str = "evolved", act_samples: int = DEFAULT_ACT_SAMPLES, meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        tokens: Sequence[Token],
+        orientation: int = 1,
+        name: str = "evolved",
+        act_samples: int = DEFAULT_ACT_SAMPLES,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         space = universe()
         self.tokens = [(str(k), float(v) if k == "c" else str(v)) for k, v in tokens]
         token_types(space, self.tokens)
@@ -87,7 +96,9 @@ class EvolvedProxy(SeparableProxy):
 
     def table(self, ctx: ProxyContext) -> np.ndarray:
         if ctx.stats is None:
-            raise EmqError(f"proxy {self.name}: the context has no statistics; compute them first (emq.search_space.stats.compute_stats)")
+            raise EmqError(
+                f"proxy {self.name}: the context has no statistics; compute them first (emq.search_space.stats.compute_stats)"
+            )
         key = ("evolved-table", self.key, self.act_samples)
         if key not in ctx.cache:
             full = self.stats_table(ctx.stats).cpu().numpy()
@@ -151,7 +162,9 @@ def proxy_from_json(obj: Any, source: str = "proxy") -> EvolvedProxy:
             if node["op"] not in space.prims:
                 raise EmqError(f"{source}: tree uses unknown primitive {node['op']!r}")
             if len(node["args"]) != space.prims[node["op"]].op.arity:
-                raise EmqError(f"{source}: primitive {node['op']!r} takes {space.prims[node['op']].op.arity} argument(s), got {len(node['args'])}")
+                raise EmqError(
+                    f"{source}: primitive {node['op']!r} takes {space.prims[node['op']].op.arity} argument(s), got {len(node['args'])}"
+                )
         elif "term" in node and node["term"] not in TERMINALS:
             raise EmqError(f"{source}: tree uses unknown terminal {node['term']!r}")
     tokens = flatten(obj["tree"])
@@ -225,7 +238,9 @@ def json_depth(text: str) -> int:
 
 def _bounded_int(text: str) -> int:
     if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
-        raise ValueError(f"integer {text[:12]}... has {len(text.lstrip('-'))} digits; numbers in a proxy file have at most {MAX_NUMBER_DIGITS}")
+        raise ValueError(
+            f"integer {text[:12]}... has {len(text.lstrip('-'))} digits; numbers in a proxy file have at most {MAX_NUMBER_DIGITS}"
+        )
     return int(text)
 
 

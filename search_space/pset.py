@@ -99,7 +99,9 @@ class SearchSpace:
         return True
 
 
-def _space_from_names(terminals: tuple[str, ...], prims: tuple[str, ...], constants: bool, terminal_ratio: float) -> SearchSpace:
+def _space_from_names(
+    terminals: tuple[str, ...], prims: tuple[str, ...], constants: bool, terminal_ratio: float
+) -> SearchSpace:
     return SearchSpace(terminals, {name: PRIMITIVES[name] for name in prims}, constants, terminal_ratio)
 
 
@@ -124,7 +126,9 @@ def make_space(
             raise EmqError(f"operation {o!r} is unknown: choose from {', '.join(OPS)}")
     names = [n for n in names if n not in exclude_terminals]
     if not any(TERMINALS[n].bit_dependent for n in names):
-        raise EmqError("the search space has no bit-dependent terminal (b, pow2b, Q or E): no proxy could rank bit configurations")
+        raise EmqError(
+            "the search space has no bit-dependent terminal (b, pow2b, Q or E): no proxy could rank bit configurations"
+        )
     ops = {k: v for k, v in OPS.items() if (v.default or k in include_ops) and k not in exclude_ops}
     if not any(o.kind == "reduce" for o in ops.values()) and any(TERMINALS[n].type is not Scalar for n in names):
         raise EmqError("the search space keeps tensor terminals but no reduction: add mean, sum, l1, l2, ...")

@@ -128,17 +128,29 @@ class StatsSettings:
     rounding_calib_half: int | None = None
 
     def __post_init__(self) -> None:
-        positive = ("calib_size", "batch_size", "hessian_images", "hessian_batch_size", "hessian_min_probes", "hessian_max_probes", "act_cap")
+        positive = (
+            "calib_size",
+            "batch_size",
+            "hessian_images",
+            "hessian_batch_size",
+            "hessian_min_probes",
+            "hessian_max_probes",
+            "act_cap",
+        )
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise EmqError(f"stats setting {name}={getattr(self, name)}: must be at least 1")
         if self.hessian_min_probes > self.hessian_max_probes:
-            raise EmqError(f"stats setting hessian_min_probes={self.hessian_min_probes} exceeds hessian_max_probes={self.hessian_max_probes}")
+            raise EmqError(
+                f"stats setting hessian_min_probes={self.hessian_min_probes} exceeds hessian_max_probes={self.hessian_max_probes}"
+            )
         if self.eig_iters < 0 or self.hessian_tol < 0 or self.eig_tol < 0:
             raise EmqError("stats settings eig_iters, hessian_tol and eig_tol must not be negative")
         check_act_bits(self.act_bits)
         if self.negative_trace not in NEGATIVE_TRACE_POLICIES:
-            raise EmqError(f"stats setting negative_trace={self.negative_trace!r}: use one of {', '.join(NEGATIVE_TRACE_POLICIES)}")
+            raise EmqError(
+                f"stats setting negative_trace={self.negative_trace!r}: use one of {', '.join(NEGATIVE_TRACE_POLICIES)}"
+            )
         check_quantizer_name(self.weight_quantizer)
         object.__setattr__(self, "quantizer_options", normalize_options(self.weight_quantizer, self.quantizer_options))
 
@@ -146,9 +158,15 @@ class StatsSettings:
     def from_ptq(cls, ptq: PTQSettings, **overrides) -> StatsSettings:
         """Settings whose quantizers match a PTQ configuration (activation bits, weight rounding
         and its options and calibration draw, symmetry)."""
-        matched = {"act_bits": ptq.act_bits, "weight_symmetric": ptq.weight_symmetric, "weight_quantizer": ptq.weight_quantizer,
-                   "quantizer_options": ptq.quantizer_options, "rounding_calib_size": ptq.calib_size, "rounding_calib_seed": ptq.calib_seed,
-                   "rounding_calib_half": ptq.calib_half}
+        matched = {
+            "act_bits": ptq.act_bits,
+            "weight_symmetric": ptq.weight_symmetric,
+            "weight_quantizer": ptq.weight_quantizer,
+            "quantizer_options": ptq.quantizer_options,
+            "rounding_calib_size": ptq.calib_size,
+            "rounding_calib_seed": ptq.calib_seed,
+            "rounding_calib_half": ptq.calib_half,
+        }
         return cls(**{**matched, **overrides})
 
     def to_json(self) -> dict:
@@ -168,11 +186,19 @@ def _check_bits(bits: Sequence[int]) -> tuple[int, ...]:
     return check_bit_set({check_weight_bits(b, "bits") for b in bits}, "bits")
 
 
-def _private_copy(model: nn.Module, layer_map: LayerMap, device: str | torch.device = "cpu") -> tuple[nn.Module, list[nn.Module]]:
+def _private_copy(
+    model: nn.Module, layer_map: LayerMap, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, list[nn.Module]]:
     """Eval-mode copy on `device` without the caller's hooks and grads; only mapped weights require grad."""
     work = copy.deepcopy(model).eval().to(device)
     for m in work.modules():
-        for hooks in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks, m._state_dict_hooks):
+        for hooks in (
+            m._forward_hooks,
+            m._forward_pre_hooks,
+            m._backward_hooks,
+            m._backward_pre_hooks,
+            m._state_dict_hooks,
+        ):
             hooks.clear()
     for p in work.parameters():
         p.grad = None
@@ -182,13 +208,17 @@ def _private_copy(model: nn.Module, layer_map: LayerMap, device: str | torch.dev
     for layer in layer_map.layers:
         m = modules.get(layer.name)
         if not isinstance(m, QUANTIZABLE) or m.weight.numel() != layer.params:
-            raise EmqError(f"layer map ({layer_map.model}) does not match the model: module {layer.name!r} is missing or not the mapped Conv2d/Linear; rebuild the layer map from this model")
+            raise EmqError(
+                f"layer map ({layer_map.model}) does not match the model: module {layer.name!r} is missing or not the mapped Conv2d/Linear; rebuild the layer map from this model"
+            )
         m.weight.requires_grad_(True)
         layers.append(m)
     return work, layers
 
 
-def _activation_pass(work: nn.Module, layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, batch_size: int, cap: int) -> dict:
+def _activation_pass(
+    work: nn.Module, layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, batch_size: int, cap: int
+) -> dict:
     """One pass over the calibration images: G (batch-weighted), capped A/Y/GY, activation ranges."""
     n = x.shape[0]
     weights = [m.weight for m in layers]
@@ -208,7 +238,11 @@ def _activation_pass(work: nn.Module, layers: list[nn.Module], x: torch.Tensor, 
         return hook
 
     grads = [torch.zeros_like(w) for w in weights]
-    kept: dict[str, list[list[torch.Tensor]]] = {"A": [[] for _ in layers], "Y": [[] for _ in layers], "GY": [[] for _ in layers]}
+    kept: dict[str, list[list[torch.Tensor]]] = {
+        "A": [[] for _ in layers],
+        "Y": [[] for _ in layers],
+        "GY": [[] for _ in layers],
+    }
     stored = 0
     handles = [m.register_forward_hook(make_hook(i)) for i, m in enumerate(layers)]
     try:
@@ -226,7 +260,9 @@ def _activation_pass(work: nn.Module, layers: list[nn.Module], x: torch.Tensor, 
                     gy = g[len(weights) + i]
                     kept["A"][i].append(ins[i][:keep].detach().clone())
                     kept["Y"][i].append(outs[i][:keep].detach().clone())
-                    kept["GY"][i].append(torch.zeros_like(kept["Y"][i][-1]) if gy is None else gy[:keep].detach().clone())
+                    kept["GY"][i].append(
+                        torch.zeros_like(kept["Y"][i][-1]) if gy is None else gy[:keep].detach().clone()
+                    )
                 stored += keep
             ins.clear()
             outs.clear()
@@ -261,7 +297,9 @@ def _synflow_grad(work: nn.Module, names: list[str], sample_shape: torch.Size) -
     return list(torch.autograd.grad(lin(ones).sum(), weights, allow_unused=False))
 
 
-def _per_sample_fisher(work: nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor, batch_size: int, progress: bool) -> list[torch.Tensor]:
+def _per_sample_fisher(
+    work: nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor, batch_size: int, progress: bool
+) -> list[torch.Tensor]:
     """Diagonal empirical Fisher E_x[g_x ⊙ g_x] of the mapped weights, g_x = grad of image x's own cross-entropy."""
     modules = dict(work.named_modules())
     params = {f"{n}.weight": modules[n].weight.detach() for n in names}
@@ -299,7 +337,9 @@ def _apply_trace_policy(raw: np.ndarray, names: list[str], policy: str) -> np.nd
     negative = raw < 0
     if negative.any() and policy == "error":
         bad = [names[i] for i in np.flatnonzero(negative)]
-        raise EmqError(f"negative Hessian trace estimates for {', '.join(bad)}; raise hessian probes or choose negative_trace clamp/keep/abs")
+        raise EmqError(
+            f"negative Hessian trace estimates for {', '.join(bad)}; raise hessian probes or choose negative_trace clamp/keep/abs"
+        )
     if policy == "clamp":
         return np.maximum(raw, 0.0)
     if policy == "abs":
@@ -341,8 +381,18 @@ def _convergence(hutch: HutchinsonResult, eig: PowerIterationResult | None, s: S
     return {"trace": trace, "eig": eigs}
 
 
-def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Tensor, bits: tuple[int, ...], s: StatsSettings, progress: bool = True,
-             rounding_x: torch.Tensor | None = None, cache_dir: str | Path | None = None, device: torch.device | None = None) -> NetworkStats:
+def _compute(
+    model: nn.Module,
+    layer_map: LayerMap,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    bits: tuple[int, ...],
+    s: StatsSettings,
+    progress: bool = True,
+    rounding_x: torch.Tensor | None = None,
+    cache_dir: str | Path | None = None,
+    device: torch.device | None = None,
+) -> NetworkStats:
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -369,7 +419,9 @@ def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Te
 
     xh, yh = x[: s.hessian_images], y[: s.hessian_images]
     hb = s.hessian_batch_size
-    problem = HessianProblem(work, [m.weight for m in layers], [(xh[i : i + hb], yh[i : i + hb]) for i in range(0, xh.shape[0], hb)])
+    problem = HessianProblem(
+        work, [m.weight for m in layers], [(xh[i : i + hb], yh[i : i + hb]) for i in range(0, xh.shape[0], hb)]
+    )
     hutch = hutchinson(problem, s.hessian_min_probes, s.hessian_max_probes, s.hessian_tol, s.seed, progress)
     lap("hessian_trace_diag")
     power = power_iteration(problem, s.eig_iters, s.eig_tol, s.seed, progress) if s.eig_iters > 0 else None
@@ -381,15 +433,26 @@ def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Te
     trace = _apply_trace_policy(hutch.trace, names, s.negative_trace)
 
     weights = [_f32(m.weight) for m in layers]
-    rounding = RoundedWeights(work, layers, names, s.weight_quantizer, dict(s.quantizer_options), s.weight_symmetric,
-                              rounding_x if rounding_x is not None else x, s.batch_size, cache_dir)
+    rounding = RoundedWeights(
+        work,
+        layers,
+        names,
+        s.weight_quantizer,
+        dict(s.quantizer_options),
+        s.weight_symmetric,
+        rounding_x if rounding_x is not None else x,
+        s.batch_size,
+        cache_dir,
+    )
     quant = [torch.stack([_f32(rounding.get(i, b)) for b in bits]) for i in range(len(layers))]
     lap("weight_noise")
     act_noise = []
     lo, hi = [t.cpu() for t in act["lo"]], [t.cpu() for t in act["hi"]]  # for the stored (CPU) activations
     for i, a in enumerate(act["A"]):
         a = _f32(a)
-        act_noise.append(torch.zeros_like(a) if s.act_bits >= UNQUANTIZED_ACT_BITS else fake_quant(a, lo[i], hi[i], s.act_bits) - a)
+        act_noise.append(
+            torch.zeros_like(a) if s.act_bits >= UNQUANTIZED_ACT_BITS else fake_quant(a, lo[i], hi[i], s.act_bits) - a
+        )
     lap("activation_noise")
 
     out = []
@@ -410,8 +473,20 @@ def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Te
         }
         for f, t in fields.items():
             if not torch.isfinite(t).all():
-                raise EmqError(f"statistic {f} of layer {layer.name} is not finite (NaN/inf): check the model's weights and the calibration data")
-        out.append(LayerStats(layer.name, **fields, trace=float(trace[i]), eig=float(eig[i]), params=layer.params, macs=layer.macs, out_channels=layer.out_channels))
+                raise EmqError(
+                    f"statistic {f} of layer {layer.name} is not finite (NaN/inf): check the model's weights and the calibration data"
+                )
+        out.append(
+            LayerStats(
+                layer.name,
+                **fields,
+                trace=float(trace[i]),
+                eig=float(eig[i]),
+                params=layer.params,
+                macs=layer.macs,
+                out_channels=layer.out_channels,
+            )
+        )
     meta = {
         "format": FORMAT,
         "model": layer_map.model,
@@ -437,10 +512,20 @@ def _compute(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Te
 def _warn_unconverged(convergence: dict, names: list[str]) -> None:
     trace, eig = convergence["trace"], convergence["eig"]
     if not trace["converged"]:
-        log.warning("Hessian trace: not converged after %d probes (relative change %s, tolerance %g); raise hessian_max_probes", trace["probes"], trace["change"], trace["tol"])
+        log.warning(
+            "Hessian trace: not converged after %d probes (relative change %s, tolerance %g); raise hessian_max_probes",
+            trace["probes"],
+            trace["change"],
+            trace["tol"],
+        )
     if not eig["skipped"] and not all(eig["converged"]):
         moving = [n for n, c in zip(names, eig["converged"], strict=True) if not c]
-        log.warning("Hessian eigenvalue: %d layers not converged within %d iterations (%s); raise eig_iters", len(moving), eig["max_iters"], ", ".join(moving))
+        log.warning(
+            "Hessian eigenvalue: %d layers not converged within %d iterations (%s); raise eig_iters",
+            len(moving),
+            eig["max_iters"],
+            ", ".join(moving),
+        )
 
 
 def convergence_summary(ns: NetworkStats) -> str:
@@ -454,19 +539,25 @@ def convergence_summary(ns: NetworkStats) -> str:
     worst = f"; largest layer change {max(changes)[0]:.2g} ({max(changes)[1]})" if changes else ""
     worst += f", largest relative standard error {max(errors)[0]:.2g} ({max(errors)[1]})" if errors else ""
     change = "n/a" if trace["change"] is None else f"{trace['change']:.2g}"
-    text = (f"Hessian trace {'converged' if trace['converged'] else 'NOT converged'}: {trace['probes']} probes "
-            f"(max {trace['max_probes']}), relative change {change} (tol {trace['tol']:g}){worst}")
+    text = (
+        f"Hessian trace {'converged' if trace['converged'] else 'NOT converged'}: {trace['probes']} probes "
+        f"(max {trace['max_probes']}), relative change {change} (tol {trace['tol']:g}){worst}"
+    )
     if eig["skipped"]:
         return text + "; top eigenvalue skipped"
     done = sum(eig["converged"])
     iters = eig["iterations"]
     ec = [(c, n) for c, n in zip(eig["change"], ns.names, strict=True) if c is not None]
     eworst = f", largest final change {max(ec)[0]:.2g} ({max(ec)[1]})" if ec else ""
-    return (text + f"; top eigenvalue converged in {done}/{len(iters)} layers: {min(iters)}-{max(iters)} iterations "
-            f"(max {eig['max_iters']}, tol {eig['tol']:g}){eworst}")
+    return (
+        text + f"; top eigenvalue converged in {done}/{len(iters)} layers: {min(iters)}-{max(iters)} iterations "
+        f"(max {eig['max_iters']}, tol {eig['tol']:g}){eworst}"
+    )
 
 
-def _calibration(data: DataSplits | tuple[torch.Tensor, torch.Tensor], s: StatsSettings) -> tuple[torch.Tensor, torch.Tensor]:
+def _calibration(
+    data: DataSplits | tuple[torch.Tensor, torch.Tensor], s: StatsSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(data, DataSplits):
         return data.calibration(s.calib_size, s.calib_seed)
     try:
@@ -474,13 +565,17 @@ def _calibration(data: DataSplits | tuple[torch.Tensor, torch.Tensor], s: StatsS
     except (TypeError, ValueError) as e:
         raise EmqError("calibration data: give a DataSplits or an (images, labels) pair of tensors") from e
     if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)) or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise EmqError(f"calibration data: images and labels must be non-empty tensors of equal length (got {getattr(x, 'shape', None)} and {getattr(y, 'shape', None)})")
+        raise EmqError(
+            f"calibration data: images and labels must be non-empty tensors of equal length (got {getattr(x, 'shape', None)} and {getattr(y, 'shape', None)})"
+        )
     if y.dtype != torch.long or y.dim() != 1:
         raise EmqError("calibration data: labels must be a 1-D tensor of class indices (torch.long)")
     return x, y
 
 
-def cache_key(model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Tensor, bits: tuple[int, ...], s: StatsSettings) -> str:
+def cache_key(
+    model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Tensor, bits: tuple[int, ...], s: StatsSettings
+) -> str:
     """Content key: weights and buffers, the exact calibration batch, settings, bits, layer map."""
     parts = {
         "format": FORMAT,
@@ -541,12 +636,21 @@ def compute_stats(
             try:
                 t0 = time.perf_counter()
                 cached = load_stats(path)
-                cached.meta["cache"] = {"key": key, "path": str(path), "hit": True, "load_seconds": time.perf_counter() - t0}
+                cached.meta["cache"] = {
+                    "key": key,
+                    "path": str(path),
+                    "hit": True,
+                    "load_seconds": time.perf_counter() - t0,
+                }
                 log.info("statistics loaded from %s", path)
                 return cached
             except EmqError as e:
                 log.warning("ignoring the statistics cache entry: %s", e)
-    rounding_x = data.calibration(s.rounding_calib_size, s.rounding_calib_seed, s.rounding_calib_half)[0] if isinstance(data, DataSplits) else x
+    rounding_x = (
+        data.calibration(s.rounding_calib_size, s.rounding_calib_seed, s.rounding_calib_half)[0]
+        if isinstance(data, DataSplits)
+        else x
+    )
     result = _compute(model, layer_map, x, y, bits, s, progress, rounding_x, cache_dir, device)
     if path is not None:
         save_stats(result, path)
@@ -574,7 +678,9 @@ def stats(
     """
     device = resolve_device(device)
     target = resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size)
-    return compute_stats(target, bits=bits, settings=settings, cache_dir=cache_dir, use_cache=use_cache, progress=progress, device=device)
+    return compute_stats(
+        target, bits=bits, settings=settings, cache_dir=cache_dir, use_cache=use_cache, progress=progress, device=device
+    )
 
 
 def summarize(ns: NetworkStats) -> dict:
@@ -601,7 +707,9 @@ def summarize(ns: NetworkStats) -> dict:
                 "hessian_eig": layer.eig,
                 "hessian_trace_probes": trace_conv.get("probes"),
                 "hessian_trace_change": trace_conv["layer_change"][i] if "layer_change" in trace_conv else None,
-                "hessian_trace_rel_stderr": trace_conv["layer_rel_stderr"][i] if "layer_rel_stderr" in trace_conv else None,
+                "hessian_trace_rel_stderr": trace_conv["layer_rel_stderr"][i]
+                if "layer_rel_stderr" in trace_conv
+                else None,
                 "hessian_eig_iterations": eig_conv["iterations"][i] if "iterations" in eig_conv else None,
                 "hessian_eig_change": eig_conv["change"][i] if "change" in eig_conv else None,
                 "hessian_eig_converged": eig_conv["converged"][i] if "converged" in eig_conv else None,
@@ -624,4 +732,15 @@ def summarize(ns: NetworkStats) -> dict:
     }
 
 
-__all__ = ["StatsSettings", "compute_stats", "stats", "summarize", "convergence_summary", "cache_key", "default_cache_dir", "load_stats", "save_stats", "TENSOR_FIELDS"]
+__all__ = [
+    "StatsSettings",
+    "compute_stats",
+    "stats",
+    "summarize",
+    "convergence_summary",
+    "cache_key",
+    "default_cache_dir",
+    "load_stats",
+    "save_stats",
+    "TENSOR_FIELDS",
+]

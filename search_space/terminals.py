@@ -39,10 +39,18 @@ def _check_stats(stats: NetworkStats, names: Sequence[str]) -> None:
                 continue
             t = getattr(layer, n)
             if spec.bit_dependent and t.shape[0] != len(stats.bits):
-                raise EmqError(f"statistics of layer {layer.name}: {n} has {t.shape[0]} bit rows, expected {len(stats.bits)} (bits {list(stats.bits)})")
+                raise EmqError(
+                    f"statistics of layer {layer.name}: {n} has {t.shape[0]} bit rows, expected {len(stats.bits)} (bits {list(stats.bits)})"
+                )
 
 
-def layer_terminal(stats: NetworkStats, layer: int, name: str, act_samples: int = DEFAULT_ACT_SAMPLES, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def layer_terminal(
+    stats: NetworkStats,
+    layer: int,
+    name: str,
+    act_samples: int = DEFAULT_ACT_SAMPLES,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
     """The value of terminal `name` for one layer, in the per-layer semantics."""
     spec = TERMINALS[name]
     if spec.derive is not None:
@@ -71,7 +79,14 @@ class Packed:
         return len(self.layers)
 
 
-def pack(stats: NetworkStats, names: Sequence[str], layers: Sequence[int] | None = None, act_samples: int = DEFAULT_ACT_SAMPLES, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64) -> Packed:
+def pack(
+    stats: NetworkStats,
+    names: Sequence[str],
+    layers: Sequence[int] | None = None,
+    act_samples: int = DEFAULT_ACT_SAMPLES,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float64,
+) -> Packed:
     """Pack the terminals `names` of `layers` (default: all) for one-pass evaluation."""
     _check_stats(stats, names)
     layers = list(range(len(stats.layers)) if layers is None else layers)
@@ -92,7 +107,9 @@ def pack(stats: NetworkStats, names: Sequence[str], layers: Sequence[int] | None
                 seg[spec.type] = torch.repeat_interleave(torch.arange(L), sizes).to(device)
                 count[spec.type] = sizes.to(device=device, dtype=dtype)
         if not bool(torch.isfinite(v).all()):
-            bad = next(stats.layers[i].name for i, p in zip(layers, per, strict=True) if not bool(torch.isfinite(p).all()))
+            bad = next(
+                stats.layers[i].name for i, p in zip(layers, per, strict=True) if not bool(torch.isfinite(p).all())
+            )
             raise EmqError(f"statistics of layer {bad}: {name} holds NaN or inf; recompute the statistics")
         values[name] = v.to(device).contiguous()
     for T in (WeightT, InputT, OutputT):

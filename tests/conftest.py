@@ -42,12 +42,17 @@ def _seed_everything():
     yield
 
 
-def real_stats(model: torch.nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Tensor, bits=BITS, probes: int = 2) -> NetworkStats:
+def real_stats(
+    model: torch.nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Tensor, bits=BITS, probes: int = 2
+) -> NetworkStats:
     model = copy.deepcopy(model).eval()
     mods = dict(model.named_modules())
     layers = [mods[layer.name] for layer in layer_map.layers]
     acts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, k=k: acts.__setitem__(k, (i[0].detach(), o))) for k, m in enumerate(layers)]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o, k=k: acts.__setitem__(k, (i[0].detach(), o)))
+        for k, m in enumerate(layers)
+    ]
     loss = F.cross_entropy(model(x), y)
     for h in hooks:
         h.remove()
@@ -61,7 +66,9 @@ def real_stats(model: torch.nn.Module, layer_map: LayerMap, x: torch.Tensor, y: 
         v = [torch.randint(0, 2, p.shape, generator=gen).float() * 2 - 1 for p in params]
         hv = torch.autograd.grad(G, params, v, retain_graph=True)
         H = [h + vi * hvi / probes for h, vi, hvi in zip(H, v, hv, strict=True)]
-    per_sample = [torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), params) for i in range(x.shape[0])]
+    per_sample = [
+        torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), params) for i in range(x.shape[0])
+    ]
     FD = [torch.stack([g[k] for g in per_sample]).pow(2).mean(0) for k in range(len(layers))]
     syn = copy.deepcopy(model)
     for p in syn.parameters():
@@ -75,9 +82,24 @@ def real_stats(model: torch.nn.Module, layer_map: LayerMap, x: torch.Tensor, y: 
         a = acts[k][0]
         out.append(
             LayerStats(
-                info.name, w, G[k].detach(), syn_layers[k].weight.grad.detach(), H[k].detach(), a, outs[k].detach(), GY[k].detach(),
-                fake_quant(a, a.min(), a.max(), 8) - a, q, q - w, float(H[k].sum()), float(H[k].abs().max()), info.params, info.macs, info.out_channels,
-                SG=syn_layers[k].weight.grad.detach(), FD=FD[k],
+                info.name,
+                w,
+                G[k].detach(),
+                syn_layers[k].weight.grad.detach(),
+                H[k].detach(),
+                a,
+                outs[k].detach(),
+                GY[k].detach(),
+                fake_quant(a, a.min(), a.max(), 8) - a,
+                q,
+                q - w,
+                float(H[k].sum()),
+                float(H[k].abs().max()),
+                info.params,
+                info.macs,
+                info.out_channels,
+                SG=syn_layers[k].weight.grad.detach(),
+                FD=FD[k],
             )
         )
     return NetworkStats(tuple(bits), out, list(layer_map.layer_slot), {"source": "tests"})

@@ -27,8 +27,24 @@ def run(capsys, *argv):
 
 @pytest.mark.slow
 def test_allocate_evaluate_then_quantize_the_bitmap(tmp_path, capsys):
-    rc, out, _ = run(capsys, "allocate", "--proxy", "test-noise", "--budget-avg-bits", "3.0", "--budget-size", "40KB",
-                     "--pin", "conv1=8", "--pin", "fc=8", "--evaluate", "--out", str(tmp_path), "--json")
+    rc, out, _ = run(
+        capsys,
+        "allocate",
+        "--proxy",
+        "test-noise",
+        "--budget-avg-bits",
+        "3.0",
+        "--budget-size",
+        "40KB",
+        "--pin",
+        "conv1=8",
+        "--pin",
+        "fc=8",
+        "--evaluate",
+        "--out",
+        str(tmp_path),
+        "--json",
+    )
     assert rc == 0
     doc = json.loads(out)  # stdout is exactly one JSON object
     lm = layers("default")
@@ -41,7 +57,18 @@ def test_allocate_evaluate_then_quantize_the_bitmap(tmp_path, capsys):
 
 
 def test_infeasible_budget_exits_2_and_writes_nothing(tmp_path, capsys):
-    rc, out, err = run(capsys, "allocate", "--proxy", "test-noise", "--budget-size", "10KB", "--pin", "fc=8", "--out", str(tmp_path / "o"))
+    rc, out, err = run(
+        capsys,
+        "allocate",
+        "--proxy",
+        "test-noise",
+        "--budget-size",
+        "10KB",
+        "--pin",
+        "fc=8",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert rc == 2 and out == ""
     assert "smallest feasible value" in err and "fc=8" in err
     assert not (tmp_path / "o").exists()
@@ -63,8 +90,21 @@ def test_bad_arguments(capsys, argv, message):
 
 
 def test_sweep_writes_csv_and_png(tmp_path, capsys):
-    rc, out, _ = run(capsys, "allocate", "--proxy", "test-noise", "--sweep", "1.5:3.5:3", "--baseline", "test-output-error",
-                     "--search-evals", "6", "--out", str(tmp_path), "--json")
+    rc, out, _ = run(
+        capsys,
+        "allocate",
+        "--proxy",
+        "test-noise",
+        "--sweep",
+        "1.5:3.5:3",
+        "--baseline",
+        "test-output-error",
+        "--search-evals",
+        "6",
+        "--out",
+        str(tmp_path),
+        "--json",
+    )
     assert rc == 0
     doc = json.loads(out)
     assert len(doc["skipped"]) == 2  # 1.5 average bits is below all-2, for both proxies

@@ -36,9 +36,12 @@ def test_budget_units():
 
 def test_budget_values_match_layer_map_costs():
     bits = [2, 3, 4, 2, 3]
-    for kind, value in (("size", LM.size_bytes(bits)), ("bitops", LM.bitops(bits, 8)),
-                        ("avg-bits", float(np.dot(bits, LM.params) / LM.params.sum())),
-                        ("frac8", LM.size_bytes(bits) / LM.size_bytes([8] * 5))):
+    for kind, value in (
+        ("size", LM.size_bytes(bits)),
+        ("bitops", LM.bitops(bits, 8)),
+        ("avg-bits", float(np.dot(bits, LM.params) / LM.params.sum())),
+        ("frac8", LM.size_bytes(bits) / LM.size_bytes([8] * 5)),
+    ):
         p = build_problem(LM, [Budget(kind, value)])
         idx = p.to_index(bits)
         assert p.feasible(idx)[0], kind  # exactly at the budget fits
@@ -50,8 +53,12 @@ def test_budget_values_match_layer_map_costs():
 def test_ilp_matches_brute_force_with_real_noise_proxy():
     assert LM.num_slots == 5
     proxy = NoiseProxy()
-    for budgets in ([Budget("avg-bits", 3.0)], [Budget("size", 600)], [Budget("bitops", 7.0e5), Budget("avg-bits", 3.4)],
-                    [Budget("frac8", 0.45)]):
+    for budgets in (
+        [Budget("avg-bits", 3.0)],
+        [Budget("size", 600)],
+        [Budget("bitops", 7.0e5), Budget("avg-bits", 3.4)],
+        [Budget("frac8", 0.45)],
+    ):
         p = build_problem(LM, budgets)
         oriented = proxy.orientation * proxy.table(ProxyContext(Target(), p.bits))
         sol = solve_ilp(p, oriented)

@@ -77,7 +77,10 @@ def test_allocate_with_registered_kind_is_optimal(kind):
 
 def test_infeasible_registered_kind_uses_its_own_format(kind):
     p = build_problem(LM, [Budget("weight-bitops", 10.0)])
-    with pytest.raises(InfeasibleBudget, match=f"the weight-bitops budget 10 is below the smallest feasible value {weight_bitops([2] * 5):.0f}.* weight-BitOps"):
+    with pytest.raises(
+        InfeasibleBudget,
+        match=f"the weight-bitops budget 10 is below the smallest feasible value {weight_bitops([2] * 5):.0f}.* weight-BitOps",
+    ):
         p.check_feasible()
 
 

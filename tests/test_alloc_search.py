@@ -20,7 +20,9 @@ def test_search_never_leaves_budget_and_beats_its_seeds():
     assert problem.feasible(problem.to_index(a.bits))[0] and a.bits[-1] == 4
     ctx = alloc.context(problem.bits)
     uniform2 = OutputErrorProxy().score_one(ctx, (2, 2, 2, 2, 4))
-    assert a.predicted <= uniform2 and a.predicted == pytest.approx(min(OutputErrorProxy().score_configs(ctx, np.array(seen))))
+    assert a.predicted <= uniform2 and a.predicted == pytest.approx(
+        min(OutputErrorProxy().score_configs(ctx, np.array(seen)))
+    )
 
 
 def test_search_is_deterministic_per_seed():

@@ -20,8 +20,16 @@ from emq.search_space.stats import StatsSettings
 from emq.specs import ParameterError
 
 FAST = PTQSettings(calib_size=64)
-TINY_STATS = {"calib_size": 16, "batch_size": 16, "hessian_images": 4, "hessian_batch_size": 4,
-              "hessian_min_probes": 1, "hessian_max_probes": 1, "eig_iters": 0, "act_cap": 4}
+TINY_STATS = {
+    "calib_size": 16,
+    "batch_size": 16,
+    "hessian_images": 4,
+    "hessian_batch_size": 4,
+    "hessian_min_probes": 1,
+    "hessian_max_probes": 1,
+    "eig_iters": 0,
+    "act_cap": 4,
+}
 
 
 class WrongShapeProxy(SeparableProxy):
@@ -42,7 +50,11 @@ def test_allocate_evaluate_save_then_quantize_bits_and_bitmap(tmp_path):
     prov = json.loads(paths["bitmap"].read_text())["provenance"]
     assert prov["proxy"] == "test-noise" and prov["ptq"] == FAST.to_json() and prov["budgets"] == a.budgets
     text = a.to_markdown()
-    assert text.splitlines()[0].startswith("| slot | name") and "| 19   | fc" in text and f"PTQ top-1 {a.top1:.2f} %" in text.splitlines()[-1]
+    assert (
+        text.splitlines()[0].startswith("| slot | name")
+        and "| 19   | fc" in text
+        and f"PTQ top-1 {a.top1:.2f} %" in text.splitlines()[-1]
+    )
     by_map = emq.quantize("default", bitmap=paths["bitmap"], settings=FAST)
     by_bits = emq.quantize("default", a.bits, settings=FAST)
     assert by_map.top1 == by_bits.top1 == pytest.approx(a.top1)
@@ -104,11 +116,20 @@ def test_bench_fixes_model_ptq_and_statistics_settings():
     allocator = allocator_for(bench=bench)
     assert allocator.settings == setup.ptq and allocator.stats_settings == setup.stats
     assert allocator.context((2, 3, 4)).stats.meta["settings"] == setup.stats.to_json()
-    a = emq.allocate(proxy=NoiseProxy(), budgets={"avg-bits": 3.0}, bench=bench, settings={"act_bits": setup.ptq.act_bits})
+    a = emq.allocate(
+        proxy=NoiseProxy(), budgets={"avg-bits": 3.0}, bench=bench, settings={"act_bits": setup.ptq.act_bits}
+    )
     assert a.model == "default" and a.ptq == setup.ptq
 
 
-@pytest.mark.parametrize("settings, param", [(PTQSettings(act_bits=4), "act_bits"), ({"calib_size": 64}, "calib_size"), ({"weight_symmetric": True}, "weight_symmetric")])
+@pytest.mark.parametrize(
+    "settings, param",
+    [
+        (PTQSettings(act_bits=4), "act_bits"),
+        ({"calib_size": 64}, "calib_size"),
+        ({"weight_symmetric": True}, "weight_symmetric"),
+    ],
+)
 def test_bench_refuses_contradicting_ptq_settings(settings, param):
     with pytest.raises(ParameterError, match="was built with") as e:
         emq.allocate(proxy=NoiseProxy(), budgets={"avg-bits": 3.0}, bench="default", settings=settings)
@@ -120,10 +141,45 @@ def test_cli_bench_flag(tmp_path, capsys, monkeypatch):
     from emq.baselines.registry import PROXIES
 
     monkeypatch.setitem(PROXIES, "test-noise", NoiseProxy)
-    assert main(["allocate", "--bench", "default", "--proxy", "test-noise", "--budget-avg-bits", "3", "--act-bits", "4", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "allocate",
+                "--bench",
+                "default",
+                "--proxy",
+                "test-noise",
+                "--budget-avg-bits",
+                "3",
+                "--act-bits",
+                "4",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--act-bits 4: bench" in err and "was built with 8" in err and not (tmp_path / "o").exists()
-    assert main(["allocate", "--bench", "default", "--proxy", "test-noise", "--budget-avg-bits", "3", "--symmetric"]) == 2
+    assert (
+        main(["allocate", "--bench", "default", "--proxy", "test-noise", "--budget-avg-bits", "3", "--symmetric"]) == 2
+    )
     assert "--symmetric True: bench" in capsys.readouterr().err
-    assert main(["allocate", "--bench", "default", "--proxy", "test-noise", "--budget-avg-bits", "3", "--act-bits", "8", "--json"]) == 0
+    assert (
+        main(
+            [
+                "allocate",
+                "--bench",
+                "default",
+                "--proxy",
+                "test-noise",
+                "--budget-avg-bits",
+                "3",
+                "--act-bits",
+                "8",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["avg_bits"] <= 3.0

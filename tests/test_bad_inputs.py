@@ -32,7 +32,11 @@ def _proxy(tree: str, extra: str = "") -> str:
 
 
 FILES = {
-    "deep.json": '{"format": "emq-proxy/1", "orientation": 1, "tree": ' + '{"op": "abs", "args": [' * 10000 + '{"term": "W"}' + "]}" * 10000 + "}",
+    "deep.json": '{"format": "emq-proxy/1", "orientation": 1, "tree": '
+    + '{"op": "abs", "args": [' * 10000
+    + '{"term": "W"}'
+    + "]}" * 10000
+    + "}",
     "bigint.json": _proxy('{"const": 1' + "0" * 400 + "}"),
     "huge.json": _proxy('{"const": 1e308}'),
     "nan.json": _proxy('{"const": NaN}'),
@@ -77,7 +81,9 @@ def fixtures(tmp_path_factory):
     run.mkdir()
     (run / "checkpoint.npz").write_bytes(b"PK\x03\x04 truncated")
     torch.save({"x": torch.zeros(3)}, root / "wrong.pt")
-    torch.save({"fc.weight": torch.zeros(7, 512)}, root / "r18_7classes.pt")  # only the classifier: enough to tell the class count
+    torch.save(
+        {"fc.weight": torch.zeros(7, 512)}, root / "r18_7classes.pt"
+    )  # only the classifier: enough to tell the class count
     lines = [f"{[int(b) for b in rng.integers(2, 5, 18)]}:{60 + 10 * rng.random():.3f}" for _ in range(8)]
     (root / "r18.txt").write_text("\n".join(lines) + "\n")
     bench_import(root / "r18.txt", "mqbench101-text", root / "r18.sqlite", model="resnet18")
@@ -91,20 +97,35 @@ def _listing(root) -> set[str]:
 CASES = [
     # weight rounding methods and MNIST-format data (bench suite)
     (["quantize", "--bits", B20, "--weight-quantizer", "nonesuch"], "unknown weight quantizer; use one of mse"),
-    (["quantize", "--bits", B20, "--weight-quantizer", "adaround", "--quantizer-option", "itres=5"], "has no option 'itres'"),
+    (
+        ["quantize", "--bits", B20, "--weight-quantizer", "adaround", "--quantizer-option", "itres=5"],
+        "has no option 'itres'",
+    ),
     (["quantize", "--bits", B20, "--weight-quantizer", "adaround", "--quantizer-option", "iters"], "use KEY=VALUE"),
     (["quantize", "--bits", B20, "--weight-quantizer", "gptq", "--quantizer-option", "damp=lots"], "must be a float"),
-    (["quantize", "--bits", B20, "--weight-quantizer", "gptq", "--quantizer-option", "damp=-1"], "must not be negative"),
-    (["quantize", "--model", "resnet20-fashion", "--bits", B20, "--data", "fashion-mnist:{F}"], "no MNIST-format idx files"),
+    (
+        ["quantize", "--bits", B20, "--weight-quantizer", "gptq", "--quantizer-option", "damp=-1"],
+        "must not be negative",
+    ),
+    (
+        ["quantize", "--model", "resnet20-fashion", "--bits", B20, "--data", "fashion-mnist:{F}"],
+        "no MNIST-format idx files",
+    ),
     (["bench", "list", "--frobnicate"], "unrecognized arguments"),
     # transfer
     (["transfer", "--benches", "default", "--out", "t"], "needs at least two benches"),
     (["transfer", "--benches", "default,default", "--out", "t"], "a bench is named twice"),
     (["transfer", "--benches", "default,{F}/missing.sqlite", "--out", "t"], "missing.sqlite"),
-    (["transfer", "--benches", "default,stratified", "--out", "t", "--protocols", "leave-one-out"], "at least two networks"),
+    (
+        ["transfer", "--benches", "default,stratified", "--out", "t", "--protocols", "leave-one-out"],
+        "at least two networks",
+    ),
     (["transfer", "--benches", "default,vgg-digits", "--out", "t", "--protocols", "sideways"], "unknown sideways"),
     (["transfer", "--benches", "default,vgg-digits", "--out", "t", "--seeds", "a,b"], "comma-separated integers"),
-    (["transfer", "--benches", "default,vgg-digits", "--out", "t", "--whole-config", "hawq-v2"], "not a whole-configuration proxy"),
+    (
+        ["transfer", "--benches", "default,vgg-digits", "--out", "t", "--whole-config", "hawq-v2"],
+        "not a whole-configuration proxy",
+    ),
     (["transfer", "--benches", "default,vgg-digits", "--out", "t", "--generations", "0"], "--generations 0"),
     (["transfer", "--benches", "default,vgg-digits"], "required: --out"),
     # top level
@@ -140,7 +161,10 @@ CASES = [
     (["quantize", "--data", "/nonexistent/dir", "--bits", B20], "no such directory"),
     (["quantize", "--data", "{F}/afile", "--bits", B20], "no such directory"),
     (["quantize", "--data", "{F}/emptydir", "--bits", B20], "not a readable ImageFolder"),
-    (["quantize", "--data", "{F}/rgb", "--bits", B20], "holds 3-channel images, but model default takes 1-channel input"),
+    (
+        ["quantize", "--data", "{F}/rgb", "--bits", B20],
+        "holds 3-channel images, but model default takes 1-channel input",
+    ),
     (["quantize", "--model", "resnet18", "--data", "{F}/one", "--bits", B18], "has 1 class folder"),
     (["quantize", "--bits", B20, "--calib-size", "0"], "--calib-size 0: must be an integer >= 1"),
     (["quantize", "--bits", B20, "--calib-size", "-5"], "--calib-size -5"),
@@ -188,8 +212,14 @@ CASES = [
     (["search", "--aggregate", "nonsense", "--out", "s"], "argument --aggregate: invalid choice: 'nonsense'"),
     (["search", "--aggregate-k", "-1", "--out", "s"], "--aggregate-k -1"),
     (["search", "--parsimony", "-1", "--out", "s"], "--parsimony -1"),
-    (["search", "--bench", "default", "--bench", "vgg-digits", "--data", "default", "--out", "s"], "--data default: with several --bench"),
-    (["search", "--bench", "default", "--bench", "{F}/empty.sqlite", "--out", "s"], "--bench {F}/empty.sqlite: not a bench file"),
+    (
+        ["search", "--bench", "default", "--bench", "vgg-digits", "--data", "default", "--out", "s"],
+        "--data default: with several --bench",
+    ),
+    (
+        ["search", "--bench", "default", "--bench", "{F}/empty.sqlite", "--out", "s"],
+        "--bench {F}/empty.sqlite: not a bench file",
+    ),
     # score
     (["score", "--bench", "{F}/missing.sqlite"], "{F}/missing.sqlite"),
     (["score", "--bench", "{F}/empty.sqlite"], "--bench {F}/empty.sqlite: not a bench file"),
@@ -204,7 +234,10 @@ CASES = [
     (["score", "--ompq-beta", "nan"], "--ompq-beta nan"),
     (["score", "--out", "{F}/afile"], "--out {F}/afile: is a file"),
     (["score", "--data", "{F}/rgb", "--proxies", "bitsum"], "holds 3-channel images"),
-    (["score", "--bench", "{F}/r18.sqlite", "--data", "default", "--proxies", "bitsum"], "holds 1-channel images, but model resnet18 takes 3-channel"),
+    (
+        ["score", "--bench", "{F}/r18.sqlite", "--data", "default", "--proxies", "bitsum"],
+        "holds 1-channel images, but model resnet18 takes 3-channel",
+    ),
     (["score", "--weights", "{F}/wrong.pt", "--proxies", "bitsum"], "{F}/wrong.pt"),
     # export (proxy files are parsed structurally and bounded)
     (["export", "{F}/missing.json", "--out", "o"], "cannot be read"),
@@ -237,7 +270,10 @@ CASES = [
     (["allocate", "--proxy", "bitsum", "--budget-avg-bits", "3", "--pin", "conv9=4"], "conv9"),
     (["allocate", "--proxy", "bitsum", "--budget-avg-bits", "3", "--pin", "conv1=x"], "integer"),
     (["allocate", "--proxy", "bitsum", "--budget-avg-bits", "3", "--pin", "conv1"], "use SLOT=VALUE"),
-    (["allocate", "--proxy", "hawq-v2", "--budget-avg-bits", "3", "--pin", "conv1=8"], "8 bits is outside --bits-allowed 2,3,4"),
+    (
+        ["allocate", "--proxy", "hawq-v2", "--budget-avg-bits", "3", "--pin", "conv1=8"],
+        "8 bits is outside --bits-allowed 2,3,4",
+    ),
     (["allocate", "--proxy", "bitsum", "--budget-avg-bits", "3", "--slot-bits", "fc=9"], "outside 1..8"),
     (["allocate", "--proxy", "bitsum", "--budget-avg-bits", "3", "--tie", "conv1,nosuch"], "nosuch"),
     (["allocate", "--proxy", "bitsum", "--budget-avg-bits", "3", "--bits-allowed", "0,9"], "outside 1..8"),
@@ -246,14 +282,23 @@ CASES = [
     (["allocate", "--proxy", "bitsum", "--sweep", "a:b:c", "--out", "o"], "--sweep"),
     (["allocate", "--proxy", "bitsum", "--budget-avg-bits", "3", "--baseline", "size"], "add --sweep"),
     (["allocate", "--proxy", "bitsum", "--budget-avg-bits", "3", "--out", "{F}/afile"], "--out {F}/afile: is a file"),
-    (["allocate", "--proxy", "bitsum", "--budget-avg-bits", "3", "--model", "resnet18"], "--model resnet18 has no data: pass --data"),
-    (["allocate", "--proxy", "bitsum", "--budget-avg-bits", "3", "--bench", "{F}/empty.sqlite"], "--bench {F}/empty.sqlite: not a bench file"),
+    (
+        ["allocate", "--proxy", "bitsum", "--budget-avg-bits", "3", "--model", "resnet18"],
+        "--model resnet18 has no data: pass --data",
+    ),
+    (
+        ["allocate", "--proxy", "bitsum", "--budget-avg-bits", "3", "--bench", "{F}/empty.sqlite"],
+        "--bench {F}/empty.sqlite: not a bench file",
+    ),
     (["allocate", "--proxy", "bitsum", "--budget-avg-bits", "3", "--sweep-kind", "bogus"], "invalid choice"),
     (["allocate", "--proxy", "bitsum", "--budget-avg-bits", "3", "--data", "{F}/rgb"], "holds 3-channel images"),
     # bench
     (["bench", "build", "--configs", "0", "--out", "b.sqlite"], "--configs 0: a bench needs at least 6 configurations"),
     (["bench", "build", "--configs", "5", "--out", "b.sqlite"], "--configs 5"),
-    (["bench", "build", "--noise-samples", "2", "--out", "b.sqlite"], "--noise-samples 2: use 0 (no calibration retest) or at least 4"),
+    (
+        ["bench", "build", "--noise-samples", "2", "--out", "b.sqlite"],
+        "--noise-samples 2: use 0 (no calibration retest) or at least 4",
+    ),
     (["bench", "build", "--noise-samples", "-1", "--out", "b.sqlite"], "--noise-samples -1"),
     (["bench", "build", "--workers", "0", "--out", "b.sqlite"], "--workers 0"),
     (["bench", "build", "--test-limit", "0", "--out", "b.sqlite"], "--test-limit 0"),
@@ -271,7 +316,10 @@ CASES = [
     (["bench", "import", "{F}/missing.txt", "--format", "mqbench101-text", "--out", "b.sqlite"], "{F}/missing.txt"),
     (["bench", "import", "{F}/garbage.txt", "--format", "mqbench101-text", "--out", "b.sqlite"], "{F}/garbage.txt"),
     (["bench", "import", "{F}/r18.txt", "--format", "bogus", "--out", "b.sqlite"], "invalid choice"),
-    (["bench", "export", "{F}/empty.sqlite", "--to", "csv", "--out", "x.csv"], "bench {F}/empty.sqlite: not a bench file"),
+    (
+        ["bench", "export", "{F}/empty.sqlite", "--to", "csv", "--out", "x.csv"],
+        "bench {F}/empty.sqlite: not a bench file",
+    ),
     (["bench", "export", "default", "--to", "xml"], "invalid choice"),
     # demo (all refused before the statistics)
     (["demo", "--out", "{F}/afile"], "--out {F}/afile: is a file"),
@@ -320,7 +368,20 @@ def test_bad_input_is_refused_cleanly(argv, message, fixtures, tmp_path, monkeyp
 
 def test_corpus_is_broad():
     commands = {a[0] if a[0] != "bench" else " ".join(a[:2]) for a, _ in CASES if a}
-    assert commands >= {"layers", "quantize", "stats", "search", "score", "export", "allocate", "demo", "bench build", "bench info", "bench import", "bench export"}
+    assert commands >= {
+        "layers",
+        "quantize",
+        "stats",
+        "search",
+        "score",
+        "export",
+        "allocate",
+        "demo",
+        "bench build",
+        "bench info",
+        "bench import",
+        "bench export",
+    }
     assert len(CASES) >= 100
 
 
@@ -329,8 +390,10 @@ def test_help_and_version_import_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, contextlib, io\nfrom emq.cli.main import main\nfor argv in (['--version'], ['--help']):\n"
-            "    with contextlib.redirect_stdout(io.StringIO()) as out:\n        try: main(argv)\n        except SystemExit: pass\n"
-            "    assert 'emq' in out.getvalue()\nprint(sorted(m for m in ('torch', 'numpy', 'scipy') if m in sys.modules))")
+    code = (
+        "import sys, contextlib, io\nfrom emq.cli.main import main\nfor argv in (['--version'], ['--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out:\n        try: main(argv)\n        except SystemExit: pass\n"
+        "    assert 'emq' in out.getvalue()\nprint(sorted(m for m in ('torch', 'numpy', 'scipy') if m in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -71,10 +71,24 @@ def fake_stats(target: Target, layer_slot: list[int] | None = None) -> NetworkSt
         y = torch.randn(n, 7, generator=g) + (torch.arange(n).float()[:, None] if i else 0)
         layers.append(
             LayerStats(
-                layer.name, w, torch.randn(w.shape, generator=g), torch.randn(w.shape, generator=g), torch.rand(w.shape, generator=g),
-                a, y, torch.randn(y.shape, generator=g), torch.randn(a.shape, generator=g) * 0.01, q, q - w[None],
-                trace=float(i + 2.5), eig=float(3 - i) * 0.7, params=layer.params, macs=layer.macs, out_channels=layer.out_channels,
-                SG=torch.randn(w.shape, generator=g), FD=torch.rand(w.shape, generator=g),
+                layer.name,
+                w,
+                torch.randn(w.shape, generator=g),
+                torch.randn(w.shape, generator=g),
+                torch.rand(w.shape, generator=g),
+                a,
+                y,
+                torch.randn(y.shape, generator=g),
+                torch.randn(a.shape, generator=g) * 0.01,
+                q,
+                q - w[None],
+                trace=float(i + 2.5),
+                eig=float(3 - i) * 0.7,
+                params=layer.params,
+                macs=layer.macs,
+                out_channels=layer.out_channels,
+                SG=torch.randn(w.shape, generator=g),
+                FD=torch.rand(w.shape, generator=g),
             )
         )
     return NetworkStats(BITS, layers, layer_slot or list(target.layer_map.layer_slot), meta={})
@@ -106,11 +120,22 @@ def sq(t: torch.Tensor) -> float:
 HAND = {
     "hawq-v1": lambda L, bi, b: L.eig * sq(L.Q[bi] - L.W),
     "hawq-v2": lambda L, bi, b: L.trace / L.W.numel() * sq(L.Q[bi] - L.W),
-    "fisher": lambda L, bi, b: float(sum(f * e * e for f, e in zip(L.FD.reshape(-1).tolist(), L.E[bi].reshape(-1).tolist(), strict=True))),
-    "fisher-batch": lambda L, bi, b: float(sum(g * g * e * e for g, e in zip(L.G.reshape(-1).tolist(), L.E[bi].reshape(-1).tolist(), strict=True))),
-    "snip": lambda L, bi, b: b * float(sum(abs(g * w) for g, w in zip(L.G.reshape(-1).tolist(), L.W.reshape(-1).tolist(), strict=True))),
-    "synflow": lambda L, bi, b: b * float(sum(abs(w) * abs(g) for g, w in zip(L.SG.reshape(-1).tolist(), L.W.reshape(-1).tolist(), strict=True))),
-    "synflow-signed": lambda L, bi, b: b * float(sum(abs(g * w) for g, w in zip(L.VG.reshape(-1).tolist(), L.W.reshape(-1).tolist(), strict=True))),
+    "fisher": lambda L, bi, b: float(
+        sum(f * e * e for f, e in zip(L.FD.reshape(-1).tolist(), L.E[bi].reshape(-1).tolist(), strict=True))
+    ),
+    "fisher-batch": lambda L, bi, b: float(
+        sum(g * g * e * e for g, e in zip(L.G.reshape(-1).tolist(), L.E[bi].reshape(-1).tolist(), strict=True))
+    ),
+    "snip": lambda L, bi, b: (
+        b * float(sum(abs(g * w) for g, w in zip(L.G.reshape(-1).tolist(), L.W.reshape(-1).tolist(), strict=True)))
+    ),
+    "synflow": lambda L, bi, b: (
+        b
+        * float(sum(abs(w) * abs(g) for g, w in zip(L.SG.reshape(-1).tolist(), L.W.reshape(-1).tolist(), strict=True)))
+    ),
+    "synflow-signed": lambda L, bi, b: (
+        b * float(sum(abs(g * w) for g, w in zip(L.VG.reshape(-1).tolist(), L.W.reshape(-1).tolist(), strict=True)))
+    ),
     "qe": lambda L, bi, b: b * 0.5 * math.log(2 * math.pi * math.e * float(np.var(L.A.double().numpy(), ddof=1))),
     "size": lambda L, bi, b: L.params * b / 8,
     "bitops": lambda L, bi, b: L.macs * b * 6,
@@ -136,10 +161,15 @@ def test_tied_layers_add_up_in_their_slot(target):
 def test_bitsum_and_size_score_configs(ctx, target):
     configs = np.array([[2, 3, 4], [4, 4, 4]])
     np.testing.assert_allclose(get_proxy("bitsum").score_configs(ctx, configs), [9, 12])
-    np.testing.assert_allclose(get_proxy("size").score_configs(ctx, configs), target.layer_map.size_bytes(configs) - target.layer_map.bias_bytes)
+    np.testing.assert_allclose(
+        get_proxy("size").score_configs(ctx, configs),
+        target.layer_map.size_bytes(configs) - target.layer_map.bias_bytes,
+    )
     # the cost definition the bench's trivial baselines use is the same sum
     np.testing.assert_array_equal(linear_cost(configs, np.ones(3)), get_proxy("bitsum").score_configs(ctx, configs))
-    np.testing.assert_array_equal(linear_cost(configs, target.layer_map.params / 8), get_proxy("size").score_configs(ctx, configs))
+    np.testing.assert_array_equal(
+        linear_cost(configs, target.layer_map.params / 8), get_proxy("size").score_configs(ctx, configs)
+    )
 
 
 def test_emq_published_decoding(ctx):
@@ -158,7 +188,12 @@ def test_emq_published_decoding(ctx):
     from dataclasses import replace
 
     g = torch.Generator().manual_seed(3)
-    other = replace(ctx.stats, layers=[replace(L, VG=torch.rand(L.VG.shape, generator=g) * 10 ** (i + 1)) for i, L in enumerate(ctx.stats.layers)])
+    other = replace(
+        ctx.stats,
+        layers=[
+            replace(L, VG=torch.rand(L.VG.shape, generator=g) * 10 ** (i + 1)) for i, L in enumerate(ctx.stats.layers)
+        ],
+    )
     moved = get_proxy("emq-published").table(ProxyContext(ctx.target, BITS, ctx.settings, other))
     np.testing.assert_allclose(moved, table, rtol=1e-9)
 
@@ -181,7 +216,9 @@ def test_ompq_matches_cka_formula(ctx):
     layers = list(ctx.stats.layers)
     layers[1] = replace(layers[1], Y=layers[1].Y * 1024)
     scaled = replace(ctx.stats, layers=layers)
-    np.testing.assert_allclose(get_proxy("ompq", beta=beta).table(ProxyContext(ctx.target, BITS, ctx.settings, scaled)), table, rtol=1e-9)
+    np.testing.assert_allclose(
+        get_proxy("ompq", beta=beta).table(ProxyContext(ctx.target, BITS, ctx.settings, scaled)), table, rtol=1e-9
+    )
 
 
 def test_orientations_and_descriptions():
@@ -190,7 +227,10 @@ def test_orientations_and_descriptions():
         assert p.name == name and p.orientation in (1, -1) and p.description and p.cost
     assert [n for n, f in PROXIES.items() if not f().separable] == ["gmpq", "seam", "kl"]
     # the unfaithful variants live only under their own names, and say so
-    assert "not the published Synflow" in PROXIES["synflow-signed"].description and "signed" in PROXIES["synflow-signed"].description
+    assert (
+        "not the published Synflow" in PROXIES["synflow-signed"].description
+        and "signed" in PROXIES["synflow-signed"].description
+    )
     assert "not the per-sample empirical Fisher" in PROXIES["fisher-batch"].description
     assert "|W|" in PROXIES["synflow"].description and "per-sample" in PROXIES["fisher"].description
 
@@ -199,7 +239,16 @@ def test_synflow_and_fisher_on_real_statistics(target):
     """End to end on the tiny model: Synflow from an independent |state|-linearised copy, Fisher from a per-image loop."""
     from emq.search_space.stats import StatsSettings, compute_stats
 
-    settings = StatsSettings(calib_size=24, batch_size=8, hessian_images=4, hessian_batch_size=4, hessian_min_probes=1, hessian_max_probes=1, eig_iters=0, act_cap=4)
+    settings = StatsSettings(
+        calib_size=24,
+        batch_size=8,
+        hessian_images=4,
+        hessian_batch_size=4,
+        hessian_min_probes=1,
+        hessian_max_probes=1,
+        eig_iters=0,
+        act_cap=4,
+    )
     stats = compute_stats(target, bits=BITS, settings=settings, use_cache=False, progress=False)
     x, y = target.data.calibration(24, 0)
     model = target.model
@@ -216,7 +265,10 @@ def test_synflow_and_fisher_on_real_statistics(target):
     syn = [float((w * d).detach().sum()) for w, d in zip(lw, dr, strict=True)]
     per = [torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), weights) for i in range(24)]
     fd = [torch.stack([g[k] for g in per]).pow(2).mean(0).double() for k in range(len(weights))]
-    fisher = [[float((f * L.E[bi].double().pow(2)).sum()) for bi in range(len(BITS))] for f, L in zip(fd, stats.layers, strict=True)]
+    fisher = [
+        [float((f * L.E[bi].double().pow(2)).sum()) for bi in range(len(BITS))]
+        for f, L in zip(fd, stats.layers, strict=True)
+    ]
     assert stats.layer_slot == [0, 1, 2]
     ctx = ProxyContext(target, BITS, None, stats)
     np.testing.assert_allclose(get_proxy("synflow").table(ctx), np.outer(syn, BITS), rtol=1e-5)

@@ -35,7 +35,9 @@ def built(tmp_path_factory):
 
 def _records(path):
     with closing(sqlite3.connect(path)) as con:
-        return con.execute("SELECT idx, config, top1, loss, kl, size_bytes, bitops, seed, source FROM records ORDER BY idx").fetchall()
+        return con.execute(
+            "SELECT idx, config, top1, loss, kl, size_bytes, bitops, seed, source FROM records ORDER BY idx"
+        ).fetchall()
 
 
 def test_build_records_match_a_direct_ptq_evaluation(built):
@@ -43,7 +45,9 @@ def test_build_records_match_a_direct_ptq_evaluation(built):
     assert len(b) == 8 and b.bits == (2, 3, 4) and len(b.slot_names) == 20
     assert b.sources[:3] == ["uniform-bits"] * 3
     built_with = PTQSettings(**b.meta["ptq_settings"])
-    assert built_with.calib_half == 0 and replace(built_with, calib_half=None) == SETTINGS  # one half of the calibration sources
+    assert (
+        built_with.calib_half == 0 and replace(built_with, calib_half=None) == SETTINGS
+    )  # one half of the calibration sources
     engine = engine_for(EvalSpec("default", None, None, None, None, built_with, 300))
     for i in (0, 4):
         res = engine.evaluate(b.configs[i])
@@ -106,7 +110,9 @@ def _insert_many(path, start):
     with closing(store.connect(path)) as con:
         for i in range(40):
             k = (start + i) % 60
-            store.insert_record(con, {"idx": k, "config": f"{k},2", "top1": 1.0, "size_bytes": 1.0, "bitops": 1.0, "source": "t"})
+            store.insert_record(
+                con, {"idx": k, "config": f"{k},2", "top1": 1.0, "size_bytes": 1.0, "bitops": 1.0, "source": "t"}
+            )
 
 
 def test_two_writers_never_duplicate_or_corrupt(tmp_path):
@@ -167,7 +173,9 @@ def test_a_configuration_that_keeps_failing_is_recorded_and_a_resume_retries_it(
 
     monkeypatch.setattr(builder, "evaluate_config", flaky)
     out = tmp_path / "failing.sqlite"
-    stages = ["build", "retest"] if bad in Bench.open(built).repeats else ["build"]  # it may be in the retest sample too
+    stages = (
+        ["build", "retest"] if bad in Bench.open(built).repeats else ["build"]
+    )  # it may be in the retest sample too
     with pytest.raises(EmqError, match=rf"{len(stages)} evaluation\(s\) failed .*the GPU fell off the bus.*--resume"):
         bench_build(out, settings=SETTINGS, progress=False, **ARGS)
     with closing(store.connect(out, readonly=True)) as con:

@@ -24,7 +24,10 @@ def test_default_bench_info_json(capsys):
     assert "by test source" in default["split_half"]["method"] and default["test_retest"]["configs"] >= 100
     assert info["ceiling"][info["default_metric"]] == pytest.approx(default["combined"] ** 0.5)
     pools = info["test_pools"]
-    assert pools["fit"]["sources"] + pools["report"]["sources"] == 500 and pools["fit"]["images"] + pools["report"]["images"] == 3000
+    assert (
+        pools["fit"]["sources"] + pools["report"]["sources"] == 500
+        and pools["fit"]["images"] + pools["report"]["images"] == 3000
+    )
 
 
 def test_default_bench_matches_the_shipped_model_and_is_consistent():
@@ -57,5 +60,8 @@ def test_score_on_the_shipped_bench_uses_fit_and_report_pools():
         want = spearmanr(cost[rows], sign * b.pool_metric(metric, pool)[rows]).statistic
         assert bitsum.correlations[f"spearman_{split}_{pool}"] == pytest.approx(want)
     assert bitsum.interval["low"] < bitsum.correlations["spearman_heldout_report"] < bitsum.interval["high"]
-    assert report.ceiling == b.ceiling[metric] and report.pools["report"]["sources"] == b.pools.summary()["report"]["sources"]
+    assert (
+        report.ceiling == b.ceiling[metric]
+        and report.pools["report"]["sources"] == b.pools.summary()["report"]["sources"]
+    )
     assert report.best_handmade in ("bitsum", "size") and any(p.kind == "supervised" for p in report.proxies)

@@ -15,7 +15,10 @@ from emq.errors import EmqError
 def _entries(n=12, seed=0):
     rng = np.random.default_rng(seed)
     cfgs = {tuple(int(b) for b in rng.integers(2, 5, 18)) for _ in range(3 * n)}
-    return {i: {"bit_cfg": str(list(c)), "acc": round(float(60 + 10 * rng.random()), 3)} for i, c in enumerate(sorted(cfgs)[:n])}
+    return {
+        i: {"bit_cfg": str(list(c)), "acc": round(float(60 + 10 * rng.random()), 3)}
+        for i, c in enumerate(sorted(cfgs)[:n])
+    }
 
 
 class _Evil:
@@ -44,7 +47,20 @@ def test_text_round_trip_via_cli(tmp_path, capsys):
     data = _entries(8, seed=1)
     src = tmp_path / "mq.txt"
     src.write_text("# MQ-Bench-101\n" + "".join(f"{e['bit_cfg']}:{e['acc']}\n" for e in data.values()) + "\n")
-    rc = main(["bench", "import", str(src), "--format", "mqbench101-text", "--model", "resnet18", "--out", str(tmp_path / "t.sqlite"), "--json"])
+    rc = main(
+        [
+            "bench",
+            "import",
+            str(src),
+            "--format",
+            "mqbench101-text",
+            "--model",
+            "resnet18",
+            "--out",
+            str(tmp_path / "t.sqlite"),
+            "--json",
+        ]
+    )
     assert rc == 0
     assert json.loads(capsys.readouterr().out)["records"] == 8
     b = Bench.open(tmp_path / "t.sqlite")
@@ -97,7 +113,9 @@ def test_malicious_pickle_is_refused_without_executing(tmp_path, monkeypatch):
     assert not (tmp_path / "PWNED_BY_PICKLE").exists()
     assert not (tmp_path / "o.sqlite").exists()
     # via the CLI: exit code 2, nothing written
-    assert main(["bench", "import", str(src), "--format", "mqbench101-pickle", "--out", str(tmp_path / "o.sqlite")]) == 2
+    assert (
+        main(["bench", "import", str(src), "--format", "mqbench101-pickle", "--out", str(tmp_path / "o.sqlite")]) == 2
+    )
     assert not (tmp_path / "PWNED_BY_PICKLE").exists()
 
 
@@ -117,7 +135,11 @@ def test_import_records_mqbench101_provenance_and_completeness(tmp_path, caplog)
     full = bench_import(src, "mqbench101-pickle", tmp_path / "full.sqlite")
     prov = full["provenance"]
     assert full["records"] == 425 and prov["complete"] and prov["configurations"] == 425
-    assert prov["ptq"]["method"].startswith("AdaRound") and prov["ptq"]["iterations"] == 20000 and prov["ptq"]["calibration_images"] == 1024
+    assert (
+        prov["ptq"]["method"].startswith("AdaRound")
+        and prov["ptq"]["iterations"] == 20000
+        and prov["ptq"]["calibration_images"] == 1024
+    )
     assert "ResNet-18" in prov["network"] and "ImageNet" in prov["data"]
     src.write_bytes(pickle.dumps(_entries(12)))
     part = bench_import(src, "mqbench101-pickle", tmp_path / "part.sqlite")

@@ -15,7 +15,16 @@ from emq.quant import PTQSettings
 @pytest.fixture(scope="module")
 def bench16(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "a16.sqlite"
-    emq.bench_build(path, model="default", configs=40, seed=0, noise_samples=3, test_limit=150, settings=PTQSettings(act_bits=16, calib_size=64), progress=False)
+    emq.bench_build(
+        path,
+        model="default",
+        configs=40,
+        seed=0,
+        noise_samples=3,
+        test_limit=150,
+        settings=PTQSettings(act_bits=16, calib_size=64),
+        progress=False,
+    )
     return path
 
 

@@ -48,16 +48,25 @@ def _tiny_splits(seed: int = 0) -> tuple[nn.Module, DataSplits]:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return net.eval(), DataSplits("tiny", 4, 1, 8, (x[120:160], y[120:160]), TensorDataset(x[160:], y[160:]), fingerprint="tiny0")
+    return net.eval(), DataSplits(
+        "tiny", 4, 1, 8, (x[120:160], y[120:160]), TensorDataset(x[160:], y[160:]), fingerprint="tiny0"
+    )
 
 
 def test_bench_of_a_user_module_with_its_data_and_reconstruction_rounding(tmp_path):
     net, data = _tiny_splits()
     out = tmp_path / "user.sqlite"
     settings = PTQSettings(calib_size=32, weight_quantizer="gptq")
-    info = bench_build(out, net, configs=6, seed=0, data=data, settings=settings, noise_samples=0, progress=False, name="tiny-net")
+    info = bench_build(
+        out, net, configs=6, seed=0, data=data, settings=settings, noise_samples=0, progress=False, name="tiny-net"
+    )
     b = Bench.open(out)
-    assert info["records"] == len(b) == 6 and b.meta["model"] == "tiny-net" and b.meta["user_module"] and b.meta["data"] == "tiny"
+    assert (
+        info["records"] == len(b) == 6
+        and b.meta["model"] == "tiny-net"
+        and b.meta["user_module"]
+        and b.meta["data"] == "tiny"
+    )
     rounding = b.meta["rounding"]["build"]
     assert rounding["method"] == "gptq" and rounding["options"] == {"damp": 0.01} and rounding["computed"] == 2 * 3
     assert b.meta["ptq_settings"]["weight_quantizer"] == "gptq"
@@ -69,11 +78,33 @@ def test_bench_of_a_user_module_with_its_data_and_reconstruction_rounding(tmp_pa
     for i in range(len(b)):
         assert fresh.evaluate(b.configs[i]).kl == pytest.approx(b.metrics["kl"][i])
     assert fresh.rounding.misses == 0 and fresh.rounding.hits > 0  # the build's rounding is reused from the disk cache
-    again = bench_build(out, net, configs=6, seed=0, data=data, settings=settings, noise_samples=0, progress=False, resume=True, name="tiny-net")
+    again = bench_build(
+        out,
+        net,
+        configs=6,
+        seed=0,
+        data=data,
+        settings=settings,
+        noise_samples=0,
+        progress=False,
+        resume=True,
+        name="tiny-net",
+    )
     assert again["records"] == 6
     other, _ = _tiny_splits(seed=1)
     with pytest.raises(Exception, match="different"):
-        bench_build(out, other, configs=6, seed=0, data=data, settings=settings, noise_samples=0, progress=False, resume=True, name="tiny-net")
+        bench_build(
+            out,
+            other,
+            configs=6,
+            seed=0,
+            data=data,
+            settings=settings,
+            noise_samples=0,
+            progress=False,
+            resume=True,
+            name="tiny-net",
+        )
 
 
 def test_a_user_module_needs_its_data(tmp_path):
@@ -132,7 +163,9 @@ def test_bad_idx_files_and_missing_data_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(md, "search_dirs", lambda fmt: [tmp_path / "nowhere"])
     with pytest.raises(ParameterError, match=r"apt-get install dataset-fashion-mnist.*nothing is downloaded"):
         load_data("fashion-mnist")
-    code = main(["bench", "build", "--model", "resnet20-fashion", "--out", str(tmp_path / "f.sqlite"), "--configs", "6"])
+    code = main(
+        ["bench", "build", "--model", "resnet20-fashion", "--out", str(tmp_path / "f.sqlite"), "--configs", "6"]
+    )
     assert code == 2 and not (tmp_path / "f.sqlite").exists()
 
 
@@ -199,6 +232,19 @@ def test_search_on_a_bundle_runs_without_its_data(monkeypatch, tmp_path, capsys)
 
     monkeypatch.setattr(emq.data, "load_data", no_data)
     monkeypatch.setattr("emq.target.load_data", no_data)
-    code = main(["search", "--bench", "resnet20-fashion", "--generations", "1", "--population", "12", "--out", str(tmp_path / "s"), "--json"])
+    code = main(
+        [
+            "search",
+            "--bench",
+            "resnet20-fashion",
+            "--generations",
+            "1",
+            "--population",
+            "12",
+            "--out",
+            str(tmp_path / "s"),
+            "--json",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert json.loads(capsys.readouterr().out)["best_expression"]

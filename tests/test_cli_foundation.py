@@ -41,7 +41,10 @@ def test_layers_table(capsys):
         (["quantize", "--data", "/nonexistent/dir", "--bits", ",".join(["4"] * 20)], "no such directory"),
         (["quantize", "--bits", ",".join(["4"] * 20), "--calib-size", "0"], "--calib-size 0: must be an integer >= 1"),
         (["layers", "--input-size=-3"], "--input-size -3: must be an integer >= 1"),
-        (["layers", "--input-size", "0"], "--input-size 0: must be an integer >= 1"),  # used to fall back to 24 px silently
+        (
+            ["layers", "--input-size", "0"],
+            "--input-size 0: must be an integer >= 1",
+        ),  # used to fall back to 24 px silently
     ],
 )
 def test_bad_input_exit_2(capsys, argv, message):

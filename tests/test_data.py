@@ -44,7 +44,13 @@ def test_default_data_is_deterministic_across_calls_and_processes():
     again = default_data()
     assert again is not d and torch.equal(again.test.tensors[0], d.test.tensors[0])
     code = "from emq.data import default_data, default_split_sources as s; print(default_data().fingerprint, s()['test'][:5].tolist())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "123"}).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
+    ).stdout
     assert out.split(" ", 1) == [d.fingerprint, f"{default_split_sources()['test'][:5].tolist()}\n"]
 
 

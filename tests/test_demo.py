@@ -22,10 +22,20 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text()) == s and s["budget_avg_bits"] == BUDGET
 
     # the files the README promises: the search's outputs, the exported formula, the plot
-    for name in ("summary.json", "allocations.png", "search/best_proxy.json", "search/hall_of_fame.csv", "search/log.jsonl", "search/fitness.png"):
+    for name in (
+        "summary.json",
+        "allocations.png",
+        "search/best_proxy.json",
+        "search/hall_of_fame.csv",
+        "search/log.jsonl",
+        "search/fitness.png",
+    ):
         assert (out / name).is_file(), name
     assert set(s["exported"]) == {"json", "sympy", "latex", "python", "dot", "png"}
-    assert all(p.startswith(str(out / "proxy")) and (out / "proxy").joinpath(p.rsplit("/", 1)[1]).is_file() for p in s["exported"].values())
+    assert all(
+        p.startswith(str(out / "proxy")) and (out / "proxy").joinpath(p.rsplit("/", 1)[1]).is_file()
+        for p in s["exported"].values()
+    )
     assert (out / "allocations.png").read_bytes()[:4] == b"\x89PNG"
 
     # every allocation respects the budget, by the layer map's own parameter counts
@@ -64,7 +74,23 @@ def test_demo_end_to_end(tmp_path, capsys):
     top = next(csv.DictReader((out / "search" / "hall_of_fame.csv").open()))
     assert best["expression"] == top["expression"] == s["best_expression"]
     assert float(top["heldout_spearman"]) == pytest.approx(s["best_heldout_spearman"], abs=1e-12)
-    assert main(["score", "--bench", "default", "--proxies", "none", "--proxy", str(out / "search" / "best_proxy.json"), "--metric", s["metric"], "--json"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--bench",
+                "default",
+                "--proxies",
+                "none",
+                "--proxy",
+                str(out / "search" / "best_proxy.json"),
+                "--metric",
+                s["metric"],
+                "--json",
+            ]
+        )
+        == 0
+    )
     scored, ridge = json.loads(capsys.readouterr().out)["proxies"]
     assert scored["kind"] == "evolved" and ridge["kind"] == "supervised"
     assert scored["spearman_heldout_report"] == pytest.approx(s["best_heldout_spearman"], abs=1e-12)

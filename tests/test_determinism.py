@@ -18,11 +18,35 @@ def _campaign(out, workers: int, pad: int) -> dict[str, str]:
     # `pad` objects allocated before emq is imported move every class to other addresses,
     # as a different process history would
     boot = f"import sys; _pad = [object() for _ in range({pad})]; from emq.cli.main import main; sys.exit(main(sys.argv[1:]))"
-    cmd = [sys.executable, "-c", boot, "search", "--bench", "default", "--generations", "6", "--population", "16",
-           "--seed", "5", "--workers", str(workers), "--out", str(out), "--json"]
+    cmd = [
+        sys.executable,
+        "-c",
+        boot,
+        "search",
+        "--bench",
+        "default",
+        "--generations",
+        "6",
+        "--population",
+        "16",
+        "--seed",
+        "5",
+        "--workers",
+        str(workers),
+        "--out",
+        str(out),
+        "--json",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
-    log = [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in (out / "log.jsonl").read_text().splitlines()]
-    return {"best": (out / "best_proxy.json").read_text(), "hof": (out / "hall_of_fame.csv").read_text(), "log": json.dumps(log, sort_keys=True)}
+    log = [
+        {k: v for k, v in json.loads(line).items() if k not in TIMING}
+        for line in (out / "log.jsonl").read_text().splitlines()
+    ]
+    return {
+        "best": (out / "best_proxy.json").read_text(),
+        "hof": (out / "hall_of_fame.csv").read_text(),
+        "log": json.dumps(log, sort_keys=True),
+    }
 
 
 @pytest.mark.slow
@@ -57,7 +81,16 @@ print(hashlib.sha256("".join(out).encode()).hexdigest())
 
 
 def _crossover_digests(operator: str, pads: tuple[int, ...] = (0, 1, 17)) -> set[str]:
-    runs = [subprocess.run([sys.executable, "-c", _CROSSOVERS, operator, str(pad)], check=True, capture_output=True, text=True, timeout=300) for pad in pads]
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", _CROSSOVERS, operator, str(pad)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        for pad in pads
+    ]
     return {r.stdout.strip() for r in runs}
 
 

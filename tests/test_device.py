@@ -50,7 +50,9 @@ from emq.target import Target
 META = torch.device("meta")
 # a meta tensor has no data: reading one back to the host raises one of these (a device mismatch says "not on the expected device")
 HOST_READ = ("Cannot copy out of meta tensor", "cannot be called on meta tensors")
-FAST_STATS = StatsSettings(batch_size=8, hessian_images=8, hessian_batch_size=8, hessian_min_probes=1, hessian_max_probes=2, eig_iters=1)
+FAST_STATS = StatsSettings(
+    batch_size=8, hessian_images=8, hessian_batch_size=8, hessian_min_probes=1, hessian_max_probes=2, eig_iters=1
+)
 
 
 def _cuda(monkeypatch, available: bool, count: int = 2) -> None:
@@ -60,23 +62,39 @@ def _cuda(monkeypatch, available: bool, count: int = 2) -> None:
 
 # ------------------------------------------------------------------------------ resolver
 
-@pytest.mark.parametrize(("given", "expected"), [("cpu", "cpu"), (" CPU ", "cpu"), ("cpu:0", "cpu"), (None, "cpu"), (torch.device("cpu"), "cpu"),
-                                                 ("meta", "meta"), ("cuda", "cuda"), ("cuda:1", "cuda:1"), (torch.device("cuda", 0), "cuda:0")])
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("cpu", "cpu"),
+        (" CPU ", "cpu"),
+        ("cpu:0", "cpu"),
+        (None, "cpu"),
+        (torch.device("cpu"), "cpu"),
+        ("meta", "meta"),
+        ("cuda", "cuda"),
+        ("cuda:1", "cuda:1"),
+        (torch.device("cuda", 0), "cuda:0"),
+    ],
+)
 def test_resolve_device_accepts(given, expected, monkeypatch):
     _cuda(monkeypatch, True, 2)
     assert resolve_device(given) == torch.device(expected)
 
 
-@pytest.mark.parametrize(("given", "available", "problem"), [
-    ("gpu", True, "not a device; use cpu, cuda or cuda:N"),
-    ("cuda:x", True, "not a device; use cpu, cuda or cuda:N"),
-    ("", True, "not a device"),
-    ("mps", True, "not a device emq runs on; use cpu, cuda or cuda:N"),
-    ("cpu:1", True, "not a device emq runs on"),
-    ("cuda", False, "no CUDA device is visible here"),
-    ("cuda:0", False, "no CUDA device is visible here"),
-    ("cuda:2", True, "only 2 CUDA device(s) are visible here (cuda:0..cuda:1)"),
-])
+@pytest.mark.parametrize(
+    ("given", "available", "problem"),
+    [
+        ("gpu", True, "not a device; use cpu, cuda or cuda:N"),
+        ("cuda:x", True, "not a device; use cpu, cuda or cuda:N"),
+        ("", True, "not a device"),
+        ("mps", True, "not a device emq runs on; use cpu, cuda or cuda:N"),
+        ("cpu:1", True, "not a device emq runs on"),
+        ("cuda", False, "no CUDA device is visible here"),
+        ("cuda:0", False, "no CUDA device is visible here"),
+        ("cuda:2", True, "only 2 CUDA device(s) are visible here (cuda:0..cuda:1)"),
+    ],
+)
 def test_resolve_device_refuses(given, available, problem, monkeypatch):
     _cuda(monkeypatch, available, 2)
     with pytest.raises(ParameterError) as e:
@@ -106,7 +124,10 @@ COMMANDS = [
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a[:2]))
-@pytest.mark.parametrize(("device", "problem"), [("gpu", "not a device; use cpu, cuda or cuda:N"), ("cuda", "no CUDA device is visible here")])
+@pytest.mark.parametrize(
+    ("device", "problem"),
+    [("gpu", "not a device; use cpu, cuda or cuda:N"), ("cuda", "no CUDA device is visible here")],
+)
 def test_cli_refuses_a_device_it_cannot_use(argv, device, problem, tmp_path, monkeypatch):
     _cuda(monkeypatch, False)
     monkeypatch.chdir(tmp_path)
@@ -118,11 +139,16 @@ def test_cli_refuses_a_device_it_cannot_use(argv, device, problem, tmp_path, mon
 
 # ------------------------------------------------------------------------------ meta device
 
+
 def _tiny() -> tuple[torch.nn.Module, object, DataSplits]:
     torch.manual_seed(0)
     model = CifarResNet(width=4, in_channels=1, num_classes=4, blocks=1).eval()
     x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 4, (64,))
-    return model, build_layer_map(model, 8, "tiny", in_channels=1), DataSplits("tiny", 4, 1, 8, (x[:32], y[:32]), TensorDataset(x[32:], y[32:]))
+    return (
+        model,
+        build_layer_map(model, 8, "tiny", in_channels=1),
+        DataSplits("tiny", 4, 1, 8, (x[:32], y[:32]), TensorDataset(x[32:], y[32:])),
+    )
 
 
 def _stops_at_host_read(run) -> str:
@@ -132,7 +158,9 @@ def _stops_at_host_read(run) -> str:
         run()
     assert any(m in str(info.value) for m in HOST_READ), f"stopped by {info.value}"
     root = str(Path(emq.__file__).resolve().parents[1])
-    frames = [f.name for f in traceback.extract_tb(info.tb) if f.filename.startswith(root) and "/tests/" not in f.filename]
+    frames = [
+        f.name for f in traceback.extract_tb(info.tb) if f.filename.startswith(root) and "/tests/" not in f.filename
+    ]
     return frames[-1]
 
 
@@ -140,8 +168,11 @@ def _on(module: torch.nn.Module, device: torch.device) -> bool:
     return all(t.device == device for t in [*module.parameters(), *module.buffers()])
 
 
-@pytest.mark.parametrize("settings", [{"bn": "fold"}, {"bn": "none", "bias_correction": True}, {"bn": "none", "act_bits": 32}],
-                         ids=["fold", "bias-correction", "float-activations"])
+@pytest.mark.parametrize(
+    "settings",
+    [{"bn": "fold"}, {"bn": "none", "bias_correction": True}, {"bn": "none", "act_bits": 32}],
+    ids=["fold", "bias-correction", "float-activations"],
+)
 def test_ptq_engine_keeps_every_tensor_on_its_device(settings):
     """Model copy, folding, rounded weights, bias correction, activation calibration, the
     full-precision reference and the test batches all run on the engine's device, up to the
@@ -159,7 +190,14 @@ def test_statistics_run_on_their_device():
     (vmap) all run on the device; the first host read is the Hutchinson loop's."""
     model, lm, data = _tiny()
     x, y = data.calib_pool
-    assert _stops_at_host_read(lambda: compute_stats(model, lm, (x[:16], y[:16]), settings=FAST_STATS, use_cache=False, progress=False, device="meta")) == "hutchinson"
+    assert (
+        _stops_at_host_read(
+            lambda: compute_stats(
+                model, lm, (x[:16], y[:16]), settings=FAST_STATS, use_cache=False, progress=False, device="meta"
+            )
+        )
+        == "hutchinson"
+    )
 
 
 @pytest.mark.parametrize(("proxy", "where"), [("kl", "score_one"), ("gmpq", "rank_consistency")])
@@ -177,10 +215,14 @@ def test_statistics_cache_is_shared_by_every_device(tmp_path):
     x, y = data.calib_pool
     ns = compute_stats(model, lm, (x[:16], y[:16]), settings=FAST_STATS, cache_dir=tmp_path, progress=False)
     assert ns.meta["device"] == "cpu" and ns.meta["cache"]["hit"] is False
-    again = compute_stats(model, lm, (x[:16], y[:16]), settings=FAST_STATS, cache_dir=tmp_path, progress=False, device="meta")
+    again = compute_stats(
+        model, lm, (x[:16], y[:16]), settings=FAST_STATS, cache_dir=tmp_path, progress=False, device="meta"
+    )
     assert again.meta["cache"]["hit"] is True
     for a, b in zip(ns.layers, again.layers, strict=True):
-        assert all(torch.equal(getattr(a, f), getattr(b, f)) and getattr(b, f).device.type == "cpu" for f in TENSOR_FIELDS)
+        assert all(
+            torch.equal(getattr(a, f), getattr(b, f)) and getattr(b, f).device.type == "cpu" for f in TENSOR_FIELDS
+        )
 
 
 def test_rounding_cache_is_stored_on_cpu_and_deployed_on_the_layers_device(tmp_path):
@@ -206,6 +248,7 @@ def test_device_is_part_of_the_engine_identity_only():
 
 
 # ------------------------------------------------------------------------------ pretend CUDA: the commands thread the device
+
 
 class _Reached(Exception):
     """Raised by the statistics spy where computing them for real would take minutes."""
@@ -259,21 +302,53 @@ def fake_cuda(monkeypatch) -> Seen:
     return seen
 
 
-@pytest.mark.parametrize(("argv", "expected"), [
-    (["quantize", "--bits", ",".join(["3"] * 20), "--calib-size", "64", "--device", "cuda:1"], {"engine": ["cuda:1"]}),
-    (["score", "--proxies", "kl", "--limit", "3", "--resamples", "20", "--no-reference", "--device", "cuda"], {"engine": ["cuda"]}),
-    (["allocate", "--proxy", "kl", "--budget-avg-bits", "3", "--search-evals", "2", "--evaluate", "--calib-size", "64", "--device", "cuda"],
-     {"engine": ["cuda", "cuda"]}),  # the proxy's engine and the verifying one
-], ids=["quantize", "score", "allocate"])
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["quantize", "--bits", ",".join(["3"] * 20), "--calib-size", "64", "--device", "cuda:1"],
+            {"engine": ["cuda:1"]},
+        ),
+        (
+            ["score", "--proxies", "kl", "--limit", "3", "--resamples", "20", "--no-reference", "--device", "cuda"],
+            {"engine": ["cuda"]},
+        ),
+        (
+            [
+                "allocate",
+                "--proxy",
+                "kl",
+                "--budget-avg-bits",
+                "3",
+                "--search-evals",
+                "2",
+                "--evaluate",
+                "--calib-size",
+                "64",
+                "--device",
+                "cuda",
+            ],
+            {"engine": ["cuda", "cuda"]},
+        ),  # the proxy's engine and the verifying one
+    ],
+    ids=["quantize", "score", "allocate"],
+)
 def test_commands_run_their_engines_on_the_device(argv, expected, fake_cuda):
     code, err = _run(argv)
     assert code == 0, err
     assert fake_cuda.devices == expected
 
 
-@pytest.mark.parametrize("argv", [["stats", "--device", "cuda:1"], ["demo", "--out", "{tmp}/d", "--device", "cuda:1"],
-                                  ["score", "--proxies", "fisher", "--device", "cuda:1"],
-                                  ["allocate", "--proxy", "hawq-v2", "--budget-avg-bits", "3", "--device", "cuda:1"]], ids=lambda a: a[0])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["stats", "--device", "cuda:1"],
+        ["demo", "--out", "{tmp}/d", "--device", "cuda:1"],
+        ["score", "--proxies", "fisher", "--device", "cuda:1"],
+        ["allocate", "--proxy", "hawq-v2", "--budget-avg-bits", "3", "--device", "cuda:1"],
+    ],
+    ids=lambda a: a[0],
+)
 def test_commands_compute_statistics_on_the_device(argv, fake_cuda, tmp_path):
     with pytest.raises(_Reached):
         main([a.replace("{tmp}", str(tmp_path)) for a in argv])
@@ -282,18 +357,49 @@ def test_commands_compute_statistics_on_the_device(argv, fake_cuda, tmp_path):
 
 def test_search_computes_statistics_and_tables_on_the_device(fake_cuda, tmp_path):
     fake_cuda.stats = load_stats(BUNDLES["vgg-digits"].stats_path)
-    code, err = _run(["search", "--bench", "vgg-digits", "--generations", "1", "--population", "8", "--out", str(tmp_path / "s"), "--json", "--device", "cuda"])
+    code, err = _run(
+        [
+            "search",
+            "--bench",
+            "vgg-digits",
+            "--generations",
+            "1",
+            "--population",
+            "8",
+            "--out",
+            str(tmp_path / "s"),
+            "--json",
+            "--device",
+            "cuda",
+        ]
+    )
     assert code == 0, err
     assert fake_cuda.devices["stats"] == ["cuda"] and "cuda" in fake_cuda.devices["tables"]
 
 
 # ------------------------------------------------------------------------------ bench builds: the same bits on every device
 
-BUILD = ["bench", "build", "--configs", "6", "--seed", "3", "--noise-samples", "4", "--calib-size", "64", "--test-limit", "150"]
+BUILD = [
+    "bench",
+    "build",
+    "--configs",
+    "6",
+    "--seed",
+    "3",
+    "--noise-samples",
+    "4",
+    "--calib-size",
+    "64",
+    "--test-limit",
+    "150",
+]
 
 
-CONTENT = {"plan": "idx, config, source", "records": "idx, config, top1, loss, kl, size_bytes, bitops, seed, source, outcomes",
-           "repeats": "config, top1, loss, kl, calib_seed, outcomes"}  # everything but timings
+CONTENT = {
+    "plan": "idx, config, source",
+    "records": "idx, config, top1, loss, kl, size_bytes, bitops, seed, source, outcomes",
+    "repeats": "config, top1, loss, kl, calib_seed, outcomes",
+}  # everything but timings
 
 
 def _content(path: Path) -> dict[str, object]:

@@ -39,7 +39,9 @@ IS_ROOT = os.geteuid() == 0
 
 
 def _mount(target: Path, *options: str) -> None:
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(target)], capture_output=True, text=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(target)], capture_output=True, text=True
+    )
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or 'mount failed'})")
 
@@ -142,7 +144,9 @@ def test_out_below_a_file_is_one_line_and_new_folders_are_created(tmp_path, no_m
 def test_resume_of_a_finished_bench_on_a_readonly_disk_writes_nothing(finished, make_readonly, capsys, caplog):
     ro = make_readonly([finished])
     before = (ro / finished.name).read_bytes()
-    assert main(["bench", "build", "--out", str(ro / finished.name), "--resume", "--json", *CLI]) == 0, capsys.readouterr().err
+    assert main(["bench", "build", "--out", str(ro / finished.name), "--resume", "--json", *CLI]) == 0, (
+        capsys.readouterr().err
+    )
     assert "not compacted" not in caplog.text  # nothing was written, so there is nothing to warn about
     assert json.loads(capsys.readouterr().out)["records"] == ARGS["configs"]
     assert (ro / finished.name).read_bytes() == before and sorted(p.name for p in ro.iterdir()) == [finished.name]
@@ -172,7 +176,17 @@ def test_full_disk_mid_build_names_the_file_and_keeps_every_record(mounts):
         n = 0
         with pytest.raises(EmqError, match=rf"bench {d / 'b.sqlite'}: the disk is full") as e:
             for n in range(10_000):  # noqa: B007 - n is read after the loop
-                store.insert_record(con, {"idx": n, "config": f"{n}," + "2" * 300, "top1": 1.0, "size_bytes": 1.0, "bitops": 1.0, "source": "t"})
+                store.insert_record(
+                    con,
+                    {
+                        "idx": n,
+                        "config": f"{n}," + "2" * 300,
+                        "top1": 1.0,
+                        "size_bytes": 1.0,
+                        "bitops": 1.0,
+                        "source": "t",
+                    },
+                )
         assert "rollback" not in str(e.value)
     with closing(sqlite3.connect(d / "b.sqlite")) as con:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -195,7 +209,13 @@ def test_compaction_on_a_nearly_full_disk_keeps_the_valid_file(mounts, caplog):
     path = d / "b.sqlite"
     with closing(store.connect(path)) as con:
         store.init_bench(con, {"kind": "test"}, [])
-        store.insert_records(con, [{"idx": i, "config": f"{i}," + "2" * 200, "top1": 1.0, "size_bytes": 1.0, "bitops": 1.0, "source": "t"} for i in range(60)])
+        store.insert_records(
+            con,
+            [
+                {"idx": i, "config": f"{i}," + "2" * 200, "top1": 1.0, "size_bytes": 1.0, "bitops": 1.0, "source": "t"}
+                for i in range(60)
+            ],
+        )
         with store.transaction(con):
             con.execute("DELETE FROM records WHERE idx % 2 = 0")  # free pages: VACUUM has work to do
     _fill(d)
@@ -256,7 +276,10 @@ def test_two_builders_started_together_one_builds_one_is_refused(tmp_path):
     assert [rc for rc, _ in results] == [0, 2], results
     assert f"--out {out}: the file exists" in results[1][1] or f"bench {out}: another build is writing" in results[1][1]
     with closing(sqlite3.connect(out)) as con:
-        assert json.loads(con.execute("SELECT value FROM meta WHERE key = 'build_log'").fetchone()[0])[0]["evaluated"] == EVALUATED
+        assert (
+            json.loads(con.execute("SELECT value FROM meta WHERE key = 'build_log'").fetchone()[0])[0]["evaluated"]
+            == EVALUATED
+        )
 
 
 # --- user modules (item 10) and file modes (item 15) --------------------------------------

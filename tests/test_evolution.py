@@ -13,7 +13,9 @@ TIMING = {"seconds", "evals_per_s"}
 
 
 def _fingerprint(result):
-    rows = [(r["canonical"], round(r["search_spearman"], 12), round(r["heldout_spearman"], 12)) for r in result.hall_of_fame]
+    rows = [
+        (r["canonical"], round(r["search_spearman"], 12), round(r["heldout_spearman"], 12)) for r in result.hall_of_fame
+    ]
     log = [{k: v for k, v in rec.items() if k not in TIMING} for rec in result.log]
     return rows, json.dumps(log, sort_keys=True, default=str)
 
@@ -55,7 +57,10 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch, run, tiny
     with pytest.raises(EmqError, match="warm_start=True"):
         search(fd, stats=stats, **cfg, out=tmp_path / "killed")
     killed = tmp_path / "killed"
-    orphans = [killed / ".checkpoint.npz.k3x9.tmp", killed / ".diversity.png.q1w2.tmp"]  # what a kill -9 mid-write leaves
+    orphans = [
+        killed / ".checkpoint.npz.k3x9.tmp",
+        killed / ".diversity.png.q1w2.tmp",
+    ]  # what a kill -9 mid-write leaves
     for f in orphans:
         f.write_bytes(b"partial")
     (killed / "notes.tmp").write_text("the user's")  # not ours: stays
@@ -64,7 +69,9 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch, run, tiny
     assert _fingerprint(resumed) == _fingerprint(full)
     lines = (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["generation"] for x in lines] == list(range(7))
-    swapped = FitnessData.from_arrays(fd.bits, (fd.heldout.configs, -fd.heldout.target), (fd.search.configs, -fd.search.target), metric="kl")
+    swapped = FitnessData.from_arrays(
+        fd.bits, (fd.heldout.configs, -fd.heldout.target), (fd.search.configs, -fd.search.target), metric="kl"
+    )
     with pytest.raises(EmqError, match="different bench"):
         search(swapped, stats=stats, **cfg, out=tmp_path / "killed", resume=True)
     with pytest.raises(EmqError, match="different settings"):

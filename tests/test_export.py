@@ -13,7 +13,19 @@ from emq.proxy import ProxyContext
 from emq.rendering import export, simplify, to_sympy
 from emq.search_space.proxyfile import EvolvedProxy, load_proxy, save_proxy
 
-TOKENS = [("p", "mul_s"), ("p", "div_s"), ("t", "trace"), ("t", "params"), ("p", "add_s"), ("c", 0.5), ("p", "square_s"), ("p", "l2_w"), ("p", "scale_w"), ("t", "E"), ("t", "pow2b")]
+TOKENS = [
+    ("p", "mul_s"),
+    ("p", "div_s"),
+    ("t", "trace"),
+    ("t", "params"),
+    ("p", "add_s"),
+    ("c", 0.5),
+    ("p", "square_s"),
+    ("p", "l2_w"),
+    ("p", "scale_w"),
+    ("t", "E"),
+    ("t", "pow2b"),
+]
 
 
 def _ctx(stats, bits=None):
@@ -26,7 +38,9 @@ def test_loaded_proxy_scores_exactly_as_the_original(tmp_path, tiny_setting):
     path = save_proxy(p, tmp_path / "p.json")
     q = load_proxy(path)
     assert q.tokens == p.tokens and q.orientation == -1 and q.meta["fitness"]["search_spearman"] == 0.5
-    np.testing.assert_array_equal(q.score_configs(_ctx(stats), fd.search.configs), p.score_configs(_ctx(stats), fd.search.configs))
+    np.testing.assert_array_equal(
+        q.score_configs(_ctx(stats), fd.search.configs), p.score_configs(_ctx(stats), fd.search.configs)
+    )
     sub = q.table(_ctx(stats, (4, 2)))  # a context may ask for bits in its own order
     np.testing.assert_array_equal(sub, p.table(_ctx(stats))[:, [2, 0]])
 
@@ -104,7 +118,10 @@ def test_png_export_leaves_the_users_matplotlib_backend_alone(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("name", ['x"""\nimport os; os.system("touch PWNED")\n"""', "../../../escaped", "/abs/path", ".hidden", "a/b", "", "x" * 65])
+@pytest.mark.parametrize(
+    "name",
+    ['x"""\nimport os; os.system("touch PWNED")\n"""', "../../../escaped", "/abs/path", ".hidden", "a/b", "", "x" * 65],
+)
 def test_a_proxy_name_never_becomes_code_or_a_path(tmp_path, name):
     good = tmp_path / "good.json"
     save_proxy(EvolvedProxy(TOKENS, 1, "fine"), good)

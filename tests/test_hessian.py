@@ -51,7 +51,9 @@ def exact_hessian(model, x, y, names, weights) -> torch.Tensor:
     """The exact Hessian of the mean loss w.r.t. the concatenated weights, in float64."""
     shapes = [w.shape for w in weights]
     sizes = [w.numel() for w in weights]
-    base = {k: v.detach().double() for k, v in [*model.named_parameters(), *model.named_buffers()] if v.is_floating_point()}
+    base = {
+        k: v.detach().double() for k, v in [*model.named_parameters(), *model.named_buffers()] if v.is_floating_point()
+    }
 
     def loss(flat):
         state = dict(base)
@@ -166,7 +168,9 @@ def test_hutchinson_reports_per_layer_convergence(setup, exact):
         values.append([float(v[edges[i] : edges[i + 1]] @ hv[edges[i] : edges[i + 1]]) for i in range(len(weights))])
     values = np.array(values)
     np.testing.assert_allclose(res.trace, values.mean(0), rtol=1e-3)
-    np.testing.assert_allclose(res.layer_rel_stderr, values.std(0, ddof=1) / np.sqrt(5) / np.abs(values.mean(0)), rtol=1e-3)
+    np.testing.assert_allclose(
+        res.layer_rel_stderr, values.std(0, ddof=1) / np.sqrt(5) / np.abs(values.mean(0)), rtol=1e-3
+    )
     one = hutchinson(problem, 1, 1, 0.0)
     assert np.isinf(one.layer_change).all() and np.isinf(one.change)
 
@@ -175,7 +179,11 @@ def test_power_iteration_defaults_and_convergence_report(setup, exact):
     """HAWQ's defaults (100 iterations, relative tolerance 1e-3) converge on the tiny model; the report is exact."""
     import inspect
 
-    defaults = {k: p.default for k, p in inspect.signature(power_iteration).parameters.items() if p.default is not inspect.Parameter.empty}
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(power_iteration).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
     assert defaults["iters"] == 100 and defaults["tol"] == 1e-3
     model, x, y, names, weights = setup
     problem = HessianProblem(model, weights, [(x, y)])

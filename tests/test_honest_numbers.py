@@ -154,8 +154,14 @@ def _write_bench(path, n_slots, n_configs=150, seed=0, poison=False):
     weight = rng.uniform(0.2, 1.0, n_slots)
     difficulty = rng.normal(0, 1.0, N_SOURCES)[sources]
     space = ConfigSpace(tuple(f"s{i}" for i in range(n_slots)), BITS)
-    meta = {"schema_version": store.SCHEMA_VERSION, "kind": "ptq-build", "model": "tiny", "space": space.to_json(),
-            "test_pools": pools.to_json(), "default_metric": "kl"}
+    meta = {
+        "schema_version": store.SCHEMA_VERSION,
+        "kind": "ptq-build",
+        "model": "tiny",
+        "space": space.to_json(),
+        "test_pools": pools.to_json(),
+        "default_metric": "kl",
+    }
     rows = []
     for i, c in enumerate(configs):
         quality = float(np.dot(weight, c)) / n_slots
@@ -166,9 +172,19 @@ def _write_bench(path, n_slots, n_configs=150, seed=0, poison=False):
         if poison:
             bad = np.ones(sources.size, dtype=bool) if is_heldout(text) else report
             kl, loss = np.where(bad, np.nan, kl), np.where(bad, np.nan, loss)
-        row = {"idx": i, "config": text, "top1": 100 * correct.mean(), "loss": float(np.mean(loss)), "kl": float(np.mean(kl)),
-               "size_bytes": float(sum(c)), "bitops": float(sum(c)), "seconds": 0.0, "seed": 0, "source": "synthetic",
-               "outcomes": encode({"correct": correct, "loss": loss, "kl": kl})}
+        row = {
+            "idx": i,
+            "config": text,
+            "top1": 100 * correct.mean(),
+            "loss": float(np.mean(loss)),
+            "kl": float(np.mean(kl)),
+            "size_bytes": float(sum(c)),
+            "bitops": float(sum(c)),
+            "seconds": 0.0,
+            "seed": 0,
+            "source": "synthetic",
+            "outcomes": encode({"correct": correct, "loss": loss, "kl": kl}),
+        }
         rows.append(row)
     with closing(store.connect(path)) as con:
         store.init_bench(con, meta, [(r["config"], "synthetic") for r in rows])
@@ -197,7 +213,10 @@ def test_poisoned_heldout_and_report_pool_leave_the_campaign_identical(tmp_path,
     stats = tiny_setting[0]
     clean = Bench.open(_write_bench(tmp_path / "clean.sqlite", stats.num_slots))
     poisoned = Bench.open(_write_bench(tmp_path / "poisoned.sqlite", stats.num_slots, poison=True))
-    assert np.isnan(poisoned.pool_metric("kl", "report")).all() and not np.isnan(poisoned.pool_metric("kl", "fit")[~poisoned.heldout]).any()
+    assert (
+        np.isnan(poisoned.pool_metric("kl", "report")).all()
+        and not np.isnan(poisoned.pool_metric("kl", "fit")[~poisoned.heldout]).any()
+    )
 
     def campaign(bench):
         est = ProxySearch(generations=3, population=16, random_state=0, metric="kl").fit(bench, stats=stats)
@@ -209,7 +228,9 @@ def test_poisoned_heldout_and_report_pool_leave_the_campaign_identical(tmp_path,
     b, log_b, hof_b = campaign(poisoned)
     assert log_a == log_b and hof_a == hof_b and a.best_proxy_.expression == b.best_proxy_.expression
     assert a.summary_["best_handmade"] == b.summary_["best_handmade"]
-    assert np.isfinite(a.summary_["best_heldout_spearman"]) and b.summary_["best_heldout_spearman"] is None  # the poison reached the report only
+    assert (
+        np.isfinite(a.summary_["best_heldout_spearman"]) and b.summary_["best_heldout_spearman"] is None
+    )  # the poison reached the report only
 
 
 def test_a_format_1_bench_is_refused_with_the_way_out(tmp_path, tiny_setting):

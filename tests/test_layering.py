@@ -10,8 +10,33 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINES = ("emq.evolution", "emq.ranking", "emq.allocation", "emq.api", "emq.cli", "emq.baselines", "emq.pipeline_demo", "emq.rendering", "emq.bench_setup")
-CORE = ("emq.models", "emq.data", "emq.layermap", "emq.quant", "emq.specs", "emq.device", "emq.errors", "emq.fileio", "emq.hashing", "emq.proxy", "emq.target", "emq.tables", "emq.executors", "emq.fitness")
+ENGINES = (
+    "emq.evolution",
+    "emq.ranking",
+    "emq.allocation",
+    "emq.api",
+    "emq.cli",
+    "emq.baselines",
+    "emq.pipeline_demo",
+    "emq.rendering",
+    "emq.bench_setup",
+)
+CORE = (
+    "emq.models",
+    "emq.data",
+    "emq.layermap",
+    "emq.quant",
+    "emq.specs",
+    "emq.device",
+    "emq.errors",
+    "emq.fileio",
+    "emq.hashing",
+    "emq.proxy",
+    "emq.target",
+    "emq.tables",
+    "emq.executors",
+    "emq.fitness",
+)
 
 
 def _module(path: Path, folder: str, package: str) -> str:
@@ -70,7 +95,9 @@ def test_the_checker_sees_a_violation(tmp_path, monkeypatch):
     (fake / "x.py").write_text("from emq.ranking import score\nfrom ..evolution import search\nimport emq\n")
     monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
     found = {m: _hits(_imports(p, m), ENGINES) for p, m in _files("bench", "emq.bench")}
-    assert found == {"emq.bench.x": ["emq", "emq.evolution", "emq.evolution.search", "emq.ranking", "emq.ranking.score"]}
+    assert found == {
+        "emq.bench.x": ["emq", "emq.evolution", "emq.evolution.search", "emq.ranking", "emq.ranking.score"]
+    }
 
 
 def test_no_submodule_shadows_an_api_function():

@@ -11,7 +11,11 @@ from emq.search_space.pset import make_space
 
 HELPERS: dict = {}
 exec(compile(NUMPY_HELPERS, "numpy_helpers", "exec"), HELPERS)  # our own constant source
-SYMPY_MODULES = [{k: HELPERS[k] for k in ("mean", "total", "l1", "l2", "maxabs", "std", "var", "znorm", "minmax", "softmax")}, {"Min": np.minimum, "Max": np.maximum}, "numpy"]
+SYMPY_MODULES = [
+    {k: HELPERS[k] for k in ("mean", "total", "l1", "l2", "maxabs", "std", "var", "znorm", "minmax", "softmax")},
+    {"Min": np.minimum, "Max": np.maximum},
+    "numpy",
+]
 
 
 def _inputs(op, rng):
@@ -56,7 +60,9 @@ def test_every_typed_primitive_packed_equals_per_layer(tiny_setting):
     ev = TableEvaluator(stats, space.terminals, space.prims)
     pick = {T: [n for n, t in TERMINALS.items() if t.type is T] for T in {t.type for t in TERMINALS.values()}}
     for name, p in PRIMITIVES.items():
-        tokens = [("p", name)] + [("t", pick[T][i % len(pick[T])] if T is not WeightT else ("Q", "W")[i]) for i, T in enumerate(p.in_types)]
+        tokens = [("p", name)] + [
+            ("t", pick[T][i % len(pick[T])] if T is not WeightT else ("Q", "W")[i]) for i, T in enumerate(p.in_types)
+        ]
         if p.out_type is not Scalar:
             tokens = [("p", {"w": "mean_w", "a": "mean_a", "y": "mean_y"}[name.rsplit("_", 1)[1]])] + tokens
         table = ev.layer_table(tokens)

@@ -20,7 +20,17 @@ from emq.search_space.evaluate import TableEvaluator
 from emq.search_space.pset import HANDMADE
 from emq.search_space.stats import StatsSettings, compute_stats
 
-FAST = StatsSettings(calib_size=32, batch_size=16, hessian_images=16, hessian_batch_size=16, hessian_min_probes=2, hessian_max_probes=4, eig_iters=2, act_cap=16, act_bits=6)
+FAST = StatsSettings(
+    calib_size=32,
+    batch_size=16,
+    hessian_images=16,
+    hessian_batch_size=16,
+    hessian_min_probes=2,
+    hessian_max_probes=4,
+    eig_iters=2,
+    act_cap=16,
+    act_bits=6,
+)
 CONFIGS = np.array([[2, 3, 4], [4, 4, 4], [2, 2, 2], [3, 4, 2]])
 
 
@@ -61,7 +71,9 @@ def test_common_checks(name, setting):
     assert s.shape == (len(CONFIGS),) and s.dtype == np.float64 and np.isfinite(s).all()
     perm = np.array([2, 0, 3, 1])
     np.testing.assert_allclose(scores(CONFIGS[perm]), s[perm], rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(get_proxy(name).oriented_scores(fresh(), CONFIGS), cls.orientation * s, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        get_proxy(name).oriented_scores(fresh(), CONFIGS), cls.orientation * s, rtol=1e-9, atol=1e-12
+    )
     if proxy.separable:
         table = proxy.table(fresh())
         assert table.shape == (stats.num_slots, len(BITS)) and np.isfinite(table).all()
@@ -117,7 +129,6 @@ def test_registry_refuses_incomplete_or_clashing_proxies():
 def test_registry_order_is_the_order_attribute():
     orders = [p.order for p in PROXIES.values()]
     assert orders == sorted(orders) and len(set(orders)) == len(orders)
-
 
 
 def test_variants_are_labelled_and_never_faithful():

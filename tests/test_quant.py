@@ -205,7 +205,14 @@ def test_weight_quantizer_setting_is_validated_and_old_settings_load():
 
     with pytest.raises(ParameterError, match=r"weight_quantizer='nonesuch'.*use one of"):
         PTQSettings(weight_quantizer="nonesuch")
-    stored = {"act_bits": 8, "weight_symmetric": False, "bn": "reestimate", "calib_size": 512, "calib_seed": 0, "batch_size": 1024}
+    stored = {
+        "act_bits": 8,
+        "weight_symmetric": False,
+        "bn": "reestimate",
+        "calib_size": 512,
+        "calib_seed": 0,
+        "batch_size": 1024,
+    }
     assert PTQSettings(**stored).weight_quantizer == "mse"  # a bench built before the field existed
 
 

@@ -68,7 +68,12 @@ def _once(ctx, t):
 def cluster():
     # the workers import this module's task functions by name, so they need its folder on their path;
     # 4 logical CPUs: the module's pool (2 actors, idle between tests) and a driver test's own 2 actors
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}},
+    )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -89,8 +94,12 @@ def serial_bench(tmp_path_factory):
 
 def _records(path):
     with closing(sqlite3.connect(path)) as con:
-        recs = con.execute("SELECT idx, config, top1, loss, kl, size_bytes, bitops, seed, source, outcomes FROM records ORDER BY idx").fetchall()
-        reps = con.execute("SELECT config, top1, loss, kl, calib_seed, outcomes FROM repeats ORDER BY config").fetchall()
+        recs = con.execute(
+            "SELECT idx, config, top1, loss, kl, size_bytes, bitops, seed, source, outcomes FROM records ORDER BY idx"
+        ).fetchall()
+        reps = con.execute(
+            "SELECT config, top1, loss, kl, calib_seed, outcomes FROM repeats ORDER BY config"
+        ).fetchall()
     return recs, reps
 
 
@@ -120,7 +129,9 @@ def test_a_failing_task_raises_or_is_returned_as_a_failure(pool):
     out = list(pool.map(_fails_on_seven, range(10), context=None, failures=True))
     assert out[:7] == list(range(7)) and out[8:] == [8, 9]
     assert out[7] == TaskFailure(7, "ValueError: seven is bad input", 1)  # bad input is not retried
-    with pytest.raises(ValueError, match="seven is bad input"):  # the task's own error, as the serial executor raises it
+    with pytest.raises(
+        ValueError, match="seven is bad input"
+    ):  # the task's own error, as the serial executor raises it
         list(pool.map(_fails_on_seven, range(10)))
 
 
@@ -161,7 +172,9 @@ def test_campaign_fitness_on_ray_equals_serial(pool, tiny_setting):
     kw = {"generations": 4, "population": 16, "seed": 3}
 
     def fingerprint(result):
-        return [(r["canonical"], r["search_spearman"], r["heldout_spearman"]) for r in result.hall_of_fame], [r["best_search"] for r in result.log]
+        return [(r["canonical"], r["search_spearman"], r["heldout_spearman"]) for r in result.hall_of_fame], [
+            r["best_search"] for r in result.log
+        ]
 
     assert fingerprint(search(fd, stats=stats, executor=pool, **kw)) == fingerprint(search(fd, stats=stats, **kw))
 
@@ -202,7 +215,22 @@ def test_ray_build_equals_serial_build_even_when_a_worker_is_killed(pool, serial
 @pytest.mark.slow
 def test_killing_the_driver_then_resuming_gives_the_serial_bench(cluster, serial_bench, tmp_path):
     out = tmp_path / "driver.sqlite"
-    cmd = [sys.executable, "-m", "emq.cli.main", "bench", "build", "--out", str(out), *CLI, "--executor", "ray", "--workers", "2", "--ray-address", cluster]
+    cmd = [
+        sys.executable,
+        "-m",
+        "emq.cli.main",
+        "bench",
+        "build",
+        "--out",
+        str(out),
+        *CLI,
+        "--executor",
+        "ray",
+        "--workers",
+        "2",
+        "--ray-address",
+        cluster,
+    ]
     log = tmp_path / "driver.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)

@@ -71,7 +71,9 @@ def test_options_are_validated_normalized_and_recorded():
     s = PTQSettings(weight_quantizer="adaround", quantizer_options={"iters": "300"})
     assert s.quantizer_options == (("iters", 300),)
     assert PTQSettings(**s.to_json()) == s and s.to_json()["quantizer_options"] == {"iters": 300}
-    assert PTQSettings(weight_quantizer="adaround", quantizer_options={"iters": 2000}).quantizer_options == ()  # the default
+    assert (
+        PTQSettings(weight_quantizer="adaround", quantizer_options={"iters": 2000}).quantizer_options == ()
+    )  # the default
     with pytest.raises(ParameterError, match="has no option 'itres'"):
         PTQSettings(weight_quantizer="adaround", quantizer_options={"itres": 3})
     with pytest.raises(ParameterError, match="must be a float"):
@@ -81,7 +83,15 @@ def test_options_are_validated_normalized_and_recorded():
 def _rounded(tmp_path, method="gptq"):
     name, layer = _layers()[0]
     model = nn.Sequential(layer.module)
-    return RoundedWeights(model, [layer.module], ["0"], method, FAST_ADAROUND if method == "adaround" else None, calib=layer.inputs, cache_dir=tmp_path)
+    return RoundedWeights(
+        model,
+        [layer.module],
+        ["0"],
+        method,
+        FAST_ADAROUND if method == "adaround" else None,
+        calib=layer.inputs,
+        cache_dir=tmp_path,
+    )
 
 
 def test_cache_hit_on_a_second_call_and_a_corrupt_entry_is_recomputed(tmp_path, caplog):
@@ -103,16 +113,28 @@ def test_cache_hit_on_a_second_call_and_a_corrupt_entry_is_recomputed(tmp_path, 
     files[0].write_bytes(b"garbage")  # an unreadable file
     fourth = _rounded(tmp_path)
     assert torch.equal(fourth.get(0, 2), q) and fourth.misses == 1
-    assert torch.equal(_rounded(tmp_path).get(0, 2), q) and len(list(rounding_cache_dir(tmp_path).glob("*"))) == 1  # rewritten, no temp left
+    assert (
+        torch.equal(_rounded(tmp_path).get(0, 2), q) and len(list(rounding_cache_dir(tmp_path).glob("*"))) == 1
+    )  # rewritten, no temp left
 
 
 def test_cache_key_depends_on_calibration_and_options(tmp_path):
     a = _rounded(tmp_path)
     a.get(0, 2)
     name, layer = _layers()[0]
-    other = RoundedWeights(nn.Sequential(layer.module), [layer.module], ["0"], "gptq", {"damp": 0.1}, calib=layer.inputs, cache_dir=tmp_path)
+    other = RoundedWeights(
+        nn.Sequential(layer.module),
+        [layer.module],
+        ["0"],
+        "gptq",
+        {"damp": 0.1},
+        calib=layer.inputs,
+        cache_dir=tmp_path,
+    )
     other.get(0, 2)
-    fewer = RoundedWeights(nn.Sequential(layer.module), [layer.module], ["0"], "gptq", calib=layer.inputs[:10], cache_dir=tmp_path)
+    fewer = RoundedWeights(
+        nn.Sequential(layer.module), [layer.module], ["0"], "gptq", calib=layer.inputs[:10], cache_dir=tmp_path
+    )
     fewer.get(0, 2)
     assert other.misses == 1 and fewer.misses == 1 and len(list(rounding_cache_dir(tmp_path).glob("*.pt"))) == 3
 
@@ -124,8 +146,16 @@ def _net_and_data():
     from emq.layermap import build_layer_map
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False),
-                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
     x = torch.randn(120, 1, 6, 6)
     y = torch.randint(0, 3, (120,))
     data = DataSplits("toy", 3, 1, 6, (x[:60], y[:60]), TensorDataset(x[60:], y[60:]))

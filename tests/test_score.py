@@ -49,7 +49,21 @@ def bench_path(tmp_path_factory, target):
     }
     path = tmp_path_factory.mktemp("bench") / "b.sqlite"
     texts = [config_text(c) for c in configs]
-    rows = [{"idx": i, "config": t, "top1": float(v), "loss": 1.0, "kl": 0.1, "size_bytes": 0.0, "bitops": 0.0, "seconds": 0.0, "seed": 0, "source": "test"} for i, (t, v) in enumerate(zip(texts, top1, strict=True))]
+    rows = [
+        {
+            "idx": i,
+            "config": t,
+            "top1": float(v),
+            "loss": 1.0,
+            "kl": 0.1,
+            "size_bytes": 0.0,
+            "bitops": 0.0,
+            "seconds": 0.0,
+            "seed": 0,
+            "source": "test",
+        }
+        for i, (t, v) in enumerate(zip(texts, top1, strict=True))
+    ]
     with closing(store.connect(path)) as con:
         store.init_bench(con, meta, [(t, "test") for t in texts])
         store.insert_records(con, rows)
@@ -67,7 +81,28 @@ def stats(target):
         w = modules[layer.name].weight.detach()
         q = torch.stack([quantize_weight(w, b) for b in BITS])
         small = torch.randn(4, 3, generator=g)
-        layers.append(LayerStats(layer.name, w, torch.randn(w.shape, generator=g), w, w, small, small, small, small, q, q - w[None], float(i + 1), 1.0, layer.params, layer.macs, layer.out_channels, SG=w.abs(), FD=w * w))
+        layers.append(
+            LayerStats(
+                layer.name,
+                w,
+                torch.randn(w.shape, generator=g),
+                w,
+                w,
+                small,
+                small,
+                small,
+                small,
+                q,
+                q - w[None],
+                float(i + 1),
+                1.0,
+                layer.params,
+                layer.macs,
+                layer.out_channels,
+                SG=w.abs(),
+                FD=w * w,
+            )
+        )
     return NetworkStats(BITS, layers, list(target.layer_map.layer_slot))
 
 
@@ -79,20 +114,35 @@ def test_correlations_match_hand_computation(bench_path, stats, target):
     sizes = b.configs @ target.layer_map.params / 8
     held = b.heldout
     size = next(p for p in report.proxies if p.name == "size")
-    assert size.correlations["spearman_heldout_report"] == pytest.approx(spearmanr(sizes[held], b.metrics["top1"][held]).statistic)
-    assert size.correlations["spearman_search_fit"] == pytest.approx(spearmanr(sizes[~held], b.metrics["top1"][~held]).statistic)
-    assert size.correlations["kendall_heldout_report"] == pytest.approx(kendalltau(sizes[held], b.metrics["top1"][held]).statistic)
-    assert size.n == {"search_fit": int((~held).sum()), "heldout_fit": int(held.sum()), "search_report": int((~held).sum()), "heldout_report": int(held.sum())}
+    assert size.correlations["spearman_heldout_report"] == pytest.approx(
+        spearmanr(sizes[held], b.metrics["top1"][held]).statistic
+    )
+    assert size.correlations["spearman_search_fit"] == pytest.approx(
+        spearmanr(sizes[~held], b.metrics["top1"][~held]).statistic
+    )
+    assert size.correlations["kendall_heldout_report"] == pytest.approx(
+        kendalltau(sizes[held], b.metrics["top1"][held]).statistic
+    )
+    assert size.n == {
+        "search_fit": int((~held).sum()),
+        "heldout_fit": int(held.sum()),
+        "search_report": int((~held).sum()),
+        "heldout_report": int(held.sum()),
+    }
     assert size.correlations["spearman_search_fit"] > 0.6  # the metric was built from the size, plus noise
     assert size.interval["low"] <= size.correlations["spearman_heldout_report"] <= size.interval["high"]
     hawq = next(p for p in report.proxies if p.name == "hawq-v2")
     assert hawq.orientation == -1 and hawq.kind == "separable"
-    assert report.ceiling is None and report.pools is None and report.metric == "top1"  # no per-image outcomes: nothing measured
+    assert (
+        report.ceiling is None and report.pools is None and report.metric == "top1"
+    )  # no per-image outcomes: nothing measured
     assert "same test images" in report.to_markdown()
     ridge = next(p for p in report.proxies if p.kind == "supervised")
     assert ridge.name == "ridge" and ridge.correlations["spearman_search_fit"] > 0.6
     best = next(p for p in report.proxies if p.name == report.best_handmade)
-    assert best.correlations["spearman_search_fit"] == max(p.correlations["spearman_search_fit"] for p in report.proxies if p.kind == "separable")
+    assert best.correlations["spearman_search_fit"] == max(
+        p.correlations["spearman_search_fit"] for p in report.proxies if p.kind == "separable"
+    )
     assert best.paired is None and all(p.paired["baseline"] == best.name for p in report.proxies if p is not best)
     headers, rows = table_rows(report)
     assert len(rows) == 4 and headers[5].startswith("ρ held-out×report")
@@ -108,7 +158,9 @@ def test_whole_config_sample_outputs_and_model_untouched(bench_path, target, tmp
     names = sorted(p.name for p in written)
     assert names == ["scatter_kl.png", "scatter_ridge.png", "score.csv", "score.json"]
     obj = json.loads((tmp_path / "out" / "score.json").read_text())
-    assert obj["proxies"][0]["name"] == "kl" and "spearman_heldout_report" in obj["proxies"][0] and obj["ceiling"] is None
+    assert (
+        obj["proxies"][0]["name"] == "kl" and "spearman_heldout_report" in obj["proxies"][0] and obj["ceiling"] is None
+    )
     assert (tmp_path / "out" / "scatter_kl.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
     assert state_dict_digest(target.model) == before

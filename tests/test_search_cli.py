@@ -14,7 +14,20 @@ def test_search_cli_json_and_run_directory(tmp_path, capsys):
     out = tmp_path / "run"
     bench = tmp_path / "default.sqlite"  # a snapshot: the campaign and its resume see the same bench
     shutil.copyfile(shipped_bench_path(), bench)
-    args = ["search", "--bench", str(bench), "--generations", "2", "--population", "8", "--seed", "1", "--out", str(out), "--json"]
+    args = [
+        "search",
+        "--bench",
+        str(bench),
+        "--generations",
+        "2",
+        "--population",
+        "8",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+        "--json",
+    ]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     for name in ("best_proxy.json", "hall_of_fame.csv", "log.jsonl", "fitness.png", "diversity.png", "checkpoint.npz"):

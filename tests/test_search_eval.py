@@ -49,11 +49,39 @@ def test_table_scores_equal_naive_per_configuration(setting):
         ([("p", "l2_w"), ("t", "W")], "no_bit_terminal"),  # cannot see bits at all
         ([("p", "mul_s"), ("t", "b"), ("c", 0.0)], "probe_bit_insensitive"),  # constant zero
         ([("p", "sub_s"), ("t", "b"), ("t", "b")], "probe_bit_insensitive"),
-        ([("p", "mean_w"), ("p", "mul_w"), ("t", "Q"), ("p", "sub_w"), ("t", "W"), ("t", "W")], "probe_bit_insensitive"),  # Q * 0
-        ([*[("p", "square_s")] * 5, ("p", "exp_s"), ("p", "mul_s"), ("t", "b"), ("c", 8.0)], "probe_nonfinite"),  # (e^30)^32 overflows
+        (
+            [("p", "mean_w"), ("p", "mul_w"), ("t", "Q"), ("p", "sub_w"), ("t", "W"), ("t", "W")],
+            "probe_bit_insensitive",
+        ),  # Q * 0
+        (
+            [*[("p", "square_s")] * 5, ("p", "exp_s"), ("p", "mul_s"), ("t", "b"), ("c", 8.0)],
+            "probe_nonfinite",
+        ),  # (e^30)^32 overflows
         # a finite table (max 7e307) whose sum over slots overflows: mul_s(mul_s(8,8), mul_s(square_s^4(exp_s(mul_s(8,4))), square_s^3(exp_s(7b))))
-        ([("p", "mul_s"), ("p", "mul_s"), ("c", 8.0), ("c", 8.0), ("p", "mul_s"), *[("p", "square_s")] * 4, ("p", "exp_s"), ("p", "mul_s"), ("c", 8.0), ("c", 4.0),
-          *[("p", "square_s")] * 3, ("p", "exp_s"), ("p", "add_s"), ("p", "mul_s"), ("t", "b"), ("c", 4.0), ("p", "mul_s"), ("t", "b"), ("c", 3.0)], "nonfinite_scores"),
+        (
+            [
+                ("p", "mul_s"),
+                ("p", "mul_s"),
+                ("c", 8.0),
+                ("c", 8.0),
+                ("p", "mul_s"),
+                *[("p", "square_s")] * 4,
+                ("p", "exp_s"),
+                ("p", "mul_s"),
+                ("c", 8.0),
+                ("c", 4.0),
+                *[("p", "square_s")] * 3,
+                ("p", "exp_s"),
+                ("p", "add_s"),
+                ("p", "mul_s"),
+                ("t", "b"),
+                ("c", 4.0),
+                ("p", "mul_s"),
+                ("t", "b"),
+                ("c", 3.0),
+            ],
+            "nonfinite_scores",
+        ),
     ],
 )
 def test_screening_rejects_degenerate_trees(setting, tokens, reason):

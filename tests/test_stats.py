@@ -16,7 +16,17 @@ from emq.quant import PTQSettings, fake_quant, quantize_weight
 from emq.search_space.netstats import TENSOR_FIELDS, load_stats, save_stats
 from emq.search_space.stats import StatsSettings, _apply_trace_policy, compute_stats
 
-FAST = StatsSettings(batch_size=5, hessian_images=12, hessian_batch_size=12, hessian_min_probes=4, hessian_max_probes=8, eig_iters=3, act_cap=64, act_bits=4, negative_trace="keep")
+FAST = StatsSettings(
+    batch_size=5,
+    hessian_images=12,
+    hessian_batch_size=12,
+    hessian_min_probes=4,
+    hessian_max_probes=8,
+    eig_iters=3,
+    act_cap=64,
+    act_bits=4,
+    negative_trace="keep",
+)
 
 
 class Tiny(nn.Module):
@@ -130,7 +140,9 @@ def test_activation_cap_and_repeatability(tiny):
         for f in TENSOR_FIELDS:
             assert torch.equal(getattr(la, f), getattr(lb, f)), f
         assert (la.trace, la.eig) == (lb.trace, lb.eig)
-    other_seed = compute_stats(model, lm, (x, y), settings=StatsSettings(**{**capped.to_json(), "seed": 1}), use_cache=False)
+    other_seed = compute_stats(
+        model, lm, (x, y), settings=StatsSettings(**{**capped.to_json(), "seed": 1}), use_cache=False
+    )
     assert [layer.trace for layer in other_seed.layers] != [layer.trace for layer in a.layers]
 
 
@@ -145,7 +157,10 @@ def test_caller_model_untouched(tiny):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     modes = {n: m.training for n, m in model.named_modules()}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    hook_keys = {n: (list(m._forward_hooks), list(m._forward_pre_hooks), list(m._backward_hooks)) for n, m in model.named_modules()}
+    hook_keys = {
+        n: (list(m._forward_hooks), list(m._forward_pre_hooks), list(m._backward_hooks))
+        for n, m in model.named_modules()
+    }
 
     compute_stats(model, lm, (x, y), settings=FAST, use_cache=False)
 
@@ -155,7 +170,10 @@ def test_caller_model_untouched(tiny):
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert torch.equal(model.head.weight.grad, torch.full_like(model.head.weight, 7.0))
     assert model.stem.weight.grad is None and model.body.weight.grad is None
-    assert {n: (list(m._forward_hooks), list(m._forward_pre_hooks), list(m._backward_hooks)) for n, m in model.named_modules()} == hook_keys
+    assert {
+        n: (list(m._forward_hooks), list(m._forward_pre_hooks), list(m._backward_hooks))
+        for n, m in model.named_modules()
+    } == hook_keys
     assert calls == []  # the caller's hooks never fire for our passes
 
 
@@ -198,7 +216,9 @@ def test_digest_catches_altered_tensor(tiny, tmp_path):
 
 def test_bad_input(tiny):
     model, lm, x, y = tiny
-    from_ptq = compute_stats(model, lm, (x, y), settings=PTQSettings(act_bits=4, weight_symmetric=True), use_cache=False)
+    from_ptq = compute_stats(
+        model, lm, (x, y), settings=PTQSettings(act_bits=4, weight_symmetric=True), use_cache=False
+    )
     assert from_ptq.meta["settings"]["act_bits"] == 4 and from_ptq.meta["settings"]["weight_symmetric"] is True
     with pytest.raises(EmqError, match="bits"):
         compute_stats(model, lm, (x, y), bits=(2, 9), settings=FAST, use_cache=False)
@@ -224,7 +244,21 @@ def test_negative_trace_policies():
 
 def test_cli_default_model(tmp_path, capsys):
     """Real default model through the CLI: layer order, JSON fields, --out file, cache."""
-    args = ["stats", "--calib-size", "32", "--hessian-images", "16", "--hessian-batch-size", "16", "--hessian-samples", "2", "--eig-iters", "1", "--cache-dir", str(tmp_path / "c")]
+    args = [
+        "stats",
+        "--calib-size",
+        "32",
+        "--hessian-images",
+        "16",
+        "--hessian-batch-size",
+        "16",
+        "--hessian-samples",
+        "2",
+        "--eig-iters",
+        "1",
+        "--cache-dir",
+        str(tmp_path / "c"),
+    ]
     out = tmp_path / "stats.pt"
     assert main(args + ["--json", "--out", str(out)]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -257,7 +291,12 @@ def test_statistics_use_the_ptq_weight_quantizer(tiny):
 
     try:
         model, lm, x, y = tiny
-        s = StatsSettings.from_ptq(PTQSettings(act_bits=4, weight_quantizer="toy-halves"), **{k: v for k, v in FAST.to_json().items() if k not in ("act_bits", "weight_symmetric", "weight_quantizer")})
+        s = StatsSettings.from_ptq(
+            PTQSettings(act_bits=4, weight_quantizer="toy-halves"),
+            **{
+                k: v for k, v in FAST.to_json().items() if k not in ("act_bits", "weight_symmetric", "weight_quantizer")
+            },
+        )
         assert s.weight_quantizer == "toy-halves"
         stats = compute_stats(model, lm, (x, y), bits=(2, 3), settings=s, use_cache=False)
         for layer in stats.layers:

@@ -21,7 +21,16 @@ from emq.search_space.stats import (
     summarize,
 )
 
-FAST = StatsSettings(batch_size=5, hessian_images=12, hessian_batch_size=12, hessian_min_probes=4, hessian_max_probes=8, eig_iters=3, act_cap=8, act_bits=4)
+FAST = StatsSettings(
+    batch_size=5,
+    hessian_images=12,
+    hessian_batch_size=12,
+    hessian_min_probes=4,
+    hessian_max_probes=8,
+    eig_iters=3,
+    act_cap=8,
+    act_bits=4,
+)
 
 
 @pytest.fixture
@@ -92,7 +101,9 @@ def test_stats_carry_synflow_and_per_sample_fisher(tiny):
     # Fisher: an explicit loop over the images, each image's own loss
     ref = dict(model.named_modules())
     weights = [ref[n].weight for n in names]
-    per_sample = [torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), weights) for i in range(x.shape[0])]
+    per_sample = [
+        torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), weights) for i in range(x.shape[0])
+    ]
     for k, layer in enumerate(ns.layers):
         torch.testing.assert_close(layer.SG, sg[k].float())
         assert not torch.allclose(layer.SG.abs(), layer.VG.abs())  # the signed probe is a different statistic
@@ -136,7 +147,10 @@ def test_convergence_is_reported_per_layer(tiny):
     assert FAST.hessian_min_probes <= trace["probes"] <= FAST.hessian_max_probes
     assert len(trace["layer_change"]) == L and all(c >= 0 for c in trace["layer_change"])
     assert trace["converged"] == (trace["change"] < FAST.hessian_tol)
-    assert eig["max_iters"] == FAST.eig_iters and len(eig["iterations"]) == len(eig["change"]) == len(eig["converged"]) == L
+    assert (
+        eig["max_iters"] == FAST.eig_iters
+        and len(eig["iterations"]) == len(eig["change"]) == len(eig["converged"]) == L
+    )
     for it, ch, ok in zip(eig["iterations"], eig["change"], eig["converged"], strict=True):
         assert 1 <= it <= FAST.eig_iters
         assert ok == (ch is not None and ch < FAST.eig_tol)
@@ -147,7 +161,9 @@ def test_convergence_is_reported_per_layer(tiny):
     assert summarize(ns)["hessian"]["convergence"] == conv
     line = convergence_summary(ns)
     assert f"{trace['probes']} probes" in line and f"{sum(eig['converged'])}/{L} layers" in line
-    skipped = compute_stats(model, lm, (x, y), settings=StatsSettings(**{**FAST.to_json(), "eig_iters": 0}), use_cache=False, progress=False)
+    skipped = compute_stats(
+        model, lm, (x, y), settings=StatsSettings(**{**FAST.to_json(), "eig_iters": 0}), use_cache=False, progress=False
+    )
     assert skipped.convergence["eig"]["skipped"] and "skipped" in convergence_summary(skipped)
 
 
@@ -180,8 +196,25 @@ def test_cache_dir_and_env_name_the_same_root(tiny, tmp_path, monkeypatch):
 
 
 def test_cli_reports_convergence(tmp_path, capsys):
-    args = ["stats", "--calib-size", "8", "--batch-size", "8", "--hessian-images", "8", "--hessian-batch-size", "8", "--hessian-samples", "3",
-            "--eig-iters", "2", "--eig-tol", "0.5", "--cache-dir", str(tmp_path)]
+    args = [
+        "stats",
+        "--calib-size",
+        "8",
+        "--batch-size",
+        "8",
+        "--hessian-images",
+        "8",
+        "--hessian-batch-size",
+        "8",
+        "--hessian-samples",
+        "3",
+        "--eig-iters",
+        "2",
+        "--eig-tol",
+        "0.5",
+        "--cache-dir",
+        str(tmp_path),
+    ]
     assert main(args + ["--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["settings"]["eig_tol"] == 0.5 and list((tmp_path / "stats").glob("*.pt"))
@@ -189,7 +222,9 @@ def test_cli_reports_convergence(tmp_path, capsys):
     assert conv["trace"]["probes"] == 3 and len(conv["eig"]["iterations"]) == len(doc["layers"]) == 22
     first = doc["layers"][0]
     assert first["hessian_eig_iterations"] == conv["eig"]["iterations"][0] and first["hessian_trace_probes"] == 3
-    assert {"hessian_trace_change", "hessian_eig_change", "hessian_eig_converged", "synflow", "fisher_trace"} <= set(first)
+    assert {"hessian_trace_change", "hessian_eig_change", "hessian_eig_converged", "synflow", "fisher_trace"} <= set(
+        first
+    )
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "Hessian trace NOT converged: 3 probes" in text and "top eigenvalue converged in" in text

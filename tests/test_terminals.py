@@ -47,8 +47,15 @@ def test_presets_follow_raw_sources():
 
 # A derived terminal: the whole definition, as a new one would be written in primitives.py.
 GW = TerminalSpec(
-    "GW", WeightT, False, "gradient times weight (SNIP's saliency)", r"G \odot W",
-    default=False, derive=lambda t: t["G"] * t["W"], needs=("G", "W"), python="t['G'] * t['W']",
+    "GW",
+    WeightT,
+    False,
+    "gradient times weight (SNIP's saliency)",
+    r"G \odot W",
+    default=False,
+    derive=lambda t: t["G"] * t["W"],
+    needs=("G", "W"),
+    python="t['G'] * t['W']",
 )
 
 
@@ -79,6 +86,13 @@ def test_registry_refuses_bad_terminals():
     with pytest.raises(ValueError, match="defined twice"):
         primitives._registry([*base, TERMINALS["W"]])
     with pytest.raises(ValueError, match="needs"):
-        primitives._registry([*base, TerminalSpec("x", Scalar, False, "x", "x", derive=lambda t: t["nope"], needs=("nope",), python="t['nope']")])
+        primitives._registry(
+            [
+                *base,
+                TerminalSpec(
+                    "x", Scalar, False, "x", "x", derive=lambda t: t["nope"], needs=("nope",), python="t['nope']"
+                ),
+            ]
+        )
     with pytest.raises(ValueError, match="together"):
         primitives._registry([*base, TerminalSpec("x", Scalar, False, "x", "x", derive=lambda t: t["b"], needs=("b",))])

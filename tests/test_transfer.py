@@ -37,7 +37,10 @@ def _poison(path):
 def test_plan_groups_benches_by_network():
     campaigns = plan(["default", "stratified", "vgg-digits"], [0, 1])
     loo = [c for c in campaigns if c.protocol == "leave-one-out"]
-    assert [(c.train, c.test) for c in loo[:2]] == [(("vgg-digits",), ("default", "stratified")), (("default", "stratified"), ("vgg-digits",))]
+    assert [(c.train, c.test) for c in loo[:2]] == [
+        (("vgg-digits",), ("default", "stratified")),
+        (("default", "stratified"), ("vgg-digits",)),
+    ]
     assert len(loo) == 4 and {c.seed for c in loo} == {0, 1}
     assert len([c for c in campaigns if c.protocol == "single"]) == 6
 
@@ -67,12 +70,34 @@ def test_transfer_report_files_and_numbers(tmp_path, capsys):
     from emq.cli.main import main
 
     out = tmp_path / "t"
-    code = main(["transfer", "--benches", "default,vgg-digits", "--seeds", "0,1", "--generations", "1", "--population", "12",
-                 "--protocols", "leave-one-out", "--whole-config", "none", "--resamples", "50", "--out", str(out), "--json"])
+    code = main(
+        [
+            "transfer",
+            "--benches",
+            "default,vgg-digits",
+            "--seeds",
+            "0,1",
+            "--generations",
+            "1",
+            "--population",
+            "12",
+            "--protocols",
+            "leave-one-out",
+            "--whole-config",
+            "none",
+            "--resamples",
+            "50",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
     assert json.loads((out / "transfer.json").read_text()) == doc
-    assert (out / "transfer.png").read_bytes()[:4] == b"\x89PNG" and (out / "transfer.csv").read_text().startswith("protocol,train,test")
+    assert (out / "transfer.png").read_bytes()[:4] == b"\x89PNG" and (out / "transfer.csv").read_text().startswith(
+        "protocol,train,test"
+    )
     rows = {r["test"]: r for r in doc["summary"]}
     assert set(rows) == {"default", "vgg-digits"} and all(r["seeds"] == 2 for r in rows.values())
     for cell in doc["cells"]:

@@ -16,7 +16,23 @@ from .kinds import BudgetKind, budget_kinds, get_kind, register_kind
 from .pareto import SweepResult, parse_sweep, sweep
 
 __all__ = [
-    "Allocation", "Allocator", "Budget", "BudgetKind", "InfeasibleBudget", "Problem", "SweepResult", "allocate", "allocator_for",
-    "budget_kinds", "build_problem", "get_kind", "load_bitmap", "needs_data", "parse_sweep", "register_kind", "resolve_proxy",
-    "save_bitmap", "sweep",
+    "Allocation",
+    "Allocator",
+    "Budget",
+    "BudgetKind",
+    "InfeasibleBudget",
+    "Problem",
+    "SweepResult",
+    "allocate",
+    "allocator_for",
+    "budget_kinds",
+    "build_problem",
+    "get_kind",
+    "load_bitmap",
+    "needs_data",
+    "parse_sweep",
+    "register_kind",
+    "resolve_proxy",
+    "save_bitmap",
+    "sweep",
 ]

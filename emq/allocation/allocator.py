@@ -64,7 +64,9 @@ class Allocation:
     # what `save` needs to write the bit map; not part of the JSON document
     layer_map: LayerMap | None = field(default=None, repr=False, compare=False, metadata={"json": False})
     ptq: PTQSettings | None = field(default=None, repr=False, compare=False, metadata={"json": False})
-    source: str = field(default="", repr=False, compare=False, metadata={"json": False})  # the proxy as the caller named it
+    source: str = field(
+        default="", repr=False, compare=False, metadata={"json": False}
+    )  # the proxy as the caller named it
 
     def to_json(self) -> dict:
         doc = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.metadata.get("json", True)}
@@ -72,9 +74,13 @@ class Allocation:
 
     def summary(self) -> str:
         """One line: method, proxy, costs, predicted score, solve time and PTQ results if measured."""
-        measured = f"; PTQ top-1 {self.top1:.2f} %, loss {self.loss:.4f}, KL {self.kl:.4f}" if self.top1 is not None else ""
-        return (f"{self.method} with {self.proxy}: size {self.size_bytes:,.0f} bytes, {self.bitops:.4g} BitOps (act {self.act_bits} bits), "
-                f"avg {self.avg_bits:.3f} bits, predicted {self.predicted:.6g}, solved in {self.solve_seconds * 1000:.1f} ms{measured}")
+        measured = (
+            f"; PTQ top-1 {self.top1:.2f} %, loss {self.loss:.4f}, KL {self.kl:.4f}" if self.top1 is not None else ""
+        )
+        return (
+            f"{self.method} with {self.proxy}: size {self.size_bytes:,.0f} bytes, {self.bitops:.4g} BitOps (act {self.act_bits} bits), "
+            f"avg {self.avg_bits:.3f} bits, predicted {self.predicted:.6g}, solved in {self.solve_seconds * 1000:.1f} ms{measured}"
+        )
 
     def to_markdown(self) -> str:
         """The per-slot table and the summary line."""
@@ -85,11 +91,19 @@ class Allocation:
         """Write bitmap.json (keyed by module, for deployment) and allocation.json (this
         document) into `out_dir`; returns their paths."""
         if self.layer_map is None:
-            raise EmqError("this allocation has no layer map (it was not made by an Allocator); save it with save_bitmap")
+            raise EmqError(
+                "this allocation has no layer map (it was not made by an Allocator); save it with save_bitmap"
+            )
         out = Path(out_dir)
         paths = {"bitmap": out / "bitmap.json", "allocation": out / "allocation.json"}
         ptq = (self.ptq or PTQSettings(act_bits=self.act_bits)).to_json()
-        provenance = {"proxy": self.source or self.proxy, "method": self.method, "predicted": self.predicted, "budgets": self.budgets, "ptq": ptq}
+        provenance = {
+            "proxy": self.source or self.proxy,
+            "method": self.method,
+            "predicted": self.predicted,
+            "budgets": self.budgets,
+            "ptq": ptq,
+        }
         save_bitmap(paths["bitmap"], self.layer_map, self.bits, self.act_bits, provenance)
         atomic_write_text(paths["allocation"], json.dumps(self.to_json(), indent=2) + "\n")
         return paths
@@ -147,8 +161,14 @@ class _LazyStatsContext(ProxyContext):
 class Allocator:
     """One target and PTQ setting; allocate with any number of proxies and budgets."""
 
-    def __init__(self, target: Target, settings: PTQSettings | None = None, stats: Any = None, stats_settings: Any = None,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        target: Target,
+        settings: PTQSettings | None = None,
+        stats: Any = None,
+        stats_settings: Any = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
         """`stats`: precomputed NetworkStats to reuse when their bits match a problem's columns;
         otherwise statistics are computed when a proxy first needs them, with `stats_settings`
         (a bench's, see `allocator_for`) or settings matched to the PTQ ones. `device` is where
@@ -175,16 +195,26 @@ class Allocator:
             self._contexts[bits] = ctx
         return self._contexts[bits]
 
-    def problem(self, budgets: BudgetSpec | None = None, bits_allowed: Sequence[int] = DEFAULT_BITS, pins: Mapping[str | int, int] | None = None,
-                slot_bits: Mapping[str | int, Sequence[int]] | None = None, ties: Sequence[Sequence[str | int]] = ()) -> Problem:
-        return build_problem(self.layer_map, as_budgets(budgets), bits_allowed, pins, slot_bits, ties, self.settings.act_bits)
+    def problem(
+        self,
+        budgets: BudgetSpec | None = None,
+        bits_allowed: Sequence[int] = DEFAULT_BITS,
+        pins: Mapping[str | int, int] | None = None,
+        slot_bits: Mapping[str | int, Sequence[int]] | None = None,
+        ties: Sequence[Sequence[str | int]] = (),
+    ) -> Problem:
+        return build_problem(
+            self.layer_map, as_budgets(budgets), bits_allowed, pins, slot_bits, ties, self.settings.act_bits
+        )
 
     def table(self, proxy: SeparableProxy, bits: tuple[int, ...]) -> np.ndarray:
         key = (f"{proxy.name}@{id(proxy)}", bits)
         if key not in self._tables:
             t = np.asarray(proxy.table(self.context(bits)), dtype=np.float64)
             if t.shape != (self.layer_map.num_slots, len(bits)):
-                raise EmqError(f"proxy {proxy.name}: table has shape {t.shape}, expected ({self.layer_map.num_slots}, {len(bits)})")
+                raise EmqError(
+                    f"proxy {proxy.name}: table has shape {t.shape}, expected ({self.layer_map.num_slots}, {len(bits)})"
+                )
             self._tables[key] = t
         return self._tables[key]
 
@@ -197,11 +227,20 @@ class Allocator:
 
     def engine(self) -> PTQEngine:
         if self._engine is None:
-            self._engine = PTQEngine(self.target.model, self.layer_map, self.target.require_data(), self.settings, device=self.device)
+            self._engine = PTQEngine(
+                self.target.model, self.layer_map, self.target.require_data(), self.settings, device=self.device
+            )
         return self._engine
 
-    def allocate(self, proxy: Proxy | str | Path, problem: Problem, evaluate: bool = False, seed_proxy: SeparableProxy | None = None,
-                 search_evaluations: int = 200, seed: int = 0) -> Allocation:
+    def allocate(
+        self,
+        proxy: Proxy | str | Path,
+        problem: Problem,
+        evaluate: bool = False,
+        seed_proxy: SeparableProxy | None = None,
+        search_evaluations: int = 200,
+        seed: int = 0,
+    ) -> Allocation:
         """Best configuration for `proxy` inside `problem`'s budgets; PTQ-evaluated if asked.
 
         Raises InfeasibleBudget (before any proxy work) when the budgets cannot be met."""
@@ -218,19 +257,56 @@ class Allocator:
             cheap = proxy_table_or_size(self, seed_proxy, problem)
             seeds = [solve_ilp(problem, cheap).index]
             cols = np.asarray(problem.bits)
-            res = constrained_search(problem, lambda idx: proxy.oriented_scores(ctx, cols[idx]), seeds, search_evaluations, seed=seed)
+            res = constrained_search(
+                problem, lambda idx: proxy.oriented_scores(ctx, cols[idx]), seeds, search_evaluations, seed=seed
+            )
             index, seconds, evals, method = res.index, res.seconds, res.evaluations, "search"
             predicted = proxy.orientation * res.score
-        return self.finish(proxy.name, proxy.orientation, method, problem.to_bits(index), predicted, seconds, problem, evaluate, evals, source)
+        return self.finish(
+            proxy.name,
+            proxy.orientation,
+            method,
+            problem.to_bits(index),
+            predicted,
+            seconds,
+            problem,
+            evaluate,
+            evals,
+            source,
+        )
 
-    def finish(self, name: str, orientation: int, method: str, bits: tuple[int, ...], predicted: float, seconds: float,
-               problem: Problem | None, evaluate: bool, evaluations: int = 0, source: str = "") -> Allocation:
+    def finish(
+        self,
+        name: str,
+        orientation: int,
+        method: str,
+        bits: tuple[int, ...],
+        predicted: float,
+        seconds: float,
+        problem: Problem | None,
+        evaluate: bool,
+        evaluations: int = 0,
+        source: str = "",
+    ) -> Allocation:
         lm = self.layer_map
         alloc = Allocation(
-            lm.model, name, method, bits, lm.slot_names, float(lm.size_bytes(bits)), float(lm.bitops(bits, self.settings.act_bits)),
-            self.settings.act_bits, float(np.dot(bits, lm.params) / lm.params.sum()), float(predicted), orientation, seconds,
-            [asdict(c.budget) for c in problem.constraints] if problem else [], evaluations,
-            layer_map=lm, ptq=self.settings, source=source or name,
+            lm.model,
+            name,
+            method,
+            bits,
+            lm.slot_names,
+            float(lm.size_bytes(bits)),
+            float(lm.bitops(bits, self.settings.act_bits)),
+            self.settings.act_bits,
+            float(np.dot(bits, lm.params) / lm.params.sum()),
+            float(predicted),
+            orientation,
+            seconds,
+            [asdict(c.budget) for c in problem.constraints] if problem else [],
+            evaluations,
+            layer_map=lm,
+            ptq=self.settings,
+            source=source or name,
         )
         if evaluate:
             self.measure(alloc)
@@ -284,7 +360,14 @@ def allocator_for(
         model = "default" if model is None else model
         if settings is not None and not isinstance(settings, PTQSettings):
             settings = PTQSettings(**settings)
-        target = resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size, need_data=needs_data(model, data, evaluate))
+        target = resolve_target(
+            model,
+            data,
+            weights=weights,
+            num_classes=num_classes,
+            input_size=input_size,
+            need_data=needs_data(model, data, evaluate),
+        )
         return Allocator(target, settings, stats, device=device)
     from ..bench import Bench
     from ..bench_setup import BenchSetup, ptq_settings
@@ -293,7 +376,9 @@ def allocator_for(
     check_bench_settings(settings, ptq_settings(b), b.path)  # before any model work
     model = b.meta.get("model", "default") if model is None else model
     need = needs_data(model, data if data is not None else b.meta.get("data"), evaluate)
-    setup = BenchSetup.of(b, model, data, weights=weights, num_classes=num_classes, input_size=input_size, need_data=need)
+    setup = BenchSetup.of(
+        b, model, data, weights=weights, num_classes=num_classes, input_size=input_size, need_data=need
+    )
     return Allocator(setup.target, setup.ptq, stats, setup.stats, device=device)
 
 
@@ -307,7 +392,9 @@ def check_bench_settings(given: PTQSettings | Mapping[str, Any] | None, bench_pt
         if key not in known:
             raise ParameterError("settings", dict(wanted), f"{key!r} is not a PTQ setting; use {', '.join(known)}")
         if value != known[key]:
-            raise ParameterError(key, value, f"bench {path} was built with {known[key]!r}; leave it out to use the bench's PTQ settings")
+            raise ParameterError(
+                key, value, f"bench {path} was built with {known[key]!r}; leave it out to use the bench's PTQ settings"
+            )
 
 
 def allocate(
@@ -339,4 +426,11 @@ def allocate(
     if proxy is None:
         raise ParameterError("proxy", None, "give a Proxy, a proxy JSON file or a proxy name")
     alloc = allocator_for(model, data, weights, input_size, num_classes, settings, evaluate, bench, stats, device)
-    return alloc.allocate(proxy, alloc.problem(budgets, bits_allowed, pins, slot_bits, ties), evaluate, seed_proxy, search_evaluations, seed)
+    return alloc.allocate(
+        proxy,
+        alloc.problem(budgets, bits_allowed, pins, slot_bits, ties),
+        evaluate,
+        seed_proxy,
+        search_evaluations,
+        seed,
+    )

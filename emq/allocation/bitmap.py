@@ -21,7 +21,9 @@ from ..specs import WEIGHT_BITS_MAX, WEIGHT_BITS_MIN
 FORMAT = "emq-bitmap/1"
 
 
-def bitmap_json(layer_map: LayerMap, bits: Sequence[int], act_bits: int = 8, provenance: Mapping[str, Any] | None = None) -> dict:
+def bitmap_json(
+    layer_map: LayerMap, bits: Sequence[int], act_bits: int = 8, provenance: Mapping[str, Any] | None = None
+) -> dict:
     """The bit map document of a per-slot configuration."""
     bits = layer_map.validate(bits)
     return {
@@ -38,7 +40,13 @@ def bitmap_json(layer_map: LayerMap, bits: Sequence[int], act_bits: int = 8, pro
     }
 
 
-def save_bitmap(path: str | Path, layer_map: LayerMap, bits: Sequence[int], act_bits: int = 8, provenance: Mapping[str, Any] | None = None) -> dict:
+def save_bitmap(
+    path: str | Path,
+    layer_map: LayerMap,
+    bits: Sequence[int],
+    act_bits: int = 8,
+    provenance: Mapping[str, Any] | None = None,
+) -> dict:
     """Write the bit map of `bits` atomically; returns the document written."""
     doc = bitmap_json(layer_map, bits, act_bits, provenance)
     atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
@@ -56,14 +64,18 @@ def load_bitmap(path: str | Path, layer_map: LayerMap) -> tuple[int, ...]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise EmqError(f"bit map {path}: field 'format' must be {FORMAT!r}; write bit maps with `emq allocate`")
     if doc.get("model") != layer_map.model:
-        raise EmqError(f"bit map {path}: made for model {doc.get('model')!r}, not {layer_map.model!r}; allocate again for this model")
+        raise EmqError(
+            f"bit map {path}: made for model {doc.get('model')!r}, not {layer_map.model!r}; allocate again for this model"
+        )
     modules = doc.get("modules")
     if not isinstance(modules, dict) or not modules:
         raise EmqError(f"bit map {path}: field 'modules' must map module names to bit-widths")
     names = [layer.name for layer in layer_map.layers]
     unknown = sorted(set(modules) - set(names))
     if unknown:
-        raise EmqError(f"bit map {path}: modules {', '.join(unknown[:5])} are not quantizable layers of {layer_map.model} (see `emq layers --model {layer_map.model}`)")
+        raise EmqError(
+            f"bit map {path}: modules {', '.join(unknown[:5])} are not quantizable layers of {layer_map.model} (see `emq layers --model {layer_map.model}`)"
+        )
     missing = [n for n in names if n not in modules]
     if missing:
         raise EmqError(f"bit map {path}: no bit-width for modules {', '.join(missing[:5])}")
@@ -71,11 +83,17 @@ def load_bitmap(path: str | Path, layer_map: LayerMap) -> tuple[int, ...]:
     for name, s in zip(names, layer_map.layer_slot):
         b = modules[name]
         if not isinstance(b, int) or isinstance(b, bool) or not WEIGHT_BITS_MIN <= b <= WEIGHT_BITS_MAX:
-            raise EmqError(f"bit map {path}: modules.{name} = {b!r}; use an integer bit-width in {WEIGHT_BITS_MIN}..{WEIGHT_BITS_MAX}")
+            raise EmqError(
+                f"bit map {path}: modules.{name} = {b!r}; use an integer bit-width in {WEIGHT_BITS_MIN}..{WEIGHT_BITS_MAX}"
+            )
         if bits[s] is not None and bits[s] != b:
-            raise EmqError(f"bit map {path}: modules {', '.join(layer_map.slots[s].modules)} share one bit slot but have bits {bits[s]} and {b}")
+            raise EmqError(
+                f"bit map {path}: modules {', '.join(layer_map.slots[s].modules)} share one bit slot but have bits {bits[s]} and {b}"
+            )
         bits[s] = b
     result = tuple(int(b) for b in bits)  # type: ignore[arg-type]
     if "slots" in doc and list(doc["slots"]) != list(result):
-        raise EmqError(f"bit map {path}: field 'slots' {doc['slots']} disagrees with 'modules' {list(result)}; fix or drop 'slots'")
+        raise EmqError(
+            f"bit map {path}: field 'slots' {doc['slots']} disagrees with 'modules' {list(result)}; fix or drop 'slots'"
+        )
     return result

@@ -112,7 +112,11 @@ class Problem:
         """Integer costs [K] (or [N, K]) of configurations given as column indices [S] or [N, S]."""
         idx = np.atleast_2d(idx)
         s = np.arange(self.num_slots)
-        out = np.stack([c.cost[s[None, :], idx].sum(axis=1) for c in self.constraints], axis=1) if self.constraints else np.zeros((idx.shape[0], 0))
+        out = (
+            np.stack([c.cost[s[None, :], idx].sum(axis=1) for c in self.constraints], axis=1)
+            if self.constraints
+            else np.zeros((idx.shape[0], 0))
+        )
         return out
 
     def feasible(self, idx: np.ndarray) -> np.ndarray:
@@ -139,14 +143,24 @@ class Problem:
         bad = [(c, u) for c, u in zip(self.constraints, low) if u > c.limit]
         if not bad:
             return
-        pins = f" with pins {', '.join(f'{self.layer_map.slots[s].name}={b}' for s, b in sorted(self.pins.items()))}" if self.pins else ""
+        pins = (
+            f" with pins {', '.join(f'{self.layer_map.slots[s].name}={b}' for s, b in sorted(self.pins.items()))}"
+            if self.pins
+            else ""
+        )
         parts = []
         for c, u in bad:
             kind = c.budget.spec
             need = kind.from_units(u, self.layer_map, self.act_bits)
-            parts.append(f"the {kind.name} budget {c.budget.value:.6g} is below the smallest feasible value {kind.format(need)}")
-        raise InfeasibleBudget("infeasible budget: " + "; ".join(parts) + f" (every free slot at its lowest allowed bit of {list(self.bits)}{pins}); "
-                               "raise the budget, allow lower bits in bits_allowed or remove pins")
+            parts.append(
+                f"the {kind.name} budget {c.budget.value:.6g} is below the smallest feasible value {kind.format(need)}"
+            )
+        raise InfeasibleBudget(
+            "infeasible budget: "
+            + "; ".join(parts)
+            + f" (every free slot at its lowest allowed bit of {list(self.bits)}{pins}); "
+            "raise the budget, allow lower bits in bits_allowed or remove pins"
+        )
 
 
 def build_problem(
@@ -164,7 +178,10 @@ def build_problem(
     allowed_bits = list(check_bit_set({check_weight_bits(b, "bits_allowed") for b in bits_allowed}, "bits_allowed"))
     check_act_bits(act_bits)
     pin_idx = {_slot(layer_map, k, "pins"): check_weight_bits(v, "pins") for k, v in (pins or {}).items()}
-    per_slot = {_slot(layer_map, k, "slot_bits"): sorted({check_weight_bits(b, "slot_bits") for b in v}) for k, v in (slot_bits or {}).items()}
+    per_slot = {
+        _slot(layer_map, k, "slot_bits"): sorted({check_weight_bits(b, "slot_bits") for b in v})
+        for k, v in (slot_bits or {}).items()
+    }
     extra = sorted({b for v in per_slot.values() for b in v} - set(allowed_bits))
     if extra:
         raise ParameterError("slot_bits", slot_bits, f"bit-widths {extra} are not among bits_allowed {allowed_bits}")
@@ -183,7 +200,11 @@ def build_problem(
     constraints = []
     for b in budgets:
         kind = b.spec
-        constraints.append(Constraint(b, np.outer(kind.per_bit(layer_map, act_bits), col_bits), kind.limit(b.value, layer_map, act_bits)))
+        constraints.append(
+            Constraint(
+                b, np.outer(kind.per_bit(layer_map, act_bits), col_bits), kind.limit(b.value, layer_map, act_bits)
+            )
+        )
     return Problem(layer_map, cols, allowed, groups, constraints, act_bits, pin_idx)
 
 

@@ -81,7 +81,13 @@ def solve_ilp(problem: Problem, oriented_table: np.ndarray, time_limit: float = 
         cons.append(LinearConstraint(A, -np.inf, np.array([c.limit for c in problem.constraints])))
     upper = allowed.reshape(-1).astype(np.float64)
     with quiet_stdout():
-        res = milp(-obj.reshape(-1), constraints=cons, integrality=np.ones(G * B), bounds=Bounds(0, upper), options={"time_limit": time_limit, "disp": False})
+        res = milp(
+            -obj.reshape(-1),
+            constraints=cons,
+            integrality=np.ones(G * B),
+            bounds=Bounds(0, upper),
+            options={"time_limit": time_limit, "disp": False},
+        )
     seconds = time.perf_counter() - t0
     if res.x is None:
         raise RuntimeError(f"HiGHS found no solution ({res.message}) although the budgets were checked feasible")

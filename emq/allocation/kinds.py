@@ -22,7 +22,16 @@ import numpy as np
 from ..layermap import LayerMap
 from ..specs import ParameterError
 
-SIZE_UNITS: dict[str, float] = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+SIZE_UNITS: dict[str, float] = {
+    "": 1,
+    "b": 1,
+    "kb": 1e3,
+    "mb": 1e6,
+    "gb": 1e9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
 COUNT_UNITS: dict[str, float] = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 PLAIN_UNITS: dict[str, float] = {"": 1}
 
@@ -37,7 +46,11 @@ def parse_number(text: str | float, units: Mapping[str, float], param: str, exam
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
     if not m or m.group(2) not in units:
         named = ", ".join(u for u in units if u)
-        raise ParameterError(param, str(text), "give a number" + (f" with an optional unit ({named})" if named else "") + f", e.g. {example}")
+        raise ParameterError(
+            param,
+            str(text),
+            "give a number" + (f" with an optional unit ({named})" if named else "") + f", e.g. {example}",
+        )
     value = float(m.group(1)) * units[m.group(2)]
     if not value > 0:
         raise ParameterError(param, str(text), "must be positive")
@@ -77,7 +90,9 @@ class BudgetKind:
 
     def value_of(self, lm: LayerMap, bits: Sequence[int], act_bits: int) -> float:
         """This kind's value of a per-slot configuration."""
-        return self.from_units(float(np.dot(self.per_bit(lm, act_bits), np.asarray(bits, dtype=np.float64))), lm, act_bits)
+        return self.from_units(
+            float(np.dot(self.per_bit(lm, act_bits), np.asarray(bits, dtype=np.float64))), lm, act_bits
+        )
 
     def format(self, value: float) -> str:
         """A smallest feasible value, rounded *up* so that the number shown is itself feasible."""

@@ -31,7 +31,21 @@ from .budgets import Budget, InfeasibleBudget
 
 log = logging.getLogger(__name__)
 
-CSV_FIELDS = ["series", "method", "budget_kind", "budget", "size_bytes", "bitops", "avg_bits", "predicted", "solve_seconds", "top1", "loss", "kl", "bits"]
+CSV_FIELDS = [
+    "series",
+    "method",
+    "budget_kind",
+    "budget",
+    "size_bytes",
+    "bitops",
+    "avg_bits",
+    "predicted",
+    "solve_seconds",
+    "top1",
+    "loss",
+    "kl",
+    "bits",
+]
 
 
 def parse_sweep(text: str, kind: str) -> np.ndarray:
@@ -64,9 +78,23 @@ class SweepResult:
         out = []
         for a in self.points:
             budget = next((b["value"] for b in a.budgets if b["kind"] == self.kind), "")
-            out.append({"series": a.proxy, "method": a.method, "budget_kind": self.kind, "budget": budget, "size_bytes": a.size_bytes,
-                        "bitops": a.bitops, "avg_bits": a.avg_bits, "predicted": a.predicted, "solve_seconds": a.solve_seconds,
-                        "top1": a.top1, "loss": a.loss, "kl": a.kl, "bits": " ".join(map(str, a.bits))})
+            out.append(
+                {
+                    "series": a.proxy,
+                    "method": a.method,
+                    "budget_kind": self.kind,
+                    "budget": budget,
+                    "size_bytes": a.size_bytes,
+                    "bitops": a.bitops,
+                    "avg_bits": a.avg_bits,
+                    "predicted": a.predicted,
+                    "solve_seconds": a.solve_seconds,
+                    "top1": a.top1,
+                    "loss": a.loss,
+                    "kl": a.kl,
+                    "bits": " ".join(map(str, a.bits)),
+                }
+            )
         return out
 
     @property
@@ -75,13 +103,28 @@ class SweepResult:
         return any(a.method != "uniform" for a in self.points)
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "points": [a.to_json() for a in self.points],
-                "skipped": [{"series": s, "budget": v, "reason": r} for s, v, r in self.skipped]}
+        return {
+            "kind": self.kind,
+            "points": [a.to_json() for a in self.points],
+            "skipped": [{"series": s, "budget": v, "reason": r} for s, v, r in self.skipped],
+        }
 
     def to_markdown(self) -> str:
         """One row per point, and a note on the skipped (infeasible) budget values."""
-        rows = [[r["series"], r["budget"], r["size_bytes"], r["avg_bits"], r["predicted"], "" if r["top1"] is None else r["top1"]] for r in self.rows()]
-        text = markdown_table(["series", f"budget ({self.kind})", "size (bytes)", "avg bits", "predicted", "top-1 %"], rows)
+        rows = [
+            [
+                r["series"],
+                r["budget"],
+                r["size_bytes"],
+                r["avg_bits"],
+                r["predicted"],
+                "" if r["top1"] is None else r["top1"],
+            ]
+            for r in self.rows()
+        ]
+        text = markdown_table(
+            ["series", f"budget ({self.kind})", "size (bytes)", "avg bits", "predicted", "top-1 %"], rows
+        )
         if self.skipped:
             text += f"\n\n{len(self.skipped)} infeasible budget value(s) skipped, e.g. {self.skipped[0][2]}"
         return text
@@ -125,7 +168,11 @@ def sweep(
     Allocator to reuse its tables and PTQ engine (and its device; `device` is for a new one).
     Budget values below the smallest feasible one are skipped and recorded, not fatal; any
     other error propagates."""
-    allocator = model if isinstance(model, Allocator) else allocator_for(model, data, weights, input_size, num_classes, settings, evaluate, bench, device=device)
+    allocator = (
+        model
+        if isinstance(model, Allocator)
+        else allocator_for(model, data, weights, input_size, num_classes, settings, evaluate, bench, device=device)
+    )
     proxies = [resolve_proxy(p) for p in [proxy, *baselines]]
     fixed = as_budgets(fixed)
     result = SweepResult(kind, [float(v) for v in values], model=allocator.layer_map.model)
@@ -133,7 +180,9 @@ def sweep(
     for p, v in tqdm(jobs, desc="sweep", disable=not log.isEnabledFor(logging.INFO)):
         problem = allocator.problem([*fixed, Budget(kind, v)], bits_allowed, pins)
         try:
-            result.points.append(allocator.allocate(p, problem, evaluate, search_evaluations=search_evaluations, seed=seed))
+            result.points.append(
+                allocator.allocate(p, problem, evaluate, search_evaluations=search_evaluations, seed=seed)
+            )
         except InfeasibleBudget as e:
             result.skipped.append((p.name, v, str(e)))
     if uniform:
@@ -145,7 +194,9 @@ def sweep(
             if not base.feasible(idx)[0]:
                 continue
             predicted = float(allocator.predict(main, base.bits, np.array([bits]))[0])
-            result.points.append(allocator.finish(f"uniform-{b}", main.orientation, "uniform", bits, predicted, 0.0, base, evaluate))
+            result.points.append(
+                allocator.finish(f"uniform-{b}", main.orientation, "uniform", bits, predicted, 0.0, base, evaluate)
+            )
     return result
 
 
@@ -169,7 +220,9 @@ def plot_png(path: str | Path, result: SweepResult, title: str = "") -> None:
     for a in result.points:
         series.setdefault("uniform" if a.method == "uniform" else a.proxy, []).append(a)
     main = result.points[0].proxy if result.points else ""
-    panels = [("predicted", "predicted score (main proxy's scale)")] + ([("top1", "measured PTQ top-1 (%)")] if measured else [])
+    panels = [("predicted", "predicted score (main proxy's scale)")] + (
+        [("top1", "measured PTQ top-1 (%)")] if measured else []
+    )
     for ax, (attr, label) in zip(axes[0], panels):
         for name, pts in series.items():
             if attr == "predicted" and name not in (main, "uniform"):

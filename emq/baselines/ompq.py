@@ -35,7 +35,9 @@ def linear_cka_matrix(features: list[torch.Tensor]) -> np.ndarray:
     """Pairwise linear CKA between layers' features (same samples, same order): [L, L]."""
     n = {f.shape[0] for f in features}
     if len(n) != 1:
-        raise EmqError(f"OMPQ: layer features have different sample counts {sorted(n)}; the statistics are inconsistent")
+        raise EmqError(
+            f"OMPQ: layer features have different sample counts {sorted(n)}; the statistics are inconsistent"
+        )
     grams = torch.stack([centred_gram(f).reshape(-1) for f in features])  # [L, n*n]
     norms = grams.norm(dim=1)
     if (norms <= 0).any():
@@ -56,7 +58,9 @@ def ompq_importance(cka: np.ndarray, beta: float = DEFAULT_BETA) -> np.ndarray:
 class OMPQ(SeparableProxy):
     name = "ompq"
     order = 70
-    description = "OMPQ orthogonality: (b/8) x mean_{j>=i} exp(-beta * sum_j CKA(i,j)) of layer outputs (Ma et al., AAAI 2023)"
+    description = (
+        "OMPQ orthogonality: (b/8) x mean_{j>=i} exp(-beta * sum_j CKA(i,j)) of layer outputs (Ma et al., AAAI 2023)"
+    )
     orientation = 1
     cost = "statistics only (layer outputs on one calibration batch)"
 

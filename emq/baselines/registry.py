@@ -24,7 +24,9 @@ def register_proxy(cls: type[Proxy]) -> type[Proxy]:
     """Class decorator: add a hand-made proxy under `cls.name`, in `cls.order`."""
     where = f"{cls.__module__}.{cls.__qualname__}"
     if not cls.name or cls.order is None or not cls.description or not cls.cost or cls.orientation not in (1, -1):
-        raise EmqError(f"proxy class {where}: set name, order, description, cost and orientation (+1 or -1) to register it")
+        raise EmqError(
+            f"proxy class {where}: set name, order, description, cost and orientation (+1 or -1) to register it"
+        )
     if cls.name in PROXIES:
         raise EmqError(f"proxy class {where}: the name {cls.name!r} is taken by {PROXIES[cls.name].__qualname__}")
     clash = [n for n, other in PROXIES.items() if other.order == cls.order]
@@ -41,13 +43,23 @@ def register_proxy(cls: type[Proxy]) -> type[Proxy]:
 def check_complete(classes: list[type[Proxy]]) -> None:
     """Every concrete proxy class defined in this package is registered; every space formula is claimed."""
     registered = set(PROXIES.values())
-    missing = [f"{c.__module__}.{c.__qualname__}" for c in classes if c.__module__.startswith(__package__ + ".") and not getattr(c, "__abstractmethods__", None) and c not in registered]
+    missing = [
+        f"{c.__module__}.{c.__qualname__}"
+        for c in classes
+        if c.__module__.startswith(__package__ + ".")
+        and not getattr(c, "__abstractmethods__", None)
+        and c not in registered
+    ]
     if missing:
-        raise EmqError(f"proxy classes {', '.join(missing)} are not registered: decorate them with @register_proxy (and give an order)")
+        raise EmqError(
+            f"proxy classes {', '.join(missing)} are not registered: decorate them with @register_proxy (and give an order)"
+        )
     claimed = {p.formula for p in PROXIES.values() if p.formula}
     unclaimed = [k for k in HANDMADE if k not in claimed]
     if unclaimed:
-        raise EmqError(f"search-space formulas {', '.join(unclaimed)} belong to no registered proxy: set `formula` on the proxy of that name")
+        raise EmqError(
+            f"search-space formulas {', '.join(unclaimed)} belong to no registered proxy: set `formula` on the proxy of that name"
+        )
 
 
 def get_proxy(name: str, **options) -> Proxy:

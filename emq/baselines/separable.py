@@ -29,9 +29,13 @@ def require_stats(ctx: ProxyContext) -> NetworkStats:
     """The context's statistics, checked against its bits (a mismatch would misalign columns)."""
     stats = ctx.stats
     if stats is None:
-        raise EmqError("this proxy needs network statistics: build the context with emq.search_space.stats.compute_stats")
+        raise EmqError(
+            "this proxy needs network statistics: build the context with emq.search_space.stats.compute_stats"
+        )
     if tuple(stats.bits) != tuple(ctx.bits):
-        raise EmqError(f"the statistics were computed for bits {list(stats.bits)}, but the proxy is asked for {list(ctx.bits)}: recompute them")
+        raise EmqError(
+            f"the statistics were computed for bits {list(stats.bits)}, but the proxy is asked for {list(ctx.bits)}: recompute them"
+        )
     return stats
 
 
@@ -39,7 +43,9 @@ def slot_table(stats: NetworkStats, per_layer: np.ndarray) -> np.ndarray:
     """Sum a per-layer table [L, B] into the slot table [S, B] (tied layers add up)."""
     per_layer = np.asarray(per_layer, dtype=np.float64)
     if not np.isfinite(per_layer).all():
-        raise EmqError("the proxy table contains NaN or infinite values: the statistics are degenerate (check the model and calibration data)")
+        raise EmqError(
+            "the proxy table contains NaN or infinite values: the statistics are degenerate (check the model and calibration data)"
+        )
     out = np.zeros((stats.num_slots, per_layer.shape[1]), dtype=np.float64)
     np.add.at(out, np.asarray(stats.layer_slot), per_layer)
     return out
@@ -97,8 +103,10 @@ class HawqV2(_LayerwiseProxy):
 class Fisher(_LayerwiseProxy):
     name = "fisher"
     order = 30
-    description = ("empirical Fisher sum(E_x[g_x^2] * (Q_b(W)-W)^2) per layer, g_x per-sample gradients "
-                   "(Fisher pruning, Theis et al., 2018; as used for MQ by Liu et al., 2021)")
+    description = (
+        "empirical Fisher sum(E_x[g_x^2] * (Q_b(W)-W)^2) per layer, g_x per-sample gradients "
+        "(Fisher pruning, Theis et al., 2018; as used for MQ by Liu et al., 2021)"
+    )
     orientation = -1
     cost = "statistics only (per-sample gradients)"
 
@@ -111,7 +119,9 @@ class FisherBatch(_LayerwiseProxy):
     name = "fisher-batch"
     faithful = False  # a variant: never chosen as "the best hand-made proxy"
     order = 35
-    description = "sum(G^2 * (Q_b(W)-W)^2) per layer with G the batch-mean gradient squared: not the per-sample empirical Fisher"
+    description = (
+        "sum(G^2 * (Q_b(W)-W)^2) per layer with G the batch-mean gradient squared: not the per-sample empirical Fisher"
+    )
     orientation = -1
     cost = "statistics only (gradients)"
 
@@ -137,8 +147,10 @@ class Synflow(_LayerwiseProxy):
 
     name = "synflow"
     order = 50
-    description = ("bit-weighted Synflow: sum| |W| * dR/d|W| | x b per layer, R = sum of the |parameter|-linearised "
-                   "network's output on an all-ones input, data-free (Tanaka et al., NeurIPS 2020; EMQ's bit convention)")
+    description = (
+        "bit-weighted Synflow: sum| |W| * dR/d|W| | x b per layer, R = sum of the |parameter|-linearised "
+        "network's output on an all-ones input, data-free (Tanaka et al., NeurIPS 2020; EMQ's bit convention)"
+    )
     orientation = 1
     cost = "statistics only (linearised virtual gradients)"
 
@@ -171,7 +183,9 @@ def gaussian_entropy(x: torch.Tensor) -> float:
 class QE(_LayerwiseProxy):
     name = "qe"
     order = 60
-    description = "QE-style entropy: Gaussian entropy 0.5*log(2*pi*e*Var(A)) of the layer input x b (Sun et al., NeurIPS 2022)"
+    description = (
+        "QE-style entropy: Gaussian entropy 0.5*log(2*pi*e*Var(A)) of the layer input x b (Sun et al., NeurIPS 2022)"
+    )
     orientation = 1
     cost = "statistics only (activations)"
 
@@ -223,7 +237,9 @@ class BitOps(SeparableProxy):
     def table(self, ctx: ProxyContext) -> np.ndarray:
         stats = require_stats(ctx)
         act_bits = getattr(ctx.settings, "act_bits", 8)
-        return linear_cost_table(_slot_sum(stats, [float(layer.macs) * float(act_bits) for layer in stats.layers]), stats.bits)
+        return linear_cost_table(
+            _slot_sum(stats, [float(layer.macs) * float(act_bits) for layer in stats.layers]), stats.bits
+        )
 
 
 @register_proxy
@@ -247,4 +263,3 @@ class EmqPublished(_LayerwiseProxy):
         q = layer.Q.double()
         weight_half = torch.sqrt(torch.relu(q)).reshape(q.shape[0], -1).mean(dim=1).numpy()
         return grad_half * weight_half / len(stats.layers)
-

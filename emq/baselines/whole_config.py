@@ -34,7 +34,9 @@ def shared_engine(ctx: ProxyContext) -> PTQEngine:
     if engine is None:
         target = ctx.target
         settings = ctx.settings or PTQSettings()
-        engine = ctx.cache["ptq-engine"] = PTQEngine(target.model, target.layer_map, target.require_data(), settings, device=ctx.device)
+        engine = ctx.cache["ptq-engine"] = PTQEngine(
+            target.model, target.layer_map, target.require_data(), settings, device=ctx.device
+        )
     return engine
 
 
@@ -205,4 +207,3 @@ class GMPQ(WholeConfigProxy):
         x, y = proxy_images(ctx)
         ref = _fp_cached(ctx, "gmpq-fp", lambda net: gradcam_maps(net, engine.layers, x, y))
         return rank_consistency(ref, gradcam_maps(engine.prepare(bits), engine.layers, x, y))
-

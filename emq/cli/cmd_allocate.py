@@ -34,20 +34,57 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("allocate", help=COMMANDS["allocate"])
     add_model_args(p)
     p.set_defaults(model=None)  # 'default', or the bench's model with --bench
-    p.add_argument("--bench", help="bench file or 'default': use its model (checked by weights hash), data, PTQ and statistics settings; "
-                                   "PTQ flags may only repeat the bench's")
-    p.add_argument("--proxy", required=True, help="proxy JSON file (from `emq search`) or a proxy name (`emq score --proxies all` lists them)")
+    p.add_argument(
+        "--bench",
+        help="bench file or 'default': use its model (checked by weights hash), data, PTQ and statistics settings; "
+        "PTQ flags may only repeat the bench's",
+    )
+    p.add_argument(
+        "--proxy",
+        required=True,
+        help="proxy JSON file (from `emq search`) or a proxy name (`emq score --proxies all` lists them)",
+    )
     for kind in budget_kinds():
         p.add_argument(f"--budget-{kind}", dest=_dest(kind), help=get_kind(kind).help)
     p.add_argument("--bits-allowed", default="2,3,4", help="bit-widths a slot may take (default 2,3,4)")
-    p.add_argument("--pin", action="append", default=[], metavar="SLOT=BITS", help="fix a slot (index, slot or module name) to a bit-width, e.g. conv1=8; repeatable")
-    p.add_argument("--slot-bits", action="append", default=[], metavar="SLOT=B,B", help="restrict one slot's allowed bits, e.g. fc=3,4; repeatable")
-    p.add_argument("--tie", action="append", default=[], metavar="SLOT,SLOT", help="force slots to share one bit-width; repeatable")
+    p.add_argument(
+        "--pin",
+        action="append",
+        default=[],
+        metavar="SLOT=BITS",
+        help="fix a slot (index, slot or module name) to a bit-width, e.g. conv1=8; repeatable",
+    )
+    p.add_argument(
+        "--slot-bits",
+        action="append",
+        default=[],
+        metavar="SLOT=B,B",
+        help="restrict one slot's allowed bits, e.g. fc=3,4; repeatable",
+    )
+    p.add_argument(
+        "--tie", action="append", default=[], metavar="SLOT,SLOT", help="force slots to share one bit-width; repeatable"
+    )
     p.add_argument("--evaluate", action="store_true", help="PTQ-quantize the result(s) and measure top-1, loss and KL")
-    p.add_argument("--sweep", metavar="A:B:N", help="allocate at N budgets from A to B (of --sweep-kind) and write CSV + PNG to --out")
-    p.add_argument("--sweep-kind", choices=budget_kinds(), default="avg-bits", help="budget swept by --sweep (default avg-bits); other budgets stay fixed")
-    p.add_argument("--baseline", action="append", default=[], help="with --sweep: also allocate with this proxy (name or JSON) for comparison; repeatable")
-    p.add_argument("--search-evals", type=int, default=200, help="proxy evaluations for whole-configuration proxies (default 200)")
+    p.add_argument(
+        "--sweep",
+        metavar="A:B:N",
+        help="allocate at N budgets from A to B (of --sweep-kind) and write CSV + PNG to --out",
+    )
+    p.add_argument(
+        "--sweep-kind",
+        choices=budget_kinds(),
+        default="avg-bits",
+        help="budget swept by --sweep (default avg-bits); other budgets stay fixed",
+    )
+    p.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        help="with --sweep: also allocate with this proxy (name or JSON) for comparison; repeatable",
+    )
+    p.add_argument(
+        "--search-evals", type=int, default=200, help="proxy evaluations for whole-configuration proxies (default 200)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the constrained search (default 0)")
     p.add_argument("--out", type=Path, help="directory for bitmap.json / allocation.json (or sweep.csv / sweep.png)")
     add_ptq_args(p)
@@ -96,13 +133,27 @@ def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     if args.bench:
         open_bench(args.bench)
-    values = parse_sweep(args.sweep, args.sweep_kind) if args.sweep else None  # refuse a bad range before any model work
+    values = (
+        parse_sweep(args.sweep, args.sweep_kind) if args.sweep else None
+    )  # refuse a bad range before any model work
     if args.model not in (None, "default") and args.data is None and not args.bench:
-        raise EmqError(f"--model {args.model} has no data: pass --data (an ImageFolder or CIFAR-10 directory); "
-                       "every proxy needs the model's statistics or PTQ runs, and nothing is downloaded")
+        raise EmqError(
+            f"--model {args.model} has no data: pass --data (an ImageFolder or CIFAR-10 directory); "
+            "every proxy needs the model's statistics or PTQ runs, and nothing is downloaded"
+        )
     _check_pins_need_no_new_statistics(pins, bits_allowed, [args.proxy, *args.baseline])
     settings = ptq_overrides(args) if args.bench else ptq_settings(args)
-    allocator = allocator_for(args.model, args.data, args.weights, args.input_size, args.num_classes, settings, args.evaluate, args.bench, device=args.device)
+    allocator = allocator_for(
+        args.model,
+        args.data,
+        args.weights,
+        args.input_size,
+        args.num_classes,
+        settings,
+        args.evaluate,
+        args.bench,
+        device=args.device,
+    )
     if values is not None:
         return _run_sweep(args, allocator, values, budgets, bits_allowed, pins)
     problem = allocator.problem(budgets, bits_allowed, pins, slot_bits, ties)
@@ -130,9 +181,11 @@ def _check_pins_need_no_new_statistics(pins: dict[str, int], bits_allowed: list[
     if needy:
         slot, b = next(iter(extra.items()))
         allowed = ",".join(map(str, bits_allowed))
-        raise EmqError(f"--pin {slot}={b}: {b} bits is outside --bits-allowed {allowed}, and proxy {needy[0]} would need network statistics "
-                       f"at {b} bits too (computed now, minutes on a large model); pin within {allowed}, or add {b} to --bits-allowed "
-                       f"and restrict the other slots with --slot-bits to accept that cost")
+        raise EmqError(
+            f"--pin {slot}={b}: {b} bits is outside --bits-allowed {allowed}, and proxy {needy[0]} would need network statistics "
+            f"at {b} bits too (computed now, minutes on a large model); pin within {allowed}, or add {b} to --bits-allowed "
+            f"and restrict the other slots with --slot-bits to accept that cost"
+        )
 
 
 def _as_int(text: str, what: str) -> int:
@@ -141,11 +194,33 @@ def _as_int(text: str, what: str) -> int:
     return int(text)
 
 
-def _run_sweep(args: argparse.Namespace, allocator: Allocator, values: np.ndarray, budgets: list[Budget], bits_allowed: list[int], pins: dict) -> int:
+def _run_sweep(
+    args: argparse.Namespace,
+    allocator: Allocator,
+    values: np.ndarray,
+    budgets: list[Budget],
+    bits_allowed: list[int],
+    pins: dict,
+) -> int:
     fixed = [b for b in budgets if b.kind != args.sweep_kind]
-    res = sweep(allocator, args.proxy, args.sweep_kind, values, fixed, args.baseline, True, args.evaluate, bits_allowed, pins, args.search_evals, args.seed)
+    res = sweep(
+        allocator,
+        args.proxy,
+        args.sweep_kind,
+        values,
+        fixed,
+        args.baseline,
+        True,
+        args.evaluate,
+        bits_allowed,
+        pins,
+        args.search_evals,
+        args.seed,
+    )
     if not res.allocated:
-        raise EmqError(f"--sweep {args.sweep}: no budget in the range is feasible ({res.skipped[0][2] if res.skipped else 'nothing allocated'})")
+        raise EmqError(
+            f"--sweep {args.sweep}: no budget in the range is feasible ({res.skipped[0][2] if res.skipped else 'nothing allocated'})"
+        )
     paths = res.save(args.out)
     if args.json:
         emit_json(res.to_json() | {"csv": str(paths["csv"]), "png": str(paths["png"])})

@@ -35,21 +35,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(b)
     add_ptq_args(b)
     b.add_argument("--out", required=True, type=Path, help="bench file to write (SQLite)")
-    b.add_argument("--configs", type=int, default=1000, help="total configurations, uniform ones included (default 1000)")
+    b.add_argument(
+        "--configs", type=int, default=1000, help="total configurations, uniform ones included (default 1000)"
+    )
     b.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    add_executor_args(b, "workers evaluating configurations (default 1); records are identical with any executor and any number")
+    add_executor_args(
+        b, "workers evaluating configurations (default 1); records are identical with any executor and any number"
+    )
     b.add_argument("--resume", action="store_true", help="continue an interrupted build of --out")
     b.add_argument("--bits-allowed", default="2,3,4", help="allowed bit-widths per slot (default 2,3,4)")
-    b.add_argument("--pin", action="append", default=[], metavar="SLOT=BITS", help="pin a slot (index or name) to a bit-width; repeatable")
-    b.add_argument("--sampler", choices=SAMPLERS, default="stratified", help="how to sample configurations (default stratified by model size)")
+    b.add_argument(
+        "--pin",
+        action="append",
+        default=[],
+        metavar="SLOT=BITS",
+        help="pin a slot (index or name) to a bit-width; repeatable",
+    )
+    b.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="stratified",
+        help="how to sample configurations (default stratified by model size)",
+    )
     b.add_argument("--configs-file", type=Path, help="text file of extra configurations to include, one per line")
-    b.add_argument("--noise-samples", type=int, default=200, help="configurations re-evaluated on the other half of the calibration sources, for the calibration test-retest reliability (default 200; 0 = none, else at least 4)")
+    b.add_argument(
+        "--noise-samples",
+        type=int,
+        default=200,
+        help="configurations re-evaluated on the other half of the calibration sources, for the calibration test-retest reliability (default 200; 0 = none, else at least 4)",
+    )
     b.add_argument("--test-limit", type=int, help="evaluate on the first N test images only (quick, noisier benches)")
     add_device_arg(b)
     b.add_argument("--json", action="store_true", help="print the finished bench's info as one JSON object")
     b.set_defaults(func=run_build)
 
-    ls = bsub.add_parser("list", help="the benches shipped with emq (bundles): records, model, data, PTQ method, reliability")
+    ls = bsub.add_parser(
+        "list", help="the benches shipped with emq (bundles): records, model, data, PTQ method, reliability"
+    )
     ls.add_argument("--json", action="store_true", help="print one JSON list")
     ls.set_defaults(func=run_list)
 
@@ -61,7 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = bsub.add_parser("import", help="import MQ-Bench-101 data (pickle or bit_cfg:acc text)")
     m.add_argument("source", type=Path, help="the MQ-Bench-101 file")
     m.add_argument("--format", required=True, choices=FORMATS, help="source format")
-    m.add_argument("--model", default="resnet18", help="model whose layer map the configurations follow (default resnet18)")
+    m.add_argument(
+        "--model", default="resnet18", help="model whose layer map the configurations follow (default resnet18)"
+    )
     m.add_argument("--bits-allowed", default="2,3,4", help="allowed bit-widths (default 2,3,4)")
     m.add_argument("--act-bits", type=int, default=8, help="activation bits used for BitOps (default 8)")
     m.add_argument("--out", required=True, type=Path, help="bench file to write")
@@ -100,11 +124,41 @@ def run_list(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(rows)
         return 0
-    table = [[r["name"], r.get("records", "missing"), r["model"], r.get("data", ""), r.get("ptq_method", ""), r.get("default_metric", ""),
-              _f(r.get("split_half_corrected")), _f(r.get("combined_reliability")), ("bundled" if r.get("bundled_stats") else "from data") if r["installed"] else "", r.get("megabytes", "")]
-             for r in rows]
-    print(markdown_table(["bench", "records", "model", "data", "PTQ", "default metric", "split-half (corr.)", "combined reliability", "statistics", "MB"], table))
-    print("use a name wherever a bench file goes, e.g. `emq score --bench vgg-digits`; `emq bench info NAME` for details")
+    table = [
+        [
+            r["name"],
+            r.get("records", "missing"),
+            r["model"],
+            r.get("data", ""),
+            r.get("ptq_method", ""),
+            r.get("default_metric", ""),
+            _f(r.get("split_half_corrected")),
+            _f(r.get("combined_reliability")),
+            ("bundled" if r.get("bundled_stats") else "from data") if r["installed"] else "",
+            r.get("megabytes", ""),
+        ]
+        for r in rows
+    ]
+    print(
+        markdown_table(
+            [
+                "bench",
+                "records",
+                "model",
+                "data",
+                "PTQ",
+                "default metric",
+                "split-half (corr.)",
+                "combined reliability",
+                "statistics",
+                "MB",
+            ],
+            table,
+        )
+    )
+    print(
+        "use a name wherever a bench file goes, e.g. `emq score --bench vgg-digits`; `emq bench info NAME` for details"
+    )
     return 0
 
 
@@ -113,39 +167,77 @@ def _f(v: float | None) -> str:
 
 
 def _print_info(info: dict) -> None:
-    print(f"bench {info['path']}: model {info['model']}, {info['records']} records ({info['search_records']} search / {info['heldout_records']} held out)")
-    print(f"slots {len(info['slots'])}, allowed bits {info['allowed_bits']}, activation bits {info['act_bits']}, pinned {info['pinned'] or 'none'}")
+    print(
+        f"bench {info['path']}: model {info['model']}, {info['records']} records ({info['search_records']} search / {info['heldout_records']} held out)"
+    )
+    print(
+        f"slots {len(info['slots'])}, allowed bits {info['allowed_bits']}, activation bits {info['act_bits']}, pinned {info['pinned'] or 'none'}"
+    )
     pools = info.get("test_pools")
     if pools:
-        print(f"test pools ({pools['method']}): fit {pools['fit']['images']} images / {pools['fit']['sources']} sources, report {pools['report']['images']} / {pools['report']['sources']}")
+        print(
+            f"test pools ({pools['method']}): fit {pools['fit']['images']} images / {pools['fit']['sources']} sources, report {pools['report']['images']} / {pools['report']['sources']}"
+        )
     else:
         print("test pools: none (no per-image outcomes); fit and report numbers share test images")
     rel_rows = []
     for m, r in (info.get("reliability") or {}).items():
         half, rt = r.get("split_half") or {}, r.get("test_retest") or {}
-        rel_rows.append([m, _f(half.get("raw")), _f(half.get("corrected")), _f(rt.get("rho")), _f(r.get("combined")), _f(r.get("ceiling"))])
+        rel_rows.append(
+            [
+                m,
+                _f(half.get("raw")),
+                _f(half.get("corrected")),
+                _f(rt.get("rho")),
+                _f(r.get("combined")),
+                _f(r.get("ceiling")),
+            ]
+        )
     if rel_rows:
-        print("reliability on the report pool (split-half by source, Spearman-Brown corrected; calibration retest on disjoint calibration sources):")
-        print(markdown_table(["metric", "split-half", "corrected", "calib. retest", "combined", "ceiling = sqrt(combined)"], rel_rows))
+        print(
+            "reliability on the report pool (split-half by source, Spearman-Brown corrected; calibration retest on disjoint calibration sources):"
+        )
+        print(
+            markdown_table(
+                ["metric", "split-half", "corrected", "calib. retest", "combined", "ceiling = sqrt(combined)"], rel_rows
+            )
+        )
     print(f"default metric {info['default_metric']}")
     rounding = (info.get("rounding") or {}).get("build")
     if rounding:
         opts = ", ".join(f"{k} {v}" for k, v in rounding["options"].items()) or "no options"
-        print(f"weight rounding {rounding['method']} ({opts}): prepared in {rounding['seconds']} s, {rounding['computed']} (layer, bits) computed, {rounding['from_cache']} from the cache")
+        print(
+            f"weight rounding {rounding['method']} ({opts}): prepared in {rounding['seconds']} s, {rounding['computed']} (layer, bits) computed, {rounding['from_cache']} from the cache"
+        )
     prov = info.get("provenance")
     if prov:
         ptq = prov["ptq"]
-        print(f"provenance: {prov['bench']}, {prov['network']}; {prov['data']}; {ptq['method']}, {ptq['iterations']} iterations, "
-              f"{ptq['calibration_images']} calibration images, {ptq['act_bits']}-bit activations; "
-              f"{'complete' if prov['complete'] else 'INCOMPLETE'} ({info['records']} of {prov['configurations']} configurations)")
+        print(
+            f"provenance: {prov['bench']}, {prov['network']}; {prov['data']}; {ptq['method']}, {ptq['iterations']} iterations, "
+            f"{ptq['calibration_images']} calibration images, {ptq['act_bits']}-bit activations; "
+            f"{'complete' if prov['complete'] else 'INCOMPLETE'} ({info['records']} of {prov['configurations']} configurations)"
+        )
     base = info.get("trivial_baselines") or {}
     if base:
-        print("trivial baselines (oriented Spearman): " + "; ".join(f"{p}: " + ", ".join(f"{m} {v:.3f}" for m, v in r.items() if v is not None) for p, r in base.items()))
-    rows = [[m, s["min"], s["p25"], s["median"], s["p75"], s["max"], s["mean"], s["std"]] for m, s in info["metrics"].items()]
+        print(
+            "trivial baselines (oriented Spearman): "
+            + "; ".join(
+                f"{p}: " + ", ".join(f"{m} {v:.3f}" for m, v in r.items() if v is not None) for p, r in base.items()
+            )
+        )
+    rows = [
+        [m, s["min"], s["p25"], s["median"], s["p75"], s["max"], s["mean"], s["std"]]
+        for m, s in info["metrics"].items()
+    ]
     print(markdown_table(["metric", "min", "p25", "median", "p75", "max", "mean", "std"], rows))
     if info.get("failures"):
         print(f"{len(info['failures'])} evaluation(s) failed (a resume tries them again):")
-        print(markdown_table(["configuration", "stage", "attempts", "error"], [[f["config"], f["stage"], f["attempts"], f["error"]] for f in info["failures"]]))
+        print(
+            markdown_table(
+                ["configuration", "stage", "attempts", "error"],
+                [[f["config"], f["stage"], f["attempts"], f["error"]] for f in info["failures"]],
+            )
+        )
 
 
 # below this many pairs a Spearman correlation takes only a handful of values (with 2 it is
@@ -159,12 +251,16 @@ def _check_build_sizes(args: argparse.Namespace, bits: list[int]) -> None:
     """Refuse, before any model work, benches too small to measure anything."""
     least = len(bits) + MIN_SAMPLED_CONFIGS
     if args.configs < least:
-        raise EmqError(f"--configs {args.configs}: a bench needs at least {least} configurations: the {len(bits)} uniform ones "
-                       f"(one per bit-width in --bits-allowed) and {MIN_SAMPLED_CONFIGS} or more to rank; one in five is held out, "
-                       "so a bench for `emq search` or `emq score` needs a few dozen")
+        raise EmqError(
+            f"--configs {args.configs}: a bench needs at least {least} configurations: the {len(bits)} uniform ones "
+            f"(one per bit-width in --bits-allowed) and {MIN_SAMPLED_CONFIGS} or more to rank; one in five is held out, "
+            "so a bench for `emq search` or `emq score` needs a few dozen"
+        )
     if args.noise_samples != 0 and not MIN_NOISE_SAMPLES <= args.noise_samples:
-        raise EmqError(f"--noise-samples {args.noise_samples}: use 0 (no calibration retest) or at least {MIN_NOISE_SAMPLES}; the retest reliability is "
-                       f"the Spearman correlation of repeated evaluations, which means nothing over fewer than {MIN_NOISE_SAMPLES} pairs")
+        raise EmqError(
+            f"--noise-samples {args.noise_samples}: use 0 (no calibration retest) or at least {MIN_NOISE_SAMPLES}; the retest reliability is "
+            f"the Spearman correlation of repeated evaluations, which means nothing over fewer than {MIN_NOISE_SAMPLES} pairs"
+        )
     if args.test_limit is not None and args.test_limit < 1:  # --workers: executor_from_args, before any file too
         raise EmqError(f"--test-limit {args.test_limit}: use 1 or more")
 
@@ -210,7 +306,14 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    info = bench_import(args.source, args.format, args.out, model=args.model, bits=tuple(parse_bits(args.bits_allowed, "bits_allowed")), act_bits=args.act_bits)
+    info = bench_import(
+        args.source,
+        args.format,
+        args.out,
+        model=args.model,
+        bits=tuple(parse_bits(args.bits_allowed, "bits_allowed")),
+        act_bits=args.act_bits,
+    )
     emit_json(info) if args.json else _print_info(info)
     return 0
 

@@ -26,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--generations", type=int, default=20, help="generations of the short campaign (default 20)")
     p.add_argument("--population", type=int, default=64, help="population size (default 64)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--budget-avg-bits", type=float, default=3.0, help="average weight bits of the allocation budget (default 3.0)")
+    p.add_argument(
+        "--budget-avg-bits", type=float, default=3.0, help="average weight bits of the allocation budget (default 3.0)"
+    )
     add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run)
@@ -35,28 +37,70 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     bench = open_bench(args.bench)
-    check_bench_for_search(bench, args.bench, "default", model_is_fixed=True)  # a bad bench is refused before the statistics
+    check_bench_for_search(
+        bench, args.bench, "default", model_is_fixed=True
+    )  # a bad bench is refused before the statistics
     SearchConfig(generations=args.generations, population=args.population)  # and so are bad search sizes
     if not min(bench.bits) <= args.budget_avg_bits <= max(bench.bits):
-        raise EmqError(f"--budget-avg-bits {args.budget_avg_bits:g}: use a value from {min(bench.bits)} to {max(bench.bits)}, the bench's bit-widths")
-    s = demo(args.out, args.bench, args.generations, args.population, args.seed, args.budget_avg_bits, progress=not (args.json or args.quiet), device=args.device)
+        raise EmqError(
+            f"--budget-avg-bits {args.budget_avg_bits:g}: use a value from {min(bench.bits)} to {max(bench.bits)}, the bench's bit-widths"
+        )
+    s = demo(
+        args.out,
+        args.bench,
+        args.generations,
+        args.population,
+        args.seed,
+        args.budget_avg_bits,
+        progress=not (args.json or args.quiet),
+        device=args.device,
+    )
     if args.json:
         emit_json(s)
         return 0
     print(f"evolved proxy: p_l(b) = {s['best_expression']}")
     ceiling = "not measured" if s["ceiling"] is None else f"{s['ceiling']:.3f}"
-    print(f"  Spearman ({s['metric']}): search {s['best_search_spearman']:.3f}, held-out {s['best_heldout_spearman']:.3f}; "
-          f"best hand-made in the space ({s['best_handmade']}) held-out {s['best_handmade_heldout_spearman']:.3f}; "
-          f"held-out ceiling {ceiling}")
-    print(f"\nallocations at {s['budget_avg_bits']:g} average weight bits (full precision top-1 {s['fp_top1']:.2f} %):\n")
-    rows = [[a["method"], f"{a['avg_bits']:.3f}", int(a["size_bytes"]), f"{a['top1']:.2f}", f"{a['loss']:.4f}", f"{a['kl']:.4f}", ",".join(map(str, a["bits"]))] for a in s["allocations"]]
+    print(
+        f"  Spearman ({s['metric']}): search {s['best_search_spearman']:.3f}, held-out {s['best_heldout_spearman']:.3f}; "
+        f"best hand-made in the space ({s['best_handmade']}) held-out {s['best_handmade_heldout_spearman']:.3f}; "
+        f"held-out ceiling {ceiling}"
+    )
+    print(
+        f"\nallocations at {s['budget_avg_bits']:g} average weight bits (full precision top-1 {s['fp_top1']:.2f} %):\n"
+    )
+    rows = [
+        [
+            a["method"],
+            f"{a['avg_bits']:.3f}",
+            int(a["size_bytes"]),
+            f"{a['top1']:.2f}",
+            f"{a['loss']:.4f}",
+            f"{a['kl']:.4f}",
+            ",".join(map(str, a["bits"])),
+        ]
+        for a in s["allocations"]
+    ]
     if "median_random_top1" in s:
         lo, hi = s["random_band_avg_bits"]
-        rows.append([f"median bench config, avg bits in ({lo:g}, {hi:g}] (n={s['random_configs']})", "", "", f"{s['median_random_top1']:.2f}", "", "", ""])
+        rows.append(
+            [
+                f"median bench config, avg bits in ({lo:g}, {hi:g}] (n={s['random_configs']})",
+                "",
+                "",
+                f"{s['median_random_top1']:.2f}",
+                "",
+                "",
+                "",
+            ]
+        )
     print(markdown_table(["method", "avg bits", "size (bytes)", "top-1 %", "loss", "KL", "bits"], rows))
     if "median_random_top1" in s:
-        print(f"\n(random baseline: the bench's configurations near the budget, {s['random_configs']} of the {s['bench_configs_in_budget']} "
-              "within it; the oracle is the best of all those within it)")
+        print(
+            f"\n(random baseline: the bench's configurations near the budget, {s['random_configs']} of the {s['bench_configs_in_budget']} "
+            "within it; the oracle is the best of all those within it)"
+        )
     sec = s["seconds"]
-    print(f"\nrun directory: {s['run_dir']}  ({sec['total']:.0f} s: statistics {sec['statistics']:.0f} s, search {sec['search']:.0f} s, allocation+PTQ {sec['allocation+PTQ']:.0f} s)")
+    print(
+        f"\nrun directory: {s['run_dir']}  ({sec['total']:.0f} s: statistics {sec['statistics']:.0f} s, search {sec['search']:.0f} s, allocation+PTQ {sec['allocation+PTQ']:.0f} s)"
+    )
     return 0

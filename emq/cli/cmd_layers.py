@@ -23,12 +23,16 @@ def run(args: argparse.Namespace) -> int:
     if args.weights is not None:
         from ..models import build_model
 
-        build_model(args.model, num_classes=args.num_classes, weights=args.weights)  # the layer map does not depend on them, but a bad file is an error
+        build_model(
+            args.model, num_classes=args.num_classes, weights=args.weights
+        )  # the layer map does not depend on them, but a bad file is an error
     lm = layers(args.model, input_size=args.input_size, num_classes=args.num_classes)
     if args.json:
         emit_json(lm.to_json())
         return 0
     rows = [[i, s.name, ", ".join(s.modules), s.params, s.macs, bits_allowed] for i, s in enumerate(lm.slots)]
     print(markdown_table(["slot", "name", "modules", "weight params", "MACs", "bits allowed"], rows))
-    print(f"\n{lm.num_slots} slots, {len(lm.layers)} layers; full-precision size {lm.fp_size_bytes:,.0f} bytes; input {lm.input_size}px")
+    print(
+        f"\n{lm.num_slots} slots, {len(lm.layers)} layers; full-precision size {lm.fp_size_bytes:,.0f} bytes; input {lm.input_size}px"
+    )
     return 0

@@ -25,16 +25,40 @@ from .common import (
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help=COMMANDS["score"])
-    p.add_argument("--bench", default="default", help="bench file, or 'default' for the shipped bench (default: default)")
-    p.add_argument("--proxies", default="all", help=f"'all', 'none' or comma-separated names: {', '.join(PROXIES)} (default: all)")
-    p.add_argument("--proxy", action="append", default=[], metavar="PROXY.json", help="an evolved proxy file to score too (repeatable)")
+    p.add_argument(
+        "--bench", default="default", help="bench file, or 'default' for the shipped bench (default: default)"
+    )
+    p.add_argument(
+        "--proxies", default="all", help=f"'all', 'none' or comma-separated names: {', '.join(PROXIES)} (default: all)"
+    )
+    p.add_argument(
+        "--proxy",
+        action="append",
+        default=[],
+        metavar="PROXY.json",
+        help="an evolved proxy file to score too (repeatable)",
+    )
     p.add_argument("--metric", choices=METRICS, help="bench metric to predict (default: the bench's default metric)")
-    p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"whole-configuration proxies (gmpq, seam, kl) score a seeded sample of at most this many configurations per split; 0 = all (default {DEFAULT_LIMIT})")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_LIMIT,
+        help=f"whole-configuration proxies (gmpq, seam, kl) score a seeded sample of at most this many configurations per split; 0 = all (default {DEFAULT_LIMIT})",
+    )
     p.add_argument("--ompq-beta", type=float, help="OMPQ's beta in theta = exp(-beta * gamma) (default 1.0)")
     p.add_argument("--data", help="override the bench's data ('default' or a directory)")
-    p.add_argument("--weights", type=Path, help="local weights file of the bench's model (checked against the bench's weights hash)")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        help="local weights file of the bench's model (checked against the bench's weights hash)",
+    )
     add_executor_args(p, "workers for whole-configuration proxies (default 1 = serial; results are identical)")
-    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help=f"bootstrap resamples (configurations x test sources, seeded) for the 95 %% intervals (default {DEFAULT_RESAMPLES})")
+    p.add_argument(
+        "--resamples",
+        type=int,
+        default=DEFAULT_RESAMPLES,
+        help=f"bootstrap resamples (configurations x test sources, seeded) for the 95 %% intervals (default {DEFAULT_RESAMPLES})",
+    )
     p.add_argument("--no-reference", action="store_true", help="leave out the supervised ridge reference row")
     p.add_argument("--out", type=Path, help="write score.csv, score.json and scatter_<proxy>.png here")
     add_device_arg(p)

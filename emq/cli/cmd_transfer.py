@@ -31,17 +31,48 @@ def _names(text: str, flag: str) -> list[str]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("transfer", help=COMMANDS["transfer"])
-    p.add_argument("--benches", required=True, help="comma-separated bench files or shipped names (at least two networks for leave-one-out)")
+    p.add_argument(
+        "--benches",
+        required=True,
+        help="comma-separated bench files or shipped names (at least two networks for leave-one-out)",
+    )
     p.add_argument("--seeds", default="0,1,2", help="campaign seeds per cell (default 0,1,2)")
     p.add_argument("--generations", type=int, default=30, help="generations per campaign (default 30)")
     p.add_argument("--population", type=int, default=48, help="population per campaign (default 48)")
     p.add_argument("--protocols", default=",".join(PROTOCOLS), help="leave-one-out, single or both (default both)")
-    p.add_argument("--aggregate", choices=AGGREGATES, default=DEFAULT_AGGREGATE, help=f"how a multi-bench campaign aggregates its benches' fitness (default {DEFAULT_AGGREGATE})")
-    p.add_argument("--whole-config", default=",".join(WHOLE_CONFIG), help="whole-configuration references scored on each bench ('none' to skip; default kl,gmpq,seam)")
-    p.add_argument("--whole-limit", type=int, default=20, help="configurations per split the whole-configuration references quantize (default 20)")
-    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help=f"bootstrap resamples for the intervals (default {DEFAULT_RESAMPLES})")
-    add_executor_args(p, "workers evaluating each campaign's candidates and the whole-configuration references (default 1 = serial; results are identical)")
-    p.add_argument("--out", type=Path, required=True, help="directory for transfer.json, transfer.csv, transfer.png and the campaigns")
+    p.add_argument(
+        "--aggregate",
+        choices=AGGREGATES,
+        default=DEFAULT_AGGREGATE,
+        help=f"how a multi-bench campaign aggregates its benches' fitness (default {DEFAULT_AGGREGATE})",
+    )
+    p.add_argument(
+        "--whole-config",
+        default=",".join(WHOLE_CONFIG),
+        help="whole-configuration references scored on each bench ('none' to skip; default kl,gmpq,seam)",
+    )
+    p.add_argument(
+        "--whole-limit",
+        type=int,
+        default=20,
+        help="configurations per split the whole-configuration references quantize (default 20)",
+    )
+    p.add_argument(
+        "--resamples",
+        type=int,
+        default=DEFAULT_RESAMPLES,
+        help=f"bootstrap resamples for the intervals (default {DEFAULT_RESAMPLES})",
+    )
+    add_executor_args(
+        p,
+        "workers evaluating each campaign's candidates and the whole-configuration references (default 1 = serial; results are identical)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="directory for transfer.json, transfer.csv, transfer.png and the campaigns",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -57,7 +88,12 @@ def run(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in _names(args.seeds, "--seeds")]
     except ValueError as e:
         raise EmqError(f"--seeds {args.seeds}: give comma-separated integers") from e
-    for flag, value in (("--generations", args.generations), ("--population", args.population), ("--whole-limit", args.whole_limit), ("--resamples", args.resamples)):
+    for flag, value in (
+        ("--generations", args.generations),
+        ("--population", args.population),
+        ("--whole-limit", args.whole_limit),
+        ("--resamples", args.resamples),
+    ):
         if value < 1:
             raise EmqError(f"{flag} {value}: use a positive number")
     whole = () if args.whole_config.strip() == "none" else tuple(_names(args.whole_config, "--whole-config"))
@@ -65,15 +101,29 @@ def run(args: argparse.Namespace) -> int:
 
     wrong = [w for w in whole if w not in PROXIES or PROXIES[w].separable]
     if wrong:
-        raise EmqError(f"--whole-config: {', '.join(wrong)} is not a whole-configuration proxy; use some of kl, gmpq, seam or 'none'")
+        raise EmqError(
+            f"--whole-config: {', '.join(wrong)} is not a whole-configuration proxy; use some of kl, gmpq, seam or 'none'"
+        )
     from ..bench import Bench
 
     benches = _names(args.benches, "--benches")
     for b in benches:
         Bench.open(b)  # a missing or unreadable bench fails here, before any campaign
     with executor_from_args(args) as executor:
-        study = TransferStudy(benches, seeds, args.generations, args.population, protocols, args.aggregate, whole, args.whole_limit, args.resamples, args.out,
-                              progress=not args.json, executor=executor)
+        study = TransferStudy(
+            benches,
+            seeds,
+            args.generations,
+            args.population,
+            protocols,
+            args.aggregate,
+            whole,
+            args.whole_limit,
+            args.resamples,
+            args.out,
+            progress=not args.json,
+            executor=executor,
+        )
         result = study.run()
     if args.json:
         emit_json(result.to_json())

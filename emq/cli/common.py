@@ -19,47 +19,103 @@ from ..quantizers import QUANTIZERS
 from ..specs import ParameterError, parse_config
 from ..tables import markdown_table
 
-__all__ = ["add_device_arg", "add_executor_args", "add_model_args", "add_ptq_args", "check_bench_for_search", "check_out_dir", "check_executor_args", "emit_json", "executor_from_args", "markdown_table", "open_bench", "parse_bits", "ptq_overrides",
-           "ptq_settings"]
+__all__ = [
+    "add_device_arg",
+    "add_executor_args",
+    "add_model_args",
+    "add_ptq_args",
+    "check_bench_for_search",
+    "check_out_dir",
+    "check_executor_args",
+    "emit_json",
+    "executor_from_args",
+    "markdown_table",
+    "open_bench",
+    "parse_bits",
+    "ptq_overrides",
+    "ptq_settings",
+]
 
 MIN_SPLIT = 3  # configurations a bench split needs for a rank correlation
 
 
 def add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
-    p.add_argument("--model", default="default", help="an embedded model (default, mobilenetv2-digits, vgg-digits, resnet20-fashion) or a torchvision classifier name (default: default)")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="an embedded model (default, mobilenetv2-digits, vgg-digits, resnet20-fashion) or a torchvision classifier name (default: default)",
+    )
     p.add_argument("--weights", type=Path, help="local weights file (state dict), loaded with weights_only=True")
     p.add_argument("--num-classes", type=int, help="number of classes of a torchvision model (default: the data's)")
-    p.add_argument("--input-size", type=int, help="input resolution (default: the data's; 224 for torchvision models without data)")
+    p.add_argument(
+        "--input-size", type=int, help="input resolution (default: the data's; 224 for torchvision models without data)"
+    )
     if data:
-        p.add_argument("--data", help="'default', 'fashion-mnist' / 'mnist' (idx files found on disk, e.g. Debian's dataset-fashion-mnist), NAME:DIR, "
-                                      "a directory of idx files, an ImageFolder or a CIFAR-10 directory (default: an embedded model's own)")
+        p.add_argument(
+            "--data",
+            help="'default', 'fashion-mnist' / 'mnist' (idx files found on disk, e.g. Debian's dataset-fashion-mnist), NAME:DIR, "
+            "a directory of idx files, an ImageFolder or a CIFAR-10 directory (default: an embedded model's own)",
+        )
 
 
 # PTQ flag -> PTQSettings field. The flags default to None so that `ptq_overrides` can tell
 # what the user typed (a bench's settings may only be repeated, not contradicted).
-PTQ_FLAGS = {"act_bits": "act_bits", "bn": "bn", "symmetric": "weight_symmetric", "calib_size": "calib_size", "calib_seed": "calib_seed",
-             "weight_quantizer": "weight_quantizer", "quantizer_option": "quantizer_options", "bias_correction": "bias_correction"}
+PTQ_FLAGS = {
+    "act_bits": "act_bits",
+    "bn": "bn",
+    "symmetric": "weight_symmetric",
+    "calib_size": "calib_size",
+    "calib_seed": "calib_seed",
+    "weight_quantizer": "weight_quantizer",
+    "quantizer_option": "quantizer_options",
+    "bias_correction": "bias_correction",
+}
 
 
 def add_ptq_args(p: argparse.ArgumentParser) -> None:
     d = PTQSettings()
     p.add_argument("--act-bits", type=int, help=f"activation bit-width (default {d.act_bits}; 32 = unquantized)")
-    p.add_argument("--bn", choices=["reestimate", "fold", "none"], help=f"BatchNorm handling (default: {d.bn} on calibration data)")
-    p.add_argument("--symmetric", action="store_true", default=None, help="symmetric weight quantization (default: asymmetric)")
+    p.add_argument(
+        "--bn", choices=["reestimate", "fold", "none"], help=f"BatchNorm handling (default: {d.bn} on calibration data)"
+    )
+    p.add_argument(
+        "--symmetric", action="store_true", default=None, help="symmetric weight quantization (default: asymmetric)"
+    )
     p.add_argument("--calib-size", type=int, help=f"calibration images (default {d.calib_size})")
     p.add_argument("--calib-seed", type=int, help=f"seed of the calibration draw (default {d.calib_seed})")
-    p.add_argument("--weight-quantizer", help=f"weight rounding method: {', '.join(QUANTIZERS)} (default {d.weight_quantizer}); gptq/adaround reconstruct each layer and are cached per (layer, bits)")
-    p.add_argument("--bias-correction", action="store_true", default=None, help="correct each layer's bias for the mean output shift of its rounded weights (matters for layers without a following BatchNorm)")
-    p.add_argument("--quantizer-option", action="append", type=_option, metavar="KEY=VALUE", help="an option of the weight quantizer, e.g. iters=20000 for adaround; repeatable")
+    p.add_argument(
+        "--weight-quantizer",
+        help=f"weight rounding method: {', '.join(QUANTIZERS)} (default {d.weight_quantizer}); gptq/adaround reconstruct each layer and are cached per (layer, bits)",
+    )
+    p.add_argument(
+        "--bias-correction",
+        action="store_true",
+        default=None,
+        help="correct each layer's bias for the mean output shift of its rounded weights (matters for layers without a following BatchNorm)",
+    )
+    p.add_argument(
+        "--quantizer-option",
+        action="append",
+        type=_option,
+        metavar="KEY=VALUE",
+        help="an option of the weight quantizer, e.g. iters=20000 for adaround; repeatable",
+    )
 
 
 def add_executor_args(p: argparse.ArgumentParser, workers_help: str) -> None:
     """--workers, --executor, --ray-address and --gpus-per-worker: where the expensive part runs."""
     p.add_argument("--workers", type=int, default=1, help=workers_help)
-    p.add_argument("--executor", choices=executor_names(), help="serial, process (a local pool) or ray (actors on a Ray cluster; "
-                                                                           "pip install \"emq[ray]\"); default serial for one worker, else process")
-    p.add_argument("--ray-address", help="with --executor ray: 'auto' (the cluster `ray start` runs on this machine) or HOST:PORT of its head "
-                                         "(default: a local cluster started for this command)")
+    p.add_argument(
+        "--executor",
+        choices=executor_names(),
+        help="serial, process (a local pool) or ray (actors on a Ray cluster; "
+        'pip install "emq[ray]"); default serial for one worker, else process',
+    )
+    p.add_argument(
+        "--ray-address",
+        help="with --executor ray: 'auto' (the cluster `ray start` runs on this machine) or HOST:PORT of its head "
+        "(default: a local cluster started for this command)",
+    )
     p.add_argument("--gpus-per-worker", type=float, help="with --executor ray: GPUs each worker reserves (default 0)")
 
 
@@ -75,7 +131,11 @@ def check_executor_args(args: argparse.Namespace) -> None:
     """Refuse contradictory executor flags before any bench, model or cluster work."""
     if args.workers < 1:
         raise EmqError(f"--workers {args.workers}: use 1 or more")
-    ray_flags = [f for f, v in (("--ray-address", args.ray_address), ("--gpus-per-worker", args.gpus_per_worker)) if v is not None]
+    ray_flags = [
+        f
+        for f, v in (("--ray-address", args.ray_address), ("--gpus-per-worker", args.gpus_per_worker))
+        if v is not None
+    ]
     if args.executor != "ray" and ray_flags:
         raise EmqError(f"{', '.join(ray_flags)}: only with --executor ray")
     if args.gpus_per_worker is not None and not (math.isfinite(args.gpus_per_worker) and args.gpus_per_worker >= 0):
@@ -83,9 +143,13 @@ def check_executor_args(args: argparse.Namespace) -> None:
     if args.executor == "ray":
         device = getattr(args, "device", None)
         if device is not None and device.type == "cuda" and not args.gpus_per_worker:
-            raise EmqError(f"--device {device} with --executor ray: give --gpus-per-worker (Ray shows a worker only the GPUs it reserved)")
+            raise EmqError(
+                f"--device {device} with --executor ray: give --gpus-per-worker (Ray shows a worker only the GPUs it reserved)"
+            )
         if device is not None and device.type == "cuda" and device.index not in (None, 0):
-            raise EmqError(f"--device {device} with --executor ray: use --device cuda (each worker sees the GPUs Ray gave it, numbered from 0)")
+            raise EmqError(
+                f"--device {device} with --executor ray: use --device cuda (each worker sees the GPUs Ray gave it, numbered from 0)"
+            )
 
 
 def _option(text: str) -> tuple[str, str]:
@@ -97,7 +161,11 @@ def _option(text: str) -> tuple[str, str]:
 
 def ptq_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The PTQSettings fields the user set with flags (nothing for flags left out)."""
-    return {field: (dict(v) if field == "quantizer_options" else v) for dest, field in PTQ_FLAGS.items() if (v := getattr(args, dest, None)) is not None}
+    return {
+        field: (dict(v) if field == "quantizer_options" else v)
+        for dest, field in PTQ_FLAGS.items()
+        if (v := getattr(args, dest, None)) is not None
+    }
 
 
 def ptq_settings(args: argparse.Namespace) -> PTQSettings:
@@ -160,13 +228,19 @@ def check_bench_for_search(bench: Any, spec: str, model: str | None, model_is_fi
     too small to rank: both would otherwise fail only after the statistics were computed."""
     built_for = str(bench.meta.get("model", "default"))
     if model is not None and model != built_for and model_is_fixed:
-        raise EmqError(f"--bench {spec}: was built for model {built_for}, and this command runs on model {model}; give a bench of {model}")
+        raise EmqError(
+            f"--bench {spec}: was built for model {built_for}, and this command runs on model {model}; give a bench of {model}"
+        )
     if model is not None and model != built_for:
-        raise EmqError(f"--model {model}: bench {spec} was built for model {built_for}; leave --model out to use the bench's model, "
-                       f"or give a bench built for {model}")
+        raise EmqError(
+            f"--model {model}: bench {spec} was built for model {built_for}; leave --model out to use the bench's model, "
+            f"or give a bench built for {model}"
+        )
     for split in ("search", "heldout"):
         n = int(bench.mask(split).sum())
         if n < MIN_SPLIT:
-            raise EmqError(f"--bench {spec}: its {split} split has {n} configuration(s) of {len(bench)}; a rank correlation needs at least "
-                           f"{MIN_SPLIT} (one configuration in five is held out): build a larger bench")
+            raise EmqError(
+                f"--bench {spec}: its {split} split has {n} configuration(s) of {len(bench)}; a rank correlation needs at least "
+                f"{MIN_SPLIT} (one configuration in five is held out): build a larger bench"
+            )
     return built_for

@@ -18,10 +18,21 @@ from .._version import __version__
 from .commands import COMMANDS
 
 # Python parameter names whose flag is not simply --name-with-dashes
-FLAGS = {"pins": "--pin", "ties": "--tie", "config": "--bits", "out_dir": "--out", "warm_start": "--resume", "random_state": "--seed", "weight_symmetric": "--symmetric", "fmt": "--format"}
+FLAGS = {
+    "pins": "--pin",
+    "ties": "--tie",
+    "config": "--bits",
+    "out_dir": "--out",
+    "warm_start": "--resume",
+    "random_state": "--seed",
+    "weight_symmetric": "--symmetric",
+    "fmt": "--format",
+}
 
-CACHE_NOTE = ("statistics are cached in $EMQ_CACHE_DIR/stats, by default ~/.cache/emq/stats: one cache for all runs of this user, "
-              "keyed by model weights, data, bits and every statistics setting (set EMQ_CACHE_DIR for a private or shared one)")
+CACHE_NOTE = (
+    "statistics are cached in $EMQ_CACHE_DIR/stats, by default ~/.cache/emq/stats: one cache for all runs of this user, "
+    "keyed by model weights, data, bits and every statistics setting (set EMQ_CACHE_DIR for a private or shared one)"
+)
 
 
 def flag_for(param: str) -> str:
@@ -40,8 +51,11 @@ def _command_in(argv: list[str]) -> str | None:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; the full one of `command` only (all of them when None), one-line
     placeholders for the others (enough for `emq --help` and for choosing)."""
-    parser = argparse.ArgumentParser(prog="emq", description="Discover training-free proxies for mixed-precision quantization and allocate bit-widths with them.",
-                                     epilog=CACHE_NOTE)
+    parser = argparse.ArgumentParser(
+        prog="emq",
+        description="Discover training-free proxies for mixed-precision quantization and allocate bit-widths with them.",
+        epilog=CACHE_NOTE,
+    )
     parser.add_argument("--version", action="version", version=f"emq {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (INFO)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars; warnings and errors only")
@@ -60,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     command = _command_in(argv)
     parser = build_parser(command if command in COMMANDS else "")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     from ..errors import EmqError
     from ..specs import ParameterError
 

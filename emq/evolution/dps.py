@@ -30,7 +30,13 @@ def pick_winners(offspring_fit: Sequence[float], challenger_fit: Sequence[float]
     return [o >= c for o, c in zip(offspring_fit, challenger_fit, strict=True)]
 
 
-def select_survivors(fitness: Sequence[float], keys: Sequence[str], signatures: Sequence[np.ndarray | None], k: int, threshold: float | None) -> list[int]:
+def select_survivors(
+    fitness: Sequence[float],
+    keys: Sequence[str],
+    signatures: Sequence[np.ndarray | None],
+    k: int,
+    threshold: float | None,
+) -> list[int]:
     """Indices of k survivors, fittest first (ties broken by key, so it is deterministic).
 
     With a threshold: a candidate is skipped while it duplicates a survivor's canonical form

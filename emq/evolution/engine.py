@@ -68,7 +68,23 @@ if not hasattr(creator, "EmqIndividual"):
 # fields that must match for a checkpoint to be resumed (generations and budget may grow)
 HOF_TWIN = 0.9999  # hall-of-fame members must rank configurations differently
 
-_RESUME_FIELDS = ("population", "seed", "cx_prob", "mut_prob", "tournament", "init_min", "init_max", "max_height", "max_size", "seed_handmade", "act_samples", "dps", "aggregate", "aggregate_k", "parsimony")
+_RESUME_FIELDS = (
+    "population",
+    "seed",
+    "cx_prob",
+    "mut_prob",
+    "tournament",
+    "init_min",
+    "init_max",
+    "max_height",
+    "max_size",
+    "seed_handmade",
+    "act_samples",
+    "dps",
+    "aggregate",
+    "aggregate_k",
+    "parsimony",
+)
 
 
 @dataclass
@@ -90,7 +106,9 @@ class SearchConfig:
     checkpoint_every: int = 5
     workers: int = 1
     device: str = "cpu"  # where tables are computed ("cuda" on a GPU machine)
-    threads: int = 1  # torch threads per evaluating process: tables are small, and extra threads oversubscribe shared cores
+    threads: int = (
+        1  # torch threads per evaluating process: tables are small, and extra threads oversubscribe shared cores
+    )
     dps: DPSConfig = field(default_factory=DPSConfig)
     aggregate: str = DEFAULT_AGGREGATE  # per-bench fitness -> one number: mean, min or mean-std (evaluator.AGGREGATES)
     aggregate_k: float = 1.0  # the k of mean - k * std
@@ -119,9 +137,13 @@ class SearchConfig:
 def _check_pair(stats: NetworkStats, data: FitnessData, which: str) -> None:
     """Refuse statistics that are not of the bench's model and bits."""
     if stats.num_slots != data.search.configs.shape[1]:
-        raise EmqError(f"{which}the statistics have {stats.num_slots} bit slots but the bench configurations have {data.search.configs.shape[1]}: use statistics of the bench's model")
+        raise EmqError(
+            f"{which}the statistics have {stats.num_slots} bit slots but the bench configurations have {data.search.configs.shape[1]}: use statistics of the bench's model"
+        )
     if tuple(stats.bits) != tuple(data.bits):
-        raise EmqError(f"{which}the statistics cover bits {list(stats.bits)} but the fitness data uses {list(data.bits)}")
+        raise EmqError(
+            f"{which}the statistics cover bits {list(stats.bits)} but the fitness data uses {list(data.bits)}"
+        )
 
 
 @dataclass
@@ -138,9 +160,13 @@ class Campaign:
 
     def __post_init__(self) -> None:
         self.stats = as_tuple(self.stats)
-        self.data = tuple(d.for_campaign() for d in as_tuple(self.data))  # held-out configurations and the report pool never reach a campaign
+        self.data = tuple(
+            d.for_campaign() for d in as_tuple(self.data)
+        )  # held-out configurations and the report pool never reach a campaign
         if len(self.stats) != len(self.data) or not self.data:
-            raise EmqError(f"a campaign needs one statistics per bench: {len(self.stats)} statistics for {len(self.data)} benches")
+            raise EmqError(
+                f"a campaign needs one statistics per bench: {len(self.stats)} statistics for {len(self.data)} benches"
+            )
         for i, (stats, data) in enumerate(zip(self.stats, self.data, strict=True)):
             _check_pair(stats, data, f"bench {i + 1}: " if len(self.data) > 1 else "")
         self.cache: dict[str, Outcome] = {}
@@ -152,8 +178,18 @@ class Campaign:
         self.hof: list[str] = []
         self.log: list[dict[str, Any]] = []
         self.seconds = 0.0
-        self.rng_state = random.Random(self.config.seed).getstate()  # DEAP draws from `random`: swapped in only while running
-        self.context = FitnessContext(self.stats, self.data, self.space, self.config.act_samples, self.config.device, self.config.aggregate, self.config.aggregate_k)
+        self.rng_state = random.Random(
+            self.config.seed
+        ).getstate()  # DEAP draws from `random`: swapped in only while running
+        self.context = FitnessContext(
+            self.stats,
+            self.data,
+            self.space,
+            self.config.act_samples,
+            self.config.device,
+            self.config.aggregate,
+            self.config.aggregate_k,
+        )
         tb = base.Toolbox()
         tb.register("mate", cx_one_point)
         tb.register("mutate", mutate, space=self.space)
@@ -184,7 +220,14 @@ class Campaign:
                 todo[k] = to_tokens(ind)
         batch = list(todo.values())
         if executor.workers > 1 and len(batch) >= 2 * executor.workers:
-            outs = list(executor.map(evaluate_candidate, batch, context=self.context, chunksize=math.ceil(len(batch) / (2 * executor.workers))))
+            outs = list(
+                executor.map(
+                    evaluate_candidate,
+                    batch,
+                    context=self.context,
+                    chunksize=math.ceil(len(batch) / (2 * executor.workers)),
+                )
+            )
         else:  # too few to be worth shipping: the same function, here
             outs = [evaluate_candidate(self.context, t) for t in batch]
         for k, out in zip(todo, outs, strict=True):
@@ -252,7 +295,13 @@ class Campaign:
             self.evaluate(offspring, executor)
         pool = self.population + offspring
         keys = [self.key_of(i) for i in pool]
-        idx = select_survivors([i.fitness.values[0] for i in pool], keys, [self.cache[k].signature for k in keys], cfg.population, cfg.dps.crowding_threshold if cfg.dps.enabled else None)
+        idx = select_survivors(
+            [i.fitness.values[0] for i in pool],
+            keys,
+            [self.cache[k].signature for k in keys],
+            cfg.population,
+            cfg.dps.crowding_threshold if cfg.dps.enabled else None,
+        )
         self.population = [pool[i] for i in idx]
 
     def _record(self, seconds: float, evals_before: int) -> dict[str, Any]:
@@ -299,7 +348,14 @@ class Campaign:
         executor = executor or make_executor("serial")
         threads = torch.get_num_threads()
         torch.set_num_threads(max(1, cfg.threads))
-        bar = tqdm(total=cfg.generations, initial=self.generation, desc="search", unit="gen", disable=not self.progress, leave=False)
+        bar = tqdm(
+            total=cfg.generations,
+            initial=self.generation,
+            desc="search",
+            unit="gen",
+            disable=not self.progress,
+            leave=False,
+        )
         try:
             with self._own_rng():
                 if not self.population:
@@ -338,7 +394,10 @@ class Campaign:
         """Of every bench and its statistics, in order (one bench: its own fingerprints)."""
         return {
             "bench": ",".join(d.fingerprint for d in self.data),
-            "stats": ",".join(tensor_digest([t for layer in s.layers for t in (layer.W, layer.G, layer.H)], str(s.bits)) for s in self.stats),
+            "stats": ",".join(
+                tensor_digest([t for layer in s.layers for t in (layer.W, layer.G, layer.H)], str(s.bits))
+                for s in self.stats
+            ),
             "space": json.dumps(self.space.to_json(), sort_keys=True),
         }
 
@@ -355,10 +414,15 @@ class Campaign:
             "counts": dict(self.counts),
             "population": [to_tokens(i) for i in self.population],
             "hof": self.hof,
-            "cache": [[k, self.tokens[k], o.fitness, o.rho_search, o.orientation, o.reason, list(o.per_bench)] for k, o in self.cache.items()],
+            "cache": [
+                [k, self.tokens[k], o.fitness, o.rho_search, o.orientation, o.reason, list(o.per_bench)]
+                for k, o in self.cache.items()
+            ],
             "signature_keys": sig_keys,
             "log": self.log,
-            "rng": checkpoint.rng_to_json(random.getstate()),  # saved only while running, when `random` is the campaign's generator
+            "rng": checkpoint.rng_to_json(
+                random.getstate()
+            ),  # saved only while running, when `random` is the campaign's generator
         }
         checkpoint.save(path, state, {"signatures": sigs})
 
@@ -367,12 +431,23 @@ class Campaign:
         state, arrays = checkpoint.load(path)
         _check_same_campaign(state["config"], self.config, f"checkpoint {path}", len(self.data))
         if state.get("inputs") != self._inputs_fingerprint():
-            raise EmqError(f"checkpoint {path} was made with a different bench, statistics or search space; resume with the same inputs or use a new run directory")
+            raise EmqError(
+                f"checkpoint {path} was made with a different bench, statistics or search space; resume with the same inputs or use a new run directory"
+            )
         sig = dict(zip(state["signature_keys"], arrays["signatures"], strict=True))
-        for k, toks, fit, rs, orient, reason, *per_bench in state["cache"]:  # per-bench rhos: absent from checkpoints of one-bench-only versions
+        for k, toks, fit, rs, orient, reason, *per_bench in state[
+            "cache"
+        ]:  # per-bench rhos: absent from checkpoints of one-bench-only versions
             tokens = [(a, float(b) if a == "c" else b) for a, b in toks]
             self.tokens[k] = tokens
-            self.cache[k] = Outcome(fit if fit is not None else REJECTED, rs if rs is not None else float("nan"), orient, reason, sig.get(k), tuple(per_bench[0]) if per_bench else ())
+            self.cache[k] = Outcome(
+                fit if fit is not None else REJECTED,
+                rs if rs is not None else float("nan"),
+                orient,
+                reason,
+                sig.get(k),
+                tuple(per_bench[0]) if per_bench else (),
+            )
         self.population = []
         for toks in state["population"]:
             ind = self._individual(from_tokens(self.space, [(a, float(b) if a == "c" else b) for a, b in toks]))
@@ -392,6 +467,10 @@ def _check_same_campaign(saved: dict[str, Any], config: SearchConfig, what: str,
     under another default aggregate still continues."""
     now, default = config.to_json(), SearchConfig().to_json()
     fields = [f for f in _RESUME_FIELDS if benches > 1 or f not in ("aggregate", "aggregate_k")]
-    diff = [f for f in fields if saved.get(f, default[f]) != now.get(f)]  # a field added since the checkpoint was made has its default there
+    diff = [
+        f for f in fields if saved.get(f, default[f]) != now.get(f)
+    ]  # a field added since the checkpoint was made has its default there
     if diff:
-        raise EmqError(f"{what} was made with different settings ({', '.join(diff)}); continue with the same settings or use a new run directory")
+        raise EmqError(
+            f"{what} was made with different settings ({', '.join(diff)}); continue with the same settings or use a new run directory"
+        )

@@ -43,8 +43,28 @@ from .halloffame import HallOfFame, bench_labels, json_safe, pareto_mask, tokens
 log = logging.getLogger(__name__)
 
 # constructor parameters that are SearchConfig fields under the same name
-_CONFIG_PARAMS = ("generations", "population", "max_evaluations", "cx_prob", "mut_prob", "tournament", "init_min", "init_max", "max_height",
-                  "max_size", "hof_size", "seed_handmade", "act_samples", "checkpoint_every", "workers", "device", "threads", "aggregate", "aggregate_k", "parsimony")
+_CONFIG_PARAMS = (
+    "generations",
+    "population",
+    "max_evaluations",
+    "cx_prob",
+    "mut_prob",
+    "tournament",
+    "init_min",
+    "init_max",
+    "max_height",
+    "max_size",
+    "hof_size",
+    "seed_handmade",
+    "act_samples",
+    "checkpoint_every",
+    "workers",
+    "device",
+    "threads",
+    "aggregate",
+    "aggregate_k",
+    "parsimony",
+)
 
 
 @dataclass
@@ -63,17 +83,31 @@ class SearchResult:
         return self.summary
 
     def to_markdown(self, top: int = 5) -> str:
-        table = HallOfFame(list(self.hall_of_fame)[:top] + [r | {"rank": f"hand-made: {r['name']}"} for r in self.baselines])
+        table = HallOfFame(
+            list(self.hall_of_fame)[:top] + [r | {"rank": f"hand-made: {r['name']}"} for r in self.baselines]
+        )
         s = self.summary
-        lines = [table.to_markdown(), "", "Pareto front of the hall of fame (size in nodes against fitness on search x fit):", self.hall_of_fame.pareto().to_markdown(), "",
-                 f"{s['evaluations']} evaluations of {s['candidates']} candidates in {s['seconds']:.1f} s ({s['screening']['saved_share']:.0%} saved by screening and the cache)"]
+        lines = [
+            table.to_markdown(),
+            "",
+            "Pareto front of the hall of fame (size in nodes against fitness on search x fit):",
+            self.hall_of_fame.pareto().to_markdown(),
+            "",
+            f"{s['evaluations']} evaluations of {s['candidates']} candidates in {s['seconds']:.1f} s ({s['screening']['saved_share']:.0%} saved by screening and the cache)",
+        ]
         if len(s["benches"]) > 1:
-            lines.append(f"fitness = {_aggregate_text(s)} of the per-bench Spearman on search x fit; one orientation for all benches")
+            lines.append(
+                f"fitness = {_aggregate_text(s)} of the per-bench Spearman on search x fit; one orientation for all benches"
+            )
         for label, b in s["benches"].items():
             lines.append(_bench_line(label if len(s["benches"]) > 1 else "", b))
-        lines.append("search = search configurations x fit pool (all a campaign sees); held-out = held-out configurations x report pool; intervals: emq score")
+        lines.append(
+            "search = search configurations x fit pool (all a campaign sees); held-out = held-out configurations x report pool; intervals: emq score"
+        )
         if self.out_dir is not None:
-            lines.append(f"run directory: {self.out_dir} (best_proxy.json, hall_of_fame.csv, log.jsonl, fitness.png, diversity.png)")
+            lines.append(
+                f"run directory: {self.out_dir} (best_proxy.json, hall_of_fame.csv, log.jsonl, fitness.png, diversity.png)"
+            )
         return "\n".join(lines)
 
 
@@ -88,7 +122,9 @@ def _bench_line(label: str, b: dict[str, Any]) -> str:
         parts.append(f"held-out ceiling {b['ceiling']:.3f} (sqrt of the report pool's reliability)")
     ref = b.get("supervised_reference") or {}
     if ref.get("heldout_spearman") is not None:
-        parts.append(f"within-bench supervised reference (ridge on one-hot slot/bit, fitted on search x fit): held-out x report rho {ref['heldout_spearman']:.3f}")
+        parts.append(
+            f"within-bench supervised reference (ridge on one-hot slot/bit, fitted on search x fit): held-out x report rho {ref['heldout_spearman']:.3f}"
+        )
     return (f"bench {label}: " if label else "") + "; ".join(parts)
 
 
@@ -146,7 +182,9 @@ class ProxySearch:
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         import inspect
 
-        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters if name != "self"}
+        return {
+            name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters if name != "self"
+        }
 
     def set_params(self, **params: Any) -> ProxySearch:
         valid = self.get_params()
@@ -158,7 +196,9 @@ class ProxySearch:
 
     def __repr__(self) -> str:
         default = ProxySearch().get_params()
-        changed = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if v is not default[k] and v != default[k])
+        changed = ", ".join(
+            f"{k}={v!r}" for k, v in self.get_params().items() if v is not default[k] and v != default[k]
+        )
         return f"ProxySearch({changed})"
 
     def config(self) -> SearchConfig:
@@ -168,7 +208,12 @@ class ProxySearch:
         return SearchConfig(seed=self.random_state, dps=dps, **fields)
 
     # fitting --------------------------------------------------------------------------
-    def fit(self, bench: Any | Sequence[Any] = "default", model: Any = None, stats: NetworkStats | Sequence[NetworkStats] | None = None) -> ProxySearch:
+    def fit(
+        self,
+        bench: Any | Sequence[Any] = "default",
+        model: Any = None,
+        stats: NetworkStats | Sequence[NetworkStats] | None = None,
+    ) -> ProxySearch:
         """Run (or, with warm_start, continue) the campaign on `bench`, or on several benches
         given as a list or tuple (their order is part of the campaign).
 
@@ -192,14 +237,29 @@ class ProxySearch:
         same = camp is not None and [d.fingerprint for d in camp.data] == [d.for_campaign().fingerprint for d in data]
         if not same:  # refused before an executor (perhaps a Ray cluster) starts
             if ckpt is not None and ckpt.exists() and not self.warm_start:
-                raise ParameterError("out_dir", str(out_dir), "already holds a campaign: continue it with warm_start=True or choose another directory")
+                raise ParameterError(
+                    "out_dir",
+                    str(out_dir),
+                    "already holds a campaign: continue it with warm_start=True or choose another directory",
+                )
             if self.warm_start and (ckpt is None or not ckpt.exists()):
-                raise ParameterError("warm_start", True, f"nothing to continue: no earlier fit and no checkpoint in {out_dir}; start with warm_start=False")
+                raise ParameterError(
+                    "warm_start",
+                    True,
+                    f"nothing to continue: no earlier fit and no checkpoint in {out_dir}; start with warm_start=False",
+                )
         with executor_for(self.executor, self.workers) as executor:
             if same:
                 camp.continue_with(cfg)
             else:
-                camp = Campaign(_all_statistics(executor, given, models, loaded, cfg.device), data, space, cfg, out_dir, self.progress)
+                camp = Campaign(
+                    _all_statistics(executor, given, models, loaded, cfg.device),
+                    data,
+                    space,
+                    cfg,
+                    out_dir,
+                    self.progress,
+                )
                 if self.warm_start:
                     camp.restore(ckpt)
                     removed = remove_stale_temps(out_dir)  # left by a writer killed mid-write
@@ -214,21 +274,37 @@ class ProxySearch:
         """Report the finished campaign: its choices (made on search x fit only) measured on
         held-out configurations x report pool of every bench as well."""
         if not camp.hof:
-            raise EmqError("no valid proxy was found (every candidate was screened out): enlarge the search space or the budget")
+            raise EmqError(
+                "no valid proxy was found (every candidate was screened out): enlarge the search space or the budget"
+            )
         cfg, labels = camp.config, bench_labels(data)
         provenance = _provenance(camp, data)
         hof = []
         for rank, key in enumerate(camp.hof, 1):
             o = camp.cache[key]
-            row = tokens_row(rank, f"evolved_{rank}", camp.tokens[key], camp.stats, data, cfg.act_samples, o.orientation, labels=labels)
+            row = tokens_row(
+                rank,
+                f"evolved_{rank}",
+                camp.tokens[key],
+                camp.stats,
+                data,
+                cfg.act_samples,
+                o.orientation,
+                labels=labels,
+            )
             row["fitness"] = o.fitness
             row["proxy"].meta = {"fitness": _fitness_meta(o, row, data, labels, cfg), "provenance": provenance}
             hof.append(row)
         for row, on_front in zip(hof, pareto_mask([r["size"] for r in hof], [r["fitness"] for r in hof]), strict=True):
             row["pareto"] = on_front
-        baselines = [tokens_row("-", name, toks, camp.stats, data, cfg.act_samples, labels=labels) for name, (_, toks) in camp.space.handmade().items()]
+        baselines = [
+            tokens_row("-", name, toks, camp.stats, data, cfg.act_samples, labels=labels)
+            for name, (_, toks) in camp.space.handmade().items()
+        ]
         for row in baselines:
-            row["fitness"] = aggregate([b["search_spearman"] for b in row["benches"].values()], cfg.aggregate, cfg.aggregate_k)
+            row["fitness"] = aggregate(
+                [b["search_spearman"] for b in row["benches"].values()], cfg.aggregate, cfg.aggregate_k
+            )
             row["pareto"] = False  # not a member of the hall of fame
         self.hall_of_fame_ = HallOfFame(hof)
         self.handmade_ = HallOfFame(baselines)
@@ -237,7 +313,9 @@ class ProxySearch:
         self.n_generations_ = camp.generation
         self.n_evaluations_ = camp.evaluations
         self.summary_ = _summary(camp, data, labels, hof, baselines, out_dir)
-        self.result_ = SearchResult(self.best_proxy_, self.hall_of_fame_, self.handmade_, self.summary_, self.log_, out_dir)
+        self.result_ = SearchResult(
+            self.best_proxy_, self.hall_of_fame_, self.handmade_, self.summary_, self.log_, out_dir
+        )
         if out_dir is not None:
             from .runfiles import write_run_files
 
@@ -261,20 +339,35 @@ def _provenance(camp: Campaign, data: list[FitnessData]) -> dict[str, Any]:
     """Where the proxy comes from: bench, metric, statistics and bits (per bench with several)."""
 
     def one(stats: NetworkStats, d: FitnessData, **seed: int) -> dict[str, Any]:
-        return {"bench": d.source, "metric": d.metric, **seed, "stats_key": (stats.meta.get("cache") or {}).get("key"), "bits": list(d.bits)}
+        return {
+            "bench": d.source,
+            "metric": d.metric,
+            **seed,
+            "stats_key": (stats.meta.get("cache") or {}).get("key"),
+            "bits": list(d.bits),
+        }
 
     cfg = camp.config
     if len(data) == 1:
         return one(camp.stats[0], data[0], seed=cfg.seed)
-    return {"benches": [one(s, d) for s, d in zip(camp.stats, data, strict=True)], "aggregate": cfg.aggregate, "aggregate_k": cfg.aggregate_k, "seed": cfg.seed}
+    return {
+        "benches": [one(s, d) for s, d in zip(camp.stats, data, strict=True)],
+        "aggregate": cfg.aggregate,
+        "aggregate_k": cfg.aggregate_k,
+        "seed": cfg.seed,
+    }
 
 
-def _fitness_meta(o: Outcome, row: dict[str, Any], data: list[FitnessData], labels: list[str], cfg: SearchConfig) -> dict[str, Any]:
+def _fitness_meta(
+    o: Outcome, row: dict[str, Any], data: list[FitnessData], labels: list[str], cfg: SearchConfig
+) -> dict[str, Any]:
     """The proxy file's fitness record: search x fit as the campaign measured it, held-out x report after it."""
     if len(data) == 1:
         return {"search_spearman": o.rho_search, "heldout_spearman": row["heldout_spearman"], "pools": data[0].pools}
-    per = {label: {"search_spearman": rho, "heldout_spearman": row["benches"][label]["heldout_spearman"], "pools": d.pools}
-           for label, rho, d in zip(labels, o.per_bench, data, strict=True)}
+    per = {
+        label: {"search_spearman": rho, "heldout_spearman": row["benches"][label]["heldout_spearman"], "pools": d.pools}
+        for label, rho, d in zip(labels, o.per_bench, data, strict=True)
+    }
     return {"fitness": o.fitness, "aggregate": cfg.aggregate, "aggregate_k": cfg.aggregate_k, "benches": per}
 
 
@@ -295,10 +388,14 @@ def _statistics(bench: Any, model: Any, data: FitnessData, device: str = "cpu") 
 
     if bench is None:
         if model is None:
-            raise ParameterError("stats", None, "a bench given as FitnessData needs `stats` or a `model` to compute them on")
+            raise ParameterError(
+                "stats", None, "a bench given as FitnessData needs `stats` or a `model` to compute them on"
+            )
         from emq.target import Target, resolve_target
 
-        return compute_stats(model if isinstance(model, Target) else resolve_target(model), bits=data.bits, device=device)
+        return compute_stats(
+            model if isinstance(model, Target) else resolve_target(model), bits=data.bits, device=device
+        )
     from ..bench_setup import BenchSetup
 
     return BenchSetup.of(bench, model).network_stats(device=device)
@@ -308,7 +405,9 @@ def _statistics_task(_: Any, job: tuple[Any, Any, FitnessData, str]) -> NetworkS
     return _statistics(*job)
 
 
-def _all_statistics(executor: Executor, given: list[Any], models: list[Any], loaded: list[tuple[FitnessData, Any]], device: str) -> list[NetworkStats]:
+def _all_statistics(
+    executor: Executor, given: list[Any], models: list[Any], loaded: list[tuple[FitnessData, Any]], device: str
+) -> list[NetworkStats]:
     """Every bench's statistics: the given ones, the rest computed, one model per worker when
     the executor has several (a multi-bench campaign on a cluster)."""
     jobs = [(b, m, d, device) for s, m, (d, b) in zip(given, models, loaded, strict=True) if s is None]
@@ -330,7 +429,9 @@ def _ridge_reference(data: FitnessData) -> dict[str, Any] | None:
     return out
 
 
-def _bench_summary(label: str, d: FitnessData, best: dict[str, Any], best_base: dict[str, Any] | None, baselines: list[dict[str, Any]]) -> dict[str, Any]:
+def _bench_summary(
+    label: str, d: FitnessData, best: dict[str, Any], best_base: dict[str, Any] | None, baselines: list[dict[str, Any]]
+) -> dict[str, Any]:
     """One bench's part of the summary: the best proxy's and the hand-made proxies' numbers there."""
     cells = best["benches"][label]
     return {
@@ -339,8 +440,14 @@ def _bench_summary(label: str, d: FitnessData, best: dict[str, Any], best_base: 
         "best_heldout_spearman": cells["heldout_spearman"],
         "best_correlations": cells["correlations"],
         "best_handmade_heldout_spearman": best_base["benches"][label]["heldout_spearman"] if best_base else None,
-        "handmade": {b["name"]: {"expression": b["expression"], "heldout_spearman": b["benches"][label]["heldout_spearman"],
-                                 "search_spearman": b["benches"][label]["search_spearman"]} for b in baselines},
+        "handmade": {
+            b["name"]: {
+                "expression": b["expression"],
+                "heldout_spearman": b["benches"][label]["heldout_spearman"],
+                "search_spearman": b["benches"][label]["search_spearman"],
+            }
+            for b in baselines
+        },
         "ceiling": d.ceiling,
         "pools": d.pools,
         "supervised_reference": _ridge_reference(d),
@@ -350,7 +457,14 @@ def _bench_summary(label: str, d: FitnessData, best: dict[str, Any], best_base: 
     }
 
 
-def _summary(camp: Campaign, data: list[FitnessData], labels: list[str], hof: list[dict[str, Any]], baselines: list[dict[str, Any]], out_dir: Path | None) -> dict[str, Any]:
+def _summary(
+    camp: Campaign,
+    data: list[FitnessData],
+    labels: list[str],
+    hof: list[dict[str, Any]],
+    baselines: list[dict[str, Any]],
+    out_dir: Path | None,
+) -> dict[str, Any]:
     """The campaign in numbers. With one bench its numbers are top-level keys (as ever); with
     several they are under `benches` only (always present)."""
     from ..rendering import to_latex
@@ -358,34 +472,46 @@ def _summary(camp: Campaign, data: list[FitnessData], labels: list[str], hof: li
     cfg, best = camp.config, hof[0]
     # the best hand-made proxy is chosen on search x fit (aggregated over benches), like everything else in a campaign
     best_base = max((b for b in baselines if not math.isnan(b["fitness"])), key=lambda b: b["fitness"], default=None)
-    benches = {label: _bench_summary(label, d, best, best_base, baselines) for label, d in zip(labels, data, strict=True)}
+    benches = {
+        label: _bench_summary(label, d, best, best_base, baselines) for label, d in zip(labels, data, strict=True)
+    }
     single = {k: v for k, v in next(iter(benches.values())).items() if k != "bench"} if len(benches) == 1 else {}
-    front = [{"rank": r["rank"], "size": r["size"], "fitness": r["fitness"], "expression": r["expression"],
-              "heldout_spearman": {label: c["heldout_spearman"] for label, c in r["benches"].items()}} for r in HallOfFame(hof).pareto()]
-    return json_safe({
-        "best_expression": best["expression"],
-        "best_latex": to_latex(best["proxy"].tokens, best["proxy"].prims),
-        "best_orientation": best["orientation"],
-        "best_size": best["size"],
-        "best_fitness": best["fitness"],
-        **single,
-        "best_handmade": best_base["name"] if best_base else None,
-        "benches": benches,
-        "aggregate": cfg.aggregate,
-        "aggregate_k": cfg.aggregate_k,
-        "parsimony": cfg.parsimony,
-        "pareto": front,
-        "generations": camp.generation,
-        "evaluations": camp.evaluations,
-        "candidates": camp.counts["seen"],
-        "seconds": camp.seconds,
-        "candidates_per_s": camp.counts["seen"] / camp.seconds if camp.seconds > 0 else None,
-        "screening": camp.counts.summary(),
-        "final_diversity": {k: camp.log[-1][k] for k in ("unique_forms", "mean_abs_corr")},
-        "seed": cfg.seed,
-        "dps": cfg.dps.enabled,
-        "out_dir": str(out_dir) if out_dir else None,
-    })
+    front = [
+        {
+            "rank": r["rank"],
+            "size": r["size"],
+            "fitness": r["fitness"],
+            "expression": r["expression"],
+            "heldout_spearman": {label: c["heldout_spearman"] for label, c in r["benches"].items()},
+        }
+        for r in HallOfFame(hof).pareto()
+    ]
+    return json_safe(
+        {
+            "best_expression": best["expression"],
+            "best_latex": to_latex(best["proxy"].tokens, best["proxy"].prims),
+            "best_orientation": best["orientation"],
+            "best_size": best["size"],
+            "best_fitness": best["fitness"],
+            **single,
+            "best_handmade": best_base["name"] if best_base else None,
+            "benches": benches,
+            "aggregate": cfg.aggregate,
+            "aggregate_k": cfg.aggregate_k,
+            "parsimony": cfg.parsimony,
+            "pareto": front,
+            "generations": camp.generation,
+            "evaluations": camp.evaluations,
+            "candidates": camp.counts["seen"],
+            "seconds": camp.seconds,
+            "candidates_per_s": camp.counts["seen"] / camp.seconds if camp.seconds > 0 else None,
+            "screening": camp.counts.summary(),
+            "final_diversity": {k: camp.log[-1][k] for k in ("unique_forms", "mean_abs_corr")},
+            "seed": cfg.seed,
+            "dps": cfg.dps.enabled,
+            "out_dir": str(out_dir) if out_dir else None,
+        }
+    )
 
 
 def search(

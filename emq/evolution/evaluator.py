@@ -73,7 +73,9 @@ class Outcome:
     rho_search: float  # mean oriented rho over the benches (>= 0 unless rejected)
     orientation: int
     reason: str | None
-    signature: np.ndarray | None  # z-scored ranks of oriented scores on a search subsample, per bench, concatenated / sqrt(benches)
+    signature: (
+        np.ndarray | None
+    )  # z-scored ranks of oriented scores on a search subsample, per bench, concatenated / sqrt(benches)
     per_bench: tuple[float, ...] = ()  # oriented rho on each bench's search split, in bench order
 
     @property
@@ -88,7 +90,15 @@ def _rejected(reason: str) -> Outcome:
 class _BenchScorer:
     """One bench's part of evaluation: its statistics' tables and its search split."""
 
-    def __init__(self, stats: NetworkStats, data: FitnessData, space: SearchSpace, act_samples: int, signature_size: int, device: str) -> None:
+    def __init__(
+        self,
+        stats: NetworkStats,
+        data: FitnessData,
+        space: SearchSpace,
+        act_samples: int,
+        signature_size: int,
+        device: str,
+    ) -> None:
         self.tables = TableEvaluator(stats, space.terminals, space.prims, act_samples, device)
         self.data = data
         n = len(data.search)
@@ -124,14 +134,24 @@ class CandidateEvaluator:
     are one bench's or sequences of them, one per bench in the same order."""
 
     def __init__(
-        self, stats: NetworkStats | Sequence[NetworkStats], data: FitnessData | Sequence[FitnessData], space: SearchSpace, act_samples: int,
-        signature_size: int = 256, device: str = "cpu", aggregate: str = DEFAULT_AGGREGATE, aggregate_k: float = 1.0,
+        self,
+        stats: NetworkStats | Sequence[NetworkStats],
+        data: FitnessData | Sequence[FitnessData],
+        space: SearchSpace,
+        act_samples: int,
+        signature_size: int = 256,
+        device: str = "cpu",
+        aggregate: str = DEFAULT_AGGREGATE,
+        aggregate_k: float = 1.0,
     ) -> None:
         all_stats, all_data = as_tuple(stats), as_tuple(data)
         if len(all_stats) != len(all_data):
             raise ParameterError("stats", len(all_stats), f"give one statistics per bench ({len(all_data)})")
         check_aggregate(aggregate, aggregate_k)
-        self.benches = [_BenchScorer(s, d, space, act_samples, signature_size, device) for s, d in zip(all_stats, all_data, strict=True)]
+        self.benches = [
+            _BenchScorer(s, d, space, act_samples, signature_size, device)
+            for s, d in zip(all_stats, all_data, strict=True)
+        ]
         self.aggregate, self.aggregate_k = aggregate, aggregate_k
 
     def evaluate(self, tokens: Sequence[Token]) -> Outcome:
@@ -146,8 +166,17 @@ class CandidateEvaluator:
             scores.append(s)
         sign = 1 if float(np.mean(rhos)) >= 0 else -1
         per_bench = tuple(sign * r for r in rhos)
-        sig = np.concatenate([b.signature(s, sign) for b, s in zip(self.benches, scores, strict=True)]) / math.sqrt(len(self.benches))
-        return Outcome(aggregate(per_bench, self.aggregate, self.aggregate_k), float(np.mean(per_bench)), sign, None, sig.astype(np.float32), per_bench)
+        sig = np.concatenate([b.signature(s, sign) for b, s in zip(self.benches, scores, strict=True)]) / math.sqrt(
+            len(self.benches)
+        )
+        return Outcome(
+            aggregate(per_bench, self.aggregate, self.aggregate_k),
+            float(np.mean(per_bench)),
+            sign,
+            None,
+            sig.astype(np.float32),
+            per_bench,
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,5 +201,16 @@ def evaluate_candidate(ctx: FitnessContext, tokens: Sequence[Token]) -> Outcome:
     context and keeps only the latest, so finished campaigns do not pin memory."""
     global _LAST
     if _LAST is None or _LAST[0] is not ctx:
-        _LAST = (ctx, CandidateEvaluator(ctx.stats, ctx.data, ctx.space, ctx.act_samples, device=ctx.device, aggregate=ctx.aggregate, aggregate_k=ctx.aggregate_k))
+        _LAST = (
+            ctx,
+            CandidateEvaluator(
+                ctx.stats,
+                ctx.data,
+                ctx.space,
+                ctx.act_samples,
+                device=ctx.device,
+                aggregate=ctx.aggregate,
+                aggregate_k=ctx.aggregate_k,
+            ),
+        )
     return _LAST[1].evaluate(tokens)

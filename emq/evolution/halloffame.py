@@ -26,9 +26,34 @@ from emq.search_space.proxyfile import EvolvedProxy
 from ..fitness import FitnessData
 from .evaluator import as_tuple
 
-CSV_FIELDS = ("rank", "expression", "size", "search_spearman", "heldout_spearman", "search_kendall", "heldout_kendall", "orientation", "canonical", "fitness", "pareto")
-MARKDOWN_FIELDS = (("rank", "rank"), ("proxy", "expression"), ("size", "size"), ("search rho", "search_spearman"), ("held-out rho", "heldout_spearman"), ("held-out tau", "heldout_kendall"), ("orient.", "orientation"))
-BENCH_COLUMNS = ("search_spearman", "heldout_spearman", "search_kendall", "heldout_kendall")  # per bench, as `column:bench` with several benches
+CSV_FIELDS = (
+    "rank",
+    "expression",
+    "size",
+    "search_spearman",
+    "heldout_spearman",
+    "search_kendall",
+    "heldout_kendall",
+    "orientation",
+    "canonical",
+    "fitness",
+    "pareto",
+)
+MARKDOWN_FIELDS = (
+    ("rank", "rank"),
+    ("proxy", "expression"),
+    ("size", "size"),
+    ("search rho", "search_spearman"),
+    ("held-out rho", "heldout_spearman"),
+    ("held-out tau", "heldout_kendall"),
+    ("orient.", "orientation"),
+)
+BENCH_COLUMNS = (
+    "search_spearman",
+    "heldout_spearman",
+    "search_kendall",
+    "heldout_kendall",
+)  # per bench, as `column:bench` with several benches
 
 
 def json_safe(x: Any) -> Any:
@@ -52,25 +77,51 @@ def bench_labels(data: Sequence[FitnessData]) -> list[str]:
 
 def _cells(rep: dict[str, dict[str, float]]) -> dict[str, Any]:
     held = rep.get("heldout", {})
-    return {"search_spearman": rep["search"]["spearman"], "heldout_spearman": held.get("spearman", float("nan")),
-            "search_kendall": rep["search"]["kendall"], "heldout_kendall": held.get("kendall", float("nan")), "correlations": rep}
+    return {
+        "search_spearman": rep["search"]["spearman"],
+        "heldout_spearman": held.get("spearman", float("nan")),
+        "search_kendall": rep["search"]["kendall"],
+        "heldout_kendall": held.get("kendall", float("nan")),
+        "correlations": rep,
+    }
 
 
-def proxy_row(rank: int | str, proxy: EvolvedProxy, tables: torch.Tensor | Sequence[torch.Tensor], data: FitnessData | Sequence[FitnessData],
-              labels: Sequence[str] | None = None) -> dict[str, Any]:
+def proxy_row(
+    rank: int | str,
+    proxy: EvolvedProxy,
+    tables: torch.Tensor | Sequence[torch.Tensor],
+    data: FitnessData | Sequence[FitnessData],
+    labels: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """One table row: the proxy's correlations on both splits of each bench (`benches`, by
     label) with its orientation applied; with one bench they are top-level columns as well."""
     tables, data = as_tuple(tables), as_tuple(data)
     labels = list(labels or bench_labels(data))
     benches = {label: _cells(d.report(t, proxy.orientation)) for label, t, d in zip(labels, tables, data, strict=True)}
-    row: dict[str, Any] = {"rank": rank, "name": proxy.name, "expression": proxy.expression, "size": len(proxy.tokens), "orientation": proxy.orientation, "canonical": proxy.key}
+    row: dict[str, Any] = {
+        "rank": rank,
+        "name": proxy.name,
+        "expression": proxy.expression,
+        "size": len(proxy.tokens),
+        "orientation": proxy.orientation,
+        "canonical": proxy.key,
+    }
     if len(benches) == 1:
         row |= next(iter(benches.values()))
     return row | {"benches": benches, "proxy": proxy}
 
 
-def tokens_row(rank: int | str, name: str, tokens: list, stats: NetworkStats | Sequence[NetworkStats], data: FitnessData | Sequence[FitnessData], act_samples: int,
-               orientation: int | None = None, meta: dict | None = None, labels: Sequence[str] | None = None) -> dict[str, Any]:
+def tokens_row(
+    rank: int | str,
+    name: str,
+    tokens: list,
+    stats: NetworkStats | Sequence[NetworkStats],
+    data: FitnessData | Sequence[FitnessData],
+    act_samples: int,
+    orientation: int | None = None,
+    meta: dict | None = None,
+    labels: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """A row for a token list (one statistics per bench); without an orientation (hand-made
     proxies) the one that helps it on the *search* splits is used (sign of the mean signed
     Spearman, as in a campaign), never the held-out one."""
@@ -89,7 +140,11 @@ def pareto_mask(sizes: Sequence[int], fitness: Sequence[float]) -> list[bool]:
     (smaller size, higher fitness); members without a finite fitness are never on the front."""
 
     def dominated(i: int) -> bool:
-        return any(s <= sizes[i] and f >= fitness[i] and (s < sizes[i] or f > fitness[i]) for s, f in zip(sizes, fitness, strict=True) if math.isfinite(f))
+        return any(
+            s <= sizes[i] and f >= fitness[i] and (s < sizes[i] or f > fitness[i])
+            for s, f in zip(sizes, fitness, strict=True)
+            if math.isfinite(f)
+        )
 
     return [math.isfinite(fitness[i]) and not dominated(i) for i in range(len(sizes))]
 
@@ -125,20 +180,34 @@ class HallOfFame(Sequence):
         as PySR shows it: the best proxy of each complexity that beats every smaller one;
         sorted by size."""
         mask = pareto_mask([r["size"] for r in self.rows], [r.get("fitness", math.nan) for r in self.rows])
-        return HallOfFame(sorted((r for r, m in zip(self.rows, mask, strict=True) if m), key=lambda r: (r["size"], -r["fitness"])))
+        return HallOfFame(
+            sorted((r for r, m in zip(self.rows, mask, strict=True) if m), key=lambda r: (r["size"], -r["fitness"]))
+        )
 
     def bench_labels(self) -> list[str]:
         return list(self.rows[0].get("benches", {})) if self.rows else []
 
     def to_json(self) -> list[dict[str, Any]]:
         """Rows without the proxy objects, JSON-safe (the proxy is under `proxy_json`)."""
-        return [json_safe({k: v for k, v in r.items() if k != "proxy"} | {"proxy_json": r["proxy"].to_json()}) for r in self.rows]
+        return [
+            json_safe({k: v for k, v in r.items() if k != "proxy"} | {"proxy_json": r["proxy"].to_json()})
+            for r in self.rows
+        ]
 
     def _csv_fields(self) -> list[str]:
         labels = self.bench_labels()
         if len(labels) <= 1:
             return list(CSV_FIELDS)
-        return ["rank", "expression", "size", *(f"{c}:{label}" for label in labels for c in BENCH_COLUMNS), "orientation", "canonical", "fitness", "pareto"]
+        return [
+            "rank",
+            "expression",
+            "size",
+            *(f"{c}:{label}" for label in labels for c in BENCH_COLUMNS),
+            "orientation",
+            "canonical",
+            "fitness",
+            "pareto",
+        ]
 
     def csv_text(self) -> str:
         buf = io.StringIO()
@@ -154,12 +223,20 @@ class HallOfFame(Sequence):
         labels = self.bench_labels()
         if len(labels) <= 1:
             return list(MARKDOWN_FIELDS)
-        return [("rank", "rank"), ("proxy", "expression"), ("size", "size"), ("fitness", "fitness"), *((f"held-out rho {label}", f"heldout_spearman:{label}") for label in labels),
-                ("orient.", "orientation")]
+        return [
+            ("rank", "rank"),
+            ("proxy", "expression"),
+            ("size", "size"),
+            ("fitness", "fitness"),
+            *((f"held-out rho {label}", f"heldout_spearman:{label}") for label in labels),
+            ("orient.", "orientation"),
+        ]
 
     def to_markdown(self, top: int | None = None) -> str:
         from ..tables import markdown_table
 
         fields = self._markdown_fields()
-        rows = [[(f"{r[k]:+d}" if k == "orientation" else r[k]) for _, k in fields] for r in map(_flat, self.rows[:top])]
+        rows = [
+            [(f"{r[k]:+d}" if k == "orientation" else r[k]) for _, k in fields] for r in map(_flat, self.rows[:top])
+        ]
         return markdown_table([h for h, _ in fields], rows)

@@ -25,9 +25,15 @@ if TYPE_CHECKING:
 
 def write_run_files(out_dir: Path, result: SearchResult, camp: Campaign) -> None:
     best = result.best
-    save_proxy(EvolvedProxy(best.tokens, best.orientation, "best_proxy", best.act_samples, best.meta), out_dir / "best_proxy.json")
+    save_proxy(
+        EvolvedProxy(best.tokens, best.orientation, "best_proxy", best.act_samples, best.meta),
+        out_dir / "best_proxy.json",
+    )
     (result.hall_of_fame + result.baselines).to_csv(out_dir / "hall_of_fame.csv")
-    atomic_write_text(out_dir / "config.json", json.dumps(json_safe({"search": camp.config.to_json(), "space": camp.space.to_json()}), indent=2) + "\n")
+    atomic_write_text(
+        out_dir / "config.json",
+        json.dumps(json_safe({"search": camp.config.to_json(), "space": camp.space.to_json()}), indent=2) + "\n",
+    )
     atomic_write_text(out_dir / "summary.json", json.dumps(result.summary, indent=2) + "\n")
     plot_log(camp.log, out_dir)
 
@@ -58,7 +64,10 @@ def plot_log(records: list[dict[str, Any]], out_dir: Path) -> None:
         return [np.nan if r.get(key) is None else r[key] for r in records]
 
     fig, ax = _figure("Fitness per generation", "Spearman ρ")
-    for key, style, label in (("hof_best_search", "-", "best, search split"), ("median_search", ":", "population median, search split")):
+    for key, style, label in (
+        ("hof_best_search", "-", "best, search split"),
+        ("median_search", ":", "population median, search split"),
+    ):
         ax.plot(gen, series(key), style, label=label)
     ax.legend(fontsize=8)
     _save(fig, out_dir / "fitness.png")

@@ -19,7 +19,16 @@ from collections import Counter
 
 import torch
 
-REASONS = ("duplicate", "no_bit_terminal", "probe_nonfinite", "probe_bit_insensitive", "nonfinite", "bit_insensitive", "nonfinite_scores", "constant_scores")
+REASONS = (
+    "duplicate",
+    "no_bit_terminal",
+    "probe_nonfinite",
+    "probe_bit_insensitive",
+    "nonfinite",
+    "bit_insensitive",
+    "nonfinite_scores",
+    "constant_scores",
+)
 REL_TOL = 1e-9  # a table whose bit columns differ by less than this (relative) is bit-insensitive
 
 

@@ -64,8 +64,15 @@ class Executor(ABC):
     workers: int = 1
 
     @abstractmethod
-    def map(self, fn: Callable[[Context, Task], Any], tasks: Iterable[Task], context: Context = None, ordered: bool = True, chunksize: int = 1,
-            failures: bool = False) -> Iterator[Any]:
+    def map(
+        self,
+        fn: Callable[[Context, Task], Any],
+        tasks: Iterable[Task],
+        context: Context = None,
+        ordered: bool = True,
+        chunksize: int = 1,
+        failures: bool = False,
+    ) -> Iterator[Any]:
         """Yield fn(context, task) per task: in task order when `ordered`, else as each finishes;
         a TaskFailure for a task that raised, when `failures`."""
 
@@ -139,4 +146,14 @@ def executor_for(executor: str | Executor | None = None, workers: int = 1, **opt
         made.close()
 
 
-__all__ = ["Executor", "TaskFailure", "check_workers", "describe_error", "run_task", "executor_for", "executor_names", "make_executor", "register"]
+__all__ = [
+    "Executor",
+    "TaskFailure",
+    "check_workers",
+    "describe_error",
+    "run_task",
+    "executor_for",
+    "executor_names",
+    "make_executor",
+    "register",
+]

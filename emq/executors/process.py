@@ -44,8 +44,15 @@ class ProcessExecutor(Executor):
             self._context = context
         return self._pool
 
-    def map(self, fn: Callable[[Context, Task], Any], tasks: Iterable[Task], context: Context = None, ordered: bool = True, chunksize: int = 1,
-            failures: bool = False) -> Iterator[Any]:
+    def map(
+        self,
+        fn: Callable[[Context, Task], Any],
+        tasks: Iterable[Task],
+        context: Context = None,
+        ordered: bool = True,
+        chunksize: int = 1,
+        failures: bool = False,
+    ) -> Iterator[Any]:
         pool = self._pool_for(context)
         run = pool.imap if ordered else pool.imap_unordered
         yield from run(partial(_call, fn, failures), tasks, chunksize=max(1, chunksize))

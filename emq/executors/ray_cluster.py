@@ -36,7 +36,9 @@ def _ray() -> Any:
     try:
         import ray
     except ImportError as e:
-        raise EmqError('the Ray executor needs Ray: pip install "emq[ray]" (or choose --executor serial or process)') from e
+        raise EmqError(
+            'the Ray executor needs Ray: pip install "emq[ray]" (or choose --executor serial or process)'
+        ) from e
     return ray
 
 
@@ -87,22 +89,36 @@ class RayExecutor(Executor):
     `address` ("auto" = the one `ray start` runs here; None = a cluster already initialised
     in this process, else a new local one). A cluster started here is shut down by close()."""
 
-    def __init__(self, workers: int = 2, address: str | None = None, gpus_per_worker: float = 0, max_retries: int = 3) -> None:
+    def __init__(
+        self, workers: int = 2, address: str | None = None, gpus_per_worker: float = 0, max_retries: int = 3
+    ) -> None:
         check_workers(workers)
         if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
             raise ParameterError("max_retries", max_retries, "must be an integer >= 0")
         if not isinstance(gpus_per_worker, (int, float)) or isinstance(gpus_per_worker, bool) or gpus_per_worker < 0:
             raise ParameterError("gpus_per_worker", gpus_per_worker, "must be a number >= 0")
         ray = _ray()
-        self.workers, self.address, self.gpus_per_worker, self.max_retries = workers, address, gpus_per_worker, max_retries
+        self.workers, self.address, self.gpus_per_worker, self.max_retries = (
+            workers,
+            address,
+            gpus_per_worker,
+            max_retries,
+        )
         self._started = False
         if not ray.is_initialized():
             try:
-                ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,  # "local": never join another cluster
-                         **({"num_cpus": max(workers, os.cpu_count() or 1)} if address is None else {}))
+                ray.init(
+                    address=address or "local",
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                    log_to_driver=False,  # "local": never join another cluster
+                    **({"num_cpus": max(workers, os.cpu_count() or 1)} if address is None else {}),
+                )
             except (ConnectionError, RuntimeError, ValueError) as e:
-                raise EmqError(f"cannot reach a Ray cluster at --ray-address {address}: {e}; start one with `ray start --head` "
-                               "(or leave --ray-address out to run a local one)") from e
+                raise EmqError(
+                    f"cannot reach a Ray cluster at --ray-address {address}: {e}; start one with `ray start --head` "
+                    "(or leave --ray-address out to run a local one)"
+                ) from e
             self._started = True
         self._check_resources(ray)
         options = {"num_cpus": 1, "num_gpus": gpus_per_worker, "max_restarts": -1, "max_task_retries": max_retries}
@@ -115,11 +131,20 @@ class RayExecutor(Executor):
         for kind, n in need.items():
             if n and have.get(kind, 0) < n:
                 self.close()
-                raise ParameterError("workers", self.workers, f"the Ray cluster has {have.get(kind, 0):g} {kind}s and the workers ask for {n:g}; "
-                                                              "ask for fewer workers or add nodes (`ray start --address ...`)")
+                raise ParameterError(
+                    "workers",
+                    self.workers,
+                    f"the Ray cluster has {have.get(kind, 0):g} {kind}s and the workers ask for {n:g}; "
+                    "ask for fewer workers or add nodes (`ray start --address ...`)",
+                )
             if n and free.get(kind, 0) < n:
-                log.warning("the Ray cluster has %g of its %g %ss free and the workers ask for %g: they wait until other jobs release them",
-                            free.get(kind, 0), have[kind], kind, n)
+                log.warning(
+                    "the Ray cluster has %g of its %g %ss free and the workers ask for %g: they wait until other jobs release them",
+                    free.get(kind, 0),
+                    have[kind],
+                    kind,
+                    n,
+                )
 
     def worker_pids(self) -> list[int]:
         """The actors' current process ids (they change when an actor is restarted)."""
@@ -131,8 +156,15 @@ class RayExecutor(Executor):
             self._refs = (context, _ray().put(context))
         return self._refs[1]
 
-    def map(self, fn: Callable[[Context, Task], Any], tasks: Iterable[Task], context: Context = None, ordered: bool = True, chunksize: int = 1,
-            failures: bool = False) -> Iterator[Any]:
+    def map(
+        self,
+        fn: Callable[[Context, Task], Any],
+        tasks: Iterable[Task],
+        context: Context = None,
+        ordered: bool = True,
+        chunksize: int = 1,
+        failures: bool = False,
+    ) -> Iterator[Any]:
         if not self._actors:
             raise EmqError("this Ray executor is closed; make a new one")
         ray = _ray()
@@ -170,10 +202,15 @@ class RayExecutor(Executor):
                 except ray.exceptions.RayError as e:
                     if not failures:
                         cause = getattr(e, "cause", None)
-                        raise (cause if isinstance(e, ray.exceptions.RayTaskError) and cause is not None else EmqError(
-                            f"a task failed on the Ray cluster: {self._failure(e)[0]}")) from e
+                        raise (
+                            cause
+                            if isinstance(e, ray.exceptions.RayTaskError) and cause is not None
+                            else EmqError(f"a task failed on the Ray cluster: {self._failure(e)[0]}")
+                        ) from e
                     error, attempts = self._failure(e)
-                    if not (len(chunk) == 1 and (alone or isinstance(e, ray.exceptions.RayTaskError))):  # not surely its own fault
+                    if not (
+                        len(chunk) == 1 and (alone or isinstance(e, ray.exceptions.RayTaskError))
+                    ):  # not surely its own fault
                         suspects.extend(([item], before + attempts) for item in chunk)
                         for other in self._actors:  # an idle actor takes a suspect now
                             if not queued(other):

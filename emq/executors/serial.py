@@ -14,7 +14,14 @@ class SerialExecutor(Executor):
     def __init__(self, workers: int = 1) -> None:
         self.workers = 1
 
-    def map(self, fn: Callable[[Context, Task], Any], tasks: Iterable[Task], context: Context = None, ordered: bool = True, chunksize: int = 1,
-            failures: bool = False) -> Iterator[Any]:
+    def map(
+        self,
+        fn: Callable[[Context, Task], Any],
+        tasks: Iterable[Task],
+        context: Context = None,
+        ordered: bool = True,
+        chunksize: int = 1,
+        failures: bool = False,
+    ) -> Iterator[Any]:
         for task in tasks:
             yield run_task(fn, context, task, failures)

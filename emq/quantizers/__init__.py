@@ -25,4 +25,12 @@ for _mod in pkgutil.iter_modules(__path__):
 
 from .mse import CLIP_GRID, quantize_weight  # noqa: E402  (the default method, re-exported)
 
-__all__ = ["CLIP_GRID", "QUANTIZERS", "WeightQuantizer", "check_quantizer_name", "fake_quant", "get_weight_quantizer", "quantize_weight"]
+__all__ = [
+    "CLIP_GRID",
+    "QUANTIZERS",
+    "WeightQuantizer",
+    "check_quantizer_name",
+    "fake_quant",
+    "get_weight_quantizer",
+    "quantize_weight",
+]

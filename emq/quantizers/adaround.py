@@ -35,7 +35,9 @@ def beta_at(step: int, iters: int, warmup: float, start: float, end: float) -> f
     return end + (start - end) * max(0.0, 1.0 - rel)
 
 
-def adaround(weight: torch.Tensor, layer: LayerInputs, bits: int, symmetric: bool, p: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def adaround(
+    weight: torch.Tensor, layer: LayerInputs, bits: int, symmetric: bool, p: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(rounded weight, final soft rounding h(V)) of one layer."""
     grid = mse_grid(weight, bits, symmetric)
     flat = weight.detach().reshape(weight.shape[0], -1)
@@ -76,9 +78,20 @@ class AdaRound(WeightQuantizer):
     name = "adaround"
     description = "AdaRound: learned rounding on the MSE-clipped grid, layer-wise reconstruction against full-precision calibration inputs (BRECQ's schedule)"
     needs_inputs = True
-    options: ClassVar[dict[str, Any]] = {"iters": 2000, "batch": 32, "lr": 1e-2, "reg": 0.01, "beta_start": 20.0, "beta_end": 2.0, "warmup": 0.2, "seed": 0}
+    options: ClassVar[dict[str, Any]] = {
+        "iters": 2000,
+        "batch": 32,
+        "lr": 1e-2,
+        "reg": 0.01,
+        "beta_start": 20.0,
+        "beta_end": 2.0,
+        "warmup": 0.2,
+        "seed": 0,
+    }
 
-    def quantize(self, weight: torch.Tensor, bits: int, symmetric: bool = False, layer: LayerInputs | None = None) -> torch.Tensor:
+    def quantize(
+        self, weight: torch.Tensor, bits: int, symmetric: bool = False, layer: LayerInputs | None = None
+    ) -> torch.Tensor:
         if layer is None:
             raise EmqError("AdaRound reconstructs a layer's output: it needs the layer's calibration inputs")
         if int(self.params["iters"]) < 1 or int(self.params["batch"]) < 1:

@@ -79,24 +79,34 @@ class WeightQuantizer(ABC):
         if not cls.name:
             return  # an abstract intermediate class
         if cls.name in QUANTIZERS:
-            raise EmqError(f"weight quantizer {cls.name!r} is defined twice ({QUANTIZERS[cls.name].__qualname__} and {cls.__qualname__})")
+            raise EmqError(
+                f"weight quantizer {cls.name!r} is defined twice ({QUANTIZERS[cls.name].__qualname__} and {cls.__qualname__})"
+            )
         QUANTIZERS[cls.name] = cls
 
     @abstractmethod
-    def quantize(self, weight: torch.Tensor, bits: int, symmetric: bool = False, layer: LayerInputs | None = None) -> torch.Tensor:
+    def quantize(
+        self, weight: torch.Tensor, bits: int, symmetric: bool = False, layer: LayerInputs | None = None
+    ) -> torch.Tensor:
         """The dequantized weight, same shape and dtype as `weight` (`layer` given iff `needs_inputs`)."""
 
 
-def resolve_options(method: str, defaults: Mapping[str, Any], given: Mapping[str, Any], param: str = "quantizer_options") -> dict[str, Any]:
+def resolve_options(
+    method: str, defaults: Mapping[str, Any], given: Mapping[str, Any], param: str = "quantizer_options"
+) -> dict[str, Any]:
     """The defaults updated by `given`, each value coerced to its default's type; unknown keys refused."""
     out = dict(defaults)
     for key, value in given.items():
         if key not in defaults:
             known = ", ".join(defaults) or "none"
-            raise ParameterError(param, f"{key}={value}", f"weight quantizer {method!r} has no option {key!r} (its options: {known})")
+            raise ParameterError(
+                param, f"{key}={value}", f"weight quantizer {method!r} has no option {key!r} (its options: {known})"
+            )
         kind = type(defaults[key])
         try:
-            out[key] = (str(value).lower() in ("1", "true", "yes")) if kind is bool and isinstance(value, str) else kind(value)
+            out[key] = (
+                (str(value).lower() in ("1", "true", "yes")) if kind is bool and isinstance(value, str) else kind(value)
+            )
         except (TypeError, ValueError) as e:
             raise ParameterError(param, f"{key}={value}", f"must be a {kind.__name__}") from e
         if kind in (int, float) and out[key] < 0:
@@ -111,6 +121,8 @@ def check_quantizer_name(name: str, param: str = "weight_quantizer") -> str:
     return name
 
 
-def get_weight_quantizer(name: str, options: Mapping[str, Any] | None = None, param: str = "weight_quantizer") -> WeightQuantizer:
+def get_weight_quantizer(
+    name: str, options: Mapping[str, Any] | None = None, param: str = "weight_quantizer"
+) -> WeightQuantizer:
     """A fresh instance of the registered weight quantizer `name` with `options`."""
     return QUANTIZERS[check_quantizer_name(name, param)](**(options or {}))

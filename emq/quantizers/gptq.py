@@ -32,7 +32,11 @@ def layer_hessian(layer: LayerInputs, batch_size: int = 64) -> torch.Tensor:
         if isinstance(m, nn.Conv2d):
             cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # [N, C*k, L]
             n, ck, length = cols.shape
-            cols = cols.reshape(n, groups, ck // groups, length).permute(1, 2, 0, 3).reshape(groups, ck // groups, n * length)
+            cols = (
+                cols.reshape(n, groups, ck // groups, length)
+                .permute(1, 2, 0, 3)
+                .reshape(groups, ck // groups, n * length)
+            )
         else:
             cols = x.reshape(-1, x.shape[-1]).T.unsqueeze(0)
         part = cols @ cols.transpose(1, 2)
@@ -60,7 +64,9 @@ def gptq_round(weight: torch.Tensor, hessian: torch.Tensor, bits: int, symmetric
     try:
         hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     except RuntimeError as e:
-        raise EmqError(f"GPTQ: the layer Hessian is not positive definite even with damping {damp}; raise the damp option") from e
+        raise EmqError(
+            f"GPTQ: the layer Hessian is not positive definite even with damping {damp}; raise the damp option"
+        ) from e
     q = torch.empty_like(w)
     for j in range(d):
         col = w[:, :, j]
@@ -77,7 +83,9 @@ class GPTQ(WeightQuantizer):
     needs_inputs = True
     options: ClassVar[dict[str, Any]] = {"damp": 0.01}
 
-    def quantize(self, weight: torch.Tensor, bits: int, symmetric: bool = False, layer: LayerInputs | None = None) -> torch.Tensor:
+    def quantize(
+        self, weight: torch.Tensor, bits: int, symmetric: bool = False, layer: LayerInputs | None = None
+    ) -> torch.Tensor:
         if layer is None:
             raise EmqError("GPTQ reconstructs a layer's output: it needs the layer's calibration inputs")
         return gptq_round(weight, layer_hessian(layer), bits, symmetric, float(self.params["damp"]))
