@@ -16,6 +16,7 @@ from torch import nn
 from .errors import EmqError
 from .resources import asset_path
 from .specs import ParameterError
+from .zoo_models import ZOO_BUILDERS
 
 DEFAULT_WIDTH = 8
 DEFAULT_WEIGHTS = "default_model.pt"
@@ -154,6 +155,14 @@ class EmbeddedModel:
     data: str  # the --data it was trained for
     input_size: int
     description: str
+    family: str = "hand-written"  # the architecture family (the zoo's are torchvision's, see emq.zoo_models)
+    train_steps: int | None = None  # SGD steps of batch 128 in scripts/train_model.py (None: --epochs)
+
+
+def _zoo(arch: str, data: str, input_size: int, family: str, steps: int, description: str) -> EmbeddedModel:
+    """A zoo network: torchvision's `arch` as adapted in emq.zoo_models, 10 classes, 1-channel input."""
+    weights = f"{arch}_{data.replace('-', '_')}.pt"
+    return EmbeddedModel(lambda: ZOO_BUILDERS[arch](1, 10), weights, data, input_size, description, family, steps)
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
@@ -176,6 +185,66 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     ),
     "resnet20-fashion": EmbeddedModel(
         lambda: CifarResNet(), "resnet20_fashion.pt", "fashion-mnist", 28, "ResNet-20, width 8, on Fashion-MNIST"
+    ),
+    # the bench zoo (issue 21): torchvision families, see emq.zoo_models for what each adapts
+    "resnet18-fashion": _zoo(
+        "resnet18",
+        "fashion-mnist",
+        28,
+        "ResNet",
+        1500,
+        "torchvision ResNet-18 (MQ-Bench-101's 18 slots) at 1/4 width on Fashion-MNIST",
+    ),
+    "mobilenetv3-fashion": _zoo(
+        "mobilenet_v3_small",
+        "fashion-mnist",
+        28,
+        "MobileNetV3",
+        1500,
+        "torchvision MobileNetV3-Small (hard-swish, SE) at width 0.5 on Fashion-MNIST",
+    ),
+    "shufflenetv2-fashion": _zoo(
+        "shufflenet_v2_x0_5",
+        "fashion-mnist",
+        28,
+        "ShuffleNetV2",
+        1500,
+        "torchvision ShuffleNetV2 x0.5 (channel shuffle, branches) on Fashion-MNIST",
+    ),
+    "squeezenet-digits": _zoo(
+        "squeezenet1_1",
+        "default",
+        24,
+        "SqueezeNet",
+        1200,
+        "torchvision SqueezeNet 1.1 (fire modules) on the default digits task",
+    ),
+    "efficientnet-mnist": _zoo(
+        "efficientnet_b0",
+        "mnist-5k",
+        28,
+        "EfficientNet",
+        800,
+        "torchvision EfficientNet-B0 (MBConv with SE) at width 0.25, depth 0.5 on MNIST-5k",
+    ),
+    "regnet-mnist": _zoo(
+        "regnet_x_400mf",
+        "mnist-5k",
+        28,
+        "RegNet",
+        800,
+        "torchvision RegNetX-400MF's design (grouped convs), 8 blocks, on MNIST-5k",
+    ),
+    "densenet-mnist": _zoo(
+        "densenet",
+        "mnist-5k",
+        28,
+        "DenseNet",
+        800,
+        "torchvision DenseNet (concatenation), growth 12, blocks 2-4-6-4, on MNIST-5k",
+    ),
+    "vgg11bn-mnist": _zoo(
+        "vgg11_bn", "mnist-5k", 28, "VGG", 800, "torchvision VGG-11-BN at 1/4 width with a small classifier on MNIST-5k"
     ),
 }
 
