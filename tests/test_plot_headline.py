@@ -23,8 +23,7 @@ def test_marks_match_the_study_counts():
     for row in study["summary"]:
         assert marks[row["test"], "better"] == row["seeds_better"], row["test"]
         assert marks[row["test"], "worse"] == row["seeds_worse"], row["test"]
-    assert sum(n for (_, o), n in marks.items() if o == "better") == 4  # the README's "4 of 15"
-    assert sum(n for (_, o), n in marks.items() if o == "worse") == 3  # and "worse in 3"
+    assert sum(marks.values()) == sum(row["seeds"] for row in study["summary"])  # every cell drawn once
 
 
 def test_draws_a_png(tmp_path):
