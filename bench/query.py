@@ -26,7 +26,7 @@ from emq.proxy import linear_cost
 from emq.specs import METRICS, ParameterError
 
 from . import store
-from .bundles import BUNDLES, resolve_bench_path
+from .bundles import BUNDLES, build_hint, resolve_bench_path
 from .outcomes import Outcomes, decode
 from .pools import TestPools
 from .space import ConfigSpace, config_text, is_heldout, parse_config
@@ -384,20 +384,30 @@ def bench_list() -> list[dict[str, Any]]:
 
     out = []
     for bundle in BUNDLES.values():
+        embedded = EMBEDDED_MODELS[bundle.model]
         row: dict[str, Any] = {
             "name": bundle.name,
             "summary": bundle.summary,
             "model": bundle.model,
+            "family": embedded.family,
+            "task": embedded.data,
             "installed": bundle.path.is_file(),
         }
-        if row["installed"]:
+        if not row["installed"]:
+            row["note"] = build_hint(bundle)
+        else:
             b = Bench.open(bundle.path)
             metric = b.default_metric
             rel = b.reliability.get(metric) or {}
-            files = [bundle.path, bundle.stats_path, asset_path(EMBEDDED_MODELS[bundle.model].weights)]
+            files = [bundle.path, bundle.stats_path, asset_path(embedded.weights)]
+            slots = b.meta.get("slots") or []
             row.update(
                 {
                     "records": len(b),
+                    "slots": len(slots),
+                    "params": int(sum(s.get("params", 0) for s in slots)),
+                    "fp_top1": (b.meta.get("fp_reference") or {}).get("top1"),
+                    "test_images": b.pools.n_images if b.pools is not None else None,
                     "data": b.meta.get("data"),
                     "ptq_method": (b.meta.get("ptq_settings") or {}).get("weight_quantizer", "mse"),
                     "default_metric": metric,

@@ -155,7 +155,7 @@ class EmbeddedModel:
     data: str  # the --data it was trained for
     input_size: int
     description: str
-    family: str = "hand-written"  # the architecture family (the zoo's are torchvision's, see emq.zoo_models)
+    family: str  # the architecture family (the zoo's networks are torchvision's, see emq.zoo_models)
     train_steps: int | None = None  # SGD steps of batch 128 in scripts/train_model.py (None: --epochs)
 
 
@@ -167,7 +167,12 @@ def _zoo(arch: str, data: str, input_size: int, family: str, steps: int, descrip
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     "default": EmbeddedModel(
-        lambda: CifarResNet(), DEFAULT_WEIGHTS, "default", 24, "ResNet-20, width 8, on the default digits task"
+        lambda: CifarResNet(),
+        DEFAULT_WEIGHTS,
+        "default",
+        24,
+        "ResNet-20, width 8, on the default digits task",
+        "ResNet",
     ),
     "mobilenetv2-digits": EmbeddedModel(
         lambda: TinyMobileNetV2(),
@@ -175,6 +180,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         "default",
         24,
         "MobileNetV2-style (inverted residuals, depthwise convs) on the default digits task",
+        "MobileNetV2",
     ),
     "vgg-digits": EmbeddedModel(
         lambda: TinyVGG(),
@@ -182,9 +188,15 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         "default",
         24,
         "plain VGG-style CNN (6 conv + 2 FC) on the default digits task",
+        "VGG",
     ),
     "resnet20-fashion": EmbeddedModel(
-        lambda: CifarResNet(), "resnet20_fashion.pt", "fashion-mnist", 28, "ResNet-20, width 8, on Fashion-MNIST"
+        lambda: CifarResNet(),
+        "resnet20_fashion.pt",
+        "fashion-mnist",
+        28,
+        "ResNet-20, width 8, on Fashion-MNIST",
+        "ResNet",
     ),
     # the bench zoo (issue 21): torchvision families, see emq.zoo_models for what each adapts
     "resnet18-fashion": _zoo(

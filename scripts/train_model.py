@@ -90,7 +90,7 @@ def main() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.2, total_steps=steps)
     gen = torch.Generator().manual_seed(args.seed)
-    t0, step, epoch = time.time(), 0, 0
+    t0, cpu0, step, epoch = time.time(), time.process_time(), 0, 0
     while step < steps:
         model.train()
         perm = torch.randperm(x.shape[0], generator=gen)
@@ -118,7 +118,7 @@ def main() -> None:
             test_top1(model, data),
             time.time() - t0,
         )
-    seconds = time.time() - t0
+    seconds, cpu_seconds = time.time() - t0, time.process_time() - cpu0
     top1 = test_top1(model, data)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: torch.save(model.state_dict(), tmp))
@@ -135,6 +135,7 @@ def main() -> None:
             "augmentation": f"random shifts of up to {SHIFT} px" if augment else "none",
         },
         "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1),
         "load_average_at_end": os.getloadavg()[0],
         "torch_threads": torch.get_num_threads(),
         "test_top1": round(top1, 2),

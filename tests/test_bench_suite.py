@@ -183,7 +183,11 @@ def test_shipped_bundles_are_listed_with_their_figures(capsys):
     rows = {r["name"]: r for r in bench_list()}
     assert set(rows) == set(BUNDLES) and len(rows) >= 5
     for name, r in rows.items():
-        assert r["installed"], f"shipped bench {name} is missing"
+        if not r["installed"]:  # a zoo bench not built yet says how to build it
+            assert BUNDLES[name].build, f"shipped bench {name} is missing"
+            assert f"scripts/build_zoo.py {name}" in r["note"] and "--test-limit" in r["note"]
+            continue
+        assert r["family"] and r["task"] == r["data"] and r["slots"] >= 8 and 50 < r["fp_top1"] <= 100
         assert r["records"] >= 500 and r["ptq_method"] in ("mse", "gptq", "adaround") and r["megabytes"] > 0
         if BUNDLES[name].stats:
             assert r["bundled_stats"], f"{name}: its statistics file is missing"
@@ -194,7 +198,7 @@ def test_shipped_bundles_are_listed_with_their_figures(capsys):
     assert {r["name"] for r in json.loads(capsys.readouterr().out)} == set(BUNDLES)
 
 
-@pytest.mark.parametrize("name", [n for n, b in BUNDLES.items() if b.stats])
+@pytest.mark.parametrize("name", [n for n, b in BUNDLES.items() if b.stats and b.path.is_file()])
 def test_bundled_benches_score_without_their_data(name, monkeypatch, capsys):
     """`emq score --bench NAME` runs from the bundle alone: data loading is made to fail."""
     import emq.data

@@ -127,9 +127,11 @@ def run_list(args: argparse.Namespace) -> int:
     table = [
         [
             r["name"],
-            r.get("records", "missing"),
-            r["model"],
-            r.get("data", ""),
+            r["family"],
+            r["task"],
+            r.get("slots", ""),
+            _f(r.get("fp_top1"), 2),
+            r.get("records", "not built"),
             r.get("ptq_method", ""),
             r.get("default_metric", ""),
             _f(r.get("split_half_corrected")),
@@ -139,31 +141,32 @@ def run_list(args: argparse.Namespace) -> int:
         ]
         for r in rows
     ]
-    print(
-        markdown_table(
-            [
-                "bench",
-                "records",
-                "model",
-                "data",
-                "PTQ",
-                "default metric",
-                "split-half (corr.)",
-                "combined reliability",
-                "statistics",
-                "MB",
-            ],
-            table,
-        )
-    )
+    headers = [
+        "bench",
+        "family",
+        "task",
+        "slots",
+        "FP top-1",
+        "records",
+        "PTQ",
+        "default metric",
+        "split-half (corr.)",
+        "combined reliability",
+        "statistics",
+        "MB",
+    ]
+    print(markdown_table(headers, table))
+    missing = [r["name"] for r in rows if not r["installed"]]
+    if missing:
+        print(f"not built in this installation: {', '.join(missing)} (`emq bench info NAME` says how to build one)")
     print(
         "use a name wherever a bench file goes, e.g. `emq score --bench vgg-digits`; `emq bench info NAME` for details"
     )
     return 0
 
 
-def _f(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
+def _f(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
 
 
 def _print_info(info: dict) -> None:
