@@ -20,7 +20,12 @@ maps every layer to its bit slot.
 On disk (`save_stats` / `load_stats`) the statistics are one torch file of plain tensors,
 lists, strings and numbers, loadable with ``torch.load(weights_only=True)`` (no pickle code
 runs), plus a content digest over every tensor and field: a truncated or altered file is
-rejected, never trusted.
+rejected, never trusted. Caches store float32 (format 2). Shipped bundles store the compact
+format 3 (``compact=True``): every tensor as float16 divided by its largest magnitude (one
+float32 scale per tensor, so gradients and Fisher values far below float16's smallest normal
+number keep their relative precision), and ``Q`` left out because it is ``W + E``; loading
+restores float32. That halves a bundle and more; `benchmarks/stats_compaction.py` measures
+that no proxy's correlation moves by more than 0.002.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from emq.hashing import tensor_digest
 TENSOR_FIELDS = ("W", "G", "VG", "H", "A", "Y", "GY", "AE", "Q", "E", "SG", "FD")
 SCALAR_FIELDS = ("trace", "eig", "params", "macs", "out_channels")
 FORMAT = "emq-stats/2"
+COMPACT_FORMAT = "emq-stats/3"
+DERIVED = {"Q": ("W", "E")}  # left out of compact files: Q_b(W) = W + (Q_b(W) - W)
 
 
 @dataclass
@@ -88,16 +95,28 @@ def _digest(tensors: dict[str, torch.Tensor], header: dict) -> str:
     return tensor_digest((tensors[k] for k in keys), extra=json.dumps(header, sort_keys=True) + "|".join(keys))
 
 
-def save_stats(stats: NetworkStats, path: str | Path) -> Path:
-    """Write statistics atomically (temp file + rename): a reader sees the old file or the new one."""
+def _compact(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float16 of t / max|t| and the float32 scale (1 for an all-zero tensor)."""
+    scale = t.abs().max().to(torch.float32) if t.numel() else torch.tensor(1.0)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (t / scale).to(torch.float16), scale
+
+
+def save_stats(stats: NetworkStats, path: str | Path, compact: bool = False) -> Path:
+    """Write statistics atomically (temp file + rename): a reader sees the old file or the new one.
+    `compact` writes the bundle format (see the module docstring)."""
     path = Path(path)
     tensors = {
         f"{i}/{f}": getattr(layer, f).detach().cpu().contiguous()
         for i, layer in enumerate(stats.layers)
         for f in TENSOR_FIELDS
+        if not (compact and f in DERIVED)
     }
+    if compact:
+        for key in list(tensors):
+            tensors[key], tensors[f"{key}/scale"] = _compact(tensors[key])
     header = {
-        "format": FORMAT,
+        "format": COMPACT_FORMAT if compact else FORMAT,
         "bits": list(stats.bits),
         "layer_slot": list(stats.layer_slot),
         "names": stats.names,
@@ -107,6 +126,16 @@ def save_stats(stats: NetworkStats, path: str | Path) -> Path:
     payload = {"header": json.dumps(header), "tensors": tensors, "digest": _digest(tensors, header)}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
+
+
+def _expand(tensors: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    """Layer i's float32 tensors of a compact file, derived fields restored."""
+    out = {
+        f: tensors[f"{i}/{f}"].to(torch.float32) * tensors[f"{i}/{f}/scale"] for f in TENSOR_FIELDS if f not in DERIVED
+    }
+    for f, (a, b) in DERIVED.items():
+        out[f] = out[a].unsqueeze(0) + out[b]
+    return out
 
 
 def load_stats(path: str | Path) -> NetworkStats:
@@ -123,19 +152,21 @@ def load_stats(path: str | Path) -> NetworkStats:
         raise EmqError(
             f"{path}: not a readable statistics file ({type(e).__name__}: {e}); delete it and recompute"
         ) from e
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
+    if not isinstance(header, dict) or header.get("format") not in (FORMAT, COMPACT_FORMAT):
         raise EmqError(
             f"{path}: format {header.get('format') if isinstance(header, dict) else None!r} is not {FORMAT}; recompute the statistics"
         )
     if _digest(tensors, header) != digest:
         raise EmqError(f"{path}: content digest mismatch (the file is damaged); delete it and recompute")
+    compact = header["format"] == COMPACT_FORMAT
     layers = []
     for i, name in enumerate(header["names"]):
         scalars = dict(zip(SCALAR_FIELDS, header["scalars"][i], strict=True))
+        fields = _expand(tensors, i) if compact else {f: tensors[f"{i}/{f}"] for f in TENSOR_FIELDS}
         layers.append(
             LayerStats(
                 name=name,
-                **{f: tensors[f"{i}/{f}"] for f in TENSOR_FIELDS},
+                **fields,
                 trace=float(scalars["trace"]),
                 eig=float(scalars["eig"]),
                 params=int(scalars["params"]),
