@@ -5,9 +5,9 @@ so `emq search` / `emq score --bench NAME` run where the bench's data is not ins
 
 Needs the bench's data (e.g. `apt-get install dataset-fashion-mnist` for resnet20-fashion).
 The statistics are computed with the bench's own settings, exactly as `emq score` would;
-`--act-cap` (stored activation samples per layer, default 4: what proxies use) is first written
+`--act-cap` (stored activation samples per layer, default 8: OMPQ and QE use all of them) is first written
 into the bench's `stats_settings`, so a run that has the data computes the same statistics.
-The file is written in the compact format (float16 with a scale per tensor, Q derived from W + E;
+The file is written in the compact format (float16 with a scale per tensor, E derived as Q - W;
 see emq.search_space.netstats), which `benchmarks/stats_compaction.py` checks moves no proxy's
 correlation by more than 0.002.
 """
@@ -21,7 +21,7 @@ from contextlib import closing
 from emq.bench import Bench, store
 from emq.bench.bundles import BUNDLES
 from emq.bench_setup import BenchSetup, ptq_settings
-from emq.search_space.netstats import save_stats
+from emq.search_space.netstats import load_stats, save_stats
 from emq.search_space.stats import StatsSettings, compute_stats
 
 log = logging.getLogger("bundle_stats")
@@ -31,7 +31,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", default=[n for n, b in BUNDLES.items() if b.stats and b.path.is_file()])
     ap.add_argument(
-        "--act-cap", type=int, default=4, help="activation samples stored per layer (keeps a bundle small; default 4)"
+        "--act-cap", type=int, default=8, help="activation samples stored per layer (keeps a bundle small; default 8)"
+    )
+    ap.add_argument(
+        "--rewrite-only",
+        action="store_true",
+        help="rewrite the bundle's existing statistics in the current (compact) format without recomputing them",
     )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -39,6 +44,10 @@ def main() -> None:
         bundle = BUNDLES[name]
         if bundle.stats_path is None:
             raise SystemExit(f"bundle {name} ships no statistics (its data ships with emq)")
+        if args.rewrite_only:
+            save_stats(load_stats(bundle.stats_path), bundle.stats_path, compact=True)
+            log.info("%s: rewrote %s (%.1f MB)", name, bundle.stats_path, bundle.stats_path.stat().st_size / 1e6)
+            continue
         bench = Bench.open(bundle.path)
         settings = StatsSettings.from_ptq(ptq_settings(bench), act_cap=args.act_cap)
         with closing(store.connect(bundle.path)) as con:

@@ -23,9 +23,10 @@ runs), plus a content digest over every tensor and field: a truncated or altered
 rejected, never trusted. Caches store float32 (format 2). Shipped bundles store the compact
 format 3 (``compact=True``): every tensor as float16 divided by its largest magnitude (one
 float32 scale per tensor, so gradients and Fisher values far below float16's smallest normal
-number keep their relative precision), and ``Q`` left out because it is ``W + E``; loading
-restores float32. That halves a bundle and more; `benchmarks/stats_compaction.py` measures
-that no proxy's correlation moves by more than 0.002.
+number keep their relative precision), and ``E`` left out because it is ``Q - W`` (``Q`` is
+kept: the exact zeros of the quantization grid matter to proxies that take sqrt or log of
+it); loading restores float32. That halves a bundle; `benchmarks/stats_compaction.py`
+measures how far each proxy's correlation moves.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ TENSOR_FIELDS = ("W", "G", "VG", "H", "A", "Y", "GY", "AE", "Q", "E", "SG", "FD"
 SCALAR_FIELDS = ("trace", "eig", "params", "macs", "out_channels")
 FORMAT = "emq-stats/2"
 COMPACT_FORMAT = "emq-stats/3"
-DERIVED = {"Q": ("W", "E")}  # left out of compact files: Q_b(W) = W + (Q_b(W) - W)
+DERIVED = ("E",)  # left out of compact files: E = Q_b(W) - W (Q is kept: its exact zeros matter to sqrt, log)
 
 
 @dataclass
@@ -133,8 +134,7 @@ def _expand(tensors: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]
     out = {
         f: tensors[f"{i}/{f}"].to(torch.float32) * tensors[f"{i}/{f}/scale"] for f in TENSOR_FIELDS if f not in DERIVED
     }
-    for f, (a, b) in DERIVED.items():
-        out[f] = out[a].unsqueeze(0) + out[b]
+    out["E"] = out["Q"] - out["W"].unsqueeze(0)
     return out
 
 
