@@ -134,9 +134,9 @@ def stats_settings(bench: Any, ptq: PTQSettings) -> StatsSettings:
         settings = StatsSettings(**stored)
     except TypeError as e:
         raise EmqError(f"bench {bench.path}: unreadable stats_settings {stored} ({e})") from e
-    if (settings.act_bits, settings.weight_quantizer) != (ptq.act_bits, ptq.weight_quantizer):
+    if settings.quant_spec() != ptq.quant_spec():
         raise EmqError(
-            f"bench {bench.path}: its stats_settings (act_bits {settings.act_bits}, {settings.weight_quantizer}) disagree with its ptq_settings "
-            f"(act_bits {ptq.act_bits}, {ptq.weight_quantizer}); the statistics must describe the deployed quantization"
+            f"bench {bench.path}: its stats_settings ({settings.quant_spec()}) disagree with its ptq_settings "
+            f"({ptq.quant_spec()}); the statistics must describe the deployed quantization"
         )
     return settings

@@ -23,6 +23,7 @@ from .bench import Bench
 from .bench_setup import BenchSetup
 from .device import resolve_device
 from .evolution import search
+from .evolution.engine import DEMO_CAMPAIGN
 from .fileio import atomic_write, atomic_write_text
 from .rendering import export
 from .search_space.stats import compute_stats
@@ -88,9 +89,10 @@ def compare_allocations(
 def demo(
     out: str | Path | None = None,
     bench: str | Path = "default",
-    generations: int = 20,
-    population: int = 64,
-    seed: int = 0,
+    *,
+    generations: int = DEMO_CAMPAIGN.generations,
+    population: int = DEMO_CAMPAIGN.population,
+    seed: int = DEMO_CAMPAIGN.seed,
     budget_avg_bits: float = 3.0,
     progress: bool = False,
     device: str | torch.device = "cpu",

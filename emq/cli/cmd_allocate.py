@@ -10,7 +10,7 @@ import numpy as np
 from ..allocation import Allocator, Budget, allocator_for, parse_sweep, sweep
 from ..allocation.kinds import budget_kinds, get_kind
 from ..errors import EmqError
-from ..specs import ParameterError
+from ..specs import DEFAULT_BITS_TEXT, ParameterError
 from .commands import COMMANDS
 from .common import (
     add_device_arg,
@@ -46,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     for kind in budget_kinds():
         p.add_argument(f"--budget-{kind}", dest=_dest(kind), help=get_kind(kind).help)
-    p.add_argument("--bits-allowed", default="2,3,4", help="bit-widths a slot may take (default 2,3,4)")
+    p.add_argument(
+        "--bits-allowed", default=DEFAULT_BITS_TEXT, help=f"bit-widths a slot may take (default {DEFAULT_BITS_TEXT})"
+    )
     p.add_argument(
         "--pin",
         action="append",
