@@ -81,7 +81,7 @@ from emq.specs import (
     check_weight_bits,
     setting,
 )
-from emq.target import Target, resolve_target
+from emq.target import ModelSpec, Target, as_model_spec
 
 from .hessian import (
     HessianProblem,
@@ -678,8 +678,9 @@ def compute_stats(
 
 
 def stats(
-    model: str | nn.Module = "default",
+    model: ModelSpec | str | nn.Module = "default",
     data: str | DataSplits | None = None,
+    *,
     bits: Sequence[int] = DEFAULT_BITS,
     settings: StatsSettings | None = None,
     weights: Path | None = None,
@@ -690,13 +691,14 @@ def stats(
     progress: bool = True,
     device: str | torch.device = "cpu",
 ) -> NetworkStats:
-    """Per-layer statistics of a model by name (or nn.Module) and its data; `emq stats`.
+    """Per-layer statistics of a model by name (or nn.Module, or a ModelSpec holding its data,
+    weights, ... too) and its data; `emq stats`.
 
     `cache_dir` is the cache root (statistics go to `<cache_dir>/stats`, as with $EMQ_CACHE_DIR);
     `device` is where the network runs (cpu, cuda or cuda:N), checked before any model work.
     """
     device = resolve_device(device)
-    target = resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size)
+    target = as_model_spec(model, data, weights, num_classes, input_size).resolve()
     return compute_stats(
         target, bits=bits, settings=settings, cache_dir=cache_dir, use_cache=use_cache, progress=progress, device=device
     )

@@ -12,6 +12,7 @@ from emq.evolution import DPSConfig, ProxySearch, SearchConfig
 from emq.evolution.estimator import _PARAM_OF_FIELD
 from emq.quant import PTQSettings, QuantSpec
 from emq.search_space.stats import StatsSettings
+from emq.specs import ParameterError
 
 # ProxySearch parameters that are not campaign settings: where, what and how it runs
 ESTIMATOR_ONLY = {"metric", "space", "executor", "out_dir", "warm_start", "progress"}
@@ -82,3 +83,31 @@ def test_statistics_and_ptq_share_one_quantization_spec():
     stats = StatsSettings.from_ptq(ptq)
     assert stats.quant_spec() == ptq.quant_spec() == QuantSpec(act_bits=4, weight_symmetric=True)
     assert stats.rounding_calib_seed == 3 and own(StatsSettings) >= {"rounding_calib_size", "calib_size"}
+
+
+def test_the_model_and_its_data_travel_as_one_model_spec():
+    from emq.allocation import allocator_for
+    from emq.target import ModelSpec, as_model_spec, resolve_target
+
+    spec = ModelSpec("default", weights=None)
+    assert as_model_spec("default") == spec and as_model_spec(spec) is spec
+    with pytest.raises(ParameterError, match="inside the ModelSpec"):
+        as_model_spec(spec, data="default")
+    assert spec.resolve().layer_map.slot_names == resolve_target("default").layer_map.slot_names
+    assert allocator_for(spec).layer_map.slot_names == resolve_target("default").layer_map.slot_names
+
+
+def _positional(fn) -> list[str]:
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [n for n, p in inspect.signature(fn).parameters.items() if p.kind in kinds and n != "self"]
+
+
+def test_long_signatures_take_keywords_after_the_first_few():
+    import emq
+    from emq.allocation import Allocator, allocator_for
+    from emq.pipeline_demo import demo
+    from emq.transfer import TransferStudy
+
+    for fn in (allocator_for, Allocator.finish, TransferStudy.__init__, demo, emq.allocate, emq.sweep, emq.quantize):
+        assert len(_positional(fn)) <= 4, fn.__qualname__
+    assert _positional(emq.stats) == ["model", "data"]

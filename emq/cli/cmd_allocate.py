@@ -18,6 +18,7 @@ from .common import (
     add_ptq_args,
     check_out_dir,
     emit_json,
+    model_spec,
     open_bench,
     parse_bits,
     ptq_overrides,
@@ -146,15 +147,7 @@ def run(args: argparse.Namespace) -> int:
     _check_pins_need_no_new_statistics(pins, bits_allowed, [args.proxy, *args.baseline])
     settings = ptq_overrides(args) if args.bench else ptq_settings(args)
     allocator = allocator_for(
-        args.model,
-        args.data,
-        args.weights,
-        args.input_size,
-        args.num_classes,
-        settings,
-        args.evaluate,
-        args.bench,
-        device=args.device,
+        model_spec(args), settings=settings, evaluate=args.evaluate, bench=args.bench, device=args.device
     )
     if values is not None:
         return _run_sweep(args, allocator, values, budgets, bits_allowed, pins)
@@ -210,14 +203,14 @@ def _run_sweep(
         args.proxy,
         args.sweep_kind,
         values,
-        fixed,
-        args.baseline,
-        True,
-        args.evaluate,
-        bits_allowed,
-        pins,
-        args.search_evals,
-        args.seed,
+        fixed=fixed,
+        baselines=args.baseline,
+        uniform=True,
+        evaluate=args.evaluate,
+        bits_allowed=bits_allowed,
+        pins=pins,
+        search_evaluations=args.search_evals,
+        seed=args.seed,
     )
     if not res.allocated:
         raise EmqError(

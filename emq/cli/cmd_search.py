@@ -11,7 +11,6 @@ from ..evolution.engine import SearchConfig
 from ..search_space.primitives import PRESETS
 from ..search_space.pset import make_space
 from ..specs import METRICS
-from ..target import resolve_target
 from .commands import COMMANDS
 from .common import (
     add_device_arg,
@@ -22,6 +21,7 @@ from .common import (
     check_out_dir,
     emit_json,
     executor_from_args,
+    model_spec,
     open_bench,
 )
 from .fieldargs import add_field_args, field_values
@@ -83,11 +83,7 @@ def _open_benches(args: argparse.Namespace) -> tuple[list, list]:
             return [bench], [
                 None
             ]  # the bench's own model and data (a bundle's statistics when the data is not installed)
-        return [bench], [
-            resolve_target(
-                model, args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size
-            )
-        ]
+        return [bench], [model_spec(args, model).resolve()]
     for flag, value in (
         ("--model", args.model),
         ("--data", args.data),
