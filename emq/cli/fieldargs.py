@@ -40,8 +40,10 @@ def add_field_args(parser: argparse.ArgumentParser, defaults: Any, names: typing
             parser.add_argument(_flag(f), dest=f.name, action="store_false" if value else "store_true", help=text)
             continue
         default = f.metadata.get("flag_default", value)
+        choices = f.metadata.get("choices")
+        metavar = None if choices else _flag(f)[2:].replace("-", "_").upper()  # the flag's, not the field's name
         parser.add_argument(
-            _flag(f), dest=f.name, type=kind, default=default, choices=f.metadata.get("choices"), help=text
+            _flag(f), dest=f.name, type=kind, default=default, choices=choices, metavar=metavar, help=text
         )
 
 
