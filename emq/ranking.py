@@ -241,19 +241,18 @@ class _Cells:
             iv = self.bootstrap(held).interval(scores[self.split["heldout"][rows]])
             interval = {"low": _finite(iv.low), "high": _finite(iv.high)}
         return ProxyScore(
-            name,
-            description,
-            kind,
-            orientation,
-            cost,
-            n,
-            corr,
-            seconds,
-            interval,
-            None,
-            scores,
-            self.values["report"][rows],
-            rows,
+            name=name,
+            description=description,
+            kind=kind,
+            orientation=orientation,
+            cost=cost,
+            n=n,
+            correlations=corr,
+            seconds_per_config=seconds,
+            interval=interval,
+            scores=scores,
+            metric_values=self.values["report"][rows],
+            rows=rows,
         )
 
     def paired(self, p: ProxyScore, base: ProxyScore) -> dict[str, Any] | None:
