@@ -236,7 +236,15 @@ def bench_build(
     if settings.calib_half is None:
         settings = replace(settings, calib_half=0)
     spec = EvalSpec(
-        model, data, str(weights) if weights else None, input_size, num_classes, settings, test_limit, name, str(device)
+        model=model,
+        data=data,
+        weights=str(weights) if weights else None,
+        input_size=input_size,
+        num_classes=num_classes,
+        settings=settings,
+        test_limit=test_limit,
+        name=name,
+        device=str(device),
     )
     lm = engine_for(spec).layer_map
     space = ConfigSpace.for_layer_map(lm, bits, pinned, settings.act_bits)

@@ -30,7 +30,7 @@ from .search_space.proxyfile import load_proxy, save_proxy
 from .search_space.pset import make_space
 from .search_space.stats import StatsSettings, compute_stats, stats
 from .specs import ParameterError
-from .target import resolve_target
+from .target import ModelSpec, as_model_spec, resolve_target
 
 __all__ = [
     "PROXIES",
@@ -39,6 +39,7 @@ __all__ = [
     "Bench",
     "Executor",
     "HallOfFame",
+    "ModelSpec",
     "PTQEngine",
     "PTQSettings",
     "ProxySearch",
@@ -78,8 +79,9 @@ def layers(
 
 
 def quantize(
-    model: str | nn.Module = "default",
+    model: ModelSpec | str | nn.Module = "default",
     bits: Sequence[int] | None = None,
+    *,
     data: str | DataSplits | None = None,
     settings: PTQSettings | None = None,
     weights: Path | None = None,
@@ -91,7 +93,8 @@ def quantize(
 ) -> QuantResult:
     """PTQ-quantize a model with a per-slot configuration (`bits`) or a bit map file from
     `emq allocate --out` / `Allocation.save` (`bitmap`, checked against the model) and
-    evaluate it; `emq quantize`. The model is built and traced once; it runs on `device`
+    evaluate it; `emq quantize`. `model` is a name, an nn.Module or a ModelSpec (that holds
+    the data, weights, ... too). The model is built and traced once; it runs on `device`
     (cpu, cuda or cuda:N), which changes no setting and no calibration draw."""
     if (bits is None or len(bits) == 0) == (bitmap is None):
         raise ParameterError(
@@ -100,7 +103,7 @@ def quantize(
             "give the configuration as bits (one bit-width per slot; see `layers`) or as bitmap=PATH, not both",
         )
     device = resolve_device(device)  # before any model work
-    target = resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size)
+    target = as_model_spec(model, data, weights, num_classes, input_size).resolve()
     config = load_bitmap(bitmap, target.layer_map) if bitmap is not None else target.layer_map.validate(bits)
     return PTQEngine(
         target.model, target.layer_map, target.require_data(), settings, progress=progress, device=device

@@ -23,7 +23,7 @@ from .quant import PTQSettings
 from .search_space.netstats import NetworkStats, load_stats
 from .search_space.stats import StatsSettings
 from .specs import ParameterError
-from .target import Target, resolve_target
+from .target import ModelSpec, Target
 
 log = logging.getLogger(__name__)
 
@@ -55,32 +55,25 @@ class BenchSetup:
 
     @classmethod
     def of(
-        cls,
-        bench: Any,
-        model: str | nn.Module | Target | None = None,
-        data: Any = None,
-        weights: Path | None = None,
-        num_classes: int | None = None,
-        input_size: int | None = None,
-        need_data: bool = True,
+        cls, bench: Any, model: ModelSpec | Target | str | nn.Module | None = None, *, need_data: bool = True
     ) -> BenchSetup:
-        """The setup of an opened `emq.bench.Bench`; `model`/`data` default to the bench's own."""
+        """The setup of an opened `emq.bench.Bench`; the model and data (a ModelSpec, or a model
+        alone) default to the bench's own."""
         meta = bench.meta
-        bundle = bundle_of(bench.path) if model is None and data is None else None
+        spec = model if isinstance(model, (ModelSpec, Target)) else ModelSpec(model)
+        own = isinstance(spec, ModelSpec) and spec.model is None and spec.data is None
+        bundle = bundle_of(bench.path) if own else None
         stats_file = (
             bundle.stats_path
             if bundle is not None and bundle.stats_path is not None and bundle.stats_path.is_file()
             else None
         )
-        if isinstance(model, Target):
-            target = model
+        if isinstance(spec, Target):
+            target = spec
         else:
-            name = model if model is not None else meta.get("model", "default")
-            where = data if data is not None else meta.get("data")
+            name = meta.get("model", "default")
             try:
-                target = resolve_target(
-                    name, where, weights=weights, num_classes=num_classes, input_size=input_size, need_data=need_data
-                )
+                target = spec.resolve(need_data, default_model=name, default_data=meta.get("data"))
             except ParameterError as e:
                 if stats_file is None or e.param != "data":
                     raise
@@ -88,9 +81,7 @@ class BenchSetup:
                     "%s; using the bundle's statistics (whole-configuration proxies, allocation and verification need the data)",
                     e,
                 )
-                target = resolve_target(
-                    name, None, weights=weights, num_classes=num_classes, input_size=input_size, need_data=False
-                )
+                target = spec.resolve(need_data=False, default_model=name)
         check_target(bench, target)
         ptq = ptq_settings(bench)
         return cls(target, ptq, stats_settings(bench, ptq), tuple(int(b) for b in bench.bits), stats_file)
@@ -134,9 +125,9 @@ def stats_settings(bench: Any, ptq: PTQSettings) -> StatsSettings:
         settings = StatsSettings(**stored)
     except TypeError as e:
         raise EmqError(f"bench {bench.path}: unreadable stats_settings {stored} ({e})") from e
-    if (settings.act_bits, settings.weight_quantizer) != (ptq.act_bits, ptq.weight_quantizer):
+    if settings.quant_spec() != ptq.quant_spec():
         raise EmqError(
-            f"bench {bench.path}: its stats_settings (act_bits {settings.act_bits}, {settings.weight_quantizer}) disagree with its ptq_settings "
-            f"(act_bits {ptq.act_bits}, {ptq.weight_quantizer}); the statistics must describe the deployed quantization"
+            f"bench {bench.path}: its stats_settings ({settings.quant_spec()}) disagree with its ptq_settings "
+            f"({ptq.quant_spec()}); the statistics must describe the deployed quantization"
         )
     return settings

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,22 +46,43 @@ from .specs import (
     ParameterError,
     check_act_bits,
     check_positive_int,
+    setting,
 )
 
 BN_MODES = ("reestimate", "fold", "none")
 
 
 @dataclass(frozen=True)
-class PTQSettings:
-    act_bits: int = DEFAULT_ACT_BITS
-    weight_symmetric: bool = False
+class QuantSpec:
+    """How weights and activations are quantized, declared once: the PTQ engine deploys it
+    (`PTQSettings`) and the statistics model it (`StatsSettings`), so the two cannot drift."""
+
+    act_bits: int = setting(DEFAULT_ACT_BITS, "activation bits (default {default}; 32 = none)")
+    weight_symmetric: bool = setting(
+        False, "symmetric weight quantization (default: asymmetric, as in PTQ)", flag="--symmetric"
+    )
+    weight_quantizer: str = "mse"  # a name of emq.quantizers.QUANTIZERS (benches built before it existed: "mse")
+    quantizer_options: tuple[tuple[str, Any], ...] = ()  # the weight quantizer's options that differ from its defaults
+
+    def __post_init__(self) -> None:
+        check_act_bits(self.act_bits)
+        check_quantizer_name(self.weight_quantizer)
+        object.__setattr__(self, "quantizer_options", normalize_options(self.weight_quantizer, self.quantizer_options))
+
+    def quant_spec(self) -> QuantSpec:
+        """The quantization part alone (of PTQ or statistics settings), for comparing the two."""
+        return QuantSpec(**{f.name: getattr(self, f.name) for f in fields(QuantSpec)})
+
+
+@dataclass(frozen=True)
+class PTQSettings(QuantSpec):
+    """The PTQ engine's settings: the quantization spec, its calibration draw, BatchNorm handling."""
+
     bn: str = "reestimate"
     calib_size: int = DEFAULT_CALIB_SIZE
     calib_seed: int = 0
     batch_size: int = 1024
-    weight_quantizer: str = "mse"  # a name of emq.quantizers.QUANTIZERS (benches built before it existed: "mse")
     calib_half: int | None = None  # draw calibration images from one half of the sources (benches: 0; their retest: 1)
-    quantizer_options: tuple[tuple[str, Any], ...] = ()  # the weight quantizer's options that differ from its defaults
     bias_correction: bool = (
         False  # subtract each layer's mean output shift E[(Q_b(W) - W) x] on calibration data from its bias
     )
@@ -69,11 +90,9 @@ class PTQSettings:
     def __post_init__(self) -> None:
         if self.bn not in BN_MODES:
             raise ParameterError("bn", self.bn, f"use one of {', '.join(BN_MODES)}")
-        check_act_bits(self.act_bits)
+        super().__post_init__()
         check_positive_int(self.calib_size, "calib_size")
         check_positive_int(self.batch_size, "batch_size")
-        check_quantizer_name(self.weight_quantizer)
-        object.__setattr__(self, "quantizer_options", normalize_options(self.weight_quantizer, self.quantizer_options))
         if self.calib_half not in (None, 0, 1):
             raise ParameterError(
                 "calib_half", self.calib_half, "use 0 or 1 (one half of the calibration sources) or None (all of them)"
@@ -166,7 +185,7 @@ class _ActQuant:
 
     def __init__(self, device: torch.device) -> None:
         self.mode = "off"
-        self.bits = 8
+        self.bits = DEFAULT_ACT_BITS
         self.device = device
         self.reset()
 

@@ -40,6 +40,7 @@ from .specs import METRIC_ORIENTATION, check_metric, check_positive_int, oriente
 from .supervised import DESCRIPTION as RIDGE_DESCRIPTION
 from .supervised import NAME as RIDGE_NAME
 from .supervised import OneHotRidge
+from .target import ModelSpec, as_model_spec
 from .uncertainty import DEFAULT_RESAMPLES, Bootstrap
 
 log = logging.getLogger(__name__)
@@ -240,19 +241,18 @@ class _Cells:
             iv = self.bootstrap(held).interval(scores[self.split["heldout"][rows]])
             interval = {"low": _finite(iv.low), "high": _finite(iv.high)}
         return ProxyScore(
-            name,
-            description,
-            kind,
-            orientation,
-            cost,
-            n,
-            corr,
-            seconds,
-            interval,
-            None,
-            scores,
-            self.values["report"][rows],
-            rows,
+            name=name,
+            description=description,
+            kind=kind,
+            orientation=orientation,
+            cost=cost,
+            n=n,
+            correlations=corr,
+            seconds_per_config=seconds,
+            interval=interval,
+            scores=scores,
+            metric_values=self.values["report"][rows],
+            rows=rows,
         )
 
     def paired(self, p: ProxyScore, base: ProxyScore) -> dict[str, Any] | None:
@@ -281,7 +281,7 @@ def score(
     metric: str | None = None,
     limit: int | None = DEFAULT_LIMIT,
     ompq_beta: float | None = None,
-    model: str | None = None,
+    model: ModelSpec | str | None = None,
     data: str | None = None,
     weights: Path | None = None,
     stats: Any = None,
@@ -315,7 +315,7 @@ def score(
     kinds += ["evolved"] * len(evolved)
     if not instances:
         raise EmqError("no proxy to score: give --proxies and/or --proxy FILE")
-    setup = BenchSetup.of(b, model, data, weights)
+    setup = BenchSetup.of(b, as_model_spec(model, data, weights))
     target, settings = setup.target, setup.ptq
     cells = _Cells(b, metric, resamples)
     stats_seconds = 0.0

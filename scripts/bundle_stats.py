@@ -23,6 +23,7 @@ from emq.bench.bundles import BUNDLES
 from emq.bench_setup import BenchSetup, ptq_settings
 from emq.search_space.netstats import load_stats, save_stats
 from emq.search_space.stats import StatsSettings, compute_stats
+from emq.target import ModelSpec
 
 log = logging.getLogger("bundle_stats")
 
@@ -54,7 +55,7 @@ def main() -> None:
             store.write_meta(con, {"stats_settings": settings.to_json()})
         bench = Bench.open(bundle.path)
         setup = BenchSetup.of(
-            bench, bench.meta["model"], bench.meta["data"]
+            bench, ModelSpec(bench.meta["model"], bench.meta["data"])
         )  # with the data: never the bundle's own file
         ns = compute_stats(setup.target, bits=setup.bits, settings=setup.stats)
         ns.meta.pop("cache", None)  # this machine's cache path means nothing in a bundle

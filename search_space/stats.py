@@ -57,7 +57,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -66,24 +65,23 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from tqdm import tqdm
 
-from emq.data import DEFAULT_CALIB_SIZE, DataSplits
+from emq.data import DataSplits
 from emq.device import resolve_device
 from emq.errors import EmqError
 from emq.fileio import cache_root
 from emq.hashing import state_dict_digest, tensor_digest
 from emq.layermap import QUANTIZABLE, LayerMap
-from emq.quant import PTQSettings, normalize_options
-from emq.quantizers import check_quantizer_name, fake_quant
+from emq.quant import PTQSettings, QuantSpec
+from emq.quantizers import fake_quant
 from emq.rounding import RoundedWeights
 from emq.specs import (
-    DEFAULT_ACT_BITS,
     DEFAULT_BITS,
     UNQUANTIZED_ACT_BITS,
-    check_act_bits,
     check_bit_set,
     check_weight_bits,
+    setting,
 )
-from emq.target import Target, resolve_target
+from emq.target import ModelSpec, Target, as_model_spec
 
 from .hessian import (
     HessianProblem,
@@ -101,31 +99,57 @@ _PER_SAMPLE_FLOATS = 1 << 24  # per-sample gradient values held at once (64 MB i
 
 
 @dataclass(frozen=True)
-class StatsSettings:
-    """How statistics are computed; every field is part of the cache key."""
+class StatsSettings(QuantSpec):
+    """How statistics are computed; every field is part of the cache key. The quantization
+    they model (`QuantSpec`: activation bits, weight rounding and its options, symmetry) is
+    the PTQ engine's (see from_ptq): Q_b(W) is what it deploys. A field with help text is a
+    flag of `emq stats`."""
 
-    calib_size: int = 256  # calibration images drawn from the data (ignored for a given batch)
-    calib_seed: int = 0
-    batch_size: int = 256  # forward/backward batch for A, Y, G, GY
-    hessian_images: int = 64  # first images of the calibration batch used for Hessian work
-    hessian_batch_size: int = 64  # smaller = less memory; >1 batch recomputes graphs per probe
-    hessian_min_probes: int = 8
-    hessian_max_probes: int = 128  # the default model converges (hessian_tol) after 54 probes
-    hessian_tol: float = 1e-2  # relative L1 change of the per-layer running-mean traces that stops the probes
-    eig_iters: int = 100  # power-iteration steps per layer, HAWQ's maximum (0: skip, eig = 0)
-    eig_tol: float = 1e-3  # relative change of a layer's eigenvalue that stops it (HAWQ's)
-    seed: int = 0  # Hutchinson probes and power-iteration starts
-    act_bits: int = DEFAULT_ACT_BITS
-    weight_symmetric: bool = False
-    act_cap: int = 64  # samples of A, Y, GY, AE stored per layer
-    negative_trace: str = "clamp"
-    weight_quantizer: str = "mse"  # must be the PTQ engine's (see from_ptq): Q_b(W) is what it deploys
-    quantizer_options: tuple[tuple[str, Any], ...] = ()
+    calib_size: int = setting(
+        256, "calibration images (default {default})"
+    )  # calibration images drawn from the data (ignored for a given batch)
+    calib_seed: int = setting(0, "seed of the calibration draw (default {default})")
+    batch_size: int = setting(
+        256, "batch size of the gradient pass (default {default})"
+    )  # forward/backward batch for A, Y, G, GY
+    hessian_images: int = setting(
+        64, "calibration images used for Hessian work (default {default})"
+    )  # first images of the calibration batch used for Hessian work
+    hessian_batch_size: int = setting(
+        64, "Hessian batch size; smaller saves memory, costs time (default {default})"
+    )  # smaller = less memory; >1 batch recomputes graphs per probe
+    hessian_min_probes: int = setting(
+        8,
+        "minimum Hutchinson probes (default {default}, capped at --hessian-samples)",
+        flag="--hessian-min-samples",
+        flag_default=None,
+    )
+    hessian_max_probes: int = setting(
+        128, "maximum Hutchinson probes (default {default})", flag="--hessian-samples"
+    )  # the default model converges (hessian_tol) after 54 probes
+    hessian_tol: float = setting(
+        1e-2, "relative change of the per-layer traces that stops the probes (default {default})"
+    )  # relative L1 change of the per-layer running-mean traces that stops the probes
+    eig_iters: int = setting(
+        100, "power-iteration steps for the top eigenvalue per layer (default {default}; 0 skips)"
+    )  # power-iteration steps per layer, HAWQ's maximum (0: skip, eig = 0)
+    eig_tol: float = setting(
+        1e-3, "relative change of a layer's top eigenvalue that stops its power iteration (default {default})"
+    )  # relative change of a layer's eigenvalue that stops it (HAWQ's)
+    seed: int = setting(
+        0, "seed of the Hessian probes (default {default})"
+    )  # Hutchinson probes and power-iteration starts
+    act_cap: int = setting(
+        64, "samples of activations stored per layer (default {default})"
+    )  # samples of A, Y, GY, AE stored per layer
+    negative_trace: str = setting(
+        "clamp", "what to do with negative trace estimates (default {default})", choices=NEGATIVE_TRACE_POLICIES
+    )
     # reconstruction rounding (GPTQ, AdaRound) uses the PTQ engine's calibration draw, so the
     # statistics' Q_b(W) are the very weights the engine deploys (and share its rounding cache)
-    rounding_calib_size: int = DEFAULT_CALIB_SIZE
-    rounding_calib_seed: int = 0
-    rounding_calib_half: int | None = None
+    rounding_calib_size: int = PTQSettings.calib_size
+    rounding_calib_seed: int = PTQSettings.calib_seed
+    rounding_calib_half: int | None = PTQSettings.calib_half
 
     def __post_init__(self) -> None:
         positive = (
@@ -146,23 +170,18 @@ class StatsSettings:
             )
         if self.eig_iters < 0 or self.hessian_tol < 0 or self.eig_tol < 0:
             raise EmqError("stats settings eig_iters, hessian_tol and eig_tol must not be negative")
-        check_act_bits(self.act_bits)
         if self.negative_trace not in NEGATIVE_TRACE_POLICIES:
             raise EmqError(
                 f"stats setting negative_trace={self.negative_trace!r}: use one of {', '.join(NEGATIVE_TRACE_POLICIES)}"
             )
-        check_quantizer_name(self.weight_quantizer)
-        object.__setattr__(self, "quantizer_options", normalize_options(self.weight_quantizer, self.quantizer_options))
+        super().__post_init__()
 
     @classmethod
     def from_ptq(cls, ptq: PTQSettings, **overrides) -> StatsSettings:
-        """Settings whose quantizers match a PTQ configuration (activation bits, weight rounding
-        and its options and calibration draw, symmetry)."""
+        """Settings whose quantization is the PTQ configuration's (its QuantSpec and the
+        calibration draw its reconstruction rounding uses)."""
         matched = {
-            "act_bits": ptq.act_bits,
-            "weight_symmetric": ptq.weight_symmetric,
-            "weight_quantizer": ptq.weight_quantizer,
-            "quantizer_options": ptq.quantizer_options,
+            **asdict(ptq.quant_spec()),
             "rounding_calib_size": ptq.calib_size,
             "rounding_calib_seed": ptq.calib_seed,
             "rounding_calib_half": ptq.calib_half,
@@ -659,8 +678,9 @@ def compute_stats(
 
 
 def stats(
-    model: str | nn.Module = "default",
+    model: ModelSpec | str | nn.Module = "default",
     data: str | DataSplits | None = None,
+    *,
     bits: Sequence[int] = DEFAULT_BITS,
     settings: StatsSettings | None = None,
     weights: Path | None = None,
@@ -671,13 +691,14 @@ def stats(
     progress: bool = True,
     device: str | torch.device = "cpu",
 ) -> NetworkStats:
-    """Per-layer statistics of a model by name (or nn.Module) and its data; `emq stats`.
+    """Per-layer statistics of a model by name (or nn.Module, or a ModelSpec holding its data,
+    weights, ... too) and its data; `emq stats`.
 
     `cache_dir` is the cache root (statistics go to `<cache_dir>/stats`, as with $EMQ_CACHE_DIR);
     `device` is where the network runs (cpu, cuda or cuda:N), checked before any model work.
     """
     device = resolve_device(device)
-    target = resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size)
+    target = as_model_spec(model, data, weights, num_classes, input_size).resolve()
     return compute_stats(
         target, bits=bits, settings=settings, cache_dir=cache_dir, use_cache=use_cache, progress=progress, device=device
     )

@@ -20,6 +20,7 @@ from emq.data import DataSplits, load_data
 from emq.mnist_data import find, mnist_data, read_idx
 from emq.quant import PTQSettings
 from emq.specs import ParameterError
+from emq.target import ModelSpec
 
 SMALL = PTQSettings(calib_size=32)
 
@@ -225,7 +226,7 @@ def test_a_bench_records_its_embedded_models_own_data_and_refuses_other_data():
     assert EvalSpec("vgg-digits", None, None, None, None, SMALL).data_name == "default"
     assert Bench.open("resnet20-fashion").meta["data"] == "fashion-mnist"
     with pytest.raises(EmqError, match="other data"):  # same channels, so only the fingerprint tells them apart
-        BenchSetup.of(Bench.open("resnet20-fashion"), data="default")
+        BenchSetup.of(Bench.open("resnet20-fashion"), ModelSpec(data="default"))
 
 
 def test_search_on_a_bundle_runs_without_its_data(monkeypatch, tmp_path, capsys):

@@ -16,13 +16,16 @@ from typing import Any
 from ..errors import EmqError
 from ..fileio import atomic_write_text
 from ..layermap import LayerMap
-from ..specs import WEIGHT_BITS_MAX, WEIGHT_BITS_MIN
+from ..specs import DEFAULT_ACT_BITS, WEIGHT_BITS_MAX, WEIGHT_BITS_MIN
 
 FORMAT = "emq-bitmap/1"
 
 
 def bitmap_json(
-    layer_map: LayerMap, bits: Sequence[int], act_bits: int = 8, provenance: Mapping[str, Any] | None = None
+    layer_map: LayerMap,
+    bits: Sequence[int],
+    act_bits: int = DEFAULT_ACT_BITS,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict:
     """The bit map document of a per-slot configuration."""
     bits = layer_map.validate(bits)
@@ -44,7 +47,7 @@ def save_bitmap(
     path: str | Path,
     layer_map: LayerMap,
     bits: Sequence[int],
-    act_bits: int = 8,
+    act_bits: int = DEFAULT_ACT_BITS,
     provenance: Mapping[str, Any] | None = None,
 ) -> dict:
     """Write the bit map of `bits` atomically; returns the document written."""

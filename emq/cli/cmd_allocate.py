@@ -10,7 +10,7 @@ import numpy as np
 from ..allocation import Allocator, Budget, allocator_for, parse_sweep, sweep
 from ..allocation.kinds import budget_kinds, get_kind
 from ..errors import EmqError
-from ..specs import ParameterError
+from ..specs import DEFAULT_BITS_TEXT, ParameterError
 from .commands import COMMANDS
 from .common import (
     add_device_arg,
@@ -18,6 +18,7 @@ from .common import (
     add_ptq_args,
     check_out_dir,
     emit_json,
+    model_spec,
     open_bench,
     parse_bits,
     ptq_overrides,
@@ -46,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     for kind in budget_kinds():
         p.add_argument(f"--budget-{kind}", dest=_dest(kind), help=get_kind(kind).help)
-    p.add_argument("--bits-allowed", default="2,3,4", help="bit-widths a slot may take (default 2,3,4)")
+    p.add_argument(
+        "--bits-allowed", default=DEFAULT_BITS_TEXT, help=f"bit-widths a slot may take (default {DEFAULT_BITS_TEXT})"
+    )
     p.add_argument(
         "--pin",
         action="append",
@@ -144,15 +147,7 @@ def run(args: argparse.Namespace) -> int:
     _check_pins_need_no_new_statistics(pins, bits_allowed, [args.proxy, *args.baseline])
     settings = ptq_overrides(args) if args.bench else ptq_settings(args)
     allocator = allocator_for(
-        args.model,
-        args.data,
-        args.weights,
-        args.input_size,
-        args.num_classes,
-        settings,
-        args.evaluate,
-        args.bench,
-        device=args.device,
+        model_spec(args), settings=settings, evaluate=args.evaluate, bench=args.bench, device=args.device
     )
     if values is not None:
         return _run_sweep(args, allocator, values, budgets, bits_allowed, pins)
@@ -208,14 +203,14 @@ def _run_sweep(
         args.proxy,
         args.sweep_kind,
         values,
-        fixed,
-        args.baseline,
-        True,
-        args.evaluate,
-        bits_allowed,
-        pins,
-        args.search_evals,
-        args.seed,
+        fixed=fixed,
+        baselines=args.baseline,
+        uniform=True,
+        evaluate=args.evaluate,
+        bits_allowed=bits_allowed,
+        pins=pins,
+        search_evaluations=args.search_evals,
+        seed=args.seed,
     )
     if not res.allocated:
         raise EmqError(

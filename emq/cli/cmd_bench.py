@@ -11,6 +11,7 @@ from ..bench.sampling import SAMPLERS
 from ..errors import EmqError
 from ..executors import Executor
 from ..quant import PTQSettings
+from ..specs import DEFAULT_ACT_BITS, DEFAULT_BITS_TEXT
 from .commands import COMMANDS
 from .common import (
     add_device_arg,
@@ -43,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         b, "workers evaluating configurations (default 1); records are identical with any executor and any number"
     )
     b.add_argument("--resume", action="store_true", help="continue an interrupted build of --out")
-    b.add_argument("--bits-allowed", default="2,3,4", help="allowed bit-widths per slot (default 2,3,4)")
+    b.add_argument(
+        "--bits-allowed", default=DEFAULT_BITS_TEXT, help=f"allowed bit-widths per slot (default {DEFAULT_BITS_TEXT})"
+    )
     b.add_argument(
         "--pin",
         action="append",
@@ -86,8 +89,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument(
         "--model", default="resnet18", help="model whose layer map the configurations follow (default resnet18)"
     )
-    m.add_argument("--bits-allowed", default="2,3,4", help="allowed bit-widths (default 2,3,4)")
-    m.add_argument("--act-bits", type=int, default=8, help="activation bits used for BitOps (default 8)")
+    m.add_argument(
+        "--bits-allowed", default=DEFAULT_BITS_TEXT, help=f"allowed bit-widths (default {DEFAULT_BITS_TEXT})"
+    )
+    m.add_argument(
+        "--act-bits",
+        type=int,
+        default=DEFAULT_ACT_BITS,
+        help=f"activation bits used for BitOps (default {DEFAULT_ACT_BITS})",
+    )
     m.add_argument("--out", required=True, type=Path, help="bench file to write")
     m.add_argument("--json", action="store_true", help="print the new bench's info as one JSON object")
     m.set_defaults(func=run_import)

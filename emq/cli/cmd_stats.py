@@ -8,12 +8,12 @@ from pathlib import Path
 from ..errors import EmqError
 from ..search_space.netstats import save_stats
 from ..search_space.stats import (
-    NEGATIVE_TRACE_POLICIES,
     StatsSettings,
     convergence_summary,
     stats,
     summarize,
 )
+from ..specs import DEFAULT_BITS_TEXT
 from .commands import COMMANDS
 from .common import (
     add_device_arg,
@@ -23,83 +23,19 @@ from .common import (
     markdown_table,
     parse_bits,
 )
+from .fieldargs import add_field_args, field_values
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    d = StatsSettings()
     p = sub.add_parser("stats", help=COMMANDS["stats"])
     add_model_args(p)
     p.add_argument(
-        "--bits-allowed", default="2,3,4", help="weight bit-widths to compute Q_b(W) and its noise for (default 2,3,4)"
+        "--bits-allowed",
+        default=DEFAULT_BITS_TEXT,
+        help=f"weight bit-widths to compute Q_b(W) and its noise for (default {DEFAULT_BITS_TEXT})",
     )
     # PTQ's --bn and its calibration size do not apply here, so add_ptq_args is not used
-    p.add_argument(
-        "--act-bits",
-        type=int,
-        default=d.act_bits,
-        help=f"activation bits of the activation noise (default {d.act_bits}; 32 = none)",
-    )
-    p.add_argument(
-        "--symmetric", action="store_true", help="symmetric weight quantization (default: asymmetric, as in PTQ)"
-    )
-    p.add_argument("--calib-size", type=int, default=d.calib_size, help=f"calibration images (default {d.calib_size})")
-    p.add_argument(
-        "--calib-seed", type=int, default=d.calib_seed, help=f"seed of the calibration draw (default {d.calib_seed})"
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help=f"batch size of the gradient pass (default {d.batch_size})"
-    )
-    p.add_argument(
-        "--hessian-images",
-        type=int,
-        default=d.hessian_images,
-        help=f"calibration images used for Hessian work (default {d.hessian_images})",
-    )
-    p.add_argument(
-        "--hessian-batch-size",
-        type=int,
-        default=d.hessian_batch_size,
-        help=f"Hessian batch size; smaller saves memory, costs time (default {d.hessian_batch_size})",
-    )
-    p.add_argument(
-        "--hessian-samples",
-        type=int,
-        default=d.hessian_max_probes,
-        help=f"maximum Hutchinson probes (default {d.hessian_max_probes})",
-    )
-    p.add_argument(
-        "--hessian-min-samples",
-        type=int,
-        help=f"minimum Hutchinson probes (default {d.hessian_min_probes}, capped at --hessian-samples)",
-    )
-    p.add_argument(
-        "--hessian-tol",
-        type=float,
-        default=d.hessian_tol,
-        help=f"relative change of the per-layer traces that stops the probes (default {d.hessian_tol})",
-    )
-    p.add_argument(
-        "--eig-iters",
-        type=int,
-        default=d.eig_iters,
-        help=f"power-iteration steps for the top eigenvalue per layer (default {d.eig_iters}; 0 skips)",
-    )
-    p.add_argument(
-        "--eig-tol",
-        type=float,
-        default=d.eig_tol,
-        help=f"relative change of a layer's top eigenvalue that stops its power iteration (default {d.eig_tol})",
-    )
-    p.add_argument(
-        "--negative-trace",
-        choices=NEGATIVE_TRACE_POLICIES,
-        default=d.negative_trace,
-        help=f"what to do with negative trace estimates (default {d.negative_trace})",
-    )
-    p.add_argument(
-        "--act-cap", type=int, default=d.act_cap, help=f"samples of activations stored per layer (default {d.act_cap})"
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the Hessian probes (default {d.seed})")
+    add_field_args(p, StatsSettings())
     p.add_argument(
         "--cache-dir",
         type=Path,
@@ -115,28 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> StatsSettings:
-    d = StatsSettings()
-    max_probes = args.hessian_samples
-    min_probes = (
-        args.hessian_min_samples if args.hessian_min_samples is not None else min(d.hessian_min_probes, max_probes)
-    )
-    return StatsSettings(
-        calib_size=args.calib_size,
-        calib_seed=args.calib_seed,
-        batch_size=args.batch_size,
-        hessian_images=args.hessian_images,
-        hessian_batch_size=args.hessian_batch_size,
-        hessian_min_probes=min_probes,
-        hessian_max_probes=max_probes,
-        hessian_tol=args.hessian_tol,
-        eig_iters=args.eig_iters,
-        eig_tol=args.eig_tol,
-        seed=args.seed,
-        act_bits=args.act_bits,
-        weight_symmetric=args.symmetric,
-        act_cap=args.act_cap,
-        negative_trace=args.negative_trace,
-    )
+    values = field_values(args, StatsSettings)
+    if values["hessian_min_probes"] is None:  # the default minimum, capped at the maximum asked for
+        values["hessian_min_probes"] = min(StatsSettings.hessian_min_probes, values["hessian_max_probes"])
+    return StatsSettings(**values)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from ..quant import PTQSettings
 from ..quantizers import QUANTIZERS
 from ..specs import ParameterError, parse_config
 from ..tables import markdown_table
+from ..target import ModelSpec
 
 __all__ = [
     "add_device_arg",
@@ -56,6 +57,17 @@ def add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
             help="'default', 'fashion-mnist' / 'mnist' (idx files found on disk, e.g. Debian's dataset-fashion-mnist), NAME:DIR, "
             "a directory of idx files, an ImageFolder or a CIFAR-10 directory (default: an embedded model's own)",
         )
+
+
+def model_spec(args: argparse.Namespace, model: Any = None) -> ModelSpec:
+    """The model and its data that the flags of `add_model_args` name (`model` overrides --model)."""
+    return ModelSpec(
+        model if model is not None else args.model,
+        getattr(args, "data", None),
+        args.weights,
+        args.num_classes,
+        args.input_size,
+    )
 
 
 # PTQ flag -> PTQSettings field. The flags default to None so that `ptq_overrides` can tell

@@ -17,12 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..specs import setting
+
 
 @dataclass(frozen=True)
 class DPSConfig:
-    enabled: bool = True
+    enabled: bool = setting(True, "switch diversity-prompting selection off (ablation)", flag="--no-dps")
     challengers: bool = True  # offspring compete with fresh random candidates
-    crowding_threshold: float = 0.98  # |corr| above which two candidates count as the same phenotype
+    crowding_threshold: float = setting(
+        0.98, "DPS: |corr| above which two candidates count as one phenotype (default {default})", flag="--crowding"
+    )
 
 
 def pick_winners(offspring_fit: Sequence[float], challenger_fit: Sequence[float]) -> list[bool]:
