@@ -40,6 +40,7 @@ from .specs import METRIC_ORIENTATION, check_metric, check_positive_int, oriente
 from .supervised import DESCRIPTION as RIDGE_DESCRIPTION
 from .supervised import NAME as RIDGE_NAME
 from .supervised import OneHotRidge
+from .threads import torch_threads
 from .uncertainty import DEFAULT_RESAMPLES, Bootstrap
 
 log = logging.getLogger(__name__)
@@ -291,6 +292,7 @@ def score(
     resamples: int = DEFAULT_RESAMPLES,
     reference: bool = True,
     device: str | torch.device = "cpu",
+    threads: int | None = None,
 ) -> ScoreReport:
     """Score hand-made (`proxies`: 'all' or names) and evolved (`proxy_files`) proxies on a bench.
 
@@ -300,108 +302,114 @@ def score(
     `resamples` bootstrap replicates give the intervals; `reference` adds the ridge row.
     `device` is where statistics and whole-configuration proxies run the network (emq.device;
     every worker uses it); the configurations sampled and the images seen do not depend on it.
+    `threads` is torch's intra-op thread count for the run (None: emq.threads chooses; the caller's is restored).
     """
-    from .bench import Bench
+    with torch_threads(threads):
+        from .bench import Bench
 
-    check_positive_int(resamples, "resamples")
-    device = resolve_device(device)
-    b = Bench.open(bench)
-    metric = check_metric(metric or b.default_metric)
-    names = parse_proxy_names(proxies if isinstance(proxies, str) else ",".join(proxies)) if proxies else []
-    instances = [get_proxy(n, **({"beta": ompq_beta} if n == "ompq" and ompq_beta is not None else {})) for n in names]
-    kinds = ["separable" if p.separable else "whole-config" for p in instances]
-    evolved = _load_evolved([Path(p) for p in proxy_files])
-    instances += evolved
-    kinds += ["evolved"] * len(evolved)
-    if not instances:
-        raise EmqError("no proxy to score: give --proxies and/or --proxy FILE")
-    setup = BenchSetup.of(b, model, data, weights)
-    target, settings = setup.target, setup.ptq
-    cells = _Cells(b, metric, resamples)
-    stats_seconds = 0.0
-    if stats is None and any(p.separable for p in instances):
-        t0 = time.perf_counter()
-        stats = setup.network_stats(progress, device)
-        stats_seconds = time.perf_counter() - t0
-    skipped = {}
-    if target.data is None:  # a bundle without its data: whole-configuration proxies quantize the model on it
-        skipped = {
-            p.name: "needs the bench's data (it quantizes the model on it); install the data or pass --data"
-            for p in instances
-            if not p.separable
-        }
-        for name, reason in skipped.items():
-            log.warning("not scoring %s: %s", name, reason)
-        keep = [i for i, p in enumerate(instances) if p.separable]
-        instances, kinds = [instances[i] for i in keep], [kinds[i] for i in keep]
+        check_positive_int(resamples, "resamples")
+        device = resolve_device(device)
+        b = Bench.open(bench)
+        metric = check_metric(metric or b.default_metric)
+        names = parse_proxy_names(proxies if isinstance(proxies, str) else ",".join(proxies)) if proxies else []
+        instances = [
+            get_proxy(n, **({"beta": ompq_beta} if n == "ompq" and ompq_beta is not None else {})) for n in names
+        ]
+        kinds = ["separable" if p.separable else "whole-config" for p in instances]
+        evolved = _load_evolved([Path(p) for p in proxy_files])
+        instances += evolved
+        kinds += ["evolved"] * len(evolved)
         if not instances:
-            raise EmqError(
-                f"bench {b.path}: its data is not installed, and every proxy asked for ({', '.join(skipped)}) needs it; install the data or pass --data"
-            )
-    ctx = ProxyContext(target, tuple(b.bits), settings, stats, device=device)
-    whole_ctx = ProxyContext(
-        target, tuple(b.bits), settings, device=device
-    )  # without statistics: what executors ship to workers
-    search, heldout = cells.ok & ~b.heldout, cells.ok & b.heldout
-    results = []
-    with executor_for(executor, workers) as pool:
-        for proxy, kind in zip(instances, kinds, strict=True):
-            if proxy.separable:
-                rows = np.flatnonzero(cells.ok)
-            else:
-                rows = np.union1d(_sample(search, limit, SAMPLE_SEED), _sample(heldout, limit, SAMPLE_SEED + 1))
-            log.info("scoring %s on %d configurations", proxy.name, len(rows))
-            scores, seconds = _proxy_scores(
-                proxy, ctx if proxy.separable else whole_ctx, b.configs[rows], progress, pool
-            )
+            raise EmqError("no proxy to score: give --proxies and/or --proxy FILE")
+        setup = BenchSetup.of(b, model, data, weights)
+        target, settings = setup.target, setup.ptq
+        cells = _Cells(b, metric, resamples)
+        stats_seconds = 0.0
+        if stats is None and any(p.separable for p in instances):
+            t0 = time.perf_counter()
+            stats = setup.network_stats(progress, device)
+            stats_seconds = time.perf_counter() - t0
+        skipped = {}
+        if target.data is None:  # a bundle without its data: whole-configuration proxies quantize the model on it
+            skipped = {
+                p.name: "needs the bench's data (it quantizes the model on it); install the data or pass --data"
+                for p in instances
+                if not p.separable
+            }
+            for name, reason in skipped.items():
+                log.warning("not scoring %s: %s", name, reason)
+            keep = [i for i, p in enumerate(instances) if p.separable]
+            instances, kinds = [instances[i] for i in keep], [kinds[i] for i in keep]
+            if not instances:
+                raise EmqError(
+                    f"bench {b.path}: its data is not installed, and every proxy asked for ({', '.join(skipped)}) needs it; install the data or pass --data"
+                )
+        ctx = ProxyContext(target, tuple(b.bits), settings, stats, device=device)
+        whole_ctx = ProxyContext(
+            target, tuple(b.bits), settings, device=device
+        )  # without statistics: what executors ship to workers
+        search, heldout = cells.ok & ~b.heldout, cells.ok & b.heldout
+        results = []
+        with executor_for(executor, workers) as pool:
+            for proxy, kind in zip(instances, kinds, strict=True):
+                if proxy.separable:
+                    rows = np.flatnonzero(cells.ok)
+                else:
+                    rows = np.union1d(_sample(search, limit, SAMPLE_SEED), _sample(heldout, limit, SAMPLE_SEED + 1))
+                log.info("scoring %s on %d configurations", proxy.name, len(rows))
+                scores, seconds = _proxy_scores(
+                    proxy, ctx if proxy.separable else whole_ctx, b.configs[rows], progress, pool
+                )
+                results.append(
+                    cells.score(
+                        proxy.name, proxy.description, kind, proxy.orientation, proxy.cost, rows, scores, seconds
+                    )
+                )
+        if reference:
+            rows = np.flatnonzero(cells.ok)
+            fit_rows = np.flatnonzero(search)
+            t0 = time.perf_counter()
+            ridge = OneHotRidge(b.bits).fit(b.configs[fit_rows], cells.values["fit"][fit_rows])
+            pred = ridge.predict(b.configs[rows])
             results.append(
-                cells.score(proxy.name, proxy.description, kind, proxy.orientation, proxy.cost, rows, scores, seconds)
+                cells.score(
+                    RIDGE_NAME,
+                    f"{RIDGE_DESCRIPTION}; alpha {ridge.alpha_:g}",
+                    "supervised",
+                    1,
+                    "fit on the bench",
+                    rows,
+                    pred,
+                    (time.perf_counter() - t0) / len(rows),
+                )
             )
-    if reference:
-        rows = np.flatnonzero(cells.ok)
-        fit_rows = np.flatnonzero(search)
-        t0 = time.perf_counter()
-        ridge = OneHotRidge(b.bits).fit(b.configs[fit_rows], cells.values["fit"][fit_rows])
-        pred = ridge.predict(b.configs[rows])
-        results.append(
-            cells.score(
-                RIDGE_NAME,
-                f"{RIDGE_DESCRIPTION}; alpha {ridge.alpha_:g}",
-                "supervised",
-                1,
-                "fit on the bench",
-                rows,
-                pred,
-                (time.perf_counter() - t0) / len(rows),
-            )
+        faithful = {p.name for p in instances if p.faithful}
+        handmade = [
+            p
+            for p in results
+            if p.kind in ("separable", "whole-config")
+            and p.name in faithful
+            and p.correlations["spearman_search_fit"] is not None
+        ]
+        best = max(handmade, key=lambda p: p.correlations["spearman_search_fit"], default=None)
+        if best is not None:
+            for p in results:
+                if p is not best:
+                    p.paired = cells.paired(p, best)
+        rel = b.reliability.get(metric) if b.pools is not None else None
+        return ScoreReport(
+            str(b.path),
+            target.name,
+            metric,
+            b.ceiling.get(metric),
+            rel,
+            b.pools.summary() if b.pools is not None else None,
+            best.name if best else None,
+            resamples,
+            stats_seconds,
+            results,
+            skipped,
         )
-    faithful = {p.name for p in instances if p.faithful}
-    handmade = [
-        p
-        for p in results
-        if p.kind in ("separable", "whole-config")
-        and p.name in faithful
-        and p.correlations["spearman_search_fit"] is not None
-    ]
-    best = max(handmade, key=lambda p: p.correlations["spearman_search_fit"], default=None)
-    if best is not None:
-        for p in results:
-            if p is not best:
-                p.paired = cells.paired(p, best)
-    rel = b.reliability.get(metric) if b.pools is not None else None
-    return ScoreReport(
-        str(b.path),
-        target.name,
-        metric,
-        b.ceiling.get(metric),
-        rel,
-        b.pools.summary() if b.pools is not None else None,
-        best.name if best else None,
-        resamples,
-        stats_seconds,
-        results,
-        skipped,
-    )
 
 
 def paired_difference(report: ScoreReport, a: ProxyScore, b: ProxyScore) -> dict[str, Any] | None:

@@ -21,12 +21,17 @@ On disk (`save_stats` / `load_stats`) the statistics are one torch file of plain
 lists, strings and numbers, loadable with ``torch.load(weights_only=True)`` (no pickle code
 runs), plus a content digest over every tensor and field: a truncated or altered file is
 rejected, never trusted.
+
+A shipped bundle may leave out the activation-shaped fields (``meta["omitted"]``: they take
+a second to recompute from data that ships, and are most of a file's size); such a partial
+file is read only with ``load_stats(path, partial=True)`` and completed before use
+(`emq.search_space.shipped`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -36,6 +41,7 @@ from emq.fileio import atomic_write
 from emq.hashing import tensor_digest
 
 TENSOR_FIELDS = ("W", "G", "VG", "H", "A", "Y", "GY", "AE", "Q", "E", "SG", "FD")
+ACTIVATION_FIELDS = ("A", "Y", "GY", "AE")  # what a partial (shipped) file may leave out
 SCALAR_FIELDS = ("trace", "eig", "params", "macs", "out_channels")
 FORMAT = "emq-stats/2"
 
@@ -82,6 +88,33 @@ class NetworkStats:
         """How the Hessian estimates converged (settings, probes, per-layer iterations and changes); {} if not recorded."""
         return dict(self.meta.get("hessian", {}).get("convergence", {}))
 
+    @property
+    def omitted(self) -> tuple[str, ...]:
+        """Fields a partial file left out (empty tensors here); () for complete statistics."""
+        return tuple(self.meta.get("omitted", ()))
+
+
+def select_bits(ns: NetworkStats, bits: tuple[int, ...]) -> NetworkStats:
+    """The same statistics for a subset of their bit-widths (Q_b and E_b are per bit, independent)."""
+    if tuple(bits) == tuple(ns.bits):
+        return ns
+    missing = sorted(set(bits) - set(ns.bits))
+    if missing:
+        raise EmqError(f"statistics hold bits {list(ns.bits)}, not {missing}")
+    idx = [ns.bits.index(b) for b in bits]
+    layers = [replace(layer, Q=layer.Q[idx], E=layer.E[idx]) for layer in ns.layers]
+    return NetworkStats(tuple(bits), layers, list(ns.layer_slot), dict(ns.meta))
+
+
+def omit_fields(ns: NetworkStats, fields: tuple[str, ...] = ACTIVATION_FIELDS) -> NetworkStats:
+    """A partial copy without `fields` (stored empty), for a bundle whose data ships."""
+    unknown = set(fields) - set(ACTIVATION_FIELDS)
+    if unknown:
+        raise EmqError(f"only activation-shaped fields may be left out, not {sorted(unknown)}")
+    empty = {f: torch.empty(0) for f in fields}
+    layers = [replace(layer, **empty) for layer in ns.layers]
+    return NetworkStats(ns.bits, layers, list(ns.layer_slot), {**ns.meta, "omitted": list(fields)})
+
 
 def _digest(tensors: dict[str, torch.Tensor], header: dict) -> str:
     keys = sorted(tensors)
@@ -109,8 +142,9 @@ def save_stats(stats: NetworkStats, path: str | Path) -> Path:
     return path
 
 
-def load_stats(path: str | Path) -> NetworkStats:
-    """Read a statistics file written by `save_stats`; EmqError if it is missing, corrupt or foreign."""
+def load_stats(path: str | Path, partial: bool = False) -> NetworkStats:
+    """Read a statistics file written by `save_stats`; EmqError if it is missing, corrupt or foreign,
+    or partial (fields left out) unless `partial`."""
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -129,6 +163,12 @@ def load_stats(path: str | Path) -> NetworkStats:
         )
     if _digest(tensors, header) != digest:
         raise EmqError(f"{path}: content digest mismatch (the file is damaged); delete it and recompute")
+    omitted = header["meta"].get("omitted") if isinstance(header.get("meta"), dict) else None
+    if omitted and not partial:
+        raise EmqError(
+            f"{path}: partial statistics (without {', '.join(omitted)}); complete them with "
+            "emq.search_space.shipped.complete_stats"
+        )
     layers = []
     for i, name in enumerate(header["names"]):
         scalars = dict(zip(SCALAR_FIELDS, header["scalars"][i], strict=True))
