@@ -9,7 +9,7 @@ the CPU time unchanged and stretches the wall time). `--threads N` adds `--threa
 command (e.g. the core count, to see torch's own default again).
 
 Usage: python benchmarks/contention.py [--busy 2] [--threads N] [-- emq ARGS...]
-       (default command: emq stats --model vgg-digits --no-cache -q)
+       (default command: emq -q stats --model vgg-digits --no-cache)
 Needs only emq's core dependencies (no extra).
 """
 
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_COMMAND = ["stats", "--model", "vgg-digits", "--no-cache", "-q"]
+DEFAULT_COMMAND = ["-q", "stats", "--model", "vgg-digits", "--no-cache"]
 
 
 def _cpu_children() -> float:
@@ -44,7 +44,11 @@ def run_once(command: list[str], busy: int) -> dict:
         load = os.getloadavg()
         cpu0, t0 = _cpu_children(), time.perf_counter()
         done = subprocess.run(
-            command, env={**os.environ, "EMQ_CACHE_DIR": str(cache)}, stdout=subprocess.DEVNULL, check=False
+            command,
+            env={**os.environ, "EMQ_CACHE_DIR": str(cache)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
         )
         wall, cpu = time.perf_counter() - t0, _cpu_children() - cpu0
     finally:
@@ -54,7 +58,7 @@ def run_once(command: list[str], busy: int) -> dict:
             p.wait()
         shutil.rmtree(cache, ignore_errors=True)
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} exited with {done.returncode}")
+        raise SystemExit(f"{' '.join(command)} exited with {done.returncode}: run it alone to see why")
     return {"busy": busy, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "load_before": [round(x, 2) for x in load]}
 
 

@@ -157,26 +157,72 @@ def _load_evolved(paths: Sequence[Path]) -> list[Proxy]:
     return [load_proxy(Path(p)) for p in paths]
 
 
-def _score_one(ctx: ProxyContext, task: tuple[Proxy, np.ndarray]) -> float:
-    """An executor task: one whole-configuration score. The context (target, settings and the
-    proxies' shared cache: PTQ engine, FP references) is shipped once and kept by each worker."""
-    proxy, config = task
-    return float(proxy.oriented_scores(ctx, config[None])[0])
+def _score_whole(
+    ctx: ProxyContext, task: tuple[tuple[Proxy, ...], np.ndarray]
+) -> tuple[list[float], float, list[float]]:
+    """An executor task: every whole-configuration proxy's score of one configuration, the
+    seconds of the PTQ pass they share and each proxy's own seconds. The context (target,
+    settings and the proxies' shared cache: PTQ engine, FP references) is shipped once and
+    kept by each worker."""
+    from .baselines.whole_config import prepared
 
-
-def _proxy_scores(
-    proxy: Proxy, ctx: ProxyContext, configs: np.ndarray, progress: bool, executor: Executor | None
-) -> tuple[np.ndarray, float]:
-    """Oriented scores of `configs` and seconds per configuration. Whole-configuration proxies
-    go through `executor` with `ctx` as the shared context (give one without statistics)."""
+    proxies, config = task
+    for proxy in proxies:  # once per worker: the FP references, before any configuration is prepared
+        proxy.reference(ctx)
     t0 = time.perf_counter()
-    if proxy.separable:
-        scores = proxy.oriented_scores(ctx, configs)
-    else:
-        jobs = (executor or make_executor("serial")).map(_score_one, [(proxy, c) for c in configs], context=ctx)
-        scores = np.array(
-            list(tqdm(jobs, total=len(configs), desc=proxy.name, unit="cfg", disable=not progress)), dtype=np.float64
-        )
+    prepared(ctx, config)
+    shared = time.perf_counter() - t0
+    scores, seconds = [], []
+    for proxy in proxies:
+        t0 = time.perf_counter()
+        scores.append(float(proxy.oriented_scores(ctx, config[None])[0]))
+        seconds.append(time.perf_counter() - t0)
+    return scores, shared, seconds
+
+
+ESTIMATE_AFTER = 3  # configurations timed before the run's length is announced
+ANNOUNCE_SECONDS = 20.0  # runs estimated to take longer are announced
+
+
+def _whole_config_scores(
+    proxies: Sequence[Proxy], ctx: ProxyContext, configs: np.ndarray, progress: bool, executor: Executor | None
+) -> tuple[np.ndarray, list[float]]:
+    """Oriented scores [N, P] of whole-configuration proxies sharing one PTQ pass per
+    configuration, and each proxy's seconds per configuration as if run alone (its own time
+    plus the shared pass). How long the run will take is announced after the first few."""
+    names = ", ".join(p.name for p in proxies)
+    jobs = (executor or make_executor("serial")).map(_score_whole, [(tuple(proxies), c) for c in configs], context=ctx)
+    bar = tqdm(jobs, total=len(configs), desc=names, unit="cfg", disable=not progress)
+    rows, shared, own = [], 0.0, np.zeros(len(proxies))
+    t0 = time.perf_counter()
+    for k, (scores, pass_seconds, seconds) in enumerate(bar, start=1):
+        rows.append(scores)
+        shared += pass_seconds
+        own += seconds
+        if k == min(ESTIMATE_AFTER, len(configs)) and len(configs) > k:
+            left = (time.perf_counter() - t0) / k * (len(configs) - k)
+            text = (
+                f"scoring {names} on {len(configs)} configurations: about {_duration(left)} more (from the first {k})"
+            )
+            log.info(text)
+            if progress and left > ANNOUNCE_SECONDS:
+                bar.write(text)
+    out = np.array(rows, dtype=np.float64).reshape(len(configs), len(proxies))
+    if not np.isfinite(out).all():
+        bad = proxies[int(np.flatnonzero(~np.isfinite(out).all(axis=0))[0])]
+        raise EmqError(f"proxy {bad.name}: produced NaN or infinite scores")
+    n = max(len(configs), 1)
+    return out, [(shared + o) / n for o in own]
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _proxy_scores(proxy: Proxy, ctx: ProxyContext, configs: np.ndarray) -> tuple[np.ndarray, float]:
+    """Oriented scores of `configs` by a separable (or evolved) proxy and seconds per configuration."""
+    t0 = time.perf_counter()
+    scores = proxy.oriented_scores(ctx, configs)
     if not np.isfinite(scores).all():
         raise EmqError(f"proxy {proxy.name}: produced NaN or infinite scores")
     return np.asarray(scores, dtype=np.float64), (time.perf_counter() - t0) / max(len(configs), 1)
@@ -350,21 +396,27 @@ def score(
         )  # without statistics: what executors ship to workers
         search, heldout = cells.ok & ~b.heldout, cells.ok & b.heldout
         results = []
-        with executor_for(executor, workers) as pool:
-            for proxy, kind in zip(instances, kinds, strict=True):
-                if proxy.separable:
-                    rows = np.flatnonzero(cells.ok)
-                else:
-                    rows = np.union1d(_sample(search, limit, SAMPLE_SEED), _sample(heldout, limit, SAMPLE_SEED + 1))
+        scored: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}  # instance -> rows, scores, s/config
+        for k, proxy in enumerate(instances):
+            if proxy.separable:
+                rows = np.flatnonzero(cells.ok)
                 log.info("scoring %s on %d configurations", proxy.name, len(rows))
-                scores, seconds = _proxy_scores(
-                    proxy, ctx if proxy.separable else whole_ctx, b.configs[rows], progress, pool
-                )
-                results.append(
-                    cells.score(
-                        proxy.name, proxy.description, kind, proxy.orientation, proxy.cost, rows, scores, seconds
-                    )
-                )
+                scored[k] = (rows, *_proxy_scores(proxy, ctx, b.configs[rows]))
+        whole = [k for k, p in enumerate(instances) if not p.separable]
+        if whole:
+            rows = np.union1d(_sample(search, limit, SAMPLE_SEED), _sample(heldout, limit, SAMPLE_SEED + 1))
+            proxies_whole = [instances[k] for k in whole]
+            log.info("scoring %s on %d configurations", ", ".join(p.name for p in proxies_whole), len(rows))
+            with executor_for(executor, workers) as pool:
+                table, seconds = _whole_config_scores(proxies_whole, whole_ctx, b.configs[rows], progress, pool)
+            for j, k in enumerate(whole):
+                scored[k] = (rows, table[:, j], seconds[j])
+        results = []
+        for k, (proxy, kind) in enumerate(zip(instances, kinds, strict=True)):
+            rows, scores, seconds = scored[k]
+            results.append(
+                cells.score(proxy.name, proxy.description, kind, proxy.orientation, proxy.cost, rows, scores, seconds)
+            )
         if reference:
             rows = np.flatnonzero(cells.ok)
             fit_rows = np.flatnonzero(search)
