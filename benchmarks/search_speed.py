@@ -10,6 +10,8 @@ Measures on one bench (default: the shipped one), in the same run:
    EMQ scores), timed on a sample of configurations and extrapolated to the split.
 
 Usage: python benchmarks/search_speed.py [--bench default] [--generations 100] [--population 64]
+
+Needs only emq's core dependencies (no extra).
 """
 
 from __future__ import annotations
