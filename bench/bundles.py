@@ -1,7 +1,9 @@
 """The benches shipped with emq, as bundles: the bench SQLite, the model's weights (an
-embedded model, emq/assets) and, for benches whose data does not ship with a package, the
-model's statistics, so `emq search` and `emq score --bench NAME` run with no data set
-installed. Building, allocating and verifying need the data.
+embedded model, emq/assets) and the model's statistics, used whenever they match a request
+(emq.search_space.shipped): `emq search` and `emq score --bench NAME` start in seconds and
+run with no data set installed. A bundle whose data ships with emq may ship partial
+statistics (without the activation fields, recomputed from the data in a second). Building,
+allocating and verifying need the data.
 
 Adding a bundle is one entry here plus its files (see the README's build commands).
 """
@@ -20,7 +22,7 @@ class Bundle:
     name: str
     file: str  # the bench, in emq/bench/data
     model: str  # an embedded model (emq.models.EMBEDDED_MODELS): its weights ship in emq/assets
-    stats: str | None  # statistics file in emq/bench/data (None: the data ships, statistics are computed)
+    stats: str | None  # statistics file in emq/bench/data (None: none ships, statistics are computed)
     summary: str
     # `emq bench build` flags that rebuild it (besides --model and --out): scripts/build_zoo.py runs them
     build: tuple[str, ...] = ()
@@ -69,14 +71,14 @@ BUNDLES: dict[str, Bundle] = {
             "default",
             "default.sqlite",
             "default",
-            None,
+            "default.stats.pt",
             "1,000 uniform random configurations (MQ-Bench-101 style), MSE-clipped rounding",
         ),
         Bundle(
             "stratified",
             "stratified.sqlite",
             "default",
-            None,
+            "default.stats.pt",
             "1,000 configurations spread evenly over model size, MSE-clipped rounding",
         ),
         Bundle(
@@ -138,6 +140,12 @@ def resolve_bench_path(path: str | Path) -> Path:
             raise EmqError(f"the shipped bench {path!r} is not in this installation; {build_hint(BUNDLES[str(path)])}")
         return p
     return Path(path)
+
+
+def stats_files(model: str) -> list[Path]:
+    """The shipped statistics files of an embedded model (benches of one model may share one)."""
+    paths = {b.stats_path for b in BUNDLES.values() if b.model == model and b.stats_path is not None}
+    return sorted(p for p in paths if p.is_file())
 
 
 def bundle_of(path: str | Path) -> Bundle | None:

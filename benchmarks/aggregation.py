@@ -11,6 +11,8 @@ held-out bench (held-out configurations x report pool, never seen by any campaig
 
     python benchmarks/aggregation.py [--aggregates mean,min,mean-std] [--seeds 0,1,2] [--out runs/aggregation]
 
+    Needs only emq's core dependencies (no extra).
+
 Choosing a default from these numbers uses the held-out benches once, at the level of the
 tool's settings; the README says so next to the leave-one-out headline.
 """

@@ -4,6 +4,8 @@ the shipped benches, each evolved proxy reported on benches it was never searche
 separable hand-made proxy, the whole-configuration references and their cost.
 
     python benchmarks/transfer.py [--benches default,vgg-digits,mobilenetv2-digits,resnet20-fashion] [--seeds 0,1,2] [--out runs/transfer]
+
+    Needs only emq's core dependencies (no extra).
 """
 
 from __future__ import annotations

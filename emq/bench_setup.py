@@ -20,7 +20,7 @@ from .bench.bundles import bundle_of
 from .errors import EmqError
 from .hashing import state_dict_digest
 from .quant import PTQSettings
-from .search_space.netstats import NetworkStats, load_stats
+from .search_space.netstats import NetworkStats
 from .search_space.stats import StatsSettings
 from .specs import ParameterError
 from .target import ModelSpec, Target
@@ -34,23 +34,26 @@ class BenchSetup:
     ptq: PTQSettings
     stats: StatsSettings
     bits: tuple[int, ...]
-    stats_file: Path | None = None  # a shipped bundle's statistics, used when its data is not installed
+    stats_file: Path | None = None  # a shipped bundle's statistics (all that serves when its data is not installed)
 
     def network_stats(self, progress: bool = True, device: str | torch.device = "cpu") -> NetworkStats:
-        """The bench model's statistics: computed (and cached) from the data on `device`, else the bundle's."""
+        """The bench model's statistics: a shipped bundle's when they match (emq.search_space.shipped),
+        else computed (and cached) from the data on `device`."""
+        from .search_space.shipped import shipped_stats
         from .search_space.stats import compute_stats
 
         if self.target.data is not None:
             return compute_stats(self.target, bits=self.bits, settings=self.stats, progress=progress, device=device)
         if self.stats_file is None:
             raise EmqError(f"model {self.target.name} has no data to compute its statistics on: pass --data")
-        ns = load_stats(self.stats_file)
-        if ns.meta.get("settings") != self.stats.to_json() or tuple(ns.bits) != self.bits:
+        t = self.target
+        ns = shipped_stats(t.model, t.layer_map, self.bits, self.stats, None, device, files=[self.stats_file])
+        if ns is None:
             raise EmqError(
-                f"{self.stats_file}: the bundled statistics were computed with other settings or bits than the bench asks for; "
+                f"{self.stats_file}: the bundled statistics were computed with other settings, bits or weights than the bench asks for; "
                 "pass --data to compute them"
             )
-        log.info("statistics of %s from the bundle (%s): its data is not installed", self.target.name, self.stats_file)
+        log.info("statistics of %s from the bundle (%s): its data is not installed", t.name, self.stats_file)
         return ns
 
     @classmethod

@@ -89,6 +89,11 @@ class WholeConfigProxy(Proxy):
     def score_one(self, ctx: ProxyContext, bits: Sequence[int]) -> float:
         """Score a single configuration by looking at the quantized network."""
 
+    def reference(self, ctx: ProxyContext) -> None:
+        """Compute and cache what every configuration is compared with (e.g. the full-precision
+        output), so that proxies scoring one configuration in turn share its PTQ pass."""
+        return None
+
     def score_configs(self, ctx: ProxyContext, configs: np.ndarray) -> np.ndarray:
         return np.array([self.score_one(ctx, tuple(int(b) for b in c)) for c in np.asarray(configs)], dtype=np.float64)
 

@@ -27,12 +27,18 @@ number keep their relative precision), and ``E`` left out because it is ``Q - W`
 kept: the exact zeros of the quantization grid matter to proxies that take sqrt or log of
 it); loading restores float32. That halves a bundle; `benchmarks/stats_compaction.py`
 measures how far each proxy's correlation moves.
+rejected, never trusted.
+
+A shipped bundle may leave out the activation-shaped fields (``meta["omitted"]``: they take
+a second to recompute from data that ships, and are most of a file's size); such a partial
+file is read only with ``load_stats(path, partial=True)`` and completed before use
+(`emq.search_space.shipped`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -42,6 +48,7 @@ from emq.fileio import atomic_write
 from emq.hashing import tensor_digest
 
 TENSOR_FIELDS = ("W", "G", "VG", "H", "A", "Y", "GY", "AE", "Q", "E", "SG", "FD")
+ACTIVATION_FIELDS = ("A", "Y", "GY", "AE")  # what a partial (shipped) file may leave out
 SCALAR_FIELDS = ("trace", "eig", "params", "macs", "out_channels")
 FORMAT = "emq-stats/2"
 COMPACT_FORMAT = "emq-stats/3"
@@ -89,6 +96,33 @@ class NetworkStats:
     def convergence(self) -> dict:
         """How the Hessian estimates converged (settings, probes, per-layer iterations and changes); {} if not recorded."""
         return dict(self.meta.get("hessian", {}).get("convergence", {}))
+
+    @property
+    def omitted(self) -> tuple[str, ...]:
+        """Fields a partial file left out (empty tensors here); () for complete statistics."""
+        return tuple(self.meta.get("omitted", ()))
+
+
+def select_bits(ns: NetworkStats, bits: tuple[int, ...]) -> NetworkStats:
+    """The same statistics for a subset of their bit-widths (Q_b and E_b are per bit, independent)."""
+    if tuple(bits) == tuple(ns.bits):
+        return ns
+    missing = sorted(set(bits) - set(ns.bits))
+    if missing:
+        raise EmqError(f"statistics hold bits {list(ns.bits)}, not {missing}")
+    idx = [ns.bits.index(b) for b in bits]
+    layers = [replace(layer, Q=layer.Q[idx], E=layer.E[idx]) for layer in ns.layers]
+    return NetworkStats(tuple(bits), layers, list(ns.layer_slot), dict(ns.meta))
+
+
+def omit_fields(ns: NetworkStats, fields: tuple[str, ...] = ACTIVATION_FIELDS) -> NetworkStats:
+    """A partial copy without `fields` (stored empty), for a bundle whose data ships."""
+    unknown = set(fields) - set(ACTIVATION_FIELDS)
+    if unknown:
+        raise EmqError(f"only activation-shaped fields may be left out, not {sorted(unknown)}")
+    empty = {f: torch.empty(0) for f in fields}
+    layers = [replace(layer, **empty) for layer in ns.layers]
+    return NetworkStats(ns.bits, layers, list(ns.layer_slot), {**ns.meta, "omitted": list(fields)})
 
 
 def _digest(tensors: dict[str, torch.Tensor], header: dict) -> str:
@@ -138,8 +172,9 @@ def _expand(tensors: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]
     return out
 
 
-def load_stats(path: str | Path) -> NetworkStats:
-    """Read a statistics file written by `save_stats`; EmqError if it is missing, corrupt or foreign."""
+def load_stats(path: str | Path, partial: bool = False) -> NetworkStats:
+    """Read a statistics file written by `save_stats`; EmqError if it is missing, corrupt or foreign,
+    or partial (fields left out) unless `partial`."""
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -159,6 +194,12 @@ def load_stats(path: str | Path) -> NetworkStats:
     if _digest(tensors, header) != digest:
         raise EmqError(f"{path}: content digest mismatch (the file is damaged); delete it and recompute")
     compact = header["format"] == COMPACT_FORMAT
+    omitted = header["meta"].get("omitted") if isinstance(header.get("meta"), dict) else None
+    if omitted and not partial:
+        raise EmqError(
+            f"{path}: partial statistics (without {', '.join(omitted)}); complete them with "
+            "emq.search_space.shipped.complete_stats"
+        )
     layers = []
     for i, name in enumerate(header["names"]):
         scalars = dict(zip(SCALAR_FIELDS, header["scalars"][i], strict=True))

@@ -82,6 +82,7 @@ from emq.specs import (
     setting,
 )
 from emq.target import ModelSpec, Target, as_model_spec
+from emq.threads import check_threads, torch_threads
 
 from .hessian import (
     HessianProblem,
@@ -465,13 +466,8 @@ def _compute(
     )
     quant = [torch.stack([_f32(rounding.get(i, b)) for b in bits]) for i in range(len(layers))]
     lap("weight_noise")
-    act_noise = []
-    lo, hi = [t.cpu() for t in act["lo"]], [t.cpu() for t in act["hi"]]  # for the stored (CPU) activations
-    for i, a in enumerate(act["A"]):
-        a = _f32(a)
-        act_noise.append(
-            torch.zeros_like(a) if s.act_bits >= UNQUANTIZED_ACT_BITS else fake_quant(a, lo[i], hi[i], s.act_bits) - a
-        )
+    act_noise = activation_noise(act, s)
+    lo, hi = [t.cpu() for t in act["lo"]], [t.cpu() for t in act["hi"]]
     lap("activation_noise")
 
     out = []
@@ -526,6 +522,34 @@ def _compute(
         "device": str(device),
     }
     return NetworkStats(bits, out, list(layer_map.layer_slot), meta)
+
+
+def activation_noise(act: dict, s: StatsSettings) -> list[torch.Tensor]:
+    """AE per layer: Q(A) - A of the stored (CPU) activations at the settings' activation bits."""
+    lo, hi = [t.cpu() for t in act["lo"]], [t.cpu() for t in act["hi"]]
+    out = []
+    for i, a in enumerate(act["A"]):
+        a = _f32(a)
+        out.append(
+            torch.zeros_like(a) if s.act_bits >= UNQUANTIZED_ACT_BITS else fake_quant(a, lo[i], hi[i], s.act_bits) - a
+        )
+    return out
+
+
+def activation_fields(
+    model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Tensor, s: StatsSettings, device: torch.device
+) -> tuple[list[dict[str, torch.Tensor]], list[list[float]]]:
+    """A, Y, GY and AE per layer and the activation ranges: one pass over the calibration
+    images, the very numbers `_compute` stores (it runs the same pass first on the same copy)."""
+    work, layers = _private_copy(model, layer_map, device)
+    act = _activation_pass(work, layers, x.to(device), y.to(device), s.batch_size, s.act_cap)
+    noise = activation_noise(act, s)
+    fields = [
+        {"A": _f32(act["A"][i]), "Y": _f32(act["Y"][i]), "GY": _f32(act["GY"][i]), "AE": noise[i]}
+        for i in range(len(layers))
+    ]
+    ranges = [[float(a), float(b)] for a, b in zip(act["lo"], act["hi"], strict=True)]
+    return fields, ranges
 
 
 def _warn_unconverged(convergence: dict, names: list[str]) -> None:
@@ -665,6 +689,12 @@ def compute_stats(
                 return cached
             except EmqError as e:
                 log.warning("ignoring the statistics cache entry: %s", e)
+        if isinstance(data, DataSplits):
+            from .shipped import shipped_stats
+
+            found = shipped_stats(model, layer_map, bits, s, data, device)
+            if found is not None:
+                return found
     rounding_x = (
         data.calibration(s.rounding_calib_size, s.rounding_calib_seed, s.rounding_calib_half)[0]
         if isinstance(data, DataSplits)
@@ -690,18 +720,28 @@ def stats(
     use_cache: bool = True,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    threads: int | None = None,
 ) -> NetworkStats:
     """Per-layer statistics of a model by name (or nn.Module, or a ModelSpec holding its data,
     weights, ... too) and its data; `emq stats`.
 
     `cache_dir` is the cache root (statistics go to `<cache_dir>/stats`, as with $EMQ_CACHE_DIR);
-    `device` is where the network runs (cpu, cuda or cuda:N), checked before any model work.
+    `device` is where the network runs (cpu, cuda or cuda:N), checked before any model work;
+    `threads` is torch's intra-op thread count (None: emq.threads chooses; the caller's is restored).
     """
     device = resolve_device(device)
+    check_threads(threads)
     target = as_model_spec(model, data, weights, num_classes, input_size).resolve()
-    return compute_stats(
-        target, bits=bits, settings=settings, cache_dir=cache_dir, use_cache=use_cache, progress=progress, device=device
-    )
+    with torch_threads(threads):
+        return compute_stats(
+            target,
+            bits=bits,
+            settings=settings,
+            cache_dir=cache_dir,
+            use_cache=use_cache,
+            progress=progress,
+            device=device,
+        )
 
 
 def summarize(ns: NetworkStats) -> dict:

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
         device=args.device,
+        threads=args.threads,
     )
     if args.out:
         save_stats(ns, args.out)

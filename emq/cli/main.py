@@ -64,12 +64,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, text in COMMANDS.items():
         if command is None or name == command:
             importlib.import_module(f"emq.cli.cmd_{name}").register(sub)
+            _add_threads_arg(sub.choices[name])
         else:
             sub.add_parser(name, help=text)
     return parser
 
 
+def _add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch intra-op threads of this process (default: the usable cores other work leaves free, at least 1; "
+        "workers of --executor process/ray run one each)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    from ..threads import CpuSample
+
+    busy_since = CpuSample()  # the imports below are the window that measures how busy the cores are
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_in(argv)
     parser = build_parser(command if command in COMMANDS else "")
@@ -79,9 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     from ..errors import EmqError
     from ..specs import ParameterError
+    from ..threads import set_threads, threads_restored
 
     try:
-        return int(args.func(args) or 0)
+        with threads_restored():
+            args.threads = set_threads(args.threads, busy_since)  # commands pass it on (threads=)
+            return int(args.func(args) or 0)
     except ParameterError as e:
         print(f"emq {args.command}: error: {e.with_flag(flag_for(e.param))}", file=sys.stderr)
         return 2
