@@ -72,6 +72,11 @@ class BenchSetup:
             if bundle is not None and bundle.stats_path is not None and bundle.stats_path.is_file()
             else None
         )
+        built_for = meta.get("model")
+        if isinstance(model, str) and isinstance(built_for, str) and model != built_for and not meta.get("user_module"):
+            raise EmqError(
+                f"--model {model}: this bench is {built_for} (bench {bench.path}); drop --model to use the bench's own model"
+            )
         if isinstance(model, Target):
             target = model
         else:
@@ -82,6 +87,11 @@ class BenchSetup:
                     name, where, weights=weights, num_classes=num_classes, input_size=input_size, need_data=need_data
                 )
             except ParameterError as e:
+                if model is None and e.param == "model":  # the bench's own model, not a flag the user gave
+                    raise EmqError(
+                        f"bench {bench.path}: was built for model {name!r}, which this emq does not know ({e.problem}); "
+                        "use an emq that has that model, or a bench of a known one"
+                    ) from e
                 if stats_file is None or e.param != "data":
                     raise
                 log.info(

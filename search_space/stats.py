@@ -144,8 +144,8 @@ class StatsSettings:
             raise EmqError(
                 f"stats setting hessian_min_probes={self.hessian_min_probes} exceeds hessian_max_probes={self.hessian_max_probes}"
             )
-        if self.eig_iters < 0 or self.hessian_tol < 0 or self.eig_tol < 0:
-            raise EmqError("stats settings eig_iters, hessian_tol and eig_tol must not be negative")
+        if not (self.eig_iters >= 0 and self.hessian_tol >= 0 and self.eig_tol >= 0):  # NaN fails too
+            raise EmqError("stats settings eig_iters, hessian_tol and eig_tol must not be negative or NaN")
         check_act_bits(self.act_bits)
         if self.negative_trace not in NEGATIVE_TRACE_POLICIES:
             raise EmqError(

@@ -374,9 +374,9 @@ def allocator_for(
 
     b = bench if isinstance(bench, Bench) else Bench.open(bench)
     check_bench_settings(settings, ptq_settings(b), b.path)  # before any model work
-    model = b.meta.get("model", "default") if model is None else model
-    need = needs_data(model, data if data is not None else b.meta.get("data"), evaluate)
-    setup = BenchSetup.of(
+    name = b.meta.get("model", "default") if model is None else model
+    need = needs_data(name, data if data is not None else b.meta.get("data"), evaluate)
+    setup = BenchSetup.of(  # model None: the bench's own, so errors about it name the bench, not --model
         b, model, data, weights=weights, num_classes=num_classes, input_size=input_size, need_data=need
     )
     return Allocator(setup.target, setup.ptq, stats, setup.stats, device=device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ..errors import EmqError
@@ -114,7 +115,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """Flags whose library setting has another name, or whose NaN would pass a `< 0` check
+    and then never stop an iteration: refused with the flag's own name."""
+    if args.hessian_samples < 1:
+        raise EmqError(f"--hessian-samples {args.hessian_samples}: use 1 or more Hutchinson probes")
+    for flag, value in (("--hessian-tol", args.hessian_tol), ("--eig-tol", args.eig_tol)):
+        if not (math.isfinite(value) and value >= 0):
+            raise EmqError(f"{flag} {value}: must not be negative or NaN; give a finite tolerance >= 0, e.g. 0.01")
+
+
 def settings_from_args(args: argparse.Namespace) -> StatsSettings:
+    _check_flags(args)
     d = StatsSettings()
     max_probes = args.hessian_samples
     min_probes = (

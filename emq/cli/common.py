@@ -217,6 +217,9 @@ def open_bench(spec: str, flag: str = "--bench") -> Any:
     try:
         return Bench.open(spec)
     except EmqError as e:
+        own = f"bench {spec}: "
+        if str(e).startswith(own):  # the library names the file; the command names its flag
+            raise EmqError(f"{flag} {spec}: {str(e)[len(own) :]}") from e
         if str(spec) in str(e):
             raise
         raise EmqError(f"{flag} {spec}: {e}") from e

@@ -12,7 +12,9 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
+from typing import Any
 
 from .._version import __version__
 from .commands import COMMANDS
@@ -27,6 +29,8 @@ FLAGS = {
     "random_state": "--seed",
     "weight_symmetric": "--symmetric",
     "fmt": "--format",
+    "quantizer_options": "--quantizer-option",
+    "crowding_threshold": "--crowding",
 }
 
 CACHE_NOTE = (
@@ -48,10 +52,21 @@ def _command_in(argv: list[str]) -> str | None:
     return None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a value that starts with a minus and a digit (`--bits -1,4`, `--budget-size
+    -5KB`) is a value for its flag, so the flag's own check can say what is wrong with it, instead
+    of "expected one argument". No emq option looks like a negative number. (Python 3.13's
+    argparse does the same; its subparsers inherit the class.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; the full one of `command` only (all of them when None), one-line
     placeholders for the others (enough for `emq --help` and for choosing)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="emq",
         description="Discover training-free proxies for mixed-precision quantization and allocate bit-widths with them.",
         epilog=CACHE_NOTE,
