@@ -234,6 +234,8 @@ def bench_build(
             "give a DataSplits or a --data string ('default', 'fashion-mnist', a directory)",
         )
     check_workers(workers)  # before any model work
+    if out.exists():  # a file that is no bench, or holds schema objects emq never creates, is refused before any work
+        store.connect(out, readonly=True).close()
     settings = settings or PTQSettings()
     if settings.calib_half is None:
         settings = replace(settings, calib_half=0)

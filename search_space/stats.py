@@ -653,8 +653,12 @@ def compute_stats(
     )
     result = _compute(model, layer_map, x, y, bits, s, progress, rounding_x, cache_dir, device)
     if path is not None:
-        save_stats(result, path)
-        result.meta["cache"] = {"key": path.stem, "path": str(path), "hit": False}
+        try:
+            save_stats(result, path)
+        except EmqError as e:  # the statistics are computed: return them, say that the next run recomputes them
+            log.warning("statistics computed but not cached (%s); set a writable EMQ_CACHE_DIR to keep them", e)
+        else:
+            result.meta["cache"] = {"key": path.stem, "path": str(path), "hit": False}
     return result
 
 

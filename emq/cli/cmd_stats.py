@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 from ..errors import EmqError
+from ..fileio import writable_dir
 from ..search_space.netstats import save_stats
 from ..search_space.stats import (
     NEGATIVE_TRACE_POLICIES,
     StatsSettings,
     convergence_summary,
+    default_cache_dir,
     stats,
     summarize,
 )
@@ -153,10 +156,19 @@ def settings_from_args(args: argparse.Namespace) -> StatsSettings:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    if args.out is not None and args.out.is_dir():
+    if args.out is not None and os.path.isdir(args.out):  # False for a name too long, refused next
         raise EmqError(f"--out {args.out}: is a directory; give the file to write the statistics to")
     check_out_dir(args.out.parent if args.out is not None else None)
     check_out_dir(args.cache_dir, "--cache-dir")
+    if not args.no_cache:  # before minutes of computing, not when saving them
+        cache = default_cache_dir(args.cache_dir)
+        problem = writable_dir(cache)
+        if problem is not None:
+            where = f"--cache-dir {args.cache_dir}" if args.cache_dir is not None else "the statistics cache"
+            raise EmqError(
+                f"{where}: cannot write statistics into {cache} ({problem}); give a writable --cache-dir "
+                "(or EMQ_CACHE_DIR), or --no-cache"
+            )
     ns = stats(
         args.model,
         data=args.data,

@@ -13,7 +13,11 @@ import importlib
 import logging
 import os
 import re
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .._version import __version__
@@ -84,6 +88,28 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so every `finally` runs: temp files are
+    removed, worker pools and a Ray cluster this command started are stopped."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises Terminated while a command runs (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_in(argv)
@@ -96,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     from ..specs import ParameterError
 
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_raises():
+            return int(args.func(args) or 0)
     except ParameterError as e:
         print(f"emq {args.command}: error: {e.with_flag(flag_for(e.param))}", file=sys.stderr)
         return 2
@@ -106,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `emq ... --json | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        print(f"emq {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated); everything started was stopped on the way out
+        name = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"emq {args.command}: {name}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
 
 
 if __name__ == "__main__":
