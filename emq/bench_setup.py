@@ -71,6 +71,12 @@ class BenchSetup:
             if bundle is not None and bundle.stats_path is not None and bundle.stats_path.is_file()
             else None
         )
+        built_for = meta.get("model")
+        given = spec.model if isinstance(spec, ModelSpec) else None
+        if isinstance(given, str) and isinstance(built_for, str) and given != built_for and not meta.get("user_module"):
+            raise EmqError(
+                f"--model {given}: this bench is {built_for} (bench {bench.path}); drop --model to use the bench's own model"
+            )
         if isinstance(spec, Target):
             target = spec
         else:
@@ -78,6 +84,11 @@ class BenchSetup:
             try:
                 target = spec.resolve(need_data, default_model=name, default_data=meta.get("data"))
             except ParameterError as e:
+                if given is None and e.param == "model":  # the bench's own model, not a flag the user gave
+                    raise EmqError(
+                        f"bench {bench.path}: was built for model {name!r}, which this emq does not know ({e.problem}); "
+                        "use an emq that has that model, or a bench of a known one"
+                    ) from e
                 if stats_file is None or e.param != "data":
                     raise
                 log.info(

@@ -351,12 +351,27 @@ def _key_mismatch(own: dict, state: dict) -> str:
 
 def load_weights(model: nn.Module, path: Path) -> None:
     """Load a local state dict (plain or under 'state_dict' / 'model'), without pickle code execution."""
+    howto = "give a state dict saved with torch.save(model.state_dict(), PATH)"
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip archive (old versions: a pickle)
+            what = (
+                "is empty"
+                if not head
+                else "holds text"
+                if all(32 <= c < 127 or c in b"\t\r\n" for c in head)
+                else "holds other data"
+            )
+            raise ParameterError("weights", path, f"not a readable torch checkpoint: the file {what}; {howto}")
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as e:
         raise ParameterError("weights", path, "no such file") from e
+    except ParameterError:
+        raise
     except Exception as e:  # torch raises several types for non-checkpoint files
-        raise ParameterError("weights", path, f"not a readable torch checkpoint ({e})") from e
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+        raise ParameterError("weights", path, f"not a readable torch checkpoint ({reason}); {howto}") from e
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):

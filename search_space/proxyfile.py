@@ -198,9 +198,14 @@ def load_proxy(path: str | Path) -> EvolvedProxy:
     """Read a proxy file; malformed or unknown content raises EmqError naming the file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise EmqError(f"proxy file {path}: cannot be read ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise EmqError(
+            f"proxy file {path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+            "give an emq-proxy/1 JSON file, e.g. a run's best_proxy.json"
+        ) from e
     depth = json_depth(text)
     if depth > MAX_JSON_DEPTH:
         raise EmqError(f"proxy file {path}: nested {depth} levels deep; a proxy file has at most {MAX_JSON_DEPTH}")

@@ -169,8 +169,8 @@ class StatsSettings(QuantSpec):
             raise EmqError(
                 f"stats setting hessian_min_probes={self.hessian_min_probes} exceeds hessian_max_probes={self.hessian_max_probes}"
             )
-        if self.eig_iters < 0 or self.hessian_tol < 0 or self.eig_tol < 0:
-            raise EmqError("stats settings eig_iters, hessian_tol and eig_tol must not be negative")
+        if not (self.eig_iters >= 0 and self.hessian_tol >= 0 and self.eig_tol >= 0):  # NaN fails too
+            raise EmqError("stats settings eig_iters, hessian_tol and eig_tol must not be negative or NaN")
         if self.negative_trace not in NEGATIVE_TRACE_POLICIES:
             raise EmqError(
                 f"stats setting negative_trace={self.negative_trace!r}: use one of {', '.join(NEGATIVE_TRACE_POLICIES)}"
@@ -702,8 +702,12 @@ def compute_stats(
     )
     result = _compute(model, layer_map, x, y, bits, s, progress, rounding_x, cache_dir, device)
     if path is not None:
-        save_stats(result, path)
-        result.meta["cache"] = {"key": path.stem, "path": str(path), "hit": False}
+        try:
+            save_stats(result, path)
+        except EmqError as e:  # the statistics are computed: return them, say that the next run recomputes them
+            log.warning("statistics computed but not cached (%s); set a writable EMQ_CACHE_DIR to keep them", e)
+        else:
+            result.meta["cache"] = {"key": path.stem, "path": str(path), "hit": False}
     return result
 
 

@@ -95,8 +95,13 @@ def load_bitmap(path: str | Path, layer_map: LayerMap) -> tuple[int, ...]:
             )
         bits[s] = b
     result = tuple(int(b) for b in bits)  # type: ignore[arg-type]
-    if "slots" in doc and list(doc["slots"]) != list(result):
+    if "slots" in doc and doc["slots"] != list(result):
         raise EmqError(
-            f"bit map {path}: field 'slots' {doc['slots']} disagrees with 'modules' {list(result)}; fix or drop 'slots'"
+            f"bit map {path}: field 'slots' {doc['slots']!r:.200} disagrees with 'modules' {list(result)}; fix or drop 'slots'"
+        )
+    if "slot_names" in doc and doc["slot_names"] != list(layer_map.slot_names):
+        raise EmqError(
+            f"bit map {path}: field 'slot_names' {doc['slot_names']!r:.200} are not the slots of {layer_map.model} "
+            f"({', '.join(layer_map.slot_names[:3])}, ...); fix or drop 'slot_names'"
         )
     return result

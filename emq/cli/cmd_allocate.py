@@ -10,7 +10,7 @@ import numpy as np
 from ..allocation import Allocator, Budget, allocator_for, parse_sweep, sweep
 from ..allocation.kinds import budget_kinds, get_kind
 from ..errors import EmqError
-from ..specs import DEFAULT_BITS_TEXT, ParameterError
+from ..specs import DEFAULT_BITS_TEXT, WEIGHT_BITS_MAX, WEIGHT_BITS_MIN, ParameterError
 from .commands import COMMANDS
 from .common import (
     add_device_arg,
@@ -184,9 +184,13 @@ def _check_pins_need_no_new_statistics(pins: dict[str, int], bits_allowed: list[
 
 
 def _as_int(text: str, what: str) -> int:
-    if not text.isdigit():
-        raise EmqError(f"{what}: the bit-width must be an integer")
-    return int(text)
+    try:
+        bits = int(text)
+    except ValueError:
+        raise EmqError(f"{what}: the bit-width must be an integer, e.g. --pin conv1=8") from None
+    if not WEIGHT_BITS_MIN <= bits <= WEIGHT_BITS_MAX:
+        raise EmqError(f"{what}: {bits} is outside {WEIGHT_BITS_MIN}..{WEIGHT_BITS_MAX}; pin a bit-width in that range")
+    return bits
 
 
 def _run_sweep(

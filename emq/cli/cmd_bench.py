@@ -11,7 +11,7 @@ from ..bench.sampling import SAMPLERS
 from ..errors import EmqError
 from ..executors import Executor
 from ..quant import PTQSettings
-from ..specs import DEFAULT_ACT_BITS, DEFAULT_BITS_TEXT
+from ..specs import DEFAULT_ACT_BITS, DEFAULT_BITS_TEXT, parse_config
 from .commands import COMMANDS
 from .common import (
     add_device_arg,
@@ -119,14 +119,26 @@ def _pins(items: list[str]) -> dict[int | str, int]:
     return out
 
 
-def _configs_file(path: Path | None) -> list[str]:
+def _configs_file(path: Path | None) -> tuple[list[str], list[str]]:
+    """The configurations of a --configs-file, and for each where it is ('FILE, line N') for errors."""
     if path is None:
-        return []
+        return [], []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise EmqError(f"--configs-file {path}: cannot read ({e})") from e
-    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    configs, labels = [], []
+    for n, line in enumerate(lines, 1):
+        text = line.strip()
+        if text and not text.startswith("#"):
+            where = f"--configs-file {path}, line {n}:"
+            try:
+                parse_config(text, "config")
+            except EmqError:
+                raise EmqError(f"{where} {text[:80]!r} is not comma-separated integers, e.g. 4,3,2") from None
+            configs.append(text)
+            labels.append(where)
+    return configs, labels
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -282,13 +294,17 @@ def run_build(args: argparse.Namespace) -> int:
     settings = ptq_settings(args)
     bits = parse_bits(args.bits_allowed, "bits_allowed")
     _check_build_sizes(args, bits)
+    user = _configs_file(args.configs_file)
     with executor_from_args(args) as executor:
-        info = _build(args, settings, bits, executor)
+        info = _build(args, settings, bits, user, executor)
     emit_json(info) if args.json else _print_info(info)
     return 0
 
 
-def _build(args: argparse.Namespace, settings: PTQSettings, bits: list[int], executor: Executor) -> dict:
+def _build(
+    args: argparse.Namespace, settings: PTQSettings, bits: list[int], user: tuple[list, list], executor: Executor
+) -> dict:
+    user_configs, user_labels = user
     return bench_build(
         args.out,
         model=args.model,
@@ -299,7 +315,8 @@ def _build(args: argparse.Namespace, settings: PTQSettings, bits: list[int], exe
         bits=bits,
         pinned=_pins(args.pin),
         sampler=args.sampler,
-        user_configs=_configs_file(args.configs_file),
+        user_configs=user_configs,
+        user_labels=user_labels,
         data=args.data,
         weights=args.weights,
         input_size=args.input_size,

@@ -96,7 +96,12 @@ def _open_benches(args: argparse.Namespace) -> tuple[list, list]:
                 f"{flag} {value}: with several --bench each bench's own model and data are used; leave {flag} out"
             )
     benches = [open_bench(spec) for spec in specs]
+    seen: dict[Path, str] = {}
     for bench, spec in zip(benches, specs, strict=True):
+        path = Path(bench.path).resolve()
+        if path in seen:
+            raise EmqError(f"--bench {spec}: a bench is named twice (as {seen[path]} and {spec}); give each bench once")
+        seen[path] = spec
         check_bench_for_search(bench, spec, None)
     return benches, [None] * len(benches)
 

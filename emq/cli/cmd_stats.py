@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from pathlib import Path
 
 from ..errors import EmqError
+from ..fileio import writable_dir
 from ..search_space.netstats import save_stats
 from ..search_space.stats import (
     StatsSettings,
     convergence_summary,
+    default_cache_dir,
     stats,
     summarize,
 )
@@ -50,7 +54,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """Flags whose library setting has another name, or whose NaN would pass a `< 0` check
+    and then never stop an iteration: refused with the flag's own name."""
+    if args.hessian_max_probes < 1:
+        raise EmqError(f"--hessian-samples {args.hessian_max_probes}: use 1 or more Hutchinson probes")
+    for flag, value in (("--hessian-tol", args.hessian_tol), ("--eig-tol", args.eig_tol)):
+        if not (math.isfinite(value) and value >= 0):
+            raise EmqError(f"{flag} {value}: must not be negative or NaN; give a finite tolerance >= 0, e.g. 0.01")
+
+
 def settings_from_args(args: argparse.Namespace) -> StatsSettings:
+    _check_flags(args)
     values = field_values(args, StatsSettings)
     if values["hessian_min_probes"] is None:  # the default minimum, capped at the maximum asked for
         values["hessian_min_probes"] = min(StatsSettings.hessian_min_probes, values["hessian_max_probes"])
@@ -59,10 +74,19 @@ def settings_from_args(args: argparse.Namespace) -> StatsSettings:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    if args.out is not None and args.out.is_dir():
+    if args.out is not None and os.path.isdir(args.out):  # False for a name too long, refused next
         raise EmqError(f"--out {args.out}: is a directory; give the file to write the statistics to")
     check_out_dir(args.out.parent if args.out is not None else None)
     check_out_dir(args.cache_dir, "--cache-dir")
+    if not args.no_cache:  # before minutes of computing, not when saving them
+        cache = default_cache_dir(args.cache_dir)
+        problem = writable_dir(cache)
+        if problem is not None:
+            where = f"--cache-dir {args.cache_dir}" if args.cache_dir is not None else "the statistics cache"
+            raise EmqError(
+                f"{where}: cannot write statistics into {cache} ({problem}); give a writable --cache-dir "
+                "(or EMQ_CACHE_DIR), or --no-cache"
+            )
     ns = stats(
         args.model,
         data=args.data,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import torch
 from ..device import ACCEPTED, resolve_device
 from ..errors import EmqError
 from ..executors import Executor, executor_names, make_executor
+from ..fileio import os_reason
 from ..quant import PTQSettings
 from ..quantizers import QUANTIZERS
 from ..specs import ParameterError, parse_config
@@ -28,6 +30,7 @@ __all__ = [
     "check_bench_for_search",
     "check_out_dir",
     "check_executor_args",
+    "make_out_dir",
     "emit_json",
     "executor_from_args",
     "markdown_table",
@@ -208,17 +211,57 @@ def emit_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def shown(path: Path | str, keep: int = 60) -> str:
+    """A path for a one-line message: a very long one keeps its two ends."""
+    text = str(path)
+    return text if len(text) <= 2 * keep + 3 else f"{text[:keep]}...{text[-keep:]}"
+
+
+def _check_path_length(path: Path, flag: str) -> None:
+    """Refuse a path the file system cannot hold (a name or the whole path too long) before any
+    work, rather than when the first file is written."""
+    anchor = next((p for p in (path, *path.parents) if os.path.exists(p)), Path("."))  # False on any OSError
+    try:
+        name_max, path_max = os.pathconf(anchor, "PC_NAME_MAX"), os.pathconf(anchor, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for part in path.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise EmqError(
+                f"{flag} {shown(path)}: the name {shown(part, 20)} is {len(os.fsencode(part))} bytes long, and this file "
+                f"system allows {name_max}; give a shorter name"
+            )
+    length = len(os.fsencode(os.path.abspath(path)))
+    if length >= path_max:
+        raise EmqError(
+            f"{flag} {shown(path)}: the path is {length} bytes long, and this system allows {path_max - 1}; give a shorter path"
+        )
+
+
 def check_out_dir(path: Path | None, flag: str = "--out") -> None:
     """Refuse, before any work, a directory to write into that cannot be one: an existing
-    file, or a path below an existing file."""
+    file, a path below an existing file, or a path too long for the file system."""
     if path is None:
         return
+    _check_path_length(path, flag)
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
                 where = "is a file" if p == path else f"is below {p}, which is a file"
                 raise EmqError(f"{flag} {path}: {where}; give a directory")
             return
+
+
+def make_out_dir(path: Path, flag: str = "--out") -> None:
+    """Create the output directory now, so a place that cannot hold it (read-only, not a real
+    file system) is refused naming the flag before anything is written."""
+    check_out_dir(path, flag)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EmqError(
+            f"{flag} {shown(path)}: cannot create this directory ({os_reason(e)}); give a writable one"
+        ) from e
 
 
 def open_bench(spec: str, flag: str = "--bench") -> Any:
@@ -229,6 +272,9 @@ def open_bench(spec: str, flag: str = "--bench") -> Any:
     try:
         return Bench.open(spec)
     except EmqError as e:
+        own = f"bench {spec}: "
+        if str(e).startswith(own):  # the library names the file; the command names its flag
+            raise EmqError(f"{flag} {spec}: {str(e)[len(own) :]}") from e
         if str(spec) in str(e):
             raise
         raise EmqError(f"{flag} {spec}: {e}") from e
