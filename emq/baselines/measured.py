@@ -1,0 +1,60 @@
+"""Measured per-layer sensitivity as separable proxies (AIMET's AMP, Sony MCT, Qualcomm's SQNR method).
+
+Each table is emq.sensitivity's: slot s alone at bit b (every other slot at 8 bits), measured
+on calibration images against the full-precision network; a configuration's score is the sum
+over its slots. Higher = worse for all three (orientation -1). The tables of one context are
+measured once and shared by the three proxies (and cached on disk).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..proxy import ProxyContext, SeparableProxy
+from ..sensitivity import context_sensitivity
+from .registry import register_proxy
+
+COST = "one single-slot PTQ run per (slot, bit) on calibration images (prefix reused)"
+
+
+class _Measured(SeparableProxy):
+    metric = ""
+    needs_data = True  # it quantizes the model on the target's calibration images
+
+    def table(self, ctx: ProxyContext) -> np.ndarray:
+        return context_sensitivity(ctx).table(self.metric).copy()
+
+
+@register_proxy
+class LayerKL(_Measured):
+    name = "layer-kl"
+    order = 150
+    metric = "kl"
+    description = (
+        "measured sensitivity: KL(FP || slot alone at b bits, others at 8) on calibration images, summed over slots"
+    )
+    orientation = -1
+    cost = COST
+
+
+@register_proxy
+class LayerLoss(_Measured):
+    name = "layer-loss"
+    order = 160
+    metric = "loss"
+    description = "measured sensitivity: cross-entropy change with the slot alone at b bits (others at 8) on calibration images, summed over slots"
+    orientation = -1
+    cost = COST
+
+
+@register_proxy
+class LayerSQNR(_Measured):
+    name = "layer-sqnr"
+    order = 170
+    metric = "nsr"
+    description = (
+        "measured sensitivity: output noise-to-signal ratio 10^(-SQNR/10) of the logits with the slot alone at b bits "
+        "(others at 8) on calibration images, summed over slots (Pandey et al., 2023's per-layer SQNR)"
+    )
+    orientation = -1
+    cost = COST
