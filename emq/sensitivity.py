@@ -675,4 +675,55 @@ def context_sensitivity(ctx: Any) -> Sensitivity:
     return hit
 
 
-__all__ = ["METRICS", "Sensitivity", "SensitivitySettings", "measure_sensitivity", "context_sensitivity", "split_half"]
+def attach_sensitivity(stats: Any, sens: Sensitivity) -> Any:
+    """Put the measured tables into `stats` (NetworkStats) for the terminals MKL, MDL and MNSR;
+    saved with the statistics (`save_stats`) like every other statistic."""
+    from .search_space.primitives import MEASURED_KEY
+
+    if tuple(sens.bits) != tuple(stats.bits):
+        raise EmqError(
+            f"the sensitivity was measured for bits {list(sens.bits)}, the statistics hold {list(stats.bits)}"
+        )
+    stats.meta[MEASURED_KEY] = {
+        "bits": list(sens.bits),
+        "tables": {k: v.tolist() for k, v in sens.tables.items()},
+        "settings": sens.meta.get("settings"),
+        "images": sens.meta.get("images"),
+        "seconds": sens.meta.get("seconds"),
+        "ptq_equivalents": sens.meta.get("ptq_equivalents"),
+    }
+    return stats
+
+
+def uses_measured(terminals: Sequence[str]) -> bool:
+    """Whether a set of terminals reads the measured sensitivity."""
+    from .search_space.primitives import MEASURED_TERMINALS, raw_sources
+
+    return any(raw_sources(t) & set(MEASURED_TERMINALS) for t in terminals)
+
+
+def ensure_measured(
+    stats: Any, target: Any, ptq: PTQSettings | None, device: str | torch.device = "cpu", progress: bool = False
+) -> Any:
+    """`stats` with the measured sensitivity attached (measured at the statistics' bits, cached)."""
+    from .search_space.primitives import MEASURED_KEY
+
+    if not stats.meta.get(MEASURED_KEY):
+        data = target.require_data()
+        attach_sensitivity(
+            stats, measure_sensitivity(target.model, target.layer_map, data, stats.bits, ptq, device=device)
+        )
+    return stats
+
+
+__all__ = [
+    "METRICS",
+    "Sensitivity",
+    "SensitivitySettings",
+    "attach_sensitivity",
+    "context_sensitivity",
+    "ensure_measured",
+    "measure_sensitivity",
+    "split_half",
+    "uses_measured",
+]

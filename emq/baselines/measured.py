@@ -17,44 +17,49 @@ from .registry import register_proxy
 COST = "one single-slot PTQ run per (slot, bit) on calibration images (prefix reused)"
 
 
-class _Measured(SeparableProxy):
-    metric = ""
-    needs_data = True  # it quantizes the model on the target's calibration images
-
-    def table(self, ctx: ProxyContext) -> np.ndarray:
-        return context_sensitivity(ctx).table(self.metric).copy()
+def _table(ctx: ProxyContext, metric: str) -> np.ndarray:
+    return context_sensitivity(ctx).table(metric).copy()
 
 
 @register_proxy
-class LayerKL(_Measured):
+class LayerKL(SeparableProxy):
     name = "layer-kl"
     order = 150
-    metric = "kl"
+    needs_data = True  # it quantizes the model on the target's calibration images
     description = (
         "measured sensitivity: KL(FP || slot alone at b bits, others at 8) on calibration images, summed over slots"
     )
     orientation = -1
     cost = COST
 
+    def table(self, ctx: ProxyContext) -> np.ndarray:
+        return _table(ctx, "kl")
+
 
 @register_proxy
-class LayerLoss(_Measured):
+class LayerLoss(SeparableProxy):
     name = "layer-loss"
     order = 160
-    metric = "loss"
+    needs_data = True  # it quantizes the model on the target's calibration images
     description = "measured sensitivity: cross-entropy change with the slot alone at b bits (others at 8) on calibration images, summed over slots"
     orientation = -1
     cost = COST
 
+    def table(self, ctx: ProxyContext) -> np.ndarray:
+        return _table(ctx, "loss")
+
 
 @register_proxy
-class LayerSQNR(_Measured):
+class LayerSQNR(SeparableProxy):
     name = "layer-sqnr"
     order = 170
-    metric = "nsr"
+    needs_data = True  # it quantizes the model on the target's calibration images
     description = (
         "measured sensitivity: output noise-to-signal ratio 10^(-SQNR/10) of the logits with the slot alone at b bits "
         "(others at 8) on calibration images, summed over slots (Pandey et al., 2023's per-layer SQNR)"
     )
     orientation = -1
     cost = COST
+
+    def table(self, ctx: ProxyContext) -> np.ndarray:
+        return _table(ctx, "nsr")
