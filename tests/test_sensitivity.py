@@ -170,13 +170,53 @@ def test_tables_equal_a_brute_force_run_of_the_ptq_engine(setup, tmp_path, quant
     assert (sens.tables["kl"][:, 0] > sens.tables["kl"][:, 1]).mean() >= 0.5  # 2 bits hurt more than 3, mostly
 
 
-def test_prefix_reuse_gives_the_numbers_of_full_recomputation(setup, tmp_path):
+@pytest.mark.parametrize("policy", ["auto", "per-layer"])
+def test_prefix_reuse_gives_the_numbers_of_full_recomputation(setup, tmp_path, policy):
+    """Per layer, the downsample conv is a slot of its own that starts after bn2: bn2's replayed
+    output then meets `out += identity`, which must not reach the recording."""
+    net, _, data = setup
+    lm = build_layer_map(net, 8, "toy", in_channels=1, policy=policy)
     ptq = PTQSettings(calib_size=40, batch_size=32)
-    reused = _measure(setup, tmp_path / "a", ptq)
-    full = _measure(setup, tmp_path / "b", ptq, prefix_reuse=False)
+    s = {"min_images": 16, "max_images": 48, "target_reliability": 1.0}
+    reused = measure_sensitivity(net, lm, data, BITS, ptq, SensitivitySettings(**s), cache_dir=tmp_path / "a")
+    full = measure_sensitivity(
+        net, lm, data, BITS, ptq, SensitivitySettings(**s, prefix_reuse=False), cache_dir=tmp_path / "b"
+    )
     assert reused.meta["prefix_reuse"] and not full.meta["prefix_reuse"]
     for k in ("kl", "loss", "nsr"):
         np.testing.assert_allclose(reused.tables[k], full.tables[k], rtol=1e-12, atol=0)
+
+
+def test_an_in_place_module_is_replayed_into_its_input(setup, tmp_path):
+    """`y = bn(x); z = relu_(y); conv(z) + y`: y is z after the in-place ReLU, in a replay too."""
+    _, _, data = setup
+
+    class Aliased(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv0 = nn.Conv2d(1, 2, 3, padding=1)
+            self.bn = nn.BatchNorm2d(2)
+            self.relu = nn.ReLU(inplace=True)
+            self.conv1 = nn.Conv2d(2, 2, 3, padding=1)
+            self.fc = nn.Linear(128, 3)
+
+        def forward(self, x):
+            y = self.bn(self.conv0(x))
+            z = self.relu(y)
+            return self.fc(torch.flatten(self.conv1(z) + y, 1))
+
+    torch.manual_seed(0)
+    model = Aliased().eval()
+    model.bn.running_mean.fill_(0.3)  # so that the ReLU changes y
+    lm = build_layer_map(model, 8, "aliased", in_channels=1)
+    ptq = PTQSettings(calib_size=40, batch_size=32, bn="none")
+    s = {"min_images": 16, "max_images": 16}
+    reused = measure_sensitivity(model, lm, data, BITS, ptq, SensitivitySettings(**s), cache_dir=tmp_path / "a")
+    full = measure_sensitivity(
+        model, lm, data, BITS, ptq, SensitivitySettings(**s, prefix_reuse=False), cache_dir=tmp_path / "b"
+    )
+    assert reused.meta["prefix_reuse"]
+    np.testing.assert_allclose(reused.tables["kl"], full.tables["kl"], rtol=1e-12, atol=0)
 
 
 def test_a_stateful_module_called_twice_switches_prefix_reuse_off(setup, tmp_path):
