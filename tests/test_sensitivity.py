@@ -359,3 +359,31 @@ def test_allocate_with_layer_kl_on_a_model_with_data(setup, tmp_path, monkeypatc
     configs = configs[problem.feasible(configs)]
     best = configs[np.argmin(table[np.arange(problem.num_slots), configs].sum(1))]
     assert list(result.bits) == [BITS[j] for j in best]
+
+
+def test_score_table_shows_each_proxys_one_off_cost():
+    from emq.ranking import ProxyScore, ScoreReport, table_rows
+
+    def row(name, setup):
+        return ProxyScore(name, "", "separable", -1, "", {}, {"spearman_heldout_report": 0.9}, 0.0, setup=setup)
+
+    report = ScoreReport(
+        "b",
+        "m",
+        "kl",
+        None,
+        None,
+        None,
+        None,
+        10,
+        0.0,
+        [
+            row("layer-kl", {"seconds": 312.4, "ptq_equivalents": 24.06}),
+            row("fisher", {"seconds": 40.0, "shared": "statistics", "ptq_equivalents": None}),
+            row("size", None),
+        ],
+    )
+    headers, rows = table_rows(report)
+    cost = [r[headers.index("one-off cost")] for r in rows]
+    assert cost == ["312 s = 24.1 PTQ evals", "40 s (shared statistics)", "-"]
+    assert "PTQ-equivalent evaluations" in report.to_markdown()
