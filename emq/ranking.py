@@ -67,10 +67,10 @@ class ProxyScore:
     seconds_per_config: float
     interval: dict[str, float | None] | None = None
     paired: dict[str, Any] | None = None
-    setup: dict[str, Any] | None = None  # one-off cost on this model: seconds, PTQ-equivalent evaluations
     scores: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     metric_values: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     rows: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    setup: dict[str, Any] | None = None  # one-off cost on this model: seconds, PTQ-equivalent evaluations
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("scores", "metric_values", "rows", "correlations")}
