@@ -481,7 +481,8 @@ def split_half(per: dict[str, np.ndarray], halves: np.ndarray, seed: int) -> dic
     for k in METRICS:
         sa, sb = ta[k][rows, idx].sum(1), tb[k][rows, idx].sum(1)
         r = spearmanr(sa, sb).statistic if np.ptp(sa) > 0 and np.ptp(sb) > 0 else float("nan")
-        out[k] = None if not math.isfinite(r) else float(2 * r / (1 + r)) if r > -1 else -1.0
+        # Spearman-Brown for a positive half correlation; a negative one (no reliability) is reported as it is
+        out[k] = None if not math.isfinite(r) else float(2 * r / (1 + r)) if r > 0 else float(r)
     return out
 
 
