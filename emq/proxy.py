@@ -62,6 +62,12 @@ class Proxy(ABC):
     )
     order: int | None = None  # place in the hand-made registry (emq.baselines), unique there
     formula: str = ""  # the proxy's form inside the search space: a key of emq.search_space.pset.HANDMADE
+    needs_data: bool = False  # it quantizes the model on the target's data (no statistics can stand in)
+
+    def setup_cost(self, ctx: ProxyContext) -> dict[str, Any] | None:
+        """What the proxy spent once on this context before scoring (seconds, PTQ-equivalent
+        evaluations), when it measures that itself; None: nothing of its own (statistics are shared)."""
+        return None
 
     @abstractmethod
     def score_configs(self, ctx: ProxyContext, configs: np.ndarray) -> np.ndarray:
@@ -84,6 +90,7 @@ class SeparableProxy(Proxy):
 
 class WholeConfigProxy(Proxy):
     separable = False
+    needs_data = True
 
     @abstractmethod
     def score_one(self, ctx: ProxyContext, bits: Sequence[int]) -> float:

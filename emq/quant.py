@@ -302,12 +302,18 @@ class PTQEngine:
         return torch.cat([self.work(x[i : i + bs].to(self.device)) for i in starts])
 
     def _set_weights(self, layer_bits: Sequence[int] | None) -> None:
-        for i, m in enumerate(self.layers):
-            w = self.fp_weights[i] if layer_bits is None else self.quantized_weight(i, layer_bits[i])
-            m.weight.data.copy_(w)
-            if self.fp_biases is not None:
-                shift = 0.0 if layer_bits is None else self.rounding.output_shift(i, layer_bits[i], w)
-                m.bias.data.copy_(self.fp_biases[i] - shift)
+        for i in range(len(self.layers)):
+            self.set_layer(i, None if layer_bits is None else layer_bits[i])
+
+    def set_layer(self, layer: int, bits: int | None) -> None:
+        """Give one layer its rounded weights at `bits` (None: full precision), with its bias
+        correction when configured; BatchNorm and activation ranges are left as they are."""
+        m = self.layers[layer]
+        w = self.fp_weights[layer] if bits is None else self.quantized_weight(layer, bits)
+        m.weight.data.copy_(w)
+        if self.fp_biases is not None:
+            shift = 0.0 if bits is None else self.rounding.output_shift(layer, bits, w)
+            m.bias.data.copy_(self.fp_biases[layer] - shift)
 
     def _bias_setup(self) -> list[torch.Tensor] | None:
         """Full-precision biases for bias correction (zero biases added where a layer has none;

@@ -72,6 +72,7 @@ class ProxyScore:
     scores: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     metric_values: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     rows: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    setup: dict[str, Any] | None = None  # one-off cost on this model: seconds, PTQ-equivalent evaluations
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("scores", "metric_values", "rows", "correlations")}
@@ -127,6 +128,12 @@ class ScoreReport:
             f"ceiling {ceiling}: sqrt of the report pool's reliability (test split-half and calibration retest combined), about the best a perfect predictor reaches.",
             f"Δ: paired difference to the best hand-made proxy chosen on search x fit ({self.best_handmade or 'none'}); a proxy beats it only where the interval excludes 0.",
         ]
+        if any(p.setup for p in self.proxies):
+            lines.append(
+                "one-off cost: seconds the proxy spent once on this model when its inputs were computed (a cached result "
+                "only loads), in PTQ-equivalent evaluations: seconds / one PTQ evaluation (quantize one configuration, "
+                "evaluate the test split), timed by the measured proxies' computation."
+            )
         if self.skipped:
             lines.append("not scored: " + "; ".join(f"{n} ({why})" for n, why in self.skipped.items()) + ".")
         if self.stats_seconds:
@@ -380,11 +387,11 @@ def score(
             skipped = {
                 p.name: "needs the bench's data (it quantizes the model on it); install the data or pass --data"
                 for p in instances
-                if not p.separable
+                if p.needs_data
             }
             for name, reason in skipped.items():
                 log.warning("not scoring %s: %s", name, reason)
-            keep = [i for i, p in enumerate(instances) if p.separable]
+            keep = [i for i, p in enumerate(instances) if not p.needs_data]
             instances, kinds = [instances[i] for i in keep], [kinds[i] for i in keep]
             if not instances:
                 raise EmqError(
@@ -417,6 +424,8 @@ def score(
             results.append(
                 cells.score(proxy.name, proxy.description, kind, proxy.orientation, proxy.cost, rows, scores, seconds)
             )
+            results[-1].setup = proxy.setup_cost(ctx) if proxy.separable else None
+        _statistics_cost(results, instances, stats)
         if reference:
             rows = np.flatnonzero(cells.ok)
             fit_rows = np.flatnonzero(search)
@@ -464,6 +473,19 @@ def score(
         )
 
 
+def _statistics_cost(results: list[ProxyScore], instances: list[Proxy], stats: Any) -> None:
+    """The statistics' compute seconds (when they were computed, shared by every statistics proxy)
+    as the one-off cost of the separable proxies that read them; in PTQ-equivalent evaluations
+    when a measured proxy of the report timed one PTQ evaluation."""
+    ref = next((r.setup.get("ptq_evaluation_seconds") for r in results if r.setup), None)
+    if stats is None:
+        return
+    seconds = float(sum(stats.meta.get("seconds", {}).values()))
+    for r, proxy in zip(results, instances, strict=False):
+        if r.setup is None and proxy.separable and proxy.cost != "free":
+            r.setup = {"seconds": seconds, "shared": "statistics", "ptq_equivalents": seconds / ref if ref else None}
+
+
 def paired_difference(report: ScoreReport, a: ProxyScore, b: ProxyScore) -> dict[str, Any] | None:
     """rho(a) - rho(b) on held-out x report with the report's paired bootstrap (same replicates
     as its intervals): how two proxies of one report are compared when neither is the best
@@ -485,6 +507,7 @@ TABLE_COLUMNS = [
     ("Δρ vs best hand-made [95 % CI]", "paired"),
     ("τ held-out×report", "kendall_heldout_report"),
     ("s / config", "seconds_per_config"),
+    ("one-off cost", "setup"),
 ]
 
 
@@ -499,6 +522,15 @@ def _with_interval(v: float | None, low: float | None, high: float | None, signe
         if signed
         else f"{text} [{low:.3f}, {high:.3f}]"
     )
+
+
+def _cost_text(setup: dict[str, Any] | None) -> str:
+    """'312 s = 24.1 PTQ evals' (PTQ-equivalent evaluations: seconds / one PTQ evaluation's)."""
+    if not setup or setup.get("seconds") is None:
+        return "-"
+    eq = setup.get("ptq_equivalents")
+    shared = " (shared statistics)" if setup.get("shared") else ""
+    return f"{setup['seconds']:.0f} s" + (f" = {eq:.1f} PTQ evals" if eq is not None else "") + shared
 
 
 def table_rows(report: ScoreReport) -> tuple[list[str], list[list[Any]]]:
@@ -520,6 +552,8 @@ def table_rows(report: ScoreReport) -> tuple[list[str], list[list[Any]]]:
                 )
             elif key == "seconds_per_config":
                 row.append(f"{p.seconds_per_config:.2g}")
+            elif key == "setup":
+                row.append(_cost_text(p.setup))
             else:
                 v = getattr(p, key) if hasattr(p, key) else p.correlations.get(key)
                 row.append("n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else v))
@@ -544,6 +578,8 @@ def _csv_text(report: ScoreReport) -> str:
         "paired_low",
         "paired_high",
         "seconds_per_config",
+        "setup_seconds",
+        "setup_ptq_equivalents",
         "description",
     ]
     w = csv.writer(buf, lineterminator="\n")
@@ -554,6 +590,8 @@ def _csv_text(report: ScoreReport) -> str:
             "kind": p.kind,
             "orientation": p.orientation,
             "seconds_per_config": p.seconds_per_config,
+            "setup_seconds": (p.setup or {}).get("seconds"),
+            "setup_ptq_equivalents": (p.setup or {}).get("ptq_equivalents"),
             "description": p.description,
         }
         flat.update({f"n_{c}": v for c, v in p.n.items()})

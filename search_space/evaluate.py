@@ -16,7 +16,7 @@ import torch
 
 from .netstats import NetworkStats
 from .primitives import EPS, PRIMITIVES, TERMINALS, PrimSpec
-from .terminals import DEFAULT_ACT_SAMPLES, Packed, Segments, layer_terminal, pack
+from .terminals import DEFAULT_ACT_SAMPLES, Packed, Segments, available_terminals, layer_terminal, pack
 
 Token = tuple[str, object]
 
@@ -134,7 +134,7 @@ class TableEvaluator:
     ) -> None:
         self.stats = stats
         self.prims = prims or PRIMITIVES
-        self.terminals = tuple(terminals or TERMINALS)
+        self.terminals = tuple(terminals or available_terminals(stats))
         self.act_samples = act_samples
         self.device, self.dtype = torch.device(device), dtype
         self.packed = pack(stats, self.terminals, None, act_samples, device, dtype)

@@ -22,6 +22,7 @@ import torch
 from emq.errors import EmqError
 from emq.fileio import atomic_write_text
 from emq.proxy import ProxyContext, SeparableProxy
+from emq.sensitivity import ensure_measured, uses_measured
 from emq.specs import ParameterError
 
 from .evaluate import TableEvaluator, Token, tree_terminals
@@ -101,6 +102,8 @@ class EvolvedProxy(SeparableProxy):
             )
         key = ("evolved-table", self.key, self.act_samples)
         if key not in ctx.cache:
+            if uses_measured(tree_terminals(self.tokens)):
+                ensure_measured(ctx.stats, ctx.target, ctx.settings, ctx.device)
             full = self.stats_table(ctx.stats).cpu().numpy()
             bits = list(ctx.stats.bits)
             missing = [b for b in ctx.bits if b not in bits]

@@ -22,7 +22,7 @@ import torch
 from emq.errors import EmqError
 
 from .netstats import NetworkStats
-from .primitives import TERMINALS, InputT, OutputT, Scalar, WeightT, raw_sources
+from .primitives import MEASURED_KEY, MEASURED_TERMINALS, TERMINALS, InputT, OutputT, Scalar, WeightT, raw_sources
 
 DEFAULT_ACT_SAMPLES = 4  # enough to characterise activations; cost grows linearly with it
 
@@ -43,6 +43,12 @@ def _check_stats(stats: NetworkStats, names: Sequence[str]) -> None:
                 raise EmqError(
                     f"statistics of layer {layer.name}: {n} has {t.shape[0]} bit rows, expected {len(stats.bits)} (bits {list(stats.bits)})"
                 )
+
+
+def available_terminals(stats: NetworkStats) -> tuple[str, ...]:
+    """Every terminal these statistics can give: the measured-sensitivity ones only when it is attached."""
+    measured = bool(stats.meta.get(MEASURED_KEY))
+    return tuple(n for n in TERMINALS if measured or not raw_sources(n) & set(MEASURED_TERMINALS))
 
 
 def layer_terminal(

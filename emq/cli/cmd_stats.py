@@ -41,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     # PTQ's --bn and its calibration size do not apply here, so add_ptq_args is not used
     add_field_args(p, StatsSettings())
     p.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="also measure each slot's sensitivity (only that slot at b bits, the others at 8; KL, loss change and "
+        "output SQNR on calibration images; PTQ with default settings, --act-bits and --symmetric), with its cost",
+    )
+    p.add_argument(
         "--cache-dir",
         type=Path,
         help="cache root; statistics go to <dir>/stats (default $EMQ_CACHE_DIR, else ~/.cache/emq)",
@@ -100,9 +106,12 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
     )
+    measured = _sensitivity(args, ns) if args.sensitivity else None
     if args.out:
         save_stats(ns, args.out)
     summary = summarize(ns)
+    if measured is not None:
+        summary["sensitivity"] = measured.summary()
     if args.out:
         summary["out"] = str(args.out)
     if args.json:
@@ -141,6 +150,54 @@ def run(args: argparse.Namespace) -> int:
         + ", ".join(f"{k} {v:.2f}" for k, v in summary["seconds"].items())
         + (" (loaded from cache)" if cache.get("hit") else "")
     )
+    if measured is not None:
+        print("\n" + _sensitivity_markdown(measured))
     if args.out:
         print(f"statistics written to {args.out}")
     return 0
+
+
+def _sensitivity(args: argparse.Namespace, ns):
+    """The measured sensitivity of the same model and data at the statistics' bits, attached to `ns`."""
+    from ..quant import PTQSettings
+    from ..sensitivity import attach_sensitivity, measure_sensitivity
+    from ..target import resolve_target
+
+    target = resolve_target(
+        args.model, args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size
+    )
+    ptq = PTQSettings(act_bits=args.act_bits, weight_symmetric=args.symmetric)
+    sens = measure_sensitivity(
+        target.model,
+        target.layer_map,
+        target.require_data(),
+        ns.bits,
+        ptq,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        device=args.device,
+    )
+    attach_sensitivity(ns, sens)
+    return sens
+
+
+def _sensitivity_markdown(sens) -> str:
+    s = sens.summary()
+    headers = ["slot"] + [f"{m} {b}" for m in ("KL", "Δloss", "SQNR dB") for b in s["bits"]]
+    rows = [
+        [row["slot"]] + [row[k][str(b)] for k in ("kl", "loss", "sqnr_db") for b in s["bits"]] for row in s["slots"]
+    ]
+    rel = s["reliability"]
+    eq = s["ptq_equivalents"]
+    cached = " (loaded from cache; figures of the computation)" if (s["cache"] or {}).get("hit") else ""
+    return "\n".join(
+        [
+            markdown_table(headers, rows),
+            "",
+            f"measured sensitivity: one slot at b bits, the others at {s['rest_bits']}; {s['images']} calibration images, "
+            f"split-half reliability KL {rel['kl']}, loss {rel['loss']}, SQNR {rel['nsr']} (target {rel['target']} for KL)",
+            f"cost: {s['single_slot_evaluations']} single-slot evaluations (prefix reuse: {s['prefix_reuse']}) in "
+            f"{s['seconds']:.1f} s (rounding {s['rounding_seconds']:.1f} s) = "
+            f"{'n/a' if eq is None else f'{eq:.1f}'} PTQ evaluations of {s['ptq_evaluation_seconds']:.2f} s each, rounding excluded{cached}",
+        ]
+    )

@@ -30,6 +30,7 @@ from sklearn.base import BaseEstimator
 from emq.search_space.netstats import NetworkStats
 from emq.search_space.proxyfile import EvolvedProxy
 from emq.search_space.pset import SearchSpace, make_space
+from emq.sensitivity import uses_measured
 
 from ..errors import EmqError
 from ..executors import Executor, executor_for
@@ -222,7 +223,7 @@ class ProxySearch(BaseEstimator):
                 camp.continue_with(cfg)
             else:
                 camp = Campaign(
-                    _all_statistics(executor, given, models, loaded, cfg.device),
+                    _all_statistics(executor, given, models, loaded, cfg.device, uses_measured(space.terminals)),
                     data,
                     space,
                     cfg,
@@ -351,9 +352,11 @@ def load_fitness_data(bench: Any, metric: str | None, bits: tuple[int, ...] | No
     return FitnessData.from_bench(bench, metric, bits), bench
 
 
-def _statistics(bench: Any, model: Any, data: FitnessData, device: str = "cpu") -> NetworkStats:
-    """The bench model's statistics with the bench's settings (or defaults for bare arrays), computed on `device`."""
+def _statistics(bench: Any, model: Any, data: FitnessData, device: str = "cpu", measured: bool = False) -> NetworkStats:
+    """The bench model's statistics with the bench's settings (or defaults for bare arrays), computed on `device`;
+    `measured`: with the measured sensitivity attached (the space reads MKL, MDL or MNSR)."""
     from emq.search_space.stats import compute_stats
+    from emq.sensitivity import ensure_measured
 
     if bench is None:
         if model is None:
@@ -362,24 +365,31 @@ def _statistics(bench: Any, model: Any, data: FitnessData, device: str = "cpu") 
             )
         from emq.target import Target, resolve_target
 
-        return compute_stats(
-            model if isinstance(model, Target) else resolve_target(model), bits=data.bits, device=device
-        )
+        target = model if isinstance(model, Target) else resolve_target(model)
+        ns = compute_stats(target, bits=data.bits, device=device)
+        return ensure_measured(ns, target, None, device) if measured else ns
     from ..bench_setup import BenchSetup
 
-    return BenchSetup.of(bench, model).network_stats(device=device)
+    setup = BenchSetup.of(bench, model)
+    ns = setup.network_stats(device=device)
+    return ensure_measured(ns, setup.target, setup.ptq, device) if measured else ns
 
 
-def _statistics_task(_: Any, job: tuple[Any, Any, FitnessData, str]) -> NetworkStats:
+def _statistics_task(_: Any, job: tuple[Any, Any, FitnessData, str, bool]) -> NetworkStats:
     return _statistics(*job)
 
 
 def _all_statistics(
-    executor: Executor, given: list[Any], models: list[Any], loaded: list[tuple[FitnessData, Any]], device: str
+    executor: Executor,
+    given: list[Any],
+    models: list[Any],
+    loaded: list[tuple[FitnessData, Any]],
+    device: str,
+    measured: bool = False,
 ) -> list[NetworkStats]:
     """Every bench's statistics: the given ones, the rest computed, one model per worker when
     the executor has several (a multi-bench campaign on a cluster)."""
-    jobs = [(b, m, d, device) for s, m, (d, b) in zip(given, models, loaded, strict=True) if s is None]
+    jobs = [(b, m, d, device, measured) for s, m, (d, b) in zip(given, models, loaded, strict=True) if s is None]
     if executor.workers > 1 and len(jobs) > 1:
         computed = iter(executor.map(_statistics_task, jobs))
     else:
