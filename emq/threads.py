@@ -22,8 +22,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .specs import ParameterError
-
 log = logging.getLogger(__name__)
 
 _MIN_SAMPLE_SECONDS = 0.1  # a shorter window is topped up by sleeping (the counters tick at 100 Hz)
@@ -121,6 +119,8 @@ def check_threads(threads: object, name: str = "threads") -> int | None:
     if threads is None:
         return None
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        from .specs import ParameterError  # not at import: `emq --help` measures busy cores without numpy
+
         raise ParameterError(name, threads, "use a whole number of threads >= 1 (leave it out to choose automatically)")
     return threads
 
