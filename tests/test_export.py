@@ -39,6 +39,7 @@ NET_TOKENS = [
     ("p", "l2_w"),
     ("t", "E"),
     ("p", "mul_s"),
+    ("p", "netmean_s"),
     ("t", "tied"),
     ("t", "b"),
 ]
