@@ -5,10 +5,15 @@ from, so a form that drifts from its proxy would silently seed a different proxy
 over all of a bench's configurations must be 1.0 (a form equals its proxy's table up to a
 positive constant factor, tied layers included). Statistics: the bundled file where the bench
 ships one, else computed from the data that ships with scikit-learn (default and stratified
-share one model and one computation; a warm statistics cache makes it a load).
+share one model and one computation). That computation takes minutes (Hessians of 22 layers),
+so it goes through the user's statistics cache (~/.cache/emq, what `emq score --bench default`
+fills; entries are keyed by weights, data and settings, so sharing it cannot change a value):
+a warm cache makes it a load of seconds.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +27,10 @@ from emq.proxy import ProxyContext, table_scores
 from emq.search_space.evaluate import TableEvaluator
 from emq.search_space.netstats import NetworkStats, load_stats
 from emq.search_space.pset import HANDMADE, make_space
+from emq.search_space.stats import compute_stats
 
 SHIPPED = ("default", "stratified", "vgg-digits", "mobilenetv2-digits", "resnet20-fashion")
+USER_CACHE = Path.home() / ".cache" / "emq"  # conftest points EMQ_CACHE_DIR at a fresh folder
 _LOADED: dict[str, tuple[Bench, NetworkStats, TableEvaluator]] = {}
 
 
@@ -32,7 +39,13 @@ def _bench(name: str) -> tuple[Bench, NetworkStats, TableEvaluator]:
     if name not in _LOADED:
         bench = Bench.open(name)
         path = BUNDLES[name].stats_path
-        stats = load_stats(path) if path is not None else BenchSetup.of(bench).network_stats(progress=False)
+        if path is not None:
+            stats = load_stats(path)
+        else:
+            setup = BenchSetup.of(bench)
+            stats = compute_stats(
+                setup.target, bits=setup.bits, settings=setup.stats, progress=False, cache_dir=USER_CACHE
+            )
         space = make_space()
         _LOADED[name] = bench, stats, TableEvaluator(stats, space.terminals, space.prims, probe_layers=1)
     return _LOADED[name]
