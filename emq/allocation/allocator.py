@@ -8,7 +8,6 @@ engine across calls so sweeps and comparisons pay for them once.
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -125,15 +124,12 @@ def resolve_proxy(spec: Proxy | str | Path) -> Proxy:
         return spec
     text = str(spec)
     if text.endswith(".json") or Path(text).is_file():
-        return _optional("emq.search_space.proxyfile", "load_proxy", "proxy JSON files")(Path(text))
-    return _optional("emq.baselines", "get_proxy", "named proxies")(text)
+        from ..search_space.proxyfile import load_proxy
 
+        return load_proxy(Path(text))
+    from ..baselines import get_proxy
 
-def _optional(module: str, attr: str, what: str) -> Any:
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise EmqError(f"{what} are not available in this installation ({module}.{attr} is missing)") from e
+    return get_proxy(text)
 
 
 class _LazyStatsContext(ProxyContext):

@@ -7,10 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..allocation import Allocator, Budget, allocator_for, parse_sweep, sweep
-from ..allocation.kinds import budget_kinds, get_kind
-from ..errors import EmqError
-from ..specs import ParameterError
+from ..api import (
+    Allocator,
+    Budget,
+    EmqError,
+    ParameterError,
+    allocator_for,
+    budget_kinds,
+    get_kind,
+    parse_sweep,
+    resolve_proxy,
+    sweep,
+)
 from .commands import COMMANDS
 from .common import (
     add_device_arg,
@@ -175,8 +183,6 @@ def _check_pins_need_no_new_statistics(pins: dict[str, int], bits_allowed: list[
     extra = {k: b for k, b in pins.items() if b not in bits_allowed}
     if not extra:
         return
-    from ..allocation.allocator import resolve_proxy
-
     needy = [p for p in proxies if resolve_proxy(p).cost.startswith("statistics")]
     if needy:
         slot, b = next(iter(extra.items()))

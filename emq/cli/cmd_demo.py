@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import EmqError
-from ..evolution.engine import SearchConfig
-from ..pipeline_demo import demo
+from ..api import EmqError, SearchConfig, demo
 from .commands import COMMANDS
 from .common import (
     add_device_arg,

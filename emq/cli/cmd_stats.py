@@ -5,15 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import EmqError
-from ..search_space.netstats import save_stats
-from ..search_space.stats import (
-    NEGATIVE_TRACE_POLICIES,
-    StatsSettings,
-    convergence_summary,
-    stats,
-    summarize,
-)
+from ..api import NEGATIVE_TRACE_POLICIES, EmqError, StatsSettings, convergence_summary, save_stats, stats, summarize
 from .commands import COMMANDS
 from .common import (
     add_device_arg,

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-from .._version import __version__
+from .. import __version__
 from .commands import COMMANDS
 
 # Python parameter names whose flag is not simply --name-with-dashes
@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    from ..errors import EmqError
-    from ..specs import ParameterError
+    from ..api import EmqError, ParameterError  # the command's module has imported the API already
 
     try:
         return int(args.func(args) or 0)
