@@ -86,9 +86,9 @@ class Allocation:
         rows = [[i, name, b] for i, (name, b) in enumerate(zip(self.slot_names, self.bits))]
         return markdown_table(["slot", "name", "bits"], rows) + "\n\n" + self.summary()
 
-    def save(self, out_dir: str | Path) -> dict[str, Path]:
+    def save(self, out_dir: str | Path) -> list[Path]:
         """Write bitmap.json (keyed by module, for deployment) and allocation.json (this
-        document) into `out_dir`; returns their paths."""
+        document) into `out_dir`; returns their paths, in that order."""
         if self.layer_map is None:
             raise EmqError(
                 "this allocation has no layer map (it was not made by an Allocator); save it with save_bitmap"
@@ -105,7 +105,7 @@ class Allocation:
         }
         save_bitmap(paths["bitmap"], self.layer_map, self.bits, self.act_bits, provenance)
         atomic_write_text(paths["allocation"], json.dumps(self.to_json(), indent=2) + "\n")
-        return paths
+        return list(paths.values())
 
 
 def as_budgets(spec: BudgetSpec | None) -> list[Budget]:

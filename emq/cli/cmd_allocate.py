@@ -166,13 +166,13 @@ def run(args: argparse.Namespace) -> int:
         return _run_sweep(args, allocator, values, budgets, bits_allowed, pins)
     problem = allocator.problem(budgets, bits_allowed, pins, slot_bits, ties)
     alloc = allocator.allocate(args.proxy, problem, args.evaluate, search_evaluations=args.search_evals, seed=args.seed)
-    paths = alloc.save(args.out) if args.out is not None else {}
+    bitmap = alloc.save(args.out)[0] if args.out is not None else None
     if args.json:
-        emit_json(alloc.to_json() | ({"bitmap": str(paths["bitmap"])} if paths else {}))
+        emit_json(alloc.to_json() | ({"bitmap": str(bitmap)} if bitmap else {}))
         return 0
     print(alloc.to_markdown())
-    if paths:
-        print(f"bit map: {paths['bitmap']}")
+    if bitmap:
+        print(f"bit map: {bitmap}")
     return 0
 
 
@@ -227,10 +227,10 @@ def _run_sweep(
         raise EmqError(
             f"--sweep {args.sweep}: no budget in the range is feasible ({res.skipped[0][2] if res.skipped else 'nothing allocated'})"
         )
-    paths = res.save(args.out)
+    csv, png = res.save(args.out)
     if args.json:
-        emit_json(res.to_json() | {"csv": str(paths["csv"]), "png": str(paths["png"])})
+        emit_json(res.to_json() | {"csv": str(csv), "png": str(png)})
         return 0
     print(res.to_markdown())
-    print(f"\nwrote {paths['csv']} and {paths['png']}")
+    print(f"\nwrote {csv} and {png}")
     return 0
