@@ -9,8 +9,7 @@ flags from them, so a plugin with options is one new file.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -43,18 +42,6 @@ class Option:
         """The argparse destination of `cli_flag`."""
         return self.cli_flag.lstrip("-").replace("-", "_")
 
-    def check(self, value: Any, param: str | None = None) -> Any:
-        """`value` as this option's type, refused (naming `param`, default the option) when it
-        is not one or is below `minimum`."""
-        param = param or self.name
-        try:
-            out = (str(value).lower() in ("1", "true", "yes")) if self.type is bool else self.type(value)
-        except (TypeError, ValueError) as e:
-            raise ParameterError(param, value, f"must be a {self.type.__name__}") from e
-        if self.minimum is not None and not (math.isfinite(out) and out >= self.minimum):
-            raise ParameterError(param, value, f"use a number >= {self.minimum:g}")
-        return out
-
 
 class Registry(Mapping[str, T], Generic[T]):
     """Named entries of one kind (`what`, e.g. "executor"); unknown names are refused naming `param`."""
@@ -75,14 +62,6 @@ class Registry(Mapping[str, T], Generic[T]):
         if self.order == "name":
             self._entries = dict(sorted(self._entries.items()))
         return entry
-
-    def register(self, name: str | None = None) -> Callable[[T], T]:
-        """Class decorator: register the class under `name` (default: its `name` attribute)."""
-
-        def deco(entry: T) -> T:
-            return self.add(name if name is not None else getattr(entry, "name", ""), entry)
-
-        return deco
 
     def remove(self, name: str) -> None:
         """Forget `name` (tests and plugins that register temporary entries)."""
