@@ -193,6 +193,7 @@ def bench_build(
     pinned: Mapping[int | str, int] | None = None,
     sampler: str = "stratified",
     user_configs: Sequence[Sequence[int] | str] = (),
+    user_labels: Sequence[str] | None = None,
     data: str | DataSplits | None = None,
     weights: Path | str | None = None,
     input_size: int | None = None,
@@ -217,6 +218,7 @@ def bench_build(
     rounding (GPTQ, AdaRound) is prepared once here, before any configuration, and cached.
     `device` is where every worker runs the network (emq.device): recorded in the build's log
     entry, not part of the bench's identity, so a build may be resumed on another device.
+    `user_labels` name the user's configurations in errors (e.g. a file and its line numbers).
     """
     out = Path(out)
     if not isinstance(model, (str, nn.Module)):
@@ -232,15 +234,32 @@ def bench_build(
             "give a DataSplits or a --data string ('default', 'fashion-mnist', a directory)",
         )
     check_workers(workers)  # before any model work
+    if out.exists():  # a file that is no bench, or holds schema objects emq never creates, is refused before any work
+        store.connect(out, readonly=True).close()
     settings = settings or PTQSettings()
     if settings.calib_half is None:
         settings = replace(settings, calib_half=0)
     spec = EvalSpec(
-        model, data, str(weights) if weights else None, input_size, num_classes, settings, test_limit, name, str(device)
+        model=model,
+        data=data,
+        weights=str(weights) if weights else None,
+        input_size=input_size,
+        num_classes=num_classes,
+        settings=settings,
+        test_limit=test_limit,
+        name=name,
+        device=str(device),
     )
     lm = engine_for(spec).layer_map
     space = ConfigSpace.for_layer_map(lm, bits, pinned, settings.act_bits)
-    user = [config_text(space.validate(c, f"user configuration #{i + 1}")) for i, c in enumerate(user_configs)]
+    labels = (
+        list(user_labels)
+        if user_labels is not None
+        else [f"user configuration #{i + 1}" for i in range(len(user_configs))]
+    )
+    if len(labels) != len(user_configs):
+        raise ParameterError("user_labels", len(labels), f"give one label per user configuration ({len(user_configs)})")
+    user = [config_text(space.validate(c, what)) for c, what in zip(user_configs, labels, strict=True)]
     plan = [
         (config_text(c), src)
         for c, src in plan_configs(

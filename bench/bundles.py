@@ -1,7 +1,9 @@
 """The benches shipped with emq, as bundles: the bench SQLite, the model's weights (an
-embedded model, emq/assets) and, for benches whose data does not ship with a package, the
-model's statistics, so `emq search` and `emq score --bench NAME` run with no data set
-installed. Building, allocating and verifying need the data.
+embedded model, emq/assets) and the model's statistics, used whenever they match a request
+(emq.search_space.shipped): `emq search` and `emq score --bench NAME` start in seconds and
+run with no data set installed. A bundle whose data ships with emq may ship partial
+statistics (without the activation fields, recomputed from the data in a second). Building,
+allocating and verifying need the data.
 
 Adding a bundle is one entry here plus its files (see the README's build commands).
 """
@@ -20,8 +22,10 @@ class Bundle:
     name: str
     file: str  # the bench, in emq/bench/data
     model: str  # an embedded model (emq.models.EMBEDDED_MODELS): its weights ship in emq/assets
-    stats: str | None  # statistics file in emq/bench/data (None: the data ships, statistics are computed)
+    stats: str | None  # statistics file in emq/bench/data (None: none ships, statistics are computed)
     summary: str
+    # `emq bench build` flags that rebuild it (besides --model and --out): scripts/build_zoo.py runs them
+    build: tuple[str, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -30,6 +34,30 @@ class Bundle:
     @property
     def stats_path(self) -> Path | None:
         return _data_file(self.stats) if self.stats else None
+
+
+# test images per task for the zoo's builds: the smallest test set whose default-metric reliability
+# (corrected split-half) stays >= 0.95 on every shipped bench of the task and every random subset
+# (benchmarks/reliability_vs_images.py); Fashion-MNIST one step above its 1,000 for margin, MNIST-5k all.
+ZOO_TEST_IMAGES = {"default": 2000, "fashion-mnist": 1500, "mnist-5k": 1500}
+
+
+def _zoo_recipe(data: str) -> tuple[str, ...]:
+    """The zoo's build: GPTQ, 400 uniform random configurations over {2,3,4}, 60 calibration retests."""
+    return (
+        "--weight-quantizer",
+        "gptq",
+        "--sampler",
+        "uniform",
+        "--configs",
+        "400",
+        "--noise-samples",
+        "60",
+        "--seed",
+        "0",
+        "--test-limit",
+        str(ZOO_TEST_IMAGES[data]),
+    )
 
 
 def _data_file(name: str) -> Path:
@@ -43,14 +71,14 @@ BUNDLES: dict[str, Bundle] = {
             "default",
             "default.sqlite",
             "default",
-            None,
+            "default.stats.pt",
             "1,000 uniform random configurations (MQ-Bench-101 style), MSE-clipped rounding",
         ),
         Bundle(
             "stratified",
             "stratified.sqlite",
             "default",
-            None,
+            "default.stats.pt",
             "1,000 configurations spread evenly over model size, MSE-clipped rounding",
         ),
         Bundle(
@@ -74,8 +102,29 @@ BUNDLES: dict[str, Bundle] = {
             "resnet20-fashion.stats.pt",
             "ResNet-20 on Fashion-MNIST (real images), GPTQ rounding",
         ),
+        *(
+            Bundle(name, f"{name}.sqlite", name, f"{name}.stats.pt", summary, _zoo_recipe(data))
+            for name, data, summary in (
+                ("resnet18-fashion", "fashion-mnist", "torchvision ResNet-18, MQ-Bench-101's 18 slots, GPTQ"),
+                ("mobilenetv3-fashion", "fashion-mnist", "torchvision MobileNetV3-Small (SE, hard-swish), GPTQ"),
+                ("shufflenetv2-fashion", "fashion-mnist", "torchvision ShuffleNetV2 x0.5 (channel shuffle), GPTQ"),
+                ("squeezenet-digits", "default", "torchvision SqueezeNet 1.1 (fire modules) on digits, GPTQ"),
+                ("efficientnet-mnist", "mnist-5k", "torchvision EfficientNet-B0 (MBConv, SE) on MNIST-5k, GPTQ"),
+                ("regnet-mnist", "mnist-5k", "torchvision RegNetX (grouped convs) on MNIST-5k, GPTQ"),
+                ("densenet-mnist", "mnist-5k", "torchvision DenseNet (concatenation) on MNIST-5k, GPTQ"),
+                ("vgg11bn-mnist", "mnist-5k", "torchvision VGG-11-BN on MNIST-5k, GPTQ"),
+            )
+        ),
     )
 }
+
+
+def build_hint(bundle: Bundle) -> str:
+    """How to build a bundle's bench where it is missing."""
+    if bundle.build:
+        command = f"emq bench build --model {bundle.model} --out {bundle.file} {' '.join(bundle.build)}"
+        return f"build it with `python scripts/build_zoo.py {bundle.name}` (in a checkout) or `{command}`"
+    return "reinstall emq, or rebuild it with `emq bench build` (docs/zoo.md gives the command)"
 
 
 def shipped_bench_path(name: str = "default") -> Path:
@@ -88,11 +137,15 @@ def resolve_bench_path(path: str | Path) -> Path:
     if str(path) in BUNDLES:
         p = shipped_bench_path(str(path))
         if not p.is_file():
-            raise EmqError(
-                f"the shipped bench {path!r} is missing from this installation; rebuild it (see README: `emq bench build`)"
-            )
+            raise EmqError(f"the shipped bench {path!r} is not in this installation; {build_hint(BUNDLES[str(path)])}")
         return p
     return Path(path)
+
+
+def stats_files(model: str) -> list[Path]:
+    """The shipped statistics files of an embedded model (benches of one model may share one)."""
+    paths = {b.stats_path for b in BUNDLES.values() if b.model == model and b.stats_path is not None}
+    return sorted(p for p in paths if p.is_file())
 
 
 def bundle_of(path: str | Path) -> Bundle | None:

@@ -23,7 +23,7 @@ import torch
 from emq._version import __version__ as emq_version
 from emq.errors import EmqError
 from emq.fileio import atomic_write
-from emq.specs import DEFAULT_BITS, METRIC_ORIENTATION, ParameterError, config_text
+from emq.specs import DEFAULT_ACT_BITS, DEFAULT_BITS, METRIC_ORIENTATION, ParameterError, config_text
 from emq.target import resolve_target
 
 from . import store
@@ -156,7 +156,7 @@ def bench_import(
     out: Path | str,
     model: str = "resnet18",
     bits: tuple[int, ...] = DEFAULT_BITS,
-    act_bits: int = 8,
+    act_bits: int = DEFAULT_ACT_BITS,
     input_size: int | None = None,
     num_classes: int | None = None,
 ) -> dict[str, Any]:

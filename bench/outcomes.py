@@ -57,15 +57,30 @@ def encode(per_image: Mapping[str, np.ndarray]) -> bytes:
     return _HEADER.pack(FORMAT, n) + zlib.compress(b"".join(parts), 6)
 
 
+def _raw_size(n: int) -> int:
+    """Bytes of the uncompressed arrays of `n` images: packed correct bits, float16 loss and KL."""
+    return (n + 7) // 8 + 4 * n
+
+
+def max_blob_size(n: int) -> int:
+    """The largest blob `encode` can make for `n` images (zlib's worst case, compressBound, plus the
+    header): a longer one is damaged or hostile, refused before it is read."""
+    raw = _raw_size(n)
+    return _HEADER.size + raw + (raw >> 12) + (raw >> 14) + (raw >> 25) + 13
+
+
 def decode(blob: bytes, where: str = "record") -> Outcomes:
-    """Outcomes of one blob; a damaged blob is an error naming `where`, never silent zeros."""
+    """Outcomes of one blob; a damaged blob is an error naming `where`, never silent zeros.
+    Decompression stops one byte past the size the header announces, so a zlib bomb costs
+    no more memory than an honest blob."""
     try:
         version, n = _HEADER.unpack_from(blob)
-        raw = zlib.decompress(blob[_HEADER.size :])
+        inflate = zlib.decompressobj()
+        raw = inflate.decompress(blob[_HEADER.size :], _raw_size(n) + 1)
     except (struct.error, zlib.error, TypeError) as e:
         raise EmqError(f"{where}: per-image outcomes are damaged ({e}); rebuild the bench") from e
     nbits = (n + 7) // 8
-    if version != FORMAT or len(raw) != nbits + 4 * n:
+    if version != FORMAT or len(raw) != nbits + 4 * n or not inflate.eof:
         raise EmqError(
             f"{where}: per-image outcomes have format {version} and {len(raw)} bytes for {n} images; rebuild the bench"
         )

@@ -26,8 +26,8 @@ from emq.proxy import linear_cost
 from emq.specs import METRICS, ParameterError
 
 from . import store
-from .bundles import BUNDLES, resolve_bench_path
-from .outcomes import Outcomes, decode
+from .bundles import BUNDLES, build_hint, resolve_bench_path
+from .outcomes import Outcomes, decode, max_blob_size
 from .pools import TestPools
 from .space import ConfigSpace, config_text, is_heldout, parse_config
 
@@ -61,10 +61,8 @@ class Bench:
         cols = list(zip(*rows, strict=True))
         get = {c: cols[i] for i, c in enumerate(store.RECORD_COLUMNS)}
         self.config_texts: list[str] = list(get["config"])
-        self.configs = np.array([[int(b) for b in c.split(",")] for c in self.config_texts], dtype=np.int64)
-        self.metrics = {
-            m: np.array([np.nan if v is None else v for v in get[m]], dtype=np.float64) for m in ARRAY_METRICS
-        }
+        self.configs = _configs(path, get["idx"], self.config_texts)
+        self.metrics = {m: _column(path, m, get["idx"], get[m]) for m in ARRAY_METRICS}
         self.sources: list[str] = list(get["source"])
         self.heldout = np.array([is_heldout(c) for c in self.config_texts], dtype=bool)
         self._index = {tuple(int(b) for b in c.split(",")): i for i, c in enumerate(self.config_texts)}
@@ -81,7 +79,7 @@ class Bench:
     @classmethod
     def from_connection(cls, path: Path, con: Any) -> Bench:
         """The bench behind an open connection (the builder reads its own file this way)."""
-        meta = store.read_meta(con)
+        meta = store.read_meta(con, path)
         if "space" not in meta:
             raise EmqError(f"bench {path}: has no metadata (not a bench file, or its build never started)")
         version = int(meta.get("schema_version", 1))
@@ -90,13 +88,15 @@ class Bench:
                 f"bench {path}: bench format {version}, this emq reads format {store.SCHEMA_VERSION} (per-image outcomes and test pools);"
                 " rebuild it with `emq bench build` and the arguments in its build_log, or use an emq version of its format"
             )
+        pools = meta.get("test_pools")
+        limit = max_blob_size(len(pools["sources"])) if isinstance(pools, dict) and "sources" in pools else None
         bench = cls(
             path,
             meta,
             store.read_records(con),
-            store.read_outcomes(con),
+            store.read_outcomes(con, max_bytes=limit, path=path),
             store.read_repeats(con),
-            store.read_outcomes(con, "repeats"),
+            store.read_outcomes(con, "repeats", max_bytes=limit, path=path),
         )
         bench.failures = store.read_failures(con)
         return bench
@@ -155,6 +155,19 @@ class Bench:
                 f"bench {self.path}: no per-image outcomes for {'the repeat of ' if repeat else ''}configuration {config}"
             )
         return decode(blob, f"bench {self.path}, configuration {config}")
+
+    def check_outcomes(self) -> None:
+        """Decode every stored per-image blob (records and repeats), so a damaged one is refused
+        here, as `emq score` would refuse it, instead of being summarised."""
+        if self.pools is None:
+            return
+        for repeat, blobs in ((False, self._blobs), (True, self._repeat_blobs)):
+            for config, blob in blobs.items():
+                if blob is not None and len(self.outcomes(config, repeat)) != self.pools.n_images:
+                    raise EmqError(
+                        f"bench {self.path}, configuration {config}: per-image outcomes for "
+                        f"{len(self.outcomes(config, repeat))} images, the bench has {self.pools.n_images} test images"
+                    )
 
     def per_image(self, metric: str, configs: Sequence[str] | None = None, repeat: bool = False) -> np.ndarray:
         """[N, images] per-image values of a metric (top1 as 0/100) for records (or repeats).
@@ -303,6 +316,31 @@ class Bench:
         return {"meta": self.meta, "records": self.rows()}
 
 
+def _damaged(path: Path, what: str) -> EmqError:
+    return EmqError(f"bench {path}: {what}; the file is damaged: rebuild it with `emq bench build` or restore a copy")
+
+
+def _configs(path: Path, idx: Sequence[int], texts: Sequence[str]) -> np.ndarray:
+    """[N, S] bit-widths of the records' configuration texts ("4,3,2"), all of one length."""
+    rows = []
+    for i, text in zip(idx, texts, strict=True):
+        try:
+            rows.append([int(b) for b in text.split(",")])
+        except (AttributeError, ValueError):
+            raise _damaged(path, f"record {i} has configuration {text!r:.80}, not comma-separated integers") from None
+        if len(rows[-1]) != len(rows[0]):
+            raise _damaged(path, f"record {i} has {len(rows[-1])} bit-widths, record {idx[0]} has {len(rows[0])}")
+    return np.array(rows, dtype=np.int64)
+
+
+def _column(path: Path, name: str, idx: Sequence[int], values: Sequence[Any]) -> np.ndarray:
+    """One metric column as float64 (NULL = NaN); a value that is not a number is refused."""
+    for i, v in zip(idx, values, strict=True):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise _damaged(path, f"record {i} has {name} {v!r:.80}, not a number")
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
 def trivial_baselines(b: Bench) -> dict[str, dict[str, float | None]]:
     """Oriented Spearman of two proxies no discovered proxy should lose to: sum of bits, model size.
 
@@ -328,6 +366,7 @@ def trivial_baselines(b: Bench) -> dict[str, dict[str, float | None]]:
 def bench_info(path: str | Path = "default") -> dict[str, Any]:
     """Summary of a bench: records, slots, bits, test pools, reliability, metric distributions."""
     b = Bench.open(path)
+    b.check_outcomes()
     metrics = {}
     for m in ("top1", "loss", "kl", "size_bytes", "bitops"):
         v = b.metrics[m][np.isfinite(b.metrics[m])]
@@ -384,20 +423,30 @@ def bench_list() -> list[dict[str, Any]]:
 
     out = []
     for bundle in BUNDLES.values():
+        embedded = EMBEDDED_MODELS[bundle.model]
         row: dict[str, Any] = {
             "name": bundle.name,
             "summary": bundle.summary,
             "model": bundle.model,
+            "family": embedded.family,
+            "task": embedded.data,
             "installed": bundle.path.is_file(),
         }
-        if row["installed"]:
+        if not row["installed"]:
+            row["note"] = build_hint(bundle)
+        else:
             b = Bench.open(bundle.path)
             metric = b.default_metric
             rel = b.reliability.get(metric) or {}
-            files = [bundle.path, bundle.stats_path, asset_path(EMBEDDED_MODELS[bundle.model].weights)]
+            files = [bundle.path, bundle.stats_path, asset_path(embedded.weights)]
+            slots = b.meta.get("slots") or []
             row.update(
                 {
                     "records": len(b),
+                    "slots": len(slots),
+                    "params": int(sum(s.get("params", 0) for s in slots)),
+                    "fp_top1": (b.meta.get("fp_reference") or {}).get("top1"),
+                    "test_images": b.pools.n_images if b.pools is not None else None,
                     "data": b.meta.get("data"),
                     "ptq_method": (b.meta.get("ptq_settings") or {}).get("weight_quantizer", "mse"),
                     "default_metric": metric,

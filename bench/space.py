@@ -111,5 +111,5 @@ class ConfigSpace:
             tuple(obj["slot_names"]),
             tuple(obj["bits"]),
             {int(k): int(v) for k, v in obj.get("pinned", {}).items()},
-            int(obj.get("act_bits", 8)),
+            int(obj.get("act_bits", DEFAULT_ACT_BITS)),
         )

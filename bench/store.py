@@ -42,16 +42,41 @@ CREATE TABLE IF NOT EXISTS failures (
     config TEXT NOT NULL, stage TEXT NOT NULL, error TEXT NOT NULL, attempts INTEGER NOT NULL, at TEXT NOT NULL, PRIMARY KEY (config, stage)
 );
 """
+# every table emq creates (and SQLite's indexes of their keys): any other schema object is refused
+TABLES = ("meta", "plan", "records", "repeats", "failures")
 STAGES = ("build", "retest")  # a failure's stage: a record of the bench, or a calibration repeat
 
 
+def _check_schema(con: sqlite3.Connection, path: Path) -> None:
+    """Refuse a file holding schema objects emq never creates: a trigger would run inside emq's
+    own writes, a view or an extra table means the file is not what it claims to be."""
+    try:
+        objects = con.execute("SELECT type, name FROM sqlite_master").fetchall()
+    except sqlite3.DatabaseError as e:
+        raise EmqError(f"bench {path}: not a bench file ({e})") from e
+    for kind, name in objects:
+        ours = name in TABLES if kind == "table" else kind == "index" and name.startswith("sqlite_autoindex_")
+        if not (ours or (kind == "table" and name.startswith("sqlite_"))):
+            raise EmqError(
+                f"bench {path}: not a bench file: it holds the {kind} {name!r:.80}, which emq never creates; "
+                "refused before anything runs or is written (use a bench made by `emq bench build` or `emq bench import`)"
+            )
+
+
 def connect(path: Path | str, readonly: bool = False) -> sqlite3.Connection:
-    """Open a bench file; read-only opens never create a file, and a failed creation leaves none."""
+    """Open a bench file; read-only opens never create a file, and a failed creation leaves none.
+    A file with schema objects emq does not create (triggers, views, other tables) is refused
+    before any statement of emq's runs on it."""
     path = Path(path)
     if readonly:
         if not path.is_file():
             raise EmqError(f"bench {path}: no such file (build one with `emq bench build` or use 'default')")
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+        try:
+            _check_schema(con, path)
+        except BaseException:
+            con.close()
+            raise
     else:
         new = not path.exists()
         try:
@@ -60,6 +85,7 @@ def connect(path: Path | str, readonly: bool = False) -> sqlite3.Connection:
             raise EmqError(f"bench {path}: cannot open ({e})") from e
         try:
             con.execute("PRAGMA busy_timeout = 30000")
+            _check_schema(con, path)
             with transaction(con):
                 for stmt in filter(str.strip, _SCHEMA.split(";")):
                     con.execute(stmt)
@@ -115,12 +141,22 @@ def transaction(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
-def read_meta(con: sqlite3.Connection) -> dict[str, Any]:
+def read_meta(con: sqlite3.Connection, path: Path | str | None = None) -> dict[str, Any]:
+    """The metadata, each value decoded from JSON (`path` names the file in errors)."""
     try:
         rows = con.execute("SELECT key, value FROM meta").fetchall()
     except sqlite3.DatabaseError as e:
         raise EmqError(f"not a bench file: {e}") from e
-    return {k: json.loads(v) for k, v in rows}
+    meta = {}
+    for key, value in rows:
+        try:
+            meta[key] = json.loads(value)
+        except (TypeError, ValueError) as e:  # JSONDecodeError, or a value that is not text
+            raise EmqError(
+                f"bench {path or _db_path(con)}: metadata {key!r:.80} is not JSON ({e}); the file is damaged: "
+                "rebuild it with `emq bench build` or restore a copy"
+            ) from e
+    return meta
 
 
 def write_meta(con: sqlite3.Connection, items: Mapping[str, Any], log_entry: Mapping[str, Any] | None = None) -> None:
@@ -148,7 +184,7 @@ def init_bench(con: sqlite3.Connection, meta: Mapping[str, Any], plan: list[tupl
     One transaction, so two builders starting together agree on who initialised the file.
     """
     with transaction(con):
-        stored = {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta")}
+        stored = read_meta(con)
         if stored:
             return stored
         con.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
@@ -229,9 +265,23 @@ def read_failures(con: sqlite3.Connection) -> list[dict[str, Any]]:
     return [{"config": c, "stage": st, "error": e, "attempts": a, "at": at} for c, st, e, a, at in rows]
 
 
-def read_outcomes(con: sqlite3.Connection, table: str = "records") -> dict[str, bytes | None]:
-    """{config: per-image outcome blob or None} of the records or the repeats."""
+def read_outcomes(
+    con: sqlite3.Connection, table: str = "records", max_bytes: int | None = None, path: Path | str | None = None
+) -> dict[str, bytes | None]:
+    """{config: per-image outcome blob or None} of the records or the repeats. A blob longer than
+    `max_bytes` (more than its images can need) is refused before it is read into memory."""
     try:
+        if max_bytes is not None:
+            big = con.execute(
+                f"SELECT config, length(outcomes) FROM {table} WHERE length(outcomes) > ? LIMIT 1",  # noqa: S608
+                (max_bytes,),
+            ).fetchone()
+            if big is not None:
+                raise EmqError(
+                    f"bench {path or _db_path(con)}: the per-image outcomes of configuration {big[0]!r:.80} in {table} take "
+                    f"{big[1]:,} bytes, more than the {max_bytes:,} its test images can need; the file is damaged: "
+                    "rebuild it with `emq bench build` or restore a copy"
+                )
         return dict(con.execute(f"SELECT config, outcomes FROM {table}").fetchall())  # noqa: S608 - table is internal
     except sqlite3.OperationalError as e:
         raise EmqError(f"not a bench file of format {SCHEMA_VERSION}: {e}") from e

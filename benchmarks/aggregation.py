@@ -11,6 +11,8 @@ held-out bench (held-out configurations x report pool, never seen by any campaig
 
     python benchmarks/aggregation.py [--aggregates mean,min,mean-std] [--seeds 0,1,2] [--out runs/aggregation]
 
+    Needs only emq's core dependencies (no extra).
+
 Choosing a default from these numbers uses the held-out benches once, at the level of the
 tool's settings; the README says so next to the leave-one-out headline.
 """
@@ -26,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from emq.evolution.engine import TRANSFER_CAMPAIGN
 from emq.fileio import atomic_write_text, ensure_dir
 from emq.ranking import paired_difference, score
 from emq.tables import markdown_table
-from emq.transfer import TransferStudy
+from emq.transfer import SEEDS, TransferStudy
 
 BENCHES = "default,stratified,vgg-digits,mobilenetv2-digits,resnet20-fashion"
 
@@ -37,12 +40,12 @@ BENCHES = "default,stratified,vgg-digits,mobilenetv2-digits,resnet20-fashion"
 def _study(agg: str, args: argparse.Namespace, out: Path) -> TransferStudy:
     return TransferStudy(
         args.benches.split(","),
-        [int(s) for s in args.seeds.split(",")],
-        args.generations,
-        args.population,
-        ("leave-one-out",),
-        agg,
-        (),
+        seeds=[int(s) for s in args.seeds.split(",")],
+        generations=args.generations,
+        population=args.population,
+        protocols=("leave-one-out",),
+        aggregate=agg,
+        whole_config=(),
         out_dir=out / agg,
     )
 
@@ -51,9 +54,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--benches", default=BENCHES)
     ap.add_argument("--aggregates", default="mean,min,mean-std")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--generations", type=int, default=30)
-    ap.add_argument("--population", type=int, default=48)
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    ap.add_argument("--generations", type=int, default=TRANSFER_CAMPAIGN.generations)
+    ap.add_argument("--population", type=int, default=TRANSFER_CAMPAIGN.population)
     ap.add_argument("--out", default="runs/aggregation")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)

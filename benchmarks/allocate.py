@@ -8,6 +8,8 @@ depends on the problem's shape and budgets, not on where the table came from. Ob
 are compared so a speed win cannot hide a wrong answer.
 
     python benchmarks/allocate.py [--repeats 3] [--json]
+
+    Needs the bench extra (PuLP): pip install -e ".[bench]"
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ import json
 import time
 
 import numpy as np
-import pulp
+
+try:
+    import pulp
+except ModuleNotFoundError as e:  # a benchmark-only dependency
+    raise ModuleNotFoundError(
+        f"{e}: this benchmark needs the bench extra, pip install -e '.[bench]'", name=e.name
+    ) from e
 
 from emq.allocation import Budget, build_problem
 from emq.allocation.ilp import group_matrices, solve_ilp

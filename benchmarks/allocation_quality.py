@@ -6,6 +6,8 @@ in (budget - 0.25, budget]. Every allocation is quantized and evaluated for real
 
     python benchmarks/allocation_quality.py [--proxy best_proxy.json] [--budgets 2.5,3.0,3.5]
 
+    Needs only emq's core dependencies (no extra).
+
 Without --proxy a campaign (--generations, --population, --seed) is run first.
 """
 

@@ -2,6 +2,8 @@
 
     python benchmarks/bench_build.py [--configs 24] [--workers 1 2] [--test-limit N]
 
+    Needs only emq's core dependencies (no extra).
+
 Each run builds a fresh bench of the default model in a temporary folder (no noise
 ceiling), so the figure includes engine start-up in every worker, as a real build does.
 """

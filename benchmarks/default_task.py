@@ -4,6 +4,8 @@ FP top-1, uniform 2/3/4-bit top-1, and the distribution of test top-1 over rando
 {2,3,4}-bit configurations with 8-bit activations (median vs chance, 5th-95th spread).
 
     python benchmarks/default_task.py [--configs 200]
+
+    Needs only emq's core dependencies (no extra).
 """
 
 from __future__ import annotations

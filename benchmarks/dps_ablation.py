@@ -6,6 +6,8 @@ fitness) and the final population diversity (unique canonical forms, mean pairwi
 of score vectors), then means and standard deviations.
 
 Usage: python benchmarks/dps_ablation.py [--bench default] [--seeds 5] [--budget 3000]
+
+Needs only emq's core dependencies (no extra).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ against PyHessian's `hessian(...)` + `.trace()` (gradient graph + probes; one nu
 Target: ratio emq / PyHessian <= 1.
 
     python benchmarks/hessian.py [--probes 20] [--batch 64] [--threads 1] [--repeats 2] [--eig-iters 0]
+
+    Needs the bench extra (PyHessian): pip install -e ".[bench]"
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pyhessian import hessian as PyHessian
+
+try:
+    from pyhessian import hessian as PyHessian
+except ModuleNotFoundError as e:  # a benchmark-only dependency
+    raise ModuleNotFoundError(
+        f"{e}: this benchmark needs the bench extra, pip install -e '.[bench]'", name=e.name
+    ) from e
 
 from emq.layermap import build_layer_map
 from emq.search_space.hessian import HessianProblem, hutchinson, power_iteration

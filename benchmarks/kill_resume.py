@@ -8,6 +8,8 @@ the reference's byte for byte. Prints the count and the kill moments. Heavy: abo
 (trials x (kills + 1)) campaign starts.
 
     python benchmarks/kill_resume.py --trials 20 --kills 2
+
+    Needs only emq's core dependencies (no extra).
 """
 
 from __future__ import annotations

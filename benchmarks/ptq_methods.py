@@ -6,6 +6,8 @@ seeded 95 % bootstrap interval over configurations).
 
     python benchmarks/ptq_methods.py [--models default,vgg-digits] [--methods mse,gptq,adaround] [--configs 100]
 
+    Needs only emq's core dependencies (no extra).
+
 Every method sees the same configurations, the same calibration draw (half 0 of the
 calibration sources, as bench builds) and the same test images.
 """

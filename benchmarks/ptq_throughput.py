@@ -2,6 +2,8 @@
 without the per-(layer, bit) quantized-weight cache, measured in the same run.
 
     python benchmarks/ptq_throughput.py [--configs 30]
+
+    Needs only emq's core dependencies (no extra).
 """
 
 from __future__ import annotations

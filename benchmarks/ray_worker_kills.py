@@ -8,6 +8,8 @@ records (every column, per-image outcomes included) are identical, the kill mome
 the times.
 
     python benchmarks/ray_worker_kills.py [--configs 100] [--kill-at 20,60]
+
+    Needs the ray extra: pip install -e ".[ray]"
 """
 
 from __future__ import annotations

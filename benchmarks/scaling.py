@@ -9,6 +9,8 @@ give the same records (checked). Configurations per second are over the evaluati
 configuration drifts between runs on a shared machine.
 
     python benchmarks/scaling.py [--configs 40] [--repeats 3] [--test-limit N] [--out benchmarks/results/scaling.json]
+
+    Needs the ray extra for its Ray rows: pip install -e ".[ray]"
 """
 
 from __future__ import annotations

@@ -35,11 +35,15 @@ from .device import resolve_device
 from .errors import EmqError
 from .evolution import DPSConfig as DPSConfig
 from .evolution import HallOfFame, ProxySearch, SearchResult, checkpoint, search
+from .evolution.engine import DEMO_CAMPAIGN as DEMO_CAMPAIGN
+from .evolution.engine import TRANSFER_CAMPAIGN as TRANSFER_CAMPAIGN
 from .evolution.engine import SearchConfig as SearchConfig
 from .evolution.evaluator import AGGREGATES as AGGREGATES
 from .evolution.evaluator import DEFAULT_AGGREGATE as DEFAULT_AGGREGATE
 from .executors import Executor, make_executor
 from .executors import executor_classes as executor_classes
+from .fileio import os_reason as os_reason
+from .fileio import writable_dir as writable_dir
 from .layermap import LayerMap
 from .models import build_model as build_model
 from .pipeline_demo import demo
@@ -58,14 +62,26 @@ from .search_space.pset import make_space
 from .search_space.stats import NEGATIVE_TRACE_POLICIES as NEGATIVE_TRACE_POLICIES
 from .search_space.stats import StatsSettings, compute_stats, stats
 from .search_space.stats import convergence_summary as convergence_summary
+from .search_space.stats import default_cache_dir as default_cache_dir
 from .search_space.stats import summarize as summarize
+from .sensitivity import attach_sensitivity as attach_sensitivity
+from .sensitivity import measure_sensitivity as measure_sensitivity
+from .specs import DEFAULT_ACT_BITS as DEFAULT_ACT_BITS
+from .specs import DEFAULT_BITS_TEXT as DEFAULT_BITS_TEXT
 from .specs import METRICS as METRICS
+from .specs import WEIGHT_BITS_MAX as WEIGHT_BITS_MAX
+from .specs import WEIGHT_BITS_MIN as WEIGHT_BITS_MIN
 from .specs import ParameterError
 from .specs import check_bit_set as check_bit_set
 from .specs import parse_config as parse_config
 from .tables import markdown_table as markdown_table
-from .target import resolve_target
+from .target import ModelSpec, as_model_spec, resolve_target
+from .threads import set_threads as set_threads
+from .threads import threads_restored as threads_restored
+from .transfer import PROTOCOLS as PROTOCOLS
+from .transfer import SEEDS as SEEDS
 from .transfer import WHOLE_CONFIG as WHOLE_CONFIG
+from .transfer import WHOLE_LIMIT as WHOLE_LIMIT
 from .transfer import TransferStudy as TransferStudy
 from .uncertainty import DEFAULT_RESAMPLES as DEFAULT_RESAMPLES
 
@@ -82,6 +98,7 @@ __all__ = [
     "EmqError",
     "Executor",
     "HallOfFame",
+    "ModelSpec",
     "PTQEngine",
     "PTQSettings",
     "ParameterError",
@@ -122,8 +139,9 @@ def layers(
 
 
 def quantize(
-    model: str | nn.Module = "default",
+    model: ModelSpec | str | nn.Module = "default",
     bits: Sequence[int] | None = None,
+    *,
     data: str | DataSplits | None = None,
     settings: PTQSettings | None = None,
     weights: Path | None = None,
@@ -135,7 +153,8 @@ def quantize(
 ) -> QuantResult:
     """PTQ-quantize a model with a per-slot configuration (`bits`) or a bit map file from
     `emq allocate --out` / `Allocation.save` (`bitmap`, checked against the model) and
-    evaluate it; `emq quantize`. The model is built and traced once; it runs on `device`
+    evaluate it; `emq quantize`. `model` is a name, an nn.Module or a ModelSpec (that holds
+    the data, weights, ... too). The model is built and traced once; it runs on `device`
     (cpu, cuda or cuda:N), which changes no setting and no calibration draw."""
     if (bits is None or len(bits) == 0) == (bitmap is None):
         raise ParameterError(
@@ -144,7 +163,7 @@ def quantize(
             "give the configuration as bits (one bit-width per slot; see `layers`) or as bitmap=PATH, not both",
         )
     device = resolve_device(device)  # before any model work
-    target = resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size)
+    target = as_model_spec(model, data, weights, num_classes, input_size).resolve()
     config = load_bitmap(bitmap, target.layer_map) if bitmap is not None else target.layer_map.validate(bits)
     return PTQEngine(
         target.model, target.layer_map, target.require_data(), settings, progress=progress, device=device

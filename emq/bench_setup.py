@@ -20,10 +20,10 @@ from .bench.bundles import bundle_of
 from .errors import EmqError
 from .hashing import state_dict_digest
 from .quant import PTQSettings
-from .search_space.netstats import NetworkStats, load_stats
+from .search_space.netstats import NetworkStats
 from .search_space.stats import StatsSettings
 from .specs import ParameterError
-from .target import Target, resolve_target
+from .target import ModelSpec, Target
 
 log = logging.getLogger(__name__)
 
@@ -34,63 +34,67 @@ class BenchSetup:
     ptq: PTQSettings
     stats: StatsSettings
     bits: tuple[int, ...]
-    stats_file: Path | None = None  # a shipped bundle's statistics, used when its data is not installed
+    stats_file: Path | None = None  # a shipped bundle's statistics (all that serves when its data is not installed)
 
     def network_stats(self, progress: bool = True, device: str | torch.device = "cpu") -> NetworkStats:
-        """The bench model's statistics: computed (and cached) from the data on `device`, else the bundle's."""
-        from .search_space.stats import compute_stats
+        """The bench model's statistics: a shipped bundle's when they match (emq.search_space.shipped),
+        else computed (and cached) from the data on `device`."""
+        from .search_space.stats import compute_stats, shipped_stats
 
         if self.target.data is not None:
             return compute_stats(self.target, bits=self.bits, settings=self.stats, progress=progress, device=device)
         if self.stats_file is None:
             raise EmqError(f"model {self.target.name} has no data to compute its statistics on: pass --data")
-        ns = load_stats(self.stats_file)
-        if ns.meta.get("settings") != self.stats.to_json() or tuple(ns.bits) != self.bits:
+        t = self.target
+        ns = shipped_stats(t.model, t.layer_map, self.bits, self.stats, None, device, files=[self.stats_file])
+        if ns is None:
             raise EmqError(
-                f"{self.stats_file}: the bundled statistics were computed with other settings or bits than the bench asks for; "
+                f"{self.stats_file}: the bundled statistics were computed with other settings, bits or weights than the bench asks for; "
                 "pass --data to compute them"
             )
-        log.info("statistics of %s from the bundle (%s): its data is not installed", self.target.name, self.stats_file)
+        log.info("statistics of %s from the bundle (%s): its data is not installed", t.name, self.stats_file)
         return ns
 
     @classmethod
     def of(
-        cls,
-        bench: Any,
-        model: str | nn.Module | Target | None = None,
-        data: Any = None,
-        weights: Path | None = None,
-        num_classes: int | None = None,
-        input_size: int | None = None,
-        need_data: bool = True,
+        cls, bench: Any, model: ModelSpec | Target | str | nn.Module | None = None, *, need_data: bool = True
     ) -> BenchSetup:
-        """The setup of an opened `emq.bench.Bench`; `model`/`data` default to the bench's own."""
+        """The setup of an opened `emq.bench.Bench`; the model and data (a ModelSpec, or a model
+        alone) default to the bench's own."""
         meta = bench.meta
-        bundle = bundle_of(bench.path) if model is None and data is None else None
+        spec = model if isinstance(model, (ModelSpec, Target)) else ModelSpec(model)
+        own = isinstance(spec, ModelSpec) and spec.model is None and spec.data is None
+        bundle = bundle_of(bench.path) if own else None
         stats_file = (
             bundle.stats_path
             if bundle is not None and bundle.stats_path is not None and bundle.stats_path.is_file()
             else None
         )
-        if isinstance(model, Target):
-            target = model
+        built_for = meta.get("model")
+        given = spec.model if isinstance(spec, ModelSpec) else None
+        if isinstance(given, str) and isinstance(built_for, str) and given != built_for and not meta.get("user_module"):
+            raise EmqError(
+                f"--model {given}: this bench is {built_for} (bench {bench.path}); drop --model to use the bench's own model"
+            )
+        if isinstance(spec, Target):
+            target = spec
         else:
-            name = model if model is not None else meta.get("model", "default")
-            where = data if data is not None else meta.get("data")
+            name = meta.get("model", "default")
             try:
-                target = resolve_target(
-                    name, where, weights=weights, num_classes=num_classes, input_size=input_size, need_data=need_data
-                )
+                target = spec.resolve(need_data, default_model=name, default_data=meta.get("data"))
             except ParameterError as e:
+                if given is None and e.param == "model":  # the bench's own model, not a flag the user gave
+                    raise EmqError(
+                        f"bench {bench.path}: was built for model {name!r}, which this emq does not know ({e.problem}); "
+                        "use an emq that has that model, or a bench of a known one"
+                    ) from e
                 if stats_file is None or e.param != "data":
                     raise
                 log.info(
                     "%s; using the bundle's statistics (whole-configuration proxies, allocation and verification need the data)",
                     e,
                 )
-                target = resolve_target(
-                    name, None, weights=weights, num_classes=num_classes, input_size=input_size, need_data=False
-                )
+                target = spec.resolve(need_data=False, default_model=name)
         check_target(bench, target)
         ptq = ptq_settings(bench)
         return cls(target, ptq, stats_settings(bench, ptq), tuple(int(b) for b in bench.bits), stats_file)
@@ -134,9 +138,9 @@ def stats_settings(bench: Any, ptq: PTQSettings) -> StatsSettings:
         settings = StatsSettings(**stored)
     except TypeError as e:
         raise EmqError(f"bench {bench.path}: unreadable stats_settings {stored} ({e})") from e
-    if (settings.act_bits, settings.weight_quantizer) != (ptq.act_bits, ptq.weight_quantizer):
+    if settings.quant_spec() != ptq.quant_spec():
         raise EmqError(
-            f"bench {bench.path}: its stats_settings (act_bits {settings.act_bits}, {settings.weight_quantizer}) disagree with its ptq_settings "
-            f"(act_bits {ptq.act_bits}, {ptq.weight_quantizer}); the statistics must describe the deployed quantization"
+            f"bench {bench.path}: its stats_settings ({settings.quant_spec()}) disagree with its ptq_settings "
+            f"({ptq.quant_spec()}); the statistics must describe the deployed quantization"
         )
     return settings

@@ -193,18 +193,23 @@ def cifar10_data(root: Path, calib_pool_size: int = 1024, seed: int = 0) -> Data
 
 
 def load_data(spec: str, input_size: int = 224) -> DataSplits:
-    """Resolve `--data`: `default`, `fashion-mnist` / `mnist` (emq.mnist_data), a CIFAR-10
+    """Resolve `--data`: `default`, `fashion-mnist` / `mnist` (emq.mnist_data), `mnist-5k`
+    (emq.mnist5k_data), a CIFAR-10
     directory, or an ImageFolder directory."""
     if spec == "default":
         return default_data()
     if is_mnist_spec(spec):
         return load_mnist(spec)
+    if spec == "mnist-5k":
+        from .mnist5k_data import mnist5k_data
+
+        return mnist5k_data()
     root = Path(spec)
     if not root.is_dir():
         raise ParameterError(
             "data",
             spec,
-            "no such directory (use 'default', 'fashion-mnist', 'mnist', an ImageFolder tree, a CIFAR-10 directory or a directory of MNIST-format idx files)",
+            "no such directory (use 'default', 'fashion-mnist', 'mnist', 'mnist-5k', an ImageFolder tree, a CIFAR-10 directory or a directory of MNIST-format idx files)",
         )
     if (root / "cifar-10-batches-py").is_dir() or root.name == "cifar-10-batches-py":
         return cifar10_data(root.parent if root.name == "cifar-10-batches-py" else root)

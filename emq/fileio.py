@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +45,20 @@ def ensure_dir(directory: str | Path) -> Path:
     except OSError as e:
         raise EmqError(f"cannot create directory {directory}: {os_reason(e)}") from e
     return directory
+
+
+def writable_dir(directory: str | Path) -> str | None:
+    """None if files can be written into `directory` (created with its parents if missing), else
+    why not. Tried for real with a temp file removed at once: permission bits say nothing to root,
+    and a read-only mount or an immutable directory refuses root too."""
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=TEMP_SUFFIX, dir=directory)
+    except OSError as e:
+        return os_reason(e)
+    os.close(fd)
+    os.unlink(probe)
+    return None
 
 
 def _new_temp(path: Path) -> Path:

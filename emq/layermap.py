@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .errors import EmqError
-from .specs import check_weight_bits
+from .specs import DEFAULT_ACT_BITS, check_weight_bits
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 
@@ -91,7 +91,7 @@ class LayerMap:
         out = b @ self.params / 8.0 + self.bias_bytes
         return float(out) if out.ndim == 0 else out
 
-    def bitops(self, bits: Sequence[int] | np.ndarray, act_bits: int = 8) -> np.ndarray | float:
+    def bitops(self, bits: Sequence[int] | np.ndarray, act_bits: int = DEFAULT_ACT_BITS) -> np.ndarray | float:
         """BitOps = sum of MACs x weight bits x activation bits (activation bits explicit)."""
         b = np.asarray(bits, dtype=np.float64)
         out = b @ self.macs * float(act_bits)

@@ -46,6 +46,7 @@ class MnistFormat:
     debian_package: str | None
     mean: float
     std: float
+    classes: int = 10  # labels are 0..classes-1
 
 
 FORMATS = {
@@ -139,13 +140,23 @@ def find(fmt_name: str) -> dict[str, Path]:
 def _images(arr: np.ndarray, path: Path, fmt: MnistFormat) -> torch.Tensor:
     if arr.ndim != 3:
         raise ParameterError("data", path, f"holds an array of shape {arr.shape}; images must be [N, H, W]")
+    if arr.shape[0] == 0 or arr.shape[1] == 0 or arr.shape[2] == 0:
+        raise ParameterError("data", path, f"holds no images (shape {arr.shape}); give the complete {fmt.name} files")
     x = torch.from_numpy(arr.astype(np.float32) / 255.0).unsqueeze(1)
     return (x - fmt.mean) / fmt.std
 
 
-def _labels(arr: np.ndarray, path: Path, n: int) -> torch.Tensor:
+def _labels(arr: np.ndarray, path: Path, n: int, fmt: MnistFormat) -> torch.Tensor:
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ParameterError("data", path, f"holds {arr.shape} labels for {n} images")
+    bad = np.flatnonzero((arr < 0) | (arr >= fmt.classes))
+    if bad.size:
+        raise ParameterError(
+            "data",
+            path,
+            f"label {arr[bad[0]]} at position {bad[0]} ({bad.size} such) is outside {fmt.name}'s classes 0..{fmt.classes - 1}; "
+            "give the data set's own label files",
+        )
     return torch.from_numpy(arr.astype(np.int64))
 
 
@@ -154,9 +165,9 @@ def mnist_data(files: dict[str, Path], fmt_name: str = "fashion-mnist", with_tra
     55,000 (never trained on), the test images as the test split."""
     fmt = FORMATS[fmt_name]
     tx = _images(read_idx(files["train_images"]), files["train_images"], fmt)
-    ty = _labels(read_idx(files["train_labels"]), files["train_labels"], tx.shape[0])
+    ty = _labels(read_idx(files["train_labels"]), files["train_labels"], tx.shape[0], fmt)
     vx = _images(read_idx(files["test_images"]), files["test_images"], fmt)
-    vy = _labels(read_idx(files["test_labels"]), files["test_labels"], vx.shape[0])
+    vy = _labels(read_idx(files["test_labels"]), files["test_labels"], vx.shape[0], fmt)
     if tx.shape[2:] != vx.shape[2:]:
         raise ParameterError(
             "data",

@@ -16,6 +16,7 @@ from torch import nn
 from .errors import EmqError
 from .resources import asset_path
 from .specs import ParameterError
+from .zoo_models import ZOO_BUILDERS
 
 DEFAULT_WIDTH = 8
 DEFAULT_WEIGHTS = "default_model.pt"
@@ -154,11 +155,24 @@ class EmbeddedModel:
     data: str  # the --data it was trained for
     input_size: int
     description: str
+    family: str  # the architecture family (the zoo's networks are torchvision's, see emq.zoo_models)
+    train_steps: int | None = None  # SGD steps of batch 128 in scripts/train_model.py (None: --epochs)
+
+
+def _zoo(arch: str, data: str, input_size: int, family: str, steps: int, description: str) -> EmbeddedModel:
+    """A zoo network: torchvision's `arch` as adapted in emq.zoo_models, 10 classes, 1-channel input."""
+    weights = f"{arch}_{data.replace('-', '_')}.pt"
+    return EmbeddedModel(lambda: ZOO_BUILDERS[arch](1, 10), weights, data, input_size, description, family, steps)
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     "default": EmbeddedModel(
-        lambda: CifarResNet(), DEFAULT_WEIGHTS, "default", 24, "ResNet-20, width 8, on the default digits task"
+        lambda: CifarResNet(),
+        DEFAULT_WEIGHTS,
+        "default",
+        24,
+        "ResNet-20, width 8, on the default digits task",
+        "ResNet",
     ),
     "mobilenetv2-digits": EmbeddedModel(
         lambda: TinyMobileNetV2(),
@@ -166,6 +180,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         "default",
         24,
         "MobileNetV2-style (inverted residuals, depthwise convs) on the default digits task",
+        "MobileNetV2",
     ),
     "vgg-digits": EmbeddedModel(
         lambda: TinyVGG(),
@@ -173,9 +188,75 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         "default",
         24,
         "plain VGG-style CNN (6 conv + 2 FC) on the default digits task",
+        "VGG",
     ),
     "resnet20-fashion": EmbeddedModel(
-        lambda: CifarResNet(), "resnet20_fashion.pt", "fashion-mnist", 28, "ResNet-20, width 8, on Fashion-MNIST"
+        lambda: CifarResNet(),
+        "resnet20_fashion.pt",
+        "fashion-mnist",
+        28,
+        "ResNet-20, width 8, on Fashion-MNIST",
+        "ResNet",
+    ),
+    # the bench zoo (issue 21): torchvision families, see emq.zoo_models for what each adapts
+    "resnet18-fashion": _zoo(
+        "resnet18",
+        "fashion-mnist",
+        28,
+        "ResNet",
+        1500,
+        "torchvision ResNet-18 (MQ-Bench-101's 18 slots) at 1/4 width on Fashion-MNIST",
+    ),
+    "mobilenetv3-fashion": _zoo(
+        "mobilenet_v3_small",
+        "fashion-mnist",
+        28,
+        "MobileNetV3",
+        1500,
+        "torchvision MobileNetV3-Small (hard-swish, SE) at width 0.5 on Fashion-MNIST",
+    ),
+    "shufflenetv2-fashion": _zoo(
+        "shufflenet_v2_x0_5",
+        "fashion-mnist",
+        28,
+        "ShuffleNetV2",
+        1500,
+        "torchvision ShuffleNetV2 x0.5 (channel shuffle, branches) on Fashion-MNIST",
+    ),
+    "squeezenet-digits": _zoo(
+        "squeezenet1_1",
+        "default",
+        24,
+        "SqueezeNet",
+        1200,
+        "torchvision SqueezeNet 1.1 (fire modules) on the default digits task",
+    ),
+    "efficientnet-mnist": _zoo(
+        "efficientnet_b0",
+        "mnist-5k",
+        28,
+        "EfficientNet",
+        800,
+        "torchvision EfficientNet-B0 (MBConv with SE) at width 0.25, depth 0.5 on MNIST-5k",
+    ),
+    "regnet-mnist": _zoo(
+        "regnet_x_400mf",
+        "mnist-5k",
+        28,
+        "RegNet",
+        800,
+        "torchvision RegNetX-400MF's design (grouped convs), 8 blocks, on MNIST-5k",
+    ),
+    "densenet-mnist": _zoo(
+        "densenet",
+        "mnist-5k",
+        28,
+        "DenseNet",
+        800,
+        "torchvision DenseNet (concatenation), growth 12, blocks 2-4-6-4, on MNIST-5k",
+    ),
+    "vgg11bn-mnist": _zoo(
+        "vgg11_bn", "mnist-5k", 28, "VGG", 800, "torchvision VGG-11-BN at 1/4 width with a small classifier on MNIST-5k"
     ),
 }
 
@@ -270,12 +351,27 @@ def _key_mismatch(own: dict, state: dict) -> str:
 
 def load_weights(model: nn.Module, path: Path) -> None:
     """Load a local state dict (plain or under 'state_dict' / 'model'), without pickle code execution."""
+    howto = "give a state dict saved with torch.save(model.state_dict(), PATH)"
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip archive (old versions: a pickle)
+            what = (
+                "is empty"
+                if not head
+                else "holds text"
+                if all(32 <= c < 127 or c in b"\t\r\n" for c in head)
+                else "holds other data"
+            )
+            raise ParameterError("weights", path, f"not a readable torch checkpoint: the file {what}; {howto}")
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as e:
         raise ParameterError("weights", path, "no such file") from e
+    except ParameterError:
+        raise
     except Exception as e:  # torch raises several types for non-checkpoint files
-        raise ParameterError("weights", path, f"not a readable torch checkpoint ({e})") from e
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+        raise ParameterError("weights", path, f"not a readable torch checkpoint ({reason}); {howto}") from e
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):

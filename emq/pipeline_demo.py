@@ -23,6 +23,7 @@ from .bench import Bench
 from .bench_setup import BenchSetup
 from .device import resolve_device
 from .evolution import search
+from .evolution.engine import DEMO_CAMPAIGN
 from .fileio import atomic_write, atomic_write_text
 from .rendering import export
 from .search_space.stats import compute_stats
@@ -61,7 +62,14 @@ def compare_allocations(
     uniform = max((b for b in bench.bits if b <= budget_avg_bits), default=None)
     if uniform is not None:
         u = allocator.finish(
-            "uniform", 1, "uniform", (uniform,) * lm.num_slots, float("nan"), 0.0, problem, evaluate=True
+            "uniform",
+            orientation=1,
+            method="uniform",
+            bits=(uniform,) * lm.num_slots,
+            predicted=float("nan"),
+            seconds=0.0,
+            problem=problem,
+            evaluate=True,
         )
         rows.append(_from_allocation(f"uniform {uniform}-bit", u))
     configs, metrics = bench.arrays("all")
@@ -71,7 +79,14 @@ def compare_allocations(
     if inside.any():
         best = int(np.flatnonzero(inside)[np.argmax(metrics["top1"][inside])])
         o = allocator.finish(
-            "oracle", 1, "bench", tuple(int(b) for b in configs[best]), float("nan"), 0.0, problem, evaluate=True
+            "oracle",
+            orientation=1,
+            method="bench",
+            bits=tuple(int(b) for b in configs[best]),
+            predicted=float("nan"),
+            seconds=0.0,
+            problem=problem,
+            evaluate=True,
         )
         rows.append(_from_allocation("best bench config (oracle)", o))
     band = inside & (avg > budget_avg_bits - RANDOM_BAND)
@@ -88,9 +103,10 @@ def compare_allocations(
 def demo(
     out: str | Path | None = None,
     bench: str | Path = "default",
-    generations: int = 20,
-    population: int = 64,
-    seed: int = 0,
+    *,
+    generations: int = DEMO_CAMPAIGN.generations,
+    population: int = DEMO_CAMPAIGN.population,
+    seed: int = DEMO_CAMPAIGN.seed,
     budget_avg_bits: float = 3.0,
     progress: bool = False,
     device: str | torch.device = "cpu",

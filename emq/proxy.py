@@ -61,6 +61,12 @@ class Proxy(ABC):
         True  # False for a variant of a published method (kept under its own name, never "the best hand-made")
     )
     formula: str = ""  # the proxy's form inside the search space: a key of emq.search_space.pset.HANDMADE
+    needs_data: bool = False  # it quantizes the model on the target's data (no statistics can stand in)
+
+    def setup_cost(self, ctx: ProxyContext) -> dict[str, Any] | None:
+        """What the proxy spent once on this context before scoring (seconds, PTQ-equivalent
+        evaluations), when it measures that itself; None: nothing of its own (statistics are shared)."""
+        return None
 
     @abstractmethod
     def score_configs(self, ctx: ProxyContext, configs: np.ndarray) -> np.ndarray:
@@ -83,10 +89,16 @@ class SeparableProxy(Proxy):
 
 class WholeConfigProxy(Proxy):
     separable = False
+    needs_data = True
 
     @abstractmethod
     def score_one(self, ctx: ProxyContext, bits: Sequence[int]) -> float:
         """Score a single configuration by looking at the quantized network."""
+
+    def reference(self, ctx: ProxyContext) -> None:
+        """Compute and cache what every configuration is compared with (e.g. the full-precision
+        output), so that proxies scoring one configuration in turn share its PTQ pass."""
+        return None
 
     def score_configs(self, ctx: ProxyContext, configs: np.ndarray) -> np.ndarray:
         return np.array([self.score_one(ctx, tuple(int(b) for b in c)) for c in np.asarray(configs)], dtype=np.float64)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,22 +46,43 @@ from .specs import (
     ParameterError,
     check_act_bits,
     check_positive_int,
+    setting,
 )
 
 BN_MODES = ("reestimate", "fold", "none")
 
 
 @dataclass(frozen=True)
-class PTQSettings:
-    act_bits: int = DEFAULT_ACT_BITS
-    weight_symmetric: bool = False
+class QuantSpec:
+    """How weights and activations are quantized, declared once: the PTQ engine deploys it
+    (`PTQSettings`) and the statistics model it (`StatsSettings`), so the two cannot drift."""
+
+    act_bits: int = setting(DEFAULT_ACT_BITS, "activation bits (default {default}; 32 = none)")
+    weight_symmetric: bool = setting(
+        False, "symmetric weight quantization (default: asymmetric, as in PTQ)", flag="--symmetric"
+    )
+    weight_quantizer: str = "mse"  # a name of emq.quantizers.QUANTIZERS (benches built before it existed: "mse")
+    quantizer_options: tuple[tuple[str, Any], ...] = ()  # the weight quantizer's options that differ from its defaults
+
+    def __post_init__(self) -> None:
+        check_act_bits(self.act_bits)
+        check_quantizer_name(self.weight_quantizer)
+        object.__setattr__(self, "quantizer_options", normalize_options(self.weight_quantizer, self.quantizer_options))
+
+    def quant_spec(self) -> QuantSpec:
+        """The quantization part alone (of PTQ or statistics settings), for comparing the two."""
+        return QuantSpec(**{f.name: getattr(self, f.name) for f in fields(QuantSpec)})
+
+
+@dataclass(frozen=True)
+class PTQSettings(QuantSpec):
+    """The PTQ engine's settings: the quantization spec, its calibration draw, BatchNorm handling."""
+
     bn: str = "reestimate"
     calib_size: int = DEFAULT_CALIB_SIZE
     calib_seed: int = 0
     batch_size: int = 1024
-    weight_quantizer: str = "mse"  # a name of emq.quantizers.QUANTIZERS (benches built before it existed: "mse")
     calib_half: int | None = None  # draw calibration images from one half of the sources (benches: 0; their retest: 1)
-    quantizer_options: tuple[tuple[str, Any], ...] = ()  # the weight quantizer's options that differ from its defaults
     bias_correction: bool = (
         False  # subtract each layer's mean output shift E[(Q_b(W) - W) x] on calibration data from its bias
     )
@@ -69,11 +90,9 @@ class PTQSettings:
     def __post_init__(self) -> None:
         if self.bn not in BN_MODES:
             raise ParameterError("bn", self.bn, f"use one of {', '.join(BN_MODES)}")
-        check_act_bits(self.act_bits)
+        super().__post_init__()
         check_positive_int(self.calib_size, "calib_size")
         check_positive_int(self.batch_size, "batch_size")
-        check_quantizer_name(self.weight_quantizer)
-        object.__setattr__(self, "quantizer_options", normalize_options(self.weight_quantizer, self.quantizer_options))
         if self.calib_half not in (None, 0, 1):
             raise ParameterError(
                 "calib_half", self.calib_half, "use 0 or 1 (one half of the calibration sources) or None (all of them)"
@@ -166,7 +185,7 @@ class _ActQuant:
 
     def __init__(self, device: torch.device) -> None:
         self.mode = "off"
-        self.bits = 8
+        self.bits = DEFAULT_ACT_BITS
         self.device = device
         self.reset()
 
@@ -283,12 +302,18 @@ class PTQEngine:
         return torch.cat([self.work(x[i : i + bs].to(self.device)) for i in starts])
 
     def _set_weights(self, layer_bits: Sequence[int] | None) -> None:
-        for i, m in enumerate(self.layers):
-            w = self.fp_weights[i] if layer_bits is None else self.quantized_weight(i, layer_bits[i])
-            m.weight.data.copy_(w)
-            if self.fp_biases is not None:
-                shift = 0.0 if layer_bits is None else self.rounding.output_shift(i, layer_bits[i], w)
-                m.bias.data.copy_(self.fp_biases[i] - shift)
+        for i in range(len(self.layers)):
+            self.set_layer(i, None if layer_bits is None else layer_bits[i])
+
+    def set_layer(self, layer: int, bits: int | None) -> None:
+        """Give one layer its rounded weights at `bits` (None: full precision), with its bias
+        correction when configured; BatchNorm and activation ranges are left as they are."""
+        m = self.layers[layer]
+        w = self.fp_weights[layer] if bits is None else self.quantized_weight(layer, bits)
+        m.weight.data.copy_(w)
+        if self.fp_biases is not None:
+            shift = 0.0 if bits is None else self.rounding.output_shift(layer, bits, w)
+            m.bias.data.copy_(self.fp_biases[layer] - shift)
 
     def _bias_setup(self) -> list[torch.Tensor] | None:
         """Full-precision biases for bias correction (zero biases added where a layer has none;

@@ -40,6 +40,8 @@ from .specs import METRIC_ORIENTATION, check_metric, check_positive_int, oriente
 from .supervised import DESCRIPTION as RIDGE_DESCRIPTION
 from .supervised import NAME as RIDGE_NAME
 from .supervised import OneHotRidge
+from .target import ModelSpec, as_model_spec
+from .threads import torch_threads
 from .uncertainty import DEFAULT_RESAMPLES, Bootstrap
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class ProxyScore:
     scores: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     metric_values: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     rows: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    setup: dict[str, Any] | None = None  # one-off cost on this model: seconds, PTQ-equivalent evaluations
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("scores", "metric_values", "rows", "correlations")}
@@ -125,6 +128,12 @@ class ScoreReport:
             f"ceiling {ceiling}: sqrt of the report pool's reliability (test split-half and calibration retest combined), about the best a perfect predictor reaches.",
             f"Δ: paired difference to the best hand-made proxy chosen on search x fit ({self.best_handmade or 'none'}); a proxy beats it only where the interval excludes 0.",
         ]
+        if any(p.setup for p in self.proxies):
+            lines.append(
+                "one-off cost: seconds the proxy spent once on this model when its inputs were computed (a cached result "
+                "only loads), in PTQ-equivalent evaluations: seconds / one PTQ evaluation (quantize one configuration, "
+                "evaluate the test split), timed by the measured proxies' computation."
+            )
         if self.skipped:
             lines.append("not scored: " + "; ".join(f"{n} ({why})" for n, why in self.skipped.items()) + ".")
         if self.stats_seconds:
@@ -156,26 +165,72 @@ def _load_evolved(paths: Sequence[Path]) -> list[Proxy]:
     return [load_proxy(Path(p)) for p in paths]
 
 
-def _score_one(ctx: ProxyContext, task: tuple[Proxy, np.ndarray]) -> float:
-    """An executor task: one whole-configuration score. The context (target, settings and the
-    proxies' shared cache: PTQ engine, FP references) is shipped once and kept by each worker."""
-    proxy, config = task
-    return float(proxy.oriented_scores(ctx, config[None])[0])
+def _score_whole(
+    ctx: ProxyContext, task: tuple[tuple[Proxy, ...], np.ndarray]
+) -> tuple[list[float], float, list[float]]:
+    """An executor task: every whole-configuration proxy's score of one configuration, the
+    seconds of the PTQ pass they share and each proxy's own seconds. The context (target,
+    settings and the proxies' shared cache: PTQ engine, FP references) is shipped once and
+    kept by each worker."""
+    from .baselines.whole_config import prepared
 
-
-def _proxy_scores(
-    proxy: Proxy, ctx: ProxyContext, configs: np.ndarray, progress: bool, executor: Executor | None
-) -> tuple[np.ndarray, float]:
-    """Oriented scores of `configs` and seconds per configuration. Whole-configuration proxies
-    go through `executor` with `ctx` as the shared context (give one without statistics)."""
+    proxies, config = task
+    for proxy in proxies:  # once per worker: the FP references, before any configuration is prepared
+        proxy.reference(ctx)
     t0 = time.perf_counter()
-    if proxy.separable:
-        scores = proxy.oriented_scores(ctx, configs)
-    else:
-        jobs = (executor or make_executor("serial")).map(_score_one, [(proxy, c) for c in configs], context=ctx)
-        scores = np.array(
-            list(tqdm(jobs, total=len(configs), desc=proxy.name, unit="cfg", disable=not progress)), dtype=np.float64
-        )
+    prepared(ctx, config)
+    shared = time.perf_counter() - t0
+    scores, seconds = [], []
+    for proxy in proxies:
+        t0 = time.perf_counter()
+        scores.append(float(proxy.oriented_scores(ctx, config[None])[0]))
+        seconds.append(time.perf_counter() - t0)
+    return scores, shared, seconds
+
+
+ESTIMATE_AFTER = 3  # configurations timed before the run's length is announced
+ANNOUNCE_SECONDS = 20.0  # runs estimated to take longer are announced
+
+
+def _whole_config_scores(
+    proxies: Sequence[Proxy], ctx: ProxyContext, configs: np.ndarray, progress: bool, executor: Executor | None
+) -> tuple[np.ndarray, list[float]]:
+    """Oriented scores [N, P] of whole-configuration proxies sharing one PTQ pass per
+    configuration, and each proxy's seconds per configuration as if run alone (its own time
+    plus the shared pass). How long the run will take is announced after the first few."""
+    names = ", ".join(p.name for p in proxies)
+    jobs = (executor or make_executor("serial")).map(_score_whole, [(tuple(proxies), c) for c in configs], context=ctx)
+    bar = tqdm(jobs, total=len(configs), desc=names, unit="cfg", disable=not progress)
+    rows, shared, own = [], 0.0, np.zeros(len(proxies))
+    t0 = time.perf_counter()
+    for k, (scores, pass_seconds, seconds) in enumerate(bar, start=1):
+        rows.append(scores)
+        shared += pass_seconds
+        own += seconds
+        if k == min(ESTIMATE_AFTER, len(configs)) and len(configs) > k:
+            left = (time.perf_counter() - t0) / k * (len(configs) - k)
+            text = (
+                f"scoring {names} on {len(configs)} configurations: about {_duration(left)} more (from the first {k})"
+            )
+            log.info(text)
+            if progress and left > ANNOUNCE_SECONDS:
+                bar.write(text)
+    out = np.array(rows, dtype=np.float64).reshape(len(configs), len(proxies))
+    if not np.isfinite(out).all():
+        bad = proxies[int(np.flatnonzero(~np.isfinite(out).all(axis=0))[0])]
+        raise EmqError(f"proxy {bad.name}: produced NaN or infinite scores")
+    n = max(len(configs), 1)
+    return out, [(shared + o) / n for o in own]
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _proxy_scores(proxy: Proxy, ctx: ProxyContext, configs: np.ndarray) -> tuple[np.ndarray, float]:
+    """Oriented scores of `configs` by a separable (or evolved) proxy and seconds per configuration."""
+    t0 = time.perf_counter()
+    scores = proxy.oriented_scores(ctx, configs)
     if not np.isfinite(scores).all():
         raise EmqError(f"proxy {proxy.name}: produced NaN or infinite scores")
     return np.asarray(scores, dtype=np.float64), (time.perf_counter() - t0) / max(len(configs), 1)
@@ -240,19 +295,18 @@ class _Cells:
             iv = self.bootstrap(held).interval(scores[self.split["heldout"][rows]])
             interval = {"low": _finite(iv.low), "high": _finite(iv.high)}
         return ProxyScore(
-            name,
-            description,
-            kind,
-            orientation,
-            cost,
-            n,
-            corr,
-            seconds,
-            interval,
-            None,
-            scores,
-            self.values["report"][rows],
-            rows,
+            name=name,
+            description=description,
+            kind=kind,
+            orientation=orientation,
+            cost=cost,
+            n=n,
+            correlations=corr,
+            seconds_per_config=seconds,
+            interval=interval,
+            scores=scores,
+            metric_values=self.values["report"][rows],
+            rows=rows,
         )
 
     def paired(self, p: ProxyScore, base: ProxyScore) -> dict[str, Any] | None:
@@ -281,7 +335,7 @@ def score(
     metric: str | None = None,
     limit: int | None = DEFAULT_LIMIT,
     ompq_beta: float | None = None,
-    model: str | None = None,
+    model: ModelSpec | str | None = None,
     data: str | None = None,
     weights: Path | None = None,
     stats: Any = None,
@@ -291,6 +345,7 @@ def score(
     resamples: int = DEFAULT_RESAMPLES,
     reference: bool = True,
     device: str | torch.device = "cpu",
+    threads: int | None = None,
 ) -> ScoreReport:
     """Score hand-made (`proxies`: 'all' or names) and evolved (`proxy_files`) proxies on a bench.
 
@@ -300,108 +355,135 @@ def score(
     `resamples` bootstrap replicates give the intervals; `reference` adds the ridge row.
     `device` is where statistics and whole-configuration proxies run the network (emq.device;
     every worker uses it); the configurations sampled and the images seen do not depend on it.
+    `threads` is torch's intra-op thread count for the run (None: emq.threads chooses; the caller's is restored).
     """
-    from .bench import Bench
+    with torch_threads(threads):
+        from .bench import Bench
 
-    check_positive_int(resamples, "resamples")
-    device = resolve_device(device)
-    b = Bench.open(bench)
-    metric = check_metric(metric or b.default_metric)
-    names = parse_proxy_names(proxies if isinstance(proxies, str) else ",".join(proxies)) if proxies else []
-    instances = [get_proxy(n, **({"beta": ompq_beta} if n == "ompq" and ompq_beta is not None else {})) for n in names]
-    kinds = ["separable" if p.separable else "whole-config" for p in instances]
-    evolved = _load_evolved([Path(p) for p in proxy_files])
-    instances += evolved
-    kinds += ["evolved"] * len(evolved)
-    if not instances:
-        raise EmqError("no proxy to score: give --proxies and/or --proxy FILE")
-    setup = BenchSetup.of(b, model, data, weights)
-    target, settings = setup.target, setup.ptq
-    cells = _Cells(b, metric, resamples)
-    stats_seconds = 0.0
-    if stats is None and any(p.separable for p in instances):
-        t0 = time.perf_counter()
-        stats = setup.network_stats(progress, device)
-        stats_seconds = time.perf_counter() - t0
-    skipped = {}
-    if target.data is None:  # a bundle without its data: whole-configuration proxies quantize the model on it
-        skipped = {
-            p.name: "needs the bench's data (it quantizes the model on it); install the data or pass --data"
-            for p in instances
-            if not p.separable
-        }
-        for name, reason in skipped.items():
-            log.warning("not scoring %s: %s", name, reason)
-        keep = [i for i, p in enumerate(instances) if p.separable]
-        instances, kinds = [instances[i] for i in keep], [kinds[i] for i in keep]
+        check_positive_int(resamples, "resamples")
+        device = resolve_device(device)
+        b = Bench.open(bench)
+        metric = check_metric(metric or b.default_metric)
+        names = parse_proxy_names(proxies if isinstance(proxies, str) else ",".join(proxies)) if proxies else []
+        instances = [
+            get_proxy(n, **({"beta": ompq_beta} if n == "ompq" and ompq_beta is not None else {})) for n in names
+        ]
+        kinds = ["separable" if p.separable else "whole-config" for p in instances]
+        evolved = _load_evolved([Path(p) for p in proxy_files])
+        instances += evolved
+        kinds += ["evolved"] * len(evolved)
         if not instances:
-            raise EmqError(
-                f"bench {b.path}: its data is not installed, and every proxy asked for ({', '.join(skipped)}) needs it; install the data or pass --data"
-            )
-    ctx = ProxyContext(target, tuple(b.bits), settings, stats, device=device)
-    whole_ctx = ProxyContext(
-        target, tuple(b.bits), settings, device=device
-    )  # without statistics: what executors ship to workers
-    search, heldout = cells.ok & ~b.heldout, cells.ok & b.heldout
-    results = []
-    with executor_for(executor, workers) as pool:
-        for proxy, kind in zip(instances, kinds, strict=True):
+            raise EmqError("no proxy to score: give --proxies and/or --proxy FILE")
+        setup = BenchSetup.of(b, as_model_spec(model, data, weights))
+        target, settings = setup.target, setup.ptq
+        cells = _Cells(b, metric, resamples)
+        stats_seconds = 0.0
+        if stats is None and any(p.separable for p in instances):
+            t0 = time.perf_counter()
+            stats = setup.network_stats(progress, device)
+            stats_seconds = time.perf_counter() - t0
+        skipped = {}
+        if target.data is None:  # a bundle without its data: whole-configuration proxies quantize the model on it
+            skipped = {
+                p.name: "needs the bench's data (it quantizes the model on it); install the data or pass --data"
+                for p in instances
+                if p.needs_data
+            }
+            for name, reason in skipped.items():
+                log.warning("not scoring %s: %s", name, reason)
+            keep = [i for i, p in enumerate(instances) if not p.needs_data]
+            instances, kinds = [instances[i] for i in keep], [kinds[i] for i in keep]
+            if not instances:
+                raise EmqError(
+                    f"bench {b.path}: its data is not installed, and every proxy asked for ({', '.join(skipped)}) needs it; install the data or pass --data"
+                )
+        ctx = ProxyContext(target, tuple(b.bits), settings, stats, device=device)
+        whole_ctx = ProxyContext(
+            target, tuple(b.bits), settings, device=device
+        )  # without statistics: what executors ship to workers
+        search, heldout = cells.ok & ~b.heldout, cells.ok & b.heldout
+        results = []
+        scored: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}  # instance -> rows, scores, s/config
+        for k, proxy in enumerate(instances):
             if proxy.separable:
                 rows = np.flatnonzero(cells.ok)
-            else:
-                rows = np.union1d(_sample(search, limit, SAMPLE_SEED), _sample(heldout, limit, SAMPLE_SEED + 1))
-            log.info("scoring %s on %d configurations", proxy.name, len(rows))
-            scores, seconds = _proxy_scores(
-                proxy, ctx if proxy.separable else whole_ctx, b.configs[rows], progress, pool
-            )
+                log.info("scoring %s on %d configurations", proxy.name, len(rows))
+                scored[k] = (rows, *_proxy_scores(proxy, ctx, b.configs[rows]))
+        whole = [k for k, p in enumerate(instances) if not p.separable]
+        if whole:
+            rows = np.union1d(_sample(search, limit, SAMPLE_SEED), _sample(heldout, limit, SAMPLE_SEED + 1))
+            proxies_whole = [instances[k] for k in whole]
+            log.info("scoring %s on %d configurations", ", ".join(p.name for p in proxies_whole), len(rows))
+            with executor_for(executor, workers) as pool:
+                table, seconds = _whole_config_scores(proxies_whole, whole_ctx, b.configs[rows], progress, pool)
+            for j, k in enumerate(whole):
+                scored[k] = (rows, table[:, j], seconds[j])
+        results = []
+        for k, (proxy, kind) in enumerate(zip(instances, kinds, strict=True)):
+            rows, scores, seconds = scored[k]
             results.append(
                 cells.score(proxy.name, proxy.description, kind, proxy.orientation, proxy.cost, rows, scores, seconds)
             )
-    if reference:
-        rows = np.flatnonzero(cells.ok)
-        fit_rows = np.flatnonzero(search)
-        t0 = time.perf_counter()
-        ridge = OneHotRidge(b.bits).fit(b.configs[fit_rows], cells.values["fit"][fit_rows])
-        pred = ridge.predict(b.configs[rows])
-        results.append(
-            cells.score(
-                RIDGE_NAME,
-                f"{RIDGE_DESCRIPTION}; alpha {ridge.alpha_:g}",
-                "supervised",
-                1,
-                "fit on the bench",
-                rows,
-                pred,
-                (time.perf_counter() - t0) / len(rows),
+            results[-1].setup = proxy.setup_cost(ctx) if proxy.separable else None
+        _statistics_cost(results, instances, stats)
+        if reference:
+            rows = np.flatnonzero(cells.ok)
+            fit_rows = np.flatnonzero(search)
+            t0 = time.perf_counter()
+            ridge = OneHotRidge(b.bits).fit(b.configs[fit_rows], cells.values["fit"][fit_rows])
+            pred = ridge.predict(b.configs[rows])
+            results.append(
+                cells.score(
+                    RIDGE_NAME,
+                    f"{RIDGE_DESCRIPTION}; alpha {ridge.alpha_:g}",
+                    "supervised",
+                    1,
+                    "fit on the bench",
+                    rows,
+                    pred,
+                    (time.perf_counter() - t0) / len(rows),
+                )
             )
+        faithful = {p.name for p in instances if p.faithful}
+        handmade = [
+            p
+            for p in results
+            if p.kind in ("separable", "whole-config")
+            and p.name in faithful
+            and p.correlations["spearman_search_fit"] is not None
+        ]
+        best = max(handmade, key=lambda p: p.correlations["spearman_search_fit"], default=None)
+        if best is not None:
+            for p in results:
+                if p is not best:
+                    p.paired = cells.paired(p, best)
+        rel = b.reliability.get(metric) if b.pools is not None else None
+        return ScoreReport(
+            str(b.path),
+            target.name,
+            metric,
+            b.ceiling.get(metric),
+            rel,
+            b.pools.summary() if b.pools is not None else None,
+            best.name if best else None,
+            resamples,
+            stats_seconds,
+            results,
+            skipped,
         )
-    faithful = {p.name for p in instances if p.faithful}
-    handmade = [
-        p
-        for p in results
-        if p.kind in ("separable", "whole-config")
-        and p.name in faithful
-        and p.correlations["spearman_search_fit"] is not None
-    ]
-    best = max(handmade, key=lambda p: p.correlations["spearman_search_fit"], default=None)
-    if best is not None:
-        for p in results:
-            if p is not best:
-                p.paired = cells.paired(p, best)
-    rel = b.reliability.get(metric) if b.pools is not None else None
-    return ScoreReport(
-        str(b.path),
-        target.name,
-        metric,
-        b.ceiling.get(metric),
-        rel,
-        b.pools.summary() if b.pools is not None else None,
-        best.name if best else None,
-        resamples,
-        stats_seconds,
-        results,
-        skipped,
-    )
+
+
+def _statistics_cost(results: list[ProxyScore], instances: list[Proxy], stats: Any) -> None:
+    """The statistics' compute seconds (when they were computed, shared by every statistics proxy)
+    as the one-off cost of the separable proxies that read them; in PTQ-equivalent evaluations
+    when a measured proxy of the report timed one PTQ evaluation."""
+    ref = next((r.setup.get("ptq_evaluation_seconds") for r in results if r.setup), None)
+    if stats is None:
+        return
+    seconds = float(sum(stats.meta.get("seconds", {}).values()))
+    for r, proxy in zip(results, instances, strict=False):
+        if r.setup is None and proxy.separable and proxy.cost != "free":
+            r.setup = {"seconds": seconds, "shared": "statistics", "ptq_equivalents": seconds / ref if ref else None}
 
 
 def paired_difference(report: ScoreReport, a: ProxyScore, b: ProxyScore) -> dict[str, Any] | None:
@@ -425,6 +507,7 @@ TABLE_COLUMNS = [
     ("Δρ vs best hand-made [95 % CI]", "paired"),
     ("τ held-out×report", "kendall_heldout_report"),
     ("s / config", "seconds_per_config"),
+    ("one-off cost", "setup"),
 ]
 
 
@@ -439,6 +522,15 @@ def _with_interval(v: float | None, low: float | None, high: float | None, signe
         if signed
         else f"{text} [{low:.3f}, {high:.3f}]"
     )
+
+
+def _cost_text(setup: dict[str, Any] | None) -> str:
+    """'312 s = 24.1 PTQ evals' (PTQ-equivalent evaluations: seconds / one PTQ evaluation's)."""
+    if not setup or setup.get("seconds") is None:
+        return "-"
+    eq = setup.get("ptq_equivalents")
+    shared = " (shared statistics)" if setup.get("shared") else ""
+    return f"{setup['seconds']:.0f} s" + (f" = {eq:.1f} PTQ evals" if eq is not None else "") + shared
 
 
 def table_rows(report: ScoreReport) -> tuple[list[str], list[list[Any]]]:
@@ -460,6 +552,8 @@ def table_rows(report: ScoreReport) -> tuple[list[str], list[list[Any]]]:
                 )
             elif key == "seconds_per_config":
                 row.append(f"{p.seconds_per_config:.2g}")
+            elif key == "setup":
+                row.append(_cost_text(p.setup))
             else:
                 v = getattr(p, key) if hasattr(p, key) else p.correlations.get(key)
                 row.append("n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else v))
@@ -484,6 +578,8 @@ def _csv_text(report: ScoreReport) -> str:
         "paired_low",
         "paired_high",
         "seconds_per_config",
+        "setup_seconds",
+        "setup_ptq_equivalents",
         "description",
     ]
     w = csv.writer(buf, lineterminator="\n")
@@ -494,6 +590,8 @@ def _csv_text(report: ScoreReport) -> str:
             "kind": p.kind,
             "orientation": p.orientation,
             "seconds_per_config": p.seconds_per_config,
+            "setup_seconds": (p.setup or {}).get("seconds"),
+            "setup_ptq_equivalents": (p.setup or {}).get("ptq_equivalents"),
             "description": p.description,
         }
         flat.update({f"n_{c}": v for c, v in p.n.items()})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import field
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,13 @@ DEFAULT_BITS_TEXT = ",".join(map(str, DEFAULT_BITS))
 # +1: higher is better (accuracy); -1: lower is better. The order is the storage order.
 METRIC_ORIENTATION: dict[str, int] = {"top1": 1, "loss": -1, "kl": -1}
 METRICS: tuple[str, ...] = tuple(METRIC_ORIENTATION)
+
+
+def setting(default: Any, help: str | None = None, **cli: Any) -> Any:
+    """A dataclass field declared with its command-line help, so name, default and help live
+    in one place: a field with `help` becomes a flag (emq.cli.fieldargs), `{default}` in the
+    help is the default shown; `cli` may name the `flag`, its `choices` or its `flag_default`."""
+    return field(default=default, metadata={"help": help, **cli} if help else {})
 
 
 class ParameterError(EmqError, ValueError):

@@ -11,7 +11,7 @@ from .data import DataSplits, load_data
 from .errors import EmqError
 from .layermap import LayerMap, build_layer_map
 from .models import EMBEDDED_MODELS, build_model, check_channels
-from .specs import check_positive_int
+from .specs import ParameterError, check_positive_int
 
 
 @dataclass
@@ -27,6 +27,48 @@ class Target:
                 f"model {self.name} has no data: pass --data (an ImageFolder or CIFAR-10 directory); nothing is downloaded"
             )
         return self.data
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model and its data as a caller names them, before anything is built: the one value
+    an entry point passes down instead of five loose parameters (`resolve` builds the Target).
+    Where the network runs (`device`) is not part of it: the same model runs anywhere."""
+
+    model: str | nn.Module | None = None  # None: 'default', or a bench's own model
+    data: str | DataSplits | None = None  # None: the model's own data (or a bench's)
+    weights: Path | None = None
+    num_classes: int | None = None
+    input_size: int | None = None
+
+    def resolve(self, need_data: bool = True, default_model: str = "default", default_data: object = None) -> Target:
+        """The Target; `default_model` / `default_data` stand in for a model or data not given."""
+        return resolve_target(
+            self.model if self.model is not None else default_model,
+            self.data if self.data is not None else default_data,
+            weights=self.weights,
+            num_classes=self.num_classes,
+            input_size=self.input_size,
+            need_data=need_data,
+        )
+
+
+def as_model_spec(
+    model: ModelSpec | str | nn.Module | None = None,
+    data: str | DataSplits | None = None,
+    weights: Path | None = None,
+    num_classes: int | None = None,
+    input_size: int | None = None,
+) -> ModelSpec:
+    """A public function's model arguments as one ModelSpec; a ModelSpec given as `model` is
+    taken as it is (its parts are not given twice)."""
+    if not isinstance(model, ModelSpec):
+        return ModelSpec(model, data, weights, num_classes, input_size)
+    beside = {"data": data, "weights": weights, "num_classes": num_classes, "input_size": input_size}
+    for name, value in beside.items():
+        if value is not None:
+            raise ParameterError(name, value, "give it inside the ModelSpec passed as model, not beside it")
+    return model
 
 
 def resolve_target(

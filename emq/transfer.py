@@ -27,14 +27,18 @@ from typing import Any
 import numpy as np
 
 from .errors import EmqError
-from .evolution.evaluator import DEFAULT_AGGREGATE
+from .evolution.engine import TRANSFER_CAMPAIGN
 from .executors import Executor
 from .fileio import atomic_write_text, ensure_dir
 from .specs import ParameterError
+from .uncertainty import DEFAULT_RESAMPLES
 
 log = logging.getLogger(__name__)
 
 WHOLE_CONFIG = ("kl", "gmpq", "seam")
+PROTOCOLS = ("leave-one-out", "single")
+SEEDS = (0, 1, 2)  # campaign seeds per cell
+WHOLE_LIMIT = 20  # configurations per split the whole-configuration references quantize
 
 
 @dataclass(frozen=True)
@@ -66,9 +70,7 @@ def bench_groups(benches: Sequence[str]) -> dict[str, list[str]]:
     return groups
 
 
-def plan(
-    benches: Sequence[str], seeds: Sequence[int], protocols: Sequence[str] = ("leave-one-out", "single")
-) -> list[Campaign]:
+def plan(benches: Sequence[str], seeds: Sequence[int], protocols: Sequence[str] = PROTOCOLS) -> list[Campaign]:
     """The campaigns of a transfer study, in a fixed order."""
     if len(set(benches)) != len(benches):
         raise ParameterError("benches", ",".join(benches), "a bench is named twice")
@@ -263,14 +265,15 @@ class TransferStudy:
     def __init__(
         self,
         benches: Sequence[str],
-        seeds: Sequence[int] = (0, 1, 2),
-        generations: int = 30,
-        population: int = 48,
-        protocols: Sequence[str] = ("leave-one-out", "single"),
-        aggregate: str = DEFAULT_AGGREGATE,
+        *,
+        seeds: Sequence[int] = SEEDS,
+        generations: int = TRANSFER_CAMPAIGN.generations,
+        population: int = TRANSFER_CAMPAIGN.population,
+        protocols: Sequence[str] = PROTOCOLS,
+        aggregate: str = TRANSFER_CAMPAIGN.aggregate,
         whole_config: Sequence[str] = WHOLE_CONFIG,
-        whole_limit: int = 20,
-        resamples: int = 1000,
+        whole_limit: int = WHOLE_LIMIT,
+        resamples: int = DEFAULT_RESAMPLES,
         out_dir: str | Path | None = None,
         progress: bool = False,
         executor: Executor | str | None = None,

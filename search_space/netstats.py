@@ -20,13 +20,25 @@ maps every layer to its bit slot.
 On disk (`save_stats` / `load_stats`) the statistics are one torch file of plain tensors,
 lists, strings and numbers, loadable with ``torch.load(weights_only=True)`` (no pickle code
 runs), plus a content digest over every tensor and field: a truncated or altered file is
+rejected, never trusted. Caches store float32 (format 2). Shipped bundles store the compact
+format 3 (``compact=True``): every tensor as float16 divided by its largest magnitude (one
+float32 scale per tensor, so gradients and Fisher values far below float16's smallest normal
+number keep their relative precision), and ``E`` left out because it is ``Q - W`` (``Q`` is
+kept: the exact zeros of the quantization grid matter to proxies that take sqrt or log of
+it); loading restores float32. That halves a bundle; `benchmarks/stats_compaction.py`
+measures how far each proxy's correlation moves.
 rejected, never trusted.
+
+A shipped bundle may leave out the activation-shaped fields (``meta["omitted"]``: they take
+a second to recompute from data that ships, and are most of a file's size); such a partial
+file is read only with ``load_stats(path, partial=True)`` and completed before use
+(`emq.search_space.shipped`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -36,8 +48,11 @@ from emq.fileio import atomic_write
 from emq.hashing import tensor_digest
 
 TENSOR_FIELDS = ("W", "G", "VG", "H", "A", "Y", "GY", "AE", "Q", "E", "SG", "FD")
+ACTIVATION_FIELDS = ("A", "Y", "GY", "AE")  # what a partial (shipped) file may leave out
 SCALAR_FIELDS = ("trace", "eig", "params", "macs", "out_channels")
 FORMAT = "emq-stats/2"
+COMPACT_FORMAT = "emq-stats/3"
+DERIVED = ("E",)  # left out of compact files: E = Q_b(W) - W (Q is kept: its exact zeros matter to sqrt, log)
 
 
 @dataclass
@@ -82,22 +97,61 @@ class NetworkStats:
         """How the Hessian estimates converged (settings, probes, per-layer iterations and changes); {} if not recorded."""
         return dict(self.meta.get("hessian", {}).get("convergence", {}))
 
+    @property
+    def omitted(self) -> tuple[str, ...]:
+        """Fields a partial file left out (empty tensors here); () for complete statistics."""
+        return tuple(self.meta.get("omitted", ()))
+
+
+def select_bits(ns: NetworkStats, bits: tuple[int, ...]) -> NetworkStats:
+    """The same statistics for a subset of their bit-widths (Q_b and E_b are per bit, independent)."""
+    if tuple(bits) == tuple(ns.bits):
+        return ns
+    missing = sorted(set(bits) - set(ns.bits))
+    if missing:
+        raise EmqError(f"statistics hold bits {list(ns.bits)}, not {missing}")
+    idx = [ns.bits.index(b) for b in bits]
+    layers = [replace(layer, Q=layer.Q[idx], E=layer.E[idx]) for layer in ns.layers]
+    return NetworkStats(tuple(bits), layers, list(ns.layer_slot), dict(ns.meta))
+
+
+def omit_fields(ns: NetworkStats, fields: tuple[str, ...] = ACTIVATION_FIELDS) -> NetworkStats:
+    """A partial copy without `fields` (stored empty), for a bundle whose data ships."""
+    unknown = set(fields) - set(ACTIVATION_FIELDS)
+    if unknown:
+        raise EmqError(f"only activation-shaped fields may be left out, not {sorted(unknown)}")
+    empty = {f: torch.empty(0) for f in fields}
+    layers = [replace(layer, **empty) for layer in ns.layers]
+    return NetworkStats(ns.bits, layers, list(ns.layer_slot), {**ns.meta, "omitted": list(fields)})
+
 
 def _digest(tensors: dict[str, torch.Tensor], header: dict) -> str:
     keys = sorted(tensors)
     return tensor_digest((tensors[k] for k in keys), extra=json.dumps(header, sort_keys=True) + "|".join(keys))
 
 
-def save_stats(stats: NetworkStats, path: str | Path) -> Path:
-    """Write statistics atomically (temp file + rename): a reader sees the old file or the new one."""
+def _compact(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float16 of t / max|t| and the float32 scale (1 for an all-zero tensor)."""
+    scale = t.abs().max().to(torch.float32) if t.numel() else torch.tensor(1.0)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (t / scale).to(torch.float16), scale
+
+
+def save_stats(stats: NetworkStats, path: str | Path, compact: bool = False) -> Path:
+    """Write statistics atomically (temp file + rename): a reader sees the old file or the new one.
+    `compact` writes the bundle format (see the module docstring)."""
     path = Path(path)
     tensors = {
         f"{i}/{f}": getattr(layer, f).detach().cpu().contiguous()
         for i, layer in enumerate(stats.layers)
         for f in TENSOR_FIELDS
+        if not (compact and f in DERIVED)
     }
+    if compact:
+        for key in list(tensors):
+            tensors[key], tensors[f"{key}/scale"] = _compact(tensors[key])
     header = {
-        "format": FORMAT,
+        "format": COMPACT_FORMAT if compact else FORMAT,
         "bits": list(stats.bits),
         "layer_slot": list(stats.layer_slot),
         "names": stats.names,
@@ -109,8 +163,18 @@ def save_stats(stats: NetworkStats, path: str | Path) -> Path:
     return path
 
 
-def load_stats(path: str | Path) -> NetworkStats:
-    """Read a statistics file written by `save_stats`; EmqError if it is missing, corrupt or foreign."""
+def _expand(tensors: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    """Layer i's float32 tensors of a compact file, derived fields restored."""
+    out = {
+        f: tensors[f"{i}/{f}"].to(torch.float32) * tensors[f"{i}/{f}/scale"] for f in TENSOR_FIELDS if f not in DERIVED
+    }
+    out["E"] = out["Q"] - out["W"].unsqueeze(0)
+    return out
+
+
+def load_stats(path: str | Path, partial: bool = False) -> NetworkStats:
+    """Read a statistics file written by `save_stats`; EmqError if it is missing, corrupt or foreign,
+    or partial (fields left out) unless `partial`."""
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -123,19 +187,27 @@ def load_stats(path: str | Path) -> NetworkStats:
         raise EmqError(
             f"{path}: not a readable statistics file ({type(e).__name__}: {e}); delete it and recompute"
         ) from e
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
+    if not isinstance(header, dict) or header.get("format") not in (FORMAT, COMPACT_FORMAT):
         raise EmqError(
             f"{path}: format {header.get('format') if isinstance(header, dict) else None!r} is not {FORMAT}; recompute the statistics"
         )
     if _digest(tensors, header) != digest:
         raise EmqError(f"{path}: content digest mismatch (the file is damaged); delete it and recompute")
+    compact = header["format"] == COMPACT_FORMAT
+    omitted = header["meta"].get("omitted") if isinstance(header.get("meta"), dict) else None
+    if omitted and not partial:
+        raise EmqError(
+            f"{path}: partial statistics (without {', '.join(omitted)}); complete them with "
+            "emq.search_space.stats.complete_stats"
+        )
     layers = []
     for i, name in enumerate(header["names"]):
         scalars = dict(zip(SCALAR_FIELDS, header["scalars"][i], strict=True))
+        fields = _expand(tensors, i) if compact else {f: tensors[f"{i}/{f}"] for f in TENSOR_FIELDS}
         layers.append(
             LayerStats(
                 name=name,
-                **{f: tensors[f"{i}/{f}"] for f in TENSOR_FIELDS},
+                **fields,
                 trace=float(scalars["trace"]),
                 eig=float(scalars["eig"]),
                 params=int(scalars["params"]),

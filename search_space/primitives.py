@@ -308,6 +308,32 @@ def _bits(stats: Any, layer: int) -> tuple[int, ...]:
     return tuple(stats.bits)
 
 
+MEASURED_KEY = "sensitivity"  # NetworkStats.meta entry that emq.sensitivity.attach_sensitivity fills
+
+
+def _measured(metric: str) -> Callable[[Any, int], tuple[float, ...]]:
+    """A layer's share of its slot's measured sensitivity (emq.sensitivity), one value per bit:
+    the slot's value divided by the number of layers tied into it, so the terminal summed into
+    slots is the measured table itself."""
+
+    def raw(stats: Any, layer: int) -> tuple[float, ...]:
+        measured = stats.meta.get(MEASURED_KEY)
+        if not measured:
+            raise EmqError(
+                "the statistics hold no measured sensitivity (terminals MKL, MDL, MNSR): attach it with "
+                "emq.sensitivity.attach_sensitivity, or compute it with `emq stats --sensitivity`"
+            )
+        if list(measured["bits"]) != list(stats.bits):
+            raise EmqError(
+                f"the measured sensitivity is for bits {measured['bits']}, the statistics for {list(stats.bits)}: measure it again"
+            )
+        slot = stats.layer_slot[layer]
+        share = stats.layer_slot.count(slot)
+        return tuple(float(v) / share for v in measured["tables"][metric][slot])
+
+    return raw
+
+
 # Raw statistics (LayerStats fields and the bits), then derived terminals. The order is the
 # order of every preset and of the DEAP terminal set, so new terminals go at the end.
 _TERMINAL_LIST = [
@@ -345,7 +371,35 @@ _TERMINAL_LIST = [
     TerminalSpec(
         "FD", WeightT, False, "diagonal empirical Fisher E_x[g_x^2] (per-sample gradients)", r"F_{d}", default=False
     ),
+    TerminalSpec(
+        "MKL",
+        Scalar,
+        True,
+        "measured sensitivity: KL(FP || the layer's slot alone at b bits), the layer's share",
+        r"S^{\mathrm{KL}}_{b}",
+        default=False,
+        raw=_measured("kl"),
+    ),
+    TerminalSpec(
+        "MDL",
+        Scalar,
+        True,
+        "measured sensitivity: loss change with the layer's slot alone at b bits, the layer's share",
+        r"S^{\Delta L}_{b}",
+        default=False,
+        raw=_measured("loss"),
+    ),
+    TerminalSpec(
+        "MNSR",
+        Scalar,
+        True,
+        "measured sensitivity: output noise-to-signal ratio with the layer's slot alone at b bits, the layer's share",
+        r"S^{\mathrm{NSR}}_{b}",
+        default=False,
+        raw=_measured("nsr"),
+    ),
 ]
+MEASURED_TERMINALS = ("MKL", "MDL", "MNSR")
 
 
 def _registry(specs: list[TerminalSpec]) -> Registry[TerminalSpec]:

@@ -22,6 +22,7 @@ import torch
 from emq.errors import EmqError
 from emq.fileio import atomic_write_text
 from emq.proxy import ProxyContext, SeparableProxy
+from emq.sensitivity import ensure_measured, uses_measured
 from emq.specs import ParameterError
 
 from .evaluate import TableEvaluator, Token, tree_terminals
@@ -101,6 +102,8 @@ class EvolvedProxy(SeparableProxy):
             )
         key = ("evolved-table", self.key, self.act_samples)
         if key not in ctx.cache:
+            if uses_measured(tree_terminals(self.tokens)):
+                ensure_measured(ctx.stats, ctx.target, ctx.settings, ctx.device)
             full = self.stats_table(ctx.stats).cpu().numpy()
             bits = list(ctx.stats.bits)
             missing = [b for b in ctx.bits if b not in bits]
@@ -198,9 +201,14 @@ def load_proxy(path: str | Path) -> EvolvedProxy:
     """Read a proxy file; malformed or unknown content raises EmqError naming the file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise EmqError(f"proxy file {path}: cannot be read ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise EmqError(
+            f"proxy file {path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+            "give an emq-proxy/1 JSON file, e.g. a run's best_proxy.json"
+        ) from e
     depth = json_depth(text)
     if depth > MAX_JSON_DEPTH:
         raise EmqError(f"proxy file {path}: nested {depth} levels deep; a proxy file has at most {MAX_JSON_DEPTH}")

@@ -55,9 +55,8 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -66,24 +65,24 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from tqdm import tqdm
 
-from emq.data import DEFAULT_CALIB_SIZE, DataSplits
+from emq.data import DataSplits
 from emq.device import resolve_device
 from emq.errors import EmqError
 from emq.fileio import cache_root
 from emq.hashing import state_dict_digest, tensor_digest
 from emq.layermap import QUANTIZABLE, LayerMap
-from emq.quant import PTQSettings, normalize_options
-from emq.quantizers import check_quantizer_name, fake_quant
+from emq.quant import PTQSettings, QuantSpec
+from emq.quantizers import fake_quant
 from emq.rounding import RoundedWeights
 from emq.specs import (
-    DEFAULT_ACT_BITS,
     DEFAULT_BITS,
     UNQUANTIZED_ACT_BITS,
-    check_act_bits,
     check_bit_set,
     check_weight_bits,
+    setting,
 )
-from emq.target import Target, resolve_target
+from emq.target import ModelSpec, Target, as_model_spec
+from emq.threads import check_threads, torch_threads
 
 from .hessian import (
     HessianProblem,
@@ -93,6 +92,7 @@ from .hessian import (
     power_iteration,
 )
 from .netstats import FORMAT, TENSOR_FIELDS, LayerStats, NetworkStats, load_stats, save_stats
+from .shipped import find_shipped
 
 log = logging.getLogger(__name__)
 
@@ -101,31 +101,57 @@ _PER_SAMPLE_FLOATS = 1 << 24  # per-sample gradient values held at once (64 MB i
 
 
 @dataclass(frozen=True)
-class StatsSettings:
-    """How statistics are computed; every field is part of the cache key."""
+class StatsSettings(QuantSpec):
+    """How statistics are computed; every field is part of the cache key. The quantization
+    they model (`QuantSpec`: activation bits, weight rounding and its options, symmetry) is
+    the PTQ engine's (see from_ptq): Q_b(W) is what it deploys. A field with help text is a
+    flag of `emq stats`."""
 
-    calib_size: int = 256  # calibration images drawn from the data (ignored for a given batch)
-    calib_seed: int = 0
-    batch_size: int = 256  # forward/backward batch for A, Y, G, GY
-    hessian_images: int = 64  # first images of the calibration batch used for Hessian work
-    hessian_batch_size: int = 64  # smaller = less memory; >1 batch recomputes graphs per probe
-    hessian_min_probes: int = 8
-    hessian_max_probes: int = 128  # the default model converges (hessian_tol) after 54 probes
-    hessian_tol: float = 1e-2  # relative L1 change of the per-layer running-mean traces that stops the probes
-    eig_iters: int = 100  # power-iteration steps per layer, HAWQ's maximum (0: skip, eig = 0)
-    eig_tol: float = 1e-3  # relative change of a layer's eigenvalue that stops it (HAWQ's)
-    seed: int = 0  # Hutchinson probes and power-iteration starts
-    act_bits: int = DEFAULT_ACT_BITS
-    weight_symmetric: bool = False
-    act_cap: int = 64  # samples of A, Y, GY, AE stored per layer
-    negative_trace: str = "clamp"
-    weight_quantizer: str = "mse"  # must be the PTQ engine's (see from_ptq): Q_b(W) is what it deploys
-    quantizer_options: tuple[tuple[str, Any], ...] = ()
+    calib_size: int = setting(
+        256, "calibration images (default {default})"
+    )  # calibration images drawn from the data (ignored for a given batch)
+    calib_seed: int = setting(0, "seed of the calibration draw (default {default})")
+    batch_size: int = setting(
+        256, "batch size of the gradient pass (default {default})"
+    )  # forward/backward batch for A, Y, G, GY
+    hessian_images: int = setting(
+        64, "calibration images used for Hessian work (default {default})"
+    )  # first images of the calibration batch used for Hessian work
+    hessian_batch_size: int = setting(
+        64, "Hessian batch size; smaller saves memory, costs time (default {default})"
+    )  # smaller = less memory; >1 batch recomputes graphs per probe
+    hessian_min_probes: int = setting(
+        8,
+        "minimum Hutchinson probes (default {default}, capped at --hessian-samples)",
+        flag="--hessian-min-samples",
+        flag_default=None,
+    )
+    hessian_max_probes: int = setting(
+        128, "maximum Hutchinson probes (default {default})", flag="--hessian-samples"
+    )  # the default model converges (hessian_tol) after 54 probes
+    hessian_tol: float = setting(
+        1e-2, "relative change of the per-layer traces that stops the probes (default {default})"
+    )  # relative L1 change of the per-layer running-mean traces that stops the probes
+    eig_iters: int = setting(
+        100, "power-iteration steps for the top eigenvalue per layer (default {default}; 0 skips)"
+    )  # power-iteration steps per layer, HAWQ's maximum (0: skip, eig = 0)
+    eig_tol: float = setting(
+        1e-3, "relative change of a layer's top eigenvalue that stops its power iteration (default {default})"
+    )  # relative change of a layer's eigenvalue that stops it (HAWQ's)
+    seed: int = setting(
+        0, "seed of the Hessian probes (default {default})"
+    )  # Hutchinson probes and power-iteration starts
+    act_cap: int = setting(
+        64, "samples of activations stored per layer (default {default})"
+    )  # samples of A, Y, GY, AE stored per layer
+    negative_trace: str = setting(
+        "clamp", "what to do with negative trace estimates (default {default})", choices=NEGATIVE_TRACE_POLICIES
+    )
     # reconstruction rounding (GPTQ, AdaRound) uses the PTQ engine's calibration draw, so the
     # statistics' Q_b(W) are the very weights the engine deploys (and share its rounding cache)
-    rounding_calib_size: int = DEFAULT_CALIB_SIZE
-    rounding_calib_seed: int = 0
-    rounding_calib_half: int | None = None
+    rounding_calib_size: int = PTQSettings.calib_size
+    rounding_calib_seed: int = PTQSettings.calib_seed
+    rounding_calib_half: int | None = PTQSettings.calib_half
 
     def __post_init__(self) -> None:
         positive = (
@@ -144,25 +170,20 @@ class StatsSettings:
             raise EmqError(
                 f"stats setting hessian_min_probes={self.hessian_min_probes} exceeds hessian_max_probes={self.hessian_max_probes}"
             )
-        if self.eig_iters < 0 or self.hessian_tol < 0 or self.eig_tol < 0:
-            raise EmqError("stats settings eig_iters, hessian_tol and eig_tol must not be negative")
-        check_act_bits(self.act_bits)
+        if not (self.eig_iters >= 0 and self.hessian_tol >= 0 and self.eig_tol >= 0):  # NaN fails too
+            raise EmqError("stats settings eig_iters, hessian_tol and eig_tol must not be negative or NaN")
         if self.negative_trace not in NEGATIVE_TRACE_POLICIES:
             raise EmqError(
                 f"stats setting negative_trace={self.negative_trace!r}: use one of {', '.join(NEGATIVE_TRACE_POLICIES)}"
             )
-        check_quantizer_name(self.weight_quantizer)
-        object.__setattr__(self, "quantizer_options", normalize_options(self.weight_quantizer, self.quantizer_options))
+        super().__post_init__()
 
     @classmethod
     def from_ptq(cls, ptq: PTQSettings, **overrides) -> StatsSettings:
-        """Settings whose quantizers match a PTQ configuration (activation bits, weight rounding
-        and its options and calibration draw, symmetry)."""
+        """Settings whose quantization is the PTQ configuration's (its QuantSpec and the
+        calibration draw its reconstruction rounding uses)."""
         matched = {
-            "act_bits": ptq.act_bits,
-            "weight_symmetric": ptq.weight_symmetric,
-            "weight_quantizer": ptq.weight_quantizer,
-            "quantizer_options": ptq.quantizer_options,
+            **asdict(ptq.quant_spec()),
             "rounding_calib_size": ptq.calib_size,
             "rounding_calib_seed": ptq.calib_seed,
             "rounding_calib_half": ptq.calib_half,
@@ -446,13 +467,8 @@ def _compute(
     )
     quant = [torch.stack([_f32(rounding.get(i, b)) for b in bits]) for i in range(len(layers))]
     lap("weight_noise")
-    act_noise = []
-    lo, hi = [t.cpu() for t in act["lo"]], [t.cpu() for t in act["hi"]]  # for the stored (CPU) activations
-    for i, a in enumerate(act["A"]):
-        a = _f32(a)
-        act_noise.append(
-            torch.zeros_like(a) if s.act_bits >= UNQUANTIZED_ACT_BITS else fake_quant(a, lo[i], hi[i], s.act_bits) - a
-        )
+    act_noise = activation_noise(act, s)
+    lo, hi = [t.cpu() for t in act["lo"]], [t.cpu() for t in act["hi"]]
     lap("activation_noise")
 
     out = []
@@ -507,6 +523,34 @@ def _compute(
         "device": str(device),
     }
     return NetworkStats(bits, out, list(layer_map.layer_slot), meta)
+
+
+def activation_noise(act: dict, s: StatsSettings) -> list[torch.Tensor]:
+    """AE per layer: Q(A) - A of the stored (CPU) activations at the settings' activation bits."""
+    lo, hi = [t.cpu() for t in act["lo"]], [t.cpu() for t in act["hi"]]
+    out = []
+    for i, a in enumerate(act["A"]):
+        a = _f32(a)
+        out.append(
+            torch.zeros_like(a) if s.act_bits >= UNQUANTIZED_ACT_BITS else fake_quant(a, lo[i], hi[i], s.act_bits) - a
+        )
+    return out
+
+
+def activation_fields(
+    model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Tensor, s: StatsSettings, device: torch.device
+) -> tuple[list[dict[str, torch.Tensor]], list[list[float]]]:
+    """A, Y, GY and AE per layer and the activation ranges: one pass over the calibration
+    images, the very numbers `_compute` stores (it runs the same pass first on the same copy)."""
+    work, layers = _private_copy(model, layer_map, device)
+    act = _activation_pass(work, layers, x.to(device), y.to(device), s.batch_size, s.act_cap)
+    noise = activation_noise(act, s)
+    fields = [
+        {"A": _f32(act["A"][i]), "Y": _f32(act["Y"][i]), "GY": _f32(act["GY"][i]), "AE": noise[i]}
+        for i in range(len(layers))
+    ]
+    ranges = [[float(a), float(b)] for a, b in zip(act["lo"], act["hi"], strict=True)]
+    return fields, ranges
 
 
 def _warn_unconverged(convergence: dict, names: list[str]) -> None:
@@ -589,6 +633,50 @@ def cache_key(
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def complete_stats(
+    ns: NetworkStats,
+    model: nn.Module,
+    layer_map: LayerMap,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: StatsSettings,
+    device: torch.device,
+) -> NetworkStats:
+    """Fill a partial file's left-out activation fields from the calibration batch (x, y)."""
+    if not ns.omitted:
+        return ns
+    fields, ranges = activation_fields(model, layer_map, x, y, settings, device)
+    layers = [replace(layer, **{f: per[f] for f in ns.omitted}) for layer, per in zip(ns.layers, fields, strict=True)]
+    meta = {k: v for k, v in ns.meta.items() if k != "omitted"}
+    meta["act_ranges"] = ranges
+    return NetworkStats(ns.bits, layers, list(ns.layer_slot), meta)
+
+
+def shipped_stats(
+    model: nn.Module,
+    layer_map: LayerMap,
+    bits: tuple[int, ...],
+    settings: StatsSettings,
+    data: DataSplits | None,
+    device: torch.device | str = "cpu",
+    files: list[Path] | None = None,
+) -> NetworkStats | None:
+    """A shipped bundle's statistics of this model for this request (completed, cut to `bits`),
+    or None when none matches (emq.search_space.shipped). `data` None (not installed): the data is
+    not checked, and a partial file cannot be completed (EmqError naming --data). `files`
+    defaults to the bundles'."""
+    found = find_shipped(model, layer_map, bits, settings, data, files)
+    if found is None:
+        return None
+    ns, path = found
+    if ns.omitted:
+        x, y = data.calibration(settings.calib_size, settings.calib_seed)
+        ns = complete_stats(ns, model, layer_map, x, y, settings, torch.device(device))
+    ns.meta["shipped"] = str(path)
+    log.info("statistics of %s from the shipped bundle %s", layer_map.model, path)
+    return ns
+
+
 def compute_stats(
     target_or_model: Target | nn.Module,
     layer_map: LayerMap | None = None,
@@ -646,6 +734,10 @@ def compute_stats(
                 return cached
             except EmqError as e:
                 log.warning("ignoring the statistics cache entry: %s", e)
+        if isinstance(data, DataSplits):
+            found = shipped_stats(model, layer_map, bits, s, data, device)
+            if found is not None:
+                return found
     rounding_x = (
         data.calibration(s.rounding_calib_size, s.rounding_calib_seed, s.rounding_calib_half)[0]
         if isinstance(data, DataSplits)
@@ -653,14 +745,19 @@ def compute_stats(
     )
     result = _compute(model, layer_map, x, y, bits, s, progress, rounding_x, cache_dir, device)
     if path is not None:
-        save_stats(result, path)
-        result.meta["cache"] = {"key": path.stem, "path": str(path), "hit": False}
+        try:
+            save_stats(result, path)
+        except EmqError as e:  # the statistics are computed: return them, say that the next run recomputes them
+            log.warning("statistics computed but not cached (%s); set a writable EMQ_CACHE_DIR to keep them", e)
+        else:
+            result.meta["cache"] = {"key": path.stem, "path": str(path), "hit": False}
     return result
 
 
 def stats(
-    model: str | nn.Module = "default",
+    model: ModelSpec | str | nn.Module = "default",
     data: str | DataSplits | None = None,
+    *,
     bits: Sequence[int] = DEFAULT_BITS,
     settings: StatsSettings | None = None,
     weights: Path | None = None,
@@ -670,17 +767,28 @@ def stats(
     use_cache: bool = True,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    threads: int | None = None,
 ) -> NetworkStats:
-    """Per-layer statistics of a model by name (or nn.Module) and its data; `emq stats`.
+    """Per-layer statistics of a model by name (or nn.Module, or a ModelSpec holding its data,
+    weights, ... too) and its data; `emq stats`.
 
     `cache_dir` is the cache root (statistics go to `<cache_dir>/stats`, as with $EMQ_CACHE_DIR);
-    `device` is where the network runs (cpu, cuda or cuda:N), checked before any model work.
+    `device` is where the network runs (cpu, cuda or cuda:N), checked before any model work;
+    `threads` is torch's intra-op thread count (None: emq.threads chooses; the caller's is restored).
     """
     device = resolve_device(device)
-    target = resolve_target(model, data, weights=weights, num_classes=num_classes, input_size=input_size)
-    return compute_stats(
-        target, bits=bits, settings=settings, cache_dir=cache_dir, use_cache=use_cache, progress=progress, device=device
-    )
+    check_threads(threads)
+    target = as_model_spec(model, data, weights, num_classes, input_size).resolve()
+    with torch_threads(threads):
+        return compute_stats(
+            target,
+            bits=bits,
+            settings=settings,
+            cache_dir=cache_dir,
+            use_cache=use_cache,
+            progress=progress,
+            device=device,
+        )
 
 
 def summarize(ns: NetworkStats) -> dict:

@@ -14,14 +14,15 @@ proxy, so a loaded proxy sees exactly the same inputs).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from emq.errors import EmqError
 
 from .netstats import NetworkStats
-from .primitives import TERMINALS, InputT, OutputT, Scalar, WeightT, raw_sources
+from .primitives import MEASURED_KEY, MEASURED_TERMINALS, TERMINALS, InputT, OutputT, Scalar, WeightT, raw_sources
 
 DEFAULT_ACT_SAMPLES = 4  # enough to characterise activations; cost grows linearly with it
 
@@ -44,6 +45,12 @@ def _check_stats(stats: NetworkStats, names: Sequence[str]) -> None:
                 )
 
 
+def available_terminals(stats: NetworkStats) -> tuple[str, ...]:
+    """Every terminal these statistics can give: the measured-sensitivity ones only when it is attached."""
+    measured = bool(stats.meta.get(MEASURED_KEY))
+    return tuple(n for n in TERMINALS if measured or not raw_sources(n) & set(MEASURED_TERMINALS))
+
+
 def layer_terminal(
     stats: NetworkStats,
     layer: int,
@@ -64,6 +71,20 @@ def layer_terminal(
     return t[:act_samples].unsqueeze(0)
 
 
+@dataclass(frozen=True)
+class Segments:
+    """The layer of every packed element of one tensor type: contiguous runs, in layer order."""
+
+    seg: torch.Tensor  # segment (layer) id per element [N]
+    cnt: torch.Tensor  # elements per layer [L], in the packing dtype
+    lengths: np.ndarray | None  # elements of each layer, for numpy's reduceat and repeat (None off the CPU)
+    starts: np.ndarray | None  # first element of each layer
+
+    @property
+    def n(self) -> int:
+        return int(self.cnt.shape[0])
+
+
 @dataclass
 class Packed:
     """Terminal values of a set of layers, packed (see module docstring)."""
@@ -73,10 +94,22 @@ class Packed:
     count: dict[type, torch.Tensor]  # tensor type -> elements per layer [L]
     layers: list[int]  # which stats layers, in order
     num_bits: int
+    _segments: dict[type, Segments] | None = field(default=None, repr=False)
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
+
+    @property
+    def segments(self) -> dict[type, Segments]:
+        """Per tensor type, its segments with what reducing over them needs (built once)."""
+        if self._segments is None:
+            self._segments = {}
+            for T in self.seg:
+                lengths = self.count[T].numpy().astype(np.int64) if self.seg[T].device.type == "cpu" else None
+                starts = None if lengths is None else np.concatenate([[0], np.cumsum(lengths)[:-1]])
+                self._segments[T] = Segments(self.seg[T], self.count[T], lengths, starts)
+        return self._segments
 
 
 def pack(

@@ -120,3 +120,23 @@ def brute_force(problem: Problem, oriented: np.ndarray) -> tuple[float, np.ndarr
     scores[~ok] = -np.inf
     k = int(np.argmax(scores))
     return float(scores[k]), idx[k]
+
+
+def heldout_report_spearman(proxy, bench_name: str, metric: str | None = None) -> float:
+    """A proxy's held-out x report Spearman on a shipped bench, computed here from the bench's
+    raw arrays with scipy: independent of emq's scoring, fitness and ranking code."""
+    from scipy.stats import spearmanr
+
+    from emq.bench import Bench
+    from emq.bench_setup import BenchSetup
+    from emq.specs import oriented
+
+    bench = Bench.open(bench_name)
+    metric = metric or bench.default_metric
+    stats = BenchSetup.of(bench).network_stats(progress=False)
+    table = proxy.stats_table(stats).cpu().numpy()
+    column = {b: i for i, b in enumerate(stats.bits)}
+    configs, metrics = bench.arrays("heldout", pool="report")
+    keep = np.isfinite(metrics[metric])
+    scores = [sum(float(table[s, column[int(b)]]) for s, b in enumerate(c)) for c in configs[keep]]
+    return float(spearmanr(proxy.orientation * np.array(scores), oriented(metric, metrics[metric][keep]))[0])

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import shutil
 import sqlite3
+import struct
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -84,10 +88,80 @@ def fixtures(tmp_path_factory):
     torch.save(
         {"fc.weight": torch.zeros(7, 512)}, root / "r18_7classes.pt"
     )  # only the classifier: enough to tell the class count
+    _issue24_fixtures(root)
     lines = [f"{[int(b) for b in rng.integers(2, 5, 18)]}:{60 + 10 * rng.random():.3f}" for _ in range(8)]
     (root / "r18.txt").write_text("\n".join(lines) + "\n")
     bench_import(root / "r18.txt", "mqbench101-text", root / "r18.sqlite", model="resnet18")
     return root
+
+
+def _write_idx(path, arr: np.ndarray) -> None:
+    """One uncompressed idx file (LeCun's format) of a uint8 array."""
+    dims = b"".join(struct.pack(">i", d) for d in arr.shape)
+    path.write_bytes(bytes([0, 0, 0x08, arr.ndim]) + dims + arr.astype(np.uint8).tobytes())
+
+
+# damaged or hostile copies of a small bench (40 records of the shipped default bench): SQL run on the copy
+BENCH_DAMAGE = {
+    "meta_notjson": "UPDATE meta SET value = '{not json' WHERE key = 'model'",
+    "cfg_bad": "UPDATE records SET config = '9,x,3' WHERE idx = 5",
+    "top1_bad": "UPDATE records SET top1 = 'abc' WHERE idx = 5",
+    "model_unknown": "UPDATE meta SET value = '\"nosuchnet\"' WHERE key = 'model'",
+    "trigger": "CREATE TRIGGER t AFTER INSERT ON meta BEGIN DELETE FROM records; END",
+    "view": "CREATE VIEW v AS SELECT 1",
+    "extra_table": "CREATE TABLE extra (x)",
+    "big_blob": "UPDATE records SET outcomes = zeroblob(2000000) WHERE idx = 5",
+}
+
+
+def _issue24_fixtures(root) -> None:
+    """Inputs of issue 24's faults: a non-UTF-8 proxy file, a bit map with wrong slot names, a
+    configurations file with a short line, idx data with no test images or out-of-range labels,
+    and damaged or hostile bench files."""
+    from emq.allocation.bitmap import bitmap_json
+    from emq.bench.bundles import BUNDLES
+    from emq.target import resolve_target
+
+    (root / "nonutf8.json").write_bytes(_proxy('{"term": "W"}').encode().replace(b'"W"', b'"W\xff\xfe"'))
+    (root / "ok.json").write_text(_proxy(SCALAR))
+    doc = bitmap_json(resolve_target("default", need_data=False).layer_map, [4] * 20)
+    doc["slot_names"] = [f"s{i}" for i in range(20)]
+    (root / "bitmap_names.json").write_text(json.dumps(doc))
+    (root / "short.txt").write_text("# extra configurations\n" + B20 + "\n4,4,4\n")
+    rng = np.random.default_rng(0)
+    for name, n_test, label in (("idx_empty", 0, None), ("idx_labels", 8, 200)):
+        d = root / name
+        d.mkdir()
+        train_y, test_y = np.arange(16) % 10, np.arange(n_test) % 10
+        if label is not None:
+            test_y[3] = label
+        _write_idx(d / "train-images-idx3-ubyte", rng.integers(0, 255, (16, 28, 28)))
+        _write_idx(d / "train-labels-idx1-ubyte", train_y)
+        _write_idx(d / "t10k-images-idx3-ubyte", rng.integers(0, 255, (n_test, 28, 28)))
+        _write_idx(d / "t10k-labels-idx1-ubyte", test_y)
+    small = root / "small.sqlite"
+    with (
+        contextlib.closing(sqlite3.connect(BUNDLES["default"].path)) as src,
+        contextlib.closing(sqlite3.connect(small)) as dst,
+    ):
+        src.backup(dst)
+        dst.execute("DELETE FROM records WHERE idx >= 40")
+        dst.execute("DELETE FROM plan WHERE idx >= 40")
+        dst.execute("DELETE FROM repeats WHERE config NOT IN (SELECT config FROM records)")
+        dst.commit()
+        dst.execute("VACUUM")
+    for name, sql in BENCH_DAMAGE.items():
+        shutil.copy(small, root / f"{name}.sqlite")
+        with contextlib.closing(sqlite3.connect(root / f"{name}.sqlite")) as con:
+            con.executescript(sql)
+            con.commit()
+    # a zlib bomb small enough to pass the size bound: 10 MB of zeros for a bench of ~3,000 test images
+    shutil.copy(small, root / "bomb.sqlite")
+    with contextlib.closing(sqlite3.connect(root / "bomb.sqlite")) as con:
+        n = len(json.loads(con.execute("SELECT value FROM meta WHERE key = 'test_pools'").fetchone()[0])["sources"])
+        blob = struct.pack("<BI", 1, n) + zlib.compress(bytes(10_000_000), 9)
+        con.execute("UPDATE records SET outcomes = ? WHERE idx = 5", (blob,))
+        con.commit()
 
 
 def _listing(root) -> set[str]:
@@ -330,6 +404,76 @@ CASES = [
     (["demo", "--out", "d", "--generations", "-1"], "--generations -1"),
     (["demo", "--out", "d", "--budget-avg-bits", "1"], "--budget-avg-bits 1: use a value from 2 to 4"),
     (["demo", "--out", "d", "--budget-avg-bits", "abc"], "invalid float value"),
+    # issue 24: tracebacks
+    (["score", "--proxy", "{F}/nonutf8.json", "--proxies", "bitsum"], "proxy file {F}/nonutf8.json: not UTF-8 text"),
+    (["export", "{F}/nonutf8.json", "--out", "o"], "proxy file {F}/nonutf8.json: not UTF-8 text"),
+    (["allocate", "--proxy", "{F}/nonutf8.json", "--budget-avg-bits", "3"], "{F}/nonutf8.json: not UTF-8 text"),
+    (["score", "--bench", "{F}/meta_notjson.sqlite", "--proxies", "bitsum"], "metadata 'model' is not JSON"),
+    (["bench", "info", "{F}/meta_notjson.sqlite"], "metadata 'model' is not JSON"),
+    (["score", "--bench", "{F}/cfg_bad.sqlite", "--proxies", "bitsum"], "record 5 has configuration '9,x,3'"),
+    (["bench", "info", "{F}/cfg_bad.sqlite"], "bench {F}/cfg_bad.sqlite: record 5 has configuration '9,x,3'"),
+    (["score", "--bench", "{F}/top1_bad.sqlite", "--proxies", "bitsum"], "record 5 has top1 'abc', not a number"),
+    (["bench", "info", "{F}/top1_bad.sqlite"], "bench {F}/top1_bad.sqlite: record 5 has top1 'abc'"),
+    (
+        ["quantize", "--model", "resnet20-fashion", "--bits", B20, "--data", "fashion-mnist:{F}/idx_empty"],
+        "t10k-images-idx3-ubyte: holds no images",
+    ),
+    (
+        ["quantize", "--model", "resnet20-fashion", "--bits", B20, "--data", "fashion-mnist:{F}/idx_labels"],
+        "t10k-labels-idx1-ubyte: label 200 at position 3",
+    ),
+    (["export", "{F}/ok.json", "--out", "/proc/emq-test-out"], "--out /proc/emq-test-out: cannot create"),
+    (["export", "{F}/ok.json", "--out", "a" * 300 + "/x"], "is 300 bytes long"),
+    (["export", "{F}/ok.json", "--out", "/".join(["abc"] * 1250)], "bytes long, and this system allows"),
+    # issue 24: accepted nonsense
+    (["search", "--bench", "default", "--bench", "default", "--out", "s"], "--bench default: a bench is named twice"),
+    (["search", "--crowding", "2", "--out", "s"], "--crowding 2.0: a correlation threshold must be in (0, 1]"),
+    (["stats", "--hessian-tol", "nan"], "--hessian-tol nan: must not be negative or NaN"),
+    (["stats", "--eig-tol", "nan"], "--eig-tol nan: must not be negative or NaN"),
+    (["bench", "info", "{F}/big_blob.sqlite"], "take 2,000,000 bytes, more than"),
+    (["bench", "info", "{F}/bomb.sqlite"], "per-image outcomes have format 1"),
+    (["quantize", "--bitmap", "{F}/bitmap_names.json"], "bit map {F}/bitmap_names.json: field 'slot_names'"),
+    # issue 24: hostile bench files (schema objects emq never creates)
+    (["bench", "build", "--resume", "--out", "{F}/trigger.sqlite"], "holds the trigger 't', which emq never creates"),
+    (["bench", "info", "{F}/view.sqlite"], "holds the view 'v'"),
+    (
+        ["score", "--bench", "{F}/extra_table.sqlite"],
+        "--bench {F}/extra_table.sqlite: not a bench file: it holds the table",
+    ),
+    # issue 24: unhelpful messages
+    (["quantize", "--bits", "-1," + ",".join(["4"] * 19)], "--bits -1: bit-width -1 is outside 1..8"),
+    (["allocate", "--proxy", "bitsum", "--budget-size", "-5KB"], "--budget-size -5KB: must be positive"),
+    (
+        ["allocate", "--proxy", "bitsum", "--budget-avg-bits", "3", "--pin", "conv1=-3"],
+        "--pin conv1=-3: -3 is outside 1..8",
+    ),
+    (
+        ["quantize", "--bits", B20, "--weight-quantizer", "adaround", "--quantizer-option", "iters=abc"],
+        "--quantizer-option iters=abc: must be an integer",
+    ),
+    (
+        ["bench", "build", "--configs-file", "{F}/short.txt", "--out", "b.sqlite"],
+        "--configs-file {F}/short.txt, line 3:",
+    ),
+    (["stats", "--hessian-samples", "0"], "--hessian-samples 0: use 1 or more"),
+    (
+        ["allocate", "--bench", "vgg-digits", "--model", "default", "--proxy", "bitsum", "--budget-avg-bits", "3"],
+        "--model default: this bench is vgg-digits",
+    ),
+    (
+        ["score", "--bench", "{F}/model_unknown.sqlite", "--proxies", "bitsum"],
+        "bench {F}/model_unknown.sqlite: was built for model 'nosuchnet'",
+    ),
+    (
+        ["allocate", "--bench", "{F}/model_unknown.sqlite", "--proxy", "bitsum", "--budget-avg-bits", "3"],
+        "bench {F}/model_unknown.sqlite: was built for model 'nosuchnet'",
+    ),
+    (
+        ["layers", "--weights", "{F}/text.txt"],
+        "--weights {F}/text.txt: not a readable torch checkpoint: the file holds text",
+    ),
+    # issue 24: wasted work (a cache that cannot be written is refused before the statistics)
+    (["stats", "--cache-dir", "/proc/emq-test-cache"], "--cache-dir /proc/emq-test-cache: cannot write statistics"),
 ]
 
 
@@ -397,3 +541,166 @@ def test_help_and_version_import_no_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_hostile_bench_is_refused_before_any_write(fixtures, tmp_path, monkeypatch):
+    """A bench holding a trigger is refused on opening, so the trigger never runs and the file is
+    unchanged, byte for byte (issue 24)."""
+    monkeypatch.chdir(tmp_path)
+    bench = fixtures / "trigger.sqlite"
+    before = bench.read_bytes()
+    # the arguments the shipped default bench was built with, so that a resume would go ahead and write
+    code, out, err = run_cli(["bench", "build", "--resume", "--out", str(bench), "--sampler", "uniform"])
+    assert code == 2 and "trigger 't'" in err, err
+    assert bench.read_bytes() == before
+    with contextlib.closing(sqlite3.connect(f"file:{bench}?mode=ro", uri=True)) as con:
+        assert con.execute("SELECT count(*) FROM records").fetchone()[0] == 40
+
+
+def test_a_benchs_unknown_model_is_not_blamed_on_a_flag(fixtures, tmp_path, monkeypatch):
+    """No --model was given, so the message must not name one (issue 24)."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["score", "--bench", str(fixtures / "model_unknown.sqlite"), "--proxies", "bitsum"])
+    assert code == 2 and "nosuchnet" in err and "--model" not in err, err
+
+
+def test_export_into_an_immutable_directory(fixtures, tmp_path, monkeypatch):
+    """`emq export --out` under a directory nobody may write to, root included (chattr +i):
+    one line naming --out, nothing written (issue 24)."""
+    import subprocess
+
+    monkeypatch.chdir(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available on this file system")
+    try:
+        code, out, err = run_cli(["export", str(fixtures / "ok.json"), "--out", str(locked / "sub")])
+        code2, _, err2 = run_cli(["export", str(fixtures / "ok.json"), "--out", str(locked)])
+        assert list(locked.iterdir()) == []
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+    assert code == 2 and f"--out {locked / 'sub'}: cannot create this directory" in err, err
+    assert "Traceback" not in err2 and code2 == 2 and "cannot write" in err2, err2
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc), children first."""
+    import os
+
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _emq(argv: list[str], cwd, **kw):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **kw.pop("env", {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "emq.cli.main", *argv],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("address", ["999.1.1.1:1", "127.0.0.1:1"])
+@pytest.mark.parametrize("command", ["search", "bench build"])
+def test_unreachable_ray_address_fails_at_once(address, command, tmp_path):
+    """Ray retries an address nobody answers at for many minutes, deaf to SIGTERM; emq probes it
+    first (issue 24). The 60 s bound leaves room for the interpreter's start on a loaded
+    machine: the probe itself gives up after emq.executors.ray_cluster.PROBE_SECONDS. No Ray
+    session is created (RAY_TMPDIR stays empty), nothing is written."""
+    pytest.importorskip("ray")
+    ray_tmp = tmp_path / "ray"
+    ray_tmp.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    out = ["--out", "s"] if command == "search" else ["--out", "b.sqlite"]
+    proc = _emq(
+        [*command.split(), "--executor", "ray", "--ray-address", address, *out], work, env={"RAY_TMPDIR": str(ray_tmp)}
+    )
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        for p in _descendants(proc.pid):
+            _kill(p)
+        proc.kill()
+    assert proc.returncode == 2, err
+    assert f"--ray-address {address}: no Ray cluster answers there" in err
+    assert "Traceback" not in err
+    assert list(work.iterdir()) == [] and list(ray_tmp.iterdir()) == []
+
+
+def _kill(pid: int) -> None:
+    import os
+    import signal
+
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _wait_for(predicate, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return predicate()
+
+
+BUILD = ["bench", "build", "--configs", "8", "--test-limit", "100", "--noise-samples", "0", "--calib-size", "64"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["serial", "ray"])
+def test_sigterm_stops_a_build_and_everything_it_started(executor, tmp_path):
+    """SIGTERM is honoured like Ctrl-C (issue 24): the command says so and exits 143, and what it
+    started (a local Ray cluster: GCS, raylet, agents, workers) is stopped, not orphaned."""
+    import signal
+
+    if executor == "ray":
+        pytest.importorskip("ray")
+    extra = ["--executor", "ray", "--workers", "1"] if executor == "ray" else []
+    proc = _emq([*BUILD, *extra, "--out", "b.sqlite"], tmp_path)
+    started: list[int] = []
+    try:
+        # the bench file appears once the executor (and its cluster) is up and the build began
+        assert _wait_for(lambda: (tmp_path / "b.sqlite").exists() or proc.poll() is not None, 240), "no start"
+        assert proc.poll() is None, proc.communicate()
+        started = _descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert "terminated (SIGTERM)" in err and "Traceback" not in err, err
+        assert _wait_for(lambda: not any(_alive(p) for p in started), 30), [p for p in started if _alive(p)]
+    finally:
+        for p in started + _descendants(proc.pid):
+            _kill(p)
+        proc.kill()

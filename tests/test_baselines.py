@@ -379,3 +379,29 @@ def test_prepare_matches_evaluate(target):
     assert top1 == pytest.approx(res.top1)
     with pytest.raises(EmqError):
         engine.prepare([3, 2])
+
+
+def test_proxies_of_one_configuration_share_its_ptq_pass_and_score_as_alone(target, monkeypatch):
+    from emq.baselines.whole_config import shared_engine
+    from emq.ranking import _whole_config_scores
+
+    names = ("gmpq", "seam", "kl")
+    settings = PTQSettings(act_bits=4, calib_size=64)
+    configs = np.array([[2, 3, 4], [4, 2, 2], [3, 3, 3], [2, 3, 4]])
+    alone = {n: get_proxy(n).oriented_scores(ProxyContext(target, BITS, settings, None), configs) for n in names}
+    ctx = ProxyContext(target, BITS, settings, None)
+    engine = shared_engine(ctx)
+    calls = []
+    original = engine.prepare
+
+    def counted(bits):
+        calls.append(None if bits is None else tuple(int(b) for b in bits))
+        return original(bits)
+
+    monkeypatch.setattr(engine, "prepare", counted)
+    table, seconds = _whole_config_scores([get_proxy(n) for n in names], ctx, configs, False, None)
+    for j, n in enumerate(names):
+        np.testing.assert_array_equal(table[:, j], alone[n])
+    quantized = [c for c in calls if c is not None]
+    assert quantized == [tuple(c) for c in configs]  # one PTQ pass per configuration, shared by the three
+    assert len(seconds) == 3 and all(s > 0 for s in seconds)

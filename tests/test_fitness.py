@@ -50,3 +50,15 @@ def test_bad_bench_arrays_are_rejected():
         SplitTarget.build("search", configs, np.ones(3), "top1", (2, 3, 4))
     with pytest.raises(EmqError, match="metric"):
         FitnessData.from_arrays((2, 3, 4), (configs, np.arange(3.0)), (configs, np.arange(3.0)), metric="acc")
+
+
+def test_average_ranks_are_scipys():
+    from scipy.stats import rankdata
+
+    from emq.fitness import average_ranks
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(1, 60))
+        x = rng.integers(0, int(rng.integers(1, 12)), n).astype(float) if rng.random() < 0.5 else rng.normal(size=n)
+        np.testing.assert_array_equal(average_ranks(x), rankdata(x))

@@ -35,6 +35,8 @@ LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
             "emq.tables",
             "emq.resources",
             "emq.device",
+            "emq.threads",
+            "emq.bench.bundles",  # the table of shipped files (stats too): used by search_space.shipped
         ),
         (),
     ),
@@ -43,7 +45,9 @@ LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
         (
             "emq.datasplits",
             "emq.mnist_data",
+            "emq.mnist5k_data",
             "emq.data",
+            "emq.zoo_models",
             "emq.models",
             "emq.layermap",
             "emq.quantizers",
@@ -58,7 +62,7 @@ LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
         ),
         ("foundation",),
     ),
-    ("search space", ("emq.search_space",), ("foundation", "core")),
+    ("search space", ("emq.search_space", "emq.sensitivity"), ("foundation", "core")),
     ("bench", ("emq.bench",), ("foundation", "core")),
     (
         "engine parts",
@@ -82,6 +86,10 @@ LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ),
     ("cli", ("emq.cli",), ("api",)),
 ]
+# (importer, imported) pairs allowed outside the layers, with the reason
+EXCEPTIONS = {
+    ("emq.cli.main", "emq.threads"): "the CPU sample that picks --threads must start before emq.api imports torch",
+}
 SUBPACKAGES = {"emq.quantizers", "emq.executors", "emq.search_space", "emq.bench", "emq.baselines"}
 SUBPACKAGES |= {"emq.evolution", "emq.allocation", "emq.cli"}
 DYNAMIC = "<an import whose module is computed>"
@@ -186,7 +194,10 @@ def upward_imports(root: Path = ROOT) -> dict[str, list[str]]:
         hits = sorted(
             i
             for i in imports(path, module, set(mods))
-            if i != module and not module.startswith(i + ".") and layer_of(i) not in uses[layer]
+            if i != module
+            and not module.startswith(i + ".")
+            and layer_of(i) not in uses[layer]
+            and (module, i) not in EXCEPTIONS
         )
         if hits:
             bad[module] = hits
@@ -230,7 +241,11 @@ def test_the_cli_reaches_the_library_only_through_the_api():
     used = set()
     for module, path in mods.items():
         if layer_of(module) == "cli":
-            used |= {i for i in imports(path, module, set(mods)) if not i.startswith("emq.cli")}
+            used |= {
+                i
+                for i in imports(path, module, set(mods))
+                if not i.startswith("emq.cli") and (module, i) not in EXCEPTIONS
+            }
     assert used == {"emq", "emq.api"}
 
 

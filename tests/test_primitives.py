@@ -8,6 +8,7 @@ import torch
 from emq.search_space.evaluate import TableEvaluator, layer_value
 from emq.search_space.primitives import NUMPY_HELPERS, OPS, PRIMITIVES, TERMINALS, Scalar, WeightT
 from emq.search_space.pset import make_space
+from emq.search_space.terminals import available_terminals
 
 HELPERS: dict = {}
 exec(compile(NUMPY_HELPERS, "numpy_helpers", "exec"), HELPERS)  # our own constant source
@@ -56,9 +57,12 @@ def test_python_rendering_matches_torch(name):
 
 def test_every_typed_primitive_packed_equals_per_layer(tiny_setting):
     stats = tiny_setting[0]
-    space = make_space(terminals=list(TERMINALS), include_ops=list(OPS))
+    names = available_terminals(
+        stats
+    )  # the measured-sensitivity terminals need a measurement: tests/test_sensitivity.py
+    space = make_space(terminals=list(names), include_ops=list(OPS))
     ev = TableEvaluator(stats, space.terminals, space.prims)
-    pick = {T: [n for n, t in TERMINALS.items() if t.type is T] for T in {t.type for t in TERMINALS.values()}}
+    pick = {T: [n for n in names if TERMINALS[n].type is T] for T in {TERMINALS[n].type for n in names}}
     for name, p in PRIMITIVES.items():
         tokens = [("p", name)] + [
             ("t", pick[T][i % len(pick[T])] if T is not WeightT else ("Q", "W")[i]) for i, T in enumerate(p.in_types)

@@ -117,3 +117,22 @@ def test_canonical_form_identifies_commuted_trees():
     b = [("p", "mul_s"), ("t", "params"), ("t", "b")]
     c = [("p", "div_s"), ("t", "b"), ("t", "params")]
     assert canonical(a, space.prims) == canonical(b, space.prims) != canonical(c, space.prims)
+
+
+def test_the_cpu_segment_path_equals_the_generic_one(setting):
+    from emq.search_space.terminals import Segments
+
+    stats, _, _ = setting
+    space = make_space()
+    fast = TableEvaluator(stats, space.terminals, space.prims)
+    generic = TableEvaluator(stats, space.terminals, space.prims)
+    generic.packed._segments = {T: Segments(s.seg, s.cnt, None, None) for T, s in generic.packed.segments.items()}
+    assert all(s.starts is not None for s in fast.packed.segments.values())
+    random.seed(5)
+    compared = 0
+    while compared < 40:
+        t = to_tokens(gen_half_and_half(space, 1, 4))
+        a, b = fast.layer_table(t), generic.layer_table(t)
+        if torch.isfinite(b).all():
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+            compared += 1

@@ -307,3 +307,32 @@ def test_statistics_use_the_ptq_weight_quantizer(tiny):
             StatsSettings(weight_quantizer="nope")
     finally:
         del QUANTIZERS["toy-halves"]
+
+
+def test_compact_bundle_format_keeps_every_field_to_float16_precision(tiny, tmp_path):
+    """Bundles store float16 scaled per tensor and derive E = Q - W: every field comes back float32
+    within 1e-3 of its largest magnitude, E exactly Q - W, the grid's zeros of Q still exactly zero,
+    tiny Fisher values not flushed to zero."""
+    model, lm, x, y = tiny
+    ns = compute_stats(model, lm, (x, y), settings=FAST, use_cache=False)
+    for layer in ns.layers:
+        layer.FD = layer.FD * 1e-9  # far below float16's smallest normal number (6e-5)
+    full = save_stats(ns, tmp_path / "full.pt")
+    small = save_stats(ns, tmp_path / "small.pt", compact=True)
+    back = load_stats(small)
+    assert small.stat().st_size < 0.75 * full.stat().st_size
+    assert "0/E" not in torch.load(small, weights_only=True)["tensors"]
+    for a, b in zip(ns.layers, back.layers, strict=True):
+        for f in TENSOR_FIELDS:
+            x0, x1 = getattr(a, f), getattr(b, f)
+            assert x1.dtype == torch.float32 and x1.shape == x0.shape, f
+            assert float((x0 - x1).abs().max()) <= 1e-3 * float(x0.abs().max()) + 1e-12, f
+        assert torch.equal(b.E, b.Q - b.W.unsqueeze(0))
+        assert torch.equal(b.Q == 0, a.Q == 0)
+        assert bool((b.FD[a.FD != 0] != 0).all())
+    assert (back.bits, back.layer_slot, back.names) == (ns.bits, ns.layer_slot, ns.names)
+    payload = torch.load(small, weights_only=True)
+    payload["tensors"]["0/W/scale"] *= 2  # a scale altered: caught like any tensor
+    torch.save(payload, small)
+    with pytest.raises(EmqError, match="digest"):
+        load_stats(small)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import numpy as np
@@ -31,6 +32,10 @@ def _numpy_terminals(stats, layer: int, names) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("name", list(TERMINALS))
 def test_every_terminal(name, stats):
     spec = TERMINALS[name]
+    if primitives.raw_sources(name) & set(primitives.MEASURED_TERMINALS):  # a measured table [S, B] to read
+        table = np.arange(stats.num_slots * len(stats.bits), dtype=float).reshape(stats.num_slots, -1).tolist()
+        measured = {"bits": list(stats.bits), "tables": {k: table for k in ("kl", "loss", "nsr")}}
+        stats = dataclasses.replace(stats, meta={**stats.meta, primitives.MEASURED_KEY: measured})
     assert isinstance(spec.symbol(), sympy.Expr) and spec.latex and spec.description
     for i in range(len(stats.layers)):
         v = layer_terminal(stats, i, name)

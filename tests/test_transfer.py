@@ -9,11 +9,13 @@ from contextlib import closing
 
 import numpy as np
 import pytest
+from helpers import heldout_report_spearman
 
 from emq.bench.bundles import shipped_bench_path
 from emq.bench.outcomes import decode, encode
 from emq.errors import EmqError
-from emq.transfer import TransferStudy, plan
+from emq.search_space.proxyfile import load_proxy
+from emq.transfer import Campaign, TransferStudy, plan
 
 TINY = {"seeds": [0], "generations": 2, "population": 12, "whole_config": (), "resamples": 50}
 
@@ -103,6 +105,11 @@ def test_transfer_report_files_and_numbers(tmp_path, capsys):
     for cell in doc["cells"]:
         assert cell["test"] not in cell["train"] and cell["low"] <= cell["rho"] <= cell["high"]
         assert cell["paired"]["baseline"] == cell["best_handmade"] == doc["references"][cell["test"]]["best_handmade"]
+    cell = doc["cells"][0]  # its rho, recomputed from the saved proxy and the raw arrays of the bench it is tested on
+    tag = Campaign(cell["protocol"], tuple(cell["train"]), (cell["test"],), cell["seed"]).tag
+    proxy = load_proxy(out / "proxies" / f"{tag}.json")
+    assert proxy.expression == cell["formula"]
+    assert cell["rho"] == pytest.approx(heldout_report_spearman(proxy, cell["test"]), abs=1e-9)
     for ref in doc["references"].values():
         names = {r["name"] for r in ref["rows"]}
         assert "ridge" in names and ref["best_handmade"] in names and ref["ceiling"] is not None

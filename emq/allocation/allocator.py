@@ -28,7 +28,7 @@ from ..proxy import Proxy, ProxyContext, SeparableProxy, table_scores
 from ..quant import PTQEngine, PTQSettings, QuantResult
 from ..specs import DEFAULT_BITS, ParameterError
 from ..tables import markdown_table
-from ..target import Target, resolve_target
+from ..target import ModelSpec, Target, as_model_spec
 from .bitmap import save_bitmap
 from .budgets import Budget, Problem, build_problem
 from .ilp import solve_ilp
@@ -260,20 +260,21 @@ class Allocator:
             predicted = proxy.orientation * res.score
         return self.finish(
             proxy.name,
-            proxy.orientation,
-            method,
-            problem.to_bits(index),
-            predicted,
-            seconds,
-            problem,
-            evaluate,
-            evals,
-            source,
+            orientation=proxy.orientation,
+            method=method,
+            bits=problem.to_bits(index),
+            predicted=predicted,
+            seconds=seconds,
+            problem=problem,
+            evaluate=evaluate,
+            evaluations=evals,
+            source=source,
         )
 
     def finish(
         self,
         name: str,
+        *,
         orientation: int,
         method: str,
         bits: tuple[int, ...],
@@ -286,20 +287,20 @@ class Allocator:
     ) -> Allocation:
         lm = self.layer_map
         alloc = Allocation(
-            lm.model,
-            name,
-            method,
-            bits,
-            lm.slot_names,
-            float(lm.size_bytes(bits)),
-            float(lm.bitops(bits, self.settings.act_bits)),
-            self.settings.act_bits,
-            float(np.dot(bits, lm.params) / lm.params.sum()),
-            float(predicted),
-            orientation,
-            seconds,
-            [asdict(c.budget) for c in problem.constraints] if problem else [],
-            evaluations,
+            model=lm.model,
+            proxy=name,
+            method=method,
+            bits=bits,
+            slot_names=lm.slot_names,
+            size_bytes=float(lm.size_bytes(bits)),
+            bitops=float(lm.bitops(bits, self.settings.act_bits)),
+            act_bits=self.settings.act_bits,
+            avg_bits=float(np.dot(bits, lm.params) / lm.params.sum()),
+            predicted=float(predicted),
+            orientation=orientation,
+            solve_seconds=seconds,
+            budgets=[asdict(c.budget) for c in problem.constraints] if problem else [],
+            evaluations=evaluations,
             layer_map=lm,
             ptq=self.settings,
             source=source or name,
@@ -331,11 +332,8 @@ def needs_data(model: Any, data: Any, evaluate: bool) -> bool:
 
 
 def allocator_for(
-    model: str | nn.Module | None = None,
-    data: str | DataSplits | None = None,
-    weights: Path | None = None,
-    input_size: int | None = None,
-    num_classes: int | None = None,
+    spec: ModelSpec | None = None,
+    *,
     settings: PTQSettings | Mapping[str, Any] | None = None,
     evaluate: bool = False,
     bench: Any = None,
@@ -344,37 +342,29 @@ def allocator_for(
 ) -> Allocator:
     """An Allocator for a model, or for a bench's model with the bench's settings; networks run on `device`.
 
-    Without `bench`, `model` (default 'default') and `data` are resolved and `settings` is
-    the PTQ setting. With `bench` (a path, 'default' or an opened emq.bench.Bench) the model
-    and data default to the bench's, the model is checked against it (weights hash, slots),
-    and PTQ and statistics settings are the bench's; `settings` (a PTQSettings or a mapping
-    of some of its fields) may only repeat them, and any field that contradicts the bench
-    is refused.
+    Without `bench`, the model of `spec` (default 'default') and its data are resolved and
+    `settings` is the PTQ setting. With `bench` (a path, 'default' or an opened
+    emq.bench.Bench) the model and data default to the bench's, the model is checked against
+    it (weights hash, slots), and PTQ and statistics settings are the bench's; `settings` (a
+    PTQSettings or a mapping of some of its fields) may only repeat them, and any field that
+    contradicts the bench is refused.
     """
+    spec = spec or ModelSpec()
     device = resolve_device(device)  # before any model work
     if bench is None:
-        model = "default" if model is None else model
         if settings is not None and not isinstance(settings, PTQSettings):
             settings = PTQSettings(**settings)
-        target = resolve_target(
-            model,
-            data,
-            weights=weights,
-            num_classes=num_classes,
-            input_size=input_size,
-            need_data=needs_data(model, data, evaluate),
-        )
+        model = "default" if spec.model is None else spec.model
+        target = spec.resolve(need_data=needs_data(model, spec.data, evaluate))
         return Allocator(target, settings, stats, device=device)
     from ..bench import Bench
     from ..bench_setup import BenchSetup, ptq_settings
 
     b = bench if isinstance(bench, Bench) else Bench.open(bench)
     check_bench_settings(settings, ptq_settings(b), b.path)  # before any model work
-    model = b.meta.get("model", "default") if model is None else model
-    need = needs_data(model, data if data is not None else b.meta.get("data"), evaluate)
-    setup = BenchSetup.of(
-        b, model, data, weights=weights, num_classes=num_classes, input_size=input_size, need_data=need
-    )
+    model = b.meta.get("model", "default") if spec.model is None else spec.model
+    need = needs_data(model, spec.data if spec.data is not None else b.meta.get("data"), evaluate)
+    setup = BenchSetup.of(b, spec, need_data=need)
     return Allocator(setup.target, setup.ptq, stats, setup.stats, device=device)
 
 
@@ -394,9 +384,10 @@ def check_bench_settings(given: PTQSettings | Mapping[str, Any] | None, bench_pt
 
 
 def allocate(
-    model: str | nn.Module | None = None,
+    model: ModelSpec | str | nn.Module | None = None,
     proxy: Proxy | str | Path | None = None,
     budgets: BudgetSpec | None = None,
+    *,
     bits_allowed: Sequence[int] = DEFAULT_BITS,
     pins: Mapping[str | int, int] | None = None,
     slot_bits: Mapping[str | int, Sequence[int]] | None = None,
@@ -415,18 +406,25 @@ def allocate(
     device: str | torch.device = "cpu",
 ) -> Allocation:
     """Allocate per-slot bits with `proxy` under `budgets` (e.g. {"avg-bits": 3.0}); with
-    evaluate=True the result is PTQ-quantized and its top-1 / loss / KL filled in. `model`
-    defaults to 'default', or to the bench's model when `bench` is given (then the bench's
+    evaluate=True the result is PTQ-quantized and its top-1 / loss / KL filled in. `model` (a
+    name, an nn.Module or a ModelSpec holding the data, weights, ... too) defaults to 'default', or to the bench's model when `bench` is given (then the bench's
     PTQ and statistics settings are used, see `allocator_for`). `device` (cpu, cuda, cuda:N)
     is where statistics and PTQ run; it does not change the allocation's draws. `emq allocate`."""
     if proxy is None:
         raise ParameterError("proxy", None, "give a Proxy, a proxy JSON file or a proxy name")
-    alloc = allocator_for(model, data, weights, input_size, num_classes, settings, evaluate, bench, stats, device)
+    alloc = allocator_for(
+        as_model_spec(model, data, weights, num_classes, input_size),
+        settings=settings,
+        evaluate=evaluate,
+        bench=bench,
+        stats=stats,
+        device=device,
+    )
     return alloc.allocate(
         proxy,
         alloc.problem(budgets, bits_allowed, pins, slot_bits, ties),
         evaluate,
-        seed_proxy,
-        search_evaluations,
-        seed,
+        seed_proxy=seed_proxy,
+        search_evaluations=search_evaluations,
+        seed=seed,
     )

@@ -16,13 +16,16 @@ from typing import Any
 from ..errors import EmqError
 from ..fileio import atomic_write_text
 from ..layermap import LayerMap
-from ..specs import WEIGHT_BITS_MAX, WEIGHT_BITS_MIN
+from ..specs import DEFAULT_ACT_BITS, WEIGHT_BITS_MAX, WEIGHT_BITS_MIN
 
 FORMAT = "emq-bitmap/1"
 
 
 def bitmap_json(
-    layer_map: LayerMap, bits: Sequence[int], act_bits: int = 8, provenance: Mapping[str, Any] | None = None
+    layer_map: LayerMap,
+    bits: Sequence[int],
+    act_bits: int = DEFAULT_ACT_BITS,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict:
     """The bit map document of a per-slot configuration."""
     bits = layer_map.validate(bits)
@@ -44,7 +47,7 @@ def save_bitmap(
     path: str | Path,
     layer_map: LayerMap,
     bits: Sequence[int],
-    act_bits: int = 8,
+    act_bits: int = DEFAULT_ACT_BITS,
     provenance: Mapping[str, Any] | None = None,
 ) -> dict:
     """Write the bit map of `bits` atomically; returns the document written."""
@@ -92,8 +95,13 @@ def load_bitmap(path: str | Path, layer_map: LayerMap) -> tuple[int, ...]:
             )
         bits[s] = b
     result = tuple(int(b) for b in bits)  # type: ignore[arg-type]
-    if "slots" in doc and list(doc["slots"]) != list(result):
+    if "slots" in doc and doc["slots"] != list(result):
         raise EmqError(
-            f"bit map {path}: field 'slots' {doc['slots']} disagrees with 'modules' {list(result)}; fix or drop 'slots'"
+            f"bit map {path}: field 'slots' {doc['slots']!r:.200} disagrees with 'modules' {list(result)}; fix or drop 'slots'"
+        )
+    if "slot_names" in doc and doc["slot_names"] != list(layer_map.slot_names):
+        raise EmqError(
+            f"bit map {path}: field 'slot_names' {doc['slot_names']!r:.200} are not the slots of {layer_map.model} "
+            f"({', '.join(layer_map.slot_names[:3])}, ...); fix or drop 'slot_names'"
         )
     return result

@@ -89,7 +89,7 @@ class Problem:
     allowed: np.ndarray  # [S, B] bool
     groups: list[list[int]]
     constraints: list[Constraint]
-    act_bits: int = 8
+    act_bits: int = DEFAULT_ACT_BITS
     pins: dict[int, int] = field(default_factory=dict)
 
     @property

@@ -44,7 +44,7 @@ def budget_param(kind: str) -> str:
 
 def parse_number(text: str | float, units: Mapping[str, float], param: str, example: str) -> float:
     """A positive number with an optional unit suffix (case-insensitive)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
+    m = re.fullmatch(r"\s*([+-]?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
     if not m or m.group(2) not in units:
         named = ", ".join(u for u in units if u)
         raise ParameterError(
@@ -54,7 +54,7 @@ def parse_number(text: str | float, units: Mapping[str, float], param: str, exam
         )
     value = float(m.group(1)) * units[m.group(2)]
     if not value > 0:
-        raise ParameterError(param, str(text), "must be positive")
+        raise ParameterError(param, str(text), f"must be positive, e.g. {example}")
     return value
 
 

@@ -26,6 +26,7 @@ from ..proxy import Proxy
 from ..quant import PTQSettings
 from ..specs import DEFAULT_BITS, ParameterError
 from ..tables import markdown_table
+from ..target import ModelSpec, as_model_spec
 from .allocator import Allocation, Allocator, allocator_for, as_budgets, resolve_proxy
 from .budgets import Budget, InfeasibleBudget
 
@@ -142,10 +143,11 @@ class SweepResult:
 
 
 def sweep(
-    model: Allocator | str | nn.Module | None,
+    model: Allocator | ModelSpec | str | nn.Module | None,
     proxy: Proxy | str | Path,
     kind: str,
     values: Sequence[float],
+    *,
     fixed: Sequence[Budget] | Mapping[str, Any] | None = None,
     baselines: Sequence[Proxy | str | Path] = (),
     uniform: bool = True,
@@ -163,7 +165,7 @@ def sweep(
     device: str | torch.device = "cpu",
 ) -> SweepResult:
     """Allocate with `proxy` (and each baseline) at every budget value of `kind`, plus the
-    uniform configurations. `model` is a model name / nn.Module (resolved with the data and
+    uniform configurations. `model` is a model name / nn.Module / ModelSpec (resolved with the data and
     settings given; with `bench`, the bench's model and settings as in `allocate`) or an
     Allocator to reuse its tables and PTQ engine (and its device; `device` is for a new one).
     Budget values below the smallest feasible one are skipped and recorded, not fatal; any
@@ -171,7 +173,13 @@ def sweep(
     allocator = (
         model
         if isinstance(model, Allocator)
-        else allocator_for(model, data, weights, input_size, num_classes, settings, evaluate, bench, device=device)
+        else allocator_for(
+            as_model_spec(model, data, weights, num_classes, input_size),
+            settings=settings,
+            evaluate=evaluate,
+            bench=bench,
+            device=device,
+        )
     )
     proxies = [resolve_proxy(p) for p in [proxy, *baselines]]
     fixed = as_budgets(fixed)
@@ -195,7 +203,16 @@ def sweep(
                 continue
             predicted = float(allocator.predict(main, base.bits, np.array([bits]))[0])
             result.points.append(
-                allocator.finish(f"uniform-{b}", main.orientation, "uniform", bits, predicted, 0.0, base, evaluate)
+                allocator.finish(
+                    f"uniform-{b}",
+                    orientation=main.orientation,
+                    method="uniform",
+                    bits=bits,
+                    predicted=predicted,
+                    seconds=0.0,
+                    problem=base,
+                    evaluate=evaluate,
+                )
             )
     return result
 

@@ -2,8 +2,8 @@
 
 A proxy class in any module of this package registers itself with `@register_proxy`; its
 place in `PROXIES`, in `all` and in every report is its declaration order (the package
-imports its modules in name order, see `__init__`; a new module's proxies come after those of
-the modules before it). A new proxy is one new file, and the package refuses to import when a
+imports its modules in a fixed order, see `__init__`; a new module's proxies come after those
+of the modules before it). A new proxy is one new file, and the package refuses to import when a
 concrete proxy class of the package is not registered, so none is silently left out.
 
 A proxy whose form also exists inside the search space names it in `formula`: a key of

@@ -22,6 +22,7 @@ import torch
 from ..errors import EmqError
 from ..proxy import ProxyContext, SeparableProxy, linear_cost_table
 from ..search_space.netstats import LayerStats, NetworkStats
+from ..specs import DEFAULT_ACT_BITS
 from .registry import register_proxy
 
 
@@ -295,7 +296,7 @@ class BitOps(SeparableProxy):
 
     def table(self, ctx: ProxyContext) -> np.ndarray:
         stats = require_stats(ctx)
-        act_bits = getattr(ctx.settings, "act_bits", 8)
+        act_bits = getattr(ctx.settings, "act_bits", DEFAULT_ACT_BITS)
         return linear_cost_table(
             _slot_sum(stats, [float(layer.macs) * float(act_bits) for layer in stats.layers]), stats.bits
         )

@@ -5,7 +5,8 @@ copy of the model; the caller's model is never touched): `engine.prepare(bits)` 
 quantized weights, BatchNorm re-estimation and calibrated activation quantizers exactly as
 the bench's PTQ does, then the proxy runs a small seeded batch of calibration images
 (`PROXY_IMAGES`, drawn with `PROXY_SEED` on the CPU) through it. The full-precision reference of each proxy is computed once per
-context and cached.
+context and cached. `prepared` keeps the engine in the state of the last configuration, so
+proxies that score one configuration in turn share its PTQ pass (the most costly part).
 """
 
 from __future__ import annotations
@@ -50,9 +51,22 @@ def proxy_images(ctx: ProxyContext) -> tuple[torch.Tensor, torch.Tensor]:
     return batch
 
 
+def prepared(ctx: ProxyContext, bits: Sequence[int] | None) -> nn.Module:
+    """The shared engine's network in the PTQ state of `bits` (None: full precision), prepared
+    only when the last call asked for another state. Proxies run the network in eval mode under
+    no_grad or removable hooks, which leave that state as `PTQEngine.prepare` set it."""
+    engine = shared_engine(ctx)
+    key = None if bits is None else tuple(int(b) for b in bits)
+    if "prepared" not in ctx.cache or ctx.cache["prepared"] != key:
+        ctx.cache.pop("prepared", None)  # a failed preparation leaves no state to trust
+        engine.prepare(bits)
+        ctx.cache["prepared"] = key
+    return engine.work
+
+
 def _fp_cached(ctx: ProxyContext, key: str, compute) -> object:
     if key not in ctx.cache:
-        ctx.cache[key] = compute(shared_engine(ctx).prepare(None))
+        ctx.cache[key] = compute(prepared(ctx, None))
     return ctx.cache[key]
 
 
@@ -136,11 +150,14 @@ class GMPQ(WholeConfigProxy):
     orientation = 1
     cost = f"one PTQ preparation + forward and backward of {PROXY_IMAGES} calibration images per configuration"
 
+    def reference(self, ctx: ProxyContext) -> torch.Tensor:
+        layers, (x, y) = shared_engine(ctx).layers, proxy_images(ctx)
+        return _fp_cached(ctx, "gmpq-fp", lambda net: gradcam_maps(net, layers, x, y))
+
     def score_one(self, ctx: ProxyContext, bits: Sequence[int]) -> float:
-        engine = shared_engine(ctx)
+        ref = self.reference(ctx)
         x, y = proxy_images(ctx)
-        ref = _fp_cached(ctx, "gmpq-fp", lambda net: gradcam_maps(net, engine.layers, x, y))
-        return rank_consistency(ref, gradcam_maps(engine.prepare(bits), engine.layers, x, y))
+        return rank_consistency(ref, gradcam_maps(prepared(ctx, bits), shared_engine(ctx).layers, x, y))
 
 
 def penultimate_features(net: nn.Module, classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -183,7 +200,7 @@ class SEAM(WholeConfigProxy):
     def score_one(self, ctx: ProxyContext, bits: Sequence[int]) -> float:
         engine = shared_engine(ctx)
         x, y = proxy_images(ctx)
-        net = engine.prepare(bits)
+        net = prepared(ctx, bits)
         return discriminability(penultimate_features(net, engine.layers[-1], x), y)
 
 
@@ -194,13 +211,15 @@ class OutputKL(WholeConfigProxy):
     orientation = -1
     cost = f"one PTQ preparation + forward of {PROXY_IMAGES} calibration images per configuration"
 
+    @staticmethod
+    def _logits(ctx: ProxyContext, net: nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return F.log_softmax(net(proxy_images(ctx)[0]), dim=1)
+
+    def reference(self, ctx: ProxyContext) -> torch.Tensor:
+        return _fp_cached(ctx, "kl-fp", lambda net: self._logits(ctx, net))
+
     def score_one(self, ctx: ProxyContext, bits: Sequence[int]) -> float:
-        x, _ = proxy_images(ctx)
-
-        def logits(net: nn.Module) -> torch.Tensor:
-            with torch.no_grad():
-                return F.log_softmax(net(x), dim=1)
-
-        ref = _fp_cached(ctx, "kl-fp", logits)
-        q = logits(shared_engine(ctx).prepare(bits))
+        ref = self.reference(ctx)
+        q = self._logits(ctx, prepared(ctx, bits))
         return float(F.kl_div(q, ref, log_target=True, reduction="batchmean"))

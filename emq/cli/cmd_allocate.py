@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ..api import (
+    DEFAULT_BITS_TEXT,
+    WEIGHT_BITS_MAX,
+    WEIGHT_BITS_MIN,
     Allocator,
     Budget,
     EmqError,
@@ -26,6 +29,7 @@ from .common import (
     add_ptq_args,
     check_out_dir,
     emit_json,
+    model_spec,
     open_bench,
     parse_bits,
     ptq_overrides,
@@ -54,7 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     for kind in budget_kinds():
         p.add_argument(f"--budget-{kind}", dest=_dest(kind), help=get_kind(kind).help)
-    p.add_argument("--bits-allowed", default="2,3,4", help="bit-widths a slot may take (default 2,3,4)")
+    p.add_argument(
+        "--bits-allowed", default=DEFAULT_BITS_TEXT, help=f"bit-widths a slot may take (default {DEFAULT_BITS_TEXT})"
+    )
     p.add_argument(
         "--pin",
         action="append",
@@ -152,15 +158,7 @@ def run(args: argparse.Namespace) -> int:
     _check_pins_need_no_new_statistics(pins, bits_allowed, [args.proxy, *args.baseline])
     settings = ptq_overrides(args) if args.bench else ptq_settings(args)
     allocator = allocator_for(
-        args.model,
-        args.data,
-        args.weights,
-        args.input_size,
-        args.num_classes,
-        settings,
-        args.evaluate,
-        args.bench,
-        device=args.device,
+        model_spec(args), settings=settings, evaluate=args.evaluate, bench=args.bench, device=args.device
     )
     if values is not None:
         return _run_sweep(args, allocator, values, budgets, bits_allowed, pins)
@@ -195,9 +193,13 @@ def _check_pins_need_no_new_statistics(pins: dict[str, int], bits_allowed: list[
 
 
 def _as_int(text: str, what: str) -> int:
-    if not text.isdigit():
-        raise EmqError(f"{what}: the bit-width must be an integer")
-    return int(text)
+    try:
+        bits = int(text)
+    except ValueError:
+        raise EmqError(f"{what}: the bit-width must be an integer, e.g. --pin conv1=8") from None
+    if not WEIGHT_BITS_MIN <= bits <= WEIGHT_BITS_MAX:
+        raise EmqError(f"{what}: {bits} is outside {WEIGHT_BITS_MIN}..{WEIGHT_BITS_MAX}; pin a bit-width in that range")
+    return bits
 
 
 def _run_sweep(
@@ -214,14 +216,14 @@ def _run_sweep(
         args.proxy,
         args.sweep_kind,
         values,
-        fixed,
-        args.baseline,
-        True,
-        args.evaluate,
-        bits_allowed,
-        pins,
-        args.search_evals,
-        args.seed,
+        fixed=fixed,
+        baselines=args.baseline,
+        uniform=True,
+        evaluate=args.evaluate,
+        bits_allowed=bits_allowed,
+        pins=pins,
+        search_evaluations=args.search_evals,
+        seed=args.seed,
     )
     if not res.allocated:
         raise EmqError(

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..api import (
+    DEFAULT_ACT_BITS,
+    DEFAULT_BITS_TEXT,
     IMPORT_FORMATS,
     SAMPLERS,
     EmqError,
@@ -16,6 +18,7 @@ from ..api import (
     bench_import,
     bench_info,
     bench_list,
+    parse_config,
 )
 from .commands import COMMANDS
 from .common import (
@@ -49,7 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         b, "workers evaluating configurations (default 1); records are identical with any executor and any number"
     )
     b.add_argument("--resume", action="store_true", help="continue an interrupted build of --out")
-    b.add_argument("--bits-allowed", default="2,3,4", help="allowed bit-widths per slot (default 2,3,4)")
+    b.add_argument(
+        "--bits-allowed", default=DEFAULT_BITS_TEXT, help=f"allowed bit-widths per slot (default {DEFAULT_BITS_TEXT})"
+    )
     b.add_argument(
         "--pin",
         action="append",
@@ -92,8 +97,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument(
         "--model", default="resnet18", help="model whose layer map the configurations follow (default resnet18)"
     )
-    m.add_argument("--bits-allowed", default="2,3,4", help="allowed bit-widths (default 2,3,4)")
-    m.add_argument("--act-bits", type=int, default=8, help="activation bits used for BitOps (default 8)")
+    m.add_argument(
+        "--bits-allowed", default=DEFAULT_BITS_TEXT, help=f"allowed bit-widths (default {DEFAULT_BITS_TEXT})"
+    )
+    m.add_argument(
+        "--act-bits",
+        type=int,
+        default=DEFAULT_ACT_BITS,
+        help=f"activation bits used for BitOps (default {DEFAULT_ACT_BITS})",
+    )
     m.add_argument("--out", required=True, type=Path, help="bench file to write")
     m.add_argument("--json", action="store_true", help="print the new bench's info as one JSON object")
     m.set_defaults(func=run_import)
@@ -115,14 +127,26 @@ def _pins(items: list[str]) -> dict[int | str, int]:
     return out
 
 
-def _configs_file(path: Path | None) -> list[str]:
+def _configs_file(path: Path | None) -> tuple[list[str], list[str]]:
+    """The configurations of a --configs-file, and for each where it is ('FILE, line N') for errors."""
     if path is None:
-        return []
+        return [], []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise EmqError(f"--configs-file {path}: cannot read ({e})") from e
-    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    configs, labels = [], []
+    for n, line in enumerate(lines, 1):
+        text = line.strip()
+        if text and not text.startswith("#"):
+            where = f"--configs-file {path}, line {n}:"
+            try:
+                parse_config(text, "config")
+            except EmqError:
+                raise EmqError(f"{where} {text[:80]!r} is not comma-separated integers, e.g. 4,3,2") from None
+            configs.append(text)
+            labels.append(where)
+    return configs, labels
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -133,9 +157,11 @@ def run_list(args: argparse.Namespace) -> int:
     table = [
         [
             r["name"],
-            r.get("records", "missing"),
-            r["model"],
-            r.get("data", ""),
+            r["family"],
+            r["task"],
+            r.get("slots", ""),
+            _f(r.get("fp_top1"), 2),
+            r.get("records", "not built"),
             r.get("ptq_method", ""),
             r.get("default_metric", ""),
             _f(r.get("split_half_corrected")),
@@ -145,31 +171,32 @@ def run_list(args: argparse.Namespace) -> int:
         ]
         for r in rows
     ]
-    print(
-        markdown_table(
-            [
-                "bench",
-                "records",
-                "model",
-                "data",
-                "PTQ",
-                "default metric",
-                "split-half (corr.)",
-                "combined reliability",
-                "statistics",
-                "MB",
-            ],
-            table,
-        )
-    )
+    headers = [
+        "bench",
+        "family",
+        "task",
+        "slots",
+        "FP top-1",
+        "records",
+        "PTQ",
+        "default metric",
+        "split-half (corr.)",
+        "combined reliability",
+        "statistics",
+        "MB",
+    ]
+    print(markdown_table(headers, table))
+    missing = [r["name"] for r in rows if not r["installed"]]
+    if missing:
+        print(f"not built in this installation: {', '.join(missing)} (`emq bench info NAME` says how to build one)")
     print(
         "use a name wherever a bench file goes, e.g. `emq score --bench vgg-digits`; `emq bench info NAME` for details"
     )
     return 0
 
 
-def _f(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
+def _f(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
 
 
 def _print_info(info: dict) -> None:
@@ -275,13 +302,17 @@ def run_build(args: argparse.Namespace) -> int:
     settings = ptq_settings(args)
     bits = parse_bits(args.bits_allowed, "bits_allowed")
     _check_build_sizes(args, bits)
+    user = _configs_file(args.configs_file)
     with executor_from_args(args) as executor:
-        info = _build(args, settings, bits, executor)
+        info = _build(args, settings, bits, user, executor)
     emit_json(info) if args.json else _print_info(info)
     return 0
 
 
-def _build(args: argparse.Namespace, settings: PTQSettings, bits: list[int], executor: Executor) -> dict:
+def _build(
+    args: argparse.Namespace, settings: PTQSettings, bits: list[int], user: tuple[list, list], executor: Executor
+) -> dict:
+    user_configs, user_labels = user
     return bench_build(
         args.out,
         model=args.model,
@@ -292,7 +323,8 @@ def _build(args: argparse.Namespace, settings: PTQSettings, bits: list[int], exe
         bits=bits,
         pinned=_pins(args.pin),
         sampler=args.sampler,
-        user_configs=_configs_file(args.configs_file),
+        user_configs=user_configs,
+        user_labels=user_labels,
         data=args.data,
         weights=args.weights,
         input_size=args.input_size,

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..api import EmqError, SearchConfig, demo
+from ..api import (
+    DEMO_CAMPAIGN,
+    EmqError,
+    SearchConfig,
+    demo,
+)
 from .commands import COMMANDS
 from .common import (
     add_device_arg,
@@ -15,15 +20,14 @@ from .common import (
     markdown_table,
     open_bench,
 )
+from .fieldargs import add_field_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help=COMMANDS["demo"])
     p.add_argument("--out", type=Path, help="run directory (default: runs/demo-<time>)")
     p.add_argument("--bench", default="default", help="bench file (default: the shipped default bench)")
-    p.add_argument("--generations", type=int, default=20, help="generations of the short campaign (default 20)")
-    p.add_argument("--population", type=int, default=64, help="population size (default 64)")
-    p.add_argument("--seed", type=int, default=0)
+    add_field_args(p, DEMO_CAMPAIGN, ("generations", "population", "seed"))
     p.add_argument(
         "--budget-avg-bits", type=float, default=3.0, help="average weight bits of the allocation budget (default 3.0)"
     )
@@ -46,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
     s = demo(
         args.out,
         args.bench,
-        args.generations,
-        args.population,
-        args.seed,
-        args.budget_avg_bits,
+        generations=args.generations,
+        population=args.population,
+        seed=args.seed,
+        budget_avg_bits=args.budget_avg_bits,
         progress=not (args.json or args.quiet),
         device=args.device,
     )

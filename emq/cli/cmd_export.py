@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..api import EXPORT_FORMATS, export
+from ..api import (
+    EXPORT_FORMATS,
+    export,
+    load_proxy,
+)
 from .commands import COMMANDS
-from .common import check_out_dir, emit_json
+from .common import check_out_dir, emit_json, make_out_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
-    written = export(args.proxy, args.to, args.out)
+    proxy = load_proxy(args.proxy)  # a bad proxy file is refused before the output directory is made
+    make_out_dir(args.out)
+    written = export(proxy, args.to, args.out)
     if args.json:
         emit_json({k: str(v) for k, v in written.items()})
     else:

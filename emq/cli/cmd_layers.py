@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..api import build_model, check_bit_set, layers
+from ..api import (
+    DEFAULT_BITS_TEXT,
+    build_model,
+    check_bit_set,
+    layers,
+)
 from .commands import COMMANDS
 from .common import add_model_args, emit_json, markdown_table, parse_bits
 
@@ -12,7 +17,9 @@ from .common import add_model_args, emit_json, markdown_table, parse_bits
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("layers", help=COMMANDS["layers"])
     add_model_args(p, data=False)
-    p.add_argument("--bits-allowed", default="2,3,4", help="bit-widths to list as allowed (default 2,3,4)")
+    p.add_argument(
+        "--bits-allowed", default=DEFAULT_BITS_TEXT, help=f"bit-widths to list as allowed (default {DEFAULT_BITS_TEXT})"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 

@@ -95,4 +95,5 @@ def _score(args: argparse.Namespace, executor: Executor) -> ScoreReport:
         resamples=args.resamples,
         reference=not args.no_reference,
         device=args.device,
+        threads=args.threads,
     )

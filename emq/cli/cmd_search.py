@@ -6,17 +6,15 @@ import argparse
 from pathlib import Path
 
 from ..api import (
-    AGGREGATES,
-    DEFAULT_AGGREGATE,
     METRICS,
     PRESETS,
     DPSConfig,
     EmqError,
     ProxySearch,
+    SearchConfig,
     SearchResult,
     load_checkpoint,
     make_space,
-    resolve_target,
     simplify,
     to_sympy,
 )
@@ -30,7 +28,21 @@ from .common import (
     check_out_dir,
     emit_json,
     executor_from_args,
+    model_spec,
     open_bench,
+)
+from .fieldargs import add_field_args, field_values
+
+# the campaign settings that are flags of `emq search`
+_FLAGS = (
+    "generations",
+    "population",
+    "seed",
+    "max_evaluations",
+    "checkpoint_every",
+    "aggregate",
+    "aggregate_k",
+    "parsimony",
 )
 
 
@@ -49,52 +61,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.set_defaults(model=None)  # the bench's model
     p.add_argument("--metric", choices=sorted(METRICS), help="target metric (default: the bench's)")
-    p.add_argument("--generations", type=int, default=30, help="generations (default 30)")
-    p.add_argument("--population", type=int, default=64, help="population size (default 64)")
-    p.add_argument("--max-evaluations", type=int, help="stop after this many candidate evaluations")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_field_args(p, SearchConfig(), _FLAGS)
     add_executor_args(
         p,
         "workers evaluating candidates, and computing the benches' statistics (default 1 = serial; results are identical)",
     )
     p.add_argument("--out", type=Path, help="run directory (default: emq_runs/search-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the campaign in --out from its checkpoint")
-    p.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=5,
-        help="generations between checkpoints (default 5); a kill loses at most this many",
-    )
-    p.add_argument("--no-dps", action="store_true", help="switch diversity-prompting selection off (ablation)")
-    p.add_argument(
-        "--crowding",
-        type=float,
-        default=0.98,
-        help="DPS: |corr| above which two candidates count as one phenotype (default 0.98)",
-    )
+    add_field_args(p, DPSConfig())
     p.add_argument("--space", choices=sorted(PRESETS), default="full", help="search-space preset (default full)")
     p.add_argument("--terminals", help="comma-separated terminals to use instead of the preset's")
     p.add_argument("--exclude-terminals", help="comma-separated terminals to leave out, e.g. H,trace,eig")
     p.add_argument("--include-ops", help="comma-separated opt-in operations to add, e.g. tanh,cube")
     p.add_argument("--exclude-ops", help="comma-separated operations to leave out")
-    p.add_argument(
-        "--aggregate",
-        choices=AGGREGATES,
-        default=DEFAULT_AGGREGATE,
-        help=f"with several --bench: how the per-bench Spearmans make the fitness (default {DEFAULT_AGGREGATE}: best on held-out networks, README)",
-    )
-    p.add_argument(
-        "--aggregate-k",
-        type=float,
-        default=1.0,
-        help="the k of --aggregate mean-std: fitness = mean - k x std (default 1)",
-    )
-    p.add_argument(
-        "--parsimony",
-        type=float,
-        default=0.0,
-        help="size pressure: selection uses fitness - C x nodes (default 0 = none)",
-    )
     p.add_argument("--top", type=int, default=5, help="proxies to list (default 5)")
     add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of tables")
@@ -111,11 +90,7 @@ def _open_benches(args: argparse.Namespace) -> tuple[list, list]:
             return [bench], [
                 None
             ]  # the bench's own model and data (a bundle's statistics when the data is not installed)
-        return [bench], [
-            resolve_target(
-                model, args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size
-            )
-        ]
+        return [bench], [model_spec(args, model).resolve()]
     for flag, value in (
         ("--model", args.model),
         ("--data", args.data),
@@ -128,7 +103,12 @@ def _open_benches(args: argparse.Namespace) -> tuple[list, list]:
                 f"{flag} {value}: with several --bench each bench's own model and data are used; leave {flag} out"
             )
     benches = [open_bench(spec) for spec in specs]
+    seen: dict[Path, str] = {}
     for bench, spec in zip(benches, specs, strict=True):
+        path = Path(bench.path).resolve()
+        if path in seen:
+            raise EmqError(f"--bench {spec}: a bench is named twice (as {seen[path]} and {spec}); give each bench once")
+        seen[path] = spec
         check_bench_for_search(bench, spec, None)
     return benches, [None] * len(benches)
 
@@ -151,23 +131,18 @@ def run(args: argparse.Namespace) -> int:
     check_executor_args(args)
     out = args.out or Path("emq_runs") / f"search-s{args.seed}"
     check_out_dir(out)
+    settings = field_values(args, SearchConfig, _FLAGS)
     est = ProxySearch(
-        generations=args.generations,
-        population=args.population,
         metric=args.metric,
         space=space,
-        max_evaluations=args.max_evaluations,
-        dps=DPSConfig(enabled=not args.no_dps, crowding_threshold=args.crowding),
-        random_state=args.seed,
+        dps=DPSConfig(**field_values(args, DPSConfig)),
+        random_state=settings.pop("seed"),
         workers=args.workers,
         out_dir=out,
         warm_start=args.resume,
-        checkpoint_every=args.checkpoint_every,
         progress=not (args.json or args.quiet),
-        aggregate=args.aggregate,
-        aggregate_k=args.aggregate_k,
-        parsimony=args.parsimony,
         device=str(args.device),
+        **settings,
     )
     est.config()  # bad settings are refused before any bench or model work
     benches, models = _open_benches(args)

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from pathlib import Path
 
-from ..api import NEGATIVE_TRACE_POLICIES, EmqError, StatsSettings, convergence_summary, save_stats, stats, summarize
+from ..api import (
+    DEFAULT_BITS_TEXT,
+    EmqError,
+    StatsSettings,
+    convergence_summary,
+    default_cache_dir,
+    save_stats,
+    stats,
+    summarize,
+    writable_dir,
+)
 from .commands import COMMANDS
 from .common import (
     add_device_arg,
@@ -15,83 +27,25 @@ from .common import (
     markdown_table,
     parse_bits,
 )
+from .fieldargs import add_field_args, field_values
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    d = StatsSettings()
     p = sub.add_parser("stats", help=COMMANDS["stats"])
     add_model_args(p)
     p.add_argument(
-        "--bits-allowed", default="2,3,4", help="weight bit-widths to compute Q_b(W) and its noise for (default 2,3,4)"
+        "--bits-allowed",
+        default=DEFAULT_BITS_TEXT,
+        help=f"weight bit-widths to compute Q_b(W) and its noise for (default {DEFAULT_BITS_TEXT})",
     )
     # PTQ's --bn and its calibration size do not apply here, so add_ptq_args is not used
+    add_field_args(p, StatsSettings())
     p.add_argument(
-        "--act-bits",
-        type=int,
-        default=d.act_bits,
-        help=f"activation bits of the activation noise (default {d.act_bits}; 32 = none)",
+        "--sensitivity",
+        action="store_true",
+        help="also measure each slot's sensitivity (only that slot at b bits, the others at 8; KL, loss change and "
+        "output SQNR on calibration images; PTQ with default settings, --act-bits and --symmetric), with its cost",
     )
-    p.add_argument(
-        "--symmetric", action="store_true", help="symmetric weight quantization (default: asymmetric, as in PTQ)"
-    )
-    p.add_argument("--calib-size", type=int, default=d.calib_size, help=f"calibration images (default {d.calib_size})")
-    p.add_argument(
-        "--calib-seed", type=int, default=d.calib_seed, help=f"seed of the calibration draw (default {d.calib_seed})"
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help=f"batch size of the gradient pass (default {d.batch_size})"
-    )
-    p.add_argument(
-        "--hessian-images",
-        type=int,
-        default=d.hessian_images,
-        help=f"calibration images used for Hessian work (default {d.hessian_images})",
-    )
-    p.add_argument(
-        "--hessian-batch-size",
-        type=int,
-        default=d.hessian_batch_size,
-        help=f"Hessian batch size; smaller saves memory, costs time (default {d.hessian_batch_size})",
-    )
-    p.add_argument(
-        "--hessian-samples",
-        type=int,
-        default=d.hessian_max_probes,
-        help=f"maximum Hutchinson probes (default {d.hessian_max_probes})",
-    )
-    p.add_argument(
-        "--hessian-min-samples",
-        type=int,
-        help=f"minimum Hutchinson probes (default {d.hessian_min_probes}, capped at --hessian-samples)",
-    )
-    p.add_argument(
-        "--hessian-tol",
-        type=float,
-        default=d.hessian_tol,
-        help=f"relative change of the per-layer traces that stops the probes (default {d.hessian_tol})",
-    )
-    p.add_argument(
-        "--eig-iters",
-        type=int,
-        default=d.eig_iters,
-        help=f"power-iteration steps for the top eigenvalue per layer (default {d.eig_iters}; 0 skips)",
-    )
-    p.add_argument(
-        "--eig-tol",
-        type=float,
-        default=d.eig_tol,
-        help=f"relative change of a layer's top eigenvalue that stops its power iteration (default {d.eig_tol})",
-    )
-    p.add_argument(
-        "--negative-trace",
-        choices=NEGATIVE_TRACE_POLICIES,
-        default=d.negative_trace,
-        help=f"what to do with negative trace estimates (default {d.negative_trace})",
-    )
-    p.add_argument(
-        "--act-cap", type=int, default=d.act_cap, help=f"samples of activations stored per layer (default {d.act_cap})"
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the Hessian probes (default {d.seed})")
     p.add_argument(
         "--cache-dir",
         type=Path,
@@ -106,37 +60,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """Flags whose library setting has another name, or whose NaN would pass a `< 0` check
+    and then never stop an iteration: refused with the flag's own name."""
+    if args.hessian_max_probes < 1:
+        raise EmqError(f"--hessian-samples {args.hessian_max_probes}: use 1 or more Hutchinson probes")
+    for flag, value in (("--hessian-tol", args.hessian_tol), ("--eig-tol", args.eig_tol)):
+        if not (math.isfinite(value) and value >= 0):
+            raise EmqError(f"{flag} {value}: must not be negative or NaN; give a finite tolerance >= 0, e.g. 0.01")
+
+
 def settings_from_args(args: argparse.Namespace) -> StatsSettings:
-    d = StatsSettings()
-    max_probes = args.hessian_samples
-    min_probes = (
-        args.hessian_min_samples if args.hessian_min_samples is not None else min(d.hessian_min_probes, max_probes)
-    )
-    return StatsSettings(
-        calib_size=args.calib_size,
-        calib_seed=args.calib_seed,
-        batch_size=args.batch_size,
-        hessian_images=args.hessian_images,
-        hessian_batch_size=args.hessian_batch_size,
-        hessian_min_probes=min_probes,
-        hessian_max_probes=max_probes,
-        hessian_tol=args.hessian_tol,
-        eig_iters=args.eig_iters,
-        eig_tol=args.eig_tol,
-        seed=args.seed,
-        act_bits=args.act_bits,
-        weight_symmetric=args.symmetric,
-        act_cap=args.act_cap,
-        negative_trace=args.negative_trace,
-    )
+    _check_flags(args)
+    values = field_values(args, StatsSettings)
+    if values["hessian_min_probes"] is None:  # the default minimum, capped at the maximum asked for
+        values["hessian_min_probes"] = min(StatsSettings.hessian_min_probes, values["hessian_max_probes"])
+    return StatsSettings(**values)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    if args.out is not None and args.out.is_dir():
+    if args.out is not None and os.path.isdir(args.out):  # False for a name too long, refused next
         raise EmqError(f"--out {args.out}: is a directory; give the file to write the statistics to")
     check_out_dir(args.out.parent if args.out is not None else None)
     check_out_dir(args.cache_dir, "--cache-dir")
+    if not args.no_cache:  # before minutes of computing, not when saving them
+        cache = default_cache_dir(args.cache_dir)
+        problem = writable_dir(cache)
+        if problem is not None:
+            where = f"--cache-dir {args.cache_dir}" if args.cache_dir is not None else "the statistics cache"
+            raise EmqError(
+                f"{where}: cannot write statistics into {cache} ({problem}); give a writable --cache-dir "
+                "(or EMQ_CACHE_DIR), or --no-cache"
+            )
     ns = stats(
         args.model,
         data=args.data,
@@ -148,10 +104,14 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
         device=args.device,
+        threads=args.threads,
     )
+    measured = _sensitivity(args, ns) if args.sensitivity else None
     if args.out:
         save_stats(ns, args.out)
     summary = summarize(ns)
+    if measured is not None:
+        summary["sensitivity"] = measured.summary()
     if args.out:
         summary["out"] = str(args.out)
     if args.json:
@@ -190,6 +150,52 @@ def run(args: argparse.Namespace) -> int:
         + ", ".join(f"{k} {v:.2f}" for k, v in summary["seconds"].items())
         + (" (loaded from cache)" if cache.get("hit") else "")
     )
+    if measured is not None:
+        print("\n" + _sensitivity_markdown(measured))
     if args.out:
         print(f"statistics written to {args.out}")
     return 0
+
+
+def _sensitivity(args: argparse.Namespace, ns):
+    """The measured sensitivity of the same model and data at the statistics' bits, attached to `ns`."""
+    from ..api import PTQSettings, attach_sensitivity, measure_sensitivity, resolve_target  # lazily: torch-heavy
+
+    target = resolve_target(
+        args.model, args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size
+    )
+    ptq = PTQSettings(act_bits=args.act_bits, weight_symmetric=args.symmetric)
+    sens = measure_sensitivity(
+        target.model,
+        target.layer_map,
+        target.require_data(),
+        ns.bits,
+        ptq,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        device=args.device,
+    )
+    attach_sensitivity(ns, sens)
+    return sens
+
+
+def _sensitivity_markdown(sens) -> str:
+    s = sens.summary()
+    headers = ["slot"] + [f"{m} {b}" for m in ("KL", "Δloss", "SQNR dB") for b in s["bits"]]
+    rows = [
+        [row["slot"]] + [row[k][str(b)] for k in ("kl", "loss", "sqnr_db") for b in s["bits"]] for row in s["slots"]
+    ]
+    rel = s["reliability"]
+    eq = s["ptq_equivalents"]
+    cached = " (loaded from cache; figures of the computation)" if (s["cache"] or {}).get("hit") else ""
+    return "\n".join(
+        [
+            markdown_table(headers, rows),
+            "",
+            f"measured sensitivity: one slot at b bits, the others at {s['rest_bits']}; {s['images']} calibration images, "
+            f"split-half reliability KL {rel['kl']}, loss {rel['loss']}, SQNR {rel['nsr']} (target {rel['target']} for KL)",
+            f"cost: {s['single_slot_evaluations']} single-slot evaluations (prefix reuse: {s['prefix_reuse']}) in "
+            f"{s['seconds']:.1f} s (rounding {s['rounding_seconds']:.1f} s) = "
+            f"{'n/a' if eq is None else f'{eq:.1f}'} PTQ evaluations of {s['ptq_evaluation_seconds']:.2f} s each, rounding excluded{cached}",
+        ]
+    )

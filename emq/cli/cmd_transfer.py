@@ -7,11 +7,13 @@ import argparse
 from pathlib import Path
 
 from ..api import (
-    AGGREGATES,
-    DEFAULT_AGGREGATE,
     DEFAULT_RESAMPLES,
+    PROTOCOLS,
     PROXIES,
+    SEEDS,
+    TRANSFER_CAMPAIGN,
     WHOLE_CONFIG,
+    WHOLE_LIMIT,
     Bench,
     EmqError,
     TransferStudy,
@@ -24,8 +26,7 @@ from .common import (
     emit_json,
     executor_from_args,
 )
-
-PROTOCOLS = ("leave-one-out", "single")
+from .fieldargs import add_field_args
 
 
 def _names(text: str, flag: str) -> list[str]:
@@ -42,16 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="comma-separated bench files or shipped names (at least two networks for leave-one-out)",
     )
-    p.add_argument("--seeds", default="0,1,2", help="campaign seeds per cell (default 0,1,2)")
-    p.add_argument("--generations", type=int, default=30, help="generations per campaign (default 30)")
-    p.add_argument("--population", type=int, default=48, help="population per campaign (default 48)")
+    seeds = ",".join(map(str, SEEDS))
+    p.add_argument("--seeds", default=seeds, help=f"campaign seeds per cell (default {seeds})")
+    add_field_args(p, TRANSFER_CAMPAIGN, ("generations", "population", "aggregate"))
     p.add_argument("--protocols", default=",".join(PROTOCOLS), help="leave-one-out, single or both (default both)")
-    p.add_argument(
-        "--aggregate",
-        choices=AGGREGATES,
-        default=DEFAULT_AGGREGATE,
-        help=f"how a multi-bench campaign aggregates its benches' fitness (default {DEFAULT_AGGREGATE})",
-    )
     p.add_argument(
         "--whole-config",
         default=",".join(WHOLE_CONFIG),
@@ -60,8 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--whole-limit",
         type=int,
-        default=20,
-        help="configurations per split the whole-configuration references quantize (default 20)",
+        default=WHOLE_LIMIT,
+        help=f"configurations per split the whole-configuration references quantize (default {WHOLE_LIMIT})",
     )
     p.add_argument(
         "--resamples",
@@ -114,15 +109,15 @@ def run(args: argparse.Namespace) -> int:
     with executor_from_args(args) as executor:
         study = TransferStudy(
             benches,
-            seeds,
-            args.generations,
-            args.population,
-            protocols,
-            args.aggregate,
-            whole,
-            args.whole_limit,
-            args.resamples,
-            args.out,
+            seeds=seeds,
+            generations=args.generations,
+            population=args.population,
+            protocols=protocols,
+            aggregate=args.aggregate,
+            whole_config=whole,
+            whole_limit=args.whole_limit,
+            resamples=args.resamples,
+            out_dir=args.out,
             progress=not args.json,
             executor=executor,
         )

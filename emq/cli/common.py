@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,13 @@ from ..api import (
     Bench,
     EmqError,
     Executor,
+    ModelSpec,
     ParameterError,
     PTQSettings,
     executor_classes,
     make_executor,
     markdown_table,
+    os_reason,
     parse_config,
     resolve_device,
 )
@@ -34,6 +37,7 @@ __all__ = [
     "check_bench_for_search",
     "check_out_dir",
     "check_executor_args",
+    "make_out_dir",
     "emit_json",
     "executor_from_args",
     "markdown_table",
@@ -63,6 +67,17 @@ def add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
             help="'default', 'fashion-mnist' / 'mnist' (idx files found on disk, e.g. Debian's dataset-fashion-mnist), NAME:DIR, "
             "a directory of idx files, an ImageFolder or a CIFAR-10 directory (default: an embedded model's own)",
         )
+
+
+def model_spec(args: argparse.Namespace, model: Any = None) -> ModelSpec:
+    """The model and its data that the flags of `add_model_args` name (`model` overrides --model)."""
+    return ModelSpec(
+        model if model is not None else args.model,
+        getattr(args, "data", None),
+        args.weights,
+        args.num_classes,
+        args.input_size,
+    )
 
 
 # PTQ flag -> PTQSettings field. The flags default to None so that `ptq_overrides` can tell
@@ -206,11 +221,39 @@ def emit_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def shown(path: Path | str, keep: int = 60) -> str:
+    """A path for a one-line message: a very long one keeps its two ends."""
+    text = str(path)
+    return text if len(text) <= 2 * keep + 3 else f"{text[:keep]}...{text[-keep:]}"
+
+
+def _check_path_length(path: Path, flag: str) -> None:
+    """Refuse a path the file system cannot hold (a name or the whole path too long) before any
+    work, rather than when the first file is written."""
+    anchor = next((p for p in (path, *path.parents) if os.path.exists(p)), Path("."))  # False on any OSError
+    try:
+        name_max, path_max = os.pathconf(anchor, "PC_NAME_MAX"), os.pathconf(anchor, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for part in path.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise EmqError(
+                f"{flag} {shown(path)}: the name {shown(part, 20)} is {len(os.fsencode(part))} bytes long, and this file "
+                f"system allows {name_max}; give a shorter name"
+            )
+    length = len(os.fsencode(os.path.abspath(path)))
+    if length >= path_max:
+        raise EmqError(
+            f"{flag} {shown(path)}: the path is {length} bytes long, and this system allows {path_max - 1}; give a shorter path"
+        )
+
+
 def check_out_dir(path: Path | None, flag: str = "--out") -> None:
     """Refuse, before any work, a directory to write into that cannot be one: an existing
-    file, or a path below an existing file."""
+    file, a path below an existing file, or a path too long for the file system."""
     if path is None:
         return
+    _check_path_length(path, flag)
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
@@ -219,12 +262,27 @@ def check_out_dir(path: Path | None, flag: str = "--out") -> None:
             return
 
 
+def make_out_dir(path: Path, flag: str = "--out") -> None:
+    """Create the output directory now, so a place that cannot hold it (read-only, not a real
+    file system) is refused naming the flag before anything is written."""
+    check_out_dir(path, flag)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EmqError(
+            f"{flag} {shown(path)}: cannot create this directory ({os_reason(e)}); give a writable one"
+        ) from e
+
+
 def open_bench(spec: str, flag: str = "--bench") -> Any:
     """Open a bench for a command, naming the file when it is not a bench (an empty or
     foreign SQLite file), before any model work."""
     try:
         return Bench.open(spec)
     except EmqError as e:
+        own = f"bench {spec}: "
+        if str(e).startswith(own):  # the library names the file; the command names its flag
+            raise EmqError(f"{flag} {spec}: {str(e)[len(own) :]}") from e
         if str(spec) in str(e):
             raise
         raise EmqError(f"{flag} {spec}: {e}") from e

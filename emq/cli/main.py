@@ -12,7 +12,13 @@ import argparse
 import importlib
 import logging
 import os
+import re
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from .. import __version__
 from .commands import COMMANDS
@@ -27,6 +33,8 @@ FLAGS = {
     "random_state": "--seed",
     "weight_symmetric": "--symmetric",
     "fmt": "--format",
+    "quantizer_options": "--quantizer-option",
+    "crowding_threshold": "--crowding",
 }
 
 CACHE_NOTE = (
@@ -48,10 +56,21 @@ def _command_in(argv: list[str]) -> str | None:
     return None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a value that starts with a minus and a digit (`--bits -1,4`, `--budget-size
+    -5KB`) is a value for its flag, so the flag's own check can say what is wrong with it, instead
+    of "expected one argument". No emq option looks like a negative number. (Python 3.13's
+    argparse does the same; its subparsers inherit the class.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; the full one of `command` only (all of them when None), one-line
     placeholders for the others (enough for `emq --help` and for choosing)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="emq",
         description="Discover training-free proxies for mixed-precision quantization and allocate bit-widths with them.",
         epilog=CACHE_NOTE,
@@ -64,12 +83,48 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, text in COMMANDS.items():
         if command is None or name == command:
             importlib.import_module(f"emq.cli.cmd_{name}").register(sub)
+            _add_threads_arg(sub.choices[name])
         else:
             sub.add_parser(name, help=text)
     return parser
 
 
+def _add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch intra-op threads of this process (default: the usable cores other work leaves free, at least 1; "
+        "workers of --executor process/ray run one each)",
+    )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so every `finally` runs: temp files are
+    removed, worker pools and a Ray cluster this command started are stopped."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises Terminated while a command runs (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from ..threads import CpuSample  # not through emq.api: the sample must start before torch is imported
+
+    busy_since = CpuSample()  # the imports below are the window that measures how busy the cores are
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_in(argv)
     parser = build_parser(command if command in COMMANDS else "")
@@ -77,10 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    from ..api import EmqError, ParameterError  # the command's module has imported the API already
+    from ..api import EmqError, ParameterError, set_threads, threads_restored  # imported by the command already
 
     try:
-        return int(args.func(args) or 0)
+        with threads_restored(), _sigterm_raises():
+            args.threads = set_threads(args.threads, busy_since)  # commands pass it on (threads=)
+            return int(args.func(args) or 0)
     except ParameterError as e:
         print(f"emq {args.command}: error: {e.with_flag(flag_for(e.param))}", file=sys.stderr)
         return 2
@@ -90,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `emq ... --json | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        print(f"emq {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated); everything started was stopped on the way out
+        name = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"emq {args.command}: {name}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..specs import ParameterError, setting
+
 
 @dataclass(frozen=True)
 class DPSConfig:
-    enabled: bool = True
+    enabled: bool = setting(True, "switch diversity-prompting selection off (ablation)", flag="--no-dps")
     challengers: bool = True  # offspring compete with fresh random candidates
-    crowding_threshold: float = 0.98  # |corr| above which two candidates count as the same phenotype
+    crowding_threshold: float = setting(
+        0.98, "DPS: |corr| above which two candidates count as one phenotype (default {default})", flag="--crowding"
+    )
+
+    def __post_init__(self) -> None:
+        t = self.crowding_threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:  # NaN fails too
+            raise ParameterError(
+                "crowding_threshold",
+                t,
+                "a correlation threshold must be in (0, 1]; |corr| never exceeds 1, so a larger one turns crowding off "
+                "silently (use --no-dps to switch DPS off)",
+            )
 
 
 def pick_winners(offspring_fit: Sequence[float], challenger_fit: Sequence[float]) -> list[bool]:

@@ -43,10 +43,11 @@ from ..errors import EmqError
 from ..executors import Executor, make_executor
 from ..fitness import FitnessData
 from ..hashing import tensor_digest
-from ..specs import ParameterError
+from ..specs import ParameterError, setting
 from . import checkpoint
 from .dps import DPSConfig, diversity, pick_winners, select_survivors
 from .evaluator import (
+    AGGREGATES,
     DEFAULT_AGGREGATE,
     REJECTED,
     FitnessContext,
@@ -89,10 +90,15 @@ _RESUME_FIELDS = (
 
 @dataclass
 class SearchConfig:
-    generations: int = 30
-    population: int = 64
-    seed: int = 0
-    max_evaluations: int | None = None  # budget in evaluations (stops early when reached)
+    """A campaign's settings, declared once: `ProxySearch`'s parameters and the search flags of
+    `emq search`, `emq demo` and `emq transfer` are derived from these fields (see `setting`)."""
+
+    generations: int = setting(30, "generations (default {default})")
+    population: int = setting(64, "population size (default {default})")
+    seed: int = setting(0, "random seed (default {default})")
+    max_evaluations: int | None = setting(
+        None, "stop after this many candidate evaluations"
+    )  # budget in evaluations (stops early when reached)
     cx_prob: float = 0.6
     mut_prob: float = 0.4
     tournament: int = 3
@@ -103,16 +109,25 @@ class SearchConfig:
     hof_size: int = 20
     seed_handmade: bool = True
     act_samples: int = DEFAULT_ACT_SAMPLES
-    checkpoint_every: int = 5
+    checkpoint_every: int = setting(
+        5, "generations between checkpoints (default {default}); a kill loses at most this many"
+    )
     workers: int = 1
     device: str = "cpu"  # where tables are computed ("cuda" on a GPU machine)
     threads: int = (
         1  # torch threads per evaluating process: tables are small, and extra threads oversubscribe shared cores
     )
     dps: DPSConfig = field(default_factory=DPSConfig)
-    aggregate: str = DEFAULT_AGGREGATE  # per-bench fitness -> one number: mean, min or mean-std (evaluator.AGGREGATES)
-    aggregate_k: float = 1.0  # the k of mean - k * std
-    parsimony: float = 0.0  # selection uses fitness - parsimony * size
+    aggregate: str = setting(
+        DEFAULT_AGGREGATE,
+        "with several benches: how the per-bench Spearmans make the fitness "
+        "(default {default}: best on held-out networks, README)",
+        choices=AGGREGATES,
+    )  # per-bench fitness -> one number: mean, min or mean-std (evaluator.AGGREGATES)
+    aggregate_k: float = setting(1.0, "the k of --aggregate mean-std: fitness = mean - k x std (default {default:g})")
+    parsimony: float = setting(
+        0.0, "size pressure: selection uses fitness - C x nodes (default {default:g} = none)"
+    )  # selection uses fitness - parsimony * size
 
     def __post_init__(self) -> None:
         if isinstance(self.dps, dict):
@@ -132,6 +147,11 @@ class SearchConfig:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# the campaigns of `emq demo` (short, minutes on a laptop) and of each cell of `emq transfer`
+DEMO_CAMPAIGN = SearchConfig(generations=20)
+TRANSFER_CAMPAIGN = SearchConfig(population=48)
 
 
 def _check_pair(stats: NetworkStats, data: FitnessData, which: str) -> None:

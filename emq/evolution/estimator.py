@@ -21,14 +21,16 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from sklearn.base import BaseEstimator
 
 from emq.search_space.netstats import NetworkStats
 from emq.search_space.proxyfile import EvolvedProxy
 from emq.search_space.pset import SearchSpace, make_space
-from emq.search_space.terminals import DEFAULT_ACT_SAMPLES
+from emq.sensitivity import uses_measured
 
 from ..errors import EmqError
 from ..executors import Executor, executor_for
@@ -37,34 +39,13 @@ from ..fitness import FitnessData
 from ..specs import ParameterError
 from .dps import DPSConfig
 from .engine import Campaign, SearchConfig
-from .evaluator import DEFAULT_AGGREGATE, Outcome, aggregate, as_tuple
+from .evaluator import Outcome, aggregate, as_tuple
 from .halloffame import HallOfFame, bench_labels, json_safe, pareto_mask, tokens_row
 
 log = logging.getLogger(__name__)
 
-# constructor parameters that are SearchConfig fields under the same name
-_CONFIG_PARAMS = (
-    "generations",
-    "population",
-    "max_evaluations",
-    "cx_prob",
-    "mut_prob",
-    "tournament",
-    "init_min",
-    "init_max",
-    "max_height",
-    "max_size",
-    "hof_size",
-    "seed_handmade",
-    "act_samples",
-    "checkpoint_every",
-    "workers",
-    "device",
-    "threads",
-    "aggregate",
-    "aggregate_k",
-    "parsimony",
-)
+# constructor parameters named otherwise than their SearchConfig field
+_PARAM_OF_FIELD = {"seed": "random_state"}
 
 
 @dataclass
@@ -135,7 +116,7 @@ def _bench_line(label: str, b: dict[str, Any]) -> str:
     return (f"bench {label}: " if label else "") + "; ".join(parts)
 
 
-class ProxySearch:
+class ProxySearch(BaseEstimator):
     """Evolve separable proxy formulas whose scores rank a bench's configurations.
 
     With several benches, `aggregate` turns the per-bench oriented Spearmans into the
@@ -146,73 +127,62 @@ class ProxySearch:
     `parsimony` C >= 0 makes selection use fitness - C x size (nodes); 0 = no size pressure.
     `device` (cpu, cuda, cuda:N) is where fitness tables and any statistics that are not
     cached yet are computed; it is not part of the campaign (a checkpoint resumes anywhere).
+
+    The campaign parameters' defaults are `SearchConfig`'s (`seed` is `random_state`, `dps`
+    a bool or a DPSConfig); scikit-learn's BaseEstimator gives `get_params`/`set_params`.
     """
 
     def __init__(
         self,
-        generations: int = 30,
-        population: int = 64,
+        generations: int = SearchConfig.generations,
+        population: int = SearchConfig.population,
         *,
         metric: str | None = None,
         space: SearchSpace | None = None,
-        dps: bool | DPSConfig = True,
-        max_evaluations: int | None = None,
-        random_state: int = 0,
+        dps: bool | DPSConfig = DPSConfig.enabled,
+        max_evaluations: int | None = SearchConfig.max_evaluations,
+        random_state: int = SearchConfig.seed,
         executor: str | Executor | None = None,
-        workers: int = 1,
+        workers: int = SearchConfig.workers,
         out_dir: str | Path | None = None,
         warm_start: bool = False,
-        checkpoint_every: int = 5,
+        checkpoint_every: int = SearchConfig.checkpoint_every,
         progress: bool = False,
-        cx_prob: float = 0.6,
-        mut_prob: float = 0.4,
-        tournament: int = 3,
-        init_min: int = 1,
-        init_max: int = 4,
-        max_height: int = 8,
-        max_size: int = 30,
-        hof_size: int = 20,
-        seed_handmade: bool = True,
-        act_samples: int = DEFAULT_ACT_SAMPLES,
-        device: str = "cpu",
-        threads: int = 1,
-        aggregate: str = DEFAULT_AGGREGATE,
-        aggregate_k: float = 1.0,
-        parsimony: float = 0.0,
+        cx_prob: float = SearchConfig.cx_prob,
+        mut_prob: float = SearchConfig.mut_prob,
+        tournament: int = SearchConfig.tournament,
+        init_min: int = SearchConfig.init_min,
+        init_max: int = SearchConfig.init_max,
+        max_height: int = SearchConfig.max_height,
+        max_size: int = SearchConfig.max_size,
+        hof_size: int = SearchConfig.hof_size,
+        seed_handmade: bool = SearchConfig.seed_handmade,
+        act_samples: int = SearchConfig.act_samples,
+        device: str = SearchConfig.device,
+        threads: int = SearchConfig.threads,
+        aggregate: str = SearchConfig.aggregate,
+        aggregate_k: float = SearchConfig.aggregate_k,
+        parsimony: float = SearchConfig.parsimony,
     ) -> None:
         params = dict(locals())
         params.pop("self")
         for name, value in params.items():
             setattr(self, name, value)
 
-    # scikit-learn's parameter protocol -------------------------------------------------
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        import inspect
-
-        return {
-            name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters if name != "self"
-        }
-
     def set_params(self, **params: Any) -> ProxySearch:
-        valid = self.get_params()
+        """BaseEstimator's, with an unknown name refused as a ParameterError (a user's error)."""
+        valid = self.get_params(deep=False)
         for name, value in params.items():
             if name not in valid:
                 raise ParameterError(name, value, f"not a ProxySearch parameter; use one of {', '.join(valid)}")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        default = ProxySearch().get_params()
-        changed = ", ".join(
-            f"{k}={v!r}" for k, v in self.get_params().items() if v is not default[k] and v != default[k]
-        )
-        return f"ProxySearch({changed})"
+        return super().set_params(**params)
 
     def config(self) -> SearchConfig:
         """The validated campaign settings these parameters describe."""
-        dps = self.dps if isinstance(self.dps, DPSConfig) else DPSConfig(enabled=bool(self.dps))
-        fields = {k: getattr(self, k) for k in _CONFIG_PARAMS}
-        return SearchConfig(seed=self.random_state, dps=dps, **fields)
+        values = {f.name: getattr(self, _PARAM_OF_FIELD.get(f.name, f.name)) for f in fields(SearchConfig)}
+        if not isinstance(self.dps, DPSConfig):
+            values["dps"] = DPSConfig(enabled=bool(self.dps))
+        return SearchConfig(**values)
 
     # fitting --------------------------------------------------------------------------
     def fit(
@@ -260,7 +230,7 @@ class ProxySearch:
                 camp.continue_with(cfg)
             else:
                 camp = Campaign(
-                    _all_statistics(executor, given, models, loaded, cfg.device),
+                    _all_statistics(executor, given, models, loaded, cfg.device, uses_measured(space.terminals)),
                     data,
                     space,
                     cfg,
@@ -389,9 +359,11 @@ def load_fitness_data(bench: Any, metric: str | None, bits: tuple[int, ...] | No
     return FitnessData.from_bench(bench, metric, bits), bench
 
 
-def _statistics(bench: Any, model: Any, data: FitnessData, device: str = "cpu") -> NetworkStats:
-    """The bench model's statistics with the bench's settings (or defaults for bare arrays), computed on `device`."""
+def _statistics(bench: Any, model: Any, data: FitnessData, device: str = "cpu", measured: bool = False) -> NetworkStats:
+    """The bench model's statistics with the bench's settings (or defaults for bare arrays), computed on `device`;
+    `measured`: with the measured sensitivity attached (the space reads MKL, MDL or MNSR)."""
     from emq.search_space.stats import compute_stats
+    from emq.sensitivity import ensure_measured
 
     if bench is None:
         if model is None:
@@ -400,24 +372,31 @@ def _statistics(bench: Any, model: Any, data: FitnessData, device: str = "cpu") 
             )
         from emq.target import Target, resolve_target
 
-        return compute_stats(
-            model if isinstance(model, Target) else resolve_target(model), bits=data.bits, device=device
-        )
+        target = model if isinstance(model, Target) else resolve_target(model)
+        ns = compute_stats(target, bits=data.bits, device=device)
+        return ensure_measured(ns, target, None, device) if measured else ns
     from ..bench_setup import BenchSetup
 
-    return BenchSetup.of(bench, model).network_stats(device=device)
+    setup = BenchSetup.of(bench, model)
+    ns = setup.network_stats(device=device)
+    return ensure_measured(ns, setup.target, setup.ptq, device) if measured else ns
 
 
-def _statistics_task(_: Any, job: tuple[Any, Any, FitnessData, str]) -> NetworkStats:
+def _statistics_task(_: Any, job: tuple[Any, Any, FitnessData, str, bool]) -> NetworkStats:
     return _statistics(*job)
 
 
 def _all_statistics(
-    executor: Executor, given: list[Any], models: list[Any], loaded: list[tuple[FitnessData, Any]], device: str
+    executor: Executor,
+    given: list[Any],
+    models: list[Any],
+    loaded: list[tuple[FitnessData, Any]],
+    device: str,
+    measured: bool = False,
 ) -> list[NetworkStats]:
     """Every bench's statistics: the given ones, the rest computed, one model per worker when
     the executor has several (a multi-bench campaign on a cluster)."""
-    jobs = [(b, m, d, device) for s, m, (d, b) in zip(given, models, loaded, strict=True) if s is None]
+    jobs = [(b, m, d, device, measured) for s, m, (d, b) in zip(given, models, loaded, strict=True) if s is None]
     if executor.workers > 1 and len(jobs) > 1:
         computed = iter(executor.map(_statistics_task, jobs))
     else:

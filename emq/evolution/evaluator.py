@@ -20,13 +20,12 @@ from typing import TypeVar
 
 import numpy as np
 import torch
-from scipy import stats as sps
 
 from emq.search_space.evaluate import TableEvaluator, Token, is_bit_dependent
 from emq.search_space.netstats import NetworkStats
 from emq.search_space.pset import SearchSpace
 
-from ..fitness import FitnessData
+from ..fitness import FitnessData, average_ranks
 from ..specs import ParameterError
 from .screening import table_problem
 
@@ -123,7 +122,7 @@ class _BenchScorer:
         return None, rho, scores
 
     def signature(self, scores: np.ndarray, sign: int) -> np.ndarray:
-        ranks = sps.rankdata(sign * scores[self.sig_idx])
+        ranks = average_ranks(sign * scores[self.sig_idx])
         d = ranks - ranks.mean()
         norm = float(np.sqrt((d * d).sum()))
         return d / norm if norm > 0 else d

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 # GPU out of memory next to another job; anything else (a bug, bad input) fails the same again
 RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = (OSError, MemoryError)
 IN_FLIGHT = 2  # chunks queued per actor, so an actor never waits for the driver
+PROBE_SECONDS = 10.0  # how long a cluster's head may take to accept a connection before it counts as unreachable
 
 
 def _ray() -> Any:
@@ -41,6 +45,35 @@ def _ray() -> Any:
             'the Ray executor needs Ray: pip install "emq[ray]" (or choose --executor serial or process)'
         ) from e
     return ray
+
+
+def check_reachable(address: str) -> None:
+    """Refuse at once an address where no Ray head listens: `ray.init` would retry it for many
+    minutes inside native code, where not even SIGTERM reaches the Python handlers."""
+    if address == "local":
+        return
+    flag = f"--ray-address {address}"
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+
+        try:
+            address = canonicalize_bootstrap_address_or_die(address)
+        except Exception as e:  # noqa: BLE001 - ConnectionError or ValueError: no cluster to join
+            raise EmqError(
+                f"{flag}: no Ray cluster runs on this machine ({str(e).splitlines()[0]}); start one with "
+                "`ray start --head`, or leave --ray-address out to run a local one"
+            ) from e
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise EmqError(f"{flag}: give HOST:PORT of the cluster's head (e.g. 10.0.0.5:6379), or 'auto'")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
+    except OSError as e:
+        reason = "the host name does not resolve" if isinstance(e, socket.gaierror) else (e.strerror or str(e))
+        raise EmqError(
+            f"{flag}: no Ray cluster answers there ({reason}); check the address of the head (`ray status` on it), "
+            "or leave --ray-address out to run a local one"
+        ) from e
 
 
 def _retryable() -> tuple[type[BaseException], ...]:
@@ -134,6 +167,9 @@ class RayExecutor(Executor):
         )
         self._started = False
         if not ray.is_initialized():
+            if address is not None:
+                check_reachable(address)
+            ours = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
             try:
                 ray.init(
                     address=address or "local",
@@ -142,11 +178,17 @@ class RayExecutor(Executor):
                     log_to_driver=False,  # "local": never join another cluster
                     **({"num_cpus": max(workers, os.cpu_count() or 1)} if address is None else {}),
                 )
-            except (ConnectionError, RuntimeError, ValueError) as e:
+            except BaseException as e:
+                ray.shutdown()  # stop whatever part of a cluster started (SIGTERM or Ctrl-C during start-up)
+                if not isinstance(e, (ConnectionError, RuntimeError, ValueError)):
+                    raise
                 raise EmqError(
                     f"cannot reach a Ray cluster at --ray-address {address}: {e}; start one with `ray start --head` "
                     "(or leave --ray-address out to run a local one)"
                 ) from e
+            finally:
+                if callable(ours):  # Ray replaced a handler of the caller's (the CLI's): that one stays in charge
+                    signal.signal(signal.SIGTERM, ours)
             self._started = True
         self._check_resources(ray)
         options = {"num_cpus": 1, "num_gpus": gpus_per_worker, "max_restarts": -1, "max_task_retries": max_retries}

