@@ -4,6 +4,10 @@
 -> `bench_build` / `bench_info` / `bench_import` / `bench_export` (and `Bench` for queries),
 `emq stats` -> `stats`, `emq search` -> `search` (and the estimator `ProxySearch`), `emq export` -> `export`, `emq score` ->
 `score`, `emq allocate` -> `allocate` / `sweep`, `emq demo` -> `demo`.
+
+The CLI (emq.cli) reaches the library only through this module (tests/test_layering.py): besides
+`__all__` it uses the names re-exported below as `from .x import name as name` and the aliases
+after the imports (its flags' choices and defaults, parsers, table and formula rendering).
 """
 
 from __future__ import annotations
@@ -14,34 +18,90 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import device, rendering
 from .allocation import Allocation, Allocator, allocate, load_bitmap, save_bitmap, sweep
+from .allocation import Budget as Budget
+from .allocation import allocator_for as allocator_for
+from .allocation import parse_sweep as parse_sweep
+from .allocation.allocator import resolve_proxy as resolve_proxy
+from .allocation.kinds import budget_kinds as budget_kinds
+from .allocation.kinds import get_kind as get_kind
 from .baselines import PROXIES, get_proxy
-from .bench import Bench, bench_build, bench_export, bench_import, bench_info
+from .bench import Bench, bench_build, bench_export, bench_import, bench_info, importer
+from .bench import bench_list as bench_list
+from .bench.sampling import SAMPLERS as SAMPLERS
 from .data import DataSplits
 from .device import resolve_device
-from .evolution import HallOfFame, ProxySearch, SearchResult, search
+from .errors import EmqError
+from .evolution import DPSConfig as DPSConfig
+from .evolution import HallOfFame, ProxySearch, SearchResult, checkpoint, search
+from .evolution.engine import DEMO_CAMPAIGN as DEMO_CAMPAIGN
+from .evolution.engine import TRANSFER_CAMPAIGN as TRANSFER_CAMPAIGN
+from .evolution.engine import SearchConfig as SearchConfig
+from .evolution.evaluator import AGGREGATES as AGGREGATES
+from .evolution.evaluator import DEFAULT_AGGREGATE as DEFAULT_AGGREGATE
 from .executors import Executor, make_executor
+from .executors import executor_classes as executor_classes
+from .fileio import os_reason as os_reason
+from .fileio import writable_dir as writable_dir
 from .layermap import LayerMap
+from .models import build_model as build_model
 from .pipeline_demo import demo
 from .quant import PTQEngine, PTQSettings, QuantResult
+from .quantizers import QUANTIZERS as QUANTIZERS
+from .ranking import DEFAULT_LIMIT as DEFAULT_LIMIT
+from .ranking import ScoreReport as ScoreReport
 from .ranking import score
 from .rendering import export
+from .rendering import simplify as simplify
+from .rendering import to_sympy as to_sympy
+from .search_space.netstats import save_stats as save_stats
+from .search_space.primitives import PRESETS as PRESETS
 from .search_space.proxyfile import load_proxy, save_proxy
 from .search_space.pset import make_space
+from .search_space.stats import NEGATIVE_TRACE_POLICIES as NEGATIVE_TRACE_POLICIES
 from .search_space.stats import StatsSettings, compute_stats, stats
+from .search_space.stats import convergence_summary as convergence_summary
+from .search_space.stats import default_cache_dir as default_cache_dir
+from .search_space.stats import summarize as summarize
+from .sensitivity import attach_sensitivity as attach_sensitivity
+from .sensitivity import measure_sensitivity as measure_sensitivity
+from .specs import DEFAULT_ACT_BITS as DEFAULT_ACT_BITS
+from .specs import DEFAULT_BITS_TEXT as DEFAULT_BITS_TEXT
+from .specs import METRICS as METRICS
+from .specs import WEIGHT_BITS_MAX as WEIGHT_BITS_MAX
+from .specs import WEIGHT_BITS_MIN as WEIGHT_BITS_MIN
 from .specs import ParameterError
+from .specs import check_bit_set as check_bit_set
+from .specs import parse_config as parse_config
+from .tables import markdown_table as markdown_table
 from .target import ModelSpec, as_model_spec, resolve_target
+from .threads import set_threads as set_threads
+from .threads import threads_restored as threads_restored
+from .transfer import PROTOCOLS as PROTOCOLS
+from .transfer import SEEDS as SEEDS
+from .transfer import WHOLE_CONFIG as WHOLE_CONFIG
+from .transfer import WHOLE_LIMIT as WHOLE_LIMIT
+from .transfer import TransferStudy as TransferStudy
+from .uncertainty import DEFAULT_RESAMPLES as DEFAULT_RESAMPLES
+
+IMPORT_FORMATS = importer.FORMATS  # `emq bench import --format`
+EXPORT_FORMATS = rendering.FORMATS  # `emq export --to`
+DEVICES = device.ACCEPTED  # the text `--device` accepts
+load_checkpoint = checkpoint.load
 
 __all__ = [
     "PROXIES",
     "Allocation",
     "Allocator",
     "Bench",
+    "EmqError",
     "Executor",
     "HallOfFame",
     "ModelSpec",
     "PTQEngine",
     "PTQSettings",
+    "ParameterError",
     "ProxySearch",
     "QuantResult",
     "SearchResult",

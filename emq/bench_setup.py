@@ -39,8 +39,7 @@ class BenchSetup:
     def network_stats(self, progress: bool = True, device: str | torch.device = "cpu") -> NetworkStats:
         """The bench model's statistics: a shipped bundle's when they match (emq.search_space.shipped),
         else computed (and cached) from the data on `device`."""
-        from .search_space.shipped import shipped_stats
-        from .search_space.stats import compute_stats
+        from .search_space.stats import compute_stats, shipped_stats
 
         if self.target.data is not None:
             return compute_stats(self.target, bits=self.bits, settings=self.stats, progress=progress, device=device)

@@ -12,87 +12,29 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
+# DataSplits and DEFAULT_CALIB_SIZE live in emq.datasplits and are re-exported here
+from .datasplits import DEFAULT_CALIB_SIZE as DEFAULT_CALIB_SIZE
+from .datasplits import DEFAULT_SEED, DataSplits
 from .errors import EmqError
 from .hashing import tensor_digest
+from .mnist_data import is_mnist_spec, load_mnist
 from .specs import ParameterError
 
 DEFAULT_SIZE = 24
-DEFAULT_SEED = 2023
 # source images per split (1,797 in all) and renderings per source image
 DIGITS_COUNT = 1797
 DEFAULT_SPLIT_SOURCES = {"train": 1097, "calib": 200, "test": 500}
 DEFAULT_RENDERS = {"train": 24, "calib": 6, "test": 6}
-DEFAULT_CALIB_SIZE = 512
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
-
-
-@dataclass
-class DataSplits:
-    """Calibration images in memory (they are small and reused often) and a test set."""
-
-    name: str
-    num_classes: int
-    in_channels: int
-    input_size: int
-    calib_pool: tuple[torch.Tensor, torch.Tensor]
-    test: Dataset
-    train: Dataset | None = None
-    fingerprint: str = ""
-    # source id of every calibration / test image (renders of one digit share a source);
-    # None: every image is its own source
-    calib_sources: torch.Tensor | None = None
-    test_sources: torch.Tensor | None = None
-
-    def calibration(
-        self, size: int = DEFAULT_CALIB_SIZE, seed: int = 0, half: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A seeded draw of `size` calibration images: a different seed is another draw.
-
-        `half` 0 or 1 draws only from that half of the calibration *sources* (a fixed split),
-        so two draws from different halves share no image and no source: what a calibration
-        test-retest needs to be an independent repeat.
-        """
-        x, y = self.calib_pool
-        if half is not None:
-            keep = calibration_half_mask(self.calib_sources, x.shape[0], half)
-            x, y = x[keep], y[keep]
-        n = x.shape[0]
-        if size >= n:
-            return x, y
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(n, generator=g)[:size].sort().values
-        return x[idx], y[idx]
-
-    def test_batches(self, batch_size: int = 1024) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Test batches in a fixed order (so cached full-precision outputs line up)."""
-        if isinstance(self.test, TensorDataset):
-            x, y = self.test.tensors
-            for i in range(0, x.shape[0], batch_size):
-                yield x[i : i + batch_size], y[i : i + batch_size]
-            return
-        yield from DataLoader(self.test, batch_size=batch_size, shuffle=False, num_workers=0)
-
-
-def calibration_half_mask(sources: torch.Tensor | None, n: int, half: int) -> torch.Tensor:
-    """Images of one half (0 or 1) of the calibration sources, split by a fixed seeded permutation."""
-    if half not in (0, 1):
-        raise ParameterError("calib_half", half, "use 0 or 1 (or None for the whole calibration pool)")
-    src = sources if sources is not None else torch.arange(n)
-    uniq = torch.unique(src)
-    order = uniq[torch.randperm(len(uniq), generator=torch.Generator().manual_seed(DEFAULT_SEED))]
-    chosen = order[: (len(uniq) + 1) // 2] if half == 0 else order[(len(uniq) + 1) // 2 :]
-    return torch.isin(src, chosen)
 
 
 def _render(src: torch.Tensor, renders: int, size: int, gen: torch.Generator) -> torch.Tensor:
@@ -254,8 +196,6 @@ def load_data(spec: str, input_size: int = 224) -> DataSplits:
     """Resolve `--data`: `default`, `fashion-mnist` / `mnist` (emq.mnist_data), `mnist-5k`
     (emq.mnist5k_data), a CIFAR-10
     directory, or an ImageFolder directory."""
-    from .mnist_data import is_mnist_spec, load_mnist
-
     if spec == "default":
         return default_data()
     if is_mnist_spec(spec):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from .data import DataSplits
+from .datasplits import DataSplits
 from .hashing import tensor_digest
 from .specs import ParameterError
 

@@ -60,7 +60,6 @@ class Proxy(ABC):
     faithful: bool = (
         True  # False for a variant of a published method (kept under its own name, never "the best hand-made")
     )
-    order: int | None = None  # place in the hand-made registry (emq.baselines), unique there
     formula: str = ""  # the proxy's form inside the search space: a key of emq.search_space.pset.HANDMADE
     needs_data: bool = False  # it quantizes the model on the target's data (no statistics can stand in)
 

@@ -110,8 +110,8 @@ def normalize_options(method: str, options: Any) -> tuple[tuple[str, Any], ...]:
     from .quantizers.base import resolve_options
 
     given = dict(options.items() if isinstance(options, Mapping) else (tuple(p) for p in options or ()))
-    defaults = QUANTIZERS[method].options
-    full = resolve_options(method, defaults, given)
+    defaults = QUANTIZERS[method].defaults()
+    full = resolve_options(method, QUANTIZERS[method].options, given)
     return tuple(sorted((k, v) for k, v in full.items() if v != defaults[k]))
 
 

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-from .data import DataSplits, calibration_half_mask
+from .datasplits import DataSplits, calibration_half_mask
 from .errors import EmqError
 from .fileio import atomic_write_text, cache_root
 from .hashing import state_dict_digest, tensor_digest

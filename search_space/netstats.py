@@ -198,7 +198,7 @@ def load_stats(path: str | Path, partial: bool = False) -> NetworkStats:
     if omitted and not partial:
         raise EmqError(
             f"{path}: partial statistics (without {', '.join(omitted)}); complete them with "
-            "emq.search_space.shipped.complete_stats"
+            "emq.search_space.stats.complete_stats"
         )
     layers = []
     for i, name in enumerate(header["names"]):

@@ -42,6 +42,7 @@ import sympy
 import torch
 
 from emq.errors import EmqError
+from emq.registry import Registry
 
 EPS = 1e-12  # protection constant of divisions and reciprocals
 LOG_EPS = 1e-8  # protection constant of log(|x| + eps)
@@ -401,22 +402,20 @@ _TERMINAL_LIST = [
 MEASURED_TERMINALS = ("MKL", "MDL", "MNSR")
 
 
-def _registry(specs: list[TerminalSpec]) -> dict[str, TerminalSpec]:
-    """Name -> spec, refusing duplicates and derived terminals whose inputs are unknown or later."""
-    out: dict[str, TerminalSpec] = {}
+def _registry(specs: list[TerminalSpec]) -> Registry[TerminalSpec]:
+    """Name -> spec in list order, refusing duplicates and derived terminals whose inputs are unknown or later."""
+    out: Registry[TerminalSpec] = Registry("terminal", "terminals")
     for t in specs:
-        if t.name in out:
-            raise ValueError(f"terminal {t.name!r} is defined twice")
         if (t.derive is None) != (not t.needs) or (t.derive is not None and not t.python):
-            raise ValueError(f"terminal {t.name!r}: a derived terminal sets derive, needs and python together")
+            raise EmqError(f"terminal {t.name!r}: a derived terminal sets derive, needs and python together")
         unknown = [n for n in t.needs if n not in out]
         if unknown:
-            raise ValueError(f"terminal {t.name!r} needs {unknown}, which are not defined before it")
-        out[t.name] = t
+            raise EmqError(f"terminal {t.name!r} needs {unknown}, which are not defined before it")
+        out.add(t.name, t)
     return out
 
 
-TERMINALS: dict[str, TerminalSpec] = _registry(_TERMINAL_LIST)
+TERMINALS: Registry[TerminalSpec] = _registry(_TERMINAL_LIST)
 
 
 def raw_sources(name: str) -> set[str]:

@@ -6,7 +6,9 @@ used whenever they match a request: the same weights (digest), the same data (fi
 unchecked when no data is installed), the same layers, the same statistics settings, and bits
 that include the requested ones (cut to those). A bundle whose data ships with emq may leave
 out the activation-shaped fields (most of a file's size); they are recomputed here in one
-pass over the calibration images, the only work a request needs beyond the file.
+pass over the calibration images (`emq.search_space.stats.shipped_stats`), the only work a
+request needs beyond the file. This module only finds the matching file, so it needs nothing of
+`stats` at run time.
 
 Every shipped file records what it was computed from in ``meta["source"]``
 (`source_of`, written by scripts/bundle_stats.py).
@@ -15,10 +17,9 @@ Every shipped file records what it was computed from in ``meta["source"]``
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from torch import nn
 
 from emq.data import DataSplits
@@ -27,7 +28,9 @@ from emq.hashing import state_dict_digest
 from emq.layermap import LayerMap
 
 from .netstats import NetworkStats, load_stats, select_bits
-from .stats import StatsSettings, activation_fields
+
+if TYPE_CHECKING:
+    from .stats import StatsSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,37 +58,17 @@ def _mismatch(ns: NetworkStats, want: dict, bits: tuple[int, ...], settings: dic
     return None
 
 
-def complete_stats(
-    ns: NetworkStats,
-    model: nn.Module,
-    layer_map: LayerMap,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    settings: StatsSettings,
-    device: torch.device,
-) -> NetworkStats:
-    """Fill a partial file's left-out activation fields from the calibration batch (x, y)."""
-    if not ns.omitted:
-        return ns
-    fields, ranges = activation_fields(model, layer_map, x, y, settings, device)
-    layers = [replace(layer, **{f: per[f] for f in ns.omitted}) for layer, per in zip(ns.layers, fields, strict=True)]
-    meta = {k: v for k, v in ns.meta.items() if k != "omitted"}
-    meta["act_ranges"] = ranges
-    return NetworkStats(ns.bits, layers, list(ns.layer_slot), meta)
-
-
-def shipped_stats(
+def find_shipped(
     model: nn.Module,
     layer_map: LayerMap,
     bits: tuple[int, ...],
     settings: StatsSettings,
     data: DataSplits | None,
-    device: torch.device | str = "cpu",
     files: list[Path] | None = None,
-) -> NetworkStats | None:
-    """A shipped bundle's statistics of this model for this request (completed, cut to `bits`),
-    or None when none matches. `data` None (not installed): the data is not checked, and a
-    partial file cannot be completed (EmqError naming --data). `files` defaults to the bundles'."""
+) -> tuple[NetworkStats, Path] | None:
+    """A shipped bundle's statistics of this model for this request (cut to `bits`, maybe partial:
+    `ns.omitted`) and their file, or None when none matches. `data` None (not installed): the data
+    is not checked, and a partial file is an EmqError naming --data. `files` defaults to the bundles'."""
     from emq.bench.bundles import stats_files
 
     want = source_of(state_dict_digest(model), data.fingerprint if data is not None else None, layer_map)
@@ -101,14 +84,9 @@ def shipped_stats(
             log.info("shipped statistics %s not used: %s", path, why)
             continue
         ns = select_bits(ns, tuple(bits))
-        if ns.omitted:
-            if data is None:
-                raise EmqError(
-                    f"{path}: the shipped statistics leave out {', '.join(ns.omitted)}, computed from the data: pass --data"
-                )
-            x, y = data.calibration(settings.calib_size, settings.calib_seed)
-            ns = complete_stats(ns, model, layer_map, x, y, settings, torch.device(device))
-        ns.meta["shipped"] = str(path)
-        log.info("statistics of %s from the shipped bundle %s", layer_map.model, path)
-        return ns
+        if ns.omitted and data is None:
+            raise EmqError(
+                f"{path}: the shipped statistics leave out {', '.join(ns.omitted)}, computed from the data: pass --data"
+            )
+        return ns, path
     return None

@@ -55,7 +55,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +92,7 @@ from .hessian import (
     power_iteration,
 )
 from .netstats import FORMAT, TENSOR_FIELDS, LayerStats, NetworkStats, load_stats, save_stats
+from .shipped import find_shipped
 
 log = logging.getLogger(__name__)
 
@@ -632,6 +633,50 @@ def cache_key(
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def complete_stats(
+    ns: NetworkStats,
+    model: nn.Module,
+    layer_map: LayerMap,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: StatsSettings,
+    device: torch.device,
+) -> NetworkStats:
+    """Fill a partial file's left-out activation fields from the calibration batch (x, y)."""
+    if not ns.omitted:
+        return ns
+    fields, ranges = activation_fields(model, layer_map, x, y, settings, device)
+    layers = [replace(layer, **{f: per[f] for f in ns.omitted}) for layer, per in zip(ns.layers, fields, strict=True)]
+    meta = {k: v for k, v in ns.meta.items() if k != "omitted"}
+    meta["act_ranges"] = ranges
+    return NetworkStats(ns.bits, layers, list(ns.layer_slot), meta)
+
+
+def shipped_stats(
+    model: nn.Module,
+    layer_map: LayerMap,
+    bits: tuple[int, ...],
+    settings: StatsSettings,
+    data: DataSplits | None,
+    device: torch.device | str = "cpu",
+    files: list[Path] | None = None,
+) -> NetworkStats | None:
+    """A shipped bundle's statistics of this model for this request (completed, cut to `bits`),
+    or None when none matches (emq.search_space.shipped). `data` None (not installed): the data is
+    not checked, and a partial file cannot be completed (EmqError naming --data). `files`
+    defaults to the bundles'."""
+    found = find_shipped(model, layer_map, bits, settings, data, files)
+    if found is None:
+        return None
+    ns, path = found
+    if ns.omitted:
+        x, y = data.calibration(settings.calib_size, settings.calib_seed)
+        ns = complete_stats(ns, model, layer_map, x, y, settings, torch.device(device))
+    ns.meta["shipped"] = str(path)
+    log.info("statistics of %s from the shipped bundle %s", layer_map.model, path)
+    return ns
+
+
 def compute_stats(
     target_or_model: Target | nn.Module,
     layer_map: LayerMap | None = None,
@@ -690,8 +735,6 @@ def compute_stats(
             except EmqError as e:
                 log.warning("ignoring the statistics cache entry: %s", e)
         if isinstance(data, DataSplits):
-            from .shipped import shipped_stats
-
             found = shipped_stats(model, layer_map, bits, s, data, device)
             if found is not None:
                 return found

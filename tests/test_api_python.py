@@ -61,9 +61,10 @@ def test_allocate_evaluate_save_then_quantize_bits_and_bitmap(tmp_path):
     a = emq.allocate("default", NoiseProxy(), {"avg-bits": 3.0}, pins={"fc": 8}, evaluate=True, settings=FAST)
     assert a.method == "ilp" and a.bits[-1] == 8 and a.avg_bits <= 3.0
     assert a.top1 == pytest.approx(_top1_by_hand(a.bits, FAST))
-    paths = a.save(tmp_path / "out")
-    assert json.loads(paths["allocation"].read_text()) == a.to_json()
-    prov = json.loads(paths["bitmap"].read_text())["provenance"]
+    bitmap, allocation = a.save(tmp_path / "out")
+    assert (bitmap.name, allocation.name) == ("bitmap.json", "allocation.json")
+    assert json.loads(allocation.read_text()) == a.to_json()
+    prov = json.loads(bitmap.read_text())["provenance"]
     assert prov["proxy"] == "test-noise" and prov["ptq"] == FAST.to_json() and prov["budgets"] == a.budgets
     text = a.to_markdown()
     assert (
@@ -71,7 +72,7 @@ def test_allocate_evaluate_save_then_quantize_bits_and_bitmap(tmp_path):
         and "| 19   | fc" in text
         and f"PTQ top-1 {a.top1:.2f} %" in text.splitlines()[-1]
     )
-    by_map = emq.quantize("default", bitmap=paths["bitmap"], settings=FAST)
+    by_map = emq.quantize("default", bitmap=bitmap, settings=FAST)
     by_bits = emq.quantize("default", a.bits, settings=FAST)
     assert by_map.top1 == by_bits.top1 == pytest.approx(a.top1)
     assert by_map.size_bytes == a.size_bytes
@@ -95,10 +96,11 @@ def test_sweep_result_json_markdown_and_files(tmp_path):
     assert "smallest feasible value" in doc["skipped"][0]["reason"]
     text = res.to_markdown()
     assert "| series" in text and "1 infeasible budget value(s) skipped" in text
-    paths = res.save(tmp_path)
-    rows = list(csv.DictReader(open(paths["csv"])))
+    written = res.save(tmp_path)
+    assert written == [tmp_path / "sweep.csv", tmp_path / "sweep.png"]
+    rows = list(csv.DictReader(open(written[0])))
     assert [r["series"] for r in rows] == [a.proxy for a in res.points]
-    assert paths["png"].stat().st_size > 10_000
+    assert written[1].stat().st_size > 10_000
     assert res.title() == "default: test-noise over avg-bits"
 
 

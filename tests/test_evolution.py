@@ -41,6 +41,15 @@ def test_same_seed_same_result_and_different_seed_differs(run):
 
 def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch, run, tiny_setting):
     full = run(out=tmp_path / "full")
+    written = full.save(tmp_path / "saved")  # what the result alone holds: the run directory's own files
+    assert [p.name for p in written] == [
+        "best_proxy.json",
+        "hall_of_fame.csv",
+        "summary.json",
+        "fitness.png",
+        "diversity.png",
+    ]
+    assert all(p.read_bytes() == (tmp_path / "full" / p.name).read_bytes() for p in written[:3])
     stats, fd, _ = tiny_setting
     cfg = dict(generations=6, population=16, seed=3, checkpoint_every=2)
     original = Campaign._generation

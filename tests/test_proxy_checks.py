@@ -111,24 +111,42 @@ def test_registry_refuses_incomplete_or_clashing_proxies():
     def make(**attrs) -> type:
         return type("Probe", (Base,), attrs)
 
-    with pytest.raises(EmqError, match="set name, order"):
-        register_proxy(make(name="probe"))  # no order: refused, never silently left out
-    with pytest.raises(EmqError, match="name 'kl' is taken"):
-        register_proxy(make(name="kl", order=999))
-    with pytest.raises(EmqError, match="order 10 is taken by 'hawq-v1'"):
-        register_proxy(make(name="probe", order=10))
+    with pytest.raises(EmqError, match="set name, description"):
+        register_proxy(make(name="probe", orientation=0))  # refused, never silently left out
+    with pytest.raises(EmqError, match="proxy 'kl' is defined twice"):
+        register_proxy(make(name="kl"))
     with pytest.raises(EmqError, match="formula 'nope'"):
-        register_proxy(make(name="probe", order=999, formula="nope"))
-    stray = make(name="stray", order=998, __module__="emq.baselines.stray")
+        register_proxy(make(name="probe", formula="nope"))
+    stray = make(name="stray", __module__="emq.baselines.stray")
     with pytest.raises(EmqError, match="emq.baselines.stray.Probe are not registered"):
         check_complete([stray])
     assert "probe" not in PROXIES and "stray" not in PROXIES
     check_complete(list(PROXIES.values()))
 
 
-def test_registry_order_is_the_order_attribute():
-    orders = [p.order for p in PROXIES.values()]
-    assert orders == sorted(orders) and len(set(orders)) == len(orders)
+def test_registry_order_is_the_declaration_order():
+    """Reports list proxies in declaration order: modules in `emq.baselines.FIRST`'s order, classes as written in each."""
+    assert list(PROXIES) == [
+        "hawq-v1",
+        "hawq-v2",
+        "fisher",
+        "fisher-batch",
+        "snip",
+        "synflow",
+        "synflow-signed",
+        "qe",
+        "ompq",
+        "bitsum",
+        "size",
+        "bitops",
+        "emq-published",
+        "gmpq",
+        "seam",
+        "kl",
+        "layer-kl",
+        "layer-loss",
+        "layer-sqnr",
+    ]
 
 
 def test_variants_are_labelled_and_never_faithful():

@@ -10,6 +10,7 @@ import pytest
 import sympy
 import torch
 
+from emq.errors import EmqError
 from emq.proxy import ProxyContext
 from emq.rendering import to_python, to_sympy
 from emq.search_space import primitives
@@ -88,9 +89,9 @@ def test_a_derived_terminal_is_one_registration(with_gw, stats, tmp_path):
 
 def test_registry_refuses_bad_terminals():
     base = list(TERMINALS.values())
-    with pytest.raises(ValueError, match="defined twice"):
+    with pytest.raises(EmqError, match="defined twice"):
         primitives._registry([*base, TERMINALS["W"]])
-    with pytest.raises(ValueError, match="needs"):
+    with pytest.raises(EmqError, match="needs"):
         primitives._registry(
             [
                 *base,
@@ -99,5 +100,5 @@ def test_registry_refuses_bad_terminals():
                 ),
             ]
         )
-    with pytest.raises(ValueError, match="together"):
+    with pytest.raises(EmqError, match="together"):
         primitives._registry([*base, TerminalSpec("x", Scalar, False, "x", "x", derive=lambda t: t["b"], needs=("b",))])

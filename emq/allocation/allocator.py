@@ -8,7 +8,6 @@ engine across calls so sweeps and comparisons pay for them once.
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -87,9 +86,9 @@ class Allocation:
         rows = [[i, name, b] for i, (name, b) in enumerate(zip(self.slot_names, self.bits))]
         return markdown_table(["slot", "name", "bits"], rows) + "\n\n" + self.summary()
 
-    def save(self, out_dir: str | Path) -> dict[str, Path]:
+    def save(self, out_dir: str | Path) -> list[Path]:
         """Write bitmap.json (keyed by module, for deployment) and allocation.json (this
-        document) into `out_dir`; returns their paths."""
+        document) into `out_dir`; returns their paths, in that order."""
         if self.layer_map is None:
             raise EmqError(
                 "this allocation has no layer map (it was not made by an Allocator); save it with save_bitmap"
@@ -106,7 +105,7 @@ class Allocation:
         }
         save_bitmap(paths["bitmap"], self.layer_map, self.bits, self.act_bits, provenance)
         atomic_write_text(paths["allocation"], json.dumps(self.to_json(), indent=2) + "\n")
-        return paths
+        return list(paths.values())
 
 
 def as_budgets(spec: BudgetSpec | None) -> list[Budget]:
@@ -125,15 +124,12 @@ def resolve_proxy(spec: Proxy | str | Path) -> Proxy:
         return spec
     text = str(spec)
     if text.endswith(".json") or Path(text).is_file():
-        return _optional("emq.search_space.proxyfile", "load_proxy", "proxy JSON files")(Path(text))
-    return _optional("emq.baselines", "get_proxy", "named proxies")(text)
+        from ..search_space.proxyfile import load_proxy
 
+        return load_proxy(Path(text))
+    from ..baselines import get_proxy
 
-def _optional(module: str, attr: str, what: str) -> Any:
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise EmqError(f"{what} are not available in this installation ({module}.{attr} is missing)") from e
+    return get_proxy(text)
 
 
 class _LazyStatsContext(ProxyContext):

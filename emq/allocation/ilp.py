@@ -20,6 +20,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
+from ..errors import EmqError
 from .budgets import Problem
 
 _LIBC = ctypes.CDLL(None)
@@ -67,9 +68,13 @@ def solve_ilp(problem: Problem, oriented_table: np.ndarray, time_limit: float = 
     problem.check_feasible()
     table = np.asarray(oriented_table, dtype=np.float64)
     if table.shape != problem.allowed.shape:
-        raise ValueError(f"table shape {table.shape} does not match the problem's {problem.allowed.shape}")
+        raise EmqError(
+            f"the proxy table has shape {table.shape}, and the problem has {problem.allowed.shape} (slots x bit-widths)"
+        )
     if not np.isfinite(table[problem.allowed]).all():
-        raise ValueError("the proxy table has NaN or infinite entries at allowed bit-widths")
+        raise EmqError(
+            "the proxy table has NaN or infinite entries at allowed bit-widths; check the proxy's statistics"
+        )
     t0 = time.perf_counter()
     obj, costs, allowed = group_matrices(problem, np.where(problem.allowed, table, 0.0))
     G, B = obj.shape
@@ -90,12 +95,15 @@ def solve_ilp(problem: Problem, oriented_table: np.ndarray, time_limit: float = 
         )
     seconds = time.perf_counter() - t0
     if res.x is None:
-        raise RuntimeError(f"HiGHS found no solution ({res.message}) although the budgets were checked feasible")
+        raise EmqError(
+            f"HiGHS found no solution in {time_limit:g} s ({res.message}) although the budgets are feasible; "
+            "allow fewer bit-widths per slot or loosen the budgets (a smaller problem)"
+        )
     choice = res.x.reshape(G, B).argmax(axis=1)
     index = np.empty(problem.num_slots, dtype=np.int64)
     for g, j in zip(problem.groups, choice):
         index[g] = j
-    if not problem.feasible(index)[0]:
+    if not problem.feasible(index)[0]:  # an internal invariant, not a user error: keep the traceback
         raise RuntimeError("the ILP solution violates a budget; please report this with the model and budgets")
     s = np.arange(problem.num_slots)
     return IlpSolution(index, float(table[s, index].sum()), seconds)

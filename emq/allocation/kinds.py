@@ -20,6 +20,7 @@ from typing import ClassVar, TypeVar
 import numpy as np
 
 from ..layermap import LayerMap
+from ..registry import Registry
 from ..specs import ParameterError
 
 SIZE_UNITS: dict[str, float] = {
@@ -101,33 +102,28 @@ class BudgetKind:
         return f"{up:.{max(digits, 0)}f}" + self.suffix
 
 
-_REGISTRY: dict[str, BudgetKind] = {}
+KINDS: Registry[BudgetKind] = Registry("budget kind", "budgets")
 K = TypeVar("K", bound=type[BudgetKind])
 
 
 def register_kind(cls: K) -> K:
-    """Class decorator: make a budget kind available everywhere by its `name`."""
-    if not cls.name:
-        raise ValueError(f"budget kind {cls.__name__} has no name")
-    _REGISTRY[cls.name] = cls()
+    """Class decorator: make a budget kind available everywhere by its `name` (a taken name is refused)."""
+    KINDS.add(cls.name, cls())
     return cls
 
 
 def unregister_kind(name: str) -> None:
     """Remove a kind (tests and plugins that register temporary kinds)."""
-    _REGISTRY.pop(name, None)
+    KINDS.remove(name)
 
 
 def budget_kinds() -> tuple[str, ...]:
     """Names of all registered kinds, in registration order (argparse choices, flags)."""
-    return tuple(_REGISTRY)
+    return KINDS.names()
 
 
 def get_kind(name: str) -> BudgetKind:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ParameterError("budgets", name, f"unknown budget kind; use one of {', '.join(_REGISTRY)}") from None
+    return KINDS.get_entry(name)
 
 
 @register_kind

@@ -133,12 +133,12 @@ class SweepResult:
     def title(self) -> str:
         return f"{self.model}: {self.points[0].proxy if self.points else ''} over {self.kind}"
 
-    def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write sweep.csv and sweep.png into `out_dir`; returns their paths."""
+    def save(self, out_dir: str | Path) -> list[Path]:
+        """Write sweep.csv and sweep.png into `out_dir`; returns their paths, in that order."""
         out = Path(out_dir)
-        paths = {"csv": out / "sweep.csv", "png": out / "sweep.png"}
-        write_csv(paths["csv"], self)
-        plot_png(paths["png"], self, self.title())
+        paths = [out / "sweep.csv", out / "sweep.png"]
+        write_csv(paths[0], self)
+        plot_png(paths[1], self, self.title())
         return paths
 
 

@@ -35,7 +35,6 @@ def _cost(ctx: ProxyContext) -> dict[str, Any]:
 @register_proxy
 class LayerKL(SeparableProxy):
     name = "layer-kl"
-    order = 150
     needs_data = True
     description = (
         "measured sensitivity: KL(FP || slot alone at b bits, others at 8) on calibration images, summed over slots"
@@ -53,7 +52,6 @@ class LayerKL(SeparableProxy):
 @register_proxy
 class LayerLoss(SeparableProxy):
     name = "layer-loss"
-    order = 160
     needs_data = True
     description = "measured sensitivity: cross-entropy change with the slot alone at b bits (others at 8) on calibration images, summed over slots"
     orientation = -1
@@ -69,7 +67,6 @@ class LayerLoss(SeparableProxy):
 @register_proxy
 class LayerSQNR(SeparableProxy):
     name = "layer-sqnr"
-    order = 170
     needs_data = True
     description = (
         "measured sensitivity: output noise-to-signal ratio 10^(-SQNR/10) of the logits with the slot alone at b bits "

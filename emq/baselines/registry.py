@@ -1,10 +1,10 @@
 """The registry of hand-made proxies, by their CLI names (`emq score --proxies`).
 
 A proxy class in any module of this package registers itself with `@register_proxy`; its
-`order` (a class attribute, unique) fixes its place in `PROXIES`, in `all` and in every
-report, whatever order the modules are imported in. The package imports all its modules
-(see `__init__`), so a new proxy is one new file, and it refuses to import when a concrete
-proxy class of the package is not registered, so none is silently left out.
+place in `PROXIES`, in `all` and in every report is its declaration order (the package
+imports its modules in a fixed order, see `__init__`; a new module's proxies come after those
+of the modules before it). A new proxy is one new file, and the package refuses to import when a
+concrete proxy class of the package is not registered, so none is silently left out.
 
 A proxy whose form also exists inside the search space names it in `formula`: a key of
 `emq.search_space.pset.HANDMADE`, the one home of those token lists (search_space may not
@@ -15,29 +15,20 @@ from __future__ import annotations
 
 from ..errors import EmqError
 from ..proxy import Proxy
+from ..registry import Registry
 from ..search_space.pset import HANDMADE
 
-PROXIES: dict[str, type[Proxy]] = {}
+PROXIES: Registry[type[Proxy]] = Registry("proxy", "proxies")
 
 
 def register_proxy(cls: type[Proxy]) -> type[Proxy]:
-    """Class decorator: add a hand-made proxy under `cls.name`, in `cls.order`."""
+    """Class decorator: add a hand-made proxy under `cls.name`, after those declared before it."""
     where = f"{cls.__module__}.{cls.__qualname__}"
-    if not cls.name or cls.order is None or not cls.description or not cls.cost or cls.orientation not in (1, -1):
-        raise EmqError(
-            f"proxy class {where}: set name, order, description, cost and orientation (+1 or -1) to register it"
-        )
-    if cls.name in PROXIES:
-        raise EmqError(f"proxy class {where}: the name {cls.name!r} is taken by {PROXIES[cls.name].__qualname__}")
-    clash = [n for n, other in PROXIES.items() if other.order == cls.order]
-    if clash:
-        raise EmqError(f"proxy class {where}: order {cls.order} is taken by {clash[0]!r}")
+    if not cls.name or not cls.description or not cls.cost or cls.orientation not in (1, -1):
+        raise EmqError(f"proxy class {where}: set name, description, cost and orientation (+1 or -1) to register it")
     if cls.formula and cls.formula not in HANDMADE:
         raise EmqError(f"proxy class {where}: formula {cls.formula!r} is not in emq.search_space.pset.HANDMADE")
-    ordered = sorted([*PROXIES.items(), (cls.name, cls)], key=lambda kv: kv[1].order)
-    PROXIES.clear()
-    PROXIES.update(ordered)
-    return cls
+    return PROXIES.add(cls.name, cls)
 
 
 def check_complete(classes: list[type[Proxy]]) -> None:
@@ -51,9 +42,7 @@ def check_complete(classes: list[type[Proxy]]) -> None:
         and c not in registered
     ]
     if missing:
-        raise EmqError(
-            f"proxy classes {', '.join(missing)} are not registered: decorate them with @register_proxy (and give an order)"
-        )
+        raise EmqError(f"proxy classes {', '.join(missing)} are not registered: decorate them with @register_proxy")
     claimed = {p.formula for p in PROXIES.values() if p.formula}
     unclaimed = [k for k in HANDMADE if k not in claimed]
     if unclaimed:

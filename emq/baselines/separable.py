@@ -78,7 +78,6 @@ class _LayerwiseProxy(SeparableProxy):
 @register_proxy
 class HawqV1(_LayerwiseProxy):
     name = "hawq-v1"
-    order = 10
     description = "top Hessian eigenvalue x ||Q_b(W)-W||^2 per layer (HAWQ, Dong et al., ICCV 2019)"
     orientation = -1
     cost = "statistics only (Hessian eigenvalue per layer)"
@@ -90,7 +89,6 @@ class HawqV1(_LayerwiseProxy):
 @register_proxy
 class HawqV2(_LayerwiseProxy):
     name = "hawq-v2"
-    order = 20
     formula = "hawq-v2"
     description = "average Hessian trace Tr(H)/n x ||Q_b(W)-W||^2 per layer (HAWQ-V2, Dong et al., NeurIPS 2020)"
     orientation = -1
@@ -103,7 +101,6 @@ class HawqV2(_LayerwiseProxy):
 @register_proxy
 class Fisher(_LayerwiseProxy):
     name = "fisher"
-    order = 30
     description = (
         "empirical Fisher sum(E_x[g_x^2] * (Q_b(W)-W)^2) per layer, g_x per-sample gradients "
         "(Fisher pruning, Theis et al., 2018; as used for MQ by Liu et al., 2021)"
@@ -119,7 +116,6 @@ class Fisher(_LayerwiseProxy):
 class FisherBatch(_LayerwiseProxy):
     name = "fisher-batch"
     faithful = False  # a variant: never chosen as "the best hand-made proxy"
-    order = 35
     description = (
         "sum(G^2 * (Q_b(W)-W)^2) per layer with G the batch-mean gradient squared: not the per-sample empirical Fisher"
     )
@@ -133,7 +129,6 @@ class FisherBatch(_LayerwiseProxy):
 @register_proxy
 class Snip(_LayerwiseProxy):
     name = "snip"
-    order = 40
     description = "bit-weighted SNIP: sum|G * W| x b per layer (Lee et al., ICLR 2019; EMQ's bit convention)"
     orientation = 1
     cost = "statistics only (gradients)"
@@ -147,7 +142,6 @@ class Synflow(_LayerwiseProxy):
     """Synflow as published: sum |W| * dR/d|W| over the layer, in the network linearised with |parameters|."""
 
     name = "synflow"
-    order = 50
     description = (
         "bit-weighted Synflow: sum| |W| * dR/d|W| | x b per layer, R = sum of the |parameter|-linearised "
         "network's output on an all-ones input, data-free (Tanaka et al., NeurIPS 2020; EMQ's bit convention)"
@@ -163,7 +157,6 @@ class Synflow(_LayerwiseProxy):
 class SynflowSigned(_LayerwiseProxy):
     name = "synflow-signed"
     faithful = False  # a variant: never chosen as "the best hand-made proxy"
-    order = 55
     description = "sum|VG * W| x b per layer with signed weights (no |W| linearisation): a Synflow-like variant, not the published Synflow"
     orientation = 1
     cost = "statistics only (virtual gradients)"
@@ -183,7 +176,6 @@ def gaussian_entropy(x: torch.Tensor) -> float:
 @register_proxy
 class QE(_LayerwiseProxy):
     name = "qe"
-    order = 60
     description = (
         "QE-style entropy: Gaussian entropy 0.5*log(2*pi*e*Var(A)) of the layer input x b (Sun et al., NeurIPS 2022)"
     )
@@ -192,6 +184,76 @@ class QE(_LayerwiseProxy):
 
     def row(self, layer, stats, ctx):
         return gaussian_entropy(layer.A) * _bits_row(stats)
+
+
+# OMPQ's orthogonality proxy (Ma et al., AAAI 2023), as a separable table.
+#
+# Layers whose features resemble many other layers' carry redundant information; a layer
+# with unique features deserves more bits. On one calibration batch (the layer outputs Y in
+# the statistics), the similarity of layers i and j is linear CKA of their centred Gram
+# matrices; gamma_i = sum_{j != i} CKA(i, j); theta_i = exp(-beta * gamma_i). OMPQ maximises
+# sum_i (b_i / 8) * mean_{j >= i} theta_j (layers in forward order), which is separable:
+# row i of the table is (b / 8) * mean_{j >= i} theta_j, summed into slots.
+#
+# beta: OMPQ treats it as a hyperparameter; we default to 1.0 (gamma is a sum of L-1 values in
+# [0, 1], so beta = 1 keeps theta inside [exp(-(L-1)), 1] without underflow).
+
+DEFAULT_BETA = 1.0
+
+
+def centred_gram(features: torch.Tensor) -> torch.Tensor:
+    """H K H with K = X X^T for features X [n, ...] (samples first), in float64."""
+    x = features.double().reshape(features.shape[0], -1)
+    x = x - x.mean(dim=0, keepdim=True)  # centring X's columns == H (X X^T) H
+    return x @ x.T
+
+
+def linear_cka_matrix(features: list[torch.Tensor]) -> np.ndarray:
+    """Pairwise linear CKA between layers' features (same samples, same order): [L, L]."""
+    n = {f.shape[0] for f in features}
+    if len(n) != 1:
+        raise EmqError(
+            f"OMPQ: layer features have different sample counts {sorted(n)}; the statistics are inconsistent"
+        )
+    grams = torch.stack([centred_gram(f).reshape(-1) for f in features])  # [L, n*n]
+    norms = grams.norm(dim=1)
+    if (norms <= 0).any():
+        bad = int(torch.nonzero(norms <= 0)[0, 0])
+        raise EmqError(f"OMPQ: the features of layer {bad} are constant on the calibration batch; CKA is undefined")
+    return ((grams @ grams.T) / (norms[:, None] * norms[None, :])).numpy()
+
+
+def ompq_importance(cka: np.ndarray, beta: float = DEFAULT_BETA) -> np.ndarray:
+    """mean_{j >= i} theta_j with theta = exp(-beta * gamma), gamma_i = sum_{j != i} CKA(i, j)."""
+    gamma = cka.sum(axis=1) - np.diag(cka)
+    theta = np.exp(-beta * gamma)
+    suffix = np.cumsum(theta[::-1])[::-1]
+    return suffix / np.arange(len(theta), 0, -1)
+
+
+@register_proxy
+class OMPQ(SeparableProxy):
+    name = "ompq"
+    description = (
+        "OMPQ orthogonality: (b/8) x mean_{j>=i} exp(-beta * sum_j CKA(i,j)) of layer outputs (Ma et al., AAAI 2023)"
+    )
+    orientation = 1
+    cost = "statistics only (layer outputs on one calibration batch)"
+
+    def __init__(self, beta: float = DEFAULT_BETA) -> None:
+        if not np.isfinite(beta) or beta < 0:
+            raise EmqError(f"OMPQ beta {beta}: use a finite value >= 0")
+        self.beta = float(beta)
+
+    def table(self, ctx: ProxyContext) -> np.ndarray:
+        stats = require_stats(ctx)
+        key = ("ompq-cka", id(stats))
+        cka = ctx.cache.get(key)
+        if cka is None:
+            cka = ctx.cache[key] = linear_cka_matrix([layer.Y for layer in stats.layers])
+        importance = ompq_importance(cka, self.beta)
+        bits = np.asarray(stats.bits, dtype=np.float64) / 8.0
+        return slot_table(stats, importance[:, None] * bits[None, :])
 
 
 def _slot_sum(stats: NetworkStats, per_layer: list[float]) -> np.ndarray:
@@ -203,7 +265,6 @@ def _slot_sum(stats: NetworkStats, per_layer: list[float]) -> np.ndarray:
 @register_proxy
 class BitSum(SeparableProxy):
     name = "bitsum"
-    order = 80
     formula = "bitsum"
     description = "sum of the slot bit-widths (the trivial baseline)"
     orientation = 1
@@ -216,7 +277,6 @@ class BitSum(SeparableProxy):
 @register_proxy
 class ModelSize(SeparableProxy):
     name = "size"
-    order = 90
     formula = "size"
     description = "weight size in bytes, sum(params x b / 8) (the size constraint of HAWQ-V3 / OMPQ)"
     orientation = 1
@@ -230,7 +290,6 @@ class ModelSize(SeparableProxy):
 @register_proxy
 class BitOps(SeparableProxy):
     name = "bitops"
-    order = 100
     description = "BitOps, sum(MACs x b_w x b_a) with the context's activation bits (HAWQ-V3 / OMPQ convention)"
     orientation = 1
     cost = "free"
@@ -253,7 +312,6 @@ class EmqPublished(_LayerwiseProxy):
     """
 
     name = "emq-published"
-    order = 110
     description = "EMQ's published best genotype, decoded: mean(softmax_dim0(log|VG|)) x mean(sqrt(relu(Q_b(W)))) (Dong et al., ICCV 2023)"
     orientation = 1
     cost = "statistics only (virtual gradients, quantized weights)"

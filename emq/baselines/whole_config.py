@@ -70,73 +70,6 @@ def _fp_cached(ctx: ProxyContext, key: str, compute) -> object:
     return ctx.cache[key]
 
 
-@register_proxy
-class OutputKL(WholeConfigProxy):
-    name = "kl"
-    order = 140
-    description = "KL(FP || quantized) of the output distributions on calibration images (data-driven reference, e.g. Cai et al., ZeroQ, CVPR 2020)"
-    orientation = -1
-    cost = f"one PTQ preparation + forward of {PROXY_IMAGES} calibration images per configuration"
-
-    @staticmethod
-    def _logits(ctx: ProxyContext, net: nn.Module) -> torch.Tensor:
-        with torch.no_grad():
-            return F.log_softmax(net(proxy_images(ctx)[0]), dim=1)
-
-    def reference(self, ctx: ProxyContext) -> torch.Tensor:
-        return _fp_cached(ctx, "kl-fp", lambda net: self._logits(ctx, net))
-
-    def score_one(self, ctx: ProxyContext, bits: Sequence[int]) -> float:
-        ref = self.reference(ctx)
-        q = self._logits(ctx, prepared(ctx, bits))
-        return float(F.kl_div(q, ref, log_target=True, reduction="batchmean"))
-
-
-def penultimate_features(net: nn.Module, classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The input the final classifier layer consumes (after its activation quantizer)."""
-    captured: list[torch.Tensor] = []
-    handle = classifier.register_forward_hook(lambda mod, inp, out: captured.append(inp[0].detach()))
-    try:
-        with torch.no_grad():
-            net(x)
-    finally:
-        handle.remove()
-    return captured[0].reshape(x.shape[0], -1)
-
-
-def discriminability(features: torch.Tensor, labels: torch.Tensor) -> float:
-    """Inter-class separation over intra-class compactness: sum_c n_c|mu_c-mu|^2 / sum_i |f_i-mu_{y_i}|^2."""
-    f = features.double()
-    classes = torch.unique(labels)
-    if classes.numel() < 2:
-        raise EmqError("SEAM needs labelled calibration images of at least two classes")
-    mu = f.mean(dim=0)
-    between = within = 0.0
-    for c in classes:
-        fc = f[labels == c]
-        mc = fc.mean(dim=0)
-        between += fc.shape[0] * float((mc - mu).pow(2).sum())
-        within += float((fc - mc).pow(2).sum())
-    if within <= 0:
-        raise EmqError("SEAM: the penultimate features are constant within every class; the margin is undefined")
-    return between / within
-
-
-@register_proxy
-class SEAM(WholeConfigProxy):
-    name = "seam"
-    order = 130
-    description = "SEAM discriminability: inter-class separation / intra-class compactness of quantized penultimate features (Tang et al., ACM MM 2023)"
-    orientation = 1
-    cost = f"one PTQ preparation + forward of {PROXY_IMAGES} labelled calibration images per configuration"
-
-    def score_one(self, ctx: ProxyContext, bits: Sequence[int]) -> float:
-        engine = shared_engine(ctx)
-        x, y = proxy_images(ctx)
-        net = prepared(ctx, bits)
-        return discriminability(penultimate_features(net, engine.layers[-1], x), y)
-
-
 @contextmanager
 def straight_through(layers: Sequence[nn.Module]) -> Iterator[None]:
     """Let gradients pass the activation quantizers unchanged (straight-through estimator).
@@ -213,7 +146,6 @@ class GMPQ(WholeConfigProxy):
     """
 
     name = "gmpq"
-    order = 120
     description = "GMPQ attribution-rank consistency: Spearman of FP vs quantized Grad-CAM maps at the last stage (Wang et al., ICCV 2021)"
     orientation = 1
     cost = f"one PTQ preparation + forward and backward of {PROXY_IMAGES} calibration images per configuration"
@@ -226,3 +158,68 @@ class GMPQ(WholeConfigProxy):
         ref = self.reference(ctx)
         x, y = proxy_images(ctx)
         return rank_consistency(ref, gradcam_maps(prepared(ctx, bits), shared_engine(ctx).layers, x, y))
+
+
+def penultimate_features(net: nn.Module, classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input the final classifier layer consumes (after its activation quantizer)."""
+    captured: list[torch.Tensor] = []
+    handle = classifier.register_forward_hook(lambda mod, inp, out: captured.append(inp[0].detach()))
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        handle.remove()
+    return captured[0].reshape(x.shape[0], -1)
+
+
+def discriminability(features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Inter-class separation over intra-class compactness: sum_c n_c|mu_c-mu|^2 / sum_i |f_i-mu_{y_i}|^2."""
+    f = features.double()
+    classes = torch.unique(labels)
+    if classes.numel() < 2:
+        raise EmqError("SEAM needs labelled calibration images of at least two classes")
+    mu = f.mean(dim=0)
+    between = within = 0.0
+    for c in classes:
+        fc = f[labels == c]
+        mc = fc.mean(dim=0)
+        between += fc.shape[0] * float((mc - mu).pow(2).sum())
+        within += float((fc - mc).pow(2).sum())
+    if within <= 0:
+        raise EmqError("SEAM: the penultimate features are constant within every class; the margin is undefined")
+    return between / within
+
+
+@register_proxy
+class SEAM(WholeConfigProxy):
+    name = "seam"
+    description = "SEAM discriminability: inter-class separation / intra-class compactness of quantized penultimate features (Tang et al., ACM MM 2023)"
+    orientation = 1
+    cost = f"one PTQ preparation + forward of {PROXY_IMAGES} labelled calibration images per configuration"
+
+    def score_one(self, ctx: ProxyContext, bits: Sequence[int]) -> float:
+        engine = shared_engine(ctx)
+        x, y = proxy_images(ctx)
+        net = prepared(ctx, bits)
+        return discriminability(penultimate_features(net, engine.layers[-1], x), y)
+
+
+@register_proxy
+class OutputKL(WholeConfigProxy):
+    name = "kl"
+    description = "KL(FP || quantized) of the output distributions on calibration images (data-driven reference, e.g. Cai et al., ZeroQ, CVPR 2020)"
+    orientation = -1
+    cost = f"one PTQ preparation + forward of {PROXY_IMAGES} calibration images per configuration"
+
+    @staticmethod
+    def _logits(ctx: ProxyContext, net: nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return F.log_softmax(net(proxy_images(ctx)[0]), dim=1)
+
+    def reference(self, ctx: ProxyContext) -> torch.Tensor:
+        return _fp_cached(ctx, "kl-fp", lambda net: self._logits(ctx, net))
+
+    def score_one(self, ctx: ProxyContext, bits: Sequence[int]) -> float:
+        ref = self.reference(ctx)
+        q = self._logits(ctx, prepared(ctx, bits))
+        return float(F.kl_div(q, ref, log_target=True, reduction="batchmean"))

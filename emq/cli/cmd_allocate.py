@@ -7,10 +7,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ..allocation import Allocator, Budget, allocator_for, parse_sweep, sweep
-from ..allocation.kinds import budget_kinds, get_kind
-from ..errors import EmqError
-from ..specs import DEFAULT_BITS_TEXT, WEIGHT_BITS_MAX, WEIGHT_BITS_MIN, ParameterError
+from ..api import (
+    DEFAULT_BITS_TEXT,
+    WEIGHT_BITS_MAX,
+    WEIGHT_BITS_MIN,
+    Allocator,
+    Budget,
+    EmqError,
+    ParameterError,
+    allocator_for,
+    budget_kinds,
+    get_kind,
+    parse_sweep,
+    resolve_proxy,
+    sweep,
+)
 from .commands import COMMANDS
 from .common import (
     add_device_arg,
@@ -153,13 +164,13 @@ def run(args: argparse.Namespace) -> int:
         return _run_sweep(args, allocator, values, budgets, bits_allowed, pins)
     problem = allocator.problem(budgets, bits_allowed, pins, slot_bits, ties)
     alloc = allocator.allocate(args.proxy, problem, args.evaluate, search_evaluations=args.search_evals, seed=args.seed)
-    paths = alloc.save(args.out) if args.out is not None else {}
+    bitmap = alloc.save(args.out)[0] if args.out is not None else None
     if args.json:
-        emit_json(alloc.to_json() | ({"bitmap": str(paths["bitmap"])} if paths else {}))
+        emit_json(alloc.to_json() | ({"bitmap": str(bitmap)} if bitmap else {}))
         return 0
     print(alloc.to_markdown())
-    if paths:
-        print(f"bit map: {paths['bitmap']}")
+    if bitmap:
+        print(f"bit map: {bitmap}")
     return 0
 
 
@@ -170,8 +181,6 @@ def _check_pins_need_no_new_statistics(pins: dict[str, int], bits_allowed: list[
     extra = {k: b for k, b in pins.items() if b not in bits_allowed}
     if not extra:
         return
-    from ..allocation.allocator import resolve_proxy
-
     needy = [p for p in proxies if resolve_proxy(p).cost.startswith("statistics")]
     if needy:
         slot, b = next(iter(extra.items()))
@@ -220,10 +229,10 @@ def _run_sweep(
         raise EmqError(
             f"--sweep {args.sweep}: no budget in the range is feasible ({res.skipped[0][2] if res.skipped else 'nothing allocated'})"
         )
-    paths = res.save(args.out)
+    csv, png = res.save(args.out)
     if args.json:
-        emit_json(res.to_json() | {"csv": str(paths["csv"]), "png": str(paths["png"])})
+        emit_json(res.to_json() | {"csv": str(csv), "png": str(png)})
         return 0
     print(res.to_markdown())
-    print(f"\nwrote {paths['csv']} and {paths['png']}")
+    print(f"\nwrote {csv} and {png}")
     return 0

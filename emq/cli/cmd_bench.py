@@ -5,13 +5,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..bench import bench_build, bench_export, bench_import, bench_info, bench_list
-from ..bench.importer import FORMATS
-from ..bench.sampling import SAMPLERS
-from ..errors import EmqError
-from ..executors import Executor
-from ..quant import PTQSettings
-from ..specs import DEFAULT_ACT_BITS, DEFAULT_BITS_TEXT, parse_config
+from ..api import (
+    DEFAULT_ACT_BITS,
+    DEFAULT_BITS_TEXT,
+    IMPORT_FORMATS,
+    SAMPLERS,
+    EmqError,
+    Executor,
+    PTQSettings,
+    bench_build,
+    bench_export,
+    bench_import,
+    bench_info,
+    bench_list,
+    parse_config,
+)
 from .commands import COMMANDS
 from .common import (
     add_device_arg,
@@ -85,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     m = bsub.add_parser("import", help="import MQ-Bench-101 data (pickle or bit_cfg:acc text)")
     m.add_argument("source", type=Path, help="the MQ-Bench-101 file")
-    m.add_argument("--format", required=True, choices=FORMATS, help="source format")
+    m.add_argument("--format", required=True, choices=IMPORT_FORMATS, help="source format")
     m.add_argument(
         "--model", default="resnet18", help="model whose layer map the configurations follow (default resnet18)"
     )

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import EmqError
-from ..evolution.engine import DEMO_CAMPAIGN, SearchConfig
-from ..pipeline_demo import demo
+from ..api import (
+    DEMO_CAMPAIGN,
+    EmqError,
+    SearchConfig,
+    demo,
+)
 from .commands import COMMANDS
 from .common import (
     add_device_arg,

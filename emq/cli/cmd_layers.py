@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..api import layers
-from ..specs import DEFAULT_BITS_TEXT, check_bit_set
+from ..api import (
+    DEFAULT_BITS_TEXT,
+    build_model,
+    check_bit_set,
+    layers,
+)
 from .commands import COMMANDS
 from .common import add_model_args, emit_json, markdown_table, parse_bits
 
@@ -23,8 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     bits_allowed = ",".join(map(str, check_bit_set(parse_bits(args.bits_allowed, "bits_allowed"))))
     if args.weights is not None:
-        from ..models import build_model
-
         build_model(
             args.model, num_classes=args.num_classes, weights=args.weights
         )  # the layer map does not depend on them, but a bad file is an error

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..api import quantize
-from ..errors import EmqError
+from ..api import EmqError, quantize
 from .commands import COMMANDS
 from .common import (
     add_device_arg,

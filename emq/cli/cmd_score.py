@@ -6,12 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from ..baselines import PROXIES
-from ..errors import EmqError
-from ..executors import Executor
-from ..ranking import DEFAULT_LIMIT, ScoreReport, score
-from ..specs import METRICS
-from ..uncertainty import DEFAULT_RESAMPLES
+from ..api import DEFAULT_LIMIT, DEFAULT_RESAMPLES, METRICS, PROXIES, EmqError, Executor, ScoreReport, score
 from .commands import COMMANDS
 from .common import (
     add_device_arg,

@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import EmqError
-from ..evolution import DPSConfig, ProxySearch, SearchResult
-from ..evolution.engine import SearchConfig
-from ..search_space.primitives import PRESETS
-from ..search_space.pset import make_space
-from ..specs import METRICS
+from ..api import (
+    METRICS,
+    PRESETS,
+    DPSConfig,
+    EmqError,
+    ProxySearch,
+    SearchConfig,
+    SearchResult,
+    load_checkpoint,
+    make_space,
+    simplify,
+    to_sympy,
+)
 from .commands import COMMANDS
 from .common import (
     add_device_arg,
@@ -108,8 +115,6 @@ def _open_benches(args: argparse.Namespace) -> tuple[list, list]:
 
 def _print_best(result: SearchResult) -> None:
     """The best proxy as a simplified formula and as LaTeX."""
-    from ..rendering import simplify, to_sympy
-
     best = result.best
     formula, how = simplify(to_sympy(best.tokens, best.prims))
     print(f"best proxy (orientation {best.orientation:+d}, {how}): p_l(b) = {formula}")
@@ -149,9 +154,7 @@ def run(args: argparse.Namespace) -> int:
             else f"--resume: no checkpoint in {out}; run without --resume first"
         )
     if args.resume:
-        from ..evolution import checkpoint
-
-        checkpoint.load(out / "checkpoint.npz")  # a truncated checkpoint is refused before the statistics
+        load_checkpoint(out / "checkpoint.npz")  # a truncated checkpoint is refused before the statistics
     with executor_from_args(args) as executor:
         est.set_params(executor=executor)
         result = est.fit(benches, model=models).result_

@@ -7,17 +7,17 @@ import math
 import os
 from pathlib import Path
 
-from ..errors import EmqError
-from ..fileio import writable_dir
-from ..search_space.netstats import save_stats
-from ..search_space.stats import (
+from ..api import (
+    DEFAULT_BITS_TEXT,
+    EmqError,
     StatsSettings,
     convergence_summary,
     default_cache_dir,
+    save_stats,
     stats,
     summarize,
+    writable_dir,
 )
-from ..specs import DEFAULT_BITS_TEXT
 from .commands import COMMANDS
 from .common import (
     add_device_arg,
@@ -159,9 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _sensitivity(args: argparse.Namespace, ns):
     """The measured sensitivity of the same model and data at the statistics' bits, attached to `ns`."""
-    from ..quant import PTQSettings
-    from ..sensitivity import attach_sensitivity, measure_sensitivity
-    from ..target import resolve_target
+    from ..api import PTQSettings, attach_sensitivity, measure_sensitivity, resolve_target  # lazily: torch-heavy
 
     target = resolve_target(
         args.model, args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size

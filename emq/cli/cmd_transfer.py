@@ -6,10 +6,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import EmqError
-from ..evolution.engine import TRANSFER_CAMPAIGN
-from ..transfer import PROTOCOLS, SEEDS, WHOLE_CONFIG, WHOLE_LIMIT, TransferStudy
-from ..uncertainty import DEFAULT_RESAMPLES
+from ..api import (
+    DEFAULT_RESAMPLES,
+    PROTOCOLS,
+    PROXIES,
+    SEEDS,
+    TRANSFER_CAMPAIGN,
+    WHOLE_CONFIG,
+    WHOLE_LIMIT,
+    Bench,
+    EmqError,
+    TransferStudy,
+)
 from .commands import COMMANDS
 from .common import (
     add_executor_args,
@@ -90,15 +98,11 @@ def run(args: argparse.Namespace) -> int:
         if value < 1:
             raise EmqError(f"{flag} {value}: use a positive number")
     whole = () if args.whole_config.strip() == "none" else tuple(_names(args.whole_config, "--whole-config"))
-    from ..baselines.registry import PROXIES
-
     wrong = [w for w in whole if w not in PROXIES or PROXIES[w].separable]
     if wrong:
         raise EmqError(
             f"--whole-config: {', '.join(wrong)} is not a whole-configuration proxy; use some of kl, gmpq, seam or 'none'"
         )
-    from ..bench import Bench
-
     benches = _names(args.benches, "--benches")
     for b in benches:
         Bench.open(b)  # a missing or unreadable bench fails here, before any campaign

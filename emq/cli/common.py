@@ -12,15 +12,22 @@ from typing import Any
 
 import torch
 
-from ..device import ACCEPTED, resolve_device
-from ..errors import EmqError
-from ..executors import Executor, executor_names, make_executor
-from ..fileio import os_reason
-from ..quant import PTQSettings
-from ..quantizers import QUANTIZERS
-from ..specs import ParameterError, parse_config
-from ..tables import markdown_table
-from ..target import ModelSpec
+from ..api import (
+    DEVICES,
+    QUANTIZERS,
+    Bench,
+    EmqError,
+    Executor,
+    ModelSpec,
+    ParameterError,
+    PTQSettings,
+    executor_classes,
+    make_executor,
+    markdown_table,
+    os_reason,
+    parse_config,
+    resolve_device,
+)
 
 __all__ = [
     "add_device_arg",
@@ -113,58 +120,61 @@ def add_ptq_args(p: argparse.ArgumentParser) -> None:
         action="append",
         type=_option,
         metavar="KEY=VALUE",
-        help="an option of the weight quantizer, e.g. iters=20000 for adaround; repeatable",
+        help="an option of the weight quantizer, e.g. iters=20000 for adaround; repeatable (options and defaults: "
+        + "; ".join(
+            f"{name}: {', '.join(f'{o.name}={o.default}' for o in cls.options)}"
+            for name, cls in QUANTIZERS.items()
+            if cls.options
+        )
+        + ")",
     )
 
 
 def add_executor_args(p: argparse.ArgumentParser, workers_help: str) -> None:
-    """--workers, --executor, --ray-address and --gpus-per-worker: where the expensive part runs."""
+    """--workers, --executor and one flag per option of each executor (e.g. Ray's --ray-address and
+    --gpus-per-worker): where the expensive part runs."""
     p.add_argument("--workers", type=int, default=1, help=workers_help)
+    executors = executor_classes()
+    shown = [f"{name} ({cls.description})" if cls.description else name for name, cls in executors.items()]
     p.add_argument(
         "--executor",
-        choices=executor_names(),
-        help="serial, process (a local pool) or ray (actors on a Ray cluster; "
-        'pip install "emq[ray]"); default serial for one worker, else process',
+        choices=list(executors),
+        help=f"{', '.join(shown[:-1])} or {shown[-1]}; default serial for one worker, else process",
     )
-    p.add_argument(
-        "--ray-address",
-        help="with --executor ray: 'auto' (the cluster `ray start` runs on this machine) or HOST:PORT of its head "
-        "(default: a local cluster started for this command)",
-    )
-    p.add_argument("--gpus-per-worker", type=float, help="with --executor ray: GPUs each worker reserves (default 0)")
+    for cls in executors.values():
+        for opt in cls.options:
+            p.add_argument(opt.cli_flag, dest=opt.dest, type=opt.type, help=opt.help)
+
+
+def _executor_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Executor name -> {option name: value} of the option flags the user gave."""
+    return {
+        name: {o.name: getattr(args, o.dest) for o in cls.options if getattr(args, o.dest, None) is not None}
+        for name, cls in executor_classes().items()
+    }
 
 
 def executor_from_args(args: argparse.Namespace) -> Executor:
     """The executor the flags of `add_executor_args` ask for (the caller closes it)."""
     check_executor_args(args)
-    if args.executor == "ray":
-        return make_executor("ray", args.workers, address=args.ray_address, gpus_per_worker=args.gpus_per_worker or 0)
-    return make_executor(args.executor, args.workers)
+    return make_executor(args.executor, args.workers, **_executor_options(args).get(args.executor or "", {}))
 
 
 def check_executor_args(args: argparse.Namespace) -> None:
     """Refuse contradictory executor flags before any bench, model or cluster work."""
     if args.workers < 1:
         raise EmqError(f"--workers {args.workers}: use 1 or more")
-    ray_flags = [
-        f
-        for f, v in (("--ray-address", args.ray_address), ("--gpus-per-worker", args.gpus_per_worker))
-        if v is not None
-    ]
-    if args.executor != "ray" and ray_flags:
-        raise EmqError(f"{', '.join(ray_flags)}: only with --executor ray")
-    if args.gpus_per_worker is not None and not (math.isfinite(args.gpus_per_worker) and args.gpus_per_worker >= 0):
-        raise EmqError(f"--gpus-per-worker {args.gpus_per_worker}: use a number >= 0")
-    if args.executor == "ray":
-        device = getattr(args, "device", None)
-        if device is not None and device.type == "cuda" and not args.gpus_per_worker:
-            raise EmqError(
-                f"--device {device} with --executor ray: give --gpus-per-worker (Ray shows a worker only the GPUs it reserved)"
-            )
-        if device is not None and device.type == "cuda" and device.index not in (None, 0):
-            raise EmqError(
-                f"--device {device} with --executor ray: use --device cuda (each worker sees the GPUs Ray gave it, numbered from 0)"
-            )
+    classes = executor_classes()
+    for name, given in _executor_options(args).items():
+        opts = {o.name: o for o in classes[name].options}
+        if given and args.executor != name:
+            raise EmqError(f"{', '.join(opts[k].cli_flag for k in given)}: only with --executor {name}")
+        for key, value in given.items():
+            low = opts[key].minimum
+            if low is not None and not (math.isfinite(value) and value >= low):
+                raise EmqError(f"{opts[key].cli_flag} {value}: use a number >= {low:g}")
+        if args.executor == name:
+            classes[name].check_options(given, getattr(args, "device", None))
 
 
 def _option(text: str) -> tuple[str, str]:
@@ -191,7 +201,7 @@ def ptq_settings(args: argparse.Namespace) -> PTQSettings:
 def add_device_arg(p: argparse.ArgumentParser) -> None:
     """`--device` (a torch.device in `args.device`), checked as the arguments are parsed, so a
     device that does not exist here is refused before any file is written."""
-    p.add_argument("--device", type=_device, default="cpu", help=f"where the network runs: {ACCEPTED} (default cpu)")
+    p.add_argument("--device", type=_device, default="cpu", help=f"where the network runs: {DEVICES} (default cpu)")
 
 
 def _device(text: str) -> torch.device:
@@ -267,8 +277,6 @@ def make_out_dir(path: Path, flag: str = "--out") -> None:
 def open_bench(spec: str, flag: str = "--bench") -> Any:
     """Open a bench for a command, naming the file when it is not a bench (an empty or
     foreign SQLite file), before any model work."""
-    from ..bench import Bench
-
     try:
         return Bench.open(spec)
     except EmqError as e:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .._version import __version__
+from .. import __version__
 from .commands import COMMANDS
 
 # Python parameter names whose flag is not simply --name-with-dashes
@@ -122,7 +122,7 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..threads import CpuSample
+    from ..threads import CpuSample  # not through emq.api: the sample must start before torch is imported
 
     busy_since = CpuSample()  # the imports below are the window that measures how busy the cores are
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -132,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    from ..errors import EmqError
-    from ..specs import ParameterError
-    from ..threads import set_threads, threads_restored
+    from ..api import EmqError, ParameterError, set_threads, threads_restored  # imported by the command already
 
     try:
         with threads_restored(), _sigterm_raises():

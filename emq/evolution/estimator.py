@@ -63,6 +63,13 @@ class SearchResult:
     def to_json(self) -> dict[str, Any]:
         return self.summary
 
+    def save(self, out_dir: str | Path) -> list[Path]:
+        """best_proxy.json, hall_of_fame.csv, summary.json, fitness.png and diversity.png into
+        `out_dir` (a campaign run with an out_dir writes them there itself); returns their paths."""
+        from .runfiles import write_result_files
+
+        return write_result_files(Path(out_dir), self)
+
     def to_markdown(self, top: int = 5) -> str:
         table = HallOfFame(
             list(self.hall_of_fame)[:top] + [r | {"rank": f"hand-made: {r['name']}"} for r in self.baselines]

@@ -23,19 +23,24 @@ if TYPE_CHECKING:
     from .estimator import SearchResult
 
 
-def write_run_files(out_dir: Path, result: SearchResult, camp: Campaign) -> None:
+def write_result_files(out_dir: Path, result: SearchResult) -> list[Path]:
+    """best_proxy.json, hall_of_fame.csv, summary.json, fitness.png and diversity.png: what the
+    result alone holds (`SearchResult.save`); returns their paths."""
     best = result.best
-    save_proxy(
-        EvolvedProxy(best.tokens, best.orientation, "best_proxy", best.act_samples, best.meta),
-        out_dir / "best_proxy.json",
-    )
-    (result.hall_of_fame + result.baselines).to_csv(out_dir / "hall_of_fame.csv")
+    paths = [out_dir / n for n in ("best_proxy.json", "hall_of_fame.csv", "summary.json")]
+    save_proxy(EvolvedProxy(best.tokens, best.orientation, "best_proxy", best.act_samples, best.meta), paths[0])
+    (result.hall_of_fame + result.baselines).to_csv(paths[1])
+    atomic_write_text(paths[2], json.dumps(result.summary, indent=2) + "\n")
+    return paths + plot_log(result.log, out_dir)
+
+
+def write_run_files(out_dir: Path, result: SearchResult, camp: Campaign) -> list[Path]:
+    """The result's files and config.json (the campaign's search and space settings)."""
+    config = out_dir / "config.json"
     atomic_write_text(
-        out_dir / "config.json",
-        json.dumps(json_safe({"search": camp.config.to_json(), "space": camp.space.to_json()}), indent=2) + "\n",
+        config, json.dumps(json_safe({"search": camp.config.to_json(), "space": camp.space.to_json()}), indent=2) + "\n"
     )
-    atomic_write_text(out_dir / "summary.json", json.dumps(result.summary, indent=2) + "\n")
-    plot_log(camp.log, out_dir)
+    return [*write_result_files(out_dir, result), config]
 
 
 def _figure(title: str, ylabel: str) -> tuple[Any, Any]:
@@ -56,8 +61,8 @@ def _save(fig: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
-def plot_log(records: list[dict[str, Any]], out_dir: Path) -> None:
-    """fitness.png (hall-of-fame best and population median) and diversity.png per generation."""
+def plot_log(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """fitness.png (hall-of-fame best and population median) and diversity.png per generation; returns their paths."""
     gen = [r["generation"] for r in records]
 
     def series(key: str) -> list[float]:
@@ -77,3 +82,4 @@ def plot_log(records: list[dict[str, Any]], out_dir: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
     _save(fig, out_dir / "diversity.png")
+    return [out_dir / "fitness.png", out_dir / "diversity.png"]

@@ -13,7 +13,11 @@ the work in flight; by default the error propagates.
 
 Executors register themselves by name (`@register("name")`) in a module of this package;
 every module here is imported when a name is looked up, so a new executor is one new file
-(ray_cluster.py is one, importing Ray only when it is used).
+(ray_cluster.py is one, importing Ray only when it is used). An executor's settings are
+`Option`s in its `options`: its constructor takes them as keywords and the CLI builds one flag
+per option (`--ray-address`, `--gpus-per-worker`), accepted only with `--executor <its name>`.
+
+tests/test_plugins.py shows a new executor with one option, end to end.
 """
 
 from __future__ import annotations
@@ -24,14 +28,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import EmqError
+from ..registry import Option, Registry
 from ..specs import ParameterError
 
 Task = Any
 Context = Any
-_REGISTRY: dict[str, type[Executor]] = {}
+EXECUTORS: Registry[type[Executor]] = Registry("executor", "executor", order="name")
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,15 @@ class Executor(ABC):
     """Runs `fn(context, task)` for many tasks; `close()` releases its workers."""
 
     workers: int = 1
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""  # a few words for `--executor`'s help
+    options: ClassVar[tuple[Option, ...]] = ()  # keywords of the constructor besides `workers`
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any], device: Any = None) -> None:
+        """Refuse, before anything starts, option values that cannot work together (or with the
+        torch `device` the job runs on); `options` holds the ones given, keyed by Option name."""
+        return None
 
     @abstractmethod
     def map(
@@ -91,22 +105,27 @@ def register(name: str) -> Callable[[type[Executor]], type[Executor]]:
     """Class decorator: make an executor available under `name` (e.g. `--executor name`)."""
 
     def deco(cls: type[Executor]) -> type[Executor]:
-        _REGISTRY[name] = cls
-        cls.name = name  # type: ignore[attr-defined]
-        return cls
+        cls.name = name
+        return EXECUTORS.add(name, cls)
 
     return deco
 
 
 def _load_all() -> None:
     for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
+        importlib.import_module(f"{__name__}.{info.name}")  # a module already imported is not run again
 
 
 def executor_names() -> list[str]:
     """Registered executor names, in alphabetical order."""
     _load_all()
-    return sorted(_REGISTRY)
+    return list(EXECUTORS)
+
+
+def executor_classes() -> Registry[type[Executor]]:
+    """Every registered executor class by name (their `options` and `description`)."""
+    _load_all()
+    return EXECUTORS
 
 
 def check_workers(workers: Any) -> int:
@@ -123,9 +142,9 @@ def make_executor(executor: str | Executor | None = None, workers: int = 1, **op
     check_workers(workers)
     name = executor or ("serial" if workers == 1 else "process")
     _load_all()
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        raise ParameterError("executor", name, f"use one of {', '.join(sorted(_REGISTRY))}")
+    if name not in EXECUTORS:
+        raise ParameterError("executor", name, f"use one of {', '.join(EXECUTORS)}")
+    cls = EXECUTORS[name]
     try:
         return cls(workers=workers, **options)
     except TypeError as e:
@@ -149,10 +168,13 @@ def executor_for(executor: str | Executor | None = None, workers: int = 1, **opt
 __all__ = [
     "Executor",
     "TaskFailure",
+    "EXECUTORS",
+    "Option",
     "check_workers",
     "describe_error",
     "run_task",
     "executor_for",
+    "executor_classes",
     "executor_names",
     "make_executor",
     "register",

@@ -32,6 +32,8 @@ def _call(fn: Callable[[Context, Task], Any], failures: bool, task: Task) -> Any
 
 @register("process")
 class ProcessExecutor(Executor):
+    description = "a local pool"
+
     def __init__(self, workers: int = 2) -> None:
         self.workers = workers
         self._pool: Any = None

@@ -24,6 +24,7 @@ from itertools import islice
 from typing import Any
 
 from ..errors import EmqError
+from ..registry import Option
 from ..specs import ParameterError
 from . import Context, Executor, Task, TaskFailure, check_workers, describe_error, register
 
@@ -121,6 +122,33 @@ class RayExecutor(Executor):
     """`workers` actors of one CPU (and `gpus_per_worker` GPUs) each on the cluster at
     `address` ("auto" = the one `ray start` runs here; None = a cluster already initialised
     in this process, else a new local one). A cluster started here is shut down by close()."""
+
+    description = 'actors on a Ray cluster; pip install "emq[ray]"'
+    options = (
+        Option(
+            "address",
+            str,
+            None,
+            "with --executor ray: 'auto' (the cluster `ray start` runs on this machine) or HOST:PORT of its head "
+            "(default: a local cluster started for this command)",
+            flag="--ray-address",
+        ),
+        Option("gpus_per_worker", float, 0.0, "with --executor ray: GPUs each worker reserves (default 0)", minimum=0),
+    )
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any], device: Any = None) -> None:
+        """A CUDA device needs GPUs reserved per worker, and is numbered from 0 inside each worker."""
+        if device is None or device.type != "cuda":
+            return
+        if not options.get("gpus_per_worker"):
+            raise EmqError(
+                f"--device {device} with --executor ray: give --gpus-per-worker (Ray shows a worker only the GPUs it reserved)"
+            )
+        if device.index not in (None, 0):
+            raise EmqError(
+                f"--device {device} with --executor ray: use --device cuda (each worker sees the GPUs Ray gave it, numbered from 0)"
+            )
 
     def __init__(
         self, workers: int = 2, address: str | None = None, gpus_per_worker: float = 0, max_retries: int = 3

@@ -11,11 +11,12 @@ reaches the same all-0/1 rounding on CPU (tested); both are options, recorded in
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from ..errors import EmqError
+from ..registry import Option
 from .base import LayerInputs, WeightQuantizer
 from .mse import mse_grid
 
@@ -78,16 +79,16 @@ class AdaRound(WeightQuantizer):
     name = "adaround"
     description = "AdaRound: learned rounding on the MSE-clipped grid, layer-wise reconstruction against full-precision calibration inputs (BRECQ's schedule)"
     needs_inputs = True
-    options: ClassVar[dict[str, Any]] = {
-        "iters": 2000,
-        "batch": 32,
-        "lr": 1e-2,
-        "reg": 0.01,
-        "beta_start": 20.0,
-        "beta_end": 2.0,
-        "warmup": 0.2,
-        "seed": 0,
-    }
+    options = (
+        Option("iters", int, 2000, "optimisation steps per layer and bit-width"),
+        Option("batch", int, 32, "calibration inputs per step"),
+        Option("lr", float, 1e-2, "Adam's learning rate"),
+        Option("reg", float, 0.01, "weight lambda of the rounding regulariser"),
+        Option("beta_start", float, 20.0, "the regulariser's beta after the warm-up"),
+        Option("beta_end", float, 2.0, "its beta at the last step"),
+        Option("warmup", float, 0.2, "fraction of the steps without the regulariser"),
+        Option("seed", int, 0, "seed of the calibration batch draws"),
+    )
 
     def quantize(
         self, weight: torch.Tensor, bits: int, symmetric: bool = False, layer: LayerInputs | None = None

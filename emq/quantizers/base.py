@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import EmqError
+from ..registry import Option, Registry
 from ..specs import ParameterError
 
-QUANTIZERS: dict[str, type[WeightQuantizer]] = {}
+QUANTIZERS: Registry[type[WeightQuantizer]] = Registry("weight quantizer", "weight_quantizer")
 
 
 def fake_quant(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> torch.Tensor:
@@ -62,27 +62,28 @@ class WeightQuantizer(ABC):
     its input: the engine caches its result per (layer, bits) and the statistics store it.
     Methods that reconstruct a layer's output set `needs_inputs`; they receive the layer's
     full-precision calibration inputs, so their result still depends only on (layer, bits)
-    and is cached on disk (emq.rounding). `options` are the method's settings and defaults;
-    the values used are recorded in bench metadata.
+    and is cached on disk (emq.rounding). `options` describe the method's settings (name,
+    type, default, help: what `--quantizer-option KEY=VALUE` accepts and its help lists); the
+    values used are in `self.params` and recorded in bench metadata.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     needs_inputs: ClassVar[bool] = False
-    options: ClassVar[dict[str, Any]] = {}
+    options: ClassVar[tuple[Option, ...]] = ()
 
     def __init__(self, **options: Any) -> None:
         self.params = resolve_options(self.name, type(self).options, options)
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        if not cls.name:
-            return  # an abstract intermediate class
-        if cls.name in QUANTIZERS:
-            raise EmqError(
-                f"weight quantizer {cls.name!r} is defined twice ({QUANTIZERS[cls.name].__qualname__} and {cls.__qualname__})"
-            )
-        QUANTIZERS[cls.name] = cls
+        if cls.name:  # else an abstract intermediate class
+            QUANTIZERS.add(cls.name, cls)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Option name -> default value."""
+        return {o.name: o.default for o in cls.options}
 
     @abstractmethod
     def quantize(
@@ -92,17 +93,18 @@ class WeightQuantizer(ABC):
 
 
 def resolve_options(
-    method: str, defaults: Mapping[str, Any], given: Mapping[str, Any], param: str = "quantizer_options"
+    method: str, options: Sequence[Option], given: Mapping[str, Any], param: str = "quantizer_options"
 ) -> dict[str, Any]:
-    """The defaults updated by `given`, each value coerced to its default's type; unknown keys refused."""
-    out = dict(defaults)
+    """The defaults updated by `given`, each value coerced to its option's type; unknown keys refused."""
+    described = {o.name: o for o in options}
+    out = {o.name: o.default for o in options}
     for key, value in given.items():
-        if key not in defaults:
-            known = ", ".join(defaults) or "none"
+        if key not in described:
+            known = ", ".join(described) or "none"
             raise ParameterError(
                 param, f"{key}={value}", f"weight quantizer {method!r} has no option {key!r} (its options: {known})"
             )
-        kind = type(defaults[key])
+        kind = described[key].type
         try:
             out[key] = (
                 (str(value).lower() in ("1", "true", "yes")) if kind is bool and isinstance(value, str) else kind(value)

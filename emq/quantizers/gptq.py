@@ -10,13 +10,12 @@ the order of floating-point work, not the result.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import EmqError
+from ..registry import Option
 from .base import LayerInputs, WeightQuantizer
 from .mse import mse_grid
 
@@ -81,7 +80,7 @@ class GPTQ(WeightQuantizer):
     name = "gptq"
     description = "GPTQ: column-wise rounding with inverse-Hessian error compensation against the layer's full-precision calibration inputs, on the MSE-clipped grid"
     needs_inputs = True
-    options: ClassVar[dict[str, Any]] = {"damp": 0.01}
+    options = (Option("damp", float, 0.01, "dampening added to the layer Hessian's diagonal, relative to its mean"),)
 
     def quantize(
         self, weight: torch.Tensor, bits: int, symmetric: bool = False, layer: LayerInputs | None = None

@@ -1,0 +1,153 @@
+"""A new executor with one option, and a new weight quantizer with one option, are each one file.
+
+Each plugin below is written to a module of its own (as a user would write it) and imported;
+nothing else is edited. The executor's option becomes a CLI flag, the quantizer's option is
+listed by `--quantizer-option`, and a real `emq` command passes each value to its plugin.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+
+import pytest
+
+from emq.cli.main import main
+from emq.errors import EmqError
+
+EXECUTOR_PLUGIN = '''
+"""Runs tasks in this process and records each one under a label (a test plugin)."""
+
+from emq.executors import Executor, register, run_task
+from emq.registry import Option
+
+SEEN = []
+
+
+@register("recording")
+class RecordingExecutor(Executor):
+    description = "in this process, recording each task"
+    options = (Option("label", str, "plain", "with --executor recording: label of the recorded tasks", flag="--record-as"),)
+
+    def __init__(self, workers: int = 1, label: str = "plain") -> None:
+        self.workers, self.label = workers, label
+
+    def map(self, fn, tasks, context=None, ordered=True, chunksize=1, failures=False):
+        for task in tasks:
+            SEEN.append(self.label)
+            yield run_task(fn, context, task, failures)
+'''
+
+QUANTIZER_PLUGIN = '''
+"""Rounds weights to multiples of a fixed step, whatever the bit-width (a test plugin)."""
+
+import torch
+
+from emq.quantizers import WeightQuantizer
+from emq.registry import Option
+
+STEPS = []
+
+
+class StepRounding(WeightQuantizer):
+    name = "toy-step"
+    description = "rounding to multiples of `step`"
+    options = (Option("step", float, 0.5, "the rounding grid's step"),)
+
+    def quantize(self, weight, bits, symmetric=False, layer=None):
+        STEPS.append(self.params["step"])
+        return torch.round(weight / self.params["step"]) * self.params["step"]
+'''
+
+
+def _help(capsys, *command: str) -> str:
+    """`emq COMMAND --help` as one line of text."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    assert done.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.fixture()
+def plugin(tmp_path, monkeypatch):
+    """Import `source` as a new module; its registrations are undone afterwards."""
+    from emq.executors import EXECUTORS
+    from emq.quantizers import QUANTIZERS
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    names = []
+
+    def load(name: str, source: str):
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        names.append(name)
+        return importlib.import_module(name)
+
+    yield load
+    EXECUTORS.remove("recording")
+    QUANTIZERS.remove("toy-step")
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def test_an_executor_with_one_option_is_one_file(plugin, tmp_path, capsys):
+    mod = plugin("emq_recording_executor", EXECUTOR_PLUGIN)
+    help_text = _help(capsys, "bench", "build")
+    assert "--record-as RECORD_AS" in help_text and "recording (in this process, recording each task)" in help_text
+    out = tmp_path / "b.sqlite"
+    build = ["bench", "build", "--out", str(out), "--configs", "6", "--noise-samples", "0", "--calib-size", "64"]
+    build += ["--test-limit", "200", "--executor", "recording", "--record-as", "mine"]
+    assert main(build) == 0, capsys.readouterr().err
+    assert mod.SEEN and set(mod.SEEN) == {"mine"}  # every configuration ran through the plugin, with the option
+    assert main(["bench", "build", "--out", str(tmp_path / "c.sqlite"), "--record-as", "x"]) == 2
+    assert "--record-as: only with --executor recording" in capsys.readouterr().err
+
+
+def test_a_quantizer_with_one_option_is_one_file(plugin, capsys):
+    mod = plugin("emq_step_quantizer", QUANTIZER_PLUGIN)
+    help_text = _help(capsys, "quantize")
+    assert "toy-step: step=0.5" in help_text and "weight rounding method: mse, adaround, gptq, toy-step" in help_text
+    bits = ",".join(["4"] * 20)
+    args = ["quantize", "--bits", bits, "--calib-size", "64", "--weight-quantizer", "toy-step"]
+    assert main([*args, "--quantizer-option", "step=0.25", "--json"]) == 0, capsys.readouterr().err
+    assert set(mod.STEPS) == {0.25}  # the flag's value reached the plugin
+    mod.STEPS.clear()
+    assert main([*args, "--json"]) == 0
+    assert set(mod.STEPS) == {0.5}  # and its default when the flag is left out
+    capsys.readouterr()
+    assert main([*args, "--quantizer-option", "steps=1"]) == 2
+    assert "has no option 'steps' (its options: step)" in capsys.readouterr().err
+
+
+def test_a_taken_name_is_refused_in_every_registry():
+    from emq.allocation.kinds import SizeKind, register_kind
+    from emq.baselines import register_proxy
+    from emq.baselines.separable import HawqV1
+    from emq.executors import Executor, register
+    from emq.quantizers import WeightQuantizer
+    from emq.search_space.primitives import TERMINALS, _registry
+
+    with pytest.raises(EmqError, match="executor 'serial' is defined twice"):
+        register("serial")(type("Other", (Executor,), {"map": lambda self, *a, **k: iter(())}))
+    with pytest.raises(EmqError, match="weight quantizer 'mse' is defined twice"):
+        type("OtherMse", (WeightQuantizer,), {"name": "mse", "quantize": lambda self, w, b, s=False, layer=None: w})
+    with pytest.raises(EmqError, match="budget kind 'size' is defined twice"):
+        register_kind(type("OtherSize", (SizeKind,), {}))
+    with pytest.raises(EmqError, match="proxy 'hawq-v1' is defined twice"):
+        register_proxy(type("OtherHawq", (HawqV1,), {}))
+    with pytest.raises(EmqError, match="terminal 'W' is defined twice"):
+        _registry([*TERMINALS.values(), TERMINALS["W"]])
+
+
+def test_registry_orders_and_names_unknown_entries():
+    from emq.registry import Registry
+    from emq.specs import ParameterError
+
+    by_name, declared = Registry("thing", "things", order="name"), Registry("thing", "things")
+    for n in ("b", "c", "a"):
+        by_name.add(n, n.upper())
+        declared.add(n, n.upper())
+    assert list(by_name) == ["a", "b", "c"] and list(declared) == ["b", "c", "a"]
+    with pytest.raises(ParameterError, match=r"things='d': unknown thing; use one of b, c, a"):
+        declared.get_entry("d")
