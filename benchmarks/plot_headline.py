@@ -7,6 +7,8 @@ intervals), drawn from the stored study so that it measures nothing and needs no
 
 A seed's point is filled green where its paired interval against the best hand-made proxy lies above
 zero, red where it lies below, and hollow where it contains zero (a tie).
+
+Needs only emq's core dependencies (no extra).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ between rounds. The reference unit is one PTQ evaluation of a configuration on t
 split, timed by the measurement itself.
 
     python benchmarks/sensitivity.py [--bench default] [--images 64] [--rounds 2]
+
+Needs only emq's core dependencies (no extra) and the bench's data.
 """
 
 from __future__ import annotations

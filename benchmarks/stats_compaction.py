@@ -8,6 +8,8 @@ separable registry proxy is scored (held-out configurations x report pool, the b
 metric, `emq.score`) once with the reference statistics and once with the shipped compact ones;
 the script prints both rho, the largest |difference| (target <= 0.002), the files' sizes, and
 the bench's reliability, which compaction cannot change (the per-image outcomes are not touched).
+
+Needs only emq's core dependencies (no extra).
 """
 
 from __future__ import annotations
