@@ -80,6 +80,8 @@ def decode(blob: bytes, where: str = "record") -> Outcomes:
     except (struct.error, zlib.error, TypeError) as e:
         raise EmqError(f"{where}: per-image outcomes are damaged ({e}); rebuild the bench") from e
     nbits = (n + 7) // 8
+    if not inflate.eof and len(raw) <= _raw_size(n):
+        raise EmqError(f"{where}: per-image outcomes are damaged (the compressed data ends early); rebuild the bench")
     if version != FORMAT or len(raw) != nbits + 4 * n or not inflate.eof:
         raise EmqError(
             f"{where}: per-image outcomes have format {version} and {len(raw)} bytes for {n} images; rebuild the bench"

@@ -114,7 +114,7 @@ def test_every_shipped_file_records_what_it_was_computed_from():
     from emq.bench.bundles import BUNDLES
 
     for name, bundle in BUNDLES.items():
-        if bundle.stats_path is None:
+        if bundle.stats_path is None or not bundle.path.is_file():  # a zoo bench not built yet
             continue
         ns = load_stats(bundle.stats_path, partial=True)
         meta = Bench.open(name).meta
