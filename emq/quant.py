@@ -253,23 +253,14 @@ class PTQEngine:
         s = self.settings
         names = [layer.name for layer in layer_map.layers]
         options = dict(s.quantizer_options)
-        if not (QUANTIZERS[s.weight_quantizer].needs_inputs or s.bias_correction):
-            return RoundedWeights(
-                self.work,
-                self.layers,
-                names,
-                s.weight_quantizer,
-                options,
-                s.weight_symmetric,
-                self.calib[0],
-                s.batch_size,
-                cache_dir,
-            )
-        fp = copy.deepcopy(self.work)
-        mods = dict(fp.named_modules())
+        model, layers = self.work, self.layers
+        if QUANTIZERS[s.weight_quantizer].needs_inputs or s.bias_correction:
+            model = copy.deepcopy(self.work)
+            mods = dict(model.named_modules())
+            layers = [mods[n] for n in names]
         return RoundedWeights(
-            fp,
-            [mods[n] for n in names],
+            model,
+            layers,
             names,
             s.weight_quantizer,
             options,
