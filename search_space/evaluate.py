@@ -5,6 +5,12 @@ The fast path walks it once over the *packed* terminals (terminals.py), so all l
 all bits come out of one pass; reductions and per-layer standardisations become segment
 operations. `naive_config_score` is the slow reference (how EMQ scores: recompute the
 proxy layer by layer for every configuration) used by tests and benchmarks/search_speed.py.
+
+Network ops (normalizations over the network's layers, primitives.py) see every packed
+layer in the packed path; the per-layer reference computes their argument on every layer
+of the statistics first, so both paths give the same table. A probe pack (a few layers,
+for screening) normalizes over its own layers only: a cheap approximation used to reject
+degenerate trees, never for a fitness or a table.
 """
 
 from __future__ import annotations
@@ -84,6 +90,8 @@ def _apply_packed(p: PrimSpec, args: list[torch.Tensor], packed: Packed) -> torc
     kind = p.op.kind
     if kind in ("unary", "binary"):
         return p.op.fn(*args)
+    if kind == "network":  # a packed scalar is [Bk, L]: the op acts along the layers
+        return p.op.fn(args[0])
     sg = packed.segments[p.in_types[0]]
     if kind == "reduce":
         return _packed_reduce(p.op.op, args[0], sg)
@@ -177,7 +185,8 @@ def layer_value(
 ) -> torch.Tensor:
     """Reference per-layer semantics: the tree on one layer's own tensors -> [Bk].
 
-    With `bit_index`, bit-dependent terminals are restricted to that one bit first.
+    With `bit_index`, bit-dependent terminals are restricted to that one bit first. A network
+    op's argument is computed on every layer (the same way), then the op picks this layer.
     """
     prims = prims or PRIMITIVES
 
@@ -189,7 +198,35 @@ def layer_value(
             v = v[bit_index : bit_index + 1]
         return v
 
-    return walk(tokens, leaf, lambda p, a: p.op.fn(*a), prims)
+    def rec(i: int) -> tuple[torch.Tensor, int]:
+        if tokens[i][0] != "p":
+            return leaf(tokens[i]), i + 1
+        p = prims[str(tokens[i][1])]
+        if p.op.kind == "network":
+            end = subtree_end(tokens, i + 1, prims)
+            per = [
+                layer_value(tokens[i + 1 : end], stats, j, bit_index, prims, act_samples, dtype)
+                for j in range(len(stats.layers))
+            ]
+            bk = max(v.shape[0] for v in per)
+            return p.op.fn(torch.stack([v.expand(bk) for v in per], dim=1))[:, layer], end
+        args, j = [], i + 1
+        for _ in range(p.op.arity):
+            a, j = rec(j)
+            args.append(a)
+        return p.op.fn(*args), j
+
+    return rec(0)[0]
+
+
+def subtree_end(tokens: Sequence[Token], start: int, prims: dict[str, PrimSpec]) -> int:
+    """The index just past the subtree that starts at tokens[start] (prefix order)."""
+    need, i = 1, start
+    while need:
+        kind, v = tokens[i]
+        need += prims[str(v)].op.arity - 1 if kind == "p" else -1
+        i += 1
+    return i
 
 
 def naive_config_score(

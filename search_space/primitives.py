@@ -8,7 +8,12 @@ its whole row P[l, :]. The semantics in `OpSpec.fn` are the exact definition on 
 - ``reduce`` ops reduce every dimension except the leading one: [Bk, ...] -> [Bk];
 - ``layer`` ops (normalize, min-max, softmax) standardise over one layer's elements,
   separately for each leading index;
-- ``scale`` multiplies a tensor by a scalar of the same layer.
+- ``scale`` multiplies a tensor by a scalar of the same layer;
+- ``network`` ops (scalars only) normalize a per-layer scalar over the network's own layers:
+  their `fn` takes the scalar of every layer at once, [Bk, L], and acts along the layer axis
+  separately for each leading index. The value is still fixed per (layer, bit), so a proxy
+  using them stays separable and its table still feeds the allocation ILP; evaluate.py
+  computes them over all layers in both its packed and its per-layer path.
 
 Divisions, reciprocals, logs and exps are protected (smooth, exact formulas that sympy can
 render), so every formula is defined everywhere; NaN/inf can still arise from overflow and
@@ -106,9 +111,48 @@ def _scale(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return x * _bcast(s, x)
 
 
+def _safe_over(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """x / d, and 0 where d == 0 (a scale-free ratio: no additive epsilon that would set a scale)."""
+    nz = d != 0
+    return torch.where(nz, x / torch.where(nz, d, torch.ones_like(d)), torch.zeros_like(x))
+
+
+def _net_mean(x: torch.Tensor) -> torch.Tensor:
+    return _safe_over(x, x.mean(-1, keepdim=True))
+
+
+def _net_max(x: torch.Tensor) -> torch.Tensor:
+    return _safe_over(x, x.abs().amax(-1, keepdim=True))
+
+
+def _net_rank(x: torch.Tensor) -> torch.Tensor:
+    """Average rank (ties share it) among the layers, 0 (smallest) .. 1 (largest); 0.5 for one layer."""
+    n = x.shape[-1]
+    below = (x.unsqueeze(-2) < x.unsqueeze(-1)).sum(-1)
+    equal = (x.unsqueeze(-2) == x.unsqueeze(-1)).sum(-1)
+    rank = below.to(x.dtype) + (equal.to(x.dtype) - 1) / 2
+    return rank / (n - 1) if n > 1 else torch.full_like(x, 0.5)
+
+
 # Sympy has no tensor reductions: they are rendered as named functions of the elementwise
 # expression inside them (e.g. mean(Abs(W))); NUMPY_HELPERS gives them numeric meaning.
-_F = {n: sympy.Function(n) for n in ("mean", "total", "l1", "l2", "maxabs", "std", "var", "znorm", "minmax", "softmax")}
+# Network ops are rendered the same way (netmean(x): x over its mean over the layers).
+SYMPY_FUNCTIONS = (
+    "mean",
+    "total",
+    "l1",
+    "l2",
+    "maxabs",
+    "std",
+    "var",
+    "znorm",
+    "minmax",
+    "softmax",
+    "netmean",
+    "netmax",
+    "netrank",
+)
+_F = {n: sympy.Function(n) for n in SYMPY_FUNCTIONS}
 
 
 @dataclass(frozen=True)
@@ -116,7 +160,7 @@ class OpSpec:
     """One operation: exact torch semantics and its renderings, in one place."""
 
     op: str
-    kind: str  # unary | layer | reduce | binary | scale
+    kind: str  # unary | layer | reduce | binary | scale | network
     fn: Callable[..., torch.Tensor]
     sympy: Callable[..., sympy.Expr]
     latex: str  # format string over the arguments' LaTeX
@@ -127,7 +171,7 @@ class OpSpec:
 
     @property
     def arity(self) -> int:
-        return 1 if self.kind in ("unary", "layer", "reduce") else 2
+        return 1 if self.kind in ("unary", "layer", "reduce", "network") else 2
 
 
 def _ops() -> dict[str, OpSpec]:
@@ -268,12 +312,41 @@ def _ops() -> dict[str, OpSpec]:
         OpSpec("min", "binary", torch.minimum, S.Min, r"\min\left({0},\,{1}\right)", "np.minimum({0}, {1})", 0.4, True),
         # a tensor times a per-layer scalar (how b, 2^-b, traces enter tensor formulas)
         OpSpec("scale", "scale", _scale, lambda x, s: x * s, r"{1}\cdot {0}", "scale({0}, {1})", 0.8),
+        # scale-free normalizations of a per-layer scalar over the network's layers (scalars only)
+        OpSpec(
+            "netmean",
+            "network",
+            _net_mean,
+            _F["netmean"],
+            r"\frac{{{0}}}{{\operatorname{{mean}}_{{\ell}}\,{0}}}",
+            "netmean({0})",
+            0.6,
+        ),
+        OpSpec(
+            "netmax",
+            "network",
+            _net_max,
+            _F["netmax"],
+            r"\frac{{{0}}}{{\max_{{\ell}}\left|{0}\right|}}",
+            "netmax({0})",
+            0.6,
+        ),
+        OpSpec(
+            "netrank",
+            "network",
+            _net_rank,
+            _F["netrank"],
+            r"\operatorname{{rank}}_{{\ell}}\left({0}\right)",
+            "netrank({0})",
+            0.4,
+        ),
     ]
     return {s.op: s for s in specs}
 
 
 OPS: dict[str, OpSpec] = _ops()
 SCALAR_KINDS = ("unary", "binary")  # op kinds that also exist on scalars
+SCALAR_ONLY_KINDS = ("network",)  # op kinds that exist on scalars only
 
 
 @dataclass(frozen=True)
@@ -284,7 +357,10 @@ class TerminalSpec:
     the statistics' layout; `terminals.layer_terminal` adds the leading bit dimension. A
     *derived* terminal sets `derive`: its per-layer value from the per-layer values of the
     terminals in `needs` (dict name -> tensor, same semantics as OpSpec.fn), and `python`:
-    the same in numpy over the dict `t` of terminal arrays (for exported proxies).
+    the same in numpy over the dict `t` of terminal arrays (for exported proxies). A scalar
+    with a `raw` reader (other than the bits) gives `python`: its value in numpy from the
+    exported module's `stats`, layer index `i` and `layer`; when it computes from LayerStats
+    tensors it names them in `reads` (presets follow them).
     """
 
     name: str
@@ -295,6 +371,7 @@ class TerminalSpec:
     priority: float = 1.0
     default: bool = True  # part of the "full" preset (a new terminal changes the default space: keep it False)
     raw: Callable[[Any, int], Any] | None = None  # (NetworkStats, layer index) -> value
+    reads: tuple[str, ...] = ()  # the LayerStats tensors a `raw` reader computes from (presets follow them)
     derive: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
     needs: tuple[str, ...] = ()
     python: str = ""
@@ -334,6 +411,15 @@ def _measured(metric: str) -> Callable[[Any, int], tuple[float, ...]]:
     return raw
 
 
+def _slot_share(stats: Any, layer: int) -> float:
+    return 1.0 / list(stats.layer_slot).count(stats.layer_slot[layer])
+
+
+def _input_variance(stats: Any, layer: int) -> float:
+    """Over all stored samples, not the first act_samples: the statistic QE's entropy reads."""
+    return float(stats.layers[layer].A.double().var())
+
+
 # Raw statistics (LayerStats fields and the bits), then derived terminals. The order is the
 # order of every preset and of the DEAP terminal set, so new terminals go at the end.
 _TERMINAL_LIST = [
@@ -365,11 +451,28 @@ _TERMINAL_LIST = [
     TerminalSpec("params", Scalar, False, "weight parameters of the layer", r"n"),
     TerminalSpec("macs", Scalar, False, "multiply-accumulates of the layer", r"\mathrm{MACs}"),
     TerminalSpec("out_channels", Scalar, False, "output channels", r"C_{out}"),
+    TerminalSpec("SG", WeightT, False, "Synflow gradient dR/d|W| of the |parameter|-linearised network", r"G_{s}"),
+    TerminalSpec("FD", WeightT, False, "diagonal empirical Fisher E_x[g_x^2] (per-sample gradients)", r"F_{d}"),
     TerminalSpec(
-        "SG", WeightT, False, "Synflow gradient dR/d|W| of the |parameter|-linearised network", r"G_{s}", default=False
+        "varA",
+        Scalar,
+        False,
+        "variance of the layer input over every stored calibration sample (unbiased; QE's entropy is 0.5 log(2 pi e varA))",
+        r"\sigma^{2}_{A}",
+        0.6,
+        raw=_input_variance,
+        reads=("A",),
+        python="np.array([np.asarray(layer.A, dtype=np.float64).var(ddof=1)])",
     ),
     TerminalSpec(
-        "FD", WeightT, False, "diagonal empirical Fisher E_x[g_x^2] (per-sample gradients)", r"F_{d}", default=False
+        "tied",
+        Scalar,
+        False,
+        "the layer's share of its bit slot, 1/k for k layers tied into one slot (per-slot forms, e.g. bitsum)",
+        r"\tfrac{1}{k}",
+        0.3,
+        raw=_slot_share,
+        python="np.array([1.0 / list(stats.layer_slot).count(stats.layer_slot[i])])",
     ),
     TerminalSpec(
         "MKL",
@@ -408,6 +511,8 @@ def _registry(specs: list[TerminalSpec]) -> Registry[TerminalSpec]:
     for t in specs:
         if (t.derive is None) != (not t.needs) or (t.derive is not None and not t.python):
             raise EmqError(f"terminal {t.name!r}: a derived terminal sets derive, needs and python together")
+        if t.reads and t.raw is None:
+            raise EmqError(f"terminal {t.name!r}: only a raw reader reads LayerStats tensors")
         unknown = [n for n in t.needs if n not in out]
         if unknown:
             raise EmqError(f"terminal {t.name!r} needs {unknown}, which are not defined before it")
@@ -421,7 +526,7 @@ TERMINALS: Registry[TerminalSpec] = _registry(_TERMINAL_LIST)
 def raw_sources(name: str) -> set[str]:
     """The raw terminals a terminal is computed from (itself when it is raw)."""
     spec = TERMINALS[name]
-    return {name} if spec.derive is None else set().union(*(raw_sources(n) for n in spec.needs))
+    return {name, *spec.reads} if spec.derive is None else set().union(*(raw_sources(n) for n in spec.needs))
 
 
 HESSIAN_TERMINALS = ("H", "trace", "eig")
@@ -451,6 +556,9 @@ def typed_primitives(ops: dict[str, OpSpec] | None = None) -> dict[str, PrimSpec
     """Every op instantiated on every value type it applies to."""
     out: dict[str, PrimSpec] = {}
     for spec in (ops or OPS).values():
+        if spec.kind in SCALAR_ONLY_KINDS:
+            out[f"{spec.op}_s"] = PrimSpec(f"{spec.op}_s", spec, (Scalar,), Scalar)
+            continue
         for code, T in TENSOR_TYPES.items():
             ins = {"unary": (T,), "layer": (T,), "reduce": (T,), "binary": (T, T), "scale": (T, Scalar)}[spec.kind]
             out[f"{spec.op}_{code}"] = PrimSpec(f"{spec.op}_{code}", spec, ins, Scalar if spec.kind == "reduce" else T)
@@ -495,4 +603,22 @@ def softmax(x):
     e = np.exp(f - f.max(1, keepdims=True))
     return (e / e.sum(1, keepdims=True)).reshape(np.shape(x))
 def scale(x, s): return np.asarray(x) * _col(s, x)
+
+# network ops: x is [Bk, L], one column per layer of the network
+def _safe_over(x, d):
+    x, d = np.broadcast_arrays(np.asarray(x, dtype=np.float64), d)
+    return np.divide(x, d, out=np.zeros_like(x), where=d != 0)
+def netmean(x): return _safe_over(x, np.asarray(x, dtype=np.float64).mean(-1, keepdims=True))
+def netmax(x): return _safe_over(x, np.abs(np.asarray(x, dtype=np.float64)).max(-1, keepdims=True))
+def netrank(x):
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[-1]
+    below = (x[..., None, :] < x[..., :, None]).sum(-1)
+    equal = (x[..., None, :] == x[..., :, None]).sum(-1)
+    rank = below + (equal - 1) / 2.0
+    return rank / (n - 1) if n > 1 else np.full_like(x, 0.5)
+def stack_layers(values):  # per-layer scalars [Bk] of every layer -> [Bk, L], Bk broadcast to the largest
+    values = [np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in values]
+    bk = max(v.shape[0] for v in values)
+    return np.stack([np.broadcast_to(v, (bk,)) for v in values], axis=1)
 """.replace("EPS", repr(EPS))

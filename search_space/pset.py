@@ -11,6 +11,7 @@ the share of sensible trees (reductions of noise tensors, products of scalars).
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,15 +45,60 @@ def draw_constant() -> float:
 # The forms, inside the space, of the hand-made proxies that have one: the one home of these
 # token lists. Keys are the proxies' registry names (emq.baselines names each key in its
 # proxy's `formula`, and refuses to import if a key here belongs to no proxy); the order is
-# the order they seed an initial population in. The space is per layer, so a slot shared
-# by k tied layers counts k times in these forms (the registry's bitsum counts slots), and
-# constant factors that do not change a ranking are left out (size: b * params, not / 8).
+# the order they seed an initial population in (every campaign seeds every form its space
+# can express, `SearchSpace.handmade`; a registry proxy gets seeded by adding its entry here).
+# Each form is its registry proxy's per-layer row up to a positive constant factor, so it
+# ranks configurations exactly as the proxy does (tests/test_handmade_forms.py, on every
+# shipped bench); constant factors are left out (size: b * params, not / 8; bitops: MACs * b,
+# the activation bits are the same for every layer; qe: 2x the entropy; emq-published: the
+# mean over layers). Tied layers: the space is per layer and a slot's row is the sum of its
+# layers' rows, exactly as the registry sums its per-layer rows (slot_table); only bitsum
+# counts slots, so its form divides by the layer's share of its slot (`tied`).
+#
+# Registry proxies without a form here, and why:
+# - ompq: each layer's importance comes from its CKA similarity to every other layer's outputs
+#   and a mean over the layers after it in forward order; the space's network ops normalize
+#   one per-layer scalar over the layers, and no op compares two layers' tensors.
+# - kl, seam, gmpq: whole-configuration proxies (they quantize the network per configuration),
+#   not separable, so no per-layer form exists.
+# - fisher-batch, synflow-signed: variants, not the published methods (faithful = False); the
+#   space expresses them (sum_w(mul_w(square_w(G), square_w(E))), mul_s(l1_w(mul_w(VG, W)), b))
+#   but they are not seeded.
+_TWO_PI_E = 2 * math.pi * math.e
 HANDMADE: dict[str, tuple[str, list[Token]]] = {
-    "bitsum": ("sum of bit-widths, per layer", [("t", "b")]),
-    "size": ("model size: b * params", [("p", "mul_s"), ("t", "b"), ("t", "params")]),
+    "hawq-v1": (
+        "HAWQ: lambda_max * ||Q_b(W) - W||^2",
+        [("p", "mul_s"), ("t", "eig"), ("p", "sum_w"), ("p", "square_w"), ("t", "E")],
+    ),
     "hawq-v2": (
         "HAWQ-V2: Tr(H)/n * ||Q_b(W) - W||^2",
         [("p", "mul_s"), ("p", "div_s"), ("t", "trace"), ("t", "params"), ("p", "square_s"), ("p", "l2_w"), ("t", "E")],
+    ),
+    "fisher": (
+        "empirical Fisher: sum(F_d * (Q_b(W) - W)^2)",
+        [("p", "sum_w"), ("p", "mul_w"), ("t", "FD"), ("p", "square_w"), ("t", "E")],
+    ),
+    "snip": (
+        "SNIP, bit-weighted: sum|G * W| * b",
+        [("p", "mul_s"), ("p", "l1_w"), ("p", "mul_w"), ("t", "G"), ("t", "W"), ("t", "b")],
+    ),
+    "synflow": (
+        "Synflow, bit-weighted: sum| |W| * G_s | * b",
+        [("p", "mul_s"), ("p", "l1_w"), ("p", "mul_w"), ("t", "SG"), ("p", "abs_w"), ("t", "W"), ("t", "b")],
+    ),
+    "qe": (
+        "QE, bit-weighted: log(2 pi e Var(A)) * b (2x the Gaussian entropy)",
+        [("p", "mul_s"), ("p", "log_s"), ("p", "mul_s"), ("c", _TWO_PI_E), ("t", "varA"), ("t", "b")],
+    ),
+    "bitsum": ("sum of slot bit-widths: b * (layer's share of its slot)", [("p", "mul_s"), ("t", "b"), ("t", "tied")]),
+    "size": ("model size: b * params", [("p", "mul_s"), ("t", "b"), ("t", "params")]),
+    "bitops": (
+        "BitOps: MACs * b (times the activation bits, the same for every layer)",
+        [("p", "mul_s"), ("t", "macs"), ("t", "b")],
+    ),
+    "emq-published": (
+        "EMQ's published genotype: mean(sqrt(relu(Q_b(W)))) / C_out (its gradient half is exactly 1/C_out)",
+        [("p", "div_s"), ("p", "mean_w"), ("p", "sqrt_w"), ("p", "relu_w"), ("t", "Q"), ("t", "out_channels")],
     ),
 }
 
@@ -96,7 +142,7 @@ class SearchSpace:
             return tok[1] in self.prims
         if tok[0] == "t":
             return tok[1] in self.terminals
-        return True
+        return self.constants
 
 
 def _space_from_names(

@@ -27,6 +27,23 @@ TOKENS = [
     ("t", "pow2b"),
 ]
 
+# scale-free: network ops (nested), the slot share and the input variance, on bit-dependent noise
+NET_TOKENS = [
+    ("p", "mul_s"),
+    ("p", "netrank_s"),
+    ("p", "netmean_s"),
+    ("t", "varA"),
+    ("p", "add_s"),
+    ("p", "netmax_s"),
+    ("p", "square_s"),
+    ("p", "l2_w"),
+    ("t", "E"),
+    ("p", "mul_s"),
+    ("p", "netmean_s"),
+    ("t", "tied"),
+    ("t", "b"),
+]
+
 
 def _ctx(stats, bits=None):
     return ProxyContext(target=None, bits=tuple(bits or stats.bits), stats=stats)
@@ -68,6 +85,25 @@ def test_malformed_proxy_files_are_rejected(tmp_path, mutate, message):
     path.write_text("{not json")
     with pytest.raises(EmqError, match="not valid JSON"):
         load_proxy(path)
+
+
+def test_scale_free_proxy_round_trips_and_exports_the_same_table(tmp_path, tiny_setting):
+    """Proxies with network ops load back to the same tree and table; the exported module
+    computes them over all layers and agrees with the engine (tied layers: 10 layers, 8 slots)."""
+    stats, fd, _ = tiny_setting
+    assert len(set(stats.layer_slot)) < len(stats.layers)
+    p = EvolvedProxy(NET_TOKENS, -1, "scalefree")
+    q = load_proxy(save_proxy(p, tmp_path / "p.json"))
+    assert q.tokens == p.tokens and q.key == p.key
+    table = p.table(_ctx(stats))
+    np.testing.assert_array_equal(q.table(_ctx(stats)), table)
+    written = export(q, ["python", "latex", "sympy"], tmp_path)
+    spec = importlib.util.spec_from_file_location("scalefree", written["python"])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    np.testing.assert_allclose(mod.table(stats), table, rtol=1e-9, atol=1e-12)
+    assert "\\operatorname{rank}_{\\ell}" in written["latex"].read_text()
+    assert "netrank(netmean(varA))" in written["sympy"].read_text()
 
 
 def test_python_export_computes_the_same_table(tmp_path, tiny_setting):

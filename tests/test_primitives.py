@@ -6,20 +6,25 @@ import sympy
 import torch
 
 from emq.search_space.evaluate import TableEvaluator, layer_value
-from emq.search_space.primitives import NUMPY_HELPERS, OPS, PRIMITIVES, TERMINALS, Scalar, WeightT
+from emq.search_space.primitives import NUMPY_HELPERS, OPS, PRIMITIVES, SYMPY_FUNCTIONS, TERMINALS, Scalar, WeightT
 from emq.search_space.pset import make_space
 from emq.search_space.terminals import available_terminals
 
 HELPERS: dict = {}
 exec(compile(NUMPY_HELPERS, "numpy_helpers", "exec"), HELPERS)  # our own constant source
 SYMPY_MODULES = [
-    {k: HELPERS[k] for k in ("mean", "total", "l1", "l2", "maxabs", "std", "var", "znorm", "minmax", "softmax")},
+    {k: HELPERS[k] for k in SYMPY_FUNCTIONS},
     {"Min": np.minimum, "Max": np.maximum},
     "numpy",
 ]
 
 
 def _inputs(op, rng):
+    if op.kind == "network":  # a per-layer scalar of 7 layers, 3 bits; ties and a zero row
+        x = rng.normal(size=(3, 7)) * 2
+        x[0, 2] = x[0, 5]
+        x[2] = 0.0
+        return [x]
     x = rng.normal(size=(3, 4, 5)) * 2
     x[0, 0, 0] = 0.0  # protected ops must stay finite at 0
     y = rng.normal(size=(3, 4, 5))

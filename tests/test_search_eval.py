@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import spearmanr
+from test_export import NET_TOKENS
 
 from emq.evolution.evaluator import CandidateEvaluator
 from emq.evolution.screening import table_problem
@@ -31,8 +32,8 @@ def test_table_scores_equal_naive_per_configuration(setting):
     space = make_space()
     ev = TableEvaluator(stats, space.terminals, space.prims)
     random.seed(3)
-    trees = [t for _, t in HANDMADE.values()]
-    while len(trees) < 12:
+    trees = [t for _, t in HANDMADE.values()] + [NET_TOKENS]  # network ops: per-layer path sees all layers
+    while len(trees) < 16:
         t = to_tokens(gen_half_and_half(space, 1, 3))
         if torch.isfinite(ev.table(t)).all():
             trees.append(t)

@@ -78,6 +78,7 @@ class _LayerwiseProxy(SeparableProxy):
 @register_proxy
 class HawqV1(_LayerwiseProxy):
     name = "hawq-v1"
+    formula = "hawq-v1"
     description = "top Hessian eigenvalue x ||Q_b(W)-W||^2 per layer (HAWQ, Dong et al., ICCV 2019)"
     orientation = -1
     cost = "statistics only (Hessian eigenvalue per layer)"
@@ -101,6 +102,7 @@ class HawqV2(_LayerwiseProxy):
 @register_proxy
 class Fisher(_LayerwiseProxy):
     name = "fisher"
+    formula = "fisher"
     description = (
         "empirical Fisher sum(E_x[g_x^2] * (Q_b(W)-W)^2) per layer, g_x per-sample gradients "
         "(Fisher pruning, Theis et al., 2018; as used for MQ by Liu et al., 2021)"
@@ -129,6 +131,7 @@ class FisherBatch(_LayerwiseProxy):
 @register_proxy
 class Snip(_LayerwiseProxy):
     name = "snip"
+    formula = "snip"
     description = "bit-weighted SNIP: sum|G * W| x b per layer (Lee et al., ICLR 2019; EMQ's bit convention)"
     orientation = 1
     cost = "statistics only (gradients)"
@@ -142,6 +145,7 @@ class Synflow(_LayerwiseProxy):
     """Synflow as published: sum |W| * dR/d|W| over the layer, in the network linearised with |parameters|."""
 
     name = "synflow"
+    formula = "synflow"
     description = (
         "bit-weighted Synflow: sum| |W| * dR/d|W| | x b per layer, R = sum of the |parameter|-linearised "
         "network's output on an all-ones input, data-free (Tanaka et al., NeurIPS 2020; EMQ's bit convention)"
@@ -176,6 +180,7 @@ def gaussian_entropy(x: torch.Tensor) -> float:
 @register_proxy
 class QE(_LayerwiseProxy):
     name = "qe"
+    formula = "qe"
     description = (
         "QE-style entropy: Gaussian entropy 0.5*log(2*pi*e*Var(A)) of the layer input x b (Sun et al., NeurIPS 2022)"
     )
@@ -290,6 +295,7 @@ class ModelSize(SeparableProxy):
 @register_proxy
 class BitOps(SeparableProxy):
     name = "bitops"
+    formula = "bitops"
     description = "BitOps, sum(MACs x b_w x b_a) with the context's activation bits (HAWQ-V3 / OMPQ convention)"
     orientation = 1
     cost = "free"
@@ -312,6 +318,7 @@ class EmqPublished(_LayerwiseProxy):
     """
 
     name = "emq-published"
+    formula = "emq-published"
     description = "EMQ's published best genotype, decoded: mean(softmax_dim0(log|VG|)) x mean(sqrt(relu(Q_b(W)))) (Dong et al., ICCV 2023)"
     orientation = 1
     cost = "statistics only (virtual gradients, quantized weights)"

@@ -1,0 +1,94 @@
+"""Every hand-made form the space seeds ranks every shipped bench exactly as its registry proxy.
+
+The forms (emq.search_space.pset.HANDMADE) are what every campaign's initial population starts
+from, so a form that drifts from its proxy would silently seed a different proxy. Spearman
+over all of a bench's configurations must be 1.0 (a form equals its proxy's table up to a
+positive constant factor, tied layers included). Statistics: the bundled file where the bench
+ships a complete one, else computed from the data that ships with scikit-learn (default and stratified
+share one model and one computation). That computation takes minutes (Hessians of 22 layers),
+so it goes through the user's statistics cache (~/.cache/emq, what `emq score --bench default`
+fills; entries are keyed by weights, data and settings, so sharing it cannot change a value):
+a warm cache makes it a load of seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from emq.baselines import PROXIES, get_proxy
+from emq.bench import Bench
+from emq.bench.bundles import BUNDLES
+from emq.bench_setup import BenchSetup
+from emq.proxy import ProxyContext, table_scores
+from emq.search_space.evaluate import TableEvaluator
+from emq.search_space.netstats import NetworkStats, load_stats
+from emq.search_space.pset import HANDMADE, make_space
+from emq.search_space.stats import compute_stats
+
+SHIPPED = ("default", "stratified", "vgg-digits", "mobilenetv2-digits", "resnet20-fashion")
+USER_CACHE = Path.home() / ".cache" / "emq"  # conftest points EMQ_CACHE_DIR at a fresh folder
+_LOADED: dict[str, tuple[Bench, NetworkStats, TableEvaluator]] = {}
+
+
+def _bench(name: str) -> tuple[Bench, NetworkStats, TableEvaluator]:
+    """Bench, statistics and a table evaluator over the default space, made once per bench."""
+    if name not in _LOADED:
+        bench = Bench.open(name)
+        path = BUNDLES[name].stats_path
+        if path is not None and not load_stats(path, partial=True).meta.get("omitted"):
+            stats = load_stats(path)
+        else:  # none ships, or a partial file the shipped data completes (emq.search_space.shipped)
+            setup = BenchSetup.of(bench)
+            stats = compute_stats(
+                setup.target, bits=setup.bits, settings=setup.stats, progress=False, cache_dir=USER_CACHE
+            )
+        space = make_space()
+        _LOADED[name] = bench, stats, TableEvaluator(stats, space.terminals, space.prims, probe_layers=1)
+    return _LOADED[name]
+
+
+@pytest.fixture(scope="module", params=SHIPPED)
+def shipped(request) -> tuple[str, Bench, NetworkStats, TableEvaluator]:
+    if not BUNDLES[request.param].path.is_file():
+        pytest.skip(f"the shipped bench {request.param} is not in this installation")
+    return (request.param, *_bench(request.param))
+
+
+def form_and_proxy_scores(
+    tokens, key: str, bench: Bench, stats: NetworkStats, ev: TableEvaluator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The form's and the registry proxy's scores of every configuration of the bench."""
+    ctx = ProxyContext(None, tuple(bench.bits), None, stats)
+    idx = ctx.bit_index(bench.configs)
+    return table_scores(ev.table(tokens).numpy(), idx), get_proxy(key).score_configs(ctx, bench.configs)
+
+
+def test_the_default_space_seeds_every_form():
+    """FD, SG and every terminal a form needs are in the default space, so no form is left out."""
+    assert list(make_space().handmade()) == list(HANDMADE)
+    assert all(PROXIES[key].formula == key for key in HANDMADE)
+
+
+@pytest.mark.parametrize("key", list(HANDMADE))
+def test_seeded_form_ranks_the_bench_as_its_proxy(key, shipped):
+    name, bench, stats, ev = shipped
+    tokens = make_space().handmade()[key][1]
+    form, proxy = form_and_proxy_scores(tokens, key, bench, stats, ev)
+    assert np.isfinite(form).all() and np.ptp(proxy) > 0
+    rho = spearmanr(form, proxy).statistic
+    assert rho == pytest.approx(1.0, abs=1e-12), f"{key} on {name}: Spearman {rho}"
+
+
+def test_a_wrong_form_is_caught():
+    """The check above can fail: swapping one operator of a form changes the ranking."""
+    loaded = _bench("resnet20-fashion")
+    wrong = [("p", "mul_s"), ("p", "l1_w"), ("p", "add_w"), ("t", "G"), ("t", "W"), ("t", "b")]  # snip with + for *
+    form, proxy = form_and_proxy_scores(wrong, "snip", *loaded)
+    assert spearmanr(form, proxy).statistic < 1.0 - 1e-6
+    untied = [("t", "b")]  # bitsum without the slot share counts tied slots twice
+    form, proxy = form_and_proxy_scores(untied, "bitsum", *loaded)
+    assert spearmanr(form, proxy).statistic < 1.0 - 1e-6
