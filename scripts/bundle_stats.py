@@ -13,7 +13,7 @@ is first written into the bench's `stats_settings`, so a run that has the data c
 same statistics. `--omit-activations` keeps the bench's settings and leaves out the
 activation-shaped fields, recomputed from the data (which must ship with emq) in a second.
 Every file records in meta["source"] the bench's weights digest, data fingerprint and layers,
-and is written in the compact format (float16 with a scale per tensor, E derived as Q - W; see
+and is written in the compact format (float16 with a scale per tensor, LZMA-packed, E derived as Q - W; see
 emq.search_space.netstats), which `benchmarks/stats_compaction.py` checks moves no proxy's
 correlation by more than 0.002. `--rewrite-only` rewrites existing files in that format without
 recomputing them.

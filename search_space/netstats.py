@@ -21,13 +21,14 @@ On disk (`save_stats` / `load_stats`) the statistics are one torch file of plain
 lists, strings and numbers, loadable with ``torch.load(weights_only=True)`` (no pickle code
 runs), plus a content digest over every tensor and field: a truncated or altered file is
 rejected, never trusted. Caches store float32 (format 2). Shipped bundles store the compact
-format 3 (``compact=True``): every tensor as float16 divided by its largest magnitude (one
+format 4 (``compact=True``): every tensor as float16 divided by its largest magnitude (one
 float32 scale per tensor, so gradients and Fisher values far below float16's smallest normal
 number keep their relative precision), and ``E`` left out because it is ``Q - W`` (``Q`` is
 kept: the exact zeros of the quantization grid matter to proxies that take sqrt or log of
-it); loading restores float32. That halves a bundle; `benchmarks/stats_compaction.py`
-measures how far each proxy's correlation moves.
-rejected, never trusted.
+it); then each float16 tensor's bytes are LZMA-compressed (lossless; ``Q`` lies on a few grid
+points and shrinks to a third). Loading restores float32. A bundle is about a third of the
+float32 file; `benchmarks/stats_compaction.py` measures how far each proxy's correlation moves
+(only the float16 step can move it).
 
 A shipped bundle may leave out the activation-shaped fields (``meta["omitted"]``: they take
 a second to recompute from data that ships, and are most of a file's size); such a partial
@@ -38,9 +39,11 @@ file is read only with ``load_stats(path, partial=True)`` and completed before u
 from __future__ import annotations
 
 import json
+import lzma
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from emq.errors import EmqError
@@ -51,7 +54,7 @@ TENSOR_FIELDS = ("W", "G", "VG", "H", "A", "Y", "GY", "AE", "Q", "E", "SG", "FD"
 ACTIVATION_FIELDS = ("A", "Y", "GY", "AE")  # what a partial (shipped) file may leave out
 SCALAR_FIELDS = ("trace", "eig", "params", "macs", "out_channels")
 FORMAT = "emq-stats/2"
-COMPACT_FORMAT = "emq-stats/3"
+COMPACT_FORMAT = "emq-stats/4"
 DERIVED = ("E",)  # left out of compact files: E = Q_b(W) - W (Q is kept: its exact zeros matter to sqrt, log)
 
 
@@ -137,6 +140,16 @@ def _compact(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (t / scale).to(torch.float16), scale
 
 
+def _pack(t: torch.Tensor) -> torch.Tensor:
+    """A float16 tensor's bytes, LZMA-compressed, as a uint8 tensor (its shape goes in the header)."""
+    return torch.frombuffer(bytearray(lzma.compress(t.numpy().tobytes())), dtype=torch.uint8)
+
+
+def _unpack(packed: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    raw = np.frombuffer(lzma.decompress(packed.numpy().tobytes()), dtype=np.float16)
+    return torch.from_numpy(raw.copy()).reshape(shape)
+
+
 def save_stats(stats: NetworkStats, path: str | Path, compact: bool = False) -> Path:
     """Write statistics atomically (temp file + rename): a reader sees the old file or the new one.
     `compact` writes the bundle format (see the module docstring)."""
@@ -147,9 +160,12 @@ def save_stats(stats: NetworkStats, path: str | Path, compact: bool = False) -> 
         for f in TENSOR_FIELDS
         if not (compact and f in DERIVED)
     }
+    shapes = {}
     if compact:
         for key in list(tensors):
-            tensors[key], tensors[f"{key}/scale"] = _compact(tensors[key])
+            half, tensors[f"{key}/scale"] = _compact(tensors[key])
+            shapes[key] = list(half.shape)
+            tensors[key] = _pack(half)
     header = {
         "format": COMPACT_FORMAT if compact else FORMAT,
         "bits": list(stats.bits),
@@ -157,17 +173,20 @@ def save_stats(stats: NetworkStats, path: str | Path, compact: bool = False) -> 
         "names": stats.names,
         "scalars": [[float(getattr(layer, f)) for f in SCALAR_FIELDS] for layer in stats.layers],
         "meta": stats.meta,
+        **({"shapes": shapes} if compact else {}),
     }
     payload = {"header": json.dumps(header), "tensors": tensors, "digest": _digest(tensors, header)}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
 
 
-def _expand(tensors: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+def _expand(tensors: dict[str, torch.Tensor], shapes: dict[str, list[int]], i: int) -> dict[str, torch.Tensor]:
     """Layer i's float32 tensors of a compact file, derived fields restored."""
-    out = {
-        f: tensors[f"{i}/{f}"].to(torch.float32) * tensors[f"{i}/{f}/scale"] for f in TENSOR_FIELDS if f not in DERIVED
-    }
+    out = {}
+    for f in TENSOR_FIELDS:
+        if f not in DERIVED:
+            key = f"{i}/{f}"
+            out[f] = _unpack(tensors[key], shapes[key]).to(torch.float32) * tensors[f"{key}/scale"]
     out["E"] = out["Q"] - out["W"].unsqueeze(0)
     return out
 
@@ -203,7 +222,7 @@ def load_stats(path: str | Path, partial: bool = False) -> NetworkStats:
     layers = []
     for i, name in enumerate(header["names"]):
         scalars = dict(zip(SCALAR_FIELDS, header["scalars"][i], strict=True))
-        fields = _expand(tensors, i) if compact else {f: tensors[f"{i}/{f}"] for f in TENSOR_FIELDS}
+        fields = _expand(tensors, header["shapes"], i) if compact else {f: tensors[f"{i}/{f}"] for f in TENSOR_FIELDS}
         layers.append(
             LayerStats(
                 name=name,
