@@ -3,8 +3,10 @@
 A tree is a prefix token list: ("p", primitive name) | ("t", terminal name) | ("c", value).
 The fast path walks it once over the *packed* terminals (terminals.py), so all layers and
 all bits come out of one pass; reductions and per-layer standardisations become segment
-operations. `naive_config_score` is the slow reference (how EMQ scores: recompute the
-proxy layer by layer for every configuration) used by tests and benchmarks/search_speed.py.
+operations; the values of scalar subtrees are kept between trees (a campaign's offspring
+share most of them with their parents). `naive_config_score` is the slow reference (how EMQ
+scores: recompute the proxy layer by layer for every configuration) used by tests and
+benchmarks/search_speed.py.
 
 Network ops (normalizations over the network's layers, primitives.py) see every packed
 layer in the packed path; the per-layer reference computes their argument on every layer
@@ -15,16 +17,18 @@ degenerate trees, never for a fitness or a table.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from .netstats import NetworkStats
-from .primitives import EPS, PRIMITIVES, TERMINALS, PrimSpec
+from .primitives import EPS, PRIMITIVES, TERMINALS, PrimSpec, Scalar
 from .terminals import DEFAULT_ACT_SAMPLES, Packed, Segments, available_terminals, layer_terminal, pack
 
 Token = tuple[str, object]
+MEMO_ENTRIES = 8192  # scalar subtree values kept per pack (TableEvaluator): 4 MB for 22 layers x 3 bits
 
 
 def _segsum(x: torch.Tensor, sg: Segments) -> torch.Tensor:
@@ -100,24 +104,6 @@ def _apply_packed(p: PrimSpec, args: list[torch.Tensor], packed: Packed) -> torc
     return args[0] * _spread(args[1], sg)  # scale
 
 
-def walk(
-    tokens: Sequence[Token],
-    leaf: Callable[[Token], torch.Tensor],
-    apply: Callable[[PrimSpec, list[torch.Tensor]], torch.Tensor],
-    prims: dict[str, PrimSpec],
-) -> torch.Tensor:
-    """Evaluate a prefix token list bottom-up with an explicit stack (no eval, no compile)."""
-    stack: list[torch.Tensor] = []
-    for tok in reversed(tokens):
-        if tok[0] == "p":
-            p = prims[tok[1]]
-            args = [stack.pop() for _ in range(p.op.arity)]
-            stack.append(apply(p, args))
-        else:
-            stack.append(leaf(tok))
-    return stack[-1]
-
-
 def tree_terminals(tokens: Sequence[Token]) -> set[str]:
     return {str(t[1]) for t in tokens if t[0] == "t"}
 
@@ -127,8 +113,66 @@ def is_bit_dependent(tokens: Sequence[Token]) -> bool:
     return any(TERMINALS[n].bit_dependent for n in tree_terminals(tokens))
 
 
+class _Memo:
+    """Scalar values [Bk, L] of subtrees already evaluated on one pack, the least recently used overwritten.
+
+    A campaign's offspring share most of their subtrees with their parents (and reductions of the
+    same noise tensors recur everywhere), so a reduction is computed once, not once per candidate.
+    Evaluation is a pure function of the subtree: a value from the memo is the value computing it
+    again would give, bit for bit. Values live in one block allocated up front: many small tensors
+    held for long, between the large temporaries of tensor ops, made the allocator map fresh pages
+    for those temporaries (60x the page faults, tensor ops several times slower). Tensor-valued
+    subtrees are not kept for the same reason.
+    """
+
+    def __init__(self, entries: int, num_bits: int, num_layers: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.block = torch.empty(entries, num_bits, num_layers, device=device, dtype=dtype)
+        self.rows = self.block.unbind(0)  # one view per entry (indexing the block per call costs more)
+        self.where: OrderedDict[tuple[Token, ...], tuple[int, int]] = OrderedDict()  # key -> (entry, rows)
+
+    @property
+    def entries(self) -> int:
+        return int(self.block.shape[0])
+
+    def get(self, key: tuple[Token, ...]) -> torch.Tensor | None:
+        hit = self.where.get(key)
+        if hit is None:
+            return None
+        self.where.move_to_end(key)
+        return self.rows[hit[0]][: hit[1]]
+
+    def put(self, key: tuple[Token, ...], value: torch.Tensor) -> torch.Tensor:
+        """Keep `value` and return the kept copy. The entry overwritten is the least recently used:
+        never one read or written during the current tree while a tree has fewer nodes than entries."""
+        if len(self.where) < self.entries:
+            entry = len(self.where)
+        else:
+            entry = self.where.popitem(last=False)[1][0]
+        rows = int(value.shape[0])
+        kept = self.rows[entry][:rows]
+        kept.copy_(value)
+        self.where[key] = (entry, rows)
+        return kept
+
+
+def subtree_ends(tokens: Sequence[Token], prims: dict[str, PrimSpec]) -> list[int]:
+    """For every position of a prefix token list, the index just past the subtree starting there."""
+    ends = [0] * len(tokens)
+    pending: list[int] = []  # ends of the subtrees after the current position, nearest last
+    for i in range(len(tokens) - 1, -1, -1):
+        kind, v = tokens[i]
+        end = i + 1
+        if kind == "p":
+            for _ in range(prims[str(v)].op.arity):
+                end = pending.pop()
+        ends[i] = end
+        pending.append(end)
+    return ends
+
+
 class TableEvaluator:
-    """Evaluates trees over one NetworkStats: full tables, slot tables and cheap probes."""
+    """Evaluates trees over one NetworkStats: full tables, slot tables and cheap probes. The values
+    of scalar subtrees are kept (`_Memo`, `memo_entries` per pack): a population re-evaluates few."""
 
     def __init__(
         self,
@@ -139,6 +183,7 @@ class TableEvaluator:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float64,
         probe_layers: int = 3,
+        memo_entries: int = MEMO_ENTRIES,
     ) -> None:
         self.stats = stats
         self.prims = prims or PRIMITIVES
@@ -151,19 +196,45 @@ class TableEvaluator:
         self.probe_packed = pack(stats, self.terminals, picks, act_samples, device, dtype)
         self.layer_slot = torch.tensor(stats.layer_slot, device=self.device)
         self.num_slots = stats.num_slots
+        self._memos = {
+            id(pk): _Memo(memo_entries, pk.num_bits, pk.num_layers, self.device, dtype)
+            for pk in (self.packed, self.probe_packed)
+        }
+
+    def _value(self, tokens: Sequence[Token], pk: Packed) -> torch.Tensor:
+        """The root's packed value [Bk, L], scalar subtrees taken from the memo where they are there."""
+        toks = tuple(map(tuple, tokens))
+        ends = subtree_ends(toks, self.prims)
+        memo = self._memos.get(id(pk))
+        if memo is not None and len(toks) >= memo.entries:
+            memo = None
+
+        def value(i: int) -> torch.Tensor:
+            kind, v = toks[i]
+            if kind == "t":
+                return pk.values[str(v)]
+            scalar = kind == "c" or self.prims[str(v)].out_type is Scalar
+            key = toks[i : ends[i]]
+            out = memo.get(key) if scalar and memo is not None else None
+            if out is not None:
+                return out
+            if kind == "c":
+                out = torch.full((1, pk.num_layers), float(v), device=self.device, dtype=self.dtype)
+            else:
+                p = self.prims[str(v)]
+                args, j = [], i + 1
+                for _ in range(p.op.arity):
+                    args.append(value(j))
+                    j = ends[j]
+                out = _apply_packed(p, args, pk)
+            return memo.put(key, out) if scalar and memo is not None else out
+
+        return value(0).clone()  # the memo's block is overwritten later: the caller gets its own copy
 
     def layer_table(self, tokens: Sequence[Token], packed: Packed | None = None) -> torch.Tensor:
         """P[L, B] for the packed layers (all layers unless `packed` is the probe)."""
         pk = packed or self.packed
-        L = pk.num_layers
-
-        def leaf(tok: Token) -> torch.Tensor:
-            if tok[0] == "c":
-                return torch.full((1, L), float(tok[1]), device=self.device, dtype=self.dtype)
-            return pk.values[str(tok[1])]
-
-        out = walk(tokens, leaf, lambda p, a: _apply_packed(p, a, pk), self.prims)
-        return out.expand(pk.num_bits, L).T
+        return self._value(tokens, pk).expand(pk.num_bits, pk.num_layers).T
 
     def probe(self, tokens: Sequence[Token]) -> torch.Tensor:
         return self.layer_table(tokens, self.probe_packed)
@@ -203,7 +274,7 @@ def layer_value(
             return leaf(tokens[i]), i + 1
         p = prims[str(tokens[i][1])]
         if p.op.kind == "network":
-            end = subtree_end(tokens, i + 1, prims)
+            end = subtree_ends(tokens, prims)[i + 1]
             per = [
                 layer_value(tokens[i + 1 : end], stats, j, bit_index, prims, act_samples, dtype)
                 for j in range(len(stats.layers))
@@ -217,16 +288,6 @@ def layer_value(
         return p.op.fn(*args), j
 
     return rec(0)[0]
-
-
-def subtree_end(tokens: Sequence[Token], start: int, prims: dict[str, PrimSpec]) -> int:
-    """The index just past the subtree that starts at tokens[start] (prefix order)."""
-    need, i = 1, start
-    while need:
-        kind, v = tokens[i]
-        need += prims[str(v)].op.arity - 1 if kind == "p" else -1
-        i += 1
-    return i
 
 
 def naive_config_score(

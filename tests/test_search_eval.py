@@ -137,3 +137,19 @@ def test_the_cpu_segment_path_equals_the_generic_one(setting):
         if torch.isfinite(b).all():
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
             compared += 1
+
+
+def test_the_subtree_memo_gives_what_computing_again_gives(setting):
+    """Tables with the memo (a small one: entries are overwritten all the time) equal, bit for bit,
+    tables computed from scratch, on a second pass over the same trees (hits) as on the first."""
+    stats, _, _ = setting
+    space = make_space()
+    plain = TableEvaluator(stats, space.terminals, space.prims, memo_entries=0)
+    memo = TableEvaluator(stats, space.terminals, space.prims, memo_entries=48)
+    random.seed(7)
+    trees = [to_tokens(gen_half_and_half(space, 2, 5)) for _ in range(60)]
+    for t in trees + trees[::-1]:
+        for a, b in ((plain.table(t), memo.table(t)), (plain.probe(t), memo.probe(t))):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    assert not plain._memos[id(plain.packed)].where
+    assert len(memo._memos[id(memo.packed)].where) == 48  # full: every later value overwrote an older one
