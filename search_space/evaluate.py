@@ -172,7 +172,8 @@ def subtree_ends(tokens: Sequence[Token], prims: dict[str, PrimSpec]) -> list[in
 
 class TableEvaluator:
     """Evaluates trees over one NetworkStats: full tables, slot tables and cheap probes. The values
-    of scalar subtrees are kept (`_Memo`, `memo_entries` per pack): a population re-evaluates few."""
+    of scalar subtrees are kept (`_Memo`, `memo_entries` per pack, default MEMO_ENTRIES, 0 = none): a
+    population re-evaluates few."""
 
     def __init__(
         self,
@@ -183,7 +184,7 @@ class TableEvaluator:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float64,
         probe_layers: int = 3,
-        memo_entries: int = MEMO_ENTRIES,
+        memo_entries: int | None = None,
     ) -> None:
         self.stats = stats
         self.prims = prims or PRIMITIVES
@@ -197,7 +198,9 @@ class TableEvaluator:
         self.layer_slot = torch.tensor(stats.layer_slot, device=self.device)
         self.num_slots = stats.num_slots
         self._memos = {
-            id(pk): _Memo(memo_entries, pk.num_bits, pk.num_layers, self.device, dtype)
+            id(pk): _Memo(
+                MEMO_ENTRIES if memo_entries is None else memo_entries, pk.num_bits, pk.num_layers, self.device, dtype
+            )
             for pk in (self.packed, self.probe_packed)
         }
 
