@@ -95,11 +95,8 @@ class SplitTarget:
         return self.configs.shape[0]
 
     def scores(self, table: torch.Tensor) -> np.ndarray:
-        """score[n] = sum_s table[s, config_n[s]] for every configuration of the split (in numpy: the
-        table is small, and torch's per-call cost would be most of the time). An overflow gives inf
-        silently, as in torch: callers check the scores are finite."""
-        with np.errstate(over="ignore", invalid="ignore"):
-            return table.detach().reshape(-1).cpu().numpy()[self.flat_idx.cpu().numpy()].sum(1)
+        """score[n] = sum_s table[s, config_n[s]] for every configuration of the split."""
+        return table.reshape(-1)[self.flat_idx.to(table.device)].sum(1).cpu().numpy()
 
     def spearman(self, scores: np.ndarray) -> float:
         """Spearman rho against the split's precomputed target ranks (NaN if scores constant)."""
