@@ -7,12 +7,13 @@ all of them, a candidate scored on every one), in the same run:
    Spearman correlation over every search configuration;
 2. screened path: the same candidates through compatibility screening (static + probe), on
    all benches at once (what a campaign's evaluator does);
-3. the reference: the screened path recomputing every subtree (no subtree memo, as before the
-   memo), and how far its fitness is from the fast path's (Spearman of the per-bench rhos over
-   up to --agreement random valid candidates, target >= 0.999; the max absolute difference);
+3. the reference: the screened path recomputing every subtree (no subtree memo) with glibc's
+   allocator as it is (emq.allocator), as before both, timed first; and how far its fitness
+   is from the fast path's (Spearman of the per-bench rhos over up to --agreement random
+   valid candidates, target >= 0.999; the max absolute difference);
 4. a real campaign (generations x population) over all the benches, with screening and the
-   fitness cache, then the same campaign on the reference path: rates, and whether both found
-   the same hall of fame;
+   fitness cache, and the same campaign on the reference path (run first): rates, and whether
+   both found the same hall of fame;
 5. the naive evaluator on the first bench: the proxy recomputed layer by layer for every
    configuration (how EMQ scores), timed on a sample and extrapolated to the split.
 
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
-from emq.evolution import ProxySearch
+from emq.evolution import ProxySearch, evaluator
 from emq.evolution.estimator import _statistics, load_fitness_data
 from emq.evolution.evaluator import CandidateEvaluator
 from emq.fileio import atomic_write_text
@@ -54,12 +55,17 @@ from emq.search_space.terminals import DEFAULT_ACT_SAMPLES
 
 @contextmanager
 def _reference() -> Iterator[None]:
-    """Evaluators built inside recompute every subtree (no memo): the reference path."""
+    """Evaluators built inside recompute every subtree (no memo) and leave glibc's allocator as it is:
+    the path before both. The allocator setting is process-wide and cannot be undone, so every
+    reference timing runs before the first fast evaluator is built."""
     kept, evaluate.MEMO_ENTRIES = evaluate.MEMO_ENTRIES, 0
+    keep = evaluator.keep_freed_memory
+    evaluator.keep_freed_memory = lambda: False
     try:
         yield
     finally:
         evaluate.MEMO_ENTRIES = kept
+        evaluator.keep_freed_memory = keep
 
 
 def _load() -> float:
@@ -118,7 +124,6 @@ def main() -> None:
     random.seed(args.seed)
     trees = [to_tokens(gen_half_and_half(space, 1, 4)) for _ in range(args.candidates)]
     campaign_data = [d.for_campaign() for d in datas]
-    ce = CandidateEvaluator(stats, campaign_data, space, act_samples=DEFAULT_ACT_SAMPLES)
     res: dict = {
         "benches": names,
         "search_configs": [len(d.search) for d in datas],
@@ -127,6 +132,13 @@ def main() -> None:
         "load_before": [round(x, 2) for x in os.getloadavg()],
     }
 
+    with _reference():
+        reference = CandidateEvaluator(stats, campaign_data, space, act_samples=DEFAULT_ACT_SAMPLES)
+        res["reference_screened"], _ = _rate(reference, trees)
+        if not args.no_reference_campaign:
+            res["reference_campaign"] = _campaign(args, datas, stats)
+
+    ce = CandidateEvaluator(stats, campaign_data, space, act_samples=DEFAULT_ACT_SAMPLES)
     t0, l0 = time.perf_counter(), _load()
     with torch.no_grad():
         for t in trees:
@@ -137,9 +149,6 @@ def main() -> None:
     ce = CandidateEvaluator(stats, campaign_data, space, act_samples=DEFAULT_ACT_SAMPLES)  # fresh: an empty memo
     res["screened"], outs = _rate(ce, trees)
     res["screened_valid_share"] = float(np.mean([o.valid for o in outs]))
-    with _reference():
-        reference = CandidateEvaluator(stats, campaign_data, space, act_samples=DEFAULT_ACT_SAMPLES)
-    res["reference_screened"], _ = _rate(reference, trees)
     res["speedup_screened_vs_reference"] = res["screened"]["per_s"] / res["reference_screened"]["per_s"]
     res["speedup_screened_vs_reference_cpu"] = res["screened"]["per_cpu_s"] / res["reference_screened"]["per_cpu_s"]
 
@@ -175,8 +184,6 @@ def main() -> None:
 
     res["campaign"] = _campaign(args, datas, stats)
     if not args.no_reference_campaign:
-        with _reference():
-            res["reference_campaign"] = _campaign(args, datas, stats)
         ref_c = res["reference_campaign"]
         res["campaign_speedup_vs_reference"] = res["campaign"]["candidates_per_s"] / ref_c["candidates_per_s"]
         res["campaign_same_as_reference"] = (

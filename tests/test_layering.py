@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
             "emq.resources",
             "emq.device",
             "emq.threads",
+            "emq.allocator",
             "emq.bench.bundles",  # the table of shipped files (stats too): used by search_space.shipped
         ),
         (),

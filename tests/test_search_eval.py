@@ -153,3 +153,13 @@ def test_the_subtree_memo_gives_what_computing_again_gives(setting):
             torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
     assert not plain._memos[id(plain.packed)].where
     assert len(memo._memos[id(memo.packed)].where) == 48  # full: every later value overwrote an older one
+
+
+@pytest.mark.skipif(
+    not __import__("platform").libc_ver()[0].startswith("glibc"), reason="the allocator setting is for glibc"
+)
+def test_fitness_processes_keep_freed_memory():
+    """On glibc the thresholds are set (libc found, mallopt accepted both), once per process."""
+    from emq.allocator import keep_freed_memory
+
+    assert keep_freed_memory() is True and keep_freed_memory() is True

@@ -25,6 +25,7 @@ from emq.search_space.evaluate import TableEvaluator, Token, is_bit_dependent
 from emq.search_space.netstats import NetworkStats
 from emq.search_space.pset import SearchSpace
 
+from ..allocator import keep_freed_memory
 from ..fitness import FitnessData, average_ranks
 from ..specs import ParameterError
 from .screening import table_problem
@@ -144,6 +145,7 @@ class CandidateEvaluator:
         aggregate_k: float = 1.0,
     ) -> None:
         all_stats, all_data = as_tuple(stats), as_tuple(data)
+        keep_freed_memory()
         if len(all_stats) != len(all_data):
             raise ParameterError("stats", len(all_stats), f"give one statistics per bench ({len(all_data)})")
         check_aggregate(aggregate, aggregate_k)
