@@ -78,6 +78,7 @@ from .tables import markdown_table as markdown_table
 from .target import ModelSpec, as_model_spec, resolve_target
 from .threads import set_threads as set_threads
 from .threads import threads_restored as threads_restored
+from .transfer import DEFAULT_PROTOCOLS as DEFAULT_PROTOCOLS
 from .transfer import PROTOCOLS as PROTOCOLS
 from .transfer import SEEDS as SEEDS
 from .transfer import WHOLE_CONFIG as WHOLE_CONFIG

@@ -5,8 +5,10 @@ report test pool. Only held-out x report is data no choice has seen; it is shown
 seeded 95 % bootstrap interval (resampling configurations and test sources), next to the
 report pool's ceiling (sqrt of its reliability), the within-bench supervised reference
 (ridge on one-hot features) and each proxy's *paired* difference to the best hand-made
-proxy, which is chosen on search x fit. "A beats B" only where that paired interval
-excludes 0. Separable proxies score every configuration (one gather-sum); whole-configuration
+proxy: the faithful statistics-only proxy with the highest search x fit correlation
+(measured-sensitivity and whole-configuration proxies spend PTQ runs on data, so they are
+rows with their cost, never "the best hand-made"). "A beats B" only where that paired
+interval excludes 0. Separable proxies score every configuration (one gather-sum); whole-configuration
 proxies quantize the network per configuration, so they score a seeded sample of at most
 `limit` configurations per split.
 """
@@ -126,7 +128,7 @@ class ScoreReport:
             f"bench {self.bench} ({self.model}), metric {self.metric}; {pools}.",
             f"held-out x report ({held} configurations): the only cell no choice has seen; [95 % bootstrap interval, {self.resamples} resamples of configurations and test sources].",
             f"ceiling {ceiling}: sqrt of the report pool's reliability (test split-half and calibration retest combined), about the best a perfect predictor reaches.",
-            f"Δ: paired difference to the best hand-made proxy chosen on search x fit ({self.best_handmade or 'none'}); a proxy beats it only where the interval excludes 0.",
+            f"Δ: paired difference to the best statistics-only hand-made proxy chosen on search x fit ({self.best_handmade or 'none'}); a proxy beats it only where the interval excludes 0.",
         ]
         if any(p.setup for p in self.proxies):
             lines.append(
@@ -382,22 +384,22 @@ def score(
             t0 = time.perf_counter()
             stats = setup.network_stats(progress, device)
             stats_seconds = time.perf_counter() - t0
+        ctx = ProxyContext(target, tuple(b.bits), settings, stats, device=device)
         skipped = {}
-        if target.data is None:  # a bundle without its data: whole-configuration proxies quantize the model on it
+        if target.data is None:  # a bundle without its data: proxies that quantize the model on it are skipped
             skipped = {
                 p.name: "needs the bench's data (it quantizes the model on it); install the data or pass --data"
                 for p in instances
-                if p.needs_data
+                if p.needs_data_for(ctx)
             }
             for name, reason in skipped.items():
                 log.warning("not scoring %s: %s", name, reason)
-            keep = [i for i, p in enumerate(instances) if not p.needs_data]
+            keep = [i for i, p in enumerate(instances) if p.name not in skipped]
             instances, kinds = [instances[i] for i in keep], [kinds[i] for i in keep]
             if not instances:
                 raise EmqError(
                     f"bench {b.path}: its data is not installed, and every proxy asked for ({', '.join(skipped)}) needs it; install the data or pass --data"
                 )
-        ctx = ProxyContext(target, tuple(b.bits), settings, stats, device=device)
         whole_ctx = ProxyContext(
             target, tuple(b.bits), settings, device=device
         )  # without statistics: what executors ship to workers
@@ -444,13 +446,11 @@ def score(
                     (time.perf_counter() - t0) / len(rows),
                 )
             )
-        faithful = {p.name for p in instances if p.faithful}
+        eligible = {p.name for p in instances if p.faithful and p.statistics_only}
         handmade = [
             p
             for p in results
-            if p.kind in ("separable", "whole-config")
-            and p.name in faithful
-            and p.correlations["spearman_search_fit"] is not None
+            if p.kind == "separable" and p.name in eligible and p.correlations["spearman_search_fit"] is not None
         ]
         best = max(handmade, key=lambda p: p.correlations["spearman_search_fit"], default=None)
         if best is not None:

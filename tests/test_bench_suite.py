@@ -203,7 +203,8 @@ def test_shipped_bundles_are_listed_with_their_figures(capsys):
 
 @pytest.mark.parametrize("name", [n for n, b in BUNDLES.items() if b.stats and b.path.is_file()])
 def test_bundled_benches_score_without_their_data(name, monkeypatch, capsys):
-    """`emq score --bench NAME` runs from the bundle alone: data loading is made to fail."""
+    """`emq score --bench NAME` runs from the bundle alone (statistics and measured sensitivity):
+    data loading is made to fail."""
     import emq.data
 
     def no_data(spec, input_size=224):
@@ -211,13 +212,14 @@ def test_bundled_benches_score_without_their_data(name, monkeypatch, capsys):
 
     monkeypatch.setattr(emq.data, "load_data", no_data)
     monkeypatch.setattr("emq.target.load_data", no_data)
-    code = main(["score", "--bench", name, "--proxies", "hawq-v2,gmpq", "--resamples", "50", "--json"])
+    code = main(["score", "--bench", name, "--proxies", "hawq-v2,layer-kl,gmpq", "--resamples", "50", "--json"])
     if load_stats(BUNDLES[name].stats_path, partial=True).omitted:  # its data ships with emq: only the costly part does
         assert code == 2 and "pass --data" in capsys.readouterr().err
         return
     assert code == 0
     report = json.loads(capsys.readouterr().out)
-    assert [p["name"] for p in report["proxies"]][0] == "hawq-v2" and "gmpq" in report["skipped"]
+    # the bundle carries the measured sensitivity: layer-kl scores too; the whole-configuration proxy cannot
+    assert [p["name"] for p in report["proxies"]][:2] == ["hawq-v2", "layer-kl"] and list(report["skipped"]) == ["gmpq"]
     b = Bench.open(name)
     assert report["metric"] == b.default_metric
 

@@ -20,12 +20,14 @@ from emq.layermap import build_layer_map
 from emq.proxy import ProxyContext
 from emq.quant import PTQEngine, PTQSettings
 from emq.search_space.evaluate import TableEvaluator
+from emq.search_space.primitives import MEASURED_KEY
 from emq.sensitivity import (
     SensitivitySettings,
     _image_pool,
     attach_sensitivity,
     measure_sensitivity,
     split_half,
+    stored_sensitivity,
 )
 from emq.target import Target
 
@@ -387,3 +389,27 @@ def test_score_table_shows_each_proxys_one_off_cost():
     cost = [r[headers.index("one-off cost")] for r in rows]
     assert cost == ["312 s = 24.1 PTQ evals", "40 s (shared statistics)", "-"]
     assert "PTQ-equivalent evaluations" in report.to_markdown()
+
+
+def test_statistics_carrying_the_measurement_score_layer_kl_without_data(setup, tmp_path, monkeypatch):
+    """A bundle's statistics carry the tables (attach_sensitivity): layer-kl then needs no data and
+    gives the measured table; other PTQ settings or measurement settings are not taken from them."""
+    from tests.conftest import real_stats
+
+    net, lm, data = setup
+    ptq = PTQSettings(calib_size=40, batch_size=32)
+    sens = measure_sensitivity(net, lm, data, BITS, ptq, cache_dir=tmp_path)
+    x, y = data.calib_pool
+    stats = attach_sensitivity(real_stats(net, lm, x[:8], y[:8], bits=BITS), sens)
+    assert stored_sensitivity(stats, BITS, PTQSettings(calib_size=48, batch_size=32)) is None  # other PTQ
+    assert stored_sensitivity(stats, BITS[:1], ptq) is None
+    stats.meta[MEASURED_KEY]["settings"] = {**stats.meta[MEASURED_KEY]["settings"], "max_images": 8}
+    assert stored_sensitivity(stats, BITS, ptq) is None  # measured with other settings
+    attach_sensitivity(stats, sens)
+    no_data = ProxyContext(Target("toy", net, lm, None), BITS, ptq, stats)
+    proxy = get_proxy("layer-kl")
+    assert proxy.needs_data and not proxy.needs_data_for(no_data) and not proxy.statistics_only
+    np.testing.assert_array_equal(proxy.table(no_data), sens.tables["kl"])
+    assert proxy.setup_cost(no_data)["single_slot_evaluations"] == lm.num_slots * len(BITS)
+    bare = ProxyContext(Target("toy", net, lm, None), BITS, ptq, real_stats(net, lm, x[:8], y[:8], bits=BITS))
+    assert proxy.needs_data_for(bare)

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..api import (
+    DEFAULT_PROTOCOLS,
     DEFAULT_RESAMPLES,
     PROTOCOLS,
     PROXIES,
@@ -46,7 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     seeds = ",".join(map(str, SEEDS))
     p.add_argument("--seeds", default=seeds, help=f"campaign seeds per cell (default {seeds})")
     add_field_args(p, TRANSFER_CAMPAIGN, ("generations", "population", "aggregate"))
-    p.add_argument("--protocols", default=",".join(PROTOCOLS), help="leave-one-out, single or both (default both)")
+    p.add_argument(
+        "--protocols",
+        default=",".join(DEFAULT_PROTOCOLS),
+        help=f"comma-separated, of {', '.join(PROTOCOLS)} (default {','.join(DEFAULT_PROTOCOLS)})",
+    )
     p.add_argument(
         "--whole-config",
         default=",".join(WHOLE_CONFIG),
@@ -84,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     protocols = _names(args.protocols, "--protocols")
     bad = [x for x in protocols if x not in PROTOCOLS]
     if bad:
-        raise EmqError(f"--protocols {args.protocols}: unknown {', '.join(bad)}; use leave-one-out and/or single")
+        raise EmqError(f"--protocols {args.protocols}: unknown {', '.join(bad)}; use some of {', '.join(PROTOCOLS)}")
     try:
         seeds = [int(s) for s in _names(args.seeds, "--seeds")]
     except ValueError as e:
