@@ -16,7 +16,7 @@ import os
 import time
 
 from emq.evolution.engine import TRANSFER_CAMPAIGN
-from emq.transfer import PROTOCOLS, SEEDS, WHOLE_CONFIG, WHOLE_LIMIT, TransferStudy
+from emq.transfer import DEFAULT_PROTOCOLS, SEEDS, WHOLE_CONFIG, WHOLE_LIMIT, TransferStudy
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--generations", type=int, default=TRANSFER_CAMPAIGN.generations)
     ap.add_argument("--population", type=int, default=TRANSFER_CAMPAIGN.population)
-    ap.add_argument("--protocols", default=",".join(PROTOCOLS))
+    ap.add_argument("--protocols", default=",".join(DEFAULT_PROTOCOLS))
     ap.add_argument("--aggregate", default=TRANSFER_CAMPAIGN.aggregate)
     ap.add_argument("--whole-limit", type=int, default=WHOLE_LIMIT)
     ap.add_argument("--out", default="runs/transfer")

@@ -44,6 +44,10 @@ from .executors import Executor, make_executor
 from .executors import executor_classes as executor_classes
 from .fileio import os_reason as os_reason
 from .fileio import writable_dir as writable_dir
+from .frontier import BUDGETS as BUDGETS
+from .frontier import DRAWS as DRAWS
+from .frontier import FrontierResult as FrontierResult
+from .frontier import FrontierStudy as FrontierStudy
 from .layermap import LayerMap
 from .models import build_model as build_model
 from .pipeline_demo import demo
@@ -98,6 +102,8 @@ __all__ = [
     "Bench",
     "EmqError",
     "Executor",
+    "FrontierResult",
+    "FrontierStudy",
     "HallOfFame",
     "ModelSpec",
     "PTQEngine",

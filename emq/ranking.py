@@ -238,7 +238,7 @@ def _proxy_scores(proxy: Proxy, ctx: ProxyContext, configs: np.ndarray) -> tuple
     return np.asarray(scores, dtype=np.float64), (time.perf_counter() - t0) / max(len(configs), 1)
 
 
-class _Cells:
+class ReportCells:
     """The bench's oriented metric on each pool and the masks of the four cells."""
 
     def __init__(self, bench: Any, metric: str, resamples: int) -> None:
@@ -378,7 +378,7 @@ def score(
             raise EmqError("no proxy to score: give --proxies and/or --proxy FILE")
         setup = BenchSetup.of(b, as_model_spec(model, data, weights))
         target, settings = setup.target, setup.ptq
-        cells = _Cells(b, metric, resamples)
+        cells = ReportCells(b, metric, resamples)
         stats_seconds = 0.0
         if stats is None and any(p.separable for p in instances):
             t0 = time.perf_counter()
@@ -492,7 +492,7 @@ def paired_difference(report: ScoreReport, a: ProxyScore, b: ProxyScore) -> dict
     hand-made one, e.g. two evolved proxies."""
     from .bench import Bench
 
-    return _Cells(Bench.open(report.bench), report.metric, report.resamples).paired(a, b)
+    return ReportCells(Bench.open(report.bench), report.metric, report.resamples).paired(a, b)
 
 
 # ------------------------------------------------------------------------------ output
