@@ -23,6 +23,7 @@ from .allocation import Allocation, Allocator, allocate, load_bitmap, save_bitma
 from .allocation import Budget as Budget
 from .allocation import allocator_for as allocator_for
 from .allocation import parse_sweep as parse_sweep
+from .allocation.allocator import auto_or as auto_or
 from .allocation.allocator import resolve_proxy as resolve_proxy
 from .allocation.kinds import budget_kinds as budget_kinds
 from .allocation.kinds import get_kind as get_kind
