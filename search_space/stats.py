@@ -90,6 +90,7 @@ from .hessian import (
     PowerIterationResult,
     hutchinson,
     power_iteration,
+    twice_differentiable,
 )
 from .netstats import FORMAT, TENSOR_FIELDS, LayerStats, NetworkStats, load_stats, save_stats
 from .shipped import find_shipped
@@ -440,15 +441,16 @@ def _compute(
 
     xh, yh = x[: s.hessian_images], y[: s.hessian_images]
     hb = s.hessian_batch_size
-    problem = HessianProblem(
-        work, [m.weight for m in layers], [(xh[i : i + hb], yh[i : i + hb]) for i in range(0, xh.shape[0], hb)]
-    )
-    hutch = hutchinson(problem, s.hessian_min_probes, s.hessian_max_probes, s.hessian_tol, s.seed, progress)
-    lap("hessian_trace_diag")
-    power = power_iteration(problem, s.eig_iters, s.eig_tol, s.seed, progress) if s.eig_iters > 0 else None
-    eig = power.eig if power is not None else np.zeros(len(layers))
-    del problem
-    lap("hessian_eig")
+    with twice_differentiable(work):
+        problem = HessianProblem(
+            work, [m.weight for m in layers], [(xh[i : i + hb], yh[i : i + hb]) for i in range(0, xh.shape[0], hb)]
+        )
+        hutch = hutchinson(problem, s.hessian_min_probes, s.hessian_max_probes, s.hessian_tol, s.seed, progress)
+        lap("hessian_trace_diag")
+        power = power_iteration(problem, s.eig_iters, s.eig_tol, s.seed, progress) if s.eig_iters > 0 else None
+        eig = power.eig if power is not None else np.zeros(len(layers))
+        del problem
+        lap("hessian_eig")
     convergence = _convergence(hutch, power, s)
     _warn_unconverged(convergence, names)
     trace = _apply_trace_policy(hutch.trace, names, s.negative_trace)
