@@ -51,6 +51,7 @@ from .frontier import FrontierResult as FrontierResult
 from .frontier import FrontierStudy as FrontierStudy
 from .layermap import LayerMap
 from .models import build_model as build_model
+from .pipeline_demo import DEMO_EVALUATIONS as DEMO_EVALUATIONS
 from .pipeline_demo import demo
 from .quant import PTQEngine, PTQSettings, QuantResult
 from .quantizers import QUANTIZERS as QUANTIZERS

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..api import (
     DEMO_CAMPAIGN,
+    DEMO_EVALUATIONS,
     EmqError,
     SearchConfig,
     demo,
@@ -31,6 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--budget-avg-bits", type=float, default=3.0, help="average weight bits of the allocation budget (default 3.0)"
     )
+    p.add_argument(
+        "--evaluations",
+        type=int,
+        default=DEMO_EVALUATIONS,
+        help=f"PTQ evaluations `auto` may spend on the network for its second allocation (default {DEMO_EVALUATIONS}; "
+        "0: only its zero-evaluation choice)",
+    )
     add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run)
@@ -43,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         bench, args.bench, "default", model_is_fixed=True
     )  # a bad bench is refused before the statistics
     SearchConfig(generations=args.generations, population=args.population)  # and so are bad search sizes
+    if args.evaluations < 0:
+        raise EmqError(f"--evaluations {args.evaluations}: use 0 or a positive number of PTQ evaluations")
     if not min(bench.bits) <= args.budget_avg_bits <= max(bench.bits):
         raise EmqError(
             f"--budget-avg-bits {args.budget_avg_bits:g}: use a value from {min(bench.bits)} to {max(bench.bits)}, the bench's bit-widths"
@@ -54,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         population=args.population,
         seed=args.seed,
         budget_avg_bits=args.budget_avg_bits,
+        evaluations=args.evaluations,
         progress=not (args.json or args.quiet),
         device=args.device,
     )
