@@ -35,7 +35,7 @@ from sklearn.linear_model import RidgeCV
 from sklearn.preprocessing import StandardScaler
 
 from .errors import EmqError
-from .fileio import atomic_write_text, ensure_dir
+from .fileio import atomic_write, atomic_write_text, ensure_dir
 from .specs import ParameterError
 from .supervised import ALPHAS, OneHotRidge
 from .uncertainty import DEFAULT_RESAMPLES
@@ -185,10 +185,8 @@ class FrontierResult:
         for ax in list(axes.flat)[n:]:
             ax.axis("off")
         fig.tight_layout()
-        tmp = path.with_name(path.name + ".tmp.png")
-        fig.savefig(tmp, dpi=110)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
         plt.close(fig)
-        tmp.replace(path)
         return path
 
 
@@ -241,7 +239,6 @@ class FrontierStudy:
         return out
 
     def run(self) -> FrontierResult:
-
         reports = self._reports()
         result = FrontierResult(
             settings={

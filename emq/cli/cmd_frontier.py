@@ -9,19 +9,12 @@ from pathlib import Path
 
 from ..api import BUDGETS, DEFAULT_RESAMPLES, DRAWS, Bench, EmqError, FrontierStudy
 from .commands import COMMANDS
-from .common import check_out_dir, emit_json
-
-
-def _items(text: str, flag: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise EmqError(f"{flag} {text!r}: give comma-separated values")
-    return items
+from .common import check_out_dir, comma_list, emit_json
 
 
 def _ints(text: str, flag: str) -> list[int]:
     try:
-        return [int(t) for t in _items(text, flag)]
+        return [int(t) for t in comma_list(text, flag)]
     except ValueError as e:
         raise EmqError(f"{flag} {text!r}: give comma-separated non-negative integers") from e
 
@@ -54,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
-    benches = _items(args.benches, "--benches")
+    benches = comma_list(args.benches, "--benches")
     budgets = _ints(args.budgets, "--budgets")
     if any(k < 0 for k in budgets):
         raise EmqError(f"--budgets {args.budgets}: give comma-separated non-negative integers")
@@ -64,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.whole_limit < 0:
         raise EmqError(f"--whole-limit {args.whole_limit}: use 0 (skip) or a positive number")
     evolved = {}
-    for item in _items(args.evolved, "--evolved") if args.evolved.strip() else []:
+    for item in comma_list(args.evolved, "--evolved") if args.evolved.strip() else []:
         bench, sep, path = item.partition("=")
         if not sep or not Path(path).is_file():
             raise EmqError(f"--evolved {item!r}: give BENCH=PROXY.json with an existing proxy file")

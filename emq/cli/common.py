@@ -310,3 +310,11 @@ def check_bench_for_search(bench: Any, spec: str, model: str | None, model_is_fi
                 f"{MIN_SPLIT} (one configuration in five is held out): build a larger bench"
             )
     return built_for
+
+
+def comma_list(text: str, flag: str) -> list[str]:
+    """The non-empty comma-separated items of a flag's value; EmqError naming the flag if none."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise EmqError(f"{flag} {text!r}: give comma-separated values")
+    return items
