@@ -2,8 +2,8 @@
 
 `emq layers` -> `layers`, `emq quantize` -> `quantize`, `emq bench build|info|import|export`
 -> `bench_build` / `bench_info` / `bench_import` / `bench_export` (and `Bench` for queries),
-`emq stats` -> `stats`, `emq search` -> `search` (and the estimator `ProxySearch`), `emq export` -> `export`, `emq score` ->
-`score`, `emq allocate` -> `allocate` / `sweep`, `emq demo` -> `demo`.
+`emq stats` -> `stats`, `emq search` -> `search` (and the estimator `ProxySearch`), `emq export` -> `export`,
+`emq score` -> `score`, `emq allocate` -> `allocate` / `sweep`, `emq demo` -> `demo`.
 
 The CLI (emq.cli) reaches the library only through this module (tests/test_layering.py): besides
 `__all__` it uses the names re-exported below as `from .x import name as name` and the aliases

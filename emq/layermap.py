@@ -81,7 +81,8 @@ class LayerMap:
         bits = tuple(int(b) for b in bits)
         if len(bits) != self.num_slots:
             raise EmqError(
-                f"{what}: {len(bits)} bit-widths given, but {self.model} has {self.num_slots} slots (see `emq layers --model {self.model}`)"
+                f"{what}: {len(bits)} bit-widths given, but {self.model} has {self.num_slots} slots "
+                f"(see `emq layers --model {self.model}`)"
             )
         return tuple(check_weight_bits(b, "bits") for b in bits)
 

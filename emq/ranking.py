@@ -117,22 +117,28 @@ class ScoreReport:
         ceiling = "not measured" if self.ceiling is None else f"{self.ceiling:.3f}"
         held = next((p.n.get(REPORT_CELL) for p in self.proxies if p.kind != "whole-config"), None)
         if self.pools:
-            pools = f"fit pool {self.pools['fit']['images']} images / {self.pools['fit']['sources']} sources, report pool {self.pools['report']['images']} / {self.pools['report']['sources']}"
+            pools = (
+                f"fit pool {self.pools['fit']['images']} images / {self.pools['fit']['sources']} sources, report "
+                f"pool {self.pools['report']['images']} / {self.pools['report']['sources']}"
+            )
         else:
             pools = "no per-image outcomes: fit and report are the same test images (held-out numbers are optimistic)"
         lines = [
             markdown_table(headers, rows),
             "",
             f"bench {self.bench} ({self.model}), metric {self.metric}; {pools}.",
-            f"held-out x report ({held} configurations): the only cell no choice has seen; [95 % bootstrap interval, {self.resamples} resamples of configurations and test sources].",
-            f"ceiling {ceiling}: sqrt of the report pool's reliability (test split-half and calibration retest combined), about the best a perfect predictor reaches.",
-            f"Δ: paired difference to the best hand-made proxy chosen on search x fit ({self.best_handmade or 'none'}); a proxy beats it only where the interval excludes 0.",
+            f"held-out x report ({held} configurations): the only cell no choice has seen; [95 % bootstrap "
+            f"interval, {self.resamples} resamples of configurations and test sources].",
+            f"ceiling {ceiling}: sqrt of the report pool's reliability (test split-half and calibration retest "
+            "combined), about the best a perfect predictor reaches.",
+            "Δ: paired difference to the best hand-made proxy chosen on search x fit "
+            f"({self.best_handmade or 'none'}); a proxy beats it only where the interval excludes 0.",
         ]
         if any(p.setup for p in self.proxies):
             lines.append(
-                "one-off cost: seconds the proxy spent once on this model when its inputs were computed (a cached result "
-                "only loads), in PTQ-equivalent evaluations: seconds / one PTQ evaluation (quantize one configuration, "
-                "evaluate the test split), timed by the measured proxies' computation."
+                "one-off cost: seconds the proxy spent once on this model when its inputs were computed (a cached "
+                "result only loads), in PTQ-equivalent evaluations: seconds / one PTQ evaluation (quantize one "
+                "configuration, evaluate the test split), timed by the measured proxies' computation."
             )
         if self.skipped:
             lines.append("not scored: " + "; ".join(f"{n} ({why})" for n, why in self.skipped.items()) + ".")
@@ -395,7 +401,8 @@ def score(
             instances, kinds = [instances[i] for i in keep], [kinds[i] for i in keep]
             if not instances:
                 raise EmqError(
-                    f"bench {b.path}: its data is not installed, and every proxy asked for ({', '.join(skipped)}) needs it; install the data or pass --data"
+                    f"bench {b.path}: its data is not installed, and every proxy asked for ({', '.join(skipped)}) "
+                    "needs it; install the data or pass --data"
                 )
         ctx = ProxyContext(target, tuple(b.bits), settings, stats, device=device)
         whole_ctx = ProxyContext(
@@ -620,7 +627,8 @@ def _scatter(p: ProxyScore, metric: str, path: str) -> None:
     ax.set_xlabel(f"{p.name} score" + (" (lower predicts better)" if p.orientation < 0 else ""))
     ax.set_ylabel(f"{metric} on the report pool")
     ax.set_title(
-        f"{p.name}: held-out×report ρ = {'n/a' if rho is None else f'{rho:.3f}'} (all {len(p.scores)} scored configurations shown)"
+        f"{p.name}: held-out×report ρ = {'n/a' if rho is None else f'{rho:.3f}'} (all {len(p.scores)} scored "
+        "configurations shown)"
     )
     fig.tight_layout()
     fig.savefig(path, format="png")

@@ -24,7 +24,8 @@ class Target:
     def require_data(self) -> DataSplits:
         if self.data is None:
             raise EmqError(
-                f"model {self.name} has no data: pass --data (an ImageFolder or CIFAR-10 directory); nothing is downloaded"
+                f"model {self.name} has no data: pass --data (an ImageFolder or CIFAR-10 directory); nothing is "
+                "downloaded"
             )
         return self.data
 

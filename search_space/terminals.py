@@ -41,7 +41,8 @@ def _check_stats(stats: NetworkStats, names: Sequence[str]) -> None:
             t = getattr(layer, n)
             if spec.bit_dependent and t.shape[0] != len(stats.bits):
                 raise EmqError(
-                    f"statistics of layer {layer.name}: {n} has {t.shape[0]} bit rows, expected {len(stats.bits)} (bits {list(stats.bits)})"
+                    f"statistics of layer {layer.name}: {n} has {t.shape[0]} bit rows, expected {len(stats.bits)} "
+                    f"(bits {list(stats.bits)})"
                 )
 
 

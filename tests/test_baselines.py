@@ -236,7 +236,8 @@ def test_orientations_and_descriptions():
 
 
 def test_synflow_and_fisher_on_real_statistics(target):
-    """End to end on the tiny model: Synflow from an independent |state|-linearised copy, Fisher from a per-image loop."""
+    """End to end on the tiny model: Synflow from an independent |state|-linearised copy, Fisher from a
+    per-image loop."""
     from emq.search_space.stats import StatsSettings, compute_stats
 
     settings = StatsSettings(

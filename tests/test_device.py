@@ -48,7 +48,8 @@ from emq.specs import ParameterError
 from emq.target import Target
 
 META = torch.device("meta")
-# a meta tensor has no data: reading one back to the host raises one of these (a device mismatch says "not on the expected device")
+# a meta tensor has no data: reading one back to the host raises one of these
+# (a device mismatch says "not on the expected device")
 HOST_READ = ("Cannot copy out of meta tensor", "cannot be called on meta tensors")
 FAST_STATS = StatsSettings(
     batch_size=8, hessian_images=8, hessian_batch_size=8, hessian_min_probes=1, hessian_max_probes=2, eig_iters=1
@@ -247,7 +248,7 @@ def test_device_is_part_of_the_engine_identity_only():
     assert engine_for(meta).device == META and engine_for(spec).device == torch.device("cpu")
 
 
-# ------------------------------------------------------------------------------ pretend CUDA: the commands thread the device
+# ------------------------------------------------------------------------- pretend CUDA: the commands thread the device
 
 
 class _Reached(Exception):
@@ -377,7 +378,7 @@ def test_search_computes_statistics_and_tables_on_the_device(fake_cuda, tmp_path
     assert fake_cuda.devices["stats"] == ["cuda"] and "cuda" in fake_cuda.devices["tables"]
 
 
-# ------------------------------------------------------------------------------ bench builds: the same bits on every device
+# -------------------------------------------------------------------------- bench builds: the same bits on every device
 
 BUILD = [
     "bench",

@@ -77,8 +77,9 @@ class Allocation:
             f"; PTQ top-1 {self.top1:.2f} %, loss {self.loss:.4f}, KL {self.kl:.4f}" if self.top1 is not None else ""
         )
         return (
-            f"{self.method} with {self.proxy}: size {self.size_bytes:,.0f} bytes, {self.bitops:.4g} BitOps (act {self.act_bits} bits), "
-            f"avg {self.avg_bits:.3f} bits, predicted {self.predicted:.6g}, solved in {self.solve_seconds * 1000:.1f} ms{measured}"
+            f"{self.method} with {self.proxy}: size {self.size_bytes:,.0f} bytes, {self.bitops:.4g} BitOps "
+            f"(act {self.act_bits} bits), avg {self.avg_bits:.3f} bits, predicted {self.predicted:.6g}, solved "
+            f"in {self.solve_seconds * 1000:.1f} ms{measured}"
         )
 
     def to_markdown(self) -> str:
@@ -407,9 +408,10 @@ def allocate(
 ) -> Allocation:
     """Allocate per-slot bits with `proxy` under `budgets` (e.g. {"avg-bits": 3.0}); with
     evaluate=True the result is PTQ-quantized and its top-1 / loss / KL filled in. `model` (a
-    name, an nn.Module or a ModelSpec holding the data, weights, ... too) defaults to 'default', or to the bench's model when `bench` is given (then the bench's
-    PTQ and statistics settings are used, see `allocator_for`). `device` (cpu, cuda, cuda:N)
-    is where statistics and PTQ run; it does not change the allocation's draws. `emq allocate`."""
+    name, an nn.Module or a ModelSpec holding the data, weights, ... too) defaults to 'default',
+    or to the bench's model when `bench` is given (then the bench's PTQ and statistics settings
+    are used, see `allocator_for`). `device` (cpu, cuda, cuda:N) is where statistics and PTQ
+    run; it does not change the allocation's draws. `emq allocate`."""
     if proxy is None:
         raise ParameterError("proxy", None, "give a Proxy, a proxy JSON file or a proxy name")
     alloc = allocator_for(

@@ -53,7 +53,10 @@ class LayerKL(SeparableProxy):
 class LayerLoss(SeparableProxy):
     name = "layer-loss"
     needs_data = True
-    description = "measured sensitivity: cross-entropy change with the slot alone at b bits (others at 8) on calibration images, summed over slots"
+    description = (
+        "measured sensitivity: cross-entropy change with the slot alone at b bits (others at 8) on calibration "
+        "images, summed over slots"
+    )
     orientation = -1
     cost = COST
 
