@@ -241,8 +241,8 @@ def test_rounding_cache_is_stored_on_cpu_and_deployed_on_the_layers_device(tmp_p
 
 
 def test_device_is_part_of_the_engine_identity_only():
-    spec = EvalSpec("default", None, None, None, None, PTQSettings(calib_size=64), 100)
-    meta = EvalSpec("default", None, None, None, None, PTQSettings(calib_size=64), 100, device="meta")
+    spec = EvalSpec(model="default", settings=PTQSettings(calib_size=64), test_limit=100)
+    meta = EvalSpec(model="default", settings=PTQSettings(calib_size=64), test_limit=100, device="meta")
     assert spec.device == "cpu" and spec.target_key == meta.target_key
     assert spec != meta and hash(spec) != hash(meta)
     assert engine_for(meta).device == META and engine_for(spec).device == torch.device("cpu")

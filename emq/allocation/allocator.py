@@ -39,9 +39,10 @@ log = logging.getLogger(__name__)
 BudgetSpec = Sequence[Budget] | Mapping[str, Any]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Allocation:
-    """A chosen per-slot configuration with its costs, the proxy's score and (optionally) PTQ results."""
+    """A chosen per-slot configuration with its costs, the proxy's score and (optionally) PTQ results
+    (built by keyword: twenty fields)."""
 
     model: str
     proxy: str
