@@ -163,7 +163,7 @@ def quantize(
             "give the configuration as bits (one bit-width per slot; see `layers`) or as bitmap=PATH, not both",
         )
     device = resolve_device(device)  # before any model work
-    target = as_model_spec(model, data, weights, num_classes, input_size).resolve()
+    target = as_model_spec(model, data=data, weights=weights, num_classes=num_classes, input_size=input_size).resolve()
     config = load_bitmap(bitmap, target.layer_map) if bitmap is not None else target.layer_map.validate(bits)
     return PTQEngine(
         target.model, target.layer_map, target.require_data(), settings, progress=progress, device=device

@@ -36,7 +36,7 @@ TRAIN_IMAGES = 55_000  # the rest of the training set is the calibration pool
 CALIB_POOL = 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MnistFormat:
     """One MNIST-format data set: where it is usually found and how to get it."""
 
@@ -51,9 +51,16 @@ class MnistFormat:
 
 FORMATS = {
     "fashion-mnist": MnistFormat(
-        "fashion-mnist", "FashionMNIST", "/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist", 0.2860, 0.3530
+        name="fashion-mnist",
+        torchvision_dir="FashionMNIST",
+        debian_dir="/usr/share/datasets/fashion-mnist",
+        debian_package="dataset-fashion-mnist",
+        mean=0.2860,
+        std=0.3530,
     ),
-    "mnist": MnistFormat("mnist", "MNIST", None, None, 0.1307, 0.3081),
+    "mnist": MnistFormat(
+        name="mnist", torchvision_dir="MNIST", debian_dir=None, debian_package=None, mean=0.1307, std=0.3081
+    ),
 }
 
 

@@ -33,7 +33,7 @@ REFERENCE_PROXIES = ("hawq-v2", "ompq")
 RANDOM_BAND = 0.25  # "random within budget" = bench configurations with avg bits in (budget - band, budget]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MethodResult:
     method: str
     bits: tuple[int, ...]
@@ -48,7 +48,15 @@ class MethodResult:
 
 
 def _from_allocation(name: str, a: Allocation) -> MethodResult:
-    return MethodResult(name, a.bits, a.avg_bits, a.size_bytes, float(a.top1), float(a.loss), float(a.kl))
+    return MethodResult(
+        method=name,
+        bits=a.bits,
+        avg_bits=a.avg_bits,
+        size_bytes=a.size_bytes,
+        top1=float(a.top1),
+        loss=float(a.loss),
+        kl=float(a.kl),
+    )
 
 
 def compare_allocations(

@@ -54,7 +54,7 @@ SAMPLE_SEED = 0
 BOOTSTRAP_SEED = 0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ProxyScore:
     """One proxy's row: Spearman per cell ('spearman_<split>_<pool>'), the other measures on
     held-out x report, its interval there and its paired difference to the best hand-made."""
@@ -80,7 +80,7 @@ class ProxyScore:
         return out
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ScoreReport:
     bench: str
     model: str
@@ -270,7 +270,13 @@ class _Cells:
                 sums = sums[rows]
             else:
                 sums, counts = self.bench.metrics[self.metric][rows][:, None], np.ones(1)
-            self._boot[key] = Bootstrap(sums, counts, METRIC_ORIENTATION[self.metric], self.resamples, BOOTSTRAP_SEED)
+            self._boot[key] = Bootstrap(
+                sums=sums,
+                counts=counts,
+                sign=METRIC_ORIENTATION[self.metric],
+                resamples=self.resamples,
+                seed=BOOTSTRAP_SEED,
+            )
         return self._boot[key]
 
     def score(
@@ -380,7 +386,7 @@ def score(
         kinds += ["evolved"] * len(evolved)
         if not instances:
             raise EmqError("no proxy to score: give --proxies and/or --proxy FILE")
-        setup = BenchSetup.of(b, as_model_spec(model, data, weights))
+        setup = BenchSetup.of(b, as_model_spec(model, data=data, weights=weights))
         target, settings = setup.target, setup.ptq
         cells = _Cells(b, metric, resamples)
         stats_seconds = 0.0
@@ -466,17 +472,17 @@ def score(
                     p.paired = cells.paired(p, best)
         rel = b.reliability.get(metric) if b.pools is not None else None
         return ScoreReport(
-            str(b.path),
-            target.name,
-            metric,
-            b.ceiling.get(metric),
-            rel,
-            b.pools.summary() if b.pools is not None else None,
-            best.name if best else None,
-            resamples,
-            stats_seconds,
-            results,
-            skipped,
+            bench=str(b.path),
+            model=target.name,
+            metric=metric,
+            ceiling=b.ceiling.get(metric),
+            reliability=rel,
+            pools=b.pools.summary() if b.pools is not None else None,
+            best_handmade=best.name if best else None,
+            resamples=resamples,
+            stats_seconds=stats_seconds,
+            proxies=results,
+            skipped=skipped,
         )
 
 

@@ -75,7 +75,7 @@ def main() -> None:
                 store.write_meta(con, {"stats_settings": settings.to_json()})
             bench = Bench.open(bundle.path)
         setup = BenchSetup.of(
-            bench, ModelSpec(bench.meta["model"], bench.meta["data"])
+            bench, ModelSpec(bench.meta["model"], data=bench.meta["data"])
         )  # with the data: never the bundle's own file
         ns = compute_stats(setup.target, bits=setup.bits, settings=setup.stats, use_cache=False)
         ns.meta.pop("cache", None)  # this machine's cache path means nothing in a bundle

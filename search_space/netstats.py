@@ -58,7 +58,7 @@ COMPACT_FORMAT = "emq-stats/4"
 DERIVED = ("E",)  # left out of compact files: E = Q_b(W) - W (Q is kept: its exact zeros matter to sqrt, log)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LayerStats:
     name: str
     W: torch.Tensor

@@ -462,11 +462,11 @@ def _compute(
         layers,
         names,
         s.weight_quantizer,
-        dict(s.quantizer_options),
-        s.weight_symmetric,
-        rounding_x if rounding_x is not None else x,
-        s.batch_size,
-        cache_dir,
+        options=dict(s.quantizer_options),
+        symmetric=s.weight_symmetric,
+        calib=rounding_x if rounding_x is not None else x,
+        batch_size=s.batch_size,
+        cache_dir=cache_dir,
     )
     quant = [torch.stack([_f32(rounding.get(i, b)) for b in bits]) for i in range(len(layers))]
     lap("weight_noise")
@@ -498,7 +498,7 @@ def _compute(
                 )
         out.append(
             LayerStats(
-                layer.name,
+                name=layer.name,
                 **fields,
                 trace=float(trace[i]),
                 eig=float(eig[i]),
@@ -783,7 +783,7 @@ def stats(
     """
     device = resolve_device(device)
     check_threads(threads)
-    target = as_model_spec(model, data, weights, num_classes, input_size).resolve()
+    target = as_model_spec(model, data=data, weights=weights, num_classes=num_classes, input_size=input_size).resolve()
     with torch_threads(threads):
         return compute_stats(
             target,

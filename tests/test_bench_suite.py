@@ -51,7 +51,13 @@ def _tiny_splits(seed: int = 0) -> tuple[nn.Module, DataSplits]:
         loss.backward()
         opt.step()
     return net.eval(), DataSplits(
-        "tiny", 4, 1, 8, (x[120:160], y[120:160]), TensorDataset(x[160:], y[160:]), fingerprint="tiny0"
+        name="tiny",
+        num_classes=4,
+        in_channels=1,
+        input_size=8,
+        calib_pool=(x[120:160], y[120:160]),
+        test=TensorDataset(x[160:], y[160:]),
+        fingerprint="tiny0",
     )
 
 

@@ -148,7 +148,14 @@ def _tiny() -> tuple[torch.nn.Module, object, DataSplits]:
     return (
         model,
         build_layer_map(model, 8, "tiny", in_channels=1),
-        DataSplits("tiny", 4, 1, 8, (x[:32], y[:32]), TensorDataset(x[32:], y[32:])),
+        DataSplits(
+            name="tiny",
+            num_classes=4,
+            in_channels=1,
+            input_size=8,
+            calib_pool=(x[:32], y[:32]),
+            test=TensorDataset(x[32:], y[32:]),
+        ),
     )
 
 

@@ -62,7 +62,14 @@ def _data(n=96):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(n, 1, 6, 6, generator=g)
     y = (x.mean((1, 2, 3)) > 0).long() + (x[:, 0, 0, 0] > 1).long()
-    return DataSplits("toy", 3, 1, 6, (x[:48], y[:48]), TensorDataset(x[48:], y[48:]))
+    return DataSplits(
+        name="toy",
+        num_classes=3,
+        in_channels=1,
+        input_size=6,
+        calib_pool=(x[:48], y[:48]),
+        test=TensorDataset(x[48:], y[48:]),
+    )
 
 
 def _trained_net():

@@ -88,7 +88,7 @@ def _rounded(tmp_path, method="gptq"):
         [layer.module],
         ["0"],
         method,
-        FAST_ADAROUND if method == "adaround" else None,
+        options=FAST_ADAROUND if method == "adaround" else None,
         calib=layer.inputs,
         cache_dir=tmp_path,
     )
@@ -127,7 +127,7 @@ def test_cache_key_depends_on_calibration_and_options(tmp_path):
         [layer.module],
         ["0"],
         "gptq",
-        {"damp": 0.1},
+        options={"damp": 0.1},
         calib=layer.inputs,
         cache_dir=tmp_path,
     )
@@ -158,7 +158,14 @@ def _net_and_data():
     ).eval()
     x = torch.randn(120, 1, 6, 6)
     y = torch.randint(0, 3, (120,))
-    data = DataSplits("toy", 3, 1, 6, (x[:60], y[:60]), TensorDataset(x[60:], y[60:]))
+    data = DataSplits(
+        name="toy",
+        num_classes=3,
+        in_channels=1,
+        input_size=6,
+        calib_pool=(x[:60], y[:60]),
+        test=TensorDataset(x[60:], y[60:]),
+    )
     return net, build_layer_map(net, 6, "toy", in_channels=1), data
 
 

@@ -416,7 +416,7 @@ def allocate(
     if proxy is None:
         raise ParameterError("proxy", None, "give a Proxy, a proxy JSON file or a proxy name")
     alloc = allocator_for(
-        as_model_spec(model, data, weights, num_classes, input_size),
+        as_model_spec(model, data=data, weights=weights, num_classes=num_classes, input_size=input_size),
         settings=settings,
         evaluate=evaluate,
         bench=bench,

@@ -75,10 +75,10 @@ def model_spec(args: argparse.Namespace, model: Any = None) -> ModelSpec:
     """The model and its data that the flags of `add_model_args` name (`model` overrides --model)."""
     return ModelSpec(
         model if model is not None else args.model,
-        getattr(args, "data", None),
-        args.weights,
-        args.num_classes,
-        args.input_size,
+        data=getattr(args, "data", None),
+        weights=args.weights,
+        num_classes=args.num_classes,
+        input_size=args.input_size,
     )
 
 
