@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
+from helpers import image_splits
 
-from emq.data import DataSplits
 from emq.fitness import FitnessData
 from emq.layermap import LayerMap, build_layer_map
 from emq.models import CifarResNet
@@ -127,14 +126,7 @@ def _build(n_configs: int, seed: int) -> tuple[NetworkStats, FitnessData, LayerM
     x = torch.randn(128, 1, 8, 8)
     with torch.no_grad():
         y = model(x).argmax(1)  # labels the FP model gets right: quantization lowers accuracy
-    data = DataSplits(
-        name="tiny",
-        num_classes=4,
-        in_channels=1,
-        input_size=8,
-        calib_pool=(x[:32], y[:32]),
-        test=TensorDataset(x[32:], y[32:]),
-    )
+    data = image_splits("tiny", x, y, calib=32, num_classes=4)
     lm = build_layer_map(model, 8, "tiny", in_channels=1)
     stats = real_stats(model, lm, x[:16], y[:16])
     engine = PTQEngine(model, lm, data, PTQSettings(calib_size=32))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+from helpers import image_splits
 
 import emq
 from emq.baselines import get_proxy
@@ -148,14 +148,7 @@ def _tiny() -> tuple[torch.nn.Module, object, DataSplits]:
     return (
         model,
         build_layer_map(model, 8, "tiny", in_channels=1),
-        DataSplits(
-            name="tiny",
-            num_classes=4,
-            in_channels=1,
-            input_size=8,
-            calib_pool=(x[:32], y[:32]),
-            test=TensorDataset(x[32:], y[32:]),
-        ),
+        image_splits("tiny", x, y, calib=32, num_classes=4),
     )
 
 

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from helpers import image_splits
 from torch import nn
 
 from emq.quant import PTQEngine, PTQSettings
@@ -140,9 +141,6 @@ def test_cache_key_depends_on_calibration_and_options(tmp_path):
 
 
 def _net_and_data():
-    from torch.utils.data import TensorDataset
-
-    from emq.data import DataSplits
     from emq.layermap import build_layer_map
 
     torch.manual_seed(0)
@@ -158,14 +156,7 @@ def _net_and_data():
     ).eval()
     x = torch.randn(120, 1, 6, 6)
     y = torch.randint(0, 3, (120,))
-    data = DataSplits(
-        name="toy",
-        num_classes=3,
-        in_channels=1,
-        input_size=6,
-        calib_pool=(x[:60], y[:60]),
-        test=TensorDataset(x[60:], y[60:]),
-    )
+    data = image_splits("toy", x, y, calib=60, num_classes=3)
     return net, build_layer_map(net, 6, "toy", in_channels=1), data
 
 
