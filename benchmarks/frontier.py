@@ -5,7 +5,8 @@ fitted on k measured configurations (k in 0, 10, 25, 50, 100, 200; 5 seeded draw
 whole-configuration KL, against each one's cost in PTQ-equivalent evaluations; the crossover k
 per network.
 
-    python benchmarks/frontier.py [--benches default,vgg-digits,...] [--transfer DIR] [--out benchmarks/results/frontier]
+    python benchmarks/frontier.py [--benches default,vgg-digits,...] [--transfer DIR]
+                                  [--out benchmarks/results/frontier]
 
 `--transfer DIR` takes each bench's evolved proxy from a leave-one-out `emq transfer` study in
 DIR (the campaign that held that bench out, seed 0). Default benches: one per network among the

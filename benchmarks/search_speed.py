@@ -155,7 +155,8 @@ def main() -> None:
     )
     print(f"table path (no screening, no cache), all benches: {res['table_candidates_per_s']:.0f} candidates/s")
     print(
-        f"screened path, all benches:  {res['screened_candidates_per_s']:.0f} candidates/s ({res['screened_valid_share']:.0%} valid); "
+        f"screened path, all benches:  {res['screened_candidates_per_s']:.0f} candidates/s "
+        f"({res['screened_valid_share']:.0%} valid); "
         f"reference (generic segment ops) {res['reference_screened_candidates_per_s']:.0f}/s: "
         f"{res['speedup_screened_vs_reference']:.2f}x"
     )
@@ -166,7 +167,8 @@ def main() -> None:
         f"{ag['max_abs_rho_difference']:.2e}"
     )
     print(
-        f"naive per-configuration scoring on {names[0]}: {res['naive_seconds_per_candidate_first_bench']:.1f} s per candidate"
+        f"naive per-configuration scoring on {names[0]}: {res['naive_seconds_per_candidate_first_bench']:.1f} s "
+        "per candidate"
     )
     c = res["campaign"]
     print(

@@ -3,7 +3,8 @@ the shipped benches, each evolved proxy reported on benches it was never searche
 (held-out configurations x report pool, 95 % bootstrap intervals), beside every faithful
 separable hand-made proxy, the whole-configuration references and their cost.
 
-    python benchmarks/transfer.py [--benches default,vgg-digits,mobilenetv2-digits,resnet20-fashion] [--seeds 0,1,2] [--out runs/transfer]
+    python benchmarks/transfer.py [--benches default,vgg-digits,mobilenetv2-digits,resnet20-fashion]
+                                  [--seeds 0,1,2] [--out runs/transfer]
 
     Needs only emq's core dependencies (no extra).
 """
@@ -47,7 +48,8 @@ def main() -> None:
     print(result.to_markdown())
     load = os.getloadavg()
     print(
-        f"\n{len(study.plan)} campaigns in {time.perf_counter() - t0:.0f} s (load average {load[0]:.1f}, {os.cpu_count()} cores); files in {args.out}"
+        f"\n{len(study.plan)} campaigns in {time.perf_counter() - t0:.0f} s (load "
+        f"average {load[0]:.1f}, {os.cpu_count()} cores); files in {args.out}"
     )
 
 

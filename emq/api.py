@@ -2,8 +2,8 @@
 
 `emq layers` -> `layers`, `emq quantize` -> `quantize`, `emq bench build|info|import|export`
 -> `bench_build` / `bench_info` / `bench_import` / `bench_export` (and `Bench` for queries),
-`emq stats` -> `stats`, `emq search` -> `search` (and the estimator `ProxySearch`), `emq export` -> `export`, `emq score` ->
-`score`, `emq allocate` -> `allocate` / `sweep`, `emq demo` -> `demo`.
+`emq stats` -> `stats`, `emq search` -> `search` (and the estimator `ProxySearch`), `emq export` -> `export`,
+`emq score` -> `score`, `emq allocate` -> `allocate` / `sweep`, `emq demo` -> `demo`.
 
 The CLI (emq.cli) reaches the library only through this module (tests/test_layering.py): besides
 `__all__` it uses the names re-exported below as `from .x import name as name` and the aliases
@@ -172,7 +172,7 @@ def quantize(
             "give the configuration as bits (one bit-width per slot; see `layers`) or as bitmap=PATH, not both",
         )
     device = resolve_device(device)  # before any model work
-    target = as_model_spec(model, data, weights, num_classes, input_size).resolve()
+    target = as_model_spec(model, data=data, weights=weights, num_classes=num_classes, input_size=input_size).resolve()
     config = load_bitmap(bitmap, target.layer_map) if bitmap is not None else target.layer_map.validate(bits)
     return PTQEngine(
         target.model, target.layer_map, target.require_data(), settings, progress=progress, device=device

@@ -37,7 +37,7 @@ DEMO_EVALUATIONS = FIT_FROM  # the smallest budget at which `auto` fits a model 
 RANDOM_BAND = 0.25  # "random within budget" = bench configurations with avg bits in (budget - band, budget]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MethodResult:
     method: str
     bits: tuple[int, ...]
@@ -52,7 +52,15 @@ class MethodResult:
 
 
 def _from_allocation(name: str, a: Allocation) -> MethodResult:
-    return MethodResult(name, a.bits, a.avg_bits, a.size_bytes, float(a.top1), float(a.loss), float(a.kl))
+    return MethodResult(
+        method=name,
+        bits=a.bits,
+        avg_bits=a.avg_bits,
+        size_bytes=a.size_bytes,
+        top1=float(a.top1),
+        loss=float(a.loss),
+        kl=float(a.kl),
+    )
 
 
 def compare_allocations(

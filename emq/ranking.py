@@ -56,7 +56,7 @@ SAMPLE_SEED = 0
 BOOTSTRAP_SEED = 0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ProxyScore:
     """One proxy's row: Spearman per cell ('spearman_<split>_<pool>'), the other measures on
     held-out x report, its interval there and its paired difference to the best hand-made."""
@@ -82,7 +82,7 @@ class ProxyScore:
         return out
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ScoreReport:
     bench: str
     model: str
@@ -119,22 +119,28 @@ class ScoreReport:
         ceiling = "not measured" if self.ceiling is None else f"{self.ceiling:.3f}"
         held = next((p.n.get(REPORT_CELL) for p in self.proxies if p.kind != "whole-config"), None)
         if self.pools:
-            pools = f"fit pool {self.pools['fit']['images']} images / {self.pools['fit']['sources']} sources, report pool {self.pools['report']['images']} / {self.pools['report']['sources']}"
+            pools = (
+                f"fit pool {self.pools['fit']['images']} images / {self.pools['fit']['sources']} sources, report "
+                f"pool {self.pools['report']['images']} / {self.pools['report']['sources']}"
+            )
         else:
             pools = "no per-image outcomes: fit and report are the same test images (held-out numbers are optimistic)"
         lines = [
             markdown_table(headers, rows),
             "",
             f"bench {self.bench} ({self.model}), metric {self.metric}; {pools}.",
-            f"held-out x report ({held} configurations): the only cell no choice has seen; [95 % bootstrap interval, {self.resamples} resamples of configurations and test sources].",
-            f"ceiling {ceiling}: sqrt of the report pool's reliability (test split-half and calibration retest combined), about the best a perfect predictor reaches.",
-            f"Δ: paired difference to the best statistics-only hand-made proxy chosen on search x fit ({self.best_handmade or 'none'}); a proxy beats it only where the interval excludes 0.",
+            f"held-out x report ({held} configurations): the only cell no choice has seen; [95 % bootstrap "
+            f"interval, {self.resamples} resamples of configurations and test sources].",
+            f"ceiling {ceiling}: sqrt of the report pool's reliability (test split-half and calibration retest "
+            "combined), about the best a perfect predictor reaches.",
+            "Δ: paired difference to the best statistics-only hand-made proxy chosen on search x fit "
+            f"({self.best_handmade or 'none'}); a proxy beats it only where the interval excludes 0.",
         ]
         if any(p.setup for p in self.proxies):
             lines.append(
-                "one-off cost: seconds the proxy spent once on this model when its inputs were computed (a cached result "
-                "only loads), in PTQ-equivalent evaluations: seconds / one PTQ evaluation (quantize one configuration, "
-                "evaluate the test split), timed by the measured proxies' computation."
+                "one-off cost: seconds the proxy spent once on this model when its inputs were computed (a cached "
+                "result only loads), in PTQ-equivalent evaluations: seconds / one PTQ evaluation (quantize one "
+                "configuration, evaluate the test split), timed by the measured proxies' computation."
             )
         if self.skipped:
             lines.append("not scored: " + "; ".join(f"{n} ({why})" for n, why in self.skipped.items()) + ".")
@@ -266,7 +272,13 @@ class ReportCells:
                 sums = sums[rows]
             else:
                 sums, counts = self.bench.metrics[self.metric][rows][:, None], np.ones(1)
-            self._boot[key] = Bootstrap(sums, counts, METRIC_ORIENTATION[self.metric], self.resamples, BOOTSTRAP_SEED)
+            self._boot[key] = Bootstrap(
+                sums=sums,
+                counts=counts,
+                sign=METRIC_ORIENTATION[self.metric],
+                resamples=self.resamples,
+                seed=BOOTSTRAP_SEED,
+            )
         return self._boot[key]
 
     def score(
@@ -376,7 +388,7 @@ def score(
         kinds += ["evolved"] * len(evolved)
         if not instances:
             raise EmqError("no proxy to score: give --proxies and/or --proxy FILE")
-        setup = BenchSetup.of(b, as_model_spec(model, data, weights))
+        setup = BenchSetup.of(b, as_model_spec(model, data=data, weights=weights))
         target, settings = setup.target, setup.ptq
         cells = ReportCells(b, metric, resamples)
         stats_seconds = 0.0
@@ -398,7 +410,8 @@ def score(
             instances, kinds = [instances[i] for i in keep], [kinds[i] for i in keep]
             if not instances:
                 raise EmqError(
-                    f"bench {b.path}: its data is not installed, and every proxy asked for ({', '.join(skipped)}) needs it; install the data or pass --data"
+                    f"bench {b.path}: its data is not installed, and every proxy asked for ({', '.join(skipped)}) "
+                    "needs it; install the data or pass --data"
                 )
         whole_ctx = ProxyContext(
             target, tuple(b.bits), settings, device=device
@@ -459,17 +472,17 @@ def score(
                     p.paired = cells.paired(p, best)
         rel = b.reliability.get(metric) if b.pools is not None else None
         return ScoreReport(
-            str(b.path),
-            target.name,
-            metric,
-            b.ceiling.get(metric),
-            rel,
-            b.pools.summary() if b.pools is not None else None,
-            best.name if best else None,
-            resamples,
-            stats_seconds,
-            results,
-            skipped,
+            bench=str(b.path),
+            model=target.name,
+            metric=metric,
+            ceiling=b.ceiling.get(metric),
+            reliability=rel,
+            pools=b.pools.summary() if b.pools is not None else None,
+            best_handmade=best.name if best else None,
+            resamples=resamples,
+            stats_seconds=stats_seconds,
+            proxies=results,
+            skipped=skipped,
         )
 
 
@@ -620,7 +633,8 @@ def _scatter(p: ProxyScore, metric: str, path: str) -> None:
     ax.set_xlabel(f"{p.name} score" + (" (lower predicts better)" if p.orientation < 0 else ""))
     ax.set_ylabel(f"{metric} on the report pool")
     ax.set_title(
-        f"{p.name}: held-out×report ρ = {'n/a' if rho is None else f'{rho:.3f}'} (all {len(p.scores)} scored configurations shown)"
+        f"{p.name}: held-out×report ρ = {'n/a' if rho is None else f'{rho:.3f}'} (all {len(p.scores)} scored "
+        "configurations shown)"
     )
     fig.tight_layout()
     fig.savefig(path, format="png")

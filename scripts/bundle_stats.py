@@ -85,7 +85,7 @@ def main() -> None:
                 store.write_meta(con, {"stats_settings": settings.to_json()})
             bench = Bench.open(bundle.path)
         setup = BenchSetup.of(
-            bench, ModelSpec(bench.meta["model"], bench.meta["data"])
+            bench, ModelSpec(bench.meta["model"], data=bench.meta["data"])
         )  # with the data: never the bundle's own file
         if args.add_sensitivity:
             ns = load_stats(bundle.stats_path, partial=True)

@@ -44,7 +44,10 @@ def _training(model: str) -> str:
 
 
 def main() -> None:
-    head = "| bench | family | task | slots | params | FP top-1 | uniform 2 / 3 / 4-bit KL | reliability (split-half / combined) | PTQ | bench build (wall) / training (CPU) |"
+    head = (
+        "| bench | family | task | slots | params | FP top-1 | uniform 2 / 3 / 4-bit KL "
+        "| reliability (split-half / combined) | PTQ | bench build (wall) / training (CPU) |"
+    )
     print(head)
     print("|---" * (head.count("|") - 1) + "|")
     for row in bench_list():
@@ -56,7 +59,8 @@ def main() -> None:
         print(
             f"| `{row['name']}` | {row['family']} | {row['task']} | {row['slots']} | {row['params'] / 1e6:.2f} M | "
             f"{row['fp_top1']:.2f} % | {_uniform_kl(b)} | {row['split_half_corrected']:.3f} / "
-            f"{row['combined_reliability']:.3f} | {row['ptq_method']} | {seconds / 60:.0f} min / {_training(row['model'])} |"
+            f"{row['combined_reliability']:.3f} | {row['ptq_method']} | {seconds / 60:.0f} min / "
+            f"{_training(row['model'])} |"
         )
 
 

@@ -129,7 +129,7 @@ def twice_differentiable(model: nn.Module) -> Iterator[nn.Module]:
             setattr(parent, name, child)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class HutchinsonResult:
     diag: list[torch.Tensor]  # per parameter, the estimate of diag(H)
     trace: np.ndarray  # [L] per-parameter trace estimates (float64)
@@ -208,7 +208,14 @@ def hutchinson(
         layer_change = rel_stderr = np.full(len(problem.params), np.inf)
     log.info("Hutchinson: %d probes, converged=%s, change %.3g", probes, converged, change)
     return HutchinsonResult(
-        [d / probes for d in diag_sum], hist[-1].copy(), hist, probes, converged, change, layer_change, rel_stderr
+        diag=[d / probes for d in diag_sum],
+        trace=hist[-1].copy(),
+        history=hist,
+        probes=probes,
+        converged=converged,
+        change=change,
+        layer_change=layer_change,
+        layer_rel_stderr=rel_stderr,
     )
 
 

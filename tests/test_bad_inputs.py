@@ -536,7 +536,8 @@ def test_help_and_version_import_no_torch():
 
     code = (
         "import sys, contextlib, io\nfrom emq.cli.main import main\nfor argv in (['--version'], ['--help']):\n"
-        "    with contextlib.redirect_stdout(io.StringIO()) as out:\n        try: main(argv)\n        except SystemExit: pass\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "        try: main(argv)\n        except SystemExit: pass\n"
         "    assert 'emq' in out.getvalue()\nprint(sorted(m for m in ('torch', 'numpy', 'scipy') if m in sys.modules))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

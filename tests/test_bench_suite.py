@@ -51,7 +51,13 @@ def _tiny_splits(seed: int = 0) -> tuple[nn.Module, DataSplits]:
         loss.backward()
         opt.step()
     return net.eval(), DataSplits(
-        "tiny", 4, 1, 8, (x[120:160], y[120:160]), TensorDataset(x[160:], y[160:]), fingerprint="tiny0"
+        name="tiny",
+        num_classes=4,
+        in_channels=1,
+        input_size=8,
+        calib_pool=(x[120:160], y[120:160]),
+        test=TensorDataset(x[160:], y[160:]),
+        fingerprint="tiny0",
     )
 
 
@@ -75,7 +81,7 @@ def test_bench_of_a_user_module_with_its_data_and_reconstruction_rounding(tmp_pa
     from emq.bench.evaluation import EvalSpec, engine_for
     from emq.quant import PTQEngine
 
-    layer_map = engine_for(EvalSpec(net, data, None, None, None, PTQSettings(**b.meta["ptq_settings"]))).layer_map
+    layer_map = engine_for(EvalSpec(model=net, data=data, settings=PTQSettings(**b.meta["ptq_settings"]))).layer_map
     fresh = PTQEngine(net, layer_map, data, PTQSettings(**b.meta["ptq_settings"]))
     for i in range(len(b)):
         assert fresh.evaluate(b.configs[i]).kl == pytest.approx(b.metrics["kl"][i])
@@ -229,8 +235,8 @@ def test_a_bench_records_its_embedded_models_own_data_and_refuses_other_data():
     from emq.bench_setup import BenchSetup
     from emq.errors import EmqError
 
-    assert EvalSpec("resnet20-fashion", None, None, None, None, SMALL).data_name == "fashion-mnist"
-    assert EvalSpec("vgg-digits", None, None, None, None, SMALL).data_name == "default"
+    assert EvalSpec(model="resnet20-fashion", settings=SMALL).data_name == "fashion-mnist"
+    assert EvalSpec(model="vgg-digits", settings=SMALL).data_name == "default"
     assert Bench.open("resnet20-fashion").meta["data"] == "fashion-mnist"
     with pytest.raises(EmqError, match="other data"):  # same channels, so only the fingerprint tells them apart
         BenchSetup.of(Bench.open("resnet20-fashion"), ModelSpec(data="default"))

@@ -103,12 +103,12 @@ def setup() -> tuple[Net, object, DataSplits]:
     xc, yc = _task(96, gen)
     xs, ys = _task(64, gen)
     data = DataSplits(
-        "toy",
-        3,
-        1,
-        8,
-        (xc, yc),
-        TensorDataset(xs, ys),
+        name="toy",
+        num_classes=3,
+        in_channels=1,
+        input_size=8,
+        calib_pool=(xc, yc),
+        test=TensorDataset(xs, ys),
         fingerprint="toy",
         calib_sources=torch.arange(48).repeat_interleave(2),
     )
@@ -367,19 +367,29 @@ def test_score_table_shows_each_proxys_one_off_cost():
     from emq.ranking import ProxyScore, ScoreReport, table_rows
 
     def row(name, setup):
-        return ProxyScore(name, "", "separable", -1, "", {}, {"spearman_heldout_report": 0.9}, 0.0, setup=setup)
+        return ProxyScore(
+            name=name,
+            description="",
+            kind="separable",
+            orientation=-1,
+            cost="",
+            n={},
+            correlations={"spearman_heldout_report": 0.9},
+            seconds_per_config=0.0,
+            setup=setup,
+        )
 
     report = ScoreReport(
-        "b",
-        "m",
-        "kl",
-        None,
-        None,
-        None,
-        None,
-        10,
-        0.0,
-        [
+        bench="b",
+        model="m",
+        metric="kl",
+        ceiling=None,
+        reliability=None,
+        pools=None,
+        best_handmade=None,
+        resamples=10,
+        stats_seconds=0.0,
+        proxies=[
             row("layer-kl", {"seconds": 312.4, "ptq_equivalents": 24.06}),
             row("fisher", {"seconds": 40.0, "shared": "statistics", "ptq_equivalents": None}),
             row("size", None),

@@ -41,9 +41,10 @@ log = logging.getLogger(__name__)
 BudgetSpec = Sequence[Budget] | Mapping[str, Any]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Allocation:
-    """A chosen per-slot configuration with its costs, the proxy's score and (optionally) PTQ results."""
+    """A chosen per-slot configuration with its costs, the proxy's score and (optionally) PTQ results
+    (built by keyword: twenty fields)."""
 
     model: str
     proxy: str
@@ -82,15 +83,17 @@ class Allocation:
         )
         setup = self.proxy_setup or {}
         chose = (
-            f"\n{self.proxy} chose {setup['strategy']}: {setup['why']}; spent {setup.get('evaluations', 0)} PTQ evaluations"
+            f"\n{self.proxy} chose {setup['strategy']}: {setup['why']}; "
+            f"spent {setup.get('evaluations', 0)} PTQ evaluations"
             f" and {setup.get('seconds', 0.0):.0f} s"
             + (f" (measurements: {setup['measurements']})" if setup.get("measurements") else "")
             if "strategy" in setup
             else ""
         )
         return (
-            f"{self.method} with {self.proxy}: size {self.size_bytes:,.0f} bytes, {self.bitops:.4g} BitOps (act {self.act_bits} bits), "
-            f"avg {self.avg_bits:.3f} bits, predicted {self.predicted:.6g}, solved in {self.solve_seconds * 1000:.1f} ms{measured}{chose}"
+            f"{self.method} with {self.proxy}: size {self.size_bytes:,.0f} bytes, {self.bitops:.4g} BitOps "
+            f"(act {self.act_bits} bits), avg {self.avg_bits:.3f} bits, predicted {self.predicted:.6g}, solved "
+            f"in {self.solve_seconds * 1000:.1f} ms{measured}{chose}"
         )
 
     def to_markdown(self) -> str:
@@ -440,14 +443,15 @@ def allocate(
 ) -> Allocation:
     """Allocate per-slot bits with `proxy` under `budgets` (e.g. {"avg-bits": 3.0}); with
     evaluate=True the result is PTQ-quantized and its top-1 / loss / KL filled in. `model` (a
-    name, an nn.Module or a ModelSpec holding the data, weights, ... too) defaults to 'default', or to the bench's model when `bench` is given (then the bench's
-    PTQ and statistics settings are used, see `allocator_for`). `device` (cpu, cuda, cuda:N)
-    is where statistics and PTQ run; it does not change the allocation's draws. `emq allocate`."""
+    name, an nn.Module or a ModelSpec holding the data, weights, ... too) defaults to 'default',
+    or to the bench's model when `bench` is given (then the bench's PTQ and statistics settings
+    are used, see `allocator_for`). `device` (cpu, cuda, cuda:N) is where statistics and PTQ
+    run; it does not change the allocation's draws. `emq allocate`."""
     if proxy is None:
         raise ParameterError("proxy", None, "give a Proxy, a proxy JSON file or a proxy name")
     proxy = auto_or(proxy, evaluations, measurements, seed)
     alloc = allocator_for(
-        as_model_spec(model, data, weights, num_classes, input_size),
+        as_model_spec(model, data=data, weights=weights, num_classes=num_classes, input_size=input_size),
         settings=settings,
         evaluate=evaluate,
         bench=bench,

@@ -59,8 +59,8 @@ class AutoProxy(SeparableProxy):
             sens = context_sensitivity(ctx)
             self._setup = {
                 "strategy": "layer-kl",
-                "why": f"{self.evaluations} < {FIT_FROM} evaluations: the measured sensitivity ranks unseen networks best "
-                "below that budget (the frontier of the shipped benches)",
+                "why": f"{self.evaluations} < {FIT_FROM} evaluations: the measured sensitivity ranks unseen networks "
+                "best below that budget (the frontier of the shipped benches)",
                 "evaluations": 0,
                 "single_slot_evaluations": sens.meta.get("single_slot_evaluations"),
                 "ptq_equivalents": sens.meta.get("ptq_equivalents"),

@@ -200,9 +200,9 @@ def _check_pins_need_no_new_statistics(pins: dict[str, int], bits_allowed: list[
         slot, b = next(iter(extra.items()))
         allowed = ",".join(map(str, bits_allowed))
         raise EmqError(
-            f"--pin {slot}={b}: {b} bits is outside --bits-allowed {allowed}, and proxy {needy[0]} would need network statistics "
-            f"at {b} bits too (computed now, minutes on a large model); pin within {allowed}, or add {b} to --bits-allowed "
-            f"and restrict the other slots with --slot-bits to accept that cost"
+            f"--pin {slot}={b}: {b} bits is outside --bits-allowed {allowed}, and proxy {needy[0]} would need "
+            f"network statistics at {b} bits too (computed now, minutes on a large model); pin within {allowed}, "
+            f"or add {b} to --bits-allowed and restrict the other slots with --slot-bits to accept that cost"
         )
 
 
@@ -242,7 +242,8 @@ def _run_sweep(
     )
     if not res.allocated:
         raise EmqError(
-            f"--sweep {args.sweep}: no budget in the range is feasible ({res.skipped[0][2] if res.skipped else 'nothing allocated'})"
+            f"--sweep {args.sweep}: no budget in the range is feasible "
+            f"({res.skipped[0][2] if res.skipped else 'nothing allocated'})"
         )
     csv, png = res.save(args.out)
     if args.json:

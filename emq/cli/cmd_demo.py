@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         raise EmqError(f"--evaluations {args.evaluations}: use 0 or a positive number of PTQ evaluations")
     if not min(bench.bits) <= args.budget_avg_bits <= max(bench.bits):
         raise EmqError(
-            f"--budget-avg-bits {args.budget_avg_bits:g}: use a value from {min(bench.bits)} to {max(bench.bits)}, the bench's bit-widths"
+            f"--budget-avg-bits {args.budget_avg_bits:g}: use a value from {min(bench.bits)} to {max(bench.bits)}, "
+            "the bench's bit-widths"
         )
     s = demo(
         args.out,
@@ -74,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"evolved proxy: p_l(b) = {s['best_expression']}")
     ceiling = "not measured" if s["ceiling"] is None else f"{s['ceiling']:.3f}"
     print(
-        f"  Spearman ({s['metric']}): search {s['best_search_spearman']:.3f}, held-out {s['best_heldout_spearman']:.3f}; "
-        f"best hand-made in the space ({s['best_handmade']}) held-out {s['best_handmade_heldout_spearman']:.3f}; "
-        f"held-out ceiling {ceiling}"
+        f"  Spearman ({s['metric']}): search {s['best_search_spearman']:.3f}, "
+        f"held-out {s['best_heldout_spearman']:.3f}; best hand-made in the space ({s['best_handmade']}) "
+        f"held-out {s['best_handmade_heldout_spearman']:.3f}; held-out ceiling {ceiling}"
     )
     print(
         f"\nallocations at {s['budget_avg_bits']:g} average weight bits (full precision top-1 {s['fp_top1']:.2f} %):\n"
@@ -109,11 +110,12 @@ def run(args: argparse.Namespace) -> int:
     print(markdown_table(["method", "avg bits", "size (bytes)", "top-1 %", "loss", "KL", "bits"], rows))
     if "median_random_top1" in s:
         print(
-            f"\n(random baseline: the bench's configurations near the budget, {s['random_configs']} of the {s['bench_configs_in_budget']} "
-            "within it; the oracle is the best of all those within it)"
+            f"\n(random baseline: the bench's configurations near the budget, {s['random_configs']} of "
+            f"the {s['bench_configs_in_budget']} within it; the oracle is the best of all those within it)"
         )
     sec = s["seconds"]
     print(
-        f"\nrun directory: {s['run_dir']}  ({sec['total']:.0f} s: statistics {sec['statistics']:.0f} s, search {sec['search']:.0f} s, allocation+PTQ {sec['allocation+PTQ']:.0f} s)"
+        f"\nrun directory: {s['run_dir']}  ({sec['total']:.0f} s: statistics {sec['statistics']:.0f} s, "
+        f"search {sec['search']:.0f} s, allocation+PTQ {sec['allocation+PTQ']:.0f} s)"
     )
     return 0

@@ -65,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_executor_args(
         p,
-        "workers evaluating each campaign's candidates and the whole-configuration references (default 1 = serial; results are identical)",
+        "workers evaluating each campaign's candidates and the whole-configuration references (default 1 = serial; "
+        "results are identical)",
     )
     p.add_argument(
         "--out",
@@ -100,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     wrong = [w for w in whole if w not in PROXIES or PROXIES[w].separable]
     if wrong:
         raise EmqError(
-            f"--whole-config: {', '.join(wrong)} is not a whole-configuration proxy; use some of kl, gmpq, seam or 'none'"
+            f"--whole-config: {', '.join(wrong)} is not a whole-configuration proxy; use some of kl, gmpq, seam or "
+            "'none'"
         )
     benches = comma_list(args.benches, "--benches")
     for b in benches:
