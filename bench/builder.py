@@ -127,14 +127,16 @@ def _comparable(meta: Mapping[str, Any], key: str) -> Any:
 def _check_resume(path: Path, stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
     if int(stored.get("schema_version", 1)) != store.SCHEMA_VERSION:
         raise EmqError(
-            f"{path}: bench format {stored.get('schema_version', 1)} cannot be resumed by this emq (format {store.SCHEMA_VERSION}); build into a new file"
+            f"{path}: bench format {stored.get('schema_version', 1)} cannot be resumed by this emq "
+            f"(format {store.SCHEMA_VERSION}); build into a new file"
         )
     if stored.get("kind") != "ptq-build":
         raise EmqError(f"{path}: not a PTQ-built bench (kind {stored.get('kind')!r}); it cannot be resumed")
     diff = [k for k in BUILD_KEYS if _comparable(stored, k) != _comparable(wanted, k)]
     if diff:
         raise EmqError(
-            f"{path}: was built with different {', '.join(diff)}; resume with the original arguments or choose another --out"
+            f"{path}: was built with different {', '.join(diff)}; resume with the original arguments or choose "
+            "another --out"
         )
 
 
@@ -288,7 +290,8 @@ def bench_build(
         def write_repeat(res: dict, idx: int, source: str) -> None:
             store.insert_repeat(con, res["config"], res, noise_spec.settings.calib_seed)
 
-        # only a stage with evaluations to run prepares (or loads) its rounding; its record replaces that stage's earlier one
+        # only a stage with evaluations to run prepares (or loads) its rounding;
+        # its record replaces that stage's earlier one
         rounding = {
             stage: _prepare_rounding(sp, space.bits, progress)
             for stage, sp, work in (("build", spec, todo), ("retest", noise_spec, todo_rep))
@@ -342,6 +345,7 @@ def _failed(out: Path, failures: list[dict[str, Any]], stored: bool) -> EmqError
     if not stored:
         return EmqError(f"{out}: every configuration failed, nothing was stored; {example}")
     return EmqError(
-        f"{out}: {len(failures)} evaluation(s) failed and are recorded with their errors (`emq bench info {out}` lists them), "
-        f"{example}; the rest is stored: fix the cause and run the same command with --resume to evaluate them"
+        f"{out}: {len(failures)} evaluation(s) failed and are recorded with their errors (`emq bench info {out}` "
+        f"lists them), {example}; the rest is stored: fix the cause and run the same command with --resume to "
+        "evaluate them"
     )

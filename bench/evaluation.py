@@ -24,11 +24,12 @@ from emq.target import Target, resolve_target
 from .outcomes import encode
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class EvalSpec:
     """Everything a worker needs to rebuild the same engine (picklable, hashable).
 
-    `model` is a name or a user nn.Module and `data` a `--data` string or a DataSplits: a
+    Built by keyword (nine fields: a positional call would be unreadable). `model` is a name or
+    a user nn.Module and `data` a `--data` string or a DataSplits (None: the model's own data): a
     process executor pickles them into each worker once. Specs compare by content (a module
     by its class and weights digest, data by its fingerprint), so equal specs share engines.
     `device` (emq.device) is where the engine runs: part of the engine's identity here, never
@@ -36,11 +37,11 @@ class EvalSpec:
     """
 
     model: str | nn.Module
-    data: str | DataSplits | None
-    weights: str | None
-    input_size: int | None
-    num_classes: int | None
     settings: PTQSettings
+    data: str | DataSplits | None = None
+    weights: str | None = None
+    input_size: int | None = None
+    num_classes: int | None = None
     test_limit: int | None = None  # evaluate on the first N test images only (quick benches)
     name: str | None = None  # label of a user module (default: its class name)
     device: str = "cpu"

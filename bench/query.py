@@ -56,7 +56,8 @@ class Bench:
         self._pool_metrics: dict[tuple[str, str], np.ndarray] = {}
         if not rows:
             raise EmqError(
-                f"bench {path}: has no records (an empty or unfinished build; resume it with `emq bench build ... --resume`)"
+                f"bench {path}: has no records (an empty or unfinished build; "
+                "resume it with `emq bench build ... --resume`)"
             )
         cols = list(zip(*rows, strict=True))
         get = {c: cols[i] for i, c in enumerate(store.RECORD_COLUMNS)}
@@ -85,8 +86,9 @@ class Bench:
         version = int(meta.get("schema_version", 1))
         if version != store.SCHEMA_VERSION:
             raise EmqError(
-                f"bench {path}: bench format {version}, this emq reads format {store.SCHEMA_VERSION} (per-image outcomes and test pools);"
-                " rebuild it with `emq bench build` and the arguments in its build_log, or use an emq version of its format"
+                f"bench {path}: bench format {version}, this emq reads format {store.SCHEMA_VERSION} (per-image "
+                "outcomes and test pools); rebuild it with `emq bench build` and the arguments in its build_log, "
+                "or use an emq version of its format"
             )
         pools = meta.get("test_pools")
         limit = max_blob_size(len(pools["sources"])) if isinstance(pools, dict) and "sources" in pools else None
@@ -152,7 +154,8 @@ class Bench:
         blob = (self._repeat_blobs if repeat else self._blobs).get(config)
         if blob is None:
             raise EmqError(
-                f"bench {self.path}: no per-image outcomes for {'the repeat of ' if repeat else ''}configuration {config}"
+                f"bench {self.path}: no per-image outcomes "
+                f"for {'the repeat of ' if repeat else ''}configuration {config}"
             )
         return decode(blob, f"bench {self.path}, configuration {config}")
 
@@ -178,7 +181,8 @@ class Bench:
         if cached is None:
             if self.pools is None:
                 raise EmqError(
-                    f"bench {self.path}: has no per-image outcomes, so test pools cannot be formed (rebuild it with `emq bench build`)"
+                    f"bench {self.path}: has no per-image outcomes, so test pools cannot be formed (rebuild it "
+                    "with `emq bench build`)"
                 )
             n = self.pools.n_images
             cached = {m: np.empty((len(texts), n), dtype=np.float32) for m in METRICS}

@@ -89,7 +89,8 @@ class ConfigSpace:
             allowed = self.slot_choices(i)
             if b not in allowed:
                 raise EmqError(
-                    f"{what} {config_text(bits)}: slot {i} ({self.slot_names[i]}) has {b} bits; allowed: {', '.join(map(str, allowed))}"
+                    f"{what} {config_text(bits)}: slot {i} ({self.slot_names[i]}) has {b} bits; "
+                    f"allowed: {', '.join(map(str, allowed))}"
                 )
         return bits
 

@@ -36,10 +36,12 @@ CREATE TABLE IF NOT EXISTS records (
     seconds REAL, seed INTEGER, source TEXT NOT NULL, outcomes BLOB
 );
 CREATE TABLE IF NOT EXISTS repeats (
-    config TEXT PRIMARY KEY, top1 REAL NOT NULL, loss REAL, kl REAL, seconds REAL, calib_seed INTEGER NOT NULL, outcomes BLOB
+    config TEXT PRIMARY KEY, top1 REAL NOT NULL, loss REAL, kl REAL, seconds REAL, calib_seed INTEGER NOT NULL,
+    outcomes BLOB
 );
 CREATE TABLE IF NOT EXISTS failures (
-    config TEXT NOT NULL, stage TEXT NOT NULL, error TEXT NOT NULL, attempts INTEGER NOT NULL, at TEXT NOT NULL, PRIMARY KEY (config, stage)
+    config TEXT NOT NULL, stage TEXT NOT NULL, error TEXT NOT NULL, attempts INTEGER NOT NULL, at TEXT NOT NULL,
+    PRIMARY KEY (config, stage)
 );
 """
 # every table emq creates (and SQLite's indexes of their keys): any other schema object is refused
@@ -58,8 +60,9 @@ def _check_schema(con: sqlite3.Connection, path: Path) -> None:
         ours = name in TABLES if kind == "table" else kind == "index" and name.startswith("sqlite_autoindex_")
         if not (ours or (kind == "table" and name.startswith("sqlite_"))):
             raise EmqError(
-                f"bench {path}: not a bench file: it holds the {kind} {name!r:.80}, which emq never creates; "
-                "refused before anything runs or is written (use a bench made by `emq bench build` or `emq bench import`)"
+                f"bench {path}: not a bench file: it holds the {kind} {name!r:.80}, which emq never "
+                "creates; refused before anything runs or is written (use a bench made by `emq bench build` or "
+                "`emq bench import`)"
             )
 
 
@@ -207,7 +210,8 @@ def insert_record(con: sqlite3.Connection, row: Mapping[str, Any]) -> bool:
     False when the config was already there."""
     with transaction(con):
         cur = con.execute(
-            f"INSERT OR IGNORE INTO records ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})",
+            f"INSERT OR IGNORE INTO records ({', '.join(_INSERT_COLUMNS)}) VALUES "
+            f"({', '.join('?' * len(_INSERT_COLUMNS))})",
             [row.get(c) for c in _INSERT_COLUMNS],
         )
         con.execute("DELETE FROM failures WHERE config = ? AND stage = 'build'", (row["config"],))
@@ -227,7 +231,8 @@ def insert_records(con: sqlite3.Connection, rows: Iterable[Mapping[str, Any]]) -
 def insert_repeat(con: sqlite3.Connection, config: str, result: Mapping[str, Any], calib_seed: int) -> None:
     with transaction(con):
         con.execute(
-            "INSERT OR IGNORE INTO repeats (config, top1, loss, kl, seconds, calib_seed, outcomes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO repeats (config, top1, loss, kl, seconds, calib_seed, outcomes) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 config,
                 result["top1"],
@@ -278,9 +283,9 @@ def read_outcomes(
             ).fetchone()
             if big is not None:
                 raise EmqError(
-                    f"bench {path or _db_path(con)}: the per-image outcomes of configuration {big[0]!r:.80} in {table} take "
-                    f"{big[1]:,} bytes, more than the {max_bytes:,} its test images can need; the file is damaged: "
-                    "rebuild it with `emq bench build` or restore a copy"
+                    f"bench {path or _db_path(con)}: the per-image outcomes of configuration {big[0]!r:.80} "
+                    f"in {table} take {big[1]:,} bytes, more than the {max_bytes:,} its test images can need; the "
+                    "file is damaged: rebuild it with `emq bench build` or restore a copy"
                 )
         return dict(con.execute(f"SELECT config, outcomes FROM {table}").fetchall())  # noqa: S608 - table is internal
     except sqlite3.OperationalError as e:

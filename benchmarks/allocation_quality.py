@@ -56,7 +56,8 @@ def main() -> None:
         )
         evolved = res.best
         print(
-            f"evolved (seed {args.seed}): {res.summary['best_expression']}  held-out rho {res.summary['best_heldout_spearman']:.3f}"
+            f"evolved (seed {args.seed}): {res.summary['best_expression']}  held-out "
+            f"rho {res.summary['best_heldout_spearman']:.3f}"
         )
     allocator = Allocator(target, setup.ptq, stats=stats, stats_settings=setup.stats)
     proxies = {"evolved": evolved, **{n: get_proxy(n) for n in REFERENCE_PROXIES}}
@@ -69,7 +70,8 @@ def main() -> None:
             print(f"| {budget:g} | {r.method} | {r.avg_bits:.3f} | {r.top1:.2f} | {r.kl:.4f} |")
         if "median_random_top1" in extra:
             print(
-                f"| {budget:g} | median random in budget (n={extra['random_configs']}) | | {extra['median_random_top1']:.2f} | |"
+                f"| {budget:g} | median random in budget (n={extra['random_configs']}) | "
+                f"| {extra['median_random_top1']:.2f} | |"
             )
     print(f"({time.perf_counter() - t0:.0f} s)")
 

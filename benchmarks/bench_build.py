@@ -39,7 +39,8 @@ def main() -> None:
             wall = time.perf_counter() - t0
             evals = info["build_log"][-1]["seconds"]
             print(
-                f"workers={w}: {info['records']} configs in {wall:.1f} s total ({info['records'] / wall:.2f} configs/s), evaluation phase {evals:.1f} s ({info['records'] / evals:.2f} configs/s)"
+                f"workers={w}: {info['records']} configs in {wall:.1f} s total ({info['records'] / wall:.2f} "
+                f"configs/s), evaluation phase {evals:.1f} s ({info['records'] / evals:.2f} configs/s)"
             )
 
 

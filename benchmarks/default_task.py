@@ -39,8 +39,8 @@ def main() -> None:
     p5, p50, p95 = np.percentile(top1, [5, 50, 95])
     print(
         f"{args.configs} random configurations ({dt / args.configs:.3f} s each): median {p50:.2f} % "
-        f"({p50 - 10:.1f} points above chance), 5th-95th percentile {p5:.2f}-{p95:.2f} % (spread {p95 - p5:.2f} points), "
-        f"min {top1.min():.2f} %, max {top1.max():.2f} %"
+        f"({p50 - 10:.1f} points above chance), 5th-95th percentile {p5:.2f}-{p95:.2f} % "
+        f"(spread {p95 - p5:.2f} points), min {top1.min():.2f} %, max {top1.max():.2f} %"
     )
 
 

@@ -73,11 +73,13 @@ def main() -> None:
     print(f"{'seed':>4} {'DPS':>4} {'held-out':>9} {'search':>7} {'evals':>6} {'gens':>5} {'unique':>6} {'|corr|':>7}")
     for r in rows:
         print(
-            f"{r['seed']:>4} {'on' if r['dps'] else 'off':>4} {r['heldout']:>9.3f} {r['search']:>7.3f} {r['evaluations']:>6} {r['generations']:>5} {r['unique_forms']:>6.0f} {r['mean_abs_corr']:>7.3f}"
+            f"{r['seed']:>4} {'on' if r['dps'] else 'off':>4} {r['heldout']:>9.3f} {r['search']:>7.3f} "
+            f"{r['evaluations']:>6} {r['generations']:>5} {r['unique_forms']:>6.0f} {r['mean_abs_corr']:>7.3f}"
         )
     for k, v in summary.items():
         print(
-            f"{k}: held-out {v['heldout'][0]:.3f} ± {v['heldout'][1]:.3f}, search {v['search'][0]:.3f}, unique forms {v['unique_forms'][0]:.1f}, mean |corr| {v['mean_abs_corr'][0]:.3f}"
+            f"{k}: held-out {v['heldout'][0]:.3f} ± {v['heldout'][1]:.3f}, search {v['search'][0]:.3f}, unique "
+            f"forms {v['unique_forms'][0]:.1f}, mean |corr| {v['mean_abs_corr'][0]:.3f}"
         )
 
 

@@ -73,10 +73,16 @@ def main() -> None:
         return
     for row in rows:
         s = row["score"]
-        line = f"{row['bench']:>20}: emq score --proxies {args.proxies}: wall {s['wall_s']:.1f} s, CPU {s['cpu_s']:.1f} s, load {s['load_before']:.1f}"
+        line = (
+            f"{row['bench']:>20}: emq score --proxies {args.proxies}: wall {s['wall_s']:.1f} s, "
+            f"CPU {s['cpu_s']:.1f} s, load {s['load_before']:.1f}"
+        )
         if "reference_stats" in row:
             r = row["reference_stats"]
-            line += f"; computing the statistics instead: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s (score/reference CPU {row['ratio_cpu']:.2f})"
+            line += (
+                f"; computing the statistics instead: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s "
+                f"(score/reference CPU {row['ratio_cpu']:.2f})"
+            )
         print(line)
 
 

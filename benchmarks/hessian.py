@@ -100,7 +100,8 @@ def bench_model(
     print(f"\nsum of per-layer traces (emq)  {res.trace.sum():.4f}")
     print(f"whole-model trace (PyHessian) {ref_trace:.4f} +- {ref_se:.4f} (1 s.e.)")
     print(
-        f"time: emq per-layer traces + diagonal {ours_s:.3f} s | PyHessian whole-model trace {ref_s:.3f} s | ratio {ours_s / ref_s:.2f}"
+        f"time: emq per-layer traces + diagonal {ours_s:.3f} s | PyHessian whole-model trace {ref_s:.3f} s | "
+        f"ratio {ours_s / ref_s:.2f}"
     )
     if eig_iters > 0:
         print(f"time: emq per-layer top eigenvalues ({eig_iters} power iterations max) {eig_s:.3f} s")

@@ -117,7 +117,8 @@ def main() -> None:
             killed += any(e.startswith("killed") for e in events)
             print(f"trial {t + 1:2d}: {'identical' if ok else 'DIFFERENT'} ({'; '.join(events)})", flush=True)
         print(
-            f"{same} of {args.trials} campaigns identical to the uninterrupted one; {killed} of them were killed at least once"
+            f"{same} of {args.trials} campaigns identical to the uninterrupted one; {killed} of them were killed "
+            "at least once"
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -134,7 +134,8 @@ def main() -> None:
                     agree.append([model, f"{a} vs {b}", metric, f"{g['rho']:.3f} [{g['low']:.3f}, {g['high']:.3f}]"])
     load = os.getloadavg()
     print(
-        f"\nuniform-bit top-1 (%) and KL per method ({args.configs} configurations each; load average {load[0]:.1f}, {os.cpu_count()} cores):"
+        f"\nuniform-bit top-1 (%) and KL per method ({args.configs} configurations each; load "
+        f"average {load[0]:.1f}, {os.cpu_count()} cores):"
     )
     print(
         markdown_table(
@@ -143,7 +144,8 @@ def main() -> None:
         )
     )
     print(
-        f"\nranking agreement between methods on the same {args.configs} configurations (Spearman [95 % bootstrap over configurations]):"
+        f"\nranking agreement between methods on the same {args.configs} configurations (Spearman [95 % bootstrap "
+        "over configurations]):"
     )
     print(markdown_table(["model", "methods", "metric", "Spearman"], agree))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,8 @@ def main() -> None:
     uncached.evaluate_fp()
     r_cached, r_uncached = rate(cached, configs), rate(uncached, configs)
     print(
-        f"default model, {len(t.data.test)} test images, {cached.settings.calib_size} calibration images, {args.configs} configurations"
+        f"default model, {len(t.data.test)} test images, {cached.settings.calib_size} calibration "
+        f"images, {args.configs} configurations"
     )
     print(f"with weight cache:    {r_cached:.2f} configurations/s")
     print(f"without weight cache: {r_uncached:.2f} configurations/s")

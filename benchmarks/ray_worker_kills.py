@@ -88,13 +88,14 @@ def main() -> None:
     same = _records(out) == _records(work / "serial.sqlite")
     n = len(_records(out))
     print(
-        f"{args.configs} configurations; serial build {serial_s:.0f} s, Ray build (2 workers) {ray_s:.0f} s; load average {os.getloadavg()[0]:.1f}"
+        f"{args.configs} configurations; serial build {serial_s:.0f} s, Ray build (2 workers) {ray_s:.0f} s; load "
+        f"average {os.getloadavg()[0]:.1f}"
     )
     for k in kills:
         print(f"  {k}")
     print(
-        f"records: {n} of {args.configs}, {len({r[1] for r in _records(out)})} distinct; identical to the serial build: {same}; "
-        f"failures recorded: {len(Bench.open(out).failures)}"
+        f"records: {n} of {args.configs}, {len({r[1] for r in _records(out)})} distinct; identical to the serial "
+        f"build: {same}; failures recorded: {len(Bench.open(out).failures)}"
     )
 
 

@@ -63,7 +63,7 @@ def curve(bench: Bench, draws: int) -> list[dict]:
 
 def time_config(bench: Bench, limit: int | None, config: str, repeats: int) -> float:
     """Median seconds of one configuration's evaluation (fresh engine per limit; first call warms it)."""
-    spec = EvalSpec(bench.meta["model"], bench.meta["data"], None, None, None, ptq_settings(bench), test_limit=limit)
+    spec = EvalSpec(model=bench.meta["model"], data=bench.meta["data"], settings=ptq_settings(bench), test_limit=limit)
     evaluate_config(spec, config)  # builds the engine, rounding from the cache
     times = []
     for _ in range(repeats):

@@ -109,7 +109,8 @@ def main() -> None:
                 }
             )
             print(
-                f"round {repeat + 1}: {name} x{workers}: {run['evaluated']} configurations in {run['seconds']:.1f} s ({run['rate']:.2f}/s)",
+                f"round {repeat + 1}: {name} x{workers}: {run['evaluated']} configurations "
+                f"in {run['seconds']:.1f} s ({run['rate']:.2f}/s)",
                 flush=True,
             )
     ray.shutdown()
@@ -152,9 +153,9 @@ def main() -> None:
         )
     )
     print(
-        f"Ray cluster start (ray.init, once): {cluster_start:.1f} s; load average {load0[0]:.1f} before, {load1[0]:.1f} after ({os.cpu_count()} cores); "
-        f"{args.repeats} rounds of {args.configs} configurations of the default model"
-        + (f", first {args.test_limit} test images" if args.test_limit else "")
+        f"Ray cluster start (ray.init, once): {cluster_start:.1f} s; load average {load0[0]:.1f} "
+        f"before, {load1[0]:.1f} after ({os.cpu_count()} cores); {args.repeats} rounds of {args.configs} "
+        "configurations of the default model" + (f", first {args.test_limit} test images" if args.test_limit else "")
     )
     payload = {
         "settings": vars(args) | {"out": str(args.out)},

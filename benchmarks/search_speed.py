@@ -215,7 +215,8 @@ def main() -> None:
         f"{ag['max_abs_rho_difference']:.2e}; same rejections: {ag['same_rejections']}"
     )
     print(
-        f"naive per-configuration scoring on {names[0]}: {res['naive_seconds_per_candidate_first_bench']:.1f} s per candidate"
+        f"naive per-configuration scoring on {names[0]}: {res['naive_seconds_per_candidate_first_bench']:.1f} s "
+        "per candidate"
     )
     for key, label in (("campaign", "campaign"), ("reference_campaign", "reference campaign")):
         if key not in res:

@@ -59,8 +59,9 @@ def main() -> None:
             "reliability_split_half_corrected": rel.get("corrected"),
         }
         print(
-            f"\n{name}: statistics {ref_file.stat().st_size / 1e6:.1f} MB -> {bundle.stats_path.stat().st_size / 1e6:.1f} MB; "
-            f"reliability (split-half corrected, outcomes untouched) {rel.get('corrected'):.3f}"
+            f"\n{name}: statistics {ref_file.stat().st_size / 1e6:.1f} MB "
+            f"-> {bundle.stats_path.stat().st_size / 1e6:.1f} MB; reliability (split-half corrected, outcomes "
+            f"untouched) {rel.get('corrected'):.3f}"
         )
         print("proxy | rho before | rho after | difference")
         for p in sorted(diffs):

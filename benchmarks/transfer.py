@@ -3,7 +3,8 @@ the shipped benches, each evolved proxy reported on benches it was never searche
 (held-out configurations x report pool, 95 % bootstrap intervals), beside every faithful
 separable hand-made proxy, the whole-configuration references and their cost.
 
-    python benchmarks/transfer.py [--benches default,vgg-digits,mobilenetv2-digits,resnet20-fashion] [--seeds 0,1,2] [--out runs/transfer]
+    python benchmarks/transfer.py [--benches default,vgg-digits,mobilenetv2-digits,resnet20-fashion]
+                                  [--seeds 0,1,2] [--out runs/transfer]
 
     Needs only emq's core dependencies (no extra).
 """
@@ -16,7 +17,7 @@ import os
 import time
 
 from emq.evolution.engine import TRANSFER_CAMPAIGN
-from emq.transfer import PROTOCOLS, SEEDS, WHOLE_CONFIG, WHOLE_LIMIT, TransferStudy
+from emq.transfer import DEFAULT_PROTOCOLS, SEEDS, WHOLE_CONFIG, WHOLE_LIMIT, TransferStudy
 
 
 def main() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--generations", type=int, default=TRANSFER_CAMPAIGN.generations)
     ap.add_argument("--population", type=int, default=TRANSFER_CAMPAIGN.population)
-    ap.add_argument("--protocols", default=",".join(PROTOCOLS))
+    ap.add_argument("--protocols", default=",".join(DEFAULT_PROTOCOLS))
     ap.add_argument("--aggregate", default=TRANSFER_CAMPAIGN.aggregate)
     ap.add_argument("--whole-limit", type=int, default=WHOLE_LIMIT)
     ap.add_argument("--out", default="runs/transfer")
@@ -47,7 +48,8 @@ def main() -> None:
     print(result.to_markdown())
     load = os.getloadavg()
     print(
-        f"\n{len(study.plan)} campaigns in {time.perf_counter() - t0:.0f} s (load average {load[0]:.1f}, {os.cpu_count()} cores); files in {args.out}"
+        f"\n{len(study.plan)} campaigns in {time.perf_counter() - t0:.0f} s (load "
+        f"average {load[0]:.1f}, {os.cpu_count()} cores); files in {args.out}"
     )
 
 

@@ -2,8 +2,8 @@
 
 `emq layers` -> `layers`, `emq quantize` -> `quantize`, `emq bench build|info|import|export`
 -> `bench_build` / `bench_info` / `bench_import` / `bench_export` (and `Bench` for queries),
-`emq stats` -> `stats`, `emq search` -> `search` (and the estimator `ProxySearch`), `emq export` -> `export`, `emq score` ->
-`score`, `emq allocate` -> `allocate` / `sweep`, `emq demo` -> `demo`.
+`emq stats` -> `stats`, `emq search` -> `search` (and the estimator `ProxySearch`), `emq export` -> `export`,
+`emq score` -> `score`, `emq allocate` -> `allocate` / `sweep`, `emq demo` -> `demo`.
 
 The CLI (emq.cli) reaches the library only through this module (tests/test_layering.py): besides
 `__all__` it uses the names re-exported below as `from .x import name as name` and the aliases
@@ -23,6 +23,7 @@ from .allocation import Allocation, Allocator, allocate, load_bitmap, save_bitma
 from .allocation import Budget as Budget
 from .allocation import allocator_for as allocator_for
 from .allocation import parse_sweep as parse_sweep
+from .allocation.allocator import auto_or as auto_or
 from .allocation.allocator import resolve_proxy as resolve_proxy
 from .allocation.kinds import budget_kinds as budget_kinds
 from .allocation.kinds import get_kind as get_kind
@@ -44,8 +45,13 @@ from .executors import Executor, make_executor
 from .executors import executor_classes as executor_classes
 from .fileio import os_reason as os_reason
 from .fileio import writable_dir as writable_dir
+from .frontier import BUDGETS as BUDGETS
+from .frontier import DRAWS as DRAWS
+from .frontier import FrontierResult as FrontierResult
+from .frontier import FrontierStudy as FrontierStudy
 from .layermap import LayerMap
 from .models import build_model as build_model
+from .pipeline_demo import DEMO_EVALUATIONS as DEMO_EVALUATIONS
 from .pipeline_demo import demo
 from .quant import PTQEngine, PTQSettings, QuantResult
 from .quantizers import QUANTIZERS as QUANTIZERS
@@ -78,6 +84,7 @@ from .tables import markdown_table as markdown_table
 from .target import ModelSpec, as_model_spec, resolve_target
 from .threads import set_threads as set_threads
 from .threads import threads_restored as threads_restored
+from .transfer import DEFAULT_PROTOCOLS as DEFAULT_PROTOCOLS
 from .transfer import PROTOCOLS as PROTOCOLS
 from .transfer import SEEDS as SEEDS
 from .transfer import WHOLE_CONFIG as WHOLE_CONFIG
@@ -97,6 +104,8 @@ __all__ = [
     "Bench",
     "EmqError",
     "Executor",
+    "FrontierResult",
+    "FrontierStudy",
     "HallOfFame",
     "ModelSpec",
     "PTQEngine",
@@ -163,7 +172,7 @@ def quantize(
             "give the configuration as bits (one bit-width per slot; see `layers`) or as bitmap=PATH, not both",
         )
     device = resolve_device(device)  # before any model work
-    target = as_model_spec(model, data, weights, num_classes, input_size).resolve()
+    target = as_model_spec(model, data=data, weights=weights, num_classes=num_classes, input_size=input_size).resolve()
     config = load_bitmap(bitmap, target.layer_map) if bitmap is not None else target.layer_map.validate(bits)
     return PTQEngine(
         target.model, target.layer_map, target.require_data(), settings, progress=progress, device=device

@@ -49,8 +49,8 @@ class BenchSetup:
         ns = shipped_stats(t.model, t.layer_map, self.bits, self.stats, None, device, files=[self.stats_file])
         if ns is None:
             raise EmqError(
-                f"{self.stats_file}: the bundled statistics were computed with other settings, bits or weights than the bench asks for; "
-                "pass --data to compute them"
+                f"{self.stats_file}: the bundled statistics were computed with other settings, bits or weights "
+                "than the bench asks for; pass --data to compute them"
             )
         log.info("statistics of %s from the bundle (%s): its data is not installed", t.name, self.stats_file)
         return ns
@@ -74,7 +74,8 @@ class BenchSetup:
         given = spec.model if isinstance(spec, ModelSpec) else None
         if isinstance(given, str) and isinstance(built_for, str) and given != built_for and not meta.get("user_module"):
             raise EmqError(
-                f"--model {given}: this bench is {built_for} (bench {bench.path}); drop --model to use the bench's own model"
+                f"--model {given}: this bench is {built_for} (bench {bench.path}); drop --model to use the bench's "
+                "own model"
             )
         if isinstance(spec, Target):
             target = spec
@@ -85,13 +86,14 @@ class BenchSetup:
             except ParameterError as e:
                 if given is None and e.param == "model":  # the bench's own model, not a flag the user gave
                     raise EmqError(
-                        f"bench {bench.path}: was built for model {name!r}, which this emq does not know ({e.problem}); "
-                        "use an emq that has that model, or a bench of a known one"
+                        f"bench {bench.path}: was built for model {name!r}, which this emq does not know "
+                        f"({e.problem}); use an emq that has that model, or a bench of a known one"
                     ) from e
                 if stats_file is None or e.param != "data":
                     raise
                 log.info(
-                    "%s; using the bundle's statistics (whole-configuration proxies, allocation and verification need the data)",
+                    "%s; using the bundle's statistics (whole-configuration proxies, allocation and verification "
+                    "need the data)",
                     e,
                 )
                 target = spec.resolve(need_data=False, default_model=name)
@@ -106,17 +108,20 @@ def check_target(bench: Any, target: Target) -> None:
     stored = str(bench.meta.get("data_fingerprint") or "").split("|test[:")[0]
     if stored and target.data is not None and target.data.fingerprint != stored:
         raise EmqError(
-            f"bench {bench.path}: was built on other data than {target.data.name} (data fingerprint differs); pass the bench's data with --data"
+            f"bench {bench.path}: was built on other data than {target.data.name} (data fingerprint differs); pass "
+            "the bench's data with --data"
         )
     want = bench.meta.get("weights_hash")
     if want and state_dict_digest(target.model) != want:
         raise EmqError(
-            f"bench {bench.path}: was built with other weights of {target.name} (weights hash {want}); pass the same model weights"
+            f"bench {bench.path}: was built with other weights of {target.name} (weights hash {want}); pass the "
+            "same model weights"
         )
     slots = bench.configs.shape[1]
     if target.layer_map.num_slots != slots:
         raise EmqError(
-            f"bench {bench.path}: configurations have {slots} slots but {target.name} has {target.layer_map.num_slots}; use the bench's model"
+            f"bench {bench.path}: configurations have {slots} slots but {target.name} "
+            f"has {target.layer_map.num_slots}; use the bench's model"
         )
 
 

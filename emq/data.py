@@ -209,7 +209,8 @@ def load_data(spec: str, input_size: int = 224) -> DataSplits:
         raise ParameterError(
             "data",
             spec,
-            "no such directory (use 'default', 'fashion-mnist', 'mnist', 'mnist-5k', an ImageFolder tree, a CIFAR-10 directory or a directory of MNIST-format idx files)",
+            "no such directory (use 'default', 'fashion-mnist', 'mnist', 'mnist-5k', an ImageFolder tree, a "
+            "CIFAR-10 directory or a directory of MNIST-format idx files)",
         )
     if (root / "cifar-10-batches-py").is_dir() or root.name == "cifar-10-batches-py":
         return cifar10_data(root.parent if root.name == "cifar-10-batches-py" else root)

@@ -17,7 +17,7 @@ DEFAULT_SEED = 2023  # the embedded default data's seed, and the fixed split of 
 DEFAULT_CALIB_SIZE = 512
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DataSplits:
     """Calibration images in memory (they are small and reused often) and a test set."""
 

@@ -75,7 +75,8 @@ class SplitTarget:
             )
         if configs.shape[0] < 3:
             raise EmqError(
-                f"bench split {name!r} has {configs.shape[0]} configurations: at least 3 are needed for a rank correlation"
+                f"bench split {name!r} has {configs.shape[0]} configurations: at least 3 are needed for a rank "
+                "correlation"
             )
         if not np.isfinite(values).all():
             raise EmqError(f"bench split {name!r}: metric {metric!r} holds NaN or inf values")

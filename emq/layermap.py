@@ -20,7 +20,7 @@ from .specs import DEFAULT_ACT_BITS, check_weight_bits
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Layer:
     """One quantizable module."""
 
@@ -32,7 +32,7 @@ class Layer:
     out_channels: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Slot:
     """One bit-width decision; several tied layers may share it."""
 
@@ -43,7 +43,7 @@ class Slot:
     macs: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LayerMap:
     model: str
     input_size: int
@@ -81,7 +81,8 @@ class LayerMap:
         bits = tuple(int(b) for b in bits)
         if len(bits) != self.num_slots:
             raise EmqError(
-                f"{what}: {len(bits)} bit-widths given, but {self.model} has {self.num_slots} slots (see `emq layers --model {self.model}`)"
+                f"{what}: {len(bits)} bit-widths given, but {self.model} has {self.num_slots} slots "
+                f"(see `emq layers --model {self.model}`)"
             )
         return tuple(check_weight_bits(b, "bits") for b in bits)
 
@@ -123,21 +124,21 @@ def _trace_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
         if isinstance(mod, nn.Conv2d):
             k = mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
             seen[name] = Layer(
-                name,
-                "conv",
-                mod.weight.numel(),
-                0 if mod.bias is None else mod.bias.numel(),
-                per_sample * k,
-                mod.out_channels,
+                name=name,
+                kind="conv",
+                params=mod.weight.numel(),
+                bias=0 if mod.bias is None else mod.bias.numel(),
+                macs=per_sample * k,
+                out_channels=mod.out_channels,
             )
         else:
             seen[name] = Layer(
-                name,
-                "linear",
-                mod.weight.numel(),
-                0 if mod.bias is None else mod.bias.numel(),
-                per_sample * mod.in_features,
-                mod.out_features,
+                name=name,
+                kind="linear",
+                params=mod.weight.numel(),
+                bias=0 if mod.bias is None else mod.bias.numel(),
+                macs=per_sample * mod.in_features,
+                out_channels=mod.out_features,
             )
 
     for m in names:
@@ -184,13 +185,13 @@ def build_layer_map(
             groups.append([layer])
     slots = [
         Slot(
-            g[0].name,
-            tuple(x.name for x in g),
-            sum(x.params for x in g),
-            sum(x.bias for x in g),
-            sum(x.macs for x in g),
+            name=g[0].name,
+            modules=tuple(x.name for x in g),
+            params=sum(x.params for x in g),
+            bias=sum(x.bias for x in g),
+            macs=sum(x.macs for x in g),
         )
         for g in groups
     ]
     layer_slot = [i for i, g in enumerate(groups) for _ in g]
-    return LayerMap(model_name, input_size, layers, slots, layer_slot)
+    return LayerMap(model=model_name, input_size=input_size, layers=layers, slots=slots, layer_slot=layer_slot)

@@ -36,7 +36,7 @@ TRAIN_IMAGES = 55_000  # the rest of the training set is the calibration pool
 CALIB_POOL = 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MnistFormat:
     """One MNIST-format data set: where it is usually found and how to get it."""
 
@@ -51,9 +51,16 @@ class MnistFormat:
 
 FORMATS = {
     "fashion-mnist": MnistFormat(
-        "fashion-mnist", "FashionMNIST", "/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist", 0.2860, 0.3530
+        name="fashion-mnist",
+        torchvision_dir="FashionMNIST",
+        debian_dir="/usr/share/datasets/fashion-mnist",
+        debian_package="dataset-fashion-mnist",
+        mean=0.2860,
+        std=0.3530,
     ),
-    "mnist": MnistFormat("mnist", "MNIST", None, None, 0.1307, 0.3081),
+    "mnist": MnistFormat(
+        name="mnist", torchvision_dir="MNIST", debian_dir=None, debian_package=None, mean=0.1307, std=0.3081
+    ),
 }
 
 
@@ -80,7 +87,8 @@ def read_idx(path: Path) -> np.ndarray:
         raise ParameterError(
             "data",
             path,
-            f"holds {len(raw) - header} data bytes but its header {dims} needs {want}; the file is truncated or corrupt",
+            f"holds {len(raw) - header} data bytes but its header {dims} needs {want}; "
+            "the file is truncated or corrupt",
         )
     return np.frombuffer(raw, dtype, offset=header).reshape(dims)
 
@@ -131,9 +139,9 @@ def find(fmt_name: str) -> dict[str, Path]:
     raise ParameterError(
         "data",
         fmt_name,
-        f"not found in {', '.join(map(str, dirs))}; {get}pass --data DIR where DIR holds "
-        f"{FILES['train_images']}[.gz] and the other three idx files (torchvision's {fmt.torchvision_dir}/raw layout works), "
-        "or set EMQ_DATA_DIR; nothing is downloaded",
+        f"not found in {', '.join(map(str, dirs))}; {get}pass --data DIR where DIR "
+        f"holds {FILES['train_images']}[.gz] and the other three idx files "
+        f"(torchvision's {fmt.torchvision_dir}/raw layout works), or set EMQ_DATA_DIR; nothing is downloaded",
     )
 
 
@@ -154,8 +162,8 @@ def _labels(arr: np.ndarray, path: Path, n: int, fmt: MnistFormat) -> torch.Tens
         raise ParameterError(
             "data",
             path,
-            f"label {arr[bad[0]]} at position {bad[0]} ({bad.size} such) is outside {fmt.name}'s classes 0..{fmt.classes - 1}; "
-            "give the data set's own label files",
+            f"label {arr[bad[0]]} at position {bad[0]} ({bad.size} such) is outside {fmt.name}'s classes "
+            f"0..{fmt.classes - 1}; give the data set's own label files",
         )
     return torch.from_numpy(arr.astype(np.int64))
 
@@ -219,6 +227,7 @@ def load_mnist(spec: str, with_train: bool = False) -> DataSplits:
         raise ParameterError(
             "data",
             spec,
-            f"no MNIST-format idx files ({FILES['train_images']}[.gz] and three more) in {root} or its {FORMATS[fmt].torchvision_dir}/raw",
+            f"no MNIST-format idx files ({FILES['train_images']}[.gz] and three more) in {root} or "
+            f"its {FORMATS[fmt].torchvision_dir}/raw",
         )
     return mnist_data(files, fmt, with_train)

@@ -269,7 +269,8 @@ def embedded_model(name: str = "default", pretrained: bool = True) -> nn.Module:
         path = asset_path(spec.weights)
         if not path.is_file():
             raise EmqError(
-                f"the weights of embedded model {name!r} are missing; regenerate them with `python scripts/train_model.py --model {name}`"
+                f"the weights of embedded model {name!r} are missing; "
+                f"regenerate them with `python scripts/train_model.py --model {name}`"
             )
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
@@ -416,7 +417,8 @@ def build_model(name: str, num_classes: int | None = None, weights: Path | None 
             raise ParameterError(
                 "model",
                 name,
-                f"unknown model{hint}; use an embedded model ({', '.join(EMBEDDED_MODELS)}) or a torchvision classifier name",
+                f"unknown model{hint}; use an embedded model ({', '.join(EMBEDDED_MODELS)}) or a torchvision "
+                "classifier name",
             )
         kwargs = {"num_classes": num_classes} if num_classes else {}
         if name.startswith("inception") or name.startswith("googlenet"):

@@ -1,9 +1,11 @@
 """`emq demo`: the whole pipeline on the embedded default, end to end, in a few minutes.
 
 Load the default model and bench, compute statistics, evolve a proxy for a short campaign,
-export it, allocate bits at a mid budget with it and with the reference proxies, quantize
-and evaluate every allocation for real, and compare with the best bench configuration in
-the same budget (the oracle). Everything lands in one run directory.
+export it, allocate bits at a mid budget with it, with the reference proxies and with
+`auto` (what the cost-quality frontier recommends with 0 and with `evaluations` PTQ
+evaluations of the network), quantize and evaluate every allocation for real, and compare
+with the best bench configuration in the same budget (the oracle). Everything lands in one
+run directory.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from .allocation import Allocation, Allocator
+from .allocation.auto import FIT_FROM, AutoProxy
 from .baselines import get_proxy
 from .bench import Bench
 from .bench_setup import BenchSetup
@@ -29,11 +32,12 @@ from .rendering import export
 from .search_space.stats import compute_stats
 from .target import resolve_target
 
-REFERENCE_PROXIES = ("hawq-v2", "ompq")
+REFERENCE_PROXIES = ("fisher", "hawq-v2")
+DEMO_EVALUATIONS = FIT_FROM  # the smallest budget at which `auto` fits a model on measured configurations
 RANDOM_BAND = 0.25  # "random within budget" = bench configurations with avg bits in (budget - band, budget]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MethodResult:
     method: str
     bits: tuple[int, ...]
@@ -48,7 +52,15 @@ class MethodResult:
 
 
 def _from_allocation(name: str, a: Allocation) -> MethodResult:
-    return MethodResult(name, a.bits, a.avg_bits, a.size_bytes, float(a.top1), float(a.loss), float(a.kl))
+    return MethodResult(
+        method=name,
+        bits=a.bits,
+        avg_bits=a.avg_bits,
+        size_bytes=a.size_bytes,
+        top1=float(a.top1),
+        loss=float(a.loss),
+        kl=float(a.kl),
+    )
 
 
 def compare_allocations(
@@ -108,13 +120,16 @@ def demo(
     population: int = DEMO_CAMPAIGN.population,
     seed: int = DEMO_CAMPAIGN.seed,
     budget_avg_bits: float = 3.0,
+    evaluations: int = DEMO_EVALUATIONS,
     progress: bool = False,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Run the end-to-end pipeline on the embedded default; returns the summary (`emq demo`).
     `progress` shows the steps (and the search's generations) on stderr: a first run
     computes the statistics for minutes, and silence would look like a hang. `device` is
-    where statistics, fitness tables and PTQ run (cpu, cuda or cuda:N)."""
+    where statistics, fitness tables and PTQ run (cpu, cuda or cuda:N). `evaluations` (> 0) adds
+    `auto` with that many PTQ evaluations, measured into the run directory (0: only auto's
+    zero-evaluation choice)."""
     from tqdm import tqdm
 
     device = resolve_device(device)  # before the run directory is made
@@ -157,9 +172,12 @@ def demo(
 
     t = time.perf_counter()
     steps.update()
-    steps.set_postfix_str(f"allocation and PTQ of {len(REFERENCE_PROXIES) + 3} configurations")
-    allocator = Allocator(target, setup.ptq, stats=stats, stats_settings=setup.stats, device=device)
     proxies = {"evolved": result.best, **{name: get_proxy(name) for name in REFERENCE_PROXIES}}
+    proxies["auto, 0 evaluations"] = AutoProxy(0)
+    if evaluations > 0:
+        proxies[f"auto, {evaluations} evaluations"] = AutoProxy(evaluations, out_dir / "auto_measurements.sqlite", seed)
+    steps.set_postfix_str(f"allocation and PTQ of {len(proxies) + 2} configurations (auto measures {evaluations})")
+    allocator = Allocator(target, setup.ptq, stats=stats, stats_settings=setup.stats, device=device)
     rows, extra = compare_allocations(allocator, b, proxies, budget_avg_bits)
     seconds["allocation+PTQ"] = time.perf_counter() - t
     steps.update()

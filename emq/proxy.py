@@ -63,6 +63,17 @@ class Proxy(ABC):
     formula: str = ""  # the proxy's form inside the search space: a key of emq.search_space.pset.HANDMADE
     needs_data: bool = False  # it quantizes the model on the target's data (no statistics can stand in)
 
+    @property
+    def statistics_only(self) -> bool:
+        """Scored from network statistics alone (no PTQ run on data): what a user without a bench
+        or data budget can use, so the only kind that can be "the best hand-made proxy"."""
+        return self.separable and not self.needs_data
+
+    def needs_data_for(self, ctx: ProxyContext) -> bool:
+        """Whether scoring on this context runs the model on the target's data (a measured proxy
+        does not when the context's statistics carry its measurement)."""
+        return self.needs_data
+
     def setup_cost(self, ctx: ProxyContext) -> dict[str, Any] | None:
         """What the proxy spent once on this context before scoring (seconds, PTQ-equivalent
         evaluations), when it measures that itself; None: nothing of its own (statistics are shared)."""

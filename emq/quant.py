@@ -165,7 +165,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
     return model
 
 
-@dataclass
+@dataclass(kw_only=True)
 class QuantResult:
     top1: float
     loss: float
@@ -263,11 +263,11 @@ class PTQEngine:
             layers,
             names,
             s.weight_quantizer,
-            options,
-            s.weight_symmetric,
-            self.calib[0],
-            s.batch_size,
-            cache_dir,
+            options=options,
+            symmetric=s.weight_symmetric,
+            calib=self.calib[0],
+            batch_size=s.batch_size,
+            cache_dir=cache_dir,
         )
 
     def prepare_rounding(self, bits: Sequence[int], progress: bool = False) -> float:
@@ -409,12 +409,12 @@ class PTQEngine:
         self.prepare(None)
         top1, loss, _ = self._means(self._score(None))
         return QuantResult(
-            top1,
-            loss,
-            0.0,
-            self.layer_map.fp_size_bytes,
-            self.layer_map.bitops([32] * self.layer_map.num_slots, 32),
-            time.perf_counter() - t0,
+            top1=top1,
+            loss=loss,
+            kl=0.0,
+            size_bytes=self.layer_map.fp_size_bytes,
+            bitops=self.layer_map.bitops([32] * self.layer_map.num_slots, 32),
+            seconds=time.perf_counter() - t0,
         )
 
     def evaluate(self, bits: Sequence[int]) -> QuantResult:
@@ -426,11 +426,11 @@ class PTQEngine:
         per = self._score(ref)
         top1, loss, kl = self._means(per)
         return QuantResult(
-            top1,
-            loss,
-            kl,
-            float(self.layer_map.size_bytes(bits)),
-            float(self.layer_map.bitops(bits, self.settings.act_bits)),
-            time.perf_counter() - t0,
-            per,
+            top1=top1,
+            loss=loss,
+            kl=kl,
+            size_bytes=float(self.layer_map.size_bytes(bits)),
+            bitops=float(self.layer_map.bitops(bits, self.settings.act_bits)),
+            seconds=time.perf_counter() - t0,
+            per_image=per,
         )

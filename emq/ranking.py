@@ -5,8 +5,10 @@ report test pool. Only held-out x report is data no choice has seen; it is shown
 seeded 95 % bootstrap interval (resampling configurations and test sources), next to the
 report pool's ceiling (sqrt of its reliability), the within-bench supervised reference
 (ridge on one-hot features) and each proxy's *paired* difference to the best hand-made
-proxy, which is chosen on search x fit. "A beats B" only where that paired interval
-excludes 0. Separable proxies score every configuration (one gather-sum); whole-configuration
+proxy: the faithful statistics-only proxy with the highest search x fit correlation
+(measured-sensitivity and whole-configuration proxies spend PTQ runs on data, so they are
+rows with their cost, never "the best hand-made"). "A beats B" only where that paired
+interval excludes 0. Separable proxies score every configuration (one gather-sum); whole-configuration
 proxies quantize the network per configuration, so they score a seeded sample of at most
 `limit` configurations per split.
 """
@@ -54,7 +56,7 @@ SAMPLE_SEED = 0
 BOOTSTRAP_SEED = 0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ProxyScore:
     """One proxy's row: Spearman per cell ('spearman_<split>_<pool>'), the other measures on
     held-out x report, its interval there and its paired difference to the best hand-made."""
@@ -80,7 +82,7 @@ class ProxyScore:
         return out
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ScoreReport:
     bench: str
     model: str
@@ -117,22 +119,28 @@ class ScoreReport:
         ceiling = "not measured" if self.ceiling is None else f"{self.ceiling:.3f}"
         held = next((p.n.get(REPORT_CELL) for p in self.proxies if p.kind != "whole-config"), None)
         if self.pools:
-            pools = f"fit pool {self.pools['fit']['images']} images / {self.pools['fit']['sources']} sources, report pool {self.pools['report']['images']} / {self.pools['report']['sources']}"
+            pools = (
+                f"fit pool {self.pools['fit']['images']} images / {self.pools['fit']['sources']} sources, report "
+                f"pool {self.pools['report']['images']} / {self.pools['report']['sources']}"
+            )
         else:
             pools = "no per-image outcomes: fit and report are the same test images (held-out numbers are optimistic)"
         lines = [
             markdown_table(headers, rows),
             "",
             f"bench {self.bench} ({self.model}), metric {self.metric}; {pools}.",
-            f"held-out x report ({held} configurations): the only cell no choice has seen; [95 % bootstrap interval, {self.resamples} resamples of configurations and test sources].",
-            f"ceiling {ceiling}: sqrt of the report pool's reliability (test split-half and calibration retest combined), about the best a perfect predictor reaches.",
-            f"Δ: paired difference to the best hand-made proxy chosen on search x fit ({self.best_handmade or 'none'}); a proxy beats it only where the interval excludes 0.",
+            f"held-out x report ({held} configurations): the only cell no choice has seen; [95 % bootstrap "
+            f"interval, {self.resamples} resamples of configurations and test sources].",
+            f"ceiling {ceiling}: sqrt of the report pool's reliability (test split-half and calibration retest "
+            "combined), about the best a perfect predictor reaches.",
+            "Δ: paired difference to the best statistics-only hand-made proxy chosen on search x fit "
+            f"({self.best_handmade or 'none'}); a proxy beats it only where the interval excludes 0.",
         ]
         if any(p.setup for p in self.proxies):
             lines.append(
-                "one-off cost: seconds the proxy spent once on this model when its inputs were computed (a cached result "
-                "only loads), in PTQ-equivalent evaluations: seconds / one PTQ evaluation (quantize one configuration, "
-                "evaluate the test split), timed by the measured proxies' computation."
+                "one-off cost: seconds the proxy spent once on this model when its inputs were computed (a cached "
+                "result only loads), in PTQ-equivalent evaluations: seconds / one PTQ evaluation (quantize one "
+                "configuration, evaluate the test split), timed by the measured proxies' computation."
             )
         if self.skipped:
             lines.append("not scored: " + "; ".join(f"{n} ({why})" for n, why in self.skipped.items()) + ".")
@@ -236,7 +244,7 @@ def _proxy_scores(proxy: Proxy, ctx: ProxyContext, configs: np.ndarray) -> tuple
     return np.asarray(scores, dtype=np.float64), (time.perf_counter() - t0) / max(len(configs), 1)
 
 
-class _Cells:
+class ReportCells:
     """The bench's oriented metric on each pool and the masks of the four cells."""
 
     def __init__(self, bench: Any, metric: str, resamples: int) -> None:
@@ -264,7 +272,13 @@ class _Cells:
                 sums = sums[rows]
             else:
                 sums, counts = self.bench.metrics[self.metric][rows][:, None], np.ones(1)
-            self._boot[key] = Bootstrap(sums, counts, METRIC_ORIENTATION[self.metric], self.resamples, BOOTSTRAP_SEED)
+            self._boot[key] = Bootstrap(
+                sums=sums,
+                counts=counts,
+                sign=METRIC_ORIENTATION[self.metric],
+                resamples=self.resamples,
+                seed=BOOTSTRAP_SEED,
+            )
         return self._boot[key]
 
     def score(
@@ -374,30 +388,31 @@ def score(
         kinds += ["evolved"] * len(evolved)
         if not instances:
             raise EmqError("no proxy to score: give --proxies and/or --proxy FILE")
-        setup = BenchSetup.of(b, as_model_spec(model, data, weights))
+        setup = BenchSetup.of(b, as_model_spec(model, data=data, weights=weights))
         target, settings = setup.target, setup.ptq
-        cells = _Cells(b, metric, resamples)
+        cells = ReportCells(b, metric, resamples)
         stats_seconds = 0.0
         if stats is None and any(p.separable for p in instances):
             t0 = time.perf_counter()
             stats = setup.network_stats(progress, device)
             stats_seconds = time.perf_counter() - t0
+        ctx = ProxyContext(target, tuple(b.bits), settings, stats, device=device)
         skipped = {}
-        if target.data is None:  # a bundle without its data: whole-configuration proxies quantize the model on it
+        if target.data is None:  # a bundle without its data: proxies that quantize the model on it are skipped
             skipped = {
                 p.name: "needs the bench's data (it quantizes the model on it); install the data or pass --data"
                 for p in instances
-                if p.needs_data
+                if p.needs_data_for(ctx)
             }
             for name, reason in skipped.items():
                 log.warning("not scoring %s: %s", name, reason)
-            keep = [i for i, p in enumerate(instances) if not p.needs_data]
+            keep = [i for i, p in enumerate(instances) if p.name not in skipped]
             instances, kinds = [instances[i] for i in keep], [kinds[i] for i in keep]
             if not instances:
                 raise EmqError(
-                    f"bench {b.path}: its data is not installed, and every proxy asked for ({', '.join(skipped)}) needs it; install the data or pass --data"
+                    f"bench {b.path}: its data is not installed, and every proxy asked for ({', '.join(skipped)}) "
+                    "needs it; install the data or pass --data"
                 )
-        ctx = ProxyContext(target, tuple(b.bits), settings, stats, device=device)
         whole_ctx = ProxyContext(
             target, tuple(b.bits), settings, device=device
         )  # without statistics: what executors ship to workers
@@ -444,13 +459,11 @@ def score(
                     (time.perf_counter() - t0) / len(rows),
                 )
             )
-        faithful = {p.name for p in instances if p.faithful}
+        eligible = {p.name for p in instances if p.faithful and p.statistics_only}
         handmade = [
             p
             for p in results
-            if p.kind in ("separable", "whole-config")
-            and p.name in faithful
-            and p.correlations["spearman_search_fit"] is not None
+            if p.kind == "separable" and p.name in eligible and p.correlations["spearman_search_fit"] is not None
         ]
         best = max(handmade, key=lambda p: p.correlations["spearman_search_fit"], default=None)
         if best is not None:
@@ -459,17 +472,17 @@ def score(
                     p.paired = cells.paired(p, best)
         rel = b.reliability.get(metric) if b.pools is not None else None
         return ScoreReport(
-            str(b.path),
-            target.name,
-            metric,
-            b.ceiling.get(metric),
-            rel,
-            b.pools.summary() if b.pools is not None else None,
-            best.name if best else None,
-            resamples,
-            stats_seconds,
-            results,
-            skipped,
+            bench=str(b.path),
+            model=target.name,
+            metric=metric,
+            ceiling=b.ceiling.get(metric),
+            reliability=rel,
+            pools=b.pools.summary() if b.pools is not None else None,
+            best_handmade=best.name if best else None,
+            resamples=resamples,
+            stats_seconds=stats_seconds,
+            proxies=results,
+            skipped=skipped,
         )
 
 
@@ -492,7 +505,7 @@ def paired_difference(report: ScoreReport, a: ProxyScore, b: ProxyScore) -> dict
     hand-made one, e.g. two evolved proxies."""
     from .bench import Bench
 
-    return _Cells(Bench.open(report.bench), report.metric, report.resamples).paired(a, b)
+    return ReportCells(Bench.open(report.bench), report.metric, report.resamples).paired(a, b)
 
 
 # ------------------------------------------------------------------------------ output
@@ -620,7 +633,8 @@ def _scatter(p: ProxyScore, metric: str, path: str) -> None:
     ax.set_xlabel(f"{p.name} score" + (" (lower predicts better)" if p.orientation < 0 else ""))
     ax.set_ylabel(f"{metric} on the report pool")
     ax.set_title(
-        f"{p.name}: held-out×report ρ = {'n/a' if rho is None else f'{rho:.3f}'} (all {len(p.scores)} scored configurations shown)"
+        f"{p.name}: held-out×report ρ = {'n/a' if rho is None else f'{rho:.3f}'} (all {len(p.scores)} scored "
+        "configurations shown)"
     )
     fig.tight_layout()
     fig.savefig(path, format="png")

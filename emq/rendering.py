@@ -283,7 +283,10 @@ def export(proxy: str | Path | EvolvedProxy, to: str | Sequence[str] = "all", ou
     if "sympy" in wanted:
         expr = to_sympy(proxy.tokens, proxy.prims)
         simp, how = simplify(expr)
-        text = f"# {how}\n# per-layer term p(layer, b); score(config) = sum over layers; orientation {proxy.orientation:+d}\n{sympy.srepr(simp)}\n# readable:\n# {simp}\n"
+        text = (
+            f"# {how}\n# per-layer term p(layer, b); score(config) = sum over layers; "
+            f"orientation {proxy.orientation:+d}\n{sympy.srepr(simp)}\n# readable:\n# {simp}\n"
+        )
         atomic_write_text(out / f"{stem}.sympy.txt", text)
         written["sympy"] = out / f"{stem}.sympy.txt"
     if "latex" in wanted:

@@ -74,6 +74,7 @@ class RoundedWeights:
         layers: Sequence[nn.Module],
         names: Sequence[str],
         method: str,
+        *,
         options: Mapping[str, Any] | None = None,
         symmetric: bool = False,
         calib: torch.Tensor | None = None,

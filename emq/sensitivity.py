@@ -659,39 +659,58 @@ def _compute(
 
 
 def context_sensitivity(ctx: Any) -> Sensitivity:
-    """The sensitivity of a proxy context's target at its bits and PTQ settings, once per context."""
+    """The sensitivity of a proxy context's target at its bits and PTQ settings, once per context:
+    the one its statistics carry (a shipped bundle's) when it matches, else measured (cached)."""
     hit = ctx.cache.get("sensitivity")
     if hit is None:
-        target = ctx.target
-        hit = ctx.cache["sensitivity"] = measure_sensitivity(
-            target.model,
-            target.layer_map,
-            target.require_data(),
-            ctx.bits,
-            ctx.settings or PTQSettings(),
-            device=ctx.device,
-        )
+        ptq = ctx.settings or PTQSettings()
+        hit = stored_sensitivity(ctx.stats, ctx.bits, ptq)
+        if hit is None:
+            target = ctx.target
+            hit = measure_sensitivity(
+                target.model, target.layer_map, target.require_data(), ctx.bits, ptq, device=ctx.device
+            )
+        ctx.cache["sensitivity"] = hit
     if tuple(hit.bits) != tuple(ctx.bits):
         raise EmqError(f"the sensitivity was measured for bits {list(hit.bits)}, not {list(ctx.bits)}")
     return hit
 
 
+def stored_sensitivity(stats: Any, bits: Sequence[int], ptq: PTQSettings) -> Sensitivity | None:
+    """The sensitivity that statistics carry (`attach_sensitivity`; shipped bundles do), if it was
+    measured at these bits, these PTQ settings and the default measurement settings; else None.
+    The statistics themselves were matched to the model and data before (emq.search_space.shipped)."""
+    from .search_space.primitives import MEASURED_KEY
+
+    stored = stats.meta.get(MEASURED_KEY) if stats is not None else None
+    if not stored or [int(b) for b in stored["bits"]] != [int(b) for b in bits] or stored.get("ptq") != ptq.to_json():
+        return None
+    settings = {k: v for k, v in (stored.get("settings") or {}).items() if k != "prefix_reuse"}
+    if settings != SensitivitySettings().key_json():
+        return None
+    meta = {k: v for k, v in stored.items() if k not in ("bits", "tables")}
+    return Sensitivity(
+        tuple(int(b) for b in bits),
+        {k: np.asarray(stored["tables"][k], dtype=np.float64) for k in METRICS},
+        meta | {"cache": {"hit": True, "source": "the statistics"}},
+    )
+
+
 def attach_sensitivity(stats: Any, sens: Sensitivity) -> Any:
-    """Put the measured tables into `stats` (NetworkStats) for the terminals MKL, MDL and MNSR;
-    saved with the statistics (`save_stats`) like every other statistic."""
+    """Put the measured tables into `stats` (NetworkStats) for the terminals MKL, MDL and MNSR and
+    for the measured proxies (`stored_sensitivity`); saved with the statistics (`save_stats`)
+    like every other statistic, so a bundle scores `layer-kl` without its data."""
     from .search_space.primitives import MEASURED_KEY
 
     if tuple(sens.bits) != tuple(stats.bits):
         raise EmqError(
             f"the sensitivity was measured for bits {list(sens.bits)}, the statistics hold {list(stats.bits)}"
         )
+    keep = ("settings", "ptq", "images", "reliability", "single_slot_evaluations", "seconds", "rounding_seconds")
     stats.meta[MEASURED_KEY] = {
         "bits": list(sens.bits),
         "tables": {k: v.tolist() for k, v in sens.tables.items()},
-        "settings": sens.meta.get("settings"),
-        "images": sens.meta.get("images"),
-        "seconds": sens.meta.get("seconds"),
-        "ptq_equivalents": sens.meta.get("ptq_equivalents"),
+        **{k: sens.meta.get(k) for k in (*keep, "ptq_evaluation_seconds", "ptq_equivalents")},
     }
     return stats
 
@@ -726,5 +745,6 @@ __all__ = [
     "ensure_measured",
     "measure_sensitivity",
     "split_half",
+    "stored_sensitivity",
     "uses_measured",
 ]

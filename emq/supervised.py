@@ -18,7 +18,10 @@ from .errors import EmqError
 
 ALPHAS = tuple(float(a) for a in np.logspace(-3, 4, 29))
 NAME = "ridge"
-DESCRIPTION = "supervised within-bench reference: ridge on one-hot (slot, bit), fitted on search x fit pool (alpha by leave-one-out CV)"
+DESCRIPTION = (
+    "supervised within-bench reference: ridge on one-hot (slot, bit), fitted on search x fit pool (alpha by "
+    "leave-one-out CV)"
+)
 
 
 class OneHotRidge:

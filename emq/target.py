@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 from torch import nn
@@ -24,7 +24,8 @@ class Target:
     def require_data(self) -> DataSplits:
         if self.data is None:
             raise EmqError(
-                f"model {self.name} has no data: pass --data (an ImageFolder or CIFAR-10 directory); nothing is downloaded"
+                f"model {self.name} has no data: pass --data (an ImageFolder or CIFAR-10 directory); nothing is "
+                "downloaded"
             )
         return self.data
 
@@ -36,6 +37,7 @@ class ModelSpec:
     Where the network runs (`device`) is not part of it: the same model runs anywhere."""
 
     model: str | nn.Module | None = None  # None: 'default', or a bench's own model
+    _: KW_ONLY  # the rest by name
     data: str | DataSplits | None = None  # None: the model's own data (or a bench's)
     weights: Path | None = None
     num_classes: int | None = None
@@ -55,6 +57,7 @@ class ModelSpec:
 
 def as_model_spec(
     model: ModelSpec | str | nn.Module | None = None,
+    *,
     data: str | DataSplits | None = None,
     weights: Path | None = None,
     num_classes: int | None = None,
@@ -63,7 +66,7 @@ def as_model_spec(
     """A public function's model arguments as one ModelSpec; a ModelSpec given as `model` is
     taken as it is (its parts are not given twice)."""
     if not isinstance(model, ModelSpec):
-        return ModelSpec(model, data, weights, num_classes, input_size)
+        return ModelSpec(model, data=data, weights=weights, num_classes=num_classes, input_size=input_size)
     beside = {"data": data, "weights": weights, "num_classes": num_classes, "input_size": input_size}
     for name, value in beside.items():
         if value is not None:

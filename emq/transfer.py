@@ -1,17 +1,27 @@
 """Transfer: does an evolved proxy rank the configurations of a network it was never searched on?
 
 Benches are grouped by network (two benches of one model are one group: holding out one
-while searching on the other would not be transfer). Two protocols:
+while searching on the other would not be transfer). Three protocols:
 
 - leave one network out: evolve on every other group's benches (multi-bench fitness), report
   on each bench of the held-out group;
+- leave one task out: the same with the benches grouped by task (data set), so the held-out
+  networks are also on images no campaign saw;
 - single bench: evolve on bench X, report on every bench Y (the diagonal is within-bench).
 
 Every reported number is held-out configurations x report pool of the bench it is reported
-on, with its seeded bootstrap interval, next to the bench's hand-made proxies (the best one
-chosen on that bench's search x fit cell, as `emq score` does), the whole-configuration
-references with their cost per configuration, and the within-bench ridge reference. A
-campaign is only ever given its training benches (`campaigns()` runs without touching the
+on, with its seeded bootstrap interval. The evolved proxy is compared, each with a paired
+interval and each method's cost on the new network in PTQ-equivalent evaluations, with:
+
+- *fixed*: the best statistics-only hand-made proxy chosen by the campaign on its training
+  benches (what a user without a bench would pick);
+- *oracle*: the best statistics-only hand-made proxy chosen on the reported bench's own
+  search configurations (needs that bench);
+- *layer-kl*: the measured per-slot sensitivity (L x B single-slot PTQ runs on calibration images);
+- *ridge*: ridge on one-hot (slot, bit) fitted on the bench's search configurations;
+- *whole-kl*: the whole-configuration KL proxy (one PTQ run per configuration ranked).
+
+A campaign is only ever given its training benches (`campaigns()` runs without touching the
 others; tests poison a held-out bench and get the identical campaign).
 """
 
@@ -36,7 +46,11 @@ from .uncertainty import DEFAULT_RESAMPLES
 log = logging.getLogger(__name__)
 
 WHOLE_CONFIG = ("kl", "gmpq", "seam")
-PROTOCOLS = ("leave-one-out", "single")
+PROTOCOLS = ("leave-one-out", "leave-one-task-out", "single")
+DEFAULT_PROTOCOLS = ("leave-one-out", "single")
+# what the evolved proxy is compared with on a reported bench: label -> (registry name or role, cost on the new network)
+COMPARISONS = ("fixed", "oracle", "layer-kl", "ridge", "whole-kl")
+REFERENCES_VERSION = 2  # stored references are recomputed when their layout changes
 SEEDS = (0, 1, 2)  # campaign seeds per cell
 WHOLE_LIMIT = 20  # configurations per split the whole-configuration references quantize
 
@@ -70,21 +84,46 @@ def bench_groups(benches: Sequence[str]) -> dict[str, list[str]]:
     return groups
 
 
-def plan(benches: Sequence[str], seeds: Sequence[int], protocols: Sequence[str] = PROTOCOLS) -> list[Campaign]:
+def bench_task(meta: dict[str, Any]) -> str:
+    """A bench's task: its data set's name (a data spec 'NAME:DIR' is the task NAME)."""
+    return str(meta.get("data") or "default").split(":", 1)[0]
+
+
+def task_groups(benches: Sequence[str]) -> dict[str, list[str]]:
+    """Benches grouped by task, in the given order."""
+    from .bench import Bench
+
+    groups: dict[str, list[str]] = {}
+    for name in benches:
+        groups.setdefault(bench_task(Bench.open(name).meta), []).append(name)
+    return groups
+
+
+def _leave_out(protocol: str, groups: list[list[str]], seed: int, what: str) -> list[Campaign]:
+    if len(groups) < 2:
+        raise ParameterError(
+            "benches", ",".join(b for g in groups for b in g), f"{protocol} needs benches of at least two {what}"
+        )
+    return [
+        Campaign(protocol, tuple(b for g in groups if g is not held for b in g), tuple(held), seed) for held in groups
+    ]
+
+
+def plan(benches: Sequence[str], seeds: Sequence[int], protocols: Sequence[str] = DEFAULT_PROTOCOLS) -> list[Campaign]:
     """The campaigns of a transfer study, in a fixed order."""
     if len(set(benches)) != len(benches):
         raise ParameterError("benches", ",".join(benches), "a bench is named twice")
-    groups = list(bench_groups(benches).values())
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ParameterError(
+            "protocols", ",".join(protocols), f"unknown {', '.join(unknown)}; use {', '.join(PROTOCOLS)}"
+        )
     out = []
     for seed in seeds:
         if "leave-one-out" in protocols:
-            if len(groups) < 2:
-                raise ParameterError(
-                    "benches", ",".join(benches), "leave-one-out needs benches of at least two networks"
-                )
-            for held in groups:
-                train = tuple(b for g in groups if g is not held for b in g)
-                out.append(Campaign("leave-one-out", train, tuple(held), seed))
+            out += _leave_out("leave-one-out", list(bench_groups(benches).values()), seed, "networks")
+        if "leave-one-task-out" in protocols:
+            out += _leave_out("leave-one-task-out", list(task_groups(benches).values()), seed, "tasks")
         if "single" in protocols:
             out += [Campaign("single", (b,), tuple(benches), seed) for b in benches]
     return out
@@ -135,6 +174,7 @@ class TransferResult:
                     "seeds_better": int(sum(1 for c in cs if c.get("paired") and c["paired"]["low"] > 0)),
                     "seeds_worse": int(sum(1 for c in cs if c.get("paired") and c["paired"]["high"] < 0)),
                     "formulas": [c["formula"] for c in cs],
+                    "versus": _versus_summary(cs),
                 }
             )
         return out
@@ -153,11 +193,18 @@ class TransferResult:
             "seeds_better",
             "seeds_worse",
         ]
-        lines = [",".join(head)]
+        extra = [f"{label}_{k}" for label in COMPARISONS for k in ("name", "rho", "cost_ptq_evals", "better", "worse")]
+        lines = [",".join(head + extra)]
         for r in self.summary():
+            flat = {
+                f"{label}_{k}": ";".join(v[k]) if k == "name" else v[k]
+                for label, v in r["versus"].items()
+                for k in ("name", "rho", "cost_ptq_evals", "better", "worse")
+            }
             lines.append(
                 ",".join(
-                    "" if r[h] is None else (f"{r[h]:.4f}" if isinstance(r[h], float) else str(r[h])) for h in head
+                    "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+                    for v in [r[h] for h in head] + [flat.get(h) for h in extra]
                 )
             )
         return "\n".join(lines) + "\n"
@@ -199,6 +246,28 @@ class TransferResult:
                 ],
                 rows,
             )
+        ]
+        fair = []
+        for r in self.summary():
+            cells = []
+            for label in COMPARISONS:
+                v = r["versus"].get(label)
+                per = " per configuration" if label == "whole-kl" else ""
+                cost = "" if not v or v["cost_ptq_evals"] is None else f", {v['cost_ptq_evals']:.0f} evals{per}"
+                cells.append(
+                    "n/a"
+                    if not v
+                    else f"{'/'.join(v['name'])} {v['rho']:.3f}{cost}: {v['better']} / {v['worse']} of {r['seeds']}"
+                )
+            fair.append([r["protocol"], r["train"], r["test"], f"{r['rho_mean']:.3f}", *cells])
+        lines += [
+            "",
+            "the evolved proxy against each comparison (its ρ, its cost on the new network in PTQ-equivalent "
+            "evaluations; seeds whose paired interval lies above / below 0):",
+            markdown_table(
+                ["protocol", "searched on", "reported on", "evolved ρ", *COMPARISONS],
+                fair,
+            ),
         ]
         lines += ["", "references on each bench (held-out configurations x report pool):"]
         ref_rows = []
@@ -269,7 +338,7 @@ class TransferStudy:
         seeds: Sequence[int] = SEEDS,
         generations: int = TRANSFER_CAMPAIGN.generations,
         population: int = TRANSFER_CAMPAIGN.population,
-        protocols: Sequence[str] = PROTOCOLS,
+        protocols: Sequence[str] = DEFAULT_PROTOCOLS,
         aggregate: str = TRANSFER_CAMPAIGN.aggregate,
         whole_config: Sequence[str] = WHOLE_CONFIG,
         whole_limit: int = WHOLE_LIMIT,
@@ -330,6 +399,7 @@ class TransferStudy:
         from .bench import Bench
 
         key = {
+            "version": REFERENCES_VERSION,
             "bench": str(Bench.open(bench).path),
             "whole_config": list(self.whole_config),
             "whole_limit": self.whole_limit,
@@ -347,15 +417,16 @@ class TransferStudy:
         return refs
 
     def _score_references(self, bench: str) -> dict[str, Any]:
+        """Every faithful separable proxy (statistics-only and measured), ridge and the
+        whole-configuration proxies on the bench, each row with its scores (for paired
+        intervals against any campaign's proxy later) and its cost on this network."""
         from .baselines.registry import PROXIES
         from .ranking import score
 
         separable = [n for n, cls in PROXIES.items() if cls.separable and cls.faithful]
-        rep = score(
-            bench, proxies=separable, resamples=self.resamples
-        )  # the best separable proxy: chosen on search x fit
-        rows = [_row(p) for p in rep.proxies]
+        rep = score(bench, proxies=separable, resamples=self.resamples)  # the oracle: chosen on search x fit
         skipped = dict(rep.skipped)
+        scored = list(rep.proxies)
         if self.whole_config:
             whole = score(
                 bench,
@@ -366,9 +437,16 @@ class TransferStudy:
                 executor=self.executor,
                 workers=self.workers,
             )
-            rows += [_row(p) for p in whole.proxies]
+            scored += whole.proxies
             skipped.update(whole.skipped)
-        return {"rows": rows, "best_handmade": rep.best_handmade, "ceiling": rep.ceiling, "skipped": skipped}
+        return {
+            "rows": [
+                _row(p) | _cost(p, scored) | {"rows": p.rows.tolist(), "scores": p.scores.tolist()} for p in scored
+            ],
+            "best_handmade": rep.best_handmade,
+            "ceiling": rep.ceiling,
+            "skipped": skipped,
+        }
 
     def evaluate(self, runs: list[dict[str, Any]]) -> TransferResult:
         from .ranking import score
@@ -392,14 +470,14 @@ class TransferStudy:
             c: Campaign = r["campaign"]
             work = ensure_dir((self.out_dir or Path.cwd() / "emq_transfer") / "proxies")
             path = save_proxy(r["proxy"], work / f"{c.tag}.json")
+            fixed = _registry_name(r["summary"].get("best_handmade"))
             for test in c.test:
-                best = result.references[test]["best_handmade"]
-                rep = score(
-                    test, proxies=best or "bitsum", proxy_files=[path], resamples=self.resamples, reference=False
-                )
-                mine = next(p for p in rep.proxies if p.kind == "evolved")
-                hm = next((p for p in rep.proxies if p.name == best), None)
+                refs = result.references[test]
+                rep = score(test, proxies=[], proxy_files=[path], resamples=self.resamples, reference=False)
+                mine = rep.proxies[0]
+                versus = _versus(rep, mine, refs, fixed)
                 row = _row(mine)
+                oracle = versus.get("oracle")
                 result.cells.append(
                     {
                         "protocol": c.protocol,
@@ -411,10 +489,11 @@ class TransferStudy:
                         "low": row["low"],
                         "high": row["high"],
                         "within": test in c.train,
-                        "paired": mine.paired,
-                        "best_handmade": best,
-                        "best_handmade_rho": _row(hm)["rho"] if hm else None,
-                        "best_handmade_interval": [_row(hm)["low"], _row(hm)["high"]] if hm else None,
+                        "paired": oracle["paired"] if oracle else None,
+                        "best_handmade": refs["best_handmade"],
+                        "best_handmade_rho": oracle["rho"] if oracle else None,
+                        "best_handmade_interval": [oracle["low"], oracle["high"]] if oracle else None,
+                        "versus": versus,
                         "campaign_fitness": r["summary"].get("best_fitness"),
                     }
                 )
@@ -425,6 +504,99 @@ class TransferStudy:
         if self.out_dir is not None:
             result.save(self.out_dir)
         return result
+
+
+def _registry_name(form: str | None) -> str | None:
+    """The registry proxy whose search-space form a campaign named as its best hand-made."""
+    from .baselines.registry import PROXIES
+
+    return next((n for n, cls in PROXIES.items() if form and cls.formula == form), None)
+
+
+def _cost(p: Any, scored: Sequence[Any]) -> dict[str, Any]:
+    """What the proxy costs on a network that has no bench, in PTQ-equivalent evaluations:
+    statistics-only and measured proxies their one-off measured cost, a whole-configuration
+    proxy one evaluation per configuration it ranks (so 1.0), ridge (and the per-bench oracle) the
+    search configurations it was fitted on."""
+    from .supervised import NAME as RIDGE_NAME
+
+    if p.name == RIDGE_NAME:
+        return {"cost_ptq_evals": p.n.get("search_fit"), "cost": "one PTQ evaluation per fitted configuration"}
+    if p.kind == "whole-config":
+        return {"cost_ptq_evals": 1.0, "cost": "one PTQ evaluation per configuration ranked"}
+    setup = p.setup or {}
+    return {"cost_ptq_evals": setup.get("ptq_equivalents"), "cost": p.cost}
+
+
+def _stored_score(row: dict[str, Any]) -> Any:
+    """A stored reference row as a ProxyScore carrying what a paired interval needs."""
+    from .ranking import ProxyScore
+
+    return ProxyScore(
+        name=row["name"],
+        description="",
+        kind=row["kind"],
+        orientation=1,
+        cost=row.get("cost", ""),
+        n={},
+        correlations={},
+        seconds_per_config=row["seconds_per_config"] or 0.0,
+        rows=np.asarray(row["rows"], dtype=np.int64),
+        scores=np.asarray(row["scores"], dtype=np.float64),
+    )
+
+
+def _versus(rep: Any, mine: Any, refs: dict[str, Any], fixed: str | None) -> dict[str, dict[str, Any]]:
+    """The evolved proxy against each comparison on one bench, each with its paired interval."""
+    from .ranking import paired_difference
+    from .supervised import NAME as RIDGE_NAME
+
+    names = {
+        "fixed": fixed,
+        "oracle": refs["best_handmade"],
+        "layer-kl": "layer-kl",
+        "ridge": RIDGE_NAME,
+        "whole-kl": "kl",
+    }
+    by_name = {row["name"]: row for row in refs["rows"]}
+    out = {}
+    for label in COMPARISONS:
+        row = by_name.get(names[label] or "")
+        if row is None:
+            continue
+        cost = row["cost_ptq_evals"]
+        if label == "oracle":  # chosen on the bench's search configurations: it needs them measured
+            cost = by_name.get(RIDGE_NAME, {}).get("cost_ptq_evals")
+        out[label] = {
+            "name": row["name"],
+            "rho": row["rho"],
+            "low": row["low"],
+            "high": row["high"],
+            "cost_ptq_evals": cost,
+            "paired": paired_difference(rep, mine, _stored_score(row)),
+        }
+    return out
+
+
+def _versus_summary(cells: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per comparison over a summary row's seeds: its name(s), mean rho and cost, and how many
+    seeds' paired intervals lie above (better) or below (worse) zero."""
+    out: dict[str, dict[str, Any]] = {}
+    for label in COMPARISONS:
+        vs = [c["versus"][label] for c in cells if label in c.get("versus", {})]
+        if not vs:
+            continue
+        paired = [v["paired"] for v in vs if v["paired"]]
+        costs = [v["cost_ptq_evals"] for v in vs if v["cost_ptq_evals"] is not None]
+        out[label] = {
+            "name": list(dict.fromkeys(v["name"] for v in vs)),
+            "rho": float(np.mean([v["rho"] for v in vs])),
+            "cost_ptq_evals": float(np.mean(costs)) if costs else None,
+            "paired_mean": float(np.mean([p["estimate"] for p in paired])) if paired else None,
+            "better": sum(1 for p in paired if p["low"] > 0),
+            "worse": sum(1 for p in paired if p["high"] < 0),
+        }
+    return out
 
 
 def _row(p: Any) -> dict[str, Any]:

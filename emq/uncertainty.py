@@ -114,7 +114,7 @@ def _interval(estimate: float, reps: np.ndarray, level: float) -> Interval:
     return Interval(float(estimate), float(lo), float(hi))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Bootstrap:
     """Seeded replicates of (configurations x sources) shared by every proxy of one report."""
 

@@ -5,6 +5,7 @@ and run where the bench's data is not installed.
     python scripts/bundle_stats.py [NAME ...]                       (default: every bundle with statistics)
     python scripts/bundle_stats.py default --omit-activations       (the default and stratified benches' file)
     python scripts/bundle_stats.py --restamp [NAME ...]             (only record what existing files came from)
+    python scripts/bundle_stats.py --add-sensitivity [NAME ...]     (measure and add only the sensitivity tables)
 
 Needs the bench's data (e.g. `apt-get install dataset-fashion-mnist` for resnet20-fashion),
 except with --restamp. The statistics are computed with the bench's own settings, exactly as
@@ -16,7 +17,10 @@ Every file records in meta["source"] the bench's weights digest, data fingerprin
 and is written in the compact format (float16 with a scale per tensor, LZMA-packed, E derived as Q - W; see
 emq.search_space.netstats), which `benchmarks/stats_compaction.py` checks moves no proxy's
 correlation by more than 0.002. `--rewrite-only` rewrites existing files in that format without
-recomputing them.
+recomputing them. Every file also carries the network's measured per-slot sensitivity
+(emq.sensitivity, at the bench's bits and PTQ settings, on calibration images), so `layer-kl`,
+`layer-loss`, `layer-sqnr` and the terminals MKL, MDL, MNSR score without the data;
+`--add-sensitivity` measures and adds only those tables to an existing file.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from emq.bench_setup import BenchSetup, ptq_settings
 from emq.search_space.netstats import load_stats, omit_fields, save_stats
 from emq.search_space.shipped import source_of
 from emq.search_space.stats import StatsSettings, compute_stats
+from emq.sensitivity import attach_sensitivity, measure_sensitivity
 from emq.target import ModelSpec, resolve_target
 
 log = logging.getLogger("bundle_stats")
@@ -55,6 +60,11 @@ def main() -> None:
     )
     ap.add_argument("--omit-activations", action="store_true", help="keep the bench's settings; leave out A, Y, GY, AE")
     ap.add_argument("--restamp", action="store_true", help="only record meta['source'] in the existing files")
+    ap.add_argument(
+        "--add-sensitivity",
+        action="store_true",
+        help="measure the sensitivity tables and add them to the existing file",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in args.names:
@@ -69,18 +79,24 @@ def main() -> None:
             save_stats(ns, bundle.stats_path, compact=True)
             log.info("%s: rewrote %s (%.1f MB)", name, bundle.stats_path, bundle.stats_path.stat().st_size / 1e6)
             continue
-        if not args.omit_activations:
+        if not (args.omit_activations or args.add_sensitivity):
             settings = StatsSettings.from_ptq(ptq_settings(bench), act_cap=args.act_cap)
             with closing(store.connect(bundle.path)) as con:
                 store.write_meta(con, {"stats_settings": settings.to_json()})
             bench = Bench.open(bundle.path)
         setup = BenchSetup.of(
-            bench, ModelSpec(bench.meta["model"], bench.meta["data"])
+            bench, ModelSpec(bench.meta["model"], data=bench.meta["data"])
         )  # with the data: never the bundle's own file
-        ns = compute_stats(setup.target, bits=setup.bits, settings=setup.stats, use_cache=False)
-        ns.meta.pop("cache", None)  # this machine's cache path means nothing in a bundle
-        ns.meta["source"] = _source(bench)
-        save_stats(omit_fields(ns) if args.omit_activations else ns, bundle.stats_path, compact=True)
+        if args.add_sensitivity:
+            ns = load_stats(bundle.stats_path, partial=True)
+        else:
+            ns = compute_stats(setup.target, bits=setup.bits, settings=setup.stats, use_cache=False)
+            ns.meta.pop("cache", None)  # this machine's cache path means nothing in a bundle
+            ns.meta["source"] = _source(bench)
+        target = setup.target
+        sens = measure_sensitivity(target.model, target.layer_map, target.require_data(), setup.bits, setup.ptq)
+        attach_sensitivity(ns, sens)
+        save_stats(omit_fields(ns) if args.omit_activations and not ns.omitted else ns, bundle.stats_path, compact=True)
         log.info("%s: wrote %s (%.1f MB)", name, bundle.stats_path, bundle.stats_path.stat().st_size / 1e6)
 
 

@@ -15,6 +15,9 @@ Done the careful way:
   estimate never ends it early), with explicit minimum and maximum probe counts; the result
   reports, per layer, the final relative change of its running mean (the evidence of
   convergence a caller can show);
+- activations whose backward PyTorch cannot differentiate again (hard-sigmoid, hard-swish:
+  MobileNetV3's squeeze-excitation) are swapped, for the Hessian only, for the same
+  piecewise-linear functions written with clamp (`twice_differentiable`);
 - the top eigenvalue of each layer's own Hessian block H_ll (HAWQ-V1) comes from power
   iteration with per-layer stopping on the relative change of the Rayleigh quotient, as in
   HAWQ's code (defaults: at most 100 iterations, tolerance 1e-3); it is the eigenvalue of
@@ -24,7 +27,8 @@ Done the careful way:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,7 +93,43 @@ class HessianProblem:
         return out
 
 
-@dataclass
+class _ClampHardsigmoid(nn.Module):
+    """hardsigmoid(x) = clamp(x + 3, 0, 6) / 6, with a backward that has a derivative."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x + 3.0, 0.0, 6.0) / 6.0
+
+
+class _ClampHardswish(nn.Module):
+    """hardswish(x) = x * clamp(x + 3, 0, 6) / 6, with a backward that has a derivative."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.clamp(x + 3.0, 0.0, 6.0) / 6.0
+
+
+_TWINS: dict[type[nn.Module], type[nn.Module]] = {nn.Hardsigmoid: _ClampHardsigmoid, nn.Hardswish: _ClampHardswish}
+
+
+@contextmanager
+def twice_differentiable(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` with its hard-sigmoid / hard-swish modules swapped for clamp twins while inside
+    (double backward through PyTorch's own raises "derivative for hardsigmoid_backward is not
+    implemented"); the originals are put back on exit."""
+    swapped = []
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            twin = _TWINS.get(type(child))
+            if twin is not None:
+                swapped.append((parent, name, child))
+                setattr(parent, name, twin())
+    try:
+        yield model
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+
+
+@dataclass(kw_only=True)
 class HutchinsonResult:
     diag: list[torch.Tensor]  # per parameter, the estimate of diag(H)
     trace: np.ndarray  # [L] per-parameter trace estimates (float64)
@@ -168,7 +208,14 @@ def hutchinson(
         layer_change = rel_stderr = np.full(len(problem.params), np.inf)
     log.info("Hutchinson: %d probes, converged=%s, change %.3g", probes, converged, change)
     return HutchinsonResult(
-        [d / probes for d in diag_sum], hist[-1].copy(), hist, probes, converged, change, layer_change, rel_stderr
+        diag=[d / probes for d in diag_sum],
+        trace=hist[-1].copy(),
+        history=hist,
+        probes=probes,
+        converged=converged,
+        change=change,
+        layer_change=layer_change,
+        layer_rel_stderr=rel_stderr,
     )
 
 

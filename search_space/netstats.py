@@ -58,7 +58,7 @@ COMPACT_FORMAT = "emq-stats/4"
 DERIVED = ("E",)  # left out of compact files: E = Q_b(W) - W (Q is kept: its exact zeros matter to sqrt, log)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LayerStats:
     name: str
     W: torch.Tensor
@@ -97,7 +97,8 @@ class NetworkStats:
 
     @property
     def convergence(self) -> dict:
-        """How the Hessian estimates converged (settings, probes, per-layer iterations and changes); {} if not recorded."""
+        """How the Hessian estimates converged (settings, probes, per-layer iterations and changes);
+        {} if not recorded."""
         return dict(self.meta.get("hessian", {}).get("convergence", {}))
 
     @property
@@ -208,7 +209,8 @@ def load_stats(path: str | Path, partial: bool = False) -> NetworkStats:
         ) from e
     if not isinstance(header, dict) or header.get("format") not in (FORMAT, COMPACT_FORMAT):
         raise EmqError(
-            f"{path}: format {header.get('format') if isinstance(header, dict) else None!r} is not {FORMAT}; recompute the statistics"
+            f"{path}: format {header.get('format') if isinstance(header, dict) else None!r} is not {FORMAT}; "
+            "recompute the statistics"
         )
     if _digest(tensors, header) != digest:
         raise EmqError(f"{path}: content digest mismatch (the file is damaged); delete it and recompute")

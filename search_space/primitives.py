@@ -402,7 +402,8 @@ def _measured(metric: str) -> Callable[[Any, int], tuple[float, ...]]:
             )
         if list(measured["bits"]) != list(stats.bits):
             raise EmqError(
-                f"the measured sensitivity is for bits {measured['bits']}, the statistics for {list(stats.bits)}: measure it again"
+                f"the measured sensitivity is for bits {measured['bits']}, the statistics for {list(stats.bits)}: "
+                "measure it again"
             )
         slot = stats.layer_slot[layer]
         share = stats.layer_slot.count(slot)
@@ -457,7 +458,8 @@ _TERMINAL_LIST = [
         "varA",
         Scalar,
         False,
-        "variance of the layer input over every stored calibration sample (unbiased; QE's entropy is 0.5 log(2 pi e varA))",
+        "variance of the layer input over every stored calibration sample (unbiased; QE's entropy is 0.5 log(2 pi "
+        "e varA))",
         r"\sigma^{2}_{A}",
         0.6,
         raw=_input_variance,

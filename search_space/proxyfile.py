@@ -98,7 +98,8 @@ class EvolvedProxy(SeparableProxy):
     def table(self, ctx: ProxyContext) -> np.ndarray:
         if ctx.stats is None:
             raise EmqError(
-                f"proxy {self.name}: the context has no statistics; compute them first (emq.search_space.stats.compute_stats)"
+                f"proxy {self.name}: the context has no statistics; compute them first "
+                "(emq.search_space.stats.compute_stats)"
             )
         key = ("evolved-table", self.key, self.act_samples)
         if key not in ctx.cache:
@@ -166,7 +167,8 @@ def proxy_from_json(obj: Any, source: str = "proxy") -> EvolvedProxy:
                 raise EmqError(f"{source}: tree uses unknown primitive {node['op']!r}")
             if len(node["args"]) != space.prims[node["op"]].op.arity:
                 raise EmqError(
-                    f"{source}: primitive {node['op']!r} takes {space.prims[node['op']].op.arity} argument(s), got {len(node['args'])}"
+                    f"{source}: primitive {node['op']!r} takes {space.prims[node['op']].op.arity} argument(s), "
+                    f"got {len(node['args'])}"
                 )
         elif "term" in node and node["term"] not in TERMINALS:
             raise EmqError(f"{source}: tree uses unknown terminal {node['term']!r}")
@@ -247,7 +249,8 @@ def json_depth(text: str) -> int:
 def _bounded_int(text: str) -> int:
     if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
         raise ValueError(
-            f"integer {text[:12]}... has {len(text.lstrip('-'))} digits; numbers in a proxy file have at most {MAX_NUMBER_DIGITS}"
+            f"integer {text[:12]}... has {len(text.lstrip('-'))} digits; numbers in a proxy file have at "
+            f"most {MAX_NUMBER_DIGITS}"
         )
     return int(text)
 

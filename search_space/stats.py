@@ -90,6 +90,7 @@ from .hessian import (
     PowerIterationResult,
     hutchinson,
     power_iteration,
+    twice_differentiable,
 )
 from .netstats import FORMAT, TENSOR_FIELDS, LayerStats, NetworkStats, load_stats, save_stats
 from .shipped import find_shipped
@@ -168,7 +169,8 @@ class StatsSettings(QuantSpec):
                 raise EmqError(f"stats setting {name}={getattr(self, name)}: must be at least 1")
         if self.hessian_min_probes > self.hessian_max_probes:
             raise EmqError(
-                f"stats setting hessian_min_probes={self.hessian_min_probes} exceeds hessian_max_probes={self.hessian_max_probes}"
+                f"stats setting hessian_min_probes={self.hessian_min_probes} exceeds "
+                f"hessian_max_probes={self.hessian_max_probes}"
             )
         if not (self.eig_iters >= 0 and self.hessian_tol >= 0 and self.eig_tol >= 0):  # NaN fails too
             raise EmqError("stats settings eig_iters, hessian_tol and eig_tol must not be negative or NaN")
@@ -230,7 +232,8 @@ def _private_copy(
         m = modules.get(layer.name)
         if not isinstance(m, QUANTIZABLE) or m.weight.numel() != layer.params:
             raise EmqError(
-                f"layer map ({layer_map.model}) does not match the model: module {layer.name!r} is missing or not the mapped Conv2d/Linear; rebuild the layer map from this model"
+                f"layer map ({layer_map.model}) does not match the model: module {layer.name!r} is missing or not "
+                "the mapped Conv2d/Linear; rebuild the layer map from this model"
             )
         m.weight.requires_grad_(True)
         layers.append(m)
@@ -359,7 +362,8 @@ def _apply_trace_policy(raw: np.ndarray, names: list[str], policy: str) -> np.nd
     if negative.any() and policy == "error":
         bad = [names[i] for i in np.flatnonzero(negative)]
         raise EmqError(
-            f"negative Hessian trace estimates for {', '.join(bad)}; raise hessian probes or choose negative_trace clamp/keep/abs"
+            f"negative Hessian trace estimates for {', '.join(bad)}; raise hessian probes or choose negative_trace "
+            "clamp/keep/abs"
         )
     if policy == "clamp":
         return np.maximum(raw, 0.0)
@@ -440,15 +444,16 @@ def _compute(
 
     xh, yh = x[: s.hessian_images], y[: s.hessian_images]
     hb = s.hessian_batch_size
-    problem = HessianProblem(
-        work, [m.weight for m in layers], [(xh[i : i + hb], yh[i : i + hb]) for i in range(0, xh.shape[0], hb)]
-    )
-    hutch = hutchinson(problem, s.hessian_min_probes, s.hessian_max_probes, s.hessian_tol, s.seed, progress)
-    lap("hessian_trace_diag")
-    power = power_iteration(problem, s.eig_iters, s.eig_tol, s.seed, progress) if s.eig_iters > 0 else None
-    eig = power.eig if power is not None else np.zeros(len(layers))
-    del problem
-    lap("hessian_eig")
+    with twice_differentiable(work):
+        problem = HessianProblem(
+            work, [m.weight for m in layers], [(xh[i : i + hb], yh[i : i + hb]) for i in range(0, xh.shape[0], hb)]
+        )
+        hutch = hutchinson(problem, s.hessian_min_probes, s.hessian_max_probes, s.hessian_tol, s.seed, progress)
+        lap("hessian_trace_diag")
+        power = power_iteration(problem, s.eig_iters, s.eig_tol, s.seed, progress) if s.eig_iters > 0 else None
+        eig = power.eig if power is not None else np.zeros(len(layers))
+        del problem
+        lap("hessian_eig")
     convergence = _convergence(hutch, power, s)
     _warn_unconverged(convergence, names)
     trace = _apply_trace_policy(hutch.trace, names, s.negative_trace)
@@ -459,11 +464,11 @@ def _compute(
         layers,
         names,
         s.weight_quantizer,
-        dict(s.quantizer_options),
-        s.weight_symmetric,
-        rounding_x if rounding_x is not None else x,
-        s.batch_size,
-        cache_dir,
+        options=dict(s.quantizer_options),
+        symmetric=s.weight_symmetric,
+        calib=rounding_x if rounding_x is not None else x,
+        batch_size=s.batch_size,
+        cache_dir=cache_dir,
     )
     quant = [torch.stack([_f32(rounding.get(i, b)) for b in bits]) for i in range(len(layers))]
     lap("weight_noise")
@@ -490,11 +495,12 @@ def _compute(
         for f, t in fields.items():
             if not torch.isfinite(t).all():
                 raise EmqError(
-                    f"statistic {f} of layer {layer.name} is not finite (NaN/inf): check the model's weights and the calibration data"
+                    f"statistic {f} of layer {layer.name} is not finite (NaN/inf): check the model's weights and "
+                    "the calibration data"
                 )
         out.append(
             LayerStats(
-                layer.name,
+                name=layer.name,
                 **fields,
                 trace=float(trace[i]),
                 eig=float(eig[i]),
@@ -610,7 +616,8 @@ def _calibration(
         raise EmqError("calibration data: give a DataSplits or an (images, labels) pair of tensors") from e
     if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)) or x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise EmqError(
-            f"calibration data: images and labels must be non-empty tensors of equal length (got {getattr(x, 'shape', None)} and {getattr(y, 'shape', None)})"
+            "calibration data: images and labels must be non-empty tensors of equal length "
+            f"(got {getattr(x, 'shape', None)} and {getattr(y, 'shape', None)})"
         )
     if y.dtype != torch.long or y.dim() != 1:
         raise EmqError("calibration data: labels must be a 1-D tensor of class indices (torch.long)")
@@ -778,7 +785,7 @@ def stats(
     """
     device = resolve_device(device)
     check_threads(threads)
-    target = as_model_spec(model, data, weights, num_classes, input_size).resolve()
+    target = as_model_spec(model, data=data, weights=weights, num_classes=num_classes, input_size=input_size).resolve()
     with torch_threads(threads):
         return compute_stats(
             target,

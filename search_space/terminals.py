@@ -41,7 +41,8 @@ def _check_stats(stats: NetworkStats, names: Sequence[str]) -> None:
             t = getattr(layer, n)
             if spec.bit_dependent and t.shape[0] != len(stats.bits):
                 raise EmqError(
-                    f"statistics of layer {layer.name}: {n} has {t.shape[0]} bit rows, expected {len(stats.bits)} (bits {list(stats.bits)})"
+                    f"statistics of layer {layer.name}: {n} has {t.shape[0]} bit rows, expected {len(stats.bits)} "
+                    f"(bits {list(stats.bits)})"
                 )
 
 
@@ -85,7 +86,7 @@ class Segments:
         return int(self.cnt.shape[0])
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Packed:
     """Terminal values of a set of layers, packed (see module docstring)."""
 
@@ -148,4 +149,4 @@ def pack(
     for T in (WeightT, InputT, OutputT):
         if T in seg and seg[T].numel() == 0:
             raise EmqError(f"statistics hold empty {T.__name__} tensors")
-    return Packed(values, seg, count, layers, B)
+    return Packed(values=values, seg=seg, count=count, layers=layers, num_bits=B)

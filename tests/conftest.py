@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
+from helpers import image_splits
 
-from emq.data import DataSplits
 from emq.fitness import FitnessData
 from emq.layermap import LayerMap, build_layer_map
 from emq.models import CifarResNet
@@ -82,22 +81,22 @@ def real_stats(
         a = acts[k][0]
         out.append(
             LayerStats(
-                info.name,
-                w,
-                G[k].detach(),
-                syn_layers[k].weight.grad.detach(),
-                H[k].detach(),
-                a,
-                outs[k].detach(),
-                GY[k].detach(),
-                fake_quant(a, a.min(), a.max(), 8) - a,
-                q,
-                q - w,
-                float(H[k].sum()),
-                float(H[k].abs().max()),
-                info.params,
-                info.macs,
-                info.out_channels,
+                name=info.name,
+                W=w,
+                G=G[k].detach(),
+                VG=syn_layers[k].weight.grad.detach(),
+                H=H[k].detach(),
+                A=a,
+                Y=outs[k].detach(),
+                GY=GY[k].detach(),
+                AE=fake_quant(a, a.min(), a.max(), 8) - a,
+                Q=q,
+                E=q - w,
+                trace=float(H[k].sum()),
+                eig=float(H[k].abs().max()),
+                params=info.params,
+                macs=info.macs,
+                out_channels=info.out_channels,
                 SG=syn_layers[k].weight.grad.detach(),
                 FD=FD[k],
             )
@@ -127,7 +126,7 @@ def _build(n_configs: int, seed: int) -> tuple[NetworkStats, FitnessData, LayerM
     x = torch.randn(128, 1, 8, 8)
     with torch.no_grad():
         y = model(x).argmax(1)  # labels the FP model gets right: quantization lowers accuracy
-    data = DataSplits("tiny", 4, 1, 8, (x[:32], y[:32]), TensorDataset(x[32:], y[32:]))
+    data = image_splits("tiny", x, y, calib=32, num_classes=4)
     lm = build_layer_map(model, 8, "tiny", in_channels=1)
     stats = real_stats(model, lm, x[:16], y[:16])
     engine = PTQEngine(model, lm, data, PTQSettings(calib_size=32))

@@ -8,11 +8,25 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from emq.allocation.budgets import Problem
+from emq.data import DataSplits
 from emq.layermap import build_layer_map
 from emq.proxy import ProxyContext, SeparableProxy, WholeConfigProxy
 from emq.quant import quantize_weight
+
+
+def image_splits(name: str, x: torch.Tensor, y: torch.Tensor, calib: int, num_classes: int) -> DataSplits:
+    """Images `x` (N, C, S, S) labelled `y` as data splits: the first `calib` calibrate, the rest test."""
+    return DataSplits(
+        name=name,
+        num_classes=num_classes,
+        in_channels=x.shape[1],
+        input_size=x.shape[-1],
+        calib_pool=(x[:calib], y[:calib]),
+        test=TensorDataset(x[calib:], y[calib:]),
+    )
 
 
 def tiny_model() -> nn.Module:

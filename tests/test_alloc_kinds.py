@@ -79,7 +79,8 @@ def test_infeasible_registered_kind_uses_its_own_format(kind):
     p = build_problem(LM, [Budget("weight-bitops", 10.0)])
     with pytest.raises(
         InfeasibleBudget,
-        match=f"the weight-bitops budget 10 is below the smallest feasible value {weight_bitops([2] * 5):.0f}.* weight-BitOps",
+        match=f"the weight-bitops budget 10 is below the smallest feasible value {weight_bitops([2] * 5):.0f}.* "
+        "weight-BitOps",
     ):
         p.check_feasible()
 

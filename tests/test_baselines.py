@@ -55,7 +55,9 @@ def tiny_target() -> Target:
     g = torch.Generator().manual_seed(1)
     calib = (torch.randn(160, 1, 8, 8, generator=g), torch.randint(0, 3, (160,), generator=g))
     test = TensorDataset(torch.randn(40, 1, 8, 8, generator=g), torch.randint(0, 3, (40,), generator=g))
-    data = DataSplits("tiny", 3, 1, 8, calib, test, fingerprint="tiny")
+    data = DataSplits(
+        name="tiny", num_classes=3, in_channels=1, input_size=8, calib_pool=calib, test=test, fingerprint="tiny"
+    )
     return Target("tiny", model, build_layer_map(model, 8, "tiny", in_channels=1), data)
 
 
@@ -71,17 +73,17 @@ def fake_stats(target: Target, layer_slot: list[int] | None = None) -> NetworkSt
         y = torch.randn(n, 7, generator=g) + (torch.arange(n).float()[:, None] if i else 0)
         layers.append(
             LayerStats(
-                layer.name,
-                w,
-                torch.randn(w.shape, generator=g),
-                torch.randn(w.shape, generator=g),
-                torch.rand(w.shape, generator=g),
-                a,
-                y,
-                torch.randn(y.shape, generator=g),
-                torch.randn(a.shape, generator=g) * 0.01,
-                q,
-                q - w[None],
+                name=layer.name,
+                W=w,
+                G=torch.randn(w.shape, generator=g),
+                VG=torch.randn(w.shape, generator=g),
+                H=torch.rand(w.shape, generator=g),
+                A=a,
+                Y=y,
+                GY=torch.randn(y.shape, generator=g),
+                AE=torch.randn(a.shape, generator=g) * 0.01,
+                Q=q,
+                E=q - w[None],
                 trace=float(i + 2.5),
                 eig=float(3 - i) * 0.7,
                 params=layer.params,
@@ -236,7 +238,8 @@ def test_orientations_and_descriptions():
 
 
 def test_synflow_and_fisher_on_real_statistics(target):
-    """End to end on the tiny model: Synflow from an independent |state|-linearised copy, Fisher from a per-image loop."""
+    """End to end on the tiny model: Synflow from an independent |state|-linearised copy, Fisher from a
+    per-image loop."""
     from emq.search_space.stats import StatsSettings, compute_stats
 
     settings = StatsSettings(

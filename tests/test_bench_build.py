@@ -48,7 +48,7 @@ def test_build_records_match_a_direct_ptq_evaluation(built):
     assert (
         built_with.calib_half == 0 and replace(built_with, calib_half=None) == SETTINGS
     )  # one half of the calibration sources
-    engine = engine_for(EvalSpec("default", None, None, None, None, built_with, 300))
+    engine = engine_for(EvalSpec(model="default", settings=built_with, test_limit=300))
     for i in (0, 4):
         res = engine.evaluate(b.configs[i])
         assert b.query_by_idx(i) == pytest.approx(res.top1)

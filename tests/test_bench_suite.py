@@ -51,7 +51,13 @@ def _tiny_splits(seed: int = 0) -> tuple[nn.Module, DataSplits]:
         loss.backward()
         opt.step()
     return net.eval(), DataSplits(
-        "tiny", 4, 1, 8, (x[120:160], y[120:160]), TensorDataset(x[160:], y[160:]), fingerprint="tiny0"
+        name="tiny",
+        num_classes=4,
+        in_channels=1,
+        input_size=8,
+        calib_pool=(x[120:160], y[120:160]),
+        test=TensorDataset(x[160:], y[160:]),
+        fingerprint="tiny0",
     )
 
 
@@ -75,7 +81,7 @@ def test_bench_of_a_user_module_with_its_data_and_reconstruction_rounding(tmp_pa
     from emq.bench.evaluation import EvalSpec, engine_for
     from emq.quant import PTQEngine
 
-    layer_map = engine_for(EvalSpec(net, data, None, None, None, PTQSettings(**b.meta["ptq_settings"]))).layer_map
+    layer_map = engine_for(EvalSpec(model=net, data=data, settings=PTQSettings(**b.meta["ptq_settings"]))).layer_map
     fresh = PTQEngine(net, layer_map, data, PTQSettings(**b.meta["ptq_settings"]))
     for i in range(len(b)):
         assert fresh.evaluate(b.configs[i]).kl == pytest.approx(b.metrics["kl"][i])
@@ -203,7 +209,8 @@ def test_shipped_bundles_are_listed_with_their_figures(capsys):
 
 @pytest.mark.parametrize("name", [n for n, b in BUNDLES.items() if b.stats and b.path.is_file()])
 def test_bundled_benches_score_without_their_data(name, monkeypatch, capsys):
-    """`emq score --bench NAME` runs from the bundle alone: data loading is made to fail."""
+    """`emq score --bench NAME` runs from the bundle alone (statistics and measured sensitivity):
+    data loading is made to fail."""
     import emq.data
 
     def no_data(spec, input_size=224):
@@ -211,13 +218,14 @@ def test_bundled_benches_score_without_their_data(name, monkeypatch, capsys):
 
     monkeypatch.setattr(emq.data, "load_data", no_data)
     monkeypatch.setattr("emq.target.load_data", no_data)
-    code = main(["score", "--bench", name, "--proxies", "hawq-v2,gmpq", "--resamples", "50", "--json"])
+    code = main(["score", "--bench", name, "--proxies", "hawq-v2,layer-kl,gmpq", "--resamples", "50", "--json"])
     if load_stats(BUNDLES[name].stats_path, partial=True).omitted:  # its data ships with emq: only the costly part does
         assert code == 2 and "pass --data" in capsys.readouterr().err
         return
     assert code == 0
     report = json.loads(capsys.readouterr().out)
-    assert [p["name"] for p in report["proxies"]][0] == "hawq-v2" and "gmpq" in report["skipped"]
+    # the bundle carries the measured sensitivity: layer-kl scores too; the whole-configuration proxy cannot
+    assert [p["name"] for p in report["proxies"]][:2] == ["hawq-v2", "layer-kl"] and list(report["skipped"]) == ["gmpq"]
     b = Bench.open(name)
     assert report["metric"] == b.default_metric
 
@@ -227,14 +235,24 @@ def test_a_bench_records_its_embedded_models_own_data_and_refuses_other_data():
     from emq.bench_setup import BenchSetup
     from emq.errors import EmqError
 
-    assert EvalSpec("resnet20-fashion", None, None, None, None, SMALL).data_name == "fashion-mnist"
-    assert EvalSpec("vgg-digits", None, None, None, None, SMALL).data_name == "default"
+    assert EvalSpec(model="resnet20-fashion", settings=SMALL).data_name == "fashion-mnist"
+    assert EvalSpec(model="vgg-digits", settings=SMALL).data_name == "default"
     assert Bench.open("resnet20-fashion").meta["data"] == "fashion-mnist"
     with pytest.raises(EmqError, match="other data"):  # same channels, so only the fingerprint tells them apart
         BenchSetup.of(Bench.open("resnet20-fashion"), ModelSpec(data="default"))
 
 
-def test_search_on_a_bundle_runs_without_its_data(monkeypatch, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n, b in BUNDLES.items()
+        if b.stats and b.stats_path.is_file() and not load_stats(b.stats_path, partial=True).omitted
+    ],
+)
+def test_search_on_a_bundle_runs_without_its_data(name, monkeypatch, tmp_path, capsys):
+    """Every shipped bench whose bundle carries complete statistics (the zoo's included) is searchable
+    without its data set."""
     import emq.data
 
     def no_data(spec, input_size=224):
@@ -246,7 +264,7 @@ def test_search_on_a_bundle_runs_without_its_data(monkeypatch, tmp_path, capsys)
         [
             "search",
             "--bench",
-            "resnet20-fashion",
+            name,
             "--generations",
             "1",
             "--population",

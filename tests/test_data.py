@@ -43,7 +43,10 @@ def test_default_data_is_deterministic_across_calls_and_processes():
     default_data.cache_clear()
     again = default_data()
     assert again is not d and torch.equal(again.test.tensors[0], d.test.tensors[0])
-    code = "from emq.data import default_data, default_split_sources as s; print(default_data().fingerprint, s()['test'][:5].tolist())"
+    code = (
+        "from emq.data import default_data, default_split_sources as s; print(default_data().fingerprint, "
+        "s()['test'][:5].tolist())"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

@@ -16,7 +16,9 @@ BUDGET = 3.0  # the demo's default average weight bits
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["demo", "--out", str(out), "--generations", "4", "--population", "24", "--json"])
+    # --evaluations 0: auto's measured-configuration branch is tested in test_auto.py (100 PTQ runs here)
+    args = ["demo", "--out", str(out), "--generations", "4", "--population", "24", "--evaluations", "0"]
+    code = main([*args, "--json"])
     assert code == 0
     s = json.loads(capsys.readouterr().out)
     assert json.loads((out / "summary.json").read_text()) == s and s["budget_avg_bits"] == BUDGET
@@ -43,7 +45,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     bench = Bench.open("default")
     configs, metrics = bench.arrays("all")
     methods = {a["method"]: a for a in s["allocations"]}
-    assert list(methods)[:3] == ["evolved", "hawq-v2", "ompq"] and len(methods) == 5
+    assert list(methods)[:4] == ["evolved", "fisher", "hawq-v2", "auto, 0 evaluations"] and len(methods) == 6
     for a in s["allocations"]:
         bits = np.array(a["bits"])
         assert len(bits) == lm.num_slots and set(bits) <= set(bench.bits)

@@ -17,7 +17,10 @@ TIMING = {"seconds", "evals_per_s"}
 def _campaign(out, workers: int, pad: int) -> dict[str, str]:
     # `pad` objects allocated before emq is imported move every class to other addresses,
     # as a different process history would
-    boot = f"import sys; _pad = [object() for _ in range({pad})]; from emq.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    boot = (
+        f"import sys; _pad = [object() for _ in range({pad})]; from emq.cli.main import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
     cmd = [
         sys.executable,
         "-c",

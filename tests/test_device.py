@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+from helpers import image_splits
 
 import emq
 from emq.baselines import get_proxy
@@ -48,7 +48,8 @@ from emq.specs import ParameterError
 from emq.target import Target
 
 META = torch.device("meta")
-# a meta tensor has no data: reading one back to the host raises one of these (a device mismatch says "not on the expected device")
+# a meta tensor has no data: reading one back to the host raises one of these
+# (a device mismatch says "not on the expected device")
 HOST_READ = ("Cannot copy out of meta tensor", "cannot be called on meta tensors")
 FAST_STATS = StatsSettings(
     batch_size=8, hessian_images=8, hessian_batch_size=8, hessian_min_probes=1, hessian_max_probes=2, eig_iters=1
@@ -147,7 +148,7 @@ def _tiny() -> tuple[torch.nn.Module, object, DataSplits]:
     return (
         model,
         build_layer_map(model, 8, "tiny", in_channels=1),
-        DataSplits("tiny", 4, 1, 8, (x[:32], y[:32]), TensorDataset(x[32:], y[32:])),
+        image_splits("tiny", x, y, calib=32, num_classes=4),
     )
 
 
@@ -240,14 +241,14 @@ def test_rounding_cache_is_stored_on_cpu_and_deployed_on_the_layers_device(tmp_p
 
 
 def test_device_is_part_of_the_engine_identity_only():
-    spec = EvalSpec("default", None, None, None, None, PTQSettings(calib_size=64), 100)
-    meta = EvalSpec("default", None, None, None, None, PTQSettings(calib_size=64), 100, device="meta")
+    spec = EvalSpec(model="default", settings=PTQSettings(calib_size=64), test_limit=100)
+    meta = EvalSpec(model="default", settings=PTQSettings(calib_size=64), test_limit=100, device="meta")
     assert spec.device == "cpu" and spec.target_key == meta.target_key
     assert spec != meta and hash(spec) != hash(meta)
     assert engine_for(meta).device == META and engine_for(spec).device == torch.device("cpu")
 
 
-# ------------------------------------------------------------------------------ pretend CUDA: the commands thread the device
+# ------------------------------------------------------------------------- pretend CUDA: the commands thread the device
 
 
 class _Reached(Exception):
@@ -377,7 +378,7 @@ def test_search_computes_statistics_and_tables_on_the_device(fake_cuda, tmp_path
     assert fake_cuda.devices["stats"] == ["cuda"] and "cuda" in fake_cuda.devices["tables"]
 
 
-# ------------------------------------------------------------------------------ bench builds: the same bits on every device
+# -------------------------------------------------------------------------- bench builds: the same bits on every device
 
 BUILD = [
     "bench",

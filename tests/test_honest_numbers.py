@@ -107,7 +107,7 @@ def test_bootstrap_matches_a_direct_loop_and_pairs_replicates():
     sums = rng.normal(size=(n, k)) * counts + np.arange(n)[:, None] * counts
     scores_a = np.arange(n) + rng.normal(0, 3, n)
     scores_b = rng.normal(size=n)
-    boot = Bootstrap(sums, counts, sign=-1, resamples=r, seed=5)
+    boot = Bootstrap(sums=sums, counts=counts, sign=-1, resamples=r, seed=5)
     # the same draws, done one replicate at a time with scipy
     g = np.random.default_rng(5)
     rows = g.integers(0, n, size=(r, n))

@@ -77,7 +77,7 @@ LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ),
     (
         "studies",
-        ("emq.transfer", "emq.pipeline_demo"),
+        ("emq.transfer", "emq.frontier", "emq.pipeline_demo"),
         ("foundation", "core", "search space", "bench", "engine parts", "engines"),
     ),
     (

@@ -28,7 +28,9 @@ SEEN = []
 @register("recording")
 class RecordingExecutor(Executor):
     description = "in this process, recording each task"
-    options = (Option("label", str, "plain", "with --executor recording: label of the recorded tasks", flag="--record-as"),)
+    options = (
+        Option("label", str, "plain", "with --executor recording: label of the recorded tasks", flag="--record-as"),
+    )
 
     def __init__(self, workers: int = 1, label: str = "plain") -> None:
         self.workers, self.label = workers, label

@@ -125,7 +125,8 @@ def test_registry_refuses_incomplete_or_clashing_proxies():
 
 
 def test_registry_order_is_the_declaration_order():
-    """Reports list proxies in declaration order: modules in `emq.baselines.FIRST`'s order, classes as written in each."""
+    """Reports list proxies in declaration order: modules in `emq.baselines.FIRST`'s order, classes as
+    written in each."""
     assert list(PROXIES) == [
         "hawq-v1",
         "hawq-v2",

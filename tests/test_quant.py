@@ -2,10 +2,9 @@ import copy
 
 import pytest
 import torch
+from helpers import image_splits
 from torch import nn
-from torch.utils.data import TensorDataset
 
-from emq.data import DataSplits
 from emq.errors import EmqError
 from emq.layermap import build_layer_map
 from emq.quant import PTQEngine, PTQSettings, fold_batchnorm, quantize_weight
@@ -62,7 +61,7 @@ def _data(n=96):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(n, 1, 6, 6, generator=g)
     y = (x.mean((1, 2, 3)) > 0).long() + (x[:, 0, 0, 0] > 1).long()
-    return DataSplits("toy", 3, 1, 6, (x[:48], y[:48]), TensorDataset(x[48:], y[48:]))
+    return image_splits("toy", x, y, calib=48, num_classes=3)
 
 
 def _trained_net():

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from helpers import image_splits
 from torch import nn
 
 from emq.quant import PTQEngine, PTQSettings
@@ -88,7 +89,7 @@ def _rounded(tmp_path, method="gptq"):
         [layer.module],
         ["0"],
         method,
-        FAST_ADAROUND if method == "adaround" else None,
+        options=FAST_ADAROUND if method == "adaround" else None,
         calib=layer.inputs,
         cache_dir=tmp_path,
     )
@@ -127,7 +128,7 @@ def test_cache_key_depends_on_calibration_and_options(tmp_path):
         [layer.module],
         ["0"],
         "gptq",
-        {"damp": 0.1},
+        options={"damp": 0.1},
         calib=layer.inputs,
         cache_dir=tmp_path,
     )
@@ -140,9 +141,6 @@ def test_cache_key_depends_on_calibration_and_options(tmp_path):
 
 
 def _net_and_data():
-    from torch.utils.data import TensorDataset
-
-    from emq.data import DataSplits
     from emq.layermap import build_layer_map
 
     torch.manual_seed(0)
@@ -158,7 +156,7 @@ def _net_and_data():
     ).eval()
     x = torch.randn(120, 1, 6, 6)
     y = torch.randint(0, 3, (120,))
-    data = DataSplits("toy", 3, 1, 6, (x[:60], y[:60]), TensorDataset(x[60:], y[60:]))
+    data = image_splits("toy", x, y, calib=60, num_classes=3)
     return net, build_layer_map(net, 6, "toy", in_channels=1), data
 
 

@@ -58,7 +58,8 @@ def test_table_scores_equal_naive_per_configuration(setting):
             [*[("p", "square_s")] * 5, ("p", "exp_s"), ("p", "mul_s"), ("t", "b"), ("c", 8.0)],
             "probe_nonfinite",
         ),  # (e^30)^32 overflows
-        # a finite table (max 7e307) whose sum over slots overflows: mul_s(mul_s(8,8), mul_s(square_s^4(exp_s(mul_s(8,4))), square_s^3(exp_s(7b))))
+        # a finite table (max 7e307) whose sum over slots overflows:
+        # mul_s(mul_s(8,8), mul_s(square_s^4(exp_s(mul_s(8,4))), square_s^3(exp_s(7b))))
         (
             [
                 ("p", "mul_s"),

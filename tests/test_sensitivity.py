@@ -20,12 +20,14 @@ from emq.layermap import build_layer_map
 from emq.proxy import ProxyContext
 from emq.quant import PTQEngine, PTQSettings
 from emq.search_space.evaluate import TableEvaluator
+from emq.search_space.primitives import MEASURED_KEY
 from emq.sensitivity import (
     SensitivitySettings,
     _image_pool,
     attach_sensitivity,
     measure_sensitivity,
     split_half,
+    stored_sensitivity,
 )
 from emq.target import Target
 
@@ -101,12 +103,12 @@ def setup() -> tuple[Net, object, DataSplits]:
     xc, yc = _task(96, gen)
     xs, ys = _task(64, gen)
     data = DataSplits(
-        "toy",
-        3,
-        1,
-        8,
-        (xc, yc),
-        TensorDataset(xs, ys),
+        name="toy",
+        num_classes=3,
+        in_channels=1,
+        input_size=8,
+        calib_pool=(xc, yc),
+        test=TensorDataset(xs, ys),
         fingerprint="toy",
         calib_sources=torch.arange(48).repeat_interleave(2),
     )
@@ -365,19 +367,29 @@ def test_score_table_shows_each_proxys_one_off_cost():
     from emq.ranking import ProxyScore, ScoreReport, table_rows
 
     def row(name, setup):
-        return ProxyScore(name, "", "separable", -1, "", {}, {"spearman_heldout_report": 0.9}, 0.0, setup=setup)
+        return ProxyScore(
+            name=name,
+            description="",
+            kind="separable",
+            orientation=-1,
+            cost="",
+            n={},
+            correlations={"spearman_heldout_report": 0.9},
+            seconds_per_config=0.0,
+            setup=setup,
+        )
 
     report = ScoreReport(
-        "b",
-        "m",
-        "kl",
-        None,
-        None,
-        None,
-        None,
-        10,
-        0.0,
-        [
+        bench="b",
+        model="m",
+        metric="kl",
+        ceiling=None,
+        reliability=None,
+        pools=None,
+        best_handmade=None,
+        resamples=10,
+        stats_seconds=0.0,
+        proxies=[
             row("layer-kl", {"seconds": 312.4, "ptq_equivalents": 24.06}),
             row("fisher", {"seconds": 40.0, "shared": "statistics", "ptq_equivalents": None}),
             row("size", None),
@@ -387,3 +399,27 @@ def test_score_table_shows_each_proxys_one_off_cost():
     cost = [r[headers.index("one-off cost")] for r in rows]
     assert cost == ["312 s = 24.1 PTQ evals", "40 s (shared statistics)", "-"]
     assert "PTQ-equivalent evaluations" in report.to_markdown()
+
+
+def test_statistics_carrying_the_measurement_score_layer_kl_without_data(setup, tmp_path, monkeypatch):
+    """A bundle's statistics carry the tables (attach_sensitivity): layer-kl then needs no data and
+    gives the measured table; other PTQ settings or measurement settings are not taken from them."""
+    from tests.conftest import real_stats
+
+    net, lm, data = setup
+    ptq = PTQSettings(calib_size=40, batch_size=32)
+    sens = measure_sensitivity(net, lm, data, BITS, ptq, cache_dir=tmp_path)
+    x, y = data.calib_pool
+    stats = attach_sensitivity(real_stats(net, lm, x[:8], y[:8], bits=BITS), sens)
+    assert stored_sensitivity(stats, BITS, PTQSettings(calib_size=48, batch_size=32)) is None  # other PTQ
+    assert stored_sensitivity(stats, BITS[:1], ptq) is None
+    stats.meta[MEASURED_KEY]["settings"] = {**stats.meta[MEASURED_KEY]["settings"], "max_images": 8}
+    assert stored_sensitivity(stats, BITS, ptq) is None  # measured with other settings
+    attach_sensitivity(stats, sens)
+    no_data = ProxyContext(Target("toy", net, lm, None), BITS, ptq, stats)
+    proxy = get_proxy("layer-kl")
+    assert proxy.needs_data and not proxy.needs_data_for(no_data) and not proxy.statistics_only
+    np.testing.assert_array_equal(proxy.table(no_data), sens.tables["kl"])
+    assert proxy.setup_cost(no_data)["single_slot_evaluations"] == lm.num_slots * len(BITS)
+    bare = ProxyContext(Target("toy", net, lm, None), BITS, ptq, real_stats(net, lm, x[:8], y[:8], bits=BITS))
+    assert proxy.needs_data_for(bare)

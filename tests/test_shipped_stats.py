@@ -37,7 +37,15 @@ def setting(tmp_path):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(20, 1, 8, 8, generator=g)
     y = torch.randint(0, 5, (20,), generator=g)
-    data = DataSplits("tiny", 5, 1, 8, (x, y), TensorDataset(x[:4], y[:4]), fingerprint="tiny-data")
+    data = DataSplits(
+        name="tiny",
+        num_classes=5,
+        in_channels=1,
+        input_size=8,
+        calib_pool=(x, y),
+        test=TensorDataset(x[:4], y[:4]),
+        fingerprint="tiny-data",
+    )
     layer_map = build_layer_map(model, 8, "tiny")
     full = compute_stats(model, layer_map, data, bits=(2, 3, 4), settings=FAST, use_cache=False, progress=False)
     full.meta.pop("cache", None)

@@ -343,3 +343,41 @@ def test_compact_bundle_format_keeps_every_field_to_float16_precision(tiny, tmp_
     torch.save(payload, small)
     with pytest.raises(EmqError, match="digest"):
         load_stats(small)
+
+
+class _HardNet(nn.Module):
+    """Squeeze-excitation with hard-sigmoid and a hard-swish stem, as in MobileNetV3; `clamp`
+    writes the same two functions with torch.clamp (what the Hessian pass swaps in)."""
+
+    def __init__(self, clamp: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.act = nn.Hardswish()
+        self.se_fc = nn.Conv2d(4, 4, 1)
+        self.gate = nn.Hardsigmoid()
+        self.fc = nn.Linear(4, 5)
+        self.clamp = clamp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.conv(x)
+        z = z * torch.clamp(z + 3, 0, 6) / 6 if self.clamp else self.act(z)
+        s = self.se_fc(z.mean((2, 3), keepdim=True))
+        z = z * (torch.clamp(s + 3, 0, 6) / 6 if self.clamp else self.gate(s))
+        return self.fc(z.mean((2, 3)))
+
+
+def test_hessian_through_hard_sigmoid_and_hard_swish():
+    """PyTorch cannot differentiate hardsigmoid's backward: the Hessian pass swaps in clamp twins,
+    which give the Hessian of the same function, and puts the modules back."""
+    torch.manual_seed(0)
+    net = _HardNet().eval()
+    twin = _HardNet(clamp=True).eval()
+    twin.load_state_dict(net.state_dict())
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 1, 6, 6, generator=g), torch.randint(0, 5, (8,), generator=g)
+    ns = compute_stats(net, build_layer_map(net, 6, "hard"), (x, y), settings=FAST, use_cache=False)
+    ref = compute_stats(twin, build_layer_map(twin, 6, "hard"), (x, y), settings=FAST, use_cache=False)
+    for a, b in zip(ns.layers, ref.layers, strict=True):
+        assert a.trace == pytest.approx(b.trace, rel=1e-5, abs=1e-9) and a.eig == pytest.approx(b.eig, rel=1e-4)
+        torch.testing.assert_close(a.H, b.H, rtol=1e-4, atol=1e-9)
+    assert isinstance(net.gate, nn.Hardsigmoid) and isinstance(net.act, nn.Hardswish)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from helpers import heldout_report_spearman
 
+from emq.bench import Bench
 from emq.bench.bundles import shipped_bench_path
 from emq.bench.outcomes import decode, encode
 from emq.errors import EmqError
@@ -45,6 +46,20 @@ def test_plan_groups_benches_by_network():
     ]
     assert len(loo) == 4 and {c.seed for c in loo} == {0, 1}
     assert len([c for c in campaigns if c.protocol == "single"]) == 6
+
+
+def test_plan_leaves_one_task_out():
+    campaigns = plan(["default", "resnet20-fashion", "vgg-digits"], [0], ("leave-one-task-out",))
+    assert [(c.train, c.test) for c in campaigns] == [
+        (("resnet20-fashion",), ("default", "vgg-digits")),
+        (("default", "vgg-digits"), ("resnet20-fashion",)),
+    ]
+    with pytest.raises(EmqError, match="two tasks"):
+        plan(["default", "vgg-digits"], [0], ("leave-one-task-out",))
+
+
+def _tag(cell):
+    return Campaign(cell["protocol"], tuple(cell["train"]), (cell["test"],), cell["seed"]).tag
 
 
 def _fingerprint(run):
@@ -113,3 +128,19 @@ def test_transfer_report_files_and_numbers(tmp_path, capsys):
     for ref in doc["references"].values():
         names = {r["name"] for r in ref["rows"]}
         assert "ridge" in names and ref["best_handmade"] in names and ref["ceiling"] is not None
+        assert ref["best_handmade"] not in ("layer-kl", "layer-loss", "layer-sqnr")  # statistics-only
+    from emq.baselines.registry import PROXIES
+
+    for cell in doc["cells"]:
+        vs = cell["versus"]
+        assert set(vs) == {"fixed", "oracle", "layer-kl", "ridge"}  # no whole-configuration reference asked for
+        assert vs["oracle"]["paired"] == cell["paired"] and vs["oracle"]["name"] == cell["best_handmade"]
+        campaign = json.loads((out / "campaigns" / _tag(cell) / "summary.json").read_text())
+        assert PROXIES[vs["fixed"]["name"]].formula == campaign["best_handmade"]  # chosen on the training benches
+        ref = {r["name"]: r for r in doc["references"][cell["test"]]["rows"]}
+        # ridge scores every configuration, so the paired estimate is exactly the difference of the two rhos
+        assert vs["ridge"]["paired"]["estimate"] == pytest.approx(cell["rho"] - ref["ridge"]["rho"], abs=1e-9)
+        assert vs["ridge"]["cost_ptq_evals"] == int((~Bench.open(cell["test"]).heldout).sum())  # fitted on them
+        assert vs["layer-kl"]["cost_ptq_evals"] > 1  # tens of single-slot runs, in PTQ-equivalent evaluations
+    csv_head = (out / "transfer.csv").read_text().splitlines()[0]
+    assert "fixed_name" in csv_head and "layer-kl_better" in csv_head

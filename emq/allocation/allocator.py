@@ -29,6 +29,8 @@ from ..quant import PTQEngine, PTQSettings, QuantResult
 from ..specs import DEFAULT_BITS, ParameterError
 from ..tables import markdown_table
 from ..target import ModelSpec, Target, as_model_spec
+from .auto import NAME as AUTO_NAME
+from .auto import AutoProxy
 from .bitmap import save_bitmap
 from .budgets import Budget, Problem, build_problem
 from .ilp import solve_ilp
@@ -39,9 +41,10 @@ log = logging.getLogger(__name__)
 BudgetSpec = Sequence[Budget] | Mapping[str, Any]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Allocation:
-    """A chosen per-slot configuration with its costs, the proxy's score and (optionally) PTQ results."""
+    """A chosen per-slot configuration with its costs, the proxy's score and (optionally) PTQ results
+    (built by keyword: twenty fields)."""
 
     model: str
     proxy: str
@@ -60,6 +63,8 @@ class Allocation:
     top1: float | None = None
     loss: float | None = None
     kl: float | None = None
+    # what the proxy spent once on this model (measured sensitivity, auto's measurements and choice)
+    proxy_setup: dict | None = None
     # what `save` needs to write the bit map; not part of the JSON document
     layer_map: LayerMap | None = field(default=None, repr=False, compare=False, metadata={"json": False})
     ptq: PTQSettings | None = field(default=None, repr=False, compare=False, metadata={"json": False})
@@ -76,9 +81,19 @@ class Allocation:
         measured = (
             f"; PTQ top-1 {self.top1:.2f} %, loss {self.loss:.4f}, KL {self.kl:.4f}" if self.top1 is not None else ""
         )
+        setup = self.proxy_setup or {}
+        chose = (
+            f"\n{self.proxy} chose {setup['strategy']}: {setup['why']}; "
+            f"spent {setup.get('evaluations', 0)} PTQ evaluations"
+            f" and {setup.get('seconds', 0.0):.0f} s"
+            + (f" (measurements: {setup['measurements']})" if setup.get("measurements") else "")
+            if "strategy" in setup
+            else ""
+        )
         return (
-            f"{self.method} with {self.proxy}: size {self.size_bytes:,.0f} bytes, {self.bitops:.4g} BitOps (act {self.act_bits} bits), "
-            f"avg {self.avg_bits:.3f} bits, predicted {self.predicted:.6g}, solved in {self.solve_seconds * 1000:.1f} ms{measured}"
+            f"{self.method} with {self.proxy}: size {self.size_bytes:,.0f} bytes, {self.bitops:.4g} BitOps "
+            f"(act {self.act_bits} bits), avg {self.avg_bits:.3f} bits, predicted {self.predicted:.6g}, solved "
+            f"in {self.solve_seconds * 1000:.1f} ms{measured}{chose}"
         )
 
     def to_markdown(self) -> str:
@@ -117,12 +132,27 @@ def as_budgets(spec: BudgetSpec | None) -> list[Budget]:
     return list(spec)
 
 
+def auto_or(
+    proxy: Proxy | str | Path, evaluations: int | None, measurements: Path | None, seed: int
+) -> Proxy | str | Path:
+    """`proxy`, or for 'auto' the AutoProxy of `evaluations` (what only 'auto' takes)."""
+    if str(proxy) != AUTO_NAME:
+        if evaluations is not None or measurements is not None:
+            raise ParameterError(
+                "evaluations", evaluations, "only --proxy auto spends evaluations: drop it or use auto"
+            )
+        return proxy
+    return AutoProxy(0 if evaluations is None else evaluations, measurements, seed)
+
+
 def resolve_proxy(spec: Proxy | str | Path) -> Proxy:
     """A Proxy instance, a proxy JSON file (emq.search_space.proxyfile) or a registered name
     (emq.baselines)."""
     if isinstance(spec, Proxy):
         return spec
     text = str(spec)
+    if text == AUTO_NAME:
+        return AutoProxy()
     if text.endswith(".json") or Path(text).is_file():
         from ..search_space.proxyfile import load_proxy
 
@@ -244,8 +274,10 @@ class Allocator:
         proxy = resolve_proxy(proxy)
         problem.check_feasible()
         ctx = self.context(problem.bits)
+        setup = None
         if proxy.separable:
             table = self.table(proxy, problem.bits)  # type: ignore[arg-type]
+            setup = proxy.setup_cost(ctx)
             sol = solve_ilp(problem, proxy.orientation * table)
             index, seconds, evals, method = sol.index, sol.seconds, 0, "ilp"
             predicted = float(table_scores(table, index[None, :])[0])
@@ -258,7 +290,7 @@ class Allocator:
             )
             index, seconds, evals, method = res.index, res.seconds, res.evaluations, "search"
             predicted = proxy.orientation * res.score
-        return self.finish(
+        alloc = self.finish(
             proxy.name,
             orientation=proxy.orientation,
             method=method,
@@ -270,6 +302,8 @@ class Allocator:
             evaluations=evals,
             source=source,
         )
+        alloc.proxy_setup = setup
+        return alloc
 
     def finish(
         self,
@@ -404,16 +438,20 @@ def allocate(
     seed: int = 0,
     bench: Any = None,
     device: str | torch.device = "cpu",
+    evaluations: int | None = None,
+    measurements: Path | None = None,
 ) -> Allocation:
     """Allocate per-slot bits with `proxy` under `budgets` (e.g. {"avg-bits": 3.0}); with
     evaluate=True the result is PTQ-quantized and its top-1 / loss / KL filled in. `model` (a
-    name, an nn.Module or a ModelSpec holding the data, weights, ... too) defaults to 'default', or to the bench's model when `bench` is given (then the bench's
-    PTQ and statistics settings are used, see `allocator_for`). `device` (cpu, cuda, cuda:N)
-    is where statistics and PTQ run; it does not change the allocation's draws. `emq allocate`."""
+    name, an nn.Module or a ModelSpec holding the data, weights, ... too) defaults to 'default',
+    or to the bench's model when `bench` is given (then the bench's PTQ and statistics settings
+    are used, see `allocator_for`). `device` (cpu, cuda, cuda:N) is where statistics and PTQ
+    run; it does not change the allocation's draws. `emq allocate`."""
     if proxy is None:
         raise ParameterError("proxy", None, "give a Proxy, a proxy JSON file or a proxy name")
+    proxy = auto_or(proxy, evaluations, measurements, seed)
     alloc = allocator_for(
-        as_model_spec(model, data, weights, num_classes, input_size),
+        as_model_spec(model, data=data, weights=weights, num_classes=num_classes, input_size=input_size),
         settings=settings,
         evaluate=evaluate,
         bench=bench,

@@ -68,7 +68,8 @@ def load_bitmap(path: str | Path, layer_map: LayerMap) -> tuple[int, ...]:
         raise EmqError(f"bit map {path}: field 'format' must be {FORMAT!r}; write bit maps with `emq allocate`")
     if doc.get("model") != layer_map.model:
         raise EmqError(
-            f"bit map {path}: made for model {doc.get('model')!r}, not {layer_map.model!r}; allocate again for this model"
+            f"bit map {path}: made for model {doc.get('model')!r}, not {layer_map.model!r}; allocate again for "
+            "this model"
         )
     modules = doc.get("modules")
     if not isinstance(modules, dict) or not modules:
@@ -77,7 +78,8 @@ def load_bitmap(path: str | Path, layer_map: LayerMap) -> tuple[int, ...]:
     unknown = sorted(set(modules) - set(names))
     if unknown:
         raise EmqError(
-            f"bit map {path}: modules {', '.join(unknown[:5])} are not quantizable layers of {layer_map.model} (see `emq layers --model {layer_map.model}`)"
+            f"bit map {path}: modules {', '.join(unknown[:5])} are not quantizable layers of {layer_map.model} "
+            f"(see `emq layers --model {layer_map.model}`)"
         )
     missing = [n for n in names if n not in modules]
     if missing:
@@ -87,17 +89,20 @@ def load_bitmap(path: str | Path, layer_map: LayerMap) -> tuple[int, ...]:
         b = modules[name]
         if not isinstance(b, int) or isinstance(b, bool) or not WEIGHT_BITS_MIN <= b <= WEIGHT_BITS_MAX:
             raise EmqError(
-                f"bit map {path}: modules.{name} = {b!r}; use an integer bit-width in {WEIGHT_BITS_MIN}..{WEIGHT_BITS_MAX}"
+                f"bit map {path}: modules.{name} = {b!r}; use an integer bit-width "
+                f"in {WEIGHT_BITS_MIN}..{WEIGHT_BITS_MAX}"
             )
         if bits[s] is not None and bits[s] != b:
             raise EmqError(
-                f"bit map {path}: modules {', '.join(layer_map.slots[s].modules)} share one bit slot but have bits {bits[s]} and {b}"
+                f"bit map {path}: modules {', '.join(layer_map.slots[s].modules)} share one bit slot but have "
+                f"bits {bits[s]} and {b}"
             )
         bits[s] = b
     result = tuple(int(b) for b in bits)  # type: ignore[arg-type]
     if "slots" in doc and doc["slots"] != list(result):
         raise EmqError(
-            f"bit map {path}: field 'slots' {doc['slots']!r:.200} disagrees with 'modules' {list(result)}; fix or drop 'slots'"
+            f"bit map {path}: field 'slots' {doc['slots']!r:.200} disagrees with 'modules' {list(result)}; fix or "
+            "drop 'slots'"
         )
     if "slot_names" in doc and doc["slot_names"] != list(layer_map.slot_names):
         raise EmqError(

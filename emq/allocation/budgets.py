@@ -75,7 +75,7 @@ class Constraint:
         return self.budget.spec.from_units(units, layer_map, act_bits)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Problem:
     """Everything an allocator needs: allowed bits per slot, tie groups and integer constraints.
 
@@ -205,7 +205,15 @@ def build_problem(
                 b, np.outer(kind.per_bit(layer_map, act_bits), col_bits), kind.limit(b.value, layer_map, act_bits)
             )
         )
-    return Problem(layer_map, cols, allowed, groups, constraints, act_bits, pin_idx)
+    return Problem(
+        layer_map=layer_map,
+        bits=cols,
+        allowed=allowed,
+        groups=groups,
+        constraints=constraints,
+        act_bits=act_bits,
+        pins=pin_idx,
+    )
 
 
 def _slot(lm: LayerMap, key: str | int, param: str) -> int:

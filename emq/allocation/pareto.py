@@ -174,7 +174,7 @@ def sweep(
         model
         if isinstance(model, Allocator)
         else allocator_for(
-            as_model_spec(model, data, weights, num_classes, input_size),
+            as_model_spec(model, data=data, weights=weights, num_classes=num_classes, input_size=input_size),
             settings=settings,
             evaluate=evaluate,
             bench=bench,

@@ -28,7 +28,7 @@ if not hasattr(creator, "EmqAllocFitness"):
     creator.create("EmqAllocIndividual", list, fitness=creator.EmqAllocFitness)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ConfigSearchResult:
     index: np.ndarray  # column index per slot of the best configuration
     score: float  # its oriented score (higher = better)
@@ -139,4 +139,10 @@ def constrained_search(
     finally:
         random.setstate(saved)
     best = space.expand(hof[0])
-    return ConfigSearchResult(best, float(hof[0].fitness.values[0]), len(cache), time.perf_counter() - t0, history)
+    return ConfigSearchResult(
+        index=best,
+        score=float(hof[0].fitness.values[0]),
+        evaluations=len(cache),
+        seconds=time.perf_counter() - t0,
+        history=history,
+    )

@@ -8,12 +8,14 @@ measured once and shared by the three proxies (and cached on disk).
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 import numpy as np
 
 from ..proxy import ProxyContext, SeparableProxy
-from ..sensitivity import context_sensitivity
+from ..quant import PTQSettings
+from ..sensitivity import context_sensitivity, stored_sensitivity
 from .registry import register_proxy
 
 COST = "one single-slot PTQ run per (slot, bit) on calibration images (prefix reused)"
@@ -21,6 +23,30 @@ COST = "one single-slot PTQ run per (slot, bit) on calibration images (prefix re
 
 def _table(ctx: ProxyContext, metric: str) -> np.ndarray:
     return context_sensitivity(ctx).table(metric).copy()
+
+
+class _MeasuredProxy(SeparableProxy):
+    """A table of emq.sensitivity: measured on the target's data, or carried by its statistics."""
+
+    needs_data = True
+    orientation = -1
+    cost = COST
+
+    @property
+    @abstractmethod
+    def metric(self) -> str:
+        """The emq.sensitivity table this proxy sums (a subclass sets it as a class attribute)."""
+
+    def needs_data_for(self, ctx: ProxyContext) -> bool:
+        if "sensitivity" in ctx.cache:
+            return False
+        return stored_sensitivity(ctx.stats, ctx.bits, ctx.settings or PTQSettings()) is None
+
+    def table(self, ctx: ProxyContext) -> np.ndarray:
+        return _table(ctx, self.metric)
+
+    def setup_cost(self, ctx: ProxyContext) -> dict[str, Any]:
+        return _cost(ctx)
 
 
 def _cost(ctx: ProxyContext) -> dict[str, Any]:
@@ -33,50 +59,29 @@ def _cost(ctx: ProxyContext) -> dict[str, Any]:
 
 
 @register_proxy
-class LayerKL(SeparableProxy):
+class LayerKL(_MeasuredProxy):
     name = "layer-kl"
-    needs_data = True
+    metric = "kl"
     description = (
         "measured sensitivity: KL(FP || slot alone at b bits, others at 8) on calibration images, summed over slots"
     )
-    orientation = -1
-    cost = COST
-
-    def table(self, ctx: ProxyContext) -> np.ndarray:
-        return _table(ctx, "kl")
-
-    def setup_cost(self, ctx: ProxyContext) -> dict[str, Any]:
-        return _cost(ctx)
 
 
 @register_proxy
-class LayerLoss(SeparableProxy):
+class LayerLoss(_MeasuredProxy):
     name = "layer-loss"
-    needs_data = True
-    description = "measured sensitivity: cross-entropy change with the slot alone at b bits (others at 8) on calibration images, summed over slots"
-    orientation = -1
-    cost = COST
-
-    def table(self, ctx: ProxyContext) -> np.ndarray:
-        return _table(ctx, "loss")
-
-    def setup_cost(self, ctx: ProxyContext) -> dict[str, Any]:
-        return _cost(ctx)
+    metric = "loss"
+    description = (
+        "measured sensitivity: cross-entropy change with the slot alone at b bits (others at 8) on calibration "
+        "images, summed over slots"
+    )
 
 
 @register_proxy
-class LayerSQNR(SeparableProxy):
+class LayerSQNR(_MeasuredProxy):
     name = "layer-sqnr"
-    needs_data = True
+    metric = "nsr"
     description = (
         "measured sensitivity: output noise-to-signal ratio 10^(-SQNR/10) of the logits with the slot alone at b bits "
         "(others at 8) on calibration images, summed over slots (Pandey et al., 2023's per-layer SQNR)"
     )
-    orientation = -1
-    cost = COST
-
-    def table(self, ctx: ProxyContext) -> np.ndarray:
-        return _table(ctx, "nsr")
-
-    def setup_cost(self, ctx: ProxyContext) -> dict[str, Any]:
-        return _cost(ctx)

@@ -47,7 +47,8 @@ def check_complete(classes: list[type[Proxy]]) -> None:
     unclaimed = [k for k in HANDMADE if k not in claimed]
     if unclaimed:
         raise EmqError(
-            f"search-space formulas {', '.join(unclaimed)} belong to no registered proxy: set `formula` on the proxy of that name"
+            f"search-space formulas {', '.join(unclaimed)} belong to no registered proxy: set `formula` on the "
+            "proxy of that name"
         )
 
 

@@ -35,7 +35,8 @@ def require_stats(ctx: ProxyContext) -> NetworkStats:
         )
     if tuple(stats.bits) != tuple(ctx.bits):
         raise EmqError(
-            f"the statistics were computed for bits {list(stats.bits)}, but the proxy is asked for {list(ctx.bits)}: recompute them"
+            f"the statistics were computed for bits {list(stats.bits)}, but the proxy is asked "
+            f"for {list(ctx.bits)}: recompute them"
         )
     return stats
 
@@ -45,7 +46,8 @@ def slot_table(stats: NetworkStats, per_layer: np.ndarray) -> np.ndarray:
     per_layer = np.asarray(per_layer, dtype=np.float64)
     if not np.isfinite(per_layer).all():
         raise EmqError(
-            "the proxy table contains NaN or infinite values: the statistics are degenerate (check the model and calibration data)"
+            "the proxy table contains NaN or infinite values: the statistics are degenerate (check the model and "
+            "calibration data)"
         )
     out = np.zeros((stats.num_slots, per_layer.shape[1]), dtype=np.float64)
     np.add.at(out, np.asarray(stats.layer_slot), per_layer)
@@ -161,7 +163,10 @@ class Synflow(_LayerwiseProxy):
 class SynflowSigned(_LayerwiseProxy):
     name = "synflow-signed"
     faithful = False  # a variant: never chosen as "the best hand-made proxy"
-    description = "sum|VG * W| x b per layer with signed weights (no |W| linearisation): a Synflow-like variant, not the published Synflow"
+    description = (
+        "sum|VG * W| x b per layer with signed weights (no |W| linearisation): a Synflow-like variant, not the "
+        "published Synflow"
+    )
     orientation = 1
     cost = "statistics only (virtual gradients)"
 
@@ -319,7 +324,10 @@ class EmqPublished(_LayerwiseProxy):
 
     name = "emq-published"
     formula = "emq-published"
-    description = "EMQ's published best genotype, decoded: mean(softmax_dim0(log|VG|)) x mean(sqrt(relu(Q_b(W)))) (Dong et al., ICCV 2023)"
+    description = (
+        "EMQ's published best genotype, decoded: mean(softmax_dim0(log|VG|)) x mean(sqrt(relu(Q_b(W)))) (Dong et "
+        "al., ICCV 2023)"
+    )
     orientation = 1
     cost = "statistics only (virtual gradients, quantized weights)"
 

@@ -4,9 +4,10 @@ All three run the target through one shared `PTQEngine` on the context's device 
 copy of the model; the caller's model is never touched): `engine.prepare(bits)` sets
 quantized weights, BatchNorm re-estimation and calibrated activation quantizers exactly as
 the bench's PTQ does, then the proxy runs a small seeded batch of calibration images
-(`PROXY_IMAGES`, drawn with `PROXY_SEED` on the CPU) through it. The full-precision reference of each proxy is computed once per
-context and cached. `prepared` keeps the engine in the state of the last configuration, so
-proxies that score one configuration in turn share its PTQ pass (the most costly part).
+(`PROXY_IMAGES`, drawn with `PROXY_SEED` on the CPU) through it. The full-precision reference
+of each proxy is computed once per context and cached. `prepared` keeps the engine in the state
+of the last configuration, so proxies that score one configuration in turn share its PTQ pass
+(the most costly part).
 """
 
 from __future__ import annotations
@@ -146,7 +147,10 @@ class GMPQ(WholeConfigProxy):
     """
 
     name = "gmpq"
-    description = "GMPQ attribution-rank consistency: Spearman of FP vs quantized Grad-CAM maps at the last stage (Wang et al., ICCV 2021)"
+    description = (
+        "GMPQ attribution-rank consistency: Spearman of FP vs quantized Grad-CAM maps at the last stage (Wang et "
+        "al., ICCV 2021)"
+    )
     orientation = 1
     cost = f"one PTQ preparation + forward and backward of {PROXY_IMAGES} calibration images per configuration"
 
@@ -193,7 +197,10 @@ def discriminability(features: torch.Tensor, labels: torch.Tensor) -> float:
 @register_proxy
 class SEAM(WholeConfigProxy):
     name = "seam"
-    description = "SEAM discriminability: inter-class separation / intra-class compactness of quantized penultimate features (Tang et al., ACM MM 2023)"
+    description = (
+        "SEAM discriminability: inter-class separation / intra-class compactness of quantized penultimate features "
+        "(Tang et al., ACM MM 2023)"
+    )
     orientation = 1
     cost = f"one PTQ preparation + forward of {PROXY_IMAGES} labelled calibration images per configuration"
 
@@ -207,7 +214,10 @@ class SEAM(WholeConfigProxy):
 @register_proxy
 class OutputKL(WholeConfigProxy):
     name = "kl"
-    description = "KL(FP || quantized) of the output distributions on calibration images (data-driven reference, e.g. Cai et al., ZeroQ, CVPR 2020)"
+    description = (
+        "KL(FP || quantized) of the output distributions on calibration images (data-driven reference, e.g. Cai et "
+        "al., ZeroQ, CVPR 2020)"
+    )
     orientation = -1
     cost = f"one PTQ preparation + forward of {PROXY_IMAGES} calibration images per configuration"
 

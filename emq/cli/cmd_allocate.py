@@ -16,6 +16,7 @@ from ..api import (
     EmqError,
     ParameterError,
     allocator_for,
+    auto_or,
     budget_kinds,
     get_kind,
     parse_sweep,
@@ -54,7 +55,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--proxy",
         required=True,
-        help="proxy JSON file (from `emq search`) or a proxy name (`emq score --proxies all` lists them)",
+        help="proxy JSON file (from `emq search`), a proxy name (`emq score --proxies all` lists them), or 'auto': "
+        "what the cost-quality frontier recommends for --evaluations K",
+    )
+    p.add_argument(
+        "--evaluations",
+        type=int,
+        help="with --proxy auto: PTQ evaluations it may spend on the network (default 0: the measured sensitivity)",
+    )
+    p.add_argument(
+        "--measurements",
+        type=Path,
+        help="with --proxy auto: the bench file its measured configurations are stored in (resumed if present; "
+        "default: in the cache)",
     )
     for kind in budget_kinds():
         p.add_argument(f"--budget-{kind}", dest=_dest(kind), help=get_kind(kind).help)
@@ -145,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline and not args.sweep:
         raise EmqError("--baseline compares proxies along a sweep: add --sweep A:B:N")
     check_out_dir(args.out)
+    proxy = auto_or(args.proxy, args.evaluations, args.measurements, args.seed)
     if args.bench:
         open_bench(args.bench)
     values = (
@@ -161,9 +175,9 @@ def run(args: argparse.Namespace) -> int:
         model_spec(args), settings=settings, evaluate=args.evaluate, bench=args.bench, device=args.device
     )
     if values is not None:
-        return _run_sweep(args, allocator, values, budgets, bits_allowed, pins)
+        return _run_sweep(args, allocator, values, budgets, bits_allowed, pins, proxy)
     problem = allocator.problem(budgets, bits_allowed, pins, slot_bits, ties)
-    alloc = allocator.allocate(args.proxy, problem, args.evaluate, search_evaluations=args.search_evals, seed=args.seed)
+    alloc = allocator.allocate(proxy, problem, args.evaluate, search_evaluations=args.search_evals, seed=args.seed)
     bitmap = alloc.save(args.out)[0] if args.out is not None else None
     if args.json:
         emit_json(alloc.to_json() | ({"bitmap": str(bitmap)} if bitmap else {}))
@@ -186,9 +200,9 @@ def _check_pins_need_no_new_statistics(pins: dict[str, int], bits_allowed: list[
         slot, b = next(iter(extra.items()))
         allowed = ",".join(map(str, bits_allowed))
         raise EmqError(
-            f"--pin {slot}={b}: {b} bits is outside --bits-allowed {allowed}, and proxy {needy[0]} would need network statistics "
-            f"at {b} bits too (computed now, minutes on a large model); pin within {allowed}, or add {b} to --bits-allowed "
-            f"and restrict the other slots with --slot-bits to accept that cost"
+            f"--pin {slot}={b}: {b} bits is outside --bits-allowed {allowed}, and proxy {needy[0]} would need "
+            f"network statistics at {b} bits too (computed now, minutes on a large model); pin within {allowed}, "
+            f"or add {b} to --bits-allowed and restrict the other slots with --slot-bits to accept that cost"
         )
 
 
@@ -209,11 +223,12 @@ def _run_sweep(
     budgets: list[Budget],
     bits_allowed: list[int],
     pins: dict,
+    proxy: object,
 ) -> int:
     fixed = [b for b in budgets if b.kind != args.sweep_kind]
     res = sweep(
         allocator,
-        args.proxy,
+        proxy,
         args.sweep_kind,
         values,
         fixed=fixed,
@@ -227,7 +242,8 @@ def _run_sweep(
     )
     if not res.allocated:
         raise EmqError(
-            f"--sweep {args.sweep}: no budget in the range is feasible ({res.skipped[0][2] if res.skipped else 'nothing allocated'})"
+            f"--sweep {args.sweep}: no budget in the range is feasible "
+            f"({res.skipped[0][2] if res.skipped else 'nothing allocated'})"
         )
     csv, png = res.save(args.out)
     if args.json:

@@ -73,7 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--noise-samples",
         type=int,
         default=200,
-        help="configurations re-evaluated on the other half of the calibration sources, for the calibration test-retest reliability (default 200; 0 = none, else at least 4)",
+        help="configurations re-evaluated on the other half of the calibration sources, for the calibration "
+        "test-retest reliability (default 200; 0 = none, else at least 4)",
     )
     b.add_argument("--test-limit", type=int, help="evaluate on the first N test images only (quick, noisier benches)")
     add_device_arg(b)
@@ -201,15 +202,18 @@ def _f(v: float | None, digits: int = 3) -> str:
 
 def _print_info(info: dict) -> None:
     print(
-        f"bench {info['path']}: model {info['model']}, {info['records']} records ({info['search_records']} search / {info['heldout_records']} held out)"
+        f"bench {info['path']}: model {info['model']}, {info['records']} records ({info['search_records']} search "
+        f"/ {info['heldout_records']} held out)"
     )
     print(
-        f"slots {len(info['slots'])}, allowed bits {info['allowed_bits']}, activation bits {info['act_bits']}, pinned {info['pinned'] or 'none'}"
+        f"slots {len(info['slots'])}, allowed bits {info['allowed_bits']}, activation bits {info['act_bits']}, "
+        f"pinned {info['pinned'] or 'none'}"
     )
     pools = info.get("test_pools")
     if pools:
         print(
-            f"test pools ({pools['method']}): fit {pools['fit']['images']} images / {pools['fit']['sources']} sources, report {pools['report']['images']} / {pools['report']['sources']}"
+            f"test pools ({pools['method']}): fit {pools['fit']['images']} images / {pools['fit']['sources']} "
+            f"sources, report {pools['report']['images']} / {pools['report']['sources']}"
         )
     else:
         print("test pools: none (no per-image outcomes); fit and report numbers share test images")
@@ -228,7 +232,8 @@ def _print_info(info: dict) -> None:
         )
     if rel_rows:
         print(
-            "reliability on the report pool (split-half by source, Spearman-Brown corrected; calibration retest on disjoint calibration sources):"
+            "reliability on the report pool (split-half by source, Spearman-Brown corrected; calibration retest on "
+            "disjoint calibration sources):"
         )
         print(
             markdown_table(
@@ -240,15 +245,17 @@ def _print_info(info: dict) -> None:
     if rounding:
         opts = ", ".join(f"{k} {v}" for k, v in rounding["options"].items()) or "no options"
         print(
-            f"weight rounding {rounding['method']} ({opts}): prepared in {rounding['seconds']} s, {rounding['computed']} (layer, bits) computed, {rounding['from_cache']} from the cache"
+            f"weight rounding {rounding['method']} ({opts}): prepared in {rounding['seconds']} s, "
+            f"{rounding['computed']} (layer, bits) computed, {rounding['from_cache']} from the cache"
         )
     prov = info.get("provenance")
     if prov:
         ptq = prov["ptq"]
         print(
-            f"provenance: {prov['bench']}, {prov['network']}; {prov['data']}; {ptq['method']}, {ptq['iterations']} iterations, "
-            f"{ptq['calibration_images']} calibration images, {ptq['act_bits']}-bit activations; "
-            f"{'complete' if prov['complete'] else 'INCOMPLETE'} ({info['records']} of {prov['configurations']} configurations)"
+            f"provenance: {prov['bench']}, {prov['network']}; {prov['data']}; {ptq['method']}, {ptq['iterations']} "
+            f"iterations, {ptq['calibration_images']} calibration images, {ptq['act_bits']}-bit "
+            f"activations; {'complete' if prov['complete'] else 'INCOMPLETE'} ({info['records']} "
+            f"of {prov['configurations']} configurations)"
         )
     base = info.get("trivial_baselines") or {}
     if base:
@@ -285,14 +292,15 @@ def _check_build_sizes(args: argparse.Namespace, bits: list[int]) -> None:
     least = len(bits) + MIN_SAMPLED_CONFIGS
     if args.configs < least:
         raise EmqError(
-            f"--configs {args.configs}: a bench needs at least {least} configurations: the {len(bits)} uniform ones "
-            f"(one per bit-width in --bits-allowed) and {MIN_SAMPLED_CONFIGS} or more to rank; one in five is held out, "
-            "so a bench for `emq search` or `emq score` needs a few dozen"
+            f"--configs {args.configs}: a bench needs at least {least} configurations: the {len(bits)} uniform "
+            f"ones (one per bit-width in --bits-allowed) and {MIN_SAMPLED_CONFIGS} or more to rank; one in five is "
+            "held out, so a bench for `emq search` or `emq score` needs a few dozen"
         )
     if args.noise_samples != 0 and not MIN_NOISE_SAMPLES <= args.noise_samples:
         raise EmqError(
-            f"--noise-samples {args.noise_samples}: use 0 (no calibration retest) or at least {MIN_NOISE_SAMPLES}; the retest reliability is "
-            f"the Spearman correlation of repeated evaluations, which means nothing over fewer than {MIN_NOISE_SAMPLES} pairs"
+            f"--noise-samples {args.noise_samples}: use 0 (no calibration retest) or at least {MIN_NOISE_SAMPLES}; "
+            "the retest reliability is the Spearman correlation of repeated evaluations, which means nothing over "
+            f"fewer than {MIN_NOISE_SAMPLES} pairs"
         )
     if args.test_limit is not None and args.test_limit < 1:  # --workers: executor_from_args, before any file too
         raise EmqError(f"--test-limit {args.test_limit}: use 1 or more")

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [[i, s.name, ", ".join(s.modules), s.params, s.macs, bits_allowed] for i, s in enumerate(lm.slots)]
     print(markdown_table(["slot", "name", "modules", "weight params", "MACs", "bits allowed"], rows))
     print(
-        f"\n{lm.num_slots} slots, {len(lm.layers)} layers; full-precision size {lm.fp_size_bytes:,.0f} bytes; input {lm.input_size}px"
+        f"\n{lm.num_slots} slots, {len(lm.layers)} layers; full-precision size {lm.fp_size_bytes:,.0f} bytes; "
+        f"input {lm.input_size}px"
     )
     return 0

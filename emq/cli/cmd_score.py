@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--limit",
         type=int,
         default=DEFAULT_LIMIT,
-        help=f"whole-configuration proxies (gmpq, seam, kl) score a seeded sample of at most this many configurations per split; 0 = all (default {DEFAULT_LIMIT})",
+        help="whole-configuration proxies (gmpq, seam, kl) score a seeded sample of at most this many "
+        f"configurations per split; 0 = all (default {DEFAULT_LIMIT})",
     )
     p.add_argument("--ompq-beta", type=float, help="OMPQ's beta in theta = exp(-beta * gamma) (default 1.0)")
     p.add_argument("--data", help="override the bench's data ('default' or a directory)")
@@ -52,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resamples",
         type=int,
         default=DEFAULT_RESAMPLES,
-        help=f"bootstrap resamples (configurations x test sources, seeded) for the 95 %% intervals (default {DEFAULT_RESAMPLES})",
+        help="bootstrap resamples (configurations x test sources, seeded) for the 95 %% intervals "
+        f"(default {DEFAULT_RESAMPLES})",
     )
     p.add_argument("--no-reference", action="store_true", help="leave out the supervised ridge reference row")
     p.add_argument("--out", type=Path, help="write score.csv, score.json and scatter_<proxy>.png here")

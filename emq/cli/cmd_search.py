@@ -64,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_field_args(p, SearchConfig(), _FLAGS)
     add_executor_args(
         p,
-        "workers evaluating candidates, and computing the benches' statistics (default 1 = serial; results are identical)",
+        "workers evaluating candidates, and computing the benches' statistics (default 1 = serial; results are "
+        "identical)",
     )
     p.add_argument("--out", type=Path, help="run directory (default: emq_runs/search-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the campaign in --out from its checkpoint")

@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     h = summary["hessian"]
     cache = summary["cache"] or {}
     print(
-        f"\nHessian: {h.get('probes')} probes on {h.get('images')} images (converged: {h.get('converged')}); negative traces ({h.get('negative_policy')}): {', '.join(h.get('negative_layers') or []) or 'none'}"
+        f"\nHessian: {h.get('probes')} probes on {h.get('images')} images (converged: {h.get('converged')}); "
+        f"negative traces ({h.get('negative_policy')}): {', '.join(h.get('negative_layers') or []) or 'none'}"
     )
     print(convergence_summary(ns))
     print(
@@ -192,10 +193,12 @@ def _sensitivity_markdown(sens) -> str:
         [
             markdown_table(headers, rows),
             "",
-            f"measured sensitivity: one slot at b bits, the others at {s['rest_bits']}; {s['images']} calibration images, "
-            f"split-half reliability KL {rel['kl']}, loss {rel['loss']}, SQNR {rel['nsr']} (target {rel['target']} for KL)",
-            f"cost: {s['single_slot_evaluations']} single-slot evaluations (prefix reuse: {s['prefix_reuse']}) in "
-            f"{s['seconds']:.1f} s (rounding {s['rounding_seconds']:.1f} s) = "
-            f"{'n/a' if eq is None else f'{eq:.1f}'} PTQ evaluations of {s['ptq_evaluation_seconds']:.2f} s each, rounding excluded{cached}",
+            f"measured sensitivity: one slot at b bits, the others at {s['rest_bits']}; {s['images']} calibration "
+            f"images, split-half reliability KL {rel['kl']}, loss {rel['loss']}, SQNR {rel['nsr']} "
+            f"(target {rel['target']} for KL)",
+            f"cost: {s['single_slot_evaluations']} single-slot evaluations (prefix reuse: {s['prefix_reuse']}) "
+            f"in {s['seconds']:.1f} s (rounding {s['rounding_seconds']:.1f} s) "
+            f"= {'n/a' if eq is None else f'{eq:.1f}'} PTQ evaluations of {s['ptq_evaluation_seconds']:.2f} s "
+            f"each, rounding excluded{cached}",
         ]
     )

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..api import (
+    DEFAULT_PROTOCOLS,
     DEFAULT_RESAMPLES,
     PROTOCOLS,
     PROXIES,
@@ -23,17 +24,11 @@ from .common import (
     add_executor_args,
     check_executor_args,
     check_out_dir,
+    comma_list,
     emit_json,
     executor_from_args,
 )
 from .fieldargs import add_field_args
-
-
-def _names(text: str, flag: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise EmqError(f"{flag} {text!r}: give comma-separated values")
-    return items
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     seeds = ",".join(map(str, SEEDS))
     p.add_argument("--seeds", default=seeds, help=f"campaign seeds per cell (default {seeds})")
     add_field_args(p, TRANSFER_CAMPAIGN, ("generations", "population", "aggregate"))
-    p.add_argument("--protocols", default=",".join(PROTOCOLS), help="leave-one-out, single or both (default both)")
+    p.add_argument(
+        "--protocols",
+        default=",".join(DEFAULT_PROTOCOLS),
+        help=f"comma-separated, of {', '.join(PROTOCOLS)} (default {','.join(DEFAULT_PROTOCOLS)})",
+    )
     p.add_argument(
         "--whole-config",
         default=",".join(WHOLE_CONFIG),
@@ -66,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_executor_args(
         p,
-        "workers evaluating each campaign's candidates and the whole-configuration references (default 1 = serial; results are identical)",
+        "workers evaluating each campaign's candidates and the whole-configuration references (default 1 = serial; "
+        "results are identical)",
     )
     p.add_argument(
         "--out",
@@ -81,12 +81,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     check_executor_args(args)
-    protocols = _names(args.protocols, "--protocols")
+    protocols = comma_list(args.protocols, "--protocols")
     bad = [x for x in protocols if x not in PROTOCOLS]
     if bad:
-        raise EmqError(f"--protocols {args.protocols}: unknown {', '.join(bad)}; use leave-one-out and/or single")
+        raise EmqError(f"--protocols {args.protocols}: unknown {', '.join(bad)}; use some of {', '.join(PROTOCOLS)}")
     try:
-        seeds = [int(s) for s in _names(args.seeds, "--seeds")]
+        seeds = [int(s) for s in comma_list(args.seeds, "--seeds")]
     except ValueError as e:
         raise EmqError(f"--seeds {args.seeds}: give comma-separated integers") from e
     for flag, value in (
@@ -97,13 +97,14 @@ def run(args: argparse.Namespace) -> int:
     ):
         if value < 1:
             raise EmqError(f"{flag} {value}: use a positive number")
-    whole = () if args.whole_config.strip() == "none" else tuple(_names(args.whole_config, "--whole-config"))
+    whole = () if args.whole_config.strip() == "none" else tuple(comma_list(args.whole_config, "--whole-config"))
     wrong = [w for w in whole if w not in PROXIES or PROXIES[w].separable]
     if wrong:
         raise EmqError(
-            f"--whole-config: {', '.join(wrong)} is not a whole-configuration proxy; use some of kl, gmpq, seam or 'none'"
+            f"--whole-config: {', '.join(wrong)} is not a whole-configuration proxy; use some of kl, gmpq, seam or "
+            "'none'"
         )
-    benches = _names(args.benches, "--benches")
+    benches = comma_list(args.benches, "--benches")
     for b in benches:
         Bench.open(b)  # a missing or unreadable bench fails here, before any campaign
     with executor_from_args(args) as executor:

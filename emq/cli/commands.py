@@ -7,6 +7,10 @@ COMMANDS = {
     "bench": "build, inspect, import and export MQ-Bench files",
     "demo": "end to end on the embedded default: statistics, search, export, allocation, PTQ",
     "export": "export a proxy (JSON) as sympy, LaTeX, Python, DOT or PNG",
+    "frontier": (
+        "what to measure on a network without a bench: proxies, measured sensitivity and models fitted on k "
+        "evaluations, by cost"
+    ),
     "layers": "show a model's quantizable layers grouped into bit slots",
     "quantize": "PTQ-quantize a model with a bit configuration and evaluate it",
     "score": "correlate hand-made and evolved proxies with a bench (Spearman, Kendall, Pearson, top-k)",

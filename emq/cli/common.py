@@ -54,7 +54,8 @@ def add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument(
         "--model",
         default="default",
-        help="an embedded model (default, mobilenetv2-digits, vgg-digits, resnet20-fashion) or a torchvision classifier name (default: default)",
+        help="an embedded model (default, mobilenetv2-digits, vgg-digits, resnet20-fashion) or a torchvision "
+        "classifier name (default: default)",
     )
     p.add_argument("--weights", type=Path, help="local weights file (state dict), loaded with weights_only=True")
     p.add_argument("--num-classes", type=int, help="number of classes of a torchvision model (default: the data's)")
@@ -64,8 +65,9 @@ def add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
     if data:
         p.add_argument(
             "--data",
-            help="'default', 'fashion-mnist' / 'mnist' (idx files found on disk, e.g. Debian's dataset-fashion-mnist), NAME:DIR, "
-            "a directory of idx files, an ImageFolder or a CIFAR-10 directory (default: an embedded model's own)",
+            help="'default', 'fashion-mnist' / 'mnist' (idx files found on disk, e.g. Debian's "
+            "dataset-fashion-mnist), NAME:DIR, a directory of idx files, an ImageFolder or a CIFAR-10 directory "
+            "(default: an embedded model's own)",
         )
 
 
@@ -73,10 +75,10 @@ def model_spec(args: argparse.Namespace, model: Any = None) -> ModelSpec:
     """The model and its data that the flags of `add_model_args` name (`model` overrides --model)."""
     return ModelSpec(
         model if model is not None else args.model,
-        getattr(args, "data", None),
-        args.weights,
-        args.num_classes,
-        args.input_size,
+        data=getattr(args, "data", None),
+        weights=args.weights,
+        num_classes=args.num_classes,
+        input_size=args.input_size,
     )
 
 
@@ -107,13 +109,15 @@ def add_ptq_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-seed", type=int, help=f"seed of the calibration draw (default {d.calib_seed})")
     p.add_argument(
         "--weight-quantizer",
-        help=f"weight rounding method: {', '.join(QUANTIZERS)} (default {d.weight_quantizer}); gptq/adaround reconstruct each layer and are cached per (layer, bits)",
+        help=f"weight rounding method: {', '.join(QUANTIZERS)} (default {d.weight_quantizer}); gptq/adaround "
+        "reconstruct each layer and are cached per (layer, bits)",
     )
     p.add_argument(
         "--bias-correction",
         action="store_true",
         default=None,
-        help="correct each layer's bias for the mean output shift of its rounded weights (matters for layers without a following BatchNorm)",
+        help="correct each layer's bias for the mean output shift of its rounded weights (matters for layers "
+        "without a following BatchNorm)",
     )
     p.add_argument(
         "--quantizer-option",
@@ -238,13 +242,14 @@ def _check_path_length(path: Path, flag: str) -> None:
     for part in path.parts:
         if len(os.fsencode(part)) > name_max:
             raise EmqError(
-                f"{flag} {shown(path)}: the name {shown(part, 20)} is {len(os.fsencode(part))} bytes long, and this file "
-                f"system allows {name_max}; give a shorter name"
+                f"{flag} {shown(path)}: the name {shown(part, 20)} is {len(os.fsencode(part))} bytes long, and "
+                f"this file system allows {name_max}; give a shorter name"
             )
     length = len(os.fsencode(os.path.abspath(path)))
     if length >= path_max:
         raise EmqError(
-            f"{flag} {shown(path)}: the path is {length} bytes long, and this system allows {path_max - 1}; give a shorter path"
+            f"{flag} {shown(path)}: the path is {length} bytes long, and this system allows {path_max - 1}; give a "
+            "shorter path"
         )
 
 
@@ -295,18 +300,27 @@ def check_bench_for_search(bench: Any, spec: str, model: str | None, model_is_fi
     built_for = str(bench.meta.get("model", "default"))
     if model is not None and model != built_for and model_is_fixed:
         raise EmqError(
-            f"--bench {spec}: was built for model {built_for}, and this command runs on model {model}; give a bench of {model}"
+            f"--bench {spec}: was built for model {built_for}, and this command runs on model {model}; give a "
+            f"bench of {model}"
         )
     if model is not None and model != built_for:
         raise EmqError(
-            f"--model {model}: bench {spec} was built for model {built_for}; leave --model out to use the bench's model, "
-            f"or give a bench built for {model}"
+            f"--model {model}: bench {spec} was built for model {built_for}; leave --model out to use the bench's "
+            f"model, or give a bench built for {model}"
         )
     for split in ("search", "heldout"):
         n = int(bench.mask(split).sum())
         if n < MIN_SPLIT:
             raise EmqError(
-                f"--bench {spec}: its {split} split has {n} configuration(s) of {len(bench)}; a rank correlation needs at least "
-                f"{MIN_SPLIT} (one configuration in five is held out): build a larger bench"
+                f"--bench {spec}: its {split} split has {n} configuration(s) of {len(bench)}; a rank correlation "
+                f"needs at least {MIN_SPLIT} (one configuration in five is held out): build a larger bench"
             )
     return built_for
+
+
+def comma_list(text: str, flag: str) -> list[str]:
+    """The non-empty comma-separated items of a flag's value; EmqError naming the flag if none."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise EmqError(f"{flag} {text!r}: give comma-separated values")
+    return items

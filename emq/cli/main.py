@@ -38,8 +38,9 @@ FLAGS = {
 }
 
 CACHE_NOTE = (
-    "statistics are cached in $EMQ_CACHE_DIR/stats, by default ~/.cache/emq/stats: one cache for all runs of this user, "
-    "keyed by model weights, data, bits and every statistics setting (set EMQ_CACHE_DIR for a private or shared one)"
+    "statistics are cached in $EMQ_CACHE_DIR/stats, by default ~/.cache/emq/stats: one cache for all runs of this "
+    "user, keyed by model weights, data, bits and every statistics setting (set EMQ_CACHE_DIR for a private or "
+    "shared one)"
 )
 
 
@@ -72,7 +73,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     placeholders for the others (enough for `emq --help` and for choosing)."""
     parser = _Parser(
         prog="emq",
-        description="Discover training-free proxies for mixed-precision quantization and allocate bit-widths with them.",
+        description="Discover training-free proxies for mixed-precision quantization "
+        "and allocate bit-widths with them.",
         epilog=CACHE_NOTE,
     )
     parser.add_argument("--version", action="version", version=f"emq {__version__}")

@@ -158,7 +158,8 @@ def _check_pair(stats: NetworkStats, data: FitnessData, which: str) -> None:
     """Refuse statistics that are not of the bench's model and bits."""
     if stats.num_slots != data.search.configs.shape[1]:
         raise EmqError(
-            f"{which}the statistics have {stats.num_slots} bit slots but the bench configurations have {data.search.configs.shape[1]}: use statistics of the bench's model"
+            f"{which}the statistics have {stats.num_slots} bit slots but the bench configurations "
+            f"have {data.search.configs.shape[1]}: use statistics of the bench's model"
         )
     if tuple(stats.bits) != tuple(data.bits):
         raise EmqError(
@@ -452,7 +453,8 @@ class Campaign:
         _check_same_campaign(state["config"], self.config, f"checkpoint {path}", len(self.data))
         if state.get("inputs") != self._inputs_fingerprint():
             raise EmqError(
-                f"checkpoint {path} was made with a different bench, statistics or search space; resume with the same inputs or use a new run directory"
+                f"checkpoint {path} was made with a different bench, statistics or search space; resume with the "
+                "same inputs or use a new run directory"
             )
         sig = dict(zip(state["signature_keys"], arrays["signatures"], strict=True))
         for k, toks, fit, rs, orient, reason, *per_bench in state[
@@ -492,5 +494,6 @@ def _check_same_campaign(saved: dict[str, Any], config: SearchConfig, what: str,
     ]  # a field added since the checkpoint was made has its default there
     if diff:
         raise EmqError(
-            f"{what} was made with different settings ({', '.join(diff)}); continue with the same settings or use a new run directory"
+            f"{what} was made with different settings ({', '.join(diff)}); continue with the same settings or use "
+            "a new run directory"
         )

@@ -81,20 +81,24 @@ class SearchResult:
             "Pareto front of the hall of fame (size in nodes against fitness on search x fit):",
             self.hall_of_fame.pareto().to_markdown(),
             "",
-            f"{s['evaluations']} evaluations of {s['candidates']} candidates in {s['seconds']:.1f} s ({s['screening']['saved_share']:.0%} saved by screening and the cache)",
+            f"{s['evaluations']} evaluations of {s['candidates']} candidates in {s['seconds']:.1f} s "
+            f"({s['screening']['saved_share']:.0%} saved by screening and the cache)",
         ]
         if len(s["benches"]) > 1:
             lines.append(
-                f"fitness = {_aggregate_text(s)} of the per-bench Spearman on search x fit; one orientation for all benches"
+                f"fitness = {_aggregate_text(s)} of the per-bench Spearman on search x fit; one orientation for "
+                "all benches"
             )
         for label, b in s["benches"].items():
             lines.append(_bench_line(label if len(s["benches"]) > 1 else "", b))
         lines.append(
-            "search = search configurations x fit pool (all a campaign sees); held-out = held-out configurations x report pool; intervals: emq score"
+            "search = search configurations x fit pool (all a campaign sees); held-out = held-out configurations x "
+            "report pool; intervals: emq score"
         )
         if self.out_dir is not None:
             lines.append(
-                f"run directory: {self.out_dir} (best_proxy.json, hall_of_fame.csv, log.jsonl, fitness.png, diversity.png)"
+                f"run directory: {self.out_dir} (best_proxy.json, hall_of_fame.csv, log.jsonl, fitness.png, "
+                "diversity.png)"
             )
         return "\n".join(lines)
 
@@ -111,7 +115,8 @@ def _bench_line(label: str, b: dict[str, Any]) -> str:
     ref = b.get("supervised_reference") or {}
     if ref.get("heldout_spearman") is not None:
         parts.append(
-            f"within-bench supervised reference (ridge on one-hot slot/bit, fitted on search x fit): held-out x report rho {ref['heldout_spearman']:.3f}"
+            "within-bench supervised reference (ridge on one-hot slot/bit, fitted on search x fit): held-out x "
+            f"report rho {ref['heldout_spearman']:.3f}"
         )
     return (f"bench {label}: " if label else "") + "; ".join(parts)
 

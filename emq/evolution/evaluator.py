@@ -69,7 +69,8 @@ def aggregate(rhos: Sequence[float], how: str = DEFAULT_AGGREGATE, k: float = 1.
 
 @dataclass
 class Outcome:
-    fitness: float  # aggregate of the oriented per-bench rhos on the search splits (one bench: |rho|), REJECTED when screened out
+    # aggregate of the oriented per-bench rhos on the search splits (one bench: |rho|), REJECTED when screened out
+    fitness: float
     rho_search: float  # mean oriented rho over the benches (>= 0 unless rejected)
     orientation: int
     reason: str | None

@@ -143,11 +143,13 @@ class RayExecutor(Executor):
             return
         if not options.get("gpus_per_worker"):
             raise EmqError(
-                f"--device {device} with --executor ray: give --gpus-per-worker (Ray shows a worker only the GPUs it reserved)"
+                f"--device {device} with --executor ray: give --gpus-per-worker (Ray shows a worker only the GPUs "
+                "it reserved)"
             )
         if device.index not in (None, 0):
             raise EmqError(
-                f"--device {device} with --executor ray: use --device cuda (each worker sees the GPUs Ray gave it, numbered from 0)"
+                f"--device {device} with --executor ray: use --device cuda (each worker sees the GPUs Ray gave it, "
+                "numbered from 0)"
             )
 
     def __init__(
@@ -209,7 +211,8 @@ class RayExecutor(Executor):
                 )
             if n and free.get(kind, 0) < n:
                 log.warning(
-                    "the Ray cluster has %g of its %g %ss free and the workers ask for %g: they wait until other jobs release them",
+                    "the Ray cluster has %g of its %g %ss free and the workers ask for %g: they wait until other "
+                    "jobs release them",
                     free.get(kind, 0),
                     have[kind],
                     kind,

@@ -77,7 +77,10 @@ def adaround(
 
 class AdaRound(WeightQuantizer):
     name = "adaround"
-    description = "AdaRound: learned rounding on the MSE-clipped grid, layer-wise reconstruction against full-precision calibration inputs (BRECQ's schedule)"
+    description = (
+        "AdaRound: learned rounding on the MSE-clipped grid, layer-wise reconstruction against full-precision "
+        "calibration inputs (BRECQ's schedule)"
+    )
     needs_inputs = True
     options = (
         Option("iters", int, 2000, "optimisation steps per layer and bit-width"),

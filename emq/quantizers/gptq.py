@@ -78,7 +78,10 @@ def gptq_round(weight: torch.Tensor, hessian: torch.Tensor, bits: int, symmetric
 
 class GPTQ(WeightQuantizer):
     name = "gptq"
-    description = "GPTQ: column-wise rounding with inverse-Hessian error compensation against the layer's full-precision calibration inputs, on the MSE-clipped grid"
+    description = (
+        "GPTQ: column-wise rounding with inverse-Hessian error compensation against the layer's full-precision "
+        "calibration inputs, on the MSE-clipped grid"
+    )
     needs_inputs = True
     options = (Option("damp", float, 0.01, "dampening added to the layer Hessian's diagonal, relative to its mean"),)
 

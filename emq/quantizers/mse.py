@@ -91,7 +91,10 @@ def mse_grid(w: torch.Tensor, bits: int, symmetric: bool = False, grid: int = CL
 
 class MSEClipped(WeightQuantizer):
     name = "mse"
-    description = f"per-output-channel uniform rounding, clipping ratio searched over {CLIP_GRID} values for the least squared error"
+    description = (
+        f"per-output-channel uniform rounding, clipping ratio searched over {CLIP_GRID} values for the least "
+        "squared error"
+    )
 
     def quantize(self, weight: torch.Tensor, bits: int, symmetric: bool = False, layer=None) -> torch.Tensor:
         return quantize_weight(weight, bits, symmetric)

@@ -1,0 +1,376 @@
+"""The cost-quality frontier: what should a user measure on a network that has no bench?
+
+For each network of a study (held out in turn) and each budget k of configurations measured on
+it, this compares, on its held-out configurations x report pool with seeded bootstrap intervals:
+
+- choices that need no measured configuration: the *fixed* best statistics-only hand-made proxy
+  (the best mean search x fit rho over the *other* networks' benches), an evolved proxy that
+  never saw the network (a proxy file per bench, e.g. a leave-one-out campaign's), and
+  `layer-kl` (the measured per-slot sensitivity, at its cost of L x B single-slot runs);
+- models fitted on k configurations drawn (seeded, `draws` times) from the network's *search*
+  configurations, with their fit-pool metric: ridge on one-hot (slot, bit) features, and ridge
+  on the proxies' scores (the statistics proxies, `layer-kl` and model size as features);
+- the whole-configuration KL proxy, at one PTQ evaluation per configuration it ranks.
+
+Costs are in PTQ-equivalent evaluations on the network (one = quantize one configuration and
+evaluate its test split): k for a fitted model, plus the one-off cost of the statistics and the
+sensitivity its features read, converted by their measured seconds. The *crossover* of a fitted
+model is the smallest k at which at least half of its draws beat the best zero-configuration
+choice (paired interval above 0); that choice (fixed hand-made or `layer-kl`) is made by mean
+search x fit rho on the other networks' benches, never by looking at the held-out network.
+The held-out configurations and the report pool are never drawn from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.linear_model import RidgeCV
+from sklearn.preprocessing import StandardScaler
+
+from .errors import EmqError
+from .fileio import atomic_write, atomic_write_text, ensure_dir
+from .specs import ParameterError
+from .supervised import ALPHAS, OneHotRidge
+from .uncertainty import DEFAULT_RESAMPLES
+
+log = logging.getLogger(__name__)
+
+BUDGETS = (0, 10, 25, 50, 100, 200)
+DRAWS = 5
+MEASURED = "layer-kl"
+FITTED = ("ridge-onehot", "ridge-proxies")
+FEATURE_FREE = ("size",)  # proxy features that cost nothing to compute
+
+
+@dataclass
+class FrontierResult:
+    """Every method's held-out x report rho per network, budget and draw, and the crossovers."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    networks: dict[str, dict[str, Any]] = field(default_factory=dict)  # bench -> choice, crossover, costs
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"settings": self.settings, "networks": self.networks, "rows": self.rows}
+
+    def to_csv(self) -> str:
+        head = [
+            "bench",
+            "method",
+            "k",
+            "draw",
+            "cost_ptq_evals",
+            "rho",
+            "low",
+            "high",
+            "vs",
+            "delta",
+            "delta_low",
+            "delta_high",
+        ]
+        lines = [",".join(head)]
+        for r in self.rows:
+            p = r.get("paired") or {}
+            vals = [r["bench"], r["method"], r["k"], r["draw"], r["cost_ptq_evals"], r["rho"], r["low"], r["high"]]
+            vals += [p.get("baseline"), p.get("estimate"), p.get("low"), p.get("high")]
+            lines.append(",".join("" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)) for v in vals))
+        return "\n".join(lines) + "\n"
+
+    def to_markdown(self) -> str:
+        from .tables import markdown_table
+
+        out = []
+        for bench, net in self.networks.items():
+            rows = []
+            for method in net["methods"]:
+                pts = [r for r in self.rows if r["bench"] == bench and r["method"] == method]
+                for k in sorted({r["k"] for r in pts}):
+                    at = [r for r in pts if r["k"] == k]
+                    rho = np.array([r["rho"] for r in at])
+                    cost = float(
+                        np.mean([r["cost_ptq_evals"] for r in at if r["cost_ptq_evals"] is not None] or [np.nan])
+                    )
+                    better = sum(1 for r in at if r.get("paired") and r["paired"]["low"] > 0)
+                    worse = sum(1 for r in at if r.get("paired") and r["paired"]["high"] < 0)
+                    iv = (
+                        f"[{at[0]['low']:.3f}, {at[0]['high']:.3f}]"
+                        if len(at) == 1
+                        else f"{rho.min():.3f}–{rho.max():.3f}"
+                    )
+                    rows.append(
+                        [
+                            method,
+                            k,
+                            f"{cost:.0f}" if np.isfinite(cost) else "n/a",
+                            f"{rho.mean():.3f}",
+                            iv,
+                            f"{better} / {worse} of {len(at)}",
+                        ]
+                    )
+            out.append(
+                f"**{bench}**: best choice without measured configurations: {net['choice']} "
+                f"(chosen on the other networks' search x fit); crossover: "
+                + "; ".join(f"{m} at k = {c['k']}" if c else f"{m} never" for m, c in net["crossover"].items())
+            )
+            out.append(
+                markdown_table(
+                    [
+                        "method",
+                        "k measured",
+                        "cost (PTQ evals)",
+                        "ρ held-out×report (mean)",
+                        "95 % interval / range over draws",
+                        f"draws better / worse than {net['choice']}",
+                    ],
+                    rows,
+                )
+            )
+            out.append("")
+        return "\n".join(out)
+
+    def save(self, out: str | Path) -> list[Path]:
+        """frontier.json, frontier.csv, one frontier_<bench>.png per network and frontier.png (all)."""
+        out = ensure_dir(out)
+        paths = [out / "frontier.json", out / "frontier.csv"]
+        atomic_write_text(paths[0], json.dumps(self.to_json(), indent=1) + "\n")
+        atomic_write_text(paths[1], self.to_csv())
+        for bench in self.networks:
+            paths.append(self._plot([bench], out / f"frontier_{_safe(bench)}.png"))
+        paths.append(self._plot(list(self.networks), out / "frontier.png"))
+        return paths
+
+    def _plot(self, benches: list[str], path: Path) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        n = len(benches)
+        cols = min(n, 3)
+        fig, axes = plt.subplots(
+            (n + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.2 * ((n + cols - 1) // cols)), squeeze=False
+        )
+        for ax, bench in zip(axes.flat, benches, strict=False):
+            net = self.networks[bench]
+            for method in net["methods"]:
+                pts = [
+                    r
+                    for r in self.rows
+                    if r["bench"] == bench and r["method"] == method and r["cost_ptq_evals"] is not None
+                ]
+                if not pts:
+                    continue
+                ks = sorted({r["k"] for r in pts})
+                x = [np.mean([r["cost_ptq_evals"] for r in pts if r["k"] == k]) for k in ks]
+                y = [np.mean([r["rho"] for r in pts if r["k"] == k]) for k in ks]
+                lo = [min(r["low"] for r in pts if r["k"] == k) for k in ks]
+                hi = [max(r["high"] for r in pts if r["k"] == k) for k in ks]
+                if method in FITTED:
+                    ax.plot(x, y, marker="o", label=method)
+                    ax.fill_between(x, lo, hi, alpha=0.15)
+                else:
+                    ax.errorbar(x, y, yerr=[np.subtract(y, lo), np.subtract(hi, y)], fmt="s", capsize=3, label=method)
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlabel("cost on the network (PTQ-equivalent evaluations)")
+            ax.set_ylabel("held-out x report Spearman")
+            ax.set_title(bench, fontsize=9)
+            ax.legend(fontsize=6)
+        for ax in list(axes.flat)[n:]:
+            ax.axis("off")
+        fig.tight_layout()
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        plt.close(fig)
+        return path
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(name).stem) or "bench"
+
+
+class FrontierStudy:
+    """Plan and run the frontier over benches of different networks (each held out in turn)."""
+
+    def __init__(
+        self,
+        benches: Sequence[str],
+        *,
+        budgets: Sequence[int] = BUDGETS,
+        draws: int = DRAWS,
+        seed: int = 0,
+        evolved: Mapping[str, str | Path] | None = None,
+        whole_config: bool = True,
+        whole_limit: int = 20,
+        resamples: int = DEFAULT_RESAMPLES,
+    ) -> None:
+        if len(benches) < 2 or len(set(benches)) != len(benches):
+            raise ParameterError(
+                "benches", ",".join(benches), "give at least two different benches (each is held out in turn)"
+            )
+        if any(int(k) != k or k < 0 for k in budgets):
+            raise ParameterError("budgets", ",".join(map(str, budgets)), "use non-negative integers")
+        if draws < 1:
+            raise ParameterError("draws", draws, "use at least 1")
+        self.benches = list(benches)
+        self.budgets = sorted({int(k) for k in budgets})
+        self.draws, self.seed = int(draws), int(seed)
+        self.evolved = {b: Path(p) for b, p in (evolved or {}).items()}
+        unknown = [b for b in self.evolved if b not in self.benches]
+        if unknown:
+            raise ParameterError("evolved", ",".join(unknown), "an evolved proxy is given for a bench not in the study")
+        self.whole_config, self.whole_limit, self.resamples = whole_config, whole_limit, resamples
+
+    def _reports(self) -> dict[str, Any]:
+        """Every bench's statistics-only hand-made proxies, layer-kl and its evolved proxy, scored once."""
+        from .baselines.registry import PROXIES
+        from .ranking import score
+
+        names = [n for n, c in PROXIES.items() if c.faithful and c.separable and not c.needs_data] + [MEASURED]
+        out = {}
+        for b in self.benches:
+            files = [self.evolved[b]] if b in self.evolved else []
+            out[b] = score(b, proxies=names, proxy_files=files, resamples=self.resamples, reference=False)
+        return out
+
+    def run(self) -> FrontierResult:
+        reports = self._reports()
+        result = FrontierResult(
+            settings={
+                "benches": self.benches,
+                "budgets": self.budgets,
+                "draws": self.draws,
+                "seed": self.seed,
+                "evolved": {b: str(p) for b, p in self.evolved.items()},
+                "whole_limit": self.whole_limit if self.whole_config else None,
+                "resamples": self.resamples,
+            }
+        )
+        for i, bench in enumerate(self.benches):
+            rows, network = self._network(i, bench, reports)
+            result.rows += rows
+            result.networks[bench] = network
+        return result
+
+    def _network(self, i: int, bench: str, reports: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """One held-out network's frontier rows and its summary (choice, crossovers, costs)."""
+        from .bench import Bench
+        from .ranking import ReportCells, score
+
+        rows: list[dict[str, Any]] = []
+        rep = reports[bench]
+        others = [reports[o] for o in self.benches if o != bench]
+        fixed = _best_on(others, [p.name for p in rep.proxies if p.kind == "separable" and p.name != MEASURED])
+        choice = _best_on(others, [fixed, MEASURED])
+        b = Bench.open(bench)
+        cells = ReportCells(b, rep.metric, self.resamples)
+        by = {p.name: p for p in rep.proxies}
+        base = by[choice]
+        held = base.rows[cells.split["heldout"][base.rows]]
+        boot = cells.bootstrap(held)
+        pos = {r: j for j, r in enumerate(base.rows)}
+        at_held = np.array([pos[r] for r in held])
+        stats_cost = (by[fixed].setup or {}).get("ptq_equivalents")
+        sens_cost = (by[MEASURED].setup or {}).get("ptq_equivalents")
+
+        def add(method: str, k: int, draw: int, cost: float | None, scores: np.ndarray) -> None:
+            iv = boot.interval(scores)
+            row = {"bench": bench, "method": method, "k": k, "draw": draw, "cost_ptq_evals": cost}
+            row |= {"rho": float(iv.estimate), "low": float(iv.low), "high": float(iv.high), "paired": None}
+            if method != choice:
+                d = boot.paired(scores, base.scores[at_held])
+                row["paired"] = {
+                    "baseline": choice,
+                    "estimate": float(d.estimate),
+                    "low": float(d.low),
+                    "high": float(d.high),
+                }
+            rows.append(row)
+
+        methods = [fixed, MEASURED]
+        add(fixed, 0, 0, stats_cost, by[fixed].scores[at_held])
+        add(MEASURED, 0, 0, sens_cost, by[MEASURED].scores[at_held])
+        evolved = next((p for p in rep.proxies if p.kind == "evolved"), None)
+        if evolved is not None:
+            methods.append("evolved")
+            add("evolved", 0, 0, stats_cost, evolved.scores[at_held])
+        features = np.stack([p.scores for p in rep.proxies if p.kind == "separable"], axis=1)  # [rows, F], oriented
+        search_rows = base.rows[cells.split["search"][base.rows]]
+        fit_values = cells.values["fit"]
+        for k in self.budgets:
+            if k == 0:
+                continue
+            if k > len(search_rows):
+                log.warning(
+                    "%s: %d search configurations, fewer than the budget %d: skipped", bench, len(search_rows), k
+                )
+                continue
+            for draw in range(self.draws):
+                rng = np.random.default_rng([self.seed, i, k, draw])
+                picked = rng.choice(search_rows, size=k, replace=False)
+                y = fit_values[picked]
+                onehot = OneHotRidge(b.bits).fit(b.configs[picked], y)
+                add("ridge-onehot", k, draw, float(k), onehot.predict(b.configs[held]))
+                at_pick = np.array([pos[r] for r in picked])
+                scaler = StandardScaler().fit(features[at_pick])
+                model = RidgeCV(alphas=ALPHAS).fit(scaler.transform(features[at_pick]), y)
+                cost = k + (stats_cost or 0.0) + (sens_cost or 0.0)
+                add("ridge-proxies", k, draw, cost, model.predict(scaler.transform(features[at_held])))
+        methods += list(FITTED)
+        if self.whole_config:
+            whole = score(bench, proxies="kl", limit=self.whole_limit, resamples=self.resamples, reference=False)
+            kl = whole.proxies[0] if whole.proxies else None
+            if kl is not None and kl.interval is not None:
+                rows.append(
+                    {
+                        "bench": bench,
+                        "method": "whole-kl",
+                        "k": 0,
+                        "draw": 0,
+                        "cost_ptq_evals": float(kl.n.get("heldout_report") or 0),
+                        "rho": kl.correlations["spearman_heldout_report"],
+                        "low": kl.interval["low"],
+                        "high": kl.interval["high"],
+                        "paired": None,
+                        "note": "scored on a seeded sample of held-out configurations; cost = configurations ranked",
+                    }
+                )
+                methods.append("whole-kl")
+        network = {
+            "fixed": fixed,
+            "choice": choice,
+            "methods": methods,
+            "statistics_cost_ptq_evals": stats_cost,
+            "sensitivity_cost_ptq_evals": sens_cost,
+            "crossover": {m: _crossover(rows, bench, m, self.draws) for m in FITTED},
+        }
+        return rows, network
+
+
+def _best_on(reports: Sequence[Any], names: Sequence[str]) -> str:
+    """The name with the highest mean search x fit rho over these (other networks') reports."""
+
+    def mean(name: str) -> float:
+        vals = [p.correlations.get("spearman_search_fit") for r in reports for p in r.proxies if p.name == name]
+        vals = [v for v in vals if v is not None]
+        return float(np.mean(vals)) if vals else -np.inf
+
+    if not names:
+        raise EmqError("no statistics-only proxy could be scored on these benches")
+    return max(names, key=mean)
+
+
+def _crossover(rows: list[dict[str, Any]], bench: str, method: str, draws: int) -> dict[str, Any] | None:
+    """The smallest k at which at least half the draws' paired intervals lie above 0, with the
+    median draw's difference and interval there; None when no budget reaches it."""
+    for k in sorted({r["k"] for r in rows if r["bench"] == bench and r["method"] == method}):
+        at = [r for r in rows if r["bench"] == bench and r["method"] == method and r["k"] == k and r["paired"]]
+        if 2 * sum(1 for r in at if r["paired"]["low"] > 0) >= draws:
+            mid = sorted(at, key=lambda r: r["paired"]["estimate"])[len(at) // 2]
+            return {"k": k, "draws_better": sum(1 for r in at if r["paired"]["low"] > 0), "median": mid["paired"]}
+    return None
