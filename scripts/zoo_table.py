@@ -36,11 +36,10 @@ def _training(model: str) -> str:
     doc = json.loads(record.read_text())
     if doc.get("cpu_seconds"):
         return f"{doc['cpu_seconds'] / 60:.0f} min"
-    return (
-        f"{doc['seconds'] / 60:.0f} min wall (load {doc.get('load_average_at_end', 'n/a')})"
-        if doc.get("seconds")
-        else "n/a"
-    )
+    if not doc.get("seconds"):
+        return "n/a"
+    load = doc.get("load_average_at_end")
+    return f"{doc['seconds'] / 60:.0f} min wall" + (f" at load {load:.0f}" if load is not None else "")
 
 
 def main() -> None:
