@@ -50,6 +50,7 @@ from .frontier import DRAWS as DRAWS
 from .frontier import FrontierResult as FrontierResult
 from .frontier import FrontierStudy as FrontierStudy
 from .layermap import LayerMap
+from .models import EMBEDDED_MODELS as EMBEDDED_MODELS
 from .models import build_model as build_model
 from .pipeline_demo import DEMO_EVALUATIONS as DEMO_EVALUATIONS
 from .pipeline_demo import demo

@@ -35,6 +35,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+# `--data` values computed inside emq (nothing to install): their bundles may ship partial statistics
+SHIPPED_DATA = ("default", "shapes-rgb")
 
 
 def _render(src: torch.Tensor, renders: int, size: int, gen: torch.Generator) -> torch.Tensor:
@@ -193,24 +195,23 @@ def cifar10_data(root: Path, calib_pool_size: int = 1024, seed: int = 0) -> Data
 
 
 def load_data(spec: str, input_size: int = 224) -> DataSplits:
-    """Resolve `--data`: `default`, `fashion-mnist` / `mnist` (emq.mnist_data), `mnist-5k`
-    (emq.mnist5k_data), a CIFAR-10
-    directory, or an ImageFolder directory."""
+    """Resolve `--data`: `default`, `fashion-mnist` / `mnist` (emq.mnist_data), `shapes-rgb`
+    (emq.shapes_data), a CIFAR-10 directory, or an ImageFolder directory."""
     if spec == "default":
         return default_data()
     if is_mnist_spec(spec):
         return load_mnist(spec)
-    if spec == "mnist-5k":
-        from .mnist5k_data import mnist5k_data
+    if spec == "shapes-rgb":
+        from .shapes_data import shapes_data
 
-        return mnist5k_data()
+        return shapes_data()
     root = Path(spec)
     if not root.is_dir():
         raise ParameterError(
             "data",
             spec,
-            "no such directory (use 'default', 'fashion-mnist', 'mnist', 'mnist-5k', an ImageFolder tree, a "
-            "CIFAR-10 directory or a directory of MNIST-format idx files)",
+            "no such directory (use 'default', 'fashion-mnist', 'mnist', 'shapes-rgb', an ImageFolder tree, "
+            " a CIFAR-10 directory or a directory of MNIST-format idx files)",
         )
     if (root / "cifar-10-batches-py").is_dir() or root.name == "cifar-10-batches-py":
         return cifar10_data(root.parent if root.name == "cifar-10-batches-py" else root)

@@ -157,12 +157,19 @@ class EmbeddedModel:
     description: str
     family: str  # the architecture family (the zoo's networks are torchvision's, see emq.zoo_models)
     train_steps: int | None = None  # SGD steps of batch 128 in scripts/train_model.py (None: --epochs)
+    train_lr: float = 0.2  # the one-cycle schedule's peak learning rate in scripts/train_model.py
 
 
-def _zoo(arch: str, data: str, input_size: int, family: str, steps: int, description: str) -> EmbeddedModel:
-    """A zoo network: torchvision's `arch` as adapted in emq.zoo_models, 10 classes, 1-channel input."""
+def _zoo(
+    arch: str, data: str, input_size: int, family: str, steps: int, description: str, lr: float = 0.2
+) -> EmbeddedModel:
+    """A zoo network: torchvision's `arch` as adapted in emq.zoo_models, 10 classes, an RGB stem
+    on the shapes task and a 1-channel one on the others."""
     weights = f"{arch}_{data.replace('-', '_')}.pt"
-    return EmbeddedModel(lambda: ZOO_BUILDERS[arch](1, 10), weights, data, input_size, description, family, steps)
+    channels = 3 if data == "shapes-rgb" else 1
+    return EmbeddedModel(
+        lambda: ZOO_BUILDERS[arch](channels, 10), weights, data, input_size, description, family, steps, train_lr=lr
+    )
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
@@ -223,40 +230,54 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         1500,
         "torchvision ShuffleNetV2 x0.5 (channel shuffle, branches) on Fashion-MNIST",
     ),
-    "squeezenet-digits": _zoo(
-        "squeezenet1_1",
+    "shufflenetv2-digits": _zoo(
+        "shufflenet_v2_x0_5",
         "default",
         24,
+        "ShuffleNetV2",
+        1500,
+        "torchvision ShuffleNetV2 x0.5 (channel shuffle, branches) on the default digits task",
+    ),
+    "squeezenet-shapes": _zoo(
+        "squeezenet1_1",
+        "shapes-rgb",
+        32,
         "SqueezeNet",
-        1200,
-        "torchvision SqueezeNet 1.1 (fire modules) on the default digits task",
+        1500,
+        "torchvision SqueezeNet 1.1 (fire modules) on the RGB shapes task",
+        lr=0.05,
     ),
-    "efficientnet-mnist": _zoo(
+    "efficientnet-shapes": _zoo(
         "efficientnet_b0",
-        "mnist-5k",
-        28,
+        "shapes-rgb",
+        32,
         "EfficientNet",
-        800,
-        "torchvision EfficientNet-B0 (MBConv with SE) at width 0.25, depth 0.5 on MNIST-5k",
+        1500,
+        "torchvision EfficientNet-B0 (MBConv with SE) at width 0.25, depth 0.5 on the RGB shapes task",
     ),
-    "regnet-mnist": _zoo(
+    "regnet-shapes": _zoo(
         "regnet_x_400mf",
-        "mnist-5k",
-        28,
+        "shapes-rgb",
+        32,
         "RegNet",
-        800,
-        "torchvision RegNetX-400MF's design (grouped convs), 8 blocks, on MNIST-5k",
+        1500,
+        "torchvision RegNetX-400MF's design (grouped convs), 8 blocks, on the RGB shapes task",
     ),
-    "densenet-mnist": _zoo(
+    "densenet-shapes": _zoo(
         "densenet",
-        "mnist-5k",
-        28,
+        "shapes-rgb",
+        32,
         "DenseNet",
-        800,
-        "torchvision DenseNet (concatenation), growth 12, blocks 2-4-6-4, on MNIST-5k",
+        1500,
+        "torchvision DenseNet (concatenation), growth 12, blocks 2-4-6-4, on the RGB shapes task",
     ),
-    "vgg11bn-mnist": _zoo(
-        "vgg11_bn", "mnist-5k", 28, "VGG", 800, "torchvision VGG-11-BN at 1/4 width with a small classifier on MNIST-5k"
+    "vgg11bn-shapes": _zoo(
+        "vgg11_bn",
+        "shapes-rgb",
+        32,
+        "VGG",
+        1500,
+        "torchvision VGG-11-BN at 1/4 width with a small classifier on the RGB shapes task",
     ),
 }
 

