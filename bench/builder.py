@@ -265,7 +265,12 @@ def bench_build(
     plan = [
         (config_text(c), src)
         for c, src in plan_configs(
-            space, configs, seed, lm.params, sampler, [tuple(map(int, u.split(","))) for u in user]
+            space,
+            n=configs,
+            seed=seed,
+            params=lm.params,
+            sampler=sampler,
+            user=[tuple(map(int, u.split(","))) for u in user],
         )
     ]
     wanted = _build_meta(spec, space, seed, sampler, configs, user, noise_samples)

@@ -96,6 +96,7 @@ def stratified(
 
 def plan_configs(
     space: ConfigSpace,
+    *,
     n: int,
     seed: int,
     params: Sequence[float],

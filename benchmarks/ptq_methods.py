@@ -86,7 +86,9 @@ def main() -> None:
     for model in args.models.split(","):
         lm = resolve_target(model, need_data=False).layer_map
         space = ConfigSpace.for_layer_map(lm, BITS, None, 8)
-        configs = np.array([c for c, _ in plan_configs(space, args.configs, args.seed, lm.params, "uniform")])
+        configs = np.array(
+            [c for c, _ in plan_configs(space, n=args.configs, seed=args.seed, params=lm.params, sampler="uniform")]
+        )
         uniform = [int(np.flatnonzero((configs == b).all(1))[0]) for b in BITS]
         limit = args.fashion_test_limit if "fashion" in model else None
         by_method = {}

@@ -29,7 +29,13 @@ def run(setup: BenchSetup, images: int, reuse: bool) -> tuple[float, object]:
     s = SensitivitySettings(min_images=images, max_images=images, prefix_reuse=reuse)
     t0 = time.perf_counter()
     sens = measure_sensitivity(
-        setup.target.model, setup.target.layer_map, setup.target.data, setup.bits, setup.ptq, s, use_cache=False
+        setup.target.model,
+        setup.target.layer_map,
+        setup.target.data,
+        bits=setup.bits,
+        ptq=setup.ptq,
+        settings=s,
+        use_cache=False,
     )
     return time.perf_counter() - t0, sens
 

@@ -565,6 +565,7 @@ def measure_sensitivity(
     model: nn.Module,
     layer_map: LayerMap,
     data: DataSplits,
+    *,
     bits: Sequence[int] = DEFAULT_BITS,
     ptq: PTQSettings | None = None,
     settings: SensitivitySettings | None = None,
@@ -668,7 +669,7 @@ def context_sensitivity(ctx: Any) -> Sensitivity:
         if hit is None:
             target = ctx.target
             hit = measure_sensitivity(
-                target.model, target.layer_map, target.require_data(), ctx.bits, ptq, device=ctx.device
+                target.model, target.layer_map, target.require_data(), bits=ctx.bits, ptq=ptq, device=ctx.device
             )
         ctx.cache["sensitivity"] = hit
     if tuple(hit.bits) != tuple(ctx.bits):
@@ -731,7 +732,7 @@ def ensure_measured(
     if not stats.meta.get(MEASURED_KEY):
         data = target.require_data()
         attach_sensitivity(
-            stats, measure_sensitivity(target.model, target.layer_map, data, stats.bits, ptq, device=device)
+            stats, measure_sensitivity(target.model, target.layer_map, data, bits=stats.bits, ptq=ptq, device=device)
         )
     return stats
 

@@ -5,7 +5,7 @@
 For each bundle of emq.bench.bundles.BUNDLES that has a build recipe, three resumable stages:
 
 1. train: `python scripts/train_model.py --model MODEL` if the weights are not in emq/assets
-   (`--retrain` trains again);
+   (`--retrain` trains again); a network below 50 % test top-1 stops the script (it did not learn);
 2. build: `emq bench build --model MODEL --out emq/bench/data/NAME.sqlite <the bundle's recipe>`,
    with `--resume` when the file exists, so a killed build loses at most the configurations in
    flight;
@@ -22,6 +22,7 @@ dataset-fashion-mnist`; the shapes task is generated).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import subprocess
@@ -36,6 +37,7 @@ from emq.resources import asset_path
 
 log = logging.getLogger("build_zoo")
 ROOT = Path(__file__).resolve().parents[1]
+MIN_TOP1 = 50.0  # % test top-1 below which a trained network is not benched (the zoo's tasks have 10 classes)
 
 
 def run(cmd: list[str]) -> None:
@@ -58,6 +60,13 @@ def build(name: str, retrain: bool) -> None:
     model = EMBEDDED_MODELS[bundle.model]
     if retrain or not asset_path(model.weights).is_file():
         run([sys.executable, "scripts/train_model.py", "--model", bundle.model])
+    record = asset_path(model.weights).with_suffix(".train.json")
+    if record.is_file() and json.loads(record.read_text())["test_top1"] < MIN_TOP1:
+        raise SystemExit(
+            f"build_zoo: {bundle.model} reached only {json.loads(record.read_text())['test_top1']:.1f} % test top-1 "
+            f"(below {MIN_TOP1} %): a network that did not learn makes a meaningless bench; train it with another "
+            "recipe (scripts/train_model.py --lr/--steps) and run this script again"
+        )
     recipe = list(bundle.build)
     configs = int(recipe[recipe.index("--configs") + 1])
     if not finished(bundle.path, configs):

@@ -94,7 +94,9 @@ def main() -> None:
             ns.meta.pop("cache", None)  # this machine's cache path means nothing in a bundle
             ns.meta["source"] = _source(bench)
         target = setup.target
-        sens = measure_sensitivity(target.model, target.layer_map, target.require_data(), setup.bits, setup.ptq)
+        sens = measure_sensitivity(
+            target.model, target.layer_map, target.require_data(), bits=setup.bits, ptq=setup.ptq
+        )
         attach_sensitivity(ns, sens)
         save_stats(omit_fields(ns) if args.omit_activations and not ns.omitted else ns, bundle.stats_path, compact=True)
         log.info("%s: wrote %s (%.1f MB)", name, bundle.stats_path, bundle.stats_path.stat().st_size / 1e6)

@@ -662,6 +662,7 @@ def complete_stats(
 def shipped_stats(
     model: nn.Module,
     layer_map: LayerMap,
+    *,
     bits: tuple[int, ...],
     settings: StatsSettings,
     data: DataSplits | None,
@@ -742,7 +743,7 @@ def compute_stats(
             except EmqError as e:
                 log.warning("ignoring the statistics cache entry: %s", e)
         if isinstance(data, DataSplits):
-            found = shipped_stats(model, layer_map, bits, s, data, device)
+            found = shipped_stats(model, layer_map, bits=bits, settings=s, data=data, device=device)
             if found is not None:
                 return found
     rounding_x = (

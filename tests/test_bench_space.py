@@ -74,16 +74,16 @@ def test_stratified_covers_the_size_range_evenly():
 def test_plan_includes_uniform_and_user_configs_without_duplicates():
     space = ConfigSpace(NAMES, (2, 3, 4))
     user = ["2,2,2,2,2,2,2,2", "4,4,4,4,2,2,2,2"]
-    plan = plan_configs(space, 50, 7, PARAMS, "stratified", user)
+    plan = plan_configs(space, n=50, seed=7, params=PARAMS, sampler="stratified", user=user)
     cfgs = [c for c, _ in plan]
     assert len(plan) == 50 and len(set(cfgs)) == 50
     assert [src for _, src in plan[:4]] == ["uniform-bits"] * 3 + ["user"]
-    assert plan == plan_configs(space, 50, 7, PARAMS, "stratified", user)
-    assert plan != plan_configs(space, 50, 8, PARAMS, "stratified", user)
+    assert plan == plan_configs(space, n=50, seed=7, params=PARAMS, sampler="stratified", user=user)
+    assert plan != plan_configs(space, n=50, seed=8, params=PARAMS, sampler="stratified", user=user)
     with pytest.raises(EmqError, match="user configuration #1"):
-        plan_configs(space, 10, 0, PARAMS, "uniform", ["5,2,2,2,2,2,2,2"])
+        plan_configs(space, n=10, seed=0, params=PARAMS, sampler="uniform", user=["5,2,2,2,2,2,2,2"])
     with pytest.raises(EmqError, match="sampler="):
-        plan_configs(space, 10, 0, PARAMS, "latin")
+        plan_configs(space, n=10, seed=0, params=PARAMS, sampler="latin")
 
 
 def test_heldout_split_is_a_stable_fifth():

@@ -118,7 +118,7 @@ def setup() -> tuple[Net, object, DataSplits]:
 def _measure(setup, tmp_path, ptq: PTQSettings, **kw):
     net, lm, data = setup
     s = SensitivitySettings(min_images=16, max_images=48, target_reliability=1.0, **kw)
-    return measure_sensitivity(net, lm, data, BITS, ptq, s, cache_dir=tmp_path)
+    return measure_sensitivity(net, lm, data, bits=BITS, ptq=ptq, settings=s, cache_dir=tmp_path)
 
 
 def _brute_force(setup, tmp_path, ptq: PTQSettings, rest: int | None, n: int) -> dict[str, np.ndarray]:
@@ -180,9 +180,17 @@ def test_prefix_reuse_gives_the_numbers_of_full_recomputation(setup, tmp_path, p
     lm = build_layer_map(net, 8, "toy", in_channels=1, policy=policy)
     ptq = PTQSettings(calib_size=40, batch_size=32)
     s = {"min_images": 16, "max_images": 48, "target_reliability": 1.0}
-    reused = measure_sensitivity(net, lm, data, BITS, ptq, SensitivitySettings(**s), cache_dir=tmp_path / "a")
+    reused = measure_sensitivity(
+        net, lm, data, bits=BITS, ptq=ptq, settings=SensitivitySettings(**s), cache_dir=tmp_path / "a"
+    )
     full = measure_sensitivity(
-        net, lm, data, BITS, ptq, SensitivitySettings(**s, prefix_reuse=False), cache_dir=tmp_path / "b"
+        net,
+        lm,
+        data,
+        bits=BITS,
+        ptq=ptq,
+        settings=SensitivitySettings(**s, prefix_reuse=False),
+        cache_dir=tmp_path / "b",
     )
     assert reused.meta["prefix_reuse"] and not full.meta["prefix_reuse"]
     for k in ("kl", "loss", "nsr"):
@@ -213,9 +221,17 @@ def test_an_in_place_module_is_replayed_into_its_input(setup, tmp_path):
     lm = build_layer_map(model, 8, "aliased", in_channels=1)
     ptq = PTQSettings(calib_size=40, batch_size=32, bn="none")
     s = {"min_images": 16, "max_images": 16}
-    reused = measure_sensitivity(model, lm, data, BITS, ptq, SensitivitySettings(**s), cache_dir=tmp_path / "a")
+    reused = measure_sensitivity(
+        model, lm, data, bits=BITS, ptq=ptq, settings=SensitivitySettings(**s), cache_dir=tmp_path / "a"
+    )
     full = measure_sensitivity(
-        model, lm, data, BITS, ptq, SensitivitySettings(**s, prefix_reuse=False), cache_dir=tmp_path / "b"
+        model,
+        lm,
+        data,
+        bits=BITS,
+        ptq=ptq,
+        settings=SensitivitySettings(**s, prefix_reuse=False),
+        cache_dir=tmp_path / "b",
     )
     assert reused.meta["prefix_reuse"]
     np.testing.assert_allclose(reused.tables["kl"], full.tables["kl"], rtol=1e-12, atol=0)
@@ -239,7 +255,13 @@ def test_a_stateful_module_called_twice_switches_prefix_reuse_off(setup, tmp_pat
     lm2 = build_layer_map(model, 8, "twice", in_channels=1)
     ptq = PTQSettings(calib_size=40, batch_size=32)
     sens = measure_sensitivity(
-        model, lm2, data, BITS, ptq, SensitivitySettings(min_images=16, max_images=16), cache_dir=tmp_path
+        model,
+        lm2,
+        data,
+        bits=BITS,
+        ptq=ptq,
+        settings=SensitivitySettings(min_images=16, max_images=16),
+        cache_dir=tmp_path,
     )
     assert not sens.meta["prefix_reuse"]
     ref = _brute_force((model, lm2, data), tmp_path, ptq, 8, 16)
@@ -260,9 +282,9 @@ def test_cache_hit_returns_identical_numbers_and_a_damaged_entry_is_recomputed(s
         net,
         lm,
         data,
-        BITS,
-        PTQSettings(calib_size=40, batch_size=32, act_bits=6),
-        SensitivitySettings(min_images=16, max_images=48, target_reliability=1.0),
+        bits=BITS,
+        ptq=PTQSettings(calib_size=40, batch_size=32, act_bits=6),
+        settings=SensitivitySettings(min_images=16, max_images=48, target_reliability=1.0),
         cache_dir=tmp_path,
     )
     assert other.meta["cache"]["hit"] is False and not np.array_equal(other.tables["kl"], first.tables["kl"])
@@ -286,11 +308,23 @@ def test_split_half_reliability_sizes_the_draw_and_keeps_sources_together(setup,
         src_half.setdefault(src, set()).add(pos[tuple(img.flatten()[:4].tolist())])
     assert all(len(h) == 1 for h in src_half.values()) and set(halves.tolist()) == {0, 1}
     early = measure_sensitivity(
-        net, lm, data, BITS, ptq, SensitivitySettings(min_images=16, target_reliability=0.01), cache_dir=tmp_path
+        net,
+        lm,
+        data,
+        bits=BITS,
+        ptq=ptq,
+        settings=SensitivitySettings(min_images=16, target_reliability=0.01),
+        cache_dir=tmp_path,
     )
     assert early.meta["images"] == 16 and early.meta["reliability"]["kl"] >= 0.01
     full = measure_sensitivity(
-        net, lm, data, BITS, ptq, SensitivitySettings(min_images=16, target_reliability=1.0), cache_dir=tmp_path
+        net,
+        lm,
+        data,
+        bits=BITS,
+        ptq=ptq,
+        settings=SensitivitySettings(min_images=16, target_reliability=1.0),
+        cache_dir=tmp_path,
     )
     assert full.meta["images"] == 96 and [t["images"] for t in full.meta["trajectory"]] == [16, 32, 64, 96]
     # one table from identical halves is perfectly reliable; from independent noise, not
@@ -408,7 +442,7 @@ def test_statistics_carrying_the_measurement_score_layer_kl_without_data(setup, 
 
     net, lm, data = setup
     ptq = PTQSettings(calib_size=40, batch_size=32)
-    sens = measure_sensitivity(net, lm, data, BITS, ptq, cache_dir=tmp_path)
+    sens = measure_sensitivity(net, lm, data, bits=BITS, ptq=ptq, cache_dir=tmp_path)
     x, y = data.calib_pool
     stats = attach_sensitivity(real_stats(net, lm, x[:8], y[:8], bits=BITS), sens)
     assert stored_sensitivity(stats, BITS, PTQSettings(calib_size=48, batch_size=32)) is None  # other PTQ

@@ -65,7 +65,7 @@ def _same(a, b):
 
 def test_a_partial_file_completes_to_the_computed_statistics(setting):
     model, layer_map, data, full, path = setting
-    got = shipped_stats(model, layer_map, (2, 3, 4), FAST, data, files=[path])
+    got = shipped_stats(model, layer_map, bits=(2, 3, 4), settings=FAST, data=data, files=[path])
     assert got is not None and got.meta["shipped"] == str(path) and not got.omitted
     _same(got, full)
     assert got.meta["act_ranges"] == full.meta["act_ranges"]
@@ -73,7 +73,7 @@ def test_a_partial_file_completes_to_the_computed_statistics(setting):
 
 def test_a_subset_of_the_bits_is_what_computing_those_bits_gives(setting):
     model, layer_map, data, _, path = setting
-    got = shipped_stats(model, layer_map, (2, 4), FAST, data, files=[path])
+    got = shipped_stats(model, layer_map, bits=(2, 4), settings=FAST, data=data, files=[path])
     want = compute_stats(model, layer_map, data, bits=(2, 4), settings=FAST, use_cache=False, progress=False)
     _same(got, want)
 
@@ -91,7 +91,7 @@ def test_statistics_of_anything_else_are_not_used(setting, change):
             model.head.weight[0, 0] += 1e-3
     else:
         data = dataclasses.replace(data, fingerprint="other-data")
-    assert shipped_stats(model, layer_map, bits, settings, data, files=[path]) is None
+    assert shipped_stats(model, layer_map, bits=bits, settings=settings, data=data, files=[path]) is None
 
 
 def test_a_partial_file_is_never_read_as_complete(setting):
@@ -104,7 +104,7 @@ def test_a_partial_file_is_never_read_as_complete(setting):
 def test_without_data_a_partial_file_asks_for_it(setting):
     model, layer_map, _, _, path = setting
     with pytest.raises(EmqError, match="pass --data"):
-        shipped_stats(model, layer_map, (2, 3, 4), FAST, None, files=[path])
+        shipped_stats(model, layer_map, bits=(2, 3, 4), settings=FAST, data=None, files=[path])
 
 
 def test_compute_stats_uses_a_matching_bundle_unless_told_not_to(setting, tmp_path, monkeypatch):
