@@ -1,6 +1,6 @@
 """How small can a bench's test set be? Reliability of the default metric vs test images, per task.
 
-    python benchmarks/reliability_vs_images.py [--draws 5] [--out benchmarks/results/reliability_vs_images.json]
+    python benchmarks/reliability_vs_images.py [--draws 5] [--benches A,B] [--out FILE.json]
 
 A query of the per-image outcomes every shipped bench stores, not a rebuild: a test set of T images
 has a report pool of about T/2 images, so for each size the script draws (seeded) that many report
@@ -77,12 +77,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--draws", type=int, default=5, help="random report-pool subsets per size (default 5)")
     ap.add_argument("--repeats", type=int, default=3, help="timed evaluations per test-set size (default 3)")
+    ap.add_argument("--benches", help="comma-separated shipped benches (default: every one that is built)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "reliability_vs_images.json")
     args = ap.parse_args()
+    names = args.benches.split(",") if args.benches else [n for n, b in BUNDLES.items() if b.path.is_file()]
+    unknown = [n for n in names if n not in BUNDLES or not BUNDLES[n].path.is_file()]
+    if unknown:
+        ap.error(f"--benches: not a built shipped bench: {', '.join(unknown)} (see `emq bench list`)")
     result: dict = {"benches": {}, "choice": {}, "target": RELIABILITY_TARGET}
     by_task: dict[str, list[str]] = {}
-    for name, bundle in BUNDLES.items():
-        bench = Bench.open(bundle.path)
+    for name in names:
+        bench = Bench.open(BUNDLES[name].path)
         rows = curve(bench, args.draws)
         result["benches"][name] = {
             "data": bench.meta["data"],

@@ -109,3 +109,12 @@ def test_shapes_task_is_seeded_balanced_rgb_and_its_splits_disjoint():
     again = load_data("shapes-rgb")
     assert again.fingerprint == data.fingerprint and torch.equal(again.test.tensors[0], x)
     assert data.fingerprint != load_data("default").fingerprint
+
+
+def test_all_shipped_bench_data_stays_under_150_mb():
+    """Issue 21's cap on what the zoo adds to the package: benches and bundled statistics together."""
+    from emq.bench.bundles import BUNDLES
+
+    files = {b.path for b in BUNDLES.values()} | {b.stats_path for b in BUNDLES.values() if b.stats_path}
+    total = sum(f.stat().st_size for f in files if f.is_file())
+    assert total <= 150e6, f"shipped bench data {total / 1e6:.1f} MB > 150 MB"
