@@ -2,8 +2,10 @@
 
     python benchmarks/stats_compaction.py --reference DIR [--names vgg-digits,...] [--out FILE]
 
-DIR holds the bundles' statistics files as they were before compaction (float32, 8 activation
-samples: e.g. `git show REV:bench/data/NAME.stats.pt > DIR/NAME.stats.pt`). For every bundle, every
+DIR holds the bundles' statistics files as they were before compaction (e.g. float32 with 8
+activation samples, or a compact file before the model's own fields were left out: `git show
+REV:bench/data/NAME.stats.pt > DIR/NAME.stats.pt`). Both files are read as emq reads a bundle (a
+partial one completed from the model and, for activation fields, the data). For every bundle, every
 separable registry proxy is scored (held-out configurations x report pool, the bench's default
 metric, `emq.score`) once with the reference statistics and once with the shipped compact ones;
 the script prints both rho, the largest |difference| (target <= 0.002), the files' sizes, and
@@ -21,10 +23,21 @@ from pathlib import Path
 from emq.baselines import PROXIES, get_proxy
 from emq.bench import Bench
 from emq.bench.bundles import BUNDLES
+from emq.bench_setup import BenchSetup
 from emq.ranking import score
-from emq.search_space.netstats import load_stats
+from emq.search_space.stats import shipped_stats
 
 TARGET = 0.002
+
+
+def completed(name: str, path: Path):
+    """A bundle file's statistics as `emq score` uses them: partial fields recomputed."""
+    setup = BenchSetup.of(Bench.open(name))
+    t = setup.target
+    ns = shipped_stats(t.model, t.layer_map, bits=setup.bits, settings=setup.stats, data=t.data, files=[path])
+    if ns is None:
+        raise SystemExit(f"{path}: does not match bench {name} (other weights, settings or bits)")
+    return ns
 
 
 def heldout_rhos(name: str, stats) -> dict[str, float]:
@@ -44,8 +57,8 @@ def main() -> None:
     for name in args.names.split(","):
         bundle = BUNDLES[name]
         ref_file = args.reference / bundle.stats
-        before = heldout_rhos(name, load_stats(ref_file))
-        after = heldout_rhos(name, load_stats(bundle.stats_path))
+        before = heldout_rhos(name, completed(name, ref_file))
+        after = heldout_rhos(name, completed(name, bundle.stats_path))
         diffs = {p: after[p] - before[p] for p in before if p in after}
         big = max(abs(d) for d in diffs.values())
         worst = max(worst, big)

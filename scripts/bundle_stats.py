@@ -13,13 +13,14 @@ except with --restamp. The statistics are computed with the bench's own settings
 is first written into the bench's `stats_settings`, so a run that has the data computes the
 same statistics. `--omit-activations` keeps the bench's settings and leaves out the
 activation-shaped fields, recomputed from the data (which must ship with emq) in a second.
-Every file records in meta["source"] the bench's weights digest, data fingerprint and layers,
-and is written in the compact format (float16 with a scale per tensor, LZMA-packed, E derived as Q - W; see
-emq.search_space.netstats), which `benchmarks/stats_compaction.py` checks moves no proxy's
-correlation by more than 0.002. `--rewrite-only` rewrites existing files in that format without
-recomputing them. Every file also carries the network's measured per-slot sensitivity
-(emq.sensitivity, at the bench's bits and PTQ settings, on calibration images), so `layer-kl`,
-`layer-loss`, `layer-sqnr` and the terminals MKL, MDL, MNSR score without the data;
+Every file leaves out the fields the model alone determines (W, VG, SG: recomputed exactly from the
+shipped weights when the file is used), records in meta["source"] the bench's weights digest, data
+fingerprint and layers, and is written in the compact format (float16 with a scale per tensor, LZMA-
+packed, E derived as Q - W; see emq.search_space.netstats), which `benchmarks/stats_compaction.py`
+checks moves no proxy's correlation by more than 0.002. `--rewrite-only` rewrites existing files in
+that format without recomputing them. Every file also carries the network's measured per-slot
+sensitivity (emq.sensitivity, at the bench's bits and PTQ settings, on calibration images), so
+`layer-kl`, `layer-loss`, `layer-sqnr` and the terminals MKL, MDL, MNSR score without the data;
 `--add-sensitivity` measures and adds only those tables to an existing file.
 """
 
@@ -32,7 +33,7 @@ from contextlib import closing
 from emq.bench import Bench, store
 from emq.bench.bundles import BUNDLES
 from emq.bench_setup import BenchSetup, ptq_settings
-from emq.search_space.netstats import load_stats, omit_fields, save_stats
+from emq.search_space.netstats import ACTIVATION_FIELDS, MODEL_FIELDS, load_stats, omit_fields, save_stats
 from emq.search_space.shipped import source_of
 from emq.search_space.stats import StatsSettings, compute_stats
 from emq.sensitivity import attach_sensitivity, measure_sensitivity
@@ -76,7 +77,7 @@ def main() -> None:
             ns = load_stats(bundle.stats_path, partial=True)
             if args.restamp:
                 ns.meta["source"] = _source(bench)
-            save_stats(ns, bundle.stats_path, compact=True)
+            save_stats(omit_fields(ns, MODEL_FIELDS), bundle.stats_path, compact=True)
             log.info("%s: rewrote %s (%.1f MB)", name, bundle.stats_path, bundle.stats_path.stat().st_size / 1e6)
             continue
         if not (args.omit_activations or args.add_sensitivity):
@@ -98,7 +99,8 @@ def main() -> None:
             target.model, target.layer_map, target.require_data(), bits=setup.bits, ptq=setup.ptq
         )
         attach_sensitivity(ns, sens)
-        save_stats(omit_fields(ns) if args.omit_activations and not ns.omitted else ns, bundle.stats_path, compact=True)
+        omit = MODEL_FIELDS + (ACTIVATION_FIELDS if args.omit_activations else ())
+        save_stats(omit_fields(ns, omit), bundle.stats_path, compact=True)
         log.info("%s: wrote %s (%.1f MB)", name, bundle.stats_path, bundle.stats_path.stat().st_size / 1e6)
 
 

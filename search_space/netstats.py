@@ -30,10 +30,12 @@ points and shrinks to a third). Loading restores float32. A bundle is about a th
 float32 file; `benchmarks/stats_compaction.py` measures how far each proxy's correlation moves
 (only the float16 step can move it).
 
-A shipped bundle may leave out the activation-shaped fields (``meta["omitted"]``: they take
-a second to recompute from data that ships, and are most of a file's size); such a partial
-file is read only with ``load_stats(path, partial=True)`` and completed before use
-(`emq.search_space.shipped`).
+A shipped bundle leaves out the fields the model alone determines (``MODEL_FIELDS``: ``W``, ``VG``,
+``SG``, recomputed exactly from the shipped weights in a second, so a third of a bundle never needs
+storing) and may leave out the activation-shaped fields too (they take a second to recompute from
+data that ships). ``meta["omitted"]`` lists what is left out; ``E`` of such a file is left out with
+``W``. A partial file is read only with ``load_stats(path, partial=True)`` and completed before use
+(`emq.search_space.stats.complete_stats`, `emq.search_space.shipped`).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ from emq.fileio import atomic_write
 from emq.hashing import tensor_digest
 
 TENSOR_FIELDS = ("W", "G", "VG", "H", "A", "Y", "GY", "AE", "Q", "E", "SG", "FD")
-ACTIVATION_FIELDS = ("A", "Y", "GY", "AE")  # what a partial (shipped) file may leave out
+ACTIVATION_FIELDS = ("A", "Y", "GY", "AE")  # what a partial (shipped) file may leave out: from the data
+MODEL_FIELDS = ("W", "VG", "SG")  # what a partial file may leave out: from the model alone (data-free)
 SCALAR_FIELDS = ("trace", "eig", "params", "macs", "out_channels")
 FORMAT = "emq-stats/2"
 COMPACT_FORMAT = "emq-stats/4"
@@ -106,6 +109,11 @@ class NetworkStats:
         """Fields a partial file left out (empty tensors here); () for complete statistics."""
         return tuple(self.meta.get("omitted", ()))
 
+    @property
+    def needs_data(self) -> bool:
+        """Completing this partial file needs calibration data (it left out activation fields)."""
+        return bool(set(self.omitted) & set(ACTIVATION_FIELDS))
+
 
 def select_bits(ns: NetworkStats, bits: tuple[int, ...]) -> NetworkStats:
     """The same statistics for a subset of their bit-widths (Q_b and E_b are per bit, independent)."""
@@ -120,13 +128,15 @@ def select_bits(ns: NetworkStats, bits: tuple[int, ...]) -> NetworkStats:
 
 
 def omit_fields(ns: NetworkStats, fields: tuple[str, ...] = ACTIVATION_FIELDS) -> NetworkStats:
-    """A partial copy without `fields` (stored empty), for a bundle whose data ships."""
-    unknown = set(fields) - set(ACTIVATION_FIELDS)
+    """A partial copy without `fields` (stored empty) besides those already left out: activation
+    fields for a bundle whose data ships, model fields for every bundle (E goes with W)."""
+    unknown = set(fields) - set(ACTIVATION_FIELDS) - set(MODEL_FIELDS)
     if unknown:
-        raise EmqError(f"only activation-shaped fields may be left out, not {sorted(unknown)}")
-    empty = {f: torch.empty(0) for f in fields}
+        raise EmqError(f"only activation-shaped and model-determined fields may be left out, not {sorted(unknown)}")
+    omitted = [f for f in TENSOR_FIELDS if f in set(fields) | set(ns.omitted) and f not in DERIVED]
+    empty = {f: torch.empty(0) for f in omitted + (["E"] if "W" in omitted else [])}
     layers = [replace(layer, **empty) for layer in ns.layers]
-    return NetworkStats(ns.bits, layers, list(ns.layer_slot), {**ns.meta, "omitted": list(fields)})
+    return NetworkStats(ns.bits, layers, list(ns.layer_slot), {**ns.meta, "omitted": omitted})
 
 
 def _digest(tensors: dict[str, torch.Tensor], header: dict) -> str:
@@ -188,7 +198,7 @@ def _expand(tensors: dict[str, torch.Tensor], shapes: dict[str, list[int]], i: i
         if f not in DERIVED:
             key = f"{i}/{f}"
             out[f] = _unpack(tensors[key], shapes[key]).to(torch.float32) * tensors[f"{key}/scale"]
-    out["E"] = out["Q"] - out["W"].unsqueeze(0)
+    out["E"] = out["Q"] - out["W"].unsqueeze(0) if out["W"].numel() else torch.empty(0)  # W left out: E with it
     return out
 
 

@@ -92,7 +92,16 @@ from .hessian import (
     power_iteration,
     twice_differentiable,
 )
-from .netstats import FORMAT, TENSOR_FIELDS, LayerStats, NetworkStats, load_stats, save_stats
+from .netstats import (
+    ACTIVATION_FIELDS,
+    FORMAT,
+    MODEL_FIELDS,
+    TENSOR_FIELDS,
+    LayerStats,
+    NetworkStats,
+    load_stats,
+    save_stats,
+)
 from .shipped import find_shipped
 
 log = logging.getLogger(__name__)
@@ -640,22 +649,48 @@ def cache_key(
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def model_fields(model: nn.Module, layer_map: LayerMap, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """W, VG and SG per layer from the model alone (no data): the very numbers `_compute` stores
+    (same private copy, same probes). The input shape is the first mapped convolution's channels
+    at the layer map's input size, as for every shipped network."""
+    work, layers = _private_copy(model, layer_map, device)
+    if not isinstance(layers[0], nn.Conv2d):
+        raise EmqError(
+            f"model {layer_map.model}: its first mapped layer is not a convolution, so the input shape of the "
+            "data-free statistics is unknown; compute the statistics from data (emq stats)"
+        )
+    shape = torch.Size((layers[0].in_channels, layer_map.input_size, layer_map.input_size))
+    vg = _virtual_grad(work, layers, shape)
+    sg = _synflow_grad(work, [layer.name for layer in layer_map.layers], shape)
+    return [{"W": _f32(m.weight), "VG": _f32(vg[i]), "SG": _f32(sg[i])} for i, m in enumerate(layers)]
+
+
 def complete_stats(
     ns: NetworkStats,
     model: nn.Module,
     layer_map: LayerMap,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: torch.Tensor | None,
+    y: torch.Tensor | None,
     settings: StatsSettings,
     device: torch.device,
 ) -> NetworkStats:
-    """Fill a partial file's left-out activation fields from the calibration batch (x, y)."""
+    """Fill a partial file's left-out fields: the model's own (W, VG, SG, and E = Q - W) from the model,
+    the activation fields from the calibration batch (x, y), which only they need."""
     if not ns.omitted:
         return ns
-    fields, ranges = activation_fields(model, layer_map, x, y, settings, device)
-    layers = [replace(layer, **{f: per[f] for f in ns.omitted}) for layer, per in zip(ns.layers, fields, strict=True)]
-    meta = {k: v for k, v in ns.meta.items() if k != "omitted"}
-    meta["act_ranges"] = ranges
+    layers, meta = list(ns.layers), {k: v for k, v in ns.meta.items() if k != "omitted"}
+    if set(ns.omitted) & set(ACTIVATION_FIELDS):
+        if x is None or y is None:
+            raise EmqError(f"statistics without {', '.join(ns.omitted)}: completing them needs calibration data")
+        fields, meta["act_ranges"] = activation_fields(model, layer_map, x, y, settings, device)
+        layers = [
+            replace(layer, **{f: per[f] for f in ACTIVATION_FIELDS}) for layer, per in zip(layers, fields, strict=True)
+        ]
+    if set(ns.omitted) & set(MODEL_FIELDS):
+        fields = model_fields(model, layer_map, device)
+        layers = [
+            replace(layer, **per, E=layer.Q - per["W"].unsqueeze(0)) for layer, per in zip(layers, fields, strict=True)
+        ]
     return NetworkStats(ns.bits, layers, list(ns.layer_slot), meta)
 
 
@@ -678,7 +713,7 @@ def shipped_stats(
         return None
     ns, path = found
     if ns.omitted:
-        x, y = data.calibration(settings.calib_size, settings.calib_seed)
+        x, y = data.calibration(settings.calib_size, settings.calib_seed) if data is not None else (None, None)
         ns = complete_stats(ns, model, layer_map, x, y, settings, torch.device(device))
     ns.meta["shipped"] = str(path)
     log.info("statistics of %s from the shipped bundle %s", layer_map.model, path)

@@ -219,7 +219,7 @@ def test_bundled_benches_score_without_their_data(name, monkeypatch, capsys):
     monkeypatch.setattr(emq.data, "load_data", no_data)
     monkeypatch.setattr("emq.target.load_data", no_data)
     code = main(["score", "--bench", name, "--proxies", "hawq-v2,layer-kl,gmpq", "--resamples", "50", "--json"])
-    if load_stats(BUNDLES[name].stats_path, partial=True).omitted:  # its data ships with emq: only the costly part does
+    if load_stats(BUNDLES[name].stats_path, partial=True).needs_data:  # its data ships: only the costly part does
         assert code == 2 and "pass --data" in capsys.readouterr().err
         return
     assert code == 0
@@ -249,7 +249,7 @@ def test_every_shipped_bench_is_scored_and_searched_from_its_bundle(name, monkey
     bundle leaves the activation fields to it."""
     import emq.data
 
-    if not load_stats(BUNDLES[name].stats_path, partial=True).omitted:
+    if not load_stats(BUNDLES[name].stats_path, partial=True).needs_data:
 
         def no_data(spec, input_size=224):
             raise ParameterError("data", spec, "not installed (test)")

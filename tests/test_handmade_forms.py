@@ -13,8 +13,6 @@ a warm cache makes it a load of seconds.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
@@ -25,12 +23,10 @@ from emq.bench.bundles import BUNDLES
 from emq.bench_setup import BenchSetup
 from emq.proxy import ProxyContext, table_scores
 from emq.search_space.evaluate import TableEvaluator
-from emq.search_space.netstats import NetworkStats, load_stats
+from emq.search_space.netstats import NetworkStats
 from emq.search_space.pset import HANDMADE, make_space
-from emq.search_space.stats import compute_stats
 
 SHIPPED = ("default", "stratified", "vgg-digits", "mobilenetv2-digits", "resnet20-fashion")
-USER_CACHE = Path.home() / ".cache" / "emq"  # conftest points EMQ_CACHE_DIR at a fresh folder
 _LOADED: dict[str, tuple[Bench, NetworkStats, TableEvaluator]] = {}
 
 
@@ -38,14 +34,7 @@ def _bench(name: str) -> tuple[Bench, NetworkStats, TableEvaluator]:
     """Bench, statistics and a table evaluator over the default space, made once per bench."""
     if name not in _LOADED:
         bench = Bench.open(name)
-        path = BUNDLES[name].stats_path
-        if path is not None and not load_stats(path, partial=True).meta.get("omitted"):
-            stats = load_stats(path)
-        else:  # none ships, or a partial file the shipped data completes (emq.search_space.shipped)
-            setup = BenchSetup.of(bench)
-            stats = compute_stats(
-                setup.target, bits=setup.bits, settings=setup.stats, progress=False, cache_dir=USER_CACHE
-            )
+        stats = BenchSetup.of(bench).network_stats(progress=False)  # as emq score gets them (bundled)
         space = make_space()
         _LOADED[name] = bench, stats, TableEvaluator(stats, space.terminals, space.prims, probe_layers=1)
     return _LOADED[name]

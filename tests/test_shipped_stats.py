@@ -13,7 +13,14 @@ from emq.errors import EmqError
 from emq.hashing import state_dict_digest
 from emq.layermap import build_layer_map
 from emq.search_space import shipped
-from emq.search_space.netstats import TENSOR_FIELDS, load_stats, omit_fields, save_stats, select_bits
+from emq.search_space.netstats import (
+    MODEL_FIELDS,
+    TENSOR_FIELDS,
+    load_stats,
+    omit_fields,
+    save_stats,
+    select_bits,
+)
 from emq.search_space.stats import StatsSettings, compute_stats, shipped_stats
 
 FAST = StatsSettings(
@@ -69,6 +76,33 @@ def test_a_partial_file_completes_to_the_computed_statistics(setting):
     assert got is not None and got.meta["shipped"] == str(path) and not got.omitted
     _same(got, full)
     assert got.meta["act_ranges"] == full.meta["act_ranges"]
+
+
+@pytest.mark.parametrize("with_data", [True, False])
+def test_a_file_without_the_model_fields_completes_to_the_computed_statistics(setting, tmp_path, with_data):
+    """W, VG and SG (and E = Q - W with them) are recomputed from the model alone, exactly; with the
+    activation fields kept, the file completes without any data."""
+    model, layer_map, data, full, _ = setting
+    path = tmp_path / "lean.stats.pt"
+    save_stats(omit_fields(full, MODEL_FIELDS), path, compact=False)
+    assert set(load_stats(path, partial=True).omitted) == set(MODEL_FIELDS)
+    assert load_stats(path, partial=True).layers[0].E.numel() == 0
+    got = shipped_stats(model, layer_map, bits=(2, 3, 4), settings=FAST, data=data if with_data else None, files=[path])
+    assert got is not None and not got.omitted
+    _same(got, full)
+    save_stats(omit_fields(full, MODEL_FIELDS), path, compact=True)  # the bundle format: exact where recomputed
+    got = shipped_stats(model, layer_map, bits=(2, 3, 4), settings=FAST, data=data if with_data else None, files=[path])
+    for lg, lf in zip(got.layers, full.layers, strict=True):
+        assert all(torch.equal(getattr(lg, f), getattr(lf, f)) for f in MODEL_FIELDS)
+        assert torch.equal(lg.E, lg.Q - lf.W.unsqueeze(0)) and torch.allclose(lg.E, lf.E, atol=1e-3)
+    both = tmp_path / "both.stats.pt"
+    save_stats(omit_fields(omit_fields(full), MODEL_FIELDS), both, compact=False)
+    assert set(load_stats(both, partial=True).omitted) == set(MODEL_FIELDS) | {"A", "Y", "GY", "AE"}
+    if with_data:
+        _same(shipped_stats(model, layer_map, bits=(2, 3, 4), settings=FAST, data=data, files=[both]), full)
+    else:
+        with pytest.raises(EmqError, match="leave out A, Y, GY, AE, computed from the data: pass --data"):
+            shipped_stats(model, layer_map, bits=(2, 3, 4), settings=FAST, data=None, files=[both])
 
 
 def test_a_subset_of_the_bits_is_what_computing_those_bits_gives(setting):
