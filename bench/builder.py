@@ -36,6 +36,7 @@ from emq.specs import DEFAULT_BITS, METRIC_ORIENTATION, ParameterError, config_t
 from . import store
 from .evaluation import EvalSpec, engine_for, evaluate_config, target_for
 from .lock import claimed
+from .outcomes import restrict
 from .pools import TestPools
 from .query import Bench, bench_info
 from .reliability import default_metric, reliability, sample_for_retest
@@ -292,7 +293,12 @@ def bench_build(
         done_rep = store.done_configs(con, "repeats")
         todo_rep = [(-1, c, "") for c in noise_cfgs if c not in done_rep]
 
+        pools = stored.get("test_pools")
+        report = TestPools.from_json(pools).mask("report") if pools else None  # all a retest's outcomes serve
+
         def write_repeat(res: dict, idx: int, source: str) -> None:
+            if report is not None and res.get("outcomes") is not None:
+                res = {**res, "outcomes": restrict(res["outcomes"], report, f"{out}: retest {res['config']}")}
             store.insert_repeat(con, res["config"], res, noise_spec.settings.calib_seed)
 
         # only a stage with evaluations to run prepares (or loads) its rounding;

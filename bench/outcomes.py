@@ -5,7 +5,9 @@ in the file, any resampling of test images (fit / report pools, split halves, bo
 test sources) is a query instead of a re-run. One record's blob: a version byte, the image
 count, then zlib of the packed correct bits and float16 loss and KL (about 4 bytes an image).
 float16 keeps three significant digits per image; means over pools of hundreds of images are
-accurate to far better than the differences between configurations.
+accurate to far better than the differences between configurations. A calibration retest keeps
+only its report-pool images (`restrict`): the retest reliability is measured on the report pool and
+nothing reads the rest, which is stored as NaN and compresses to almost nothing.
 """
 
 from __future__ import annotations
@@ -55,6 +57,18 @@ def encode(per_image: Mapping[str, np.ndarray]) -> bytes:
             np.where(np.isnan(v), v, np.clip(v, 0.0, _F16_MAX)).astype("<f2").tobytes()
         )  # NaN stays NaN: never a silent number
     return _HEADER.pack(FORMAT, n) + zlib.compress(b"".join(parts), 6)
+
+
+def restrict(blob: bytes, keep: np.ndarray, where: str = "record") -> bytes:
+    """The blob with only the images in boolean `keep`: the others' loss and KL become NaN (so a
+    reader of them gets NaN, never a number) and they count as not correct."""
+    out = decode(blob, where)
+    keep = np.asarray(keep, dtype=bool)
+    if keep.shape != (len(out),):
+        raise EmqError(f"{where}: a mask of {keep.shape[0] if keep.ndim else 0} images for {len(out)} outcomes")
+    return encode(
+        {"correct": out.correct & keep, "loss": np.where(keep, out.loss, np.nan), "kl": np.where(keep, out.kl, np.nan)}
+    )
 
 
 def _raw_size(n: int) -> int:

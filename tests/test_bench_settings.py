@@ -64,3 +64,19 @@ def test_a_bench_with_other_weights_is_refused(bench16):
     first.weight.data.mul_(1.01)
     with pytest.raises(EmqError, match="other weights"):
         BenchSetup.of(Bench.open(bench16), target)
+
+
+def test_a_retest_stores_only_the_report_pools_outcomes(bench16):
+    """The retest reliability reads the report pool alone, so the fit pool's images are NaN in the file."""
+    import numpy as np
+
+    from emq.bench import Bench
+
+    b = Bench.open(bench16)
+    report = b.pools.mask("report")
+    assert len(b.repeats) == 3 and 0 < report.sum() < report.size
+    for config in b.repeats:
+        out = b.outcomes(config, repeat=True)
+        assert np.isnan(out.loss[~report]).all() and np.isnan(out.kl[~report]).all() and not out.correct[~report].any()
+        assert np.isfinite(out.loss[report]).all() and np.isfinite(out.kl[report]).all()
+    assert b.reliability["kl"]["test_retest"]["configs"] == 3
