@@ -659,6 +659,31 @@ def test_unreachable_ray_address_fails_at_once(address, command, tmp_path):
     assert list(work.iterdir()) == [] and list(ray_tmp.iterdir()) == []
 
 
+def test_a_ray_address_where_something_else_listens_fails_at_once(tmp_path):
+    """An open port that is not a Ray head (here a web server) used to hang `ray.init` for minutes:
+    emq's probe asks the port for gRPC's HTTP/2 answer first (issue 24)."""
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    pytest.importorskip("ray")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = _emq(["search", "--executor", "ray", "--ray-address", address, "--out", "s"], work)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        for p in _descendants(proc.pid):
+            _kill(p)
+        proc.kill()
+        server.shutdown()
+    assert proc.returncode == 2, err
+    assert f"--ray-address {address}: something listens there but it is not a Ray head" in err
+    assert "Traceback" not in err and list(work.iterdir()) == []
+
+
 def _kill(pid: int) -> None:
     import os
     import signal

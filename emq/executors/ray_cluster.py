@@ -67,13 +67,36 @@ def check_reachable(address: str) -> None:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise EmqError(f"{flag}: give HOST:PORT of the cluster's head (e.g. 10.0.0.5:6379), or 'auto'")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS) as conn:
+            speaks_grpc = _answers_http2(conn)
     except OSError as e:
         reason = "the host name does not resolve" if isinstance(e, socket.gaierror) else (e.strerror or str(e))
         raise EmqError(
             f"{flag}: no Ray cluster answers there ({reason}); check the address of the head (`ray status` on it), "
             "or leave --ray-address out to run a local one"
         ) from e
+    if not speaks_grpc:
+        raise EmqError(
+            f"{flag}: something listens there but it is not a Ray head (it does not answer as a gRPC server); "
+            "check the port of the head (`ray status` on it, usually 6379), or leave --ray-address out to run a "
+            "local one"
+        )
+
+
+def _answers_http2(conn: socket.socket) -> bool:
+    """Whether the peer answers an HTTP/2 connection preface with a SETTINGS frame, as every gRPC
+    server (a Ray head's GCS) does; a web server, a database or a silent port does not."""
+    conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    header = b""
+    try:
+        while len(header) < 9:
+            chunk = conn.recv(9 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    except TimeoutError:
+        return False
+    return header[3] == 0x04  # frame type SETTINGS
 
 
 def _retryable() -> tuple[type[BaseException], ...]:
