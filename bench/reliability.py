@@ -62,7 +62,7 @@ def reliability(
         sums, counts = bench.source_table(m, pool)
         half = split_half(sums, counts, splits, seed)
         rt = None
-        if retest and bench.has_repeat_outcomes(retest):
+        if retest and pool == "report" and bench.has_repeat_outcomes(retest):  # retests store the report pool
             rows = [bench._index_by_text[c] for c in retest]
             rep_sums, _ = bench.source_table(m, pool, retest, repeat=True)
             rt = _spearman(sums[rows].sum(1), rep_sums.sum(1))

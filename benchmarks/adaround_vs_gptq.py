@@ -62,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     if not BUNDLES[args.bench].build:
         ap.error(f"--bench {args.bench}: not a zoo bench (it has no build recipe)")
-    out = args.out or ROOT / f"benchmarks/results/{args.bench}-adaround.sqlite"
+    out = (args.out or ROOT / f"benchmarks/results/{args.bench}-adaround.sqlite").resolve()
     build(args.bench, out, args.iters)
     gptq, ada = Bench.open(args.bench), Bench.open(out)
     common = sorted(set(gptq.config_texts) & set(ada.config_texts))

@@ -20,24 +20,30 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from emq.baselines import PROXIES, get_proxy
 from emq.bench import Bench
 from emq.bench.bundles import BUNDLES
 from emq.bench_setup import BenchSetup
 from emq.ranking import score
-from emq.search_space.stats import shipped_stats
+from emq.search_space.netstats import load_stats, select_bits
+from emq.search_space.stats import complete_stats
 
 TARGET = 0.002
 
 
 def completed(name: str, path: Path):
-    """A bundle file's statistics as `emq score` uses them: partial fields recomputed."""
+    """A statistics file as `emq score` uses a bundle: cut to the bench's bits, left-out fields recomputed
+    (from the model, and the activation fields from the data). Files from before bundles recorded their
+    source are read too, so the bench's settings and bits are all that is checked."""
     setup = BenchSetup.of(Bench.open(name))
     t = setup.target
-    ns = shipped_stats(t.model, t.layer_map, bits=setup.bits, settings=setup.stats, data=t.data, files=[path])
-    if ns is None:
-        raise SystemExit(f"{path}: does not match bench {name} (other weights, settings or bits)")
-    return ns
+    ns = select_bits(load_stats(path, partial=True), setup.bits)
+    if ns.needs_data and t.data is None:
+        raise SystemExit(f"{path}: leaves out activation fields, and the data of {name} is not installed")
+    x, y = t.data.calibration(setup.stats.calib_size, setup.stats.calib_seed) if ns.needs_data else (None, None)
+    return complete_stats(ns, t.model, t.layer_map, x, y, setup.stats, torch.device("cpu"))
 
 
 def heldout_rhos(name: str, stats) -> dict[str, float]:

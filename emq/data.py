@@ -211,7 +211,7 @@ def load_data(spec: str, input_size: int = 224) -> DataSplits:
             "data",
             spec,
             "no such directory (use 'default', 'fashion-mnist', 'mnist', 'shapes-rgb', an ImageFolder tree, "
-            " a CIFAR-10 directory or a directory of MNIST-format idx files)",
+            "a CIFAR-10 directory or a directory of MNIST-format idx files)",
         )
     if (root / "cifar-10-batches-py").is_dir() or root.name == "cifar-10-batches-py":
         return cifar10_data(root.parent if root.name == "cifar-10-batches-py" else root)

@@ -55,6 +55,16 @@ def finished(path: Path, configs: int) -> bool:
     return len(bench) >= configs and not bench.failures
 
 
+def check_recipe(path: Path, test_limit: int) -> None:
+    """Refuse a bench file built with another test set than the recipe asks for: a resume would be
+    refused, and counting its records would call it finished."""
+    if path.is_file() and Bench.open(path).meta.get("test_limit") != test_limit:
+        raise SystemExit(
+            f"build_zoo: {path} was built on {Bench.open(path).meta.get('test_limit')} test images, the recipe asks "
+            f"for {test_limit}: move the file away to rebuild it"
+        )
+
+
 def build(name: str, retrain: bool) -> None:
     bundle = BUNDLES[name]
     model = EMBEDDED_MODELS[bundle.model]
@@ -69,6 +79,7 @@ def build(name: str, retrain: bool) -> None:
         )
     recipe = list(bundle.build)
     configs = int(recipe[recipe.index("--configs") + 1])
+    check_recipe(bundle.path, int(recipe[recipe.index("--test-limit") + 1]))
     if not finished(bundle.path, configs):
         cmd = [
             sys.executable,

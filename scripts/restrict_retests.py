@@ -4,9 +4,9 @@ so every figure stays as it was, and the retests take half the space.
 
     python scripts/restrict_retests.py [BENCH ...]       (default: every shipped bench that is built)
 
-Each file is rewritten in a copy beside it that replaces it only when complete, after checking that
-the reliability recomputed from the rewritten file equals the one computed from the original.
-Idempotent. Needs only the bench files.
+Each file is held as a build holds it (a bench being built is refused), rewritten in a copy beside it
+that replaces it only when complete, after checking that the reliability recomputed from the
+rewritten file equals the one computed from the original. Idempotent. Needs only the bench files.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from emq.bench import Bench, store
 from emq.bench.bundles import BUNDLES
+from emq.bench.lock import claim
 from emq.bench.outcomes import restrict
 from emq.bench.reliability import reliability
 
@@ -28,8 +29,17 @@ log = logging.getLogger("restrict_retests")
 
 
 def restrict_file(path: Path) -> tuple[int, int]:
-    """Rewrite one bench file's retest outcomes in place (through a copy); its sizes before and after."""
-    before_rel = json.dumps(reliability(Bench.open(path)), sort_keys=True)
+    """Rewrite one bench file's retest outcomes in place (through a copy); its sizes before and after.
+    Holds the file as a build would, so a bench being built is refused, not rewritten under it."""
+    with claim(path, resume=True):
+        return _restrict(path)
+
+
+def _restrict(path: Path) -> tuple[int, int]:
+    bench = Bench.open(path)
+    if bench.pools is None:
+        raise SystemExit(f"restrict_retests: {path}: has no per-image outcomes (no test pools); nothing to do")
+    before_rel = json.dumps(reliability(bench), sort_keys=True)
     before = path.stat().st_size
     tmp = path.with_name(f".{path.name}.restrict")
     shutil.copyfile(path, tmp)

@@ -123,7 +123,7 @@ def select_bits(ns: NetworkStats, bits: tuple[int, ...]) -> NetworkStats:
     if missing:
         raise EmqError(f"statistics hold bits {list(ns.bits)}, not {missing}")
     idx = [ns.bits.index(b) for b in bits]
-    layers = [replace(layer, Q=layer.Q[idx], E=layer.E[idx]) for layer in ns.layers]
+    layers = [replace(layer, Q=layer.Q[idx], E=layer.E[idx] if layer.E.numel() else layer.E) for layer in ns.layers]
     return NetworkStats(tuple(bits), layers, list(ns.layer_slot), dict(ns.meta))
 
 

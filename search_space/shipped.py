@@ -4,9 +4,10 @@ A bundle's statistics are the numbers `compute_stats` would produce for its mode
 and per-sample Fisher work takes tens of seconds; loading takes a fraction of one). They are
 used whenever they match a request: the same weights (digest), the same data (fingerprint;
 unchecked when no data is installed), the same layers, the same statistics settings, and bits
-that include the requested ones (cut to those). A bundle whose data ships with emq may leave
-out the activation-shaped fields (most of a file's size); they are recomputed here in one
-pass over the calibration images (`emq.search_space.stats.shipped_stats`), the only work a
+that include the requested ones (cut to those). Every bundle leaves out the fields the model
+alone determines (W, VG, SG; recomputed from the weights, no data needed), and a bundle whose
+data ships with emq also the activation-shaped fields (recomputed in one pass over the
+calibration images); `emq.search_space.stats.shipped_stats` completes them, the only work a
 request needs beyond the file. This module only finds the matching file, so it needs nothing of
 `stats` at run time.
 

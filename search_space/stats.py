@@ -681,7 +681,8 @@ def complete_stats(
     layers, meta = list(ns.layers), {k: v for k, v in ns.meta.items() if k != "omitted"}
     if set(ns.omitted) & set(ACTIVATION_FIELDS):
         if x is None or y is None:
-            raise EmqError(f"statistics without {', '.join(ns.omitted)}: completing them needs calibration data")
+            missing = [f for f in ns.omitted if f in ACTIVATION_FIELDS]
+            raise EmqError(f"statistics without {', '.join(missing)}: completing them needs calibration data")
         fields, meta["act_ranges"] = activation_fields(model, layer_map, x, y, settings, device)
         layers = [
             replace(layer, **{f: per[f] for f in ACTIVATION_FIELDS}) for layer, per in zip(layers, fields, strict=True)

@@ -32,6 +32,7 @@ from emq.bench import Bench
 from emq.bench.builder import BUILD_KEYS
 from emq.bench.bundles import BUNDLES
 from emq.bench.evaluation import EvalSpec, engine_for
+from emq.bench_setup import BenchSetup
 from emq.cli.main import main
 from emq.data import DataSplits
 from emq.device import resolve_device
@@ -42,8 +43,8 @@ from emq.quant import PTQEngine, PTQSettings
 from emq.rounding import RoundedWeights
 from emq.search_space import stats as stats_mod
 from emq.search_space.evaluate import TableEvaluator
-from emq.search_space.netstats import TENSOR_FIELDS, NetworkStats, load_stats
-from emq.search_space.stats import StatsSettings, compute_stats
+from emq.search_space.netstats import TENSOR_FIELDS, NetworkStats
+from emq.search_space.stats import StatsSettings, compute_stats, shipped_stats
 from emq.specs import ParameterError
 from emq.target import Target
 
@@ -357,7 +358,11 @@ def test_commands_compute_statistics_on_the_device(argv, fake_cuda, tmp_path):
 
 
 def test_search_computes_statistics_and_tables_on_the_device(fake_cuda, tmp_path):
-    fake_cuda.stats = load_stats(BUNDLES["vgg-digits"].stats_path)
+    setup = BenchSetup.of(Bench.open("vgg-digits"))  # the bundle, completed as emq reads it
+    t, path = setup.target, BUNDLES["vgg-digits"].stats_path
+    fake_cuda.stats = shipped_stats(
+        t.model, t.layer_map, bits=setup.bits, settings=setup.stats, data=t.data, files=[path]
+    )
     code, err = _run(
         [
             "search",

@@ -1,5 +1,5 @@
 """The bench zoo's networks and its third task: real torchvision building blocks, MQ-Bench-101's
-ResNet-18 layout, small-input forward passes, and MNIST-5k's class-balanced disjoint splits."""
+ResNet-18 layout, small-input forward passes, the procedural RGB shapes task, and the size cap."""
 
 from __future__ import annotations
 

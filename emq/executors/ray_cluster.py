@@ -68,7 +68,7 @@ def check_reachable(address: str) -> None:
         raise EmqError(f"{flag}: give HOST:PORT of the cluster's head (e.g. 10.0.0.5:6379), or 'auto'")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS) as conn:
-            speaks_grpc = _answers_http2(conn)
+            speaks_grpc = _tls() or _answers_http2(conn)  # a TLS head cannot answer a plaintext preface
     except OSError as e:
         reason = "the host name does not resolve" if isinstance(e, socket.gaierror) else (e.strerror or str(e))
         raise EmqError(
@@ -81,6 +81,11 @@ def check_reachable(address: str) -> None:
             "check the port of the head (`ray status` on it, usually 6379), or leave --ray-address out to run a "
             "local one"
         )
+
+
+def _tls() -> bool:
+    """Whether Ray talks TLS here (`RAY_USE_TLS`, as Ray reads it)."""
+    return os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
 
 
 def _answers_http2(conn: socket.socket) -> bool:
