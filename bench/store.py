@@ -307,8 +307,11 @@ def read_records(con: sqlite3.Connection) -> list[tuple]:
         raise EmqError(f"not a bench file: {e}") from e
 
 
+PAGE_SIZE = 1024  # a per-image blob wastes half a page on average: 4 KiB pages cost ~10 % of a bench
+
+
 def compact(path: Path | str) -> None:
-    """VACUUM so the shipped file is small and has no journal left behind.
+    """VACUUM (into PAGE_SIZE pages) so the shipped file is small and has no journal left behind.
 
     Best effort: the file is complete and valid without it, and VACUUM needs free space of
     about the file's size, so a failure (a nearly full disk) only logs a warning. A file this
@@ -320,6 +323,7 @@ def compact(path: Path | str) -> None:
         return
     try:
         with closing(sqlite3.connect(str(path), timeout=30.0, isolation_level=None)) as con:
+            con.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             con.execute("VACUUM")
     except sqlite3.Error as e:
         log.warning("bench %s: not compacted (%s); the file is complete and valid", path, e)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import lzma
 import shutil
 import sqlite3
 import struct
@@ -160,6 +161,13 @@ def _issue24_fixtures(root) -> None:
     with contextlib.closing(sqlite3.connect(root / "bomb.sqlite")) as con:
         n = len(json.loads(con.execute("SELECT value FROM meta WHERE key = 'test_pools'").fetchone()[0])["sources"])
         blob = struct.pack("<BI", 1, n) + zlib.compress(bytes(10_000_000), 9)
+        con.execute("UPDATE records SET outcomes = ? WHERE idx = 5", (blob,))
+        con.commit()
+    # the same as an LZMA2 bomb (format 2, what emq writes now)
+    shutil.copy(small, root / "lzma_bomb.sqlite")
+    with contextlib.closing(sqlite3.connect(root / "lzma_bomb.sqlite")) as con:
+        filters = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
+        blob = struct.pack("<BI", 2, n) + lzma.compress(bytes(10_000_000), format=lzma.FORMAT_RAW, filters=filters)
         con.execute("UPDATE records SET outcomes = ? WHERE idx = 5", (blob,))
         con.commit()
 
@@ -432,6 +440,7 @@ CASES = [
     (["stats", "--eig-tol", "nan"], "--eig-tol nan: must not be negative or NaN"),
     (["bench", "info", "{F}/big_blob.sqlite"], "take 2,000,000 bytes, more than"),
     (["bench", "info", "{F}/bomb.sqlite"], "per-image outcomes have format 1"),
+    (["bench", "info", "{F}/lzma_bomb.sqlite"], "per-image outcomes have format 2"),
     (["quantize", "--bitmap", "{F}/bitmap_names.json"], "bit map {F}/bitmap_names.json: field 'slot_names'"),
     # issue 24: hostile bench files (schema objects emq never creates)
     (["bench", "build", "--resume", "--out", "{F}/trigger.sqlite"], "holds the trigger 't', which emq never creates"),

@@ -45,6 +45,15 @@ def test_outcomes_round_trip_and_damage_is_an_error():
     blob = encode(per)
     with pytest.raises(EmqError, match="record 7: per-image outcomes are damaged"):
         decode(blob[:-5], "record 7")
+    # format 1 (zlib of the float16 arrays), as older bench files hold it, still reads the same
+    import struct
+    import zlib
+
+    half = [np.packbits(per["correct"]).tobytes(), *(per[k].astype("<f2").tobytes() for k in ("loss", "kl"))]
+    old = decode(struct.pack("<BI", 1, 1001) + zlib.compress(b"".join(half)))
+    new = decode(encode(per))
+    assert (old.correct == new.correct).all() and np.array_equal(old.loss, new.loss, equal_nan=True)
+    assert np.array_equal(old.kl, new.kl, equal_nan=True) and blob[0] == 2
 
 
 # ------------------------------------------------------------------ test pools
