@@ -656,12 +656,7 @@ def test_unreachable_ray_address_fails_at_once(address, command, tmp_path):
     proc = _emq(
         [*command.split(), "--executor", "ray", "--ray-address", address, *out], work, env={"RAY_TMPDIR": str(ray_tmp)}
     )
-    try:
-        _, err = proc.communicate(timeout=30)
-    finally:
-        for p in _descendants(proc.pid):
-            _kill(p)
-        proc.kill()
+    err = _finish(proc)
     assert proc.returncode == 2, err
     assert f"--ray-address {address}: no Ray cluster answers there" in err
     assert "Traceback" not in err
@@ -682,15 +677,22 @@ def test_a_ray_address_where_something_else_listens_fails_at_once(tmp_path):
     work.mkdir()
     proc = _emq(["search", "--executor", "ray", "--ray-address", address, "--out", "s"], work)
     try:
-        _, err = proc.communicate(timeout=30)
+        err = _finish(proc)
     finally:
-        for p in _descendants(proc.pid):
-            _kill(p)
-        proc.kill()
         server.shutdown()
     assert proc.returncode == 2, err
     assert f"--ray-address {address}: something listens there but it is not a Ray head" in err
     assert "Traceback" not in err and list(work.iterdir()) == []
+
+
+def _finish(proc, timeout: float = 30) -> str:
+    """The process's stderr once it ends (within `timeout` s); it and everything it started are killed."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    finally:
+        for p in _descendants(proc.pid):
+            _kill(p)
+        proc.kill()
 
 
 def _kill(pid: int) -> None:

@@ -172,6 +172,22 @@ def test_tables_equal_a_brute_force_run_of_the_ptq_engine(setup, tmp_path, quant
     assert (sens.tables["kl"][:, 0] > sens.tables["kl"][:, 1]).mean() >= 0.5  # 2 bits hurt more than 3, mostly
 
 
+def _with_and_without_prefix_reuse(model, lm, data, ptq, settings: dict, tmp_path):
+    """The sensitivity measured twice, reusing the full-precision prefix and recomputing it."""
+    return tuple(
+        measure_sensitivity(
+            model,
+            lm,
+            data,
+            bits=BITS,
+            ptq=ptq,
+            settings=SensitivitySettings(**settings, prefix_reuse=reuse),
+            cache_dir=tmp_path / str(reuse),
+        )
+        for reuse in (True, False)
+    )
+
+
 @pytest.mark.parametrize("policy", ["auto", "per-layer"])
 def test_prefix_reuse_gives_the_numbers_of_full_recomputation(setup, tmp_path, policy):
     """Per layer, the downsample conv is a slot of its own that starts after bn2: bn2's replayed
@@ -180,18 +196,7 @@ def test_prefix_reuse_gives_the_numbers_of_full_recomputation(setup, tmp_path, p
     lm = build_layer_map(net, 8, "toy", in_channels=1, policy=policy)
     ptq = PTQSettings(calib_size=40, batch_size=32)
     s = {"min_images": 16, "max_images": 48, "target_reliability": 1.0}
-    reused = measure_sensitivity(
-        net, lm, data, bits=BITS, ptq=ptq, settings=SensitivitySettings(**s), cache_dir=tmp_path / "a"
-    )
-    full = measure_sensitivity(
-        net,
-        lm,
-        data,
-        bits=BITS,
-        ptq=ptq,
-        settings=SensitivitySettings(**s, prefix_reuse=False),
-        cache_dir=tmp_path / "b",
-    )
+    reused, full = _with_and_without_prefix_reuse(net, lm, data, ptq, s, tmp_path)
     assert reused.meta["prefix_reuse"] and not full.meta["prefix_reuse"]
     for k in ("kl", "loss", "nsr"):
         np.testing.assert_allclose(reused.tables[k], full.tables[k], rtol=1e-12, atol=0)
@@ -221,18 +226,7 @@ def test_an_in_place_module_is_replayed_into_its_input(setup, tmp_path):
     lm = build_layer_map(model, 8, "aliased", in_channels=1)
     ptq = PTQSettings(calib_size=40, batch_size=32, bn="none")
     s = {"min_images": 16, "max_images": 16}
-    reused = measure_sensitivity(
-        model, lm, data, bits=BITS, ptq=ptq, settings=SensitivitySettings(**s), cache_dir=tmp_path / "a"
-    )
-    full = measure_sensitivity(
-        model,
-        lm,
-        data,
-        bits=BITS,
-        ptq=ptq,
-        settings=SensitivitySettings(**s, prefix_reuse=False),
-        cache_dir=tmp_path / "b",
-    )
+    reused, full = _with_and_without_prefix_reuse(model, lm, data, ptq, s, tmp_path)
     assert reused.meta["prefix_reuse"]
     np.testing.assert_allclose(reused.tables["kl"], full.tables["kl"], rtol=1e-12, atol=0)
 
