@@ -127,6 +127,12 @@ def main() -> None:
             "speedup": t_full / t_small,
             "load_average": [load0, load1],
         }
+        if chosen is None:
+            print(
+                f"\n{TASKS.get(data, data)}: no test set up to {full} images keeps every bench and draw >= "
+                f"{RELIABILITY_TARGET}: build its benches on more images"
+            )
+            continue
         print(
             f"\n{TASKS.get(data, data)}: smallest test set with every bench and draw >= {RELIABILITY_TARGET}: "
             f"{chosen} images (of {full}); one configuration of {names[0]}: {t_full:.2f} s -> {t_small:.2f} s, "
