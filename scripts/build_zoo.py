@@ -9,7 +9,8 @@ For each bundle of emq.bench.bundles.BUNDLES that has a build recipe, three resu
 2. build: `emq bench build --model MODEL --out emq/bench/data/NAME.sqlite <the bundle's recipe>`,
    with `--resume` when the file exists, so a killed build loses at most the configurations in
    flight;
-3. bundle: `python scripts/bundle_stats.py NAME`, the statistics that let `emq search/score
+3. bundle (when the file is missing or the bench was built in this run, since a rebuilt bench records
+   its statistics settings anew): `python scripts/bundle_stats.py NAME`, the statistics that let `emq search/score
    --bench NAME` run without the data set (`--omit-activations` where the data ships with emq,
    emq.data.SHIPPED_DATA: the activation fields are recomputed from it in seconds, and the bundle
    stays small).
@@ -80,7 +81,8 @@ def build(name: str, retrain: bool) -> None:
     recipe = list(bundle.build)
     configs = int(recipe[recipe.index("--configs") + 1])
     check_recipe(bundle.path, int(recipe[recipe.index("--test-limit") + 1]))
-    if not finished(bundle.path, configs):
+    built = not finished(bundle.path, configs)
+    if built:
         cmd = [
             sys.executable,
             "-m",
@@ -93,7 +95,7 @@ def build(name: str, retrain: bool) -> None:
             str(bundle.path),
         ]
         run(cmd + recipe + (["--resume"] if bundle.path.is_file() else []))
-    if bundle.stats_path is not None and not bundle.stats_path.is_file():
+    if bundle.stats_path is not None and (built or not bundle.stats_path.is_file()):  # a rebuilt bench: its own
         omit = ["--omit-activations"] if model.data in SHIPPED_DATA else []
         run([sys.executable, "scripts/bundle_stats.py", name, *omit])
     log.info("%s: done (%s)", name, bundle.path)
