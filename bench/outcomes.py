@@ -19,6 +19,7 @@ import struct
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -88,15 +89,14 @@ def max_blob_size(n: int) -> int:
     return _HEADER.size + raw + (raw >> 12) + (raw >> 14) + (raw >> 25) + 64
 
 
-def _inflate(version: int, data: bytes, limit: int) -> tuple[bytes, bool]:
-    """Decompress at most `limit` bytes of a format's payload; (bytes, whether the stream ended)."""
+def _decompressor(version: int) -> Any:
+    """The streaming decompressor of an outcome format (both kinds take `decompress(data, max_length)`
+    and tell `eof`), or None for a format this emq does not read."""
     if version == 1:
-        inflate = zlib.decompressobj()
-        return inflate.decompress(data, limit), inflate.eof
+        return zlib.decompressobj()
     if version == FORMAT:
-        unpack = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA)
-        return unpack.decompress(data, limit), unpack.eof
-    return b"", True
+        return lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA)
+    return None
 
 
 def decode(blob: bytes, where: str = "record") -> Outcomes:
@@ -105,13 +105,14 @@ def decode(blob: bytes, where: str = "record") -> Outcomes:
     announces, so a compression bomb costs no more memory than an honest blob."""
     try:
         version, n = _HEADER.unpack_from(blob)
-        raw, ended = _inflate(version, blob[_HEADER.size :], _raw_size(n) + 1)
+        unpack = _decompressor(version)
+        raw = unpack.decompress(blob[_HEADER.size :], _raw_size(n) + 1) if unpack is not None else b""
     except (struct.error, zlib.error, lzma.LZMAError, TypeError) as e:
         raise EmqError(f"{where}: per-image outcomes are damaged ({e}); rebuild the bench") from e
     nbits = (n + 7) // 8
-    if version in (1, FORMAT) and not ended and len(raw) <= _raw_size(n):
+    if unpack is not None and not unpack.eof and len(raw) <= _raw_size(n):
         raise EmqError(f"{where}: per-image outcomes are damaged (the compressed data ends early); rebuild the bench")
-    if version not in (1, FORMAT) or len(raw) != nbits + 4 * n or not ended:
+    if unpack is None or len(raw) != nbits + 4 * n or not unpack.eof:
         raise EmqError(
             f"{where}: per-image outcomes have format {version} and {len(raw)} bytes for {n} images; rebuild the bench"
         )

@@ -59,10 +59,11 @@ def finished(path: Path, configs: int) -> bool:
 def check_recipe(path: Path, test_limit: int) -> None:
     """Refuse a bench file built with another test set than the recipe asks for: a resume would be
     refused, and counting its records would call it finished."""
-    if path.is_file() and Bench.open(path).meta.get("test_limit") != test_limit:
+    built_on = Bench.open(path).meta.get("test_limit") if path.is_file() else test_limit
+    if built_on != test_limit:
         raise SystemExit(
-            f"build_zoo: {path} was built on {Bench.open(path).meta.get('test_limit')} test images, the recipe asks "
-            f"for {test_limit}: move the file away to rebuild it"
+            f"build_zoo: {path} was built on {built_on} test images, the recipe asks for {test_limit}: move the "
+            "file away to rebuild it"
         )
 
 
@@ -72,9 +73,10 @@ def build(name: str, retrain: bool) -> None:
     if retrain or not asset_path(model.weights).is_file():
         run([sys.executable, "scripts/train_model.py", "--model", bundle.model])
     record = asset_path(model.weights).with_suffix(".train.json")
-    if record.is_file() and json.loads(record.read_text())["test_top1"] < MIN_TOP1:
+    top1 = json.loads(record.read_text())["test_top1"] if record.is_file() else MIN_TOP1
+    if top1 < MIN_TOP1:
         raise SystemExit(
-            f"build_zoo: {bundle.model} reached only {json.loads(record.read_text())['test_top1']:.1f} % test top-1 "
+            f"build_zoo: {bundle.model} reached only {top1:.1f} % test top-1 "
             f"(below {MIN_TOP1} %): a network that did not learn makes a meaningless bench; train it with another "
             "recipe (scripts/train_model.py --lr/--steps) and run this script again"
         )

@@ -60,8 +60,9 @@ def _compact(path: Path) -> tuple[int, int]:
             with store.transaction(con):
                 for config, blob in store.read_outcomes(con, "records").items():
                     if blob is not None:
-                        new = encode(_fields(decode(blob, f"{path}: {config}")))
-                        _check_same(decode(blob), decode(new), f"{path}: {config}")
+                        out = decode(blob, f"{path}: {config}")
+                        new = encode(_fields(out))
+                        _check_same(out, decode(new), f"{path}: {config}")
                         con.execute("UPDATE records SET outcomes = ? WHERE config = ?", (new, config))
                 for config, blob in store.read_outcomes(con, "repeats").items():
                     if blob is not None:

@@ -110,9 +110,14 @@ class NetworkStats:
         return tuple(self.meta.get("omitted", ()))
 
     @property
+    def omitted_from_data(self) -> tuple[str, ...]:
+        """The left-out fields only calibration data can restore (activation fields)."""
+        return tuple(f for f in self.omitted if f in ACTIVATION_FIELDS)
+
+    @property
     def needs_data(self) -> bool:
         """Completing this partial file needs calibration data (it left out activation fields)."""
-        return bool(set(self.omitted) & set(ACTIVATION_FIELDS))
+        return bool(self.omitted_from_data)
 
 
 def select_bits(ns: NetworkStats, bits: tuple[int, ...]) -> NetworkStats:

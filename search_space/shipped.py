@@ -28,7 +28,7 @@ from emq.errors import EmqError
 from emq.hashing import state_dict_digest
 from emq.layermap import LayerMap
 
-from .netstats import ACTIVATION_FIELDS, NetworkStats, load_stats, select_bits
+from .netstats import NetworkStats, load_stats, select_bits
 
 if TYPE_CHECKING:
     from .stats import StatsSettings
@@ -85,10 +85,10 @@ def find_shipped(
             log.info("shipped statistics %s not used: %s", path, why)
             continue
         ns = select_bits(ns, tuple(bits))
-        from_data = [f for f in ns.omitted if f in ACTIVATION_FIELDS]
-        if from_data and data is None:
+        if ns.needs_data and data is None:
             raise EmqError(
-                f"{path}: the shipped statistics leave out {', '.join(from_data)}, computed from the data: pass --data"
+                f"{path}: the shipped statistics leave out {', '.join(ns.omitted_from_data)}, computed from the data: "
+                "pass --data"
             )
         return ns, path
     return None

@@ -679,10 +679,11 @@ def complete_stats(
     if not ns.omitted:
         return ns
     layers, meta = list(ns.layers), {k: v for k, v in ns.meta.items() if k != "omitted"}
-    if set(ns.omitted) & set(ACTIVATION_FIELDS):
+    if ns.needs_data:
         if x is None or y is None:
-            missing = [f for f in ns.omitted if f in ACTIVATION_FIELDS]
-            raise EmqError(f"statistics without {', '.join(missing)}: completing them needs calibration data")
+            raise EmqError(
+                f"statistics without {', '.join(ns.omitted_from_data)}: completing them needs calibration data"
+            )
         fields, meta["act_ranges"] = activation_fields(model, layer_map, x, y, settings, device)
         layers = [
             replace(layer, **{f: per[f] for f in ACTIVATION_FIELDS}) for layer, per in zip(layers, fields, strict=True)
