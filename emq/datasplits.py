@@ -28,6 +28,10 @@ class DataSplits:
     calib_pool: tuple[torch.Tensor, torch.Tensor]
     test: Dataset
     train: Dataset | None = None
+    # identifies the data in a bench's provenance. A task generated inside emq is identified by its
+    # recipe, named by the digest of its reference rendering (GENERATED_FINGERPRINTS): its images are
+    # computed with float maths whose last bits depend on the CPU (vector width of sin/exp, BLAS
+    # kernels), so a digest of this machine's rendering would tell the recipe apart from itself.
     fingerprint: str = ""
     # source id of every calibration / test image (renders of one digit share a source);
     # None: every image is its own source

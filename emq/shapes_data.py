@@ -23,7 +23,6 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .datasplits import DataSplits
-from .hashing import tensor_digest
 
 NAME = "shapes-rgb"
 SIZE = 32
@@ -34,6 +33,9 @@ SEED = 4242
 WARM = (-0.05, 0.15)
 COOL = (0.45, 0.68)
 NOISE = 0.12
+# the task's fingerprint: the digest of the reference rendering the shipped benches were built on
+# (emq.datasplits.DataSplits.fingerprint says why it is fixed; tests/test_generated_data.py checks a rendering)
+GENERATED_FINGERPRINT = "c9953300cc00a602"
 
 
 def _distance(shape: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -111,5 +113,5 @@ def shapes_data(with_train: bool = False) -> DataSplits:
         calib_pool=parts["calib"],
         test=TensorDataset(*parts["test"]),
         train=TensorDataset(*parts["train"]) if with_train else None,
-        fingerprint=tensor_digest([*parts["calib"], *parts["test"]], extra=NAME),
+        fingerprint=GENERATED_FINGERPRINT,
     )
