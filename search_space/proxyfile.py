@@ -91,7 +91,9 @@ class EvolvedProxy(SeparableProxy):
 
     def stats_table(self, stats: Any) -> torch.Tensor:
         """P[S, B] in the statistics' own bit order."""
-        ev = TableEvaluator(stats, sorted(tree_terminals(self.tokens)), self.prims, self.act_samples, probe_layers=1)
+        ev = TableEvaluator(
+            stats, sorted(tree_terminals(self.tokens)), self.prims, self.act_samples, probe_layers=1, memo_entries=0
+        )  # one tree: a memo would cost more to allocate than it saves
         with torch.no_grad():
             return ev.table(self.tokens)
 
