@@ -40,6 +40,7 @@ from .errors import EmqError
 from .evolution.engine import TRANSFER_CAMPAIGN
 from .executors import Executor
 from .fileio import atomic_write_text, ensure_dir
+from .search_space.pset import make_space
 from .specs import ParameterError
 from .uncertainty import DEFAULT_RESAMPLES
 
@@ -343,6 +344,7 @@ class TransferStudy:
         whole_config: Sequence[str] = WHOLE_CONFIG,
         whole_limit: int = WHOLE_LIMIT,
         resamples: int = DEFAULT_RESAMPLES,
+        space: str = "full",
         out_dir: str | Path | None = None,
         progress: bool = False,
         executor: Executor | str | None = None,
@@ -358,6 +360,8 @@ class TransferStudy:
         self.whole_config = tuple(whole_config)
         self.whole_limit = whole_limit
         self.resamples = resamples
+        self.space = space  # a search-space preset; "measured" adds the measured sensitivity (and seeds its forms)
+        make_space(space)  # an unknown preset fails here, before any campaign
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress
         self.executor, self.workers = (
@@ -377,6 +381,7 @@ class TransferStudy:
             self.generations,
             self.population,
             random_state=c.seed,
+            space=make_space(self.space),
             out_dir=out,
             warm_start=done,
             executor=self.executor,
@@ -459,6 +464,7 @@ class TransferStudy:
                 "generations": self.generations,
                 "population": self.population,
                 "aggregate": self.aggregate,
+                "space": self.space,
                 "whole_limit": self.whole_limit,
                 "resamples": self.resamples,
                 "groups": list(bench_groups(self.benches).values()),

@@ -534,6 +534,8 @@ def raw_sources(name: str) -> set[str]:
 HESSIAN_TERMINALS = ("H", "trace", "eig")
 PRESETS: dict[str, tuple[str, ...]] = {
     "full": tuple(n for n, t in TERMINALS.items() if t.default),
+    # the full space and the measured sensitivity (L x B single-slot PTQ runs per network, bundled for shipped benches)
+    "measured": (*(n for n, t in TERMINALS.items() if t.default), *MEASURED_TERMINALS),
     "weights-only": ("W", "Q", "E", "b", "pow2b", "params", "out_channels"),
     "no-hessian": tuple(n for n, t in TERMINALS.items() if t.default and not raw_sources(n) & set(HESSIAN_TERMINALS)),
     "no-activations": tuple(

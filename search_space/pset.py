@@ -22,6 +22,7 @@ from emq.errors import EmqError
 
 from .evaluate import Token
 from .primitives import (
+    MEASURED_TERMINALS,
     OPS,
     PRESETS,
     PRIMITIVES,
@@ -100,7 +101,17 @@ HANDMADE: dict[str, tuple[str, list[Token]]] = {
         "EMQ's published genotype: mean(sqrt(relu(Q_b(W)))) / C_out (its gradient half is exactly 1/C_out)",
         [("p", "div_s"), ("p", "mean_w"), ("p", "sqrt_w"), ("p", "relu_w"), ("t", "Q"), ("t", "out_channels")],
     ),
+    # measured sensitivity (seeded where the space holds the measured terminals, preset "measured"); never
+    # the "best hand-made" of a campaign, which is chosen among the statistics-only forms (statistics_only)
+    "layer-kl": ("measured sensitivity: single-slot KL, the layer's share", [("t", "MKL")]),
+    "layer-loss": ("measured sensitivity: single-slot loss change, the layer's share", [("t", "MDL")]),
+    "layer-sqnr": ("measured sensitivity: single-slot output NSR, the layer's share", [("t", "MNSR")]),
 }
+
+
+def statistics_only(tokens: Sequence[Token]) -> bool:
+    """A form that needs no single-slot PTQ runs: what a user without any evaluation budget can compute."""
+    return not any(t[0] == "t" and t[1] in MEASURED_TERMINALS for t in tokens)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from emq.bench_setup import BenchSetup
 from emq.proxy import ProxyContext, table_scores
 from emq.search_space.evaluate import TableEvaluator
 from emq.search_space.netstats import NetworkStats
-from emq.search_space.pset import HANDMADE, make_space
+from emq.search_space.pset import HANDMADE, make_space, statistics_only
 
 SHIPPED = ("default", "stratified", "vgg-digits", "mobilenetv2-digits", "resnet20-fashion")
 _LOADED: dict[str, tuple[Bench, NetworkStats, TableEvaluator]] = {}
@@ -35,7 +35,7 @@ def _bench(name: str) -> tuple[Bench, NetworkStats, TableEvaluator]:
     if name not in _LOADED:
         bench = Bench.open(name)
         stats = BenchSetup.of(bench).network_stats(progress=False)  # as emq score gets them (bundled)
-        space = make_space()
+        space = make_space("measured")  # the bundles carry the measured sensitivity the measured forms read
         _LOADED[name] = bench, stats, TableEvaluator(stats, space.terminals, space.prims, probe_layers=1)
     return _LOADED[name]
 
@@ -51,21 +51,24 @@ def form_and_proxy_scores(
     tokens, key: str, bench: Bench, stats: NetworkStats, ev: TableEvaluator
 ) -> tuple[np.ndarray, np.ndarray]:
     """The form's and the registry proxy's scores of every configuration of the bench."""
-    ctx = ProxyContext(None, tuple(bench.bits), None, stats)
+    ctx = ProxyContext(None, tuple(bench.bits), BenchSetup.of(bench).ptq, stats)  # the bench's PTQ: its sensitivity
     idx = ctx.bit_index(bench.configs)
     return table_scores(ev.table(tokens).numpy(), idx), get_proxy(key).score_configs(ctx, bench.configs)
 
 
-def test_the_default_space_seeds_every_form():
-    """FD, SG and every terminal a form needs are in the default space, so no form is left out."""
-    assert list(make_space().handmade()) == list(HANDMADE)
+def test_the_default_space_seeds_every_statistics_only_form_and_the_measured_preset_all():
+    """FD, SG and every terminal a statistics-only form needs are in the default space, so no form is
+    left out; the measured sensitivity's forms need the measured preset (L x B single-slot PTQ runs)."""
+    assert list(make_space().handmade()) == [k for k, (_, toks) in HANDMADE.items() if statistics_only(toks)]
+    assert list(make_space("measured").handmade()) == list(HANDMADE)
+    assert {"layer-kl", "layer-loss", "layer-sqnr"} == {k for k, (_, t) in HANDMADE.items() if not statistics_only(t)}
     assert all(PROXIES[key].formula == key for key in HANDMADE)
 
 
 @pytest.mark.parametrize("key", list(HANDMADE))
 def test_seeded_form_ranks_the_bench_as_its_proxy(key, shipped):
     name, bench, stats, ev = shipped
-    tokens = make_space().handmade()[key][1]
+    tokens = make_space("measured").handmade()[key][1]
     form, proxy = form_and_proxy_scores(tokens, key, bench, stats, ev)
     assert np.isfinite(form).all() and np.ptp(proxy) > 0
     rho = spearmanr(form, proxy).statistic

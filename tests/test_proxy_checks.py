@@ -6,6 +6,8 @@ checks without editing this file.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,7 @@ from emq.quant import PTQSettings
 from emq.search_space.evaluate import TableEvaluator
 from emq.search_space.pset import HANDMADE
 from emq.search_space.stats import StatsSettings, compute_stats
+from emq.sensitivity import ensure_measured
 
 FAST = StatsSettings(
     calib_size=32,
@@ -93,7 +96,8 @@ def test_space_formulas_agree_with_their_proxies(setting):
     assert len(set(stats.layer_slot)) == len(stats.layer_slot)
     owners = {p.formula: n for n, p in PROXIES.items() if p.formula}
     assert sorted(owners) == sorted(HANDMADE) and all(owners[k] == k for k in owners)  # one name per concept
-    ev = TableEvaluator(stats)
+    measured = ensure_measured(dataclasses.replace(stats, meta=dict(stats.meta)), target, None)  # MKL, MDL, MNSR
+    ev = TableEvaluator(measured)
     for key, (_, tokens) in HANDMADE.items():
         formula = ev.table(tokens).numpy()
         table = get_proxy(key).table(ProxyContext(target, BITS, None, stats))

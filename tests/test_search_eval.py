@@ -32,7 +32,7 @@ def test_table_scores_equal_naive_per_configuration(setting):
     space = make_space()
     ev = TableEvaluator(stats, space.terminals, space.prims)
     random.seed(3)
-    trees = [t for _, t in HANDMADE.values()] + [NET_TOKENS]  # network ops: per-layer path sees all layers
+    trees = [t for _, t in space.handmade().values()] + [NET_TOKENS]  # network ops: per-layer path sees all layers
     while len(trees) < 16:
         t = to_tokens(gen_half_and_half(space, 1, 3))
         if torch.isfinite(ev.table(t)).all():

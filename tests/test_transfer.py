@@ -144,3 +144,25 @@ def test_transfer_report_files_and_numbers(tmp_path, capsys):
         assert vs["layer-kl"]["cost_ptq_evals"] > 1  # tens of single-slot runs, in PTQ-equivalent evaluations
     csv_head = (out / "transfer.csv").read_text().splitlines()[0]
     assert "fixed_name" in csv_head and "layer-kl_better" in csv_head
+
+
+def test_the_measured_space_seeds_the_measured_forms_and_fixed_stays_statistics_only(tmp_path):
+    """`space="measured"` (emq transfer --space measured): campaigns read the bundled measured sensitivity, start
+    from layer-kl, layer-loss and layer-sqnr as well, and still name a statistics-only form as the best hand-made
+    one (the "fixed" comparison is what a user without any evaluation budget would pick), though layer-kl fits
+    the training benches better."""
+    study = TransferStudy(
+        ["default", "vgg-digits"], protocols=("leave-one-out",), space="measured", out_dir=tmp_path, **TINY
+    )
+    runs = study.campaigns()
+    assert study.evaluate(runs).settings["space"] == "measured"
+    measured_fits_better = []
+    for run in runs:
+        handmade = next(iter(run["summary"]["benches"].values()))["handmade"]
+        assert {"layer-kl", "layer-loss", "layer-sqnr", "fisher"} <= set(handmade)
+        best = run["summary"]["best_handmade"]
+        assert best not in ("layer-kl", "layer-loss", "layer-sqnr")
+        measured_fits_better.append(handmade["layer-kl"]["search_spearman"] > handmade[best]["search_spearman"])
+    assert any(measured_fits_better)  # on default (0.966 against fisher's 0.923): the filter is what kept it out
+    with pytest.raises(EmqError, match="preset"):
+        TransferStudy(["default", "vgg-digits"], space="nosuch")

@@ -61,6 +61,7 @@ def _cost(ctx: ProxyContext) -> dict[str, Any]:
 @register_proxy
 class LayerKL(_MeasuredProxy):
     name = "layer-kl"
+    formula = "layer-kl"
     metric = "kl"
     description = (
         "measured sensitivity: KL(FP || slot alone at b bits, others at 8) on calibration images, summed over slots"
@@ -70,6 +71,7 @@ class LayerKL(_MeasuredProxy):
 @register_proxy
 class LayerLoss(_MeasuredProxy):
     name = "layer-loss"
+    formula = "layer-loss"
     metric = "loss"
     description = (
         "measured sensitivity: cross-entropy change with the slot alone at b bits (others at 8) on calibration "
@@ -80,6 +82,7 @@ class LayerLoss(_MeasuredProxy):
 @register_proxy
 class LayerSQNR(_MeasuredProxy):
     name = "layer-sqnr"
+    formula = "layer-sqnr"
     metric = "nsr"
     description = (
         "measured sensitivity: output noise-to-signal ratio 10^(-SQNR/10) of the logits with the slot alone at b bits "

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..api import (
     DEFAULT_PROTOCOLS,
     DEFAULT_RESAMPLES,
+    PRESETS,
     PROTOCOLS,
     PROXIES,
     SEEDS,
@@ -45,6 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--protocols",
         default=",".join(DEFAULT_PROTOCOLS),
         help=f"comma-separated, of {', '.join(PROTOCOLS)} (default {','.join(DEFAULT_PROTOCOLS)})",
+    )
+    p.add_argument(
+        "--space",
+        choices=sorted(PRESETS),
+        default="full",
+        help="the campaigns' search-space preset (default full; 'measured' adds the measured per-layer sensitivity "
+        "MKL, MDL, MNSR and seeds layer-kl, layer-loss and layer-sqnr)",
     )
     p.add_argument(
         "--whole-config",
@@ -118,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             whole_config=whole,
             whole_limit=args.whole_limit,
             resamples=args.resamples,
+            space=args.space,
             out_dir=args.out,
             progress=not args.json,
             executor=executor,

@@ -29,7 +29,7 @@ from sklearn.base import BaseEstimator
 
 from emq.search_space.netstats import NetworkStats
 from emq.search_space.proxyfile import EvolvedProxy
-from emq.search_space.pset import SearchSpace, make_space
+from emq.search_space.pset import SearchSpace, make_space, statistics_only
 from emq.sensitivity import uses_measured
 
 from ..errors import EmqError
@@ -461,8 +461,13 @@ def _summary(
     from ..rendering import to_latex
 
     cfg, best = camp.config, hof[0]
-    # the best hand-made proxy is chosen on search x fit (aggregated over benches), like everything else in a campaign
-    best_base = max((b for b in baselines if not math.isnan(b["fitness"])), key=lambda b: b["fitness"], default=None)
+    # the best hand-made proxy is chosen on search x fit (aggregated over benches), like everything else in a campaign,
+    # among the statistics-only forms: what a user without a bench or an evaluation budget would pick
+    best_base = max(
+        (b for b in baselines if not math.isnan(b["fitness"]) and statistics_only(b["proxy"].tokens)),
+        key=lambda b: b["fitness"],
+        default=None,
+    )
     benches = {
         label: _bench_summary(label, d, best, best_base, baselines) for label, d in zip(labels, data, strict=True)
     }
