@@ -44,7 +44,7 @@ ZOO_TEST_IMAGES = {"default": 2000, "fashion-mnist": 1500, "shapes-rgb": 4000}
 # where a network's bench fell short of 0.95 at its task's size: shufflenetv2-fashion reached 0.913 on
 # 1,500 images, and Spearman-Brown predicts 0.966 on 4,000 (docs/zoo.md); digits networks after
 # shufflenetv2-digits (0.878 on 2,000) use all 3,000 of the task's test images
-BENCH_TEST_IMAGES = {"shufflenetv2-fashion": 4000, "efficientnet-digits": 3000, "regnet-digits": 3000}
+BENCH_TEST_IMAGES = {"shufflenetv2-fashion": 4000, "regnet-digits": 3000}
 
 
 def _zoo_recipe(name: str, data: str) -> tuple[str, ...]:
@@ -113,8 +113,6 @@ BUNDLES: dict[str, Bundle] = {
                 ("resnet18-fashion", "fashion-mnist", "torchvision ResNet-18, MQ-Bench-101's 18 slots, GPTQ"),
                 ("mobilenetv3-fashion", "fashion-mnist", "torchvision MobileNetV3-Small (SE, hard-swish), GPTQ"),
                 ("shufflenetv2-fashion", "fashion-mnist", "torchvision ShuffleNetV2 x0.5 (channel shuffle), GPTQ"),
-                ("shufflenetv2-digits", "default", "torchvision ShuffleNetV2 x0.5 (channel shuffle) on digits, GPTQ"),
-                ("efficientnet-digits", "default", "torchvision EfficientNet-B0 (MBConv, SE) on digits, GPTQ"),
                 ("regnet-digits", "default", "torchvision RegNetX (grouped convs) on digits, GPTQ"),
                 ("squeezenet-shapes", "shapes-rgb", "torchvision SqueezeNet 1.1 (fire modules), RGB shapes, GPTQ"),
                 ("efficientnet-shapes", "shapes-rgb", "torchvision EfficientNet-B0 (MBConv, SE), RGB shapes, GPTQ"),

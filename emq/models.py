@@ -230,22 +230,6 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         1500,
         "torchvision ShuffleNetV2 x0.5 (channel shuffle, branches) on Fashion-MNIST",
     ),
-    "shufflenetv2-digits": _zoo(
-        "shufflenet_v2_x0_5",
-        "default",
-        24,
-        "ShuffleNetV2",
-        1500,
-        "torchvision ShuffleNetV2 x0.5 (channel shuffle, branches) on the default digits task",
-    ),
-    "efficientnet-digits": _zoo(
-        "efficientnet_b0",
-        "default",
-        24,
-        "EfficientNet",
-        1500,
-        "torchvision EfficientNet-B0 (MBConv with SE) at width 0.25, depth 0.5 on the default digits task",
-    ),
     "regnet-digits": _zoo(
         "regnet_x_400mf",
         "default",
