@@ -187,6 +187,7 @@ def _run(
 @claimed  # creates `out` atomically and locks it before any model work
 def bench_build(
     out: Path | str,
+    *,
     model: str | nn.Module = "default",
     configs: int = 1000,
     seed: int = 0,

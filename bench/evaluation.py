@@ -117,7 +117,7 @@ def target_for(spec: EvalSpec) -> Target:
     if target is None:
         target = resolve_target(
             spec.model,
-            spec.data,
+            data=spec.data,
             weights=Path(spec.weights) if spec.weights else None,
             num_classes=spec.num_classes,
             input_size=spec.input_size,

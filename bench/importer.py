@@ -154,6 +154,7 @@ def bench_import(
     source: Path | str,
     fmt: str,
     out: Path | str,
+    *,
     model: str = "resnet18",
     bits: tuple[int, ...] = DEFAULT_BITS,
     act_bits: int = DEFAULT_ACT_BITS,

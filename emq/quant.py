@@ -213,6 +213,7 @@ class PTQEngine:
         layer_map: LayerMap,
         data: DataSplits,
         settings: PTQSettings | None = None,
+        *,
         progress: bool = False,
         cache_dir: str | Path | None = None,
         device: str | torch.device = "cpu",

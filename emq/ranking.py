@@ -344,6 +344,7 @@ class ReportCells:
 
 def score(
     bench: str | Path = "default",
+    *,
     proxies: str | Sequence[str] = "all",
     proxy_files: Sequence[str | Path] = (),
     metric: str | None = None,

@@ -47,7 +47,7 @@ class ModelSpec:
         """The Target; `default_model` / `default_data` stand in for a model or data not given."""
         return resolve_target(
             self.model if self.model is not None else default_model,
-            self.data if self.data is not None else default_data,
+            data=self.data if self.data is not None else default_data,
             weights=self.weights,
             num_classes=self.num_classes,
             input_size=self.input_size,
@@ -76,6 +76,7 @@ def as_model_spec(
 
 def resolve_target(
     model: str | nn.Module = "default",
+    *,
     data: str | DataSplits | None = None,
     weights: Path | None = None,
     num_classes: int | None = None,

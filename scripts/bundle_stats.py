@@ -43,7 +43,7 @@ log = logging.getLogger("bundle_stats")
 
 
 def _source(bench: Bench) -> dict:
-    target = resolve_target(bench.meta["model"], None, need_data=False)
+    target = resolve_target(bench.meta["model"], need_data=False)
     data = str(bench.meta.get("data_fingerprint") or "").split("|test[:")[0]
     return source_of(str(bench.meta["weights_hash"]), data, target.layer_map)
 

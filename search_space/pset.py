@@ -164,6 +164,7 @@ def _space_from_names(
 
 def make_space(
     preset: str = "full",
+    *,
     terminals: Iterable[str] | None = None,
     exclude_terminals: Iterable[str] = (),
     include_ops: Iterable[str] = (),

@@ -726,6 +726,7 @@ def compute_stats(
     target_or_model: Target | nn.Module,
     layer_map: LayerMap | None = None,
     data: DataSplits | tuple[torch.Tensor, torch.Tensor] | None = None,
+    *,
     bits: Sequence[int] = DEFAULT_BITS,
     settings: StatsSettings | PTQSettings | None = None,
     cache_dir: str | Path | None = None,

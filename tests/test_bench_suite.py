@@ -66,7 +66,15 @@ def test_bench_of_a_user_module_with_its_data_and_reconstruction_rounding(tmp_pa
     out = tmp_path / "user.sqlite"
     settings = PTQSettings(calib_size=32, weight_quantizer="gptq")
     info = bench_build(
-        out, net, configs=6, seed=0, data=data, settings=settings, noise_samples=0, progress=False, name="tiny-net"
+        out,
+        model=net,
+        configs=6,
+        seed=0,
+        data=data,
+        settings=settings,
+        noise_samples=0,
+        progress=False,
+        name="tiny-net",
     )
     b = Bench.open(out)
     assert (
@@ -88,7 +96,7 @@ def test_bench_of_a_user_module_with_its_data_and_reconstruction_rounding(tmp_pa
     assert fresh.rounding.misses == 0 and fresh.rounding.hits > 0  # the build's rounding is reused from the disk cache
     again = bench_build(
         out,
-        net,
+        model=net,
         configs=6,
         seed=0,
         data=data,
@@ -103,7 +111,7 @@ def test_bench_of_a_user_module_with_its_data_and_reconstruction_rounding(tmp_pa
     with pytest.raises(Exception, match="different"):
         bench_build(
             out,
-            other,
+            model=other,
             configs=6,
             seed=0,
             data=data,
@@ -118,7 +126,7 @@ def test_bench_of_a_user_module_with_its_data_and_reconstruction_rounding(tmp_pa
 def test_a_user_module_needs_its_data(tmp_path):
     net, _ = _tiny_splits()
     with pytest.raises(ParameterError, match="needs its data"):
-        bench_build(tmp_path / "x.sqlite", net, configs=6, progress=False)
+        bench_build(tmp_path / "x.sqlite", model=net, configs=6, progress=False)
     assert not (tmp_path / "x.sqlite").exists()
 
 

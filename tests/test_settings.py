@@ -111,3 +111,27 @@ def test_long_signatures_take_keywords_after_the_first_few():
     for fn in (allocator_for, Allocator.finish, TransferStudy.__init__, demo, emq.allocate, emq.sweep, emq.quantize):
         assert len(_positional(fn)) <= 4, fn.__qualname__
     assert _positional(emq.stats) == ["model", "data"]
+
+
+# records and settings a user reads rather than builds by hand (dataclass fields in their documented order)
+_RECORDS = {"Bench", "PTQSettings", "StatsSettings", "SearchResult"}
+
+
+def test_every_public_function_with_many_parameters_takes_keywords_after_the_first_few():
+    """Total over emq.api: a function or class of more than four parameters takes at most four positionally,
+    so a call of more than four arguments names them."""
+    import emq.api as api
+
+    long = []
+    for name in api.__all__:
+        obj = getattr(api, name)
+        fn = obj.__init__ if inspect.isclass(obj) else obj
+        if name in _RECORDS or not callable(fn):
+            continue
+        try:
+            params = [n for n in inspect.signature(fn).parameters if n != "self"]
+        except (TypeError, ValueError):  # a builtin or C type
+            continue
+        if len(params) > 4 and len(_positional(fn)) > 4:
+            long.append(name)
+    assert not long

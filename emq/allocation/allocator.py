@@ -118,7 +118,7 @@ class Allocation:
             "budgets": self.budgets,
             "ptq": ptq,
         }
-        save_bitmap(paths["bitmap"], self.layer_map, self.bits, self.act_bits, provenance)
+        save_bitmap(paths["bitmap"], self.layer_map, self.bits, act_bits=self.act_bits, provenance=provenance)
         atomic_write_text(paths["allocation"], json.dumps(self.to_json(), indent=2) + "\n")
         return list(paths.values())
 
@@ -191,6 +191,7 @@ class Allocator:
         self,
         target: Target,
         settings: PTQSettings | None = None,
+        *,
         stats: Any = None,
         stats_settings: Any = None,
         device: str | torch.device = "cpu",
@@ -390,7 +391,7 @@ def allocator_for(
             settings = PTQSettings(**settings)
         model = "default" if spec.model is None else spec.model
         target = spec.resolve(need_data=needs_data(model, spec.data, evaluate))
-        return Allocator(target, settings, stats, device=device)
+        return Allocator(target, settings, stats=stats, device=device)
     from ..bench import Bench
     from ..bench_setup import BenchSetup, ptq_settings
 
@@ -399,7 +400,7 @@ def allocator_for(
     model = b.meta.get("model", "default") if spec.model is None else spec.model
     need = needs_data(model, spec.data if spec.data is not None else b.meta.get("data"), evaluate)
     setup = BenchSetup.of(b, spec, need_data=need)
-    return Allocator(setup.target, setup.ptq, stats, setup.stats, device=device)
+    return Allocator(setup.target, setup.ptq, stats=stats, stats_settings=setup.stats, device=device)
 
 
 def check_bench_settings(given: PTQSettings | Mapping[str, Any] | None, bench_ptq: PTQSettings, path: Any) -> None:

@@ -47,6 +47,7 @@ def save_bitmap(
     path: str | Path,
     layer_map: LayerMap,
     bits: Sequence[int],
+    *,
     act_bits: int = DEFAULT_ACT_BITS,
     provenance: Mapping[str, Any] | None = None,
 ) -> dict:

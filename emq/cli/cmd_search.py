@@ -125,7 +125,11 @@ def _print_best(result: SearchResult) -> None:
 def run(args: argparse.Namespace) -> int:
     terms = _names(args.terminals)
     space = make_space(
-        args.space, terms or None, _names(args.exclude_terminals), _names(args.include_ops), _names(args.exclude_ops)
+        args.space,
+        terminals=terms or None,
+        exclude_terminals=_names(args.exclude_terminals),
+        include_ops=_names(args.include_ops),
+        exclude_ops=_names(args.exclude_ops),
     )
     if args.top < 1:
         raise EmqError(f"--top {args.top}: use 1 or more")

@@ -163,7 +163,7 @@ def _sensitivity(args: argparse.Namespace, ns):
     from ..api import PTQSettings, attach_sensitivity, measure_sensitivity, resolve_target  # lazily: torch-heavy
 
     target = resolve_target(
-        args.model, args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size
+        args.model, data=args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size
     )
     ptq = PTQSettings(act_bits=args.act_bits, weight_symmetric=args.symmetric)
     sens = measure_sensitivity(

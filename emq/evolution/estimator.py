@@ -296,7 +296,12 @@ class ProxySearch(BaseEstimator):
         self.n_evaluations_ = camp.evaluations
         self.summary_ = _summary(camp, data, labels, hof, baselines, out_dir)
         self.result_ = SearchResult(
-            self.best_proxy_, self.hall_of_fame_, self.handmade_, self.summary_, self.log_, out_dir
+            best=self.best_proxy_,
+            hall_of_fame=self.hall_of_fame_,
+            baselines=self.handmade_,
+            summary=self.summary_,
+            log=self.log_,
+            out_dir=out_dir,
         )
         if out_dir is not None:
             from .runfiles import write_run_files
@@ -512,6 +517,7 @@ def _summary(
 
 def search(
     bench: Any | Sequence[Any] = "default",
+    *,
     model: Any = None,
     stats: NetworkStats | Sequence[NetworkStats] | None = None,
     seed: int = 0,
