@@ -726,10 +726,10 @@ def uses_measured(terminals: Sequence[str]) -> bool:
 def ensure_measured(
     stats: Any, target: Any, ptq: PTQSettings | None, device: str | torch.device = "cpu", progress: bool = False
 ) -> Any:
-    """`stats` with the measured sensitivity attached (measured at the statistics' bits, cached)."""
-    from .search_space.primitives import MEASURED_KEY
-
-    if not stats.meta.get(MEASURED_KEY):
+    """`stats` with the measured sensitivity attached (measured at the statistics' bits under `ptq`, cached):
+    what it carries already when that matches, else measured and attached in its place (a sensitivity of
+    other PTQ settings is not this one)."""
+    if stored_sensitivity(stats, stats.bits, ptq or PTQSettings()) is None:
         data = target.require_data()
         attach_sensitivity(
             stats, measure_sensitivity(target.model, target.layer_map, data, bits=stats.bits, ptq=ptq, device=device)

@@ -13,6 +13,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +106,10 @@ class EvolvedProxy(SeparableProxy):
             )
         key = ("evolved-table", self.key, self.act_samples)
         if key not in ctx.cache:
-            if uses_measured(tree_terminals(self.tokens)):
-                ensure_measured(ctx.stats, ctx.target, ctx.settings, ctx.device)
-            full = self.stats_table(ctx.stats).cpu().numpy()
+            stats = ctx.stats
+            if uses_measured(tree_terminals(self.tokens)):  # on a copy: the caller's statistics stay as they were
+                stats = ensure_measured(replace(stats, meta=dict(stats.meta)), ctx.target, ctx.settings, ctx.device)
+            full = self.stats_table(stats).cpu().numpy()
             bits = list(ctx.stats.bits)
             missing = [b for b in ctx.bits if b not in bits]
             if missing:

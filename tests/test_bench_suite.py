@@ -266,10 +266,10 @@ def test_every_shipped_bench_is_scored_and_searched_from_its_bundle(name, monkey
         monkeypatch.setattr("emq.target.load_data", no_data)
     else:
         assert Bench.open(name).meta["data"] in emq.data.SHIPPED_DATA
-    code = main(["score", "--bench", name, "--proxies", "fisher,layer-kl", "--no-reference", "--json"])
+    code = main(["score", "--bench", name, "--proxies", "emq-zoo,layer-kl,fisher", "--no-reference", "--json"])
     assert code == 0, capsys.readouterr().err
     scores = {p["name"]: p for p in json.loads(capsys.readouterr().out)["proxies"]}
-    assert set(scores) == {"fisher", "layer-kl"}
+    assert set(scores) == {"emq-zoo", "layer-kl", "fisher"}
     code = main(
         [
             "search",

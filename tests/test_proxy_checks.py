@@ -151,7 +151,28 @@ def test_registry_order_is_the_declaration_order():
         "layer-kl",
         "layer-loss",
         "layer-sqnr",
+        "emq-zoo",
     ]
+
+
+def test_a_measured_evolved_proxy_measures_under_the_contexts_settings_and_leaves_its_statistics_alone(setting):
+    """emq-zoo reads the measured sensitivity: scored in a context of some PTQ settings it uses the sensitivity
+    measured under those (the one layer-kl uses there), not one an earlier context measured under others, and
+    it attaches nothing to the caller's statistics."""
+    target, stats = setting
+    zoo = get_proxy("emq-zoo")
+    keys = set(stats.meta)
+    for ptq in (PTQSettings(act_bits=6, calib_size=32), PTQSettings()):
+        ctx = ProxyContext(target, BITS, ptq, stats)
+        assert set(stats.meta) == keys
+        measured = ensure_measured(dataclasses.replace(stats, meta=dict(stats.meta)), target, ptq)
+        form = TableEvaluator(measured).table(zoo.tokens).numpy()
+        np.testing.assert_allclose(zoo.table(ctx), form, rtol=1e-12)
+        get_proxy("layer-kl").table(ctx)  # the same measurement: the context's, from the cache
+        assert ctx.cache["sensitivity"].tables["kl"] == pytest.approx(
+            np.asarray(measured.meta["sensitivity"]["tables"]["kl"])
+        )
+    assert set(stats.meta) == keys
 
 
 def test_variants_are_labelled_and_never_faithful():

@@ -46,10 +46,10 @@ class _MeasuredProxy(SeparableProxy):
         return _table(ctx, self.metric)
 
     def setup_cost(self, ctx: ProxyContext) -> dict[str, Any]:
-        return _cost(ctx)
+        return measurement_cost(ctx)
 
 
-def _cost(ctx: ProxyContext) -> dict[str, Any]:
+def measurement_cost(ctx: ProxyContext) -> dict[str, Any]:
     m = context_sensitivity(ctx).meta
     keys = ("seconds", "rounding_seconds", "ptq_evaluation_seconds", "ptq_equivalents", "single_slot_evaluations")
     return {k: m.get(k) for k in keys} | {

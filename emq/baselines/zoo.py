@@ -1,0 +1,50 @@
+"""`emq-zoo`: the proxy evolved on the whole bench zoo, usable wherever a proxy name is.
+
+Its formula is the best proxy of one campaign over every shipped bench (14 benches of 13 networks on
+three tasks), in the measured space (statistics and the measured per-layer sensitivity) with the
+transfer study's campaign settings; emq/assets/emq-zoo.json holds the tree and its provenance (the
+benches, the command, the in-sample fitness). Its numbers on those benches are in-sample: how well
+this procedure ranks a network it never saw is what the leave-one-network-out study over the same
+zoo measures (docs/figures.md). It reads the measured sensitivity, so on a new network it costs what
+`layer-kl` costs: one single-slot PTQ run per (slot, bit), bundled for the shipped benches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..proxy import ProxyContext
+from ..quant import PTQSettings
+from ..resources import asset_path
+from ..search_space.evaluate import tree_terminals
+from ..search_space.proxyfile import EvolvedProxy, load_proxy
+from ..sensitivity import stored_sensitivity, uses_measured
+from .measured import COST, measurement_cost
+from .registry import register_proxy
+
+_SHIPPED = load_proxy(asset_path("emq-zoo.json"))
+_MEASURED = uses_measured(tree_terminals(_SHIPPED.tokens))
+
+
+@register_proxy
+class EmqZoo(EvolvedProxy):
+    name = "emq-zoo"
+    orientation = _SHIPPED.orientation
+    description = (
+        f"evolved on the 14 zoo benches (13 networks, 3 tasks; emq/assets/emq-zoo.json): {_SHIPPED.expression}"
+    )
+    cost = f"statistics and the measured sensitivity: {COST}" if _MEASURED else "statistics only"
+    needs_data = _MEASURED
+
+    def __init__(self) -> None:
+        super().__init__(_SHIPPED.tokens, _SHIPPED.orientation, self.name, _SHIPPED.act_samples, _SHIPPED.meta)
+        self.description, self.cost = type(self).description, type(self).cost
+
+    def needs_data_for(self, ctx: ProxyContext) -> bool:
+        """Data only where the measured sensitivity is neither carried by the statistics nor measured yet."""
+        if not _MEASURED or "sensitivity" in ctx.cache:
+            return False
+        return stored_sensitivity(ctx.stats, ctx.bits, ctx.settings or PTQSettings()) is None
+
+    def setup_cost(self, ctx: ProxyContext) -> dict[str, Any] | None:
+        return measurement_cost(ctx) if _MEASURED else super().setup_cost(ctx)
