@@ -52,6 +52,7 @@ from .frontier import FrontierStudy as FrontierStudy
 from .layermap import LayerMap
 from .models import EMBEDDED_MODELS as EMBEDDED_MODELS
 from .models import build_model as build_model
+from .pipeline_demo import DEMO_BUDGETS as DEMO_BUDGETS
 from .pipeline_demo import DEMO_EVALUATIONS as DEMO_EVALUATIONS
 from .pipeline_demo import demo
 from .quant import PTQEngine, PTQSettings, QuantResult

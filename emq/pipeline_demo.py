@@ -1,17 +1,18 @@
 """`emq demo`: the whole pipeline on the embedded default, end to end, in a few minutes.
 
 Load the default model and bench, compute statistics, evolve a proxy for a short campaign,
-export it, allocate bits at a mid budget with it, with the reference proxies and with
-`auto` (what the cost-quality frontier recommends with 0 and with `evaluations` PTQ
-evaluations of the network), quantize and evaluate every allocation for real, and compare
-with the best bench configuration in the same budget (the oracle). Everything lands in one
-run directory.
+export it, allocate bits at 2.5, 3.0 and 3.5 average weight bits with it, with `emq-zoo` (the
+proxy evolved on the whole bench zoo), Fisher, HAWQ-V2 and `auto` (what the cost-quality frontier
+recommends with 0 PTQ evaluations of the network, which is the measured sensitivity `layer-kl`,
+and with `evaluations`), quantize and evaluate every allocation for real, and compare with the
+best bench configuration in the same budget (the oracle). Everything lands in one run directory.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ from .rendering import export
 from .search_space.stats import compute_stats
 from .target import resolve_target
 
-REFERENCE_PROXIES = ("fisher", "hawq-v2")
+REFERENCE_PROXIES = ("emq-zoo", "fisher", "hawq-v2")
+DEMO_BUDGETS = (2.5, 3.0, 3.5)  # average weight bits: a tight, a mid and a loose budget between 2 and 4 bits
 DEMO_EVALUATIONS = FIT_FROM  # the smallest budget at which `auto` fits a model on measured configurations
 RANDOM_BAND = 0.25  # "random within budget" = bench configurations with avg bits in (budget - band, budget]
 
@@ -119,7 +121,7 @@ def demo(
     generations: int = DEMO_CAMPAIGN.generations,
     population: int = DEMO_CAMPAIGN.population,
     seed: int = DEMO_CAMPAIGN.seed,
-    budget_avg_bits: float = 3.0,
+    budgets: Sequence[float] = DEMO_BUDGETS,
     evaluations: int = DEMO_EVALUATIONS,
     progress: bool = False,
     device: str | torch.device = "cpu",
@@ -176,9 +178,14 @@ def demo(
     proxies["auto, 0 evaluations"] = AutoProxy(0)
     if evaluations > 0:
         proxies[f"auto, {evaluations} evaluations"] = AutoProxy(evaluations, out_dir / "auto_measurements.sqlite", seed)
-    steps.set_postfix_str(f"allocation and PTQ of {len(proxies) + 2} configurations (auto measures {evaluations})")
+    steps.set_postfix_str(
+        f"allocation and PTQ of {len(budgets) * (len(proxies) + 2)} configurations (auto measures {evaluations})"
+    )
     allocator = Allocator(target, setup.ptq, stats=stats, stats_settings=setup.stats, device=device)
-    rows, extra = compare_allocations(allocator, b, proxies, budget_avg_bits)
+    per_budget = []
+    for budget in budgets:
+        rows, extra = compare_allocations(allocator, b, proxies, budget)
+        per_budget.append((budget, rows, extra))
     seconds["allocation+PTQ"] = time.perf_counter() - t
     steps.update()
     steps.close()
@@ -193,37 +200,40 @@ def demo(
         "best_handmade_heldout_spearman": result.summary["best_handmade_heldout_spearman"],
         "ceiling": result.summary["ceiling"],
         "metric": result.summary["metric"],
-        "budget_avg_bits": budget_avg_bits,
         "fp_top1": allocator.engine().evaluate_fp().top1,
-        "allocations": [r.to_json() for r in rows],
-        **extra,
+        "budgets": [
+            {"budget_avg_bits": budget, "allocations": [r.to_json() for r in rows], **extra}
+            for budget, rows, extra in per_budget
+        ],
         "exported": {k: str(v) for k, v in files.items()},
         "seconds": seconds,
         "device": str(device),
     }
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write(out_dir / "allocations.png", lambda tmp: _plot(rows, extra, budget_avg_bits, tmp))
+    atomic_write(out_dir / "allocations.png", lambda tmp: _plot(per_budget, tmp))
     return summary
 
 
-def _plot(rows: list[MethodResult], extra: dict[str, Any], budget: float, path: str) -> None:
+def _plot(per_budget: list[tuple[float, list[MethodResult], dict[str, Any]]], path: str) -> None:
+    """One panel per budget: every method's PTQ top-1, and the median bench configuration near the budget."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 3.2), dpi=110)
-    ax = fig.add_subplot()
-    bars = ax.barh([r.method for r in rows], [r.top1 for r in rows], color="tab:blue")
-    ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
-    if "median_random_top1" in extra:
-        lo, hi = extra["random_band_avg_bits"]
-        ax.axvline(
-            extra["median_random_top1"],
-            color="tab:red",
-            ls="--",
-            label=f"median bench config with avg bits in ({lo:g}, {hi:g}]",
-        )
-        ax.legend(loc="lower right", fontsize=7)
-    ax.set_xlim(0, 1.1 * max(100.0, max(r.top1 for r in rows)))  # from 0: a cut axis would exaggerate the differences
-    ax.set_xlabel("PTQ top-1 (%)")
-    ax.set_title(f"allocations at {budget:g} average weight bits")
+    fig = Figure(figsize=(4.2 * len(per_budget), 3.4), dpi=110)
+    axes = fig.subplots(1, len(per_budget), sharey=True, squeeze=False)[0]
+    for ax, (budget, rows, extra) in zip(axes, per_budget, strict=True):
+        bars = ax.barh([r.method for r in rows], [r.top1 for r in rows], color="tab:blue")
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+        if "median_random_top1" in extra:
+            lo, hi = extra["random_band_avg_bits"]
+            ax.axvline(
+                extra["median_random_top1"],
+                color="tab:red",
+                ls="--",
+                label=f"median bench config, avg bits in ({lo:g}, {hi:g}]",
+            )
+            ax.legend(loc="lower right", fontsize=6)
+        ax.set_xlim(0, 1.1 * max(100.0, max(r.top1 for r in rows)))  # from 0: a cut axis exaggerates differences
+        ax.set_xlabel("PTQ top-1 (%)")
+        ax.set_title(f"{budget:g} average weight bits", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, format="png")

@@ -410,8 +410,10 @@ CASES = [
     (["demo", "--out", "d", "--bench", "{F}/r18.sqlite"], "was built for model resnet18"),
     (["demo", "--out", "d", "--population", "2"], "--population 2"),
     (["demo", "--out", "d", "--generations", "-1"], "--generations -1"),
-    (["demo", "--out", "d", "--budget-avg-bits", "1"], "--budget-avg-bits 1: use a value from 2 to 4"),
-    (["demo", "--out", "d", "--budget-avg-bits", "abc"], "invalid float value"),
+    (["demo", "--out", "d", "--budget-avg-bits", "1"], "--budget-avg-bits 1: use values from 2 to 4"),
+    (["demo", "--out", "d", "--budget-avg-bits", "2.5,5"], "--budget-avg-bits 2.5,5: use values from 2 to 4"),
+    (["demo", "--out", "d", "--budget-avg-bits", "abc"], "--budget-avg-bits abc: give comma-separated numbers"),
+    (["demo", "--out", "d", "--budget-avg-bits", ","], "--budget-avg-bits ,: use values from 2 to 4"),
     # issue 24: tracebacks
     (["score", "--proxy", "{F}/nonutf8.json", "--proxies", "bitsum"], "proxy file {F}/nonutf8.json: not UTF-8 text"),
     (["export", "{F}/nonutf8.json", "--out", "o"], "proxy file {F}/nonutf8.json: not UTF-8 text"),

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..api import (
+    DEMO_BUDGETS,
     DEMO_CAMPAIGN,
     DEMO_EVALUATIONS,
     EmqError,
@@ -29,8 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="run directory (default: runs/demo-<time>)")
     p.add_argument("--bench", default="default", help="bench file (default: the shipped default bench)")
     add_field_args(p, DEMO_CAMPAIGN, ("generations", "population", "seed"))
+    budgets = ",".join(f"{b:g}" for b in DEMO_BUDGETS)
     p.add_argument(
-        "--budget-avg-bits", type=float, default=3.0, help="average weight bits of the allocation budget (default 3.0)"
+        "--budget-avg-bits",
+        default=budgets,
+        help=f"average weight bits of the allocation budgets, comma-separated (default {budgets})",
     )
     p.add_argument(
         "--evaluations",
@@ -53,18 +57,14 @@ def run(args: argparse.Namespace) -> int:
     SearchConfig(generations=args.generations, population=args.population)  # and so are bad search sizes
     if args.evaluations < 0:
         raise EmqError(f"--evaluations {args.evaluations}: use 0 or a positive number of PTQ evaluations")
-    if not min(bench.bits) <= args.budget_avg_bits <= max(bench.bits):
-        raise EmqError(
-            f"--budget-avg-bits {args.budget_avg_bits:g}: use a value from {min(bench.bits)} to {max(bench.bits)}, "
-            "the bench's bit-widths"
-        )
+    budgets = _budgets(args.budget_avg_bits, bench.bits)
     s = demo(
         args.out,
         args.bench,
         generations=args.generations,
         population=args.population,
         seed=args.seed,
-        budget_avg_bits=args.budget_avg_bits,
+        budgets=budgets,
         evaluations=args.evaluations,
         progress=not (args.json or args.quiet),
         device=args.device,
@@ -79,9 +79,34 @@ def run(args: argparse.Namespace) -> int:
         f"held-out {s['best_heldout_spearman']:.3f}; best hand-made in the space ({s['best_handmade']}) "
         f"held-out {s['best_handmade_heldout_spearman']:.3f}; held-out ceiling {ceiling}"
     )
+    for b in s["budgets"]:
+        _print_budget(b, s["fp_top1"])
     print(
-        f"\nallocations at {s['budget_avg_bits']:g} average weight bits (full precision top-1 {s['fp_top1']:.2f} %):\n"
+        "\n(`auto, 0 evaluations` is the measured sensitivity layer-kl; random baseline: the bench's configurations "
+        "near each budget; the oracle is the best of all those within it)"
     )
+    sec = s["seconds"]
+    print(
+        f"\nrun directory: {s['run_dir']}  ({sec['total']:.0f} s: statistics {sec['statistics']:.0f} s, "
+        f"search {sec['search']:.0f} s, allocation+PTQ {sec['allocation+PTQ']:.0f} s)"
+    )
+    return 0
+
+
+def _budgets(text: str, bits: list[int]) -> list[float]:
+    """--budget-avg-bits as numbers within the bench's bit-widths."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise EmqError(f"--budget-avg-bits {text}: give comma-separated numbers, e.g. 2.5,3,3.5") from e
+    bad = [v for v in values if not min(bits) <= v <= max(bits)]
+    if not values or bad:
+        raise EmqError(f"--budget-avg-bits {text}: use values from {min(bits)} to {max(bits)}, the bench's bit-widths")
+    return values
+
+
+def _print_budget(b: dict, fp_top1: float) -> None:
+    print(f"\nallocations at {b['budget_avg_bits']:g} average weight bits (full precision top-1 {fp_top1:.2f} %):\n")
     rows = [
         [
             a["method"],
@@ -92,30 +117,19 @@ def run(args: argparse.Namespace) -> int:
             f"{a['kl']:.4f}",
             ",".join(map(str, a["bits"])),
         ]
-        for a in s["allocations"]
+        for a in b["allocations"]
     ]
-    if "median_random_top1" in s:
-        lo, hi = s["random_band_avg_bits"]
+    if "median_random_top1" in b:
+        lo, hi = b["random_band_avg_bits"]
         rows.append(
             [
-                f"median bench config, avg bits in ({lo:g}, {hi:g}] (n={s['random_configs']})",
+                f"median bench config, avg bits in ({lo:g}, {hi:g}] (n={b['random_configs']})",
                 "",
                 "",
-                f"{s['median_random_top1']:.2f}",
+                f"{b['median_random_top1']:.2f}",
                 "",
                 "",
                 "",
             ]
         )
     print(markdown_table(["method", "avg bits", "size (bytes)", "top-1 %", "loss", "KL", "bits"], rows))
-    if "median_random_top1" in s:
-        print(
-            f"\n(random baseline: the bench's configurations near the budget, {s['random_configs']} of "
-            f"the {s['bench_configs_in_budget']} within it; the oracle is the best of all those within it)"
-        )
-    sec = s["seconds"]
-    print(
-        f"\nrun directory: {s['run_dir']}  ({sec['total']:.0f} s: statistics {sec['statistics']:.0f} s, "
-        f"search {sec['search']:.0f} s, allocation+PTQ {sec['allocation+PTQ']:.0f} s)"
-    )
-    return 0
