@@ -64,18 +64,16 @@ def _tiny_splits(seed: int = 0) -> tuple[nn.Module, DataSplits]:
 def test_bench_of_a_user_module_with_its_data_and_reconstruction_rounding(tmp_path):
     net, data = _tiny_splits()
     out = tmp_path / "user.sqlite"
-    settings = PTQSettings(calib_size=32, weight_quantizer="gptq")
-    info = bench_build(
-        out,
-        model=net,
-        configs=6,
-        seed=0,
-        data=data,
-        settings=settings,
-        noise_samples=0,
-        progress=False,
-        name="tiny-net",
-    )
+    recipe = {
+        "configs": 6,
+        "seed": 0,
+        "data": data,
+        "settings": PTQSettings(calib_size=32, weight_quantizer="gptq"),
+        "noise_samples": 0,
+        "progress": False,
+        "name": "tiny-net",
+    }
+    info = bench_build(out, model=net, **recipe)
     b = Bench.open(out)
     assert (
         info["records"] == len(b) == 6
@@ -94,33 +92,11 @@ def test_bench_of_a_user_module_with_its_data_and_reconstruction_rounding(tmp_pa
     for i in range(len(b)):
         assert fresh.evaluate(b.configs[i]).kl == pytest.approx(b.metrics["kl"][i])
     assert fresh.rounding.misses == 0 and fresh.rounding.hits > 0  # the build's rounding is reused from the disk cache
-    again = bench_build(
-        out,
-        model=net,
-        configs=6,
-        seed=0,
-        data=data,
-        settings=settings,
-        noise_samples=0,
-        progress=False,
-        resume=True,
-        name="tiny-net",
-    )
+    again = bench_build(out, model=net, resume=True, **recipe)
     assert again["records"] == 6
     other, _ = _tiny_splits(seed=1)
     with pytest.raises(Exception, match="different"):
-        bench_build(
-            out,
-            model=other,
-            configs=6,
-            seed=0,
-            data=data,
-            settings=settings,
-            noise_samples=0,
-            progress=False,
-            resume=True,
-            name="tiny-net",
-        )
+        bench_build(out, model=other, resume=True, **recipe)
 
 
 def test_a_user_module_needs_its_data(tmp_path):
