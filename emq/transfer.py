@@ -294,9 +294,10 @@ class TransferResult:
         """transfer.json, transfer.csv and transfer.png (heat map of the mean evolved rho)."""
         out = ensure_dir(out)
         paths = [out / "transfer.json", out / "transfer.csv", out / "transfer.png"]
-        atomic_write_text(paths[0], json.dumps(self.to_json(), indent=1) + "\n")
-        atomic_write_text(paths[1], self.to_csv())
+        doc, csv = json.dumps(self.to_json(), indent=1) + "\n", self.to_csv()  # all of it before any file
         self._heatmap(paths[2])
+        atomic_write_text(paths[1], csv)
+        atomic_write_text(paths[0], doc)
         return paths
 
     def _heatmap(self, path: Path) -> None:
@@ -306,12 +307,11 @@ class TransferResult:
         import matplotlib.pyplot as plt
 
         summary = self.summary()
-        label = {"leave-one-out": "leave-one-out", "single": "single"}
-        trains = list(dict.fromkeys(f"{label[r['protocol']]}: {r['train']}" for r in summary))
+        trains = list(dict.fromkeys(f"{r['protocol']}: {r['train']}" for r in summary))
         tests = list(dict.fromkeys(r["test"] for r in summary))
         grid = np.full((len(trains), len(tests)), np.nan)
         for r in summary:
-            grid[trains.index(f"{label[r['protocol']]}: {r['train']}"), tests.index(r["test"])] = r["rho_mean"]
+            grid[trains.index(f"{r['protocol']}: {r['train']}"), tests.index(r["test"])] = r["rho_mean"]
         fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(tests), 1.0 + 0.5 * len(trains)))
         im = ax.imshow(grid, cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0, vmax=1)
         ax.set_xticks(range(len(tests)), [_short(t) for t in tests], rotation=30, ha="right")

@@ -166,3 +166,15 @@ def test_the_measured_space_seeds_the_measured_forms_and_fixed_stays_statistics_
     assert any(measured_fits_better)  # on default (0.966 against fisher's 0.923): the filter is what kept it out
     with pytest.raises(EmqError, match="preset"):
         TransferStudy(["default", "vgg-digits"], space="nosuch")
+
+
+def test_a_leave_one_task_out_study_saves_its_report(tmp_path):
+    """Every protocol's cells reach the heat map (a leave-one-task-out study once failed there, after
+    transfer.json was written)."""
+    study = TransferStudy(
+        ["vgg-digits", "resnet20-fashion"], protocols=("leave-one-task-out",), out_dir=tmp_path, **TINY
+    )
+    result = study.run()
+    assert {c["protocol"] for c in result.cells} == {"leave-one-task-out"}
+    assert (tmp_path / "transfer.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "transfer.json").read_text())["summary"] == json.loads(json.dumps(result.summary()))
