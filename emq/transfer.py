@@ -307,11 +307,21 @@ class TransferResult:
         import matplotlib.pyplot as plt
 
         summary = self.summary()
-        trains = list(dict.fromkeys(f"{r['protocol']}: {r['train']}" for r in summary))
+        benches = [_short(b) for b in self.settings.get("benches", [])]
+
+        def row(r: dict[str, Any]) -> str:
+            """A campaign by what it left out (a zoo's training lists are too long to read)."""
+            train = [_short(b) for b in r["train"].split("+")]
+            left_out = [b for b in benches if b not in train]
+            if r["protocol"] == "single" or not left_out:
+                return f"{r['protocol']}: {'+'.join(train)}"
+            return f"{r['protocol']}: all but {'+'.join(left_out)}"
+
+        trains = list(dict.fromkeys(row(r) for r in summary))
         tests = list(dict.fromkeys(r["test"] for r in summary))
         grid = np.full((len(trains), len(tests)), np.nan)
         for r in summary:
-            grid[trains.index(f"{r['protocol']}: {r['train']}"), tests.index(r["test"])] = r["rho_mean"]
+            grid[trains.index(row(r)), tests.index(r["test"])] = r["rho_mean"]
         fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(tests), 1.0 + 0.5 * len(trains)))
         im = ax.imshow(grid, cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0, vmax=1)
         ax.set_xticks(range(len(tests)), [_short(t) for t in tests], rotation=30, ha="right")
