@@ -23,7 +23,8 @@ import torch
 from emq.errors import EmqError
 from emq.fileio import atomic_write_text
 from emq.proxy import ProxyContext, SeparableProxy
-from emq.sensitivity import ensure_measured, uses_measured
+from emq.quant import PTQSettings
+from emq.sensitivity import ensure_measured, stored_sensitivity, uses_measured
 from emq.specs import ParameterError
 
 from .evaluate import TableEvaluator, Token, tree_terminals
@@ -84,11 +85,19 @@ class EvolvedProxy(SeparableProxy):
         self.meta = dict(meta or {})
         self.expression = tree_string(self.tokens, self.prims)
         self.description = f"evolved proxy {self.expression}"
-        self.cost = "statistics only"
+        # a tree over the measured sensitivity (MKL, MDL, MNSR) needs the network's data unless the statistics carry it
+        self.needs_data = uses_measured(tree_terminals(self.tokens))
+        self.cost = "statistics and the measured sensitivity" if self.needs_data else "statistics only"
 
     @property
     def key(self) -> str:
         return canonical(self.tokens, self.prims)
+
+    def needs_data_for(self, ctx: ProxyContext) -> bool:
+        """Data only where the statistics do not carry the sensitivity `table` reads (theirs, at their bits)."""
+        if not self.needs_data:
+            return False
+        return stored_sensitivity(ctx.stats, ctx.stats.bits, ctx.settings or PTQSettings()) is None
 
     def stats_table(self, stats: Any) -> torch.Tensor:
         """P[S, B] in the statistics' own bit order."""
@@ -107,7 +116,7 @@ class EvolvedProxy(SeparableProxy):
         key = ("evolved-table", self.key, self.act_samples)
         if key not in ctx.cache:
             stats = ctx.stats
-            if uses_measured(tree_terminals(self.tokens)):  # on a copy: the caller's statistics stay as they were
+            if self.needs_data:  # on a copy: the caller's statistics stay as they were
                 stats = ensure_measured(replace(stats, meta=dict(stats.meta)), ctx.target, ctx.settings, ctx.device)
             full = self.stats_table(stats).cpu().numpy()
             bits = list(ctx.stats.bits)

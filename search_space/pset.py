@@ -22,7 +22,6 @@ from emq.errors import EmqError
 
 from .evaluate import Token
 from .primitives import (
-    MEASURED_TERMINALS,
     OPS,
     PRESETS,
     PRIMITIVES,
@@ -102,16 +101,11 @@ HANDMADE: dict[str, tuple[str, list[Token]]] = {
         [("p", "div_s"), ("p", "mean_w"), ("p", "sqrt_w"), ("p", "relu_w"), ("t", "Q"), ("t", "out_channels")],
     ),
     # measured sensitivity (seeded where the space holds the measured terminals, preset "measured"); never
-    # the "best hand-made" of a campaign, which is chosen among the statistics-only forms (statistics_only)
+    # the "best hand-made" of a campaign, which is chosen among the statistics-only forms (Proxy.statistics_only)
     "layer-kl": ("measured sensitivity: single-slot KL, the layer's share", [("t", "MKL")]),
     "layer-loss": ("measured sensitivity: single-slot loss change, the layer's share", [("t", "MDL")]),
     "layer-sqnr": ("measured sensitivity: single-slot output NSR, the layer's share", [("t", "MNSR")]),
 }
-
-
-def statistics_only(tokens: Sequence[Token]) -> bool:
-    """A form that needs no single-slot PTQ runs: what a user without any evaluation budget can compute."""
-    return not any(t[0] == "t" and t[1] in MEASURED_TERMINALS for t in tokens)
 
 
 @dataclass

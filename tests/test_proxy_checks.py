@@ -168,6 +168,8 @@ def test_a_measured_evolved_proxy_measures_under_the_contexts_settings_and_leave
         measured = ensure_measured(dataclasses.replace(stats, meta=dict(stats.meta)), target, ptq)
         form = TableEvaluator(measured).table(zoo.tokens).numpy()
         np.testing.assert_allclose(zoo.table(ctx), form, rtol=1e-12)
+        # data is needed only where the statistics do not carry this sensitivity
+        assert zoo.needs_data_for(ctx) and not zoo.needs_data_for(ProxyContext(target, BITS, ptq, measured))
         get_proxy("layer-kl").table(ctx)  # the same measurement: the context's, from the cache
         assert ctx.cache["sensitivity"].tables["kl"] == pytest.approx(
             np.asarray(measured.meta["sensitivity"]["tables"]["kl"])

@@ -14,16 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..proxy import ProxyContext
-from ..quant import PTQSettings
 from ..resources import asset_path
-from ..search_space.evaluate import tree_terminals
 from ..search_space.proxyfile import EvolvedProxy, load_proxy
-from ..sensitivity import stored_sensitivity, uses_measured
 from .measured import COST, measurement_cost
 from .registry import register_proxy
 
 _SHIPPED = load_proxy(asset_path("emq-zoo.json"))
-_MEASURED = uses_measured(tree_terminals(_SHIPPED.tokens))
+_MEASURED = _SHIPPED.needs_data
 
 
 @register_proxy
@@ -39,12 +36,6 @@ class EmqZoo(EvolvedProxy):
     def __init__(self) -> None:
         super().__init__(_SHIPPED.tokens, _SHIPPED.orientation, self.name, _SHIPPED.act_samples, _SHIPPED.meta)
         self.description, self.cost = type(self).description, type(self).cost
-
-    def needs_data_for(self, ctx: ProxyContext) -> bool:
-        """Data only where the measured sensitivity is neither carried by the statistics nor measured yet."""
-        if not _MEASURED or "sensitivity" in ctx.cache:
-            return False
-        return stored_sensitivity(ctx.stats, ctx.bits, ctx.settings or PTQSettings()) is None
 
     def setup_cost(self, ctx: ProxyContext) -> dict[str, Any] | None:
         return measurement_cost(ctx) if _MEASURED else super().setup_cost(ctx)

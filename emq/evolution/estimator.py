@@ -29,7 +29,7 @@ from sklearn.base import BaseEstimator
 
 from emq.search_space.netstats import NetworkStats
 from emq.search_space.proxyfile import EvolvedProxy
-from emq.search_space.pset import SearchSpace, make_space, statistics_only
+from emq.search_space.pset import SearchSpace, make_space
 from emq.sensitivity import uses_measured
 
 from ..errors import EmqError
@@ -469,7 +469,7 @@ def _summary(
     # the best hand-made proxy is chosen on search x fit (aggregated over benches), like everything else in a campaign,
     # among the statistics-only forms: what a user without a bench or an evaluation budget would pick
     best_base = max(
-        (b for b in baselines if not math.isnan(b["fitness"]) and statistics_only(b["proxy"].tokens)),
+        (b for b in baselines if not math.isnan(b["fitness"]) and b["proxy"].statistics_only),
         key=lambda b: b["fitness"],
         default=None,
     )
