@@ -5,12 +5,13 @@ fitted on k measured configurations (k in 0, 10, 25, 50, 100, 200; 5 seeded draw
 whole-configuration KL, against each one's cost in PTQ-equivalent evaluations; the crossover k
 per network.
 
-    python benchmarks/frontier.py [--benches default,vgg-digits,...] [--transfer DIR]
+    python benchmarks/frontier.py [--benches default,vgg-digits,...] [--transfer DIR] [--warm]
                                   [--out benchmarks/results/frontier]
 
 `--transfer DIR` takes each bench's evolved proxy from a leave-one-out `emq transfer` study in
-DIR (the campaign that held that bench out, seed 0). Default benches: one per network among the
-shipped benches that are installed.
+DIR (the campaign that held that bench out, seed 0); with `--warm`, that campaign's hall of fame
+also seeds a short campaign on each draw of k configurations (`evolved-warm`, in the study's
+search space). Default benches: one per network among the shipped benches that are installed.
 
 Needs only emq's core dependencies (no extra).
 """
@@ -26,17 +27,18 @@ from pathlib import Path
 
 from emq.bench.bundles import BUNDLES
 from emq.frontier import BUDGETS, DRAWS, FrontierStudy
+from emq.search_space.pset import make_space
 from emq.transfer import Campaign
 
 
-def _evolved(transfer: Path, benches: list[str]) -> dict[str, Path]:
-    """Each bench's proxy from the leave-one-out campaign that held it out (seed 0)."""
+def _held_out_by(transfer: Path, benches: list[str], folder: str, suffix: str) -> dict[str, Path]:
+    """Each bench's file in `folder` of the leave-one-out campaign that held it out (seed 0)."""
     doc = json.loads((transfer / "transfer.json").read_text())
     out = {}
     for cell in doc["cells"]:
         if cell["protocol"] == "leave-one-out" and cell["seed"] == 0 and cell["test"] in benches:
             tag = Campaign(cell["protocol"], tuple(cell["train"]), (cell["test"],), cell["seed"]).tag
-            out[cell["test"]] = transfer / "proxies" / f"{tag}.json"
+            out[cell["test"]] = transfer / folder / f"{tag}{suffix}"
     return out
 
 
@@ -48,17 +50,26 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=DRAWS)
     ap.add_argument("--whole-limit", type=int, default=20)
     ap.add_argument("--transfer", type=Path, default=None)
+    ap.add_argument("--warm", action="store_true", help="warm-started campaigns (needs --transfer)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/frontier"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     benches = args.benches.split(",")
-    evolved = _evolved(args.transfer, benches) if args.transfer else {}
+    evolved = _held_out_by(args.transfer, benches, "proxies", ".json") if args.transfer else {}
+    warm, space = {}, None
+    if args.warm:
+        if not args.transfer:
+            ap.error("--warm needs --transfer DIR")
+        warm = _held_out_by(args.transfer, benches, "campaigns", "")
+        space = make_space(json.loads((args.transfer / "transfer.json").read_text())["settings"]["space"])
     load0, t0 = os.getloadavg()[0], time.perf_counter()
     study = FrontierStudy(
         benches,
         budgets=[int(k) for k in args.budgets.split(",")],
         draws=args.draws,
         evolved=evolved,
+        warm=warm,
+        space=space,
         whole_limit=args.whole_limit,
     )
     result = study.run()

@@ -8,8 +8,10 @@ it, this compares, on its held-out configurations x report pool with seeded boot
   never saw the network (a proxy file per bench, e.g. a leave-one-out campaign's), and
   `layer-kl` (the measured per-slot sensitivity, at its cost of L x B single-slot runs);
 - models fitted on k configurations drawn (seeded, `draws` times) from the network's *search*
-  configurations, with their fit-pool metric: ridge on one-hot (slot, bit) features, and ridge
-  on the proxies' scores (the statistics proxies, `layer-kl` and model size as features);
+  configurations, with their fit-pool metric: ridge on one-hot (slot, bit) features, ridge
+  on the proxies' scores (the statistics proxies, `layer-kl` and model size as features), and
+  (given `warm`) a short evolution campaign on those k configurations whose initial population
+  holds the hall of fame of a campaign that never saw the network;
 - the whole-configuration KL proxy, at one PTQ evaluation per configuration it ranks.
 
 Costs are in PTQ-equivalent evaluations on the network (one = quantize one configuration and
@@ -46,6 +48,8 @@ BUDGETS = (0, 10, 25, 50, 100, 200)
 DRAWS = 5
 MEASURED = "layer-kl"
 FITTED = ("ridge-onehot", "ridge-proxies")
+WARM = "evolved-warm"
+WARM_CAMPAIGN = {"generations": 10, "population": 32, "hof_size": 1}  # short: seconds per fit
 FEATURE_FREE = ("size",)  # proxy features that cost nothing to compute
 
 
@@ -172,7 +176,7 @@ class FrontierResult:
                 y = [np.mean([r["rho"] for r in pts if r["k"] == k]) for k in ks]
                 lo = [min(r["low"] for r in pts if r["k"] == k) for k in ks]
                 hi = [max(r["high"] for r in pts if r["k"] == k) for k in ks]
-                if method in FITTED:
+                if method in (*FITTED, WARM):
                     ax.plot(x, y, marker="o", label=method)
                     ax.fill_between(x, lo, hi, alpha=0.15)
                 else:
@@ -205,6 +209,8 @@ class FrontierStudy:
         draws: int = DRAWS,
         seed: int = 0,
         evolved: Mapping[str, str | Path] | None = None,
+        warm: Mapping[str, str | Path] | None = None,
+        space: Any = None,
         whole_config: bool = True,
         whole_limit: int = 20,
         resamples: int = DEFAULT_RESAMPLES,
@@ -221,9 +227,12 @@ class FrontierStudy:
         self.budgets = sorted({int(k) for k in budgets})
         self.draws, self.seed = int(draws), int(seed)
         self.evolved = {b: Path(p) for b, p in (evolved or {}).items()}
-        unknown = [b for b in self.evolved if b not in self.benches]
-        if unknown:
-            raise ParameterError("evolved", ",".join(unknown), "an evolved proxy is given for a bench not in the study")
+        self.warm = {b: Path(p) for b, p in (warm or {}).items()}
+        for param, given in (("evolved", self.evolved), ("warm", self.warm)):
+            unknown = [b for b in given if b not in self.benches]
+            if unknown:
+                raise ParameterError(param, ",".join(unknown), "given for a bench not in the study")
+        self.space = space  # of the warm-started campaigns (None: the default space)
         self.whole_config, self.whole_limit, self.resamples = whole_config, whole_limit, resamples
 
     def _reports(self) -> dict[str, Any]:
@@ -247,6 +256,8 @@ class FrontierStudy:
                 "draws": self.draws,
                 "seed": self.seed,
                 "evolved": {b: str(p) for b, p in self.evolved.items()},
+                "warm": {b: str(p) for b, p in self.warm.items()},
+                "warm_campaign": WARM_CAMPAIGN if self.warm else None,
                 "whole_limit": self.whole_limit if self.whole_config else None,
                 "resamples": self.resamples,
             }
@@ -302,6 +313,7 @@ class FrontierStudy:
         features = np.stack([p.scores for p in rep.proxies if p.kind == "separable"], axis=1)  # [rows, F], oriented
         search_rows = base.rows[cells.split["search"][base.rows]]
         fit_values = cells.values["fit"]
+        warm = _WarmStart(self.warm[bench], b, rep.metric, self.space) if bench in self.warm else None
         for k in self.budgets:
             if k == 0:
                 continue
@@ -321,7 +333,10 @@ class FrontierStudy:
                 model = RidgeCV(alphas=ALPHAS).fit(scaler.transform(features[at_pick]), y)
                 cost = k + (stats_cost or 0.0) + (sens_cost or 0.0)
                 add("ridge-proxies", k, draw, cost, model.predict(scaler.transform(features[at_held])))
-        methods += list(FITTED)
+                if warm is not None:
+                    cost = k + (stats_cost or 0.0) + (sens_cost or 0.0 if warm.measured else 0.0)
+                    add(WARM, k, draw, cost, warm.scores(picked, held, seed=draw))
+        methods += list(FITTED) + ([WARM] if warm is not None else [])
         if self.whole_config:
             whole = score(bench, proxies="kl", limit=self.whole_limit, resamples=self.resamples, reference=False)
             kl = whole.proxies[0] if whole.proxies else None
@@ -347,9 +362,49 @@ class FrontierStudy:
             "methods": methods,
             "statistics_cost_ptq_evals": stats_cost,
             "sensitivity_cost_ptq_evals": sens_cost,
-            "crossover": {m: _crossover(rows, bench, m, self.draws) for m in FITTED},
+            "crossover": {m: _crossover(rows, bench, m, self.draws) for m in methods if m in (*FITTED, WARM)},
         }
         return rows, network
+
+
+class _WarmStart:
+    """Short campaigns on k measured configurations of one network, warm-started from the hall
+    of fame of a campaign that never saw it (`FrontierStudy.warm`)."""
+
+    def __init__(self, campaign: Path, bench: Any, metric: str, space: Any) -> None:
+        """`campaign`: the run directory (or checkpoint) whose hall of fame seeds the campaigns."""
+        from emq.search_space.pset import make_space
+
+        from .bench_setup import BenchSetup
+        from .evolution.checkpoint import hall_of_fame
+        from .sensitivity import ensure_measured, uses_measured
+
+        self.bench, self.metric = bench, metric
+        self.trees = hall_of_fame(campaign / "checkpoint.npz" if campaign.is_dir() else campaign)
+        self.space = space or make_space()
+        setup = BenchSetup.of(bench)
+        self.stats = setup.network_stats(progress=False)
+        self.measured = uses_measured(self.space.terminals)
+        if self.measured:
+            self.stats = ensure_measured(self.stats, setup.target, setup.ptq)
+        self.raw = bench.pool_metric(metric, "fit" if bench.pools is not None else "all")
+
+    def scores(self, picked: np.ndarray, held: np.ndarray, seed: int) -> np.ndarray:
+        """The campaign's best proxy's oriented scores of the held-out configurations."""
+        from .evolution import ProxySearch
+        from .fitness import FitnessData
+        from .proxy import table_scores
+
+        b = self.bench
+        data = FitnessData.from_arrays(b.bits, (b.configs[picked], self.raw[picked]), None, metric=self.metric)
+        est = ProxySearch(
+            **WARM_CAMPAIGN, space=self.space, random_state=seed, seed_trees=self.trees, metric=self.metric
+        ).fit(data, stats=self.stats)
+        proxy = est.best_proxy_
+        table = proxy.stats_table(self.stats).cpu().numpy()
+        bits = list(self.stats.bits)
+        idx = np.vectorize(bits.index)(b.configs[held])
+        return proxy.orientation * table_scores(table, idx)
 
 
 def _best_on(reports: Sequence[Any], names: Sequence[str]) -> str:
@@ -363,6 +418,34 @@ def _best_on(reports: Sequence[Any], names: Sequence[str]) -> str:
     if not names:
         raise EmqError("no statistics-only proxy could be scored on these benches")
     return max(names, key=mean)
+
+
+def switch_budget(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    fitted: str = "ridge-onehot",
+    baseline: str = MEASURED,
+    exclude: Sequence[str] = (),
+) -> int | None:
+    """The budget from which a fitted model is the better choice for a network *not* among the
+    study's: the smallest k at which its held-out rho, averaged over draws and then over the
+    networks (leaving out `exclude`), is at least `baseline`'s. This maximizes the expected rho
+    of a network drawn like the study's; None when no studied k reaches it. `--proxy auto`
+    ships this rule's answer on the zoo's frontier (emq.allocation.auto.FIT_FROM) and
+    benchmarks/auto_acceptance.py recomputes it with each network left out."""
+    benches = sorted({r["bench"] for r in rows} - set(exclude))
+    base = {r["bench"]: r["rho"] for r in rows if r["method"] == baseline and r["bench"] in benches}
+    gains: dict[int, list[float]] = {}
+    for bench in benches:
+        by_k: dict[int, list[float]] = {}
+        for r in rows:
+            if r["bench"] == bench and r["method"] == fitted:
+                by_k.setdefault(int(r["k"]), []).append(r["rho"])
+        for k, rhos in by_k.items():
+            if bench in base:
+                gains.setdefault(k, []).append(float(np.mean(rhos)) - base[bench])
+    complete = [k for k, g in gains.items() if len(g) == len(benches)]  # budgets every network reached
+    return next((k for k in sorted(complete) if np.mean(gains[k]) >= 0), None)
 
 
 def _crossover(rows: list[dict[str, Any]], bench: str, method: str, draws: int) -> dict[str, Any] | None:

@@ -126,3 +126,21 @@ def test_survivor_selection_keeps_phenotypes_apart():
     assert select_survivors(fit, keys, sigs, 2, threshold=None) == [0, 1]  # DPS off: truncation
     d = diversity(keys[:3], sigs[:3])
     assert d["unique_forms"] == 3 and d["mean_abs_corr"] == pytest.approx(1 / 3)
+
+
+def test_a_hall_of_fame_warm_starts_another_campaign(run, tiny_setting, tmp_path):
+    """checkpoint.hall_of_fame reads a campaign's hall of fame, best first; as `seed_trees` its
+    trees join the next campaign's initial population (a tree outside the space is left out)."""
+    from emq.evolution import ProxySearch
+    from emq.evolution.checkpoint import hall_of_fame
+    from emq.search_space.pset import to_tokens
+
+    stats, fd, _ = tiny_setting
+    first = run(out=tmp_path / "first", generations=2)
+    trees = hall_of_fame(tmp_path / "first" / "checkpoint.npz")
+    assert [[tuple(t) for t in tree] for tree in trees] == [list(r["proxy"].tokens) for r in first.hall_of_fame]
+    outside = [["p", "log_s"], ["t", "no-such-terminal"]]
+    est = ProxySearch(generations=0, population=6, seed_handmade=False, seed_trees=[*trees[:3], outside])
+    est.fit(fd, stats=stats)
+    population = [to_tokens(ind) for ind in est._campaign.population]
+    assert all([tuple(t) for t in tree] in population for tree in trees[:3])

@@ -82,6 +82,9 @@ def test_frontier_command_writes_its_files(tmp_path, capsys):
         (["--budgets", "ten"], "--budgets"),
         (["--draws", "0"], "--draws"),
         (["--evolved", "vgg-digits=/no/such.json"], "--evolved"),
+        (["--warm", "vgg-digits=/no/such/campaign"], "--warm"),
+        (["--warm", "vgg-digits"], "--warm"),
+        (["--warm", "nosuchbench=/tmp"], "--warm"),
     ],
 )
 def test_frontier_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
@@ -93,3 +96,39 @@ def test_frontier_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, mess
 def test_frontier_needs_two_benches(tmp_path, capsys):
     assert main(["frontier", "--benches", "vgg-digits", "--out", str(tmp_path / "f")]) == 2
     assert "benches" in capsys.readouterr().err
+
+
+def test_a_warm_started_point_is_a_short_campaign_seeded_with_the_other_networks_hall_of_fame(tmp_path):
+    """evolved-warm, recomputed: a campaign on vgg-digits (never on mobilenetv2-digits) gives the
+    hall of fame; a short campaign seeded with it on k drawn search configurations' fit-pool
+    metric gives the proxy whose held-out x report rho the row holds."""
+    from emq.bench_setup import BenchSetup
+    from emq.evolution import ProxySearch, search
+    from emq.evolution.checkpoint import hall_of_fame
+    from emq.fitness import FitnessData
+    from emq.frontier import WARM, WARM_CAMPAIGN
+    from emq.proxy import table_scores
+
+    search("vgg-digits", generations=1, population=8, out=tmp_path / "camp")
+    study = FrontierStudy(
+        BENCHES, budgets=(0, 40), draws=1, warm={"mobilenetv2-digits": tmp_path / "camp"}, whole_config=False
+    ).run()
+    rows = [r for r in study.rows if r["method"] == WARM]
+    assert {(r["bench"], r["k"]) for r in rows} == {("mobilenetv2-digits", 40)}
+    b = Bench.open("mobilenetv2-digits")
+    metric = b.default_metric
+    raw = b.pool_metric(metric, "fit")
+    fit, report = oriented(metric, raw), oriented(metric, b.pool_metric(metric, "report"))
+    ok = np.isfinite(fit) & np.isfinite(report)
+    search_rows, held = np.flatnonzero(ok & ~b.heldout), np.flatnonzero(ok & b.heldout)
+    picked = np.random.default_rng([0, 1, 40, 0]).choice(search_rows, size=40, replace=False)
+    stats = BenchSetup.of(b).network_stats(progress=False)
+    data = FitnessData.from_arrays(b.bits, (b.configs[picked], raw[picked]), None, metric=metric)
+    trees = hall_of_fame(tmp_path / "camp" / "checkpoint.npz")
+    best = ProxySearch(**WARM_CAMPAIGN, random_state=0, seed_trees=trees, metric=metric).fit(data, stats=stats)
+    proxy = best.best_proxy_
+    idx = np.searchsorted(list(stats.bits), b.configs[held])
+    scores = proxy.orientation * table_scores(proxy.stats_table(stats).cpu().numpy(), idx)
+    assert rows[0]["rho"] == pytest.approx(spearmanr(scores, report[held])[0], abs=1e-9)
+    assert rows[0]["cost_ptq_evals"] > 40  # k plus the statistics it reads
+    assert WARM in study.networks["mobilenetv2-digits"]["crossover"]

@@ -5,11 +5,12 @@ measured configurations), against its cost (emq.frontier)."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
-from ..api import BUDGETS, DEFAULT_RESAMPLES, DRAWS, Bench, EmqError, FrontierStudy
+from ..api import BUDGETS, DEFAULT_RESAMPLES, DRAWS, Bench, EmqError, FrontierStudy, make_space
 from .commands import COMMANDS
-from .common import check_out_dir, comma_list, emit_json
+from .common import add_space_arg, check_out_dir, comma_list, emit_json
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -17,6 +18,17 @@ def _ints(text: str, flag: str) -> list[int]:
         return [int(t) for t in comma_list(text, flag)]
     except ValueError as e:
         raise EmqError(f"{flag} {text!r}: give comma-separated non-negative integers") from e
+
+
+def _per_bench(text: str, flag: str, what: str, exists: Callable[[Path], bool]) -> dict[str, Path]:
+    """BENCH=PATH,... as a dict, each path checked before any work."""
+    out = {}
+    for item in comma_list(text, flag) if text.strip() else []:
+        bench, sep, path = item.partition("=")
+        if not sep or not exists(Path(path)):
+            raise EmqError(f"{flag} {item!r}: give BENCH={what}")
+        out[bench] = Path(path)
+    return out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="",
         help="BENCH=PROXY.json,...: an evolved proxy per bench that never saw it (e.g. a leave-one-out campaign's)",
     )
+    p.add_argument(
+        "--warm",
+        default="",
+        help="BENCH=CAMPAIGN_DIR,...: a campaign per bench that never saw it, whose hall of fame seeds a short "
+        "campaign on each draw of k configurations (evolved-warm)",
+    )
+    add_space_arg(p, "with --warm: the short campaigns' ")
     p.add_argument(
         "--whole-limit",
         type=int,
@@ -56,12 +75,10 @@ def run(args: argparse.Namespace) -> int:
             raise EmqError(f"{flag} {value}: use a positive number")
     if args.whole_limit < 0:
         raise EmqError(f"--whole-limit {args.whole_limit}: use 0 (skip) or a positive number")
-    evolved = {}
-    for item in comma_list(args.evolved, "--evolved") if args.evolved.strip() else []:
-        bench, sep, path = item.partition("=")
-        if not sep or not Path(path).is_file():
-            raise EmqError(f"--evolved {item!r}: give BENCH=PROXY.json with an existing proxy file")
-        evolved[bench] = Path(path)
+    evolved = _per_bench(args.evolved, "--evolved", "PROXY.json with an existing proxy file", Path.is_file)
+    warm = _per_bench(
+        args.warm, "--warm", "CAMPAIGN_DIR with a campaign's checkpoint.npz", lambda p: (p / "checkpoint.npz").is_file()
+    )
     for b in benches:
         Bench.open(b)  # a missing or unreadable bench fails here, before any work
     study = FrontierStudy(
@@ -70,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         draws=args.draws,
         seed=args.seed,
         evolved=evolved,
+        warm=warm,
+        space=make_space(args.space),
         whole_config=args.whole_limit > 0,
         whole_limit=max(args.whole_limit, 1),
         resamples=args.resamples,

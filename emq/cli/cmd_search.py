@@ -7,7 +7,6 @@ from pathlib import Path
 
 from ..api import (
     METRICS,
-    PRESETS,
     DPSConfig,
     EmqError,
     ProxySearch,
@@ -23,6 +22,7 @@ from .common import (
     add_device_arg,
     add_executor_args,
     add_model_args,
+    add_space_arg,
     check_bench_for_search,
     check_executor_args,
     check_out_dir,
@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="run directory (default: emq_runs/search-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the campaign in --out from its checkpoint")
     add_field_args(p, DPSConfig())
-    p.add_argument("--space", choices=sorted(PRESETS), default="full", help="search-space preset (default full)")
+    add_space_arg(p)
     p.add_argument("--terminals", help="comma-separated terminals to use instead of the preset's")
     p.add_argument("--exclude-terminals", help="comma-separated terminals to leave out, e.g. H,trace,eig")
     p.add_argument("--include-ops", help="comma-separated opt-in operations to add, e.g. tanh,cube")

@@ -9,7 +9,6 @@ from pathlib import Path
 from ..api import (
     DEFAULT_PROTOCOLS,
     DEFAULT_RESAMPLES,
-    PRESETS,
     PROTOCOLS,
     PROXIES,
     SEEDS,
@@ -23,6 +22,7 @@ from ..api import (
 from .commands import COMMANDS
 from .common import (
     add_executor_args,
+    add_space_arg,
     check_executor_args,
     check_out_dir,
     comma_list,
@@ -47,13 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=",".join(DEFAULT_PROTOCOLS),
         help=f"comma-separated, of {', '.join(PROTOCOLS)} (default {','.join(DEFAULT_PROTOCOLS)})",
     )
-    p.add_argument(
-        "--space",
-        choices=sorted(PRESETS),
-        default="full",
-        help="the campaigns' search-space preset (default full; 'measured' adds the measured per-layer sensitivity "
-        "MKL, MDL, MNSR and seeds layer-kl, layer-loss and layer-sqnr)",
-    )
+    add_space_arg(p, "the campaigns' ")
     p.add_argument(
         "--whole-config",
         default=",".join(WHOLE_CONFIG),

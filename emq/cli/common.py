@@ -15,6 +15,7 @@ import torch
 from ..api import (
     DEVICES,
     EMBEDDED_MODELS,
+    PRESETS,
     QUANTIZERS,
     Bench,
     EmqError,
@@ -35,6 +36,7 @@ __all__ = [
     "add_executor_args",
     "add_model_args",
     "add_ptq_args",
+    "add_space_arg",
     "check_bench_for_search",
     "check_out_dir",
     "check_executor_args",
@@ -200,6 +202,17 @@ def ptq_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def ptq_settings(args: argparse.Namespace) -> PTQSettings:
     """The PTQ settings of the flags added by `add_ptq_args` (PTQSettings' defaults for the rest)."""
     return PTQSettings(**ptq_overrides(args))
+
+
+def add_space_arg(p: argparse.ArgumentParser, whose: str = "") -> None:
+    """`--space`: the search-space preset of the campaigns a command runs (one declaration)."""
+    p.add_argument(
+        "--space",
+        choices=sorted(PRESETS),
+        default="full",
+        help=f"{whose}search-space preset (default full; 'measured' adds the measured per-layer sensitivity "
+        "MKL, MDL, MNSR and seeds layer-kl, layer-loss and layer-sqnr)",
+    )
 
 
 def add_device_arg(p: argparse.ArgumentParser) -> None:

@@ -51,3 +51,11 @@ def load(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if state.get("format") != FORMAT:
         raise EmqError(f"checkpoint {path}: format {state.get('format')!r}, expected {FORMAT!r}")
     return state, arrays
+
+
+def hall_of_fame(path: str | Path) -> list[list[list[Any]]]:
+    """A campaign checkpoint's hall of fame, best first, as token lists: what `seed_trees`
+    (SearchConfig, ProxySearch) takes to warm-start another campaign from it."""
+    state, _ = load(Path(path))
+    tokens = {row[0]: row[1] for row in state["cache"]}
+    return [[list(t) for t in tokens[key]] for key in state["hof"]]

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from emq.search_space.evaluate import Token
 from emq.search_space.netstats import NetworkStats
-from emq.search_space.pset import SearchSpace, canonical, from_tokens, gen_half_and_half, to_tokens
+from emq.search_space.pset import SearchSpace, canonical, from_tokens, gen_half_and_half, to_tokens, token_types
 from emq.search_space.terminals import DEFAULT_ACT_SAMPLES
 
 from ..device import resolve_device
@@ -80,6 +80,7 @@ _RESUME_FIELDS = (
     "max_height",
     "max_size",
     "seed_handmade",
+    "seed_trees",
     "act_samples",
     "dps",
     "aggregate",
@@ -108,6 +109,9 @@ class SearchConfig:
     max_size: int = 30
     hof_size: int = 20
     seed_handmade: bool = True
+    # token lists ([kind, value] pairs, e.g. another campaign's hall of fame: checkpoint.hall_of_fame)
+    # that join the initial population after the hand-made forms: a warm start from earlier campaigns
+    seed_trees: tuple = ()
     act_samples: int = DEFAULT_ACT_SAMPLES
     checkpoint_every: int = setting(
         5, "generations between checkpoints (default {default}); a kill loses at most this many"
@@ -142,11 +146,20 @@ class SearchConfig:
         if self.checkpoint_every < 1:
             raise ParameterError("checkpoint_every", self.checkpoint_every, "use 1 or more generations")
         check_aggregate(self.aggregate, self.aggregate_k)
+        try:
+            self.seed_trees = tuple(
+                tuple((str(k), float(v) if k == "c" else str(v)) for k, v in t) for t in self.seed_trees
+            )
+        except (TypeError, ValueError) as e:
+            raise ParameterError(
+                "seed_trees", type(self.seed_trees).__name__, "give lists of [kind, value] tokens"
+            ) from e
         if not (isinstance(self.parsimony, (int, float)) and math.isfinite(self.parsimony) and self.parsimony >= 0):
             raise ParameterError("parsimony", self.parsimony, "use a finite number >= 0 (0 = no size penalty)")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON's shape (tuples as lists), so a checkpoint's copy compares equal on resume."""
+        return json.loads(json.dumps(asdict(self)))
 
 
 # the campaigns of `emq demo` (short, minutes on a laptop) and of each cell of `emq transfer`
@@ -296,6 +309,16 @@ class Campaign:
         pop: list[gp.PrimitiveTree] = []
         if self.config.seed_handmade:
             pop += [self._individual(from_tokens(self.space, t)) for _, t in self.space.handmade().values()]
+        outside = 0
+        for tree in self.config.seed_trees:
+            tokens = [(k, v) for k, v in tree]
+            if all(self.space.has(t) for t in tokens):
+                token_types(self.space, tokens)
+                pop.append(self._individual(from_tokens(self.space, tokens)))
+            else:
+                outside += 1
+        if outside:
+            log.warning("%d of %d seed trees use operators outside the search space: left out", outside, len(pop))
         while len(pop) < self.config.population:
             pop.append(self._random())
         return pop[: self.config.population]

@@ -162,6 +162,7 @@ class ProxySearch(BaseEstimator):
         max_size: int = SearchConfig.max_size,
         hof_size: int = SearchConfig.hof_size,
         seed_handmade: bool = SearchConfig.seed_handmade,
+        seed_trees: Sequence[Sequence[Any]] = (),
         act_samples: int = SearchConfig.act_samples,
         device: str = SearchConfig.device,
         threads: int = SearchConfig.threads,
