@@ -77,7 +77,14 @@ def _test_pools(engine: Any) -> TestPools:
 
 
 def _build_meta(
-    spec: EvalSpec, space: ConfigSpace, seed: int, sampler: str, configs: int, user: list[str], noise_samples: int
+    spec: EvalSpec,
+    space: ConfigSpace,
+    *,
+    seed: int,
+    sampler: str,
+    configs: int,
+    user: list[str],
+    noise_samples: int,
 ) -> dict[str, Any]:
     engine = engine_for(spec)
     lm = engine.layer_map
@@ -158,6 +165,7 @@ def _run(
     executor: Executor,
     spec: EvalSpec,
     todo: list[tuple[int, str, str]],
+    *,
     desc: str,
     progress: bool,
     write: Callable[[dict, int, str], None],
@@ -275,7 +283,9 @@ def bench_build(
             user=[tuple(map(int, u.split(","))) for u in user],
         )
     ]
-    wanted = _build_meta(spec, space, seed, sampler, configs, user, noise_samples)
+    wanted = _build_meta(
+        spec, space, seed=seed, sampler=sampler, configs=configs, user=user, noise_samples=noise_samples
+    )
     with closing(store.connect(out)) as con:
         stored = store.init_bench(con, wanted, plan)
         _check_resume(out, stored, json.loads(json.dumps(wanted)))
@@ -311,12 +321,20 @@ def bench_build(
         }
 
         def fail(stage: str) -> Callable[[TaskFailure], None]:
-            return lambda f: store.insert_failure(con, f.task, stage, f.error, f.attempts)
+            return lambda f: store.insert_failure(con, f.task, stage, error=f.error, attempts=f.attempts)
 
         with executor_for(executor, workers) as pool:
             t0 = time.perf_counter()
-            failed = _run(pool, spec, todo, "bench", progress, write_record, fail("build"))
-            failed += _run(pool, noise_spec, todo_rep, "calibration retest", progress, write_repeat, fail("retest"))
+            failed = _run(pool, spec, todo, desc="bench", progress=progress, write=write_record, fail=fail("build"))
+            failed += _run(
+                pool,
+                noise_spec,
+                todo_rep,
+                desc="calibration retest",
+                progress=progress,
+                write=write_repeat,
+                fail=fail("retest"),
+            )
             elapsed = time.perf_counter() - t0
             used = {"workers": pool.workers, "executor": getattr(pool, "name", type(pool).__name__)}
         failures = store.read_failures(con)

@@ -10,7 +10,7 @@ Adding a bundle is one entry here plus its files (see the README's build command
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from emq.errors import EmqError
 @dataclass(frozen=True)
 class Bundle:
     name: str
+    _: KW_ONLY
     file: str  # the bench, in emq/bench/data
     model: str  # an embedded model (emq.models.EMBEDDED_MODELS): its weights ship in emq/assets
     stats: str | None  # statistics file in emq/bench/data (None: none ships, statistics are computed)
@@ -74,41 +75,50 @@ BUNDLES: dict[str, Bundle] = {
     for b in (
         Bundle(
             "default",
-            "default.sqlite",
-            "default",
-            "default.stats.pt",
-            "1,000 uniform random configurations (MQ-Bench-101 style), MSE-clipped rounding",
+            file="default.sqlite",
+            model="default",
+            stats="default.stats.pt",
+            summary="1,000 uniform random configurations (MQ-Bench-101 style), MSE-clipped rounding",
         ),
         Bundle(
             "stratified",
-            "stratified.sqlite",
-            "default",
-            "default.stats.pt",
-            "1,000 configurations spread evenly over model size, MSE-clipped rounding",
+            file="stratified.sqlite",
+            model="default",
+            stats="default.stats.pt",
+            summary="1,000 configurations spread evenly over model size, MSE-clipped rounding",
         ),
         Bundle(
             "vgg-digits",
-            "vgg-digits.sqlite",
-            "vgg-digits",
-            "vgg-digits.stats.pt",
-            "plain VGG-style CNN on the default task, GPTQ rounding",
+            file="vgg-digits.sqlite",
+            model="vgg-digits",
+            stats="vgg-digits.stats.pt",
+            summary="plain VGG-style CNN on the default task, GPTQ rounding",
         ),
         Bundle(
             "mobilenetv2-digits",
-            "mobilenetv2-digits.sqlite",
-            "mobilenetv2-digits",
-            "mobilenetv2-digits.stats.pt",
-            "MobileNetV2-style network (inverted residuals, depthwise convs) on the default task, GPTQ rounding",
+            file="mobilenetv2-digits.sqlite",
+            model="mobilenetv2-digits",
+            stats="mobilenetv2-digits.stats.pt",
+            summary=(
+                "MobileNetV2-style network (inverted residuals, depthwise convs) on the default task, GPTQ rounding"
+            ),
         ),
         Bundle(
             "resnet20-fashion",
-            "resnet20-fashion.sqlite",
-            "resnet20-fashion",
-            "resnet20-fashion.stats.pt",
-            "ResNet-20 on Fashion-MNIST (real images), GPTQ rounding",
+            file="resnet20-fashion.sqlite",
+            model="resnet20-fashion",
+            stats="resnet20-fashion.stats.pt",
+            summary="ResNet-20 on Fashion-MNIST (real images), GPTQ rounding",
         ),
         *(
-            Bundle(name, f"{name}.sqlite", name, f"{name}.stats.pt", summary, _zoo_recipe(name, data))
+            Bundle(
+                name,
+                file=f"{name}.sqlite",
+                model=name,
+                stats=f"{name}.stats.pt",
+                summary=summary,
+                build=_zoo_recipe(name, data),
+            )
             for name, data, summary in (
                 ("resnet18-fashion", "fashion-mnist", "torchvision ResNet-18, MQ-Bench-101's 18 slots, GPTQ"),
                 ("mobilenetv3-fashion", "fashion-mnist", "torchvision MobileNetV3-Small (SE, hard-swish), GPTQ"),

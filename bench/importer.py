@@ -132,7 +132,7 @@ def load_text(path: Path) -> list[tuple[str, Any, Any]]:
     return out
 
 
-def _parse_entry(where: str, cfg: Any, acc: Any, space: ConfigSpace, path: Path) -> tuple[tuple[int, ...], float]:
+def _parse_entry(where: str, cfg: Any, acc: Any, *, space: ConfigSpace, path: Path) -> tuple[tuple[int, ...], float]:
     if isinstance(cfg, str) and (
         cfg.count("[") != cfg.count("]") or cfg.strip().startswith("[") != cfg.strip().endswith("]")
     ):
@@ -183,7 +183,7 @@ def bench_import(
     space = ConfigSpace.for_layer_map(lm, bits, None, act_bits)
     rows, seen = [], {}
     for where, cfg, acc in entries:
-        b, value = _parse_entry(where, cfg, acc, space, source)
+        b, value = _parse_entry(where, cfg, acc, space=space, path=source)
         text = config_text(b)
         if text in seen:
             raise EmqError(f"{source}, {where}: configuration {text} repeats {seen[text]}; remove the duplicate")

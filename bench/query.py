@@ -43,6 +43,7 @@ class Bench:
         path: Path,
         meta: dict[str, Any],
         rows: list[tuple],
+        *,
         outcomes: dict[str, bytes | None] | None = None,
         repeats: dict[str, dict[str, float | None]] | None = None,
         repeat_outcomes: dict[str, bytes | None] | None = None,
@@ -96,9 +97,9 @@ class Bench:
             path,
             meta,
             store.read_records(con),
-            store.read_outcomes(con, max_bytes=limit, path=path),
-            store.read_repeats(con),
-            store.read_outcomes(con, "repeats", max_bytes=limit, path=path),
+            outcomes=store.read_outcomes(con, max_bytes=limit, path=path),
+            repeats=store.read_repeats(con),
+            repeat_outcomes=store.read_outcomes(con, "repeats", max_bytes=limit, path=path),
         )
         bench.failures = store.read_failures(con)
         return bench

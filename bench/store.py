@@ -246,7 +246,7 @@ def insert_repeat(con: sqlite3.Connection, config: str, result: Mapping[str, Any
         con.execute("DELETE FROM failures WHERE config = ? AND stage = 'retest'", (config,))
 
 
-def insert_failure(con: sqlite3.Connection, config: str, stage: str, error: str, attempts: int) -> None:
+def insert_failure(con: sqlite3.Connection, config: str, stage: str, *, error: str, attempts: int) -> None:
     """Record that `config` kept failing in `stage` ('build' or 'retest'); a resume tries it
     again, and its success removes this row."""
     if stage not in STAGES:

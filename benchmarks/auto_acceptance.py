@@ -1,14 +1,14 @@
 """Issue 23 acceptance: `--proxy auto` on every zoo network held out, verified by real PTQ.
 
-For each network of the zoo's frontier (benchmarks/results/frontier_zoo), the switch budget of
-`auto` is recomputed by `emq.frontier.switch_budget` from the *other* networks' frontiers only,
-then, at one average-bit budget (default 3.0), these allocations are quantized for real and
+For each network of the zoo's frontier (benchmarks/results/frontier_zoo), the rule of `auto`
+(which strategy from which budget) is recomputed by `emq.frontier.recommend` from the *other*
+networks' frontiers only, then, at one average-bit budget (default 3.0), these allocations are quantized for real and
 their KL to full precision is measured on the bench's report pool of test images:
 
 - `auto` with 0 evaluations against Fisher, and `auto` with 100 evaluations against `layer-kl`
   (the acceptance: no worse on at least two thirds of the networks);
 - for information, ridge on one-hot (slot, bit) fitted on 100 of the bench's search
-  configurations (fit pool, seeded): what switching at 100 would have allocated.
+  configurations (fit pool, seeded): the other fitted model at that budget.
 
 "No worse" = the paired 95 % interval of mean KL (auto - other), bootstrapped over report-pool
 sources, does not lie above 0; the point estimates are reported too. Ridge and auto are fitted
@@ -41,7 +41,7 @@ from emq.bench import Bench
 from emq.bench.evaluation import limit_test
 from emq.bench_setup import BenchSetup
 from emq.fileio import atomic_write_text
-from emq.frontier import switch_budget
+from emq.frontier import recommend
 from emq.proxy import ProxyContext, SeparableProxy
 from emq.specs import oriented
 from emq.supervised import OneHotRidge
@@ -86,7 +86,7 @@ def _paired(kl_a: np.ndarray, kl_b: np.ndarray, sources: np.ndarray) -> dict[str
 
 def network(bench_name: str, rows: list[dict[str, Any]], args: argparse.Namespace, store: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
-    fit_from = switch_budget(rows, exclude=[bench_name])
+    rule = recommend(rows, exclude=[bench_name])
     bench = Bench.open(bench_name)
     setup = BenchSetup.of(bench)
     stats = setup.network_stats(progress=False)
@@ -95,12 +95,11 @@ def network(bench_name: str, rows: list[dict[str, Any]], args: argparse.Namespac
         target = replace(target, data=limit_test(target.require_data(), int(bench.meta["test_limit"])))
     allocator = Allocator(target, setup.ptq, stats=stats, stats_settings=setup.stats)
     problem = allocator.problem({"avg-bits": args.budget}, bits_allowed=bench.bits)
-    big = fit_from if fit_from is not None else 10**9  # no studied budget switches: layer-kl throughout
     proxies = {
-        "auto (K = 0)": AutoProxy(0, fit_from=big),
+        "auto (K = 0)": AutoProxy(0, rule=rule),
         "fisher": get_proxy("fisher"),
         f"auto (K = {args.evaluations})": AutoProxy(
-            args.evaluations, store / f"{bench_name}-auto{args.evaluations}.sqlite", fit_from=big
+            args.evaluations, store / f"{bench_name}-auto{args.evaluations}.sqlite", rule=rule
         ),
         "layer-kl": get_proxy("layer-kl"),
         f"ridge-onehot on {args.evaluations} bench configurations": _Table(
@@ -110,7 +109,7 @@ def network(bench_name: str, rows: list[dict[str, Any]], args: argparse.Namespac
     report = bench.pools.mask("report")
     sources = bench.pools.sources[report]
     measured: dict[tuple[int, ...], np.ndarray] = {}
-    out: dict[str, Any] = {"fit_from_without_this_network": fit_from, "allocations": {}}
+    out: dict[str, Any] = {"rule_without_this_network": [list(step) for step in rule], "allocations": {}}
     for label, proxy in proxies.items():
         alloc = allocator.allocate(proxy, problem)
         if alloc.bits not in measured:

@@ -46,14 +46,14 @@ def only_layer_weights(model: torch.nn.Module, names: list[str]) -> tuple[torch.
     return work, weights
 
 
-def time_ours(model, names, x, y, probes):
+def time_ours(model, names, x, y, *, probes):
     work, weights = only_layer_weights(model, names)
     t0 = time.perf_counter()
     res = hutchinson(HessianProblem(work, weights, [(x, y)]), min_probes=probes, max_probes=probes, tol=0.0, seed=0)
     return time.perf_counter() - t0, res, weights
 
 
-def time_pyhessian(model, names, x, y, probes):
+def time_pyhessian(model, names, x, y, *, probes):
     work, _ = only_layer_weights(model, names)
     t0 = time.perf_counter()
     vhv = PyHessian(work, F.cross_entropy, data=(x, y), cuda=False).trace(
@@ -66,19 +66,20 @@ def bench_model(
     label: str,
     model: torch.nn.Module,
     names: list[str],
+    *,
     x: torch.Tensor,
     y: torch.Tensor,
     probes: int,
     eig_iters: int,
     repeats: int,
 ) -> dict:
-    time_ours(model, names, x, y, 1)  # warm-up (allocator, kernels), untimed
-    time_pyhessian(model, names, x, y, 1)
+    time_ours(model, names, x, y, probes=1)  # warm-up (allocator, kernels), untimed
+    time_pyhessian(model, names, x, y, probes=1)
     ours_s = ref_s = float("inf")
     for _ in range(repeats):  # interleaved, best of `repeats`: robust to a busy machine
-        t, res, weights = time_ours(model, names, x, y, probes)
+        t, res, weights = time_ours(model, names, x, y, probes=probes)
         ours_s = min(ours_s, t)
-        t, vhv = time_pyhessian(model, names, x, y, probes)
+        t, vhv = time_pyhessian(model, names, x, y, probes=probes)
         ref_s = min(ref_s, t)
     assert len(vhv) == probes
 
@@ -129,11 +130,11 @@ def main() -> None:
             "default (ResNet-20 w8, 24 px digits)",
             target.model,
             [layer.name for layer in target.layer_map.layers],
-            x,
-            y,
-            args.probes,
-            args.eig_iters,
-            args.repeats,
+            x=x,
+            y=y,
+            probes=args.probes,
+            eig_iters=args.eig_iters,
+            repeats=args.repeats,
         )
     ]
 
@@ -150,11 +151,11 @@ def main() -> None:
             "resnet18 (random weights, 32 px random images)",
             r18,
             [layer.name for layer in lm.layers],
-            xr,
-            yr,
-            args.probes,
-            args.eig_iters,
-            args.repeats,
+            x=xr,
+            y=yr,
+            probes=args.probes,
+            eig_iters=args.eig_iters,
+            repeats=args.repeats,
         )
     )
 

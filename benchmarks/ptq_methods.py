@@ -35,7 +35,7 @@ BITS = (2, 3, 4)
 RESAMPLES = 1000
 
 
-def measure(model: str, method: str, configs: np.ndarray, test_limit: int | None, options: dict) -> dict:
+def measure(model: str, method: str, configs: np.ndarray, *, test_limit: int | None, options: dict) -> dict:
     target = resolve_target(model)
     data = limit_test(target.require_data(), test_limit) if test_limit else target.require_data()
     with tempfile.TemporaryDirectory() as cache:
@@ -93,7 +93,13 @@ def main() -> None:
         limit = args.fashion_test_limit if "fashion" in model else None
         by_method = {}
         for method in args.methods.split(","):
-            r = measure(model, method, configs, limit, {"iters": args.adaround_iters} if method == "adaround" else {})
+            r = measure(
+                model,
+                method,
+                configs,
+                test_limit=limit,
+                options={"iters": args.adaround_iters} if method == "adaround" else {},
+            )
             by_method[method] = r
             runs.append(r)
             u = [r["top1"][i] for i in uniform]

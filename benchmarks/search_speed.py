@@ -22,6 +22,7 @@ CPU time. `--record FILE` adds the figures, the command and the load to a JSON f
 the bench list).
 
 Usage: python benchmarks/search_speed.py [--bench default[,vgg-digits,...]] [--generations 100] [--population 64]
+                                        [--workers 2]
        python benchmarks/search_speed.py --bench default,vgg-digits,mobilenetv2-digits,resnet20-fashion
 
 Needs only emq's core dependencies (no extra).
@@ -79,9 +80,10 @@ def _rate(ce: CandidateEvaluator, trees: list) -> tuple[dict, list]:
     return {"per_s": len(trees) / wall, "per_cpu_s": len(trees) / cpu, "load": [l0, _load()]}, outs
 
 
-def _campaign(args: argparse.Namespace, datas: list, stats: list) -> dict:
+def _campaign(args: argparse.Namespace, datas: list, stats: list, workers: int = 1) -> dict:
     l0, c0 = _load(), time.process_time()
-    r = ProxySearch(args.generations, args.population, random_state=args.seed).fit(datas, stats=stats).result_
+    est = ProxySearch(args.generations, args.population, random_state=args.seed, workers=workers)
+    r = est.fit(datas, stats=stats).result_
     s = r.summary
     return {
         "generations": s["generations"],
@@ -109,6 +111,9 @@ def main() -> None:
     ap.add_argument("--naive-candidates", type=int, default=5)
     ap.add_argument("--naive-configs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--workers", type=int, default=1, help="also run the campaign on a process pool of this many workers"
+    )
     ap.add_argument("--no-reference-campaign", action="store_true", help="skip the campaign on the reference path")
     ap.add_argument("--record", help="add the figures to this JSON file (e.g. benchmarks/results/search_speed.json)")
     ap.add_argument("--json", action="store_true")
@@ -190,6 +195,12 @@ def main() -> None:
             res["campaign"]["hall_of_fame"] == ref_c["hall_of_fame"]
             and res["campaign"]["best_fitness"] == ref_c["best_fitness"]
         )
+    if args.workers > 1:  # the same campaign on a process pool: its rate, and the same hall of fame
+        res["campaign_workers"] = _campaign(args, datas, stats, workers=args.workers) | {"workers": args.workers}
+        res["campaign_workers_same"] = (
+            res["campaign_workers"]["hall_of_fame"] == res["campaign"]["hall_of_fame"]
+            and res["campaign_workers"]["best_fitness"] == res["campaign"]["best_fitness"]
+        )
     res["load_after"] = [round(x, 2) for x in os.getloadavg()]
     if args.record:
         _record(Path(args.record), res)
@@ -218,7 +229,11 @@ def main() -> None:
         f"naive per-configuration scoring on {names[0]}: {res['naive_seconds_per_candidate_first_bench']:.1f} s "
         "per candidate"
     )
-    for key, label in (("campaign", "campaign"), ("reference_campaign", "reference campaign")):
+    for key, label in (
+        ("campaign", "campaign"),
+        ("campaign_workers", f"campaign on {args.workers} workers"),
+        ("reference_campaign", "reference campaign"),
+    ):
         if key not in res:
             continue
         c = res[key]
@@ -231,6 +246,12 @@ def main() -> None:
         print(
             f"campaign vs reference: {res['campaign_speedup_vs_reference']:.2f}x; same hall of fame and best fitness: "
             f"{res['campaign_same_as_reference']}"
+        )
+    if "campaign_workers" in res:
+        ratio = res["campaign_workers"]["candidates_per_s"] / res["campaign"]["candidates_per_s"]
+        print(
+            f"{args.workers} workers vs 1: {ratio:.2f}x; "
+            f"same hall of fame and best fitness: {res['campaign_workers_same']}"
         )
 
 

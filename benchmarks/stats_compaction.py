@@ -43,7 +43,7 @@ def completed(name: str, path: Path):
     if ns.needs_data and t.data is None:
         raise SystemExit(f"{path}: leaves out activation fields, and the data of {name} is not installed")
     x, y = t.data.calibration(setup.stats.calib_size, setup.stats.calib_seed) if ns.needs_data else (None, None)
-    return complete_stats(ns, t.model, t.layer_map, x, y, setup.stats, torch.device("cpu"))
+    return complete_stats(ns, t.model, t.layer_map, x=x, y=y, settings=setup.stats, device=torch.device("cpu"))
 
 
 def heldout_rhos(name: str, stats) -> dict[str, float]:

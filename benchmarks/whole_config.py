@@ -63,7 +63,7 @@ def main() -> None:
         t_alone += time.perf_counter() - t0
     ctx = context()
     t0 = time.perf_counter()
-    shared, _ = _whole_config_scores(proxies, ctx, configs, False, None)
+    shared, _ = _whole_config_scores(proxies, ctx, configs, progress=False, executor=None)
     t_shared = time.perf_counter() - t0
     same = all(np.array_equal(shared[:, j], alone[n]) for j, n in enumerate(NAMES))
     n = len(configs)

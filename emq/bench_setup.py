@@ -9,7 +9,7 @@ command chose its own settings and they disagreed.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ class BenchSetup:
     ptq: PTQSettings
     stats: StatsSettings
     bits: tuple[int, ...]
+    _: KW_ONLY
     stats_file: Path | None = None  # a shipped bundle's statistics (all that serves when its data is not installed)
 
     def network_stats(self, progress: bool = True, device: str | torch.device = "cpu") -> NetworkStats:
@@ -101,7 +102,7 @@ class BenchSetup:
                 target = spec.resolve(need_data=False, default_model=name)
         check_target(bench, target)
         ptq = ptq_settings(bench)
-        return cls(target, ptq, stats_settings(bench, ptq), tuple(int(b) for b in bench.bits), stats_file)
+        return cls(target, ptq, stats_settings(bench, ptq), tuple(int(b) for b in bench.bits), stats_file=stats_file)
 
 
 def check_target(bench: Any, target: Target) -> None:

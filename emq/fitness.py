@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
 import torch
@@ -53,6 +53,7 @@ class SplitTarget:
 
     name: str
     configs: np.ndarray  # [N, S] bit values
+    _: KW_ONLY
     flat_idx: torch.Tensor  # [N, S] indices into a flattened table [S * B]
     target: np.ndarray  # oriented metric, higher = better
     target_rank_z: np.ndarray  # centred, unit-norm average ranks of `target`
@@ -90,7 +91,7 @@ class SplitTarget:
         z = _zscore(sps.rankdata(target))
         if z is None:
             raise EmqError(f"bench split {name!r}: metric {metric!r} is constant; no ranking to predict")
-        return cls(name, configs, torch.as_tensor(flat, device=device), target, z)
+        return cls(name, configs, flat_idx=torch.as_tensor(flat, device=device), target=target, target_rank_z=z)
 
     def __len__(self) -> int:
         return self.configs.shape[0]
@@ -135,6 +136,7 @@ class FitnessData:
     bits: tuple[int, ...]
     search: SplitTarget
     heldout: SplitTarget | None  # None: no held-out split (a campaign's data, or none measured)
+    _: KW_ONLY
     ceiling: float | None = None  # of the held-out numbers: sqrt of the report pool's reliability
     source: str = ""
     pools: str = "fit/report"  # or "shared" for a bench without per-image outcomes
@@ -145,6 +147,7 @@ class FitnessData:
         bits: Sequence[int],
         search: tuple[np.ndarray, np.ndarray],
         heldout: tuple[np.ndarray, np.ndarray] | None,
+        *,
         metric: str = "top1",
         ceiling: float | None = None,
         source: str = "",
@@ -158,9 +161,9 @@ class FitnessData:
             bits,
             SplitTarget.build("search", *search, metric, bits, device),
             SplitTarget.build("heldout", *heldout, metric, bits, device) if heldout is not None else None,
-            ceiling,
-            source,
-            pools,
+            ceiling=ceiling,
+            source=source,
+            pools=pools,
         )
 
     @classmethod
@@ -193,16 +196,18 @@ class FitnessData:
             bits or bench.bits,
             splits["search"],
             splits["heldout"],
-            metric,
-            ceiling,
-            source,
-            device,
-            "fit/report" if has_pools else "shared",
+            metric=metric,
+            ceiling=ceiling,
+            source=source,
+            device=device,
+            pools="fit/report" if has_pools else "shared",
         )  # type: ignore[attr-defined]
 
     def for_campaign(self) -> FitnessData:
         """The same data without the held-out split: what a campaign is allowed to see."""
-        return FitnessData(self.metric, self.bits, self.search, None, None, self.source, self.pools)
+        return FitnessData(
+            self.metric, self.bits, self.search, None, ceiling=None, source=self.source, pools=self.pools
+        )
 
     @property
     def fingerprint(self) -> str:

@@ -237,10 +237,10 @@ class FrontierStudy:
 
     def _reports(self) -> dict[str, Any]:
         """Every bench's statistics-only hand-made proxies, layer-kl and its evolved proxy, scored once."""
-        from .baselines.registry import PROXIES
+        from .allocation.auto import feature_proxies
         from .ranking import score
 
-        names = [n for n, c in PROXIES.items() if c.faithful and c.separable and not c.needs_data] + [MEASURED]
+        names = feature_proxies()
         out = {}
         for b in self.benches:
             files = [self.evolved[b]] if b in self.evolved else []
@@ -420,32 +420,40 @@ def _best_on(reports: Sequence[Any], names: Sequence[str]) -> str:
     return max(names, key=mean)
 
 
-def switch_budget(
+def recommend(
     rows: Sequence[Mapping[str, Any]],
     *,
-    fitted: str = "ridge-onehot",
-    baseline: str = MEASURED,
+    methods: Sequence[str] = (MEASURED, *FITTED),
     exclude: Sequence[str] = (),
-) -> int | None:
-    """The budget from which a fitted model is the better choice for a network *not* among the
-    study's: the smallest k at which its held-out rho, averaged over draws and then over the
-    networks (leaving out `exclude`), is at least `baseline`'s. This maximizes the expected rho
-    of a network drawn like the study's; None when no studied k reaches it. `--proxy auto`
-    ships this rule's answer on the zoo's frontier (emq.allocation.auto.FIT_FROM) and
+) -> tuple[tuple[int, str], ...]:
+    """What to use for a network *not* among the study's, by budget: steps (from k, method).
+
+    At each studied k (one every network reached), the method with the highest held-out rho
+    averaged over draws and then over the networks (leaving out `exclude`); a zero-budget
+    method (`layer-kl`) competes at every k with its own rho, and a tie goes to the method
+    named first. This maximizes the expected rho of a network drawn like the study's. `--proxy
+    auto` ships this rule on the zoo's frontier (emq.allocation.auto.RULE);
     benchmarks/auto_acceptance.py recomputes it with each network left out."""
     benches = sorted({r["bench"] for r in rows} - set(exclude))
-    base = {r["bench"]: r["rho"] for r in rows if r["method"] == baseline and r["bench"] in benches}
-    gains: dict[int, list[float]] = {}
-    for bench in benches:
-        by_k: dict[int, list[float]] = {}
-        for r in rows:
-            if r["bench"] == bench and r["method"] == fitted:
-                by_k.setdefault(int(r["k"]), []).append(r["rho"])
-        for k, rhos in by_k.items():
-            if bench in base:
-                gains.setdefault(k, []).append(float(np.mean(rhos)) - base[bench])
-    complete = [k for k, g in gains.items() if len(g) == len(benches)]  # budgets every network reached
-    return next((k for k in sorted(complete) if np.mean(gains[k]) >= 0), None)
+    by: dict[tuple[str, str, int], list[float]] = {}
+    for r in rows:
+        if r["bench"] in benches and r["method"] in methods:
+            by.setdefault((r["method"], r["bench"], int(r["k"])), []).append(r["rho"])
+    zero = {m for m, _, k in by if k == 0}
+
+    def expected(method: str, k: int) -> float | None:
+        at = 0 if method in zero else k
+        means = [np.mean(by[(method, b, at)]) for b in benches if (method, b, at) in by]
+        return float(np.mean(means)) if len(means) == len(benches) else None
+
+    steps: list[tuple[int, str]] = []
+    for k in sorted({k for _, _, k in by}):
+        scored = [(v, -i, m) for i, m in enumerate(methods) if (v := expected(m, k)) is not None]
+        if scored:
+            best = max(scored)[2]
+            if not steps or steps[-1][1] != best:
+                steps.append((k, best))
+    return tuple(steps)
 
 
 def _crossover(rows: list[dict[str, Any]], bench: str, method: str, draws: int) -> dict[str, Any] | None:

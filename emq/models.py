@@ -7,7 +7,7 @@ weights file is given, which is loaded with `weights_only=True`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 import torch
@@ -151,6 +151,7 @@ class EmbeddedModel:
     """A small trained network shipped with emq: its architecture, weights file and data."""
 
     build: Callable[[], nn.Module]
+    _: KW_ONLY
     weights: str  # file in emq/assets
     data: str  # the --data it was trained for
     input_size: int
@@ -161,123 +162,130 @@ class EmbeddedModel:
 
 
 def _zoo(
-    arch: str, data: str, input_size: int, family: str, steps: int, description: str, lr: float = 0.2
+    arch: str, data: str, *, input_size: int, family: str, steps: int, description: str, lr: float = 0.2
 ) -> EmbeddedModel:
     """A zoo network: torchvision's `arch` as adapted in emq.zoo_models, 10 classes, an RGB stem
     on the shapes task and a 1-channel one on the others."""
     weights = f"{arch}_{data.replace('-', '_')}.pt"
     channels = 3 if data == "shapes-rgb" else 1
     return EmbeddedModel(
-        lambda: ZOO_BUILDERS[arch](channels, 10), weights, data, input_size, description, family, steps, train_lr=lr
+        lambda: ZOO_BUILDERS[arch](channels, 10),
+        weights=weights,
+        data=data,
+        input_size=input_size,
+        description=description,
+        family=family,
+        train_steps=steps,
+        train_lr=lr,
     )
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     "default": EmbeddedModel(
         lambda: CifarResNet(),
-        DEFAULT_WEIGHTS,
-        "default",
-        24,
-        "ResNet-20, width 8, on the default digits task",
-        "ResNet",
+        weights=DEFAULT_WEIGHTS,
+        data="default",
+        input_size=24,
+        description="ResNet-20, width 8, on the default digits task",
+        family="ResNet",
     ),
     "mobilenetv2-digits": EmbeddedModel(
         lambda: TinyMobileNetV2(),
-        "mobilenetv2_digits.pt",
-        "default",
-        24,
-        "MobileNetV2-style (inverted residuals, depthwise convs) on the default digits task",
-        "MobileNetV2",
+        weights="mobilenetv2_digits.pt",
+        data="default",
+        input_size=24,
+        description="MobileNetV2-style (inverted residuals, depthwise convs) on the default digits task",
+        family="MobileNetV2",
     ),
     "vgg-digits": EmbeddedModel(
         lambda: TinyVGG(),
-        "vgg_digits.pt",
-        "default",
-        24,
-        "plain VGG-style CNN (6 conv + 2 FC) on the default digits task",
-        "VGG",
+        weights="vgg_digits.pt",
+        data="default",
+        input_size=24,
+        description="plain VGG-style CNN (6 conv + 2 FC) on the default digits task",
+        family="VGG",
     ),
     "resnet20-fashion": EmbeddedModel(
         lambda: CifarResNet(),
-        "resnet20_fashion.pt",
-        "fashion-mnist",
-        28,
-        "ResNet-20, width 8, on Fashion-MNIST",
-        "ResNet",
+        weights="resnet20_fashion.pt",
+        data="fashion-mnist",
+        input_size=28,
+        description="ResNet-20, width 8, on Fashion-MNIST",
+        family="ResNet",
     ),
     # the bench zoo (issue 21): torchvision families, see emq.zoo_models for what each adapts
     "resnet18-fashion": _zoo(
         "resnet18",
         "fashion-mnist",
-        28,
-        "ResNet",
-        1500,
-        "torchvision ResNet-18 (MQ-Bench-101's 18 slots) at 1/4 width on Fashion-MNIST",
+        input_size=28,
+        family="ResNet",
+        steps=1500,
+        description="torchvision ResNet-18 (MQ-Bench-101's 18 slots) at 1/4 width on Fashion-MNIST",
     ),
     "mobilenetv3-fashion": _zoo(
         "mobilenet_v3_small",
         "fashion-mnist",
-        28,
-        "MobileNetV3",
-        1500,
-        "torchvision MobileNetV3-Small (hard-swish, SE) at width 0.5 on Fashion-MNIST",
+        input_size=28,
+        family="MobileNetV3",
+        steps=1500,
+        description="torchvision MobileNetV3-Small (hard-swish, SE) at width 0.5 on Fashion-MNIST",
     ),
     "shufflenetv2-fashion": _zoo(
         "shufflenet_v2_x0_5",
         "fashion-mnist",
-        28,
-        "ShuffleNetV2",
-        1500,
-        "torchvision ShuffleNetV2 x0.5 (channel shuffle, branches) on Fashion-MNIST",
+        input_size=28,
+        family="ShuffleNetV2",
+        steps=1500,
+        description="torchvision ShuffleNetV2 x0.5 (channel shuffle, branches) on Fashion-MNIST",
     ),
     "regnet-digits": _zoo(
         "regnet_x_400mf",
         "default",
-        24,
-        "RegNet",
-        1500,
-        "torchvision RegNetX-400MF's design (grouped convs), 8 blocks, on the default digits task",
+        input_size=24,
+        family="RegNet",
+        steps=1500,
+        description="torchvision RegNetX-400MF's design (grouped convs), 8 blocks, on the default digits task",
     ),
     "squeezenet-shapes": _zoo(
         "squeezenet1_1",
         "shapes-rgb",
-        32,
-        "SqueezeNet",
-        4000,
-        "torchvision SqueezeNet 1.1 (fire modules) on the RGB shapes task",
+        input_size=32,
+        family="SqueezeNet",
+        steps=4000,
+        description="torchvision SqueezeNet 1.1 (fire modules) on the RGB shapes task",
         lr=0.02,
     ),
     "efficientnet-shapes": _zoo(
         "efficientnet_b0",
         "shapes-rgb",
-        32,
-        "EfficientNet",
-        1500,
-        "torchvision EfficientNet-B0 (MBConv with SE) at width 0.25, depth 0.5 on the RGB shapes task",
+        input_size=32,
+        family="EfficientNet",
+        steps=1500,
+        description="torchvision EfficientNet-B0 (MBConv with SE) at width 0.25, depth 0.5 on the RGB shapes task",
     ),
     "regnet-shapes": _zoo(
         "regnet_x_400mf",
         "shapes-rgb",
-        32,
-        "RegNet",
-        1500,
-        "torchvision RegNetX-400MF's design (grouped convs), 8 blocks, on the RGB shapes task",
+        input_size=32,
+        family="RegNet",
+        steps=1500,
+        description="torchvision RegNetX-400MF's design (grouped convs), 8 blocks, on the RGB shapes task",
     ),
     "densenet-shapes": _zoo(
         "densenet",
         "shapes-rgb",
-        32,
-        "DenseNet",
-        1500,
-        "torchvision DenseNet (concatenation), growth 12, blocks 2-4-6-4, on the RGB shapes task",
+        input_size=32,
+        family="DenseNet",
+        steps=1500,
+        description="torchvision DenseNet (concatenation), growth 12, blocks 2-4-6-4, on the RGB shapes task",
     ),
     "vgg11bn-shapes": _zoo(
         "vgg11_bn",
         "shapes-rgb",
-        32,
-        "VGG",
-        1500,
-        "torchvision VGG-11-BN at 1/4 width with a small classifier on the RGB shapes task",
+        input_size=32,
+        family="VGG",
+        steps=1500,
+        description="torchvision VGG-11-BN at 1/4 width with a small classifier on the RGB shapes task",
     ),
 }
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .allocation import Allocation, Allocator
-from .allocation.auto import FIT_FROM, AutoProxy
+from .allocation.auto import RULE, AutoProxy
 from .baselines import get_proxy
 from .bench import Bench
 from .bench_setup import BenchSetup
@@ -35,7 +35,7 @@ from .target import resolve_target
 
 REFERENCE_PROXIES = ("emq-zoo", "fisher", "hawq-v2")
 DEMO_BUDGETS = (2.5, 3.0, 3.5)  # average weight bits: a tight, a mid and a loose budget between 2 and 4 bits
-DEMO_EVALUATIONS = FIT_FROM  # the smallest budget at which `auto` fits a model on measured configurations
+DEMO_EVALUATIONS = RULE[1][0]  # the smallest budget at which `auto` fits a model on measured configurations
 RANDOM_BAND = 0.25  # "random within budget" = bench configurations with avg bits in (budget - band, budget]
 
 

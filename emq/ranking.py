@@ -201,7 +201,7 @@ ANNOUNCE_SECONDS = 20.0  # runs estimated to take longer are announced
 
 
 def _whole_config_scores(
-    proxies: Sequence[Proxy], ctx: ProxyContext, configs: np.ndarray, progress: bool, executor: Executor | None
+    proxies: Sequence[Proxy], ctx: ProxyContext, configs: np.ndarray, *, progress: bool, executor: Executor | None
 ) -> tuple[np.ndarray, list[float]]:
     """Oriented scores [N, P] of whole-configuration proxies sharing one PTQ pass per
     configuration, and each proxy's seconds per configuration as if run alone (its own time
@@ -284,6 +284,7 @@ class ReportCells:
     def score(
         self,
         name: str,
+        *,
         description: str,
         kind: str,
         orientation: int,
@@ -431,14 +432,25 @@ def score(
             proxies_whole = [instances[k] for k in whole]
             log.info("scoring %s on %d configurations", ", ".join(p.name for p in proxies_whole), len(rows))
             with executor_for(executor, workers) as pool:
-                table, seconds = _whole_config_scores(proxies_whole, whole_ctx, b.configs[rows], progress, pool)
+                table, seconds = _whole_config_scores(
+                    proxies_whole, whole_ctx, b.configs[rows], progress=progress, executor=pool
+                )
             for j, k in enumerate(whole):
                 scored[k] = (rows, table[:, j], seconds[j])
         results = []
         for k, (proxy, kind) in enumerate(zip(instances, kinds, strict=True)):
             rows, scores, seconds = scored[k]
             results.append(
-                cells.score(proxy.name, proxy.description, kind, proxy.orientation, proxy.cost, rows, scores, seconds)
+                cells.score(
+                    proxy.name,
+                    description=proxy.description,
+                    kind=kind,
+                    orientation=proxy.orientation,
+                    cost=proxy.cost,
+                    rows=rows,
+                    scores=scores,
+                    seconds=seconds,
+                )
             )
             results[-1].setup = proxy.setup_cost(ctx) if proxy.separable else None
         _statistics_cost(results, instances, stats)
@@ -451,13 +463,13 @@ def score(
             results.append(
                 cells.score(
                     RIDGE_NAME,
-                    f"{RIDGE_DESCRIPTION}; alpha {ridge.alpha_:g}",
-                    "supervised",
-                    1,
-                    "fit on the bench",
-                    rows,
-                    pred,
-                    (time.perf_counter() - t0) / len(rows),
+                    description=f"{RIDGE_DESCRIPTION}; alpha {ridge.alpha_:g}",
+                    kind="supervised",
+                    orientation=1,
+                    cost="fit on the bench",
+                    rows=rows,
+                    scores=pred,
+                    seconds=(time.perf_counter() - t0) / len(rows),
                 )
             )
         eligible = {p.name for p in instances if p.faithful and p.statistics_only}

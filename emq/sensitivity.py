@@ -515,6 +515,7 @@ def cache_key(
     model: nn.Module,
     layer_map: LayerMap,
     data: DataSplits,
+    *,
     bits: tuple[int, ...],
     ptq: PTQSettings,
     s: SensitivitySettings,
@@ -578,7 +579,7 @@ def measure_sensitivity(
     ptq = ptq or PTQSettings()
     s = settings or SensitivitySettings()
     path = None
-    key = cache_key(model, layer_map, data, bits, ptq, s)
+    key = cache_key(model, layer_map, data, bits=bits, ptq=ptq, s=s)
     if use_cache:
         path = cache_root(cache_dir) / "sensitivity" / f"{key}.json"
         t0 = time.perf_counter()
@@ -586,7 +587,7 @@ def measure_sensitivity(
         if hit is not None:
             hit.meta["cache"] = {"key": key, "path": str(path), "hit": True, "load_seconds": time.perf_counter() - t0}
             return hit
-    result = _compute(model, layer_map, data, bits, ptq, s, cache_dir, device)
+    result = _compute(model, layer_map, data, bits=bits, ptq=ptq, s=s, cache_dir=cache_dir, device=device)
     if path is not None:
         _save(path, key, result)
         result.meta["cache"] = {"key": key, "path": str(path), "hit": False}
@@ -597,6 +598,7 @@ def _compute(
     model: nn.Module,
     layer_map: LayerMap,
     data: DataSplits,
+    *,
     bits: tuple[int, ...],
     ptq: PTQSettings,
     s: SensitivitySettings,

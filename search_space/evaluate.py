@@ -125,7 +125,9 @@ class _Memo:
     subtrees are not kept for the same reason.
     """
 
-    def __init__(self, entries: int, num_bits: int, num_layers: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, entries: int, num_bits: int, num_layers: int, *, device: torch.device, dtype: torch.dtype
+    ) -> None:
         self.block = torch.empty(entries, num_bits, num_layers, device=device, dtype=dtype)
         self.rows = self.block.unbind(0)  # one view per entry (indexing the block per call costs more)
         self.where: OrderedDict[tuple[Token, ...], tuple[int, int]] = OrderedDict()  # key -> (entry, rows)
@@ -180,6 +182,7 @@ class TableEvaluator:
         stats: NetworkStats,
         terminals: Sequence[str] | None = None,
         prims: dict[str, PrimSpec] | None = None,
+        *,
         act_samples: int = DEFAULT_ACT_SAMPLES,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float64,
@@ -191,15 +194,19 @@ class TableEvaluator:
         self.terminals = tuple(terminals or available_terminals(stats))
         self.act_samples = act_samples
         self.device, self.dtype = torch.device(device), dtype
-        self.packed = pack(stats, self.terminals, None, act_samples, device, dtype)
+        self.packed = pack(stats, self.terminals, act_samples=act_samples, device=device, dtype=dtype)
         L = len(stats.layers)
         picks = sorted({round(i * (L - 1) / max(probe_layers - 1, 1)) for i in range(min(probe_layers, L))})
-        self.probe_packed = pack(stats, self.terminals, picks, act_samples, device, dtype)
+        self.probe_packed = pack(stats, self.terminals, picks, act_samples=act_samples, device=device, dtype=dtype)
         self.layer_slot = torch.tensor(stats.layer_slot, device=self.device)
         self.num_slots = stats.num_slots
         self._memos = {
             id(pk): _Memo(
-                MEMO_ENTRIES if memo_entries is None else memo_entries, pk.num_bits, pk.num_layers, self.device, dtype
+                MEMO_ENTRIES if memo_entries is None else memo_entries,
+                pk.num_bits,
+                pk.num_layers,
+                device=self.device,
+                dtype=dtype,
             )
             for pk in (self.packed, self.probe_packed)
         }
@@ -252,6 +259,7 @@ def layer_value(
     tokens: Sequence[Token],
     stats: NetworkStats,
     layer: int,
+    *,
     bit_index: int | None = None,
     prims: dict[str, PrimSpec] | None = None,
     act_samples: int = DEFAULT_ACT_SAMPLES,
@@ -267,7 +275,7 @@ def layer_value(
     def leaf(tok: Token) -> torch.Tensor:
         if tok[0] == "c":
             return torch.tensor([float(tok[1])], dtype=dtype)
-        v = layer_terminal(stats, layer, str(tok[1]), act_samples, dtype)
+        v = layer_terminal(stats, layer, str(tok[1]), act_samples=act_samples, dtype=dtype)
         if bit_index is not None and TERMINALS[str(tok[1])].bit_dependent:
             v = v[bit_index : bit_index + 1]
         return v
@@ -279,7 +287,15 @@ def layer_value(
         if p.op.kind == "network":
             end = subtree_ends(tokens, prims)[i + 1]
             per = [
-                layer_value(tokens[i + 1 : end], stats, j, bit_index, prims, act_samples, dtype)
+                layer_value(
+                    tokens[i + 1 : end],
+                    stats,
+                    j,
+                    bit_index=bit_index,
+                    prims=prims,
+                    act_samples=act_samples,
+                    dtype=dtype,
+                )
                 for j in range(len(stats.layers))
             ]
             bk = max(v.shape[0] for v in per)
@@ -303,7 +319,9 @@ def naive_config_score(
     """Score one configuration (bit index per slot) by recomputing the proxy on every layer."""
     return float(
         sum(
-            float(layer_value(tokens, stats, i, int(config_bit_idx[s]), prims, act_samples)[0])
+            float(
+                layer_value(tokens, stats, i, bit_index=int(config_bit_idx[s]), prims=prims, act_samples=act_samples)[0]
+            )
             for i, s in enumerate(stats.layer_slot)
         )
     )

@@ -164,6 +164,7 @@ def _relative_change(cur: np.ndarray, prev: np.ndarray) -> np.ndarray:
 
 def hutchinson(
     problem: HessianProblem,
+    *,
     min_probes: int = 8,
     max_probes: int = 128,
     tol: float = 1e-2,
@@ -220,7 +221,7 @@ def hutchinson(
 
 
 def power_iteration(
-    problem: HessianProblem, iters: int = 100, tol: float = 1e-3, seed: int = 0, progress: bool = False
+    problem: HessianProblem, *, iters: int = 100, tol: float = 1e-3, seed: int = 0, progress: bool = False
 ) -> PowerIterationResult:
     """Dominant eigenvalue of every layer's Hessian block H_ll, with per-layer convergence.
 

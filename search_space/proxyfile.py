@@ -69,6 +69,7 @@ class EvolvedProxy(SeparableProxy):
         self,
         tokens: Sequence[Token],
         orientation: int = 1,
+        *,
         name: str = "evolved",
         act_samples: int = DEFAULT_ACT_SAMPLES,
         meta: dict[str, Any] | None = None,
@@ -102,7 +103,12 @@ class EvolvedProxy(SeparableProxy):
     def stats_table(self, stats: Any) -> torch.Tensor:
         """P[S, B] in the statistics' own bit order."""
         ev = TableEvaluator(
-            stats, sorted(tree_terminals(self.tokens)), self.prims, self.act_samples, probe_layers=1, memo_entries=0
+            stats,
+            sorted(tree_terminals(self.tokens)),
+            self.prims,
+            act_samples=self.act_samples,
+            probe_layers=1,
+            memo_entries=0,
         )  # one tree: a memo would cost more to allocate than it saves
         with torch.no_grad():
             return ev.table(self.tokens)
@@ -202,7 +208,7 @@ def proxy_from_json(obj: Any, source: str = "proxy") -> EvolvedProxy:
         name = check_name(obj.get("name", "evolved"))
     except ParameterError as e:
         raise EmqError(f"{source}: field 'name' {e.problem} (got {obj.get('name')!r})") from e
-    return EvolvedProxy(tokens, orientation, name, act, meta)
+    return EvolvedProxy(tokens, orientation, name=name, act_samples=act, meta=meta)
 
 
 def _walk(node: dict) -> list[dict]:

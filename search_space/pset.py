@@ -201,7 +201,7 @@ def _weights(space: SearchSpace, nodes: Sequence) -> list[float]:
     return out
 
 
-def generate(space: SearchSpace, min_: int, max_: int, full: bool, type_: type = Scalar) -> list:
+def generate(space: SearchSpace, min_: int, max_: int, *, full: bool, type_: type = Scalar) -> list:
     """A random typed expression (DEAP nodes), grown or full, with weighted node choice."""
     pset = space.pset
     height = random.randint(min_, max_)
@@ -223,7 +223,7 @@ def generate(space: SearchSpace, min_: int, max_: int, full: bool, type_: type =
 
 def gen_half_and_half(space: SearchSpace, min_: int, max_: int, type_: type = Scalar) -> list:
     """Ramped half-and-half, used for initialisation, DPS challengers and subtree mutation."""
-    return generate(space, min_, max_, random.random() < 0.5, type_)
+    return generate(space, min_, max_, full=random.random() < 0.5, type_=type_)
 
 
 def to_tokens(tree: Iterable) -> list[Token]:

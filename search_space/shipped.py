@@ -62,6 +62,7 @@ def _mismatch(ns: NetworkStats, want: dict, bits: tuple[int, ...], settings: dic
 def find_shipped(
     model: nn.Module,
     layer_map: LayerMap,
+    *,
     bits: tuple[int, ...],
     settings: StatsSettings,
     data: DataSplits | None,

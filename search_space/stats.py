@@ -250,7 +250,7 @@ def _private_copy(
 
 
 def _activation_pass(
-    work: nn.Module, layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, batch_size: int, cap: int
+    work: nn.Module, layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, *, batch_size: int, cap: int
 ) -> dict:
     """One pass over the calibration images: G (batch-weighted), capped A/Y/GY, activation ranges."""
     n = x.shape[0]
@@ -331,7 +331,7 @@ def _synflow_grad(work: nn.Module, names: list[str], sample_shape: torch.Size) -
 
 
 def _per_sample_fisher(
-    work: nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor, batch_size: int, progress: bool
+    work: nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor, *, batch_size: int, progress: bool
 ) -> list[torch.Tensor]:
     """Diagonal empirical Fisher E_x[g_x ⊙ g_x] of the mapped weights, g_x = grad of image x's own cross-entropy."""
     modules = dict(work.named_modules())
@@ -420,6 +420,7 @@ def _compute(
     layer_map: LayerMap,
     x: torch.Tensor,
     y: torch.Tensor,
+    *,
     bits: tuple[int, ...],
     s: StatsSettings,
     progress: bool = True,
@@ -442,13 +443,13 @@ def _compute(
     names = [layer.name for layer in layer_map.layers]
     lap("setup")
 
-    act = _activation_pass(work, layers, x, y, s.batch_size, s.act_cap)
+    act = _activation_pass(work, layers, x, y, batch_size=s.batch_size, cap=s.act_cap)
     lap("gradients_activations")
     vg = _virtual_grad(work, layers, x.shape[1:])
     lap("virtual_grad")
     sg = _synflow_grad(work, names, x.shape[1:])
     lap("synflow_grad")
-    fd = _per_sample_fisher(work, names, x, y, s.batch_size, progress)
+    fd = _per_sample_fisher(work, names, x, y, batch_size=s.batch_size, progress=progress)
     lap("per_sample_fisher")
 
     xh, yh = x[: s.hessian_images], y[: s.hessian_images]
@@ -457,9 +458,20 @@ def _compute(
         problem = HessianProblem(
             work, [m.weight for m in layers], [(xh[i : i + hb], yh[i : i + hb]) for i in range(0, xh.shape[0], hb)]
         )
-        hutch = hutchinson(problem, s.hessian_min_probes, s.hessian_max_probes, s.hessian_tol, s.seed, progress)
+        hutch = hutchinson(
+            problem,
+            min_probes=s.hessian_min_probes,
+            max_probes=s.hessian_max_probes,
+            tol=s.hessian_tol,
+            seed=s.seed,
+            progress=progress,
+        )
         lap("hessian_trace_diag")
-        power = power_iteration(problem, s.eig_iters, s.eig_tol, s.seed, progress) if s.eig_iters > 0 else None
+        power = (
+            power_iteration(problem, iters=s.eig_iters, tol=s.eig_tol, seed=s.seed, progress=progress)
+            if s.eig_iters > 0
+            else None
+        )
         eig = power.eig if power is not None else np.zeros(len(layers))
         del problem
         lap("hessian_eig")
@@ -553,12 +565,12 @@ def activation_noise(act: dict, s: StatsSettings) -> list[torch.Tensor]:
 
 
 def activation_fields(
-    model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Tensor, s: StatsSettings, device: torch.device
+    model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Tensor, *, s: StatsSettings, device: torch.device
 ) -> tuple[list[dict[str, torch.Tensor]], list[list[float]]]:
     """A, Y, GY and AE per layer and the activation ranges: one pass over the calibration
     images, the very numbers `_compute` stores (it runs the same pass first on the same copy)."""
     work, layers = _private_copy(model, layer_map, device)
-    act = _activation_pass(work, layers, x.to(device), y.to(device), s.batch_size, s.act_cap)
+    act = _activation_pass(work, layers, x.to(device), y.to(device), batch_size=s.batch_size, cap=s.act_cap)
     noise = activation_noise(act, s)
     fields = [
         {"A": _f32(act["A"][i]), "Y": _f32(act["Y"][i]), "GY": _f32(act["GY"][i]), "AE": noise[i]}
@@ -634,7 +646,7 @@ def _calibration(
 
 
 def cache_key(
-    model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Tensor, bits: tuple[int, ...], s: StatsSettings
+    model: nn.Module, layer_map: LayerMap, x: torch.Tensor, y: torch.Tensor, *, bits: tuple[int, ...], s: StatsSettings
 ) -> str:
     """Content key: weights and buffers, the exact calibration batch, settings, bits, layer map."""
     parts = {
@@ -669,6 +681,7 @@ def complete_stats(
     ns: NetworkStats,
     model: nn.Module,
     layer_map: LayerMap,
+    *,
     x: torch.Tensor | None,
     y: torch.Tensor | None,
     settings: StatsSettings,
@@ -684,7 +697,7 @@ def complete_stats(
             raise EmqError(
                 f"statistics without {', '.join(ns.omitted_from_data)}: completing them needs calibration data"
             )
-        fields, meta["act_ranges"] = activation_fields(model, layer_map, x, y, settings, device)
+        fields, meta["act_ranges"] = activation_fields(model, layer_map, x, y, s=settings, device=device)
         layers = [
             replace(layer, **{f: per[f] for f in ACTIVATION_FIELDS}) for layer, per in zip(layers, fields, strict=True)
         ]
@@ -710,13 +723,13 @@ def shipped_stats(
     or None when none matches (emq.search_space.shipped). `data` None (not installed): the data is
     not checked, and a partial file cannot be completed (EmqError naming --data). `files`
     defaults to the bundles'."""
-    found = find_shipped(model, layer_map, bits, settings, data, files)
+    found = find_shipped(model, layer_map, bits=bits, settings=settings, data=data, files=files)
     if found is None:
         return None
     ns, path = found
     if ns.omitted:
         x, y = data.calibration(settings.calib_size, settings.calib_seed) if data is not None else (None, None)
-        ns = complete_stats(ns, model, layer_map, x, y, settings, torch.device(device))
+        ns = complete_stats(ns, model, layer_map, x=x, y=y, settings=settings, device=torch.device(device))
     ns.meta["shipped"] = str(path)
     log.info("statistics of %s from the shipped bundle %s", layer_map.model, path)
     return ns
@@ -764,7 +777,7 @@ def compute_stats(
     x, y = _calibration(data, s)
     path = None
     if use_cache:
-        key = cache_key(model, layer_map, x, y, bits, s)
+        key = cache_key(model, layer_map, x, y, bits=bits, s=s)
         path = default_cache_dir(cache_dir) / f"{key}.pt"
         if path.exists():
             try:
@@ -789,7 +802,18 @@ def compute_stats(
         if isinstance(data, DataSplits)
         else x
     )
-    result = _compute(model, layer_map, x, y, bits, s, progress, rounding_x, cache_dir, device)
+    result = _compute(
+        model,
+        layer_map,
+        x,
+        y,
+        bits=bits,
+        s=s,
+        progress=progress,
+        rounding_x=rounding_x,
+        cache_dir=cache_dir,
+        device=device,
+    )
     if path is not None:
         try:
             save_stats(result, path)

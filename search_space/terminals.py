@@ -56,13 +56,16 @@ def layer_terminal(
     stats: NetworkStats,
     layer: int,
     name: str,
+    *,
     act_samples: int = DEFAULT_ACT_SAMPLES,
     dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """The value of terminal `name` for one layer, in the per-layer semantics."""
     spec = TERMINALS[name]
     if spec.derive is not None:
-        return spec.derive({n: layer_terminal(stats, layer, n, act_samples, dtype) for n in spec.needs})
+        return spec.derive(
+            {n: layer_terminal(stats, layer, n, act_samples=act_samples, dtype=dtype) for n in spec.needs}
+        )
     v = spec.raw(stats, layer) if spec.raw is not None else getattr(stats.layers[layer], name)
     if spec.type is Scalar:
         return torch.tensor(v, dtype=dtype) if spec.bit_dependent else torch.tensor([float(v)], dtype=dtype)
@@ -117,6 +120,7 @@ def pack(
     stats: NetworkStats,
     names: Sequence[str],
     layers: Sequence[int] | None = None,
+    *,
     act_samples: int = DEFAULT_ACT_SAMPLES,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float64,
@@ -130,7 +134,7 @@ def pack(
     count: dict[type, torch.Tensor] = {}
     for name in names:
         spec = TERMINALS[name]
-        per = [layer_terminal(stats, i, name, act_samples, dtype) for i in layers]
+        per = [layer_terminal(stats, i, name, act_samples=act_samples, dtype=dtype) for i in layers]
         if spec.type is Scalar:
             v = torch.stack(per, dim=1)  # [Bk, L]
         else:

@@ -402,7 +402,7 @@ def test_proxies_of_one_configuration_share_its_ptq_pass_and_score_as_alone(targ
         return original(bits)
 
     monkeypatch.setattr(engine, "prepare", counted)
-    table, seconds = _whole_config_scores([get_proxy(n) for n in names], ctx, configs, False, None)
+    table, seconds = _whole_config_scores([get_proxy(n) for n in names], ctx, configs, progress=False, executor=None)
     for j, n in enumerate(names):
         np.testing.assert_array_equal(table[:, j], alone[n])
     quantized = [c for c in calls if c is not None]

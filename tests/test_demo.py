@@ -16,7 +16,7 @@ BUDGETS = (2.5, 3.0, 3.5)  # the demo's default average weight bits
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    # --evaluations 0: auto's measured-configuration branch is tested in test_auto.py (100 PTQ runs here)
+    # --evaluations 0: auto's measured-configuration branches are tested in test_auto.py (50 PTQ runs here)
     args = ["demo", "--out", str(out), "--generations", "4", "--population", "24", "--evaluations", "0"]
     code = main([*args, "--json"])
     assert code == 0

@@ -51,7 +51,7 @@ def _ctx(stats, bits=None):
 
 def test_loaded_proxy_scores_exactly_as_the_original(tmp_path, tiny_setting):
     stats, fd, _ = tiny_setting
-    p = EvolvedProxy(TOKENS, -1, "x", meta={"fitness": {"search_spearman": 0.5}})
+    p = EvolvedProxy(TOKENS, -1, name="x", meta={"fitness": {"search_spearman": 0.5}})
     path = save_proxy(p, tmp_path / "p.json")
     q = load_proxy(path)
     assert q.tokens == p.tokens and q.orientation == -1 and q.meta["fitness"]["search_spearman"] == 0.5
@@ -92,7 +92,7 @@ def test_scale_free_proxy_round_trips_and_exports_the_same_table(tmp_path, tiny_
     computes them over all layers and agrees with the engine (tied layers: 10 layers, 8 slots)."""
     stats, fd, _ = tiny_setting
     assert len(set(stats.layer_slot)) < len(stats.layers)
-    p = EvolvedProxy(NET_TOKENS, -1, "scalefree")
+    p = EvolvedProxy(NET_TOKENS, -1, name="scalefree")
     q = load_proxy(save_proxy(p, tmp_path / "p.json"))
     assert q.tokens == p.tokens and q.key == p.key
     table = p.table(_ctx(stats))
@@ -108,7 +108,7 @@ def test_scale_free_proxy_round_trips_and_exports_the_same_table(tmp_path, tiny_
 
 def test_python_export_computes_the_same_table(tmp_path, tiny_setting):
     stats = tiny_setting[0]
-    p = EvolvedProxy(TOKENS, 1, "hawqish")
+    p = EvolvedProxy(TOKENS, 1, name="hawqish")
     written = export(p, "all", tmp_path)
     assert set(written) == {"json", "sympy", "latex", "python", "dot", "png"}
     spec = importlib.util.spec_from_file_location("hawqish", written["python"])
@@ -130,7 +130,7 @@ def test_sympy_rendering_and_guard():
 
 
 def test_cli_export_and_errors(tmp_path, capsys):
-    path = save_proxy(EvolvedProxy(TOKENS, 1, "cli"), tmp_path / "cli.json")
+    path = save_proxy(EvolvedProxy(TOKENS, 1, name="cli"), tmp_path / "cli.json")
     assert main(["export", str(path), "--to", "latex", "--out", str(tmp_path / "o"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"latex": str(tmp_path / "o" / "cli.tex")}
     path.write_text('{"format": "emq-proxy/1", "tree": {"op": "nope", "args": []}, "orientation": 1}')
@@ -147,7 +147,7 @@ def test_png_export_leaves_the_users_matplotlib_backend_alone(tmp_path):
     figures = plt.get_fignums()
     matplotlib.use("svg")
     try:
-        png = export(EvolvedProxy(TOKENS, 1, "backend"), "png", tmp_path)["png"]
+        png = export(EvolvedProxy(TOKENS, 1, name="backend"), "png", tmp_path)["png"]
         assert matplotlib.get_backend() == "svg" and plt.get_fignums() == figures
     finally:
         matplotlib.use(before)
@@ -160,7 +160,7 @@ def test_png_export_leaves_the_users_matplotlib_backend_alone(tmp_path):
 )
 def test_a_proxy_name_never_becomes_code_or_a_path(tmp_path, name):
     good = tmp_path / "good.json"
-    save_proxy(EvolvedProxy(TOKENS, 1, "fine"), good)
+    save_proxy(EvolvedProxy(TOKENS, 1, name="fine"), good)
     doc = json.loads(good.read_text())
     doc["name"] = name
     bad = tmp_path / "bad.json"
@@ -168,13 +168,13 @@ def test_a_proxy_name_never_becomes_code_or_a_path(tmp_path, name):
     with pytest.raises(EmqError, match="field 'name'"):
         load_proxy(bad)
     with pytest.raises(EmqError, match="name="):
-        EvolvedProxy(TOKENS, 1, name)
+        EvolvedProxy(TOKENS, 1, name=name)
     assert main(["export", str(bad), "--to", "all", "--out", str(tmp_path / "out")]) == 2
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["bad.json", "good.json"]  # nothing written anywhere
 
 
 def test_python_export_docstring_is_an_escaped_literal(tmp_path):
-    proxy = EvolvedProxy(TOKENS, -1, "safe-name.v1")
+    proxy = EvolvedProxy(TOKENS, -1, name="safe-name.v1")
     out = export(proxy, "python", tmp_path)["python"]
     spec = importlib.util.spec_from_file_location("exported", out)
     module = importlib.util.module_from_spec(spec)

@@ -108,18 +108,18 @@ def test_hutchinson_matches_exact_diagonal_and_traces(setup, exact):
 def test_hutchinson_is_seeded_and_respects_probe_limits(setup):
     model, x, y, names, weights = setup
     problem = HessianProblem(model, weights, [(x, y)])
-    a = hutchinson(problem, 4, 20, 1e-2, seed=5)
-    b = hutchinson(problem, 4, 20, 1e-2, seed=5)
-    c = hutchinson(problem, 4, 20, 1e-2, seed=6)
+    a = hutchinson(problem, min_probes=4, max_probes=20, tol=1e-2, seed=5)
+    b = hutchinson(problem, min_probes=4, max_probes=20, tol=1e-2, seed=5)
+    c = hutchinson(problem, min_probes=4, max_probes=20, tol=1e-2, seed=6)
     np.testing.assert_array_equal(a.trace, b.trace)
     for da, db in zip(a.diag, b.diag, strict=True):
         torch.testing.assert_close(da, db, rtol=0, atol=0)
     assert not np.array_equal(a.trace, c.trace)
     assert 4 <= a.probes <= 20
-    assert hutchinson(problem, 6, 6, 0.0).probes == 6  # tol 0: runs to the maximum
-    assert hutchinson(problem, 3, 50, 1e9).probes == 3  # huge tol: stops at the minimum
+    assert hutchinson(problem, min_probes=6, max_probes=6, tol=0.0).probes == 6  # tol 0: runs to the maximum
+    assert hutchinson(problem, min_probes=3, max_probes=50, tol=1e9).probes == 3  # huge tol: stops at the minimum
     with pytest.raises(ValueError):
-        hutchinson(problem, 5, 4)
+        hutchinson(problem, min_probes=5, max_probes=4)
 
 
 def test_convergence_uses_absolute_denominator():
@@ -132,7 +132,7 @@ def test_convergence_uses_absolute_denominator():
         def hvp(self, v):
             return [-v[0], 3 * v[1]]
 
-    res = hutchinson(Fixed(), 2, 10, 1e-3)
+    res = hutchinson(Fixed(), min_probes=2, max_probes=10, tol=1e-3)
     assert res.converged and res.probes == 2
     np.testing.assert_allclose(res.trace, [-1.0, 3.0])
 
@@ -153,7 +153,7 @@ def test_power_iteration_matches_exact_block_eigenvalues(setup, exact):
 def test_hutchinson_reports_per_layer_convergence(setup, exact):
     model, x, y, names, weights = setup
     problem = HessianProblem(model, weights, [(x, y)])
-    res = hutchinson(problem, 5, 5, 0.0, seed=2)
+    res = hutchinson(problem, min_probes=5, max_probes=5, tol=0.0, seed=2)
     prev, cur = res.history[-2], res.history[-1]
     np.testing.assert_allclose(res.layer_change, np.abs(cur - prev) / np.abs(prev))
     assert res.change == pytest.approx(np.abs(cur - prev).sum() / np.abs(prev).sum())
@@ -171,7 +171,7 @@ def test_hutchinson_reports_per_layer_convergence(setup, exact):
     np.testing.assert_allclose(
         res.layer_rel_stderr, values.std(0, ddof=1) / np.sqrt(5) / np.abs(values.mean(0)), rtol=1e-3
     )
-    one = hutchinson(problem, 1, 1, 0.0)
+    one = hutchinson(problem, min_probes=1, max_probes=1, tol=0.0)
     assert np.isinf(one.layer_change).all() and np.isinf(one.change)
 
 

@@ -62,9 +62,9 @@ def test_adaround_rounding_variables_converge_to_zero_or_one():
     _, layer = _layers()[0]
     w = layer.module.weight.detach()
     params = get_weight_quantizer("adaround").params  # the default schedule (2,000 iterations)
-    _, h = adaround(w, layer, 2, False, params)
+    _, h = adaround(w, layer, 2, symmetric=False, p=params)
     assert ((h < 0.01) | (h > 0.99)).float().mean() > 0.9  # without the annealed regulariser about 60 %
-    _, h_soft = adaround(w, layer, 2, False, {**params, "iters": 50})  # still in the warm-up: soft
+    _, h_soft = adaround(w, layer, 2, symmetric=False, p={**params, "iters": 50})  # still in the warm-up: soft
     assert ((h_soft > 0) & (h_soft < 1)).float().mean() > 0.5
 
 

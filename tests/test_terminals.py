@@ -55,9 +55,9 @@ def test_presets_follow_raw_sources():
 GW = TerminalSpec(
     "GW",
     WeightT,
-    False,
-    "gradient times weight (SNIP's saliency)",
-    r"G \odot W",
+    bit_dependent=False,
+    description="gradient times weight (SNIP's saliency)",
+    latex=r"G \odot W",
     default=False,
     derive=lambda t: t["G"] * t["W"],
     needs=("G", "W"),
@@ -78,7 +78,7 @@ def test_a_derived_terminal_is_one_registration(with_gw, stats, tmp_path):
     assert "GW" in ev.terminals
     torch.testing.assert_close(ev.table(derived), ev.table(spelled), rtol=0, atol=0)
     assert to_sympy(derived, ev.prims) == sympy.Function("l1")(sympy.Symbol("GW"))
-    p = EvolvedProxy(derived, 1, "gw")
+    p = EvolvedProxy(derived, 1, name="gw")
     path = tmp_path / "gw.py"
     path.write_text(to_python(p))
     spec = importlib.util.spec_from_file_location("gw", path)
@@ -96,9 +96,23 @@ def test_registry_refuses_bad_terminals():
             [
                 *base,
                 TerminalSpec(
-                    "x", Scalar, False, "x", "x", derive=lambda t: t["nope"], needs=("nope",), python="t['nope']"
+                    "x",
+                    Scalar,
+                    bit_dependent=False,
+                    description="x",
+                    latex="x",
+                    derive=lambda t: t["nope"],
+                    needs=("nope",),
+                    python="t['nope']",
                 ),
             ]
         )
     with pytest.raises(EmqError, match="together"):
-        primitives._registry([*base, TerminalSpec("x", Scalar, False, "x", "x", derive=lambda t: t["b"], needs=("b",))])
+        primitives._registry(
+            [
+                *base,
+                TerminalSpec(
+                    "x", Scalar, bit_dependent=False, description="x", latex="x", derive=lambda t: t["b"], needs=("b",)
+                ),
+            ]
+        )

@@ -226,12 +226,19 @@ class Allocator:
         self,
         budgets: BudgetSpec | None = None,
         bits_allowed: Sequence[int] = DEFAULT_BITS,
+        *,
         pins: Mapping[str | int, int] | None = None,
         slot_bits: Mapping[str | int, Sequence[int]] | None = None,
         ties: Sequence[Sequence[str | int]] = (),
     ) -> Problem:
         return build_problem(
-            self.layer_map, as_budgets(budgets), bits_allowed, pins, slot_bits, ties, self.settings.act_bits
+            self.layer_map,
+            as_budgets(budgets),
+            bits_allowed,
+            pins=pins,
+            slot_bits=slot_bits,
+            ties=ties,
+            act_bits=self.settings.act_bits,
         )
 
     def table(self, proxy: SeparableProxy, bits: tuple[int, ...]) -> np.ndarray:
@@ -461,7 +468,7 @@ def allocate(
     )
     return alloc.allocate(
         proxy,
-        alloc.problem(budgets, bits_allowed, pins, slot_bits, ties),
+        alloc.problem(budgets, bits_allowed, pins=pins, slot_bits=slot_bits, ties=ties),
         evaluate,
         seed_proxy=seed_proxy,
         search_evaluations=search_evaluations,

@@ -1,15 +1,17 @@
 """`--proxy auto --evaluations K`: spend up to K PTQ evaluations on the user's network and use
 what the cost-quality frontier (emq.frontier, docs/figures.md) recommends for that budget.
 
-The rule is fixed, read off the frontier of the 13 zoo networks (never off the user's network)
-by `emq.frontier.switch_budget`: below `FIT_FROM` evaluations the measured per-slot
-sensitivity (`layer-kl`: L x B single-slot runs on calibration images, no configuration
-measured) has the higher expected held-out rho; from `FIT_FROM` on, ridge on one-hot
-(slot, bit) features fitted on K measured configurations has. Both are separable tables, so
-the ILP allocates with them under any budget. The K configurations are drawn uniformly
-(seeded) and measured by `emq bench build` into a bench file the user can keep; an
-interrupted run resumes from it without re-evaluating what it holds. Ridge is fitted on the
-fit pool of test images, as on the frontier, so the report pool stays free to judge it.
+The rule (`RULE`) is fixed, read off the frontier of the 13 zoo networks (never off the user's
+network) by `emq.frontier.recommend`: at each budget, the method with the highest held-out rho
+averaged over those networks. Below 50 evaluations that is the measured per-slot sensitivity
+(`layer-kl`: L x B single-slot runs on calibration images, no configuration measured); from 50,
+ridge on the proxies' scores (every faithful statistics-only separable proxy and `layer-kl`)
+fitted on K measured configurations; from 200, ridge on one-hot (slot, bit) features. All are
+separable tables, so the ILP allocates with them under any budget. The K configurations are
+drawn uniformly (seeded) and measured by `emq bench build` into a bench file the user can
+keep; an interrupted run resumes from it without re-evaluating what it holds. The models are
+fitted on the fit pool of test images, as on the frontier, so the report pool stays free to
+judge them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +34,32 @@ from ..specs import ParameterError
 
 log = logging.getLogger(__name__)
 
-# switch_budget on benchmarks/results/frontier_zoo (tests/test_auto.py checks it): the mean gain of
-# ridge over layer-kl across the 13 networks is -0.008 at 100 evaluations and +0.027 at 200
-FIT_FROM = 200
+STRATEGIES = ("layer-kl", "ridge-proxies", "ridge-onehot")
+# emq.frontier.recommend on benchmarks/results/frontier_zoo (tests/test_auto.py checks it)
+RULE: tuple[tuple[int, str], ...] = ((0, "layer-kl"), (50, "ridge-proxies"), (200, "ridge-onehot"))
 NAME = "auto"
+
+
+def feature_proxies() -> list[str]:
+    """The features of ridge-proxies, here and on the frontier: every faithful statistics-only
+    separable proxy of the registry, and the measured sensitivity."""
+    from ..baselines.registry import PROXIES
+
+    return [n for n, c in PROXIES.items() if c.faithful and c.separable and not c.needs_data] + ["layer-kl"]
+
+
+def check_rule(rule: Sequence[Sequence[Any]]) -> tuple[tuple[int, str], ...]:
+    """A rule as steps (from K, strategy): starting at 0, increasing, known strategies."""
+    try:
+        steps = tuple((int(k), str(m)) for k, m in rule)
+    except (TypeError, ValueError) as e:
+        raise ParameterError("rule", rule, "give (evaluations, strategy) steps") from e
+    ks = [k for k, _ in steps]
+    if not steps or ks[0] != 0 or ks != sorted(set(ks)) or any(m not in STRATEGIES for _, m in steps):
+        raise ParameterError(
+            "rule", rule, f"give increasing steps from 0 evaluations, each to one of {', '.join(STRATEGIES)}"
+        )
+    return steps
 
 
 class AutoProxy(SeparableProxy):
@@ -51,18 +76,24 @@ class AutoProxy(SeparableProxy):
         measurements: str | Path | None = None,
         seed: int = 0,
         *,
-        fit_from: int = FIT_FROM,
+        rule: Sequence[Sequence[Any]] = RULE,
     ) -> None:
-        """`fit_from`: the budget from which ridge is used (the frontier's rule; a study that
-        leaves a network out passes the rule recomputed without it)."""
-        for name, value in (("evaluations", evaluations), ("fit_from", fit_from)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise ParameterError(name, value, "give a non-negative integer number of PTQ evaluations")
-        self.evaluations, self.seed, self.fit_from = int(evaluations), int(seed), int(fit_from)
+        """`rule`: (from K, strategy) steps (the frontier's; a study that leaves a network out
+        passes the rule recomputed without it)."""
+        if isinstance(evaluations, bool) or not isinstance(evaluations, (int, np.integer)) or evaluations < 0:
+            raise ParameterError("evaluations", evaluations, "give a non-negative integer number of PTQ evaluations")
+        self.evaluations, self.seed, self.rule = int(evaluations), int(seed), check_rule(rule)
         self.measurements = Path(measurements) if measurements is not None else None
-        self.strategy = "layer-kl" if self.evaluations < self.fit_from else "ridge-onehot"
+        self.strategy = [m for k, m in self.rule if k <= self.evaluations][-1]
         self.description = f"auto with {self.evaluations} evaluations: {self.strategy}"
         self._setup: dict[str, Any] = {}
+
+    def _why(self) -> str:
+        steps = ", ".join(f"{m} from {k}" for k, m in self.rule)
+        return (
+            f"with {self.evaluations} evaluations {self.strategy} has the highest expected held-out rho on networks "
+            f"without a bench (the zoo's frontier: {steps} evaluations)"
+        )
 
     def table(self, ctx: ProxyContext) -> np.ndarray:
         t0 = time.perf_counter()
@@ -72,8 +103,7 @@ class AutoProxy(SeparableProxy):
             sens = context_sensitivity(ctx)
             self._setup = {
                 "strategy": "layer-kl",
-                "why": f"{self.evaluations} < {self.fit_from} evaluations: below that budget the measured sensitivity "
-                "has the higher expected rho on networks without a bench (the zoo's frontier)",
+                "why": self._why(),
                 "evaluations": 0,
                 "single_slot_evaluations": sens.meta.get("single_slot_evaluations"),
                 "ptq_equivalents": sens.meta.get("ptq_equivalents"),
@@ -81,21 +111,54 @@ class AutoProxy(SeparableProxy):
             }
             return -sens.table("kl")
         configs, values, path, spent = self._measure(ctx)
+        if self.strategy == "ridge-onehot":
+            table, alpha, extra = self._onehot(ctx, configs, values)
+        else:
+            table, alpha, extra = self._on_proxies(ctx, configs, values)
+        self._setup = {
+            "strategy": self.strategy,
+            "why": self._why(),
+            "evaluations": spent,
+            "measurements": str(path),
+            "alpha": alpha,
+            **extra,
+            "seconds": time.perf_counter() - t0,
+        }
+        return table
+
+    @staticmethod
+    def _onehot(ctx: ProxyContext, configs: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, float, dict]:
         from ..supervised import OneHotRidge
 
         model = OneHotRidge(ctx.bits).fit(configs, values)
         slots = ctx.target.layer_map.num_slots
         coef = model.model_.coef_.reshape(len(ctx.bits), slots).T  # features are [bit][slot] blocks
-        self._setup = {
-            "strategy": "ridge-onehot",
-            "why": f"{self.evaluations} >= {self.fit_from} evaluations: from that budget on a model fitted on the "
-            "network's own measurements has the higher expected rho (the zoo's frontier)",
-            "evaluations": spent,
-            "measurements": str(path),
-            "alpha": model.alpha_,
-            "seconds": time.perf_counter() - t0,
-        }
-        return coef + model.model_.intercept_ / slots
+        return coef + model.model_.intercept_ / slots, model.alpha_, {}
+
+    @staticmethod
+    def _on_proxies(ctx: ProxyContext, configs: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, float, dict]:
+        """Ridge on the standardized oriented scores of the feature proxies; a linear map of
+        separable scores, so its table is the weighted sum of their tables."""
+        from sklearn.linear_model import RidgeCV
+        from sklearn.preprocessing import StandardScaler
+
+        from ..baselines import get_proxy
+        from ..proxy import table_scores
+        from ..supervised import ALPHAS
+
+        names = feature_proxies()
+        tables = []
+        for name in names:
+            proxy = get_proxy(name)
+            tables.append(proxy.orientation * np.asarray(proxy.table(ctx), dtype=np.float64))
+        idx = ctx.bit_index(configs)
+        x = np.stack([table_scores(t, idx) for t in tables], axis=1)
+        scaler = StandardScaler().fit(x)
+        model = RidgeCV(alphas=ALPHAS).fit(scaler.transform(x), values)
+        w = model.coef_ / scaler.scale_
+        slots = ctx.target.layer_map.num_slots
+        table = sum(wi * t for wi, t in zip(w, tables, strict=True)) + (model.intercept_ - w @ scaler.mean_) / slots
+        return table, float(model.alpha_), {"features": dict(zip(names, map(float, w), strict=True))}
 
     def setup_cost(self, ctx: ProxyContext) -> dict[str, Any] | None:
         return dict(self._setup) or None

@@ -167,6 +167,7 @@ def build_problem(
     layer_map: LayerMap,
     budgets: Sequence[Budget] = (),
     bits_allowed: Sequence[int] = DEFAULT_BITS,
+    *,
     pins: Mapping[str | int, int] | None = None,
     slot_bits: Mapping[str | int, Sequence[int]] | None = None,
     ties: Sequence[Sequence[str | int]] = (),

@@ -186,7 +186,7 @@ def sweep(
     result = SweepResult(kind, [float(v) for v in values], model=allocator.layer_map.model)
     jobs = [(p, float(v)) for p in proxies for v in values]
     for p, v in tqdm(jobs, desc="sweep", disable=not log.isEnabledFor(logging.INFO)):
-        problem = allocator.problem([*fixed, Budget(kind, v)], bits_allowed, pins)
+        problem = allocator.problem([*fixed, Budget(kind, v)], bits_allowed, pins=pins)
         try:
             result.points.append(
                 allocator.allocate(p, problem, evaluate, search_evaluations=search_evaluations, seed=seed)
@@ -194,7 +194,7 @@ def sweep(
         except InfeasibleBudget as e:
             result.skipped.append((p.name, v, str(e)))
     if uniform:
-        base = allocator.problem(fixed, bits_allowed, pins)
+        base = allocator.problem(fixed, bits_allowed, pins=pins)
         main = proxies[0]
         for b in sorted(set(bits_allowed)):
             bits = tuple(base.pins.get(s, b) for s in range(base.num_slots))

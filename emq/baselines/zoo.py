@@ -34,7 +34,13 @@ class EmqZoo(EvolvedProxy):
     needs_data = _MEASURED
 
     def __init__(self) -> None:
-        super().__init__(_SHIPPED.tokens, _SHIPPED.orientation, self.name, _SHIPPED.act_samples, _SHIPPED.meta)
+        super().__init__(
+            _SHIPPED.tokens,
+            _SHIPPED.orientation,
+            name=self.name,
+            act_samples=_SHIPPED.act_samples,
+            meta=_SHIPPED.meta,
+        )
         self.description, self.cost = type(self).description, type(self).cost
 
     def setup_cost(self, ctx: ProxyContext) -> dict[str, Any] | None:

@@ -175,8 +175,8 @@ def run(args: argparse.Namespace) -> int:
         model_spec(args), settings=settings, evaluate=args.evaluate, bench=args.bench, device=args.device
     )
     if values is not None:
-        return _run_sweep(args, allocator, values, budgets, bits_allowed, pins, proxy)
-    problem = allocator.problem(budgets, bits_allowed, pins, slot_bits, ties)
+        return _run_sweep(args, allocator, values, budgets=budgets, bits_allowed=bits_allowed, pins=pins, proxy=proxy)
+    problem = allocator.problem(budgets, bits_allowed, pins=pins, slot_bits=slot_bits, ties=ties)
     alloc = allocator.allocate(proxy, problem, args.evaluate, search_evaluations=args.search_evals, seed=args.seed)
     bitmap = alloc.save(args.out)[0] if args.out is not None else None
     if args.json:
@@ -220,6 +220,7 @@ def _run_sweep(
     args: argparse.Namespace,
     allocator: Allocator,
     values: np.ndarray,
+    *,
     budgets: list[Budget],
     bits_allowed: list[int],
     pins: dict,

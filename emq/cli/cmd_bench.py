@@ -312,13 +312,13 @@ def run_build(args: argparse.Namespace) -> int:
     _check_build_sizes(args, bits)
     user = _configs_file(args.configs_file)
     with executor_from_args(args) as executor:
-        info = _build(args, settings, bits, user, executor)
+        info = _build(args, settings=settings, bits=bits, user=user, executor=executor)
     emit_json(info) if args.json else _print_info(info)
     return 0
 
 
 def _build(
-    args: argparse.Namespace, settings: PTQSettings, bits: list[int], user: tuple[list, list], executor: Executor
+    args: argparse.Namespace, *, settings: PTQSettings, bits: list[int], user: tuple[list, list], executor: Executor
 ) -> dict:
     user_configs, user_labels = user
     return bench_build(

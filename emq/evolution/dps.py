@@ -49,6 +49,7 @@ def select_survivors(
     keys: Sequence[str],
     signatures: Sequence[np.ndarray | None],
     k: int,
+    *,
     threshold: float | None,
 ) -> list[int]:
     """Indices of k survivors, fittest first (ties broken by key, so it is deterministic).

@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +189,7 @@ class Campaign:
     data: FitnessData | Sequence[FitnessData]
     space: SearchSpace
     config: SearchConfig
+    _: KW_ONLY
     out_dir: Path | None = None
     progress: bool = False
 
@@ -219,10 +220,10 @@ class Campaign:
             self.stats,
             self.data,
             self.space,
-            self.config.act_samples,
-            self.config.device,
-            self.config.aggregate,
-            self.config.aggregate_k,
+            act_samples=self.config.act_samples,
+            device=self.config.device,
+            aggregate=self.config.aggregate,
+            aggregate_k=self.config.aggregate_k,
         )
         tb = base.Toolbox()
         tb.register("mate", cx_one_point)
@@ -344,7 +345,7 @@ class Campaign:
             keys,
             [self.cache[k].signature for k in keys],
             cfg.population,
-            cfg.dps.crowding_threshold if cfg.dps.enabled else None,
+            threshold=cfg.dps.crowding_threshold if cfg.dps.enabled else None,
         )
         self.population = [pool[i] for i in idx]
 
@@ -487,11 +488,11 @@ class Campaign:
             self.tokens[k] = tokens
             self.cache[k] = Outcome(
                 fit if fit is not None else REJECTED,
-                rs if rs is not None else float("nan"),
-                orient,
-                reason,
-                sig.get(k),
-                tuple(per_bench[0]) if per_bench else (),
+                rho_search=rs if rs is not None else float("nan"),
+                orientation=orient,
+                reason=reason,
+                signature=sig.get(k),
+                per_bench=tuple(per_bench[0]) if per_bench else (),
             )
         self.population = []
         for toks in state["population"]:

@@ -236,12 +236,14 @@ class ProxySearch(BaseEstimator):
                 camp.continue_with(cfg)
             else:
                 camp = Campaign(
-                    _all_statistics(executor, given, models, loaded, cfg.device, uses_measured(space.terminals)),
+                    _all_statistics(
+                        executor, given, models, loaded, device=cfg.device, measured=uses_measured(space.terminals)
+                    ),
                     data,
                     space,
                     cfg,
-                    out_dir,
-                    self.progress,
+                    out_dir=out_dir,
+                    progress=self.progress,
                 )
                 if self.warm_start:
                     camp.restore(ckpt)
@@ -269,19 +271,22 @@ class ProxySearch(BaseEstimator):
                 rank,
                 f"evolved_{rank}",
                 camp.tokens[key],
-                camp.stats,
-                data,
-                cfg.act_samples,
-                o.orientation,
+                stats=camp.stats,
+                data=data,
+                act_samples=cfg.act_samples,
+                orientation=o.orientation,
                 labels=labels,
             )
             row["fitness"] = o.fitness
-            row["proxy"].meta = {"fitness": _fitness_meta(o, row, data, labels, cfg), "provenance": provenance}
+            row["proxy"].meta = {
+                "fitness": _fitness_meta(o, row, data=data, labels=labels, cfg=cfg),
+                "provenance": provenance,
+            }
             hof.append(row)
         for row, on_front in zip(hof, pareto_mask([r["size"] for r in hof], [r["fitness"] for r in hof]), strict=True):
             row["pareto"] = on_front
         baselines = [
-            tokens_row("-", name, toks, camp.stats, data, cfg.act_samples, labels=labels)
+            tokens_row("-", name, toks, stats=camp.stats, data=data, act_samples=cfg.act_samples, labels=labels)
             for name, (_, toks) in camp.space.handmade().items()
         ]
         for row in baselines:
@@ -295,7 +300,7 @@ class ProxySearch(BaseEstimator):
         self.log_ = camp.log
         self.n_generations_ = camp.generation
         self.n_evaluations_ = camp.evaluations
-        self.summary_ = _summary(camp, data, labels, hof, baselines, out_dir)
+        self.summary_ = _summary(camp, data, labels=labels, hof=hof, baselines=baselines, out_dir=out_dir)
         self.result_ = SearchResult(
             best=self.best_proxy_,
             hall_of_fame=self.hall_of_fame_,
@@ -347,7 +352,7 @@ def _provenance(camp: Campaign, data: list[FitnessData]) -> dict[str, Any]:
 
 
 def _fitness_meta(
-    o: Outcome, row: dict[str, Any], data: list[FitnessData], labels: list[str], cfg: SearchConfig
+    o: Outcome, row: dict[str, Any], *, data: list[FitnessData], labels: list[str], cfg: SearchConfig
 ) -> dict[str, Any]:
     """The proxy file's fitness record: search x fit as the campaign measured it, held-out x report after it."""
     if len(data) == 1:
@@ -402,6 +407,7 @@ def _all_statistics(
     given: list[Any],
     models: list[Any],
     loaded: list[tuple[FitnessData, Any]],
+    *,
     device: str,
     measured: bool = False,
 ) -> list[NetworkStats]:
@@ -427,7 +433,12 @@ def _ridge_reference(data: FitnessData) -> dict[str, Any] | None:
 
 
 def _bench_summary(
-    label: str, d: FitnessData, best: dict[str, Any], best_base: dict[str, Any] | None, baselines: list[dict[str, Any]]
+    label: str,
+    d: FitnessData,
+    *,
+    best: dict[str, Any],
+    best_base: dict[str, Any] | None,
+    baselines: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """One bench's part of the summary: the best proxy's and the hand-made proxies' numbers there."""
     cells = best["benches"][label]
@@ -457,6 +468,7 @@ def _bench_summary(
 def _summary(
     camp: Campaign,
     data: list[FitnessData],
+    *,
     labels: list[str],
     hof: list[dict[str, Any]],
     baselines: list[dict[str, Any]],
@@ -475,7 +487,8 @@ def _summary(
         default=None,
     )
     benches = {
-        label: _bench_summary(label, d, best, best_base, baselines) for label, d in zip(labels, data, strict=True)
+        label: _bench_summary(label, d, best=best, best_base=best_base, baselines=baselines)
+        for label, d in zip(labels, data, strict=True)
     }
     single = {k: v for k, v in next(iter(benches.values())).items() if k != "bench"} if len(benches) == 1 else {}
     front = [

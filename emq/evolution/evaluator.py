@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -71,6 +71,7 @@ def aggregate(rhos: Sequence[float], how: str = DEFAULT_AGGREGATE, k: float = 1.
 class Outcome:
     # aggregate of the oriented per-bench rhos on the search splits (one bench: |rho|), REJECTED when screened out
     fitness: float
+    _: KW_ONLY
     rho_search: float  # mean oriented rho over the benches (>= 0 unless rejected)
     orientation: int
     reason: str | None
@@ -85,7 +86,7 @@ class Outcome:
 
 
 def _rejected(reason: str) -> Outcome:
-    return Outcome(REJECTED, float("nan"), 1, reason, None)
+    return Outcome(REJECTED, rho_search=float("nan"), orientation=1, reason=reason, signature=None)
 
 
 class _BenchScorer:
@@ -96,11 +97,12 @@ class _BenchScorer:
         stats: NetworkStats,
         data: FitnessData,
         space: SearchSpace,
+        *,
         act_samples: int,
         signature_size: int,
         device: str,
     ) -> None:
-        self.tables = TableEvaluator(stats, space.terminals, space.prims, act_samples, device)
+        self.tables = TableEvaluator(stats, space.terminals, space.prims, act_samples=act_samples, device=device)
         self.data = data
         n = len(data.search)
         self.sig_idx = np.random.default_rng(0).permutation(n)[: min(n, signature_size)]
@@ -151,7 +153,7 @@ class CandidateEvaluator:
             raise ParameterError("stats", len(all_stats), f"give one statistics per bench ({len(all_data)})")
         check_aggregate(aggregate, aggregate_k)
         self.benches = [
-            _BenchScorer(s, d, space, act_samples, signature_size, device)
+            _BenchScorer(s, d, space, act_samples=act_samples, signature_size=signature_size, device=device)
             for s, d in zip(all_stats, all_data, strict=True)
         ]
         self.aggregate, self.aggregate_k = aggregate, aggregate_k
@@ -173,11 +175,11 @@ class CandidateEvaluator:
         )
         return Outcome(
             aggregate(per_bench, self.aggregate, self.aggregate_k),
-            float(np.mean(per_bench)),
-            sign,
-            None,
-            sig.astype(np.float32),
-            per_bench,
+            rho_search=float(np.mean(per_bench)),
+            orientation=sign,
+            reason=None,
+            signature=sig.astype(np.float32),
+            per_bench=per_bench,
         )
 
 
@@ -189,6 +191,7 @@ class FitnessContext:
     stats: tuple[NetworkStats, ...]
     data: tuple[FitnessData, ...]
     space: SearchSpace
+    _: KW_ONLY
     act_samples: int
     device: str = "cpu"
     aggregate: str = DEFAULT_AGGREGATE

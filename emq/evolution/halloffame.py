@@ -91,6 +91,7 @@ def proxy_row(
     proxy: EvolvedProxy,
     tables: torch.Tensor | Sequence[torch.Tensor],
     data: FitnessData | Sequence[FitnessData],
+    *,
     labels: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """One table row: the proxy's correlations on both splits of each bench (`benches`, by
@@ -115,6 +116,7 @@ def tokens_row(
     rank: int | str,
     name: str,
     tokens: list,
+    *,
     stats: NetworkStats | Sequence[NetworkStats],
     data: FitnessData | Sequence[FitnessData],
     act_samples: int,
@@ -125,14 +127,14 @@ def tokens_row(
     """A row for a token list (one statistics per bench); without an orientation (hand-made
     proxies) the one that helps it on the *search* splits is used (sign of the mean signed
     Spearman, as in a campaign), never the held-out one."""
-    proxy = EvolvedProxy(tokens, 1, name, act_samples, meta)
+    proxy = EvolvedProxy(tokens, 1, name=name, act_samples=act_samples, meta=meta)
     stats, data = as_tuple(stats), as_tuple(data)
     tables = [proxy.stats_table(s) for s in stats]
     if orientation is None:
         rho = float(np.mean([d.search.spearman(d.search.scores(t)) for d, t in zip(data, tables, strict=True)]))
         orientation = -1 if rho < 0 else 1
     proxy.orientation = orientation
-    return proxy_row(rank, proxy, tables, data, labels)
+    return proxy_row(rank, proxy, tables, data, labels=labels)
 
 
 def pareto_mask(sizes: Sequence[int], fitness: Sequence[float]) -> list[bool]:

@@ -28,7 +28,10 @@ def write_result_files(out_dir: Path, result: SearchResult) -> list[Path]:
     result alone holds (`SearchResult.save`); returns their paths."""
     best = result.best
     paths = [out_dir / n for n in ("best_proxy.json", "hall_of_fame.csv", "summary.json")]
-    save_proxy(EvolvedProxy(best.tokens, best.orientation, "best_proxy", best.act_samples, best.meta), paths[0])
+    save_proxy(
+        EvolvedProxy(best.tokens, best.orientation, name="best_proxy", act_samples=best.act_samples, meta=best.meta),
+        paths[0],
+    )
     (result.hall_of_fame + result.baselines).to_csv(paths[1])
     atomic_write_text(paths[2], json.dumps(result.summary, indent=2) + "\n")
     return paths + plot_log(result.log, out_dir)

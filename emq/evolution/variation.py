@@ -40,7 +40,7 @@ def mutate(ind: gp.PrimitiveTree, space: SearchSpace) -> tuple[gp.PrimitiveTree]
     pset = space.pset
     which = random.randrange(5)
     if which == 0:
-        return gp.mutUniform(ind, lambda pset, type_: generate(space, 0, 2, False, type_), pset)
+        return gp.mutUniform(ind, lambda pset, type_: generate(space, 0, 2, full=False, type_=type_), pset)
     if which == 1:
         return gp.mutNodeReplacement(ind, pset)
     if which == 2:

@@ -27,7 +27,7 @@ def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
     return (torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
 
 
-def beta_at(step: int, iters: int, warmup: float, start: float, end: float) -> float | None:
+def beta_at(step: int, iters: int, *, warmup: float, start: float, end: float) -> float | None:
     """The regulariser's beta at `step`, None during the warm-up (no regulariser)."""
     begin = int(warmup * iters)
     if step < begin:
@@ -37,7 +37,7 @@ def beta_at(step: int, iters: int, warmup: float, start: float, end: float) -> f
 
 
 def adaround(
-    weight: torch.Tensor, layer: LayerInputs, bits: int, symmetric: bool, p: dict[str, Any]
+    weight: torch.Tensor, layer: LayerInputs, bits: int, *, symmetric: bool, p: dict[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(rounded weight, final soft rounding h(V)) of one layer."""
     grid = mse_grid(weight, bits, symmetric)
@@ -62,7 +62,7 @@ def adaround(
             target = layer.output(weight, x)
         out = layer.output(soft_weight(), x)
         loss = (out - target).pow(2).sum(1).mean()
-        beta = beta_at(step, iters, float(p["warmup"]), float(p["beta_start"]), float(p["beta_end"]))
+        beta = beta_at(step, iters, warmup=float(p["warmup"]), start=float(p["beta_start"]), end=float(p["beta_end"]))
         if beta is not None:
             h = rectified_sigmoid(v)
             loss = loss + float(p["reg"]) * (1 - (2 * h - 1).abs().pow(beta)).sum()
@@ -101,4 +101,4 @@ class AdaRound(WeightQuantizer):
         if int(self.params["iters"]) < 1 or int(self.params["batch"]) < 1:
             raise EmqError("AdaRound options iters and batch must be at least 1")
         with torch.enable_grad():
-            return adaround(weight, layer, bits, symmetric, self.params)[0]
+            return adaround(weight, layer, bits, symmetric=symmetric, p=self.params)[0]

@@ -46,7 +46,7 @@ def layer_hessian(layer: LayerInputs, batch_size: int = 64) -> torch.Tensor:
     return 2.0 * h / count
 
 
-def gptq_round(weight: torch.Tensor, hessian: torch.Tensor, bits: int, symmetric: bool, damp: float) -> torch.Tensor:
+def gptq_round(weight: torch.Tensor, hessian: torch.Tensor, bits: int, *, symmetric: bool, damp: float) -> torch.Tensor:
     """The GPTQ-rounded weight (same shape) given the per-group Hessians [g, d, d]."""
     groups, d = hessian.shape[0], hessian.shape[1]
     cout = weight.shape[0]
@@ -90,4 +90,4 @@ class GPTQ(WeightQuantizer):
     ) -> torch.Tensor:
         if layer is None:
             raise EmqError("GPTQ reconstructs a layer's output: it needs the layer's calibration inputs")
-        return gptq_round(weight, layer_hessian(layer), bits, symmetric, float(self.params["damp"]))
+        return gptq_round(weight, layer_hessian(layer), bits, symmetric=symmetric, damp=float(self.params["damp"]))
