@@ -37,6 +37,7 @@ from sklearn.linear_model import RidgeCV
 from sklearn.preprocessing import StandardScaler
 
 from .errors import EmqError
+from .evolution.engine import WARM_CAMPAIGN
 from .fileio import atomic_write, atomic_write_text, ensure_dir
 from .specs import ParameterError
 from .supervised import ALPHAS, OneHotRidge
@@ -49,7 +50,7 @@ DRAWS = 5
 MEASURED = "layer-kl"
 FITTED = ("ridge-onehot", "ridge-proxies")
 WARM = "evolved-warm"
-WARM_CAMPAIGN = {"generations": 10, "population": 32, "hof_size": 1}  # short: seconds per fit
+WARM_FIELDS = ("generations", "population", "hof_size")  # of WARM_CAMPAIGN; the rest are ProxySearch's defaults
 FEATURE_FREE = ("size",)  # proxy features that cost nothing to compute
 
 
@@ -257,7 +258,7 @@ class FrontierStudy:
                 "seed": self.seed,
                 "evolved": {b: str(p) for b, p in self.evolved.items()},
                 "warm": {b: str(p) for b, p in self.warm.items()},
-                "warm_campaign": WARM_CAMPAIGN if self.warm else None,
+                "warm_campaign": {k: getattr(WARM_CAMPAIGN, k) for k in WARM_FIELDS} if self.warm else None,
                 "whole_limit": self.whole_limit if self.whole_config else None,
                 "resamples": self.resamples,
             }
@@ -289,7 +290,7 @@ class FrontierStudy:
         stats_cost = (by[fixed].setup or {}).get("ptq_equivalents")
         sens_cost = (by[MEASURED].setup or {}).get("ptq_equivalents")
 
-        def add(method: str, k: int, draw: int, cost: float | None, scores: np.ndarray) -> None:
+        def add(method: str, scores: np.ndarray, *, k: int, draw: int, cost: float | None) -> None:
             iv = boot.interval(scores)
             row = {"bench": bench, "method": method, "k": k, "draw": draw, "cost_ptq_evals": cost}
             row |= {"rho": float(iv.estimate), "low": float(iv.low), "high": float(iv.high), "paired": None}
@@ -304,12 +305,12 @@ class FrontierStudy:
             rows.append(row)
 
         methods = [fixed, MEASURED]
-        add(fixed, 0, 0, stats_cost, by[fixed].scores[at_held])
-        add(MEASURED, 0, 0, sens_cost, by[MEASURED].scores[at_held])
+        add(fixed, by[fixed].scores[at_held], k=0, draw=0, cost=stats_cost)
+        add(MEASURED, by[MEASURED].scores[at_held], k=0, draw=0, cost=sens_cost)
         evolved = next((p for p in rep.proxies if p.kind == "evolved"), None)
         if evolved is not None:
             methods.append("evolved")
-            add("evolved", 0, 0, stats_cost, evolved.scores[at_held])
+            add("evolved", evolved.scores[at_held], k=0, draw=0, cost=stats_cost)
         features = np.stack([p.scores for p in rep.proxies if p.kind == "separable"], axis=1)  # [rows, F], oriented
         search_rows = base.rows[cells.split["search"][base.rows]]
         fit_values = cells.values["fit"]
@@ -327,15 +328,15 @@ class FrontierStudy:
                 picked = rng.choice(search_rows, size=k, replace=False)
                 y = fit_values[picked]
                 onehot = OneHotRidge(b.bits).fit(b.configs[picked], y)
-                add("ridge-onehot", k, draw, float(k), onehot.predict(b.configs[held]))
+                add("ridge-onehot", onehot.predict(b.configs[held]), k=k, draw=draw, cost=float(k))
                 at_pick = np.array([pos[r] for r in picked])
                 scaler = StandardScaler().fit(features[at_pick])
                 model = RidgeCV(alphas=ALPHAS).fit(scaler.transform(features[at_pick]), y)
                 cost = k + (stats_cost or 0.0) + (sens_cost or 0.0)
-                add("ridge-proxies", k, draw, cost, model.predict(scaler.transform(features[at_held])))
+                add("ridge-proxies", model.predict(scaler.transform(features[at_held])), k=k, draw=draw, cost=cost)
                 if warm is not None:
                     cost = k + (stats_cost or 0.0) + (sens_cost or 0.0 if warm.measured else 0.0)
-                    add(WARM, k, draw, cost, warm.scores(picked, held, seed=draw))
+                    add(WARM, warm.scores(picked, held, seed=draw), k=k, draw=draw, cost=cost)
         methods += list(FITTED) + ([WARM] if warm is not None else [])
         if self.whole_config:
             whole = score(bench, proxies="kl", limit=self.whole_limit, resamples=self.resamples, reference=False)
@@ -398,7 +399,11 @@ class _WarmStart:
         b = self.bench
         data = FitnessData.from_arrays(b.bits, (b.configs[picked], self.raw[picked]), None, metric=self.metric)
         est = ProxySearch(
-            **WARM_CAMPAIGN, space=self.space, random_state=seed, seed_trees=self.trees, metric=self.metric
+            **{k: getattr(WARM_CAMPAIGN, k) for k in WARM_FIELDS},
+            space=self.space,
+            random_state=seed,
+            seed_trees=self.trees,
+            metric=self.metric,
         ).fit(data, stats=self.stats)
         proxy = est.best_proxy_
         table = proxy.stats_table(self.stats).cpu().numpy()

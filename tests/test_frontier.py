@@ -106,7 +106,7 @@ def test_a_warm_started_point_is_a_short_campaign_seeded_with_the_other_networks
     from emq.evolution import ProxySearch, search
     from emq.evolution.checkpoint import hall_of_fame
     from emq.fitness import FitnessData
-    from emq.frontier import WARM, WARM_CAMPAIGN
+    from emq.frontier import WARM, WARM_CAMPAIGN, WARM_FIELDS
     from emq.proxy import table_scores
 
     search("vgg-digits", generations=1, population=8, out=tmp_path / "camp")
@@ -125,7 +125,8 @@ def test_a_warm_started_point_is_a_short_campaign_seeded_with_the_other_networks
     stats = BenchSetup.of(b).network_stats(progress=False)
     data = FitnessData.from_arrays(b.bits, (b.configs[picked], raw[picked]), None, metric=metric)
     trees = hall_of_fame(tmp_path / "camp" / "checkpoint.npz")
-    best = ProxySearch(**WARM_CAMPAIGN, random_state=0, seed_trees=trees, metric=metric).fit(data, stats=stats)
+    params = {k: getattr(WARM_CAMPAIGN, k) for k in WARM_FIELDS}
+    best = ProxySearch(**params, random_state=0, seed_trees=trees, metric=metric).fit(data, stats=stats)
     proxy = best.best_proxy_
     idx = np.searchsorted(list(stats.bits), b.configs[held])
     scores = proxy.orientation * table_scores(proxy.stats_table(stats).cpu().numpy(), idx)

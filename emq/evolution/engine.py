@@ -162,9 +162,11 @@ class SearchConfig:
         return json.loads(json.dumps(asdict(self)))
 
 
-# the campaigns of `emq demo` (short, minutes on a laptop) and of each cell of `emq transfer`
+# the campaigns of `emq demo` (short, minutes on a laptop), of each cell of `emq transfer` and of
+# each warm-started point of `emq frontier --warm` (seconds per fit; only its best proxy is reported)
 DEMO_CAMPAIGN = SearchConfig(generations=20)
 TRANSFER_CAMPAIGN = SearchConfig(population=48)
+WARM_CAMPAIGN = SearchConfig(generations=10, population=32, hof_size=1)
 
 
 def _check_pair(stats: NetworkStats, data: FitnessData, which: str) -> None:
