@@ -30,10 +30,11 @@ except ModuleNotFoundError as e:  # a benchmark-only dependency
 from emq.allocation import Budget, build_problem
 from emq.allocation.ilp import group_matrices, solve_ilp
 from emq.api import layers
+from emq.specs import DEFAULT_BITS
 from emq.tables import markdown_table
 
 MODELS = ("default", "resnet18", "resnet50")
-BITS = (2, 3, 4)
+BITS = DEFAULT_BITS
 
 
 def solve_pulp(problem, table: np.ndarray) -> tuple[float, float]:

@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from emq.quant import PTQEngine
+from emq.specs import DEFAULT_BITS
 from emq.target import resolve_target
 
 
@@ -33,7 +34,7 @@ def main() -> None:
         print(f"uniform {b}-bit: top-1 {r.top1:.2f} %  loss {r.loss:.4f}  KL {r.kl:.4f}")
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
-    res = [engine.evaluate(rng.choice([2, 3, 4], size=s).tolist()) for _ in range(args.configs)]
+    res = [engine.evaluate(rng.choice(DEFAULT_BITS, size=s).tolist()) for _ in range(args.configs)]
     dt = time.perf_counter() - t0
     top1 = np.array([r.top1 for r in res])
     p5, p50, p95 = np.percentile(top1, [5, 50, 95])

@@ -28,10 +28,11 @@ from emq.bench.evaluation import limit_test
 from emq.bench.sampling import plan_configs
 from emq.bench.space import ConfigSpace
 from emq.quant import PTQEngine, PTQSettings
+from emq.specs import DEFAULT_BITS
 from emq.tables import markdown_table
 from emq.target import resolve_target
 
-BITS = (2, 3, 4)
+BITS = DEFAULT_BITS
 RESAMPLES = 1000
 
 

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from emq.quant import PTQEngine
+from emq.specs import DEFAULT_BITS
 from emq.target import resolve_target
 
 
@@ -29,7 +30,7 @@ def main() -> None:
     ap.add_argument("--configs", type=int, default=30)
     args = ap.parse_args()
     t = resolve_target("default")
-    configs = np.random.default_rng(0).choice([2, 3, 4], size=(args.configs, t.layer_map.num_slots))
+    configs = np.random.default_rng(0).choice(DEFAULT_BITS, size=(args.configs, t.layer_map.num_slots))
     cached = PTQEngine(t.model, t.layer_map, t.data)
     cached.evaluate_fp()
     cached.evaluate([2] * t.layer_map.num_slots)  # warm-up, not timed
