@@ -3,10 +3,14 @@ best hand-made proxy of the held-out bench (held-out configurations x report poo
 intervals), drawn from the stored study so that it measures nothing and needs no bench.
 
     python benchmarks/plot_headline.py [--study benchmarks/results/transfer_loo.json]
-                                       [--out docs/img/headline_transfer.png]
+                                       [--out docs/img/headline_transfer.png] [--also layer-kl]
 
-A seed's point is filled green where its paired interval against the best hand-made proxy lies above
-zero, red where it lies below, and hollow where it contains zero (a tie).
+`--also NAME` draws another reference proxy of the study beside the best hand-made one (e.g. the
+measured sensitivity `layer-kl` of the zoo study, benchmarks/results/transfer_zoo.json).
+
+A seed's point is filled green where its paired interval against the best hand-made proxy of the
+held-out bench (the study's paired baseline, drawn as a square) lies above zero, red where it lies
+below, and hollow where it contains zero (a tie).
 
 Needs only emq's core dependencies (no extra).
 """
@@ -33,7 +37,7 @@ def _outcome(cell: dict) -> str:
     return "better" if low > 0 else "worse" if high < 0 else "tie"
 
 
-def draw(study: dict, out: Path) -> None:
+def draw(study: dict, out: Path, also: tuple[str, ...] = ()) -> None:
     """Draw the per-seed evolved intervals beside each bench's best hand-made interval and ceiling."""
     cells = [c for c in study["cells"] if c["protocol"] == "leave-one-out"]
     benches = list(dict.fromkeys(c["test"] for c in cells))
@@ -43,7 +47,7 @@ def draw(study: dict, out: Path) -> None:
         "worse": dict(color="tab:red", mfc="tab:red"),
         "tie": dict(color="tab:blue", mfc="white"),
     }
-    fig, ax = plt.subplots(figsize=(8.0, 4.2))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.75 * len(benches)), 4.2))
     width = 0.13
     for i, bench in enumerate(benches):
         for k, seed in enumerate(seeds):
@@ -74,6 +78,18 @@ def draw(study: dict, out: Path) -> None:
             fontsize=7,
             color="0.35",
         )
+        for j, name in enumerate(also):
+            extra = next((r for r in ref["rows"] if r["name"] == name), None)
+            if extra is not None:
+                ax.errorbar(
+                    x + 0.12 * (j + 1),
+                    extra["rho"],
+                    yerr=[[extra["rho"] - extra["low"]], [extra["high"] - extra["rho"]]],
+                    fmt="D",
+                    ms=5,
+                    capsize=2,
+                    color=f"C{j + 1}",
+                )
         if ref.get("ceiling") is not None:
             ax.hlines(ref["ceiling"], i - 0.42, i + 0.38, colors="0.6", linestyles=":", lw=1.2)
     handles = [
@@ -82,9 +98,15 @@ def draw(study: dict, out: Path) -> None:
         plt.Line2D([], [], marker="o", ls="", color="tab:red", mfc="tab:red", label="evolved seed: worse"),
         plt.Line2D([], [], marker="s", ls="", color="0.35", label="best hand-made proxy of the bench"),
         plt.Line2D([], [], ls=":", color="0.6", label="bench ceiling"),
-    ]
+    ] + [plt.Line2D([], [], marker="D", ls="", color=f"C{j + 1}", label=name) for j, name in enumerate(also)]
     ax.legend(handles=handles, fontsize=7, loc="lower left", ncol=2, framealpha=0.9)
-    ax.set_xticks(range(len(benches)), benches, fontsize=8)
+    ax.set_xticks(
+        range(len(benches)),
+        benches,
+        fontsize=8,
+        rotation=30 if len(benches) > 6 else 0,
+        ha="right" if len(benches) > 6 else "center",
+    )
     ax.set_xlabel("held-out network (campaigns evolved on the other networks' benches)", fontsize=8)
     ax.set_ylabel("Spearman ρ, held-out configs × report pool\n(KL, 95 % bootstrap interval)", fontsize=8)
     settings = study["settings"]
@@ -93,7 +115,7 @@ def draw(study: dict, out: Path) -> None:
         f"{settings['aggregate']}) vs best hand-made proxy",
         fontsize=9,
     )
-    ax.set_ylim(0.4, 1.0)
+    ax.set_ylim(min(0.4, *(c["low"] for c in cells)), 1.0)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
@@ -104,9 +126,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", default="benchmarks/results/transfer_loo.json")
     ap.add_argument("--out", default="docs/img/headline_transfer.png")
+    ap.add_argument("--also", action="append", default=[], help="another reference proxy to draw (repeatable)")
     args = ap.parse_args()
     study = json.loads(Path(args.study).read_text(encoding="utf-8"))
-    draw(study, Path(args.out))
+    draw(study, Path(args.out), tuple(args.also))
     print(f"wrote {args.out}")
 
 
