@@ -1,4 +1,4 @@
-"""Print the zoo table of the README and docs/zoo.md from the shipped benches themselves (so no
+"""Print the zoo table of docs/zoo.md from the shipped benches themselves (so no
 figure is typed by hand): family, task, slots, weight parameters, FP top-1, the uniform 2/3/4-bit
 KL, the default metric's corrected split-half and combined reliability, PTQ method, and the bench's
 build time (its build log: wall seconds, summed over resumed runs) with its training's CPU time
