@@ -1,13 +1,16 @@
-"""A new executor with one option, and a new weight quantizer with one option, are each one file.
+"""A new executor with one option, a new weight quantizer with one option, a new proxy and a new
+budget kind are each one file.
 
 Each plugin below is written to a module of its own (as a user would write it) and imported;
 nothing else is edited. The executor's option becomes a CLI flag, the quantizer's option is
-listed by `--quantizer-option`, and a real `emq` command passes each value to its plugin.
+listed by `--quantizer-option`, the proxy is scored and allocated with by name, the budget kind
+becomes a `--budget-<name>` flag, and a real `emq` command passes each to its plugin.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import textwrap
 
@@ -63,6 +66,50 @@ class StepRounding(WeightQuantizer):
 '''
 
 
+PROXY_PLUGIN = '''
+"""Each slot's weight count times its bits (a test plugin): the model size without biases."""
+
+import numpy as np
+
+from emq.baselines.registry import register_proxy
+from emq.proxy import SeparableProxy
+
+
+@register_proxy
+class WeightBits(SeparableProxy):
+    name = "toy-weight-bits"
+    description = "weights x bits per slot (a test plugin)"
+    cost = "none"
+    orientation = 1
+    faithful = False  # not a published method: never "the best hand-made proxy"
+
+    def table(self, ctx):
+        return np.outer(ctx.target.layer_map.params, np.asarray(ctx.bits, dtype=np.float64))
+'''
+
+BUDGET_PLUGIN = '''
+"""A budget in kilobits of weights (a test plugin)."""
+
+from emq.allocation.kinds import BudgetKind, register_kind
+
+
+@register_kind
+class WeightKilobits(BudgetKind):
+    name = "toy-kbits"
+    help = "weight kilobits, e.g. 200 (a test plugin)"
+    example = "200"
+
+    def per_bit(self, lm, act_bits):
+        return lm.params
+
+    def to_units(self, value, lm, act_bits):
+        return value * 1000.0
+
+    def from_units(self, units, lm, act_bits):
+        return units / 1000.0
+'''
+
+
 def _help(capsys, *command: str) -> str:
     """`emq COMMAND --help` as one line of text."""
     capsys.readouterr()
@@ -75,6 +122,8 @@ def _help(capsys, *command: str) -> str:
 @pytest.fixture()
 def plugin(tmp_path, monkeypatch):
     """Import `source` as a new module; its registrations are undone afterwards."""
+    from emq.allocation.kinds import KINDS
+    from emq.baselines.registry import PROXIES
     from emq.executors import EXECUTORS
     from emq.quantizers import QUANTIZERS
 
@@ -89,6 +138,8 @@ def plugin(tmp_path, monkeypatch):
     yield load
     EXECUTORS.remove("recording")
     QUANTIZERS.remove("toy-step")
+    PROXIES.remove("toy-weight-bits")
+    KINDS.remove("toy-kbits")
     for name in names:
         sys.modules.pop(name, None)
 
@@ -120,6 +171,28 @@ def test_a_quantizer_with_one_option_is_one_file(plugin, capsys):
     capsys.readouterr()
     assert main([*args, "--quantizer-option", "steps=1"]) == 2
     assert "has no option 'steps' (its options: step)" in capsys.readouterr().err
+
+
+def test_a_proxy_is_one_file(plugin, capsys):
+    """The plugin ranks configurations exactly as the shipped `size` proxy (its table is size without
+    the constant biases), and allocates by name."""
+    plugin("emq_weight_bits_proxy", PROXY_PLUGIN)
+    assert main(["score", "--bench", "default", "--proxies", "size,toy-weight-bits", "--json"]) == 0
+    rows = {p["name"]: p for p in json.loads(capsys.readouterr().out)["proxies"]}
+    cells = [k for k in rows["size"] if k.startswith("spearman_")]
+    assert len(cells) >= 4 and all(rows["toy-weight-bits"][k] == pytest.approx(rows["size"][k]) for k in cells)
+    assert main(["allocate", "--proxy", "toy-weight-bits", "--budget-avg-bits", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["avg_bits"] <= 3.0
+
+
+def test_a_budget_kind_is_one_file(plugin, capsys):
+    plugin("emq_kilobits_budget", BUDGET_PLUGIN)
+    assert "--budget-toy-kbits BUDGET_TOY_KBITS weight kilobits" in _help(capsys, "allocate")
+    assert main(["allocate", "--proxy", "fisher", "--budget-toy-kbits", "150", "--json"]) == 0
+    alloc = json.loads(capsys.readouterr().out)
+    assert alloc["avg_bits"] * 67_848 <= 150_000 < (alloc["avg_bits"] + 0.2) * 67_848  # the default: 67,848 weights
+    assert main(["allocate", "--proxy", "fisher", "--budget-toy-kbits", "50"]) == 2  # below 2 bits everywhere
+    assert "toy-kbits" in capsys.readouterr().err
 
 
 def test_a_taken_name_is_refused_in_every_registry():
