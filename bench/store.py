@@ -327,3 +327,17 @@ def compact(path: Path | str) -> None:
             con.execute("VACUUM")
     except sqlite3.Error as e:
         log.warning("bench %s: not compacted (%s); the file is complete and valid", path, e)
+
+
+def records_so_far(path: str | Path) -> int:
+    """How many records a bench file holds, read-only, while a build may be writing it: 0 when
+    there is no file yet (connecting would create one, and the build would refuse it) or it is
+    not readable at this moment."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as con:
+            return con.execute("SELECT count(*) FROM records").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0

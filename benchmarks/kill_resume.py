@@ -15,7 +15,6 @@ the reference's byte for byte. Prints the count and the kill moments. Heavy: abo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -26,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TIMING = {"seconds", "evals_per_s"}
+from emq.evolution.runfiles import run_fingerprint
 
 
 def _cmd(out: Path, args: argparse.Namespace, resume: bool) -> list[str]:
@@ -52,18 +51,6 @@ def _cmd(out: Path, args: argparse.Namespace, resume: bool) -> list[str]:
         "--json",
     ]
     return cmd + (["--resume"] if resume else [])
-
-
-def _result(out: Path) -> dict[str, str]:
-    log = [
-        {k: v for k, v in json.loads(line).items() if k not in TIMING}
-        for line in (out / "log.jsonl").read_text().splitlines()
-    ]
-    return {
-        "best": (out / "best_proxy.json").read_text(),
-        "hof": (out / "hall_of_fame.csv").read_text(),
-        "log": json.dumps(log, sort_keys=True),
-    }
 
 
 def _run_with_kills(out: Path, args: argparse.Namespace, moments: list[float]) -> list[str]:
@@ -106,13 +93,13 @@ def main() -> None:
         t0 = time.perf_counter()
         subprocess.run(_cmd(root / "reference", args, resume=False), check=True, stdout=subprocess.DEVNULL)
         duration = time.perf_counter() - t0
-        ref = _result(root / "reference")
+        ref = run_fingerprint(root / "reference")
         print(f"reference campaign: {duration:.1f} s (load average {os.getloadavg()[0]:.1f})")
         same = killed = 0
         for t in range(args.trials):
             out = root / f"trial{t}"
             events = _run_with_kills(out, args, [rng.uniform(1.0, 0.8 * duration) for _ in range(args.kills)])
-            ok = _result(out) == ref
+            ok = run_fingerprint(out) == ref
             same += ok
             killed += any(e.startswith("killed") for e in events)
             print(f"trial {t + 1:2d}: {'identical' if ok else 'DIFFERENT'} ({'; '.join(events)})", flush=True)

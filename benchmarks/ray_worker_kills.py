@@ -25,6 +25,7 @@ from contextlib import closing
 from pathlib import Path
 
 from emq.bench import Bench, bench_build
+from emq.bench.store import records_so_far
 from emq.executors import make_executor
 
 
@@ -33,16 +34,6 @@ def _records(path: Path) -> list[tuple]:
         return con.execute(
             "SELECT idx, config, top1, loss, kl, size_bytes, bitops, seed, source, outcomes FROM records ORDER BY idx"
         ).fetchall()
-
-
-def _count(path: Path) -> int:
-    if not path.exists():
-        return 0
-    try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as con:
-            return con.execute("SELECT count(*) FROM records").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
 
 
 def main() -> None:
@@ -67,13 +58,13 @@ def main() -> None:
 
     def watch() -> None:
         for at in (int(x) for x in args.kill_at.split(",")):
-            while _count(out) < at and watcher_on.is_set():
+            while records_so_far(out) < at and watcher_on.is_set():
                 time.sleep(0.05)
             if not watcher_on.is_set():
                 return
             pid = executor.worker_pids()[len(kills) % 2]
             os.kill(pid, signal.SIGKILL)
-            kills.append(f"worker pid {pid} killed after {_count(out)} records")
+            kills.append(f"worker pid {pid} killed after {records_so_far(out)} records")
 
     watcher_on = threading.Event()
     watcher_on.set()

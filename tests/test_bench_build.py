@@ -16,6 +16,7 @@ import pytest
 
 from emq.bench import Bench, bench_build, bench_export, store
 from emq.bench.evaluation import EvalSpec, engine_for
+from emq.bench.store import records_so_far
 from emq.cli.main import main
 from emq.errors import EmqError
 from emq.quant import PTQSettings
@@ -133,19 +134,11 @@ def test_two_writers_never_duplicate_or_corrupt(tmp_path):
 @pytest.mark.slow
 def test_kill_minus_nine_then_resume_gives_the_uninterrupted_records(built, tmp_path):
     out = tmp_path / "killed.sqlite"
+    assert records_so_far(out) == 0 and not out.exists()  # looking creates no file (the build would refuse it)
     cmd = [sys.executable, "-m", "emq.cli.main", "bench", "build", "--out", str(out), *CLI]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    n = 0
-    while time.time() < deadline and proc.poll() is None:
-        if out.exists():
-            try:
-                with closing(sqlite3.connect(out, timeout=5)) as con:
-                    n = con.execute("SELECT count(*) FROM records").fetchone()[0]
-            except sqlite3.OperationalError:
-                n = 0
-            if n >= 2:
-                break
+    while time.time() < deadline and proc.poll() is None and records_so_far(out) < 2:
         time.sleep(0.05)
     assert proc.poll() is None, "the build finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
@@ -154,7 +147,7 @@ def test_kill_minus_nine_then_resume_gives_the_uninterrupted_records(built, tmp_
     assert 2 <= len(partial) < 8
     done = subprocess.run([*cmd, "--resume", "--json"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["records"] == 8
+    assert json.loads(done.stdout)["records"] == 8 == records_so_far(out)
     resumed = _records(out)
     assert set(partial) <= set(resumed)
     assert resumed == _records(built)

@@ -5,13 +5,12 @@ iteration order of a set of classes, as in DEAP's own crossover), so each campai
 its own `emq search` process.
 """
 
-import json
 import subprocess
 import sys
 
 import pytest
 
-TIMING = {"seconds", "evals_per_s"}
+from emq.evolution.runfiles import run_fingerprint
 
 
 def _campaign(out, workers: int, pad: int) -> dict[str, str]:
@@ -41,15 +40,7 @@ def _campaign(out, workers: int, pad: int) -> dict[str, str]:
         "--json",
     ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
-    log = [
-        {k: v for k, v in json.loads(line).items() if k not in TIMING}
-        for line in (out / "log.jsonl").read_text().splitlines()
-    ]
-    return {
-        "best": (out / "best_proxy.json").read_text(),
-        "hof": (out / "hall_of_fame.csv").read_text(),
-        "log": json.dumps(log, sort_keys=True),
-    }
+    return run_fingerprint(out)
 
 
 @pytest.mark.slow

@@ -6,17 +6,16 @@ import pytest
 
 from emq.errors import EmqError
 from emq.evolution import Campaign, DPSConfig, search
+from emq.evolution.runfiles import TIMING_KEYS
 from emq.fitness import FitnessData
 from emq.search_space.pset import make_space
-
-TIMING = {"seconds", "evals_per_s"}
 
 
 def _fingerprint(result):
     rows = [
         (r["canonical"], round(r["search_spearman"], 12), round(r["heldout_spearman"], 12)) for r in result.hall_of_fame
     ]
-    log = [{k: v for k, v in rec.items() if k not in TIMING} for rec in result.log]
+    log = [{k: v for k, v in rec.items() if k not in TIMING_KEYS} for rec in result.log]
     return rows, json.dumps(log, sort_keys=True, default=str)
 
 

@@ -18,6 +18,7 @@ import pytest
 ray = pytest.importorskip("ray", reason='Ray is not installed: pip install "emq[ray]" to run the Ray executor tests')
 
 from emq.bench import Bench, bench_build  # noqa: E402
+from emq.bench.store import records_so_far  # noqa: E402
 from emq.errors import EmqError  # noqa: E402
 from emq.evolution import search  # noqa: E402
 from emq.executors import TaskFailure, make_executor  # noqa: E402
@@ -101,16 +102,6 @@ def _records(path):
             "SELECT config, top1, loss, kl, calib_seed, outcomes FROM repeats ORDER BY config"
         ).fetchall()
     return recs, reps
-
-
-def _count(path):
-    if not path.exists():  # connecting would create it and the build would refuse the existing file
-        return 0
-    try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as con:
-            return con.execute("SELECT count(*) FROM records").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
 
 
 def test_map_matches_serial_in_order_and_unordered(pool):
@@ -199,9 +190,9 @@ def test_ray_build_equals_serial_build_even_when_a_worker_is_killed(pool, serial
     t = threading.Thread(target=build)
     t.start()
     deadline = time.time() + 240
-    while time.time() < deadline and t.is_alive() and _count(out) < 2:
+    while time.time() < deadline and t.is_alive() and records_so_far(out) < 2:
         time.sleep(0.05)
-    assert t.is_alive() and _count(out) < 8, "the build finished before a worker could be killed"
+    assert t.is_alive() and records_so_far(out) < 8, "the build finished before a worker could be killed"
     victim = before[0]
     os.kill(victim, signal.SIGKILL)
     t.join(300)
@@ -235,7 +226,7 @@ def test_killing_the_driver_then_resuming_gives_the_serial_bench(cluster, serial
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and _count(out) < 2:
+    while time.time() < deadline and proc.poll() is None and records_so_far(out) < 2:
         time.sleep(0.05)
     assert proc.poll() is None, f"the build finished before the driver could be killed: {log.read_text()[-2000:]}"
     os.kill(proc.pid, signal.SIGKILL)

@@ -86,3 +86,21 @@ def plot_log(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     ax.legend(fontsize=8)
     _save(fig, out_dir / "diversity.png")
     return [out_dir / "fitness.png", out_dir / "diversity.png"]
+
+
+TIMING_KEYS = frozenset({"seconds", "evals_per_s"})  # log entries that differ between identical campaigns
+
+
+def run_fingerprint(out_dir: str | Path) -> dict[str, str]:
+    """What a finished run directory says, its timings left out: two runs of the same campaign
+    (one of them killed and resumed, say) must give equal fingerprints."""
+    out_dir = Path(out_dir)
+    log = [
+        {k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
+        for line in (out_dir / "log.jsonl").read_text().splitlines()
+    ]
+    return {
+        "best": (out_dir / "best_proxy.json").read_text(),
+        "hof": (out_dir / "hall_of_fame.csv").read_text(),
+        "log": json.dumps(log, sort_keys=True),
+    }
