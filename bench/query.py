@@ -223,6 +223,7 @@ class Bench:
     def mask(
         self,
         split: str = "all",
+        *,
         max_size_bytes: float | None = None,
         min_size_bytes: float | None = None,
         max_bitops: float | None = None,

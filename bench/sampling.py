@@ -55,6 +55,7 @@ def stratified(
     n: int,
     params: Sequence[float],
     rng: np.random.Generator,
+    *,
     bins: int = 10,
     exclude: Iterable[tuple[int, ...]] = (),
 ) -> list[tuple[int, ...]]:

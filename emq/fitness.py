@@ -65,6 +65,7 @@ class SplitTarget:
         configs: np.ndarray,
         metric_values: np.ndarray,
         metric: str,
+        *,
         bits: Sequence[int],
         device: str | torch.device = "cpu",
     ) -> SplitTarget:
@@ -159,8 +160,8 @@ class FitnessData:
         return cls(
             metric,
             bits,
-            SplitTarget.build("search", *search, metric, bits, device),
-            SplitTarget.build("heldout", *heldout, metric, bits, device) if heldout is not None else None,
+            SplitTarget.build("search", *search, metric, bits=bits, device=device),
+            SplitTarget.build("heldout", *heldout, metric, bits=bits, device=device) if heldout is not None else None,
             ceiling=ceiling,
             source=source,
             pools=pools,

@@ -162,7 +162,12 @@ def _is_resnet_downsample(name: str) -> bool:
 
 
 def build_layer_map(
-    model: nn.Module, input_size: int, model_name: str = "model", in_channels: int | None = None, policy: str = "auto"
+    model: nn.Module,
+    input_size: int,
+    model_name: str = "model",
+    *,
+    in_channels: int | None = None,
+    policy: str = "auto",
 ) -> LayerMap:
     """Trace the model and group its layers into slots.
 

@@ -726,7 +726,7 @@ def uses_measured(terminals: Sequence[str]) -> bool:
 
 
 def ensure_measured(
-    stats: Any, target: Any, ptq: PTQSettings | None, device: str | torch.device = "cpu", progress: bool = False
+    stats: Any, target: Any, ptq: PTQSettings | None, device: str | torch.device = "cpu", *, progress: bool = False
 ) -> Any:
     """`stats` with the measured sensitivity attached (measured at the statistics' bits under `ptq`, cached):
     what it carries already when that matches, else measured and attached in its place (a sensitivity of

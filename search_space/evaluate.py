@@ -313,6 +313,7 @@ def naive_config_score(
     tokens: Sequence[Token],
     stats: NetworkStats,
     config_bit_idx: Sequence[int],
+    *,
     prims: dict[str, PrimSpec] | None = None,
     act_samples: int = DEFAULT_ACT_SAMPLES,
 ) -> float:

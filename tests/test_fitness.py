@@ -13,7 +13,7 @@ def test_spearman_matches_scipy_with_ties():
     rng = np.random.default_rng(0)
     configs = rng.choice([2, 3, 4], size=(200, 5))
     metric = np.round(configs.sum(1) + rng.normal(size=200), 1)  # ties in the target
-    split = SplitTarget.build("search", configs, metric, "top1", (2, 3, 4))
+    split = SplitTarget.build("search", configs, metric, "top1", bits=(2, 3, 4))
     table = torch.tensor(rng.normal(size=(5, 3)))
     scores = split.scores(table)
     want = np.array([sum(table[s, cfg[s] - 2].item() for s in range(5)) for cfg in configs])
@@ -45,9 +45,9 @@ def test_top_k_uses_the_proxys_best_configurations():
 def test_bad_bench_arrays_are_rejected():
     configs = np.array([[2, 3], [3, 4], [4, 2]])
     with pytest.raises(EmqError, match="not among"):
-        SplitTarget.build("search", np.array([[2, 8], [3, 4], [4, 2]]), np.array([1.0, 2, 3]), "top1", (2, 3, 4))
+        SplitTarget.build("search", np.array([[2, 8], [3, 4], [4, 2]]), np.array([1.0, 2, 3]), "top1", bits=(2, 3, 4))
     with pytest.raises(EmqError, match="constant"):
-        SplitTarget.build("search", configs, np.ones(3), "top1", (2, 3, 4))
+        SplitTarget.build("search", configs, np.ones(3), "top1", bits=(2, 3, 4))
     with pytest.raises(EmqError, match="metric"):
         FitnessData.from_arrays((2, 3, 4), (configs, np.arange(3.0)), (configs, np.arange(3.0)), metric="acc")
 

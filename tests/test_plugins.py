@@ -38,7 +38,7 @@ class RecordingExecutor(Executor):
     def __init__(self, workers: int = 1, label: str = "plain") -> None:
         self.workers, self.label = workers, label
 
-    def map(self, fn, tasks, context=None, ordered=True, chunksize=1, failures=False):
+    def map(self, fn, tasks, context=None, *, ordered=True, chunksize=1, failures=False):
         for task in tasks:
             SEEN.append(self.label)
             yield run_task(fn, context, task, failures)

@@ -69,7 +69,7 @@ def test_squeeze_excitation_hard_swish_grouped_and_dense_parts_are_there():
 
 
 def test_resnet18_has_mq_bench_101s_eighteen_slots():
-    lm = build_layer_map(ZOO_BUILDERS["resnet18"](1, 10).eval(), 28, "resnet18", 1)
+    lm = build_layer_map(ZOO_BUILDERS["resnet18"](1, 10).eval(), 28, "resnet18", in_channels=1)
     assert lm.num_slots == 18
     names = lm.slot_names
     assert names[0] == "conv1" and names[-1] == "fc"

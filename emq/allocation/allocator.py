@@ -270,6 +270,7 @@ class Allocator:
         self,
         proxy: Proxy | str | Path,
         problem: Problem,
+        *,
         evaluate: bool = False,
         seed_proxy: SeparableProxy | None = None,
         search_evaluations: int = 200,
@@ -294,7 +295,11 @@ class Allocator:
             seeds = [solve_ilp(problem, cheap).index]
             cols = np.asarray(problem.bits)
             res = constrained_search(
-                problem, lambda idx: proxy.oriented_scores(ctx, cols[idx]), seeds, search_evaluations, seed=seed
+                problem,
+                lambda idx: proxy.oriented_scores(ctx, cols[idx]),
+                seeds=seeds,
+                evaluations=search_evaluations,
+                seed=seed,
             )
             index, seconds, evals, method = res.index, res.seconds, res.evaluations, "search"
             predicted = proxy.orientation * res.score
@@ -469,7 +474,7 @@ def allocate(
     return alloc.allocate(
         proxy,
         alloc.problem(budgets, bits_allowed, pins=pins, slot_bits=slot_bits, ties=ties),
-        evaluate,
+        evaluate=evaluate,
         seed_proxy=seed_proxy,
         search_evaluations=search_evaluations,
         seed=seed,

@@ -189,7 +189,7 @@ def sweep(
         problem = allocator.problem([*fixed, Budget(kind, v)], bits_allowed, pins=pins)
         try:
             result.points.append(
-                allocator.allocate(p, problem, evaluate, search_evaluations=search_evaluations, seed=seed)
+                allocator.allocate(p, problem, evaluate=evaluate, search_evaluations=search_evaluations, seed=seed)
             )
         except InfeasibleBudget as e:
             result.skipped.append((p.name, v, str(e)))

@@ -78,6 +78,7 @@ class _Space:
 def constrained_search(
     problem: Problem,
     score: Callable[[np.ndarray], np.ndarray],
+    *,
     seeds: Sequence[np.ndarray] = (),
     evaluations: int = 200,
     population: int = 16,

@@ -177,7 +177,9 @@ def run(args: argparse.Namespace) -> int:
     if values is not None:
         return _run_sweep(args, allocator, values, budgets=budgets, bits_allowed=bits_allowed, pins=pins, proxy=proxy)
     problem = allocator.problem(budgets, bits_allowed, pins=pins, slot_bits=slot_bits, ties=ties)
-    alloc = allocator.allocate(proxy, problem, args.evaluate, search_evaluations=args.search_evals, seed=args.seed)
+    alloc = allocator.allocate(
+        proxy, problem, evaluate=args.evaluate, search_evaluations=args.search_evals, seed=args.seed
+    )
     bitmap = alloc.save(args.out)[0] if args.out is not None else None
     if args.json:
         emit_json(alloc.to_json() | ({"bitmap": str(bitmap)} if bitmap else {}))

@@ -375,7 +375,9 @@ def load_fitness_data(bench: Any, metric: str | None, bits: tuple[int, ...] | No
     return FitnessData.from_bench(bench, metric, bits), bench
 
 
-def _statistics(bench: Any, model: Any, data: FitnessData, device: str = "cpu", measured: bool = False) -> NetworkStats:
+def _statistics(
+    bench: Any, model: Any, data: FitnessData, *, device: str = "cpu", measured: bool = False
+) -> NetworkStats:
     """The bench model's statistics with the bench's settings (or defaults for bare arrays), computed on `device`;
     `measured`: with the measured sensitivity attached (the space reads MKL, MDL or MNSR)."""
     from emq.search_space.stats import compute_stats
@@ -399,7 +401,8 @@ def _statistics(bench: Any, model: Any, data: FitnessData, device: str = "cpu", 
 
 
 def _statistics_task(_: Any, job: tuple[Any, Any, FitnessData, str, bool]) -> NetworkStats:
-    return _statistics(*job)
+    bench, model, data, device, measured = job
+    return _statistics(bench, model, data, device=device, measured=measured)
 
 
 def _all_statistics(
@@ -417,7 +420,7 @@ def _all_statistics(
     if executor.workers > 1 and len(jobs) > 1:
         computed = iter(executor.map(_statistics_task, jobs))
     else:
-        computed = (_statistics(*job) for job in jobs)
+        computed = (_statistics_task(None, job) for job in jobs)
     return [s if s is not None else next(computed) for s in given]
 
 

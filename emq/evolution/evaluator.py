@@ -142,6 +142,7 @@ class CandidateEvaluator:
         data: FitnessData | Sequence[FitnessData],
         space: SearchSpace,
         act_samples: int,
+        *,
         signature_size: int = 256,
         device: str = "cpu",
         aggregate: str = DEFAULT_AGGREGATE,

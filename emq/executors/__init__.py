@@ -83,6 +83,7 @@ class Executor(ABC):
         fn: Callable[[Context, Task], Any],
         tasks: Iterable[Task],
         context: Context = None,
+        *,
         ordered: bool = True,
         chunksize: int = 1,
         failures: bool = False,

@@ -51,6 +51,7 @@ class ProcessExecutor(Executor):
         fn: Callable[[Context, Task], Any],
         tasks: Iterable[Task],
         context: Context = None,
+        *,
         ordered: bool = True,
         chunksize: int = 1,
         failures: bool = False,

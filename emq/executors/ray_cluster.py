@@ -262,6 +262,7 @@ class RayExecutor(Executor):
         fn: Callable[[Context, Task], Any],
         tasks: Iterable[Task],
         context: Context = None,
+        *,
         ordered: bool = True,
         chunksize: int = 1,
         failures: bool = False,

@@ -19,6 +19,7 @@ class SerialExecutor(Executor):
         fn: Callable[[Context, Task], Any],
         tasks: Iterable[Task],
         context: Context = None,
+        *,
         ordered: bool = True,
         chunksize: int = 1,
         failures: bool = False,
