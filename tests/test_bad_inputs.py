@@ -714,6 +714,29 @@ def _wait_for(predicate, seconds: float) -> bool:
     return predicate()
 
 
+def test_a_sigterm_that_a_library_turns_into_a_plain_interrupt_still_exits_143(monkeypatch, capsys):
+    """Ray's blocking calls can catch the Terminated the SIGTERM handler raises and raise a plain
+    KeyboardInterrupt instead; the command still reports SIGTERM (143), not Ctrl-C (130)."""
+    import os
+    import signal
+
+    import emq.cli.cmd_layers as cmd_layers
+
+    def run(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt from None  # what such a library does
+
+    monkeypatch.setattr(cmd_layers, "run", run)
+    assert main(["layers"]) == 128 + signal.SIGTERM
+    assert "terminated (SIGTERM)" in capsys.readouterr().err
+    monkeypatch.setattr(cmd_layers, "run", lambda args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert main(["layers"]) == 128 + signal.SIGINT  # a real Ctrl-C afterwards is still one
+    assert "interrupted" in capsys.readouterr().err
+
+
 BUILD = ["bench", "build", "--configs", "8", "--test-limit", "100", "--noise-samples", "0", "--calib-size", "64"]
 
 

@@ -106,7 +106,12 @@ class Terminated(KeyboardInterrupt):
     removed, worker pools and a Ray cluster this command started are stopped."""
 
 
+_SIGTERM_SEEN = threading.Event()  # set by the handler: a library that turns Terminated into a plain
+# KeyboardInterrupt on its way out (Ray's blocking calls can) does not make a SIGTERM look like Ctrl-C
+
+
 def _terminate(signum: int, frame: object) -> None:
+    _SIGTERM_SEEN.set()
     raise Terminated(signum)
 
 
@@ -116,6 +121,7 @@ def _sigterm_raises() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _SIGTERM_SEEN.clear()
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         yield
@@ -150,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated); everything started was stopped on the way out
-        name = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-        print(f"emq {args.command}: {name}", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+        terminated = isinstance(e, Terminated) or _SIGTERM_SEEN.is_set()
+        print(f"emq {args.command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
 
 
 if __name__ == "__main__":
