@@ -67,9 +67,7 @@ def _ridge_on_bench(bench: Bench, k: int, seed: int) -> np.ndarray:
     configs, metrics = bench.arrays("search", metrics=["kl"], pool="fit")
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(configs), size=k, replace=False)
-    model = OneHotRidge(bench.bits).fit(configs[picked], oriented("kl", metrics["kl"][picked]))
-    slots = configs.shape[1]
-    return model.model_.coef_.reshape(len(bench.bits), slots).T + model.model_.intercept_ / slots
+    return OneHotRidge(bench.bits).fit(configs[picked], oriented("kl", metrics["kl"][picked])).table()
 
 
 def _paired(kl_a: np.ndarray, kl_b: np.ndarray, sources: np.ndarray) -> dict[str, float]:

@@ -33,14 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import RidgeCV
-from sklearn.preprocessing import StandardScaler
 
 from .errors import EmqError
 from .evolution.engine import WARM_CAMPAIGN
 from .fileio import atomic_write, atomic_write_text, ensure_dir
 from .specs import ParameterError
-from .supervised import ALPHAS, OneHotRidge
+from .supervised import OneHotRidge, ScoreRidge
 from .uncertainty import DEFAULT_RESAMPLES
 
 log = logging.getLogger(__name__)
@@ -329,11 +327,9 @@ class FrontierStudy:
                 y = fit_values[picked]
                 onehot = OneHotRidge(b.bits).fit(b.configs[picked], y)
                 add("ridge-onehot", onehot.predict(b.configs[held]), k=k, draw=draw, cost=float(k))
-                at_pick = np.array([pos[r] for r in picked])
-                scaler = StandardScaler().fit(features[at_pick])
-                model = RidgeCV(alphas=ALPHAS).fit(scaler.transform(features[at_pick]), y)
+                model = ScoreRidge().fit(features[np.array([pos[r] for r in picked])], y)
                 cost = k + (stats_cost or 0.0) + (sens_cost or 0.0)
-                add("ridge-proxies", model.predict(scaler.transform(features[at_held])), k=k, draw=draw, cost=cost)
+                add("ridge-proxies", model.predict(features[at_held]), k=k, draw=draw, cost=cost)
                 if warm is not None:
                     cost = k + (stats_cost or 0.0) + (sens_cost or 0.0 if warm.measured else 0.0)
                     add(WARM, warm.scores(picked, held, seed=draw), k=k, draw=draw, cost=cost)

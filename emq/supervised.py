@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from sklearn.linear_model import RidgeCV
+from sklearn.preprocessing import StandardScaler
 
 from .errors import EmqError
 
@@ -47,3 +48,33 @@ class OneHotRidge:
 
     def predict(self, configs: np.ndarray) -> np.ndarray:
         return self.model_.predict(self.features(configs))
+
+    def table(self) -> np.ndarray:
+        """The fitted model as a per-slot table [S, B] (the intercept spread over the slots): its
+        prediction of a configuration is the sum of that configuration's cells."""
+        coef = self.model_.coef_.reshape(len(self.bits), -1).T  # features are [bit][slot] blocks
+        return coef + self.model_.intercept_ / coef.shape[0]
+
+
+class ScoreRidge:
+    """sklearn-style estimator: ridge on standardized proxy scores [N, F] (alpha by leave-one-out CV).
+
+    `weights()` maps the model back onto the raw scores, so a model over separable proxies is
+    itself separable: the weighted sum of their tables."""
+
+    def __init__(self, alphas: Sequence[float] = ALPHAS) -> None:
+        self.alphas = tuple(alphas)
+
+    def fit(self, scores: np.ndarray, target: np.ndarray) -> ScoreRidge:
+        self.scaler_ = StandardScaler().fit(scores)
+        self.model_ = RidgeCV(alphas=self.alphas).fit(self.scaler_.transform(scores), target)
+        self.alpha_ = float(self.model_.alpha_)
+        return self
+
+    def predict(self, scores: np.ndarray) -> np.ndarray:
+        return self.model_.predict(self.scaler_.transform(scores))
+
+    def weights(self) -> tuple[np.ndarray, float]:
+        """(w, b) with predict(x) = x @ w + b on raw scores."""
+        w = self.model_.coef_ / self.scaler_.scale_
+        return w, float(self.model_.intercept_ - w @ self.scaler_.mean_)

@@ -131,20 +131,15 @@ class AutoProxy(SeparableProxy):
         from ..supervised import OneHotRidge
 
         model = OneHotRidge(ctx.bits).fit(configs, values)
-        slots = ctx.target.layer_map.num_slots
-        coef = model.model_.coef_.reshape(len(ctx.bits), slots).T  # features are [bit][slot] blocks
-        return coef + model.model_.intercept_ / slots, model.alpha_, {}
+        return model.table(), model.alpha_, {}
 
     @staticmethod
     def _on_proxies(ctx: ProxyContext, configs: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, float, dict]:
         """Ridge on the standardized oriented scores of the feature proxies; a linear map of
         separable scores, so its table is the weighted sum of their tables."""
-        from sklearn.linear_model import RidgeCV
-        from sklearn.preprocessing import StandardScaler
-
         from ..baselines import get_proxy
         from ..proxy import table_scores
-        from ..supervised import ALPHAS
+        from ..supervised import ScoreRidge
 
         names = feature_proxies()
         tables = []
@@ -152,13 +147,10 @@ class AutoProxy(SeparableProxy):
             proxy = get_proxy(name)
             tables.append(proxy.orientation * np.asarray(proxy.table(ctx), dtype=np.float64))
         idx = ctx.bit_index(configs)
-        x = np.stack([table_scores(t, idx) for t in tables], axis=1)
-        scaler = StandardScaler().fit(x)
-        model = RidgeCV(alphas=ALPHAS).fit(scaler.transform(x), values)
-        w = model.coef_ / scaler.scale_
-        slots = ctx.target.layer_map.num_slots
-        table = sum(wi * t for wi, t in zip(w, tables, strict=True)) + (model.intercept_ - w @ scaler.mean_) / slots
-        return table, float(model.alpha_), {"features": dict(zip(names, map(float, w), strict=True))}
+        model = ScoreRidge().fit(np.stack([table_scores(t, idx) for t in tables], axis=1), values)
+        w, b = model.weights()
+        table = sum(wi * t for wi, t in zip(w, tables, strict=True)) + b / ctx.target.layer_map.num_slots
+        return table, model.alpha_, {"features": dict(zip(names, map(float, w), strict=True))}
 
     def setup_cost(self, ctx: ProxyContext) -> dict[str, Any] | None:
         return dict(self._setup) or None

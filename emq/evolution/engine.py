@@ -312,16 +312,17 @@ class Campaign:
         pop: list[gp.PrimitiveTree] = []
         if self.config.seed_handmade:
             pop += [self._individual(from_tokens(self.space, t)) for _, t in self.space.handmade().values()]
-        outside = 0
-        for tree in self.config.seed_trees:
-            tokens = [(k, v) for k, v in tree]
-            if all(self.space.has(t) for t in tokens):
-                token_types(self.space, tokens)
-                pop.append(self._individual(from_tokens(self.space, tokens)))
-            else:
-                outside += 1
-        if outside:
-            log.warning("%d of %d seed trees use operators outside the search space: left out", outside, len(pop))
+        trees = self.config.seed_trees
+        inside = [t for t in trees if all(self.space.has(tok) for tok in t)]
+        for tokens in inside:
+            token_types(self.space, tokens)
+            pop.append(self._individual(from_tokens(self.space, tokens)))
+        if len(inside) < len(trees):
+            log.warning(
+                "%d of %d seed trees use operators outside the search space: left out",
+                len(trees) - len(inside),
+                len(trees),
+            )
         while len(pop) < self.config.population:
             pop.append(self._random())
         return pop[: self.config.population]
