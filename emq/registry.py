@@ -10,6 +10,7 @@ flags from them, so a plugin with options is one new file.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -67,12 +68,15 @@ class Registry(Mapping[str, T], Generic[T]):
         """Forget `name` (tests and plugins that register temporary entries)."""
         self._entries.pop(name, None)
 
-    def __delitem__(self, name: str) -> None:
-        del self._entries[name]
-
-    def __setitem__(self, name: str, entry: T) -> None:
-        """Replace or add without the duplicate check: for tests that patch an entry in."""
-        self._entries[name] = entry
+    @contextmanager
+    def temporarily(self, name: str, entry: T) -> Iterator[T]:
+        """`entry` under `name` while the block runs, forgotten after it (tests): registered by `add`,
+        so a taken name is refused here too."""
+        self.add(name, entry)
+        try:
+            yield entry
+        finally:
+            self.remove(name)
 
     def get_entry(self, name: str) -> T:
         """The entry `name`, or a ParameterError listing the registered names."""

@@ -104,6 +104,17 @@ def real_stats(
     return NetworkStats(tuple(bits), out, list(layer_map.layer_slot), {"source": "tests"})
 
 
+@pytest.fixture()
+def noise_proxy():
+    """The cheap real test proxy `test-noise` (helpers.NoiseProxy), registered by name while a test runs."""
+    from helpers import NoiseProxy
+
+    from emq.baselines.registry import PROXIES
+
+    with PROXIES.temporarily("test-noise", NoiseProxy):
+        yield NoiseProxy
+
+
 @pytest.fixture(scope="session")
 def tiny_setting() -> tuple[NetworkStats, FitnessData, LayerMap]:
     """(stats, FitnessData, layer_map) of the search tests: a width-4 one-block ResNet on 8 px

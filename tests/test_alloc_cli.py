@@ -13,10 +13,10 @@ from emq.cli.main import main
 
 
 @pytest.fixture(autouse=True)
-def registry(monkeypatch):
+def registry():
     """Two cheap real test proxies registered next to the hand-made ones, resolved by name."""
-    monkeypatch.setitem(PROXIES, "test-noise", NoiseProxy)
-    monkeypatch.setitem(PROXIES, "test-output-error", OutputErrorProxy)
+    with PROXIES.temporarily("test-noise", NoiseProxy), PROXIES.temporarily("test-output-error", OutputErrorProxy):
+        yield
 
 
 def run(capsys, *argv):

@@ -85,10 +85,7 @@ def test_infeasible_registered_kind_uses_its_own_format(kind):
         p.check_feasible()
 
 
-def test_cli_offers_registered_kind(kind, tmp_path, capsys, monkeypatch):
-    from emq.baselines.registry import PROXIES
-
-    monkeypatch.setitem(PROXIES, "test-noise", NoiseProxy)
+def test_cli_offers_registered_kind(kind, tmp_path, capsys, noise_proxy):
     rc = main(["allocate", "--proxy", "test-noise", "--budget-weight-bitops", "15M", "--out", str(tmp_path), "--json"])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)

@@ -155,10 +155,7 @@ def test_bench_refuses_contradicting_ptq_settings(settings, param):
 
 
 @pytest.mark.slow
-def test_cli_bench_flag(tmp_path, capsys, monkeypatch):
-    from emq.baselines.registry import PROXIES
-
-    monkeypatch.setitem(PROXIES, "test-noise", NoiseProxy)
+def test_cli_bench_flag(tmp_path, capsys, noise_proxy):
     assert (
         main(
             [

@@ -199,10 +199,11 @@ def test_a_taken_name_is_refused_in_every_registry():
     from emq.allocation.kinds import SizeKind, register_kind
     from emq.baselines import register_proxy
     from emq.baselines.separable import HawqV1
-    from emq.executors import Executor, register
+    from emq.executors import Executor, executor_names, register
     from emq.quantizers import WeightQuantizer
     from emq.search_space.primitives import TERMINALS, _registry
 
+    assert "serial" in executor_names()  # loads every executor module, as the CLI does
     with pytest.raises(EmqError, match="executor 'serial' is defined twice"):
         register("serial")(type("Other", (Executor,), {"map": lambda self, *a, **k: iter(())}))
     with pytest.raises(EmqError, match="weight quantizer 'mse' is defined twice"):
@@ -226,3 +227,19 @@ def test_registry_orders_and_names_unknown_entries():
     assert list(by_name) == ["a", "b", "c"] and list(declared) == ["b", "c", "a"]
     with pytest.raises(ParameterError, match=r"things='d': unknown thing; use one of b, c, a"):
         declared.get_entry("d")
+
+
+def test_a_registry_has_no_back_door_and_a_temporary_entry_goes_away():
+    """Item assignment would skip the duplicate check; a temporary entry is checked like any other."""
+    from emq.registry import Registry
+
+    things = Registry("thing", "things")
+    things.add("a", 1)
+    with pytest.raises(TypeError):
+        things["a"] = 2  # type: ignore[index]
+    with pytest.raises(EmqError, match="thing 'a' is defined twice"), things.temporarily("a", 3):
+        pass
+    assert things["a"] == 1
+    with things.temporarily("b", 4):
+        assert dict(things) == {"a": 1, "b": 4}
+    assert dict(things) == {"a": 1}

@@ -181,7 +181,7 @@ def toy_quantizer():
             return fake_quant(weight.detach().clone(), weight.min().clamp(max=0), weight.max().clamp(min=0), bits)
 
     yield MinMax
-    del QUANTIZERS["toy-minmax"]
+    QUANTIZERS.remove("toy-minmax")
 
 
 def test_registered_quantizer_is_what_the_engine_deploys(toy_quantizer):

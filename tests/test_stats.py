@@ -306,7 +306,7 @@ def test_statistics_use_the_ptq_weight_quantizer(tiny):
         with pytest.raises(EmqError, match="weight_quantizer"):
             StatsSettings(weight_quantizer="nope")
     finally:
-        del QUANTIZERS["toy-halves"]
+        QUANTIZERS.remove("toy-halves")
 
 
 def test_compact_bundle_format_keeps_every_field_to_float16_precision(tiny, tmp_path):

@@ -66,9 +66,9 @@ GW = TerminalSpec(
 
 
 @pytest.fixture()
-def with_gw(monkeypatch):
-    monkeypatch.setitem(TERMINALS, "GW", GW)
-    yield GW
+def with_gw():
+    with TERMINALS.temporarily("GW", GW):
+        yield GW
 
 
 def test_a_derived_terminal_is_one_registration(with_gw, stats, tmp_path):
