@@ -3,8 +3,11 @@
 Each `emq ...` invocation in a fenced code block (not Python) or an inline code span of README.md
 and docs/*.md is checked in-process against the real entry point: `emq <subcommand> --help` exits
 0 and its help lists every flag the invocation quotes; where a flag has fixed choices, the values
-the docs list (`--executor serial|process|ray`) must be among them. Relative links and images must
-point to files that exist, and `#anchors` to a heading of the target file.
+the docs list (`--executor serial|process|ray`) must be among them. Each quoted `python
+benchmarks/NAME.py ...` is checked the same way: the script exists, `--help` exits 0 (run in-process,
+so a script needing the benchmark-only extra `.[bench]` is skipped without it, except in CI, where
+`.ci/run` installs it) and lists every quoted flag. Relative links and images must point to files
+that exist, and `#anchors` to a heading of the target file.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import contextlib
 import io
 import os
 import re
+import runpy
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,6 +34,7 @@ FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```", re.S | re.M)
 CODE_SPAN = re.compile(r"`([^`]+)`")
 # a command inside a code line: at its start or after a shell separator
 SHELL_EMQ = re.compile(r"(?:^|&&|\|\||;|\$)\s*(emq\s[^#\n]*)")
+SHELL_BENCHMARK = re.compile(r"(?:^|&&|\|\||;|\$)\s*(python\s+benchmarks/[^#\n]*)")
 FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.M)
@@ -49,8 +55,9 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
     return dict(actions[0].choices) if actions else {}
 
 
-def quoted_commands(path: Path) -> list[tuple[str, str]]:
-    """(where, command) for every `emq ...` invocation quoted in a markdown file."""
+def quoted_commands(path: Path, shell: re.Pattern = SHELL_EMQ, prefix: str = "emq ") -> list[tuple[str, str]]:
+    """(where, command) for every `emq ...` invocation (or what `shell` and `prefix` match) quoted in a
+    markdown file."""
     text = path.read_text(encoding="utf-8")
     found = []
     for m in FENCE.finditer(text):
@@ -58,11 +65,11 @@ def quoted_commands(path: Path) -> list[tuple[str, str]]:
             continue
         start = _line(text, m.start(2))
         for k, line in enumerate(m.group(2).splitlines()):
-            found += [(f"{path.name}:{start + k}", c.group(1).strip()) for c in SHELL_EMQ.finditer(line)]
+            found += [(f"{path.name}:{start + k}", c.group(1).strip()) for c in shell.finditer(line)]
     prose = FENCE.sub(lambda m: "\n" * m.group(0).count("\n"), text)  # keep line numbers
     for m in CODE_SPAN.finditer(prose):
         span = " ".join(m.group(1).replace("\\|", "|").split())  # a span may wrap over lines; `\|` in tables
-        if span.startswith("emq "):
+        if span.startswith(prefix):
             found.append((f"{path.name}:{_line(prose, m.start())}", span))
     return found
 
@@ -130,6 +137,41 @@ def command_paths() -> list[tuple[str, ...]]:
 
 
 CASES = [case for doc in DOCS for case in quoted_commands(doc)]
+BENCHMARK_CASES = [case for doc in DOCS for case in quoted_commands(doc, SHELL_BENCHMARK, "python benchmarks/")]
+
+
+@lru_cache(maxsize=None)
+def script_help(script: str) -> tuple[object, str]:
+    """Exit code (or the error) and text of `python <script> --help`, run in this process."""
+    out, argv = io.StringIO(), sys.argv
+    sys.argv = [script, "--help"]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+        code: object = "no exit"
+    except SystemExit as e:
+        code = e.code
+    except Exception as e:  # noqa: BLE001 - reported as the test's failure
+        code = f"{type(e).__name__}: {e}"
+    finally:
+        sys.argv = argv
+    return code, out.getvalue()
+
+
+def test_docs_quote_benchmarks():
+    assert len({c.split()[1] for _, c in BENCHMARK_CASES}) >= 10, BENCHMARK_CASES
+
+
+@pytest.mark.parametrize("where,command", BENCHMARK_CASES, ids=[f"{w} {c[7:67]}" for w, c in BENCHMARK_CASES])
+def test_quoted_benchmark_runs(where: str, command: str):
+    script = command.split()[1]
+    assert (ROOT / script).is_file(), f"{where}: `{command}` names no script ({script})"
+    code, text = script_help(script)
+    if "needs the bench extra" in str(code) and not os.environ.get("CI"):
+        pytest.skip(f"{script} needs the bench extra: pip install -e '.[bench]' (.ci/run installs it)")
+    assert code == 0, f"{where}: `python {script} --help` ended with {code}"
+    for flag, _ in split_command(command)[1]:
+        assert _lists(text, flag), f"{where}: `python {script} --help` does not list {flag} (quoted in `{command}`)"
 
 
 def test_docs_quote_commands():
