@@ -133,8 +133,7 @@ def engine_for(spec: EvalSpec) -> PTQEngine:
     """This process's engine for `spec`, built on first use."""
     engine = _ENGINES.get(spec)
     if engine is None:
-        target = target_for(spec)
-        engine = PTQEngine(target.model, target.layer_map, target.require_data(), spec.settings, device=spec.device)
+        engine = PTQEngine(target_for(spec), spec.settings, device=spec.device)
         _ENGINES[spec] = engine
     return engine
 

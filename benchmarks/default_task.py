@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     t = resolve_target("default")
-    engine = PTQEngine(t.model, t.layer_map, t.data)
+    engine = PTQEngine(t)
     s = t.layer_map.num_slots
     print(f"full precision: top-1 {engine.evaluate_fp().top1:.2f} %  ({len(t.data.test)} test images, chance 10 %)")
     for b in (2, 3, 4, 8):

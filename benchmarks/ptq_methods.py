@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +39,11 @@ RESAMPLES = 1000
 
 def measure(model: str, method: str, configs: np.ndarray, *, test_limit: int | None, options: dict) -> dict:
     target = resolve_target(model)
-    data = limit_test(target.require_data(), test_limit) if test_limit else target.require_data()
+    if test_limit:
+        target = replace(target, data=limit_test(target.require_data(), test_limit))
     with tempfile.TemporaryDirectory() as cache:
         engine = PTQEngine(
-            target.model,
-            target.layer_map,
-            data,
-            PTQSettings(calib_half=0, weight_quantizer=method, quantizer_options=options),
-            cache_dir=cache,
+            target, PTQSettings(calib_half=0, weight_quantizer=method, quantizer_options=options), cache_dir=cache
         )
         prep = engine.prepare_rounding(BITS)
         t0 = time.perf_counter()

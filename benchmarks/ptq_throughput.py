@@ -31,12 +31,12 @@ def main() -> None:
     args = ap.parse_args()
     t = resolve_target("default")
     configs = np.random.default_rng(0).choice(DEFAULT_BITS, size=(args.configs, t.layer_map.num_slots))
-    cached = PTQEngine(t.model, t.layer_map, t.data)
+    cached = PTQEngine(t)
     cached.evaluate_fp()
     cached.evaluate([2] * t.layer_map.num_slots)  # warm-up, not timed
     for b in (3, 4):
         cached.evaluate([b] * t.layer_map.num_slots)
-    uncached = PTQEngine(t.model, t.layer_map, t.data)
+    uncached = PTQEngine(t)
     uncached.cache_enabled = False
     uncached.evaluate_fp()
     r_cached, r_uncached = rate(cached, configs), rate(uncached, configs)

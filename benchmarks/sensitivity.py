@@ -28,15 +28,7 @@ from emq.sensitivity import SensitivitySettings, measure_sensitivity
 def run(setup: BenchSetup, images: int, reuse: bool) -> tuple[float, object]:
     s = SensitivitySettings(min_images=images, max_images=images, prefix_reuse=reuse)
     t0 = time.perf_counter()
-    sens = measure_sensitivity(
-        setup.target.model,
-        setup.target.layer_map,
-        setup.target.data,
-        bits=setup.bits,
-        ptq=setup.ptq,
-        settings=s,
-        use_cache=False,
-    )
+    sens = measure_sensitivity(setup.target, bits=setup.bits, ptq=setup.ptq, settings=s, use_cache=False)
     return time.perf_counter() - t0, sens
 
 

@@ -176,6 +176,4 @@ def quantize(
     device = resolve_device(device)  # before any model work
     target = as_model_spec(model, data=data, weights=weights, num_classes=num_classes, input_size=input_size).resolve()
     config = load_bitmap(bitmap, target.layer_map) if bitmap is not None else target.layer_map.validate(bits)
-    return PTQEngine(
-        target.model, target.layer_map, target.require_data(), settings, progress=progress, device=device
-    ).evaluate(config)
+    return PTQEngine(target, settings, progress=progress, device=device).evaluate(config)

@@ -47,9 +47,7 @@ class BenchSetup:
         if self.stats_file is None:
             raise EmqError(f"model {self.target.name} has no data to compute its statistics on: pass --data")
         t = self.target
-        ns = shipped_stats(
-            t.model, t.layer_map, bits=self.bits, settings=self.stats, data=None, device=device, files=[self.stats_file]
-        )
+        ns = shipped_stats(t, bits=self.bits, settings=self.stats, device=device, files=[self.stats_file])
         if ns is None:
             raise EmqError(
                 f"{self.stats_file}: the bundled statistics were computed with other settings, bits or weights "

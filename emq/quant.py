@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .data import DEFAULT_CALIB_SIZE, DataSplits
+from .data import DEFAULT_CALIB_SIZE
 from .device import resolve_device
 from .errors import EmqError
 from .layermap import QUANTIZABLE, LayerMap
@@ -48,6 +48,9 @@ from .specs import (
     check_positive_int,
     setting,
 )
+
+if TYPE_CHECKING:
+    from .target import Target  # for annotations only: emq.target would import torchvision with the models
 
 BN_MODES = ("reestimate", "fold", "none")
 
@@ -209,36 +212,36 @@ class PTQEngine:
 
     def __init__(
         self,
-        model: nn.Module,
-        layer_map: LayerMap,
-        data: DataSplits,
+        target: Target,
         settings: PTQSettings | None = None,
         *,
         progress: bool = False,
         cache_dir: str | Path | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
-        """`progress` shows tqdm bars (stderr) over calibration and test batches: one
-        evaluation of a large model on a large test set takes minutes. `cache_dir` is the
-        cache root of reconstruction-rounded weights (emq.rounding). `device` is where the
-        engine's copy of the model runs (emq.device); it changes no setting and no draw."""
+        """`target` is the model, its layer map and its data (an EmqError if it has no data:
+        calibration and evaluation need it). `progress` shows tqdm bars (stderr) over
+        calibration and test batches: one evaluation of a large model on a large test set
+        takes minutes. `cache_dir` is the cache root of reconstruction-rounded weights
+        (emq.rounding). `device` is where the engine's copy of the model runs (emq.device);
+        it changes no setting and no draw."""
         self.settings = settings or PTQSettings()
         self.device = resolve_device(device)
         self.progress = progress
-        self.layer_map = layer_map
-        self.data = data
-        example = data.calibration(2, 0)[0].to(self.device)
-        base = copy.deepcopy(model).eval().to(self.device)
+        self.layer_map = target.layer_map
+        self.data = target.require_data()
+        example = self.data.calibration(2, 0)[0].to(self.device)
+        base = copy.deepcopy(target.model).eval().to(self.device)
         self.work = fold_batchnorm(base, example) if self.settings.bn == "fold" else base
         for p in self.work.parameters():
             p.requires_grad_(False)
         modules = dict(self.work.named_modules())
-        self.layers = [modules[layer.name] for layer in layer_map.layers]
+        self.layers = [modules[layer.name] for layer in self.layer_map.layers]
         if not all(isinstance(m, QUANTIZABLE) for m in self.layers):
             raise EmqError("the layer map does not match the model (a mapped module is not Conv2d/Linear)")
         self.fp_weights = [m.weight.detach().clone() for m in self.layers]
-        self.calib = data.calibration(self.settings.calib_size, self.settings.calib_seed, self.settings.calib_half)
-        self.rounding = self._rounding(layer_map, cache_dir)
+        self.calib = self.data.calibration(self.settings.calib_size, self.settings.calib_seed, self.settings.calib_half)
+        self.rounding = self._rounding(self.layer_map, cache_dir)
         self.fp_biases = self._bias_setup()
         self.bns = [m for m in self.work.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.bn_state = [copy.deepcopy(bn.state_dict()) for bn in self.bns]

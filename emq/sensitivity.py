@@ -52,7 +52,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -64,9 +64,11 @@ from .datasplits import DataSplits, calibration_half_mask
 from .errors import EmqError
 from .fileio import atomic_write_text, cache_root
 from .hashing import state_dict_digest, tensor_digest
-from .layermap import LayerMap
 from .quant import PTQEngine, PTQSettings
 from .specs import DEFAULT_BITS, UNQUANTIZED_ACT_BITS, ParameterError, check_bit_set, check_weight_bits
+
+if TYPE_CHECKING:
+    from .target import Target  # for annotations only: emq.target would import torchvision with the models
 
 log = logging.getLogger(__name__)
 
@@ -511,19 +513,14 @@ def _chunks(n: int, first: int) -> list[tuple[int, int]]:
     return out
 
 
-def cache_key(
-    model: nn.Module,
-    layer_map: LayerMap,
-    data: DataSplits,
-    *,
-    bits: tuple[int, ...],
-    ptq: PTQSettings,
-    s: SensitivitySettings,
-) -> str:
+def cache_key(target: Target, *, bits: tuple[int, ...], ptq: PTQSettings, s: SensitivitySettings) -> str:
+    """The cache entry's name: what the tables depend on (weights, calibration pool, bits, settings,
+    layers), not the target's name nor the device, so a renamed or moved model hits the same entry."""
+    data, layer_map = target.require_data(), target.layer_map
     x, y = data.calib_pool
     parts = {
         "format": FORMAT,
-        "weights": state_dict_digest(model),
+        "weights": state_dict_digest(target.model),
         "data": tensor_digest([x, y] + ([data.calib_sources] if data.calib_sources is not None else [])),
         "bits": list(bits),
         "ptq": ptq.to_json(),
@@ -563,9 +560,7 @@ def _save(path: Path, key: str, result: Sensitivity) -> None:
 
 
 def measure_sensitivity(
-    model: nn.Module,
-    layer_map: LayerMap,
-    data: DataSplits,
+    target: Target,
     *,
     bits: Sequence[int] = DEFAULT_BITS,
     ptq: PTQSettings | None = None,
@@ -579,7 +574,7 @@ def measure_sensitivity(
     ptq = ptq or PTQSettings()
     s = settings or SensitivitySettings()
     path = None
-    key = cache_key(model, layer_map, data, bits=bits, ptq=ptq, s=s)
+    key = cache_key(target, bits=bits, ptq=ptq, s=s)
     if use_cache:
         path = cache_root(cache_dir) / "sensitivity" / f"{key}.json"
         t0 = time.perf_counter()
@@ -587,7 +582,7 @@ def measure_sensitivity(
         if hit is not None:
             hit.meta["cache"] = {"key": key, "path": str(path), "hit": True, "load_seconds": time.perf_counter() - t0}
             return hit
-    result = _compute(model, layer_map, data, bits=bits, ptq=ptq, s=s, cache_dir=cache_dir, device=device)
+    result = _compute(target, bits=bits, ptq=ptq, s=s, cache_dir=cache_dir, device=device)
     if path is not None:
         _save(path, key, result)
         result.meta["cache"] = {"key": key, "path": str(path), "hit": False}
@@ -595,9 +590,7 @@ def measure_sensitivity(
 
 
 def _compute(
-    model: nn.Module,
-    layer_map: LayerMap,
-    data: DataSplits,
+    target: Target,
     *,
     bits: tuple[int, ...],
     ptq: PTQSettings,
@@ -606,7 +599,8 @@ def _compute(
     device: str | torch.device,
 ) -> Sensitivity:
     t_start = time.perf_counter()
-    engine = PTQEngine(model, layer_map, data, ptq, cache_dir=cache_dir, device=device)
+    engine = PTQEngine(target, ptq, cache_dir=cache_dir, device=device)
+    data = engine.data
     t0 = time.perf_counter()
     for b in sorted({*bits, *([s.rest_bits] if s.rest_bits is not None else [])}):
         for i in range(len(engine.layers)):
@@ -638,7 +632,7 @@ def _compute(
     # the cost unit: one PTQ evaluation of a configuration on the test split, measured now
     engine._fp_reference()
     t0 = time.perf_counter()
-    engine.evaluate([s.rest_bits if s.rest_bits is not None else max(bits)] * layer_map.num_slots)
+    engine.evaluate([s.rest_bits if s.rest_bits is not None else max(bits)] * target.layer_map.num_slots)
     eval_seconds = time.perf_counter() - t0
     for k, t in tables.items():
         if not np.isfinite(t).all():
@@ -669,10 +663,7 @@ def context_sensitivity(ctx: Any) -> Sensitivity:
         ptq = ctx.settings or PTQSettings()
         hit = stored_sensitivity(ctx.stats, ctx.bits, ptq)
         if hit is None:
-            target = ctx.target
-            hit = measure_sensitivity(
-                target.model, target.layer_map, target.require_data(), bits=ctx.bits, ptq=ptq, device=ctx.device
-            )
+            hit = measure_sensitivity(ctx.target, bits=ctx.bits, ptq=ptq, device=ctx.device)
         ctx.cache["sensitivity"] = hit
     if tuple(hit.bits) != tuple(ctx.bits):
         raise EmqError(f"the sensitivity was measured for bits {list(hit.bits)}, not {list(ctx.bits)}")
@@ -732,10 +723,7 @@ def ensure_measured(
     what it carries already when that matches, else measured and attached in its place (a sensitivity of
     other PTQ settings is not this one)."""
     if stored_sensitivity(stats, stats.bits, ptq or PTQSettings()) is None:
-        data = target.require_data()
-        attach_sensitivity(
-            stats, measure_sensitivity(target.model, target.layer_map, data, bits=stats.bits, ptq=ptq, device=device)
-        )
+        attach_sensitivity(stats, measure_sensitivity(target, bits=stats.bits, ptq=ptq, device=device))
     return stats
 
 

@@ -94,10 +94,7 @@ def main() -> None:
             ns = compute_stats(setup.target, bits=setup.bits, settings=setup.stats, use_cache=False)
             ns.meta.pop("cache", None)  # this machine's cache path means nothing in a bundle
             ns.meta["source"] = _source(bench)
-        target = setup.target
-        sens = measure_sensitivity(
-            target.model, target.layer_map, target.require_data(), bits=setup.bits, ptq=setup.ptq
-        )
+        sens = measure_sensitivity(setup.target, bits=setup.bits, ptq=setup.ptq)
         attach_sensitivity(ns, sens)
         omit = MODEL_FIELDS + (ACTIVATION_FIELDS if args.omit_activations else ())
         save_stats(omit_fields(ns, omit), bundle.stats_path, compact=True)

@@ -21,9 +21,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torch import nn
-
-from emq.data import DataSplits
 from emq.errors import EmqError
 from emq.hashing import state_dict_digest
 from emq.layermap import LayerMap
@@ -31,6 +28,8 @@ from emq.layermap import LayerMap
 from .netstats import NetworkStats, load_stats, select_bits
 
 if TYPE_CHECKING:
+    from emq.target import Target
+
     from .stats import StatsSettings
 
 log = logging.getLogger(__name__)
@@ -60,20 +59,15 @@ def _mismatch(ns: NetworkStats, want: dict, bits: tuple[int, ...], settings: dic
 
 
 def find_shipped(
-    model: nn.Module,
-    layer_map: LayerMap,
-    *,
-    bits: tuple[int, ...],
-    settings: StatsSettings,
-    data: DataSplits | None,
-    files: list[Path] | None = None,
+    target: Target, *, bits: tuple[int, ...], settings: StatsSettings, files: list[Path] | None = None
 ) -> tuple[NetworkStats, Path] | None:
-    """A shipped bundle's statistics of this model for this request (cut to `bits`, maybe partial:
-    `ns.omitted`) and their file, or None when none matches. `data` None (not installed): the data
-    is not checked, and a partial file is an EmqError naming --data. `files` defaults to the bundles'."""
+    """A shipped bundle's statistics of the target's model for this request (cut to `bits`, maybe partial:
+    `ns.omitted`) and their file, or None when none matches. A target without data (not installed): the
+    data is not checked, and a partial file is an EmqError naming --data. `files` defaults to the bundles'."""
     from emq.bench.bundles import stats_files
 
-    want = source_of(state_dict_digest(model), data.fingerprint if data is not None else None, layer_map)
+    layer_map, data = target.layer_map, target.data
+    want = source_of(state_dict_digest(target.model), data.fingerprint if data is not None else None, layer_map)
     wanted_settings = settings.to_json()
     for path in stats_files(layer_map.model) if files is None else files:
         try:

@@ -710,23 +710,22 @@ def complete_stats(
 
 
 def shipped_stats(
-    model: nn.Module,
-    layer_map: LayerMap,
+    target: Target,
     *,
     bits: tuple[int, ...],
     settings: StatsSettings,
-    data: DataSplits | None,
     device: torch.device | str = "cpu",
     files: list[Path] | None = None,
 ) -> NetworkStats | None:
-    """A shipped bundle's statistics of this model for this request (completed, cut to `bits`),
-    or None when none matches (emq.search_space.shipped). `data` None (not installed): the data is
-    not checked, and a partial file cannot be completed (EmqError naming --data). `files`
+    """A shipped bundle's statistics of the target's model for this request (completed, cut to `bits`),
+    or None when none matches (emq.search_space.shipped). A target without data (not installed): the
+    data is not checked, and a partial file cannot be completed (EmqError naming --data). `files`
     defaults to the bundles'."""
-    found = find_shipped(model, layer_map, bits=bits, settings=settings, data=data, files=files)
+    found = find_shipped(target, bits=bits, settings=settings, files=files)
     if found is None:
         return None
     ns, path = found
+    model, layer_map, data = target.model, target.layer_map, target.data
     if ns.omitted:
         x, y = data.calibration(settings.calib_size, settings.calib_seed) if data is not None else (None, None)
         ns = complete_stats(ns, model, layer_map, x=x, y=y, settings=settings, device=torch.device(device))
@@ -794,7 +793,8 @@ def compute_stats(
             except EmqError as e:
                 log.warning("ignoring the statistics cache entry: %s", e)
         if isinstance(data, DataSplits):
-            found = shipped_stats(model, layer_map, bits=bits, settings=s, data=data, device=device)
+            target = Target(layer_map.model, model, layer_map, data)  # with the layer map and data used here
+            found = shipped_stats(target, bits=bits, settings=s, device=device)
             if found is not None:
                 return found
     rounding_x = (

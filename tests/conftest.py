@@ -25,6 +25,7 @@ from emq.layermap import LayerMap, build_layer_map
 from emq.models import CifarResNet
 from emq.quant import PTQEngine, PTQSettings, fake_quant, quantize_weight
 from emq.search_space.netstats import LayerStats, NetworkStats
+from emq.target import Target
 
 # statistics caches of the test session live in a fresh folder, not the user's ~/.cache
 os.environ["EMQ_CACHE_DIR"] = tempfile.mkdtemp(prefix="emq-test-cache-")
@@ -140,7 +141,7 @@ def _build(n_configs: int, seed: int) -> tuple[NetworkStats, FitnessData, LayerM
     data = image_splits("tiny", x, y, calib=32, num_classes=4)
     lm = build_layer_map(model, 8, "tiny", in_channels=1)
     stats = real_stats(model, lm, x[:16], y[:16])
-    engine = PTQEngine(model, lm, data, PTQSettings(calib_size=32))
+    engine = PTQEngine(Target("tiny", model, lm, data), PTQSettings(calib_size=32))
     rng = np.random.default_rng(seed)
     configs = rng.choice(np.array(BITS), size=(n_configs, lm.num_slots))
     kl = np.array([engine.evaluate([int(b) for b in c]).kl for c in configs])

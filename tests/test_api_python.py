@@ -47,7 +47,7 @@ def _top1_by_hand(bits, settings: PTQSettings) -> float:
     from emq.quant import PTQEngine
 
     target = emq.resolve_target("default")
-    net = PTQEngine(target.model, target.layer_map, target.require_data(), settings).prepare(bits)
+    net = PTQEngine(target, settings).prepare(bits)
     right = total = 0
     with torch.no_grad():
         for x, y in target.data.test_batches(256):

@@ -39,11 +39,10 @@ def allocator(setup, tmp_path, monkeypatch):  # noqa: F811
     return Allocator(Target("toy", net, lm, data), PTQ)
 
 
-def test_zero_evaluations_allocate_with_the_measured_sensitivity(allocator, setup):  # noqa: F811
-    net, lm, data = setup
+def test_zero_evaluations_allocate_with_the_measured_sensitivity(allocator):
     problem = allocator.problem({"avg-bits": 3.0}, bits_allowed=BITS)
     alloc = allocator.allocate(AutoProxy(0), problem, evaluate=True)
-    sens = measure_sensitivity(net, lm, data, bits=BITS, ptq=PTQ)  # the cached measurement
+    sens = measure_sensitivity(allocator.target, bits=BITS, ptq=PTQ)  # the cached measurement
     np.testing.assert_array_equal(allocator.table(AutoProxy(0), BITS), -sens.table("kl"))
     assert alloc.proxy_setup["strategy"] == "layer-kl" and alloc.proxy_setup["evaluations"] == 0
     assert alloc.kl is not None and "auto chose layer-kl" in alloc.summary()

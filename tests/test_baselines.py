@@ -373,7 +373,7 @@ def test_whole_config_leaves_model_untouched_and_uses_act_quant(target):
 
 
 def test_prepare_matches_evaluate(target):
-    engine = PTQEngine(target.model, target.layer_map, target.data, PTQSettings(act_bits=6, calib_size=64))
+    engine = PTQEngine(target, PTQSettings(act_bits=6, calib_size=64))
     res = engine.evaluate([3, 2, 4])
     net = engine.prepare([3, 2, 4])
     x, y = next(target.data.test_batches(1024))

@@ -86,9 +86,10 @@ def test_bench_of_a_user_module_with_its_data_and_reconstruction_rounding(tmp_pa
     assert b.meta["ptq_settings"]["weight_quantizer"] == "gptq"
     from emq.bench.evaluation import EvalSpec, engine_for
     from emq.quant import PTQEngine
+    from emq.target import Target
 
     layer_map = engine_for(EvalSpec(model=net, data=data, settings=PTQSettings(**b.meta["ptq_settings"]))).layer_map
-    fresh = PTQEngine(net, layer_map, data, PTQSettings(**b.meta["ptq_settings"]))
+    fresh = PTQEngine(Target("tiny-net", net, layer_map, data), PTQSettings(**b.meta["ptq_settings"]))
     for i in range(len(b)):
         assert fresh.evaluate(b.configs[i]).kl == pytest.approx(b.metrics["kl"][i])
     assert fresh.rounding.misses == 0 and fresh.rounding.hits > 0  # the build's rounding is reused from the disk cache

@@ -182,7 +182,9 @@ def test_ptq_engine_keeps_every_tensor_on_its_device(settings):
     per-image outcomes that come back to the CPU. (BatchNorm re-estimation reads its batch
     count on the host, so on meta it stops earlier; it uses the same calibration batches.)"""
     model, lm, data = _tiny()
-    engine = PTQEngine(model, lm, data, PTQSettings(calib_size=32, batch_size=16, **settings), device="meta")
+    engine = PTQEngine(
+        Target("tiny", model, lm, data), PTQSettings(calib_size=32, batch_size=16, **settings), device="meta"
+    )
     assert _stops_at_host_read(lambda: engine.evaluate([2] * lm.num_slots)) == "_score"
     assert engine.device == META and _on(engine.work, META) and all(a.lo.device == META for a in engine.act)
     assert _on(model, torch.device("cpu")), "the caller's model moved"
@@ -361,9 +363,7 @@ def test_commands_compute_statistics_on_the_device(argv, fake_cuda, tmp_path):
 def test_search_computes_statistics_and_tables_on_the_device(fake_cuda, tmp_path):
     setup = BenchSetup.of(Bench.open("vgg-digits"))  # the bundle, completed as emq reads it
     t, path = setup.target, BUNDLES["vgg-digits"].stats_path
-    fake_cuda.stats = shipped_stats(
-        t.model, t.layer_map, bits=setup.bits, settings=setup.stats, data=t.data, files=[path]
-    )
+    fake_cuda.stats = shipped_stats(t, bits=setup.bits, settings=setup.stats, files=[path])
     code, err = _run(
         [
             "search",

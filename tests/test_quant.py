@@ -8,6 +8,7 @@ from torch import nn
 from emq.errors import EmqError
 from emq.layermap import build_layer_map
 from emq.quant import PTQEngine, PTQSettings, fold_batchnorm, quantize_weight
+from emq.target import Target
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
@@ -95,7 +96,7 @@ def test_engine_leaves_model_untouched_and_8bit_is_close():
     net.train()
     data = _data()
     lm = build_layer_map(net, 6, "net", in_channels=1)
-    engine = PTQEngine(net, lm, data, PTQSettings(calib_size=48))
+    engine = PTQEngine(Target("net", net, lm, data), PTQSettings(calib_size=48))
     fp = engine.evaluate_fp()
     r8 = engine.evaluate([8, 8, 8])
     r2 = engine.evaluate([2, 2, 2])
@@ -115,7 +116,7 @@ def test_bn_modes_run_and_are_repeatable(bn):
     net = _trained_net()
     data = _data()
     lm = build_layer_map(net, 6, "net", in_channels=1)
-    engine = PTQEngine(net, lm, data, PTQSettings(bn=bn, calib_size=48))
+    engine = PTQEngine(Target("net", net, lm, data), PTQSettings(bn=bn, calib_size=48))
     a = engine.evaluate([3, 4, 2])
     b = engine.evaluate([3, 4, 2])
     assert (a.top1, a.loss, a.kl) == (b.top1, b.loss, b.kl)
@@ -125,7 +126,7 @@ def test_reestimation_changes_bn_statistics_only_in_the_copy():
     net = _trained_net()
     data = _data()
     lm = build_layer_map(net, 6, "net", in_channels=1)
-    engine = PTQEngine(net, lm, data, PTQSettings(bn="reestimate", calib_size=48))
+    engine = PTQEngine(Target("net", net, lm, data), PTQSettings(bn="reestimate", calib_size=48))
     engine.evaluate([2, 2, 2])
     work_bn = dict(engine.work.named_modules())["bn1"]
     assert not torch.allclose(work_bn.running_mean, net.bn1.running_mean)
@@ -141,7 +142,7 @@ def test_reestimation_changes_bn_statistics_only_in_the_copy():
 def test_weight_cache_reused():
     net = _trained_net()
     lm = build_layer_map(net, 6, "net", in_channels=1)
-    engine = PTQEngine(net, lm, _data(), PTQSettings(calib_size=48))
+    engine = PTQEngine(Target("net", net, lm, _data()), PTQSettings(calib_size=48))
     engine.evaluate([2, 3, 4])
     first = engine.quantized_weight(0, 2)
     engine.evaluate([2, 4, 4])
@@ -154,7 +155,7 @@ def test_default_model_uniform_bits_ordered():
 
     t = resolve_target("default")
     before = copy.deepcopy(t.model.state_dict())
-    engine = PTQEngine(t.model, t.layer_map, t.data)
+    engine = PTQEngine(t)
     s = t.layer_map.num_slots
     r = {b: engine.evaluate([b] * s) for b in (2, 3, 4)}
     assert r[2].top1 < r[3].top1 < r[4].top1
@@ -187,8 +188,8 @@ def toy_quantizer():
 def test_registered_quantizer_is_what_the_engine_deploys(toy_quantizer):
     net = _trained_net()
     lm = build_layer_map(net, 6, "net", in_channels=1)
-    toy = PTQEngine(net, lm, _data(), PTQSettings(calib_size=48, weight_quantizer="toy-minmax"))
-    mse = PTQEngine(net, lm, _data(), PTQSettings(calib_size=48))
+    toy = PTQEngine(Target("net", net, lm, _data()), PTQSettings(calib_size=48, weight_quantizer="toy-minmax"))
+    mse = PTQEngine(Target("net", net, lm, _data()), PTQSettings(calib_size=48))
     r_toy, r_mse = toy.evaluate([2, 2, 2]), mse.evaluate([2, 2, 2])
     assert toy_quantizer.calls == 3
     w = net.conv2.weight.detach()

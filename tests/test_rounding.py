@@ -15,6 +15,7 @@ from emq.quantizers.adaround import adaround
 from emq.quantizers.base import LayerInputs
 from emq.rounding import RoundedWeights, rounding_cache_dir
 from emq.specs import ParameterError
+from emq.target import Target
 
 FAST_ADAROUND = {"iters": 800, "batch": 16}
 
@@ -140,7 +141,7 @@ def test_cache_key_depends_on_calibration_and_options(tmp_path):
     assert other.misses == 1 and fewer.misses == 1 and len(list(rounding_cache_dir(tmp_path).glob("*.pt"))) == 3
 
 
-def _net_and_data():
+def _target() -> Target:
     from emq.layermap import build_layer_map
 
     torch.manual_seed(0)
@@ -157,33 +158,34 @@ def _net_and_data():
     x = torch.randn(120, 1, 6, 6)
     y = torch.randint(0, 3, (120,))
     data = image_splits("toy", x, y, calib=60, num_classes=3)
-    return net, build_layer_map(net, 6, "toy", in_channels=1), data
+    return Target("toy", net, build_layer_map(net, 6, "toy", in_channels=1), data)
 
 
 def test_engine_deploys_cached_reconstruction_rounding_and_stats_see_the_same(tmp_path):
     from emq.search_space.stats import compute_stats
 
-    net, lm, data = _net_and_data()
+    target = _target()
     settings = PTQSettings(calib_size=40, weight_quantizer="gptq")
-    engine = PTQEngine(net, lm, data, settings, cache_dir=tmp_path)
+    engine = PTQEngine(target, settings, cache_dir=tmp_path)
     engine.prepare_rounding([2, 3])
     assert engine.rounding.misses == 6 and len(list(rounding_cache_dir(tmp_path).glob("*.pt"))) == 6
     res = engine.evaluate([2, 3, 2])
     deployed = dict(engine.work.named_modules())["3"].weight
     assert torch.equal(deployed, engine.quantized_weight(1, 3))
-    again = PTQEngine(net, lm, data, settings, cache_dir=tmp_path)
+    again = PTQEngine(target, settings, cache_dir=tmp_path)
     assert again.evaluate([2, 3, 2]).top1 == res.top1 and again.rounding.misses == 0 and again.rounding.hits == 3
-    plain = PTQEngine(net, lm, data, PTQSettings(calib_size=40)).quantized_weight(1, 3)
+    plain = PTQEngine(target, PTQSettings(calib_size=40)).quantized_weight(1, 3)
     assert not torch.equal(plain, deployed)
 
-    ns = compute_stats(net, lm, data, bits=[2, 3], settings=settings, cache_dir=tmp_path)
+    ns = compute_stats(target, bits=[2, 3], settings=settings, cache_dir=tmp_path)
     assert torch.allclose(ns.layers[1].Q[1], deployed)  # the statistics' Q_b(W) is the engine's
 
 
 def test_bias_correction_removes_the_mean_output_shift_of_rounding():
-    net, lm, data = _net_and_data()
-    plain = PTQEngine(net, lm, data, PTQSettings(calib_size=40, act_bits=32))
-    fixed = PTQEngine(net, lm, data, PTQSettings(calib_size=40, act_bits=32, bias_correction=True))
+    target = _target()
+    net = target.model
+    plain = PTQEngine(target, PTQSettings(calib_size=40, act_bits=32))
+    fixed = PTQEngine(target, PTQSettings(calib_size=40, act_bits=32, bias_correction=True))
     x = fixed.calib[0]
     feats = nn.Sequential(*list(net.children())[:-1])  # the classifier's full-precision inputs
     with torch.no_grad():

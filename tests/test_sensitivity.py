@@ -116,16 +116,15 @@ def setup() -> tuple[Net, object, DataSplits]:
 
 
 def _measure(setup, tmp_path, ptq: PTQSettings, **kw):
-    net, lm, data = setup
     s = SensitivitySettings(min_images=16, max_images=48, target_reliability=1.0, **kw)
-    return measure_sensitivity(net, lm, data, bits=BITS, ptq=ptq, settings=s, cache_dir=tmp_path)
+    return measure_sensitivity(Target("toy", *setup), bits=BITS, ptq=ptq, settings=s, cache_dir=tmp_path)
 
 
-def _brute_force(setup, tmp_path, ptq: PTQSettings, rest: int | None, n: int) -> dict[str, np.ndarray]:
+def _brute_force(target: Target, tmp_path, ptq: PTQSettings, rest: int | None, n: int) -> dict[str, np.ndarray]:
     """Each (slot, bit) through the normal PTQ engine (PTQEngine.prepare with every other slot at
     `rest`; None: their layers set back to full precision before the engine's calibration)."""
-    net, lm, data = setup
-    engine = PTQEngine(net, lm, data, ptq, cache_dir=tmp_path)
+    lm, data = target.layer_map, target.data
+    engine = PTQEngine(target, ptq, cache_dir=tmp_path)
     x, y, _ = _image_pool(data, ptq, 0)
     x, y = x[:n], y[:n]
     with torch.no_grad():
@@ -166,19 +165,17 @@ def test_tables_equal_a_brute_force_run_of_the_ptq_engine(setup, tmp_path, quant
     ptq = PTQSettings(calib_size=40, batch_size=32, weight_quantizer=quantizer, bn=bn, act_bits=act_bits)
     sens = _measure(setup, tmp_path, ptq, rest_bits=rest)
     assert sens.meta["prefix_reuse"] and sens.meta["images"] == 48  # the target 1.0 uses every image allowed
-    ref = _brute_force(setup, tmp_path, ptq, rest, sens.meta["images"])
+    ref = _brute_force(Target("toy", *setup), tmp_path, ptq, rest, sens.meta["images"])
     for k in ("kl", "loss", "nsr"):
         np.testing.assert_allclose(sens.tables[k], ref[k], rtol=1e-9, atol=1e-12, err_msg=k)
     assert (sens.tables["kl"][:, 0] > sens.tables["kl"][:, 1]).mean() >= 0.5  # 2 bits hurt more than 3, mostly
 
 
-def _with_and_without_prefix_reuse(model, lm, data, ptq, settings: dict, tmp_path):
+def _with_and_without_prefix_reuse(target: Target, ptq: PTQSettings, settings: dict, tmp_path):
     """The sensitivity measured twice, reusing the full-precision prefix and recomputing it."""
     return tuple(
         measure_sensitivity(
-            model,
-            lm,
-            data,
+            target,
             bits=BITS,
             ptq=ptq,
             settings=SensitivitySettings(**settings, prefix_reuse=reuse),
@@ -196,7 +193,7 @@ def test_prefix_reuse_gives_the_numbers_of_full_recomputation(setup, tmp_path, p
     lm = build_layer_map(net, 8, "toy", in_channels=1, policy=policy)
     ptq = PTQSettings(calib_size=40, batch_size=32)
     s = {"min_images": 16, "max_images": 48, "target_reliability": 1.0}
-    reused, full = _with_and_without_prefix_reuse(net, lm, data, ptq, s, tmp_path)
+    reused, full = _with_and_without_prefix_reuse(Target("toy", net, lm, data), ptq, s, tmp_path)
     assert reused.meta["prefix_reuse"] and not full.meta["prefix_reuse"]
     for k in ("kl", "loss", "nsr"):
         np.testing.assert_allclose(reused.tables[k], full.tables[k], rtol=1e-12, atol=0)
@@ -226,13 +223,13 @@ def test_an_in_place_module_is_replayed_into_its_input(setup, tmp_path):
     lm = build_layer_map(model, 8, "aliased", in_channels=1)
     ptq = PTQSettings(calib_size=40, batch_size=32, bn="none")
     s = {"min_images": 16, "max_images": 16}
-    reused, full = _with_and_without_prefix_reuse(model, lm, data, ptq, s, tmp_path)
+    reused, full = _with_and_without_prefix_reuse(Target("aliased", model, lm, data), ptq, s, tmp_path)
     assert reused.meta["prefix_reuse"]
     np.testing.assert_allclose(reused.tables["kl"], full.tables["kl"], rtol=1e-12, atol=0)
 
 
 def test_a_stateful_module_called_twice_switches_prefix_reuse_off(setup, tmp_path):
-    net, lm, data = setup
+    _, _, data = setup
 
     class Twice(nn.Module):  # one BatchNorm before and after the first conv's slot: reuse would miss a call
         def __init__(self) -> None:
@@ -246,24 +243,17 @@ def test_a_stateful_module_called_twice_switches_prefix_reuse_off(setup, tmp_pat
 
     torch.manual_seed(0)
     model = Twice().eval()
-    lm2 = build_layer_map(model, 8, "twice", in_channels=1)
+    target = Target("twice", model, build_layer_map(model, 8, "twice", in_channels=1), data)
     ptq = PTQSettings(calib_size=40, batch_size=32)
     sens = measure_sensitivity(
-        model,
-        lm2,
-        data,
-        bits=BITS,
-        ptq=ptq,
-        settings=SensitivitySettings(min_images=16, max_images=16),
-        cache_dir=tmp_path,
+        target, bits=BITS, ptq=ptq, settings=SensitivitySettings(min_images=16, max_images=16), cache_dir=tmp_path
     )
     assert not sens.meta["prefix_reuse"]
-    ref = _brute_force((model, lm2, data), tmp_path, ptq, 8, 16)
+    ref = _brute_force(target, tmp_path, ptq, 8, 16)
     np.testing.assert_allclose(sens.tables["kl"], ref["kl"], rtol=1e-9, atol=1e-12)
 
 
 def test_cache_hit_returns_identical_numbers_and_a_damaged_entry_is_recomputed(setup, tmp_path, caplog):
-    net, lm, data = setup
     ptq = PTQSettings(calib_size=40, batch_size=32)
     first = _measure(setup, tmp_path, ptq)
     assert first.meta["cache"]["hit"] is False
@@ -273,9 +263,7 @@ def test_cache_hit_returns_identical_numbers_and_a_damaged_entry_is_recomputed(s
         assert np.array_equal(first.tables[k], again.tables[k])
     assert again.meta["seconds"] == first.meta["seconds"]  # the cost of the computation, not of the load
     other = measure_sensitivity(
-        net,
-        lm,
-        data,
+        Target("toy", *setup),
         bits=BITS,
         ptq=PTQSettings(calib_size=40, batch_size=32, act_bits=6),
         settings=SensitivitySettings(min_images=16, max_images=48, target_reliability=1.0),
@@ -292,7 +280,8 @@ def test_cache_hit_returns_identical_numbers_and_a_damaged_entry_is_recomputed(s
 
 
 def test_split_half_reliability_sizes_the_draw_and_keeps_sources_together(setup, tmp_path):
-    net, lm, data = setup
+    target = Target("toy", *setup)
+    data = target.data
     ptq = PTQSettings(calib_size=40, batch_size=32)
     _, _, halves = _image_pool(data, ptq, 0)
     x, _, _ = _image_pool(data, ptq, 0)
@@ -302,9 +291,7 @@ def test_split_half_reliability_sizes_the_draw_and_keeps_sources_together(setup,
         src_half.setdefault(src, set()).add(pos[tuple(img.flatten()[:4].tolist())])
     assert all(len(h) == 1 for h in src_half.values()) and set(halves.tolist()) == {0, 1}
     early = measure_sensitivity(
-        net,
-        lm,
-        data,
+        target,
         bits=BITS,
         ptq=ptq,
         settings=SensitivitySettings(min_images=16, target_reliability=0.01),
@@ -312,9 +299,7 @@ def test_split_half_reliability_sizes_the_draw_and_keeps_sources_together(setup,
     )
     assert early.meta["images"] == 16 and early.meta["reliability"]["kl"] >= 0.01
     full = measure_sensitivity(
-        net,
-        lm,
-        data,
+        target,
         bits=BITS,
         ptq=ptq,
         settings=SensitivitySettings(min_images=16, target_reliability=1.0),
@@ -330,18 +315,17 @@ def test_split_half_reliability_sizes_the_draw_and_keeps_sources_together(setup,
 
 
 def _context(setup, ptq: PTQSettings, tmp_path, monkeypatch) -> ProxyContext:
-    net, lm, data = setup
     monkeypatch.setenv("EMQ_CACHE_DIR", str(tmp_path))
-    return ProxyContext(Target("toy", net, lm, data), BITS, ptq)
+    return ProxyContext(Target("toy", *setup), BITS, ptq)
 
 
 def test_measured_proxies_rank_configurations(setup, tmp_path, monkeypatch):
     """layer-kl's sum over slots ranks random configurations like their real KL on the test images."""
     ptq = PTQSettings(calib_size=40, batch_size=32)
     ctx = _context(setup, ptq, tmp_path, monkeypatch)
-    net, lm, data = setup
+    lm = ctx.target.layer_map
     configs = np.random.default_rng(1).choice(BITS, size=(24, lm.num_slots))
-    engine = PTQEngine(net, lm, data, ptq, cache_dir=tmp_path)
+    engine = PTQEngine(ctx.target, ptq, cache_dir=tmp_path)
     real_kl = np.array([engine.evaluate(list(c)).kl for c in configs])
     tables = {}
     for name in ("layer-kl", "layer-loss", "layer-sqnr"):
@@ -436,7 +420,7 @@ def test_statistics_carrying_the_measurement_score_layer_kl_without_data(setup, 
 
     net, lm, data = setup
     ptq = PTQSettings(calib_size=40, batch_size=32)
-    sens = measure_sensitivity(net, lm, data, bits=BITS, ptq=ptq, cache_dir=tmp_path)
+    sens = measure_sensitivity(Target("toy", net, lm, data), bits=BITS, ptq=ptq, cache_dir=tmp_path)
     x, y = data.calib_pool
     stats = attach_sensitivity(real_stats(net, lm, x[:8], y[:8], bits=BITS), sens)
     assert stored_sensitivity(stats, BITS, PTQSettings(calib_size=48, batch_size=32)) is None  # other PTQ

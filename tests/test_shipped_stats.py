@@ -22,6 +22,7 @@ from emq.search_space.netstats import (
     select_bits,
 )
 from emq.search_space.stats import StatsSettings, compute_stats, shipped_stats
+from emq.target import Target
 
 FAST = StatsSettings(
     calib_size=12,
@@ -59,7 +60,7 @@ def setting(tmp_path):
     full.meta["source"] = shipped.source_of(state_dict_digest(model), data.fingerprint, layer_map)
     path = tmp_path / "tiny.stats.pt"
     save_stats(omit_fields(full), path)
-    return model, layer_map, data, full, path
+    return Target("tiny", model, layer_map, data), full, path
 
 
 def _same(a, b):
@@ -71,8 +72,8 @@ def _same(a, b):
 
 
 def test_a_partial_file_completes_to_the_computed_statistics(setting):
-    model, layer_map, data, full, path = setting
-    got = shipped_stats(model, layer_map, bits=(2, 3, 4), settings=FAST, data=data, files=[path])
+    target, full, path = setting
+    got = shipped_stats(target, bits=(2, 3, 4), settings=FAST, files=[path])
     assert got is not None and got.meta["shipped"] == str(path) and not got.omitted
     _same(got, full)
     assert got.meta["act_ranges"] == full.meta["act_ranges"]
@@ -82,18 +83,20 @@ def test_a_partial_file_completes_to_the_computed_statistics(setting):
 def test_a_file_without_the_model_fields_completes_to_the_computed_statistics(setting, tmp_path, with_data):
     """W, VG and SG (and E = Q - W with them) are recomputed from the model alone, exactly; with the
     activation fields kept, the file completes without any data."""
-    model, layer_map, data, full, _ = setting
+    target, full, _ = setting
+    if not with_data:
+        target = dataclasses.replace(target, data=None)
     path = tmp_path / "lean.stats.pt"
     save_stats(omit_fields(full, MODEL_FIELDS), path, compact=False)
     assert set(load_stats(path, partial=True).omitted) == set(MODEL_FIELDS)
     assert load_stats(path, partial=True).layers[0].E.numel() == 0
-    got = shipped_stats(model, layer_map, bits=(2, 3, 4), settings=FAST, data=data if with_data else None, files=[path])
+    got = shipped_stats(target, bits=(2, 3, 4), settings=FAST, files=[path])
     assert got is not None and not got.omitted
     _same(got, full)
-    some = shipped_stats(model, layer_map, bits=(2, 4), settings=FAST, data=data if with_data else None, files=[path])
+    some = shipped_stats(target, bits=(2, 4), settings=FAST, files=[path])
     _same(some, select_bits(full, (2, 4)))  # the bits are cut before E is restored
     save_stats(omit_fields(full, MODEL_FIELDS), path, compact=True)  # the bundle format: exact where recomputed
-    got = shipped_stats(model, layer_map, bits=(2, 3, 4), settings=FAST, data=data if with_data else None, files=[path])
+    got = shipped_stats(target, bits=(2, 3, 4), settings=FAST, files=[path])
     for lg, lf in zip(got.layers, full.layers, strict=True):
         assert all(torch.equal(getattr(lg, f), getattr(lf, f)) for f in MODEL_FIELDS)
         assert torch.equal(lg.E, lg.Q - lf.W.unsqueeze(0)) and torch.allclose(lg.E, lf.E, atol=1e-3)
@@ -101,22 +104,22 @@ def test_a_file_without_the_model_fields_completes_to_the_computed_statistics(se
     save_stats(omit_fields(omit_fields(full), MODEL_FIELDS), both, compact=False)
     assert set(load_stats(both, partial=True).omitted) == set(MODEL_FIELDS) | {"A", "Y", "GY", "AE"}
     if with_data:
-        _same(shipped_stats(model, layer_map, bits=(2, 3, 4), settings=FAST, data=data, files=[both]), full)
+        _same(shipped_stats(target, bits=(2, 3, 4), settings=FAST, files=[both]), full)
     else:
         with pytest.raises(EmqError, match="leave out A, Y, GY, AE, computed from the data: pass --data"):
-            shipped_stats(model, layer_map, bits=(2, 3, 4), settings=FAST, data=None, files=[both])
+            shipped_stats(target, bits=(2, 3, 4), settings=FAST, files=[both])
 
 
 def test_a_subset_of_the_bits_is_what_computing_those_bits_gives(setting):
-    model, layer_map, data, _, path = setting
-    got = shipped_stats(model, layer_map, bits=(2, 4), settings=FAST, data=data, files=[path])
-    want = compute_stats(model, layer_map, data, bits=(2, 4), settings=FAST, use_cache=False, progress=False)
+    target, _, path = setting
+    got = shipped_stats(target, bits=(2, 4), settings=FAST, files=[path])
+    want = compute_stats(target, bits=(2, 4), settings=FAST, use_cache=False, progress=False)
     _same(got, want)
 
 
 @pytest.mark.parametrize("change", ["settings", "bits", "weights", "data"])
 def test_statistics_of_anything_else_are_not_used(setting, change):
-    model, layer_map, data, _, path = setting
+    target, _, path = setting
     settings, bits = FAST, (2, 3, 4)
     if change == "settings":
         settings = dataclasses.replace(FAST, act_cap=5)
@@ -124,10 +127,10 @@ def test_statistics_of_anything_else_are_not_used(setting, change):
         bits = (2, 5)
     elif change == "weights":
         with torch.no_grad():
-            model.head.weight[0, 0] += 1e-3
+            target.model.head.weight[0, 0] += 1e-3
     else:
-        data = dataclasses.replace(data, fingerprint="other-data")
-    assert shipped_stats(model, layer_map, bits=bits, settings=settings, data=data, files=[path]) is None
+        target = dataclasses.replace(target, data=dataclasses.replace(target.data, fingerprint="other-data"))
+    assert shipped_stats(target, bits=bits, settings=settings, files=[path]) is None
 
 
 def test_a_partial_file_is_never_read_as_complete(setting):
@@ -138,13 +141,14 @@ def test_a_partial_file_is_never_read_as_complete(setting):
 
 
 def test_without_data_a_partial_file_asks_for_it(setting):
-    model, layer_map, _, _, path = setting
+    target, _, path = setting
     with pytest.raises(EmqError, match="pass --data"):
-        shipped_stats(model, layer_map, bits=(2, 3, 4), settings=FAST, data=None, files=[path])
+        shipped_stats(dataclasses.replace(target, data=None), bits=(2, 3, 4), settings=FAST, files=[path])
 
 
 def test_compute_stats_uses_a_matching_bundle_unless_told_not_to(setting, tmp_path, monkeypatch):
-    model, layer_map, data, full, path = setting
+    target, full, path = setting
+    model, layer_map, data = target.model, target.layer_map, target.data  # a bare model: compute_stats's other form
     monkeypatch.setattr("emq.bench.bundles.stats_files", lambda name: [path] if name == "tiny" else [])
     got = compute_stats(model, layer_map, data, bits=(2, 3), settings=FAST, cache_dir=tmp_path, progress=False)
     assert got.meta["shipped"] == str(path) and "cache" not in got.meta

@@ -261,9 +261,7 @@ class Allocator:
 
     def engine(self) -> PTQEngine:
         if self._engine is None:
-            self._engine = PTQEngine(
-                self.target.model, self.layer_map, self.target.require_data(), self.settings, device=self.device
-            )
+            self._engine = PTQEngine(self.target, self.settings, device=self.device)
         return self._engine
 
     def allocate(

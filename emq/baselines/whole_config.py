@@ -34,11 +34,8 @@ def shared_engine(ctx: ProxyContext) -> PTQEngine:
     """One PTQ engine per context, shared by every whole-configuration proxy."""
     engine = ctx.cache.get("ptq-engine")
     if engine is None:
-        target = ctx.target
         settings = ctx.settings or PTQSettings()
-        engine = ctx.cache["ptq-engine"] = PTQEngine(
-            target.model, target.layer_map, target.require_data(), settings, device=ctx.device
-        )
+        engine = ctx.cache["ptq-engine"] = PTQEngine(ctx.target, settings, device=ctx.device)
     return engine
 
 

@@ -167,14 +167,7 @@ def _sensitivity(args: argparse.Namespace, ns):
     )
     ptq = PTQSettings(act_bits=args.act_bits, weight_symmetric=args.symmetric)
     sens = measure_sensitivity(
-        target.model,
-        target.layer_map,
-        target.require_data(),
-        bits=ns.bits,
-        ptq=ptq,
-        cache_dir=args.cache_dir,
-        use_cache=not args.no_cache,
-        device=args.device,
+        target, bits=ns.bits, ptq=ptq, cache_dir=args.cache_dir, use_cache=not args.no_cache, device=args.device
     )
     attach_sensitivity(ns, sens)
     return sens
