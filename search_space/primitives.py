@@ -39,6 +39,8 @@ per-layer value). What a new one costs:
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
@@ -674,22 +676,38 @@ _TERMINAL_LIST = [
 MEASURED_TERMINALS = ("MKL", "MDL", "MNSR")
 
 
+def _add_terminal(out: Registry[TerminalSpec], t: TerminalSpec) -> TerminalSpec:
+    """Add `t` to `out`, refusing a taken name and a derived terminal whose inputs are not in `out` yet."""
+    if (t.derive is None) != (not t.needs) or (t.derive is not None and not t.python):
+        raise EmqError(f"terminal {t.name!r}: a derived terminal sets derive, needs and python together")
+    if t.reads and t.raw is None:
+        raise EmqError(f"terminal {t.name!r}: only a raw reader reads LayerStats tensors")
+    unknown = [n for n in t.needs if n not in out]
+    if unknown:
+        raise EmqError(f"terminal {t.name!r} needs {unknown}, which are not defined before it")
+    return out.add(t.name, t)
+
+
 def _registry(specs: list[TerminalSpec]) -> Registry[TerminalSpec]:
     """Name -> spec in list order, refusing duplicates and derived terminals whose inputs are unknown or later."""
     out: Registry[TerminalSpec] = Registry("terminal", "terminals")
     for t in specs:
-        if (t.derive is None) != (not t.needs) or (t.derive is not None and not t.python):
-            raise EmqError(f"terminal {t.name!r}: a derived terminal sets derive, needs and python together")
-        if t.reads and t.raw is None:
-            raise EmqError(f"terminal {t.name!r}: only a raw reader reads LayerStats tensors")
-        unknown = [n for n in t.needs if n not in out]
-        if unknown:
-            raise EmqError(f"terminal {t.name!r} needs {unknown}, which are not defined before it")
-        out.add(t.name, t)
+        _add_terminal(out, t)
     return out
 
 
 TERMINALS: Registry[TerminalSpec] = _registry(_TERMINAL_LIST)
+
+
+def register_terminal(spec: TerminalSpec) -> TerminalSpec:
+    """Make a terminal usable by name (search spaces, `--terminals`, exported formulas), checked like the
+    built-in ones. A module of `search_space/derived/` that calls it is imported with this one, so a new
+    derived statistic is one new file; one with `default=True` joins the default space."""
+    return _add_terminal(TERMINALS, spec)
+
+
+for _plugin in pkgutil.iter_modules(importlib.import_module("emq.search_space.derived").__path__):
+    importlib.import_module(f"emq.search_space.derived.{_plugin.name}")  # registers its terminals
 
 
 def raw_sources(name: str) -> set[str]:

@@ -1,10 +1,11 @@
-"""A new executor with one option, a new weight quantizer with one option, a new proxy and a new
-budget kind are each one file.
+"""A new executor with one option, a new weight quantizer with one option, a new proxy, a new
+budget kind and a new derived statistic (terminal) are each one file.
 
 Each plugin below is written to a module of its own (as a user would write it) and imported;
 nothing else is edited. The executor's option becomes a CLI flag, the quantizer's option is
 listed by `--quantizer-option`, the proxy is scored and allocated with by name, the budget kind
-becomes a `--budget-<name>` flag, and a real `emq` command passes each to its plugin.
+becomes a `--budget-<name>` flag, the terminal is searched over with `--terminals`, and a real `emq`
+command passes each to its plugin.
 """
 
 from __future__ import annotations
@@ -109,6 +110,26 @@ class WeightKilobits(BudgetKind):
         return units / 1000.0
 '''
 
+TERMINAL_PLUGIN = r'''
+"""Gradient times weight, SNIP's saliency, as a derived statistic (a test plugin)."""
+
+from emq.search_space.primitives import TerminalSpec, WeightT, register_terminal
+
+register_terminal(
+    TerminalSpec(
+        "toy-gw",
+        WeightT,
+        bit_dependent=False,
+        description="gradient times weight (a test plugin)",
+        latex=r"G \odot W",
+        default=False,
+        derive=lambda t: t["G"] * t["W"],
+        needs=("G", "W"),
+        python="t['G'] * t['W']",
+    )
+)
+'''
+
 
 def _help(capsys, *command: str) -> str:
     """`emq COMMAND --help` as one line of text."""
@@ -126,6 +147,7 @@ def plugin(tmp_path, monkeypatch):
     from emq.baselines.registry import PROXIES
     from emq.executors import EXECUTORS
     from emq.quantizers import QUANTIZERS
+    from emq.search_space.primitives import TERMINALS
 
     monkeypatch.syspath_prepend(str(tmp_path))
     names = []
@@ -140,6 +162,7 @@ def plugin(tmp_path, monkeypatch):
     QUANTIZERS.remove("toy-step")
     PROXIES.remove("toy-weight-bits")
     KINDS.remove("toy-kbits")
+    TERMINALS.remove("toy-gw")
     for name in names:
         sys.modules.pop(name, None)
 
@@ -195,13 +218,33 @@ def test_a_budget_kind_is_one_file(plugin, capsys):
     assert "toy-kbits" in capsys.readouterr().err
 
 
+def test_a_derived_statistic_is_one_file(plugin, tiny_setting, tmp_path, capsys):
+    """The terminal's tables equal the same formula spelled with G and W, and a search uses it by name."""
+    import torch
+
+    from emq.search_space.evaluate import TableEvaluator
+    from emq.search_space.pset import make_space
+
+    plugin("emq_gw_terminal", TERMINAL_PLUGIN)
+    space = make_space(terminals=("toy-gw", "G", "W", "E", "b"))
+    tables = TableEvaluator(tiny_setting[0], space.terminals, space.prims)
+    spelled = [("p", "l1_w"), ("p", "mul_w"), ("t", "G"), ("t", "W")]
+    torch.testing.assert_close(tables.table([("p", "l1_w"), ("t", "toy-gw")]), tables.table(spelled), rtol=0, atol=0)
+    out = tmp_path / "search"
+    search = ["search", "--bench", "default", "--terminals", "toy-gw,E,b", "--generations", "1", "--population", "8"]
+    assert main([*search, "--out", str(out), "--json"]) == 0, capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["space"]["terminals"] == ["toy-gw", "E", "b"]
+    assert main([*search[:-4], "--generations", "1", "--terminals", "toy-gx,b", "--out", str(tmp_path / "x")]) == 2
+    assert "terminal 'toy-gx' is unknown" in capsys.readouterr().err
+
+
 def test_a_taken_name_is_refused_in_every_registry():
     from emq.allocation.kinds import SizeKind, register_kind
     from emq.baselines import register_proxy
     from emq.baselines.separable import HawqV1
     from emq.executors import Executor, executor_names, register
     from emq.quantizers import WeightQuantizer
-    from emq.search_space.primitives import TERMINALS, _registry
+    from emq.search_space.primitives import TERMINALS, _registry, register_terminal
 
     assert "serial" in executor_names()  # loads every executor module, as the CLI does
     with pytest.raises(EmqError, match="executor 'serial' is defined twice"):
@@ -214,6 +257,8 @@ def test_a_taken_name_is_refused_in_every_registry():
         register_proxy(type("OtherHawq", (HawqV1,), {}))
     with pytest.raises(EmqError, match="terminal 'W' is defined twice"):
         _registry([*TERMINALS.values(), TERMINALS["W"]])
+    with pytest.raises(EmqError, match="terminal 'W' is defined twice"):
+        register_terminal(TERMINALS["W"])
 
 
 def test_registry_orders_and_names_unknown_entries():
