@@ -55,7 +55,8 @@ def _spread(v: torch.Tensor, sg: Segments) -> torch.Tensor:
 
 
 def _segvar(x: torch.Tensor, sg: Segments) -> tuple[torch.Tensor, torch.Tensor]:
-    d = x - _spread(_segsum(x, sg) / sg.cnt, sg)
+    spread = _spread(_segsum(x, sg) / sg.cnt, sg)  # a fresh [Bk, N]: written in place (as in the ops below)
+    d = torch.sub(x, spread, out=spread)
     return d, _segsum(d * d, sg) / sg.cnt
 
 
@@ -80,13 +81,15 @@ def _packed_reduce(op: str, x: torch.Tensor, sg: Segments) -> torch.Tensor:
 def _packed_layer(op: str, x: torch.Tensor, sg: Segments) -> torch.Tensor:
     if op == "normalize":
         d, var = _segvar(x, sg)
-        return d / _spread(var.sqrt() + EPS, sg)
+        return d.div_(_spread(var.sqrt() + EPS, sg))
     if op == "minmax":
         lo, hi = _segext(x, sg, "amin"), _segext(x, sg, "amax")
-        return (x - _spread(lo, sg)) / _spread(hi - lo + EPS, sg)
+        low = _spread(lo, sg)
+        return torch.sub(x, low, out=low).div_(_spread(hi - lo + EPS, sg))
     if op == "softmax":
-        e = torch.exp(x - _spread(_segext(x, sg, "amax"), sg))
-        return e / _spread(_segsum(e, sg), sg)
+        top = _spread(_segext(x, sg, "amax"), sg)
+        e = torch.sub(x, top, out=top).exp_()
+        return e.div_(_spread(_segsum(e, sg), sg))
     raise KeyError(op)
 
 
