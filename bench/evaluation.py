@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from emq.data import DataSplits
+from emq.datasplits import TEST_LIMIT_MARK, base_fingerprint
 from emq.device import resolve_device
 from emq.hashing import state_dict_digest
 from emq.quant import PTQEngine, PTQSettings
@@ -107,7 +108,8 @@ def limit_test(data: DataSplits, n: int) -> DataSplits:
         else Subset(data.test, range(min(n, len(data.test))))
     )
     sources = data.test_sources[:n] if data.test_sources is not None else None
-    return replace(data, test=test, test_sources=sources, fingerprint=f"{data.fingerprint}|test[:{n}]")
+    fingerprint = f"{base_fingerprint(data.fingerprint)}{TEST_LIMIT_MARK}{n}]"
+    return replace(data, test=test, test_sources=sources, fingerprint=fingerprint)
 
 
 def target_for(spec: EvalSpec) -> Target:

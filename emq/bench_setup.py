@@ -9,7 +9,7 @@ command chose its own settings and they disagreed.
 from __future__ import annotations
 
 import logging
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from .bench.bundles import bundle_of
+from .bench.evaluation import limit_test
+from .datasplits import base_fingerprint
 from .errors import EmqError
 from .hashing import state_dict_digest
 from .quant import PTQSettings
@@ -99,6 +101,9 @@ class BenchSetup:
                 )
                 target = spec.resolve(need_data=False, default_model=name)
         check_target(bench, target)
+        limit = bench.meta.get("test_limit")
+        if limit is not None and target.data is not None:  # evaluate on the test images the bench's records used
+            target = replace(target, data=limit_test(target.data, int(limit)))
         ptq = ptq_settings(bench)
         return cls(target, ptq, stats_settings(bench, ptq), tuple(int(b) for b in bench.bits), stats_file=stats_file)
 
@@ -106,8 +111,8 @@ class BenchSetup:
 def check_target(bench: Any, target: Target) -> None:
     """Refuse a model whose weights or slot count differ from the bench's, and data other
     than the bench's (by fingerprint; a bench built on the first N test images still matches)."""
-    stored = str(bench.meta.get("data_fingerprint") or "").split("|test[:")[0]
-    if stored and target.data is not None and target.data.fingerprint != stored:
+    stored = base_fingerprint(str(bench.meta.get("data_fingerprint") or ""))
+    if stored and target.data is not None and base_fingerprint(target.data.fingerprint) != stored:
         raise EmqError(
             f"bench {bench.path}: was built on other data than {target.data.name} (data fingerprint differs); pass "
             "the bench's data with --data"

@@ -13,8 +13,15 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .specs import ParameterError
 
+TEST_LIMIT_MARK = "|test[:"  # a fingerprint's suffix when only the first N test images are used: "|test[:N]"
 DEFAULT_SEED = 2023  # the embedded default data's seed, and the fixed split of calibration sources into halves
 DEFAULT_CALIB_SIZE = 512
+
+
+def base_fingerprint(fingerprint: str) -> str:
+    """The data's fingerprint without a test-image limit: the calibration images, and all that is computed
+    from them (statistics, sensitivities), are the same whatever number of test images a bench used."""
+    return fingerprint.split(TEST_LIMIT_MARK)[0]
 
 
 @dataclass(kw_only=True)

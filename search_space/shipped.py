@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from emq.datasplits import base_fingerprint
 from emq.errors import EmqError
 from emq.hashing import state_dict_digest
 from emq.layermap import LayerMap
@@ -53,7 +54,10 @@ def _mismatch(ns: NetworkStats, want: dict, bits: tuple[int, ...], settings: dic
     if not set(bits) <= set(ns.bits):
         return f"bits {list(ns.bits)} lack {sorted(set(bits) - set(ns.bits))}"
     for key, value in want.items():
-        if value is not None and source.get(key) != value:
+        have = source.get(key)
+        if key == "data" and isinstance(have, str) and isinstance(value, str):  # the test images never matter
+            have, value = base_fingerprint(have), base_fingerprint(value)
+        if value is not None and have != value:
             return f"other {key}"
     return None
 

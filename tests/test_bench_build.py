@@ -19,7 +19,7 @@ from emq.bench.evaluation import EvalSpec, engine_for
 from emq.bench.store import records_so_far
 from emq.cli.main import main
 from emq.errors import EmqError
-from emq.quant import PTQSettings
+from emq.quant import PTQEngine, PTQSettings
 
 SETTINGS = PTQSettings(calib_size=128)
 # a quick bench: 128 calibration and 300 test images keep each evaluation well under a second
@@ -193,3 +193,15 @@ def test_a_new_build_where_everything_fails_says_nothing_was_stored(tmp_path, mo
     with pytest.raises(EmqError, match="every configuration failed, nothing was stored.*no kernel image"):
         bench_build(out, settings=SETTINGS, progress=False, **ARGS)
     assert not out.exists()
+
+
+def test_a_bench_setup_evaluates_on_the_test_images_of_the_bench(built):
+    """A bench built on the first 300 test images: what verifies an allocation against it (its setup's
+    target) sees those 300 images and reproduces its records, not the whole test set."""
+    from emq.bench_setup import BenchSetup
+
+    b = Bench.open(built)
+    setup = BenchSetup.of(b)
+    assert len(setup.target.require_data().test) == 300
+    res = PTQEngine(setup.target, setup.ptq).evaluate(b.configs[4])
+    assert res.top1 == pytest.approx(b.query_by_idx(4)) and res.kl == pytest.approx(b.query_by_idx(4, "kl"))
