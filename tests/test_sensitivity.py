@@ -341,6 +341,20 @@ def test_measured_proxies_rank_configurations(setup, tmp_path, monkeypatch):
     assert len(ctx.cache) == 1  # the three proxies share one measurement
 
 
+def test_layer_kl_mid_is_the_measurement_with_every_other_slot_at_the_middle_bit(setup, tmp_path, monkeypatch):
+    from emq.baselines.measured import middle_bit
+
+    ptq = PTQSettings(calib_size=40, batch_size=32)
+    ctx = _context(setup, ptq, tmp_path, monkeypatch)
+    mid = get_proxy("layer-kl-mid")
+    want = measure_sensitivity(ctx.target, bits=BITS, ptq=ptq, settings=SensitivitySettings(rest_bits=3))
+    np.testing.assert_array_equal(mid.table(ctx), want.tables["kl"])
+    assert not np.allclose(mid.table(ctx), get_proxy("layer-kl").table(ctx))  # the context changes the table
+    assert mid.orientation == -1 and not mid.faithful and mid.needs_data_for(ctx)
+    assert mid.setup_cost(ctx)["single_slot_evaluations"] == ctx.target.layer_map.num_slots * len(BITS)
+    assert middle_bit((2, 3, 4)) == 3 and middle_bit((2, 4)) == 4 and middle_bit((8,)) == 8
+
+
 def test_terminals_sum_into_the_measured_table(setup, tmp_path):
     from tests.conftest import real_stats
 

@@ -4,6 +4,11 @@ Each table is emq.sensitivity's: slot s alone at bit b (every other slot at 8 bi
 on calibration images against the full-precision network; a configuration's score is the sum
 over its slots. Higher = worse for all three (orientation -1). The tables of one context are
 measured once and shared by the three proxies (and cached on disk).
+
+`layer-kl-mid` is emq's variant (its own name, not faithful to a published method): the same
+measurement with every other slot at the middle bit-width of the bit set (3 of {2, 3, 4}), so a
+slot's table is its effect inside a typical mixed configuration rather than beside 8-bit
+neighbours, whose errors do not add up the way a low-bit configuration's do.
 """
 
 from __future__ import annotations
@@ -15,7 +20,13 @@ import numpy as np
 
 from ..proxy import ProxyContext, SeparableProxy
 from ..quant import PTQSettings
-from ..sensitivity import context_sensitivity, stored_sensitivity
+from ..sensitivity import (
+    Sensitivity,
+    SensitivitySettings,
+    context_sensitivity,
+    measure_sensitivity,
+    stored_sensitivity,
+)
 from .registry import register_proxy
 
 COST = "one single-slot PTQ run per (slot, bit) on calibration images (prefix reused)"
@@ -49,8 +60,9 @@ class _MeasuredProxy(SeparableProxy):
         return measurement_cost(ctx)
 
 
-def measurement_cost(ctx: ProxyContext) -> dict[str, Any]:
-    m = context_sensitivity(ctx).meta
+def measurement_cost(ctx: ProxyContext, sens: Sensitivity | None = None) -> dict[str, Any]:
+    """What measuring the tables cost (`sens`, default the context's shared measurement)."""
+    m = (sens or context_sensitivity(ctx)).meta
     keys = ("seconds", "rounding_seconds", "ptq_evaluation_seconds", "ptq_equivalents", "single_slot_evaluations")
     return {k: m.get(k) for k in keys} | {
         "images": m.get("images"),
@@ -88,3 +100,39 @@ class LayerSQNR(_MeasuredProxy):
         "measured sensitivity: output noise-to-signal ratio 10^(-SQNR/10) of the logits with the slot alone at b bits "
         "(others at 8) on calibration images, summed over slots (Pandey et al., 2023's per-layer SQNR)"
     )
+
+
+def middle_bit(bits: tuple[int, ...]) -> int:
+    """The middle bit-width of a bit set (the upper middle of an even one): 3 of {2, 3, 4}."""
+    return sorted(bits)[len(bits) // 2]
+
+
+def _in_context(ctx: ProxyContext) -> Sensitivity:
+    if "sensitivity-mid" not in ctx.cache:
+        ctx.cache["sensitivity-mid"] = measure_sensitivity(
+            ctx.target,
+            bits=ctx.bits,
+            ptq=ctx.settings or PTQSettings(),
+            settings=SensitivitySettings(rest_bits=middle_bit(ctx.bits)),
+            device=ctx.device,
+        )
+    return ctx.cache["sensitivity-mid"]
+
+
+@register_proxy
+class LayerKLMid(SeparableProxy):
+    name = "layer-kl-mid"
+    description = (
+        "measured sensitivity in context: KL(FP || slot at b bits, every other slot at the middle bit-width of the "
+        "bit set) on calibration images, summed over slots: emq's variant of layer-kl, not a published method"
+    )
+    orientation = -1
+    cost = COST
+    faithful = False  # emq's variant of the measured sensitivity, not a published method
+    needs_data = True  # no statistics carry this context's tables
+
+    def table(self, ctx: ProxyContext) -> np.ndarray:
+        return _in_context(ctx).table("kl").copy()
+
+    def setup_cost(self, ctx: ProxyContext) -> dict[str, Any]:
+        return measurement_cost(ctx, _in_context(ctx))
