@@ -649,6 +649,7 @@ def _compute(
         "seconds": seconds,
         "rounding_seconds": rounding_seconds,
         "ptq_evaluation_seconds": eval_seconds,
+        "ptq_evaluation_test_images": len(data.test),  # type: ignore[arg-type]
         "ptq_equivalents": (seconds - rounding_seconds) / eval_seconds if eval_seconds > 0 else None,
         "device": str(engine.device),
     }

@@ -33,6 +33,7 @@ from contextlib import closing
 from emq.bench import Bench, store
 from emq.bench.bundles import BUNDLES
 from emq.bench_setup import BenchSetup, ptq_settings
+from emq.datasplits import base_fingerprint
 from emq.search_space.netstats import ACTIVATION_FIELDS, MODEL_FIELDS, load_stats, omit_fields, save_stats
 from emq.search_space.shipped import source_of
 from emq.search_space.stats import StatsSettings, compute_stats
@@ -44,7 +45,7 @@ log = logging.getLogger("bundle_stats")
 
 def _source(bench: Bench) -> dict:
     target = resolve_target(bench.meta["model"], need_data=False)
-    data = str(bench.meta.get("data_fingerprint") or "").split("|test[:")[0]
+    data = base_fingerprint(str(bench.meta.get("data_fingerprint") or ""))
     return source_of(str(bench.meta["weights_hash"]), data, target.layer_map)
 
 

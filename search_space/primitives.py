@@ -719,7 +719,8 @@ TERMINALS: Registry[TerminalSpec] = _registry(_TERMINAL_LIST)
 def register_terminal(spec: TerminalSpec) -> TerminalSpec:
     """Make a terminal usable by name (search spaces, `--terminals`, exported formulas), checked like the
     built-in ones. A module of `search_space/derived/` that calls it is imported with this one, so a new
-    derived statistic is one new file; one with `default=True` joins the default space."""
+    derived statistic is one new file; there `default=True` joins the default space (the presets are
+    built after those modules, so a terminal registered later never joins a preset)."""
     return _add_terminal(TERMINALS, spec)
 
 

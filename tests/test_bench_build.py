@@ -205,3 +205,7 @@ def test_a_bench_setup_evaluates_on_the_test_images_of_the_bench(built):
     assert len(setup.target.require_data().test) == 300
     res = PTQEngine(setup.target, setup.ptq).evaluate(b.configs[4])
     assert res.top1 == pytest.approx(b.query_by_idx(4)) and res.kl == pytest.approx(b.query_by_idx(4, "kl"))
+    import emq
+
+    alloc = emq.allocate(proxy="bitsum", budgets={"avg-bits": 3.0}, bench=str(built), evaluate=True)
+    assert alloc.test_images == 300 and "on 300 test images" in alloc.summary()

@@ -288,3 +288,17 @@ def test_a_registry_has_no_back_door_and_a_temporary_entry_goes_away():
     with things.temporarily("b", 4):
         assert dict(things) == {"a": 1, "b": 4}
     assert dict(things) == {"a": 1}
+
+
+def test_a_module_in_search_space_derived_is_imported_with_the_primitives(tmp_path):
+    """The folder's modules are imported when the primitives are: a terminal file dropped there is available
+    by name with no other edit (here the folder gains a second directory before the import)."""
+    import subprocess
+
+    (tmp_path / "toy_gw.py").write_text(textwrap.dedent(TERMINAL_PLUGIN))
+    code = (
+        f"import emq.search_space.derived as d; d.__path__.append({str(tmp_path)!r}); "
+        "from emq.search_space.primitives import TERMINALS; print('toy-gw' in TERMINALS)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]

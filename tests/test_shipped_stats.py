@@ -9,6 +9,7 @@ from test_stats import Tiny
 from torch.utils.data import TensorDataset
 
 from emq.data import DataSplits
+from emq.datasplits import base_fingerprint
 from emq.errors import EmqError
 from emq.hashing import state_dict_digest
 from emq.layermap import build_layer_map
@@ -117,6 +118,19 @@ def test_a_subset_of_the_bits_is_what_computing_those_bits_gives(setting):
     _same(got, want)
 
 
+def test_a_target_limited_to_its_first_test_images_uses_the_bundle(setting):
+    """Statistics never see test images: a bench's target cut to its first N of them (`limit_test`, which
+    marks its fingerprint) is served by the bundle of the whole data."""
+    from emq.bench.evaluation import limit_test
+
+    target, _, path = setting
+    limited = dataclasses.replace(target, data=limit_test(target.data, 5))
+    assert limited.data.fingerprint != target.data.fingerprint
+    got = shipped_stats(limited, bits=(2, 4), settings=FAST, files=[path])
+    assert got is not None
+    _same(got, shipped_stats(target, bits=(2, 4), settings=FAST, files=[path]))
+
+
 @pytest.mark.parametrize("change", ["settings", "bits", "weights", "data"])
 def test_statistics_of_anything_else_are_not_used(setting, change):
     target, _, path = setting
@@ -167,4 +181,4 @@ def test_every_shipped_file_records_what_it_was_computed_from():
         ns = load_stats(bundle.stats_path, partial=True)
         meta = Bench.open(name).meta
         assert ns.meta["source"]["weights"] == meta["weights_hash"], name
-        assert ns.meta["source"]["data"] == meta["data_fingerprint"].split("|test[:")[0], name
+        assert ns.meta["source"]["data"] == base_fingerprint(meta["data_fingerprint"]), name

@@ -44,7 +44,7 @@ BudgetSpec = Sequence[Budget] | Mapping[str, Any]
 @dataclass(kw_only=True)
 class Allocation:
     """A chosen per-slot configuration with its costs, the proxy's score and (optionally) PTQ results
-    (built by keyword: twenty fields)."""
+    (built by keyword: twenty-one fields)."""
 
     model: str
     proxy: str
@@ -63,6 +63,7 @@ class Allocation:
     top1: float | None = None
     loss: float | None = None
     kl: float | None = None
+    test_images: int | None = None  # what the PTQ figures were measured on (a bench's own test images with --bench)
     # what the proxy spent once on this model (measured sensitivity, auto's measurements and choice)
     proxy_setup: dict | None = None
     # what `save` needs to write the bit map; not part of the JSON document
@@ -79,7 +80,9 @@ class Allocation:
     def summary(self) -> str:
         """One line: method, proxy, costs, predicted score, solve time and PTQ results if measured."""
         measured = (
-            f"; PTQ top-1 {self.top1:.2f} %, loss {self.loss:.4f}, KL {self.kl:.4f}" if self.top1 is not None else ""
+            f"; PTQ top-1 {self.top1:.2f} %, loss {self.loss:.4f}, KL {self.kl:.4f} on {self.test_images} test images"
+            if self.top1 is not None
+            else ""
         )
         setup = self.proxy_setup or {}
         chose = (
@@ -356,8 +359,10 @@ class Allocator:
 
     def measure(self, alloc: Allocation) -> QuantResult:
         """PTQ-evaluate an allocation in place (top-1, loss, KL to full precision)."""
-        r = self.engine().evaluate(alloc.bits)
+        engine = self.engine()
+        r = engine.evaluate(alloc.bits)
         alloc.top1, alloc.loss, alloc.kl = r.top1, r.loss, r.kl
+        alloc.test_images = len(engine.data.test)  # type: ignore[arg-type]
         return r
 
 

@@ -63,7 +63,8 @@ class _MeasuredProxy(SeparableProxy):
 def measurement_cost(ctx: ProxyContext, sens: Sensitivity | None = None) -> dict[str, Any]:
     """What measuring the tables cost (`sens`, default the context's shared measurement)."""
     m = (sens or context_sensitivity(ctx)).meta
-    keys = ("seconds", "rounding_seconds", "ptq_evaluation_seconds", "ptq_equivalents", "single_slot_evaluations")
+    keys = ("seconds", "rounding_seconds", "ptq_evaluation_seconds", "ptq_evaluation_test_images", "ptq_equivalents")
+    keys += ("single_slot_evaluations",)
     return {k: m.get(k) for k in keys} | {
         "images": m.get("images"),
         "cache_hit": bool((m.get("cache") or {}).get("hit")),

@@ -21,6 +21,10 @@ description, for example
         )
     )
 
+A module here is imported while `primitives` itself loads, so from it, it may import only what is
+defined above its terminal registry (`TerminalSpec`, the tensor types `WeightT` / `InputT` / `OutputT` /
+`Scalar`, `register_terminal`), not `PRIMITIVES`, `PRESETS` or the modules that import `primitives`.
+
 It is then a name like any other: `--terminals W,GW,b` on `emq search`, `make_space(terminals=...)`,
 and exported formulas that use it reload wherever this module is installed. `default=True` would put it
 in the default space, which changes every default campaign: keep it False unless that is the point.
