@@ -656,32 +656,42 @@ def _compute(
     return Sensitivity(bits, tables, meta)
 
 
-def context_sensitivity(ctx: Any) -> Sensitivity:
-    """The sensitivity of a proxy context's target at its bits and PTQ settings, once per context:
-    the one its statistics carry (a shipped bundle's) when it matches, else measured (cached)."""
-    hit = ctx.cache.get("sensitivity")
+def context_key(settings: SensitivitySettings | None = None) -> Any:
+    """Where a proxy context keeps the sensitivity measured with `settings` (default: the default ones)."""
+    return "sensitivity" if settings is None or settings == SensitivitySettings() else ("sensitivity", settings)
+
+
+def context_sensitivity(ctx: Any, settings: SensitivitySettings | None = None) -> Sensitivity:
+    """The sensitivity of a proxy context's target at its bits and PTQ settings, measured with `settings`
+    (default: the default ones), once per context: the one its statistics carry (a shipped bundle's) when
+    it matches, else measured (cached)."""
+    key = context_key(settings)
+    hit = ctx.cache.get(key)
     if hit is None:
         ptq = ctx.settings or PTQSettings()
-        hit = stored_sensitivity(ctx.stats, ctx.bits, ptq)
+        hit = stored_sensitivity(ctx.stats, ctx.bits, ptq, settings)
         if hit is None:
-            hit = measure_sensitivity(ctx.target, bits=ctx.bits, ptq=ptq, device=ctx.device)
-        ctx.cache["sensitivity"] = hit
+            hit = measure_sensitivity(ctx.target, bits=ctx.bits, ptq=ptq, settings=settings, device=ctx.device)
+        ctx.cache[key] = hit
     if tuple(hit.bits) != tuple(ctx.bits):
         raise EmqError(f"the sensitivity was measured for bits {list(hit.bits)}, not {list(ctx.bits)}")
     return hit
 
 
-def stored_sensitivity(stats: Any, bits: Sequence[int], ptq: PTQSettings) -> Sensitivity | None:
+def stored_sensitivity(
+    stats: Any, bits: Sequence[int], ptq: PTQSettings, settings: SensitivitySettings | None = None
+) -> Sensitivity | None:
     """The sensitivity that statistics carry (`attach_sensitivity`; shipped bundles do), if it was
-    measured at these bits, these PTQ settings and the default measurement settings; else None.
+    measured at these bits, these PTQ settings and these measurement settings (default: the default
+    ones); else None.
     The statistics themselves were matched to the model and data before (emq.search_space.shipped)."""
     from .search_space.primitives import MEASURED_KEY
 
     stored = stats.meta.get(MEASURED_KEY) if stats is not None else None
     if not stored or [int(b) for b in stored["bits"]] != [int(b) for b in bits] or stored.get("ptq") != ptq.to_json():
         return None
-    settings = {k: v for k, v in (stored.get("settings") or {}).items() if k != "prefix_reuse"}
-    if settings != SensitivitySettings().key_json():
+    recorded = {k: v for k, v in (stored.get("settings") or {}).items() if k != "prefix_reuse"}
+    if recorded != (settings or SensitivitySettings()).key_json():
         return None
     meta = {k: v for k, v in stored.items() if k not in ("bits", "tables")}
     return Sensitivity(

@@ -20,20 +20,10 @@ import numpy as np
 
 from ..proxy import ProxyContext, SeparableProxy
 from ..quant import PTQSettings
-from ..sensitivity import (
-    Sensitivity,
-    SensitivitySettings,
-    context_sensitivity,
-    measure_sensitivity,
-    stored_sensitivity,
-)
+from ..sensitivity import SensitivitySettings, context_key, context_sensitivity, stored_sensitivity
 from .registry import register_proxy
 
 COST = "one single-slot PTQ run per (slot, bit) on calibration images (prefix reused)"
-
-
-def _table(ctx: ProxyContext, metric: str) -> np.ndarray:
-    return context_sensitivity(ctx).table(metric).copy()
 
 
 class _MeasuredProxy(SeparableProxy):
@@ -48,21 +38,26 @@ class _MeasuredProxy(SeparableProxy):
     def metric(self) -> str:
         """The emq.sensitivity table this proxy sums (a subclass sets it as a class attribute)."""
 
+    def measurement(self, ctx: ProxyContext) -> SensitivitySettings | None:
+        """How the tables are measured (None: the default settings, which shipped bundles carry)."""
+        return None
+
     def needs_data_for(self, ctx: ProxyContext) -> bool:
-        if "sensitivity" in ctx.cache:
+        settings = self.measurement(ctx)
+        if context_key(settings) in ctx.cache:
             return False
-        return stored_sensitivity(ctx.stats, ctx.bits, ctx.settings or PTQSettings()) is None
+        return stored_sensitivity(ctx.stats, ctx.bits, ctx.settings or PTQSettings(), settings) is None
 
     def table(self, ctx: ProxyContext) -> np.ndarray:
-        return _table(ctx, self.metric)
+        return context_sensitivity(ctx, self.measurement(ctx)).table(self.metric).copy()
 
     def setup_cost(self, ctx: ProxyContext) -> dict[str, Any]:
-        return measurement_cost(ctx)
+        return measurement_cost(ctx, self.measurement(ctx))
 
 
-def measurement_cost(ctx: ProxyContext, sens: Sensitivity | None = None) -> dict[str, Any]:
-    """What measuring the tables cost (`sens`, default the context's shared measurement)."""
-    m = (sens or context_sensitivity(ctx)).meta
+def measurement_cost(ctx: ProxyContext, settings: SensitivitySettings | None = None) -> dict[str, Any]:
+    """What measuring the tables with `settings` (default: the default ones) cost."""
+    m = context_sensitivity(ctx, settings).meta
     keys = ("seconds", "rounding_seconds", "ptq_evaluation_seconds", "ptq_evaluation_test_images", "ptq_equivalents")
     keys += ("single_slot_evaluations",)
     return {k: m.get(k) for k in keys} | {
@@ -108,32 +103,15 @@ def middle_bit(bits: tuple[int, ...]) -> int:
     return sorted(bits)[len(bits) // 2]
 
 
-def _in_context(ctx: ProxyContext) -> Sensitivity:
-    if "sensitivity-mid" not in ctx.cache:
-        ctx.cache["sensitivity-mid"] = measure_sensitivity(
-            ctx.target,
-            bits=ctx.bits,
-            ptq=ctx.settings or PTQSettings(),
-            settings=SensitivitySettings(rest_bits=middle_bit(ctx.bits)),
-            device=ctx.device,
-        )
-    return ctx.cache["sensitivity-mid"]
-
-
 @register_proxy
-class LayerKLMid(SeparableProxy):
+class LayerKLMid(_MeasuredProxy):
     name = "layer-kl-mid"
+    metric = "kl"
     description = (
         "measured sensitivity in context: KL(FP || slot at b bits, every other slot at the middle bit-width of the "
         "bit set) on calibration images, summed over slots: emq's variant of layer-kl, not a published method"
     )
-    orientation = -1
-    cost = COST
     faithful = False  # emq's variant of the measured sensitivity, not a published method
-    needs_data = True  # no statistics carry this context's tables
 
-    def table(self, ctx: ProxyContext) -> np.ndarray:
-        return _in_context(ctx).table("kl").copy()
-
-    def setup_cost(self, ctx: ProxyContext) -> dict[str, Any]:
-        return measurement_cost(ctx, _in_context(ctx))
+    def measurement(self, ctx: ProxyContext) -> SensitivitySettings:
+        return SensitivitySettings(rest_bits=middle_bit(ctx.bits))
