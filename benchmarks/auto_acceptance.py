@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,6 @@ from emq.allocation import Allocator
 from emq.allocation.auto import AutoProxy
 from emq.baselines import get_proxy
 from emq.bench import Bench
-from emq.bench.evaluation import limit_test
 from emq.bench_setup import BenchSetup
 from emq.fileio import atomic_write_text
 from emq.frontier import recommend
@@ -88,10 +86,7 @@ def network(bench_name: str, rows: list[dict[str, Any]], args: argparse.Namespac
     bench = Bench.open(bench_name)
     setup = BenchSetup.of(bench)
     stats = setup.network_stats(progress=False)
-    target = setup.target
-    if bench.meta.get("test_limit"):  # the bench measured the first N test images: so are the allocations
-        target = replace(target, data=limit_test(target.require_data(), int(bench.meta["test_limit"])))
-    allocator = Allocator(target, setup.ptq, stats=stats, stats_settings=setup.stats)
+    allocator = Allocator(setup.target, setup.ptq, stats=stats, stats_settings=setup.stats)
     problem = allocator.problem({"avg-bits": args.budget}, bits_allowed=bench.bits)
     proxies = {
         "auto (K = 0)": AutoProxy(0, rule=rule),
