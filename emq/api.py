@@ -73,6 +73,7 @@ from .search_space.stats import convergence_summary as convergence_summary
 from .search_space.stats import default_cache_dir as default_cache_dir
 from .search_space.stats import summarize as summarize
 from .sensitivity import attach_sensitivity as attach_sensitivity
+from .sensitivity import in_context as in_context
 from .sensitivity import measure_sensitivity as measure_sensitivity
 from .specs import DEFAULT_ACT_BITS as DEFAULT_ACT_BITS
 from .specs import DEFAULT_BITS_TEXT as DEFAULT_BITS_TEXT

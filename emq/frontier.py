@@ -383,7 +383,7 @@ class _WarmStart:
         self.stats = setup.network_stats(progress=False)
         self.measured = uses_measured(self.space.terminals)
         if self.measured:
-            self.stats = ensure_measured(self.stats, setup.target, setup.ptq)
+            self.stats = ensure_measured(self.stats, setup.target, setup.ptq, terminals=self.space.terminals)
         self.raw = bench.pool_metric(metric, "fit" if bench.pools is not None else "all")
 
     def scores(self, picked: np.ndarray, held: np.ndarray, seed: int) -> np.ndarray:

@@ -656,6 +656,31 @@ def _compute(
     return Sensitivity(bits, tables, meta)
 
 
+def middle_bit(bits: Sequence[int]) -> int:
+    """The middle bit-width of a bit set (the upper middle of an even one): 3 of {2, 3, 4}."""
+    return sorted(bits)[len(bits) // 2]
+
+
+def in_context(bits: Sequence[int]) -> SensitivitySettings:
+    """The measurement in context: every other slot at the middle bit-width of `bits` instead of 8, so a
+    slot's table is its effect inside a typical mixed configuration (`layer-kl-mid`, terminal MKLM)."""
+    return SensitivitySettings(rest_bits=middle_bit(bits))
+
+
+def _stats_keys(bits: Sequence[int]) -> dict[str, SensitivitySettings]:
+    """Where statistics keep each measurement they can carry (NetworkStats.meta), with its default settings."""
+    from .search_space.primitives import MEASURED_KEY, MEASURED_MID_KEY
+
+    return {MEASURED_KEY: SensitivitySettings(), MEASURED_MID_KEY: in_context(bits)}
+
+
+def stats_key(settings: SensitivitySettings | None, bits: Sequence[int]) -> str | None:
+    """The statistics' meta entry for a measurement with `settings` (default: the default ones) at `bits`,
+    by the bits of the other slots (8, or the middle bit-width); None for one statistics do not carry."""
+    rest = (settings or SensitivitySettings()).rest_bits
+    return next((k for k, v in _stats_keys(bits).items() if v.rest_bits == rest), None)
+
+
 def context_key(settings: SensitivitySettings | None = None) -> Any:
     """Where a proxy context keeps the sensitivity measured with `settings` (default: the default ones)."""
     return "sensitivity" if settings is None or settings == SensitivitySettings() else ("sensitivity", settings)
@@ -685,9 +710,8 @@ def stored_sensitivity(
     measured at these bits, these PTQ settings and these measurement settings (default: the default
     ones); else None.
     The statistics themselves were matched to the model and data before (emq.search_space.shipped)."""
-    from .search_space.primitives import MEASURED_KEY
-
-    stored = stats.meta.get(MEASURED_KEY) if stats is not None else None
+    key = stats_key(settings, bits)
+    stored = stats.meta.get(key) if stats is not None and key is not None else None
     if not stored or [int(b) for b in stored["bits"]] != [int(b) for b in bits] or stored.get("ptq") != ptq.to_json():
         return None
     recorded = {k: v for k, v in (stored.get("settings") or {}).items() if k != "prefix_reuse"}
@@ -702,17 +726,24 @@ def stored_sensitivity(
 
 
 def attach_sensitivity(stats: Any, sens: Sensitivity) -> Any:
-    """Put the measured tables into `stats` (NetworkStats) for the terminals MKL, MDL and MNSR and
-    for the measured proxies (`stored_sensitivity`); saved with the statistics (`save_stats`)
-    like every other statistic, so a bundle scores `layer-kl` without its data."""
-    from .search_space.primitives import MEASURED_KEY
-
+    """Put the measured tables into `stats` (NetworkStats), under the entry of their measurement
+    (`stats_key`), for the terminals that read them (MKL, MDL, MNSR; MKLM in context) and for the
+    measured proxies (`stored_sensitivity`); saved with the statistics (`save_stats`) like every
+    other statistic, so a bundle scores `layer-kl` without its data."""
     if tuple(sens.bits) != tuple(stats.bits):
         raise EmqError(
             f"the sensitivity was measured for bits {list(sens.bits)}, the statistics hold {list(stats.bits)}"
         )
+    recorded = sens.meta.get("settings") or {}
+    settings = SensitivitySettings(**{k: v for k, v in recorded.items() if k in SensitivitySettings().key_json()})
+    key = stats_key(settings, sens.bits)
+    if key is None:
+        raise EmqError(
+            f"statistics carry the measurement with the other slots at 8 bits or at the middle bit-width "
+            f"({middle_bit(sens.bits)}), not at {settings.rest_bits}: keep this one beside them"
+        )
     keep = ("settings", "ptq", "images", "reliability", "single_slot_evaluations", "seconds", "rounding_seconds")
-    stats.meta[MEASURED_KEY] = {
+    stats.meta[key] = {
         "bits": list(sens.bits),
         "tables": {k: v.tolist() for k, v in sens.tables.items()},
         **{k: sens.meta.get(k) for k in (*keep, "ptq_evaluation_seconds", "ptq_equivalents")},
@@ -720,21 +751,48 @@ def attach_sensitivity(stats: Any, sens: Sensitivity) -> Any:
     return stats
 
 
-def uses_measured(terminals: Sequence[str]) -> bool:
-    """Whether a set of terminals reads the measured sensitivity."""
+def measurements(terminals: Sequence[str], bits: Sequence[int]) -> list[SensitivitySettings]:
+    """The measurements a set of terminals reads, as settings (default first; none for statistics-only ones)."""
     from .search_space.primitives import MEASURED_TERMINALS, raw_sources
 
-    return any(raw_sources(t) & set(MEASURED_TERMINALS) for t in terminals)
+    read = {MEASURED_TERMINALS[r] for t in terminals for r in raw_sources(t) if r in MEASURED_TERMINALS}
+    return [v for k, v in _stats_keys(bits).items() if k in read]
+
+
+def measured_terminals(terminals: Sequence[str]) -> tuple[str, ...]:
+    """The terminals of a set that read a measured sensitivity."""
+    from .search_space.primitives import MEASURED_TERMINALS, raw_sources
+
+    return tuple(t for t in terminals if raw_sources(t) & set(MEASURED_TERMINALS))
+
+
+def uses_measured(terminals: Sequence[str]) -> bool:
+    """Whether a set of terminals reads a measured sensitivity."""
+    return bool(measured_terminals(terminals))
+
+
+def missing_measurements(stats: Any, ptq: PTQSettings | None, terminals: Sequence[str]) -> list[SensitivitySettings]:
+    """The measurements `terminals` read that `stats` do not carry at their bits under `ptq`."""
+    ptq = ptq or PTQSettings()
+    wanted = measurements(terminals, stats.bits)
+    return [s for s in wanted if stored_sensitivity(stats, stats.bits, ptq, s) is None]
 
 
 def ensure_measured(
-    stats: Any, target: Any, ptq: PTQSettings | None, device: str | torch.device = "cpu", *, progress: bool = False
+    stats: Any,
+    target: Any,
+    ptq: PTQSettings | None,
+    device: str | torch.device = "cpu",
+    *,
+    terminals: Sequence[str],
 ) -> Any:
-    """`stats` with the measured sensitivity attached (measured at the statistics' bits under `ptq`, cached):
-    what it carries already when that matches, else measured and attached in its place (a sensitivity of
-    other PTQ settings is not this one)."""
-    if stored_sensitivity(stats, stats.bits, ptq or PTQSettings()) is None:
-        attach_sensitivity(stats, measure_sensitivity(target, bits=stats.bits, ptq=ptq, device=device))
+    """`stats` with every measurement `terminals` read attached (measured at the statistics' bits under
+    `ptq`, cached): what they carry already when it matches, else measured and attached in its place (a
+    sensitivity of other PTQ settings is not this one)."""
+    for settings in missing_measurements(stats, ptq, terminals):
+        attach_sensitivity(
+            stats, measure_sensitivity(target, bits=stats.bits, ptq=ptq, settings=settings, device=device)
+        )
     return stats
 
 
@@ -745,8 +803,14 @@ __all__ = [
     "attach_sensitivity",
     "context_sensitivity",
     "ensure_measured",
+    "in_context",
     "measure_sensitivity",
+    "measured_terminals",
+    "measurements",
+    "middle_bit",
+    "missing_measurements",
     "split_half",
+    "stats_key",
     "stored_sensitivity",
     "uses_measured",
 ]

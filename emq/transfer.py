@@ -18,6 +18,7 @@ interval and each method's cost on the new network in PTQ-equivalent evaluations
 - *oracle*: the best statistics-only hand-made proxy chosen on the reported bench's own
   search configurations (needs that bench);
 - *layer-kl*: the measured per-slot sensitivity (L x B single-slot PTQ runs on calibration images);
+- *layer-kl-mid*: emq's variant of it, measured with the other slots at the middle bit-width (same cost);
 - *ridge*: ridge on one-hot (slot, bit) fitted on the bench's search configurations;
 - *whole-kl*: the whole-configuration KL proxy (one PTQ run per configuration ranked).
 
@@ -50,8 +51,9 @@ WHOLE_CONFIG = ("kl", "gmpq", "seam")
 PROTOCOLS = ("leave-one-out", "leave-one-task-out", "single")
 DEFAULT_PROTOCOLS = ("leave-one-out", "single")
 # what the evolved proxy is compared with on a reported bench: label -> (registry name or role, cost on the new network)
-COMPARISONS = ("fixed", "oracle", "layer-kl", "ridge", "whole-kl")
-REFERENCES_VERSION = 2  # stored references are recomputed when their layout changes
+COMPARISONS = ("fixed", "oracle", "layer-kl", "layer-kl-mid", "ridge", "whole-kl")
+VARIANTS = ("layer-kl-mid",)  # scored beside the faithful separable proxies (never the best hand-made: not faithful)
+REFERENCES_VERSION = 3  # stored references are recomputed when their layout changes
 SEEDS = (0, 1, 2)  # campaign seeds per cell
 WHOLE_LIMIT = 20  # configurations per split the whole-configuration references quantize
 
@@ -432,13 +434,13 @@ class TransferStudy:
         return refs
 
     def _score_references(self, bench: str) -> dict[str, Any]:
-        """Every faithful separable proxy (statistics-only and measured), ridge and the
-        whole-configuration proxies on the bench, each row with its scores (for paired
-        intervals against any campaign's proxy later) and its cost on this network."""
+        """Every faithful separable proxy (statistics-only and measured) and the compared variants, ridge and
+        the whole-configuration proxies on the bench, each row with its scores (for paired intervals against
+        any campaign's proxy later) and its cost on this network."""
         from .baselines.registry import PROXIES
         from .ranking import score
 
-        separable = [n for n, cls in PROXIES.items() if cls.separable and cls.faithful]
+        separable = [n for n, cls in PROXIES.items() if cls.separable and cls.faithful] + list(VARIANTS)
         rep = score(bench, proxies=separable, resamples=self.resamples)  # the oracle: chosen on search x fit
         skipped = dict(rep.skipped)
         scored = list(rep.proxies)
@@ -571,6 +573,7 @@ def _versus(rep: Any, mine: Any, refs: dict[str, Any], fixed: str | None) -> dic
         "fixed": fixed,
         "oracle": refs["best_handmade"],
         "layer-kl": "layer-kl",
+        "layer-kl-mid": "layer-kl-mid",
         "ridge": RIDGE_NAME,
         "whole-kl": "kl",
     }

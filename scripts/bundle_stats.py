@@ -19,9 +19,10 @@ fingerprint and layers, and is written in the compact format (float16 with a sca
 packed, E derived as Q - W; see emq.search_space.netstats), which `benchmarks/stats_compaction.py`
 checks moves no proxy's correlation by more than 0.002. `--rewrite-only` rewrites existing files in
 that format without recomputing them. Every file also carries the network's measured per-slot
-sensitivity (emq.sensitivity, at the bench's bits and PTQ settings, on calibration images), so
-`layer-kl`, `layer-loss`, `layer-sqnr` and the terminals MKL, MDL, MNSR score without the data;
-`--add-sensitivity` measures and adds only those tables to an existing file.
+sensitivity (emq.sensitivity, at the bench's bits and PTQ settings, on calibration images), with the
+other slots at 8 bits and in context (at the middle bit-width), so `layer-kl`, `layer-loss`, `layer-sqnr`,
+`layer-kl-mid` and the terminals MKL, MDL, MNSR, MKLM score without the data; `--add-sensitivity` measures
+and adds only those tables to an existing file.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from emq.datasplits import base_fingerprint
 from emq.search_space.netstats import ACTIVATION_FIELDS, MODEL_FIELDS, load_stats, omit_fields, save_stats
 from emq.search_space.shipped import source_of
 from emq.search_space.stats import StatsSettings, compute_stats
-from emq.sensitivity import attach_sensitivity, measure_sensitivity
+from emq.sensitivity import attach_sensitivity, in_context, measure_sensitivity
 from emq.target import ModelSpec, resolve_target
 
 log = logging.getLogger("bundle_stats")
@@ -95,8 +96,8 @@ def main() -> None:
             ns = compute_stats(setup.target, bits=setup.bits, settings=setup.stats, use_cache=False)
             ns.meta.pop("cache", None)  # this machine's cache path means nothing in a bundle
             ns.meta["source"] = _source(bench)
-        sens = measure_sensitivity(setup.target, bits=setup.bits, ptq=setup.ptq)
-        attach_sensitivity(ns, sens)
+        for settings in (None, in_context(setup.bits)):  # every measurement statistics carry
+            attach_sensitivity(ns, measure_sensitivity(setup.target, bits=setup.bits, ptq=setup.ptq, settings=settings))
         omit = MODEL_FIELDS + (ACTIVATION_FIELDS if args.omit_activations else ())
         save_stats(omit_fields(ns, omit), bundle.stats_path, compact=True)
         log.info("%s: wrote %s (%.1f MB)", name, bundle.stats_path, bundle.stats_path.stat().st_size / 1e6)

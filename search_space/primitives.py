@@ -537,20 +537,25 @@ def _bits(stats: Any, layer: int) -> tuple[int, ...]:
     return tuple(stats.bits)
 
 
-MEASURED_KEY = "sensitivity"  # NetworkStats.meta entry that emq.sensitivity.attach_sensitivity fills
+# NetworkStats.meta entries that emq.sensitivity.attach_sensitivity fills: the measurement with the other
+# slots at 8 bits, and in context (the other slots at the middle bit-width of the bit set)
+MEASURED_KEY = "sensitivity"
+MEASURED_MID_KEY = "sensitivity_mid"
 
 
-def _measured(metric: str) -> Callable[[Any, int], tuple[float, ...]]:
-    """A layer's share of its slot's measured sensitivity (emq.sensitivity), one value per bit:
-    the slot's value divided by the number of layers tied into it, so the terminal summed into
-    slots is the measured table itself."""
+def _measured(metric: str, key: str = MEASURED_KEY) -> Callable[[Any, int], tuple[float, ...]]:
+    """A layer's share of its slot's measured sensitivity (emq.sensitivity, the measurement statistics keep
+    under `key`), one value per bit: the slot's value divided by the number of layers tied into it, so the
+    terminal summed into slots is the measured table itself."""
 
     def raw(stats: Any, layer: int) -> tuple[float, ...]:
-        measured = stats.meta.get(MEASURED_KEY)
+        measured = stats.meta.get(key)
         if not measured:
+            names = ", ".join(n for n, k in MEASURED_TERMINALS.items() if k == key)
+            flag = "--sensitivity-in-context" if key == MEASURED_MID_KEY else "--sensitivity"
             raise EmqError(
-                "the statistics hold no measured sensitivity (terminals MKL, MDL, MNSR): attach it with "
-                "emq.sensitivity.attach_sensitivity, or compute it with `emq stats --sensitivity`"
+                f"the statistics hold no measured sensitivity for the terminals {names}: attach it with "
+                f"emq.sensitivity.attach_sensitivity, or compute it with `emq stats {flag}`"
             )
         if list(measured["bits"]) != list(stats.bits):
             raise EmqError(
@@ -689,8 +694,21 @@ _TERMINAL_LIST = [
         default=False,
         raw=_measured("nsr"),
     ),
+    TerminalSpec(
+        "MKLM",
+        Scalar,
+        bit_dependent=True,
+        description=(
+            "measured sensitivity in context: KL(FP || the layer's slot at b bits, every other slot at the middle "
+            "bit-width of the bit set), the layer's share"
+        ),
+        latex=r"S^{\mathrm{KL,mid}}_{b}",
+        default=False,
+        raw=_measured("kl", MEASURED_MID_KEY),
+    ),
 ]
-MEASURED_TERMINALS = ("MKL", "MDL", "MNSR")
+# the measured terminals and the statistics' meta entry each reads
+MEASURED_TERMINALS = {"MKL": MEASURED_KEY, "MDL": MEASURED_KEY, "MNSR": MEASURED_KEY, "MKLM": MEASURED_MID_KEY}
 
 
 def _add_terminal(out: Registry[TerminalSpec], t: TerminalSpec) -> TerminalSpec:

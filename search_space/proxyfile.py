@@ -23,8 +23,7 @@ import torch
 from emq.errors import EmqError
 from emq.fileio import atomic_write_text
 from emq.proxy import ProxyContext, SeparableProxy
-from emq.quant import PTQSettings
-from emq.sensitivity import ensure_measured, stored_sensitivity, uses_measured
+from emq.sensitivity import ensure_measured, missing_measurements, uses_measured
 from emq.specs import ParameterError
 
 from .evaluate import TableEvaluator, Token, tree_terminals
@@ -86,7 +85,8 @@ class EvolvedProxy(SeparableProxy):
         self.meta = dict(meta or {})
         self.expression = tree_string(self.tokens, self.prims)
         self.description = f"evolved proxy {self.expression}"
-        # a tree over the measured sensitivity (MKL, MDL, MNSR) needs the network's data unless the statistics carry it
+        # a tree over a measured sensitivity (MKL, MDL, MNSR, MKLM) needs the network's data unless the statistics
+        # carry it
         self.needs_data = uses_measured(tree_terminals(self.tokens))
         self.cost = "statistics and the measured sensitivity" if self.needs_data else "statistics only"
 
@@ -98,7 +98,7 @@ class EvolvedProxy(SeparableProxy):
         """Data only where the statistics do not carry the sensitivity `table` reads (theirs, at their bits)."""
         if not self.needs_data:
             return False
-        return stored_sensitivity(ctx.stats, ctx.stats.bits, ctx.settings or PTQSettings()) is None
+        return bool(missing_measurements(ctx.stats, ctx.settings, tree_terminals(self.tokens)))
 
     def stats_table(self, stats: Any) -> torch.Tensor:
         """P[S, B] in the statistics' own bit order."""
@@ -123,7 +123,13 @@ class EvolvedProxy(SeparableProxy):
         if key not in ctx.cache:
             stats = ctx.stats
             if self.needs_data:  # on a copy: the caller's statistics stay as they were
-                stats = ensure_measured(replace(stats, meta=dict(stats.meta)), ctx.target, ctx.settings, ctx.device)
+                stats = ensure_measured(
+                    replace(stats, meta=dict(stats.meta)),
+                    ctx.target,
+                    ctx.settings,
+                    ctx.device,
+                    terminals=tree_terminals(self.tokens),
+                )
             full = self.stats_table(stats).cpu().numpy()
             bits = list(ctx.stats.bits)
             missing = [b for b in ctx.bits if b not in bits]

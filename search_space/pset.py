@@ -105,6 +105,10 @@ HANDMADE: dict[str, tuple[str, list[Token]]] = {
     "layer-kl": ("measured sensitivity: single-slot KL, the layer's share", [("t", "MKL")]),
     "layer-loss": ("measured sensitivity: single-slot loss change, the layer's share", [("t", "MDL")]),
     "layer-sqnr": ("measured sensitivity: single-slot output NSR, the layer's share", [("t", "MNSR")]),
+    "layer-kl-mid": (
+        "measured sensitivity in context (the others at the middle bit-width): single-slot KL, the layer's share",
+        [("t", "MKLM")],
+    ),
 }
 
 

@@ -22,7 +22,7 @@ import torch
 from emq.errors import EmqError
 
 from .netstats import NetworkStats
-from .primitives import MEASURED_KEY, MEASURED_TERMINALS, TERMINALS, InputT, OutputT, Scalar, WeightT, raw_sources
+from .primitives import MEASURED_TERMINALS, TERMINALS, InputT, OutputT, Scalar, WeightT, raw_sources
 
 DEFAULT_ACT_SAMPLES = 4  # enough to characterise activations; cost grows linearly with it
 
@@ -47,9 +47,9 @@ def _check_stats(stats: NetworkStats, names: Sequence[str]) -> None:
 
 
 def available_terminals(stats: NetworkStats) -> tuple[str, ...]:
-    """Every terminal these statistics can give: the measured-sensitivity ones only when it is attached."""
-    measured = bool(stats.meta.get(MEASURED_KEY))
-    return tuple(n for n in TERMINALS if measured or not raw_sources(n) & set(MEASURED_TERMINALS))
+    """Every terminal these statistics can give: a measured-sensitivity one only when its measurement is attached."""
+    carried = {r for r, key in MEASURED_TERMINALS.items() if stats.meta.get(key)}
+    return tuple(n for n in TERMINALS if raw_sources(n) & set(MEASURED_TERMINALS) <= carried)
 
 
 def layer_terminal(

@@ -61,7 +61,7 @@ def test_the_default_space_seeds_every_statistics_only_form_and_the_measured_pre
     """FD, SG and every terminal a statistics-only form needs are in the default space, so no form is
     left out; the measured sensitivity's forms need the measured preset (L x B single-slot PTQ runs)."""
     measured = {k for k, (_, tokens) in HANDMADE.items() if not EvolvedProxy(tokens).statistics_only}
-    assert measured == {"layer-kl", "layer-loss", "layer-sqnr"}
+    assert measured == {"layer-kl", "layer-loss", "layer-sqnr", "layer-kl-mid"}
     assert list(make_space().handmade()) == [k for k in HANDMADE if k not in measured]
     assert list(make_space("measured").handmade()) == list(HANDMADE)
     assert all(PROXIES[key].formula == key for key in HANDMADE)

@@ -18,7 +18,8 @@ from emq.baselines.registry import check_complete
 from emq.errors import EmqError
 from emq.proxy import ProxyContext, SeparableProxy, WholeConfigProxy
 from emq.quant import PTQSettings
-from emq.search_space.evaluate import TableEvaluator
+from emq.search_space.evaluate import TableEvaluator, tree_terminals
+from emq.search_space.primitives import MEASURED_TERMINALS
 from emq.search_space.pset import HANDMADE
 from emq.search_space.stats import StatsSettings, compute_stats
 from emq.sensitivity import ensure_measured
@@ -96,7 +97,9 @@ def test_space_formulas_agree_with_their_proxies(setting):
     assert len(set(stats.layer_slot)) == len(stats.layer_slot)
     owners = {p.formula: n for n, p in PROXIES.items() if p.formula}
     assert sorted(owners) == sorted(HANDMADE) and all(owners[k] == k for k in owners)  # one name per concept
-    measured = ensure_measured(dataclasses.replace(stats, meta=dict(stats.meta)), target, None)  # MKL, MDL, MNSR
+    measured = ensure_measured(
+        dataclasses.replace(stats, meta=dict(stats.meta)), target, None, terminals=list(MEASURED_TERMINALS)
+    )
     ev = TableEvaluator(measured)
     for key, (_, tokens) in HANDMADE.items():
         formula = ev.table(tokens).numpy()
@@ -166,7 +169,8 @@ def test_a_measured_evolved_proxy_measures_under_the_contexts_settings_and_leave
     for ptq in (PTQSettings(act_bits=6, calib_size=32), PTQSettings()):
         ctx = ProxyContext(target, BITS, ptq, stats)
         assert set(stats.meta) == keys
-        measured = ensure_measured(dataclasses.replace(stats, meta=dict(stats.meta)), target, ptq)
+        copy = dataclasses.replace(stats, meta=dict(stats.meta))
+        measured = ensure_measured(copy, target, ptq, terminals=tree_terminals(zoo.tokens))
         form = TableEvaluator(measured).table(zoo.tokens).numpy()
         np.testing.assert_allclose(zoo.table(ctx), form, rtol=1e-12)
         # data is needed only where the statistics do not carry this sensitivity

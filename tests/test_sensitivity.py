@@ -342,7 +342,7 @@ def test_measured_proxies_rank_configurations(setup, tmp_path, monkeypatch):
 
 
 def test_layer_kl_mid_is_the_measurement_with_every_other_slot_at_the_middle_bit(setup, tmp_path, monkeypatch):
-    from emq.baselines.measured import middle_bit
+    from emq.sensitivity import middle_bit
 
     ptq = PTQSettings(calib_size=40, batch_size=32)
     ctx = _context(setup, ptq, tmp_path, monkeypatch)

@@ -35,7 +35,10 @@ def test_every_terminal(name, stats):
     if primitives.raw_sources(name) & set(primitives.MEASURED_TERMINALS):  # a measured table [S, B] to read
         table = np.arange(stats.num_slots * len(stats.bits), dtype=float).reshape(stats.num_slots, -1).tolist()
         measured = {"bits": list(stats.bits), "tables": {k: table for k in ("kl", "loss", "nsr")}}
-        stats = dataclasses.replace(stats, meta={**stats.meta, primitives.MEASURED_KEY: measured})
+        keys = {
+            primitives.MEASURED_TERMINALS[r] for r in primitives.raw_sources(name) & set(primitives.MEASURED_TERMINALS)
+        }
+        stats = dataclasses.replace(stats, meta={**stats.meta, **dict.fromkeys(keys, measured)})
     assert isinstance(spec.symbol(), sympy.Expr) and spec.latex and spec.description
     for i in range(len(stats.layers)):
         v = layer_terminal(stats, i, name)

@@ -133,7 +133,7 @@ def test_transfer_report_files_and_numbers(tmp_path, capsys):
 
     for cell in doc["cells"]:
         vs = cell["versus"]
-        assert set(vs) == {"fixed", "oracle", "layer-kl", "ridge"}  # no whole-configuration reference asked for
+        assert set(vs) == {"fixed", "oracle", "layer-kl", "layer-kl-mid", "ridge"}  # no whole-configuration one asked
         assert vs["oracle"]["paired"] == cell["paired"] and vs["oracle"]["name"] == cell["best_handmade"]
         campaign = json.loads((out / "campaigns" / _tag(cell) / "summary.json").read_text())
         assert PROXIES[vs["fixed"]["name"]].formula == campaign["best_handmade"]  # chosen on the training benches

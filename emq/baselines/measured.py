@@ -20,7 +20,7 @@ import numpy as np
 
 from ..proxy import ProxyContext, SeparableProxy
 from ..quant import PTQSettings
-from ..sensitivity import SensitivitySettings, context_key, context_sensitivity, stored_sensitivity
+from ..sensitivity import SensitivitySettings, context_key, context_sensitivity, in_context, stored_sensitivity
 from .registry import register_proxy
 
 COST = "one single-slot PTQ run per (slot, bit) on calibration images (prefix reused)"
@@ -98,14 +98,10 @@ class LayerSQNR(_MeasuredProxy):
     )
 
 
-def middle_bit(bits: tuple[int, ...]) -> int:
-    """The middle bit-width of a bit set (the upper middle of an even one): 3 of {2, 3, 4}."""
-    return sorted(bits)[len(bits) // 2]
-
-
 @register_proxy
 class LayerKLMid(_MeasuredProxy):
     name = "layer-kl-mid"
+    formula = "layer-kl-mid"
     metric = "kl"
     description = (
         "measured sensitivity in context: KL(FP || slot at b bits, every other slot at the middle bit-width of the "
@@ -114,4 +110,4 @@ class LayerKLMid(_MeasuredProxy):
     faithful = False  # emq's variant of the measured sensitivity, not a published method
 
     def measurement(self, ctx: ProxyContext) -> SensitivitySettings:
-        return SensitivitySettings(rest_bits=middle_bit(ctx.bits))
+        return in_context(ctx.bits)

@@ -13,6 +13,7 @@ from ..api import (
     StatsSettings,
     convergence_summary,
     default_cache_dir,
+    in_context,
     save_stats,
     stats,
     summarize,
@@ -45,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also measure each slot's sensitivity (only that slot at b bits, the others at 8; KL, loss change and "
         "output SQNR on calibration images; PTQ with default settings, --act-bits and --symmetric), with its cost",
+    )
+    p.add_argument(
+        "--sensitivity-in-context",
+        action="store_true",
+        help="also measure it in context: the others at the middle bit-width of --bits-allowed instead of 8 "
+        "(layer-kl-mid, terminal MKLM)",
     )
     p.add_argument(
         "--cache-dir",
@@ -106,12 +113,15 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
     )
-    measured = _sensitivity(args, ns) if args.sensitivity else None
+    measured = _sensitivity(args, ns, None) if args.sensitivity else None
+    mid = _sensitivity(args, ns, in_context(ns.bits)) if args.sensitivity_in_context else None
     if args.out:
         save_stats(ns, args.out)
     summary = summarize(ns)
     if measured is not None:
         summary["sensitivity"] = measured.summary()
+    if mid is not None:
+        summary["sensitivity_in_context"] = mid.summary()
     if args.out:
         summary["out"] = str(args.out)
     if args.json:
@@ -151,15 +161,17 @@ def run(args: argparse.Namespace) -> int:
         + ", ".join(f"{k} {v:.2f}" for k, v in summary["seconds"].items())
         + (" (loaded from cache)" if cache.get("hit") else "")
     )
-    if measured is not None:
-        print("\n" + _sensitivity_markdown(measured))
+    for sens in (measured, mid):
+        if sens is not None:
+            print("\n" + _sensitivity_markdown(sens))
     if args.out:
         print(f"statistics written to {args.out}")
     return 0
 
 
-def _sensitivity(args: argparse.Namespace, ns):
-    """The measured sensitivity of the same model and data at the statistics' bits, attached to `ns`."""
+def _sensitivity(args: argparse.Namespace, ns, settings):
+    """The measured sensitivity (with `settings`; None: the default ones) of the same model and data at the
+    statistics' bits, attached to `ns`."""
     from ..api import PTQSettings, attach_sensitivity, measure_sensitivity, resolve_target  # lazily: torch-heavy
 
     target = resolve_target(
@@ -167,7 +179,13 @@ def _sensitivity(args: argparse.Namespace, ns):
     )
     ptq = PTQSettings(act_bits=args.act_bits, weight_symmetric=args.symmetric)
     sens = measure_sensitivity(
-        target, bits=ns.bits, ptq=ptq, cache_dir=args.cache_dir, use_cache=not args.no_cache, device=args.device
+        target,
+        bits=ns.bits,
+        ptq=ptq,
+        settings=settings,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        device=args.device,
     )
     attach_sensitivity(ns, sens)
     return sens

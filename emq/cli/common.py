@@ -211,7 +211,7 @@ def add_space_arg(p: argparse.ArgumentParser, whose: str = "") -> None:
         choices=sorted(PRESETS),
         default="full",
         help=f"{whose}search-space preset (default full; 'measured' adds the measured per-layer sensitivity "
-        "MKL, MDL, MNSR and seeds layer-kl, layer-loss and layer-sqnr)",
+        "MKL, MDL, MNSR and, in context, MKLM, and seeds layer-kl, layer-loss, layer-sqnr and layer-kl-mid)",
     )
 
 

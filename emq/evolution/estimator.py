@@ -30,7 +30,7 @@ from sklearn.base import BaseEstimator
 from emq.search_space.netstats import NetworkStats
 from emq.search_space.proxyfile import EvolvedProxy
 from emq.search_space.pset import SearchSpace, make_space
-from emq.sensitivity import uses_measured
+from emq.sensitivity import measured_terminals
 
 from ..errors import EmqError
 from ..executors import Executor, executor_for
@@ -237,7 +237,7 @@ class ProxySearch(BaseEstimator):
             else:
                 camp = Campaign(
                     _all_statistics(
-                        executor, given, models, loaded, device=cfg.device, measured=uses_measured(space.terminals)
+                        executor, given, models, loaded, device=cfg.device, measured=measured_terminals(space.terminals)
                     ),
                     data,
                     space,
@@ -376,10 +376,10 @@ def load_fitness_data(bench: Any, metric: str | None, bits: tuple[int, ...] | No
 
 
 def _statistics(
-    bench: Any, model: Any, data: FitnessData, *, device: str = "cpu", measured: bool = False
+    bench: Any, model: Any, data: FitnessData, *, device: str = "cpu", measured: tuple[str, ...] = ()
 ) -> NetworkStats:
     """The bench model's statistics with the bench's settings (or defaults for bare arrays), computed on `device`;
-    `measured`: with the measured sensitivity attached (the space reads MKL, MDL or MNSR)."""
+    `measured`: the space's terminals that read a measured sensitivity, attached for them (emq.sensitivity)."""
     from emq.search_space.stats import compute_stats
     from emq.sensitivity import ensure_measured
 
@@ -392,12 +392,12 @@ def _statistics(
 
         target = model if isinstance(model, Target) else resolve_target(model)
         ns = compute_stats(target, bits=data.bits, device=device)
-        return ensure_measured(ns, target, None, device) if measured else ns
+        return ensure_measured(ns, target, None, device, terminals=measured)
     from ..bench_setup import BenchSetup
 
     setup = BenchSetup.of(bench, model)
     ns = setup.network_stats(device=device)
-    return ensure_measured(ns, setup.target, setup.ptq, device) if measured else ns
+    return ensure_measured(ns, setup.target, setup.ptq, device, terminals=measured)
 
 
 def _statistics_task(_: Any, job: tuple[Any, Any, FitnessData, str, bool]) -> NetworkStats:
@@ -412,7 +412,7 @@ def _all_statistics(
     loaded: list[tuple[FitnessData, Any]],
     *,
     device: str,
-    measured: bool = False,
+    measured: tuple[str, ...] = (),
 ) -> list[NetworkStats]:
     """Every bench's statistics: the given ones, the rest computed, one model per worker when
     the executor has several (a multi-bench campaign on a cluster)."""
