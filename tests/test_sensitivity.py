@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -25,7 +26,9 @@ from emq.sensitivity import (
     SensitivitySettings,
     _image_pool,
     attach_sensitivity,
+    ensure_measured,
     measure_sensitivity,
+    missing_measurements,
     split_half,
     stored_sensitivity,
 )
@@ -370,6 +373,43 @@ def test_terminals_sum_into_the_measured_table(setup, tmp_path):
         ev = TableEvaluator(stats, (term,))
         np.testing.assert_allclose(ev.table([("t", term)]).numpy(), sens.tables[metric], rtol=1e-12)
     assert lm.num_slots < len(lm.layers)  # a tied slot: its layers' shares add up to the slot's value
+
+
+def test_the_in_context_terminal_reads_its_own_measurement_and_only_what_a_space_reads_is_measured(
+    setup, tmp_path, monkeypatch
+):
+    """MKLM is layer-kl-mid's table (the other slots at the middle bit), kept beside the 8-bit one; a space
+    reading only MKL gets only that measurement, one reading MKLM only the in-context one."""
+    from emq.search_space.primitives import MEASURED_MID_KEY
+    from emq.search_space.terminals import available_terminals
+    from tests.conftest import real_stats
+
+    net, lm, data = setup
+    monkeypatch.setenv("EMQ_CACHE_DIR", str(tmp_path))
+    ptq = PTQSettings(calib_size=40, batch_size=32)
+    target = Target("toy", net, lm, data)
+    x, y = data.calib_pool
+    bare = real_stats(net, lm, x[:8], y[:8], bits=BITS)
+    assert not {"MKL", "MKLM"} & set(available_terminals(bare))
+    only8 = ensure_measured(dataclasses.replace(bare, meta=dict(bare.meta)), target, ptq, terminals=("MKL", "W"))
+    assert MEASURED_KEY in only8.meta and MEASURED_MID_KEY not in only8.meta
+    assert "MKL" in available_terminals(only8) and "MKLM" not in available_terminals(only8)
+    with pytest.raises(EmqError, match="MKLM.*--sensitivity-in-context"):
+        TableEvaluator(only8, ("MKLM",))
+    mid = ensure_measured(dataclasses.replace(bare, meta=dict(bare.meta)), target, ptq, terminals=("MKLM",))
+    assert MEASURED_MID_KEY in mid.meta and MEASURED_KEY not in mid.meta
+    assert missing_measurements(mid, ptq, ("MKLM",)) == [] and len(missing_measurements(mid, ptq, ("MKL",))) == 1
+    ctx = ProxyContext(target, BITS, ptq)
+    np.testing.assert_allclose(
+        TableEvaluator(mid, ("MKLM",)).table([("t", "MKLM")]).numpy(), get_proxy("layer-kl-mid").table(ctx), rtol=1e-12
+    )
+    # carried, it needs no data
+    no_data = ProxyContext(Target("toy", net, lm, None), BITS, ptq, mid)
+    assert not get_proxy("layer-kl-mid").needs_data_for(no_data) and get_proxy("layer-kl").needs_data_for(no_data)
+    # statistics keep the 8-bit and the middle-bit measurements only
+    odd = measure_sensitivity(target, bits=BITS, ptq=ptq, settings=SensitivitySettings(rest_bits=6), cache_dir=tmp_path)
+    with pytest.raises(EmqError, match="not at 6"):
+        attach_sensitivity(dataclasses.replace(bare, meta=dict(bare.meta)), odd)
 
 
 def test_allocate_with_layer_kl_on_a_model_with_data(setup, tmp_path, monkeypatch):
