@@ -5,8 +5,9 @@ it, this compares, on its held-out configurations x report pool with seeded boot
 
 - choices that need no measured configuration: the *fixed* best statistics-only hand-made proxy
   (the best mean search x fit rho over the *other* networks' benches), an evolved proxy that
-  never saw the network (a proxy file per bench, e.g. a leave-one-out campaign's), and
-  `layer-kl` (the measured per-slot sensitivity, at its cost of L x B single-slot runs);
+  never saw the network (a proxy file per bench, e.g. a leave-one-out campaign's),
+  `layer-kl` (the measured per-slot sensitivity, at its cost of L x B single-slot runs) and
+  `layer-kl-mid` (emq's variant, the other slots at the middle bit-width, at the same cost);
 - models fitted on k configurations drawn (seeded, `draws` times) from the network's *search*
   configurations, with their fit-pool metric: ridge on one-hot (slot, bit) features, ridge
   on the proxies' scores (the statistics proxies, `layer-kl` and model size as features), and
@@ -18,7 +19,7 @@ Costs are in PTQ-equivalent evaluations on the network (one = quantize one confi
 evaluate its test split): k for a fitted model, plus the one-off cost of the statistics and the
 sensitivity its features read, converted by their measured seconds. The *crossover* of a fitted
 model is the smallest k at which at least half of its draws beat the best zero-configuration
-choice (paired interval above 0); that choice (fixed hand-made or `layer-kl`) is made by mean
+choice (paired interval above 0); that choice (fixed hand-made, `layer-kl` or `layer-kl-mid`) is made by mean
 search x fit rho on the other networks' benches, never by looking at the held-out network.
 The held-out configurations and the report pool are never drawn from.
 """
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 BUDGETS = (0, 10, 25, 50, 100, 200)
 DRAWS = 5
 MEASURED = "layer-kl"
+IN_CONTEXT = "layer-kl-mid"  # the same measurement with the other slots at the middle bit-width (not a feature)
 FITTED = ("ridge-onehot", "ridge-proxies")
 WARM = "evolved-warm"
 WARM_FIELDS = ("generations", "population", "hof_size")  # of WARM_CAMPAIGN; the rest are ProxySearch's defaults
@@ -235,11 +237,12 @@ class FrontierStudy:
         self.whole_config, self.whole_limit, self.resamples = whole_config, whole_limit, resamples
 
     def _reports(self) -> dict[str, Any]:
-        """Every bench's statistics-only hand-made proxies, layer-kl and its evolved proxy, scored once."""
+        """Every bench's statistics-only hand-made proxies, layer-kl, layer-kl-mid and its evolved proxy, scored
+        once."""
         from .allocation.auto import feature_proxies
         from .ranking import score
 
-        names = feature_proxies()
+        names = [*feature_proxies(), IN_CONTEXT]
         out = {}
         for b in self.benches:
             files = [self.evolved[b]] if b in self.evolved else []
@@ -275,8 +278,9 @@ class FrontierStudy:
         rows: list[dict[str, Any]] = []
         rep = reports[bench]
         others = [reports[o] for o in self.benches if o != bench]
-        fixed = _best_on(others, [p.name for p in rep.proxies if p.kind == "separable" and p.name != MEASURED])
-        choice = _best_on(others, [fixed, MEASURED])
+        measured = (MEASURED, IN_CONTEXT)
+        fixed = _best_on(others, [p.name for p in rep.proxies if p.kind == "separable" and p.name not in measured])
+        choice = _best_on(others, [fixed, *measured])
         b = Bench.open(bench)
         cells = ReportCells(b, rep.metric, self.resamples)
         by = {p.name: p for p in rep.proxies}
@@ -302,14 +306,17 @@ class FrontierStudy:
                 }
             rows.append(row)
 
-        methods = [fixed, MEASURED]
+        methods = [fixed, *measured]
         add(fixed, by[fixed].scores[at_held], k=0, draw=0, cost=stats_cost)
-        add(MEASURED, by[MEASURED].scores[at_held], k=0, draw=0, cost=sens_cost)
+        for name in measured:
+            add(name, by[name].scores[at_held], k=0, draw=0, cost=(by[name].setup or {}).get("ptq_equivalents"))
         evolved = next((p for p in rep.proxies if p.kind == "evolved"), None)
         if evolved is not None:
             methods.append("evolved")
             add("evolved", evolved.scores[at_held], k=0, draw=0, cost=stats_cost)
-        features = np.stack([p.scores for p in rep.proxies if p.kind == "separable"], axis=1)  # [rows, F], oriented
+        features = np.stack(  # [rows, F], oriented: auto's features (emq.allocation.auto.feature_proxies)
+            [p.scores for p in rep.proxies if p.kind == "separable" and p.name != IN_CONTEXT], axis=1
+        )
         search_rows = base.rows[cells.split["search"][base.rows]]
         fit_values = cells.values["fit"]
         warm = _WarmStart(self.warm[bench], b, rep.metric, self.space) if bench in self.warm else None
@@ -424,14 +431,14 @@ def _best_on(reports: Sequence[Any], names: Sequence[str]) -> str:
 def recommend(
     rows: Sequence[Mapping[str, Any]],
     *,
-    methods: Sequence[str] = (MEASURED, *FITTED),
+    methods: Sequence[str] = (MEASURED, IN_CONTEXT, *FITTED),
     exclude: Sequence[str] = (),
 ) -> tuple[tuple[int, str], ...]:
     """What to use for a network *not* among the study's, by budget: steps (from k, method).
 
     At each studied k (one every network reached), the method with the highest held-out rho
     averaged over draws and then over the networks (leaving out `exclude`); a zero-budget
-    method (`layer-kl`) competes at every k with its own rho, and a tie goes to the method
+    method (`layer-kl`, `layer-kl-mid`) competes at every k with its own rho, and a tie goes to the method
     named first. This maximizes the expected rho of a network drawn like the study's. `--proxy
     auto` ships this rule on the zoo's frontier (emq.allocation.auto.RULE);
     benchmarks/auto_acceptance.py recomputes it with each network left out."""

@@ -20,7 +20,7 @@ from emq.errors import EmqError
 from emq.frontier import recommend
 from emq.quant import PTQSettings
 from emq.search_space.stats import StatsSettings
-from emq.sensitivity import measure_sensitivity
+from emq.sensitivity import in_context, measure_sensitivity
 from emq.specs import oriented
 from emq.supervised import ALPHAS, OneHotRidge
 from emq.target import Target
@@ -39,13 +39,15 @@ def allocator(setup, tmp_path, monkeypatch):  # noqa: F811
     return Allocator(Target("toy", net, lm, data), PTQ)
 
 
-def test_zero_evaluations_allocate_with_the_measured_sensitivity(allocator):
+@pytest.mark.parametrize("strategy,settings", [("layer-kl", None), ("layer-kl-mid", in_context(BITS))])
+def test_zero_evaluations_allocate_with_the_measured_sensitivity(allocator, strategy, settings):
     problem = allocator.problem({"avg-bits": 3.0}, bits_allowed=BITS)
-    alloc = allocator.allocate(AutoProxy(0), problem, evaluate=True)
-    sens = measure_sensitivity(allocator.target, bits=BITS, ptq=PTQ)  # the cached measurement
-    np.testing.assert_array_equal(allocator.table(AutoProxy(0), BITS), -sens.table("kl"))
-    assert alloc.proxy_setup["strategy"] == "layer-kl" and alloc.proxy_setup["evaluations"] == 0
-    assert alloc.kl is not None and "auto chose layer-kl" in alloc.summary()
+    auto = AutoProxy(0, rule=[(0, strategy), (50, "ridge-proxies")])
+    alloc = allocator.allocate(auto, problem, evaluate=True)
+    sens = measure_sensitivity(allocator.target, bits=BITS, ptq=PTQ, settings=settings)  # the cached measurement
+    np.testing.assert_array_equal(allocator.table(auto, BITS), -sens.table("kl"))
+    assert alloc.proxy_setup["strategy"] == strategy and alloc.proxy_setup["evaluations"] == 0
+    assert alloc.kl is not None and f"auto chose {strategy}" in alloc.summary()
 
 
 def test_the_shipped_rule_is_the_recommendation_of_the_zoo_frontier():

@@ -47,9 +47,10 @@ def test_every_network_has_zero_budget_choices_fitted_curves_and_a_choice_made_o
     for bench in BENCHES:
         net = study.networks[bench]
         other = next(b for b in BENCHES if b != bench)
-        assert net["choice"] in (net["fixed"], "layer-kl") and net["fixed"] != "layer-kl"
+        measured = ("layer-kl", "layer-kl-mid")
+        assert net["choice"] in (net["fixed"], *measured) and net["fixed"] not in measured
         methods = {r["method"] for r in study.rows if r["bench"] == bench}
-        assert {net["fixed"], "layer-kl", "ridge-onehot", "ridge-proxies"} <= methods
+        assert {net["fixed"], *measured, "ridge-onehot", "ridge-proxies"} <= methods
         ks = {r["k"] for r in study.rows if r["bench"] == bench and r["method"] == "ridge-onehot"}
         assert ks == {10, 40}
         assert all(r["paired"]["baseline"] == net["choice"] for r in study.rows if r["bench"] == bench and r["paired"])

@@ -34,7 +34,8 @@ from ..specs import ParameterError
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("layer-kl", "ridge-proxies", "ridge-onehot")
+STRATEGIES = ("layer-kl", "layer-kl-mid", "ridge-proxies", "ridge-onehot")
+MEASURED = ("layer-kl", "layer-kl-mid")  # strategies that measure no configuration: a measured sensitivity
 # emq.frontier.recommend on benchmarks/results/frontier_zoo (tests/test_auto.py checks it)
 RULE: tuple[tuple[int, str], ...] = ((0, "layer-kl"), (50, "ridge-proxies"), (200, "ridge-onehot"))
 NAME = "auto"
@@ -97,12 +98,12 @@ class AutoProxy(SeparableProxy):
 
     def table(self, ctx: ProxyContext) -> np.ndarray:
         t0 = time.perf_counter()
-        if self.strategy == "layer-kl":
-            from ..sensitivity import context_sensitivity
+        if self.strategy in MEASURED:
+            from ..sensitivity import context_sensitivity, in_context
 
-            sens = context_sensitivity(ctx)
+            sens = context_sensitivity(ctx, in_context(ctx.bits) if self.strategy == "layer-kl-mid" else None)
             self._setup = {
-                "strategy": "layer-kl",
+                "strategy": self.strategy,
                 "why": self._why(),
                 "evaluations": 0,
                 "single_slot_evaluations": sens.meta.get("single_slot_evaluations"),
