@@ -273,9 +273,10 @@ def test_cli_default_model(tmp_path, capsys):
     assert set(doc["seconds"]) >= {"gradients_activations", "hessian_trace_diag", "hessian_eig", "weight_noise"}
     saved = load_stats(out)
     assert saved.names == [layer.name for layer in lm.layers] and saved.layer_slot == lm.layer_slot
-    assert main(args) == 0
+    assert main([*args, "--sensitivity-in-context"]) == 0  # the statistics from the cache, then the measurement
     text = capsys.readouterr().out
     assert "layer3.0.downsample.0" in text and "loaded from cache" in text
+    assert "one slot at b bits, the others at 3;" in text and "single-slot evaluations" in text
     assert main(["stats", "--bits-allowed", "2,12", "--no-cache"]) == 2
 
 

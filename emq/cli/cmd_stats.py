@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -113,8 +114,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
     )
-    measured = _sensitivity(args, ns, None) if args.sensitivity else None
-    mid = _sensitivity(args, ns, in_context(ns.bits)) if args.sensitivity_in_context else None
+    measured = _sensitivity(args, settings, ns, None) if args.sensitivity else None
+    mid = _sensitivity(args, settings, ns, in_context(ns.bits)) if args.sensitivity_in_context else None
     if args.out:
         save_stats(ns, args.out)
     summary = summarize(ns)
@@ -169,15 +170,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sensitivity(args: argparse.Namespace, ns, settings):
+def _sensitivity(args: argparse.Namespace, stats_settings: StatsSettings, ns, settings):
     """The measured sensitivity (with `settings`; None: the default ones) of the same model and data at the
-    statistics' bits, attached to `ns`."""
+    statistics' bits, under PTQ with the statistics' quantization (--act-bits, --symmetric) and otherwise
+    default settings, attached to `ns`."""
     from ..api import PTQSettings, attach_sensitivity, measure_sensitivity, resolve_target  # lazily: torch-heavy
 
     target = resolve_target(
         args.model, data=args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size
     )
-    ptq = PTQSettings(act_bits=args.act_bits, weight_symmetric=args.symmetric)
+    quant = stats_settings.quant_spec()
+    ptq = PTQSettings(**{f.name: getattr(quant, f.name) for f in dataclasses.fields(quant)})
     sens = measure_sensitivity(
         target,
         bits=ns.bits,
