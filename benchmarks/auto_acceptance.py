@@ -16,7 +16,11 @@ on fit-pool images only, so the report pool judges them on images they never saw
 already in the output JSON is not redone (a killed run resumes).
 
     python benchmarks/auto_acceptance.py [--benches A,B] [--budget 3.0] [--evaluations 100]
-                                        [--out benchmarks/results/auto_acceptance.json]
+                                        [--out benchmarks/results/auto_acceptance.json] [--methods A,B]
+
+`--methods layer-kl,layer-kl-mid,ridge-onehot,ridge-proxies` checks the rule with the in-context
+sensitivity among the candidates (benchmarks/results/auto_acceptance_mid.json): that rule picks
+`layer-kl-mid` at every budget up to 200, so "auto (K = 100)" there is `layer-kl-mid` itself.
 
 Needs only emq's core dependencies (no extra).
 """
@@ -82,7 +86,7 @@ def _paired(kl_a: np.ndarray, kl_b: np.ndarray, sources: np.ndarray) -> dict[str
 
 def network(bench_name: str, rows: list[dict[str, Any]], args: argparse.Namespace, store: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
-    rule = recommend(rows, exclude=[bench_name])
+    rule = recommend(rows, exclude=[bench_name], **({"methods": args.methods.split(",")} if args.methods else {}))
     bench = Bench.open(bench_name)
     setup = BenchSetup.of(bench)
     stats = setup.network_stats(progress=False)
@@ -151,6 +155,11 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=3.0)
     ap.add_argument("--evaluations", type=int, default=100)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/auto_acceptance.json"))
+    ap.add_argument(
+        "--methods",
+        default=None,
+        help="the rule's candidate strategies, comma-separated (default: emq.frontier.recommend's, as auto ships)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     frontier = json.loads(args.frontier.read_text())
@@ -158,6 +167,7 @@ def main() -> None:
     benches = args.benches.split(",") if args.benches else frontier["settings"]["benches"]
     doc = json.loads(args.out.read_text()) if args.out.is_file() else {}
     doc.setdefault("settings", {"budget_avg_bits": args.budget, "evaluations": args.evaluations})
+    doc["settings"].setdefault("methods", args.methods.split(",") if args.methods else None)
     doc.setdefault("networks", {})
     store = args.out.with_suffix("")  # auto's measured configurations, kept (and resumed)
     store.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from emq.fileio import atomic_write  # noqa: E402
 
+# colours of the extra reference proxies: none of the seed outcome colours (green, blue, red)
+ALSO_COLORS = ("tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
 PRETTY = {"fisher": "Fisher", "hawq-v2": "HAWQ-V2", "hawq-v1": "HAWQ-V1", "ompq": "OMPQ", "snip": "SNIP"}
 
 
@@ -88,7 +90,7 @@ def draw(study: dict, out: Path, also: tuple[str, ...] = ()) -> None:
                     fmt="D",
                     ms=5,
                     capsize=2,
-                    color=f"C{j + 1}",
+                    color=ALSO_COLORS[j % len(ALSO_COLORS)],
                 )
         if ref.get("ceiling") is not None:
             ax.hlines(ref["ceiling"], i - 0.42, i + 0.38, colors="0.6", linestyles=":", lw=1.2)
@@ -98,7 +100,10 @@ def draw(study: dict, out: Path, also: tuple[str, ...] = ()) -> None:
         plt.Line2D([], [], marker="o", ls="", color="tab:red", mfc="tab:red", label="evolved seed: worse"),
         plt.Line2D([], [], marker="s", ls="", color="0.35", label="best hand-made proxy of the bench"),
         plt.Line2D([], [], ls=":", color="0.6", label="bench ceiling"),
-    ] + [plt.Line2D([], [], marker="D", ls="", color=f"C{j + 1}", label=name) for j, name in enumerate(also)]
+    ] + [
+        plt.Line2D([], [], marker="D", ls="", color=ALSO_COLORS[j % len(ALSO_COLORS)], label=name)
+        for j, name in enumerate(also)
+    ]
     ax.legend(handles=handles, fontsize=7, loc="lower left", ncol=2, framealpha=0.9)
     ax.set_xticks(
         range(len(benches)),

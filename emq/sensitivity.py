@@ -703,6 +703,39 @@ def context_sensitivity(ctx: Any, settings: SensitivitySettings | None = None) -
     return hit
 
 
+_COST_KEYS = (
+    "seconds",
+    "rounding_seconds",
+    "ptq_evaluation_seconds",
+    "ptq_evaluation_test_images",
+    "ptq_equivalents",
+    "single_slot_evaluations",
+)
+
+
+def measurement_cost(ctx: Any, settings: SensitivitySettings | None = None) -> dict[str, Any]:
+    """What measuring a proxy context's tables with `settings` (default: the default ones) cost."""
+    m = context_sensitivity(ctx, settings).meta
+    return {k: m.get(k) for k in _COST_KEYS} | {
+        "images": m.get("images"),
+        "cache_hit": bool((m.get("cache") or {}).get("hit")),
+    }
+
+
+def measurements_cost(ctx: Any, terminals: Sequence[str]) -> dict[str, Any] | None:
+    """What every measurement a set of terminals reads cost, summed (a formula over MKL and MKLM pays for
+    both tables); None when they read none."""
+    costs = [measurement_cost(ctx, s) for s in measurements(terminals, ctx.bits)]
+    if not costs:
+        return None
+    summed = {k: None if any(c[k] is None for c in costs) else sum(c[k] for c in costs) for k in _COST_KEYS}
+    return summed | {
+        "images": max((c["images"] for c in costs if c["images"] is not None), default=None),
+        "cache_hit": all(c["cache_hit"] for c in costs),
+        "measurements": len(costs),
+    }
+
+
 def stored_sensitivity(
     stats: Any, bits: Sequence[int], ptq: PTQSettings, settings: SensitivitySettings | None = None
 ) -> Sensitivity | None:

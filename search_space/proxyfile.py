@@ -23,7 +23,7 @@ import torch
 from emq.errors import EmqError
 from emq.fileio import atomic_write_text
 from emq.proxy import ProxyContext, SeparableProxy
-from emq.sensitivity import ensure_measured, missing_measurements, uses_measured
+from emq.sensitivity import ensure_measured, measurements_cost, missing_measurements, uses_measured
 from emq.specs import ParameterError
 
 from .evaluate import TableEvaluator, Token, tree_terminals
@@ -99,6 +99,11 @@ class EvolvedProxy(SeparableProxy):
         if not self.needs_data:
             return False
         return bool(missing_measurements(ctx.stats, ctx.settings, tree_terminals(self.tokens)))
+
+    def setup_cost(self, ctx: ProxyContext) -> dict[str, Any] | None:
+        """The measured sensitivity the tree reads is this proxy's own cost on a network (every table it reads,
+        summed); statistics are shared, so a statistics-only tree has none."""
+        return measurements_cost(ctx, tree_terminals(self.tokens)) if self.needs_data else None
 
     def stats_table(self, stats: Any) -> torch.Tensor:
         """P[S, B] in the statistics' own bit order."""

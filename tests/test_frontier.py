@@ -99,6 +99,21 @@ def test_frontier_needs_two_benches(tmp_path, capsys):
     assert "benches" in capsys.readouterr().err
 
 
+def test_an_evolved_proxy_over_the_measured_tables_costs_the_statistics_and_both_measurements(tmp_path):
+    """On a network without a bench, a formula over MKL and MKLM costs the statistics plus the single-slot runs
+    of both tables (layer-kl's and layer-kl-mid's), not the statistics alone."""
+    from emq.search_space.proxyfile import EvolvedProxy, save_proxy
+
+    path = save_proxy(EvolvedProxy([("p", "add_s"), ("t", "MKLM"), ("t", "MKL")], -1, name="both"), tmp_path / "p.json")
+    study = FrontierStudy(
+        BENCHES, budgets=(0,), draws=1, evolved={"vgg-digits": path}, whole_config=False, resamples=100
+    ).run()
+    cost = {r["method"]: r["cost_ptq_evals"] for r in study.rows if r["bench"] == "vgg-digits" and r["k"] == 0}
+    fixed = study.networks["vgg-digits"]["fixed"]
+    assert cost["layer-kl"] > 0 and cost["layer-kl-mid"] > 0
+    assert cost["evolved"] == pytest.approx(cost[fixed] + cost["layer-kl"] + cost["layer-kl-mid"])
+
+
 def test_a_warm_started_point_is_a_short_campaign_seeded_with_the_other_networks_hall_of_fame(tmp_path):
     """evolved-warm, recomputed: a campaign on vgg-digits (never on mobilenetv2-digits) gives the
     hall of fame; a short campaign seeded with it on k drawn search configurations' fit-pool

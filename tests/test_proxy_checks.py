@@ -182,6 +182,24 @@ def test_a_measured_evolved_proxy_measures_under_the_contexts_settings_and_leave
     assert set(stats.meta) == keys
 
 
+def test_an_evolved_proxy_costs_every_measured_table_it_reads(setting):
+    """A tree over MKL and MKLM pays for both measurements (the single-slot runs of layer-kl and of
+    layer-kl-mid, summed); one over MKL for layer-kl's alone; a statistics-only tree costs nothing of its own."""
+    from emq.search_space.proxyfile import EvolvedProxy
+
+    target, stats = setting
+    ctx = ProxyContext(target, BITS, PTQSettings(calib_size=32), stats)
+    kl, mid = (get_proxy(n).setup_cost(ctx) for n in ("layer-kl", "layer-kl-mid"))
+    both = EvolvedProxy([("p", "add_s"), ("t", "MKLM"), ("t", "MKL")], -1).setup_cost(ctx)
+    assert both["measurements"] == 2
+    for key in ("ptq_equivalents", "single_slot_evaluations", "seconds"):
+        assert both[key] == pytest.approx(kl[key] + mid[key]) and kl[key] > 0 and mid[key] > 0
+    one = EvolvedProxy([("p", "sqrt_s"), ("t", "MKL")], -1).setup_cost(ctx)
+    assert one["measurements"] == 1 and one["ptq_equivalents"] == pytest.approx(kl["ptq_equivalents"])
+    assert EvolvedProxy([("p", "l1_w"), ("t", "W")], 1).setup_cost(ctx) is None
+    assert get_proxy("emq-zoo").setup_cost(ctx)["ptq_equivalents"] == pytest.approx(both["ptq_equivalents"])
+
+
 def test_variants_are_labelled_and_never_faithful():
     """A variant of a published method keeps its own name, says so, and is never picked as
     the best hand-made proxy (emq.ranking compares against faithful proxies only)."""

@@ -20,7 +20,14 @@ import numpy as np
 
 from ..proxy import ProxyContext, SeparableProxy
 from ..quant import PTQSettings
-from ..sensitivity import SensitivitySettings, context_key, context_sensitivity, in_context, stored_sensitivity
+from ..sensitivity import (
+    SensitivitySettings,
+    context_key,
+    context_sensitivity,
+    in_context,
+    measurement_cost,
+    stored_sensitivity,
+)
 from .registry import register_proxy
 
 COST = "one single-slot PTQ run per (slot, bit) on calibration images (prefix reused)"
@@ -53,17 +60,6 @@ class _MeasuredProxy(SeparableProxy):
 
     def setup_cost(self, ctx: ProxyContext) -> dict[str, Any]:
         return measurement_cost(ctx, self.measurement(ctx))
-
-
-def measurement_cost(ctx: ProxyContext, settings: SensitivitySettings | None = None) -> dict[str, Any]:
-    """What measuring the tables with `settings` (default: the default ones) cost."""
-    m = context_sensitivity(ctx, settings).meta
-    keys = ("seconds", "rounding_seconds", "ptq_evaluation_seconds", "ptq_evaluation_test_images", "ptq_equivalents")
-    keys += ("single_slot_evaluations",)
-    return {k: m.get(k) for k in keys} | {
-        "images": m.get("images"),
-        "cache_hit": bool((m.get("cache") or {}).get("hit")),
-    }
 
 
 @register_proxy

@@ -5,18 +5,16 @@ three tasks), in the measured space (statistics and the measured per-layer sensi
 transfer study's campaign settings; emq/assets/emq-zoo.json holds the tree and its provenance (the
 benches, the command, the in-sample fitness). Its numbers on those benches are in-sample: how well
 this procedure ranks a network it never saw is what the leave-one-network-out study over the same
-zoo measures (docs/figures.md). It reads the measured sensitivity, so on a new network it costs what
-`layer-kl` costs: one single-slot PTQ run per (slot, bit), bundled for the shipped benches.
+zoo measures (docs/figures.md). It reads the measured sensitivity, so on a new network it costs the
+single-slot PTQ runs of every table it reads (`layer-kl`'s and, in context, `layer-kl-mid`'s), bundled for the
+shipped benches.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..proxy import ProxyContext
 from ..resources import asset_path
 from ..search_space.proxyfile import EvolvedProxy, load_proxy
-from .measured import COST, measurement_cost
+from .measured import COST
 from .registry import register_proxy
 
 _SHIPPED = load_proxy(asset_path("emq-zoo.json"))
@@ -30,7 +28,7 @@ class EmqZoo(EvolvedProxy):
     description = (
         f"evolved on the 14 zoo benches (13 networks, 3 tasks; emq/assets/emq-zoo.json): {_SHIPPED.expression}"
     )
-    cost = f"statistics and the measured sensitivity: {COST}" if _MEASURED else "statistics only"
+    cost = f"statistics and the measured sensitivity of each table it reads: {COST}" if _MEASURED else "statistics only"
     needs_data = _MEASURED
 
     def __init__(self) -> None:
@@ -42,6 +40,3 @@ class EmqZoo(EvolvedProxy):
             meta=_SHIPPED.meta,
         )
         self.description, self.cost = type(self).description, type(self).cost
-
-    def setup_cost(self, ctx: ProxyContext) -> dict[str, Any] | None:
-        return measurement_cost(ctx) if _MEASURED else super().setup_cost(ctx)
