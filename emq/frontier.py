@@ -316,8 +316,8 @@ class FrontierStudy:
         evolved = next((p for p in rep.proxies if p.kind == "evolved"), None)
         if evolved is not None:
             methods.append("evolved")
-            own = (evolved.setup or {}).get("ptq_equivalents") or 0.0  # the measured tables its tree reads
-            add("evolved", evolved.scores[at_held], k=0, draw=0, cost=(stats_cost or 0.0) + own)
+            # its setup: the statistics and the measured tables its tree reads (emq.ranking)
+            add("evolved", evolved.scores[at_held], k=0, draw=0, cost=(evolved.setup or {}).get("ptq_equivalents"))
         features = np.stack(  # [rows, F], oriented: auto's features (emq.allocation.auto.feature_proxies)
             [p.scores for p in rep.proxies if p.kind == "separable" and p.name != IN_CONTEXT], axis=1
         )

@@ -507,9 +507,19 @@ def _statistics_cost(results: list[ProxyScore], instances: list[Proxy], stats: A
     if stats is None:
         return
     seconds = float(sum(stats.meta.get("seconds", {}).values()))
+    shared = {"seconds": seconds, "shared": "statistics", "ptq_equivalents": seconds / ref if ref else None}
     for r, proxy in zip(results, instances, strict=False):
         if r.setup is None and proxy.separable and proxy.cost != "free":
-            r.setup = {"seconds": seconds, "shared": "statistics", "ptq_equivalents": seconds / ref if ref else None}
+            r.setup = dict(shared)
+        elif r.setup is not None and getattr(proxy, "reads_statistics", False):  # an evolved tree over both
+            own = r.setup
+            r.setup = own | {
+                "seconds": (own.get("seconds") or 0.0) + seconds,
+                "statistics_seconds": seconds,
+                "ptq_equivalents": None
+                if own.get("ptq_equivalents") is None or shared["ptq_equivalents"] is None
+                else own["ptq_equivalents"] + shared["ptq_equivalents"],
+            }
 
 
 def paired_difference(report: ScoreReport, a: ProxyScore, b: ProxyScore) -> dict[str, Any] | None:

@@ -23,7 +23,13 @@ import torch
 from emq.errors import EmqError
 from emq.fileio import atomic_write_text
 from emq.proxy import ProxyContext, SeparableProxy
-from emq.sensitivity import ensure_measured, measurements_cost, missing_measurements, uses_measured
+from emq.sensitivity import (
+    ensure_measured,
+    measured_terminals,
+    measurements_cost,
+    missing_measurements,
+    uses_measured,
+)
 from emq.specs import ParameterError
 
 from .evaluate import TableEvaluator, Token, tree_terminals
@@ -87,8 +93,15 @@ class EvolvedProxy(SeparableProxy):
         self.description = f"evolved proxy {self.expression}"
         # a tree over a measured sensitivity (MKL, MDL, MNSR, MKLM) needs the network's data unless the statistics
         # carry it
-        self.needs_data = uses_measured(tree_terminals(self.tokens))
-        self.cost = "statistics and the measured sensitivity" if self.needs_data else "statistics only"
+        terminals = tree_terminals(self.tokens)
+        self.needs_data = uses_measured(terminals)
+        # whether the table reads the computed statistics too (their shared cost is then part of this proxy's)
+        self.reads_statistics = len(set(terminals) - set(measured_terminals(terminals))) > 0
+        self.cost = (
+            ("statistics and " if self.reads_statistics else "") + "the measured sensitivity"
+            if self.needs_data
+            else "statistics only"
+        )
 
     @property
     def key(self) -> str:
@@ -102,7 +115,8 @@ class EvolvedProxy(SeparableProxy):
 
     def setup_cost(self, ctx: ProxyContext) -> dict[str, Any] | None:
         """The measured sensitivity the tree reads is this proxy's own cost on a network (every table it reads,
-        summed); statistics are shared, so a statistics-only tree has none."""
+        summed; emq.ranking adds the shared statistics where `reads_statistics`); a statistics-only tree has none
+        of its own."""
         return measurements_cost(ctx, tree_terminals(self.tokens)) if self.needs_data else None
 
     def stats_table(self, stats: Any) -> torch.Tensor:

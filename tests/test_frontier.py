@@ -99,19 +99,27 @@ def test_frontier_needs_two_benches(tmp_path, capsys):
     assert "benches" in capsys.readouterr().err
 
 
-def test_an_evolved_proxy_over_the_measured_tables_costs_the_statistics_and_both_measurements(tmp_path):
-    """On a network without a bench, a formula over MKL and MKLM costs the statistics plus the single-slot runs
-    of both tables (layer-kl's and layer-kl-mid's), not the statistics alone."""
+@pytest.mark.parametrize(
+    "tokens,pays",
+    [
+        ([("p", "add_s"), ("t", "MKLM"), ("t", "MKL")], ("layer-kl", "layer-kl-mid")),
+        ([("p", "mul_s"), ("p", "l2_y"), ("t", "GY"), ("t", "MKL")], ("fixed", "layer-kl")),
+        ([("p", "l1_w"), ("t", "E")], ("fixed",)),
+    ],
+)
+def test_an_evolved_proxy_costs_what_its_tree_reads(tmp_path, tokens, pays):
+    """On a network without a bench, a formula costs the single-slot runs of every measured table it reads
+    (layer-kl's, layer-kl-mid's) and the statistics (what the fixed hand-made proxy costs) if it reads any."""
     from emq.search_space.proxyfile import EvolvedProxy, save_proxy
 
-    path = save_proxy(EvolvedProxy([("p", "add_s"), ("t", "MKLM"), ("t", "MKL")], -1, name="both"), tmp_path / "p.json")
+    path = save_proxy(EvolvedProxy(tokens, -1, name="tree"), tmp_path / "p.json")
     study = FrontierStudy(
         BENCHES, budgets=(0,), draws=1, evolved={"vgg-digits": path}, whole_config=False, resamples=100
     ).run()
     cost = {r["method"]: r["cost_ptq_evals"] for r in study.rows if r["bench"] == "vgg-digits" and r["k"] == 0}
-    fixed = study.networks["vgg-digits"]["fixed"]
-    assert cost["layer-kl"] > 0 and cost["layer-kl-mid"] > 0
-    assert cost["evolved"] == pytest.approx(cost[fixed] + cost["layer-kl"] + cost["layer-kl-mid"])
+    cost["fixed"] = cost[study.networks["vgg-digits"]["fixed"]]
+    assert all(cost[m] > 0 for m in ("fixed", "layer-kl", "layer-kl-mid"))
+    assert cost["evolved"] == pytest.approx(sum(cost[m] for m in pays))
 
 
 def test_a_warm_started_point_is_a_short_campaign_seeded_with_the_other_networks_hall_of_fame(tmp_path):

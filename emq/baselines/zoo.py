@@ -28,7 +28,7 @@ class EmqZoo(EvolvedProxy):
     description = (
         f"evolved on the 14 zoo benches (13 networks, 3 tasks; emq/assets/emq-zoo.json): {_SHIPPED.expression}"
     )
-    cost = f"statistics and the measured sensitivity of each table it reads: {COST}" if _MEASURED else "statistics only"
+    cost = f"{_SHIPPED.cost}, each table it reads: {COST}" if _MEASURED else _SHIPPED.cost
     needs_data = _MEASURED
 
     def __init__(self) -> None:
