@@ -20,7 +20,7 @@ already in the output JSON is not redone (a killed run resumes).
 
 `--methods layer-kl,layer-kl-mid,ridge-onehot,ridge-proxies` checks the rule with the in-context
 sensitivity among the candidates (benchmarks/results/auto_acceptance_mid.json): that rule picks
-`layer-kl-mid` at every budget up to 200, so "auto (K = 100)" there is `layer-kl-mid` itself.
+`layer-kl-mid` at every budget below 200, so "auto (K = 100)" there is `layer-kl-mid` itself.
 
 Needs only emq's core dependencies (no extra).
 """
@@ -167,7 +167,9 @@ def main() -> None:
     benches = args.benches.split(",") if args.benches else frontier["settings"]["benches"]
     doc = json.loads(args.out.read_text()) if args.out.is_file() else {}
     doc.setdefault("settings", {"budget_avg_bits": args.budget, "evaluations": args.evaluations})
-    doc["settings"].setdefault("methods", args.methods.split(",") if args.methods else None)
+    methods = args.methods.split(",") if args.methods else None
+    if doc["settings"].setdefault("methods", methods) != methods:
+        raise SystemExit(f"{args.out} was started with --methods {doc['settings']['methods']}: give the same, or --out")
     doc.setdefault("networks", {})
     store = args.out.with_suffix("")  # auto's measured configurations, kept (and resumed)
     store.mkdir(parents=True, exist_ok=True)

@@ -703,14 +703,8 @@ def context_sensitivity(ctx: Any, settings: SensitivitySettings | None = None) -
     return hit
 
 
-_COST_KEYS = (
-    "seconds",
-    "rounding_seconds",
-    "ptq_evaluation_seconds",
-    "ptq_evaluation_test_images",
-    "ptq_equivalents",
-    "single_slot_evaluations",
-)
+_ADDITIVE_COST_KEYS = ("seconds", "rounding_seconds", "ptq_equivalents", "single_slot_evaluations")
+_COST_KEYS = (*_ADDITIVE_COST_KEYS, "ptq_evaluation_seconds", "ptq_evaluation_test_images")  # the last two: the unit
 
 
 def measurement_cost(ctx: Any, settings: SensitivitySettings | None = None) -> dict[str, Any]:
@@ -728,12 +722,10 @@ def measurements_cost(ctx: Any, terminals: Sequence[str]) -> dict[str, Any] | No
     costs = [measurement_cost(ctx, s) for s in measurements(terminals, ctx.bits)]
     if not costs:
         return None
-    summed = {k: None if any(c[k] is None for c in costs) else sum(c[k] for c in costs) for k in _COST_KEYS}
-    return summed | {
-        "images": max((c["images"] for c in costs if c["images"] is not None), default=None),
-        "cache_hit": all(c["cache_hit"] for c in costs),
-        "measurements": len(costs),
-    }
+    summed = {k: None if any(c[k] is None for c in costs) else sum(c[k] for c in costs) for k in _ADDITIVE_COST_KEYS}
+    # the unit (one PTQ evaluation's seconds and test images) is the first measurement's
+    every = {"cache_hit": all(c["cache_hit"] for c in costs), "measurements": len(costs)}
+    return costs[0] | summed | every
 
 
 def stored_sensitivity(
@@ -839,7 +831,9 @@ __all__ = [
     "in_context",
     "measure_sensitivity",
     "measured_terminals",
+    "measurement_cost",
     "measurements",
+    "measurements_cost",
     "middle_bit",
     "missing_measurements",
     "split_half",

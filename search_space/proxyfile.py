@@ -95,7 +95,8 @@ class EvolvedProxy(SeparableProxy):
         # carry it
         terminals = tree_terminals(self.tokens)
         self.needs_data = uses_measured(terminals)
-        # whether the table reads the computed statistics too (their shared cost is then part of this proxy's)
+        # whether the table reads the computed statistics too (their shared cost is then part of this proxy's; the
+        # structural terminals, MACs or channels, count: emq computes them with the statistics)
         self.reads_statistics = len(set(terminals) - set(measured_terminals(terminals))) > 0
         self.cost = (
             ("statistics and " if self.reads_statistics else "") + "the measured sensitivity"

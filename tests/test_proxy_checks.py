@@ -194,6 +194,8 @@ def test_an_evolved_proxy_costs_every_measured_table_it_reads(setting):
     assert both["measurements"] == 2
     for key in ("ptq_equivalents", "single_slot_evaluations", "seconds"):
         assert both[key] == pytest.approx(kl[key] + mid[key]) and kl[key] > 0 and mid[key] > 0
+    for key in ("ptq_evaluation_seconds", "ptq_evaluation_test_images"):  # the unit, not summed
+        assert both[key] == kl[key]
     one = EvolvedProxy([("p", "sqrt_s"), ("t", "MKL")], -1).setup_cost(ctx)
     assert one["measurements"] == 1 and one["ptq_equivalents"] == pytest.approx(kl["ptq_equivalents"])
     assert EvolvedProxy([("p", "l1_w"), ("t", "W")], 1).setup_cost(ctx) is None

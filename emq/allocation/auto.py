@@ -2,8 +2,10 @@
 what the cost-quality frontier (emq.frontier, docs/figures.md) recommends for that budget.
 
 The rule (`RULE`) is fixed, read off the frontier of the 13 zoo networks (never off the user's
-network) by `emq.frontier.recommend`: at each budget, the method with the highest held-out rho
-averaged over those networks. Below 50 evaluations that is the measured per-slot sensitivity
+network) by `emq.frontier.recommend`: at each budget, the method among its default candidates with
+the highest held-out rho averaged over those networks (`layer-kl-mid` ranks higher but is not a
+candidate: its allocations failed the real-PTQ check, benchmarks/results/auto_acceptance_mid.json).
+Below 50 evaluations that is the measured per-slot sensitivity
 (`layer-kl`: L x B single-slot runs on calibration images, no configuration measured); from 50,
 ridge on the proxies' scores (every faithful statistics-only separable proxy and `layer-kl`)
 fitted on K measured configurations; from 200, ridge on one-hot (slot, bit) features. All are
