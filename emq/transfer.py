@@ -166,6 +166,7 @@ class TransferResult:
                     "seeds": len(cs),
                     "rho_mean": float(np.nanmean(rho)),
                     "rho_sd": float(np.nanstd(rho)),
+                    "cost_ptq_evals": _mean_cost([c.get("cost_ptq_evals") for c in cs]),
                     "intervals": [[c["low"], c["high"]] for c in cs],
                     "best_handmade": cs[0].get("best_handmade"),
                     "best_handmade_rho": cs[0].get("best_handmade_rho"),
@@ -190,6 +191,7 @@ class TransferResult:
             "seeds",
             "rho_mean",
             "rho_sd",
+            "cost_ptq_evals",
             "best_handmade",
             "best_handmade_rho",
             "paired_mean",
@@ -262,13 +264,14 @@ class TransferResult:
                     if not v
                     else f"{'/'.join(v['name'])} {v['rho']:.3f}{cost}: {v['better']} / {v['worse']} of {r['seeds']}"
                 )
-            fair.append([r["protocol"], r["train"], r["test"], f"{r['rho_mean']:.3f}", *cells])
+            own = "" if r.get("cost_ptq_evals") is None else f", {r['cost_ptq_evals']:.0f} evals"
+            fair.append([r["protocol"], r["train"], r["test"], f"{r['rho_mean']:.3f}{own}", *cells])
         lines += [
             "",
-            "the evolved proxy against each comparison (its ρ, its cost on the new network in PTQ-equivalent "
-            "evaluations; seeds whose paired interval lies above / below 0):",
+            "the evolved proxy against each comparison (each one's ρ and cost on the new network in "
+            "PTQ-equivalent evaluations; seeds whose paired interval lies above / below 0):",
             markdown_table(
-                ["protocol", "searched on", "reported on", "evolved ρ", *COMPARISONS],
+                ["protocol", "searched on", "reported on", "evolved ρ, cost", *COMPARISONS],
                 fair,
             ),
         ]
@@ -495,6 +498,7 @@ class TransferStudy:
                 mine = rep.proxies[0]
                 versus = _versus(rep, mine, refs, fixed)
                 row = _row(mine)
+                cost = _evolved_cost(r["proxy"], refs, fixed)
                 oracle = versus.get("oracle")
                 result.cells.append(
                     {
@@ -506,6 +510,7 @@ class TransferStudy:
                         "rho": row["rho"],
                         "low": row["low"],
                         "high": row["high"],
+                        "cost_ptq_evals": cost,
                         "within": test in c.train,
                         "paired": oracle["paired"] if oracle else None,
                         "best_handmade": refs["best_handmade"],
@@ -595,6 +600,28 @@ def _versus(rep: Any, mine: Any, refs: dict[str, Any], fixed: str | None) -> dic
             "paired": paired_difference(rep, mine, _stored_score(row)),
         }
     return out
+
+
+def _mean_cost(costs: Sequence[float | None]) -> float | None:
+    known = [c for c in costs if c is not None]
+    return float(np.mean(known)) if known else None
+
+
+def _evolved_cost(proxy: Any, refs: dict[str, Any], fixed: str | None) -> float | None:
+    """The evolved proxy's cost on the held-out network, in its references' unit: the measured tables its tree
+    reads (the `layer-kl` and `layer-kl-mid` rows' costs) and, where it reads a statistic, the statistics (the
+    fixed statistics-only proxy's row); None where one of those is unknown."""
+    from .search_space.evaluate import tree_terminals
+    from .search_space.primitives import MEASURED_MID_KEY, MEASURED_TERMINALS, raw_sources
+
+    by = {row["name"]: row.get("cost_ptq_evals") for row in refs["rows"]}
+    read = {r for t in tree_terminals(proxy.tokens) for r in raw_sources(t)}
+    keys = {MEASURED_TERMINALS[r] for r in read if r in MEASURED_TERMINALS}
+    parts = ["layer-kl-mid" if k == MEASURED_MID_KEY else "layer-kl" for k in sorted(keys)]
+    if proxy.reads_statistics:
+        parts.append(fixed)
+    costs = [by.get(name) if name else None for name in parts]
+    return None if any(c is None for c in costs) else float(sum(costs))
 
 
 def _versus_summary(cells: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:

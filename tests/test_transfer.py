@@ -142,8 +142,33 @@ def test_transfer_report_files_and_numbers(tmp_path, capsys):
         assert vs["ridge"]["paired"]["estimate"] == pytest.approx(cell["rho"] - ref["ridge"]["rho"], abs=1e-9)
         assert vs["ridge"]["cost_ptq_evals"] == int((~Bench.open(cell["test"]).heldout).sum())  # fitted on them
         assert vs["layer-kl"]["cost_ptq_evals"] > 1  # tens of single-slot runs, in PTQ-equivalent evaluations
+        assert cell["cost_ptq_evals"] is None or cell["cost_ptq_evals"] > 0  # what the evolved proxy reads
     csv_head = (out / "transfer.csv").read_text().splitlines()[0]
-    assert "fixed_name" in csv_head and "layer-kl_better" in csv_head
+    assert "fixed_name" in csv_head and "layer-kl_better" in csv_head and "cost_ptq_evals" in csv_head
+
+
+@pytest.mark.parametrize(
+    "tokens,cost",
+    [
+        ([("p", "add_s"), ("t", "MKLM"), ("t", "MKL")], 7.0 + 10.0),
+        ([("p", "sqrt_s"), ("t", "MDL")], 7.0),
+        ([("p", "mul_s"), ("p", "l2_y"), ("t", "GY"), ("t", "MKL")], 60.0 + 7.0),
+        ([("p", "l1_w"), ("t", "E")], 60.0),
+    ],
+)
+def test_an_evolved_proxys_cost_on_the_new_network_is_what_its_tree_reads(tokens, cost):
+    """In a transfer cell the evolved proxy costs the references' rows of what it reads: layer-kl's table for
+    MKL / MDL / MNSR, layer-kl-mid's for MKLM, the statistics (the fixed statistics-only proxy's row) for any
+    other terminal; unknown when one of those rows has no cost."""
+    from emq.search_space.proxyfile import EvolvedProxy
+    from emq.transfer import _evolved_cost
+
+    rows = [{"name": "layer-kl", "cost_ptq_evals": 7.0}, {"name": "layer-kl-mid", "cost_ptq_evals": 10.0}]
+    refs = {"rows": [*rows, {"name": "fisher", "cost_ptq_evals": 60.0}]}
+    proxy = EvolvedProxy(tokens, -1)
+    assert _evolved_cost(proxy, refs, "fisher") == pytest.approx(cost)
+    unknown = {"rows": [{**r, "cost_ptq_evals": None} for r in refs["rows"]]}
+    assert _evolved_cost(proxy, unknown, "fisher") is None
 
 
 def test_the_measured_space_seeds_the_measured_forms_and_fixed_stays_statistics_only(tmp_path):
