@@ -86,7 +86,7 @@ def _paired(kl_a: np.ndarray, kl_b: np.ndarray, sources: np.ndarray) -> dict[str
 
 def network(bench_name: str, rows: list[dict[str, Any]], args: argparse.Namespace, store: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
-    rule = recommend(rows, exclude=[bench_name], **({"methods": args.methods.split(",")} if args.methods else {}))
+    rule = recommend(rows, exclude=[bench_name], **({"methods": args.methods} if args.methods else {}))
     bench = Bench.open(bench_name)
     setup = BenchSetup.of(bench)
     stats = setup.network_stats(progress=False)
@@ -167,8 +167,8 @@ def main() -> None:
     benches = args.benches.split(",") if args.benches else frontier["settings"]["benches"]
     doc = json.loads(args.out.read_text()) if args.out.is_file() else {}
     doc.setdefault("settings", {"budget_avg_bits": args.budget, "evaluations": args.evaluations})
-    methods = args.methods.split(",") if args.methods else None
-    if doc["settings"].setdefault("methods", methods) != methods:
+    args.methods = args.methods.split(",") if args.methods else None
+    if doc["settings"].setdefault("methods", args.methods) != args.methods:
         raise SystemExit(f"{args.out} was started with --methods {doc['settings']['methods']}: give the same, or --out")
     doc.setdefault("networks", {})
     store = args.out.with_suffix("")  # auto's measured configurations, kept (and resumed)

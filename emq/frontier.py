@@ -383,21 +383,18 @@ class _WarmStart:
         """`campaign`: the run directory (or checkpoint) whose hall of fame seeds the campaigns."""
         from emq.search_space.pset import make_space
 
+        from .baselines.measured import table_proxies
         from .bench_setup import BenchSetup
         from .evolution.checkpoint import hall_of_fame
-        from .sensitivity import SensitivitySettings, ensure_measured, measurements, uses_measured
+        from .sensitivity import ensure_measured
 
         self.bench, self.metric = bench, metric
         self.trees = hall_of_fame(campaign / "checkpoint.npz" if campaign.is_dir() else campaign)
         self.space = space or make_space()
         setup = BenchSetup.of(bench)
         self.stats = setup.network_stats(progress=False)
-        self.measured = uses_measured(self.space.terminals)
-        self.reads = [  # the measured proxies whose tables the space's terminals read (their cost is the campaign's)
-            MEASURED if m == SensitivitySettings() else IN_CONTEXT
-            for m in measurements(self.space.terminals, bench.bits)
-        ]
-        if self.measured:
+        self.reads = table_proxies(self.space.terminals)  # measured tables the campaigns read (and pay for)
+        if self.reads:
             self.stats = ensure_measured(self.stats, setup.target, setup.ptq, terminals=self.space.terminals)
         self.raw = bench.pool_metric(metric, "fit" if bench.pools is not None else "all")
 

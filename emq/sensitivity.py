@@ -776,11 +776,16 @@ def attach_sensitivity(stats: Any, sens: Sensitivity) -> Any:
     return stats
 
 
-def measurements(terminals: Sequence[str], bits: Sequence[int]) -> list[SensitivitySettings]:
-    """The measurements a set of terminals reads, as settings (default first; none for statistics-only ones)."""
+def measured_keys(terminals: Sequence[str]) -> set[str]:
+    """The statistics' meta keys of the measurements a set of terminals reads (none for statistics-only ones)."""
     from .search_space.primitives import MEASURED_TERMINALS, raw_sources
 
-    read = {MEASURED_TERMINALS[r] for t in terminals for r in raw_sources(t) if r in MEASURED_TERMINALS}
+    return {MEASURED_TERMINALS[r] for t in terminals for r in raw_sources(t) if r in MEASURED_TERMINALS}
+
+
+def measurements(terminals: Sequence[str], bits: Sequence[int]) -> list[SensitivitySettings]:
+    """The measurements a set of terminals reads, as settings (default first; none for statistics-only ones)."""
+    read = measured_keys(terminals)
     return [v for k, v in _stats_keys(bits).items() if k in read]
 
 
@@ -830,6 +835,7 @@ __all__ = [
     "ensure_measured",
     "in_context",
     "measure_sensitivity",
+    "measured_keys",
     "measured_terminals",
     "measurement_cost",
     "measurements",

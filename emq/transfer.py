@@ -615,13 +615,11 @@ def _evolved_cost(proxy: Any, refs: dict[str, Any], fixed: str | None) -> float 
     """The evolved proxy's cost on the held-out network, in its references' unit: the measured tables its tree
     reads (the `layer-kl` and `layer-kl-mid` rows' costs) and, where it reads a statistic, the statistics (the
     fixed statistics-only proxy's row); None where one of those is unknown."""
+    from .baselines.measured import table_proxies
     from .search_space.evaluate import tree_terminals
-    from .search_space.primitives import MEASURED_MID_KEY, MEASURED_TERMINALS, raw_sources
 
     by = {row["name"]: row.get("cost_ptq_evals") for row in refs["rows"]}
-    read = {r for t in tree_terminals(proxy.tokens) for r in raw_sources(t)}
-    keys = {MEASURED_TERMINALS[r] for r in read if r in MEASURED_TERMINALS}
-    parts = ["layer-kl-mid" if k == MEASURED_MID_KEY else "layer-kl" for k in sorted(keys)]
+    parts = table_proxies(tree_terminals(proxy.tokens))
     if proxy.reads_statistics:
         parts.append(fixed)
     costs = [by.get(name) if name else None for name in parts]

@@ -14,6 +14,7 @@ neighbours, whose errors do not add up the way a low-bit configuration's do.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from ..sensitivity import (
     context_key,
     context_sensitivity,
     in_context,
+    measured_keys,
     measurement_cost,
     stored_sensitivity,
 )
@@ -107,3 +109,12 @@ class LayerKLMid(_MeasuredProxy):
 
     def measurement(self, ctx: ProxyContext) -> SensitivitySettings:
         return in_context(ctx.bits)
+
+
+def table_proxies(terminals: Sequence[str]) -> list[str]:
+    """The measured proxies whose tables a set of terminals reads (`layer-kl` for MKL, MDL and MNSR,
+    `layer-kl-mid` for MKLM): what a formula over them costs on a network, in those proxies' own costs."""
+    from ..search_space.primitives import MEASURED_KEY, MEASURED_MID_KEY
+
+    read = measured_keys(terminals)
+    return [name for key, name in ((MEASURED_KEY, LayerKL.name), (MEASURED_MID_KEY, LayerKLMid.name)) if key in read]
