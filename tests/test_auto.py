@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import RidgeCV
 from sklearn.preprocessing import StandardScaler
+from test_sensitivity import setup  # noqa: F401  (the trained toy residual net and its data)
 
 from emq.allocation.allocator import Allocator
 from emq.allocation.auto import RULE, AutoProxy, feature_proxies
@@ -24,7 +25,6 @@ from emq.sensitivity import in_context, measure_sensitivity
 from emq.specs import oriented
 from emq.supervised import ALPHAS, OneHotRidge
 from emq.target import Target
-from tests.test_sensitivity import setup  # noqa: F401  (the trained toy residual net and its data)
 
 ROOT = Path(__file__).resolve().parents[1]
 FEW_PROBES = {"hessian_images": 16, "hessian_batch_size": 16, "hessian_min_probes": 4, "hessian_max_probes": 8}

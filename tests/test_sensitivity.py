@@ -359,7 +359,7 @@ def test_layer_kl_mid_is_the_measurement_with_every_other_slot_at_the_middle_bit
 
 
 def test_terminals_sum_into_the_measured_table(setup, tmp_path):
-    from tests.conftest import real_stats
+    from conftest import real_stats
 
     net, lm, data = setup
     ptq = PTQSettings(calib_size=40, batch_size=32)
@@ -380,9 +380,10 @@ def test_the_in_context_terminal_reads_its_own_measurement_and_only_what_a_space
 ):
     """MKLM is layer-kl-mid's table (the other slots at the middle bit), kept beside the 8-bit one; a space
     reading only MKL gets only that measurement, one reading MKLM only the in-context one."""
+    from conftest import real_stats
+
     from emq.search_space.primitives import MEASURED_MID_KEY
     from emq.search_space.terminals import available_terminals
-    from tests.conftest import real_stats
 
     net, lm, data = setup
     monkeypatch.setenv("EMQ_CACHE_DIR", str(tmp_path))
@@ -470,7 +471,7 @@ def test_score_table_shows_each_proxys_one_off_cost():
 def test_statistics_carrying_the_measurement_score_layer_kl_without_data(setup, tmp_path, monkeypatch):
     """A bundle's statistics carry the tables (attach_sensitivity): layer-kl then needs no data and
     gives the measured table; other PTQ settings or measurement settings are not taken from them."""
-    from tests.conftest import real_stats
+    from conftest import real_stats
 
     net, lm, data = setup
     ptq = PTQSettings(calib_size=40, batch_size=32)
