@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from emq.allocation import Allocator
-from emq.allocation.auto import AutoProxy
+from emq.allocation.auto import STRATEGIES, AutoProxy
 from emq.baselines import get_proxy
 from emq.bench import Bench
 from emq.bench_setup import BenchSetup
@@ -168,8 +168,12 @@ def main() -> None:
     doc = json.loads(args.out.read_text()) if args.out.is_file() else {}
     doc.setdefault("settings", {"budget_avg_bits": args.budget, "evaluations": args.evaluations})
     args.methods = args.methods.split(",") if args.methods else None
+    unknown = sorted(set(args.methods or ()) - set(STRATEGIES))
+    if unknown:
+        ap.error(f"--methods {','.join(unknown)}: not a strategy of auto; choose among {', '.join(STRATEGIES)}")
     if doc["settings"].setdefault("methods", args.methods) != args.methods:
-        raise SystemExit(f"{args.out} was started with --methods {doc['settings']['methods']}: give the same, or --out")
+        started = doc["settings"]["methods"]
+        ap.error(f"--methods: {args.out} was started with {started}; give the same, or another --out")
     doc.setdefault("networks", {})
     store = args.out.with_suffix("")  # auto's measured configurations, kept (and resumed)
     store.mkdir(parents=True, exist_ok=True)
