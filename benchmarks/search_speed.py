@@ -7,8 +7,9 @@ all of them, a candidate scored on every one), in the same run:
    Spearman correlation over every search configuration;
 2. screened path: the same candidates through compatibility screening (static + probe), on
    all benches at once (what a campaign's evaluator does);
-3. the reference: the screened path recomputing every subtree (no subtree memo) with glibc's
-   allocator as it is (emq.allocator), as before both, timed first; and how far its fitness
+3. the reference: the screened path applying a tree op by op (no fused reductions) and
+   recomputing every subtree (no subtree memo) with glibc's
+   allocator as it is (emq.allocator), as before all three, timed first; and how far its fitness
    is from the fast path's (Spearman of the per-bench rhos over up to --agreement random
    valid candidates, target >= 0.999; the max absolute difference);
 4. a real campaign (generations x population) over all the benches, with screening and the
@@ -56,16 +57,19 @@ from emq.search_space.terminals import DEFAULT_ACT_SAMPLES
 
 @contextmanager
 def _reference() -> Iterator[None]:
-    """Evaluators built inside recompute every subtree (no memo) and leave glibc's allocator as it is:
-    the path before both. The allocator setting is process-wide and cannot be undone, so every
-    reference timing runs before the first fast evaluator is built."""
+    """Evaluators built inside recompute every subtree (no memo), apply a tree op by op (no fused
+    reductions) and leave glibc's allocator as it is: the path before all three. The allocator
+    setting is process-wide and cannot be undone, so every reference timing runs before the first fast
+    evaluator is built."""
     kept, evaluate.MEMO_ENTRIES = evaluate.MEMO_ENTRIES, 0
+    fused, evaluate.FUSED = evaluate.FUSED, False
     keep = evaluator.keep_freed_memory
     evaluator.keep_freed_memory = lambda: False
     try:
         yield
     finally:
         evaluate.MEMO_ENTRIES = kept
+        evaluate.FUSED = fused
         evaluator.keep_freed_memory = keep
 
 

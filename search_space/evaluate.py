@@ -18,17 +18,19 @@ degenerate trees, never for a fitness or a table.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
+from . import fused
 from .netstats import NetworkStats
 from .primitives import EPS, PRIMITIVES, TERMINALS, PrimSpec, Scalar
 from .terminals import DEFAULT_ACT_SAMPLES, Packed, Segments, available_terminals, layer_terminal, pack
 
 Token = tuple[str, object]
 MEMO_ENTRIES = 8192  # scalar subtree values kept per pack (TableEvaluator): 4 MB for 22 layers x 3 bits
+FUSED = True  # reductions run by the compiled kernel (fused.py) on the CPU in float64; False: op by op
 
 
 def _segsum(x: torch.Tensor, sg: Segments) -> torch.Tensor:
@@ -175,6 +177,54 @@ def subtree_ends(tokens: Sequence[Token], prims: dict[str, PrimSpec]) -> list[in
     return ends
 
 
+class _FusedPack:
+    """One pack's terminals as the fused kernel reads them, and the programs compiled on it (fused.py)."""
+
+    PROGRAMS = 16384  # compiled reductions kept per terminal layout (a few hundred bytes each)
+    _programs: dict[tuple, dict[tuple[Token, ...], fused.Program | None]] = {}  # shared by packs of one layout
+
+    def __init__(self, pk: Packed) -> None:
+        self.pk = pk
+        names = [n for n, spec in TERMINALS.items() if n in pk.values and spec.type is not Scalar]
+        self.index = {n: k for k, n in enumerate(names)}
+        self.rows = {n: int(pk.values[n].shape[0]) for n in names}
+        self.terms = fused.terminal_list([pk.values[n].numpy() for n in names])
+        layout = (tuple(names), tuple(self.rows.values()), pk.num_bits)
+        self.programs = self._programs.setdefault(layout, {})
+
+    def program(
+        self,
+        toks: tuple[Token, ...],
+        i: int,
+        ends: list[int],
+        prims: dict[str, PrimSpec],
+        value: Callable[[int], torch.Tensor],
+    ) -> fused.Program | None:
+        """The compiled reduction at token i (None: not a reduction, or not compiled)."""
+        kind, v = toks[i]
+        if kind != "p" or prims[str(v)].op.kind != "reduce":
+            return None
+        if self.pk.segments[prims[str(v)].in_types[0]].starts is None:  # segments the kernel cannot walk
+            return None
+        key = toks[i : ends[i]]
+        if key in self.programs:
+            return self.programs[key]
+        if len(self.programs) >= self.PROGRAMS:
+            self.programs.clear()
+        prog = fused.compile_reduction(toks, i, ends, prims, self.index, self.rows, lambda k: int(value(k).shape[0]))
+        self.programs[key] = prog
+        return prog
+
+    def run(self, prog: fused.Program, scalars: list[torch.Tensor], T: type) -> torch.Tensor:
+        """The reduction's packed value [Bk, L], `scalars` being its `scale` arguments' values."""
+        L = self.pk.num_layers
+        scal = np.empty((len(scalars), self.pk.num_bits, L))
+        for k, s in enumerate(scalars):
+            scal[k] = s.detach().numpy()  # [1 or B, L] broadcast to B rows
+        sg = self.pk.segments[T]
+        return torch.from_numpy(fused.run(prog, self.terms, scal, sg.starts, sg.lengths))
+
+
 class TableEvaluator:
     """Evaluates trees over one NetworkStats: full tables, slot tables and cheap probes. The values
     of scalar subtrees are kept (`_Memo`, `memo_entries` per pack, default MEMO_ENTRIES, 0 = none): a
@@ -191,6 +241,7 @@ class TableEvaluator:
         dtype: torch.dtype = torch.float64,
         probe_layers: int = 3,
         memo_entries: int | None = None,
+        fused_reductions: bool | None = None,
     ) -> None:
         self.stats = stats
         self.prims = prims or PRIMITIVES
@@ -213,6 +264,9 @@ class TableEvaluator:
             )
             for pk in (self.packed, self.probe_packed)
         }
+        fuse = FUSED if fused_reductions is None else fused_reductions
+        fuse = fuse and self.device.type == "cpu" and dtype == torch.float64
+        self._fused = {id(pk): _FusedPack(pk) for pk in (self.packed, self.probe_packed)} if fuse else {}
 
     def _value(self, tokens: Sequence[Token], pk: Packed) -> torch.Tensor:
         """The root's packed value [Bk, L], scalar subtrees taken from the memo where they are there."""
@@ -221,6 +275,7 @@ class TableEvaluator:
         memo = self._memos.get(id(pk))
         if memo is not None and len(toks) >= memo.entries:
             memo = None
+        fp = self._fused.get(id(pk))
 
         def value(i: int) -> torch.Tensor:
             kind, v = toks[i]
@@ -233,6 +288,8 @@ class TableEvaluator:
                 return out
             if kind == "c":
                 out = torch.full((1, pk.num_layers), float(v), device=self.device, dtype=self.dtype)
+            elif fp is not None and (prog := fp.program(toks, i, ends, self.prims, value)) is not None:
+                out = fp.run(prog, [value(i + k) for k in prog.scalars], self.prims[str(v)].in_types[0])
             else:
                 p = self.prims[str(v)]
                 args, j = [], i + 1
