@@ -54,3 +54,53 @@ def test_the_cli_flag_is_checked_and_its_count_not_left_behind(capsys):
     assert "--threads" in capsys.readouterr().err
     assert main(["layers", "--threads", "1"]) == 0
     assert torch.get_num_threads() == before
+
+
+def _blas_threads(_context=None, _task=None) -> int:
+    """The largest thread count of this process's BLAS pools (numpy's OpenBLAS)."""
+    from threadpoolctl import threadpool_info
+
+    return max((p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"), default=1)
+
+
+@pytest.fixture
+def two_blas_threads():
+    """BLAS at two threads while the test runs (its default on a 2-core machine), whatever ran before."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        if _blas_threads() < 2:
+            pytest.skip("this BLAS runs one thread at most")
+        yield
+
+
+def test_the_native_pools_are_capped_and_given_back(two_blas_threads):
+    caps = threads.cap_native_pools(1)
+    assert _blas_threads() == 1
+    caps.restore_original_limits()
+    assert _blas_threads() == 2
+
+
+def test_a_campaign_runs_its_native_pools_at_its_thread_count(two_blas_threads, tiny_setting, monkeypatch):
+    """A spinning OpenBLAS thread beside the campaign's own took the core of a second worker."""
+    from emq.evolution import ProxySearch, engine
+
+    stats, data, _ = tiny_setting
+    seen = []
+    evaluate = engine.evaluate_candidate
+    monkeypatch.setattr(
+        engine, "evaluate_candidate", lambda ctx, t: (seen.append(_blas_threads()), evaluate(ctx, t))[1]
+    )
+    ProxySearch(generations=1, population=6, random_state=0).fit(data, stats=stats)
+    assert seen and set(seen) == {1}
+    assert _blas_threads() == 2
+
+
+def test_process_workers_run_one_thread_per_native_pool(two_blas_threads):
+    from emq.executors import make_executor
+
+    ex = make_executor("process", workers=1)
+    try:
+        assert list(ex.map(_blas_threads, [0], context=None)) == [1]
+    finally:
+        ex.close()

@@ -44,6 +44,7 @@ from ..executors import Executor, make_executor
 from ..fitness import FitnessData
 from ..hashing import tensor_digest
 from ..specs import ParameterError, setting
+from ..threads import cap_native_pools
 from . import checkpoint
 from .dps import DPSConfig, diversity, pick_winners, select_survivors
 from .evaluator import (
@@ -396,6 +397,7 @@ class Campaign:
         executor = executor or make_executor("serial")
         threads = torch.get_num_threads()
         torch.set_num_threads(max(1, cfg.threads))
+        pools = cap_native_pools(max(1, cfg.threads))
         bar = tqdm(
             total=cfg.generations,
             initial=self.generation,
@@ -427,6 +429,7 @@ class Campaign:
         finally:
             bar.close()
             torch.set_num_threads(threads)
+            pools.restore_original_limits()
 
     # --- files ------------------------------------------------------------------------
     def _after_generation(self, ckpt: Path | None, force: bool) -> None:

@@ -1,9 +1,10 @@
 """A local pool of spawned worker processes.
 
 Spawn, not fork: forking a process whose torch thread pools are running can deadlock. Each
-worker runs one intra-op thread, so W workers share the cores instead of oversubscribing
-them. The context is sent once per worker (the pool's initializer); a new context restarts
-the pool, so a job that reuses one context pays the start-up once.
+worker runs one intra-op thread and one thread in every other native pool (OpenBLAS, OpenMP),
+so W workers share the cores instead of oversubscribing them. The context is sent once per
+worker (the pool's initializer); a new context restarts the pool, so a job that reuses one
+context pays the start-up once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..threads import cap_native_pools
 from . import Context, Executor, Task, register, run_task
 
 _CONTEXT: Any = None
@@ -23,6 +25,7 @@ _CONTEXT: Any = None
 def _init(context: Any) -> None:
     global _CONTEXT
     torch.set_num_threads(1)
+    cap_native_pools(1)
     _CONTEXT = context
 
 

@@ -116,7 +116,10 @@ class _Worker:
     def __init__(self) -> None:
         import torch
 
+        from ..threads import cap_native_pools
+
         torch.set_num_threads(1)  # one core per actor (its num_cpus), as in the process pool
+        cap_native_pools(1)
         self._key: str | None = None
         self._context: Any = None
 
