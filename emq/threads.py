@@ -21,7 +21,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from threadpoolctl import threadpool_limits
 
 log = logging.getLogger(__name__)
 
@@ -139,17 +142,17 @@ def set_threads(threads: int | None = None, since: CpuSample | None = None) -> i
     return n
 
 
-def cap_native_pools(threads: int) -> Any:
-    """Cap the native thread pools beside torch's intra-op one (numpy's OpenBLAS, OpenMP runtimes) at
-    `threads`, until the returned controller's `restore_original_limits()` (or the end of its `with`).
+def cap_native_pools(threads: int) -> threadpool_limits:
+    """Cap numpy's BLAS pool (OpenBLAS) at `threads` until the returned controller's
+    `restore_original_limits()`; torch's own pool is `set_num_threads`'s, and left alone here.
 
-    An idle OpenBLAS thread spins for a while after every call. In one process that only burns a spare
-    core (a four-network campaign: 36 CPU-s in 27 s of wall time, 25 with the cap); in a pool of worker
-    processes the spinning takes the cores the workers were given (the same campaign on two workers:
-    720 candidates/s, 830 with the cap)."""
+    An idle OpenBLAS thread spins for a while after every call: a whole four-network campaign (`python`
+    with the fit) used 36 CPU-s in 27 s of wall time, 25 CPU-s with one BLAS thread, and in a pool of
+    worker processes the spinning took the cores the workers were given (benchmarks/search_speed.py, the
+    same campaign on two workers: 696 candidates/s, 811 with the cap)."""
     from threadpoolctl import threadpool_limits  # not at import: `emq --help` loads no native pools
 
-    return threadpool_limits(limits=threads)
+    return threadpool_limits(limits=threads, user_api="blas")
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -181,7 +182,8 @@ class _FusedPack:
     """One pack's terminals as the fused kernel reads them, and the programs compiled on it (fused.py)."""
 
     PROGRAMS = 16384  # compiled reductions kept per terminal layout (a few hundred bytes each)
-    _programs: dict[tuple, dict[tuple[Token, ...], fused.Program | None]] = {}  # shared by packs of one layout
+    # shared by every pack of one terminal layout in the process (probe and full packs, all benches)
+    _programs: ClassVar[dict[tuple, dict[tuple[Token, ...], fused.Program | None]]] = {}
 
     def __init__(self, pk: Packed) -> None:
         self.pk = pk

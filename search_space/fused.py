@@ -6,8 +6,9 @@ Python and torch dispatch. Over the zoo's packed tensors (millions of elements p
 those sweeps bound a campaign's rate. Here the tensor subtree under a reduction (terminals,
 unary and binary operations, `scale` by a per-layer scalar) becomes a small stack program, and
 one numba kernel runs it over blocks of about a thousand elements of each layer: the temporaries
-stay in the core's own caches, each terminal is read once per block, and the reduction accumulates as
-it goes.
+stay in the core's own caches, each terminal is read once per block (twice for var and std: a sweep
+for the mean first), and the reduction accumulates as it goes. An empty layer gives NaN for a mean,
+var or std and 0 for the sums, as numpy's error model does (division by zero is not an error).
 
 Semantics are those of the torch operations (primitives.py), NaN and infinity included (e.g.
 sign(NaN) = 0, as torch gives). Values can differ from the packed path's in the last bits:
@@ -46,7 +47,7 @@ BLOCK = 1024  # elements per row of a register (24 KB at 3 bits: a program's reg
 # faster than 256, 512 or 2048 on resnet18-fashion
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, inline="always", error_model="numpy")
 def _unary(op: int, o: np.ndarray, n: int) -> None:
     """o[:n] = op(o[:n]), one loop per op so that each one vectorizes."""
     if op == 10:
@@ -92,7 +93,7 @@ def _unary(op: int, o: np.ndarray, n: int) -> None:
             o[i] = x * x * x
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, inline="always", error_model="numpy")
 def _binary(op: int, o: np.ndarray, a: np.ndarray, b: np.ndarray, n: int) -> None:
     """o[:n] = a[:n] op b[:n] (o may be a), NaN propagated by max and min as torch does."""
     if op == 40:
@@ -118,7 +119,7 @@ def _binary(op: int, o: np.ndarray, a: np.ndarray, b: np.ndarray, n: int) -> Non
             o[i] = x if x <= y or x != x else y
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _run_block(code, terms, scal, layer, lo, n, regs):  # type: ignore[no-untyped-def]
     """Run the program over elements [lo, lo + n) of one layer; the value ends in regs[0]."""
     for k in range(code.shape[0]):
@@ -155,16 +156,15 @@ def _run_block(code, terms, scal, layer, lo, n, regs):  # type: ignore[no-untype
                 _binary(op, out[j], out[j if rows_dst > 1 else 0], other[j if rows_src > 1 else 0], n)
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})  # sums vectorize; no flag that drops NaN or inf
+# reassoc: sums vectorize (no flag that drops NaN or inf); numpy's error model: x / 0 is inf or NaN, not an error
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
 def _reduce(code, terms, scal, starts, lengths, red, rows, depth, out):  # type: ignore[no-untyped-def]
     """out[j, l] = the reduction `red` over layer l of row j of the program's value."""
-    regs = np.empty((max(depth, 1), rows, BLOCK))
+    regs = np.empty((depth, rows, BLOCK))
     for layer in range(starts.shape[0]):
         start, length = starts[layer], lengths[layer]
-        for j in range(rows):
-            out[j, layer] = 0.0
         mean = np.zeros(rows)
-        for sweep in range(2 if red >= _VAR else 1):  # var, std: the mean first, then the squared deviations
+        for sweep in range(2 if red >= _VAR else 1):  # var, std (the last two codes): the mean, then the deviations
             acc = np.zeros(rows)
             for lo in range(start, start + length, BLOCK):
                 n = min(BLOCK, start + length - lo)
@@ -221,7 +221,7 @@ class Program:
     scalars: tuple[int, ...]  # where every `scale` op's scalar argument starts, in tokens after the reduction's
     reduce: int
     rows: int
-    depth: int
+    depth: int  # registers: the stack's depth, plus one per terminal loaded once
 
 
 def compile_reduction(
@@ -284,26 +284,19 @@ def compile_reduction(
     rows = emit(i + 1, 0)
     if rows is None:
         return None
-    return Program(_load_once(code, depth), tuple(scalars), red, rows, depth + _shared_loads(code))
+    program, registers = _load_once(code, depth)
+    return Program(program, tuple(scalars), red, rows, registers)
 
 
-def _shared_loads(code: list[tuple[int, int, int, int, int, int]]) -> int:
+def _load_once(code: list[tuple[int, int, int, int, int, int]], depth: int) -> tuple[np.ndarray, int]:
+    """(code, registers): each terminal read more than once is loaded once per block into a register of its
+    own after the stack's, and copied from there (memory traffic, not arithmetic, bounds the kernel)."""
     loads = Counter(c[2] for c in code if c[0] == _LOAD)
-    return sum(1 for n in loads.values() if n > 1)
-
-
-def _load_once(code: list[tuple[int, int, int, int, int, int]], depth: int) -> np.ndarray:
-    """Each terminal read more than once is loaded once per block into a register of its own after the
-    stack's, and copied from there (memory traffic, not arithmetic, bounds the kernel)."""
-    loads = Counter(c[2] for c in code if c[0] == _LOAD)
+    rows = {c[2]: c[3] for c in code if c[0] == _LOAD}  # a terminal has one row count
     home = {t: depth + k for k, t in enumerate(t for t, n in loads.items() if n > 1)}
-    head = [
-        (_LOAD, r, t, rows, 0, 0)
-        for t, r in home.items()
-        for rows in {c[3] for c in code if c[2] == t and c[0] == _LOAD}
-    ]
+    head = [(_LOAD, r, t, rows[t], 0, 0) for t, r in home.items()]
     body = [(_COPY, c[1], home[c[2]], c[3], 0, 0) if c[0] == _LOAD and c[2] in home else c for c in code]
-    return np.asarray(head + body, dtype=np.int64).reshape(-1, 6)
+    return np.asarray(head + body, dtype=np.int64).reshape(-1, 6), depth + len(home)
 
 
 def terminal_list(arrays: Sequence[np.ndarray]) -> TypedList:

@@ -9,12 +9,25 @@ import torch
 from scipy.stats import spearmanr
 
 from emq.evolution.evaluator import CandidateEvaluator
-from emq.search_space import fused
+from emq.search_space import evaluate, fused
 from emq.search_space.evaluate import TableEvaluator, subtree_ends
 from emq.search_space.primitives import OPS, PRIMITIVES
 from emq.search_space.pset import gen_half_and_half, make_space, to_tokens
 
 SPECIAL = [math.nan, math.inf, -math.inf, 0.0, -0.0, 1e-300, -1e-300, 40.0, -40.0, 1e200, -1e200, 0.7, -2.5, 3.0]
+
+
+def test_an_empty_layer_sums_to_zero_and_averages_to_nan():
+    """numpy's error model: the mean of nothing is NaN, not a ZeroDivisionError out of the kernel."""
+    x = np.arange(4.0)
+    got = {}
+    for name in ("sum", "mean", "var"):
+        prog = fused.Program(np.array([(fused._LOAD, 0, 0, 1, 0, 0)], dtype=np.int64), (), fused.REDUCE[name], 1, 1)
+        starts, lengths = np.array([0, 2, 2], dtype=np.int64), np.array([2, 0, 2], dtype=np.int64)
+        got[name] = fused.run(prog, fused.terminal_list([x[None]]), np.empty((0, 1, 3)), starts, lengths)[0]
+    np.testing.assert_array_equal(got["sum"], [1.0, 0.0, 5.0])
+    np.testing.assert_array_equal(got["mean"], [0.5, np.nan, 2.5])
+    np.testing.assert_array_equal(got["var"], [0.25, np.nan, 0.25])
 
 
 def test_every_opcode_names_an_op_of_its_kind():
@@ -105,14 +118,11 @@ def test_random_trees_score_as_op_by_op_with_the_same_rejections(tiny_setting):
     tie another way, in both paths."""
     stats, data, _ = tiny_setting
     space = make_space()
-    kept = TableEvaluator.__init__.__kwdefaults__["fused_reductions"]
     evaluators = []
     for f in (False, True):
-        TableEvaluator.__init__.__kwdefaults__["fused_reductions"] = f
-        try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(evaluate, "FUSED", f)
             evaluators.append(CandidateEvaluator(stats, data.for_campaign(), space, 4))
-        finally:
-            TableEvaluator.__init__.__kwdefaults__["fused_reductions"] = kept
     assert not evaluators[0].benches[0].tables._fused and evaluators[1].benches[0].tables._fused
     random.seed(11)
     rhos = []

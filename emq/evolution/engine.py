@@ -395,9 +395,6 @@ class Campaign:
         cfg = self.config
         ckpt = self.out_dir / "checkpoint.npz" if self.out_dir else None
         executor = executor or make_executor("serial")
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, cfg.threads))
-        pools = cap_native_pools(max(1, cfg.threads))
         bar = tqdm(
             total=cfg.generations,
             initial=self.generation,
@@ -406,6 +403,9 @@ class Campaign:
             disable=not self.progress,
             leave=False,
         )
+        threads = torch.get_num_threads()
+        pools = cap_native_pools(max(1, cfg.threads))
+        torch.set_num_threads(max(1, cfg.threads))
         try:
             with self._own_rng():
                 if not self.population:
@@ -428,8 +428,8 @@ class Campaign:
                     self._after_generation(ckpt, force=self.generation == cfg.generations or not self._budget_left())
         finally:
             bar.close()
-            torch.set_num_threads(threads)
             pools.restore_original_limits()
+            torch.set_num_threads(threads)
 
     # --- files ------------------------------------------------------------------------
     def _after_generation(self, ckpt: Path | None, force: bool) -> None:
