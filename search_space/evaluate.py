@@ -18,13 +18,11 @@ degenerate trees, never for a fitness or a table.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import ClassVar
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from . import fused
 from .netstats import NetworkStats
 from .primitives import EPS, PRIMITIVES, TERMINALS, PrimSpec, Scalar
 from .terminals import DEFAULT_ACT_SAMPLES, Packed, Segments, available_terminals, layer_terminal, pack
@@ -178,55 +176,6 @@ def subtree_ends(tokens: Sequence[Token], prims: dict[str, PrimSpec]) -> list[in
     return ends
 
 
-class _FusedPack:
-    """One pack's terminals as the fused kernel reads them, and the programs compiled on it (fused.py)."""
-
-    PROGRAMS = 16384  # compiled reductions kept per terminal layout (a few hundred bytes each)
-    # shared by every pack of one terminal layout in the process (probe and full packs, all benches)
-    _programs: ClassVar[dict[tuple, dict[tuple[Token, ...], fused.Program | None]]] = {}
-
-    def __init__(self, pk: Packed) -> None:
-        self.pk = pk
-        names = [n for n, spec in TERMINALS.items() if n in pk.values and spec.type is not Scalar]
-        self.index = {n: k for k, n in enumerate(names)}
-        self.rows = {n: int(pk.values[n].shape[0]) for n in names}
-        self.terms = fused.terminal_list([pk.values[n].numpy() for n in names])
-        layout = (tuple(names), tuple(self.rows.values()), pk.num_bits)
-        self.programs = self._programs.setdefault(layout, {})
-
-    def program(
-        self,
-        toks: tuple[Token, ...],
-        i: int,
-        ends: list[int],
-        prims: dict[str, PrimSpec],
-        value: Callable[[int], torch.Tensor],
-    ) -> fused.Program | None:
-        """The compiled reduction at token i (None: not a reduction, or not compiled)."""
-        kind, v = toks[i]
-        if kind != "p" or prims[str(v)].op.kind != "reduce":
-            return None
-        if self.pk.segments[prims[str(v)].in_types[0]].starts is None:  # segments the kernel cannot walk
-            return None
-        key = toks[i : ends[i]]
-        if key in self.programs:
-            return self.programs[key]
-        if len(self.programs) >= self.PROGRAMS:
-            self.programs.clear()
-        prog = fused.compile_reduction(toks, i, ends, prims, self.index, self.rows, lambda k: int(value(k).shape[0]))
-        self.programs[key] = prog
-        return prog
-
-    def run(self, prog: fused.Program, scalars: list[torch.Tensor], T: type) -> torch.Tensor:
-        """The reduction's packed value [Bk, L], `scalars` being its `scale` arguments' values."""
-        L = self.pk.num_layers
-        scal = np.empty((len(scalars), self.pk.num_bits, L))
-        for k, s in enumerate(scalars):
-            scal[k] = s.detach().numpy()  # [1 or B, L] broadcast to B rows
-        sg = self.pk.segments[T]
-        return torch.from_numpy(fused.run(prog, self.terms, scal, sg.starts, sg.lengths))
-
-
 class TableEvaluator:
     """Evaluates trees over one NetworkStats: full tables, slot tables and cheap probes. The values
     of scalar subtrees are kept (`_Memo`, `memo_entries` per pack, default MEMO_ENTRIES, 0 = none): a
@@ -268,7 +217,11 @@ class TableEvaluator:
         }
         fuse = FUSED if fused_reductions is None else fused_reductions
         fuse = fuse and self.device.type == "cpu" and dtype == torch.float64
-        self._fused = {id(pk): _FusedPack(pk) for pk in (self.packed, self.probe_packed)} if fuse else {}
+        self._fused = {}
+        if fuse:
+            from .fused import FusedPack  # numba loads here, not with every command that imports emq
+
+            self._fused = {id(pk): FusedPack(pk) for pk in (self.packed, self.probe_packed)}
 
     def _value(self, tokens: Sequence[Token], pk: Packed) -> torch.Tensor:
         """The root's packed value [Bk, L], scalar subtrees taken from the memo where they are there."""

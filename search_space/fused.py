@@ -22,12 +22,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numba
 import numpy as np
+import torch
 from numba.typed import List as TypedList
 
-from .primitives import EPS, EXP_CLAMP, LOG_EPS, PrimSpec
+from .primitives import EPS, EXP_CLAMP, LOG_EPS, TERMINALS, PrimSpec, Scalar
+from .terminals import Packed
 
 Token = tuple[str, object]
 
@@ -312,3 +315,52 @@ def run(program: Program, terms: TypedList, scal: np.ndarray, starts: np.ndarray
     out = np.empty((program.rows, starts.shape[0]))
     _reduce(program.code, terms, scal, starts, lengths, program.reduce, program.rows, program.depth, out)
     return out
+
+
+class FusedPack:
+    """One pack's terminals as the kernel reads them, and the programs compiled on it (one per TableEvaluator pack)."""
+
+    PROGRAMS = 16384  # compiled reductions kept per terminal layout (a few hundred bytes each)
+    # shared by every pack of one terminal layout in the process (probe and full packs, all benches)
+    _programs: ClassVar[dict[tuple, dict[tuple[Token, ...], Program | None]]] = {}
+
+    def __init__(self, pk: Packed) -> None:
+        self.pk = pk
+        names = [n for n, spec in TERMINALS.items() if n in pk.values and spec.type is not Scalar]
+        self.index = {n: k for k, n in enumerate(names)}
+        self.rows = {n: int(pk.values[n].shape[0]) for n in names}
+        self.terms = terminal_list([pk.values[n].numpy() for n in names])
+        layout = (tuple(names), tuple(self.rows.values()), pk.num_bits)
+        self.programs = self._programs.setdefault(layout, {})
+
+    def program(
+        self,
+        toks: tuple[Token, ...],
+        i: int,
+        ends: list[int],
+        prims: dict[str, PrimSpec],
+        value: Callable[[int], torch.Tensor],
+    ) -> Program | None:
+        """The compiled reduction at token i (None: not a reduction, or not compiled)."""
+        kind, v = toks[i]
+        if kind != "p" or prims[str(v)].op.kind != "reduce":
+            return None
+        if self.pk.segments[prims[str(v)].in_types[0]].starts is None:  # segments the kernel cannot walk
+            return None
+        key = toks[i : ends[i]]
+        if key in self.programs:
+            return self.programs[key]
+        if len(self.programs) >= self.PROGRAMS:
+            self.programs.clear()
+        prog = compile_reduction(toks, i, ends, prims, self.index, self.rows, lambda k: int(value(k).shape[0]))
+        self.programs[key] = prog
+        return prog
+
+    def run(self, prog: Program, scalars: list[torch.Tensor], T: type) -> torch.Tensor:
+        """The reduction's packed value [Bk, L], `scalars` being its `scale` arguments' values."""
+        L = self.pk.num_layers
+        scal = np.empty((len(scalars), self.pk.num_bits, L))
+        for k, s in enumerate(scalars):
+            scal[k] = s.detach().numpy()  # [1 or B, L] broadcast to B rows
+        sg = self.pk.segments[T]
+        return torch.from_numpy(run(prog, self.terms, scal, sg.starts, sg.lengths))
