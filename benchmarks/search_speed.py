@@ -8,8 +8,8 @@ all of them, a candidate scored on every one), in the same run:
 2. screened path: the same candidates through compatibility screening (static + probe), on
    all benches at once (what a campaign's evaluator does);
 3. the reference: the screened path applying a tree op by op (no fused reductions) and
-   recomputing every subtree (no subtree memo) with glibc's
-   allocator as it is (emq.allocator), as before all three, timed first; and how far its fitness
+   recomputing every subtree (no subtree memo) with glibc's allocator as it is (emq.allocator),
+   as before all three, timed first; and how far its fitness
    is from the fast path's (Spearman of the per-bench rhos over up to --agreement random
    valid candidates, target >= 0.999; the max absolute difference);
 4. a real campaign (generations x population) over all the benches, with screening and the

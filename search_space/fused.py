@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numba
 import numpy as np
@@ -32,7 +32,8 @@ from numba.typed import List as TypedList
 from .primitives import EPS, EXP_CLAMP, LOG_EPS, TERMINALS, PrimSpec, Scalar
 from .terminals import Packed
 
-Token = tuple[str, object]
+if TYPE_CHECKING:
+    from .evaluate import Token
 
 # opcodes of the stack program: every unary, binary and reduce op has one (tests/test_fused.py checks it),
 # with its case in _unary / _binary / _reduce; a subtree holding an op without one is left to the packed path

@@ -89,9 +89,12 @@ def test_a_campaign_runs_its_native_pools_at_its_thread_count(two_blas_threads, 
     torch_before = torch.get_num_threads()
     seen = []
     evaluate = engine.evaluate_candidate
-    monkeypatch.setattr(
-        engine, "evaluate_candidate", lambda ctx, t: (seen.append(_blas_threads()), evaluate(ctx, t))[1]
-    )
+
+    def watched(ctx, tokens):
+        seen.append(_blas_threads())
+        return evaluate(ctx, tokens)
+
+    monkeypatch.setattr(engine, "evaluate_candidate", watched)
     ProxySearch(generations=1, population=6, random_state=0).fit(data, stats=stats)
     assert seen and set(seen) == {1}
     assert _blas_threads() == 2 and torch.get_num_threads() == torch_before

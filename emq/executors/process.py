@@ -1,7 +1,7 @@
 """A local pool of spawned worker processes.
 
 Spawn, not fork: forking a process whose torch thread pools are running can deadlock. Each
-worker runs one intra-op thread and one thread in every other native pool (OpenBLAS, OpenMP),
+worker runs one intra-op thread and one BLAS thread (numpy's OpenBLAS, `cap_native_pools`),
 so W workers share the cores instead of oversubscribing them. The context is sent once per
 worker (the pool's initializer); a new context restarts the pool, so a job that reuses one
 context pays the start-up once.
