@@ -49,12 +49,12 @@ def _zscore(x: np.ndarray) -> np.ndarray | None:
 
 @dataclass
 class SplitTarget:
-    """One bench split, prepared for fast scoring: flat table indices and target ranks."""
+    """One bench split, prepared for fast scoring: table indices per slot and target ranks."""
 
     name: str
     configs: np.ndarray  # [N, S] bit values
     _: KW_ONLY
-    flat_idx: torch.Tensor  # [N, S] indices into a flattened table [S * B]
+    slot_idx: np.ndarray  # [S, N]: where configuration n's bit of slot s is in the flattened table [S * B]
     target: np.ndarray  # oriented metric, higher = better
     target_rank_z: np.ndarray  # centred, unit-norm average ranks of `target`
 
@@ -67,7 +67,6 @@ class SplitTarget:
         metric: str,
         *,
         bits: Sequence[int],
-        device: str | torch.device = "cpu",
     ) -> SplitTarget:
         configs = np.asarray(configs, dtype=np.int64)
         values = np.asarray(metric_values, dtype=np.float64)
@@ -92,14 +91,16 @@ class SplitTarget:
         z = _zscore(sps.rankdata(target))
         if z is None:
             raise EmqError(f"bench split {name!r}: metric {metric!r} is constant; no ranking to predict")
-        return cls(name, configs, flat_idx=torch.as_tensor(flat, device=device), target=target, target_rank_z=z)
+        return cls(name, configs, slot_idx=np.ascontiguousarray(flat.T), target=target, target_rank_z=z)
 
     def __len__(self) -> int:
         return self.configs.shape[0]
 
     def scores(self, table: torch.Tensor) -> np.ndarray:
-        """score[n] = sum_s table[s, config_n[s]] for every configuration of the split."""
-        return table.reshape(-1)[self.flat_idx.to(table.device)].sum(1).cpu().numpy()
+        """score[n] = sum_s table[s, config_n[s]] for every configuration of the split, summed slot by slot
+        in slot order (numpy adds the rows of a gather along axis 0 one after another), as
+        emq.evolution.rankscore does."""
+        return table.detach().cpu().numpy().reshape(-1)[self.slot_idx].sum(axis=0)
 
     def spearman(self, scores: np.ndarray) -> float:
         """Spearman rho against the split's precomputed target ranks (NaN if scores constant)."""
@@ -152,7 +153,6 @@ class FitnessData:
         metric: str = "top1",
         ceiling: float | None = None,
         source: str = "",
-        device: str | torch.device = "cpu",
         pools: str = "fit/report",
     ) -> FitnessData:
         check_metric(metric)
@@ -160,8 +160,8 @@ class FitnessData:
         return cls(
             metric,
             bits,
-            SplitTarget.build("search", *search, metric, bits=bits, device=device),
-            SplitTarget.build("heldout", *heldout, metric, bits=bits, device=device) if heldout is not None else None,
+            SplitTarget.build("search", *search, metric, bits=bits),
+            SplitTarget.build("heldout", *heldout, metric, bits=bits) if heldout is not None else None,
             ceiling=ceiling,
             source=source,
             pools=pools,
@@ -173,7 +173,6 @@ class FitnessData:
         bench: object,
         metric: str | None = None,
         bits: Sequence[int] | None = None,
-        device: str | torch.device = "cpu",
     ) -> FitnessData:
         """Search x fit pool and held-out x report pool of an opened `emq.bench.Bench`;
         `bits` = the statistics' bit order. A bench without per-image outcomes has one
@@ -200,7 +199,6 @@ class FitnessData:
             metric=metric,
             ceiling=ceiling,
             source=source,
-            device=device,
             pools="fit/report" if has_pools else "shared",
         )  # type: ignore[attr-defined]
 

@@ -126,7 +126,8 @@ class _Memo:
     again would give, bit for bit. Values live in one block allocated up front: many small tensors
     held for long, between the large temporaries of tensor ops, made the allocator map fresh pages
     for those temporaries (60x the page faults, tensor ops several times slower). Tensor-valued
-    subtrees are not kept for the same reason.
+    subtrees are not kept for the same reason. Subtrees are looked up by their interned id
+    (`SubtreeIds`), valid for one epoch of the interner.
     """
 
     def __init__(
@@ -134,23 +135,30 @@ class _Memo:
     ) -> None:
         self.block = torch.empty(entries, num_bits, num_layers, device=device, dtype=dtype)
         self.rows = self.block.unbind(0)  # one view per entry (indexing the block per call costs more)
-        self.where: OrderedDict[tuple[Token, ...], tuple[int, int]] = OrderedDict()  # key -> (entry, rows)
+        self.where: OrderedDict[int, tuple[int, int]] = OrderedDict()  # subtree id -> (entry, rows)
+        self.epoch = 0
 
     @property
     def entries(self) -> int:
-        return int(self.block.shape[0])
+        return len(self.rows)
 
-    def get(self, key: tuple[Token, ...]) -> torch.Tensor | None:
+    def start(self, epoch: int) -> None:
+        """Before a tree: ids of another epoch name other subtrees, so their values are dropped."""
+        if epoch != self.epoch:
+            self.where.clear()
+            self.epoch = epoch
+
+    def get(self, key: int) -> torch.Tensor | None:
         hit = self.where.get(key)
         if hit is None:
             return None
         self.where.move_to_end(key)
         return self.rows[hit[0]][: hit[1]]
 
-    def put(self, key: tuple[Token, ...], value: torch.Tensor) -> torch.Tensor:
+    def put(self, key: int, value: torch.Tensor) -> torch.Tensor:
         """Keep `value` and return the kept copy. The entry overwritten is the least recently used:
         never one read or written during the current tree while a tree has fewer nodes than entries."""
-        if len(self.where) < self.entries:
+        if len(self.where) < len(self.rows):
             entry = len(self.where)
         else:
             entry = self.where.popitem(last=False)[1][0]
@@ -174,6 +182,52 @@ def subtree_ends(tokens: Sequence[Token], prims: dict[str, PrimSpec]) -> list[in
         ends[i] = end
         pending.append(end)
     return ends
+
+
+class SubtreeIds:
+    """Hash-consing of subtrees: equal subtrees get one int id, made from their root token and their
+    children's ids, so that a memo looks a subtree up by an int rather than by hashing its token slice,
+    and a candidate is parsed once for all its benches and packs (the last parse is kept). The table is
+    emptied when it holds LIMIT ids; the epoch then changes and memos drop what they hold."""
+
+    LIMIT = 1 << 20  # about 100 MB of keys
+
+    def __init__(self) -> None:
+        self.ids: dict[tuple, int] = {}
+        self.epoch = 0
+        self._last: tuple = ((), None, [], [])
+
+    def parse(
+        self, tokens: Sequence[Token], prims: dict[str, PrimSpec]
+    ) -> tuple[tuple[Token, ...], list[int], list[int]]:
+        """(tokens as tuples, subtree_ends, the id of the subtree at every position)."""
+        toks = tuple(map(tuple, tokens))
+        last = self._last
+        if last[1] is prims and last[0] == toks:
+            return last[0], last[2], last[3]
+        if len(self.ids) + len(toks) > self.LIMIT:
+            self.ids.clear()
+            self.epoch += 1
+        n = len(toks)
+        ends, ids = [0] * n, [0] * n
+        pending: list[int] = []  # positions of the subtrees after the current one, nearest last
+        table = self.ids
+        for i in range(n - 1, -1, -1):
+            tok = toks[i]
+            if tok[0] == "p":
+                kids = [pending.pop() for _ in range(prims[str(tok[1])].op.arity)]
+                ends[i] = ends[kids[-1]]
+                key: tuple = (tok, *[ids[k] for k in kids])
+            else:
+                ends[i] = i + 1
+                key = tok
+            ids[i] = table.setdefault(key, len(table))
+            pending.append(i)
+        self._last = (toks, prims, ends, ids)
+        return toks, ends, ids
+
+
+SUBTREES = SubtreeIds()  # one per process: ids are shared by every evaluator, as candidates are
 
 
 class TableEvaluator:
@@ -225,11 +279,12 @@ class TableEvaluator:
 
     def _value(self, tokens: Sequence[Token], pk: Packed) -> torch.Tensor:
         """The root's packed value [Bk, L], scalar subtrees taken from the memo where they are there."""
-        toks = tuple(map(tuple, tokens))
-        ends = subtree_ends(toks, self.prims)
+        toks, ends, ids = SUBTREES.parse(tokens, self.prims)
         memo = self._memos.get(id(pk))
         if memo is not None and len(toks) >= memo.entries:
             memo = None
+        if memo is not None:
+            memo.start(SUBTREES.epoch)
         fp = self._fused.get(id(pk))
 
         def value(i: int) -> torch.Tensor:
@@ -237,8 +292,7 @@ class TableEvaluator:
             if kind == "t":
                 return pk.values[str(v)]
             scalar = kind == "c" or self.prims[str(v)].out_type is Scalar
-            key = toks[i : ends[i]]
-            out = memo.get(key) if scalar and memo is not None else None
+            out = memo.get(ids[i]) if scalar and memo is not None else None
             if out is not None:
                 return out
             if kind == "c":
@@ -252,7 +306,7 @@ class TableEvaluator:
                     args.append(value(j))
                     j = ends[j]
                 out = _apply_packed(p, args, pk)
-            return memo.put(key, out) if scalar and memo is not None else out
+            return memo.put(ids[i], out) if scalar and memo is not None else out
 
         return value(0).clone()  # the memo's block is overwritten later: the caller gets its own copy
 

@@ -164,3 +164,21 @@ def test_fitness_processes_keep_freed_memory():
     from emq.allocator import keep_freed_memory
 
     assert keep_freed_memory() is True and keep_freed_memory() is True
+
+
+def test_subtree_ids_renewed_when_full_leave_no_stale_values(setting, monkeypatch):
+    """Subtrees are memoized by interned id; when the id table fills it starts again (a new epoch), and
+    a memo must then forget its values, whose ids now name other subtrees: tables stay exact."""
+    from emq.search_space import evaluate
+
+    stats, _, _ = setting
+    space = make_space()
+    monkeypatch.setattr(evaluate, "SUBTREES", evaluate.SubtreeIds())
+    monkeypatch.setattr(evaluate.SubtreeIds, "LIMIT", 40)
+    plain = TableEvaluator(stats, space.terminals, space.prims, memo_entries=0)
+    memo = TableEvaluator(stats, space.terminals, space.prims)
+    random.seed(11)
+    trees = [to_tokens(gen_half_and_half(space, 2, 4)) for _ in range(40)]
+    for t in trees + trees[::-1]:
+        torch.testing.assert_close(plain.table(t), memo.table(t), rtol=0, atol=0, equal_nan=True)
+    assert evaluate.SUBTREES.epoch > 5 and len(evaluate.SUBTREES.ids) <= 40

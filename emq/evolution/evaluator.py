@@ -26,7 +26,7 @@ from emq.search_space.netstats import NetworkStats
 from emq.search_space.pset import SearchSpace
 
 from ..allocator import keep_freed_memory
-from ..fitness import FitnessData, average_ranks
+from ..fitness import FitnessData
 from ..specs import ParameterError
 from .screening import table_problem
 
@@ -102,34 +102,33 @@ class _BenchScorer:
         signature_size: int,
         device: str,
     ) -> None:
+        from . import rankscore  # numba loads with the first evaluator, not with every command
+
         self.tables = TableEvaluator(stats, space.terminals, space.prims, act_samples=act_samples, device=device)
         self.data = data
+        self._score, self._reasons = rankscore.score_split, rankscore.REASONS
         n = len(data.search)
         self.sig_idx = np.random.default_rng(0).permutation(n)[: min(n, signature_size)]
+        self._scores = np.empty(n)
 
-    def measure(self, tokens: Sequence[Token]) -> tuple[str | None, float, np.ndarray | None]:
-        """(rejection reason or None, signed Spearman on the search split, scores)."""
+    def measure(self, tokens: Sequence[Token], probe: bool = True) -> tuple[str | None, float, np.ndarray | None]:
+        """(rejection reason or None, signed Spearman on the search split, signature at orientation +1);
+        with `probe`, the probe table is checked first."""
         with torch.no_grad():
-            problem = table_problem(self.tables.layer_table(tokens, self.tables.probe_packed), "probe_")
-            if problem:
-                return problem, math.nan, None
+            if probe:
+                problem = table_problem(self.tables.probe(tokens), "probe_")
+                if problem:
+                    return problem, math.nan, None
             table = self.tables.table(tokens)
         problem = table_problem(table)
         if problem:
             return problem, math.nan, None
-        scores = self.data.search.scores(table)
-        if not np.isfinite(scores).all():  # a finite table can still overflow when summed over slots
-            return "nonfinite_scores", math.nan, None
-        rho = self.data.search.spearman(scores)
-        if math.isnan(rho):
-            return "constant_scores", math.nan, None
-        return None, rho, scores
-
-    def signature(self, scores: np.ndarray, sign: int) -> np.ndarray:
-        ranks = average_ranks(sign * scores[self.sig_idx])
-        d = ranks - ranks.mean()
-        norm = float(np.sqrt((d * d).sum()))
-        return d / norm if norm > 0 else d
+        split, signature = self.data.search, np.empty(len(self.sig_idx))
+        status, rho = self._score(
+            table.cpu().numpy().reshape(-1), split.slot_idx, split.target_rank_z, self.sig_idx, self._scores, signature
+        )
+        reason = self._reasons[status]  # a finite table can still overflow when summed over slots
+        return (reason, math.nan, None) if reason else (None, rho, signature)
 
 
 class CandidateEvaluator:
@@ -162,18 +161,17 @@ class CandidateEvaluator:
     def evaluate(self, tokens: Sequence[Token]) -> Outcome:
         if not is_bit_dependent(tokens):
             return _rejected("no_bit_terminal")
-        rhos, scores = [], []
-        for bench in self.benches:  # rejected on one bench: rejected
-            problem, rho, s = bench.measure(tokens)
+        rhos, signatures = [], []
+        for k, bench in enumerate(self.benches):  # rejected on one bench: rejected
+            problem, rho, sig = bench.measure(tokens, probe=k == 0)
             if problem:
                 return _rejected(problem)
             rhos.append(rho)
-            scores.append(s)
+            signatures.append(sig)
         sign = 1 if float(np.mean(rhos)) >= 0 else -1
         per_bench = tuple(sign * r for r in rhos)
-        sig = np.concatenate([b.signature(s, sign) for b, s in zip(self.benches, scores, strict=True)]) / math.sqrt(
-            len(self.benches)
-        )
+        # ranks of the negated scores are the ranks reflected: their centred values change sign, exactly
+        sig = sign * np.concatenate(signatures) / math.sqrt(len(self.benches))
         return Outcome(
             aggregate(per_bench, self.aggregate, self.aggregate_k),
             rho_search=float(np.mean(per_bench)),
