@@ -187,8 +187,9 @@ def subtree_ends(tokens: Sequence[Token], prims: dict[str, PrimSpec]) -> list[in
 class SubtreeIds:
     """Hash-consing of subtrees: equal subtrees get one int id, made from their root token and their
     children's ids, so that a memo looks a subtree up by an int rather than by hashing its token slice,
-    and a candidate is parsed once for all its benches and packs (the last parse is kept). The table is
-    emptied when it holds LIMIT ids; the epoch then changes and memos drop what they hold."""
+    and a candidate is parsed once for all the benches and packs sharing this table (the last parse is
+    kept). The table is emptied when it holds LIMIT ids; the epoch then changes and memos drop what they
+    hold."""
 
     LIMIT = 1 << 19  # about 85 MB (160 bytes an id); a 100 x 64 four-network campaign makes 11,331
 
@@ -227,9 +228,6 @@ class SubtreeIds:
         return toks, ends, ids
 
 
-SUBTREES = SubtreeIds()  # one per process: ids are shared by every evaluator, as candidates are
-
-
 class TableEvaluator:
     """Evaluates trees over one NetworkStats: full tables, slot tables and cheap probes. The values
     of scalar subtrees are kept (`_Memo`, `memo_entries` per pack, default MEMO_ENTRIES, 0 = none): a
@@ -247,8 +245,10 @@ class TableEvaluator:
         probe_layers: int = 3,
         memo_entries: int | None = None,
         fused_reductions: bool | None = None,
+        subtrees: SubtreeIds | None = None,
     ) -> None:
         self.stats = stats
+        self.subtrees = subtrees or SubtreeIds()  # evaluators of one candidate's benches share one
         self.prims = prims or PRIMITIVES
         self.terminals = tuple(terminals or available_terminals(stats))
         self.act_samples = act_samples
@@ -257,6 +257,7 @@ class TableEvaluator:
         L = len(stats.layers)
         picks = sorted({round(i * (L - 1) / max(probe_layers - 1, 1)) for i in range(min(probe_layers, L))})
         self.probe_packed = pack(stats, self.terminals, picks, act_samples=act_samples, device=device, dtype=dtype)
+        self.probe_layers = torch.tensor(picks, device=self.device)
         self.layer_slot = torch.tensor(stats.layer_slot, device=self.device)
         self.num_slots = stats.num_slots
         self._memos = {
@@ -279,12 +280,12 @@ class TableEvaluator:
 
     def _value(self, tokens: Sequence[Token], pk: Packed) -> torch.Tensor:
         """The root's packed value [Bk, L], scalar subtrees taken from the memo where they are there."""
-        toks, ends, ids = SUBTREES.parse(tokens, self.prims)
+        toks, ends, ids = self.subtrees.parse(tokens, self.prims)
         memo = self._memos.get(id(pk))
         if memo is not None and len(toks) >= memo.entries:
             memo = None
         if memo is not None:
-            memo.start(SUBTREES.epoch)
+            memo.start(self.subtrees.epoch)
         fp = self._fused.get(id(pk))
 
         def value(i: int) -> torch.Tensor:
@@ -318,10 +319,18 @@ class TableEvaluator:
     def probe(self, tokens: Sequence[Token]) -> torch.Tensor:
         return self.layer_table(tokens, self.probe_packed)
 
+    def probe_is_rows(self, tokens: Sequence[Token]) -> bool:
+        """Whether the probe's table is the full layer table's rows at `probe_layers`: every op but a network
+        op acts within a layer, and a network op normalizes over the layers it is given (the probe's three)."""
+        return not any(kind == "p" and self.prims[str(v)].op.kind == "network" for kind, v in tokens)
+
     def table(self, tokens: Sequence[Token]) -> torch.Tensor:
         """P[S, B]: layer rows of tied layers summed into their bit slot."""
-        lt = self.layer_table(tokens)
-        return lt.new_zeros(self.num_slots, lt.shape[1]).index_add_(0, self.layer_slot, lt)
+        return self.slot_table(self.layer_table(tokens))
+
+    def slot_table(self, layer_table: torch.Tensor) -> torch.Tensor:
+        """P[S, B] from P[L, B]."""
+        return layer_table.new_zeros(self.num_slots, layer_table.shape[1]).index_add_(0, self.layer_slot, layer_table)
 
 
 def layer_value(

@@ -1,12 +1,13 @@
 """exp and log written so that LLVM vectorizes them inside numba loops.
 
 numba calls libm's exp and log one element at a time (this llvmlite build has no SVML): about 5 ns
-an element, which made exp, sigmoid and log half of the compiled reductions' time (fused.py). These
-are fdlibm's algorithms (the ones glibc's and musl's descend from), branch-free, with the float's bits
-reached through a bitcast so every step is a vector instruction: exp by Cody-Waite reduction to
-|r| <= ln2/2 and a degree-13 polynomial, log by the exponent split and fdlibm's Lg1..Lg7 series. Both stay
-within 1 ulp of the exact value (tests/test_vecmath.py measures it against numpy's libm over every
-binade, the limits and NaN), as libm's do; they may differ from libm's result in the last bit.
+an element, which made exp, sigmoid and log half of the compiled reductions' time (fused.py). Both are
+branch-free, with the float's bits reached through a bitcast so every step is a vector instruction: exp
+by fdlibm's Cody-Waite reduction to |r| <= ln2/2 and the Taylor polynomial of degree 13 (fdlibm uses a
+rational form with a division), log as fdlibm's (the exponent split and its Lg1..Lg7 series). Both stay
+within 1 ulp of the exact value, as libm's do (tests/test_vecmath.py measures it against 80-bit long
+double over their range and compares the limits and NaN with numpy's); they may differ from libm's
+result in the last bit.
 """
 
 from __future__ import annotations

@@ -67,3 +67,14 @@ def test_overflowing_and_constant_scores_are_reported():
     flat = torch.tensor([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0], [0.5, 0.5, 0.5]], dtype=torch.float64)  # all score 3.5
     status, rho, _, _ = _run(split, flat, idx)
     assert status == CONSTANT and np.isnan(rho) and REASONS[CONSTANT] == "constant_scores"
+
+
+def test_no_signature_and_no_slot():
+    """An evaluator may ask for no signature (signature_size=0); a split without slots scores every
+    configuration the same."""
+    split = _split(n=30, slots=3)
+    status, rho, _, sig = _run(split, torch.rand(3, 3, dtype=torch.float64), np.arange(0))
+    assert status == 0 and np.isfinite(rho) and sig.shape == (0,)
+    empty = np.zeros((0, 30), dtype=np.int64)
+    out = score_split(np.zeros(0), empty, split.target_rank_z, np.arange(5), np.empty(30), np.empty(5))
+    assert out[0] == CONSTANT

@@ -169,16 +169,40 @@ def test_fitness_processes_keep_freed_memory():
 def test_subtree_ids_renewed_when_full_leave_no_stale_values(setting, monkeypatch):
     """Subtrees are memoized by interned id; when the id table fills it starts again (a new epoch), and
     a memo must then forget its values, whose ids now name other subtrees: tables stay exact."""
-    from emq.search_space import evaluate
+    from emq.search_space.evaluate import SubtreeIds
 
     stats, _, _ = setting
     space = make_space()
-    monkeypatch.setattr(evaluate, "SUBTREES", evaluate.SubtreeIds())
-    monkeypatch.setattr(evaluate.SubtreeIds, "LIMIT", 40)
+    monkeypatch.setattr(SubtreeIds, "LIMIT", 40)
     plain = TableEvaluator(stats, space.terminals, space.prims, memo_entries=0)
     memo = TableEvaluator(stats, space.terminals, space.prims)
     random.seed(11)
     trees = [to_tokens(gen_half_and_half(space, 2, 4)) for _ in range(40)]
     for t in trees + trees[::-1]:
         torch.testing.assert_close(plain.table(t), memo.table(t), rtol=0, atol=0, equal_nan=True)
-    assert evaluate.SUBTREES.epoch > 5 and len(evaluate.SUBTREES.ids) <= 40
+    assert memo.subtrees.epoch > 5 and len(memo.subtrees.ids) <= 40
+
+
+def test_the_probe_read_off_the_full_table_is_the_probe(setting):
+    """Past the first bench a probe's verdict is read off the full layer table's rows: those rows are the
+    probe's own table unless a network op (which normalizes over the layers it sees) is in the tree, and
+    the verdict, rho and signature are those of the walked probe."""
+    stats, fd, _ = setting
+    space = make_space()
+    ce = CandidateEvaluator(stats, fd, space, act_samples=4)
+    bench = ce.benches[0]
+    ev = bench.tables
+    assert not ev.probe_is_rows(NET_TOKENS)
+    assert not torch.equal(ev.layer_table(NET_TOKENS)[ev.probe_layers], ev.probe(NET_TOKENS))
+    random.seed(13)
+    verdicts = set()
+    for _ in range(400):
+        t = to_tokens(gen_half_and_half(space, 1, 4))
+        if not ev.probe_is_rows(t):
+            continue
+        torch.testing.assert_close(ev.layer_table(t)[ev.probe_layers], ev.probe(t), rtol=0, atol=0, equal_nan=True)
+        walked, read = bench.measure(t, walk_probe=True), bench.measure(t, walk_probe=False)
+        assert walked[0] == read[0] and (walked[1] == read[1] or (np.isnan(walked[1]) and np.isnan(read[1])))
+        assert (walked[2] is None and read[2] is None) or np.array_equal(walked[2], read[2])
+        verdicts.add(walked[0])
+    assert {None, "probe_bit_insensitive"} <= verdicts  # both kinds of outcome were compared

@@ -21,7 +21,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from emq.search_space.evaluate import TableEvaluator, Token, is_bit_dependent
+from emq.search_space.evaluate import SubtreeIds, TableEvaluator, Token, is_bit_dependent
 from emq.search_space.netstats import NetworkStats
 from emq.search_space.pset import SearchSpace
 
@@ -101,25 +101,37 @@ class _BenchScorer:
         act_samples: int,
         signature_size: int,
         device: str,
+        subtrees: SubtreeIds,
     ) -> None:
         from . import rankscore  # numba loads with the first evaluator, not with every command
 
-        self.tables = TableEvaluator(stats, space.terminals, space.prims, act_samples=act_samples, device=device)
+        self.tables = TableEvaluator(
+            stats, space.terminals, space.prims, act_samples=act_samples, device=device, subtrees=subtrees
+        )
         self.data = data
         self._score, self._reasons = rankscore.score_split, rankscore.REASONS
         n = len(data.search)
         self.sig_idx = np.random.default_rng(0).permutation(n)[: min(n, signature_size)]
         self._scores = np.empty(n)
 
-    def measure(self, tokens: Sequence[Token], probe: bool = True) -> tuple[str | None, float, np.ndarray | None]:
-        """(rejection reason or None, signed Spearman on the search split, signature at orientation +1);
-        with `probe`, the probe table is checked first."""
+    def measure(self, tokens: Sequence[Token], walk_probe: bool) -> tuple[str | None, float, np.ndarray | None]:
+        """(rejection reason or None, signed Spearman on the search split, signature at orientation +1).
+
+        The probe's verdict needs its own tree walk only where it saves one: on the first bench (it rejects
+        most of what any bench's probe rejects before a full table is computed) and where the probe is not
+        the full table's rows. Elsewhere it is read off the full layer table, the same rows: a walk saved
+        for nearly every candidate, the same verdict."""
         with torch.no_grad():
-            if probe:
-                problem = table_problem(self.tables.probe(tokens), "probe_")
-                if problem:
-                    return problem, math.nan, None
-            table = self.tables.table(tokens)
+            layers = None
+            if walk_probe or not self.tables.probe_is_rows(tokens):
+                probe = self.tables.probe(tokens)
+            else:
+                layers = self.tables.layer_table(tokens)
+                probe = layers[self.tables.probe_layers]
+            problem = table_problem(probe, "probe_")
+            if problem:
+                return problem, math.nan, None
+            table = self.tables.slot_table(self.tables.layer_table(tokens) if layers is None else layers)
         problem = table_problem(table)
         if problem:
             return problem, math.nan, None
@@ -152,8 +164,11 @@ class CandidateEvaluator:
         if len(all_stats) != len(all_data):
             raise ParameterError("stats", len(all_stats), f"give one statistics per bench ({len(all_data)})")
         check_aggregate(aggregate, aggregate_k)
+        subtrees = SubtreeIds()  # a candidate is parsed once for all benches; freed with the evaluator
         self.benches = [
-            _BenchScorer(s, d, space, act_samples=act_samples, signature_size=signature_size, device=device)
+            _BenchScorer(
+                s, d, space, act_samples=act_samples, signature_size=signature_size, device=device, subtrees=subtrees
+            )
             for s, d in zip(all_stats, all_data, strict=True)
         ]
         self.aggregate, self.aggregate_k = aggregate, aggregate_k
@@ -163,7 +178,7 @@ class CandidateEvaluator:
             return _rejected("no_bit_terminal")
         rhos, signatures = [], []
         for k, bench in enumerate(self.benches):  # rejected on one bench: rejected
-            problem, rho, sig = bench.measure(tokens, probe=k == 0)
+            problem, rho, sig = bench.measure(tokens, walk_probe=k == 0)
             if problem:
                 return _rejected(problem)
             rhos.append(rho)

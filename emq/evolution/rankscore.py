@@ -37,7 +37,9 @@ def _average_ranks(x: np.ndarray, out: np.ndarray) -> None:
 
 @numba.njit(cache=True)
 def _centre(r: np.ndarray) -> float:
-    """r -= its mean; the norm of the result."""
+    """r -= its mean; the norm of the result (0 for no values)."""
+    if r.shape[0] == 0:
+        return 0.0
     mean = r.sum() / r.shape[0]
     ss = 0.0
     for i in range(r.shape[0]):
@@ -59,6 +61,8 @@ def score_split(
     `slot_idx` [S, N] the flat index of each configuration's bit in each slot. Fills `scores` [N] and
     `signature` [K]: the centred, unit-norm ranks of the scores at `sig_idx` (orientation +1)."""
     S, N = slot_idx.shape
+    if S == 0:  # no slot: every configuration scores the same
+        return CONSTANT, np.nan
     for n in range(N):
         scores[n] = table[slot_idx[0, n]]
     for s in range(1, S):

@@ -4,10 +4,8 @@ Three stages, cheapest first (typing is enforced earlier by the typed primitive 
 
 1. static: a tree without a bit-dependent terminal (b, 2^-b, Q, E) has a bit-insensitive
    table and cannot rank configurations;
-2. probe: the table of a few layers (first, middle, last) of the first bench is checked for
-   NaN/inf and for rows that do not vary with the bit-width. Only the first bench's: in a
-   four-network campaign the first probe caught 181 of the 194 candidates all four caught, and
-   each further probe cost more tree walks than the full evaluations it saved;
+2. probe: the table of a few layers (first, middle, last) is checked for NaN/inf and for
+   rows that do not vary with the bit-width;
 3. full: the same checks on the whole table, then the bench scores must be finite (a finite
    table can overflow when summed over slots) and not constant.
 
