@@ -209,21 +209,17 @@ class SubtreeIds:
         if len(self.ids) + len(toks) > self.LIMIT:
             self.ids.clear()
             self.epoch += 1
-        n = len(toks)
-        ends, ids = [0] * n, [0] * n
-        pending: list[int] = []  # positions of the subtrees after the current one, nearest last
+        ends = subtree_ends(toks, prims)
+        ids = [0] * len(toks)
         table = self.ids
-        for i in range(n - 1, -1, -1):
-            tok = toks[i]
-            if tok[0] == "p":
-                kids = [pending.pop() for _ in range(prims[str(tok[1])].op.arity)]
-                ends[i] = ends[kids[-1]]
-                key: tuple = (tok, *[ids[k] for k in kids])
-            else:
-                ends[i] = i + 1
-                key = tok
+        for i in range(len(toks) - 1, -1, -1):  # children before parents
+            key: tuple = toks[i]
+            if key[0] == "p":
+                j = i + 1
+                while j < ends[i]:  # the children's ids, in order
+                    key += (ids[j],)
+                    j = ends[j]
             ids[i] = table.setdefault(key, len(table))
-            pending.append(i)
         self._last = (toks, prims, ends, ids)
         return toks, ends, ids
 
